@@ -1,0 +1,66 @@
+#pragma once
+// What a guest VM is made of, as plain data, and its libvirt domain XML. Knows nothing of
+// connections; `render_domain_xml` is pure so it can be tested without libvirt.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "fabriclab/common/result.hpp"
+
+namespace fabriclab::hypervisor {
+
+// The virtio-serial port name of the guest integration channel (DESIGN.md contract).
+inline constexpr const char* kIntegrationChannelName = "org.fabriclab.integration.0";
+
+// The XML namespace of our instance metadata element.
+inline constexpr const char* kMetadataNamespace = "https://fabriclab.dev/xmlns/instance/1";
+inline constexpr const char* kMetadataPrefix = "fabriclab";
+
+// Who a VM is, as the fabric sees it; stored in the domain XML as
+// <fabriclab:instance service= index= ud= fd= image=/>.
+struct InstanceMetadata {
+  std::string service;
+  int index = 0;
+  int ud = 0;
+  int fd = 0;
+  std::string image;
+
+  bool operator==(const InstanceMetadata&) const = default;
+};
+
+// Renders the metadata element; with `qualified` it carries our prefix and namespace declaration
+// (inside a domain XML), without it is the bare element virDomainSetMetadata takes.
+std::string render_metadata_xml(const InstanceMetadata& m, bool qualified = true);
+// Parses an element produced by `render_metadata_xml` (as libvirt returns it). Rejects anything
+// else with invalid_argument naming the attribute.
+Result<InstanceMetadata> parse_metadata_xml(const std::string& xml);
+
+struct BootImage {
+  std::string kernel;   // absolute path
+  std::string initrd;   // absolute path
+  std::string cmdline;  // kernel command line
+};
+
+struct DomainSpec {
+  std::string name;                  // [A-Za-z0-9_.-], 1..64 chars
+  uint32_t memory_mib = 128;         // 32..65536
+  uint32_t vcpus = 1;                // 1..64
+  BootImage boot;                    // direct kernel boot
+  bool acpi = true;                  // without it ACPI shutdown silently does nothing
+  std::string console_log;           // serial console appended to this file; empty: none
+  std::string data_disk;             // raw disk image path (vda); empty: none
+  std::string channel_socket;        // unix socket path QEMU binds for the integration channel
+  std::optional<InstanceMetadata> metadata;
+};
+
+// Checks every field; the error names the field.
+Status validate(const DomainSpec& spec);
+
+// `domain_type` is "kvm", "qemu" or "test" (what the connection's capabilities offer).
+Result<std::string> render_domain_xml(const DomainSpec& spec, const std::string& domain_type);
+
+// Escapes &, <, >, ' and " for XML text and attribute values.
+std::string xml_escape(const std::string& s);
+
+}  // namespace fabriclab::hypervisor

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# fabriclab machine set-up. Idempotent: installs only what is missing, prepares what libvirt
+# needs on a machine without systemd, and stops with a clear message when it cannot.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake pkg-config ninja-build
+  libvirt-dev libboost1.81-dev libboost-json1.81-dev libboost-url1.81-dev
+  libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libsqlite3-dev libcli11-dev
+  libyaml-cpp-dev libssl-dev
+  qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+  cpio gzip xz-utils zstd kmod iproute2
+)
+
+say() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 2; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    SUDO="sudo -n"
+  else
+    die "must run as root or with password-less sudo (needed for apt-get and the libvirt-qemu user)"
+  fi
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  # dpkg-query's status tells an installed package from a removed one whose config remains.
+  st=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+  [ "$st" = "installed" ] || missing+=("$p")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  say "installing ${#missing[@]} missing packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! $SUDO apt-get update -qq; then
+    die "apt-get update failed: no network to the Debian package mirror? (needed: ${missing[*]})"
+  fi
+  if ! $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/fabriclab-apt.log 2>&1; then
+    tail -20 /tmp/fabriclab-apt.log >&2
+    die "apt-get install failed (log: /tmp/fabriclab-apt.log)"
+  fi
+else
+  say "all ${#PACKAGES[@]} packages present"
+fi
+
+# libvirt's QEMU driver runs guests as libvirt-qemu when it runs as root; on a machine where the
+# package's postinst could not create the account (no systemd, containers) create it here.
+if ! getent group libvirt-qemu >/dev/null; then $SUDO groupadd -r libvirt-qemu; fi
+if ! getent passwd libvirt-qemu >/dev/null; then
+  $SUDO useradd -r -g libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+fi
+for d in /var/log/libvirt /var/run/libvirt /var/lib/libvirt; do $SUDO mkdir -p "$d"; done
+
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found after install"
+say "ready"

@@ -1,0 +1,84 @@
+#include "fabriclab/hypervisor/domain_spec.hpp"
+
+#include <gtest/gtest.h>
+
+namespace fabriclab::hypervisor {
+namespace {
+
+DomainSpec sample() {
+  DomainSpec s;
+  s.name = "web-0";
+  s.boot = {"/img/vmlinuz", "/img/v1/initrd.img", "console=ttyS0 panic=-1"};
+  s.console_log = "/lab/web-0.log";
+  s.data_disk = "/lab/web-0.raw";
+  s.channel_socket = "/lab/web-0.sock";
+  s.metadata = InstanceMetadata{"web", 0, 0, 1, "v1"};
+  return s;
+}
+
+TEST(DomainSpec, RendersEveryPartTheGuestNeeds) {
+  auto xml = render_domain_xml(sample(), "qemu");
+  ASSERT_TRUE(xml.ok()) << xml.error().describe();
+  for (const char* needle :
+       {"<domain type='qemu'>", "<name>web-0</name>", "<kernel>/img/vmlinuz</kernel>",
+        "<initrd>/img/v1/initrd.img</initrd>", "<acpi/>", "append='on'",
+        "name='org.fabriclab.integration.0'", "<source file='/lab/web-0.raw'/>",
+        "xmlns:fabriclab='https://fabriclab.dev/xmlns/instance/1'", "service='web'", "fd='1'"}) {
+    EXPECT_NE(xml->find(needle), std::string::npos) << "missing " << needle << " in\n" << *xml;
+  }
+}
+
+TEST(DomainSpec, RejectsBadFieldsNamingThem) {
+  auto s = sample();
+  s.name = "bad name";
+  auto r = render_domain_xml(s, "qemu");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.condition(), Condition::invalid_argument);
+  EXPECT_NE(r.error().message.find("name"), std::string::npos);
+
+  s = sample();
+  s.boot.kernel = "relative/vmlinuz";
+  EXPECT_NE(validate(s).error().message.find("boot.kernel"), std::string::npos);
+
+  s = sample();
+  s.channel_socket = "/" + std::string(120, 'x');
+  EXPECT_NE(validate(s).error().message.find("channel_socket"), std::string::npos);
+
+  s = sample();
+  s.memory_mib = 1;
+  EXPECT_NE(validate(s).error().message.find("memory_mib"), std::string::npos);
+
+  EXPECT_EQ(render_domain_xml(sample(), "xen").condition(), Condition::invalid_argument);
+}
+
+TEST(DomainSpec, EscapesUntrustedStrings) {
+  auto s = sample();
+  s.boot.cmdline = "a='<x>'&b";
+  s.metadata->service = "we'b<";
+  auto xml = render_domain_xml(s, "kvm");
+  ASSERT_TRUE(xml.ok());
+  EXPECT_NE(xml->find("a=&apos;&lt;x&gt;&apos;&amp;b"), std::string::npos);
+  EXPECT_EQ(xml->find("we'b<"), std::string::npos);
+}
+
+TEST(InstanceMetadata, RoundTripsThroughXml) {
+  InstanceMetadata m{"wo'rker", 2, 2, 0, "v2"};
+  auto back = parse_metadata_xml(render_metadata_xml(m));
+  ASSERT_TRUE(back.ok()) << back.error().describe();
+  EXPECT_EQ(*back, m);
+  auto bare = parse_metadata_xml(render_metadata_xml(m, false));
+  ASSERT_TRUE(bare.ok());
+  EXPECT_EQ(*bare, m);
+}
+
+TEST(InstanceMetadata, RejectsForeignOrBrokenElements) {
+  EXPECT_EQ(parse_metadata_xml("<other/>").condition(), Condition::invalid_argument);
+  auto r = parse_metadata_xml("<instance service='a' index='x' ud='0' fd='0' image='v1'/>");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("index"), std::string::npos);
+  EXPECT_EQ(parse_metadata_xml("<instance service='a' index='1' ud='25' fd='0' image='v1'/>").condition(),
+            Condition::invalid_argument);
+}
+
+}  // namespace
+}  // namespace fabriclab::hypervisor
