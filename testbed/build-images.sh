@@ -30,7 +30,7 @@ die() { printf '[build-images] ERROR: %s\n' "$*" >&2; exit 1; }
 [ "$#" -eq 2 ] || die "usage: $0 OUT_DIR GUEST_BINARY"
 OUT_DIR=$(realpath -m -- "$1")
 GUEST=$(realpath -e -- "$2" 2>/dev/null) || die "guest binary '$2' not found"
-[ -f "$GUEST" ] && [ -x "$GUEST" ] || die "guest binary '$GUEST' is not an executable file"
+if [ ! -f "$GUEST" ] || [ ! -x "$GUEST" ]; then die "guest binary '$GUEST' is not an executable file"; fi
 case "$OUT_DIR" in *[\"\\]* | *$'\n'*) die "OUT_DIR must not contain quotes, backslashes or newlines";; esac
 SCRIPT=$(realpath -e -- "${BASH_SOURCE[0]}")
 
@@ -48,10 +48,10 @@ fi
 
 STAMP="$(sha256sum "$GUEST" | cut -d' ' -f1) $(sha256sum "$SCRIPT" | cut -d' ' -f1) ${FABRICLAB_KERNEL_VERSION:-}"
 outputs_present() {
-  [ -f "$OUT_DIR/manifest.json" ] && [ -f "$OUT_DIR/vmlinuz" ] || return 1
+  if [ ! -f "$OUT_DIR/manifest.json" ] || [ ! -f "$OUT_DIR/vmlinuz" ]; then return 1; fi
   local v
   for v in "${VERSIONS[@]}"; do
-    [ -f "$OUT_DIR/$v/initrd.img" ] && [ -f "$OUT_DIR/$v/vmlinuz" ] || return 1
+    if [ ! -f "$OUT_DIR/$v/initrd.img" ] || [ ! -f "$OUT_DIR/$v/vmlinuz" ]; then return 1; fi
   done
 }
 if [ -f "$OUT_DIR/.stamp" ] && [ "$(cat "$OUT_DIR/.stamp")" = "$STAMP" ] && outputs_present; then

@@ -8,9 +8,9 @@
 //
 // The embedded QEMU driver (qemu:///embed?root=DIR) needs the event loop running before open and
 // reads DIR/etc/qemu.conf rather than /etc/libvirt. When that file is absent we write one that
-// runs QEMU as the current user, without per-domain mount namespaces or cgroups: a lab machine
+// runs QEMU as the current user, without per-domain mount namespaces or cgroups (a lab machine
 // without systemd has neither machined nor delegated cgroups, and the testbed owns every file the
-// guests touch.
+// guests touch) and without virtlogd (a daemon nobody started).
 
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
@@ -122,7 +122,9 @@ Status prepare_embed_root(const std::string& root) {
       << "user = \"" << (pw ? pw->pw_name : "root") << "\"\n"
       << "group = \"" << (gr ? gr->gr_name : "root") << "\"\n"
       << "namespaces = [ ]\n"
-      << "cgroup_controllers = [ ]\n";
+      << "cgroup_controllers = [ ]\n"
+      // QEMU writes console logs itself: virtlogd is a daemon nobody started here.
+      << "stdio_handler = \"file\"\n";
   if (!out) return make_error(Condition::transient, "cannot write " + conf);
   return {};
 }
@@ -162,6 +164,19 @@ Status precheck_uri(const std::string& uri) {
   return {};
 }
 
+// /dev/kvm can exist where KVM cannot run a Linux guest (seen on a nested sandbox whose CPU flags
+// lack vmx/svm: SeaBIOS runs, the kernel hangs). For a hypervisor on this machine we only trust
+// kvm when the CPU also advertises hardware virtualization.
+bool local_cpu_can_kvm() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("flags", 0) != 0) continue;
+    return line.find(" vmx") != std::string::npos || line.find(" svm") != std::string::npos;
+  }
+  return false;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Connection>> Connection::open(const std::string& uri) {
@@ -184,7 +199,8 @@ Status Connection::init() {
     domain_type_ = "test";
   } else if (forced && (std::string(forced) == "qemu" || std::string(forced) == "kvm")) {
     domain_type_ = forced;
-  } else if (caps.find("<domain type='kvm'") != std::string::npos) {
+  } else if (caps.find("<domain type='kvm'") != std::string::npos &&
+             (uri_.rfind("qemu:///", 0) != 0 || local_cpu_can_kvm())) {
     domain_type_ = "kvm";
   } else {
     domain_type_ = "qemu";

@@ -9,6 +9,7 @@
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 
+#include <cstdlib>
 #include <mutex>
 #include <thread>
 
@@ -82,6 +83,11 @@ Status ensure_event_loop() {
   static Status result;
   std::call_once(once, [] {
     virSetErrorFunc(nullptr, silence);
+    // libvirt's own log (the embedded driver's warnings included) would go to stderr; errors
+    // reach callers as values, so unless the user chose outputs, keep errors in a file only.
+    if (!std::getenv("LIBVIRT_LOG_OUTPUTS")) {
+      ::setenv("LIBVIRT_LOG_OUTPUTS", "4:file:/tmp/fabriclab-libvirt.log", 0);
+    }
     if (virInitialize() < 0) {
       result = last_error("virInitialize");
       return;

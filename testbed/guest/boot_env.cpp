@@ -74,7 +74,8 @@ void apply_cmdline(GuestConfig& config, std::string_view cmdline) {
       if (auto v = parse_int(value, 0, 3'600'000)) {
         config.drain_ms = *v;
       } else {
-        log("cmdline: bad fabriclab.drain_ms, keeping %lld", static_cast<long long>(config.drain_ms));
+        log("cmdline: bad fabriclab.drain_ms, keeping %lld",
+            static_cast<long long>(config.drain_ms));
       }
     } else if (key == "fabriclab.hb_ms") {
       if (auto v = parse_int(value, 50, 600'000)) {
@@ -136,7 +137,7 @@ void mount_basics() {
 }
 
 int load_modules(const std::string& list_path) {
-  auto list = read_text_file(list_path, 64 * 1024);
+  auto list = read_text_file(list_path, std::size_t{64} * 1024);
   if (!list) {
     log("no module list at %s: %s", list_path.c_str(), std::strerror(errno));
     return 0;
@@ -195,9 +196,12 @@ std::string trim(std::string_view text) {
 
 std::string_view to_string(Mode mode) {
   switch (mode) {
-    case Mode::normal: return "normal";
-    case Mode::ignore_power: return "ignore-power";
-    case Mode::fail_app: return "fail-app";
+    case Mode::normal:
+      return "normal";
+    case Mode::ignore_power:
+      return "ignore-power";
+    case Mode::fail_app:
+      return "fail-app";
   }
   return "normal";
 }

@@ -1,8 +1,8 @@
 #pragma once
 // The guest's view of its own machine: logging to the serial console, the early mounts, kernel
 // module loading, the configuration baked into the image plus the kernel command line, clocks and
-// the boot id. Everything here is plain POSIX/Linux and never throws on a system-call failure: PID 1
-// logs and carries on.
+// the boot id. Everything here is plain POSIX/Linux and never throws on a system-call failure:
+// PID 1 logs and carries on.
 
 #include <cstdint>
 #include <optional>
@@ -38,12 +38,12 @@ std::string_view to_string(Mode mode);
 std::optional<Mode> parse_mode(std::string_view text);
 
 struct GuestConfig {
-  std::string image = "unknown";   // /etc/fabriclab/image
-  Mode mode = Mode::normal;         // /etc/fabriclab/mode, overridden by fabriclab.mode=
-  std::int64_t drain_ms = kDefaultDrainMs;       // fabriclab.drain_ms=
+  std::string image = "unknown";            // /etc/fabriclab/image
+  Mode mode = Mode::normal;                 // /etc/fabriclab/mode, overridden by fabriclab.mode=
+  std::int64_t drain_ms = kDefaultDrainMs;  // fabriclab.drain_ms=
   std::int64_t heartbeat_ms = kDefaultHeartbeatMs;  // fabriclab.hb_ms=
-  std::string disk = "/dev/vda";    // fabriclab.disk=
-  std::string patch;                // /etc/fabriclab/patch (first line), informational
+  std::string disk = "/dev/vda";                    // fabriclab.disk=
+  std::string patch;  // /etc/fabriclab/patch (first line), informational
 };
 
 // Image files first, then /proc/cmdline. Bad values are logged and the default kept.

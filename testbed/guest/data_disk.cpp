@@ -10,7 +10,6 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
-#include <ctime>
 
 #include "boot_env.hpp"
 
@@ -20,7 +19,7 @@ namespace {
 constexpr char kMagic[8] = {'F', 'L', 'A', 'B', 'C', 'N', 'T', '1'};
 constexpr std::size_t kChecksumOffset = 64;
 constexpr std::size_t kBootIdSize = 32;
-constexpr std::uint64_t kMinDiskBytes = 1024 * 1024;
+constexpr std::uint64_t kMinDiskBytes = std::uint64_t{1024} * 1024;
 
 using Block = std::array<unsigned char, DataDisk::kRecordSize>;
 
@@ -55,30 +54,20 @@ Block encode(const DiskRecord& record) {
   return block;
 }
 
-void sleep_ms(int ms) {
-  timespec ts{ms / 1000, (ms % 1000) * 1'000'000L};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
-
 }  // namespace
 
 DataDisk::~DataDisk() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-bool DataDisk::open(const std::string& path, int wait_ms) {
+DataDisk::OpenResult DataDisk::try_open(const std::string& path) {
+  if (fd_ >= 0) return OpenResult::opened;
   path_ = path;
-  const std::int64_t deadline = monotonic_ms() + wait_ms;
-  for (;;) {
-    fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-    if (fd_ >= 0 || monotonic_ms() >= deadline) break;
-    sleep_ms(50);
-  }
+  fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
   if (fd_ < 0) {
-    log("data disk %s not available after %d ms (%s): counter will be -1", path.c_str(), wait_ms,
-        std::strerror(errno));
-    return false;
+    if (errno == ENOENT || errno == ENXIO || errno == ENODEV) return OpenResult::not_yet;
+    log("data disk %s: open failed (%s): not used", path.c_str(), std::strerror(errno));
+    return OpenResult::unusable;
   }
   std::uint64_t size = 0;
   if (::ioctl(fd_, BLKGETSIZE64, &size) == 0 && size < kMinDiskBytes) {
@@ -92,7 +81,7 @@ bool DataDisk::open(const std::string& path, int wait_ms) {
         n < 0 ? std::strerror(errno) : "short read");
     ::close(fd_);
     fd_ = -1;
-    return false;
+    return OpenResult::unusable;
   }
   if (std::memcmp(block.data(), kMagic, sizeof kMagic) != 0) {
     log("data disk %s: no record (fresh disk), counter starts at 0", path.c_str());
@@ -111,7 +100,7 @@ bool DataDisk::open(const std::string& path, int wait_ms) {
         static_cast<unsigned long long>(record_.boots),
         record_.clean_shutdown ? "clean" : "unclean", record_.last_boot_id.c_str());
   }
-  return true;
+  return OpenResult::opened;
 }
 
 bool DataDisk::begin_boot(const std::string& boot_id) {

@@ -35,9 +35,11 @@ class DataDisk {
   DataDisk& operator=(const DataDisk&) = delete;
   ~DataDisk();
 
-  // Waits up to `wait_ms` for the device node, opens it and reads the record. False (logged)
-  // when there is no usable disk; the guest then reports counter -1.
-  bool open(const std::string& path, int wait_ms);
+  enum class OpenResult { opened, not_yet, unusable };
+  // One attempt to open the device and read the record. `not_yet` (silent) while the node does
+  // not exist, so the caller can retry on a timer; `unusable` (logged) when it exists but cannot be
+  // used. Without a disk the guest reports counter -1.
+  OpenResult try_open(const std::string& path);
   bool is_open() const { return fd_ >= 0; }
 
   // A new boot: boots + 1, clean_shutdown = false, last_boot_id = boot_id. Durable on return.

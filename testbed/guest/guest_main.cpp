@@ -11,10 +11,12 @@
 //
 // Shape. One static binary, no libc services beyond system calls, single-threaded: after boot
 // (mounts, finit_module of the modules the image builder listed, configuration from
-// /etc/fabriclab and /proc/cmdline, the data disk) everything happens in one poll() loop whose
-// timeout is the nearest timer: the heartbeat tick, delayed scheduled-event acks (the "drain"
-// time an Azure app takes before answering StartRequests), rescans for input devices and for the
-// channel, and re-probes of a channel whose host end is closed. The power button (ACPI
+// /etc/fabriclab and /proc/cmdline) everything happens in one poll() loop whose timeout is the
+// nearest timer: the heartbeat tick, delayed scheduled-event acks (the "drain" time an Azure app
+// takes before answering StartRequests), retries for the data disk (heartbeats wait up to 5 s for
+// it, so the first one already carries a durable counter), rescans for input devices and for the
+// channel, and re-probes of a channel whose host end is closed. Devices that are late never block
+// the loop, so the power button works from the moment its device exists. The power button (ACPI
 // KEY_POWER through evdev) triggers the clean shutdown: final record on disk, `final` line,
 // sync, power off. The image builder bakes the rest of the behaviour into files: the image
 // version (v1, v2 = patched), and a "bad patch" mode (fail-app: the app never starts, so no
@@ -48,6 +50,7 @@ namespace {
 
 constexpr const char* kPortName = "org.fabriclab.integration.0";
 constexpr int kDiskWaitMs = 5000;
+constexpr std::int64_t kDiskRetryMs = 50;
 constexpr std::int64_t kFastScanWindowMs = 10'000;  // after start: rescan often
 constexpr std::int64_t kChannelFastMs = 100;
 constexpr std::int64_t kChannelSlowMs = 1000;
@@ -66,20 +69,47 @@ class GuestApp {
 
   [[noreturn]] void run() {
     start_ms_ = monotonic_ms();
-    if (disk_.open(config_.disk, kDiskWaitMs) && !disk_.begin_boot(boot_id_)) {
-      log("data disk: could not record the new boot");
-    }
     if (config_.mode == Mode::fail_app) {
       log("app failed to start (fail-app mode): no heartbeats will be sent");
     }
     next_heartbeat_ms_ = start_ms_;
+    next_disk_check_ms_ = start_ms_;
     next_channel_check_ms_ = start_ms_;
     next_input_scan_ms_ = start_ms_;
     for (;;) loop_once();
   }
 
  private:
+  enum class DiskState { waiting, ready, absent };
+
   bool heartbeats_enabled() const { return config_.mode != Mode::fail_app; }
+  // Heartbeats wait for the disk (up to kDiskWaitMs) so the first one carries a durable counter.
+  bool heartbeats_running() const {
+    return heartbeats_enabled() && disk_state_ != DiskState::waiting;
+  }
+
+  // The virtio disk may show up a moment after virtio_blk loads; never block the loop on it.
+  void check_disk(std::int64_t now) {
+    switch (disk_.try_open(config_.disk)) {
+      case DataDisk::OpenResult::opened:
+        disk_state_ = DiskState::ready;
+        if (!disk_.begin_boot(boot_id_)) log("data disk: could not record the new boot");
+        return;
+      case DataDisk::OpenResult::unusable:
+        disk_state_ = DiskState::absent;
+        log("no usable data disk: counter will be -1");
+        return;
+      case DataDisk::OpenResult::not_yet:
+        if (now - start_ms_ >= kDiskWaitMs) {
+          disk_state_ = DiskState::absent;
+          log("data disk %s did not appear within %d ms: counter will be -1", config_.disk.c_str(),
+              kDiskWaitMs);
+        } else {
+          next_disk_check_ms_ = now + kDiskRetryMs;
+        }
+        return;
+    }
+  }
 
   void loop_once() {
     std::vector<std::string> lines;
@@ -113,6 +143,7 @@ class GuestApp {
 
   void run_timers(std::int64_t now, std::vector<std::string>& lines) {
     const bool early = now - start_ms_ < kFastScanWindowMs;
+    if (disk_state_ == DiskState::waiting && now >= next_disk_check_ms_) check_disk(now);
     if (now >= next_channel_check_ms_) {
       if (!channel_.is_open()) {
         if (channel_.try_open()) {
@@ -124,8 +155,9 @@ class GuestApp {
       } else if (!channel_.host_connected()) {
         check_channel(lines);
       }
-      next_channel_check_ms_ =
-          now + (channel_.is_open() ? kChannelProbeMs : early ? kChannelFastMs : kChannelSlowMs);
+      next_channel_check_ms_ = now + (channel_.is_open() ? kChannelProbeMs
+                                      : early            ? kChannelFastMs
+                                                         : kChannelSlowMs);
     }
     if (now >= next_input_scan_ms_) {
       const bool had_button = buttons_.has_power_button();
@@ -133,7 +165,7 @@ class GuestApp {
       if (!had_button && buttons_.has_power_button()) log("power button ready");
       next_input_scan_ms_ = now + (early ? kInputFastMs : kInputSlowMs);
     }
-    if (heartbeats_enabled() && now >= next_heartbeat_ms_) {
+    if (heartbeats_running() && now >= next_heartbeat_ms_) {
       heartbeat_tick();
       next_heartbeat_ms_ += config_.heartbeat_ms;
       if (next_heartbeat_ms_ <= now) next_heartbeat_ms_ = now + config_.heartbeat_ms;
@@ -144,7 +176,8 @@ class GuestApp {
   std::int64_t next_deadline() const {
     std::int64_t deadline = next_input_scan_ms_;
     if (!channel_.host_connected()) deadline = std::min(deadline, next_channel_check_ms_);
-    if (heartbeats_enabled()) deadline = std::min(deadline, next_heartbeat_ms_);
+    if (disk_state_ == DiskState::waiting) deadline = std::min(deadline, next_disk_check_ms_);
+    if (heartbeats_running()) deadline = std::min(deadline, next_heartbeat_ms_);
     for (const auto& pending : pending_acks_) deadline = std::min(deadline, pending.due_ms);
     return deadline;
   }
@@ -172,16 +205,19 @@ class GuestApp {
 
   void send_heartbeat() {
     ++seq_;
-    Heartbeat heartbeat{seq_,           boot_id_,    config_.image, disk_.reported_counter(),
-                        uptime_ms(),    to_string(config_.mode)};
+    Heartbeat heartbeat{seq_,          boot_id_,
+                        config_.image, disk_.reported_counter(),
+                        uptime_ms(),   to_string(config_.mode)};
     last_heartbeat_dropped_ = !channel_.send(heartbeat_line(heartbeat));
     if (!last_heartbeat_dropped_ && !first_heartbeat_logged_) {
       first_heartbeat_logged_ = true;
-      log("first heartbeat delivered: seq=%llu counter=%lld",
-          static_cast<unsigned long long>(seq_), static_cast<long long>(heartbeat.counter));
+      log("first heartbeat delivered: seq=%llu counter=%lld", static_cast<unsigned long long>(seq_),
+          static_cast<long long>(heartbeat.counter));
     } else if (seq_ % 60 == 0) {
-      log("heartbeat seq=%llu counter=%lld (dropped out=%llu in=%llu)",
+      log("heartbeat seq=%llu counter=%lld instance=%s/%lld (dropped out=%llu in=%llu)",
           static_cast<unsigned long long>(seq_), static_cast<long long>(heartbeat.counter),
+          instance_ ? instance_->service.c_str() : "-",
+          instance_ ? static_cast<long long>(instance_->index) : -1LL,
           static_cast<unsigned long long>(channel_.dropped_out()),
           static_cast<unsigned long long>(channel_.dropped_in()));
     }
@@ -231,8 +267,8 @@ class GuestApp {
       bool still = std::any_of(doc.events.begin(), doc.events.end(), [&](const auto& e) {
         return e.event_id == pending.event_id && e.event_status == "Scheduled";
       });
-      if (!still) log("scheduled_events: %s no longer Scheduled, ack cancelled",
-                      pending.event_id.c_str());
+      if (!still)
+        log("scheduled_events: %s no longer Scheduled, ack cancelled", pending.event_id.c_str());
       return !still;
     });
     const std::int64_t now = monotonic_ms();
@@ -300,7 +336,9 @@ class GuestApp {
   Channel channel_;
   PowerButtonWatcher buttons_;
   std::int64_t start_ms_ = 0;
+  DiskState disk_state_ = DiskState::waiting;
   std::int64_t next_heartbeat_ms_ = 0;
+  std::int64_t next_disk_check_ms_ = 0;
   std::int64_t next_channel_check_ms_ = 0;
   std::int64_t next_input_scan_ms_ = 0;
   std::uint64_t seq_ = 0;

@@ -56,8 +56,8 @@ void PowerButtonWatcher::append_pollfds(std::vector<pollfd>& fds) const {
 }
 
 bool PowerButtonWatcher::on_ready(int fd, short revents) {
-  auto it = std::find_if(devices_.begin(), devices_.end(),
-                         [fd](const Device& d) { return d.fd == fd; });
+  auto it =
+      std::find_if(devices_.begin(), devices_.end(), [fd](const Device& d) { return d.fd == fd; });
   if (it == devices_.end() || revents == 0) return false;
   const std::size_t index = static_cast<std::size_t>(it - devices_.begin());
   bool pressed = false;

@@ -5,10 +5,10 @@
 // after their modules load, so the owner calls `rescan()` on a timer; devices that go away are
 // dropped on their first read error.
 
+#include <poll.h>
+
 #include <string>
 #include <vector>
-
-#include <poll.h>
 
 namespace fabriclab::guest {
 

@@ -1,7 +1,6 @@
 #include "protocol.hpp"
 
 #include <boost/json.hpp>
-
 #include <cmath>
 #include <optional>
 
@@ -79,8 +78,8 @@ HostMessage parse_scheduled_events(const json::object& object) {
   const json::value* events = object.if_contains("Events");
   if (events == nullptr || !events->is_array() || events->get_array().size() > kMaxEvents) {
     if (error.empty()) {
-      error = "scheduled_events: Events must be an array of at most " +
-              std::to_string(kMaxEvents) + " events";
+      error = "scheduled_events: Events must be an array of at most " + std::to_string(kMaxEvents) +
+              " events";
     }
     return BadFields{error};
   }

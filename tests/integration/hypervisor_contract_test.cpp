@@ -11,6 +11,7 @@
 
 #include "fabriclab/hypervisor/connection.hpp"
 #include "fabriclab/testbed/lab_vm.hpp"
+#include "status_matchers.hpp"
 
 namespace fabriclab::hypervisor {
 namespace {
@@ -61,11 +62,11 @@ TEST_F(TestDriver, LifecycleDefineStartSuspendResumeStopUndefine) {
   auto d = conn_->define(spec("web-1"));
   ASSERT_TRUE(d.ok()) << d.error().describe();
   EXPECT_EQ(*d->state(), DomainState::shut_off);
-  ASSERT_TRUE(d->start().ok());
+  ASSERT_OK(d->start());
   EXPECT_EQ(*d->state(), DomainState::running);
-  ASSERT_TRUE(d->suspend().ok());
+  ASSERT_OK(d->suspend());
   EXPECT_EQ(*d->state(), DomainState::paused);
-  ASSERT_TRUE(d->resume().ok());
+  ASSERT_OK(d->resume());
   EXPECT_EQ(*d->state(), DomainState::running);
 
   auto stop = d->shutdown_ladder({5s, 50ms});
@@ -82,7 +83,7 @@ TEST_F(TestDriver, LifecycleDefineStartSuspendResumeStopUndefine) {
   EXPECT_EQ((*list)[0].name, "web-1");
   EXPECT_TRUE((*list)[0].persistent);
 
-  ASSERT_TRUE(d->undefine().ok());
+  ASSERT_OK(d->undefine());
   EXPECT_EQ(conn_->lookup("web-1").condition(), Condition::not_found);
 }
 
@@ -94,13 +95,13 @@ TEST_F(TestDriver, ErrorPathsCarryConditions) {
 
   auto d = conn_->define(spec("web-1"));
   ASSERT_TRUE(d.ok());
-  ASSERT_TRUE(d->start().ok());
+  ASSERT_OK(d->start());
   auto twice = d->start();
   ASSERT_FALSE(twice.ok());
   EXPECT_EQ(twice.condition(), Condition::invalid_state);
   EXPECT_NE(twice.error().message.find("web-1"), std::string::npos);
 
-  ASSERT_TRUE(d->destroy().ok());
+  ASSERT_OK(d->destroy());
   EXPECT_EQ(d->destroy().condition(), Condition::invalid_state);
   EXPECT_EQ(d->resume().condition(), Condition::invalid_state);
 
@@ -137,13 +138,13 @@ TEST_F(TestDriver, MetadataRoundTripsLiveAndConfig) {
   EXPECT_EQ(none.condition(), Condition::not_found);
 
   InstanceMetadata m{"worker", 2, 2, 0, "v1"};
-  ASSERT_TRUE(d->set_metadata(m).ok());  // inactive: CONFIG only
+  ASSERT_OK(d->set_metadata(m));  // inactive: CONFIG only
   EXPECT_EQ(*d->metadata(), m);
-  ASSERT_TRUE(d->start().ok());
+  ASSERT_OK(d->start());
   m.image = "v2";
-  ASSERT_TRUE(d->set_metadata(m).ok());  // running: LIVE|CONFIG
+  ASSERT_OK(d->set_metadata(m));  // running: LIVE|CONFIG
   EXPECT_EQ(*d->metadata(), m);
-  ASSERT_TRUE(d->destroy().ok());
+  ASSERT_OK(d->destroy());
   auto persisted = d->metadata();
   ASSERT_TRUE(persisted.ok()) << persisted.error().describe();
   EXPECT_EQ(persisted->image, "v2") << "a LIVE-only change would be lost at the next boot";
@@ -160,12 +161,13 @@ TEST_F(TestDriver, LifecycleEventsArriveAsPlainValuesInOrder) {
     std::lock_guard lock(mu);
     seen.push_back(e);
   });
+  std::shared_ptr<void> unsubscribe(nullptr, [&](void*) { conn_->unsubscribe(id); });
   auto d = conn_->define(spec("web-1"));
   ASSERT_TRUE(d.ok());
-  ASSERT_TRUE(d->start().ok());
-  ASSERT_TRUE(d->suspend().ok());
-  ASSERT_TRUE(d->resume().ok());
-  ASSERT_TRUE(d->destroy().ok());
+  ASSERT_OK(d->start());
+  ASSERT_OK(d->suspend());
+  ASSERT_OK(d->resume());
+  ASSERT_OK(d->destroy());
   std::vector<LifecycleKind> want = {LifecycleKind::defined, LifecycleKind::started,
                                      LifecycleKind::suspended, LifecycleKind::resumed,
                                      LifecycleKind::stopped};
@@ -176,7 +178,6 @@ TEST_F(TestDriver, LifecycleEventsArriveAsPlainValuesInOrder) {
     }
     std::this_thread::sleep_for(20ms);
   }
-  conn_->unsubscribe(id);
   std::lock_guard lock(mu);
   ASSERT_EQ(seen.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) {
@@ -190,9 +191,9 @@ TEST_F(TestDriver, LifecycleEventsArriveAsPlainValuesInOrder) {
 TEST_F(TestDriver, BootImageChangesOnlyTheNextBoot) {
   auto d = conn_->define(spec("web-1"));
   ASSERT_TRUE(d.ok());
-  ASSERT_TRUE(d->start().ok());
+  ASSERT_OK(d->start());
   BootImage v2{"/images/vmlinuz", "/images/v2/initrd.img", "console=ttyS0 fabriclab.mode=normal"};
-  ASSERT_TRUE(d->set_boot_image(v2).ok());
+  ASSERT_OK(d->set_boot_image(v2));
   auto next = d->boot_image();
   ASSERT_TRUE(next.ok());
   EXPECT_EQ(next->initrd, "/images/v2/initrd.img");
@@ -201,7 +202,7 @@ TEST_F(TestDriver, BootImageChangesOnlyTheNextBoot) {
   ASSERT_TRUE(live.ok());
   EXPECT_NE(live->find("/images/v1/initrd.img"), std::string::npos) << "the running guest keeps v1";
 
-  ASSERT_TRUE(d->set_disk_source("vda", dir_ + "/other.raw").ok());
+  ASSERT_OK(d->set_disk_source("vda", dir_ + "/other.raw"));
   EXPECT_NE(d->xml(true)->find(dir_ + "/other.raw"), std::string::npos);
   EXPECT_EQ(d->set_disk_source("vdz", "/x.raw").condition(), Condition::not_found);
   EXPECT_EQ(d->set_boot_image({"relative", "", ""}).condition(), Condition::invalid_argument);
@@ -210,11 +211,11 @@ TEST_F(TestDriver, BootImageChangesOnlyTheNextBoot) {
 TEST_F(TestDriver, ManagedSaveStopsAndStartRestores) {
   auto d = conn_->define(spec("web-1"));
   ASSERT_TRUE(d.ok());
-  ASSERT_TRUE(d->start().ok());
-  ASSERT_TRUE(d->managed_save().ok());
+  ASSERT_OK(d->start());
+  ASSERT_OK(d->managed_save());
   EXPECT_EQ(*d->state(), DomainState::shut_off);
   EXPECT_TRUE(*d->has_managed_save());
-  ASSERT_TRUE(d->start().ok());
+  ASSERT_OK(d->start());
   EXPECT_EQ(*d->state(), DomainState::running);
   EXPECT_FALSE(*d->has_managed_save());
 }

@@ -14,6 +14,7 @@
 #include "fabriclab/agent/guest_link.hpp"
 #include "fabriclab/hypervisor/connection.hpp"
 #include "fabriclab/testbed/lab_vm.hpp"
+#include "status_matchers.hpp"
 
 namespace fabriclab {
 namespace {
@@ -104,7 +105,7 @@ Heartbeat heartbeat_of(const agent::ReceivedMessage& m) { return std::get<Heartb
 
 TEST_F(RealVm, GuestBootsStopsGracefullySwapsToV2AndKeepsItsCounter) {
   auto d = define("web-0", "v1");
-  ASSERT_TRUE(d.start().ok());
+  ASSERT_OK(d.start());
   auto link = link_to("web-0");
   ASSERT_TRUE(link);
 
@@ -152,8 +153,8 @@ TEST_F(RealVm, GuestBootsStopsGracefullySwapsToV2AndKeepsItsCounter) {
   auto v2 = image("v2");
   auto boot = d.boot_image();
   ASSERT_TRUE(boot.ok());
-  ASSERT_TRUE(d.set_boot_image({v2.kernel, v2.initrd, boot->cmdline}).ok());
-  ASSERT_TRUE(d.start().ok());
+  ASSERT_OK(d.set_boot_image({v2.kernel, v2.initrd, boot->cmdline}));
+  ASSERT_OK(d.start());
   link = link_to("web-0");
   ASSERT_TRUE(link);
   auto after = link->wait_for_heartbeat(kBootTimeout);
@@ -168,7 +169,7 @@ TEST_F(RealVm, GuestIgnoringThePowerButtonIsDestroyedAfterTheTimeout) {
   testbed::GuestOptions opts;
   opts.mode = "ignore-power";
   auto d = define("stubborn-0", "v1", opts);
-  ASSERT_TRUE(d.start().ok());
+  ASSERT_OK(d.start());
   auto link = link_to("stubborn-0");
   ASSERT_TRUE(link);
   auto hb = link->wait_for_heartbeat(kBootTimeout);
@@ -186,21 +187,23 @@ TEST_F(RealVm, GuestIgnoringThePowerButtonIsDestroyedAfterTheTimeout) {
 TEST_F(RealVm, MetadataAndLifecycleEventsOnARealGuest) {
   std::mutex mu;
   std::vector<hypervisor::LifecycleKind> kinds;
-  conn_->subscribe([&](const hypervisor::LifecycleEvent& e) {
+  const int sub = conn_->subscribe([&](const hypervisor::LifecycleEvent& e) {
     std::lock_guard lock(mu);
     kinds.push_back(e.kind);
   });
+  // The handler captures locals: unsubscribe before they go, whichever way the test ends.
+  std::shared_ptr<void> unsubscribe(nullptr, [&](void*) { conn_->unsubscribe(sub); });
   auto d = define("meta-0", "v1");
-  ASSERT_TRUE(d.start().ok());
+  ASSERT_OK(d.start());
   EXPECT_EQ(*d.state(), DomainState::running);
   hypervisor::InstanceMetadata m{"worker", 2, 2, 1, "v1"};
-  ASSERT_TRUE(d.set_metadata(m).ok());  // running: LIVE|CONFIG
+  ASSERT_OK(d.set_metadata(m));  // running: LIVE|CONFIG
   EXPECT_EQ(*d.metadata(), m);
 
-  ASSERT_TRUE(d.suspend().ok());
+  ASSERT_OK(d.suspend());
   EXPECT_EQ(*d.state(), DomainState::paused);
-  ASSERT_TRUE(d.resume().ok());
-  ASSERT_TRUE(d.destroy().ok());
+  ASSERT_OK(d.resume());
+  ASSERT_OK(d.destroy());
   auto persisted = d.metadata();
   ASSERT_TRUE(persisted.ok()) << persisted.error().describe();
   EXPECT_EQ(*persisted, m) << "LIVE|CONFIG survives the stop";
