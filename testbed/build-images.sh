@@ -102,12 +102,15 @@ fi
 DEB="${debs[-1]}"
 
 KTREE="$CACHE/kernel/$KVER"
-if [ ! -f "$KTREE/.unpacked" ] || [ "$(cat "$KTREE/.unpacked")" != "$(basename "$DEB")" ]; then
+# The tree is pruned to the modules we load (see below); another module set needs a fresh unpack.
+UNPACK_ID="$(basename "$DEB") ${WANTED_MODULES[*]}"
+if [ ! -f "$KTREE/.unpacked" ] || [ "$(cat "$KTREE/.unpacked")" != "$UNPACK_ID" ]; then
   say "unpacking $(basename "$DEB")"
   rm -rf "$KTREE"
   mkdir -p "$KTREE"
   dpkg -x "$DEB" "$KTREE" || die "dpkg -x $DEB failed"
-  basename "$DEB" >"$KTREE/.unpacked"
+  rm -f "$KTREE/.pruned"
+  printf '%s\n' "$UNPACK_ID" >"$KTREE/.unpacked"
 fi
 VMLINUZ="$KTREE/boot/vmlinuz-$KVER"
 MODDIR="$KTREE/lib/modules/$KVER"
@@ -144,6 +147,19 @@ visit() {
   ORDER+=("${line%%:*}")
 }
 for m in "${WANTED_MODULES[@]}"; do visit "$m"; done
+
+# Keep the cache small (~10 MB instead of ~480 MB): only the kernel, the module metadata and the
+# modules we load stay unpacked.
+if [ ! -f "$KTREE/.pruned" ]; then
+  declare -A KEEP=()
+  for rel in "${ORDER[@]}"; do KEEP["$MODDIR/$rel"]=1; done
+  while IFS= read -r -d '' file; do
+    [ -n "${KEEP[$file]:-}" ] || rm -f -- "$file"
+  done < <(find "$MODDIR/kernel" -type f -print0)
+  find "$MODDIR/kernel" -depth -type d -empty -delete
+  rm -rf "${KTREE:?}/usr"
+  touch "$KTREE/.pruned"
+fi
 
 # Stage the modules once, decompressed, in load order.
 MODSTAGE="$OUT_DIR/.staging/modules"

@@ -1,6 +1,7 @@
 // Domain operations, including the shutdown ladder and next-boot image changes.
 //
-// The ladder: ask for an ACPI power-off, then wait for the domain to be off, woken by a lifecycle
+// The ladder: ask for an ACPI power-off (pressed again every few seconds: a guest still booting
+// does not see the first press), then wait for the domain to be off, woken by a lifecycle
 // event or a short poll (events are late hints, the state query is the truth), and destroy it
 // when the graceful window closes. It reports which way it ended and how long it took; under a
 // drill that distinction is the difference between a clean guest shutdown and lost writes.
@@ -201,11 +202,18 @@ Result<ShutdownResult> Domain::shutdown_ladder(const ShutdownOptions& options) {
     note = "shutdown request failed (" + s.error().message + ")";
   } else {
     const auto deadline = t0 + options.timeout;
+    auto last_request = t0;
     for (;;) {
       FL_ASSIGN_OR_RETURN(st, state());
       if (st == DomainState::shut_off) return ShutdownResult{StopMethod::graceful, since(), ""};
       auto now = Clock::now();
       if (now >= deadline) break;
+      // A power button pressed before the guest watches its input device is lost (a guest in
+      // early boot); pressing again costs nothing.
+      if (now - last_request >= options.repress) {
+        (void)request_shutdown();
+        last_request = now;
+      }
       auto wait = std::min<std::chrono::milliseconds>(
           options.poll, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now) +
                             std::chrono::milliseconds(1));

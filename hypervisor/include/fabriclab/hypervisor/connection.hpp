@@ -61,6 +61,7 @@ std::string_view to_string(StopMethod m);
 struct ShutdownOptions {
   std::chrono::milliseconds timeout{10000};  // graceful window before destroy
   std::chrono::milliseconds poll{250};       // state poll while waiting (events wake it earlier)
+  std::chrono::milliseconds repress{3000};   // press the power button again after this long
 };
 
 struct ShutdownResult {
