@@ -1,0 +1,100 @@
+#pragma once
+// The host agent: the emulated Hyper-V host of the seeds. It owns one hypervisor connection, the
+// instances (guest VMs) the fabric placed on it, their integration channels, the host image store,
+// and at most one maintenance operation at a time, which it runs on its own worker thread:
+//
+//   host-os   scheduled event -> stop guests one by one (ladder) -> swap the host image ->
+//             reboot the host environment (close + reopen the hypervisor, recover) -> start the
+//             guests -> wait for their heartbeats -> Ready.  With memory_preserving the guests are
+//             saved (managed save) and restored instead: they see a pause, not a reboot.
+//   guest-os  the same without the host swap/reboot; each guest boots a new guest image with its
+//             data disk kept; a guest not healthy on it in time is put back on its previous image.
+//   freeze    suspend and resume the guests, measuring the pause each one saw.
+//
+// Every step is persisted before it starts; a restarted agent (SIGKILL included) reattaches to
+// its VMs and rolls back an operation that had not yet swapped anything (restarting the guests
+// it stopped) or rolls forward one that had. Every change is an event on the feed.
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include <boost/json/object.hpp>
+#include <boost/json/array.hpp>
+
+#include "fabriclab/agent/host_state.hpp"
+#include "fabriclab/common/result.hpp"
+
+namespace fabriclab {
+class EventFeed;
+}
+
+namespace fabriclab::agent {
+
+struct AgentOptions {
+  std::string host_id = "host-0";
+  int fault_domain = 0;
+  std::string hypervisor_uri;  // default: qemu:///embed?root=<state_dir>/hv
+  std::string state_dir;       // required
+  std::string guest_images_dir;
+  std::string host_images_dir;  // default: <state_dir>/host-images
+  int capacity = 8;             // instances this host can hold
+  std::chrono::milliseconds heartbeat_period{1000};
+  int healthy_periods = 3;  // healthy = a heartbeat within this many periods
+  std::chrono::milliseconds stop_timeout{10000};
+  std::chrono::milliseconds boot_timeout{120000};
+  std::chrono::milliseconds boot_delay{0};  // emulated host boot time during a host reboot
+  std::chrono::milliseconds drain{200};     // simulated guests: scheduled-event drain delay
+};
+
+struct InstanceSpec {
+  std::string name;  // default: <service>-<index>
+  hypervisor::InstanceMetadata meta;
+  uint32_t memory_mib = 128;
+  std::string mode = "normal";  // the guest program's mode (normal | ignore-power | fail-app)
+};
+Result<InstanceSpec> instance_spec_from_json(const boost::json::object& o);
+
+class HostAgent {
+ public:
+  static Result<std::unique_ptr<HostAgent>> create(AgentOptions options,
+                                                   std::shared_ptr<EventFeed> feed);
+  ~HostAgent();
+  HostAgent(const HostAgent&) = delete;
+  HostAgent& operator=(const HostAgent&) = delete;
+
+  // What a websocket client gets on connect: host, instances, current job.
+  boost::json::object snapshot() const;
+  boost::json::object host_json() const;
+  boost::json::array instances_json() const;
+  Result<boost::json::object> instance_json(const std::string& name) const;
+
+  // Instance lifecycle (refused with invalid_state unless the host is Ready).
+  Result<boost::json::object> create_instance(const InstanceSpec& spec);
+  Status start_instance(const std::string& name);
+  Status stop_instance(const std::string& name);
+  Status delete_instance(const std::string& name);
+
+  // Maintenance operations: one at a time; returns the job (202 semantics: it runs on).
+  Result<boost::json::object> start_operation(const OperationRequest& request);
+  Result<boost::json::object> job_json(const std::string& id) const;
+  boost::json::array jobs_json() const;
+  // Cancels a running job between steps: guests it stopped are started again.
+  Status cancel(const std::string& id);
+  // Waits until no job runs (tests, shutdown). False on timeout.
+  bool wait_idle(std::chrono::milliseconds timeout);
+
+  // Host image store access for the API.
+  boost::json::array host_images_json() const;
+  Result<boost::json::object> stage_host_image(const std::string& version, const std::string& path,
+                                               const std::string& sha256);
+  boost::json::array guest_images_json() const;
+
+  struct Impl;
+
+ private:
+  explicit HostAgent(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace fabriclab::agent

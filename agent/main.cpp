@@ -1,0 +1,141 @@
+// fabriclab-agent: the host agent daemon (the emulated Hyper-V host). Parses options (YAML config
+// file, then flags), wires the agent, its API and its event feed, and runs until SIGINT/SIGTERM.
+
+#include <CLI/CLI.hpp>
+#include <yaml-cpp/yaml.h>
+
+#include <csignal>
+#include <iostream>
+#include <algorithm>
+#include <pthread.h>
+
+#include "fabriclab/agent/api.hpp"
+#include "fabriclab/agent/host_agent.hpp"
+#include "fabriclab/common/event_feed.hpp"
+#include "fabriclab/common/logging.hpp"
+
+using namespace fabriclab;
+
+namespace {
+
+// The config file is YAML with the long flag names as keys (host-id: h1, port: 7401, ...).
+// Its values become flags placed before the command line's, so a flag given there wins.
+Result<std::vector<std::string>> yaml_to_flags(const std::string& path) {
+  std::vector<std::string> out;
+  try {
+    YAML::Node root = YAML::LoadFile(path);
+    if (!root.IsMap()) return make_error(Condition::invalid_argument, path + ": must be a mapping of option: value");
+    for (const auto& kv : root) {
+      const auto key = kv.first.as<std::string>();
+      if (key == "config") return make_error(Condition::invalid_argument, path + ": 'config' cannot nest");
+      if (!kv.second.IsScalar()) {
+        return make_error(Condition::invalid_argument, path + ": option '" + key + "' must be a scalar");
+      }
+      out.push_back("--" + key + "=" + kv.second.as<std::string>());
+    }
+  } catch (const YAML::Exception& e) {
+    return make_error(Condition::invalid_argument, path + ": " + e.what());
+  }
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"fabriclab-agent: the host agent (an emulated Hyper-V host that really pauses its guests)"};
+  agent::AgentOptions o;
+  std::string config, listen = "127.0.0.1", control_token_file, read_token_file, log_level = "info";
+  int port = 7400;
+  int64_t hb_ms = 1000, stop_ms = 10000, boot_ms = 120000, boot_delay_ms = 0;
+  bool json_logs = false;
+  app.add_option("--config", config, "YAML config file (keys: the long option names; flags win)");
+  app.add_option("--host-id", o.host_id, "This host's id")->capture_default_str();
+  app.add_option("--fault-domain", o.fault_domain, "This host's fault domain")->check(CLI::Range(0, 1000));
+  app.add_option("--hypervisor", o.hypervisor_uri,
+                 "libvirt URI (default qemu:///embed?root=STATE_DIR/hv; test:///ABS/node.xml simulates)");
+  app.add_option("--state-dir", o.state_dir, "State directory (absolute, short: sockets live in it)")->required();
+  app.add_option("--guest-images", o.guest_images_dir, "Guest image directory (manifest.json)")->required();
+  app.add_option("--host-images", o.host_images_dir, "Host image store (default STATE_DIR/host-images)");
+  app.add_option("--listen", listen, "Listen address (loopback unless told otherwise)")->capture_default_str();
+  app.add_option("--port", port, "Listen port (0: ephemeral, printed on stdout)")->capture_default_str();
+  app.add_option("--control-token-file", control_token_file, "File holding the control bearer token")->required();
+  app.add_option("--read-token-file", read_token_file, "File holding the read-only bearer token");
+  app.add_option("--capacity", o.capacity, "Instances this host holds")->capture_default_str();
+  app.add_option("--heartbeat-ms", hb_ms, "Guest heartbeat period")->capture_default_str();
+  app.add_option("--healthy-periods", o.healthy_periods, "Healthy = a heartbeat within this many periods")
+      ->capture_default_str();
+  app.add_option("--stop-timeout-ms", stop_ms, "Graceful shutdown window before destroy")->capture_default_str();
+  app.add_option("--boot-timeout-ms", boot_ms, "How long a guest may take to heartbeat after start")
+      ->capture_default_str();
+  app.add_option("--boot-delay-ms", boot_delay_ms, "Emulated host boot time during a host reboot")
+      ->capture_default_str();
+  app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
+  app.add_flag("--json-logs", json_logs, "Log JSON lines");
+  // Expand --config FILE into flags first.
+  std::vector<std::string> args;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    std::string file;
+    if (a == "--config" && i + 1 < argc) file = argv[++i];
+    else if (a.rfind("--config=", 0) == 0) file = a.substr(9);
+    else {
+      args.push_back(a);
+      continue;
+    }
+    auto flags = yaml_to_flags(file);
+    if (!flags.ok()) {
+      std::cerr << "fabriclab-agent: " << flags.error().describe() << "\n";
+      return 2;
+    }
+    args.insert(args.begin(), flags->begin(), flags->end());
+  }
+  std::reverse(args.begin(), args.end());  // CLI11 takes the arguments in reverse order
+  try {
+    app.parse(std::move(args));
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  setup_logging({log_level, json_logs});
+  // Block SIGINT/SIGTERM in every thread (all start after this) and wait for them in main.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  o.heartbeat_period = std::chrono::milliseconds(hb_ms);
+  o.stop_timeout = std::chrono::milliseconds(stop_ms);
+  o.boot_timeout = std::chrono::milliseconds(boot_ms);
+  o.boot_delay = std::chrono::milliseconds(boot_delay_ms);
+
+  auto tokens = http::load_tokens(control_token_file, read_token_file);
+  if (!tokens.ok()) {
+    std::cerr << "fabriclab-agent: " << tokens.error().describe() << "\n";
+    return 2;
+  }
+  agent::HostAgent* agent_ptr = nullptr;
+  auto feed = std::make_shared<EventFeed>([&agent_ptr] {
+    return agent_ptr ? agent_ptr->snapshot() : boost::json::object{};
+  });
+  auto agent = agent::HostAgent::create(o, feed);
+  if (!agent.ok()) {
+    std::cerr << "fabriclab-agent: " << agent.error().describe() << "\n";
+    return 1;
+  }
+  agent_ptr = agent->get();
+  http::Limits limits;
+  http::Server server("agent-api", *tokens, limits);
+  agent::install_api(server, **agent, feed, limits);
+  auto bound = server.start(listen, static_cast<uint16_t>(port));
+  if (!bound.ok()) {
+    std::cerr << "fabriclab-agent: " << bound.error().describe() << "\n";
+    return 1;
+  }
+  std::cout << "listening " << listen << ":" << *bound << std::endl;
+  logger("agent")->info("[host:{}] listening on {}:{}", o.host_id, listen, *bound);
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  logger("agent")->info("[host:{}] stopping", o.host_id);
+  server.stop();
+  agent->reset();  // guests keep running: the host agent going away is not a host failure
+  return 0;
+}

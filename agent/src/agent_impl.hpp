@@ -1,0 +1,148 @@
+#pragma once
+// Private: the host agent's state and the helpers its operations share.
+//
+// Locking: `mu_` guards the in-memory model (persisted state, slots, jobs); `lv_mu_` serialises
+// use of the hypervisor connection (which a host reboot replaces). Order: lv_mu_ before mu_.
+// Never publish an event or destroy a GuestLink while holding mu_: the feed's snapshot callback
+// and the links' reader threads both take mu_.
+
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include <boost/json.hpp>
+
+#include "fabriclab/agent/guest_link.hpp"
+#include "fabriclab/agent/host_agent.hpp"
+#include "fabriclab/agent/image_store.hpp"
+#include "fabriclab/common/event_feed.hpp"
+#include "fabriclab/hypervisor/connection.hpp"
+#include "sim_guest.hpp"
+
+namespace fabriclab::agent {
+
+namespace json = boost::json;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+struct GuestSlot {
+  hypervisor::DomainState domain_state = hypervisor::DomainState::unknown;
+  bool expect_running = false;  // we started it (or found it running): keep a link to it
+  std::string status = "Stopped";  // Creating Starting Healthy Stopping Stopped Reimaging Failed
+  bool healthy = false;
+  std::unique_ptr<GuestLink> link;
+  std::unique_ptr<SimGuest> sim;
+  std::optional<ReceivedMessage> last_hb;
+  std::optional<ReceivedMessage> first_hb_since_start;
+  Clock::time_point started_at{};
+  std::map<std::string, Clock::time_point> acks;  // EventId -> when
+  std::string guest_error;
+  uint64_t heartbeats = 0;
+};
+
+// What an operation reports per guest (issue: notice, ack latency, stop method and time, down
+// time, image and counter before/after).
+struct GuestReport {
+  std::string name;
+  int64_t notice_ms = 0;
+  int64_t ack_ms = -1;
+  std::string stop_method;
+  int64_t stop_ms = 0;
+  int64_t down_ms = -1;  // last heartbeat before -> first heartbeat after
+  int64_t pause_ms = -1;  // freeze / memory-preserving: the heartbeat gap the guest saw
+  std::string image_before, image_after;
+  int64_t counter_before = -1, counter_after = -1;
+  std::string boot_id_before, boot_id_after;
+  bool ok = false;
+  std::string error;
+  Clock::time_point last_hb_before{};  // not reported: the start of the down time
+  json::object to_json() const;
+};
+
+// Fills the report's "before" side from the guest's newest heartbeat (mu held).
+void record_before(GuestReport& r, const GuestSlot& slot);
+// Fills the "after" side from the first heartbeat since the guest was started (mu held).
+void record_after(GuestReport& r, const GuestSlot& slot);
+
+struct Job {
+  std::string id;
+  OperationRequest request;
+  std::string status = "running";  // running | succeeded | failed | cancelled
+  std::string step;
+  std::string error;
+  std::string started_at, finished_at;
+  std::string host_image_before, host_image_after;
+  std::vector<GuestReport> guests;
+  bool cancel_requested = false;
+  json::object to_json() const;
+};
+
+struct HostAgent::Impl {
+  AgentOptions opt;
+  std::shared_ptr<EventFeed> feed;
+  std::optional<HostImageStore> host_store;
+  std::optional<GuestImageStore> guest_store;
+
+  std::mutex lv_mu;
+  std::unique_ptr<hypervisor::Connection> conn;
+  int conn_sub = -1;
+  bool simulated = false;  // test driver: SimGuests stand in for the guest program
+
+  mutable std::mutex mu;
+  std::condition_variable cv;  // any guest message, slot change or job change
+  PersistedState state;
+  UpdateStep step = UpdateStep::none;
+  std::map<std::string, GuestSlot> slots;
+  std::map<std::string, Job> jobs;
+  std::string active_job;
+
+  std::thread worker;
+  std::thread monitor;
+  std::atomic<bool> stopping{false};
+
+  // -- host_agent.cpp --
+  std::string state_path() const { return opt.state_dir + "/state.json"; }
+  std::string vm_dir() const { return opt.state_dir + "/vm"; }
+  std::string socket_path(const std::string& name) const { return opt.state_dir + "/s/" + name + ".sock"; }
+  Status persist_locked();  // mu held
+  void publish(std::string type, json::object fields);
+  void set_host_state(HostState s, UpdateStep step);
+  InstanceRecord* record_locked(const std::string& name);
+  Status open_hypervisor();   // lv_mu held
+  void close_hypervisor();    // lv_mu held
+  Status recover();           // reattach after start or host reboot
+  Result<hypervisor::Domain> define_domain(const InstanceRecord& rec);  // lv_mu held
+  Result<hypervisor::Domain> domain(const std::string& name);           // lv_mu held
+  Status start_guest(const std::string& name);                          // lv_mu held
+  Result<hypervisor::ShutdownResult> stop_guest(const std::string& name, bool force);  // lv_mu held
+  void drop_link(const std::string& name);
+  void on_message(const std::string& name, const ReceivedMessage& m);
+  void on_lifecycle(const hypervisor::LifecycleEvent& e);
+  void monitor_loop();
+  json::object instance_json_locked(const std::string& name) const;
+
+  // Waits (mu held via lock) until `pred` or the deadline; false on timeout or agent stop.
+  template <class Pred>
+  bool wait_until(std::unique_lock<std::mutex>& lock, Clock::time_point deadline, Pred pred) {
+    return cv.wait_until(lock, deadline, [&] { return stopping.load() || pred(); }) && !stopping;
+  }
+
+  // -- operations.cpp --
+  void run_job(const std::string& id, bool resumed);
+  Status run_host_os(Job& job, OperationRecord& op, bool resumed);
+  Status run_guest_os(Job& job, OperationRecord& op, bool resumed);
+  Status run_freeze(Job& job, OperationRecord& op);
+  Status notify_guests(Job& job, const std::vector<std::string>& guests, const std::string& type,
+                       int64_t notice_ms);
+  Status wait_healthy(const std::string& name, Clock::time_point since, milliseconds timeout,
+                      const std::string& expect_image, const std::string& expect_boot_id);
+  void set_step(Job& job, OperationRecord& op, UpdateStep step);
+  void rollback_stopped(OperationRecord& op, const std::string& why);
+  bool cancelled(const Job& job);
+};
+
+}  // namespace fabriclab::agent

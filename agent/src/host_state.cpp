@@ -1,0 +1,201 @@
+#include "fabriclab/agent/host_state.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "fabriclab/common/json.hpp"
+
+namespace fabriclab::agent {
+
+namespace {
+
+template <class E, size_t N>
+Result<E> parse_enum(std::string_view s, const std::string_view (&names)[N], std::string_view field) {
+  for (size_t i = 0; i < N; ++i) {
+    if (names[i] == s) return static_cast<E>(i);
+  }
+  return make_error(Condition::invalid_argument, "field '" + std::string(field) + "' has unknown value '" +
+                                                     std::string(s) + "'");
+}
+
+constexpr std::string_view kHostStates[] = {"Ready", "Updating", "Unhealthy", "Offline"};
+constexpr std::string_view kSteps[] = {"None", "Notifying", "StoppingGuests", "SwappingImage",
+                                       "Rebooting", "StartingGuests", "Verifying"};
+constexpr std::string_view kKinds[] = {"host-os", "guest-os", "freeze"};
+
+json::array strings(const std::vector<std::string>& v) {
+  json::array a;
+  for (const auto& s : v) a.emplace_back(s);
+  return a;
+}
+
+std::vector<std::string> strings_of(const json::value* v) {
+  std::vector<std::string> out;
+  if (v && v->is_array()) {
+    for (const auto& s : v->as_array()) {
+      if (s.is_string()) out.emplace_back(s.as_string());
+    }
+  }
+  return out;
+}
+
+Status write_atomically(const std::string& path, const std::string& data) {
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+  if (fd < 0) return make_error(Condition::transient, "cannot write " + tmp + ": " + std::strerror(errno));
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t w = ::write(fd, data.data() + off, data.size() - off);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) {
+      int err = errno;
+      ::close(fd);
+      return make_error(Condition::transient, "cannot write " + tmp + ": " + std::strerror(err));
+    }
+    off += static_cast<size_t>(w);
+  }
+  bool synced = ::fsync(fd) == 0;
+  ::close(fd);
+  if (!synced || ::rename(tmp.c_str(), path.c_str()) != 0) {
+    return make_error(Condition::transient, "cannot replace " + path + ": " + std::strerror(errno));
+  }
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return {};
+}
+
+}  // namespace
+
+std::string_view to_string(HostState s) { return kHostStates[static_cast<int>(s)]; }
+std::string_view to_string(UpdateStep s) { return kSteps[static_cast<int>(s)]; }
+std::string_view to_string(OperationKind k) { return kKinds[static_cast<int>(k)]; }
+Result<OperationKind> parse_operation_kind(std::string_view s) {
+  return parse_enum<OperationKind>(s, kKinds, "kind");
+}
+
+json::object to_json(const OperationRequest& r) {
+  return {{"kind", to_string(r.kind)},
+          {"target", r.target},
+          {"memory_preserving", r.memory_preserving},
+          {"notice_ms", r.notice_ms},
+          {"freeze_ms", r.freeze_ms}};
+}
+
+Result<OperationRequest> operation_request_from_json(const json::object& o) {
+  FL_RETURN_IF_ERROR(check_fields(o, {"kind", "target", "memory_preserving", "notice_ms", "freeze_ms"}));
+  OperationRequest r;
+  FL_ASSIGN_OR_RETURN(std::string kind, get_string(o, "kind", 16));
+  FL_ASSIGN_OR_RETURN(r.kind, parse_operation_kind(kind));
+  FL_ASSIGN_OR_RETURN(r.target, get_string(o, "target", 64, r.kind != OperationKind::freeze));
+  FL_ASSIGN_OR_RETURN(r.memory_preserving, get_bool_or(o, "memory_preserving", false));
+  FL_ASSIGN_OR_RETURN(r.notice_ms, get_int_or(o, "notice_ms", 0, 15 * 60 * 1000, 5000));
+  FL_ASSIGN_OR_RETURN(r.freeze_ms, get_int_or(o, "freeze_ms", 0, 30 * 1000, 2000));
+  if (r.memory_preserving && r.kind != OperationKind::host_os) {
+    return make_error(Condition::invalid_argument, "field 'memory_preserving' applies to host-os only");
+  }
+  return r;
+}
+
+Status save_state(const std::string& path, const PersistedState& s) {
+  json::object o;
+  o["version"] = 1;
+  o["host_id"] = s.host_id;
+  o["state"] = to_string(s.state);
+  o["host_image"] = s.host_image;
+  o["next_job"] = s.next_job;
+  json::array instances;
+  for (const auto& i : s.instances) {
+    instances.push_back(json::object{{"name", i.name},
+                                     {"service", i.meta.service},
+                                     {"index", i.meta.index},
+                                     {"ud", i.meta.ud},
+                                     {"fd", i.meta.fd},
+                                     {"image", i.meta.image},
+                                     {"memory_mib", i.memory_mib},
+                                     {"want_running", i.want_running},
+                                     {"mode", i.mode}});
+  }
+  o["instances"] = std::move(instances);
+  if (s.operation) {
+    const auto& op = *s.operation;
+    json::object prev;
+    for (const auto& [k, v] : op.previous_guest_image) prev[k] = v;
+    o["operation"] = json::object{{"id", op.id},
+                                  {"request", to_json(op.request)},
+                                  {"step", to_string(op.step)},
+                                  {"running_before", strings(op.running_before)},
+                                  {"stopped", strings(op.stopped)},
+                                  {"previous_host_image", op.previous_host_image},
+                                  {"previous_guest_image", std::move(prev)},
+                                  {"started_at", op.started_at}};
+  }
+  return write_atomically(path, json::serialize(o) + "\n");
+}
+
+Result<PersistedState> load_state(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return make_error(Condition::not_found, "no state file " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  FL_ASSIGN_OR_RETURN(json::object o, parse_json_object(ss.str(), 16 << 20, 16, path));
+  PersistedState s;
+  FL_ASSIGN_OR_RETURN(s.host_id, get_string(o, "host_id", 64));
+  FL_ASSIGN_OR_RETURN(std::string state, get_string(o, "state", 16));
+  FL_ASSIGN_OR_RETURN(s.state, parse_enum<HostState>(state, kHostStates, "state"));
+  FL_ASSIGN_OR_RETURN(s.host_image, get_string(o, "host_image", 64, false));
+  FL_ASSIGN_OR_RETURN(int64_t next, get_int_or(o, "next_job", 1, INT64_MAX, 1));
+  s.next_job = static_cast<uint64_t>(next);
+  FL_ASSIGN_OR_RETURN(const json::array* instances, get_array(o, "instances", 10000));
+  for (const auto& v : *instances) {
+    if (!v.is_object()) return make_error(Condition::invalid_argument, path + ": instances[] must be objects");
+    const auto& io = v.as_object();
+    InstanceRecord r;
+    FL_ASSIGN_OR_RETURN(r.name, get_string(io, "name", 64));
+    FL_ASSIGN_OR_RETURN(r.meta.service, get_string(io, "service", 64));
+    FL_ASSIGN_OR_RETURN(int64_t index, get_int(io, "index", 0, 100000));
+    FL_ASSIGN_OR_RETURN(int64_t ud, get_int(io, "ud", 0, 19));
+    FL_ASSIGN_OR_RETURN(int64_t fd, get_int(io, "fd", 0, 1000));
+    r.meta.index = static_cast<int>(index);
+    r.meta.ud = static_cast<int>(ud);
+    r.meta.fd = static_cast<int>(fd);
+    FL_ASSIGN_OR_RETURN(r.meta.image, get_string(io, "image", 64));
+    FL_ASSIGN_OR_RETURN(int64_t mem, get_int(io, "memory_mib", 32, 65536));
+    r.memory_mib = static_cast<uint32_t>(mem);
+    FL_ASSIGN_OR_RETURN(r.want_running, get_bool_or(io, "want_running", true));
+    FL_ASSIGN_OR_RETURN(r.mode, get_string(io, "mode", 32, false));
+    s.instances.push_back(std::move(r));
+  }
+  if (auto* op = o.if_contains("operation"); op && op->is_object()) {
+    const auto& oo = op->as_object();
+    OperationRecord r;
+    FL_ASSIGN_OR_RETURN(r.id, get_string(oo, "id", 64));
+    FL_ASSIGN_OR_RETURN(const json::object* req, get_object(oo, "request"));
+    FL_ASSIGN_OR_RETURN(r.request, operation_request_from_json(*req));
+    FL_ASSIGN_OR_RETURN(std::string step, get_string(oo, "step", 32));
+    FL_ASSIGN_OR_RETURN(r.step, parse_enum<UpdateStep>(step, kSteps, "operation.step"));
+    r.running_before = strings_of(oo.if_contains("running_before"));
+    r.stopped = strings_of(oo.if_contains("stopped"));
+    FL_ASSIGN_OR_RETURN(r.previous_host_image, get_string(oo, "previous_host_image", 64, false));
+    if (auto* prev = oo.if_contains("previous_guest_image"); prev && prev->is_object()) {
+      for (const auto& [k, v] : prev->as_object()) {
+        if (v.is_string()) r.previous_guest_image[std::string(k)] = std::string(v.as_string());
+      }
+    }
+    FL_ASSIGN_OR_RETURN(r.started_at, get_string(oo, "started_at", 64, false));
+    s.operation = std::move(r);
+  }
+  return s;
+}
+
+}  // namespace fabriclab::agent

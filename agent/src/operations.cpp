@@ -1,0 +1,557 @@
+// The maintenance operations, run one at a time on the agent's worker thread.
+//
+// Each step is persisted before it starts (OperationRecord.step), so a restarted agent knows
+// where it was. The rule for a restart: before anything was swapped (Notifying, StoppingGuests)
+// the operation is rolled back, i.e. the guests it stopped are started again on what they ran,
+// and the job fails saying so; from SwappingImage on it is rolled forward, since the swap is
+// idempotent and the guests are down anyway. Either way no guest that was running stays stopped
+// without the job and the feed saying which.
+
+#include <ctime>
+#include <thread>
+
+#include "agent_impl.hpp"
+#include "fabriclab/common/json.hpp"
+#include "fabriclab/common/logging.hpp"
+
+namespace fabriclab::agent {
+
+using hypervisor::DomainState;
+
+namespace {
+
+std::string rfc1123(std::chrono::system_clock::time_point t) {
+  std::time_t tt = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  gmtime_r(&tt, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof(buf), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  return buf;
+}
+
+int64_t ms_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration_cast<milliseconds>(b - a).count();
+}
+
+GuestReport* report_of(Job& job, const std::string& name) {
+  for (auto& r : job.guests) {
+    if (r.name == name) return &r;
+  }
+  job.guests.push_back(GuestReport{});
+  job.guests.back().name = name;
+  return &job.guests.back();
+}
+
+}  // namespace
+
+void record_before(GuestReport& r, const GuestSlot& slot) {
+  if (!slot.last_hb) return;
+  const auto& hb = std::get<Heartbeat>(slot.last_hb->message);
+  r.image_before = hb.image;
+  r.counter_before = hb.counter;
+  r.boot_id_before = hb.boot_id;
+  r.last_hb_before = slot.last_hb->at;
+}
+
+void record_after(GuestReport& r, const GuestSlot& slot) {
+  const auto& m = slot.first_hb_since_start ? slot.first_hb_since_start : slot.last_hb;
+  if (!m) return;
+  const auto& hb = std::get<Heartbeat>(m->message);
+  r.image_after = hb.image;
+  r.counter_after = hb.counter;
+  r.boot_id_after = hb.boot_id;
+  if (r.last_hb_before != Clock::time_point{}) r.down_ms = ms_between(r.last_hb_before, m->at);
+}
+
+bool HostAgent::Impl::cancelled(const Job& job) {
+  std::lock_guard lock(mu);
+  return jobs[job.id].cancel_requested || stopping;
+}
+
+void HostAgent::Impl::set_step(Job& job, OperationRecord& op, UpdateStep s) {
+  op.step = s;
+  job.step = std::string(to_string(s));
+  {
+    std::lock_guard lock(mu);
+    state.operation = op;
+    state.state = HostState::updating;
+    step = s;
+    auto keep_cancel = jobs[job.id].cancel_requested;
+    jobs[job.id] = job;
+    jobs[job.id].cancel_requested = keep_cancel;
+    (void)persist_locked();
+  }
+  cv.notify_all();
+  logger("agent")->info("[host:{}][job:{}] {}", opt.host_id, job.id, to_string(s));
+  publish("host.state", {{"state", "Updating"}, {"step", to_string(s)}, {"job", job.id}});
+}
+
+Status HostAgent::Impl::notify_guests(Job& job, const std::vector<std::string>& guests,
+                                      const std::string& type, int64_t notice_ms) {
+  const auto sent = Clock::now();
+  const auto deadline = sent + milliseconds(notice_ms);
+  const auto not_before = rfc1123(std::chrono::system_clock::now() + milliseconds(notice_ms));
+  std::vector<std::string> waiting;
+  for (const auto& name : guests) {
+    ScheduledEvent ev;
+    ev.event_id = job.id + "-" + name;
+    ev.event_type = type;
+    ev.resources = {name};
+    ev.not_before = not_before;
+    ev.description = "fabriclab " + std::string(to_string(job.request.kind)) + " maintenance";
+    ev.duration_seconds = type == "Freeze" ? 10 : -1;
+    auto* r = report_of(job, name);
+    r->notice_ms = notice_ms;
+    std::lock_guard lock(mu);
+    auto& slot = slots[name];
+    if (slot.link && slot.link->send_line(scheduled_events_line(1, {ev})).ok()) waiting.push_back(name);
+  }
+  publish("job.notified", {{"job", job.id}, {"event_type", type}, {"notice_ms", notice_ms},
+                           {"guests", json::value_from(guests)}});
+  // Wait for every ack or the notice to run out (a guest that acks lets maintenance start early).
+  std::unique_lock lock(mu);
+  wait_until(lock, deadline, [&] {
+    for (const auto& name : waiting) {
+      if (!slots[name].acks.count(job.id + "-" + name)) return false;
+    }
+    return true;
+  });
+  for (const auto& name : waiting) {
+    auto& acks = slots[name].acks;
+    auto it = acks.find(job.id + "-" + name);
+    if (it != acks.end()) report_of(job, name)->ack_ms = ms_between(sent, it->second);
+  }
+  return {};
+}
+
+Status HostAgent::Impl::wait_healthy(const std::string& name, Clock::time_point since,
+                                     milliseconds timeout, const std::string& expect_image,
+                                     const std::string& expect_boot_id) {
+  std::unique_lock lock(mu);
+  std::string why;
+  bool ok = wait_until(lock, since + timeout, [&] {
+    auto& s = slots[name];
+    if (!s.guest_error.empty()) {
+      why = "the guest reported: " + s.guest_error;
+      return true;
+    }
+    if (s.status == "Failed" && s.domain_state == DomainState::shut_off) {
+      why = "the VM stopped";
+      return true;
+    }
+    if (!s.last_hb || s.last_hb->at < since) return false;
+    const auto& hb = std::get<Heartbeat>(s.last_hb->message);
+    if (!expect_image.empty() && hb.image != expect_image) return false;
+    if (!expect_boot_id.empty() && hb.boot_id != expect_boot_id) {
+      why = "the guest rebooted (boot_id changed) when its memory should have been preserved";
+      return true;
+    }
+    return true;
+  });
+  if (!why.empty()) return make_error(Condition::invalid_state, name + ": " + why);
+  if (!ok) {
+    return make_error(Condition::timeout, name + ": no heartbeat" +
+                                              (expect_image.empty() ? "" : " on " + expect_image) +
+                                              " within " + std::to_string(timeout.count()) + " ms");
+  }
+  return {};
+}
+
+// Restarts every guest the operation stopped (on what it ran before), for a rollback.
+void HostAgent::Impl::rollback_stopped(OperationRecord& op, const std::string& why) {
+  logger("agent")->warn("[host:{}][job:{}] rolling back: {}", opt.host_id, op.id, why);
+  std::lock_guard lv(lv_mu);
+  for (const auto& name : op.running_before) {
+    auto d = domain(name);
+    if (!d.ok()) continue;
+    auto st = d->state();
+    if (st.ok() && (*st == DomainState::running || *st == DomainState::paused)) {
+      if (*st == DomainState::paused) (void)d->resume();
+      std::lock_guard lock(mu);
+      if (slots[name].sim) slots[name].sim->resume();
+      continue;
+    }
+    if (auto s = start_guest(name); !s.ok()) {
+      publish("instance.state", {{"name", name}, {"status", "Failed"}, {"reason", s.error().message}});
+    }
+  }
+}
+
+void HostAgent::Impl::run_job(const std::string& id, bool resumed) {
+  Job job;
+  OperationRecord op;
+  {
+    std::lock_guard lock(mu);
+    job = jobs[id];
+    op = *state.operation;
+  }
+  job.step = std::string(to_string(op.step));
+  publish("job.started", {{"job", id}, {"request", agent::to_json(op.request)}, {"resumed", resumed}});
+  Status result;
+  bool rolled_back = false;
+  if (resumed && op.step <= UpdateStep::stopping_guests) {
+    rollback_stopped(op, "the agent restarted during " + std::string(to_string(op.step)));
+    result = make_error(Condition::cancelled, "the agent restarted during " + std::string(to_string(op.step)) +
+                                                  "; rolled back: the guests it had stopped were started again");
+    rolled_back = true;
+  } else {
+    switch (op.request.kind) {
+      case OperationKind::host_os: result = run_host_os(job, op, resumed); break;
+      case OperationKind::guest_os: result = run_guest_os(job, op, resumed); break;
+      case OperationKind::freeze: result = run_freeze(job, op); break;
+    }
+  }
+  // A failure before anything was swapped leaves stopped guests behind: start them again.
+  if (!result.ok() && !rolled_back && op.step <= UpdateStep::stopping_guests && !op.stopped.empty()) {
+    rollback_stopped(op, result.error().message);
+  }
+  // Wait (bounded) for the guests to be healthy again before reporting the host Ready.
+  bool all_up = true;
+  for (const auto& name : op.running_before) {
+    if (!wait_healthy(name, Clock::time_point{}, opt.boot_timeout, "", "").ok()) all_up = false;
+  }
+  {
+    std::lock_guard lock(mu);
+    for (const auto& name : op.running_before) {
+      auto* r = report_of(job, name);
+      if (r->image_after.empty()) record_after(*r, slots[name]);
+    }
+    job.status = result.ok() ? "succeeded" : (result.condition() == Condition::cancelled ? "cancelled" : "failed");
+    if (!result.ok()) job.error = result.error().message;
+    job.finished_at = rfc3339_now();
+    job.host_image_after = state.host_image;
+    job.step = "None";
+    jobs[id] = job;
+    state.operation.reset();
+    state.state = all_up ? HostState::ready : HostState::unhealthy;
+    step = UpdateStep::none;
+    active_job.clear();
+    (void)persist_locked();
+  }
+  cv.notify_all();
+  logger("agent")->info("[host:{}][job:{}] {}{}", opt.host_id, id, job.status,
+                        job.error.empty() ? "" : ": " + job.error);
+  publish("job.done", {{"job", id}, {"status", job.status}, {"error", job.error}, {"result", job.to_json()}});
+  publish("host.state", {{"state", all_up ? "Ready" : "Unhealthy"}, {"step", "None"}});
+}
+
+Status HostAgent::Impl::run_host_os(Job& job, OperationRecord& op, bool resumed) {
+  const auto& req = op.request;
+  if (!resumed) {
+    // Refuse a corrupt or missing image before any guest is touched.
+    if (auto v = host_store->verify(req.target); !v.ok()) {
+      return make_error(v.condition(), "host image '" + req.target + "' refused: " + v.error().message);
+    }
+    set_step(job, op, UpdateStep::notifying);
+    FL_RETURN_IF_ERROR(notify_guests(job, op.running_before, req.memory_preserving ? "Freeze" : "Reboot",
+                                     req.notice_ms));
+    if (cancelled(job)) return make_error(Condition::cancelled, "cancelled before any guest was stopped");
+    set_step(job, op, UpdateStep::stopping_guests);
+    for (const auto& name : op.running_before) {
+      if (std::find(op.stopped.begin(), op.stopped.end(), name) != op.stopped.end()) continue;
+      if (cancelled(job)) return make_error(Condition::cancelled, "cancelled while stopping guests");
+      auto* r = report_of(job, name);
+      {
+        std::lock_guard lock(mu);
+        record_before(*r, slots[name]);
+      }
+      std::lock_guard lv(lv_mu);
+      if (req.memory_preserving) {
+        auto t0 = Clock::now();
+        FL_ASSIGN_OR_RETURN(auto d, domain(name));
+        FL_RETURN_IF_ERROR(d.managed_save());
+        r->stop_method = "saved";
+        r->stop_ms = ms_between(t0, Clock::now());
+        std::lock_guard lock(mu);
+        slots[name].expect_running = false;
+        slots[name].domain_state = DomainState::shut_off;
+        slots[name].status = "Stopped";
+        if (slots[name].sim) slots[name].sim->pause();
+      } else {
+        FL_ASSIGN_OR_RETURN(auto stopped, stop_guest(name, false));
+        r->stop_method = std::string(hypervisor::to_string(stopped.method));
+        r->stop_ms = stopped.elapsed.count();
+      }
+      drop_link(name);
+      op.stopped.push_back(name);
+      set_step(job, op, UpdateStep::stopping_guests);  // persists the progress
+    }
+  }
+  if (op.step < UpdateStep::swapping_image) set_step(job, op, UpdateStep::swapping_image);
+  if (op.step == UpdateStep::swapping_image) {
+    FL_ASSIGN_OR_RETURN(auto img, host_store->activate(req.target));
+    {
+      std::lock_guard lock(mu);
+      state.host_image = img.version;
+    }
+    publish("image.activated", {{"version", img.version}, {"previous", op.previous_host_image}});
+    set_step(job, op, UpdateStep::rebooting);
+  }
+  if (op.step == UpdateStep::rebooting) {
+    // The emulated host reboot: the hypervisor connection goes away and comes back through the
+    // same recovery path as an agent restart.
+    for (const auto& name : op.running_before) drop_link(name);
+    {
+      std::lock_guard lv(lv_mu);
+      close_hypervisor();
+    }
+    std::this_thread::sleep_for(opt.boot_delay);
+    FL_RETURN_IF_ERROR(recover());
+    set_step(job, op, UpdateStep::starting_guests);
+  }
+  std::map<std::string, Clock::time_point> started;
+  if (op.step == UpdateStep::starting_guests) {
+    std::lock_guard lv(lv_mu);
+    for (const auto& name : op.stopped) {
+      started[name] = Clock::now();
+      FL_RETURN_IF_ERROR(start_guest(name));
+    }
+    set_step(job, op, UpdateStep::verifying);
+  }
+  Status first_error;
+  for (const auto& name : op.stopped) {
+    auto* r = report_of(job, name);
+    auto since = started.count(name) ? started[name] : Clock::time_point{};
+    auto s = wait_healthy(name, since, opt.boot_timeout, "", req.memory_preserving ? r->boot_id_before : "");
+    std::lock_guard lock(mu);
+    record_after(*r, slots[name]);
+    if (!s.ok()) {
+      r->error = s.error().message;
+      if (first_error.ok()) first_error = s;
+    } else {
+      r->ok = r->counter_after >= r->counter_before;
+    }
+  }
+  return first_error;
+}
+
+Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed) {
+  const auto& req = op.request;
+  FL_ASSIGN_OR_RETURN(auto target, guest_store->verify(req.target));
+  if (!resumed) {
+    set_step(job, op, UpdateStep::notifying);
+    FL_RETURN_IF_ERROR(notify_guests(job, op.running_before, "Reimage", req.notice_ms));
+    if (cancelled(job)) return make_error(Condition::cancelled, "cancelled before any guest was stopped");
+    set_step(job, op, UpdateStep::stopping_guests);
+    for (const auto& name : op.running_before) {
+      auto* r = report_of(job, name);
+      {
+        std::lock_guard lock(mu);
+        record_before(*r, slots[name]);
+      }
+      std::lock_guard lv(lv_mu);
+      FL_ASSIGN_OR_RETURN(auto stopped, stop_guest(name, false));
+      r->stop_method = std::string(hypervisor::to_string(stopped.method));
+      r->stop_ms = stopped.elapsed.count();
+      op.stopped.push_back(name);
+      set_step(job, op, UpdateStep::stopping_guests);
+    }
+    set_step(job, op, UpdateStep::swapping_image);
+  }
+  // Point every stopped guest's next boot at the target image (idempotent, so a restart redoes it).
+  auto point_at = [&](const std::string& name, const GuestImageInfo& img) -> Status {
+    std::lock_guard lv(lv_mu);
+    FL_ASSIGN_OR_RETURN(auto d, domain(name));
+    FL_ASSIGN_OR_RETURN(auto boot, d.boot_image());
+    FL_RETURN_IF_ERROR(d.set_boot_image({img.kernel, img.initrd, boot.cmdline}));
+    std::lock_guard lock(mu);
+    auto* rec = record_locked(name);
+    if (!rec) return make_error(Condition::not_found, "instance '" + name + "' vanished");
+    if (!op.previous_guest_image.count(name)) op.previous_guest_image[name] = rec->meta.image;
+    rec->meta.image = img.version;
+    FL_RETURN_IF_ERROR(d.set_metadata(rec->meta));
+    return persist_locked();
+  };
+  if (op.step == UpdateStep::swapping_image) {
+    for (const auto& name : op.stopped) {
+      {
+        std::lock_guard lock(mu);
+        slots[name].status = "Reimaging";
+      }
+      FL_RETURN_IF_ERROR(point_at(name, target));
+    }
+    set_step(job, op, UpdateStep::starting_guests);
+  }
+  std::map<std::string, Clock::time_point> started;
+  if (op.step == UpdateStep::starting_guests) {
+    std::lock_guard lv(lv_mu);
+    for (const auto& name : op.stopped) {
+      started[name] = Clock::now();
+      FL_RETURN_IF_ERROR(start_guest(name));
+    }
+    set_step(job, op, UpdateStep::verifying);
+  }
+  Status first_error;
+  for (const auto& name : op.stopped) {
+    auto* r = report_of(job, name);
+    auto since = started.count(name) ? started[name] : Clock::time_point{};
+    auto s = wait_healthy(name, since, opt.boot_timeout, req.target, "");
+    if (!s.ok()) {
+      // Not healthy on the new image: put it back on the previous one and start it.
+      std::string prev = op.previous_guest_image.count(name) ? op.previous_guest_image[name] : "";
+      r->error = s.error().message;
+      auto prev_img = guest_store->get(prev);
+      if (prev_img.ok()) {
+        {
+          std::lock_guard lv(lv_mu);
+          (void)stop_guest(name, true);
+        }
+        auto back = point_at(name, *prev_img);
+        Clock::time_point again = Clock::now();
+        if (back.ok()) {
+          std::lock_guard lv(lv_mu);
+          back = start_guest(name);
+        }
+        if (back.ok()) back = wait_healthy(name, again, opt.boot_timeout, prev, "");
+        r->error += back.ok() ? "; rolled back to " + prev : "; rollback to " + prev + " failed: " + back.error().message;
+        publish("instance.rolled_back", {{"name", name}, {"image", prev}, {"ok", back.ok()}, {"reason", s.error().message}});
+      }
+      if (first_error.ok()) {
+        first_error = make_error(s.condition(), name + " not healthy on guest image " + req.target + " (" +
+                                                    s.error().message + "); " + r->error.substr(r->error.find(';') + 2));
+      }
+    }
+    std::lock_guard lock(mu);
+    record_after(*r, slots[name]);
+    r->ok = s.ok() && r->counter_after >= r->counter_before;
+  }
+  return first_error;
+}
+
+Status HostAgent::Impl::run_freeze(Job& job, OperationRecord& op) {
+  const auto& req = op.request;
+  set_step(job, op, UpdateStep::notifying);
+  FL_RETURN_IF_ERROR(notify_guests(job, op.running_before, "Freeze", req.notice_ms));
+  set_step(job, op, UpdateStep::stopping_guests);
+  std::map<std::string, Clock::time_point> last_before;
+  {
+    std::lock_guard lv(lv_mu);
+    for (const auto& name : op.running_before) {
+      FL_ASSIGN_OR_RETURN(auto d, domain(name));
+      FL_RETURN_IF_ERROR(d.suspend());
+      std::lock_guard lock(mu);
+      auto& s = slots[name];
+      if (s.sim) s.sim->pause();
+      last_before[name] = s.last_hb ? s.last_hb->at : Clock::now();
+      op.stopped.push_back(name);
+      auto* r = report_of(job, name);
+      r->stop_method = "suspended";
+      record_before(*r, s);
+      r->last_hb_before = {};  // a freeze reports pause_ms, not down_ms
+    }
+  }
+  std::this_thread::sleep_for(milliseconds(req.freeze_ms));
+  set_step(job, op, UpdateStep::starting_guests);
+  Clock::time_point resumed_at = Clock::now();
+  {
+    std::lock_guard lv(lv_mu);
+    for (const auto& name : op.running_before) {
+      FL_ASSIGN_OR_RETURN(auto d, domain(name));
+      {
+        // The first heartbeat after the resume ends the pause.
+        std::lock_guard lock(mu);
+        slots[name].started_at = Clock::now();
+        slots[name].first_hb_since_start.reset();
+      }
+      FL_RETURN_IF_ERROR(d.resume());
+      std::lock_guard lock(mu);
+      if (slots[name].sim) slots[name].sim->resume();
+    }
+  }
+  set_step(job, op, UpdateStep::verifying);
+  Status first_error;
+  for (const auto& name : op.running_before) {
+    auto* r = report_of(job, name);
+    auto s = wait_healthy(name, resumed_at, opt.boot_timeout, "", r->boot_id_before);
+    std::lock_guard lock(mu);
+    auto& slot = slots[name];
+    if (slot.first_hb_since_start) {
+      // The pause the guest saw: its last heartbeat before the suspend to its first after.
+      r->pause_ms = ms_between(last_before[name], slot.first_hb_since_start->at);
+      record_after(*r, slot);
+    }
+    r->ok = s.ok();
+    if (!s.ok()) {
+      r->error = s.error().message;
+      if (first_error.ok()) first_error = s;
+    }
+  }
+  return first_error;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+Result<json::object> HostAgent::start_operation(const OperationRequest& request) {
+  auto& p = *impl_;
+  if (request.kind == OperationKind::host_os) FL_RETURN_IF_ERROR(p.host_store->verify(request.target));
+  if (request.kind == OperationKind::guest_os) FL_RETURN_IF_ERROR(p.guest_store->get(request.target));
+  std::unique_lock lock(p.mu);
+  if (p.state.state != HostState::ready || !p.active_job.empty()) {
+    return make_error(Condition::invalid_state, "host " + p.opt.host_id + " is " +
+                                                    std::string(to_string(p.state.state)) +
+                                                    (p.active_job.empty() ? "" : " (job " + p.active_job + ")") +
+                                                    ": one operation at a time, from Ready");
+  }
+  if (p.worker.joinable()) {
+    lock.unlock();
+    p.worker.join();
+    lock.lock();
+  }
+  OperationRecord op;
+  op.id = p.opt.host_id + "-job-" + std::to_string(p.state.next_job++);
+  op.request = request;
+  op.started_at = rfc3339_now();
+  op.previous_host_image = p.state.host_image;
+  for (const auto& r : p.state.instances) {
+    if (p.slots[r.name].expect_running) op.running_before.push_back(r.name);
+  }
+  Job job;
+  job.id = op.id;
+  job.request = request;
+  job.started_at = op.started_at;
+  job.host_image_before = p.state.host_image;
+  job.step = "Notifying";
+  for (const auto& n : op.running_before) job.guests.push_back(GuestReport{.name = n});
+  p.state.operation = op;
+  p.state.state = HostState::updating;
+  p.step = UpdateStep::notifying;
+  FL_RETURN_IF_ERROR(p.persist_locked());
+  p.jobs[op.id] = job;
+  p.active_job = op.id;
+  std::string id = op.id;
+  p.worker = std::thread([&p, id] { p.run_job(id, false); });
+  return job.to_json();
+}
+
+Result<json::object> HostAgent::job_json(const std::string& id) const {
+  std::lock_guard lock(impl_->mu);
+  auto it = impl_->jobs.find(id);
+  if (it == impl_->jobs.end()) return make_error(Condition::not_found, "job '" + id + "' not found");
+  return it->second.to_json();
+}
+
+json::array HostAgent::jobs_json() const {
+  std::lock_guard lock(impl_->mu);
+  json::array a;
+  for (const auto& [id, j] : impl_->jobs) a.push_back(j.to_json());
+  return a;
+}
+
+Status HostAgent::cancel(const std::string& id) {
+  std::lock_guard lock(impl_->mu);
+  auto it = impl_->jobs.find(id);
+  if (it == impl_->jobs.end()) return make_error(Condition::not_found, "job '" + id + "' not found");
+  if (it->second.status != "running") {
+    return make_error(Condition::invalid_state, "job '" + id + "' is " + it->second.status);
+  }
+  it->second.cancel_requested = true;
+  impl_->cv.notify_all();
+  return {};
+}
+
+bool HostAgent::wait_idle(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(impl_->mu);
+  return impl_->cv.wait_for(lock, timeout, [&] { return impl_->active_job.empty(); });
+}
+
+}  // namespace fabriclab::agent

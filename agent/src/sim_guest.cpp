@@ -1,0 +1,215 @@
+#include "sim_guest.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <set>
+#include <vector>
+
+namespace fabriclab::agent {
+
+namespace json = boost::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+int64_t read_counter(const std::string& path) {
+  std::ifstream in(path);
+  int64_t v = 0;
+  return (in >> v) ? v : 0;
+}
+
+void write_counter(const std::string& path, int64_t v) {
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+  if (fd < 0) return;
+  std::string s = std::to_string(v) + "\n";
+  (void)!::write(fd, s.data(), s.size());
+  ::fdatasync(fd);
+  ::close(fd);
+  ::rename(tmp.c_str(), path.c_str());
+}
+
+std::string new_boot_id() {
+  std::random_device rd;
+  std::mt19937_64 g(rd());
+  char buf[33];
+  std::snprintf(buf, sizeof(buf), "%016llx%016llx", static_cast<unsigned long long>(g()),
+                static_cast<unsigned long long>(g()));
+  return buf;
+}
+
+}  // namespace
+
+SimGuest::SimGuest(std::string socket_path, std::string counter_file,
+                   std::chrono::milliseconds period, std::chrono::milliseconds drain)
+    : socket_path_(std::move(socket_path)), counter_file_(std::move(counter_file)),
+      period_(period), drain_(drain) {}
+
+SimGuest::~SimGuest() { power_off(false); }
+
+void SimGuest::boot(const std::string& image, const std::string& mode) {
+  power_off(false);
+  ::unlink(socket_path_.c_str());
+  listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, socket_path_.c_str(), sizeof(addr.sun_path) - 1);
+  if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::listen(listen_fd_, 2) != 0) {
+    ::close(listen_fd_);
+    listen_fd_ = -1;
+    return;
+  }
+  image_ = image;
+  mode_ = image.ends_with("-broken") ? "fail-app" : mode;
+  boot_id_ = new_boot_id();
+  seq_ = 0;
+  counter_ = read_counter(counter_file_);
+  booted_at_ = Clock::now();
+  stop_ = false;
+  paused_ = false;
+  running_ = true;
+  thread_ = std::thread([this] { run(); });
+}
+
+void SimGuest::power_off(bool clean) {
+  {
+    std::lock_guard lock(mu_);
+    if (!thread_.joinable()) return;
+    stop_ = true;
+    clean_ = clean;
+  }
+  cv_.notify_all();
+  thread_.join();
+  running_ = false;
+  if (client_fd_ >= 0) ::close(client_fd_);
+  if (listen_fd_ >= 0) ::close(listen_fd_);
+  client_fd_ = listen_fd_ = -1;
+  ::unlink(socket_path_.c_str());
+}
+
+void SimGuest::pause() {
+  std::lock_guard lock(mu_);
+  paused_ = true;
+}
+
+void SimGuest::resume() {
+  {
+    std::lock_guard lock(mu_);
+    paused_ = false;
+  }
+  cv_.notify_all();
+}
+
+void SimGuest::send(const std::string& line) {
+  if (client_fd_ < 0) return;
+  std::string out = line + "\n";
+  if (::send(client_fd_, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+    ::close(client_fd_);
+    client_fd_ = -1;
+  }
+}
+
+void SimGuest::handle(const std::string& line) {
+  boost::system::error_code ec;
+  json::value v = json::parse(line, ec);
+  if (ec || !v.is_object()) return;
+  auto& o = v.as_object();
+  auto* type = o.if_contains("type");
+  if (!type || !type->is_string()) return;
+  if (type->as_string() == "instance") {
+    json::object ack{{"type", "instance_ack"}};
+    for (const char* k : {"service", "index", "platformUpdateDomain", "platformFaultDomain"}) {
+      if (auto* f = o.if_contains(k)) ack[k] = *f;
+    }
+    send(json::serialize(ack));
+  } else if (type->as_string() == "scheduled_events") {
+    auto* events = o.if_contains("Events");
+    if (!events || !events->is_array()) return;
+    std::vector<std::string> ids;
+    for (auto& e : events->as_array()) {
+      if (!e.is_object()) continue;
+      auto* id = e.as_object().if_contains("EventId");
+      auto* st = e.as_object().if_contains("EventStatus");
+      if (id && id->is_string() && st && st->is_string() && st->as_string() == "Scheduled") {
+        ids.emplace_back(id->as_string());
+      }
+    }
+    // The drain happens on this thread; heartbeats resume right after (the real guest keeps
+    // heartbeating; drains here are short).
+    std::this_thread::sleep_for(drain_);
+    for (auto& id : ids) send(json::serialize(json::object{{"type", "ack"}, {"EventId", id}}));
+  }
+}
+
+void SimGuest::run() {
+  std::string buf;
+  auto next_beat = Clock::now() + std::chrono::milliseconds(50);
+  bool announced = false;
+  for (;;) {
+    {
+      std::unique_lock lock(mu_);
+      if (stop_) break;
+      if (paused_) {
+        cv_.wait(lock, [&] { return stop_ || !paused_; });
+        next_beat = Clock::now();
+        continue;
+      }
+    }
+    if (client_fd_ < 0) {
+      int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      if (fd >= 0) {
+        client_fd_ = fd;
+        announced = false;
+      }
+    }
+    if (client_fd_ >= 0 && mode_ == "fail-app" && !announced) {
+      send(R"j({"type":"error","message":"app failed to start (fail-app mode)"})j");
+      announced = true;
+    }
+    if (client_fd_ >= 0) {
+      char chunk[4096];
+      ssize_t r = ::recv(client_fd_, chunk, sizeof(chunk), MSG_DONTWAIT);
+      if (r == 0) {
+        ::close(client_fd_);
+        client_fd_ = -1;
+      } else if (r > 0) {
+        buf.append(chunk, r);
+        for (size_t nl; (nl = buf.find('\n')) != std::string::npos;) {
+          std::string line = buf.substr(0, nl);
+          buf.erase(0, nl + 1);
+          if (line.size() <= 64 * 1024) handle(line);
+        }
+        if (buf.size() > 64 * 1024) buf.clear();
+      }
+    }
+    if (Clock::now() >= next_beat && mode_ != "fail-app") {
+      ++counter_;
+      write_counter(counter_file_, counter_);  // durable before it is reported
+      ++seq_;
+      json::object hb{{"type", "heartbeat"}, {"seq", seq_}, {"boot_id", boot_id_},
+                      {"image", image_}, {"counter", counter_},
+                      {"uptime_ms", std::chrono::duration_cast<std::chrono::milliseconds>(
+                                        Clock::now() - booted_at_).count()},
+                      {"mode", mode_}, {"simulated", true}};
+      send(json::serialize(hb));
+      next_beat += period_;
+    }
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, std::chrono::milliseconds(20), [&] { return stop_; });
+  }
+  if (clean_ && client_fd_ >= 0) {
+    send(json::serialize(json::object{{"type", "final"}, {"boot_id", boot_id_},
+                                      {"counter", counter_}, {"clean", true}}));
+  }
+}
+
+}  // namespace fabriclab::agent

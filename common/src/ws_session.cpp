@@ -1,0 +1,229 @@
+// One websocket on an EventFeed. Runs on the connection's strand.
+//
+// Outgoing: `out_` holds what is being sent now (first the snapshot or backlog, then batches
+// taken from the subscription). We only take the next batch when `out_` is empty, so what a
+// session holds is bounded by the subscription's queue (Limits::max_ws_queue) plus one batch;
+// a consumer that cannot keep up overflows the subscription and is closed with reason
+// "slow consumer". The publisher only appends to that bounded queue and posts a wake-up.
+//
+// One async_write at a time (Beast allows no more); a write that does not finish within
+// Limits::write_timeout closes the connection (Beast has no write timeout, so a timer does it).
+// Closing sends a close frame and gives the peer a short grace period before the socket is cut.
+
+#include <deque>
+
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/beast/core/bind_handler.hpp>
+#include <boost/beast/core/buffers_to_string.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/websocket.hpp>
+#include <boost/json/object.hpp>
+#include <boost/json/value.hpp>
+
+#include "fabriclab/common/json.hpp"
+#include "http_internal.hpp"
+
+namespace fabriclab::http {
+namespace beast = boost::beast;
+namespace websocket = boost::beast::websocket;
+using boost::system::error_code;
+using Message = Subscription::Message;
+
+namespace {
+
+constexpr auto kCloseGrace = std::chrono::milliseconds(500);
+
+const Message& pong_message() {
+  static const Message m = std::make_shared<const std::string>(R"({"type":"pong"})");
+  return m;
+}
+
+class WsSession : public Session, public std::enable_shared_from_this<WsSession> {
+ public:
+  WsSession(Server::Impl& srv, tcp::socket socket, std::shared_ptr<EventFeed> feed,
+            std::optional<uint64_t> since, std::string remote)
+      : srv_(srv),
+        ws_(std::move(socket)),
+        timer_(ws_.get_executor()),
+        feed_(std::move(feed)),
+        since_(since),
+        remote_(std::move(remote)) {}
+
+  ~WsSession() override { srv_.remove(id_); }
+
+  void run(BeastRequest req) {
+    id_ = srv_.add(weak_from_this());
+    if (id_ == 0) return;  // stopping or full: dropping the socket closes it
+    net::dispatch(ws_.get_executor(), [self = shared_from_this(), req = std::move(req)]() mutable {
+      self->do_accept(std::move(req));
+    });
+  }
+
+  void shutdown() override {
+    net::post(ws_.get_executor(), [self = shared_from_this()] {
+      self->do_close(websocket::close_code::going_away, "server shutting down");
+    });
+  }
+
+  void detach() override {
+    if (sub_) sub_->cancel();
+  }
+
+ private:
+  void do_accept(BeastRequest req) {
+    ws_.set_option(websocket::stream_base::timeout::suggested(beast::role_type::server));
+    ws_.set_option(websocket::stream_base::decorator(
+        [](websocket::response_type& res) { res.set(beast::http::field::server, "fabriclab"); }));
+    ws_.read_message_max(srv_.limits.max_ws_message);
+    ws_.async_accept(req, beast::bind_front_handler(&WsSession::on_accept, shared_from_this()));
+  }
+
+  void on_accept(error_code ec) {
+    if (ec) {
+      srv_.log->debug("{}: websocket handshake failed: {}", remote_, ec.message());
+      return;
+    }
+    if (closing_) return;  // shutdown() arrived during the handshake
+    // The wake-up holds only a weak reference and never runs session code on the publisher's
+    // thread: it posts to our strand.
+    EventFeed::Subscribed subscribed;
+    try {
+      subscribed = feed_->subscribe(
+          since_, srv_.limits.max_ws_queue, [w = weak_from_this(), ex = ws_.get_executor()] {
+            net::post(ex, [w] {
+              if (auto self = w.lock()) self->pump();
+            });
+          });
+    } catch (const std::exception& e) {  // the owner's snapshot function failed
+      srv_.log->error("{}: websocket snapshot failed: {}", remote_, e.what());
+      return do_close(websocket::close_code::internal_error, "snapshot failed");
+    }
+    sub_ = std::move(subscribed.subscription);
+    out_.assign(subscribed.initial.begin(), subscribed.initial.end());
+    srv_.log->debug("{}: websocket subscribed ({}; {} initial messages)", remote_,
+                    since_ ? (subscribed.resync ? "resync" : "resume") : "snapshot",
+                    out_.size());
+    do_read();
+    pump();
+  }
+
+  void do_read() {
+    ws_.async_read(rbuf_, beast::bind_front_handler(&WsSession::on_read, shared_from_this()));
+  }
+
+  void on_read(error_code ec, std::size_t) {
+    if (ec) {
+      if (ec == websocket::error::message_too_big) {
+        srv_.log->info("{}: websocket closed: message larger than {} bytes", remote_,
+                       srv_.limits.max_ws_message);
+      } else if (ec != websocket::error::closed && ec != net::error::operation_aborted) {
+        srv_.log->debug("{}: websocket read ended: {}", remote_, ec.message());
+      }
+      return finish();
+    }
+    std::string text = beast::buffers_to_string(rbuf_.data());
+    rbuf_.consume(rbuf_.size());
+    // Client messages are untrusted; anything but a well-formed ping is ignored.
+    auto msg = parse_json_object(text, srv_.limits.max_ws_message, srv_.limits.max_json_depth,
+                                 "message");
+    const json::value* type = msg ? msg->if_contains("type") : nullptr;
+    if (type && type->is_string() && type->get_string() == "ping") {
+      out_.push_back(pong_message());
+      // A client that floods pings without reading the answers is a slow consumer too.
+      if (out_.size() > srv_.limits.max_ws_queue * 2) return drop_slow();
+      pump();
+    }
+    do_read();
+  }
+
+  void pump() {
+    if (closing_ || writing_ || !sub_) return;
+    if (sub_->overflowed()) return drop_slow();
+    if (out_.empty()) out_ = sub_->take();
+    if (out_.empty()) return;
+    writing_ = true;
+    ws_.text(true);
+    arm_timer(srv_.limits.write_timeout);
+    ws_.async_write(net::buffer(*out_.front()),
+                    beast::bind_front_handler(&WsSession::on_write, shared_from_this()));
+  }
+
+  void on_write(error_code ec, std::size_t) {
+    writing_ = false;
+    if (ec) {
+      if (ec != net::error::operation_aborted) {
+        srv_.log->debug("{}: websocket write failed: {}", remote_, ec.message());
+      }
+      return finish();
+    }
+    if (!closing_) timer_.cancel();
+    out_.pop_front();
+    pump();
+  }
+
+  void drop_slow() {
+    srv_.log->warn("{}: closing websocket: slow consumer ({} events behind)", remote_,
+                   srv_.limits.max_ws_queue);
+    do_close(websocket::close_code::policy_error, "slow consumer");
+  }
+
+  void do_close(websocket::close_code code, const char* reason) {
+    if (closing_) return;
+    closing_ = true;
+    if (sub_) sub_->cancel();
+    arm_timer(kCloseGrace);
+    if (!ws_.is_open()) return;  // not accepted yet: the timer cuts the socket
+    // Allowed while a write is in flight: Beast sends the close frame after it.
+    ws_.async_close(websocket::close_reason(code, reason),
+                    [self = shared_from_this()](error_code) { self->finish(); });
+  }
+
+  // Deadline for the write in flight or for the close handshake: cut the socket.
+  void arm_timer(std::chrono::steady_clock::duration d) {
+    timer_.expires_after(d);
+    timer_.async_wait([self = shared_from_this()](error_code ec) {
+      if (ec == net::error::operation_aborted) return;
+      if (self->timer_.expiry() > std::chrono::steady_clock::now()) return;  // re-armed since
+      if (!self->closing_) {
+        self->srv_.log->warn("{}: closing websocket: write deadline passed", self->remote_);
+      }
+      self->closing_ = true;
+      beast::get_lowest_layer(self->ws_).close();
+    });
+  }
+
+  // The connection is done: stop receiving events, release the timer.
+  void finish() {
+    closing_ = true;
+    if (sub_) sub_->cancel();
+    timer_.cancel();
+    beast::get_lowest_layer(ws_).close();
+  }
+
+  Server::Impl& srv_;
+  uint64_t id_ = 0;
+  websocket::stream<beast::tcp_stream> ws_;
+  net::steady_timer timer_;
+  std::shared_ptr<EventFeed> feed_;
+  std::optional<uint64_t> since_;
+  std::string remote_;
+  std::shared_ptr<Subscription> sub_;
+  std::deque<Message> out_;
+  beast::flat_buffer rbuf_;
+  bool writing_ = false;
+  bool closing_ = false;
+};
+
+}  // namespace
+
+void start_ws_session(Server::Impl& srv, tcp::socket socket, BeastRequest req,
+                      std::shared_ptr<EventFeed> feed, std::optional<uint64_t> since,
+                      std::string remote) {
+  std::make_shared<WsSession>(srv, std::move(socket), std::move(feed), since, std::move(remote))
+      ->run(std::move(req));
+}
+
+}  // namespace fabriclab::http

@@ -1,0 +1,541 @@
+#include "fabriclab/common/http_server.hpp"
+
+#include <gtest/gtest.h>
+
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <stdexcept>
+#include <thread>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/json.hpp>
+
+#include "fabriclab/common/http_client.hpp"
+#include "status_matchers.hpp"
+
+namespace fabriclab::http {
+namespace {
+
+namespace json = boost::json;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+using namespace std::chrono_literals;
+
+constexpr const char* kControl = "control-secret";
+constexpr const char* kRead = "read-secret";
+constexpr const char* kHost = "127.0.0.1";
+
+json::object as_object(const std::string& text) { return json::parse(text).as_object(); }
+
+std::string error_code_of(const ClientResponse& r) {
+  return std::string(as_object(r.body).at("error").at("code").as_string());
+}
+
+int64_t seq_of(const std::string& text) { return as_object(text).at("seq").as_int64(); }
+
+// A blocking TCP connection for what the client will not send: malformed or oversize requests,
+// a raw websocket upgrade that then never reads.
+class RawConn {
+ public:
+  explicit RawConn(uint16_t port, int rcvbuf = 0) : socket_(ioc_) {
+    socket_.open(tcp::v4());
+    if (rcvbuf > 0) socket_.set_option(net::socket_base::receive_buffer_size(rcvbuf));
+    timeval tv{5, 0};  // reads give up after 5 s rather than hang the test
+    setsockopt(socket_.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    socket_.connect(tcp::endpoint(net::ip::make_address(kHost), port));
+  }
+  void send(std::string_view bytes) { net::write(socket_, net::buffer(bytes.data(), bytes.size())); }
+  // Everything until the server closes (or 5 s of silence).
+  std::string read_all() {
+    std::string out;
+    char buf[4096];
+    boost::system::error_code ec;
+    while (true) {
+      size_t n = socket_.read_some(net::buffer(buf), ec);
+      if (ec) break;
+      out.append(buf, n);
+    }
+    return out;
+  }
+  std::string read_until_blank_line() {
+    std::string out;
+    char c;
+    while (out.find("\r\n\r\n") == std::string::npos) {
+      boost::system::error_code ec;
+      if (socket_.read_some(net::buffer(&c, 1), ec) != 1) break;
+      out += c;
+    }
+    return out;
+  }
+
+ private:
+  net::io_context ioc_;
+  tcp::socket socket_;
+};
+
+class HttpServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override { limits_.max_body = 1024; }
+
+  void start() {
+    server_ = std::make_unique<Server>("http-test", Tokens{kControl, kRead}, limits_);
+    server_->route("GET", "/healthz", Access::open,
+                   [](const Request&) { return json_response(200, json::object{{"ok", true}}); });
+    server_->route("GET", "/v1/instances/{name}", Access::read, [](const Request& r) {
+      return json_response(200, json::object{{"name", r.params.at("name")}, {"role", r.role}});
+    });
+    server_->route("POST", "/v1/instances/{name}/restart", Access::control, [](const Request& r) {
+      return json_response(202, json::object{{"restarting", r.params.at("name")}});
+    });
+    server_->route("POST", "/v1/echo", Access::control, [this](const Request& r) {
+      auto body = parse_body(r, limits_);
+      if (!body.ok()) return error_response(body.error());
+      return json_response(200, *body);
+    });
+    server_->route("GET", "/v1/boom", Access::read,
+                   [](const Request&) -> Response { throw std::runtime_error("kaboom"); });
+    server_->route("GET", "/v1/block", Access::read, [this](const Request&) {
+      entered_.set_value();
+      release_.get_future().wait();
+      return json_response(200, json::object{});
+    });
+    server_->events("/v1/events", feed_);
+    auto port = server_->start(kHost, 0);
+    ASSERT_OK(port);
+    port_ = *port;
+  }
+
+  Result<ClientResponse> get(std::string_view target, std::string_view token = {}) {
+    return request(kHost, port_, "GET", target, {}, token, 5s);
+  }
+
+  Result<std::unique_ptr<WsClient>> ws(std::string_view target, std::string_view token = kRead) {
+    return WsClient::connect(kHost, port_, target, token, 5s);
+  }
+
+  Limits limits_;
+  int64_t state_ = 7;
+  std::shared_ptr<EventFeed> feed_ = std::make_shared<EventFeed>(
+      [this] { return json::object{{"state", state_}}; }, 50);
+  std::unique_ptr<Server> server_;
+  uint16_t port_ = 0;
+  std::promise<void> entered_, release_;
+};
+
+TEST_F(HttpServerTest, RoutesWithParamsAndReportsUnknownPathsAndMethods) {
+  start();
+  auto r = get("/v1/instances/web%2D0", kRead);
+  ASSERT_OK(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->headers["content-type"], "application/json");
+  EXPECT_EQ(as_object(r->body).at("name").as_string(), "web-0");
+  EXPECT_EQ(as_object(r->body).at("role").as_string(), "read");
+
+  auto missing = get("/v1/nothing", kControl);
+  ASSERT_OK(missing);
+  EXPECT_EQ(missing->status, 404);
+  EXPECT_EQ(error_code_of(*missing), "not_found");
+  EXPECT_NE(as_object(missing->body).at("error").at("message").as_string().find("/v1/nothing"),
+            json::string::npos);
+
+  auto wrong_method = request(kHost, port_, "DELETE", "/v1/instances/a", {}, kControl, 5s);
+  ASSERT_OK(wrong_method);
+  EXPECT_EQ(wrong_method->status, 405);
+  EXPECT_EQ(wrong_method->headers["allow"], "GET");
+  EXPECT_EQ(error_code_of(*wrong_method), "method_not_allowed");
+
+  // A param segment does not match an empty segment.
+  auto empty = get("/v1/instances/", kRead);
+  ASSERT_OK(empty);
+  EXPECT_EQ(empty->status, 404);
+}
+
+TEST_F(HttpServerTest, TokensGateRoutesByAccessLevel) {
+  start();
+  auto open = get("/healthz");
+  ASSERT_OK(open);
+  EXPECT_EQ(open->status, 200);
+
+  auto none = get("/v1/instances/a");
+  ASSERT_OK(none);
+  EXPECT_EQ(none->status, 401);
+  EXPECT_EQ(none->headers["www-authenticate"], "Bearer");
+  EXPECT_EQ(error_code_of(*none), "unauthenticated");
+
+  auto wrong = get("/v1/instances/a", "read-secreT");
+  ASSERT_OK(wrong);
+  EXPECT_EQ(wrong->status, 401);
+
+  auto prefix = get("/v1/instances/a", "read");
+  ASSERT_OK(prefix);
+  EXPECT_EQ(prefix->status, 401);
+
+  auto read_on_control =
+      request(kHost, port_, "POST", "/v1/instances/a/restart", {}, kRead, 5s);
+  ASSERT_OK(read_on_control);
+  EXPECT_EQ(read_on_control->status, 403);
+  EXPECT_EQ(error_code_of(*read_on_control), "permission_denied");
+
+  auto control = request(kHost, port_, "POST", "/v1/instances/a/restart", {}, kControl, 5s);
+  ASSERT_OK(control);
+  EXPECT_EQ(control->status, 202);
+
+  auto control_reads = get("/v1/instances/a", kControl);
+  ASSERT_OK(control_reads);
+  EXPECT_EQ(control_reads->status, 200);
+  EXPECT_EQ(as_object(control_reads->body).at("role").as_string(), "control");
+}
+
+TEST_F(HttpServerTest, DisabledRoleTokenIsRefused) {
+  server_ = std::make_unique<Server>("http-test", Tokens{kControl, ""}, limits_);
+  server_->route("GET", "/x", Access::read, [](const Request&) { return Response{}; });
+  auto port = server_->start(kHost, 0);
+  ASSERT_OK(port);
+  auto r = request(kHost, *port, "GET", "/x", {}, "", 5s);
+  ASSERT_OK(r);
+  EXPECT_EQ(r->status, 401);
+}
+
+TEST_F(HttpServerTest, BodyOverLimitIs413AndBadJsonIs400) {
+  start();
+  auto big = request(kHost, port_, "POST", "/v1/echo", std::string(4096, 'x'), kControl, 5s);
+  ASSERT_OK(big);
+  EXPECT_EQ(big->status, 413);
+  EXPECT_EQ(error_code_of(*big), "body_too_large");
+
+  auto bad = request(kHost, port_, "POST", "/v1/echo", "{not json", kControl, 5s);
+  ASSERT_OK(bad);
+  EXPECT_EQ(bad->status, 400);
+  EXPECT_EQ(error_code_of(*bad), "invalid_argument");
+
+  auto good = request(kHost, port_, "POST", "/v1/echo", R"({"a":1})", kControl, 5s);
+  ASSERT_OK(good);
+  EXPECT_EQ(good->status, 200);
+  EXPECT_EQ(good->body, R"({"a":1})");
+}
+
+TEST_F(HttpServerTest, HeaderOverLimitIs431) {
+  start();
+  RawConn c(port_);
+  c.send("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(16 * 1024, 'a') + "\r\n\r\n");
+  std::string res = c.read_all();
+  EXPECT_EQ(res.rfind("HTTP/1.1 431", 0), 0u) << res.substr(0, 200);
+  EXPECT_NE(res.find("header_too_large"), std::string::npos);
+}
+
+TEST_F(HttpServerTest, MalformedHttpIs400AndClosed) {
+  start();
+  RawConn c(port_);
+  c.send("THIS IS NOT HTTP\r\n\r\n");
+  std::string res = c.read_all();  // returns because the server closes
+  EXPECT_EQ(res.rfind("HTTP/1.1 400", 0), 0u) << res;
+  EXPECT_NE(res.find("\"code\":\"bad_request\""), std::string::npos) << res;
+}
+
+TEST_F(HttpServerTest, KeepAliveServesSeveralRequestsOnOneConnection) {
+  start();
+  RawConn c(port_);
+  c.send(
+      "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+      "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  std::string res = c.read_all();
+  size_t first = res.find("HTTP/1.1 200");
+  ASSERT_NE(first, std::string::npos) << res;
+  EXPECT_NE(res.find("HTTP/1.1 200", first + 1), std::string::npos) << res;
+}
+
+TEST_F(HttpServerTest, HandlerExceptionIs500AndTheServerKeepsServing) {
+  start();
+  auto boom = get("/v1/boom", kRead);
+  ASSERT_OK(boom);
+  EXPECT_EQ(boom->status, 500);
+  EXPECT_EQ(error_code_of(*boom), "internal");
+  EXPECT_NE(boom->body.find("kaboom"), std::string::npos);
+  auto ok = get("/healthz");
+  ASSERT_OK(ok);
+  EXPECT_EQ(ok->status, 200);
+}
+
+TEST_F(HttpServerTest, ConnectionsOverTheCapAreRefusedWith503) {
+  limits_.max_connections = 1;
+  start();
+  RawConn idle(port_);  // holds the only slot (keep-alive, no request yet)
+  std::this_thread::sleep_for(100ms);
+  auto r = get("/healthz");
+  ASSERT_OK(r);
+  EXPECT_EQ(r->status, 503);
+}
+
+TEST_F(HttpServerTest, ErrorResponseMapsConditionsToStatuses) {
+  EXPECT_EQ(error_response(Error{Condition::invalid_argument, "x"}).status, 400);
+  EXPECT_EQ(error_response(Error{Condition::not_found, "x"}).status, 404);
+  EXPECT_EQ(error_response(Error{Condition::already_exists, "x"}).status, 409);
+  EXPECT_EQ(error_response(Error{Condition::invalid_state, "x"}).status, 409);
+  EXPECT_EQ(error_response(Error{Condition::unsupported, "x"}).status, 501);
+  EXPECT_EQ(error_response(Error{Condition::timeout, "x"}).status, 504);
+  EXPECT_EQ(error_response(Error{Condition::transient, "x"}).status, 503);
+  EXPECT_EQ(error_response(Error{Condition::cancelled, "x"}).status, 409);
+  EXPECT_EQ(error_response(Error{Condition::unauthenticated, "x"}).status, 401);
+  EXPECT_EQ(error_response(Error{Condition::permission_denied, "x"}).status, 403);
+  auto r = error_response(Error{Condition::internal, "it broke"});
+  EXPECT_EQ(r.status, 500);
+  EXPECT_EQ(r.body, R"({"error":{"code":"internal","message":"it broke"}})");
+}
+
+TEST(LoadTokens, TrimsAndNamesMissingOrEmptyFiles) {
+  auto dir = std::filesystem::temp_directory_path() /
+             ("fl-tokens-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "control") << "  abc123\n";
+  std::ofstream(dir / "empty") << " \n";
+  auto t = load_tokens((dir / "control").string(), "");
+  ASSERT_OK(t);
+  EXPECT_EQ(t->control, "abc123");
+  EXPECT_EQ(t->read, "");
+  auto missing = load_tokens((dir / "nope").string(), "");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.condition(), Condition::not_found);
+  EXPECT_NE(missing.error().message.find("nope"), std::string::npos);
+  auto empty = load_tokens((dir / "control").string(), (dir / "empty").string());
+  ASSERT_FALSE(empty.ok());
+  EXPECT_EQ(empty.condition(), Condition::invalid_argument);
+  std::filesystem::remove_all(dir);
+}
+
+// Websocket event stream
+
+TEST_F(HttpServerTest, WebsocketStartsWithSnapshotThenDeltas) {
+  start();
+  for (int i = 0; i < 3; ++i) feed_->publish("tick", json::object{{"n", i}});
+  auto c = ws("/v1/events");
+  ASSERT_OK(c);
+  auto snap = (*c)->read(5s);
+  ASSERT_OK(snap);
+  auto o = as_object(*snap);
+  EXPECT_EQ(o.at("type").as_string(), "snapshot");
+  EXPECT_EQ(o.at("seq").as_int64(), 3);
+  EXPECT_EQ(o.at("state").at("state").as_int64(), 7);
+  EXPECT_TRUE(o.contains("time"));
+  feed_->publish("instance.changed", json::object{{"name", "web-0"}});
+  auto delta = (*c)->read(5s);
+  ASSERT_OK(delta);
+  auto d = as_object(*delta);
+  EXPECT_EQ(d.at("seq").as_int64(), 4);
+  EXPECT_EQ(d.at("type").as_string(), "instance.changed");
+  EXPECT_EQ(d.at("name").as_string(), "web-0");
+}
+
+TEST_F(HttpServerTest, WebsocketResumeWithSinceHasNoGapAndNoDuplicateWhilePublishing) {
+  feed_ = std::make_shared<EventFeed>([] { return json::object{}; }, 10000);
+  start();
+  constexpr int kEvents = 3000;
+  std::atomic<bool> go{false};
+  std::thread publisher([&] {
+    for (int i = 1; i <= kEvents; ++i) {
+      feed_->publish("tick", json::object{{"n", i}});
+      if (i == 500) go = true;
+      if (i % 10 == 0) std::this_thread::sleep_for(100us);
+    }
+  });
+  while (!go) std::this_thread::sleep_for(1ms);
+  uint64_t since = feed_->last_seq() - 5;
+  auto c = ws("/v1/events?since=" + std::to_string(since));
+  ASSERT_OK(c);
+  int64_t expect = static_cast<int64_t>(since) + 1;
+  while (expect <= kEvents) {
+    auto m = (*c)->read(5s);
+    ASSERT_OK(m);
+    auto o = as_object(*m);
+    ASSERT_NE(o.at("type").as_string(), "snapshot");
+    ASSERT_EQ(o.at("seq").as_int64(), expect) << "gap or duplicate";
+    ++expect;
+  }
+  publisher.join();
+}
+
+TEST_F(HttpServerTest, WebsocketSinceOutsideTheRingGetsAResyncSnapshot) {
+  start();  // the fixture's feed keeps 50 events
+  for (int i = 0; i < 100; ++i) feed_->publish("tick", json::object{{"n", i}});
+  for (std::string since : {"10", "101"}) {
+    auto c = ws("/v1/events?since=" + since);
+    ASSERT_OK(c);
+    auto snap = (*c)->read(5s);
+    ASSERT_OK(snap);
+    auto o = as_object(*snap);
+    EXPECT_EQ(o.at("type").as_string(), "snapshot") << since;
+    EXPECT_TRUE(o.at("resync").as_bool());
+    EXPECT_EQ(o.at("seq").as_int64(), 100);
+  }
+  // Caught up exactly: nothing until the next event.
+  auto c = ws("/v1/events?since=100");
+  ASSERT_OK(c);
+  feed_->publish("tick", json::object{});
+  auto next = (*c)->read(5s);
+  ASSERT_OK(next);
+  EXPECT_EQ(seq_of(*next), 101);
+
+  auto bad = request(kHost, port_, "GET", "/v1/events?since=abc", {}, kRead, 5s);
+  ASSERT_OK(bad);
+  EXPECT_EQ(bad->status, 426);  // not an upgrade: the since check comes with the upgrade
+}
+
+TEST_F(HttpServerTest, WebsocketNeedsReadTokenInHeaderOrAccessTokenQuery) {
+  start();
+  auto none = ws("/v1/events", "");
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.condition(), Condition::unauthenticated) << none.error().message;
+  auto wrong = ws("/v1/events", "nope");
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_EQ(wrong.condition(), Condition::unauthenticated);
+  auto wrong_query = ws("/v1/events?access_token=nope", "");
+  ASSERT_FALSE(wrong_query.ok());
+  EXPECT_EQ(wrong_query.condition(), Condition::unauthenticated);
+  auto query = ws(std::string("/v1/events?access_token=") + kRead, "");
+  ASSERT_OK(query);
+  EXPECT_OK((*query)->read(5s));
+  auto header = ws("/v1/events", kControl);
+  ASSERT_OK(header);
+  EXPECT_OK((*header)->read(5s));
+  auto elsewhere = ws("/v1/instances/a", kRead);
+  ASSERT_FALSE(elsewhere.ok());
+  EXPECT_EQ(elsewhere.condition(), Condition::not_found);
+  auto bad_since = ws("/v1/events?since=-1", kRead);
+  ASSERT_FALSE(bad_since.ok());
+  EXPECT_EQ(bad_since.condition(), Condition::invalid_argument);
+}
+
+TEST_F(HttpServerTest, WebsocketAnswersPingWithPongAndIgnoresOtherMessages) {
+  start();
+  auto c = ws("/v1/events");
+  ASSERT_OK(c);
+  ASSERT_OK((*c)->read(5s));  // snapshot
+  ASSERT_OK((*c)->write("not json"));
+  ASSERT_OK((*c)->write(R"({"type":"hello"})"));
+  ASSERT_OK((*c)->write(R"({"type":"ping"})"));
+  auto pong = (*c)->read(5s);
+  ASSERT_OK(pong);
+  EXPECT_EQ(*pong, R"({"type":"pong"})");
+}
+
+TEST_F(HttpServerTest, OversizedClientMessageClosesTheWebsocket) {
+  limits_.max_ws_message = 1024;
+  start();
+  auto c = ws("/v1/events");
+  ASSERT_OK(c);
+  ASSERT_OK((*c)->read(5s));
+  ASSERT_OK((*c)->write(std::string(4096, 'x')));
+  auto r = (*c)->read(5s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.condition(), Condition::timeout) << r.error().message;
+  // The server still serves others.
+  auto ok = get("/healthz");
+  ASSERT_OK(ok);
+  EXPECT_EQ(ok->status, 200);
+}
+
+// The io thread is held in a handler while events pile up, so the overflow is certain and the
+// socket is healthy: the client sees the close frame and its reason.
+TEST_F(HttpServerTest, WebsocketQueueOverflowClosesWithReasonSlowConsumer) {
+  limits_.max_ws_queue = 4;
+  start();
+  auto c = ws("/v1/events");
+  ASSERT_OK(c);
+  ASSERT_OK((*c)->read(5s));
+  std::thread blocked([&] { (void)get("/v1/block", kRead); });
+  entered_.get_future().wait();
+  for (int i = 0; i < 10; ++i) feed_->publish("tick", json::object{{"n", i}});
+  release_.set_value();
+  blocked.join();
+  auto r = (*c)->read(5s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.condition(), Condition::cancelled) << r.error().message;
+  EXPECT_EQ((*c)->close_reason(), "slow consumer");
+  EXPECT_EQ(feed_->stats().dropped_slow, 1u);
+  EXPECT_EQ(feed_->stats().subscribers, 0u);
+}
+
+TEST_F(HttpServerTest, NeverReadingClientIsCutOffWhilePublisherAndFastClientCarryOn) {
+  limits_.max_ws_queue = 256;
+  start();
+  // The slow client: a tiny receive window, upgrades, then never reads.
+  RawConn slow(port_, 4096);
+  slow.send(std::string("GET /v1/events?access_token=") + kRead +
+            " HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+  ASSERT_EQ(slow.read_until_blank_line().rfind("HTTP/1.1 101", 0), 0u);
+
+  constexpr int kEvents = 5000;
+  auto fast = ws("/v1/events");
+  ASSERT_OK(fast);
+  std::vector<int64_t> seen;
+  std::thread reader([&] {
+    while (seen.empty() || seen.back() < kEvents) {
+      auto m = (*fast)->read(10s);
+      if (!m.ok()) break;
+      seen.push_back(seq_of(*m));
+    }
+  });
+  while (feed_->stats().subscribers < 2) std::this_thread::sleep_for(1ms);
+
+  const std::string payload(1024, 'p');
+  auto slowest = std::chrono::steady_clock::duration::zero();
+  for (int i = 1; i <= kEvents; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    feed_->publish("tick", json::object{{"payload", payload}});
+    slowest = std::max(slowest, std::chrono::steady_clock::now() - t0);
+    if (i % 32 == 0) std::this_thread::sleep_for(2ms);  // a pace a healthy client keeps up with
+  }
+  reader.join();
+  EXPECT_LT(slowest, 100ms) << "publish blocked on a consumer";
+  for (int i = 0; i < 500 && feed_->stats().dropped_slow == 0; ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(feed_->stats().dropped_slow, 1u);
+  EXPECT_EQ(feed_->stats().subscribers, 1u);
+  ASSERT_EQ(seen.size(), size_t(kEvents) + 1);  // snapshot + every event
+  for (size_t i = 0; i < seen.size(); ++i) ASSERT_EQ(seen[i], int64_t(i));
+  // The server hangs up on the slow client: reading what was buffered ends at the close.
+  std::string rest = slow.read_all();
+  EXPECT_LT(rest.size(), size_t(kEvents) * 1024);
+}
+
+TEST_F(HttpServerTest, SnapshotFailureClosesThatWebsocketAndTheServerCarriesOn) {
+  feed_ = std::make_shared<EventFeed>([]() -> json::object { throw std::runtime_error("no state"); });
+  start();
+  auto c = ws("/v1/events");
+  ASSERT_OK(c);
+  auto r = (*c)->read(5s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ((*c)->close_reason(), "snapshot failed");
+  auto ok = get("/healthz");
+  ASSERT_OK(ok);
+  EXPECT_EQ(ok->status, 200);
+}
+
+TEST_F(HttpServerTest, StopClosesWebsocketsPromptly) {
+  start();
+  auto c = ws("/v1/events");
+  ASSERT_OK(c);
+  ASSERT_OK((*c)->read(5s));
+  auto t0 = std::chrono::steady_clock::now();
+  server_->stop();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
+  auto r = (*c)->read(5s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.condition(), Condition::cancelled) << r.error().message;
+  EXPECT_EQ((*c)->close_reason(), "server shutting down");
+  feed_->publish("after", json::object{});  // nobody left to post to
+  EXPECT_EQ(feed_->stats().subscribers, 0u);
+}
+
+}  // namespace
+}  // namespace fabriclab::http

@@ -1,0 +1,508 @@
+#include "fabriclab/agent/image_store.hpp"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace fabriclab::agent {
+namespace {
+namespace fs = std::filesystem;
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "fl-image-store-XXXXXX").string();
+    path_ = ::mkdtemp(tmpl.data());
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+void write_file(const std::string& path, const std::string& data) {
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << data;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+class HostImageStoreTest : public ::testing::Test {
+ protected:
+  std::string root() const { return dir_.path() + "/store"; }
+
+  HostImageStore open_store() {
+    auto s = HostImageStore::open(root());
+    EXPECT_TRUE(s.ok()) << s.error().describe();
+    return std::move(s).value();
+  }
+
+  // Writes a synthetic image for `version` and returns {path, sha256}.
+  std::pair<std::string, std::string> source(const std::string& version) {
+    std::string path = dir_.path() + "/src-" + version + ".img";
+    auto sha = write_synthetic_host_image(path, version);
+    EXPECT_TRUE(sha.ok()) << sha.error().describe();
+    return {path, *sha};
+  }
+
+  HostImage stage(HostImageStore& store, const std::string& version) {
+    auto [path, sha] = source(version);
+    auto img = store.stage(version, path, sha);
+    EXPECT_TRUE(img.ok()) << img.error().describe();
+    return std::move(img).value();
+  }
+
+  std::string version_of(const std::optional<HostImage>& img) {
+    return img ? img->version : "none";
+  }
+
+  TempDir dir_;
+};
+
+TEST(Sha256File, MatchesKnownDigestsAcrossChunkBoundaries) {
+  TempDir dir;
+  write_file(dir.path() + "/abc", "abc");
+  write_file(dir.path() + "/big", std::string(200000, 'a'));  // > 3 chunks of 64 KiB
+  auto abc = sha256_file(dir.path() + "/abc");
+  ASSERT_TRUE(abc.ok()) << abc.error().describe();
+  EXPECT_EQ(*abc, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  auto big = sha256_file(dir.path() + "/big");
+  ASSERT_TRUE(big.ok());
+  EXPECT_EQ(*big, "2287d207f24a941ff3b56c04c8a25ad56b63e3023207b3bb5b4ac0c9869d74be");
+  auto missing = sha256_file(dir.path() + "/nope");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.condition(), Condition::not_found);
+  EXPECT_TRUE(contains(missing.error().message, dir.path() + "/nope"));
+}
+
+TEST(SyntheticHostImage, IsStablePerVersionAndDiffersBetweenVersions) {
+  TempDir dir;
+  auto a1 = write_synthetic_host_image(dir.path() + "/a1", "v1");
+  auto a2 = write_synthetic_host_image(dir.path() + "/a2", "v1");
+  auto b = write_synthetic_host_image(dir.path() + "/b", "v2");
+  ASSERT_TRUE(a1.ok() && a2.ok() && b.ok());
+  EXPECT_EQ(*a1, *a2);
+  EXPECT_NE(*a1, *b);
+  EXPECT_TRUE(read_file(dir.path() + "/b").starts_with("fabriclab host image v2\n"));
+}
+
+TEST_F(HostImageStoreTest, StagingKeepsAVerifiedCopyWithItsManifest) {
+  auto store = open_store();
+  auto [path, sha] = source("v1");
+  auto img = store.stage("v1", path, sha);
+  ASSERT_TRUE(img.ok()) << img.error().describe();
+  EXPECT_EQ(img->version, "v1");
+  EXPECT_EQ(img->sha256, sha);
+  EXPECT_EQ(img->size, fs::file_size(path));
+  EXPECT_EQ(img->path, root() + "/versions/v1/image");
+  EXPECT_EQ(read_file(img->path), read_file(path));
+  const std::string manifest = read_file(root() + "/versions/v1/manifest.json");
+  for (const char* key :
+       {"\"version\":\"v1\"", "\"file\":\"image\"", "\"staged_at\":", "\"size\":"}) {
+    EXPECT_TRUE(contains(manifest, key)) << key << " in " << manifest;
+  }
+  EXPECT_TRUE(contains(manifest, sha));
+  EXPECT_FALSE(store.current().has_value()) << "staging must not activate";
+}
+
+TEST_F(HostImageStoreTest, StagingRefusesAChecksumMismatchAndLeavesNothingBehind) {
+  auto store = open_store();
+  auto [path, sha] = source("v1");
+  const std::string wrong(64, 'a');
+  auto img = store.stage("v1", path, wrong);
+  ASSERT_FALSE(img.ok());
+  EXPECT_EQ(img.condition(), Condition::invalid_argument);
+  EXPECT_TRUE(contains(img.error().message, "expected " + wrong));
+  EXPECT_TRUE(contains(img.error().message, "actual " + sha));
+  EXPECT_FALSE(fs::exists(root() + "/versions/v1"));
+  EXPECT_TRUE(fs::is_empty(root() + "/.staging"));
+  EXPECT_TRUE(fs::is_empty(root() + "/versions"));
+}
+
+TEST_F(HostImageStoreTest, StagingAcceptsAnUpperCaseChecksumAndRejectsANonHexOne) {
+  auto store = open_store();
+  auto [path, sha] = source("v1");
+  std::string upper = sha;
+  for (auto& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  auto img = store.stage("v1", path, upper);
+  ASSERT_TRUE(img.ok()) << img.error().describe();
+  EXPECT_EQ(img->sha256, sha);
+  auto bad = store.stage("v2", path, "not-a-checksum");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.condition(), Condition::invalid_argument);
+}
+
+TEST_F(HostImageStoreTest, StagingAMissingSourceIsNotFound) {
+  auto store = open_store();
+  auto img = store.stage("v1", dir_.path() + "/nope.img", std::string(64, '0'));
+  ASSERT_FALSE(img.ok());
+  EXPECT_EQ(img.condition(), Condition::not_found);
+  EXPECT_TRUE(contains(img.error().message, "nope.img"));
+  EXPECT_FALSE(fs::exists(root() + "/versions/v1"));
+}
+
+TEST_F(HostImageStoreTest, RestagingTheSameVersionAndChecksumIsIdempotent) {
+  auto store = open_store();
+  auto first = stage(store, "v1");
+  auto [path, sha] = source("v1");
+  auto again = store.stage("v1", path, sha);
+  ASSERT_TRUE(again.ok()) << again.error().describe();
+  EXPECT_EQ(again->sha256, first.sha256);
+  auto all = store.list();
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->size(), 1u);
+}
+
+TEST_F(HostImageStoreTest, RestagingAVersionWithADifferentChecksumIsRefused) {
+  auto store = open_store();
+  auto first = stage(store, "v1");
+  auto [other_path, other_sha] = source("v2");
+  auto img = store.stage("v1", other_path, other_sha);
+  ASSERT_FALSE(img.ok());
+  EXPECT_EQ(img.condition(), Condition::already_exists);
+  EXPECT_TRUE(contains(img.error().message, first.sha256));
+  auto kept = store.verify("v1");
+  ASSERT_TRUE(kept.ok()) << kept.error().describe();
+  EXPECT_EQ(kept->sha256, first.sha256);
+}
+
+TEST_F(HostImageStoreTest, RestagingRepairsACorruptStagedCopy) {
+  auto store = open_store();
+  auto img = stage(store, "v1");
+  write_file(img.path, "garbage");
+  ASSERT_FALSE(store.verify("v1").ok());
+  auto [path, sha] = source("v1");
+  auto again = store.stage("v1", path, sha);
+  ASSERT_TRUE(again.ok()) << again.error().describe();
+  EXPECT_TRUE(store.verify("v1").ok());
+}
+
+TEST_F(HostImageStoreTest, BadVersionNamesAreRefused) {
+  auto store = open_store();
+  auto [path, sha] = source("v1");
+  for (const std::string& name :
+       {std::string(), std::string("."), std::string(".."), std::string("a/b"), std::string("../x"),
+        std::string("v 1"), std::string("v1\n"), std::string(65, 'a')}) {
+    auto img = store.stage(name, path, sha);
+    ASSERT_FALSE(img.ok()) << "'" << name << "'";
+    EXPECT_EQ(img.condition(), Condition::invalid_argument) << "'" << name << "'";
+    EXPECT_EQ(store.verify(name).condition(), Condition::invalid_argument);
+    EXPECT_EQ(store.activate(name).condition(), Condition::invalid_argument);
+  }
+  EXPECT_TRUE(fs::is_empty(root() + "/versions"));
+  for (const std::string& name :
+       {std::string("v1.2_rc-3"), std::string(64, 'a'), std::string(".x")}) {
+    EXPECT_TRUE(store.stage(name, path, sha).ok()) << name;
+  }
+}
+
+TEST_F(HostImageStoreTest, MissingVersionIsNotFound) {
+  auto store = open_store();
+  stage(store, "v1");
+  for (auto r : {store.verify("v9"), store.activate("v9")}) {
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.condition(), Condition::not_found);
+    EXPECT_TRUE(contains(r.error().message, "v9"));
+  }
+}
+
+TEST_F(HostImageStoreTest, ActivationSwitchesCurrentAndKeepsPrevious) {
+  auto store = open_store();
+  stage(store, "v1");
+  stage(store, "v2");
+  ASSERT_TRUE(store.activate("v1").ok());
+  EXPECT_EQ(version_of(store.current()), "v1");
+  EXPECT_EQ(version_of(store.previous()), "none");
+  auto v2 = store.activate("v2");
+  ASSERT_TRUE(v2.ok()) << v2.error().describe();
+  EXPECT_EQ(v2->version, "v2");
+  EXPECT_EQ(version_of(store.current()), "v2");
+  EXPECT_EQ(version_of(store.previous()), "v1");
+  // Relative links, so the root can move; no temp links left behind.
+  EXPECT_EQ(fs::read_symlink(root() + "/current"), "versions/v2");
+  EXPECT_EQ(fs::read_symlink(root() + "/previous"), "versions/v1");
+  EXPECT_FALSE(fs::exists(fs::symlink_status(root() + "/.current.tmp")));
+  EXPECT_EQ(read_file(root() + "/current/image"), read_file(store.current()->path));
+}
+
+TEST_F(HostImageStoreTest, ActivatingTheCurrentVersionIsANoOp) {
+  auto store = open_store();
+  stage(store, "v1");
+  stage(store, "v2");
+  ASSERT_TRUE(store.activate("v1").ok());
+  ASSERT_TRUE(store.activate("v2").ok());
+  ASSERT_TRUE(store.activate("v2").ok());
+  EXPECT_EQ(version_of(store.current()), "v2");
+  EXPECT_EQ(version_of(store.previous()), "v1") << "re-activating must not lose previous";
+}
+
+TEST_F(HostImageStoreTest, RollbackSwapsCurrentAndPrevious) {
+  auto store = open_store();
+  stage(store, "v1");
+  stage(store, "v2");
+  ASSERT_TRUE(store.activate("v1").ok());
+  ASSERT_TRUE(store.activate("v2").ok());
+  auto back = store.rollback();
+  ASSERT_TRUE(back.ok()) << back.error().describe();
+  EXPECT_EQ(back->version, "v1");
+  EXPECT_EQ(version_of(store.current()), "v1");
+  EXPECT_EQ(version_of(store.previous()), "v2");
+  ASSERT_TRUE(store.rollback().ok());
+  EXPECT_EQ(version_of(store.current()), "v2");
+  EXPECT_EQ(version_of(store.previous()), "v1");
+}
+
+TEST_F(HostImageStoreTest, RollbackWithoutPreviousIsNotFound) {
+  auto store = open_store();
+  EXPECT_EQ(store.rollback().condition(), Condition::not_found);
+  stage(store, "v1");
+  ASSERT_TRUE(store.activate("v1").ok());
+  EXPECT_EQ(store.rollback().condition(), Condition::not_found);
+  EXPECT_EQ(version_of(store.current()), "v1");
+}
+
+TEST_F(HostImageStoreTest, TruncatedImageIsRefusedAndActivateLeavesCurrentUnchanged) {
+  auto store = open_store();
+  stage(store, "v1");
+  auto v2 = stage(store, "v2");
+  ASSERT_TRUE(store.activate("v1").ok());
+  fs::resize_file(v2.path, v2.size / 2);
+  auto verified = store.verify("v2");
+  ASSERT_FALSE(verified.ok());
+  EXPECT_EQ(verified.condition(), Condition::invalid_state);
+  EXPECT_TRUE(contains(verified.error().message, "v2"));
+  EXPECT_FALSE(store.activate("v2").ok());
+  EXPECT_EQ(version_of(store.current()), "v1");
+  EXPECT_EQ(version_of(store.previous()), "none");
+}
+
+TEST_F(HostImageStoreTest, OverwrittenImageOfTheSameSizeIsRefused) {
+  auto store = open_store();
+  stage(store, "v1");
+  auto v2 = stage(store, "v2");
+  ASSERT_TRUE(store.activate("v1").ok());
+  std::string bytes = read_file(v2.path);
+  bytes[bytes.size() / 2] ^= 0x01;  // one flipped bit, same size
+  write_file(v2.path, bytes);
+  auto verified = store.verify("v2");
+  ASSERT_FALSE(verified.ok());
+  EXPECT_EQ(verified.condition(), Condition::invalid_state);
+  EXPECT_TRUE(contains(verified.error().message, "sha256"));
+  EXPECT_FALSE(store.activate("v2").ok());
+  EXPECT_EQ(version_of(store.current()), "v1");
+}
+
+TEST_F(HostImageStoreTest, MissingImageFileIsRefusedAndRollbackToItIsRefused) {
+  auto store = open_store();
+  auto v1 = stage(store, "v1");
+  stage(store, "v2");
+  ASSERT_TRUE(store.activate("v1").ok());
+  ASSERT_TRUE(store.activate("v2").ok());
+  fs::remove(v1.path);
+  EXPECT_EQ(store.verify("v1").condition(), Condition::invalid_state);
+  EXPECT_FALSE(store.rollback().ok());
+  EXPECT_EQ(version_of(store.current()), "v2");
+  EXPECT_EQ(version_of(store.previous()), "v1");
+}
+
+TEST_F(HostImageStoreTest, ReopeningTheStoreSeesTheSameCurrentAndPrevious) {
+  {
+    auto store = open_store();
+    stage(store, "v1");
+    stage(store, "v2");
+    ASSERT_TRUE(store.activate("v1").ok());
+    ASSERT_TRUE(store.activate("v2").ok());
+  }
+  // Crash leftovers: a half-copied stage and a temp link that was never renamed.
+  fs::create_directories(root() + "/.staging/v3");
+  write_file(root() + "/.staging/v3/image", "half");
+  fs::create_symlink("versions/v1", root() + "/.current.tmp");
+  auto store = open_store();
+  EXPECT_EQ(version_of(store.current()), "v2");
+  EXPECT_EQ(version_of(store.previous()), "v1");
+  EXPECT_TRUE(fs::is_empty(root() + "/.staging"));
+  EXPECT_FALSE(fs::exists(fs::symlink_status(root() + "/.current.tmp")));
+  auto all = store.list();
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 2u);
+  EXPECT_EQ(store.root(), fs::path(root()).lexically_normal().string());
+}
+
+TEST_F(HostImageStoreTest, OpenRefusesACurrentThatIsNotALinkToAStagedVersion) {
+  fs::create_directories(root() + "/versions");
+  write_file(root() + "/current", "not a link");
+  auto s = HostImageStore::open(root());
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.condition(), Condition::invalid_state);
+  fs::remove(root() + "/current");
+  fs::create_symlink("versions/v7", root() + "/current");
+  auto dangling = HostImageStore::open(root());
+  ASSERT_FALSE(dangling.ok());
+  EXPECT_TRUE(contains(dangling.error().message, "v7"));
+}
+
+TEST_F(HostImageStoreTest, ListIsSortedByVersion) {
+  auto store = open_store();
+  for (const char* v : {"v3", "v1", "v2"}) stage(store, v);
+  auto all = store.list();
+  ASSERT_TRUE(all.ok()) << all.error().describe();
+  ASSERT_EQ(all->size(), 3u);
+  EXPECT_EQ((*all)[0].version, "v1");
+  EXPECT_EQ((*all)[1].version, "v2");
+  EXPECT_EQ((*all)[2].version, "v3");
+  auto j = to_json((*all)[0]);
+  EXPECT_EQ(j.at("version").as_string(), "v1");
+  EXPECT_EQ(j.at("sha256").as_string(), (*all)[0].sha256);
+  EXPECT_EQ(j.at("size").to_number<uint64_t>(), (*all)[0].size);
+}
+
+// ---- guest images -------------------------------------------------------------------------
+
+class GuestImageStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (const char* v : {"v1", "v2"}) {
+      fs::create_directories(dir_.path() + "/" + v);
+      write_file(dir_.path() + "/" + std::string(v) + "/vmlinuz", "kernel");
+      write_file(dir_.path() + "/" + std::string(v) + "/initrd.img", std::string("initrd ") + v);
+    }
+  }
+  std::string sha(const std::string& rel) { return *sha256_file(dir_.path() + "/" + rel); }
+  std::string entry(const std::string& v, const std::string& kernel) {
+    return R"({"version":")" + v + R"(","kernel":")" + kernel + R"(","initrd":")" + v +
+           R"(/initrd.img","sha256_kernel":")" + sha(v + "/vmlinuz") + R"(","sha256_initrd":")" +
+           sha(v + "/initrd.img") + R"("})";
+  }
+  void write_manifest(const std::string& images) {
+    write_file(dir_.path() + "/manifest.json",
+               R"({"kernel_version":"6.1","images":[)" + images + "]}");
+  }
+  void write_good_manifest() {
+    // v1 with an absolute kernel path, v2 with paths relative to the manifest.
+    write_manifest(entry("v1", dir_.path() + "/v1/vmlinuz") + "," + entry("v2", "v2/vmlinuz"));
+  }
+  Error open_error() {
+    auto s = GuestImageStore::open(dir_.path());
+    EXPECT_FALSE(s.ok());
+    return s.ok() ? Error{} : s.error();
+  }
+  TempDir dir_;
+};
+
+TEST_F(GuestImageStoreTest, ReadsAManifestAndResolvesRelativePaths) {
+  write_good_manifest();
+  auto store = GuestImageStore::open(dir_.path());
+  ASSERT_TRUE(store.ok()) << store.error().describe();
+  auto all = store->list();
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(all[0].version, "v1");
+  EXPECT_EQ(all[1].version, "v2");
+  auto v2 = store->get("v2");
+  ASSERT_TRUE(v2.ok());
+  EXPECT_EQ(v2->kernel, dir_.path() + "/v2/vmlinuz");
+  EXPECT_EQ(v2->initrd, dir_.path() + "/v2/initrd.img");
+  EXPECT_EQ(v2->sha256_initrd, sha("v2/initrd.img"));
+  EXPECT_TRUE(store->verify("v1").ok());
+  EXPECT_TRUE(store->verify("v2").ok());
+  auto j = to_json(*v2);
+  EXPECT_EQ(j.at("initrd").as_string(), v2->initrd);
+  EXPECT_EQ(j.at("sha256_kernel").as_string(), v2->sha256_kernel);
+}
+
+TEST_F(GuestImageStoreTest, UnknownVersionIsNotFoundAndListsTheKnownOnes) {
+  write_good_manifest();
+  auto store = GuestImageStore::open(dir_.path());
+  ASSERT_TRUE(store.ok());
+  auto g = store->get("v9");
+  ASSERT_FALSE(g.ok());
+  EXPECT_EQ(g.condition(), Condition::not_found);
+  EXPECT_TRUE(contains(g.error().message, "v9"));
+  EXPECT_TRUE(contains(g.error().message, "v1, v2"));
+  EXPECT_EQ(store->verify("v9").condition(), Condition::not_found);
+}
+
+TEST_F(GuestImageStoreTest, VerifyDetectsAModifiedInitrd) {
+  write_good_manifest();
+  auto store = GuestImageStore::open(dir_.path());
+  ASSERT_TRUE(store.ok());
+  write_file(dir_.path() + "/v2/initrd.img", "initrd v2 tampered");
+  auto v = store->verify("v2");
+  ASSERT_FALSE(v.ok());
+  EXPECT_EQ(v.condition(), Condition::invalid_argument);
+  EXPECT_TRUE(contains(v.error().message, "guest image v2: initrd checksum mismatch"))
+      << v.error().message;
+  EXPECT_TRUE(store->verify("v1").ok()) << "other versions are unaffected";
+  fs::remove(dir_.path() + "/v1/vmlinuz");
+  auto gone = store->verify("v1");
+  ASSERT_FALSE(gone.ok());
+  EXPECT_TRUE(contains(gone.error().message, "kernel"));
+}
+
+TEST_F(GuestImageStoreTest, MissingManifestIsNotFound) {
+  auto s = GuestImageStore::open(dir_.path());
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.condition(), Condition::not_found);
+  EXPECT_TRUE(contains(s.error().message, "manifest.json"));
+}
+
+TEST_F(GuestImageStoreTest, MalformedManifestErrorsNameTheField) {
+  const std::string good = entry("v1", "v1/vmlinuz");
+  auto without = [&](const std::string& key) {
+    std::string e = good;
+    auto at = e.find("\"" + key + "\"");
+    auto end = e.find(',', at);
+    return e.erase(at, end - at + 1);
+  };
+  struct Case {
+    std::string manifest;  // full text
+    std::string expect;    // substring of the error
+  };
+  const std::vector<Case> cases = {
+      {"{not json", "not valid JSON"},
+      {"[1,2]", "not a JSON object"},
+      {R"({"kernel_version":"6.1"})", "images is missing"},
+      {R"({"images":{}})", "images must be an array"},
+      {R"({"images":[42]})", "images[0] must be an object"},
+      {R"({"images":[)" + good + "," + without("initrd") + "]}", "images[1].initrd is missing"},
+      {R"({"images":[)" + without("sha256_kernel") + "]}", "images[0].sha256_kernel is missing"},
+      {R"({"images":[{"version":7}]})", "images[0].version must be a non-empty string"},
+      {R"({"images":[)" + good + "," + good + "]}", "images[1].version 'v1' is a duplicate"},
+  };
+  for (const auto& c : cases) {
+    write_file(dir_.path() + "/manifest.json", c.manifest);
+    Error e = open_error();
+    EXPECT_EQ(e.condition, Condition::invalid_argument) << c.manifest;
+    EXPECT_TRUE(contains(e.message, c.expect)) << e.message << " (wanted: " << c.expect << ")";
+  }
+  std::string bad_sha = good;
+  bad_sha.replace(bad_sha.find(sha("v1/initrd.img")), 64, "xyz");
+  write_manifest(bad_sha);
+  EXPECT_TRUE(contains(open_error().message, "images[0].sha256_initrd must be 64 hex digits"));
+}
+
+TEST_F(GuestImageStoreTest, ManifestNamingAMissingFileIsNotFound) {
+  write_manifest(entry("v1", "v1/vmlinuz") + "," + entry("v2", "v2/nope"));
+  Error e = open_error();
+  EXPECT_EQ(e.condition, Condition::not_found);
+  EXPECT_TRUE(contains(e.message, "images[1].kernel")) << e.message;
+  EXPECT_TRUE(contains(e.message, "v2/nope")) << e.message;
+}
+
+}  // namespace
+}  // namespace fabriclab::agent
