@@ -129,7 +129,7 @@ Status HostAgent::Impl::wait_healthy(const std::string& name, Clock::time_point 
                                      const std::string& expect_boot_id) {
   std::unique_lock lock(mu);
   std::string why;
-  bool ok = wait_until(lock, since + timeout, [&] {
+  bool ok = wait_until(lock, Clock::now() + timeout, [&] {
     auto& s = slots[name];
     if (!s.guest_error.empty()) {
       why = "the guest reported: " + s.guest_error;
@@ -225,14 +225,18 @@ void HostAgent::Impl::run_job(const std::string& id, bool resumed) {
     state.operation.reset();
     state.state = all_up ? HostState::ready : HostState::unhealthy;
     step = UpdateStep::none;
-    active_job.clear();
     (void)persist_locked();
   }
-  cv.notify_all();
   logger("agent")->info("[host:{}][job:{}] {}{}", opt.host_id, id, job.status,
                         job.error.empty() ? "" : ": " + job.error);
   publish("job.done", {{"job", id}, {"status", job.status}, {"error", job.error}, {"result", job.to_json()}});
   publish("host.state", {{"state", all_up ? "Ready" : "Unhealthy"}, {"step", "None"}});
+  {
+    // Idle only now, so that whoever waits for it sees the final events too.
+    std::lock_guard lock(mu);
+    active_job.clear();
+  }
+  cv.notify_all();
 }
 
 Status HostAgent::Impl::run_host_os(Job& job, OperationRecord& op, bool resumed) {
