@@ -42,6 +42,7 @@ struct GuestSlot {
   std::map<std::string, Clock::time_point> acks;  // EventId -> when
   std::string guest_error;
   uint64_t heartbeats = 0;
+  int unexpected_restarts = 0;  // the monitor restarts a VM that died on its own, a few times
 };
 
 // What an operation reports per guest (issue: notice, ack latency, stop method and time, down
@@ -142,6 +143,10 @@ struct HostAgent::Impl {
                       const std::string& expect_image, const std::string& expect_boot_id);
   void set_step(Job& job, OperationRecord& op, UpdateStep step);
   void rollback_stopped(OperationRecord& op, const std::string& why);
+  // Makes sure `name` runs: starts it when its VM is off, waits for it to be healthy or to stop
+  // (a guest a killed agent had asked to power off still does so) and starts it again then.
+  Status ensure_running(const std::string& name);
+  void restart_failed_guests();  // monitor: VMs that died on their own, while no job runs
   bool cancelled(const Job& job);
 };
 

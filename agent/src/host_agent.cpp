@@ -206,10 +206,13 @@ Result<hypervisor::Domain> HostAgent::Impl::define_domain(const InstanceRecord& 
   hypervisor::DomainSpec s;
   s.name = rec.name;
   s.memory_mib = rec.memory_mib;
+  // The mode goes on the command line only when it is not the default: a command-line mode
+  // overrides the image's own (v3-broken carries fail-app in the image).
   s.boot = {image.kernel, image.initrd,
-            "console=ttyS0 panic=-1 quiet fabriclab.mode=" + rec.mode + " fabriclab.drain_ms=" +
-                std::to_string(opt.drain.count()) + " fabriclab.hb_ms=" +
-                std::to_string(opt.heartbeat_period.count())};
+            "console=ttyS0 panic=-1 quiet" +
+                (rec.mode == "normal" ? std::string() : " fabriclab.mode=" + rec.mode) +
+                " fabriclab.drain_ms=" + std::to_string(opt.drain.count()) +
+                " fabriclab.hb_ms=" + std::to_string(opt.heartbeat_period.count())};
   s.console_log = vm_dir() + "/" + rec.name + ".console.log";
   s.data_disk = vm_dir() + "/" + rec.name + ".data.raw";
   s.channel_socket = socket_path(rec.name);
@@ -381,6 +384,7 @@ void HostAgent::Impl::monitor_loop() {
     }
     for (auto& [type, ev] : events) publish(type, std::move(ev));
     if (!events.empty()) cv.notify_all();
+    restart_failed_guests();
     for (const auto& name : to_connect) {
       auto link = GuestLink::connect(socket_path(name), milliseconds(30),
                                      [this, name](const ReceivedMessage& m) { on_message(name, m); });

@@ -157,23 +157,59 @@ Status HostAgent::Impl::wait_healthy(const std::string& name, Clock::time_point 
   return {};
 }
 
-// Restarts every guest the operation stopped (on what it ran before), for a rollback.
+Status HostAgent::Impl::ensure_running(const std::string& name) {
+  const auto deadline = Clock::now() + opt.stop_timeout + opt.boot_timeout;
+  while (Clock::now() < deadline && !stopping) {
+    {
+      std::lock_guard lv(lv_mu);
+      FL_ASSIGN_OR_RETURN(auto d, domain(name));
+      FL_ASSIGN_OR_RETURN(auto st, d.state());
+      if (st == DomainState::paused) {
+        FL_RETURN_IF_ERROR(d.resume());
+        std::lock_guard lock(mu);
+        if (slots[name].sim) slots[name].sim->resume();
+      } else if (st != DomainState::running) {
+        FL_RETURN_IF_ERROR(start_guest(name));
+      }
+    }
+    std::unique_lock lock(mu);
+    if (wait_until(lock, Clock::now() + milliseconds(500), [&] { return slots[name].healthy; })) {
+      return {};
+    }
+  }
+  return make_error(Condition::timeout, name + " is not healthy again");
+}
+
+// Restarts every guest that was running before the operation, on what it ran before.
 void HostAgent::Impl::rollback_stopped(OperationRecord& op, const std::string& why) {
   logger("agent")->warn("[host:{}][job:{}] rolling back: {}", opt.host_id, op.id, why);
-  std::lock_guard lv(lv_mu);
   for (const auto& name : op.running_before) {
-    auto d = domain(name);
-    if (!d.ok()) continue;
-    auto st = d->state();
-    if (st.ok() && (*st == DomainState::running || *st == DomainState::paused)) {
-      if (*st == DomainState::paused) (void)d->resume();
-      std::lock_guard lock(mu);
-      if (slots[name].sim) slots[name].sim->resume();
-      continue;
-    }
-    if (auto s = start_guest(name); !s.ok()) {
+    if (auto s = ensure_running(name); !s.ok()) {
       publish("instance.state", {{"name", name}, {"status", "Failed"}, {"reason", s.error().message}});
     }
+  }
+}
+
+void HostAgent::Impl::restart_failed_guests() {
+  std::vector<std::string> failed;
+  {
+    std::lock_guard lock(mu);
+    if (!active_job.empty()) return;
+    for (auto& [name, slot] : slots) {
+      auto* rec = record_locked(name);
+      if (rec && rec->want_running && slot.status == "Failed" &&
+          slot.domain_state == DomainState::shut_off && slot.unexpected_restarts < 3) {
+        ++slot.unexpected_restarts;
+        failed.push_back(name);
+      }
+    }
+  }
+  for (const auto& name : failed) {
+    std::unique_lock lv(lv_mu, std::try_to_lock);
+    if (!lv.owns_lock()) return;
+    auto s = start_guest(name);
+    publish("instance.restarted", {{"name", name}, {"reason", "its VM stopped on its own"},
+                                   {"ok", s.ok()}, {"error", s.ok() ? "" : s.error().message}});
   }
 }
 
@@ -208,7 +244,7 @@ void HostAgent::Impl::run_job(const std::string& id, bool resumed) {
   // Wait (bounded) for the guests to be healthy again before reporting the host Ready.
   bool all_up = true;
   for (const auto& name : op.running_before) {
-    if (!wait_healthy(name, Clock::time_point{}, opt.boot_timeout, "", "").ok()) all_up = false;
+    if (!ensure_running(name).ok()) all_up = false;
   }
   {
     std::lock_guard lock(mu);

@@ -88,6 +88,7 @@ Status ensure_event_loop() {
     if (!std::getenv("LIBVIRT_LOG_OUTPUTS")) {
       ::setenv("LIBVIRT_LOG_OUTPUTS", "4:file:/tmp/fabriclab-libvirt.log", 0);
     }
+    if (!std::getenv("LIBVIRT_DEBUG")) ::setenv("LIBVIRT_DEBUG", "4", 0);  // errors only
     if (virInitialize() < 0) {
       result = last_error("virInitialize");
       return;

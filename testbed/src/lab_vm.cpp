@@ -25,7 +25,9 @@ Status create_raw_disk(const std::string& path, uint64_t size_bytes) {
 }
 
 std::string guest_cmdline(const GuestOptions& o) {
-  return "console=ttyS0 panic=-1 quiet fabriclab.mode=" + o.mode +
+  // A command-line mode overrides the image's own (v3-broken is fail-app by image): only
+  // non-default modes go on the line.
+  return "console=ttyS0 panic=-1 quiet" + (o.mode == "normal" ? std::string() : " fabriclab.mode=" + o.mode) +
          " fabriclab.drain_ms=" + std::to_string(o.drain_ms) +
          " fabriclab.hb_ms=" + std::to_string(o.heartbeat_ms);
 }
