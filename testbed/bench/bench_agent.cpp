@@ -1,0 +1,132 @@
+// fabriclab-bench-agent: what a host-os update costs the guests, against the raw cycle.
+//
+// One host agent (in-process, real QEMU through the embedded driver, emulated boot delay 0) runs N
+// guests. First the raw cycle of each guest is measured through the agent's own primitives (stop
+// through the ladder, start, first heartbeat), as the heartbeat gap the guest shows; then a
+// host-os update runs (scheduled event with notice 0, stop, host image swap, hypervisor reconnect,
+// start, verify) and each guest's down time is the same heartbeat gap. The ratio is the overhead
+// of the maintenance machinery over the unavoidable stop + boot.
+
+#include <CLI/CLI.hpp>
+#include <boost/json.hpp>
+
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include "fabriclab/agent/host_agent.hpp"
+#include "fabriclab/agent/image_store.hpp"
+#include "fabriclab/common/event_feed.hpp"
+#include "fabriclab/testbed/lab_guest.hpp"
+
+using namespace fabriclab;
+using namespace std::chrono_literals;
+namespace json = boost::json;
+
+namespace {
+
+[[noreturn]] void die(const std::string& what) {
+  std::cerr << "fabriclab-bench-agent: " << what << "\n";
+  std::exit(1);
+}
+
+json::object wait_healthy(agent::HostAgent& a, const std::string& name, uint64_t after_seq) {
+  for (int i = 0; i < 2400; ++i) {
+    auto j = a.instance_json(name);
+    if (j.ok() && j->at("status").as_string() == "Healthy" && j->contains("last_heartbeat") &&
+        (after_seq == 0 || j->at("heartbeats").to_number<uint64_t>() > after_seq)) {
+      return *j;
+    }
+    std::this_thread::sleep_for(50ms);
+  }
+  die(name + " never became healthy");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Per-guest down time of a host-os update on real VMs, divided by the raw "
+               "stop + start + first-heartbeat cycle of the same guest in the same run"};
+  int guests = 1, rounds = 3;
+  bool json_out = false;
+  std::string images = testbed::default_images_dir();
+  app.add_option("-g,--guests", guests, "Guests on the host")->check(CLI::Range(1, 4));
+  app.add_option("-n,--rounds", rounds, "Raw cycles and host-os updates each")->check(CLI::Range(1, 20));
+  app.add_option("--images", images, "Guest images directory");
+  app.add_flag("--json", json_out, "Print one JSON object");
+  CLI11_PARSE(app, argc, argv);
+
+  auto dir = testbed::make_short_tmpdir("flba-");
+  if (!dir.ok()) die(dir.error().describe());
+  agent::AgentOptions o;
+  o.host_id = "bench";
+  o.state_dir = *dir + "/st";
+  o.guest_images_dir = images;
+  o.boot_delay = 0ms;
+  auto feed = std::make_shared<EventFeed>([] { return json::object{}; });
+  auto created = agent::HostAgent::create(o, feed);
+  if (!created.ok()) die(created.error().describe());
+  auto& a = **created;
+
+  std::vector<std::string> names;
+  for (int i = 0; i < guests; ++i) {
+    agent::InstanceSpec s;
+    s.name = "bench-" + std::to_string(i);
+    s.meta = {"bench", i, i, 0, "v1"};
+    if (auto r = a.create_instance(s); !r.ok()) die(r.error().describe());
+    names.push_back(s.name);
+  }
+  for (auto& n : names) wait_healthy(a, n, 0);
+
+  // Raw cycles: the heartbeat gap of a plain stop + start through the agent.
+  std::vector<double> raw, down;
+  for (int r = 0; r < rounds; ++r) {
+    for (auto& n : names) {
+      auto before = wait_healthy(a, n, 0);
+      int64_t age_before = before["last_heartbeat"].as_object()["age_ms"].as_int64();
+      auto t0 = std::chrono::steady_clock::now() - std::chrono::milliseconds(age_before);
+      if (auto s = a.stop_instance(n); !s.ok()) die(s.error().describe());
+      if (auto s = a.start_instance(n); !s.ok()) die(s.error().describe());
+      auto after = wait_healthy(a, n, 0);
+      int64_t age_after = after["last_heartbeat"].as_object()["age_ms"].as_int64();
+      auto t1 = std::chrono::steady_clock::now() - std::chrono::milliseconds(age_after);
+      raw.push_back(std::chrono::duration<double>(t1 - t0).count());
+      std::cerr << "raw cycle " << n << ": " << raw.back() << " s\n";
+    }
+  }
+  // host-os updates: the agent reports each guest's down time from the heartbeats.
+  for (int r = 0; r < rounds; ++r) {
+    const std::string version = "host-" + std::to_string(r + 2);
+    const std::string file = *dir + "/" + version + ".img";
+    auto sha = agent::write_synthetic_host_image(file, version);
+    if (!sha.ok()) die(sha.error().describe());
+    if (auto s = a.stage_host_image(version, file, *sha); !s.ok()) die(s.error().describe());
+    for (auto& n : names) wait_healthy(a, n, 0);
+    auto job = a.start_operation({agent::OperationKind::host_os, version, false, 0});
+    if (!job.ok()) die(job.error().describe());
+    if (!a.wait_idle(600s)) die("host-os update did not finish");
+    auto done = a.job_json(std::string(job->at("id").as_string()));
+    if (!done.ok() || done->at("status").as_string() != "succeeded") {
+      die("host-os update failed: " + (done.ok() ? json::serialize(*done) : done.error().describe()));
+    }
+    for (auto& g : done->at("guests").as_array()) {
+      down.push_back(g.as_object().at("down_ms").as_int64() / 1000.0);
+      std::cerr << "host-os down " << g.as_object().at("name").as_string() << ": " << down.back() << " s\n";
+    }
+  }
+  for (auto& n : names) (void)a.delete_instance(n);
+  created->reset();
+  std::filesystem::remove_all(*dir);
+
+  json::object out{{"guests", guests},
+                   {"rounds", rounds},
+                   {"guest_downtime_p50_s", testbed::median(down)},
+                   {"raw_cycle_p50_s", testbed::median(raw)},
+                   {"ratio", testbed::median(down) / testbed::median(raw)}};
+  if (json_out) {
+    std::cout << json::serialize(out) << "\n";
+  } else {
+    for (auto& [k, v] : out) std::cout << k << ": " << json::serialize(v) << "\n";
+  }
+  return 0;
+}
