@@ -113,7 +113,9 @@ class AgentApiTest : public ::testing::Test {
   void TearDown() override {
     if (server_) server_->stop();
     server_.reset();
-    if (agent_) EXPECT_TRUE(agent_->wait_idle(30s)) << "an operation was still running at the end";
+    if (agent_) {
+      EXPECT_TRUE(agent_->wait_idle(30s)) << "an operation was still running at the end";
+    }
     agent_ptr_ = nullptr;
     agent_.reset();
     feed_.reset();
@@ -492,6 +494,23 @@ TEST_F(AgentApiTest, ExplicitNameAndMemoryAreKept) {
   EXPECT_EQ(call("GET", "/v1/instances/db-3").status, 404);
 }
 
+class AgentApiSmallHostTest : public AgentApiTest {
+ protected:
+  void Configure(AgentOptions& o) override { o.capacity = 1; }
+};
+
+TEST_F(AgentApiSmallHostTest, CreatingBeyondCapacityIs409AndDeleteFreesTheSlot) {
+  ASSERT_EQ(post("/v1/instances", instance_body("web", 0)).status, 201);
+  auto full = post("/v1/instances", instance_body("web", 1));
+  EXPECT_EQ(full.status, 409) << full.body;
+  auto e = error_of(full);
+  EXPECT_EQ(e.code, "invalid_state");
+  EXPECT_NE(e.message.find("full"), std::string::npos) << e.message;
+  EXPECT_EQ(call("GET", "/v1/instances/web-1").status, 404);
+  ASSERT_EQ(call("DELETE", "/v1/instances/web-0").status, 200);
+  EXPECT_EQ(post("/v1/instances", instance_body("web", 1)).status, 201);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Host images
 
@@ -511,6 +530,23 @@ TEST_F(AgentApiTest, StagedHostImageIsListed) {
   EXPECT_EQ(str_at(arr.as_array()[0], "version"), "h1");
   EXPECT_EQ(str_at(arr.as_array()[0], "sha256"), sha);
   EXPECT_EQ(arr.as_array()[0].at("current"), json::value(false)) << "staged, not activated";
+
+  // Restaging the same bytes is idempotent; the same version with other bytes is a conflict.
+  auto again = post("/v1/images/host", json::object{{"version", "h1"}, {"path", path}, {"sha256", sha}});
+  EXPECT_EQ(again.status, 201) << again.body;
+  auto [other_path, other_sha] = write_host_image("h1-other");
+  auto clash = post("/v1/images/host", json::object{{"version", "h1"}, {"path", other_path}, {"sha256", other_sha}});
+  EXPECT_EQ(clash.status, 409) << clash.body;
+  EXPECT_EQ(error_of(clash).code, "already_exists");
+  // A missing source file is 404 naming it.
+  auto missing = post("/v1/images/host",
+                      json::object{{"version", "h9"}, {"path", dir_ + "/nope.img"}, {"sha256", sha}});
+  EXPECT_EQ(missing.status, 404) << missing.body;
+  EXPECT_NE(error_of(missing).message.find("nope.img"), std::string::npos) << missing.body;
+  auto after = parse(call("GET", "/v1/images/host").body);
+  ASSERT_TRUE(after.is_array());
+  ASSERT_EQ(after.as_array().size(), 1u) << json::serialize(after);
+  EXPECT_EQ(str_at(after.as_array()[0], "sha256"), sha);
 }
 
 TEST_F(AgentApiTest, HostImageWithWrongSha256IsRefusedAndNotListed) {
@@ -612,6 +648,16 @@ TEST_F(AgentApiSlowHostTest, WhileUpdatingNewInstancesAndOperationsAreRefusedWit
 
   auto freeze = post("/v1/operations", json::object{{"kind", "freeze"}});
   EXPECT_EQ(freeze.status, 409) << freeze.body;
+
+  // The instances it is updating are not the fabric's to move meanwhile.
+  for (const auto& [method, target] : std::vector<std::pair<std::string, std::string>>{
+           {"POST", "/v1/instances/web-0/stop"},
+           {"POST", "/v1/instances/web-0/start"},
+           {"DELETE", "/v1/instances/web-0"}}) {
+    auto m = call(method, target);
+    EXPECT_EQ(m.status, 409) << method << " " << target << ": " << m.body;
+    EXPECT_NE(error_of(m).message.find("Updating"), std::string::npos) << m.body;
+  }
 
   // The refusals happened while the job was really running.
   auto still = parse(call("GET", "/v1/operations/" + id).body);
@@ -728,6 +774,31 @@ TEST_F(AgentApiTest, EventStreamSnapshotThenHostStateDeltasAndResume) {
   ASSERT_FALSE(live1.empty());
   EXPECT_EQ(seq_of(live1.back()), seq_of(events.back()) + 1);
   EXPECT_EQ(str_at(live1.back(), "version"), "h2");
+}
+
+TEST_F(AgentApiTest, EventStreamResumeFromTheFutureGetsAResyncSnapshot) {
+  stage("h1");  // one event, so the feed is not empty
+  const uint64_t last = feed_->last_seq();
+  ASSERT_GT(last, 0u);
+  auto ws = http::WsClient::connect(kHost, port_, "/v1/events?since=" + std::to_string(last + 1000), kRead, 5s);
+  ASSERT_OK(ws);
+  auto first = (*ws)->read(5s);
+  ASSERT_OK(first);
+  json::value v = parse(*first);
+  ASSERT_TRUE(v.is_object());
+  EXPECT_EQ(type_of(v.as_object()), "snapshot") << *first;
+  EXPECT_EQ(v.at("resync"), json::value(true)) << *first;
+  EXPECT_EQ(seq_of(v.as_object()), static_cast<int64_t>(last));
+  // Resuming at the newest seq gives no backlog, then the live events.
+  auto at_last = http::WsClient::connect(kHost, port_, "/v1/events?since=" + std::to_string(last), kRead, 5s);
+  ASSERT_OK(at_last);
+  stage("h2");
+  auto next = (*at_last)->read(5s);
+  ASSERT_OK(next);
+  json::value n = parse(*next);
+  ASSERT_TRUE(n.is_object());
+  EXPECT_EQ(type_of(n.as_object()), "image.staged") << *next;
+  EXPECT_EQ(seq_of(n.as_object()), static_cast<int64_t>(last) + 1);
 }
 
 TEST_F(AgentApiTest, EventStreamAcceptsAccessTokenInTheQuery) {
