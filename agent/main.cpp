@@ -125,7 +125,8 @@ int main(int argc, char** argv) {
   http::Limits limits;
   http::Server server("agent-api", *tokens, limits);
   agent::install_api(server, **agent, feed, limits);
-  auto bound = server.start(listen, static_cast<uint16_t>(port));
+  // Two io threads: a create or stop that waits on libvirt must not hold up reads and /healthz.
+  auto bound = server.start(listen, static_cast<uint16_t>(port), 2);
   if (!bound.ok()) {
     std::cerr << "fabriclab-agent: " << bound.error().describe() << "\n";
     return 1;

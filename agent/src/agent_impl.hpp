@@ -85,7 +85,8 @@ struct Job {
 struct HostAgent::Impl {
   AgentOptions opt;
   std::shared_ptr<EventFeed> feed;
-  std::optional<HostImageStore> host_store;
+  std::optional<HostImageStore> host_store;  // not thread safe: use under store_mu
+  std::mutex store_mu;
   std::optional<GuestImageStore> guest_store;
 
   std::mutex lv_mu;
@@ -104,6 +105,10 @@ struct HostAgent::Impl {
   std::thread worker;
   std::thread monitor;
   std::atomic<bool> stopping{false};
+
+  // The host state refuses lifecycle calls during an operation before they wait for lv_mu
+  // (which the operation holds while it stops guests): a request gets its 409 at once.
+  Status check_not_updating(std::string_view refusal);
 
   // -- host_agent.cpp --
   std::string state_path() const { return opt.state_dir + "/state.json"; }

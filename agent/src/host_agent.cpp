@@ -159,6 +159,15 @@ HostAgent::~HostAgent() {
 
 Status HostAgent::Impl::persist_locked() { return save_state(state_path(), state); }
 
+Status HostAgent::Impl::check_not_updating(std::string_view refusal) {
+  std::lock_guard lock(mu);
+  if (state.state == HostState::updating || !active_job.empty()) {
+    return make_error(Condition::invalid_state, "host " + opt.host_id + " is Updating (job " + active_job +
+                                                    "): " + std::string(refusal) + " until it is Ready");
+  }
+  return {};
+}
+
 void HostAgent::Impl::publish(std::string type, json::object fields) {
   fields["host"] = opt.host_id;
   if (feed) feed->publish(std::move(type), std::move(fields));
@@ -543,6 +552,7 @@ json::object HostAgent::snapshot() const {
 
 Result<json::object> HostAgent::create_instance(const InstanceSpec& spec) {
   auto& p = *impl_;
+  FL_RETURN_IF_ERROR(p.check_not_updating("it takes no new instances"));
   std::lock_guard lv(p.lv_mu);
   {
     std::lock_guard lock(p.mu);
@@ -582,6 +592,7 @@ Result<json::object> HostAgent::create_instance(const InstanceSpec& spec) {
 
 Status HostAgent::start_instance(const std::string& name) {
   auto& p = *impl_;
+  FL_RETURN_IF_ERROR(p.check_not_updating("it starts no instance"));
   std::lock_guard lv(p.lv_mu);
   {
     std::lock_guard lock(p.mu);
@@ -598,6 +609,7 @@ Status HostAgent::start_instance(const std::string& name) {
 
 Status HostAgent::stop_instance(const std::string& name) {
   auto& p = *impl_;
+  FL_RETURN_IF_ERROR(p.check_not_updating("it stops no instance on request"));
   std::lock_guard lv(p.lv_mu);
   {
     std::lock_guard lock(p.mu);
@@ -615,6 +627,7 @@ Status HostAgent::stop_instance(const std::string& name) {
 
 Status HostAgent::delete_instance(const std::string& name) {
   auto& p = *impl_;
+  FL_RETURN_IF_ERROR(p.check_not_updating("it deletes no instance"));
   std::lock_guard lv(p.lv_mu);
   {
     std::lock_guard lock(p.mu);
@@ -644,6 +657,7 @@ Status HostAgent::delete_instance(const std::string& name) {
 
 json::array HostAgent::host_images_json() const {
   json::array a;
+  std::lock_guard store(impl_->store_mu);
   auto list = impl_->host_store->list();
   auto cur = impl_->host_store->current();
   auto prev = impl_->host_store->previous();
@@ -659,7 +673,12 @@ json::array HostAgent::host_images_json() const {
 
 Result<json::object> HostAgent::stage_host_image(const std::string& version, const std::string& path,
                                                  const std::string& sha256) {
-  FL_ASSIGN_OR_RETURN(auto img, impl_->host_store->stage(version, path, sha256));
+  Result<HostImage> staged = make_error(Condition::internal, "not staged");
+  {
+    std::lock_guard store(impl_->store_mu);
+    staged = impl_->host_store->stage(version, path, sha256);
+  }
+  FL_ASSIGN_OR_RETURN(auto img, staged);
   impl_->publish("image.staged", {{"version", version}, {"sha256", img.sha256}});
   return to_json(img);
 }

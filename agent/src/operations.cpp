@@ -279,7 +279,12 @@ Status HostAgent::Impl::run_host_os(Job& job, OperationRecord& op, bool resumed)
   const auto& req = op.request;
   if (!resumed) {
     // Refuse a corrupt or missing image before any guest is touched.
-    if (auto v = host_store->verify(req.target); !v.ok()) {
+    Result<HostImage> verified = make_error(Condition::internal, "not verified");
+    {
+      std::lock_guard store(store_mu);
+      verified = host_store->verify(req.target);
+    }
+    if (auto& v = verified; !v.ok()) {
       return make_error(v.condition(), "host image '" + req.target + "' refused: " + v.error().message);
     }
     set_step(job, op, UpdateStep::notifying);
@@ -319,7 +324,12 @@ Status HostAgent::Impl::run_host_os(Job& job, OperationRecord& op, bool resumed)
   }
   if (op.step < UpdateStep::swapping_image) set_step(job, op, UpdateStep::swapping_image);
   if (op.step == UpdateStep::swapping_image) {
-    FL_ASSIGN_OR_RETURN(auto img, host_store->activate(req.target));
+    Result<HostImage> activated = make_error(Condition::internal, "not activated");
+    {
+      std::lock_guard store(store_mu);
+      activated = host_store->activate(req.target);
+    }
+    FL_ASSIGN_OR_RETURN(auto img, activated);
     {
       std::lock_guard lock(mu);
       state.host_image = img.version;
@@ -523,7 +533,10 @@ Status HostAgent::Impl::run_freeze(Job& job, OperationRecord& op) {
 
 Result<json::object> HostAgent::start_operation(const OperationRequest& request) {
   auto& p = *impl_;
-  if (request.kind == OperationKind::host_os) FL_RETURN_IF_ERROR(p.host_store->verify(request.target));
+  if (request.kind == OperationKind::host_os) {
+    std::lock_guard store(p.store_mu);
+    FL_RETURN_IF_ERROR(p.host_store->verify(request.target));
+  }
   if (request.kind == OperationKind::guest_os) FL_RETURN_IF_ERROR(p.guest_store->get(request.target));
   std::unique_lock lock(p.mu);
   if (p.state.state != HostState::ready || !p.active_job.empty()) {
