@@ -109,6 +109,8 @@ struct HostAgent::Impl {
   // The host state refuses lifecycle calls during an operation before they wait for lv_mu
   // (which the operation holds while it stops guests): a request gets its 409 at once.
   Status check_not_updating(std::string_view refusal);
+  // Records what the fabric wants for `name` (persisted); not_found for an unknown instance.
+  Status set_want_running(const std::string& name, bool want);
 
   // -- host_agent.cpp --
   std::string state_path() const { return opt.state_dir + "/state.json"; }
@@ -147,6 +149,9 @@ struct HostAgent::Impl {
   Status wait_healthy(const std::string& name, Clock::time_point since, milliseconds timeout,
                       const std::string& expect_image, const std::string& expect_boot_id);
   void set_step(Job& job, OperationRecord& op, UpdateStep step);
+  // StartingGuests: starts every guest the operation stopped; returns when each was started
+  // (empty when a resumed operation is already past this step).
+  Result<std::map<std::string, Clock::time_point>> start_stopped(Job& job, OperationRecord& op);
   void rollback_stopped(OperationRecord& op, const std::string& why);
   // Makes sure `name` runs: starts it when its VM is off, waits for it to be healthy or to stop
   // (a guest a killed agent had asked to power off still does so) and starts it again then.

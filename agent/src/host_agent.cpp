@@ -159,6 +159,14 @@ HostAgent::~HostAgent() {
 
 Status HostAgent::Impl::persist_locked() { return save_state(state_path(), state); }
 
+Status HostAgent::Impl::set_want_running(const std::string& name, bool want) {
+  std::lock_guard lock(mu);
+  auto* r = record_locked(name);
+  if (!r) return make_error(Condition::not_found, "instance '" + name + "' not found");
+  r->want_running = want;
+  return persist_locked();
+}
+
 Status HostAgent::Impl::check_not_updating(std::string_view refusal) {
   std::lock_guard lock(mu);
   if (state.state == HostState::updating || !active_job.empty()) {
@@ -594,16 +602,7 @@ Status HostAgent::start_instance(const std::string& name) {
   auto& p = *impl_;
   FL_RETURN_IF_ERROR(p.check_not_updating("it starts no instance"));
   std::lock_guard lv(p.lv_mu);
-  {
-    std::lock_guard lock(p.mu);
-    auto* r = p.record_locked(name);
-    if (!r) return make_error(Condition::not_found, "instance '" + name + "' not found");
-    if (p.state.state == HostState::updating) {
-      return make_error(Condition::invalid_state, "host " + p.opt.host_id + " is Updating");
-    }
-    r->want_running = true;
-    FL_RETURN_IF_ERROR(p.persist_locked());
-  }
+  FL_RETURN_IF_ERROR(p.set_want_running(name, true));
   return p.start_guest(name);
 }
 
@@ -611,16 +610,7 @@ Status HostAgent::stop_instance(const std::string& name) {
   auto& p = *impl_;
   FL_RETURN_IF_ERROR(p.check_not_updating("it stops no instance on request"));
   std::lock_guard lv(p.lv_mu);
-  {
-    std::lock_guard lock(p.mu);
-    auto* r = p.record_locked(name);
-    if (!r) return make_error(Condition::not_found, "instance '" + name + "' not found");
-    if (p.state.state == HostState::updating) {
-      return make_error(Condition::invalid_state, "host " + p.opt.host_id + " is Updating");
-    }
-    r->want_running = false;
-    FL_RETURN_IF_ERROR(p.persist_locked());
-  }
+  FL_RETURN_IF_ERROR(p.set_want_running(name, false));
   FL_RETURN_IF_ERROR(p.stop_guest(name, false));
   return {};
 }

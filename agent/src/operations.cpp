@@ -7,7 +7,6 @@
 // idempotent and the guests are down anyway. Either way no guest that was running stays stopped
 // without the job and the feed saying which.
 
-#include <ctime>
 #include <thread>
 
 #include "agent_impl.hpp"
@@ -19,15 +18,6 @@ namespace fabriclab::agent {
 using hypervisor::DomainState;
 
 namespace {
-
-std::string rfc1123(std::chrono::system_clock::time_point t) {
-  std::time_t tt = std::chrono::system_clock::to_time_t(t);
-  std::tm tm{};
-  gmtime_r(&tt, &tm);
-  char buf[64];
-  std::strftime(buf, sizeof(buf), "%a, %d %b %Y %H:%M:%S GMT", &tm);
-  return buf;
-}
 
 int64_t ms_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration_cast<milliseconds>(b - a).count();
@@ -275,6 +265,19 @@ void HostAgent::Impl::run_job(const std::string& id, bool resumed) {
   cv.notify_all();
 }
 
+Result<std::map<std::string, Clock::time_point>> HostAgent::Impl::start_stopped(Job& job,
+                                                                               OperationRecord& op) {
+  std::map<std::string, Clock::time_point> started;
+  if (op.step != UpdateStep::starting_guests) return started;  // resumed past this step
+  std::lock_guard lv(lv_mu);
+  for (const auto& name : op.stopped) {
+    started[name] = Clock::now();
+    FL_RETURN_IF_ERROR(start_guest(name));
+  }
+  set_step(job, op, UpdateStep::verifying);
+  return started;
+}
+
 Status HostAgent::Impl::run_host_os(Job& job, OperationRecord& op, bool resumed) {
   const auto& req = op.request;
   if (!resumed) {
@@ -349,15 +352,7 @@ Status HostAgent::Impl::run_host_os(Job& job, OperationRecord& op, bool resumed)
     FL_RETURN_IF_ERROR(recover());
     set_step(job, op, UpdateStep::starting_guests);
   }
-  std::map<std::string, Clock::time_point> started;
-  if (op.step == UpdateStep::starting_guests) {
-    std::lock_guard lv(lv_mu);
-    for (const auto& name : op.stopped) {
-      started[name] = Clock::now();
-      FL_RETURN_IF_ERROR(start_guest(name));
-    }
-    set_step(job, op, UpdateStep::verifying);
-  }
+  FL_ASSIGN_OR_RETURN(auto started, start_stopped(job, op));
   Status first_error;
   for (const auto& name : op.stopped) {
     auto* r = report_of(job, name);
@@ -422,15 +417,7 @@ Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed
     }
     set_step(job, op, UpdateStep::starting_guests);
   }
-  std::map<std::string, Clock::time_point> started;
-  if (op.step == UpdateStep::starting_guests) {
-    std::lock_guard lv(lv_mu);
-    for (const auto& name : op.stopped) {
-      started[name] = Clock::now();
-      FL_RETURN_IF_ERROR(start_guest(name));
-    }
-    set_step(job, op, UpdateStep::verifying);
-  }
+  FL_ASSIGN_OR_RETURN(auto started, start_stopped(job, op));
   Status first_error;
   for (const auto& name : op.stopped) {
     auto* r = report_of(job, name);

@@ -203,4 +203,13 @@ std::string rfc3339(std::chrono::system_clock::time_point t) {
 
 std::string rfc3339_now() { return rfc3339(std::chrono::system_clock::now()); }
 
+std::string rfc1123(std::chrono::system_clock::time_point t) {
+  std::time_t tt = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  gmtime_r(&tt, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof(buf), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  return buf;
+}
+
 }  // namespace fabriclab

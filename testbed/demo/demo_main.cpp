@@ -15,6 +15,7 @@
 #include <iomanip>
 #include <iostream>
 
+#include "fabriclab/common/json.hpp"
 #include "fabriclab/common/logging.hpp"
 #include "fabriclab/testbed/lab_guest.hpp"
 
@@ -25,15 +26,6 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 std::atomic<bool> g_interrupted{false};
-
-std::string rfc1123(std::chrono::system_clock::time_point t) {
-  std::time_t tt = std::chrono::system_clock::to_time_t(t);
-  std::tm tm{};
-  gmtime_r(&tt, &tm);
-  char buf[64];
-  std::strftime(buf, sizeof(buf), "%a, %d %b %Y %H:%M:%S GMT", &tm);
-  return buf;
-}
 
 struct Row {
   std::string name;

@@ -74,4 +74,7 @@ Status check_fields(const json::object& o, std::initializer_list<std::string_vie
 std::string rfc3339(std::chrono::system_clock::time_point t);
 std::string rfc3339_now();
 
+// RFC 1123 (HTTP-date), as Azure writes NotBefore: "Mon, 19 Sep 2016 18:29:47 GMT".
+std::string rfc1123(std::chrono::system_clock::time_point t);
+
 }  // namespace fabriclab
