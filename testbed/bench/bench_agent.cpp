@@ -78,7 +78,9 @@ int main(int argc, char** argv) {
   }
   for (auto& n : names) wait_healthy(a, n, 0);
 
-  // Raw cycles: the heartbeat gap of a plain stop + start through the agent.
+  // Rounds alternate a raw cycle of every guest (the heartbeat gap of a plain stop + start
+  // through the agent) with a host-os update (whose report gives each guest's down time from the
+  // same heartbeats), so that both see the same machine load.
   std::vector<double> raw, down;
   for (int r = 0; r < rounds; ++r) {
     for (auto& n : names) {
@@ -93,9 +95,6 @@ int main(int argc, char** argv) {
       raw.push_back(std::chrono::duration<double>(t1 - t0).count());
       std::cerr << "raw cycle " << n << ": " << raw.back() << " s\n";
     }
-  }
-  // host-os updates: the agent reports each guest's down time from the heartbeats.
-  for (int r = 0; r < rounds; ++r) {
     const std::string version = "host-" + std::to_string(r + 2);
     const std::string file = *dir + "/" + version + ".img";
     auto sha = agent::write_synthetic_host_image(file, version);
