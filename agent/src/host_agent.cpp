@@ -399,6 +399,20 @@ void HostAgent::Impl::monitor_loop() {
         }
       }
     }
+    {
+      // An Unhealthy host whose wanted guests are all healthy again is Ready again.
+      std::lock_guard lock(mu);
+      bool all_healthy = true;
+      for (const auto& r : state.instances) {
+        if (r.want_running && !slots[r.name].healthy) all_healthy = false;
+      }
+      if (state.state == HostState::unhealthy && active_job.empty() && all_healthy) {
+        state.state = HostState::ready;
+        (void)persist_locked();
+        events.emplace_back("host.state", json::object{{"state", "Ready"}, {"step", "None"},
+                                                       {"reason", "every guest is healthy again"}});
+      }
+    }
     for (auto& [type, ev] : events) publish(type, std::move(ev));
     if (!events.empty()) cv.notify_all();
     restart_failed_guests();

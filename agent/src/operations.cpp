@@ -232,10 +232,17 @@ void HostAgent::Impl::run_job(const std::string& id, bool resumed) {
     rollback_stopped(op, result.error().message);
   }
   // Wait (bounded) for the guests to be healthy again before reporting the host Ready.
-  bool all_up = true;
-  for (const auto& name : op.running_before) {
-    if (!ensure_running(name).ok()) all_up = false;
+  bool connected;
+  {
+    std::lock_guard lv(lv_mu);
+    connected = conn != nullptr;
   }
+  bool all_up = connected;
+  for (const auto& name : op.running_before) {
+    if (!connected || !ensure_running(name).ok()) all_up = false;
+  }
+  // Offline: the hypervisor could not be reached again (a host that did not come back).
+  const HostState end_state = !connected ? HostState::offline : all_up ? HostState::ready : HostState::unhealthy;
   {
     std::lock_guard lock(mu);
     for (const auto& name : op.running_before) {
@@ -249,14 +256,14 @@ void HostAgent::Impl::run_job(const std::string& id, bool resumed) {
     job.step = "None";
     jobs[id] = job;
     state.operation.reset();
-    state.state = all_up ? HostState::ready : HostState::unhealthy;
+    state.state = end_state;
     step = UpdateStep::none;
     (void)persist_locked();
   }
   logger("agent")->info("[host:{}][job:{}] {}{}", opt.host_id, id, job.status,
                         job.error.empty() ? "" : ": " + job.error);
   publish("job.done", {{"job", id}, {"status", job.status}, {"error", job.error}, {"result", job.to_json()}});
-  publish("host.state", {{"state", all_up ? "Ready" : "Unhealthy"}, {"step", "None"}});
+  publish("host.state", {{"state", to_string(end_state)}, {"step", "None"}});
   {
     // Idle only now, so that whoever waits for it sees the final events too.
     std::lock_guard lock(mu);
