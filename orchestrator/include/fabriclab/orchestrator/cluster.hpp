@@ -1,0 +1,111 @@
+#pragma once
+// The cluster the orchestrator owns, as plain data: hosts (one agent each), services (availability
+// sets) and their instances (guest VMs). Placement (placement.hpp) fills it and the planner
+// (planner.hpp) reads it; nothing here does I/O.
+//
+// JSON: every entity has `to_json` and a `*_from_json` that treats its input as untrusted (types,
+// ranges, string lengths, list sizes, unknown fields) and names the offending field, e.g.
+// "hosts[3]: field 'fault_domain' must be an integer in 0..999".
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "fabriclab/common/json.hpp"
+#include "fabriclab/common/result.hpp"
+
+namespace fabriclab::orchestrator {
+
+// Limits shared by the model, its JSON readers, placement and the planner.
+inline constexpr int kMaxUdCount = 20;  // upgradeDomainCount: 1..20, default 5
+inline constexpr int kDefaultUdCount = 5;
+inline constexpr int kMaxFaultDomain = 999;    // fault domains are 0..999
+inline constexpr int kMaxHostCapacity = 1000;  // instances per host
+inline constexpr int kMaxInstancesPerService = 10000;
+inline constexpr size_t kMaxHosts = 10000;
+inline constexpr size_t kMaxServices = 10000;
+inline constexpr size_t kMaxInstances = 200000;
+inline constexpr size_t kMaxNameBytes = 64;  // host ids, service names, images
+
+// Host states as the agents report them (DESIGN.md "State machines"); the Updating sub-steps are
+// the agent's business. Only Ready hosts receive new instances.
+enum class HostState { ready, updating, unhealthy, offline };
+std::string_view to_string(HostState s);  // "Ready", "Updating", "Unhealthy", "Offline"
+Result<HostState> parse_host_state(std::string_view s, std::string_view field = "state");
+
+// A host: one agent, in one fault domain (≈ a rack), holding up to `capacity` instances.
+// `ud_slot` is the batch of the walk this host belongs to when the allocator placed its
+// instances (see placement.hpp); empty for a host the allocator has not used, or whose instances
+// came from elsewhere (imported, or an older layout).
+struct Host {
+  std::string id;
+  int fault_domain = 0;
+  int capacity = 0;
+  HostState state = HostState::ready;
+  std::optional<int> ud_slot;
+};
+
+// A service (availability set): `instance_count` guest VMs spread over `ud_count` update domains
+// and over as many fault domains as exist.
+struct Service {
+  std::string name;
+  int instance_count = 1;
+  int ud_count = kDefaultUdCount;
+  std::string image;
+  uint32_t memory_mib = 256;
+};
+
+// One role instance (guest VM): instance `index` of `service`, in update domain `ud` and fault
+// domain `fd` (the fault domain of `host`).
+struct Instance {
+  std::string service;
+  int index = 0;
+  int ud = 0;
+  int fd = 0;
+  std::string host;
+};
+
+// The whole cluster. Lookups are linear scans or built on demand: the cluster is at most a few
+// thousand hosts and the callers (placement, planner) build their own indexes once per call.
+struct Cluster {
+  std::vector<Host> hosts;
+  std::vector<Service> services;
+  std::vector<Instance> instances;
+
+  const Host* find_host(std::string_view id) const;
+  Host* find_host(std::string_view id);
+  const Service* find_service(std::string_view name) const;
+  const Instance* find_instance(std::string_view service, int index) const;
+
+  // Instances per host id (hosts without instances are absent).
+  std::unordered_map<std::string, int> instance_counts() const;
+  std::vector<const Instance*> instances_of(std::string_view service) const;
+  std::vector<const Instance*> instances_on(std::string_view host) const;
+  // The distinct fault domains of all hosts, ascending.
+  std::vector<int> fault_domains() const;
+};
+
+// Checks that the cluster is self-consistent: unique host ids, service names and (service, index)
+// pairs; every instance names a known service and host, its `ud` is below the service's ud_count
+// and its `fd` is its host's fault domain; no host is over capacity; and no host holds two
+// different UDs of one service (the placement rule; such a cluster has no valid walk).
+// invalid_argument for references and ranges, invalid_state for the placement rules.
+Status validate_cluster(const Cluster& c);
+
+json::object to_json(const Host& h);
+json::object to_json(const Service& s);
+json::object to_json(const Instance& i);
+json::object to_json(const Cluster& c);
+
+Result<Host> host_from_json(const json::object& o);
+Result<Service> service_from_json(const json::object& o);
+Result<Instance> instance_from_json(const json::object& o);
+// Reads {"hosts": [...], "services": [...], "instances": [...]} (each optional) and then runs
+// validate_cluster. Errors carry the path: "instances[12]: field 'ud' must be ...".
+Result<Cluster> cluster_from_json(const json::object& o);
+
+}  // namespace fabriclab::orchestrator
