@@ -48,15 +48,7 @@ json::object Job::to_json() const {
 Result<InstanceSpec> instance_spec_from_json(const json::object& o) {
   FL_RETURN_IF_ERROR(check_fields(o, {"name", "service", "index", "ud", "fd", "image", "memory_mib", "mode"}));
   InstanceSpec s;
-  FL_ASSIGN_OR_RETURN(s.meta.service, get_string(o, "service", 48));
-  if (s.meta.service.empty()) return make_error(Condition::invalid_argument, "field 'service' is empty");
-  FL_ASSIGN_OR_RETURN(int64_t index, get_int(o, "index", 0, 9999));
-  FL_ASSIGN_OR_RETURN(int64_t ud, get_int(o, "ud", 0, 19));
-  FL_ASSIGN_OR_RETURN(int64_t fd, get_int(o, "fd", 0, 1000));
-  s.meta.index = static_cast<int>(index);
-  s.meta.ud = static_cast<int>(ud);
-  s.meta.fd = static_cast<int>(fd);
-  FL_ASSIGN_OR_RETURN(s.meta.image, get_string(o, "image", 64));
+  FL_ASSIGN_OR_RETURN(s.meta, metadata_from_json(o));
   FL_ASSIGN_OR_RETURN(int64_t mem, get_int_or(o, "memory_mib", 64, 4096, 128));
   s.memory_mib = static_cast<uint32_t>(mem);
   FL_ASSIGN_OR_RETURN(s.mode, get_string(o, "mode", 16, false));

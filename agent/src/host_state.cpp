@@ -107,6 +107,20 @@ Result<OperationRequest> operation_request_from_json(const json::object& o) {
   return r;
 }
 
+Result<hypervisor::InstanceMetadata> metadata_from_json(const json::object& o) {
+  hypervisor::InstanceMetadata m;
+  FL_ASSIGN_OR_RETURN(m.service, get_string(o, "service", 48));
+  if (m.service.empty()) return make_error(Condition::invalid_argument, "field 'service' is empty");
+  FL_ASSIGN_OR_RETURN(int64_t index, get_int(o, "index", 0, 9999));
+  FL_ASSIGN_OR_RETURN(int64_t ud, get_int(o, "ud", 0, 19));
+  FL_ASSIGN_OR_RETURN(int64_t fd, get_int(o, "fd", 0, 1000));
+  m.index = static_cast<int>(index);
+  m.ud = static_cast<int>(ud);
+  m.fd = static_cast<int>(fd);
+  FL_ASSIGN_OR_RETURN(m.image, get_string(o, "image", 64));
+  return m;
+}
+
 Status save_state(const std::string& path, const PersistedState& s) {
   json::object o;
   o["version"] = 1;
@@ -162,14 +176,7 @@ Result<PersistedState> load_state(const std::string& path) {
     const auto& io = v.as_object();
     InstanceRecord r;
     FL_ASSIGN_OR_RETURN(r.name, get_string(io, "name", 64));
-    FL_ASSIGN_OR_RETURN(r.meta.service, get_string(io, "service", 64));
-    FL_ASSIGN_OR_RETURN(int64_t index, get_int(io, "index", 0, 100000));
-    FL_ASSIGN_OR_RETURN(int64_t ud, get_int(io, "ud", 0, 19));
-    FL_ASSIGN_OR_RETURN(int64_t fd, get_int(io, "fd", 0, 1000));
-    r.meta.index = static_cast<int>(index);
-    r.meta.ud = static_cast<int>(ud);
-    r.meta.fd = static_cast<int>(fd);
-    FL_ASSIGN_OR_RETURN(r.meta.image, get_string(io, "image", 64));
+    FL_ASSIGN_OR_RETURN(r.meta, metadata_from_json(io));
     FL_ASSIGN_OR_RETURN(int64_t mem, get_int(io, "memory_mib", 32, 65536));
     r.memory_mib = static_cast<uint32_t>(mem);
     FL_ASSIGN_OR_RETURN(r.want_running, get_bool_or(io, "want_running", true));

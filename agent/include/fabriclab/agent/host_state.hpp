@@ -69,6 +69,9 @@ struct PersistedState {
 boost::json::object to_json(const OperationRequest& r);
 Result<OperationRequest> operation_request_from_json(const boost::json::object& o);
 
+// {service, index, ud, fd, image} as the API and the state file write them; errors name the field.
+Result<hypervisor::InstanceMetadata> metadata_from_json(const boost::json::object& o);
+
 Status save_state(const std::string& path, const PersistedState& state);
 // not_found when there is no state file yet (a new host).
 Result<PersistedState> load_state(const std::string& path);
