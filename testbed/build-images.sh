@@ -90,6 +90,10 @@ if [ "${#debs[@]}" -eq 0 ]; then
     if [ "$apt_updated" -eq 0 ]; then
       say "apt-get download failed; running apt-get update once and retrying"
       apt-get update -qq >/dev/null 2>&1 || die "apt-get update failed (are we root? network?)"
+      # A stale package list may have named a kernel the mirror no longer carries.
+      KVER=$(find_kernel_version)
+      [ -n "$KVER" ] || die "cannot find the kernel package behind linux-image-amd64"
+      PKG="linux-image-$KVER"
       (cd "$CACHE" && apt-get download -q "$PKG" >"$CACHE/apt-download.log" 2>&1) ||
         die "apt-get download $PKG failed (see $CACHE/apt-download.log)"
     else
