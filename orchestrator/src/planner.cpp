@@ -218,8 +218,9 @@ Result<Plan> plan_walk(const Cluster& c, const PlanOptions& options) {
   for (int v = 0; v < n; ++v) {
     for (int u : g.neighbours(active[v])) sub.add_edge(v, node_of_host[u]);
   }
-  const int clique = detail::clique_lower_bound(sub);
-  const int stop = std::max(target, clique);
+  // The greedy clique first; the (costlier) exact search only when the easy paths miss it.
+  int clique = detail::clique_lower_bound(sub, 0);
+  int stop = std::max(target, clique);
 
   std::mt19937_64 rng(options.seed);
   const int64_t budget = std::max<int64_t>(options.max_iterations, 0);
@@ -276,6 +277,10 @@ Result<Plan> plan_walk(const Cluster& c, const PlanOptions& options) {
       spent += r.iterations;
       if (r.found) best = std::move(r.colours), method = "search";
     }
+  }
+  if (detail::colour_count(best) > stop) {
+    clique = detail::clique_lower_bound(sub);
+    stop = std::max(target, clique);
   }
   improve(sub, best);
   std::vector<int> colour(c.hosts.size(), -1);
