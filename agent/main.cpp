@@ -11,6 +11,7 @@
 
 #include "fabriclab/agent/api.hpp"
 #include "fabriclab/agent/host_agent.hpp"
+#include "fabriclab/agent/image_store.hpp"
 #include "fabriclab/common/event_feed.hpp"
 #include "fabriclab/common/logging.hpp"
 
@@ -69,6 +70,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--boot-delay-ms", boot_delay_ms, "Emulated host boot time during a host reboot")
       ->capture_default_str();
+  std::vector<std::string> lab_host_images;
+  app.add_option("--lab-host-images", lab_host_images,
+                 "Lab convenience: write and stage synthetic host images with these versions at start "
+                 "(e.g. host-v1,host-v2)")
+      ->delimiter(',');
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
   app.add_flag("--json-logs", json_logs, "Log JSON lines");
   // Expand --config FILE into flags first.
@@ -122,6 +128,20 @@ int main(int argc, char** argv) {
     return 1;
   }
   agent_ptr = agent->get();
+  // Synthetic host images for a lab rack: written once into the state dir, staged if new.
+  for (const auto& version : lab_host_images) {
+    std::string file = o.state_dir + "/lab-host-image-" + version;
+    auto sha = agent::write_synthetic_host_image(file, version);
+    if (!sha.ok()) {
+      std::cerr << "fabriclab-agent: --lab-host-images " << version << ": " << sha.error().describe() << "\n";
+      return 2;
+    }
+    auto staged = (*agent)->stage_host_image(version, file, *sha);
+    if (!staged.ok() && staged.error().condition != Condition::already_exists) {
+      std::cerr << "fabriclab-agent: --lab-host-images " << version << ": " << staged.error().describe() << "\n";
+      return 2;
+    }
+  }
   http::Limits limits;
   http::Server server("agent-api", *tokens, limits);
   agent::install_api(server, **agent, feed, limits);

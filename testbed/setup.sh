@@ -53,5 +53,27 @@ if ! getent passwd libvirt-qemu >/dev/null; then
 fi
 for d in /var/log/libvirt /var/run/libvirt /var/lib/libvirt; do $SUDO mkdir -p "$d"; done
 
+# browser tests (dashboard): Debian's chromium, driven by playwright-core from tests/browser's
+# lockfile (playwright's own browser download is never used).
+if [ ! -x /usr/bin/chromium ]; then
+  say "installing chromium (dashboard browser tests)"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq || die "apt-get update failed: no network to the Debian package mirror? (needed: chromium)"
+  if ! $SUDO apt-get install -y -qq --no-install-recommends chromium >/tmp/fabriclab-apt-chromium.log 2>&1; then
+    tail -20 /tmp/fabriclab-apt-chromium.log >&2
+    die "apt-get install chromium failed (log: /tmp/fabriclab-apt-chromium.log)"
+  fi
+fi
+browser_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/browser"
+if [ ! -d "$browser_dir/node_modules/playwright-core" ]; then
+  command -v npm >/dev/null 2>&1 || die "npm not found (needed for the dashboard browser tests in $browser_dir)"
+  say "installing playwright-core (tests/browser)"
+  if ! (cd "$browser_dir" && npm ci --no-audit --no-fund --loglevel=error) >/tmp/fabriclab-npm.log 2>&1; then
+    tail -20 /tmp/fabriclab-npm.log >&2
+    die "npm ci in $browser_dir failed (log: /tmp/fabriclab-npm.log)"
+  fi
+fi
+# end: browser tests (dashboard)
+
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found after install"
 say "ready"

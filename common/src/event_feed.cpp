@@ -58,7 +58,8 @@ struct EventFeed::Impl {
     Message text;
   };
 
-  explicit Impl(SnapshotFn fn, size_t history) : snapshot(std::move(fn)), history(history) {}
+  Impl(SnapshotFn fn, size_t history, uint64_t start_after)
+      : snapshot(std::move(fn)), history(history), last_seq(start_after) {}
 
   SnapshotFn snapshot;
   const size_t history;
@@ -107,8 +108,8 @@ void Subscription::cancel() {
 
 // EventFeed
 
-EventFeed::EventFeed(SnapshotFn snapshot, size_t history)
-    : impl_(std::make_shared<Impl>(std::move(snapshot), history)) {}
+EventFeed::EventFeed(SnapshotFn snapshot, size_t history, uint64_t start_after)
+    : impl_(std::make_shared<Impl>(std::move(snapshot), history, start_after)) {}
 
 EventFeed::~EventFeed() = default;
 

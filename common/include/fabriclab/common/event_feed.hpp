@@ -63,7 +63,9 @@ class EventFeed {
   // publish(). To make state and seq match exactly, mutate the state in publish()'s `apply`.
   using SnapshotFn = std::function<boost::json::object()>;
 
-  explicit EventFeed(SnapshotFn snapshot, size_t history = 10000);
+  // `start_after`: the first event gets seq start_after + 1 (a restarted producer continues its
+  // numbering from its journal, so clients resuming with ?since= never see a number reused).
+  explicit EventFeed(SnapshotFn snapshot, size_t history = 10000, uint64_t start_after = 0);
   ~EventFeed();
   EventFeed(const EventFeed&) = delete;
   EventFeed& operator=(const EventFeed&) = delete;

@@ -1,0 +1,545 @@
+// fabriclab-bench-feed: event latency on the websocket feed with many subscribers, one of them
+// stalled on purpose.
+//
+// One http::Server (127.0.0.1, port 0, 2 io threads by default) serves an EventFeed at
+// /v1/events. N subscribers (default 1000) connect over real loopback TCP websockets from one
+// Beast client io_context (one or two threads, each socket on its own strand) and read for ever.
+// A publisher thread plays a simulated drill: batches of hosts drained, updated and brought back,
+// their instances stopped and started, emitted as drill.batch / host.state / instance.state
+// events of a few hundred bytes at a fixed rate. Each event carries "t_ns", the steady_clock time
+// just before publish(); a subscriber's latency is its receipt time minus t_ns (one process, one
+// clock).
+//
+// Two phases in one run, the same number of events each:
+//   (a) all subscribers reading;
+//   (b) the same, plus one more subscriber that completes the upgrade and never reads (a small
+//       SO_RCVBUF, so its window closes quickly). The server must cut it off ("slow consumer",
+//       after Limits::max_ws_queue events behind) without the others noticing.
+// For the readers we report p50/p99/max latency and loss (events published in the phase that a
+// reader never got); for the stalled one whether and when the server cut it off.
+//
+// Client and server share the machine: the client's own scheduling delay is part of the latency,
+// so the figures are an upper bound on what the server adds. We print the CPU the whole process
+// used per phase (in cores) to show when the machine, not the server, is the limit.
+
+#include <CLI/CLI.hpp>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/websocket.hpp>
+#include <boost/json.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fabriclab/common/event_feed.hpp"
+#include "fabriclab/common/http_server.hpp"
+#include "fabriclab/common/logging.hpp"
+
+using namespace fabriclab;
+using namespace std::chrono_literals;
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace websocket = boost::beast::websocket;
+namespace json = boost::json;
+using tcp = net::ip::tcp;
+using Clock = std::chrono::steady_clock;
+using boost::system::error_code;
+
+namespace {
+
+constexpr char kToken[] = "bench-read-token";
+constexpr char kPath[] = "/v1/events";
+constexpr double kTargetP99Ms = 20;
+
+[[noreturn]] void die(const std::string& what) {
+  std::cerr << "fabriclab-bench-feed: " << what << "\n";
+  std::exit(1);
+}
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+      .count();
+}
+
+double cpu_seconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+// The unsigned integer after `"key":` in a serialized event; -1 when absent. The events are ours,
+// so a substring search is enough and keeps the client's cost per message small.
+int64_t find_uint(std::string_view text, std::string_view key) {
+  auto at = text.find(key);
+  if (at == std::string_view::npos) return -1;
+  int64_t v = 0;
+  bool any = false;
+  for (size_t i = at + key.size(); i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i) {
+    v = v * 10 + (text[i] - '0');
+    any = true;
+  }
+  return any ? v : -1;
+}
+
+// A drill over a small cluster, as the orchestrator would narrate it: per batch of hosts,
+// drill.batch started, each host draining with its instances stopping/stopped, updating, back,
+// instances starting/healthy, drill.batch finished.
+class DrillSim {
+ public:
+  static constexpr int kHosts = 48, kPerHost = 6, kFds = 4, kBatch = 4;
+
+  static json::object snapshot() {
+    json::array hosts;
+    for (int h = 0; h < 8; ++h) {
+      hosts.push_back(json::object{{"name", host(h)}, {"fault_domain", h % kFds},
+                                   {"state", "healthy"}, {"instances", kPerHost}});
+    }
+    return json::object{{"drill", "drill-bench"}, {"phase", "running"}, {"hosts", hosts},
+                        {"host_count", kHosts}};
+  }
+
+  // The next event of the drill: type and fields (without t_ns).
+  std::pair<std::string, json::object> next() {
+    if (steps_.empty()) plan_batch();
+    auto e = std::move(steps_.front());
+    steps_.erase(steps_.begin());
+    return e;
+  }
+
+ private:
+  static std::string host(int h) { return "host-" + std::to_string(1000 + h); }
+  static std::string instance(int h, int i) {
+    return "svc-" + std::to_string((h * kPerHost + i) % 37) + "-inst-" + std::to_string(h * 10 + i);
+  }
+
+  void host_state(int h, const char* from, const char* to, const char* reason) {
+    steps_.push_back({"host.state", json::object{{"drill", "drill-bench"},
+                                                 {"batch", batch_},
+                                                 {"host", host(h)},
+                                                 {"fault_domain", h % kFds},
+                                                 {"from", from},
+                                                 {"to", to},
+                                                 {"reason", reason},
+                                                 {"image", "host-os-2024.06.1"}}});
+  }
+  void instance_state(int h, int i, const char* from, const char* to) {
+    steps_.push_back({"instance.state", json::object{{"drill", "drill-bench"},
+                                                     {"batch", batch_},
+                                                     {"host", host(h)},
+                                                     {"instance", instance(h, i)},
+                                                     {"service", "svc-" + std::to_string(i % 37)},
+                                                     {"update_domain", i % 5},
+                                                     {"from", from},
+                                                     {"to", to}}});
+  }
+  void batch_event(const char* state, const std::vector<int>& hs) {
+    json::array names;
+    for (int h : hs) names.push_back(json::string(host(h)));
+    steps_.push_back({"drill.batch", json::object{{"drill", "drill-bench"},
+                                                  {"batch", batch_},
+                                                  {"state", state},
+                                                  {"hosts", names},
+                                                  {"fault_domain", hs.front() % kFds},
+                                                  {"done_hosts", batch_ * kBatch},
+                                                  {"total_hosts", kHosts}}});
+  }
+
+  void plan_batch() {
+    ++batch_;
+    std::vector<int> hs;
+    for (int k = 0; k < kBatch; ++k) hs.push_back((next_host_++) % kHosts);
+    batch_event("started", hs);
+    for (int h : hs) {
+      host_state(h, "healthy", "draining", "planned maintenance");
+      for (int i = 0; i < kPerHost; ++i) instance_state(h, i, "running", "stopping");
+      for (int i = 0; i < kPerHost; ++i) instance_state(h, i, "stopping", "stopped");
+      host_state(h, "draining", "updating", "host-os update");
+      host_state(h, "updating", "healthy", "verified");
+      for (int i = 0; i < kPerHost; ++i) instance_state(h, i, "stopped", "starting");
+      for (int i = 0; i < kPerHost; ++i) instance_state(h, i, "starting", "healthy");
+    }
+    batch_event("finished", hs);
+  }
+
+  std::vector<std::pair<std::string, json::object>> steps_;
+  int batch_ = 0;
+  int next_host_ = 0;
+};
+
+// One websocket client on its own strand of the shared client io_context. A reader records
+// (seq, latency) for every event; a stalled one completes the upgrade and then reads nothing
+// until drain() at the end.
+class Subscriber : public std::enable_shared_from_this<Subscriber> {
+ public:
+  struct Sample {
+    uint32_t seq;
+    uint32_t latency_us;
+  };
+
+  Subscriber(net::io_context& ioc, bool stalled, int rcvbuf, size_t expected)
+      : ws_(net::make_strand(ioc)), timer_(ws_.get_executor()), stalled_(stalled),
+        rcvbuf_(rcvbuf) {
+    samples.reserve(expected);
+  }
+
+  void start(tcp::endpoint ep) {
+    net::dispatch(ws_.get_executor(), [self = shared_from_this(), ep] { self->do_connect(ep); });
+  }
+
+  // Stalled only: reads what the kernel buffered until the stream ends or `timeout` passes.
+  void drain(std::chrono::milliseconds timeout) {
+    net::dispatch(ws_.get_executor(), [self = shared_from_this(), timeout] {
+      self->timer_.expires_after(timeout);
+      self->timer_.async_wait([self](error_code ec) {
+        if (ec) return;
+        self->timed_out = true;
+        beast::get_lowest_layer(self->ws_).close();
+      });
+      self->do_read();
+    });
+  }
+
+  void close() {
+    net::post(ws_.get_executor(), [self = shared_from_this()] {
+      self->timer_.cancel();
+      beast::get_lowest_layer(self->ws_).close();
+    });
+  }
+
+  // Written on the strand; read by main after the client threads are joined, except the atomics.
+  std::vector<Sample> samples;
+  std::atomic<int> state{0};  // 0 connecting, 1 subscribed, 2 ended, -1 failed
+  std::atomic<int64_t> last_seq{-1};
+  std::string end_reason;
+  size_t drained = 0;      // messages read by drain()
+  bool timed_out = false;  // drain() gave up: the server had not ended the stream
+
+ private:
+  void do_connect(tcp::endpoint ep) {
+    auto& sock = beast::get_lowest_layer(ws_).socket();
+    error_code ec;
+    sock.open(tcp::v4(), ec);
+    // Set before connect so the advertised window is small from the start.
+    if (!ec && rcvbuf_ > 0) sock.set_option(net::socket_base::receive_buffer_size(rcvbuf_), ec);
+    if (ec) return fail("socket", ec);
+    beast::get_lowest_layer(ws_).expires_after(30s);
+    beast::get_lowest_layer(ws_).async_connect(
+        ep, [self = shared_from_this(), ep](error_code ec) {
+          if (ec) return self->fail("connect", ec);
+          beast::get_lowest_layer(self->ws_).expires_never();
+          self->ws_.set_option(
+              websocket::stream_base::timeout::suggested(beast::role_type::client));
+          self->ws_.set_option(websocket::stream_base::decorator([](websocket::request_type& r) {
+            r.set(beast::http::field::authorization, std::string("Bearer ") + kToken);
+          }));
+          self->ws_.async_handshake("127.0.0.1:" + std::to_string(ep.port()), kPath,
+                                    [self](error_code ec) {
+                                      if (ec) return self->fail("handshake", ec);
+                                      self->state = 1;
+                                      if (!self->stalled_) self->do_read();
+                                    });
+        });
+  }
+
+  void do_read() {
+    ws_.async_read(buf_, [self = shared_from_this()](error_code ec, size_t) { self->on_read(ec); });
+  }
+
+  void on_read(error_code ec) {
+    if (ec) {
+      end_reason = ec == websocket::error::closed
+                       ? "close frame: " + std::string(ws_.reason().reason.c_str())
+                       : ec.message();
+      state = 2;
+      timer_.cancel();
+      return;
+    }
+    int64_t t = now_ns();
+    auto data = buf_.cdata();
+    std::string_view text(static_cast<const char*>(data.data()), data.size());
+    if (stalled_) {
+      ++drained;
+    } else if (int64_t sent = find_uint(text, "\"t_ns\":"); sent >= 0) {
+      int64_t seq = find_uint(text, "\"seq\":");
+      int64_t us = std::max<int64_t>(0, (t - sent) / 1000);
+      samples.push_back({static_cast<uint32_t>(seq), static_cast<uint32_t>(std::min<int64_t>(us, UINT32_MAX))});
+      last_seq.store(seq, std::memory_order_release);
+    }
+    buf_.consume(buf_.size());
+    do_read();
+  }
+
+  void fail(const char* what, error_code ec) {
+    end_reason = std::string(what) + ": " + ec.message();
+    state = -1;
+  }
+
+  websocket::stream<beast::tcp_stream> ws_;
+  net::steady_timer timer_;
+  beast::flat_buffer buf_;
+  bool stalled_;
+  int rcvbuf_;
+};
+
+struct PhaseResult {
+  uint64_t first_seq = 0, last_seq = 0;
+  double p50_ms = 0, p99_ms = 0, max_ms = 0;
+  uint64_t expected = 0, received = 0;
+  int readers_ended = 0;      // readers the server closed during the phase (should be 0)
+  double publish_s = 0;       // wall time of the publishing loop
+  double cpu_cores = 0;       // process CPU / wall over the phase
+  double drain_ms = 0;        // after the last publish, until every reader had the last event
+  double cut_off_after_s = -1;  // stalled phase: when the feed dropped the stalled subscription
+};
+
+double round3(double x) { return std::round(x * 1000) / 1000; }
+
+struct Options {
+  int subscribers = 1000;
+  int events = 1500;
+  double rate = 200;
+  int server_threads = 2;
+  int client_threads = 1;
+  size_t ws_queue = http::Limits{}.max_ws_queue;
+  int stall_rcvbuf = 4096;
+  bool json = false;
+};
+
+// Publishes `n` drill events at `rate`, then waits (bounded) until every live reader has the last
+// one. With `feed_dropped_before` >= 0 it watches the feed for the stalled subscription's drop.
+PhaseResult run_phase(const Options& o, EventFeed& feed, DrillSim& drill,
+                      const std::vector<std::shared_ptr<Subscriber>>& readers,
+                      int64_t feed_dropped_before) {
+  PhaseResult r;
+  double cpu0 = cpu_seconds();
+  auto start = Clock::now();
+  auto period = std::chrono::duration<double>(1.0 / o.rate);
+  for (int i = 0; i < o.events; ++i) {
+    std::this_thread::sleep_until(start + std::chrono::duration_cast<Clock::duration>(period * i));
+    auto [type, fields] = drill.next();
+    json::object ev;
+    ev.reserve(fields.size() + 1);
+    ev["t_ns"] = now_ns();
+    for (auto& kv : fields) ev[kv.key()] = std::move(kv.value());
+    uint64_t seq = feed.publish(std::move(type), std::move(ev));
+    if (i == 0) r.first_seq = seq;
+    r.last_seq = seq;
+    if (feed_dropped_before >= 0 && r.cut_off_after_s < 0 && i % 10 == 0 &&
+        static_cast<int64_t>(feed.stats().dropped_slow) > feed_dropped_before) {
+      r.cut_off_after_s = std::chrono::duration<double>(Clock::now() - start).count();
+    }
+  }
+  auto published = Clock::now();
+  r.publish_s = std::chrono::duration<double>(published - start).count();
+  auto deadline = published + 5s;
+  for (;;) {
+    bool all = std::all_of(readers.begin(), readers.end(), [&](const auto& s) {
+      return s->state != 1 || s->last_seq.load(std::memory_order_acquire) >=
+                                  static_cast<int64_t>(r.last_seq);
+    });
+    if (all || Clock::now() > deadline) break;
+    std::this_thread::sleep_for(1ms);
+  }
+  auto end = Clock::now();
+  r.drain_ms = std::chrono::duration<double, std::milli>(end - published).count();
+  r.cpu_cores = (cpu_seconds() - cpu0) / std::chrono::duration<double>(end - start).count();
+  if (feed_dropped_before >= 0 && r.cut_off_after_s < 0 &&
+      static_cast<int64_t>(feed.stats().dropped_slow) > feed_dropped_before) {
+    r.cut_off_after_s = std::chrono::duration<double>(Clock::now() - start).count();
+  }
+  return r;
+}
+
+// Latency and loss of the readers over the phase's seq range (after the client threads ended).
+void score(PhaseResult& r, const std::vector<std::shared_ptr<Subscriber>>& readers) {
+  std::vector<uint32_t> lat;
+  lat.reserve(readers.size() * (r.last_seq - r.first_seq + 1));
+  for (const auto& s : readers) {
+    for (const auto& x : s->samples) {
+      if (x.seq >= r.first_seq && x.seq <= r.last_seq) lat.push_back(x.latency_us);
+    }
+  }
+  r.expected = readers.size() * (r.last_seq - r.first_seq + 1);
+  r.received = lat.size();
+  if (lat.empty()) return;
+  auto pct = [&](double p) {
+    size_t k = std::min(lat.size() - 1, static_cast<size_t>(p * (lat.size() - 1) + 0.5));
+    std::nth_element(lat.begin(), lat.begin() + k, lat.end());
+    return lat[k] / 1000.0;
+  };
+  r.p50_ms = pct(0.50);
+  r.p99_ms = pct(0.99);
+  r.max_ms = *std::max_element(lat.begin(), lat.end()) / 1000.0;
+}
+
+json::object figures(const PhaseResult& r) {
+  return json::object{{"p50_latency_ms", round3(r.p50_ms)},
+                      {"p99_latency_ms", round3(r.p99_ms)},
+                      {"max_latency_ms", round3(r.max_ms)},
+                      {"lost", r.expected - r.received}};
+}
+
+void print_phase(const char* name, const PhaseResult& r) {
+  std::printf("%s: p50 %.2f ms, p99 %.2f ms, max %.2f ms; received %llu of %llu (lost %llu); "
+              "readers closed %d\n",
+              name, r.p50_ms, r.p99_ms, r.max_ms, static_cast<unsigned long long>(r.received),
+              static_cast<unsigned long long>(r.expected),
+              static_cast<unsigned long long>(r.expected - r.received), r.readers_ended);
+  std::printf("  published in %.2f s, readers caught up %.1f ms later, process CPU %.2f cores\n",
+              r.publish_s, r.drain_ms, r.cpu_cores);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Websocket feed latency: N loopback subscribers while a simulated drill publishes, "
+               "without and then with one subscriber that never reads"};
+  Options o;
+  app.add_option("-s,--subscribers", o.subscribers, "Reading subscribers")
+      ->check(CLI::Range(1, 5000));
+  app.add_option("-n,--events", o.events, "Events published in each of the two phases")
+      ->check(CLI::Range(10, 1000000));
+  app.add_option("-r,--rate", o.rate, "Events per second")->check(CLI::Range(1.0, 100000.0));
+  app.add_option("--server-threads", o.server_threads, "Server io threads")
+      ->check(CLI::Range(1, 16));
+  app.add_option("--client-threads", o.client_threads, "Client io threads")
+      ->check(CLI::Range(1, 16));
+  app.add_option("--ws-queue", o.ws_queue, "Server Limits::max_ws_queue (events behind before "
+                                           "a subscriber is cut off)")
+      ->check(CLI::Range(1, 1 << 20));
+  app.add_option("--stall-rcvbuf", o.stall_rcvbuf, "SO_RCVBUF of the stalled subscriber")
+      ->check(CLI::Range(0, 1 << 24));
+  app.add_flag("--json", o.json, "Print one JSON object");
+  CLI11_PARSE(app, argc, argv);
+
+  setup_logging({"error", false});  // the expected "slow consumer" warning is not news here
+
+  auto feed = std::make_shared<EventFeed>(&DrillSim::snapshot, 1000);
+  http::Limits limits;
+  limits.max_connections = static_cast<size_t>(o.subscribers) + 16;
+  limits.max_ws_queue = o.ws_queue;
+  http::Server server("feed-bench", http::Tokens{"", kToken}, limits);
+  server.events(kPath, feed);
+  auto port = server.start("127.0.0.1", 0, o.server_threads);
+  if (!port.ok()) die(port.error().describe());
+  tcp::endpoint ep(net::ip::make_address("127.0.0.1"), *port);
+
+  net::io_context cioc;
+  auto work = net::make_work_guard(cioc);
+  std::vector<std::thread> client_threads;
+  for (int i = 0; i < o.client_threads; ++i) client_threads.emplace_back([&] { cioc.run(); });
+
+  // Connect the readers, a few hundred handshakes in flight at a time.
+  std::vector<std::shared_ptr<Subscriber>> readers;
+  auto t_connect = Clock::now();
+  for (int i = 0; i < o.subscribers; ++i) {
+    readers.push_back(std::make_shared<Subscriber>(cioc, false, 0, 2 * o.events + 8));
+    readers.back()->start(ep);
+    while (std::count_if(readers.begin(), readers.end(), [](auto& s) { return s->state == 0; }) >
+           200) {
+      std::this_thread::sleep_for(1ms);
+    }
+  }
+  auto connect_deadline = Clock::now() + 30s;
+  while (std::any_of(readers.begin(), readers.end(), [](auto& s) { return s->state == 0; })) {
+    if (Clock::now() > connect_deadline) die("subscribers did not connect within 30 s");
+    std::this_thread::sleep_for(5ms);
+  }
+  for (auto& s : readers) {
+    if (s->state != 1) die("a subscriber failed: " + s->end_reason);
+  }
+  double connect_s = std::chrono::duration<double>(Clock::now() - t_connect).count();
+  if (!o.json) {
+    std::printf("%d subscribers connected in %.2f s; server io threads %d, client io threads %d; "
+                "%d events per phase at %.0f/s; max_ws_queue %zu\n",
+                o.subscribers, connect_s, o.server_threads, o.client_threads, o.events, o.rate,
+                o.ws_queue);
+    std::fflush(stdout);
+  }
+
+  DrillSim drill;
+  auto count_ended = [&] {
+    return static_cast<int>(
+        std::count_if(readers.begin(), readers.end(), [](auto& s) { return s->state != 1; }));
+  };
+  PhaseResult a = run_phase(o, *feed, drill, readers, -1);
+  a.readers_ended = count_ended();
+
+  auto stalled = std::make_shared<Subscriber>(cioc, true, o.stall_rcvbuf, 0);
+  stalled->start(ep);
+  for (auto deadline = Clock::now() + 10s; stalled->state == 0;) {
+    if (Clock::now() > deadline) die("the stalled subscriber did not connect");
+    std::this_thread::sleep_for(1ms);
+  }
+  if (stalled->state != 1) die("the stalled subscriber failed: " + stalled->end_reason);
+  int64_t dropped_before = static_cast<int64_t>(feed->stats().dropped_slow);
+  PhaseResult b = run_phase(o, *feed, drill, readers, dropped_before);
+  b.readers_ended = count_ended() - a.readers_ended;
+
+  // Whatever the server did to the stalled socket, reading it now shows how its stream ended.
+  stalled->drain(3s);
+  for (auto deadline = Clock::now() + 5s; stalled->state == 1 && Clock::now() < deadline;) {
+    std::this_thread::sleep_for(5ms);
+  }
+  FeedStats stats = feed->stats();
+  bool feed_dropped = static_cast<int64_t>(stats.dropped_slow) > dropped_before;
+  // Ended by the server (close frame, EOF, reset) rather than by the drain's own deadline.
+  bool cut_off = feed_dropped || (stalled->state == 2 && !stalled->timed_out);
+
+  server.stop();
+  for (auto& s : readers) s->close();
+  stalled->close();
+  work.reset();
+  for (auto& t : client_threads) t.join();
+
+  score(a, readers);
+  score(b, readers);
+  if (std::getenv("FEED_BENCH_TIMELINE")) {
+    std::vector<std::vector<uint32_t>> by(b.last_seq + 1);
+    for (auto& s : readers) for (auto& x : s->samples) if (x.seq <= b.last_seq) by[x.seq].push_back(x.latency_us);
+    for (uint64_t q = a.first_seq; q <= b.last_seq; q += 10) {
+      auto& v = by[q]; if (v.empty()) continue;
+      std::sort(v.begin(), v.end());
+      std::fprintf(stderr, "seq %llu min %.1f med %.1f max %.1f\n", (unsigned long long)q, v.front()/1e3, v[v.size()/2]/1e3, v.back()/1e3);
+    }
+  }
+
+  if (o.json) {
+    json::object stalled_json = figures(b);
+    stalled_json["stalled_cut_off"] = cut_off;
+    stalled_json["cut_off_after_s"] = round3(b.cut_off_after_s);
+    json::object out{{"subscribers", o.subscribers}, {"events", o.events}};
+    for (auto& kv : figures(a)) out[kv.key()] = kv.value();
+    out["stalled"] = std::move(stalled_json);
+    out["target_p99_ms"] = kTargetP99Ms;
+    out["rate"] = o.rate;
+    out["server_threads"] = o.server_threads;
+    out["client_threads"] = o.client_threads;
+    out["cpu_cores"] = round3(std::max(a.cpu_cores, b.cpu_cores));
+    std::cout << json::serialize(out) << "\n";
+  } else {
+    print_phase("(a) all reading", a);
+    print_phase("(b) one stalled", b);
+    std::printf("  stalled subscriber: %s", cut_off ? "cut off" : "NOT cut off");
+    if (b.cut_off_after_s >= 0) std::printf(" by the feed %.2f s into the phase", b.cut_off_after_s);
+    std::printf("; its stream ended with '%s' after %zu buffered messages\n",
+                stalled->end_reason.c_str(), stalled->drained);
+    bool ok = a.p99_ms <= kTargetP99Ms && b.p99_ms <= kTargetP99Ms && a.expected == a.received &&
+              b.expected == b.received && cut_off;
+    std::printf("target p99 <= %.0f ms, no loss, stalled cut off: %s\n", kTargetP99Ms,
+                ok ? "met" : "NOT met");
+  }
+  return 0;
+}

@@ -1,0 +1,120 @@
+#pragma once
+// The fabric controller service (DESIGN.md): it owns the cluster, places services, plans the walk
+// and runs it through the host agents, keeps a live mirror of every host and instance, heals
+// services whose host died, journals everything in SQLite, and publishes every change on its
+// event feed. The REST API (controller_api.hpp) is a thin layer over this class.
+//
+// Threads: one watcher per host (polls the agent: host state, instances, heartbeat health), one
+// executor per running drill, one journal writer (drains the feed into SQLite in seq order). No
+// lock is held across an HTTP call. Events are published after the state they describe changed.
+//
+// Restart: the cluster, the host endpoints and the drill (with its plan and per-host progress)
+// live in the journal; a new Controller on the same database reattaches the watchers and resumes
+// a Running or Paused drill at its current batch. A host whose job was in flight is reattached to
+// that job (found in the agent's job list even when the journal had not recorded it yet), so a
+// host is never updated twice and no batch starts before the one before it is done.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "fabriclab/common/json.hpp"
+#include "fabriclab/common/result.hpp"
+#include "fabriclab/orchestrator/cluster.hpp"
+
+namespace fabriclab {
+class EventFeed;
+}
+
+namespace fabriclab::orchestrator {
+
+struct ControllerOptions {
+  std::string journal_path;                   // required (SQLite file; WAL beside it)
+  std::string agent_token;                    // control token the agents accept
+  std::chrono::milliseconds poll{250};        // how often each agent is asked for its state
+  std::chrono::milliseconds agent_timeout{5000};      // deadline of one call to an agent
+  std::chrono::milliseconds unhealthy_after{5000};    // unanswered this long: host Unhealthy
+  bool healing = true;                        // place the instances of an Unhealthy host again
+};
+
+// POST /v1/hosts: an agent joining the cluster.
+struct HostRegistration {
+  std::string id;
+  int fault_domain = 0;
+  std::string endpoint;  // HOST:PORT of the agent's API
+  int capacity = 8;
+};
+Result<HostRegistration> host_registration_from_json(const json::object& o);
+
+// POST /v1/drills: one walk over the cluster.
+struct DrillSpec {
+  std::string kind = "host-os";  // host-os | guest-os | freeze
+  std::string target;            // host image (host-os) or guest image (guest-os); "" for freeze
+  int max_parallel_hosts = 0;    // 0: no cap
+  double time_scale = 1.0;       // every wait and notice below is multiplied by it (0 < s <= 1)
+  double recovery_s = 1800;      // after a batch (Azure gives a rebooted UD 30 minutes)
+  double notice_s = 900;         // scheduled-event notice to the guests (Azure: 15 minutes)
+  double freeze_s = 5;           // freeze: how long guests stay paused
+  double healthy_timeout_s = 600;  // a batch's hosts must be Ready + healthy within this
+  bool memory_preserving = false;
+  bool start_paused = false;
+};
+Result<DrillSpec> drill_spec_from_json(const json::object& o);
+json::object to_json(const DrillSpec& s);
+
+class Controller {
+ public:
+  // Opens (or creates) the journal and restores what it holds. `feed` is the feed this
+  // controller publishes on; build it with the snapshot function calling snapshot() and with
+  // start_after = the journal's last event seq (last_journal_seq()).
+  static Result<std::unique_ptr<Controller>> create(ControllerOptions options);
+  ~Controller();
+  Controller(const Controller&) = delete;
+  Controller& operator=(const Controller&) = delete;
+
+  // The seq the feed must continue after (the journal's newest event).
+  uint64_t last_journal_seq() const;
+  // Attaches the feed and starts the threads (watchers, journal writer, a resumed drill).
+  void start(std::shared_ptr<EventFeed> feed);
+  // Stops every thread; an in-flight drill stays Running in the journal (a restart resumes it).
+  void stop();
+
+  // What a websocket client gets on connect: hosts, services, instances, drill.
+  json::object snapshot() const;
+
+  Result<json::object> register_host(const HostRegistration& r);
+  json::array hosts_json() const;
+  Result<json::object> host_json(const std::string& id) const;
+
+  // Places the service and creates its instances on the agents; all or nothing.
+  Result<json::object> create_service(const Service& s);
+  json::array services_json() const;
+  json::array instances_json() const;
+
+  // The dry run on the current cluster.
+  Result<json::object> plan_json(int max_parallel_hosts) const;
+
+  // Drills: one at a time.
+  Result<json::object> create_drill(const DrillSpec& spec);
+  Result<json::object> drill_json(const std::string& id) const;
+  json::array drills_json() const;
+  Status pause(const std::string& id);
+  Status resume(const std::string& id);
+  Status step(const std::string& id);   // run one batch, then pause
+  Status abort(const std::string& id);  // finish the hosts in flight, start nothing new
+  // The report (report.hpp) of a drill; for a drill still running, the report so far.
+  Result<json::object> report_json(const std::string& id) const;
+
+  // Prometheus text exposition.
+  std::string metrics_text() const;
+
+  struct Impl;
+
+ private:
+  explicit Controller(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace fabriclab::orchestrator

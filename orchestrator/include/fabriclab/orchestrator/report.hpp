@@ -1,0 +1,168 @@
+#pragma once
+// The drill report (DESIGN.md "Report"): the proof, after a walk, that the guest apps survived.
+//
+// Pure functions over plain data. The caller (the controller) gathers what the prober, the agents
+// and the journal know into a `ReportInput`; `build_report` turns it into the report JSON with
+// per-service availability, per-instance figures, the checks and `"result": "passed" | "failed"`;
+// `render_report_html` turns that JSON into one self-contained HTML page.
+//
+// How health is read from a timeline (the same everywhere in this file):
+//   - The window is [started_ms, finished_ms); a finished_ms before started_ms counts as a
+//     zero-length window. Each moment is half open: a change at t holds from t on, so an instance
+//     coming back at t and another going down at t are never down together.
+//   - At a moment t an instance is in the state of its last timeline entry with t_ms <= t (the
+//     last one listed when several share a t_ms). Before its first entry its state is unknown, and
+//     unknown counts as down: a guest nobody heard from is not serving. An empty timeline is
+//     therefore down for the whole window, whatever `healthy_at_end` says.
+//   - Entries before the window only set the state at its start; entries at or after its end are
+//     ignored.
+//   - A zero-length window has no moments: nothing is down, every service is always available,
+//     availability is 100 %. The other checks (state, health at end, images, counters) still apply.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "fabriclab/common/json.hpp"
+
+namespace fabriclab::orchestrator {
+
+// A health transition of one instance at unix time `t_ms`. healthy=true: the guest heartbeats and
+// the agent says healthy; false: down (stopped, booting, failed, host unreachable).
+struct HealthChange {
+  int64_t t_ms = 0;
+  bool healthy = false;
+};
+
+// One instance (guest VM) as the drill saw it, before and after.
+struct ReportInstance {
+  std::string name;         // instance name, e.g. "web-0"; user input, escaped in HTML
+  std::string service;      // the service (availability set) it belongs to
+  std::string host;         // the host it is on at the end of the drill
+  int index = 0;            // instance index within its service
+  int ud = 0;               // update domain
+  int fd = 0;               // fault domain (of `host`)
+  std::string host_before;  // differs from `host` when healing moved it
+  std::string image_before, image_after;            // guest image
+  std::string host_image_before, host_image_after;  // image of the host it ran on
+  int64_t counter_before = -1, counter_after = -1;  // the guest's durable data counter; -1 unknown
+  int64_t notice_ms = -1;      // scheduled-event notice given to the guest before stop (-1: none)
+  int64_t ack_ms = -1;         // when the guest acked, ms after the notice (-1: no ack)
+  std::string stop_method;     // "graceful" | "destroyed" | "saved" | "" (not stopped)
+  int64_t agent_down_ms = -1;  // the agent's own measure of the guest's down time (-1: unknown)
+  bool ok = true;              // the agent's verdict for this guest in its operation
+  std::string error;           // why not ok
+  bool healthy_at_end = false;
+  std::vector<HealthChange> timeline;  // by t_ms; the first entry at or before the drill start
+};
+
+// One batch of the walk.
+struct ReportBatch {
+  int index = 0;
+  std::vector<std::string> hosts;
+  int64_t started_ms = 0, finished_ms = 0;  // unix ms; 0 (or less): not started / not finished
+  std::string status;                       // "done" | "failed" | "pending" | "running" | "skipped"
+};
+
+// One host of the rack, with its host image before and after.
+struct ReportHost {
+  std::string id;
+  int fd = 0;
+  std::string image_before, image_after, state;
+};
+
+// One service (availability set).
+struct ReportService {
+  std::string name;
+  int instance_count = 0;  // as declared; the figures count the instances listed in the input
+  int ud_count = 5;        // upgradeDomainCount
+};
+
+// Everything the report is made from.
+struct ReportInput {
+  std::string drill_id;
+  std::string kind;    // "host-os" | "guest-os" | "freeze"
+  std::string target;  // target image version (host image for host-os, guest image for guest-os)
+  std::string state;   // drill state at the end: Completed | Failed | Aborted | ...
+  std::string reason;  // why it failed or halted ("" when Completed)
+  int64_t started_ms = 0, finished_ms = 0;  // unix ms; the availability window
+  int lower_bound = 0;                      // the planner's lower bound on the number of batches
+  std::vector<ReportBatch> batches;
+  std::vector<ReportHost> hosts;
+  // Services in report order. A service named by an instance but missing here is still reported
+  // (after these, with ud_count 5), so an omission cannot hide a failure.
+  std::vector<ReportService> services;
+  std::vector<ReportInstance> instances;
+  std::vector<std::string> events;  // notable lines (healing, rollbacks), shown in the report
+  double sla_percent = 99.95;       // clamped to 0..100
+};
+
+// Per service, from its instances' timelines over the window (see the top of this file).
+struct ServiceAvailability {
+  std::string service;
+  int instances = 0;              // instances of the service in the input
+  bool sla_applies = false;       // >= 2 instances (the Hello World single instance gets none)
+  bool always_available = false;  // some instance healthy at every moment of the window
+  int64_t unavailable_ms = 0;     // total time with no healthy instance
+  double availability_percent = 100.0;  // (window - unavailable) / window; 100 for no window
+  int max_uds_down = 0;                 // most distinct UDs with a down instance at the same moment
+  int max_instances_down = 0;           // most instances down at the same moment
+  // What the SLA allows in a 30-day month, (1 - sla/100) * 30 d, rounded to ms; 0 without SLA.
+  int64_t budget_ms_per_month = 0;
+  // unavailable_ms / budget_ms_per_month * 100; 0 without SLA. With a zero budget (SLA 100 %)
+  // any downtime reads as 100.
+  double budget_used_percent = 0;
+  // "kept serving" | "lost availability for N s" | "no SLA (single instance): down N s" |
+  // "no instances"
+  std::string verdict;
+};
+
+// The availability figures of service `s` over the window of `in`.
+ServiceAvailability service_availability(const ReportInput& in, const ReportService& s);
+
+// The time instance `i` was down inside the window of `in` (unknown counts as down).
+int64_t instance_down_ms(const ReportInput& in, const ReportInstance& i);
+
+// Whether `i` ended on the drill's target: host-os: host_image_after == target; guest-os:
+// image_after == target; freeze: neither image changed. False for any other kind.
+bool instance_on_target(const ReportInput& in, const ReportInstance& i);
+
+// Whether the guest's durable counter survived: counter_after >= counter_before >= 0.
+bool counter_kept(const ReportInstance& i);
+
+// The whole report as JSON:
+// {"drill": {id, kind, target, state, reason, started_at, finished_at (RFC 3339), duration_s,
+//            sla_percent},
+//  "walk": {lower_bound, batches, batch_list: [{index, hosts, started_at, finished_at, start_s,
+//           end_s (relative to the drill start), duration_s, status}]},   (unknown times: null)
+//  "placement": {fault_domains: [fd...], update_domains: n (rows UD0..UDn-1, the UDs in use),
+//                cells: [{ud, fd, instances: [names]}]},    (non-empty cells, by UD then FD)
+//  "hosts": [{id, fd, image_before, image_after, state}],
+//  "services": [{name, instances, ud_count, sla_applies, always_available, availability_percent,
+//                unavailable_s, max_uds_down, max_instances_down, error_budget_s_per_month,
+//                error_budget_used_s, error_budget_used_percent, verdict}],  (budget null w/o SLA)
+//  "instances": [{name, service, index, ud, fd, host, host_before, down_s, agent_down_s,
+//                 notice_s, ack_s, stop_method, image_before, image_after, host_image_before,
+//                 host_image_after, counter_before, counter_after, counter_kept, healthy_at_end,
+//                 on_target, ok, error, timeline: [{t_s, healthy}]}],
+//  "events": [lines], "checks": [{name, passed, detail}], "result": "passed" | "failed"}
+//
+// Unknown values (-1 in the input) are null. Seconds are doubles rounded to 3 decimals,
+// percentages to 4. An instance's timeline is clipped to the window: t_s is relative to the drill
+// start, an entry at 0 gives the state at the start, and a timeline starting later means unknown
+// (down) until then.
+//
+// The checks, in this order, each naming what fails: "drill completed" (state is Completed),
+// "healthy at end", "on target" (instance_on_target), "counter kept" (counter_kept), "services
+// kept serving" (every service with sla_applies was always_available). result is "passed" only
+// when all pass.
+json::object build_report(const ReportInput& in);
+
+// A self-contained HTML page (inline CSS and SVG, no script, no external resource) rendering a
+// report as built by `build_report`: the verdict banner with the failed checks, the drill
+// summary, the walk, the UD x FD placement table, hosts, services, instances, a timeline per
+// instance grouped by service and UD on a shared time axis, and the events. Every string taken
+// from the report is HTML-escaped. Missing or mistyped fields render as empty, never throw.
+std::string render_report_html(const json::object& report);
+
+}  // namespace fabriclab::orchestrator

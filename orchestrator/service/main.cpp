@@ -1,0 +1,95 @@
+// fabriclab-orchestrator: the fabric controller service. Parses options and wires the pieces:
+// journal + controller, event feed (continuing the journal's numbering), HTTP/websocket API.
+#include <csignal>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+#include "fabriclab/common/event_feed.hpp"
+#include "fabriclab/common/http_server.hpp"
+#include "fabriclab/common/logging.hpp"
+#include "fabriclab/orchestrator/controller.hpp"
+#include "fabriclab/orchestrator/controller_api.hpp"
+
+using namespace fabriclab;
+
+int main(int argc, char** argv) {
+  CLI::App app{"fabriclab-orchestrator: the fabric controller (placement, walk, live feed)"};
+  orchestrator::ControllerOptions o;
+  std::string listen = "127.0.0.1", control_token_file, read_token_file, agent_token_file,
+              log_level = "info";
+  int port = 7000, poll_ms = 250, unhealthy_ms = 5000, agent_timeout_ms = 5000;
+  bool no_healing = false, json_logs = false;
+  app.add_option("--journal", o.journal_path, "SQLite journal (created if missing; a restart resumes from it)")
+      ->required();
+  app.add_option("--listen", listen, "Listen address (loopback unless told otherwise)")->capture_default_str();
+  app.add_option("--port", port, "Listen port (0: ephemeral, printed on stdout)")
+      ->check(CLI::Range(0, 65535))->capture_default_str();
+  app.add_option("--control-token-file", control_token_file, "File holding the control bearer token")
+      ->required();
+  app.add_option("--read-token-file", read_token_file, "File holding the read-only bearer token");
+  app.add_option("--agent-token-file", agent_token_file,
+                 "File holding the agents' control token (default: the control token)");
+  app.add_option("--poll-ms", poll_ms, "How often each agent is asked for its state")
+      ->check(CLI::Range(10, 60000))->capture_default_str();
+  app.add_option("--unhealthy-after-ms", unhealthy_ms, "A host silent this long becomes Unhealthy")
+      ->check(CLI::Range(100, 3600000))->capture_default_str();
+  app.add_option("--agent-timeout-ms", agent_timeout_ms, "Deadline of one call to an agent")
+      ->check(CLI::Range(100, 600000))->capture_default_str();
+  app.add_flag("--no-healing", no_healing, "Do not place the instances of an Unhealthy host again");
+  app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
+  app.add_flag("--json-logs", json_logs, "Log JSON lines");
+  CLI11_PARSE(app, argc, argv);
+  setup_logging({log_level, json_logs});
+
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  auto tokens = http::load_tokens(control_token_file, read_token_file);
+  if (!tokens.ok()) {
+    std::cerr << "fabriclab-orchestrator: " << tokens.error().describe() << "\n";
+    return 2;
+  }
+  o.agent_token = tokens->control;
+  if (!agent_token_file.empty()) {
+    auto at = http::load_tokens(agent_token_file, "");
+    if (!at.ok()) {
+      std::cerr << "fabriclab-orchestrator: " << at.error().describe() << "\n";
+      return 2;
+    }
+    o.agent_token = at->control;
+  }
+  o.poll = std::chrono::milliseconds(poll_ms);
+  o.unhealthy_after = std::chrono::milliseconds(unhealthy_ms);
+  o.agent_timeout = std::chrono::milliseconds(agent_timeout_ms);
+  o.healing = !no_healing;
+  auto controller = orchestrator::Controller::create(o);
+  if (!controller.ok()) {
+    std::cerr << "fabriclab-orchestrator: " << controller.error().describe() << "\n";
+    return 1;
+  }
+  auto* c = controller->get();
+  auto feed = std::make_shared<EventFeed>([c] { return c->snapshot(); }, 10000, c->last_journal_seq());
+  http::Limits limits;
+  limits.max_connections = 2048;
+  http::Server server("orchestrator-api", *tokens, limits);
+  orchestrator::install_controller_api(server, *c, feed, limits);
+  // Four io threads: registration and service creation wait on agents.
+  auto bound = server.start(listen, static_cast<uint16_t>(port), 4);
+  if (!bound.ok()) {
+    std::cerr << "fabriclab-orchestrator: " << bound.error().describe() << "\n";
+    return 1;
+  }
+  c->start(feed);
+  std::cout << "listening " << listen << ":" << *bound << std::endl;
+  logger("orchestrator")->info("listening on {}:{}, journal {}", listen, *bound, o.journal_path);
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  logger("orchestrator")->info("stopping");
+  server.stop();
+  c->stop();
+  return 0;
+}

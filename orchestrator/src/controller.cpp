@@ -1,0 +1,659 @@
+// The controller's model: registration, services, snapshot, drills' control, metrics, and the
+// journal (restore at start, a writer thread that drains the feed into SQLite in seq order).
+//
+// The journal holds three kinds of record. The cluster document (hosts with endpoints, services,
+// instances) is rewritten after every change of placement. Each drill is a document (spec, plan,
+// batches, the "before" snapshot) plus one progress row per host, written before and after every
+// host's update, so a restart knows which hosts are done, which are in flight and which have not
+// started. Every feed event is appended too, which is what lets the report's timelines survive a
+// restart of the orchestrator.
+
+#include "fabriclab/orchestrator/controller.hpp"
+
+#include <algorithm>
+#include <sstream>
+
+#include "controller_impl.hpp"
+#include "fabriclab/common/logging.hpp"
+#include "fabriclab/orchestrator/placement.hpp"
+
+namespace fabriclab::orchestrator {
+
+namespace {
+auto log() { return logger("orchestrator"); }
+constexpr size_t kMaxEndpointBytes = 255;
+}  // namespace
+
+int64_t unix_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string instance_name(const std::string& service, int index) {
+  return service + "-" + std::to_string(index);
+}
+
+static std::string ms_to_rfc3339(int64_t ms) {
+  if (ms <= 0) return "";
+  return rfc3339(std::chrono::system_clock::time_point(std::chrono::milliseconds(ms)));
+}
+
+Result<HostRegistration> host_registration_from_json(const json::object& o) {
+  FL_RETURN_IF_ERROR(check_fields(o, {"id", "fault_domain", "endpoint", "capacity"}));
+  HostRegistration r;
+  FL_ASSIGN_OR_RETURN(r.id, get_string(o, "id", kMaxNameBytes));
+  if (r.id.empty()) return make_error(Condition::invalid_argument, "field 'id' must not be empty");
+  for (char c : r.id) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) {
+      return make_error(Condition::invalid_argument,
+                        "field 'id' may hold only letters, digits, '-', '_' and '.'");
+    }
+  }
+  FL_ASSIGN_OR_RETURN(auto fd, get_int(o, "fault_domain", 0, kMaxFaultDomain));
+  r.fault_domain = static_cast<int>(fd);
+  FL_ASSIGN_OR_RETURN(r.endpoint, get_string(o, "endpoint", kMaxEndpointBytes));
+  FL_RETURN_IF_ERROR(parse_endpoint(r.endpoint));
+  FL_ASSIGN_OR_RETURN(auto cap, get_int_or(o, "capacity", 1, kMaxHostCapacity, 8));
+  r.capacity = static_cast<int>(cap);
+  return r;
+}
+
+Result<DrillSpec> drill_spec_from_json(const json::object& o) {
+  FL_RETURN_IF_ERROR(check_fields(o, {"kind", "target", "max_parallel_hosts", "time_scale",
+                                      "recovery_s", "notice_s", "freeze_s", "healthy_timeout_s",
+                                      "memory_preserving", "start_paused"}));
+  DrillSpec s;
+  FL_ASSIGN_OR_RETURN(s.kind, get_string(o, "kind", 16));
+  if (s.kind != "host-os" && s.kind != "guest-os" && s.kind != "freeze") {
+    return make_error(Condition::invalid_argument,
+                      "field 'kind' must be one of host-os, guest-os, freeze (got '" + s.kind + "')");
+  }
+  FL_ASSIGN_OR_RETURN(s.target, get_string(o, "target", kMaxNameBytes, s.kind != "freeze"));
+  FL_ASSIGN_OR_RETURN(auto mp, get_int_or(o, "max_parallel_hosts", 0, static_cast<int64_t>(kMaxHosts), 0));
+  s.max_parallel_hosts = static_cast<int>(mp);
+  FL_ASSIGN_OR_RETURN(s.time_scale, get_number_or(o, "time_scale", 1e-6, 1.0, 1.0));
+  FL_ASSIGN_OR_RETURN(s.recovery_s, get_number_or(o, "recovery_s", 0, 7 * 86400, 1800));
+  FL_ASSIGN_OR_RETURN(s.notice_s, get_number_or(o, "notice_s", 0, 86400, 900));
+  FL_ASSIGN_OR_RETURN(s.freeze_s, get_number_or(o, "freeze_s", 0, 3600, 5));
+  FL_ASSIGN_OR_RETURN(s.healthy_timeout_s, get_number_or(o, "healthy_timeout_s", 1, 86400, 600));
+  FL_ASSIGN_OR_RETURN(s.memory_preserving, get_bool_or(o, "memory_preserving", false));
+  FL_ASSIGN_OR_RETURN(s.start_paused, get_bool_or(o, "start_paused", false));
+  return s;
+}
+
+json::object to_json(const DrillSpec& s) {
+  return {{"kind", s.kind},
+          {"target", s.target},
+          {"max_parallel_hosts", s.max_parallel_hosts},
+          {"time_scale", s.time_scale},
+          {"recovery_s", s.recovery_s},
+          {"notice_s", s.notice_s},
+          {"freeze_s", s.freeze_s},
+          {"healthy_timeout_s", s.healthy_timeout_s},
+          {"memory_preserving", s.memory_preserving},
+          {"start_paused", s.start_paused}};
+}
+
+Controller::Controller(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Controller::~Controller() { stop(); }
+
+Result<std::unique_ptr<Controller>> Controller::create(ControllerOptions options) {
+  if (options.journal_path.empty()) {
+    return make_error(Condition::invalid_argument, "a journal path is required");
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->opt = std::move(options);
+  FL_ASSIGN_OR_RETURN(impl->journal, Journal::open(impl->opt.journal_path));
+  FL_ASSIGN_OR_RETURN(impl->journal_seq, impl->journal->last_event_seq());
+  FL_RETURN_IF_ERROR(impl->restore());
+  return std::unique_ptr<Controller>(new Controller(std::move(impl)));
+}
+
+uint64_t Controller::last_journal_seq() const { return impl_->journal_seq; }
+
+void Controller::start(std::shared_ptr<EventFeed> feed) {
+  auto& m = *impl_;
+  m.feed = std::move(feed);
+  // The journal writer: an in-process subscription with a deep queue, drained in seq order.
+  auto sub = m.feed->subscribe(std::nullopt, 1'000'000, [&m] { m.cv.notify_all(); });
+  m.journal_sub = sub.subscription;
+  m.journal_writer = std::thread([&m] {
+    while (!m.stopping) {
+      std::deque<Subscription::Message> batch;
+      {
+        std::unique_lock lock(m.mu);
+        m.cv.wait_for(lock, std::chrono::milliseconds(200));
+      }
+      batch = m.journal_sub->take();
+      if (batch.empty()) continue;
+      auto s = m.journal->transaction([&]() -> Status {
+        for (const auto& msg : batch) {
+          auto v = parse_json_object(*msg, 1 << 20, 64, "event");
+          if (!v.ok()) continue;
+          auto seq = v->at("seq").to_number<uint64_t>();
+          std::string type(v->at("type").as_string());
+          FL_RETURN_IF_ERROR(m.journal->append_event(seq, type, *msg));
+        }
+        return {};
+      });
+      if (!s.ok()) {
+        ++m.journal_errors;
+        log()->error("journal: events not written: {}", s.error().describe());
+      }
+    }
+  });
+  std::vector<std::string> ids;
+  std::shared_ptr<DrillRun> resume;
+  {
+    std::lock_guard lock(m.mu);
+    for (const auto& h : m.cluster.hosts) ids.push_back(h.id);
+    if (m.active && (m.active->state == "Running" || m.active->state == "Paused")) resume = m.active;
+  }
+  for (const auto& id : ids) m.start_watcher(id);
+  if (resume) {
+    m.executor = std::thread([&m, resume] { m.run_drill(resume); });
+  }
+}
+
+void Controller::stop() {
+  auto& m = *impl_;
+  if (m.stopping.exchange(true)) return;
+  m.cv.notify_all();
+  if (m.executor.joinable()) m.executor.join();
+  for (auto& [id, t] : m.watchers) {
+    if (t.joinable()) t.join();
+  }
+  if (m.journal_writer.joinable()) m.journal_writer.join();
+  // What the writer had not taken yet.
+  if (m.journal_sub) {
+    auto rest = m.journal_sub->take();
+    for (const auto& msg : rest) {
+      auto v = parse_json_object(*msg, 1 << 20, 64, "event");
+      if (v.ok()) {
+        (void)m.journal->append_event(v->at("seq").to_number<uint64_t>(),
+                                      std::string(v->at("type").as_string()), *msg);
+      }
+    }
+    m.journal_sub->cancel();
+  }
+}
+
+// ---- model -> JSON (mu held) ----
+
+json::object Controller::Impl::host_json_locked(const Host& h) const {
+  json::object o{{"id", h.id},
+                 {"fd", h.fault_domain},
+                 {"capacity", h.capacity},
+                 {"state", to_string(h.state)}};
+  if (h.ud_slot) o["ud_slot"] = *h.ud_slot;
+  if (auto it = hosts.find(h.id); it != hosts.end()) {
+    const auto& m = it->second;
+    o["endpoint"] = m.endpoint.str();
+    o["step"] = m.step;
+    o["host_image"] = m.host_image;
+    o["reachable"] = m.reachable;
+    o["active_job"] = m.active_job;
+  }
+  json::array names;
+  for (const auto* i : cluster.instances_on(h.id)) names.push_back(json::value(instance_name(i->service, i->index)));
+  o["instances"] = std::move(names);
+  return o;
+}
+
+json::object Controller::Impl::instance_json_locked(const Instance& i) const {
+  auto name = instance_name(i.service, i.index);
+  json::object o{{"name", name}, {"service", i.service}, {"index", i.index},
+                 {"ud", i.ud},   {"fd", i.fd},           {"host", i.host}};
+  if (auto it = instances.find(name); it != instances.end()) {
+    o["status"] = it->second.status;
+    o["healthy"] = it->second.healthy;
+    o["image"] = it->second.image;
+    o["counter"] = it->second.counter;
+  }
+  return o;
+}
+
+json::object Controller::Impl::service_json_locked(const Service& s) const {
+  json::object o = to_json(s);
+  if (auto it = availability.find(s.name); it != availability.end()) {
+    for (const auto& [k, v] : it->second) {
+      if (k != "service") o[k] = v;
+    }
+  }
+  return o;
+}
+
+json::object Controller::Impl::batch_json_locked(const DrillRun& d, const BatchRun& b) const {
+  json::array hs;
+  for (const auto& h : b.hosts) hs.push_back(json::value(h));
+  return {{"drill", d.id},
+          {"index", b.index},
+          {"hosts", std::move(hs)},
+          {"status", b.status},
+          {"started_at", ms_to_rfc3339(b.started_ms)},
+          {"finished_at", ms_to_rfc3339(b.finished_ms)}};
+}
+
+json::object Controller::Impl::drill_json_locked(const DrillRun& d) const {
+  json::array batches;
+  for (const auto& b : d.batches) {
+    auto o = batch_json_locked(d, b);
+    o.erase("drill");
+    batches.push_back(std::move(o));
+  }
+  json::array progress;
+  for (const auto& [h, p] : d.progress) {
+    progress.push_back(json::object{{"host", h}, {"batch", p.batch}, {"status", p.status}, {"job", p.job}});
+  }
+  json::array notes;
+  for (const auto& n : d.notes) notes.push_back(json::value(n));
+  return {{"id", d.id},
+          {"state", d.state},
+          {"reason", d.reason},
+          {"kind", d.spec.kind},
+          {"target", d.spec.target},
+          {"spec", to_json(d.spec)},
+          {"current_batch", d.current_batch},
+          {"lower_bound", d.plan.lower_bound},
+          {"batch_count", d.batches.size()},
+          {"method", d.plan.method},
+          {"started_at", ms_to_rfc3339(d.started_ms)},
+          {"finished_at", ms_to_rfc3339(d.finished_ms)},
+          {"batches", std::move(batches)},
+          {"hosts", std::move(progress)},
+          {"notes", std::move(notes)}};
+}
+
+json::object Controller::Impl::cluster_doc_locked() const {
+  json::object doc = to_json(cluster);
+  json::object endpoints;
+  for (const auto& [id, m] : hosts) endpoints[id] = m.endpoint.str();
+  doc["endpoints"] = std::move(endpoints);
+  return doc;
+}
+
+void Controller::Impl::availability_locked(const std::string& service, Events& out) {
+  int healthy = 0, total = 0;
+  std::set<int> uds_down;
+  for (const auto* i : cluster.instances_of(service)) {
+    ++total;
+    auto it = instances.find(instance_name(i->service, i->index));
+    if (it != instances.end() && it->second.healthy) {
+      ++healthy;
+    } else {
+      uds_down.insert(i->ud);
+    }
+  }
+  json::array uds;
+  for (int u : uds_down) uds.push_back(u);
+  json::object now{{"service", service}, {"healthy", healthy}, {"total", total},
+                   {"available", healthy > 0}, {"uds_down", std::move(uds)}};
+  auto& last = availability[service];
+  if (last != now) {
+    last = now;
+    out.emplace_back("service.availability", std::move(now));
+  }
+}
+
+void Controller::Impl::set_health_locked(const std::string& name, bool healthy, int64_t at_ms) {
+  auto& m = instances[name];
+  if (m.timeline.empty() || m.timeline.back().healthy != healthy) {
+    m.timeline.push_back({at_ms, healthy});
+  }
+  m.healthy = healthy;
+}
+
+void Controller::Impl::publish(Events events) {
+  if (!feed) return;
+  for (auto& [type, fields] : events) feed->publish(std::move(type), std::move(fields));
+}
+
+void Controller::Impl::save_cluster() {
+  json::object doc;
+  {
+    std::lock_guard lock(mu);
+    doc = cluster_doc_locked();
+  }
+  if (auto s = journal->put_doc("cluster", doc); !s.ok()) {
+    ++journal_errors;
+    log()->error("journal: cluster not written: {}", s.error().describe());
+  }
+}
+
+void Controller::Impl::save_drill(const DrillRun& d) {
+  json::object doc;
+  {
+    std::lock_guard lock(mu);
+    doc = drill_json_locked(d);
+    doc["plan"] = to_json(d.plan);
+    json::object before;
+    for (const auto& [n, b] : d.before) {
+      before[n] = json::object{{"host", b.host}, {"image", b.image}, {"host_image", b.host_image},
+                               {"counter", b.counter}};
+    }
+    doc["before"] = std::move(before);
+    json::object hib;
+    for (const auto& [h, img] : d.host_image_before) hib[h] = img;
+    doc["host_image_before"] = std::move(hib);
+    doc["started_ms"] = d.started_ms;
+    doc["finished_ms"] = d.finished_ms;
+  }
+  if (auto s = journal->save_drill(d.id, d.state, doc); !s.ok()) {
+    ++journal_errors;
+    log()->error("journal: drill {} not written: {}", d.id, s.error().describe());
+  }
+}
+
+AgentClient Controller::Impl::client(const std::string& host_id) const {
+  std::lock_guard lock(mu);
+  auto it = hosts.find(host_id);
+  Endpoint e = it != hosts.end() ? it->second.endpoint : Endpoint{};
+  return AgentClient(e, opt.agent_token, opt.agent_timeout);
+}
+
+// ---- public API ----
+
+json::object Controller::snapshot() const {
+  auto& m = *impl_;
+  std::lock_guard lock(m.mu);
+  json::array hosts, services, instances;
+  for (const auto& h : m.cluster.hosts) hosts.push_back(m.host_json_locked(h));
+  for (const auto& s : m.cluster.services) services.push_back(m.service_json_locked(s));
+  for (const auto& i : m.cluster.instances) instances.push_back(m.instance_json_locked(i));
+  json::object o{{"hosts", std::move(hosts)}, {"services", std::move(services)},
+                 {"instances", std::move(instances)}};
+  o["drill"] = m.active ? json::value(m.drill_json_locked(*m.active)) : json::value(nullptr);
+  return o;
+}
+
+Result<json::object> Controller::register_host(const HostRegistration& r) {
+  auto& m = *impl_;
+  FL_ASSIGN_OR_RETURN(auto endpoint, parse_endpoint(r.endpoint));
+  // Ask the agent who it is before believing the registration.
+  AgentClient c(endpoint, m.opt.agent_token, m.opt.agent_timeout);
+  auto info = c.host();
+  if (!info.ok()) {
+    return make_error(info.error().condition,
+                      "host '" + r.id + "' is not answering at " + r.endpoint + ": " + info.error().message);
+  }
+  auto agent_id = get_string(*info, "host_id", kMaxNameBytes);
+  auto agent_fd = get_int(*info, "fault_domain", 0, kMaxFaultDomain);
+  if (!agent_id.ok() || !agent_fd.ok()) {
+    return make_error(Condition::invalid_state, "the agent at " + r.endpoint + " gave no host_id/fault_domain");
+  }
+  if (*agent_id != r.id || *agent_fd != r.fault_domain) {
+    return make_error(Condition::invalid_argument,
+                      "the agent at " + r.endpoint + " is host '" + *agent_id + "' in FD " +
+                          std::to_string(*agent_fd) + ", not '" + r.id + "' in FD " +
+                          std::to_string(r.fault_domain));
+  }
+  std::lock_guard admin(m.admin_mu);
+  Events events;
+  json::object out;
+  bool is_new = false;
+  {
+    std::lock_guard lock(m.mu);
+    Host* h = m.cluster.find_host(r.id);
+    if (h) {
+      if (h->fault_domain != r.fault_domain) {
+        return make_error(Condition::already_exists,
+                          "host '" + r.id + "' is registered in FD " + std::to_string(h->fault_domain));
+      }
+      h->capacity = std::max(r.capacity, static_cast<int>(m.cluster.instances_on(r.id).size()));
+    } else {
+      if (m.cluster.hosts.size() >= kMaxHosts) {
+        return make_error(Condition::invalid_state, "the cluster already has the most hosts allowed");
+      }
+      m.cluster.hosts.push_back(Host{r.id, r.fault_domain, r.capacity, HostState::ready, std::nullopt});
+      is_new = true;
+    }
+    auto& mirror = m.hosts[r.id];
+    mirror.endpoint = endpoint;
+    mirror.reachable = true;
+    mirror.last_answer = Clock::now();
+    if (auto* img = info->if_contains("host_image"); img && img->is_string()) mirror.host_image = img->as_string();
+    out = m.host_json_locked(*m.cluster.find_host(r.id));
+    events.emplace_back("host.registered", json::object{{"host", out}});
+  }
+  log()->info("[host:{}] registered: FD {}, {}, capacity {}", r.id, r.fault_domain, r.endpoint, r.capacity);
+  m.save_cluster();
+  m.publish(std::move(events));
+  if (is_new && m.feed) m.start_watcher(r.id);
+  return out;
+}
+
+json::array Controller::hosts_json() const {
+  std::lock_guard lock(impl_->mu);
+  json::array a;
+  for (const auto& h : impl_->cluster.hosts) a.push_back(impl_->host_json_locked(h));
+  return a;
+}
+
+Result<json::object> Controller::host_json(const std::string& id) const {
+  std::lock_guard lock(impl_->mu);
+  const Host* h = impl_->cluster.find_host(id);
+  if (!h) return make_error(Condition::not_found, "host '" + id + "' not found");
+  return impl_->host_json_locked(*h);
+}
+
+Result<json::object> Controller::create_service(const Service& s) {
+  auto& m = *impl_;
+  std::lock_guard admin(m.admin_mu);
+  Cluster next;
+  PlacementReport report;
+  {
+    std::lock_guard lock(m.mu);
+    next = m.cluster;
+    // Placement sees the hosts as the agents report them right now.
+    for (auto& h : next.hosts) {
+      auto it = m.hosts.find(h.id);
+      if (it != m.hosts.end() && !it->second.reachable) h.state = HostState::unhealthy;
+    }
+  }
+  FL_ASSIGN_OR_RETURN(report, place_service(next, s));
+  // Create the VMs; on any failure delete those already made and leave the cluster as it was.
+  std::vector<std::pair<std::string, std::string>> made;  // host, instance
+  for (const auto& i : report.placed) {
+    auto name = instance_name(i.service, i.index);
+    json::object spec{{"name", name}, {"service", i.service}, {"index", i.index}, {"ud", i.ud},
+                      {"fd", i.fd},   {"image", s.image},      {"memory_mib", s.memory_mib}};
+    auto r = m.client(i.host).create_instance(spec);
+    if (!r.ok()) {
+      for (const auto& [host, n] : made) (void)m.client(host).delete_instance(n);
+      return make_error(r.error().condition, "service '" + s.name + "': creating " + name +
+                                                 " on host '" + i.host + "' failed: " + r.error().message);
+    }
+    made.emplace_back(i.host, name);
+  }
+  Events events;
+  json::object out;
+  {
+    std::lock_guard lock(m.mu);
+    // Keep the live states of hosts; take the new services, instances and slots.
+    for (auto& h : next.hosts) {
+      if (const Host* cur = m.cluster.find_host(h.id)) h.state = cur->state;
+    }
+    m.cluster = std::move(next);
+    const Service* svc = m.cluster.find_service(s.name);
+    int64_t now = unix_ms();
+    json::array placed;
+    for (const auto& i : report.placed) {
+      auto name = instance_name(i.service, i.index);
+      auto& im = m.instances[name];
+      im.status = "Creating";
+      im.image = s.image;
+      m.set_health_locked(name, false, now);
+      auto j = m.instance_json_locked(i);
+      placed.push_back(j);
+      events.emplace_back("instance.state", json::object{{"instance", std::move(j)}});
+    }
+    m.availability_locked(s.name, events);
+    out = m.service_json_locked(*svc);
+    events.insert(events.begin(), {"service.created", json::object{{"service", out}}});
+    out["placed"] = std::move(placed);
+    out["unaligned"] = report.unaligned;
+    out["off_round_robin_fd"] = report.off_round_robin_fd;
+  }
+  log()->info("service '{}' placed: {} instances, {} UDs", s.name, s.instance_count, s.ud_count);
+  m.save_cluster();
+  m.publish(std::move(events));
+  return out;
+}
+
+json::array Controller::services_json() const {
+  std::lock_guard lock(impl_->mu);
+  json::array a;
+  for (const auto& s : impl_->cluster.services) a.push_back(impl_->service_json_locked(s));
+  return a;
+}
+
+json::array Controller::instances_json() const {
+  std::lock_guard lock(impl_->mu);
+  json::array a;
+  for (const auto& i : impl_->cluster.instances) a.push_back(impl_->instance_json_locked(i));
+  return a;
+}
+
+Result<json::object> Controller::plan_json(int max_parallel_hosts) const {
+  Cluster c;
+  {
+    std::lock_guard lock(impl_->mu);
+    c = impl_->cluster;
+  }
+  FL_ASSIGN_OR_RETURN(auto plan, plan_walk(c, PlanOptions{max_parallel_hosts}));
+  FL_RETURN_IF_ERROR(validate_plan(c, plan, max_parallel_hosts));
+  json::object o = to_json(plan);
+  json::array f;
+  for (const auto& sf : forecast(c, plan)) f.push_back(to_json(sf));
+  o["forecast"] = std::move(f);
+  return o;
+}
+
+Result<json::object> Controller::drill_json(const std::string& id) const {
+  std::lock_guard lock(impl_->mu);
+  auto it = impl_->drills.find(id);
+  if (it == impl_->drills.end()) return make_error(Condition::not_found, "drill '" + id + "' not found");
+  return impl_->drill_json_locked(*it->second);
+}
+
+json::array Controller::drills_json() const {
+  std::lock_guard lock(impl_->mu);
+  json::array a;
+  for (const auto& [id, d] : impl_->drills) a.push_back(impl_->drill_json_locked(*d));
+  return a;
+}
+
+namespace {
+Result<std::shared_ptr<DrillRun>> find_drill(Controller::Impl& m, const std::string& id) {
+  auto it = m.drills.find(id);
+  if (it == m.drills.end()) return make_error(Condition::not_found, "drill '" + id + "' not found");
+  if (it->second->finished()) {
+    return make_error(Condition::invalid_state, "drill '" + id + "' is " + it->second->state);
+  }
+  return it->second;
+}
+}  // namespace
+
+Status Controller::pause(const std::string& id) {
+  std::lock_guard lock(impl_->mu);
+  FL_ASSIGN_OR_RETURN(auto d, find_drill(*impl_, id));
+  d->pause_requested = true;
+  d->step_once = false;
+  impl_->cv.notify_all();
+  return {};
+}
+
+Status Controller::resume(const std::string& id) {
+  std::lock_guard lock(impl_->mu);
+  FL_ASSIGN_OR_RETURN(auto d, find_drill(*impl_, id));
+  d->pause_requested = false;
+  d->step_once = false;
+  impl_->cv.notify_all();
+  return {};
+}
+
+Status Controller::step(const std::string& id) {
+  std::lock_guard lock(impl_->mu);
+  FL_ASSIGN_OR_RETURN(auto d, find_drill(*impl_, id));
+  d->pause_requested = false;
+  d->step_once = true;
+  impl_->cv.notify_all();
+  return {};
+}
+
+Status Controller::abort(const std::string& id) {
+  std::lock_guard lock(impl_->mu);
+  FL_ASSIGN_OR_RETURN(auto d, find_drill(*impl_, id));
+  d->abort_requested = true;
+  impl_->cv.notify_all();
+  return {};
+}
+
+Result<json::object> Controller::report_json(const std::string& id) const {
+  std::lock_guard lock(impl_->mu);
+  auto it = impl_->drills.find(id);
+  if (it == impl_->drills.end()) return make_error(Condition::not_found, "drill '" + id + "' not found");
+  return build_report(impl_->report_input(*it->second));
+}
+
+std::string Controller::metrics_text() const {
+  auto& m = *impl_;
+  std::ostringstream out;
+  std::map<std::string, int> host_states, inst_states;
+  for (auto s : {"Ready", "Updating", "Unhealthy", "Offline"}) host_states[s] = 0;
+  int healthy = 0, batches = 0, batches_done = 0;
+  std::string drill_state;
+  {
+    std::lock_guard lock(m.mu);
+    for (const auto& h : m.cluster.hosts) ++host_states[std::string(to_string(h.state))];
+    for (const auto& i : m.cluster.instances) {
+      auto it = m.instances.find(instance_name(i.service, i.index));
+      std::string st = it != m.instances.end() ? it->second.status : "Unknown";
+      ++inst_states[st];
+      if (it != m.instances.end() && it->second.healthy) ++healthy;
+    }
+    if (m.active) {
+      drill_state = m.active->state;
+      batches = static_cast<int>(m.active->batches.size());
+      for (const auto& b : m.active->batches) batches_done += b.status == "done" || b.status == "skipped";
+    }
+  }
+  out << "# HELP fabriclab_hosts Hosts by state.\n# TYPE fabriclab_hosts gauge\n";
+  for (const auto& [s, n] : host_states) out << "fabriclab_hosts{state=\"" << s << "\"} " << n << "\n";
+  out << "# HELP fabriclab_instances Instances by status.\n# TYPE fabriclab_instances gauge\n";
+  for (const auto& [s, n] : inst_states) out << "fabriclab_instances{status=\"" << s << "\"} " << n << "\n";
+  out << "# HELP fabriclab_instances_healthy Instances whose guest heartbeats.\n"
+         "# TYPE fabriclab_instances_healthy gauge\nfabriclab_instances_healthy "
+      << healthy << "\n";
+  out << "# HELP fabriclab_drill_batches Batches of the current drill.\n# TYPE fabriclab_drill_batches gauge\n"
+      << "fabriclab_drill_batches{status=\"total\"} " << batches << "\n"
+      << "fabriclab_drill_batches{status=\"done\"} " << batches_done << "\n";
+  out << "# HELP fabriclab_drill_state The current drill's state (1 for the state it is in).\n"
+         "# TYPE fabriclab_drill_state gauge\n";
+  for (auto s : {"Planned", "Running", "Paused", "Completed", "Failed", "Aborted"}) {
+    out << "fabriclab_drill_state{state=\"" << s << "\"} " << (drill_state == s ? 1 : 0) << "\n";
+  }
+  FeedStats fs = m.feed ? m.feed->stats() : FeedStats{};
+  out << "# HELP fabriclab_events_published_total Events published on the feed.\n"
+         "# TYPE fabriclab_events_published_total counter\nfabriclab_events_published_total "
+      << fs.published << "\n";
+  out << "# HELP fabriclab_event_subscribers Live feed subscriptions (websockets and the journal).\n"
+         "# TYPE fabriclab_event_subscribers gauge\nfabriclab_event_subscribers "
+      << fs.subscribers << "\n";
+  out << "# HELP fabriclab_event_subscribers_dropped_total Subscribers cut off for being slow.\n"
+         "# TYPE fabriclab_event_subscribers_dropped_total counter\n"
+         "fabriclab_event_subscribers_dropped_total "
+      << fs.dropped_slow << "\n";
+  out << "# HELP fabriclab_agent_calls_total Calls to agents.\n# TYPE fabriclab_agent_calls_total counter\n"
+      << "fabriclab_agent_calls_total " << m.agent_calls.load() << "\n"
+      << "# HELP fabriclab_agent_call_failures_total Calls to agents that failed.\n"
+         "# TYPE fabriclab_agent_call_failures_total counter\nfabriclab_agent_call_failures_total "
+      << m.agent_call_failures.load() << "\n";
+  out << "# HELP fabriclab_journal_errors_total Journal writes that failed.\n"
+         "# TYPE fabriclab_journal_errors_total counter\nfabriclab_journal_errors_total "
+      << m.journal_errors.load() << "\n";
+  return out.str();
+}
+
+}  // namespace fabriclab::orchestrator

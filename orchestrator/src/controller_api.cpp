@@ -1,0 +1,128 @@
+#include "fabriclab/orchestrator/controller_api.hpp"
+
+#include "fabriclab/common/json.hpp"
+#include "fabriclab/orchestrator/report.hpp"
+#include "fabriclab_dashboard.hpp"  // generated from web/dashboard.html
+
+namespace fabriclab::orchestrator {
+
+using http::Access;
+using http::Request;
+using http::Response;
+
+namespace {
+
+Response status_or(const Status& s, int ok_status, json::value body) {
+  if (!s.ok()) return http::error_response(s.error());
+  return http::json_response(ok_status, body);
+}
+
+template <class T>
+Response result_or(const Result<T>& r, int ok_status) {
+  if (!r.ok()) return http::error_response(r.error());
+  return http::json_response(ok_status, json::value(*r));
+}
+
+// The body as an object, or the error response.
+Result<json::object> object_body(const Request& r, const http::Limits& limits) {
+  FL_ASSIGN_OR_RETURN(auto body, http::parse_body(r, limits));
+  if (!body.is_object()) return make_error(Condition::invalid_argument, "body must be a JSON object");
+  return std::move(body.as_object());
+}
+
+Result<int> query_int(const Request& r, const std::string& key, int lo, int hi, int fallback) {
+  auto it = r.query.find(key);
+  if (it == r.query.end()) return fallback;
+  try {
+    size_t used = 0;
+    int v = std::stoi(it->second, &used);
+    if (used == it->second.size() && v >= lo && v <= hi) return v;
+  } catch (...) {
+  }
+  return make_error(Condition::invalid_argument, "query '" + key + "' must be an integer in " +
+                                                     std::to_string(lo) + ".." + std::to_string(hi));
+}
+
+}  // namespace
+
+void install_controller_api(http::Server& server, Controller& controller,
+                            std::shared_ptr<EventFeed> feed, const http::Limits& limits) {
+  Controller* c = &controller;
+  server.route("GET", "/healthz", Access::open,
+               [](const Request&) { return http::json_response(200, json::object{{"ok", true}}); });
+  server.route("GET", "/", Access::open, [](const Request&) {
+    Response r;
+    r.body.assign(fabriclab_dashboard, fabriclab_dashboard_size);
+    r.content_type = "text/html; charset=utf-8";
+    r.headers.emplace_back("Cache-Control", "no-store");
+    return r;
+  });
+  server.route("GET", "/metrics", Access::read, [c](const Request&) {
+    Response r;
+    r.body = c->metrics_text();
+    r.content_type = "text/plain; version=0.0.4";
+    return r;
+  });
+  server.route("GET", "/v1/hosts", Access::read,
+               [c](const Request&) { return http::json_response(200, c->hosts_json()); });
+  server.route("GET", "/v1/hosts/{id}", Access::read,
+               [c](const Request& r) { return result_or(c->host_json(r.params.at("id")), 200); });
+  server.route("POST", "/v1/hosts", Access::control, [c, limits](const Request& r) {
+    auto body = object_body(r, limits);
+    if (!body.ok()) return http::error_response(body.error());
+    auto reg = host_registration_from_json(*body);
+    if (!reg.ok()) return http::error_response(reg.error());
+    return result_or(c->register_host(*reg), 201);
+  });
+  server.route("GET", "/v1/services", Access::read,
+               [c](const Request&) { return http::json_response(200, c->services_json()); });
+  server.route("POST", "/v1/services", Access::control, [c, limits](const Request& r) {
+    auto body = object_body(r, limits);
+    if (!body.ok()) return http::error_response(body.error());
+    auto svc = service_from_json(*body);
+    if (!svc.ok()) return http::error_response(svc.error());
+    return result_or(c->create_service(*svc), 201);
+  });
+  server.route("GET", "/v1/instances", Access::read,
+               [c](const Request&) { return http::json_response(200, c->instances_json()); });
+  server.route("GET", "/v1/plan", Access::read, [c](const Request& r) {
+    auto mp = query_int(r, "max_parallel_hosts", 0, 100000, 0);
+    if (!mp.ok()) return http::error_response(mp.error());
+    return result_or(c->plan_json(*mp), 200);
+  });
+  server.route("GET", "/v1/drills", Access::read,
+               [c](const Request&) { return http::json_response(200, c->drills_json()); });
+  server.route("POST", "/v1/drills", Access::control, [c, limits](const Request& r) {
+    auto body = object_body(r, limits);
+    if (!body.ok()) return http::error_response(body.error());
+    auto spec = drill_spec_from_json(*body);
+    if (!spec.ok()) return http::error_response(spec.error());
+    return result_or(c->create_drill(*spec), 201);
+  });
+  server.route("GET", "/v1/drills/{id}", Access::read,
+               [c](const Request& r) { return result_or(c->drill_json(r.params.at("id")), 200); });
+  server.route("GET", "/v1/drills/{id}/report", Access::read,
+               [c](const Request& r) { return result_or(c->report_json(r.params.at("id")), 200); });
+  server.route("GET", "/v1/drills/{id}/report.html", Access::read, [c](const Request& r) {
+    auto rep = c->report_json(r.params.at("id"));
+    if (!rep.ok()) return http::error_response(rep.error());
+    Response resp;
+    resp.body = render_report_html(*rep);
+    resp.content_type = "text/html; charset=utf-8";
+    return resp;
+  });
+  using Verb = Status (Controller::*)(const std::string&);
+  for (auto [name, fn] : {std::pair<const char*, Verb>{"pause", &Controller::pause},
+                          {"resume", &Controller::resume},
+                          {"step", &Controller::step},
+                          {"abort", &Controller::abort}}) {
+    std::string verb = name;
+    server.route("POST", "/v1/drills/{id}/" + verb, Access::control, [c, fn, verb](const Request& r) {
+      const auto& id = r.params.at("id");
+      return status_or((c->*fn)(id), 202, json::object{{"id", id}, {verb + "_requested", true}});
+    });
+  }
+  server.events("/v1/events", std::move(feed));
+}
+
+}  // namespace fabriclab::orchestrator

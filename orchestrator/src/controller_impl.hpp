@@ -1,0 +1,149 @@
+#pragma once
+// Private state of the Controller (controller.hpp). Lock order: admin_mu (serializes placement,
+// healing and drill creation, which make HTTP calls) before mu (the model; never held across an
+// HTTP call or a publish). The feed's lock is taken by publish and, around snapshot(), before mu:
+// so nothing publishes while holding mu. Events are collected under mu and published after.
+
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <boost/json.hpp>
+
+#include "fabriclab/common/event_feed.hpp"
+#include "fabriclab/orchestrator/agent_client.hpp"
+#include "fabriclab/orchestrator/controller.hpp"
+#include "fabriclab/orchestrator/journal.hpp"
+#include "fabriclab/orchestrator/planner.hpp"
+#include "fabriclab/orchestrator/report.hpp"
+
+namespace fabriclab::orchestrator {
+
+using Clock = std::chrono::steady_clock;
+using Events = std::vector<std::pair<std::string, json::object>>;
+
+int64_t unix_ms();
+std::string instance_name(const std::string& service, int index);
+
+// What the orchestrator last learned from a host's agent.
+struct HostMirror {
+  Endpoint endpoint;
+  std::string agent_state = "Ready";  // the agent's own state
+  std::string step = "None";
+  std::string host_image;
+  std::string active_job;
+  bool reachable = true;
+  Clock::time_point last_answer = Clock::now();
+  int64_t polls = 0, failed_polls = 0;
+};
+
+// What the orchestrator last learned about an instance, and its health timeline (the prober).
+struct InstanceMirror {
+  std::string status = "Creating";
+  bool healthy = false;
+  std::string image;
+  int64_t counter = -1;
+  std::vector<HealthChange> timeline;
+};
+
+struct BatchRun {
+  int index = 0;
+  std::vector<std::string> hosts;
+  std::string status = "pending";  // pending | running | done | failed | skipped
+  int64_t started_ms = 0, finished_ms = 0;
+};
+
+// Snapshot of an instance at drill start, for the report's "before".
+struct InstanceBefore {
+  std::string host, image, host_image;
+  int64_t counter = -1;
+};
+
+struct DrillRun {
+  std::string id;
+  DrillSpec spec;
+  std::string state = "Planned";  // Planned Running Paused Completed Failed Aborted
+  std::string reason;
+  int current_batch = 0;
+  Plan plan;
+  std::vector<BatchRun> batches;
+  std::map<std::string, Journal::HostProgress> progress;  // by host
+  std::map<std::string, InstanceBefore> before;           // by instance name
+  std::map<std::string, std::string> host_image_before;   // by host
+  std::vector<std::string> notes;                         // healing, replans, rollbacks
+  int64_t started_ms = 0, finished_ms = 0;
+  // Control, guarded by Impl::mu; the executor waits on Impl::cv.
+  bool pause_requested = false;
+  bool abort_requested = false;
+  bool step_once = false;
+
+  bool finished() const { return state == "Completed" || state == "Failed" || state == "Aborted"; }
+};
+
+struct Controller::Impl {
+  ControllerOptions opt;
+  std::unique_ptr<Journal> journal;
+  std::shared_ptr<EventFeed> feed;
+
+  std::mutex admin_mu;
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  Cluster cluster;
+  std::map<std::string, HostMirror> hosts;          // by host id
+  std::map<std::string, InstanceMirror> instances;  // by instance name
+  std::map<std::string, std::shared_ptr<DrillRun>> drills;
+  std::shared_ptr<DrillRun> active;  // the drill whose executor runs (or last ran)
+  std::map<std::string, json::object> availability;  // last published, by service
+
+  std::atomic<bool> stopping{false};
+  std::map<std::string, std::thread> watchers;  // by host id
+  std::thread executor;
+  std::thread journal_writer;
+  std::shared_ptr<Subscription> journal_sub;
+  uint64_t journal_seq = 0;
+  std::atomic<uint64_t> journal_errors{0};
+  std::atomic<uint64_t> agent_calls{0}, agent_call_failures{0};
+
+  // Model helpers (mu held).
+  json::object host_json_locked(const Host& h) const;
+  json::object instance_json_locked(const Instance& i) const;
+  json::object service_json_locked(const Service& s) const;
+  json::object drill_json_locked(const DrillRun& d) const;
+  json::object batch_json_locked(const DrillRun& d, const BatchRun& b) const;
+  json::object cluster_doc_locked() const;
+  // Recomputes the availability of `service`; appends service.availability when it changed.
+  void availability_locked(const std::string& service, Events& out);
+  void set_health_locked(const std::string& name, bool healthy, int64_t at_ms);
+
+  void publish(Events events);
+  void save_cluster();  // the cluster doc into the journal (takes mu)
+  void save_drill(const DrillRun& d);  // takes mu
+  AgentClient client(const std::string& host_id) const;  // takes mu
+
+  // watcher.cpp
+  void start_watcher(const std::string& host_id);
+  void watch(const std::string& host_id);
+  void poll_once(const std::string& host_id);
+  void mark_unreachable(const std::string& host_id);
+  void heal(const std::string& host_id);
+
+  // executor.cpp
+  void run_drill(std::shared_ptr<DrillRun> d);
+  Status run_batch(DrillRun& d, BatchRun& b);
+  Status wait_ready(DrillRun& d, const std::vector<std::string>& host_ids, std::string_view why);
+  Result<json::object> run_host(DrillRun& d, BatchRun& b, const std::string& host_id);
+  void maybe_replan(DrillRun& d);
+  bool wait_gate(DrillRun& d);  // false: abort requested
+  void finish(DrillRun& d, std::string state, std::string reason);
+  ReportInput report_input(const DrillRun& d) const;  // mu held
+  Status restore();
+};
+
+}  // namespace fabriclab::orchestrator

@@ -1,0 +1,513 @@
+// The walk executor: runs a drill's plan batch by batch through the agents.
+//
+// Per batch: gate (pause / step / abort) -> the plan, checked again against the cluster as it is
+// now (healing may have moved instances since it was made; then the hosts not yet walked are
+// planned again) -> every host of this and of the previous batch Ready and every instance on
+// them healthy -> one operation per host, started in parallel -> wait for every job -> the hosts
+// Ready and healthy again -> batch done -> recovery window (scaled) -> next batch.
+//
+// Halting: a job that fails, a host that stops answering during its update, or a precondition
+// that does not hold within the healthy timeout fails the drill with the reason. The other hosts
+// of the batch finish (they are in flight: stopping them halfway would be worse), nothing further
+// starts. Abort is the same without the failure. Progress is journaled before a job starts
+// ("running", with no job id yet), when its id is known, and when it ends; on resume a host that
+// is "running" is reattached to its job, found in the agent's job list by kind, target and start
+// time, so a SIGKILL between the agent accepting a job and the journal recording it cannot make
+// the same host update twice.
+
+#include <algorithm>
+#include <cmath>
+#include <thread>
+
+#include "controller_impl.hpp"
+#include "fabriclab/common/logging.hpp"
+
+namespace fabriclab::orchestrator {
+
+namespace {
+auto log() { return logger("orchestrator"); }
+
+std::string js(const json::object& o, std::string_view k) {
+  auto* v = o.if_contains(k);
+  return v && v->is_string() ? std::string(v->as_string()) : std::string();
+}
+int64_t ji(const json::object& o, std::string_view k, int64_t fallback = -1) {
+  auto* v = o.if_contains(k);
+  return v && v->is_int64() ? v->as_int64() : (v && v->is_uint64() ? static_cast<int64_t>(v->as_uint64()) : fallback);
+}
+std::chrono::milliseconds scaled(double seconds, double scale) {
+  return std::chrono::milliseconds(static_cast<int64_t>(std::llround(seconds * scale * 1000.0)));
+}
+}  // namespace
+
+Result<json::object> Controller::create_drill(const DrillSpec& spec) {
+  auto& m = *impl_;
+  std::lock_guard admin(m.admin_mu);
+  auto d = std::make_shared<DrillRun>();
+  Cluster c;
+  {
+    std::lock_guard lock(m.mu);
+    if (m.active && !m.active->finished()) {
+      return make_error(Condition::invalid_state, "drill '" + m.active->id + "' is " + m.active->state +
+                                                      ": one drill at a time");
+    }
+    c = m.cluster;
+    d->id = "d" + std::to_string(m.drills.size() + 1) + "-" + std::to_string(unix_ms() % 100000);
+    for (const auto& i : c.instances) {
+      auto name = instance_name(i.service, i.index);
+      InstanceBefore b{i.host, "", "", -1};
+      if (auto it = m.instances.find(name); it != m.instances.end()) {
+        b.image = it->second.image;
+        b.counter = it->second.counter;
+      }
+      if (auto it = m.hosts.find(i.host); it != m.hosts.end()) b.host_image = it->second.host_image;
+      d->before[name] = b;
+    }
+    for (const auto& [id, h] : m.hosts) d->host_image_before[id] = h.host_image;
+  }
+  if (c.hosts.empty()) return make_error(Condition::invalid_state, "the cluster has no hosts");
+  d->spec = spec;
+  FL_ASSIGN_OR_RETURN(d->plan, plan_walk(c, PlanOptions{spec.max_parallel_hosts}));
+  FL_RETURN_IF_ERROR(validate_plan(c, d->plan, spec.max_parallel_hosts));
+  for (size_t i = 0; i < d->plan.batches.size(); ++i) {
+    d->batches.push_back(BatchRun{static_cast<int>(i), d->plan.batches[i]});
+    for (const auto& h : d->plan.batches[i]) {
+      d->progress[h] = Journal::HostProgress{h, static_cast<int>(i), "pending", "", {}, ""};
+    }
+  }
+  d->started_ms = unix_ms();
+  d->pause_requested = spec.start_paused;
+  d->state = spec.start_paused ? "Paused" : "Running";
+  json::object out;
+  {
+    std::lock_guard lock(m.mu);
+    m.drills[d->id] = d;
+    m.active = d;
+    out = m.drill_json_locked(*d);
+  }
+  m.save_drill(*d);
+  for (const auto& [h, p] : d->progress) (void)m.journal->set_host_progress(d->id, p);
+  log()->info("[drill:{}] {} to '{}': {} batches (lower bound {}, {})", d->id, spec.kind, spec.target,
+              d->batches.size(), d->plan.lower_bound, d->plan.method);
+  m.publish({{"drill.state", json::object{{"drill", out}}}});
+  if (m.executor.joinable()) m.executor.join();
+  m.executor = std::thread([&m, d] { m.run_drill(d); });
+  return out;
+}
+
+bool Controller::Impl::wait_gate(DrillRun& d) {
+  std::unique_lock lock(mu);
+  bool announced = false;
+  while (!stopping && !d.abort_requested && d.pause_requested) {
+    if (!announced && d.state != "Paused") {
+      d.state = "Paused";
+      auto j = drill_json_locked(d);
+      lock.unlock();
+      save_drill(d);
+      publish({{"drill.state", json::object{{"drill", std::move(j)}}}});
+      lock.lock();
+    }
+    announced = true;
+    cv.wait_for(lock, std::chrono::milliseconds(500));
+  }
+  if (stopping || d.abort_requested) return false;
+  if (d.step_once) {
+    d.step_once = false;
+    d.pause_requested = true;  // this batch, then pause again
+  }
+  if (d.state != "Running") {
+    d.state = "Running";
+    auto j = drill_json_locked(d);
+    lock.unlock();
+    save_drill(d);
+    publish({{"drill.state", json::object{{"drill", std::move(j)}}}});
+  }
+  return true;
+}
+
+void Controller::Impl::finish(DrillRun& d, std::string state, std::string reason) {
+  json::object j;
+  {
+    std::lock_guard lock(mu);
+    d.state = std::move(state);
+    d.reason = std::move(reason);
+    d.finished_ms = unix_ms();
+    j = drill_json_locked(d);
+  }
+  save_drill(d);
+  if (d.state == "Completed") {
+    log()->info("[drill:{}] Completed: {} batches", d.id, d.batches.size());
+  } else {
+    log()->warn("[drill:{}] {}: {}", d.id, d.state, d.reason);
+  }
+  publish({{"drill.state", json::object{{"drill", std::move(j)}}}});
+}
+
+void Controller::Impl::maybe_replan(DrillRun& d) {
+  Cluster rest;
+  std::vector<std::string> left;
+  {
+    std::lock_guard lock(mu);
+    for (size_t b = d.current_batch; b < d.batches.size(); ++b) {
+      for (const auto& h : d.batches[b].hosts) left.push_back(h);
+    }
+    rest.services = cluster.services;
+    for (const auto& h : left) {
+      if (const Host* host = cluster.find_host(h)) rest.hosts.push_back(*host);
+      for (const auto* i : cluster.instances_on(h)) rest.instances.push_back(*i);
+    }
+  }
+  Plan remaining;
+  for (size_t b = d.current_batch; b < d.batches.size(); ++b) remaining.batches.push_back(d.batches[b].hosts);
+  if (validate_plan(rest, remaining, d.spec.max_parallel_hosts).ok()) return;
+  auto fresh = plan_walk(rest, PlanOptions{d.spec.max_parallel_hosts});
+  if (!fresh.ok()) return;  // the batch precondition will halt the drill with a reason
+  json::object j;
+  std::string note;
+  {
+    std::lock_guard lock(mu);
+    d.batches.resize(d.current_batch);
+    for (size_t i = 0; i < fresh->batches.size(); ++i) {
+      int index = d.current_batch + static_cast<int>(i);
+      d.batches.push_back(BatchRun{index, fresh->batches[i]});
+      for (const auto& h : fresh->batches[i]) d.progress[h].batch = index;
+    }
+    note = "replanned: placement changed (healing); " + std::to_string(left.size()) + " hosts left in " +
+           std::to_string(fresh->batches.size()) + " batches";
+    d.notes.push_back(note);
+    j = drill_json_locked(d);
+  }
+  log()->info("[drill:{}] {}", d.id, note);
+  save_drill(d);
+  publish({{"drill.replanned", json::object{{"drill", d.id}, {"note", note}}},
+           {"drill.state", json::object{{"drill", std::move(j)}}}});
+}
+
+Status Controller::Impl::wait_ready(DrillRun& d, const std::vector<std::string>& host_ids,
+                                    std::string_view why) {
+  auto deadline = Clock::now() + scaled(d.spec.healthy_timeout_s, 1.0);
+  std::string last;
+  std::unique_lock lock(mu);
+  while (!stopping) {
+    last.clear();
+    for (const auto& id : host_ids) {
+      const Host* h = cluster.find_host(id);
+      if (!h) continue;
+      auto& m = hosts[id];
+      if (!m.reachable) continue;  // unreachable hosts are skipped or halt elsewhere
+      if (h->state != HostState::ready) {
+        last = "host '" + id + "' is " + std::string(to_string(h->state)) + " (" + m.step + ")";
+        break;
+      }
+      for (const auto* i : cluster.instances_on(id)) {
+        auto name = instance_name(i->service, i->index);
+        auto it = instances.find(name);
+        if (it == instances.end() || !it->second.healthy) {
+          last = "instance " + name + " on host '" + id + "' is " +
+                 (it == instances.end() ? std::string("unknown") : it->second.status);
+          break;
+        }
+      }
+      if (!last.empty()) break;
+    }
+    if (last.empty()) return {};
+    if (Clock::now() >= deadline) break;
+    cv.wait_for(lock, std::chrono::milliseconds(100));
+  }
+  if (stopping) return make_error(Condition::cancelled, "the orchestrator is stopping");
+  return make_error(Condition::timeout, std::string(why) + ": " + last + " after " +
+                                            std::to_string(static_cast<int64_t>(d.spec.healthy_timeout_s)) + " s");
+}
+
+Result<json::object> Controller::Impl::run_host(DrillRun& d, BatchRun& b, const std::string& host_id) {
+  AgentClient c = client(host_id);
+  std::string job_id;
+  {
+    std::lock_guard lock(mu);
+    job_id = d.progress[host_id].job;
+  }
+  // Reattach: a job of this drill the agent already has (accepted before a restart).
+  if (job_id.empty()) {
+    if (auto jobs = c.jobs(); jobs.ok()) {
+      for (const auto& v : *jobs) {
+        if (!v.is_object()) continue;
+        const auto& j = v.as_object();
+        const auto* req = j.if_contains("request");
+        if (!req || !req->is_object()) continue;
+        if (js(req->as_object(), "kind") != d.spec.kind || js(req->as_object(), "target") != d.spec.target) continue;
+        if (js(j, "started_at") < rfc3339(std::chrono::system_clock::time_point(std::chrono::milliseconds(d.started_ms)))) continue;
+        job_id = js(j, "id");
+      }
+    }
+  }
+  if (job_id.empty()) {
+    json::object req{{"kind", d.spec.kind},
+                     {"target", d.spec.target},
+                     {"notice_ms", std::min<int64_t>(scaled(d.spec.notice_s, d.spec.time_scale).count(), 15 * 60 * 1000)},
+                     {"freeze_ms", std::min<int64_t>(scaled(d.spec.freeze_s, d.spec.time_scale).count(), 30 * 1000)}};
+    if (d.spec.memory_preserving) req["memory_preserving"] = true;
+    ++agent_calls;
+    auto job = c.start_operation(req);
+    if (!job.ok()) {
+      ++agent_call_failures;
+      return make_error(job.error().condition, "host '" + host_id + "': the update did not start: " + job.error().message);
+    }
+    job_id = js(*job, "id");
+  }
+  Journal::HostProgress p;
+  {
+    std::lock_guard lock(mu);
+    auto& pr = d.progress[host_id];
+    pr.status = "running";
+    pr.job = job_id;
+    pr.batch = b.index;
+    p = pr;
+  }
+  (void)journal->set_host_progress(d.id, p);
+  publish({{"drill.host", json::object{{"drill", d.id}, {"host", host_id}, {"batch", b.index},
+                                        {"status", "running"}, {"job", job_id}}}});
+  // Poll the job until it ends; an agent that stops answering for too long fails the host.
+  auto last_answer = Clock::now();
+  while (!stopping) {
+    ++agent_calls;
+    auto j = c.job(job_id);
+    if (j.ok()) {
+      last_answer = Clock::now();
+      std::string status = js(*j, "status");
+      if (status == "succeeded") return std::move(j).value();
+      if (status == "failed" || status == "cancelled") {
+        return make_error(Condition::internal, "host '" + host_id + "': job " + job_id + " " + status + ": " +
+                                                   js(*j, "error"));
+      }
+    } else {
+      ++agent_call_failures;
+      if (j.error().condition == Condition::not_found) {
+        return make_error(Condition::not_found, "host '" + host_id + "': the agent lost job " + job_id);
+      }
+      if (Clock::now() - last_answer > opt.unhealthy_after) {
+        return make_error(Condition::transient, "host '" + host_id + "' stopped answering during its update: " +
+                                                    j.error().message);
+      }
+    }
+    std::unique_lock lock(mu);
+    cv.wait_for(lock, opt.poll, [this] { return stopping.load(); });
+  }
+  return make_error(Condition::cancelled, "the orchestrator is stopping");
+}
+
+Status Controller::Impl::run_batch(DrillRun& d, BatchRun& b) {
+  std::vector<std::string> todo, skipped;
+  json::object bj;
+  {
+    std::lock_guard lock(mu);
+    for (const auto& h : b.hosts) {
+      auto& p = d.progress[h];
+      if (p.status == "done" || p.status == "skipped") continue;
+      auto it = hosts.find(h);
+      if (p.status != "running" && it != hosts.end() && !it->second.reachable) {
+        p.status = "skipped";
+        skipped.push_back(h);
+        continue;
+      }
+      todo.push_back(h);
+    }
+    b.status = "running";
+    if (!b.started_ms) b.started_ms = unix_ms();
+    bj = batch_json_locked(d, b);
+  }
+  for (const auto& h : skipped) {
+    Journal::HostProgress p;
+    {
+      std::lock_guard lock(mu);
+      p = d.progress[h];
+      d.notes.push_back("host " + h + " skipped: Unhealthy when its batch began");
+    }
+    (void)journal->set_host_progress(d.id, p);
+    publish({{"drill.host", json::object{{"drill", d.id}, {"host", h}, {"batch", b.index}, {"status", "skipped"},
+                                          {"reason", "Unhealthy when its batch began"}}}});
+  }
+  save_drill(d);
+  publish({{"drill.batch", bj}});
+  log()->info("[drill:{}] batch {}/{}: {}", d.id, b.index + 1, d.batches.size(), fmt::join(b.hosts, ", "));
+
+  // One thread per host of the batch; results gathered, then judged.
+  std::vector<Result<json::object>> results(todo.size(), make_error(Condition::internal, "not run"));
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < todo.size(); ++i) {
+    threads.emplace_back([&, i] { results[i] = run_host(d, b, todo[i]); });
+  }
+  for (auto& t : threads) t.join();
+  std::string failure;
+  for (size_t i = 0; i < todo.size(); ++i) {
+    Journal::HostProgress p;
+    bool ok = results[i].ok();
+    {
+      std::lock_guard lock(mu);
+      auto& pr = d.progress[todo[i]];
+      if (results[i].ok()) {
+        pr.status = "done";
+        pr.detail = *results[i];
+      } else if (results[i].error().condition != Condition::cancelled) {
+        pr.status = "failed";
+        pr.detail = json::object{{"error", results[i].error().message}};
+      }
+      p = pr;
+    }
+    if (!ok && results[i].error().condition == Condition::cancelled) return results[i].error();
+    (void)journal->set_host_progress(d.id, p);
+    publish({{"drill.host", json::object{{"drill", d.id}, {"host", todo[i]}, {"batch", b.index},
+                                          {"status", p.status}, {"job", p.job}}}});
+    if (!ok && failure.empty()) failure = results[i].error().message;
+  }
+  if (failure.empty()) {
+    auto ready = wait_ready(d, b.hosts, "after batch " + std::to_string(b.index + 1));
+    if (!ready.ok()) failure = ready.error().message;
+    if (!ready.ok() && ready.error().condition == Condition::cancelled) return ready.error();
+  }
+  {
+    std::lock_guard lock(mu);
+    b.status = failure.empty() ? "done" : "failed";
+    b.finished_ms = unix_ms();
+    bj = batch_json_locked(d, b);
+  }
+  save_drill(d);
+  publish({{"drill.batch", bj}});
+  if (!failure.empty()) return make_error(Condition::internal, "batch " + std::to_string(b.index + 1) + ": " + failure);
+  return {};
+}
+
+void Controller::Impl::run_drill(std::shared_ptr<DrillRun> dp) {
+  DrillRun& d = *dp;
+  while (!stopping) {
+    size_t index;
+    {
+      std::lock_guard lock(mu);
+      index = d.current_batch;
+    }
+    if (index >= d.batches.size()) break;
+    bool in_flight;
+    {
+      std::lock_guard lock(mu);
+      in_flight = d.batches[index].status == "running";
+    }
+    // A batch already in flight (resumed after a restart) is finished before any gate.
+    if (!in_flight) {
+      if (!wait_gate(d)) {
+        if (stopping) return;
+        finish(d, "Aborted", "aborted by request before batch " + std::to_string(index + 1));
+        return;
+      }
+      maybe_replan(d);
+      std::vector<std::string> pre;
+      {
+        std::lock_guard lock(mu);
+        pre = d.batches[index].hosts;
+        if (index > 0) pre.insert(pre.end(), d.batches[index - 1].hosts.begin(), d.batches[index - 1].hosts.end());
+      }
+      auto ready = wait_ready(d, pre, "before batch " + std::to_string(index + 1));
+      if (!ready.ok()) {
+        if (ready.error().condition == Condition::cancelled) return;
+        finish(d, "Failed", ready.error().message);
+        return;
+      }
+    }
+    auto s = run_batch(d, d.batches[index]);
+    if (!s.ok()) {
+      if (s.error().condition == Condition::cancelled) return;
+      finish(d, "Failed", s.error().message);
+      return;
+    }
+    bool last;
+    {
+      std::lock_guard lock(mu);
+      d.current_batch = static_cast<int>(index + 1);
+      last = d.current_batch >= static_cast<int>(d.batches.size());
+    }
+    save_drill(d);
+    if (last) break;
+    // Recovery window: the rebooted UD gets time before the next one goes down.
+    auto until = Clock::now() + scaled(d.spec.recovery_s, d.spec.time_scale);
+    std::unique_lock lock(mu);
+    cv.wait_until(lock, until, [&] { return stopping.load() || d.abort_requested; });
+    if (d.abort_requested) {
+      lock.unlock();
+      finish(d, "Aborted", "aborted by request after batch " + std::to_string(index + 1));
+      return;
+    }
+  }
+  if (stopping) return;
+  finish(d, "Completed", "");
+}
+
+ReportInput Controller::Impl::report_input(const DrillRun& d) const {
+  ReportInput in;
+  in.drill_id = d.id;
+  in.kind = d.spec.kind;
+  in.target = d.spec.target;
+  in.state = d.state;
+  in.reason = d.reason;
+  in.started_ms = d.started_ms;
+  in.finished_ms = d.finished_ms ? d.finished_ms : unix_ms();
+  in.lower_bound = d.plan.lower_bound;
+  in.events = d.notes;
+  for (const auto& b : d.batches) {
+    in.batches.push_back(ReportBatch{b.index, b.hosts, b.started_ms, b.finished_ms, b.status});
+  }
+  for (const auto& h : cluster.hosts) {
+    ReportHost rh;
+    rh.id = h.id;
+    rh.fd = h.fault_domain;
+    if (auto it = d.host_image_before.find(h.id); it != d.host_image_before.end()) rh.image_before = it->second;
+    if (auto it = hosts.find(h.id); it != hosts.end()) rh.image_after = it->second.host_image;
+    rh.state = std::string(to_string(h.state));
+    in.hosts.push_back(rh);
+  }
+  for (const auto& s : cluster.services) in.services.push_back(ReportService{s.name, s.instance_count, s.ud_count});
+  // The agents' own per-guest records, from the jobs of this drill.
+  std::map<std::string, const json::object*> guest_reports;
+  for (const auto& [h, p] : d.progress) {
+    auto* g = p.detail.if_contains("guests");
+    if (!g || !g->is_array()) continue;
+    for (const auto& v : g->as_array()) {
+      if (v.is_object()) guest_reports[js(v.as_object(), "name")] = &v.as_object();
+    }
+  }
+  for (const auto& i : cluster.instances) {
+    ReportInstance ri;
+    ri.name = instance_name(i.service, i.index);
+    ri.service = i.service;
+    ri.host = i.host;
+    ri.index = i.index;
+    ri.ud = i.ud;
+    ri.fd = i.fd;
+    auto bef = d.before.find(ri.name);
+    if (bef != d.before.end()) {
+      ri.host_before = bef->second.host;
+      ri.image_before = bef->second.image;
+      ri.host_image_before = bef->second.host_image;
+      ri.counter_before = bef->second.counter;
+    } else {
+      ri.host_before = i.host;
+    }
+    if (auto it = instances.find(ri.name); it != instances.end()) {
+      ri.image_after = it->second.image;
+      ri.counter_after = it->second.counter;
+      ri.healthy_at_end = it->second.healthy;
+      ri.timeline = it->second.timeline;
+    }
+    if (auto it = hosts.find(i.host); it != hosts.end()) ri.host_image_after = it->second.host_image;
+    if (auto it = guest_reports.find(ri.name); it != guest_reports.end()) {
+      const auto& g = *it->second;
+      ri.notice_ms = ji(g, "notice_ms");
+      ri.ack_ms = ji(g, "ack_ms");
+      ri.stop_method = js(g, "stop_method");
+      ri.agent_down_ms = ji(g, "down_ms");
+      if (auto* ok = g.if_contains("ok"); ok && ok->is_bool()) ri.ok = ok->as_bool();
+      ri.error = js(g, "error");
+    }
+    in.instances.push_back(std::move(ri));
+  }
+  return in;
+}
+
+}  // namespace fabriclab::orchestrator

@@ -1,0 +1,491 @@
+// The drill report as one self-contained HTML page (orchestrator/report.hpp).
+//
+// The page is read long after the drill, often from a CI artefact or a mail attachment, so it
+// carries everything inline: CSS in a <style>, the timelines as inline SVG (HTML5 puts <svg> in
+// the SVG namespace without an xmlns, so the page names no URL at all), and no script.
+//
+// It renders the report JSON, not the ReportInput, so a stored report renders the same as a fresh
+// one. It reads that JSON defensively: a missing or mistyped field renders as empty or "—", and
+// loops are bounded by the arrays they walk (the one count the page trusts, update_domains, is
+// capped), so a damaged report still gives a page.
+//
+// Escaping: every string from the report goes through `esc`, which also escapes '/' (OWASP's
+// rule for HTML text), so no instance name or event line can open a tag or spell out a URL.
+//
+// Timelines: one SVG per service, rows ordered by UD then index with the UD written beside its
+// first row; all SVGs share one scale (the drill's duration over the same width), batch windows
+// are shaded behind the bars, and each bar has a <title> tooltip. A timeline that starts after 0
+// (or is empty) is unknown until its first entry, drawn in a pale red: unknown counts as down.
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "fabriclab/orchestrator/report.hpp"
+
+namespace fabriclab::orchestrator {
+namespace {
+
+constexpr int kMaxUdRows = 1000;
+constexpr double kLabelWidth = 220, kPlotWidth = 740, kRowHeight = 20, kBarHeight = 14,
+                 kAxisHeight = 26;
+
+constexpr std::string_view kStyle = R"css(
+body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:0 16px 48px;
+  color:#1d232a}
+h1{margin:0;font-size:28px}h2{margin:28px 0 8px;font-size:19px;border-bottom:1px solid #d5dae0}
+h3{margin:16px 0 4px;font-size:15px}
+.banner{margin:16px 0;padding:14px 18px;border-radius:6px;color:#fff}
+.banner.pass{background:#2e8b4f}.banner.fail{background:#c0392b}
+.banner ul{margin:6px 0 0;padding-left:20px}
+table{border-collapse:collapse;margin:4px 0;font-size:13px}
+th,td{border:1px solid #d5dae0;padding:3px 7px;text-align:left;vertical-align:top}
+th{background:#f1f3f5}
+table.kv th{width:140px}
+table.grid td{min-width:90px}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.good{color:#1e7a3d}.bad{color:#b52a1c;font-weight:600}.muted{color:#6b7580}
+svg{display:block;margin:2px 0 10px}
+svg text{font:11px system-ui,sans-serif;fill:#1d232a}
+svg .ok{fill:#2e9d4f}svg .down{fill:#d64545}svg .unk{fill:#eeb0b0}
+svg .batch{fill:#dde7f5}svg .tick{stroke:#c8ced5}svg .sep{stroke:#8a949e}
+.legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:-2px}
+)css";
+
+std::string esc(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (char c : s) {
+    switch (c) {
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      case '/':
+        out += "&#47;";
+        break;
+      default:
+        out += c;
+    }
+  }
+  return out;
+}
+
+const json::value* field(const json::object* o, std::string_view key) {
+  return o ? o->if_contains(key) : nullptr;
+}
+const json::object* obj(const json::object* o, std::string_view key) {
+  const json::value* v = field(o, key);
+  return v ? v->if_object() : nullptr;
+}
+const json::array& arr(const json::object* o, std::string_view key) {
+  static const json::array kEmpty;
+  const json::value* v = field(o, key);
+  return v && v->is_array() ? v->get_array() : kEmpty;
+}
+std::string_view str(const json::object* o, std::string_view key) {
+  const json::value* v = field(o, key);
+  return v && v->is_string() ? std::string_view(v->get_string()) : std::string_view();
+}
+std::optional<double> num(const json::value* v) {
+  if (!v) return std::nullopt;
+  if (v->is_int64()) return static_cast<double>(v->get_int64());
+  if (v->is_uint64()) return static_cast<double>(v->get_uint64());
+  if (v->is_double()) return v->get_double();
+  return std::nullopt;
+}
+std::optional<double> num(const json::object* o, std::string_view key) {
+  return num(field(o, key));
+}
+std::optional<bool> flag(const json::object* o, std::string_view key) {
+  const json::value* v = field(o, key);
+  if (v && v->is_bool()) return v->get_bool();
+  return std::nullopt;
+}
+
+// "12.5": up to `decimals` decimals, no trailing zeros.
+std::string number(double v, int decimals = 3) {
+  std::string s = fmt::format("{:.{}f}", v, decimals);
+  if (s.find('.') != std::string::npos) {
+    while (s.back() == '0') s.pop_back();
+    if (s.back() == '.') s.pop_back();
+  }
+  return s == "-0" ? "0" : s;
+}
+std::string number_or_dash(std::optional<double> v, int decimals = 3) {
+  return v ? number(*v, decimals) : std::string("—");
+}
+std::string text_or_dash(std::string_view s) { return s.empty() ? std::string("—") : esc(s); }
+
+// A yes/no verdict cell: yes is good, no is bad.
+std::string yes_no(std::optional<bool> b) {
+  if (!b) return "<td>—</td>";
+  return fmt::format("<td class=\"{}\">{}</td>", *b ? "good" : "bad", *b ? "yes" : "no");
+}
+
+// A yes/no that is information, not a verdict (a service without SLA may be down).
+std::string muted_yes_no(std::optional<bool> b) {
+  if (!b) return "<td>—</td>";
+  return fmt::format("<td class=\"muted\">{}</td>", *b ? "yes" : "no");
+}
+
+// "a → b", or just "a" when nothing changed.
+std::string change(std::string_view before, std::string_view after) {
+  if (before == after) return text_or_dash(after);
+  return text_or_dash(before) + " → " + text_or_dash(after);
+}
+
+void banner(std::string& out, const json::object& r) {
+  const bool passed = str(&r, "result") == "passed";
+  const json::object* drill = obj(&r, "drill");
+  out += fmt::format("<header class=\"banner {}\"><h1>{}</h1><div>drill {} · {} → {} · {}</div>",
+                     passed ? "pass" : "fail", passed ? "PASSED" : "FAILED", esc(str(drill, "id")),
+                     esc(str(drill, "kind")), esc(str(drill, "target")), esc(str(drill, "state")));
+  std::string failed;
+  for (const json::value& c : arr(&r, "checks")) {
+    const json::object* o = c.if_object();
+    if (flag(o, "passed").value_or(false)) continue;
+    failed += fmt::format("<li><b>{}</b>: {}</li>", esc(str(o, "name")), esc(str(o, "detail")));
+  }
+  if (!failed.empty()) out += "<ul class=\"failed-checks\">" + failed + "</ul>";
+  out += "</header>\n";
+}
+
+void checks(std::string& out, const json::object& r) {
+  out +=
+      "<section id=\"checks\"><h2>Checks</h2><table><tr><th>Check</th><th>Passed</th>"
+      "<th>Detail</th></tr>";
+  for (const json::value& c : arr(&r, "checks")) {
+    const json::object* o = c.if_object();
+    out += fmt::format("<tr><td>{}</td>{}<td>{}</td></tr>", esc(str(o, "name")),
+                       yes_no(flag(o, "passed").value_or(false)), esc(str(o, "detail")));
+  }
+  out += "</table></section>\n";
+}
+
+void drill_summary(std::string& out, const json::object& r) {
+  const json::object* d = obj(&r, "drill");
+  auto row = [&](std::string_view k, const std::string& v) {
+    out += fmt::format("<tr><th>{}</th><td>{}</td></tr>", k, v);
+  };
+  out += "<section id=\"drill\"><h2>Drill</h2><table class=\"kv\">";
+  row("ID", text_or_dash(str(d, "id")));
+  row("Kind", text_or_dash(str(d, "kind")));
+  row("Target", text_or_dash(str(d, "target")));
+  row("State", text_or_dash(str(d, "state")));
+  row("Reason", text_or_dash(str(d, "reason")));
+  row("Started", text_or_dash(str(d, "started_at")));
+  row("Finished", text_or_dash(str(d, "finished_at")));
+  row("Duration", number_or_dash(num(d, "duration_s")) + " s");
+  row("SLA", number_or_dash(num(d, "sla_percent"), 4) + " %");
+  out += "</table></section>\n";
+}
+
+void walk(std::string& out, const json::object& r) {
+  const json::object* w = obj(&r, "walk");
+  out += fmt::format(
+      "<section id=\"walk\"><h2>Walk</h2><p>{} batches (lower bound {})</p><table><tr><th>Batch"
+      "</th><th>Hosts</th><th>Started</th><th>Finished</th><th>Duration s</th><th>Status</th></tr>",
+      number_or_dash(num(w, "batches"), 0), number_or_dash(num(w, "lower_bound"), 0));
+  for (const json::value& b : arr(w, "batch_list")) {
+    const json::object* o = b.if_object();
+    std::string hosts;
+    for (const json::value& h : arr(o, "hosts")) {
+      if (!hosts.empty()) hosts += ", ";
+      if (h.is_string()) hosts += esc(h.get_string());
+    }
+    const std::string_view status = str(o, "status");
+    out += fmt::format(
+        "<tr><td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td>"
+        "<td class=\"{}\">{}</td></tr>",
+        number_or_dash(num(o, "index"), 0), hosts, text_or_dash(str(o, "started_at")),
+        text_or_dash(str(o, "finished_at")), number_or_dash(num(o, "duration_s")),
+        status == "failed" ? "bad" : (status == "done" ? "good" : "muted"), text_or_dash(status));
+  }
+  out += "</table></section>\n";
+}
+
+void placement(std::string& out, const json::object& r) {
+  const json::object* p = obj(&r, "placement");
+  std::vector<int> fds;
+  for (const json::value& f : arr(p, "fault_domains")) {
+    if (auto v = num(&f)) fds.push_back(static_cast<int>(*v));
+  }
+  const int uds = std::clamp(static_cast<int>(num(p, "update_domains").value_or(0)), 0, kMaxUdRows);
+  std::map<std::pair<int, int>, std::string> cells;
+  for (const json::value& c : arr(p, "cells")) {
+    const json::object* o = c.if_object();
+    std::string names;
+    for (const json::value& n : arr(o, "instances")) {
+      if (n.is_string()) names += "<div>" + esc(n.get_string()) + "</div>";
+    }
+    cells[{static_cast<int>(num(o, "ud").value_or(-1)),
+           static_cast<int>(num(o, "fd").value_or(-1))}] += names;
+  }
+  out +=
+      "<section id=\"placement\"><h2>Placement (UD × FD)</h2>"
+      "<table class=\"grid\" id=\"placement-table\"><tr><th></th>";
+  for (int fd : fds) out += fmt::format("<th>FD{}</th>", fd);
+  out += "</tr>";
+  for (int ud = 0; ud < uds; ++ud) {
+    out += fmt::format("<tr><th>UD{}</th>", ud);
+    for (int fd : fds) {
+      auto it = cells.find({ud, fd});
+      out += "<td>" + (it == cells.end() ? std::string() : it->second) + "</td>";
+    }
+    out += "</tr>";
+  }
+  out += "</table></section>\n";
+}
+
+void hosts(std::string& out, const json::object& r) {
+  out +=
+      "<section id=\"hosts\"><h2>Hosts</h2><table><tr><th>Host</th><th>FD</th>"
+      "<th>Host image</th><th>State</th></tr>";
+  for (const json::value& h : arr(&r, "hosts")) {
+    const json::object* o = h.if_object();
+    out += fmt::format("<tr><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
+                       esc(str(o, "id")), number_or_dash(num(o, "fd"), 0),
+                       change(str(o, "image_before"), str(o, "image_after")),
+                       text_or_dash(str(o, "state")));
+  }
+  out += "</table></section>\n";
+}
+
+void services(std::string& out, const json::object& r) {
+  out +=
+      "<section id=\"services\"><h2>Services</h2><table><tr><th>Service</th><th>Instances"
+      "</th><th>SLA</th><th>Always available</th><th>Availability %</th><th>Unavailable s</th>"
+      "<th>Max UDs down</th><th>Max instances down</th><th>Error budget s / month</th>"
+      "<th>Budget used s</th><th>Budget used %</th><th>Verdict</th></tr>";
+  for (const json::value& s : arr(&r, "services")) {
+    const json::object* o = s.if_object();
+    const bool sla = flag(o, "sla_applies").value_or(false);
+    const bool kept = flag(o, "always_available").value_or(false);
+    out += fmt::format(
+        "<tr><td>{}</td><td class=\"num\">{}</td><td>{}</td>{}<td class=\"num\">{}</td>"
+        "<td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>"
+        "<td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>"
+        "<td class=\"{}\">{}</td></tr>",
+        esc(str(o, "name")), number_or_dash(num(o, "instances"), 0), sla ? "yes" : "none",
+        sla ? yes_no(flag(o, "always_available")) : muted_yes_no(flag(o, "always_available")),
+        number_or_dash(num(o, "availability_percent"), 4), number_or_dash(num(o, "unavailable_s")),
+        number_or_dash(num(o, "max_uds_down"), 0), number_or_dash(num(o, "max_instances_down"), 0),
+        number_or_dash(num(o, "error_budget_s_per_month")),
+        number_or_dash(num(o, "error_budget_used_s")),
+        number_or_dash(num(o, "error_budget_used_percent"), 2),
+        !sla ? "muted" : (kept ? "good" : "bad"), esc(str(o, "verdict")));
+  }
+  out += "</table></section>\n";
+}
+
+std::string counter_cell(const json::object* o) {
+  return number_or_dash(num(o, "counter_before"), 0) + " → " +
+         number_or_dash(num(o, "counter_after"), 0);
+}
+
+void instances(std::string& out, const json::object& r) {
+  out +=
+      "<section id=\"instances\"><h2>Instances</h2><table><tr><th>Instance</th><th>Service"
+      "</th><th>UD</th><th>FD</th><th>Host</th><th>Down s</th><th>Agent down s</th>"
+      "<th>Notice s</th><th>Ack s</th><th>Stop</th><th>Image</th><th>Host image</th>"
+      "<th>Counter</th><th>Counter kept</th><th>Healthy at end</th><th>On target</th>"
+      "<th>Agent</th></tr>";
+  for (const json::value& i : arr(&r, "instances")) {
+    const json::object* o = i.if_object();
+    const std::string_view before = str(o, "host_before"), after = str(o, "host");
+    const bool ok = flag(o, "ok").value_or(false);
+    out += fmt::format(
+        "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td>"
+        "<td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>"
+        "<td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td>"
+        "{}{}{}<td class=\"{}\">{}</td></tr>",
+        esc(str(o, "name")), esc(str(o, "service")), number_or_dash(num(o, "ud"), 0),
+        number_or_dash(num(o, "fd"), 0), change(before.empty() ? after : before, after),
+        number_or_dash(num(o, "down_s")), number_or_dash(num(o, "agent_down_s")),
+        number_or_dash(num(o, "notice_s")), number_or_dash(num(o, "ack_s")),
+        text_or_dash(str(o, "stop_method")), change(str(o, "image_before"), str(o, "image_after")),
+        change(str(o, "host_image_before"), str(o, "host_image_after")), counter_cell(o),
+        yes_no(flag(o, "counter_kept")), yes_no(flag(o, "healthy_at_end")),
+        yes_no(flag(o, "on_target")), ok ? "good" : "bad",
+        ok ? std::string("ok") : "error: " + text_or_dash(str(o, "error")));
+  }
+  out += "</table></section>\n";
+}
+
+// A tick step of 1, 2 or 5 times a power of ten giving at most about eight ticks.
+double tick_step(double duration) {
+  const double raw = duration / 8;
+  const double mag = std::pow(10.0, std::floor(std::log10(raw)));
+  for (double m : {1.0, 2.0, 5.0}) {
+    if (m * mag >= raw) return m * mag;
+  }
+  return 10 * mag;
+}
+
+struct Row {
+  const json::object* instance;
+  int ud;
+  int index;
+};
+
+void service_timeline(std::string& out, std::string_view service, std::vector<Row> rows,
+                      double duration, const json::array& batches) {
+  std::stable_sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
+    return std::tie(a.ud, a.index) < std::tie(b.ud, b.index);
+  });
+  auto x = [&](double t) {
+    return kLabelWidth + std::clamp(t, 0.0, duration) / duration * kPlotWidth;
+  };
+  const double height = kAxisHeight + kRowHeight * static_cast<double>(rows.size()) + 4;
+  out += fmt::format("<h3>{}</h3><svg class=\"timeline\" width=\"{}\" height=\"{}\" role=\"img\">",
+                     esc(service), number(kLabelWidth + kPlotWidth + 24, 0), number(height, 0));
+  for (const json::value& b : batches) {
+    const json::object* o = b.if_object();
+    auto from = num(o, "start_s"), to = num(o, "end_s");
+    if (!from) continue;
+    const double x0 = x(*from), x1 = x(to.value_or(duration));
+    out += fmt::format(
+        "<rect class=\"batch\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"><title>batch {}</title>"
+        "</rect><text x=\"{}\" y=\"{}\">B{}</text>",
+        number(x0, 1), number(kAxisHeight - 4, 0), number(std::max(x1 - x0, 1.0), 1),
+        number(height - kAxisHeight + 4, 0), number_or_dash(num(o, "index"), 0), number(x0 + 2, 1),
+        number(kAxisHeight - 6, 0), number_or_dash(num(o, "index"), 0));
+  }
+  const double step = tick_step(duration);
+  for (double t = 0; t <= duration + step * 1e-9; t += step) {
+    out += fmt::format(
+        "<line class=\"tick\" x1=\"{0}\" x2=\"{0}\" y1=\"10\" y2=\"{1}\"/>"
+        "<text x=\"{0}\" y=\"9\" text-anchor=\"middle\">{2}s</text>",
+        number(x(t), 1), number(height, 0), number(t));
+  }
+  int last_ud = -1;
+  for (size_t k = 0; k < rows.size(); ++k) {
+    const json::object* o = rows[k].instance;
+    const double y = kAxisHeight + kRowHeight * static_cast<double>(k);
+    if (rows[k].ud != last_ud) {
+      if (k > 0) {
+        out += fmt::format("<line class=\"sep\" x1=\"0\" x2=\"{0}\" y1=\"{1}\" y2=\"{1}\"/>",
+                           number(kLabelWidth + kPlotWidth, 0), number(y, 1));
+      }
+      out += fmt::format("<text x=\"2\" y=\"{}\">UD{}</text>", number(y + 14, 1), rows[k].ud);
+      last_ud = rows[k].ud;
+    }
+    const std::string name = esc(str(o, "name"));
+    out += fmt::format("<text x=\"44\" y=\"{}\">{}</text>", number(y + 14, 1), name);
+    // (t_s, healthy) pairs; unknown (pale) before the first one.
+    std::vector<std::pair<double, bool>> entries;
+    for (const json::value& e : arr(o, "timeline")) {
+      const json::object* eo = e.if_object();
+      if (auto t = num(eo, "t_s")) entries.emplace_back(*t, flag(eo, "healthy").value_or(false));
+    }
+    auto bar = [&](double from, double to, std::string_view cls, std::string_view what) {
+      if (to <= from) return;
+      out += fmt::format(
+          "<rect class=\"{}\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"><title>{}: {} from {} s "
+          "to {} s</title></rect>",
+          cls, number(x(from), 2), number(y + (kRowHeight - kBarHeight) / 2, 1),
+          number(std::max(x(to) - x(from), 0.5), 2), number(kBarHeight, 0), name, what,
+          number(from), number(to));
+    };
+    bar(0, entries.empty() ? duration : entries.front().first, "unk", "unknown (counted as down)");
+    for (size_t e = 0; e < entries.size(); ++e) {
+      const double to = e + 1 < entries.size() ? entries[e + 1].first : duration;
+      bar(entries[e].first, to, entries[e].second ? "ok" : "down",
+          entries[e].second ? "healthy" : "down");
+    }
+  }
+  out += "</svg>\n";
+}
+
+void timelines(std::string& out, const json::object& r) {
+  out +=
+      "<section id=\"timelines\"><h2>Timelines</h2><p class=\"legend\"><span style=\""
+      "background:#2e9d4f\"></span>healthy<span style=\"background:#d64545\"></span>down"
+      "<span style=\"background:#eeb0b0\"></span>unknown (counted as down)<span style=\""
+      "background:#dde7f5\"></span>batch</p>";
+  const double duration = num(obj(&r, "drill"), "duration_s").value_or(0);
+  if (!(duration > 0)) {
+    out += "<p class=\"muted\">Zero-length window: nothing to draw.</p></section>\n";
+    return;
+  }
+  // Services in report order, then any only the instances name.
+  std::vector<std::string> order;
+  for (const json::value& s : arr(&r, "services")) order.emplace_back(str(s.if_object(), "name"));
+  std::map<std::string, std::vector<Row>, std::less<>> rows;
+  for (const json::value& i : arr(&r, "instances")) {
+    const json::object* o = i.if_object();
+    std::string service(str(o, "service"));
+    if (std::find(order.begin(), order.end(), service) == order.end()) order.push_back(service);
+    rows[service].push_back(Row{o, static_cast<int>(num(o, "ud").value_or(0)),
+                                static_cast<int>(num(o, "index").value_or(0))});
+  }
+  const json::array& batches = arr(obj(&r, "walk"), "batch_list");
+  for (const std::string& service : order) {
+    auto it = rows.find(service);
+    if (it != rows.end()) service_timeline(out, service, it->second, duration, batches);
+  }
+  out += "</section>\n";
+}
+
+void events(std::string& out, const json::object& r) {
+  out += "<section id=\"events\"><h2>Events</h2>";
+  const json::array& list = arr(&r, "events");
+  if (list.empty()) {
+    out += "<p class=\"muted\">No events.</p>";
+  } else {
+    out += "<ol>";
+    for (const json::value& e : list) {
+      if (e.is_string()) out += "<li>" + esc(e.get_string()) + "</li>";
+    }
+    out += "</ol>";
+  }
+  out += "</section>\n";
+}
+
+}  // namespace
+
+std::string render_report_html(const json::object& report) {
+  const json::object* drill = obj(&report, "drill");
+  const bool passed = str(&report, "result") == "passed";
+  std::string out;
+  out.reserve(64 * 1024);
+  out += fmt::format(
+      "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+      "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+      "<title>fabriclab drill {}: {}</title><style>{}</style></head><body>\n",
+      esc(str(drill, "id")), passed ? "PASSED" : "FAILED", kStyle);
+  banner(out, report);
+  checks(out, report);
+  drill_summary(out, report);
+  walk(out, report);
+  placement(out, report);
+  hosts(out, report);
+  services(out, report);
+  instances(out, report);
+  timelines(out, report);
+  events(out, report);
+  out += "</body></html>\n";
+  return out;
+}
+
+}  // namespace fabriclab::orchestrator

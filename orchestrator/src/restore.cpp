@@ -1,0 +1,168 @@
+// Restoring the controller from its journal after a restart (SIGKILL included).
+//
+// The cluster document gives hosts, endpoints, services and instances. The newest drill that was
+// Running or Paused becomes the active one again, with its plan, batches, "before" snapshot and
+// the per-host progress rows (the rows are written separately and are the truth about each
+// host). The instances' health timelines are rebuilt from the journaled instance.state events of
+// that drill, so the report spans the restart; the time the orchestrator was down is a gap
+// during which the last known health carries on, and the drill's notes say so.
+
+#include "controller_impl.hpp"
+#include "fabriclab/common/logging.hpp"
+
+namespace fabriclab::orchestrator {
+
+namespace {
+auto log() { return logger("orchestrator"); }
+
+int64_t ms_of(std::string_view rfc) {
+  // "2026-11-24T18:00:00.123Z" -> unix ms (UTC).
+  std::tm tm{};
+  int ms = 0;
+  if (sscanf(std::string(rfc).c_str(), "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+             &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &ms) < 6) {
+    return 0;
+  }
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  return static_cast<int64_t>(timegm(&tm)) * 1000 + ms;
+}
+
+std::string str(const json::object& o, std::string_view k) {
+  auto* v = o.if_contains(k);
+  return v && v->is_string() ? std::string(v->as_string()) : std::string();
+}
+int64_t num(const json::object& o, std::string_view k, int64_t fallback = 0) {
+  auto* v = o.if_contains(k);
+  if (v && v->is_int64()) return v->as_int64();
+  if (v && v->is_uint64()) return static_cast<int64_t>(v->as_uint64());
+  return fallback;
+}
+}  // namespace
+
+Status Controller::Impl::restore() {
+  FL_ASSIGN_OR_RETURN(auto doc, journal->get_doc("cluster"));
+  if (doc) {
+    json::object c = *doc;
+    json::object endpoints;
+    if (auto* e = c.if_contains("endpoints"); e && e->is_object()) endpoints = e->as_object();
+    c.erase("endpoints");
+    auto restored = cluster_from_json(c);
+    if (!restored.ok()) {
+      return make_error(restored.error().condition,
+                        "journal " + journal->path() + ": cluster: " + restored.error().message);
+    }
+    cluster = std::move(restored).value();
+    for (auto& h : cluster.hosts) {
+      auto& m = hosts[h.id];
+      if (auto* e = endpoints.if_contains(h.id); e && e->is_string()) {
+        if (auto ep = parse_endpoint(e->as_string()); ep.ok()) m.endpoint = *ep;
+      }
+      m.last_answer = Clock::now();  // a restart gives every host the full grace period again
+    }
+    for (const auto& i : cluster.instances) {
+      const Service* s = cluster.find_service(i.service);
+      auto& im = instances[instance_name(i.service, i.index)];
+      im.status = "Unknown";
+      im.image = s ? s->image : "";
+    }
+  }
+  FL_ASSIGN_OR_RETURN(auto rows, journal->drills());
+  for (auto& row : rows) {
+    auto d = std::make_shared<DrillRun>();
+    d->id = row.id;
+    d->state = row.state;
+    const auto& o = row.doc;
+    if (auto* s = o.if_contains("spec"); s && s->is_object()) {
+      if (auto spec = drill_spec_from_json(s->as_object()); spec.ok()) d->spec = *spec;
+    }
+    d->reason = str(o, "reason");
+    d->current_batch = static_cast<int>(num(o, "current_batch"));
+    d->started_ms = num(o, "started_ms");
+    d->finished_ms = num(o, "finished_ms");
+    if (auto* p = o.if_contains("plan"); p && p->is_object()) {
+      if (auto plan = plan_from_json(p->as_object()); plan.ok()) d->plan = *plan;
+    }
+    if (auto* bs = o.if_contains("batches"); bs && bs->is_array()) {
+      for (const auto& v : bs->as_array()) {
+        if (!v.is_object()) continue;
+        const auto& bo = v.as_object();
+        BatchRun b;
+        b.index = static_cast<int>(num(bo, "index"));
+        if (auto* hs = bo.if_contains("hosts"); hs && hs->is_array()) {
+          for (const auto& h : hs->as_array()) {
+            if (h.is_string()) b.hosts.emplace_back(h.as_string());
+          }
+        }
+        b.status = str(bo, "status");
+        b.started_ms = ms_of(str(bo, "started_at"));
+        b.finished_ms = ms_of(str(bo, "finished_at"));
+        d->batches.push_back(std::move(b));
+      }
+    }
+    if (auto* bef = o.if_contains("before"); bef && bef->is_object()) {
+      for (const auto& [name, v] : bef->as_object()) {
+        if (!v.is_object()) continue;
+        const auto& b = v.as_object();
+        d->before[std::string(name)] = InstanceBefore{str(b, "host"), str(b, "image"), str(b, "host_image"),
+                                                      num(b, "counter", -1)};
+      }
+    }
+    if (auto* hib = o.if_contains("host_image_before"); hib && hib->is_object()) {
+      for (const auto& [h, v] : hib->as_object()) {
+        if (v.is_string()) d->host_image_before[std::string(h)] = v.as_string();
+      }
+    }
+    if (auto* notes = o.if_contains("notes"); notes && notes->is_array()) {
+      for (const auto& n : notes->as_array()) {
+        if (n.is_string()) d->notes.emplace_back(n.as_string());
+      }
+    }
+    FL_ASSIGN_OR_RETURN(auto progress, journal->host_progress(d->id));
+    for (auto& p : progress) d->progress[p.host] = p;
+    d->pause_requested = d->state == "Paused";
+    drills[d->id] = d;
+    active = d;
+  }
+  if (active && (active->state == "Running" || active->state == "Paused")) {
+    // Rebuild the timelines of this drill from the journaled events.
+    int64_t since_ms = active->started_ms;
+    uint64_t seq = 0;
+    int64_t last_event_ms = 0;
+    for (;;) {
+      FL_ASSIGN_OR_RETURN(auto page, journal->events_since(seq, 5000));
+      if (page.empty()) break;
+      for (const auto& text : page) {
+        auto ev = parse_json_object(text, 1 << 20, 64, "journaled event");
+        if (!ev.ok()) continue;
+        seq = static_cast<uint64_t>(num(*ev, "seq"));
+        int64_t t = ms_of(str(*ev, "time"));
+        last_event_ms = std::max(last_event_ms, t);
+        if (t < since_ms || str(*ev, "type") != "instance.state") continue;
+        auto* inst = ev->if_contains("instance");
+        if (!inst || !inst->is_object()) continue;
+        const auto& io = inst->as_object();
+        std::string name = str(io, "name");
+        auto it = instances.find(name);
+        if (it == instances.end()) continue;
+        bool healthy = false;
+        if (auto* h = io.if_contains("healthy"); h && h->is_bool()) healthy = h->as_bool();
+        auto& tl = it->second.timeline;
+        if (tl.empty() || tl.back().healthy != healthy) tl.push_back({t, healthy});
+        it->second.healthy = healthy;
+        it->second.status = str(io, "status");
+        it->second.image = str(io, "image");
+        it->second.counter = num(io, "counter", -1);
+      }
+    }
+    std::string note = "orchestrator restarted; not observing from " +
+                       rfc3339(std::chrono::system_clock::time_point(std::chrono::milliseconds(last_event_ms))) +
+                       " to " + rfc3339_now() + " (last known health carried over)";
+    active->notes.push_back(note);
+    log()->info("[drill:{}] resuming at batch {} of {} ({})", active->id, active->current_batch + 1,
+                active->batches.size(), active->state);
+  }
+  return {};
+}
+
+}  // namespace fabriclab::orchestrator

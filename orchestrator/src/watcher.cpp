@@ -1,0 +1,244 @@
+// Host watchers and service healing.
+//
+// One thread per host asks its agent, every `poll`, for the host and its instances, and folds
+// the answers into the mirror: host state, step and image; per instance status, health, image
+// and data counter. A health change is a point on the instance's timeline (the prober's record)
+// and may change its service's availability; every change is an event.
+//
+// A host that does not answer is not declared dead at once (a host reboot under load can make
+// one call slow): only after `unhealthy_after` without an answer does it become Unhealthy, its
+// instances count as down, and - with healing on - they are placed again on Ready hosts, in
+// fault domains other than those of their service's surviving instances where possible (seed 2).
+// A host that answers again becomes what its agent says; instances healed away from it stay on
+// their new hosts (the agent still holds the old VMs: the operator cleans them up).
+
+#include <thread>
+
+#include "controller_impl.hpp"
+#include "fabriclab/common/logging.hpp"
+#include "fabriclab/orchestrator/placement.hpp"
+
+namespace fabriclab::orchestrator {
+
+namespace {
+auto log() { return logger("orchestrator"); }
+
+HostState host_state_of(std::string_view agent_state) {
+  if (agent_state == "Ready") return HostState::ready;
+  if (agent_state == "Updating") return HostState::updating;
+  if (agent_state == "Offline") return HostState::offline;
+  return HostState::unhealthy;
+}
+}  // namespace
+
+void Controller::Impl::start_watcher(const std::string& host_id) {
+  std::lock_guard lock(mu);
+  if (watchers.count(host_id) || stopping) return;
+  watchers[host_id] = std::thread([this, host_id] { watch(host_id); });
+}
+
+void Controller::Impl::watch(const std::string& host_id) {
+  while (!stopping) {
+    auto began = Clock::now();
+    poll_once(host_id);
+    std::unique_lock lock(mu);
+    cv.wait_until(lock, began + opt.poll, [this] { return stopping.load(); });
+  }
+}
+
+void Controller::Impl::poll_once(const std::string& host_id) {
+  AgentClient c = client(host_id);
+  ++agent_calls;
+  auto host = c.host();
+  Result<json::array> insts = make_error(Condition::internal, "not asked");
+  if (host.ok()) {
+    ++agent_calls;
+    insts = c.instances();
+  }
+  if (!host.ok() || !insts.ok()) {
+    ++agent_call_failures;
+    mark_unreachable(host_id);
+    return;
+  }
+  Events events;
+  int64_t now = unix_ms();
+  {
+    std::lock_guard lock(mu);
+    auto& m = hosts[host_id];
+    Host* h = cluster.find_host(host_id);
+    if (!h) return;
+    ++m.polls;
+    m.last_answer = Clock::now();
+    bool was_reachable = m.reachable;
+    m.reachable = true;
+    auto str = [&](const json::object& o, const char* k) -> std::string {
+      auto* v = o.if_contains(k);
+      return v && v->is_string() ? std::string(v->as_string()) : std::string();
+    };
+    std::string state = str(*host, "state"), step = str(*host, "step"), image = str(*host, "host_image");
+    std::string job = str(*host, "active_job");
+    HostState hs = host_state_of(state);
+    if (hs != h->state || step != m.step || image != m.host_image || !was_reachable) {
+      h->state = hs;
+      m.agent_state = state;
+      m.step = step;
+      m.host_image = image;
+      events.emplace_back("host.state", json::object{{"host", host_id},
+                                                     {"state", to_string(hs)},
+                                                     {"step", step},
+                                                     {"host_image", image},
+                                                     {"reachable", true}});
+    }
+    m.active_job = job;
+    // Instances this host should hold, as the agent reports them.
+    std::set<std::string> services_touched;
+    for (const auto* inst : cluster.instances_on(host_id)) {
+      auto name = instance_name(inst->service, inst->index);
+      const json::object* rep = nullptr;
+      for (const auto& v : *insts) {
+        if (v.is_object() && str(v.as_object(), "name") == name) rep = &v.as_object();
+      }
+      auto& im = instances[name];
+      std::string status = rep ? str(*rep, "status") : "Missing";
+      bool healthy = false;
+      std::string img = im.image;
+      int64_t counter = im.counter;
+      if (rep) {
+        if (auto* v = rep->if_contains("healthy"); v && v->is_bool()) healthy = v->as_bool();
+        img = str(*rep, "image");
+        if (auto* hb = rep->if_contains("last_heartbeat"); hb && hb->is_object()) {
+          if (auto* cn = hb->as_object().if_contains("counter"); cn && cn->is_int64()) counter = cn->as_int64();
+        }
+      }
+      if (healthy) status = "Healthy";
+      if (status != im.status || healthy != im.healthy || img != im.image || counter != im.counter) {
+        bool health_changed = healthy != im.healthy;
+        bool visible = status != im.status || img != im.image || health_changed;
+        im.status = status;
+        im.image = img;
+        im.counter = counter;
+        set_health_locked(name, healthy, now);
+        if (visible) events.emplace_back("instance.state", json::object{{"instance", instance_json_locked(*inst)}});
+        if (health_changed) services_touched.insert(inst->service);
+      }
+    }
+    for (const auto& s : services_touched) availability_locked(s, events);
+  }
+  publish(std::move(events));
+}
+
+void Controller::Impl::mark_unreachable(const std::string& host_id) {
+  Events events;
+  bool newly_unhealthy = false;
+  {
+    std::lock_guard lock(mu);
+    auto& m = hosts[host_id];
+    Host* h = cluster.find_host(host_id);
+    if (!h) return;
+    ++m.failed_polls;
+    if (Clock::now() - m.last_answer < opt.unhealthy_after) return;
+    if (!m.reachable) return;
+    m.reachable = false;
+    newly_unhealthy = true;
+    h->state = HostState::unhealthy;
+    events.emplace_back("host.state", json::object{{"host", host_id},
+                                                   {"state", "Unhealthy"},
+                                                   {"step", m.step},
+                                                   {"host_image", m.host_image},
+                                                   {"reachable", false},
+                                                   {"reason", "the agent has not answered for " +
+                                                                  std::to_string(opt.unhealthy_after.count()) + " ms"}});
+    int64_t now = unix_ms();
+    std::set<std::string> services;
+    for (const auto* inst : cluster.instances_on(host_id)) {
+      auto name = instance_name(inst->service, inst->index);
+      auto& im = instances[name];
+      im.status = "Failed";
+      set_health_locked(name, false, now);
+      events.emplace_back("instance.state", json::object{{"instance", instance_json_locked(*inst)}});
+      services.insert(inst->service);
+    }
+    for (const auto& s : services) availability_locked(s, events);
+  }
+  log()->warn("[host:{}] Unhealthy: no answer for {} ms", host_id, opt.unhealthy_after.count());
+  publish(std::move(events));
+  if (newly_unhealthy && opt.healing) heal(host_id);
+}
+
+void Controller::Impl::heal(const std::string& host_id) {
+  std::lock_guard admin(admin_mu);
+  Cluster view;
+  std::vector<Instance> lost;
+  std::map<std::string, std::pair<std::string, uint32_t>> image_of;  // service -> image, memory
+  {
+    std::lock_guard lock(mu);
+    view = cluster;
+    for (auto& h : view.hosts) {
+      auto it = hosts.find(h.id);
+      if (it != hosts.end() && !it->second.reachable) h.state = HostState::unhealthy;
+    }
+    for (const auto* i : cluster.instances_on(host_id)) lost.push_back(*i);
+    for (const auto& s : cluster.services) image_of[s.name] = {s.image, s.memory_mib};
+  }
+  if (lost.empty()) return;
+  auto plan = place_again(view, lost);
+  if (!plan.ok()) {
+    log()->error("[host:{}] healing refused: {}", host_id, plan.error().message);
+    publish({{"service.healing_failed", json::object{{"host", host_id}, {"reason", plan.error().message}}}});
+    return;
+  }
+  for (const auto& placed : plan->placed) {
+    auto name = instance_name(placed.service, placed.index);
+    std::string image;
+    {
+      std::lock_guard lock(mu);
+      image = instances[name].image;
+    }
+    if (image.empty()) image = image_of[placed.service].first;
+    json::object spec{{"name", name},       {"service", placed.service}, {"index", placed.index},
+                      {"ud", placed.ud},    {"fd", placed.fd},           {"image", image},
+                      {"memory_mib", image_of[placed.service].second}};
+    auto made = client(placed.host).create_instance(spec);
+    if (!made.ok()) {
+      log()->error("[host:{}] healing {} on {} failed: {}", host_id, name, placed.host, made.error().message);
+      publish({{"service.healing_failed",
+                json::object{{"host", host_id}, {"instance", name}, {"to_host", placed.host},
+                             {"reason", made.error().message}}}});
+      continue;
+    }
+    Events events;
+    std::vector<std::string> relaxed;
+    for (const auto& line : plan->relaxed) {
+      if (line.rfind(placed.service + "/" + std::to_string(placed.index) + ":", 0) == 0) relaxed.push_back(line);
+    }
+    {
+      std::lock_guard lock(mu);
+      HealingPlan one;
+      one.placed.push_back(placed);
+      for (const auto& [h, slot] : plan->new_slots) {
+        if (h == placed.host) one.new_slots.emplace_back(h, slot);
+      }
+      apply_healing(cluster, one);
+      auto& im = instances[name];
+      im.status = "Creating";
+      json::array rl;
+      for (const auto& r : relaxed) rl.push_back(json::value(r));
+      events.emplace_back("service.healed", json::object{{"service", placed.service},
+                                                         {"instance", name},
+                                                         {"from_host", host_id},
+                                                         {"to_host", placed.host},
+                                                         {"fd", placed.fd},
+                                                         {"relaxed", std::move(rl)}});
+      const Instance* inst = cluster.find_instance(placed.service, placed.index);
+      events.emplace_back("instance.state", json::object{{"instance", instance_json_locked(*inst)}});
+      std::string note = "healing: " + name + " moved from " + host_id + " to " + placed.host +
+                         " (FD " + std::to_string(placed.fd) + ")";
+      if (active && !active->finished()) active->notes.push_back(note);
+    }
+    log()->info("[host:{}] healed {} onto {} (FD {})", host_id, name, placed.host, placed.fd);
+    save_cluster();
+    publish(std::move(events));
+  }
+}
+
+}  // namespace fabriclab::orchestrator

@@ -1,0 +1,59 @@
+#pragma once
+// A drill spec: the rack, the services, the update, the policies and the faults to inject.
+// YAML (testbed/specs/*.yaml); every key is checked, unknown keys are refused, and errors name
+// the key path ("services[1].instances must be an integer in 1..100").
+//
+//   rack:     {hosts: 6, fault_domains: 3, capacity: 4}
+//   hypervisor: qemu | test          (test: libvirt's test driver, simulated guests)
+//   services: [{name: web, instances: 2, ud_count: 5, image: v1, memory_mib: 128}, ...]
+//   update:   {kind: host-os | guest-os | freeze, target: host-v2}
+//   policies: {max_parallel_hosts: 0, time_scale: 0.001, recovery_s: 1800, notice_s: 900,
+//              healthy_timeout_s: 600, freeze_s: 5}
+//   faults:   [{kind: kill-fault-domain, fault_domain: 0}]   (before the walk starts)
+
+#include <string>
+#include <vector>
+
+#include "fabriclab/common/result.hpp"
+
+namespace fabriclab::rack {
+
+struct ServiceSpec {
+  std::string name;
+  int instances = 1;
+  int ud_count = 5;
+  std::string image = "v1";
+  int memory_mib = 128;
+};
+
+struct FaultSpec {
+  std::string kind;  // kill-fault-domain
+  int fault_domain = 0;
+};
+
+struct DrillFileSpec {
+  std::string name = "default";
+  int hosts = 6;
+  int fault_domains = 3;
+  int capacity = 4;
+  std::string hypervisor = "qemu";
+  std::vector<ServiceSpec> services;
+  std::string kind = "host-os";
+  std::string target = "host-v2";
+  int max_parallel_hosts = 0;
+  double time_scale = 0.001;
+  double recovery_s = 1800;
+  double notice_s = 900;
+  double healthy_timeout_s = 600;
+  double freeze_s = 5;
+  std::vector<FaultSpec> faults;
+};
+
+// The default drill (issue 5): 6 hosts in 3 FDs, hello (1), web (2), worker (3), 5 UDs each,
+// host-os to host-v2, time compressed 1000x.
+DrillFileSpec default_spec();
+
+Result<DrillFileSpec> load_spec(const std::string& path);
+Result<DrillFileSpec> parse_spec(const std::string& yaml_text, const std::string& what = "spec");
+
+}  // namespace fabriclab::rack

@@ -1,0 +1,160 @@
+// Drill specs from YAML, checked key by key (spec.hpp).
+#include "fabriclab/rack/spec.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace fabriclab::rack {
+
+namespace {
+
+constexpr size_t kMaxSpecBytes = 256 * 1024;
+
+Error bad(const std::string& what, const std::string& msg) {
+  return make_error(Condition::invalid_argument, what + ": " + msg);
+}
+
+Status only_keys(const YAML::Node& n, const std::string& path, std::set<std::string> allowed) {
+  if (!n.IsMap()) return bad(path, "must be a mapping");
+  for (const auto& kv : n) {
+    auto key = kv.first.as<std::string>();
+    if (!allowed.count(key)) return bad(path.empty() ? key : path + "." + key, "unknown key");
+  }
+  return {};
+}
+
+template <class T>
+Status read(const YAML::Node& parent, const std::string& key, const std::string& path, T& out,
+            T lo, T hi) {
+  auto n = parent[key];
+  if (!n) return {};
+  try {
+    T v = n.as<T>();
+    if (v < lo || v > hi) {
+      std::ostringstream m;
+      m << "must be in " << lo << ".." << hi;
+      return bad(path + key, m.str());
+    }
+    out = v;
+  } catch (const YAML::Exception&) {
+    return bad(path + key, "must be a number");
+  }
+  return {};
+}
+
+Status read_str(const YAML::Node& parent, const std::string& key, const std::string& path,
+                std::string& out, std::set<std::string> one_of = {}) {
+  auto n = parent[key];
+  if (!n) return {};
+  if (!n.IsScalar()) return bad(path + key, "must be a string");
+  auto v = n.as<std::string>();
+  if (v.empty() || v.size() > 64) return bad(path + key, "must be 1..64 characters");
+  for (char c : v) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) {
+      return bad(path + key, "may hold only letters, digits, '-', '_' and '.'");
+    }
+  }
+  if (!one_of.empty() && !one_of.count(v)) {
+    std::string list;
+    for (const auto& o : one_of) list += (list.empty() ? "" : ", ") + o;
+    return bad(path + key, "must be one of " + list + " (got '" + v + "')");
+  }
+  out = v;
+  return {};
+}
+
+}  // namespace
+
+DrillFileSpec default_spec() {
+  DrillFileSpec s;
+  s.services = {{"hello", 1, 5, "v1", 128}, {"web", 2, 5, "v1", 128}, {"worker", 3, 5, "v1", 128}};
+  return s;
+}
+
+Result<DrillFileSpec> parse_spec(const std::string& text, const std::string& what) {
+  if (text.size() > kMaxSpecBytes) return bad(what, "larger than 256 KiB");
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    return bad(what, std::string("not YAML: ") + e.what());
+  }
+  DrillFileSpec s = default_spec();
+  if (!root || root.IsNull()) return s;
+  FL_RETURN_IF_ERROR(only_keys(root, "", {"name", "rack", "hypervisor", "services", "update", "policies", "faults"}));
+  FL_RETURN_IF_ERROR(read_str(root, "name", "", s.name));
+  FL_RETURN_IF_ERROR(read_str(root, "hypervisor", "", s.hypervisor, {"qemu", "test"}));
+  if (auto r = root["rack"]) {
+    FL_RETURN_IF_ERROR(only_keys(r, "rack", {"hosts", "fault_domains", "capacity"}));
+    FL_RETURN_IF_ERROR(read(r, "hosts", "rack.", s.hosts, 1, 250));
+    FL_RETURN_IF_ERROR(read(r, "fault_domains", "rack.", s.fault_domains, 1, 250));
+    FL_RETURN_IF_ERROR(read(r, "capacity", "rack.", s.capacity, 1, 64));
+    if (s.fault_domains > s.hosts) return bad("rack.fault_domains", "must not exceed rack.hosts");
+  }
+  if (auto sv = root["services"]) {
+    if (!sv.IsSequence()) return bad("services", "must be a list");
+    if (sv.size() > 100) return bad("services", "at most 100");
+    s.services.clear();
+    std::set<std::string> names;
+    for (size_t i = 0; i < sv.size(); ++i) {
+      std::string p = "services[" + std::to_string(i) + "]";
+      FL_RETURN_IF_ERROR(only_keys(sv[i], p, {"name", "instances", "ud_count", "image", "memory_mib"}));
+      ServiceSpec svc;
+      if (!sv[i]["name"]) return bad(p + ".name", "is required");
+      FL_RETURN_IF_ERROR(read_str(sv[i], "name", p + ".", svc.name));
+      if (!names.insert(svc.name).second) return bad(p + ".name", "'" + svc.name + "' is used twice");
+      FL_RETURN_IF_ERROR(read(sv[i], "instances", p + ".", svc.instances, 1, 100));
+      FL_RETURN_IF_ERROR(read(sv[i], "ud_count", p + ".", svc.ud_count, 1, 20));
+      FL_RETURN_IF_ERROR(read_str(sv[i], "image", p + ".", svc.image));
+      FL_RETURN_IF_ERROR(read(sv[i], "memory_mib", p + ".", svc.memory_mib, 32, 4096));
+      s.services.push_back(svc);
+    }
+  }
+  if (auto u = root["update"]) {
+    FL_RETURN_IF_ERROR(only_keys(u, "update", {"kind", "target"}));
+    FL_RETURN_IF_ERROR(read_str(u, "kind", "update.", s.kind, {"host-os", "guest-os", "freeze"}));
+    if (s.kind != "host-os" && !u["target"]) s.target = s.kind == "guest-os" ? "v2" : "";
+    FL_RETURN_IF_ERROR(read_str(u, "target", "update.", s.target));
+  }
+  if (auto p = root["policies"]) {
+    FL_RETURN_IF_ERROR(only_keys(p, "policies", {"max_parallel_hosts", "time_scale", "recovery_s", "notice_s",
+                                                 "healthy_timeout_s", "freeze_s"}));
+    FL_RETURN_IF_ERROR(read(p, "max_parallel_hosts", "policies.", s.max_parallel_hosts, 0, 10000));
+    FL_RETURN_IF_ERROR(read(p, "time_scale", "policies.", s.time_scale, 1e-6, 1.0));
+    FL_RETURN_IF_ERROR(read(p, "recovery_s", "policies.", s.recovery_s, 0.0, 7 * 86400.0));
+    FL_RETURN_IF_ERROR(read(p, "notice_s", "policies.", s.notice_s, 0.0, 86400.0));
+    FL_RETURN_IF_ERROR(read(p, "healthy_timeout_s", "policies.", s.healthy_timeout_s, 1.0, 86400.0));
+    FL_RETURN_IF_ERROR(read(p, "freeze_s", "policies.", s.freeze_s, 0.0, 3600.0));
+  }
+  if (auto f = root["faults"]) {
+    if (!f.IsSequence()) return bad("faults", "must be a list");
+    for (size_t i = 0; i < f.size(); ++i) {
+      std::string p = "faults[" + std::to_string(i) + "]";
+      FL_RETURN_IF_ERROR(only_keys(f[i], p, {"kind", "fault_domain"}));
+      FaultSpec fs;
+      if (!f[i]["kind"]) return bad(p + ".kind", "is required");
+      FL_RETURN_IF_ERROR(read_str(f[i], "kind", p + ".", fs.kind, {"kill-fault-domain"}));
+      FL_RETURN_IF_ERROR(read(f[i], "fault_domain", p + ".", fs.fault_domain, 0, s.fault_domains - 1));
+      s.faults.push_back(fs);
+    }
+  }
+  int slots = s.hosts * s.capacity, need = 0;
+  for (const auto& svc : s.services) need += svc.instances;
+  if (need > slots) {
+    return bad("services", std::to_string(need) + " instances do not fit " + std::to_string(s.hosts) +
+                               " hosts of capacity " + std::to_string(s.capacity));
+  }
+  return s;
+}
+
+Result<DrillFileSpec> load_spec(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return make_error(Condition::not_found, "spec file '" + path + "' cannot be read");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return parse_spec(text, path);
+}
+
+}  // namespace fabriclab::rack

@@ -1,0 +1,435 @@
+// The drill report (orchestrator/report.hpp): availability figures from timelines, the checks and
+// the verdict, the JSON shape, and the self-contained HTML page.
+
+#include "fabriclab/orchestrator/report.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace fabriclab::orchestrator {
+namespace {
+
+constexpr int64_t kStart = 1'700'000'000'000;  // 2023-11-14T22:13:20.000Z
+constexpr int64_t kWindow = 600'000;           // ten minutes
+int64_t s(double seconds) { return std::llround(seconds * 1000); }
+
+// An instance healthy from before the drill, down over each [from, to) (seconds after the
+// start), on the target images with its counter kept.
+ReportInstance instance(std::string name, std::string service, int index, int ud, int fd,
+                        std::vector<std::pair<double, double>> downs = {}) {
+  ReportInstance i;
+  i.name = std::move(name);
+  i.service = std::move(service);
+  i.index = index;
+  i.ud = ud;
+  i.fd = fd;
+  i.host = i.host_before = "h" + std::to_string(fd) + "-" + std::to_string(ud);
+  i.image_before = i.image_after = "guest-1";
+  i.host_image_before = "host-1";
+  i.host_image_after = "host-2";
+  i.counter_before = 10;
+  i.counter_after = 12;
+  i.stop_method = "graceful";
+  i.healthy_at_end = true;
+  i.timeline.push_back({kStart - 5'000, true});
+  for (auto [from, to] : downs) {
+    i.timeline.push_back({kStart + s(from), false});
+    i.timeline.push_back({kStart + s(to), true});
+  }
+  return i;
+}
+
+// A completed host-os drill to "host-2" over [kStart, kStart + kWindow).
+ReportInput drill(std::vector<ReportInstance> instances) {
+  ReportInput in;
+  in.drill_id = "d-1";
+  in.kind = "host-os";
+  in.target = "host-2";
+  in.state = "Completed";
+  in.started_ms = kStart;
+  in.finished_ms = kStart + kWindow;
+  in.lower_bound = 2;
+  in.batches = {{0, {"h0-0"}, kStart + s(10), kStart + s(200), "done"},
+                {1, {"h1-1"}, kStart + s(200), kStart + s(400), "done"}};
+  in.hosts = {{"h0-0", 0, "host-1", "host-2", "Ready"}, {"h1-1", 1, "host-1", "host-2", "Ready"}};
+  for (const ReportInstance& i : instances) {
+    bool known = false;
+    for (ReportService& sv : in.services) {
+      if (sv.name == i.service) {
+        ++sv.instance_count;
+        known = true;
+      }
+    }
+    if (!known) in.services.push_back({i.service, 1, 5});
+  }
+  in.instances = std::move(instances);
+  return in;
+}
+
+const json::object& check_named(const json::object& report, std::string_view name) {
+  for (const json::value& c : report.at("checks").as_array()) {
+    if (c.as_object().at("name").as_string() == name) return c.as_object();
+  }
+  ADD_FAILURE() << "no check named " << name;
+  static const json::object kNone;
+  return kNone;
+}
+bool passed(const json::object& report, std::string_view check) {
+  return check_named(report, check).at("passed").as_bool();
+}
+std::string detail(const json::object& report, std::string_view check) {
+  return std::string(check_named(report, check).at("detail").as_string());
+}
+std::string result(const json::object& report) {
+  return std::string(report.at("result").as_string());
+}
+
+TEST(ReportAvailability, DownsInDifferentUdsThatDoNotOverlapKeepTheServiceServing) {
+  ReportInput in = drill({instance("web-0", "web", 0, 0, 0, {{100, 160}}),
+                          instance("web-1", "web", 1, 1, 1, {{200, 260}})});
+  ServiceAvailability a = service_availability(in, in.services[0]);
+  EXPECT_TRUE(a.sla_applies);
+  EXPECT_TRUE(a.always_available);
+  EXPECT_EQ(a.unavailable_ms, 0);
+  EXPECT_DOUBLE_EQ(a.availability_percent, 100.0);
+  EXPECT_EQ(a.max_uds_down, 1);
+  EXPECT_EQ(a.max_instances_down, 1);
+  EXPECT_EQ(a.verdict, "kept serving");
+  EXPECT_EQ(result(build_report(in)), "passed");
+}
+
+TEST(ReportAvailability, HandOverAtTheSameMillisecondIsNotAnOutage) {
+  ReportInput in = drill({instance("web-0", "web", 0, 0, 0, {{100, 200}}),
+                          instance("web-1", "web", 1, 1, 1, {{200, 300}})});
+  ServiceAvailability a = service_availability(in, in.services[0]);
+  EXPECT_TRUE(a.always_available);
+  EXPECT_EQ(a.max_uds_down, 1);
+}
+
+TEST(ReportAvailability, OverlappingDownsLoseAvailabilityForExactlyTheOverlap) {
+  ReportInput in = drill({instance("web-0", "web", 0, 0, 0, {{100, 200}}),
+                          instance("web-1", "web", 1, 1, 1, {{150.5, 260}}),
+                          instance("db-0", "db", 0, 0, 0), instance("db-1", "db", 1, 1, 1)});
+  ServiceAvailability a = service_availability(in, in.services[0]);
+  EXPECT_FALSE(a.always_available);
+  EXPECT_EQ(a.unavailable_ms, 49'500);
+  EXPECT_EQ(a.max_uds_down, 2);
+  EXPECT_EQ(a.max_instances_down, 2);
+  EXPECT_DOUBLE_EQ(a.availability_percent, 100.0 * (kWindow - 49'500) / kWindow);
+  EXPECT_EQ(a.verdict, "lost availability for 49.5 s");
+
+  json::object r = build_report(in);
+  EXPECT_EQ(result(r), "failed");
+  EXPECT_FALSE(passed(r, "services kept serving"));
+  EXPECT_NE(detail(r, "services kept serving").find("web"), std::string::npos);
+  EXPECT_EQ(detail(r, "services kept serving").find("db"), std::string::npos);
+  EXPECT_TRUE(passed(r, "drill completed"));
+  EXPECT_TRUE(passed(r, "on target"));
+  EXPECT_TRUE(passed(r, "counter kept"));
+  const json::object& web = r.at("services").as_array()[0].as_object();
+  EXPECT_EQ(web.at("name").as_string(), "web");
+  EXPECT_DOUBLE_EQ(web.at("unavailable_s").as_double(), 49.5);
+  EXPECT_EQ(web.at("max_uds_down").as_int64(), 2);
+  EXPECT_FALSE(web.at("always_available").as_bool());
+}
+
+TEST(ReportAvailability, TwoInstancesOfOneUdDownTogetherCountAsOneUd) {
+  ReportInput in =
+      drill({instance("web-0", "web", 0, 0, 0, {{100, 200}}), instance("web-1", "web", 1, 1, 1),
+             instance("web-2", "web", 2, 0, 1, {{120, 220}})});
+  ServiceAvailability a = service_availability(in, in.services[0]);
+  EXPECT_TRUE(a.always_available);
+  EXPECT_EQ(a.max_uds_down, 1);
+  EXPECT_EQ(a.max_instances_down, 2);
+}
+
+TEST(ReportAvailability, SingleInstanceServiceHasNoSlaAndDoesNotFailTheDrillByBeingDown) {
+  ReportInput in = drill({instance("hello-0", "hello", 0, 0, 0, {{100, 160}})});
+  ServiceAvailability a = service_availability(in, in.services[0]);
+  EXPECT_FALSE(a.sla_applies);
+  EXPECT_FALSE(a.always_available);
+  EXPECT_EQ(a.unavailable_ms, 60'000);
+  EXPECT_EQ(a.budget_ms_per_month, 0);
+  EXPECT_EQ(a.budget_used_percent, 0);
+  EXPECT_EQ(a.verdict, "no SLA (single instance): down 60 s");
+
+  json::object r = build_report(in);
+  EXPECT_EQ(result(r), "passed");
+  EXPECT_TRUE(r.at("services").as_array()[0].as_object().at("error_budget_s_per_month").is_null());
+}
+
+TEST(ReportAvailability, ErrorBudgetAt9995PercentIs1296SecondsPerThirtyDayMonth) {
+  ReportInput in = drill({instance("web-0", "web", 0, 0, 0, {{100, 164.8}}),
+                          instance("web-1", "web", 1, 1, 1, {{100, 164.8}})});
+  ServiceAvailability a = service_availability(in, in.services[0]);
+  EXPECT_EQ(a.budget_ms_per_month, 1'296'000);
+  EXPECT_NEAR(a.budget_used_percent, 5.0, 1e-9);  // 64.8 s of 1296 s
+  const json::object r = build_report(in);
+  const json::object& web = r.at("services").as_array()[0].as_object();
+  EXPECT_DOUBLE_EQ(web.at("error_budget_s_per_month").as_double(), 1296.0);
+  EXPECT_DOUBLE_EQ(web.at("error_budget_used_s").as_double(), 64.8);
+  EXPECT_DOUBLE_EQ(web.at("error_budget_used_percent").as_double(), 5.0);
+
+  in.sla_percent = 99.9;
+  EXPECT_EQ(service_availability(in, in.services[0]).budget_ms_per_month, 2'592'000);
+}
+
+TEST(ReportTimeline, EmptyTimelineCountsAsDownForTheWholeWindowEvenIfHealthyAtEnd) {
+  ReportInstance silent = instance("web-1", "web", 1, 1, 1);
+  silent.timeline.clear();
+  ReportInput in = drill({instance("web-0", "web", 0, 0, 0), silent});
+  EXPECT_EQ(instance_down_ms(in, in.instances[1]), kWindow);
+  ServiceAvailability a = service_availability(in, in.services[0]);
+  EXPECT_TRUE(a.always_available);  // web-0 served throughout
+  EXPECT_EQ(a.max_instances_down, 1);
+  const json::object r = build_report(in);
+  EXPECT_TRUE(r.at("instances").as_array()[1].as_object().at("timeline").as_array().empty());
+  EXPECT_DOUBLE_EQ(r.at("instances").as_array()[1].as_object().at("down_s").as_double(), 600.0);
+}
+
+TEST(ReportTimeline, TimelineStartingInsideTheWindowIsDownUntilItsFirstEntry) {
+  ReportInstance late = instance("web-0", "web", 0, 0, 0);
+  late.timeline = {{kStart + s(30), true}};
+  ReportInput in = drill({late});
+  EXPECT_EQ(instance_down_ms(in, in.instances[0]), s(30));
+  const json::object r = build_report(in);
+  const json::array& tl = r.at("instances").as_array()[0].as_object().at("timeline").as_array();
+  ASSERT_EQ(tl.size(), 1u);
+  EXPECT_DOUBLE_EQ(tl[0].as_object().at("t_s").as_double(), 30.0);
+}
+
+TEST(ReportTimeline, EntriesOutsideTheWindowAreClipped) {
+  ReportInstance i = instance("web-0", "web", 0, 0, 0);
+  i.timeline = {{kStart - s(100), false},  {kStart - s(50), true},
+                {kStart + s(10), false},   {kStart + s(20), true},
+                {kStart + kWindow, false}, {kStart + kWindow + s(5), true}};
+  ReportInput in = drill({i});
+  EXPECT_EQ(instance_down_ms(in, in.instances[0]), s(10));
+  const json::object r = build_report(in);
+  const json::array& tl = r.at("instances").as_array()[0].as_object().at("timeline").as_array();
+  ASSERT_EQ(tl.size(), 3u);
+  EXPECT_DOUBLE_EQ(tl[0].as_object().at("t_s").as_double(), 0.0);
+  EXPECT_TRUE(tl[0].as_object().at("healthy").as_bool());
+  EXPECT_DOUBLE_EQ(tl[1].as_object().at("t_s").as_double(), 10.0);
+  EXPECT_FALSE(tl[1].as_object().at("healthy").as_bool());
+  EXPECT_DOUBLE_EQ(tl[2].as_object().at("t_s").as_double(), 20.0);
+}
+
+TEST(ReportTimeline, UnsortedTimelineIsReadInTimeOrder) {
+  ReportInstance i = instance("web-0", "web", 0, 0, 0);
+  i.timeline = {{kStart + s(20), true}, {kStart + s(10), false}, {kStart - 1, true}};
+  ReportInput in = drill({i});
+  EXPECT_EQ(instance_down_ms(in, in.instances[0]), s(10));
+}
+
+TEST(ReportTimeline, ZeroLengthWindowHasNothingDown) {
+  ReportInput in = drill(
+      {instance("web-0", "web", 0, 0, 0, {{0, 1}}), instance("web-1", "web", 1, 1, 1, {{0, 1}})});
+  in.instances[1].timeline.clear();
+  for (int64_t finished : {kStart, kStart - 1000}) {
+    in.finished_ms = finished;
+    EXPECT_EQ(instance_down_ms(in, in.instances[1]), 0);
+    ServiceAvailability a = service_availability(in, in.services[0]);
+    EXPECT_TRUE(a.always_available);
+    EXPECT_EQ(a.unavailable_ms, 0);
+    EXPECT_DOUBLE_EQ(a.availability_percent, 100.0);
+    EXPECT_EQ(a.max_uds_down, 0);
+    json::object r = build_report(in);
+    EXPECT_DOUBLE_EQ(r.at("drill").as_object().at("duration_s").as_double(), 0.0);
+    EXPECT_EQ(result(r), "passed");
+  }
+}
+
+TEST(ReportChecks, CounterThatWentBackwardsFailsCounterKeptNamingTheInstance) {
+  ReportInput in = drill({instance("web-0", "web", 0, 0, 0), instance("web-1", "web", 1, 1, 1)});
+  in.instances[1].counter_before = 7;
+  in.instances[1].counter_after = 5;
+  json::object r = build_report(in);
+  EXPECT_EQ(result(r), "failed");
+  EXPECT_FALSE(passed(r, "counter kept"));
+  EXPECT_NE(detail(r, "counter kept").find("web-1 (7 -> 5)"), std::string::npos);
+  EXPECT_EQ(detail(r, "counter kept").find("web-0"), std::string::npos);
+  EXPECT_FALSE(r.at("instances").as_array()[1].as_object().at("counter_kept").as_bool());
+  EXPECT_TRUE(r.at("instances").as_array()[0].as_object().at("counter_kept").as_bool());
+}
+
+TEST(ReportChecks, UnknownCounterFailsCounterKept) {
+  ReportInput in = drill({instance("web-0", "web", 0, 0, 0)});
+  in.instances[0].counter_before = -1;
+  json::object r = build_report(in);
+  EXPECT_FALSE(passed(r, "counter kept"));
+  EXPECT_NE(detail(r, "counter kept").find("web-0 (unknown -> 12)"), std::string::npos);
+  EXPECT_TRUE(r.at("instances").as_array()[0].as_object().at("counter_before").is_null());
+}
+
+TEST(ReportChecks, InstanceOnTheWrongHostImageFailsOnTarget) {
+  ReportInput in = drill({instance("web-0", "web", 0, 0, 0), instance("web-1", "web", 1, 1, 1)});
+  in.instances[0].host_image_after = "host-1";
+  json::object r = build_report(in);
+  EXPECT_EQ(result(r), "failed");
+  EXPECT_FALSE(passed(r, "on target"));
+  EXPECT_NE(detail(r, "on target").find("web-0 on host image 'host-1'"), std::string::npos);
+  EXPECT_EQ(detail(r, "on target").find("web-1"), std::string::npos);
+}
+
+TEST(ReportChecks, OnTargetFollowsTheDrillKind) {
+  ReportInput in = drill({instance("web-0", "web", 0, 0, 0)});
+  ReportInstance& i = in.instances[0];
+  in.kind = "guest-os";
+  in.target = "guest-2";
+  EXPECT_FALSE(instance_on_target(in, i));  // host image changed, guest image did not
+  i.image_after = "guest-2";
+  EXPECT_TRUE(instance_on_target(in, i));
+
+  in.kind = "freeze";
+  EXPECT_FALSE(instance_on_target(in, i));
+  i.image_after = i.image_before;
+  i.host_image_after = i.host_image_before;
+  EXPECT_TRUE(instance_on_target(in, i));
+
+  in.kind = "reboot-everything";
+  EXPECT_FALSE(instance_on_target(in, i));
+  json::object r = build_report(in);
+  EXPECT_FALSE(passed(r, "on target"));
+  EXPECT_NE(detail(r, "on target").find("unknown drill kind"), std::string::npos);
+}
+
+TEST(ReportChecks, FailedDrillStateFailsTheReport) {
+  ReportInput in = drill({instance("web-0", "web", 0, 0, 0), instance("web-1", "web", 1, 1, 1)});
+  in.state = "Failed";
+  in.reason = "batch 1: host h1-1 did not come back";
+  json::object r = build_report(in);
+  EXPECT_EQ(result(r), "failed");
+  EXPECT_FALSE(passed(r, "drill completed"));
+  EXPECT_NE(detail(r, "drill completed").find("did not come back"), std::string::npos);
+  EXPECT_TRUE(passed(r, "healthy at end"));
+}
+
+TEST(ReportChecks, UnhealthyAtEndFailsNamingTheInstance) {
+  ReportInput in = drill({instance("web-0", "web", 0, 0, 0), instance("web-1", "web", 1, 1, 1)});
+  in.instances[1].healthy_at_end = false;
+  json::object r = build_report(in);
+  EXPECT_EQ(result(r), "failed");
+  EXPECT_EQ(detail(r, "healthy at end"), "not healthy: web-1");
+}
+
+TEST(ReportChecks, ServiceMissingFromTheServiceListIsStillJudged) {
+  ReportInput in = drill({instance("web-0", "web", 0, 0, 0, {{10, 20}}),
+                          instance("web-1", "web", 1, 1, 1, {{10, 20}})});
+  in.services.clear();
+  json::object r = build_report(in);
+  ASSERT_EQ(r.at("services").as_array().size(), 1u);
+  EXPECT_EQ(r.at("services").as_array()[0].as_object().at("instances").as_int64(), 2);
+  EXPECT_FALSE(passed(r, "services kept serving"));
+}
+
+TEST(ReportJson, HasTheDrillWalkPlacementAndInstanceFigures) {
+  ReportInstance moved = instance("web-1", "web", 1, 1, 1, {{200.1234, 201.5}});
+  moved.host_before = "h9";
+  moved.agent_down_ms = 1'300;
+  moved.notice_ms = 15'000;
+  ReportInput in =
+      drill({instance("web-0", "web", 0, 0, 0), moved, instance("web-2", "web", 2, 0, 1)});
+  in.events = {"healing: web-1 moved from h9 to h1-1"};
+  json::object r = build_report(in);
+
+  const json::object& d = r.at("drill").as_object();
+  EXPECT_EQ(d.at("started_at").as_string(), "2023-11-14T22:13:20.000Z");
+  EXPECT_EQ(d.at("finished_at").as_string(), "2023-11-14T22:23:20.000Z");
+  EXPECT_DOUBLE_EQ(d.at("duration_s").as_double(), 600.0);
+
+  const json::object& w = r.at("walk").as_object();
+  EXPECT_EQ(w.at("lower_bound").as_int64(), 2);
+  EXPECT_EQ(w.at("batches").as_int64(), 2);
+  const json::object& b1 = w.at("batch_list").as_array()[1].as_object();
+  EXPECT_DOUBLE_EQ(b1.at("duration_s").as_double(), 200.0);
+  EXPECT_EQ(b1.at("status").as_string(), "done");
+
+  const json::object& p = r.at("placement").as_object();
+  EXPECT_EQ(p.at("update_domains").as_int64(), 2);
+  EXPECT_EQ(p.at("fault_domains").as_array().size(), 2u);
+  const json::array& cells = p.at("cells").as_array();
+  ASSERT_EQ(cells.size(), 3u);  // (UD0, FD0) web-0, (UD0, FD1) web-2, (UD1, FD1) web-1
+  EXPECT_EQ(cells[1].as_object().at("ud").as_int64(), 0);
+  EXPECT_EQ(cells[1].as_object().at("fd").as_int64(), 1);
+  EXPECT_EQ(cells[1].as_object().at("instances").as_array()[0].as_string(), "web-2");
+
+  const json::object& i1 = r.at("instances").as_array()[1].as_object();
+  EXPECT_EQ(i1.at("host_before").as_string(), "h9");
+  EXPECT_DOUBLE_EQ(i1.at("down_s").as_double(), 1.377);  // 200.123 .. 201.5 (ms resolution)
+  EXPECT_DOUBLE_EQ(i1.at("agent_down_s").as_double(), 1.3);
+  EXPECT_DOUBLE_EQ(i1.at("notice_s").as_double(), 15.0);
+  EXPECT_TRUE(i1.at("ack_s").is_null());
+  EXPECT_TRUE(i1.at("on_target").as_bool());
+  EXPECT_EQ(r.at("events").as_array().size(), 1u);
+  EXPECT_EQ(r.at("checks").as_array().size(), 5u);
+  EXPECT_EQ(result(r), "passed");
+}
+
+TEST(ReportHtml, EscapesNamesAndReferencesNothingOutside) {
+  ReportInput in = drill({instance("<script>alert(1)</script>", "web", 0, 0, 0, {{10, 20}}),
+                          instance("web-1", "web", 1, 1, 1)});
+  in.events = {"healing moved \"<b>x</b>\" & 'y'"};
+  const std::string html = render_report_html(build_report(in));
+  EXPECT_EQ(html.find("<script"), std::string::npos);
+  EXPECT_NE(html.find("&lt;script&gt;alert(1)&lt;&#47;script&gt;"), std::string::npos);
+  EXPECT_EQ(html.find("<b>x"), std::string::npos);
+  EXPECT_NE(html.find("&quot;&lt;b&gt;x&lt;&#47;b&gt;&quot; &amp; &#39;y&#39;"), std::string::npos);
+  EXPECT_EQ(html.find("http://"), std::string::npos);
+  EXPECT_EQ(html.find("https://"), std::string::npos);
+  EXPECT_EQ(html.find("src="), std::string::npos);
+  EXPECT_EQ(html.find("<link"), std::string::npos);
+}
+
+TEST(ReportHtml, DrawsTheUdByFdTableAsTheSeedsDo) {
+  ReportInput in = drill({instance("web-0", "web", 0, 0, 0), instance("web-1", "web", 1, 1, 1)});
+  const std::string html = render_report_html(build_report(in));
+  EXPECT_NE(html.find("<tr><th></th><th>FD0</th><th>FD1</th></tr>"), std::string::npos);
+  EXPECT_NE(html.find("<tr><th>UD0</th><td><div>web-0</div></td><td></td></tr>"),
+            std::string::npos);
+  EXPECT_NE(html.find("<tr><th>UD1</th><td></td><td><div>web-1</div></td></tr>"),
+            std::string::npos);
+}
+
+TEST(ReportHtml, ShowsTheVerdictAndTheFailedChecks) {
+  ReportInput in = drill({instance("web-0", "web", 0, 0, 0), instance("web-1", "web", 1, 1, 1)});
+  std::string html = render_report_html(build_report(in));
+  EXPECT_NE(html.find("<h1>PASSED</h1>"), std::string::npos);
+  EXPECT_EQ(html.find("FAILED"), std::string::npos);
+
+  in.instances[1].counter_after = 3;
+  html = render_report_html(build_report(in));
+  EXPECT_NE(html.find("<h1>FAILED</h1>"), std::string::npos);
+  EXPECT_NE(html.find("<li><b>counter kept</b>: counter lost or unknown: web-1 (10 -&gt; 3)</li>"),
+            std::string::npos);
+}
+
+TEST(ReportHtml, DrawsTimelinesWithDownBarsOnASharedAxis) {
+  ReportInput in = drill({instance("web-0", "web", 0, 0, 0, {{100, 160}}),
+                          instance("web-1", "web", 1, 1, 1), instance("db-0", "db", 0, 0, 0)});
+  in.instances[2].timeline = {{kStart + s(30), true}};
+  const std::string html = render_report_html(build_report(in));
+  EXPECT_NE(html.find("<svg class=\"timeline\""), std::string::npos);
+  EXPECT_NE(html.find("web-0: down from 100 s to 160 s"), std::string::npos);
+  EXPECT_NE(html.find("db-0: unknown (counted as down) from 0 s to 30 s"), std::string::npos);
+  EXPECT_NE(html.find("web-1: healthy from 0 s to 600 s"), std::string::npos);
+  EXPECT_LT(html.find("<h3>web</h3>"), html.find("<h3>db</h3>"));  // report order
+}
+
+TEST(ReportHtml, RendersADamagedReportWithoutThrowing) {
+  std::string html = render_report_html(json::object{});
+  EXPECT_NE(html.find("FAILED"), std::string::npos);
+  json::object bad{{"drill", 3},
+                   {"placement", json::object{{"update_domains", 1e12}, {"cells", "x"}}},
+                   {"instances", json::array{1, json::object{{"name", 5}, {"timeline", 2}}}},
+                   {"walk", json::object{{"batch_list", json::array{nullptr}}}}};
+  html = render_report_html(bad);
+  EXPECT_NE(html.find("</html>"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace fabriclab::orchestrator
