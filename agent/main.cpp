@@ -5,6 +5,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <csignal>
+#include <filesystem>
 #include <iostream>
 #include <algorithm>
 #include <pthread.h>
@@ -118,6 +119,38 @@ int main(int argc, char** argv) {
     std::cerr << "fabriclab-agent: " << tokens.error().describe() << "\n";
     return 2;
   }
+  // Synthetic host images for a lab rack: written once into the state dir and staged; the first
+  // becomes the host's current image if it has none (a lab host "installed" with it).
+  if (!lab_host_images.empty()) {
+    std::string root = o.host_images_dir.empty() ? o.state_dir + "/host-images" : o.host_images_dir;
+    std::error_code ec;
+    std::filesystem::create_directories(o.state_dir, ec);
+    auto store = agent::HostImageStore::open(root);
+    if (!store.ok()) {
+      std::cerr << "fabriclab-agent: --lab-host-images: " << store.error().describe() << "\n";
+      return 2;
+    }
+    for (const auto& version : lab_host_images) {
+      std::string file = o.state_dir + "/lab-host-image-" + version;
+      auto sha = agent::write_synthetic_host_image(file, version);
+      Status st = sha.ok() ? Status{} : Status(sha.error());
+      if (st.ok()) {
+        auto staged = store->stage(version, file, *sha);
+        if (!staged.ok()) st = Status(staged.error());
+      }
+      if (!st.ok()) {
+        std::cerr << "fabriclab-agent: --lab-host-images " << version << ": " << st.error().describe() << "\n";
+        return 2;
+      }
+    }
+    if (!store->current()) {
+      auto act = store->activate(lab_host_images.front());
+      if (!act.ok()) {
+        std::cerr << "fabriclab-agent: --lab-host-images: " << act.error().describe() << "\n";
+        return 2;
+      }
+    }
+  }
   agent::HostAgent* agent_ptr = nullptr;
   auto feed = std::make_shared<EventFeed>([&agent_ptr] {
     return agent_ptr ? agent_ptr->snapshot() : boost::json::object{};
@@ -128,20 +161,6 @@ int main(int argc, char** argv) {
     return 1;
   }
   agent_ptr = agent->get();
-  // Synthetic host images for a lab rack: written once into the state dir, staged if new.
-  for (const auto& version : lab_host_images) {
-    std::string file = o.state_dir + "/lab-host-image-" + version;
-    auto sha = agent::write_synthetic_host_image(file, version);
-    if (!sha.ok()) {
-      std::cerr << "fabriclab-agent: --lab-host-images " << version << ": " << sha.error().describe() << "\n";
-      return 2;
-    }
-    auto staged = (*agent)->stage_host_image(version, file, *sha);
-    if (!staged.ok() && staged.error().condition != Condition::already_exists) {
-      std::cerr << "fabriclab-agent: --lab-host-images " << version << ": " << staged.error().describe() << "\n";
-      return 2;
-    }
-  }
   http::Limits limits;
   http::Server server("agent-api", *tokens, limits);
   agent::install_api(server, **agent, feed, limits);

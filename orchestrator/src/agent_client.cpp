@@ -31,6 +31,13 @@ Condition condition_from_code(std::string_view code, int status) {
 }  // namespace
 
 Result<Endpoint> parse_endpoint(std::string_view text) {
+  // "http://HOST:PORT" is accepted as well (a trailing "/" too); any other scheme is refused.
+  if (text.starts_with("http://")) text.remove_prefix(7);
+  if (text.ends_with("/")) text.remove_suffix(1);
+  if (text.find("://") != std::string_view::npos || text.find('/') != std::string_view::npos) {
+    return make_error(Condition::invalid_argument,
+                      "endpoint '" + std::string(text) + "' must be HOST:PORT or http://HOST:PORT");
+  }
   auto colon = text.rfind(':');
   if (colon == std::string_view::npos || colon == 0 || text.size() > 255) {
     return make_error(Condition::invalid_argument,
