@@ -1,23 +1,40 @@
-// fabriclab: the command-line tool. Today it has `plan`, the dry run of a walk: it places the
-// services on a rack (or reads a cluster with its placement), computes the walk and prints, as the
-// seeds draw it, the UD x FD placement table, the batches, the lower bound beside the batch count,
-// and per service the predicted worst case. The drill, watch and status commands come with the
-// orchestrator service.
+// fabriclab: the command-line tool.
+//   plan    the dry run of a walk: places the services on a rack (or reads a cluster with its
+//           placement), computes the walk and prints, as the seeds draw it, the UD x FD placement
+//           table, the batches, the lower bound beside the batch count, and per service the
+//           predicted worst case.
+//   drill   a drill spec on a local rack (agents + orchestrator processes it starts and stops) or
+//           against a running orchestrator; live progress, report JSON/HTML.
+//   lab     up | down | status of a local rack.
+//   status  the grid and the latest drill; watch: the same, live from the websocket feed.
 //
-// Exit codes: 0 ok, 2 bad input, 3 no placement or plan satisfies the rules.
+// Exit codes: 0 ok (a drill passed), 1 the drill failed, 2 bad input, 3 no placement (plan) or a
+// lab/orchestrator error, 130 interrupted.
 
 #include <CLI/CLI.hpp>
 #include <boost/json.hpp>
 
+#include <fmt/format.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <iomanip>
+#include <optional>
+#include <thread>
+#include <tuple>
 #include <iostream>
 #include <map>
 #include <sstream>
 
+#include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/orchestrator/placement.hpp"
 #include "fabriclab/orchestrator/planner.hpp"
+#include "fabriclab/rack/drill.hpp"
+#include "fabriclab/rack/lab.hpp"
 
 using namespace fabriclab;
 using namespace fabriclab::orchestrator;
@@ -80,22 +97,16 @@ void print_table(const Cluster& c) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  CLI::App app{"fabriclab: planned host maintenance on real VMs"};
-  app.require_subcommand(1);
-  auto* plan = app.add_subcommand("plan", "Dry run: place the services, compute the walk, predict each service's worst case");
+struct PlanArgs {
   std::string rack = "3x2", cluster_file;
   int capacity = 8, ud_count = 5, max_parallel = 0;
   std::vector<std::string> services = {"hello:1", "web:2", "worker:3"};
   bool json_out = false;
-  plan->add_option("--rack", rack, "FAULT_DOMAINSxHOSTS_PER_FD")->capture_default_str();
-  plan->add_option("--capacity", capacity, "Instances per host")->check(CLI::Range(1, 1000))->capture_default_str();
-  plan->add_option("--service", services, "NAME:INSTANCES[:UD_COUNT], repeatable (default: the seeds' hello:1 web:2 worker:3)");
-  plan->add_option("--ud-count", ud_count, "Default UD count per service (1..20)")->check(CLI::Range(1, 20))->capture_default_str();
-  plan->add_option("--max-parallel", max_parallel, "At most this many hosts per batch (0: no cap)")->check(CLI::Range(0, 100000));
-  plan->add_option("--cluster", cluster_file, "A cluster JSON with hosts, services and placed instances (instead of --rack/--service)");
-  plan->add_flag("--json", json_out, "Print one JSON object");
-  CLI11_PARSE(app, argc, argv);
+};
+
+int run_plan(const PlanArgs& a) {
+  const auto& [rack, cluster_file, capacity, ud_count, max_parallel, services, json_out] =
+      std::tie(a.rack, a.cluster_file, a.capacity, a.ud_count, a.max_parallel, a.services, a.json_out);
 
   Cluster cluster;
   if (!cluster_file.empty()) {
@@ -170,4 +181,408 @@ int main(int argc, char** argv) {
               << "\n";
   }
   return 0;
+}
+
+// ---- drill, lab, status, watch -----------------------------------------------------------------
+
+namespace {
+
+constexpr int kFailed = 1;
+constexpr int kLabError = 3;
+constexpr int kInterrupted = 130;
+
+std::string self_dir() {
+  std::error_code ec;
+  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string(".") : p.parent_path().string();
+}
+
+// Guest images: --images, FABRICLAB_IMAGES_DIR, then the build tree's images/ beside the binary.
+std::string images_dir(const std::string& flag) {
+  if (!flag.empty()) return flag;
+  if (const char* e = std::getenv("FABRICLAB_IMAGES_DIR"); e && *e) return e;
+  return self_dir() + "/../images";
+}
+
+void on_signal(int) { rack::interrupted() = true; }
+
+void install_signal_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGHUP, &sa, nullptr);
+}
+
+std::string read_token_file(const std::string& path) {
+  std::ifstream in(path);
+  std::string t;
+  std::getline(in, t);
+  while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
+  return t;
+}
+
+bool write_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  return static_cast<bool>(out);
+}
+
+struct Target {
+  std::string url, token_file, lab_dir = "/tmp/flab";
+};
+
+// The orchestrator to talk to: --orchestrator URL + --token-file, else the local lab's.
+Result<rack::OrchestratorClient> connect_target(const Target& t) {
+  if (!t.url.empty()) {
+    std::string token = t.token_file.empty() ? "" : read_token_file(t.token_file);
+    if (!t.token_file.empty() && token.empty()) {
+      return make_error(Condition::invalid_argument, "--token-file " + t.token_file + " is empty or unreadable");
+    }
+    return rack::OrchestratorClient::from_url(t.url, token);
+  }
+  FL_ASSIGN_OR_RETURN(auto lab, rack::Lab::attach(t.lab_dir));
+  return rack::OrchestratorClient::from_url(lab.orchestrator_url(), lab.control_token());
+}
+
+int exit_for(const Error& e) {
+  switch (e.condition) {
+    case Condition::invalid_argument:
+    case Condition::not_found:
+    case Condition::already_exists:
+    case Condition::unauthenticated:
+    case Condition::permission_denied:
+      return kBadInput;
+    case Condition::cancelled:
+      return kInterrupted;
+    default:
+      return kLabError;
+  }
+}
+
+void print_summary(const json::object& report, std::ostream& out) {
+  auto str = [](const json::object& o, std::string_view k) {
+    auto* v = o.if_contains(k);
+    return v && v->is_string() ? std::string(v->as_string()) : std::string();
+  };
+  if (auto* svcs = report.if_contains("services"); svcs && svcs->is_array()) {
+    out << "services:\n";
+    for (const auto& v : svcs->as_array()) {
+      const auto& s = v.as_object();
+      auto number = [&s](std::string_view k) {
+        auto* v = s.if_contains(k);
+        return v && v->is_number() ? v->to_number<double>() : 0.0;
+      };
+      out << fmt::format("  {:<12} {:<40} availability {:.3f}%  most UDs down at once {}\n", str(s, "name"),
+                         str(s, "verdict"), number("availability_percent"), number("max_uds_down"));
+    }
+  }
+  if (auto* checks = report.if_contains("checks"); checks && checks->is_array()) {
+    out << "checks:\n";
+    for (const auto& v : checks->as_array()) {
+      const auto& c = v.as_object();
+      bool ok = c.at("passed").as_bool();
+      out << "  " << (ok ? "ok   " : "FAIL ") << str(c, "name") << ": " << str(c, "detail") << "\n";
+    }
+  }
+  out << "result: " << str(report, "result") << "\n";
+}
+
+struct DrillArgs {
+  std::string spec_file, hypervisor, report_file, html_file, images, orchestrator_url, token_file;
+  std::string lab_dir = "/tmp/flab";
+  int port = 0;
+  bool keep = false, json_out = false;
+};
+
+int run_drill_cmd(const DrillArgs& a) {
+  auto spec = a.spec_file.empty() ? Result<rack::DrillFileSpec>(rack::default_spec()) : rack::load_spec(a.spec_file);
+  if (!spec.ok()) return fail(kBadInput, spec.error().message);
+  if (!a.hypervisor.empty()) spec->hypervisor = a.hypervisor;
+  install_signal_handlers();
+  std::ostream& out = a.json_out ? std::cerr : std::cout;
+  const bool tty = !a.json_out && isatty(STDOUT_FILENO);
+
+  std::optional<rack::Lab> lab;
+  auto finish = [&](int code) {
+    if (lab) {
+      if (a.keep && !rack::interrupted()) {
+        out << "rack kept up in " << lab->dir() << ": dashboard " << lab->orchestrator_url() << "/?token="
+            << lab->control_token() << "\n  fabriclab lab down --lab-dir " << lab->dir() << " stops it\n";
+      } else {
+        out << "stopping the rack (VMs, agents, orchestrator)...\n";
+        lab->down(false);
+        out << "rack stopped; logs kept in " << lab->dir() << "\n";
+      }
+    }
+    return code;
+  };
+
+  std::optional<rack::OrchestratorClient> api;
+  if (!a.orchestrator_url.empty()) {
+    auto c = connect_target({a.orchestrator_url, a.token_file, a.lab_dir});
+    if (!c.ok()) return fail(exit_for(c.error()), c.error().message);
+    api = *c;
+  } else {
+    rack::LabOptions lo;
+    lo.dir = a.lab_dir;
+    lo.bin_dir = self_dir();
+    lo.images_dir = images_dir(a.images);
+    lo.orchestrator_port = a.port;
+    if (spec->hypervisor == "qemu") lo.start_timeout = std::chrono::seconds(60);
+    out << fmt::format("rack: {} hosts in {} fault domains, hypervisor {}, network loopback ({}1..{}; network "
+                       "namespaces not used), lab dir {}\n",
+                       spec->hosts, spec->fault_domains,
+                       spec->hypervisor == "qemu" ? "qemu (embedded driver, real VMs)" : "test (simulated guests)",
+                       lo.address_prefix, spec->hosts, lo.dir);
+    auto up = rack::Lab::up(*spec, lo);
+    if (!up.ok()) return fail(exit_for(up.error()) == kBadInput ? kBadInput : kLabError, "lab up: " + up.error().message);
+    lab = std::move(up).value();
+    out << "orchestrator " << lab->orchestrator_url() << "  dashboard " << lab->orchestrator_url()
+        << "/?token=" << lab->control_token() << "\n";
+    out << "creating services and waiting for every guest to heartbeat...\n" << std::flush;
+    auto pop = lab->populate(*spec, std::chrono::seconds(spec->hypervisor == "qemu" ? 300 : 60));
+    if (!pop.ok()) {
+      std::cerr << "fabriclab: " << pop.error().message << "\n";
+      return finish(pop.error().condition == Condition::cancelled ? kInterrupted : kLabError);
+    }
+    auto c = rack::OrchestratorClient::from_url(lab->orchestrator_url(), lab->control_token());
+    if (!c.ok()) return finish(fail(kLabError, c.error().message));
+    api = *c;
+  }
+  rack::DrillView view{&out, tty};
+  auto outcome = rack::run_drill(*api, *spec, lab ? &*lab : nullptr, view);
+  if (!outcome.ok()) {
+    std::cerr << "fabriclab: drill: " << outcome.error().message << "\n";
+    return finish(rack::interrupted() ? kInterrupted : exit_for(outcome.error()));
+  }
+  std::string id = outcome->drill.at("id").as_string().c_str();
+  if (!a.report_file.empty() && !write_file(a.report_file, json::serialize(outcome->report) + "\n")) {
+    std::cerr << "fabriclab: cannot write " << a.report_file << "\n";
+  }
+  if (!a.html_file.empty()) {
+    auto html = api->get_text("/v1/drills/" + id + "/report.html");
+    if (!html.ok() || !write_file(a.html_file, *html)) {
+      std::cerr << "fabriclab: cannot write " << a.html_file << (html.ok() ? "" : ": " + html.error().message) << "\n";
+    }
+  }
+  print_summary(outcome->report, out);
+  if (!a.report_file.empty()) out << "report: " << a.report_file << "\n";
+  if (!a.html_file.empty()) out << "html report: " << a.html_file << "\n";
+  if (a.json_out) std::cout << json::serialize(outcome->report) << "\n";
+  int code = outcome->interrupted ? kInterrupted : outcome->passed ? 0 : kFailed;
+  return finish(code);
+}
+
+int run_lab_up(const DrillArgs& a) {
+  auto spec = a.spec_file.empty() ? Result<rack::DrillFileSpec>(rack::default_spec()) : rack::load_spec(a.spec_file);
+  if (!spec.ok()) return fail(kBadInput, spec.error().message);
+  if (!a.hypervisor.empty()) spec->hypervisor = a.hypervisor;
+  install_signal_handlers();
+  rack::LabOptions lo;
+  lo.dir = a.lab_dir;
+  lo.bin_dir = self_dir();
+  lo.images_dir = images_dir(a.images);
+  lo.orchestrator_port = a.port;
+  auto up = rack::Lab::up(*spec, lo);
+  if (!up.ok()) return fail(exit_for(up.error()) == kBadInput ? kBadInput : kLabError, "lab up: " + up.error().message);
+  auto pop = up->populate(*spec, std::chrono::seconds(spec->hypervisor == "qemu" ? 300 : 60));
+  if (!pop.ok()) {
+    up->down(false);
+    return fail(kLabError, "lab up: " + pop.error().message);
+  }
+  std::cout << "lab up in " << up->dir() << ": orchestrator " << up->orchestrator_url() << ", dashboard "
+            << up->orchestrator_url() << "/?token=" << up->control_token() << "\n";
+  return 0;
+}
+
+int run_lab_down(const std::string& dir) {
+  auto lab = rack::Lab::attach(dir);
+  if (!lab.ok()) return fail(kBadInput, lab.error().message);
+  lab->down(false);
+  std::cout << "lab in " << dir << " stopped (VMs, agents, orchestrator)\n";
+  return 0;
+}
+
+int run_lab_status(const std::string& dir) {
+  auto lab = rack::Lab::attach(dir);
+  if (!lab.ok()) return fail(kBadInput, lab.error().message);
+  std::cout << json::serialize(lab->status_json()) << "\n";
+  return 0;
+}
+
+int run_status(const Target& t, bool json_out) {
+  auto api = connect_target(t);
+  if (!api.ok()) return fail(exit_for(api.error()), api.error().message);
+  auto hosts = api->get("/v1/hosts");
+  auto inst = hosts.ok() ? api->get("/v1/instances") : hosts;
+  auto drills = inst.ok() ? api->get("/v1/drills") : inst;
+  if (!drills.ok()) return fail(kLabError, drills.error().message);
+  if (json_out) {
+    std::cout << json::serialize(json::object{{"hosts", *hosts}, {"instances", *inst}, {"drills", *drills}}) << "\n";
+    return 0;
+  }
+  std::cout << rack::render_grid(inst->as_array(), hosts->as_array());
+  const auto& ds = drills->as_array();
+  if (ds.empty()) {
+    std::cout << "no drill yet\n";
+  } else {
+    std::cout << rack::render_drill(ds.back().as_object());
+  }
+  return 0;
+}
+
+// The live grid from the websocket: the snapshot, then every delta applied to it.
+int run_watch(const Target& t, bool once) {
+  auto api = connect_target(t);
+  if (!api.ok()) return fail(exit_for(api.error()), api.error().message);
+  json::array hosts, instances;
+  json::object drill;
+  int64_t last_seq = -1;
+  int drawn = 0;
+  const bool tty = isatty(STDOUT_FILENO);
+  for (int attempt = 0;; ++attempt) {
+    std::string target = "/v1/events" + (last_seq >= 0 ? "?since=" + std::to_string(last_seq) : std::string());
+    auto ws = http::WsClient::connect(api->host(), api->port(), target, api->token());
+    if (!ws.ok()) {
+      if (attempt > 30) return fail(kLabError, ws.error().message);
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      continue;
+    }
+    attempt = 0;
+    for (;;) {
+      auto msg = (*ws)->read(std::chrono::hours(24));
+      if (!msg.ok()) break;  // reconnect with ?since=
+      auto ev = parse_json_object(*msg, 64 << 20, 64, "event");
+      if (!ev.ok()) continue;
+      std::string type = ev->at("type").as_string().c_str();
+      if (auto* s = ev->if_contains("seq"); s && s->is_int64()) last_seq = s->as_int64();
+      auto replace_by = [](json::array& list, std::string_view key, const json::object& item) {
+        auto* k = item.if_contains(key);
+        if (!k) return;
+        for (auto& v : list) {
+          if (v.is_object() && v.as_object().if_contains(key) && v.as_object().at(key) == *k) {
+            for (const auto& kv : item) v.as_object()[kv.key()] = kv.value();
+            return;
+          }
+        }
+        list.push_back(item);
+      };
+      if (type == "snapshot") {
+        const auto& st = ev->at("state").as_object();
+        if (auto* h = st.if_contains("hosts"); h && h->is_array()) hosts = h->as_array();
+        if (auto* i = st.if_contains("instances"); i && i->is_array()) instances = i->as_array();
+        if (auto* d = st.if_contains("drill"); d && d->is_object()) drill = d->as_object();
+      } else if (type == "instance.state") {
+        if (auto* i = ev->if_contains("instance"); i && i->is_object()) replace_by(instances, "name", i->as_object());
+      } else if (type == "host.state") {
+        json::object h;
+        for (const auto& kv : *ev) {
+          if (kv.key() == "host") h["id"] = kv.value();
+          else if (kv.key() != "seq" && kv.key() != "time" && kv.key() != "type") h[kv.key()] = kv.value();
+        }
+        replace_by(hosts, "id", h);
+      } else if (type == "host.registered") {
+        if (auto* h = ev->if_contains("host"); h && h->is_object()) replace_by(hosts, "id", h->as_object());
+      } else if (type == "drill.state") {
+        if (auto* d = ev->if_contains("drill"); d && d->is_object()) drill = d->as_object();
+      } else if (type == "drill.host" && !drill.empty()) {
+        json::object hp{{"host", ev->at("host")}, {"status", ev->at("status")}};
+        if (auto* b = ev->if_contains("batch")) hp["batch"] = *b;
+        if (auto* d = drill.if_contains("hosts"); d && d->is_array()) replace_by(d->as_array(), "host", hp);
+      } else if (type == "drill.batch" && !drill.empty()) {
+        if (auto* d = drill.if_contains("batches"); d && d->is_array()) {
+          json::object b;
+          for (const auto& kv : *ev) {
+            if (kv.key() != "seq" && kv.key() != "time" && kv.key() != "type" && kv.key() != "drill") b[kv.key()] = kv.value();
+          }
+          replace_by(d->as_array(), "index", b);
+        }
+      }
+      std::string view = rack::render_grid(instances, hosts) + (drill.empty() ? "no drill\n" : rack::render_drill(drill));
+      view += fmt::format("seq {}  last event {}\n", last_seq, type);
+      if (tty && drawn > 0) std::cout << "\x1b[" << drawn << "F\x1b[J";
+      std::cout << view << std::flush;
+      drawn = static_cast<int>(std::count(view.begin(), view.end(), '\n'));
+      if (once) return 0;
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"fabriclab: planned host maintenance rehearsed on real VMs.\n"
+               "Exit codes: 0 ok (a drill: passed), 1 drill failed, 2 bad input, 3 lab/orchestrator error "
+               "(plan: no placement), 130 interrupted."};
+  app.require_subcommand(1);
+
+  PlanArgs pa;
+  auto* plan = app.add_subcommand("plan", "Dry run: place the services, compute the walk, predict each service's worst case");
+  plan->add_option("--rack", pa.rack, "FAULT_DOMAINSxHOSTS_PER_FD")->capture_default_str();
+  plan->add_option("--capacity", pa.capacity, "Instances per host")->check(CLI::Range(1, 1000))->capture_default_str();
+  plan->add_option("--service", pa.services, "NAME:INSTANCES[:UD_COUNT], repeatable (default: the seeds' hello:1 web:2 worker:3)");
+  plan->add_option("--ud-count", pa.ud_count, "Default UD count per service (1..20)")->check(CLI::Range(1, 20))->capture_default_str();
+  plan->add_option("--max-parallel", pa.max_parallel, "At most this many hosts per batch (0: no cap)")->check(CLI::Range(0, 100000));
+  plan->add_option("--cluster", pa.cluster_file, "A cluster JSON with hosts, services and placed instances (instead of --rack/--service)");
+  plan->add_flag("--json", pa.json_out, "Print one JSON object");
+
+  DrillArgs da;
+  auto* drill = app.add_subcommand("drill",
+      "Run a drill: without --orchestrator, start a local rack (one agent process per host, one orchestrator), "
+      "run the spec's update walk on it, write the report, stop the rack. Default spec: 6 hosts in 3 FDs, "
+      "hello(1) web(2) worker(3), host-os update to host-v2, on real VMs.");
+  drill->add_option("--spec", da.spec_file, "YAML drill spec (testbed/specs/*.yaml); default: the default drill");
+  drill->add_option("--hypervisor", da.hypervisor, "qemu (real VMs, embedded QEMU driver) or test (simulation)")
+      ->check(CLI::IsMember({"qemu", "test"}));
+  drill->add_flag("--keep", da.keep, "Leave the rack up after the drill (fabriclab lab down stops it)");
+  drill->add_option("--report", da.report_file, "Write the report JSON here");
+  drill->add_option("--html", da.html_file, "Write the report as a self-contained HTML page here");
+  drill->add_option("--lab-dir", da.lab_dir, "The local rack's directory (state, logs, lab.json)")->capture_default_str();
+  drill->add_option("--images", da.images, "Guest image directory (default: FABRICLAB_IMAGES_DIR or the build's images/)");
+  drill->add_option("--port", da.port, "The orchestrator's port on 127.0.0.1 (0: any free port)")->check(CLI::Range(0, 65535));
+  drill->add_option("--orchestrator", da.orchestrator_url, "Run against this orchestrator (http://HOST:PORT) instead of a local rack");
+  drill->add_option("--token-file", da.token_file, "Control token file for --orchestrator");
+  drill->add_flag("--json", da.json_out, "Print the report JSON on stdout (progress goes to stderr)");
+
+  auto* lab = app.add_subcommand("lab", "Manage a local rack explicitly");
+  lab->require_subcommand(1);
+  DrillArgs la;
+  auto* lab_up = lab->add_subcommand("up", "Start a rack and create the spec's services (then: fabriclab drill --orchestrator ...)");
+  lab_up->add_option("--spec", la.spec_file, "YAML drill spec (its rack and services)");
+  lab_up->add_option("--hypervisor", la.hypervisor, "qemu or test")->check(CLI::IsMember({"qemu", "test"}));
+  lab_up->add_option("--lab-dir", la.lab_dir, "The rack's directory")->capture_default_str();
+  lab_up->add_option("--images", la.images, "Guest image directory");
+  lab_up->add_option("--port", la.port, "The orchestrator's port (0: any)")->check(CLI::Range(0, 65535));
+  std::string lab_dir = "/tmp/flab";
+  auto* lab_down = lab->add_subcommand("down", "Stop a rack: VMs destroyed, agents and orchestrator stopped");
+  lab_down->add_option("--lab-dir", lab_dir, "The rack's directory")->capture_default_str();
+  auto* lab_status = lab->add_subcommand("status", "The rack's processes (JSON)");
+  lab_status->add_option("--lab-dir", lab_dir, "The rack's directory")->capture_default_str();
+
+  Target st;
+  bool status_json = false;
+  auto* status = app.add_subcommand("status", "The cluster's UD x FD grid, hosts and the latest drill");
+  status->add_option("--orchestrator", st.url, "http://HOST:PORT (default: the local lab's)");
+  status->add_option("--token-file", st.token_file, "Token file for --orchestrator");
+  status->add_option("--lab-dir", st.lab_dir, "The local lab's directory")->capture_default_str();
+  status->add_flag("--json", status_json, "Print JSON");
+  Target wt;
+  bool once = false;
+  auto* watch = app.add_subcommand("watch", "Live UD x FD grid and walk progress from the websocket feed (Ctrl-C ends)");
+  watch->add_option("--orchestrator", wt.url, "http://HOST:PORT (default: the local lab's)");
+  watch->add_option("--token-file", wt.token_file, "Token file for --orchestrator");
+  watch->add_option("--lab-dir", wt.lab_dir, "The local lab's directory")->capture_default_str();
+  watch->add_flag("--once", once, "Print the first view (the snapshot) and exit");
+
+  CLI11_PARSE(app, argc, argv);
+  if (*plan) return run_plan(pa);
+  if (*drill) return run_drill_cmd(da);
+  if (*lab_up) return run_lab_up(la);
+  if (*lab_down) return run_lab_down(lab_dir);
+  if (*lab_status) return run_lab_status(lab_dir);
+  if (*status) return run_status(st, status_json);
+  if (*watch) return run_watch(wt, once);
+  return kBadInput;
 }

@@ -486,6 +486,7 @@ ReportInput Controller::Impl::report_input(const DrillRun& d) const {
       ri.image_before = bef->second.image;
       ri.host_image_before = bef->second.host_image;
       ri.counter_before = bef->second.counter;
+      ri.healed = !bef->second.host.empty() && bef->second.host != i.host;
     } else {
       ri.host_before = i.host;
     }

@@ -253,6 +253,7 @@ json::object instance_json(const ReportInput& in, const ReportInstance& i) {
       {"fd", i.fd},
       {"host", i.host},
       {"host_before", i.host_before},
+      {"healed", i.healed},
       {"down_s", seconds(instance_down_ms(in, i))},
       {"agent_down_s", seconds_or_null(i.agent_down_ms)},
       {"notice_s", seconds_or_null(i.notice_ms)},
@@ -399,12 +400,13 @@ json::object build_report(const ReportInput& in) {
   report["services"] = std::move(services);
 
   json::array instances;
-  std::vector<std::string> unhealthy, off_target, counters;
+  std::vector<std::string> unhealthy, off_target, counters, healed;
   for (const ReportInstance& i : in.instances) {
+    if (i.healed) healed.push_back(fmt::format("{} ({} -> {})", i.name, i.host_before, i.host));
     instances.emplace_back(instance_json(in, i));
     if (!i.healthy_at_end) unhealthy.push_back(i.name);
     if (!instance_on_target(in, i)) off_target.push_back(off_target_reason(in, i));
-    if (!counter_kept(i)) {
+    if (!i.healed && !counter_kept(i)) {
       counters.push_back(fmt::format("{} ({} -> {})", i.name, counter_text(i.counter_before),
                                      counter_text(i.counter_after)));
     }
@@ -439,7 +441,11 @@ json::object build_report(const ReportInput& in) {
       check("on target", known_kind && off_target.empty(), std::move(target_detail)));
   checks.emplace_back(check("counter kept", counters.empty(),
                             counters.empty()
-                                ? fmt::format("all {} counters kept", n)
+                                ? (healed.empty() ? fmt::format("all {} counters kept", n)
+                                                  : fmt::format("all {} counters kept; {} healed on a new "
+                                                                "host (new VM, counter restarted): {}",
+                                                                n - healed.size(), healed.size(),
+                                                                name_list(healed)))
                                 : fmt::format("counter lost or unknown: {}", name_list(counters))));
   checks.emplace_back(check("services kept serving", lost.empty(),
                             lost.empty() ? std::string("every service with an SLA kept serving")

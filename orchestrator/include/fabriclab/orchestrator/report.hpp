@@ -43,6 +43,8 @@ struct ReportInstance {
   int ud = 0;               // update domain
   int fd = 0;               // fault domain (of `host`)
   std::string host_before;  // differs from `host` when healing moved it
+  bool healed = false;      // healing re-created it on another host during the drill: a new VM
+                            // whose counter starts again (seed 2: the host's local data is gone)
   std::string image_before, image_after;            // guest image
   std::string host_image_before, host_image_after;  // image of the host it ran on
   int64_t counter_before = -1, counter_after = -1;  // the guest's durable data counter; -1 unknown

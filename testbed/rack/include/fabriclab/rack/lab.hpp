@@ -62,6 +62,7 @@ class Lab {
   json::object status_json() const;
 
   const std::string& dir() const { return dir_; }
+  const std::string& hypervisor() const { return hypervisor_; }
   const std::string& control_token() const { return token_; }
   const LabProcess& orchestrator() const { return orchestrator_; }
   const std::vector<LabProcess>& agents() const { return agents_; }
@@ -76,6 +77,7 @@ class Lab {
   std::string dir_;
   std::string token_;
   std::string network = "loopback";
+  std::string hypervisor_;
   LabProcess orchestrator_;
   std::vector<LabProcess> agents_;
 };

@@ -1,0 +1,243 @@
+// Running a drill spec against an orchestrator, with live progress (drill.hpp).
+#include "fabriclab/rack/drill.hpp"
+
+#include <boost/json.hpp>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <iostream>
+#include <thread>
+#include <map>
+#include <set>
+
+namespace fabriclab::rack {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string str(const json::object& o, std::string_view k) {
+  auto* v = o.if_contains(k);
+  return v && v->is_string() ? std::string(v->as_string()) : std::string();
+}
+
+int64_t num(const json::object& o, std::string_view k, int64_t fallback = -1) {
+  auto* v = o.if_contains(k);
+  if (v && v->is_int64()) return v->as_int64();
+  if (v && v->is_uint64()) return static_cast<int64_t>(v->as_uint64());
+  if (v && v->is_double()) return static_cast<int64_t>(v->as_double());
+  return fallback;
+}
+
+const json::array& arr(const json::object& o, std::string_view k) {
+  static const json::array empty;
+  auto* v = o.if_contains(k);
+  return v && v->is_array() ? v->as_array() : empty;
+}
+
+bool is_final(const std::string& state) {
+  return state == "Completed" || state == "Failed" || state == "Aborted";
+}
+
+// Waits until every instance is healthy on a host outside `dead` (healing done).
+Status wait_healed(const OrchestratorClient& api, const std::set<std::string>& dead, std::chrono::milliseconds timeout,
+                   std::ostream* out) {
+  auto deadline = Clock::now() + timeout;
+  std::string last;
+  while (Clock::now() < deadline) {
+    FL_ASSIGN_OR_RETURN(auto inst, api.get("/v1/instances"));
+    int ok = 0, total = 0;
+    last.clear();
+    for (const auto& v : inst.as_array()) {
+      const auto& o = v.as_object();
+      ++total;
+      auto* h = o.if_contains("healthy");
+      bool healthy = h && h->is_bool() && h->as_bool();
+      if (healthy && !dead.count(str(o, "host"))) {
+        ++ok;
+      } else if (last.size() < 160) {
+        last += (last.empty() ? "" : ", ") + str(o, "name") + " on " + str(o, "host") + " " + str(o, "status");
+      }
+    }
+    if (ok == total) {
+      if (out) *out << "healing done: all " << total << " instances healthy on surviving hosts\n";
+      return {};
+    }
+    if (!sleep_unless_interrupted(300ms)) return make_error(Condition::cancelled, "interrupted");
+  }
+  return make_error(Condition::timeout, "healing did not finish within " + std::to_string(timeout.count() / 1000) +
+                                            " s; still waiting for " + last);
+}
+
+std::string bar(size_t done, size_t total, int width) {
+  int full = total ? static_cast<int>(done * width / total) : width;
+  std::string s = "[";
+  for (int i = 0; i < width; ++i) s += i < full ? "#" : "-";
+  return s + "]";
+}
+
+}  // namespace
+
+json::object drill_body(const DrillFileSpec& spec) {
+  return {{"kind", spec.kind},
+          {"target", spec.target},
+          {"max_parallel_hosts", spec.max_parallel_hosts},
+          {"time_scale", spec.time_scale},
+          {"recovery_s", spec.recovery_s},
+          {"notice_s", spec.notice_s},
+          {"healthy_timeout_s", spec.healthy_timeout_s},
+          {"freeze_s", spec.freeze_s},
+          {"start_paused", !spec.faults.empty()}};
+}
+
+std::string render_drill(const json::object& d, int width) {
+  std::map<std::string, std::string> host_status;
+  for (const auto& h : arr(d, "hosts")) {
+    if (h.is_object()) host_status[str(h.as_object(), "host")] = str(h.as_object(), "status");
+  }
+  const auto& batches = arr(d, "batches");
+  std::string out = fmt::format("drill {} {}: {} -> {}, {} batches (lower bound {})", str(d, "id"), str(d, "state"),
+                                str(d, "kind"), str(d, "target"), batches.size(), num(d, "lower_bound", 0));
+  if (auto r = str(d, "reason"); !r.empty()) out += "\n  reason: " + r;
+  out += "\n";
+  for (const auto& bv : batches) {
+    if (!bv.is_object()) continue;
+    const auto& b = bv.as_object();
+    size_t done = 0, total = 0;
+    std::string hosts;
+    for (const auto& h : arr(b, "hosts")) {
+      if (!h.is_string()) continue;
+      std::string id(h.as_string());
+      std::string st = host_status[id];
+      ++total;
+      if (st == "done" || st == "skipped") ++done;
+      hosts += " " + id + (st.empty() || st == "pending" ? "" : ":" + st);
+    }
+    out += fmt::format("  batch {:>2}/{} {} {}/{} {:<8}{}\n", num(b, "index", 0) + 1, batches.size(),
+                       bar(done, total, width), done, total, str(b, "status"), hosts);
+  }
+  for (const auto& n : arr(d, "notes")) {
+    if (n.is_string()) out += "  note: " + std::string(n.as_string()) + "\n";
+  }
+  return out;
+}
+
+std::string render_grid(const json::array& instances, const json::array& hosts) {
+  std::map<std::string, std::string> host_state;
+  for (const auto& h : hosts) {
+    if (h.is_object()) host_state[str(h.as_object(), "id")] = str(h.as_object(), "state");
+  }
+  std::set<int64_t> fds;
+  int64_t max_ud = -1;
+  std::map<std::pair<int64_t, int64_t>, std::string> cells;
+  for (const auto& v : instances) {
+    if (!v.is_object()) continue;
+    const auto& o = v.as_object();
+    int64_t ud = num(o, "ud", 0), fd = num(o, "fd", 0);
+    fds.insert(fd);
+    max_ud = std::max(max_ud, ud);
+    auto* hv = o.if_contains("healthy");
+    bool healthy = hv && hv->is_bool() && hv->as_bool();
+    std::string mark = healthy ? "+" : "!";
+    std::string& c = cells[{ud, fd}];
+    c += (c.empty() ? "" : " ") + mark + str(o, "name") + "@" + str(o, "host");
+  }
+  for (const auto& h : hosts) {
+    if (h.is_object()) fds.insert(num(h.as_object(), "fd", 0));
+  }
+  size_t w = 14;
+  for (const auto& [k, c] : cells) w = std::max(w, c.size() + 2);
+  w = std::min<size_t>(w, 48);
+  std::string out = fmt::format("{:<6}", "");
+  for (int64_t fd : fds) out += fmt::format("{:<{}}", "FD" + std::to_string(fd), w);
+  out += "\n";
+  for (int64_t ud = 0; ud <= max_ud; ++ud) {
+    out += fmt::format("{:<6}", "UD" + std::to_string(ud));
+    for (int64_t fd : fds) {
+      auto it = cells.find({ud, fd});
+      std::string c = it == cells.end() ? "." : it->second;
+      if (c.size() > w - 1) c = c.substr(0, w - 2) + "~";
+      out += fmt::format("{:<{}}", c, w);
+    }
+    out += "\n";
+  }
+  out += "hosts:";
+  for (const auto& h : hosts) {
+    if (!h.is_object()) continue;
+    const auto& o = h.as_object();
+    out += fmt::format(" {}(FD{} {} {})", str(o, "id"), num(o, "fd", 0), str(o, "state"), str(o, "host_image"));
+  }
+  out += "\n(+ healthy, ! not healthy)\n";
+  return out;
+}
+
+Result<DrillOutcome> run_drill(const OrchestratorClient& api, const DrillFileSpec& spec, Lab* lab,
+                               const DrillView& view, std::chrono::milliseconds heal_timeout) {
+  std::ostream* out = view.out;
+  FL_ASSIGN_OR_RETURN(auto created, api.post("/v1/drills", drill_body(spec)));
+  std::string id = str(created.as_object(), "id");
+  if (id.empty()) return make_error(Condition::internal, "POST /v1/drills answered without an id");
+  if (out) *out << "drill " << id << " created: " << spec.kind << " -> " << spec.target << "\n";
+
+  if (!spec.faults.empty()) {
+    if (!lab) return make_error(Condition::invalid_argument, "faults need a local rack (not --orchestrator)");
+    std::set<std::string> dead;
+    for (const auto& f : spec.faults) {
+      if (out) *out << "fault: killing every host of fault domain " << f.fault_domain << " (agents and VMs)\n";
+      FL_RETURN_IF_ERROR(lab->kill_fault_domain(f.fault_domain));
+      for (const auto& a : lab->agents()) {
+        if (a.fault_domain == f.fault_domain) dead.insert(a.name);
+      }
+    }
+    if (auto st = wait_healed(api, dead, heal_timeout, out); !st.ok()) {
+      (void)api.post("/v1/drills/" + id + "/abort", json::object{});
+      return make_error(st.error().condition, "fault injection: " + st.error().message);
+    }
+    FL_RETURN_IF_ERROR(api.post("/v1/drills/" + id + "/resume", json::object{}));
+  }
+
+  DrillOutcome outcome;
+  std::string last_view;
+  int drawn_lines = 0;
+  bool abort_sent = false;
+  auto abort_deadline = Clock::time_point::max();
+  for (;;) {
+    if (interrupted() && !abort_sent) {
+      abort_sent = true;
+      outcome.interrupted = true;
+      abort_deadline = Clock::now() + 120s;
+      if (out) *out << "\ninterrupted: aborting the drill (hosts in flight finish, nothing new starts)\n";
+      (void)api.post("/v1/drills/" + id + "/abort", json::object{});
+      drawn_lines = 0;
+    }
+    auto d = api.get("/v1/drills/" + id);
+    if (!d.ok()) {
+      if (Clock::now() > abort_deadline) return d.error();
+      // The orchestrator may be restarting; retry a while.
+      if (abort_sent) return d.error();
+      std::this_thread::sleep_for(500ms);
+      auto again = api.get("/v1/drills/" + id);
+      if (!again.ok()) return again.error();
+      d = std::move(again);
+    }
+    outcome.drill = d->as_object();
+    std::string state = str(outcome.drill, "state");
+    std::string v = render_drill(outcome.drill);
+    if (out && v != last_view) {
+      if (view.redraw && drawn_lines > 0) *out << "\x1b[" << drawn_lines << "F\x1b[J";
+      *out << v << std::flush;
+      drawn_lines = static_cast<int>(std::count(v.begin(), v.end(), '\n'));
+      last_view = v;
+    }
+    if (is_final(state)) break;
+    if (Clock::now() > abort_deadline) return make_error(Condition::timeout, "the drill did not stop after abort");
+    std::this_thread::sleep_for(300ms);
+  }
+  FL_ASSIGN_OR_RETURN(auto report, api.get("/v1/drills/" + id + "/report"));
+  outcome.report = report.as_object();
+  outcome.passed = str(outcome.report, "result") == "passed";
+  return outcome;
+}
+
+}  // namespace fabriclab::rack

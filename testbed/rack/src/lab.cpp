@@ -1,0 +1,470 @@
+// The local rack: agent and orchestrator processes on loopback addresses (lab.hpp).
+#include "fabriclab/rack/lab.hpp"
+
+#include <boost/json.hpp>
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "fabriclab/rack/api_client.hpp"
+
+namespace fabriclab::rack {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr const char* kLabFile = "lab.json";
+
+std::string read_file(const std::string& path, size_t max = 1 << 20) {
+  std::ifstream in(path, std::ios::binary);
+  std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (s.size() > max) s.erase(0, s.size() - max);
+  return s;
+}
+
+std::string tail(const std::string& path, size_t lines = 8) {
+  std::string s = read_file(path);
+  size_t pos = s.size();
+  for (size_t n = 0; n <= lines && pos > 0; ++n) {
+    pos = s.rfind('\n', pos - 1);
+    if (pos == std::string::npos) {
+      pos = 0;
+      break;
+    }
+  }
+  return s.substr(pos);
+}
+
+bool alive(pid_t pid) {
+  if (pid <= 0) return false;
+  int status = 0;
+  if (waitpid(pid, &status, WNOHANG) == pid) return false;  // our child, just reaped
+  if (kill(pid, 0) != 0) return false;
+  // A zombie not ours to reap counts as gone.
+  std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat", 4096);
+  auto rp = stat.rfind(')');
+  return !(rp != std::string::npos && rp + 2 < stat.size() && stat[rp + 2] == 'Z');
+}
+
+// Stops `pid`: SIGTERM, then SIGKILL after `grace`.
+void stop_process(pid_t pid, std::chrono::milliseconds grace) {
+  if (!alive(pid)) return;
+  kill(pid, SIGTERM);
+  auto deadline = Clock::now() + grace;
+  while (Clock::now() < deadline) {
+    if (!alive(pid)) return;
+    std::this_thread::sleep_for(20ms);
+  }
+  kill(pid, SIGKILL);
+  for (int i = 0; i < 100 && alive(pid); ++i) std::this_thread::sleep_for(10ms);
+}
+
+// Every QEMU process whose command line mentions `needle` (the VMs of a state dir).
+std::vector<pid_t> processes_mentioning(const std::string& needle) {
+  std::vector<pid_t> out;
+  DIR* d = opendir("/proc");
+  if (!d) return out;
+  while (dirent* e = readdir(d)) {
+    char* end = nullptr;
+    long pid = std::strtol(e->d_name, &end, 10);
+    if (!end || *end != '\0' || pid <= 1 || pid == getpid()) continue;
+    if (read_file("/proc/" + std::string(e->d_name) + "/comm", 64).rfind("qemu", 0) != 0) continue;
+    std::string cmd = read_file("/proc/" + std::string(e->d_name) + "/cmdline", 1 << 16);
+    if (cmd.find(needle) != std::string::npos) out.push_back(static_cast<pid_t>(pid));
+  }
+  closedir(d);
+  return out;
+}
+
+void kill_mentioning(const std::string& needle) {
+  for (pid_t p : processes_mentioning(needle)) kill(p, SIGKILL);
+}
+
+std::string random_token() {
+  std::random_device rd;
+  static const char* hex = "0123456789abcdef";
+  std::string t;
+  for (int i = 0; i < 32; ++i) t += hex[rd() % 16];
+  return t;
+}
+
+// Starts `argv` with stdout to out_path and stderr to err_path, in its own process group (so a
+// Ctrl-C at the terminal reaches the CLI, which tears the lab down in order).
+Result<pid_t> spawn(const std::vector<std::string>& argv, const std::string& out_path, const std::string& err_path) {
+  int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (out < 0 || err < 0) {
+    if (out >= 0) close(out);
+    if (err >= 0) close(err);
+    return make_error(Condition::transient, "cannot open " + out_path + " or " + err_path);
+  }
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = fork();
+  if (pid < 0) {
+    close(out);
+    close(err);
+    return make_error(Condition::transient, "fork failed");
+  }
+  if (pid == 0) {
+    setpgid(0, 0);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    int devnull = open("/dev/null", O_RDONLY);
+    dup2(devnull, 0);
+    dup2(out, 1);
+    dup2(err, 2);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  close(out);
+  close(err);
+  return pid;
+}
+
+// Waits for "listening ADDR:PORT" in the process's stdout file.
+Status wait_listening(LabProcess& p, const std::string& out_path, std::chrono::milliseconds timeout) {
+  auto deadline = Clock::now() + timeout;
+  while (Clock::now() < deadline) {
+    std::string out = read_file(out_path, 4096);
+    auto pos = out.find("listening ");
+    auto nl = pos == std::string::npos ? std::string::npos : out.find('\n', pos);
+    if (nl != std::string::npos) {
+      std::string ep = out.substr(pos + 10, nl - pos - 10);
+      auto colon = ep.rfind(':');
+      if (colon != std::string::npos) {
+        p.address = ep.substr(0, colon);
+        p.port = std::atoi(ep.c_str() + colon + 1);
+        if (p.port > 0) return {};
+      }
+    }
+    if (!alive(p.pid)) {
+      return make_error(Condition::internal, p.name + " exited before it listened; its log (" + p.log +
+                                                 ") ends:\n" + tail(p.log));
+    }
+    if (interrupted()) return make_error(Condition::cancelled, "interrupted");
+    std::this_thread::sleep_for(20ms);
+  }
+  return make_error(Condition::timeout, p.name + " did not listen within " + std::to_string(timeout.count()) +
+                                            " ms; its log (" + p.log + ") ends:\n" + tail(p.log));
+}
+
+json::object process_json(const LabProcess& p) {
+  return {{"name", p.name}, {"pid", p.pid},   {"address", p.address},
+          {"port", p.port}, {"fault_domain", p.fault_domain}, {"log", p.log}};
+}
+
+Result<LabProcess> process_from_json(const json::value& v) {
+  if (!v.is_object()) return make_error(Condition::invalid_argument, "lab.json: a process is not an object");
+  const auto& o = v.as_object();
+  LabProcess p;
+  FL_ASSIGN_OR_RETURN(p.name, get_string(o, "name", 64));
+  FL_ASSIGN_OR_RETURN(int64_t pid, get_int(o, "pid", 0, 1 << 30));
+  p.pid = static_cast<pid_t>(pid);
+  FL_ASSIGN_OR_RETURN(p.address, get_string(o, "address", 64, false));
+  FL_ASSIGN_OR_RETURN(int64_t port, get_int(o, "port", 0, 65535));
+  p.port = static_cast<int>(port);
+  FL_ASSIGN_OR_RETURN(int64_t fd, get_int(o, "fault_domain", -1, 1000));
+  p.fault_domain = static_cast<int>(fd);
+  FL_ASSIGN_OR_RETURN(p.log, get_string(o, "log", 4096, false));
+  return p;
+}
+
+}  // namespace
+
+std::string find_binary(const std::string& name, const std::string& hint_dir) {
+  std::vector<std::string> dirs;
+  if (const char* env = std::getenv("FABRICLAB_BIN_DIR"); env && *env) dirs.push_back(env);
+  if (!hint_dir.empty()) {
+    dirs.push_back(hint_dir);
+    dirs.push_back(hint_dir + "/../agent");
+    dirs.push_back(hint_dir + "/../orchestrator");
+  }
+  for (const auto& d : dirs) {
+    std::error_code ec;
+    fs::path p = fs::path(d) / name;
+    if (fs::exists(p, ec) && access(p.c_str(), X_OK) == 0) return fs::weakly_canonical(p, ec).string();
+  }
+  return {};
+}
+
+std::string Lab::orchestrator_url() const {
+  return "http://" + orchestrator_.address + ":" + std::to_string(orchestrator_.port);
+}
+
+Status Lab::save() const {
+  json::array agents;
+  for (const auto& a : agents_) agents.push_back(process_json(a));
+  json::object o{{"dir", dir_},
+                 {"network", network},
+                 {"hypervisor", hypervisor_},
+                 {"token_file", dir_ + "/token"},
+                 {"orchestrator", process_json(orchestrator_)},
+                 {"orchestrator_url", orchestrator_url()},
+                 {"agents", std::move(agents)}};
+  std::string tmp = dir_ + "/" + kLabFile + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << json::serialize(o) << "\n";
+    if (!out) return make_error(Condition::transient, "cannot write " + tmp);
+  }
+  std::error_code ec;
+  fs::rename(tmp, dir_ + "/" + kLabFile, ec);
+  if (ec) return make_error(Condition::transient, "cannot write " + dir_ + "/" + kLabFile + ": " + ec.message());
+  return {};
+}
+
+Result<Lab> Lab::attach(const std::string& dir) {
+  std::string path = dir + "/" + kLabFile;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return make_error(Condition::not_found, "no lab in " + dir + " (no " + path + ")");
+  FL_ASSIGN_OR_RETURN(auto o, parse_json_object(read_file(path), 1 << 20, 16, path));
+  Lab lab;
+  lab.dir_ = dir;
+  FL_ASSIGN_OR_RETURN(lab.network, get_string(o, "network", 64, false));
+  FL_ASSIGN_OR_RETURN(lab.hypervisor_, get_string(o, "hypervisor", 64, false));
+  FL_ASSIGN_OR_RETURN(auto* orch, get_object(o, "orchestrator"));
+  FL_ASSIGN_OR_RETURN(lab.orchestrator_, process_from_json(*orch));
+  FL_ASSIGN_OR_RETURN(auto* agents, get_array(o, "agents", 10000));
+  for (const auto& a : *agents) {
+    FL_ASSIGN_OR_RETURN(auto p, process_from_json(a));
+    lab.agents_.push_back(std::move(p));
+  }
+  lab.token_ = read_file(dir + "/token", 4096);
+  while (!lab.token_.empty() && std::isspace(static_cast<unsigned char>(lab.token_.back()))) lab.token_.pop_back();
+  return lab;
+}
+
+Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
+  std::error_code ec;
+  if (fs::exists(options.dir + "/" + kLabFile, ec)) {
+    auto old = attach(options.dir);
+    if (old.ok()) {
+      bool any = alive(old->orchestrator_.pid);
+      for (const auto& a : old->agents_) any = any || alive(a.pid);
+      if (any) {
+        return make_error(Condition::already_exists,
+                          "a lab is already up in " + options.dir + " (fabriclab lab down --lab-dir " + options.dir +
+                              " stops it)");
+      }
+      old->down(false);  // stale: its VMs may still run
+    }
+  }
+  fs::create_directories(options.dir, ec);
+  if (ec) return make_error(Condition::invalid_argument, "cannot create " + options.dir + ": " + ec.message());
+  std::string agent_bin = find_binary("fabriclab-agent", options.bin_dir);
+  std::string orch_bin = find_binary("fabriclab-orchestrator", options.bin_dir);
+  if (agent_bin.empty() || orch_bin.empty()) {
+    return make_error(Condition::not_found, "fabriclab-agent / fabriclab-orchestrator not found near " +
+                                                options.bin_dir + " (set FABRICLAB_BIN_DIR)");
+  }
+  if (options.images_dir.empty() || !fs::exists(options.images_dir + "/manifest.json", ec)) {
+    return make_error(Condition::not_found, "no guest images in '" + options.images_dir +
+                                                "' (manifest.json missing; ./fabriclab.sh build makes them)");
+  }
+  Lab lab;
+  lab.dir_ = fs::absolute(options.dir).string();
+  lab.hypervisor_ = spec.hypervisor;
+  lab.token_ = random_token();
+  {
+    std::string tf = lab.dir_ + "/token";
+    int fd = open(tf.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return make_error(Condition::transient, "cannot write " + tf);
+    std::string line = lab.token_ + "\n";
+    bool ok = write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+    close(fd);
+    if (!ok) return make_error(Condition::transient, "cannot write " + tf);
+  }
+  const bool sim = spec.hypervisor == "test";
+  if (sim) {
+    std::ofstream(lab.dir_ + "/node.xml") << "<node><cpu><mhz>2000</mhz></cpu><memory>8388608</memory></node>\n";
+  }
+  // Started hosts are recorded at once, so a failure part-way stops what exists.
+  auto fail = [&lab](Error e) -> Result<Lab> {
+    lab.down(false);
+    return e;
+  };
+  for (int i = 0; i < spec.hosts; ++i) {
+    LabProcess p;
+    p.name = "h" + std::to_string(i);
+    p.fault_domain = i % spec.fault_domains;
+    p.log = lab.dir_ + "/" + p.name + ".log";
+    std::string state = lab.dir_ + "/" + p.name;
+    fs::remove_all(state, ec);
+    fs::create_directories(state, ec);
+    std::vector<std::string> argv = {agent_bin,
+                                     "--host-id", p.name,
+                                     "--fault-domain", std::to_string(p.fault_domain),
+                                     "--state-dir", state,
+                                     "--guest-images", options.images_dir,
+                                     "--listen", options.address_prefix + std::to_string(i + 1),
+                                     "--port", "0",
+                                     "--control-token-file", lab.dir_ + "/token",
+                                     "--capacity", std::to_string(spec.capacity),
+                                     "--lab-host-images", "host-v1,host-v2"};
+    if (sim) {
+      // Simulated guests and emulated durations: a 200 ms heartbeat, a 1 s host reboot.
+      argv.insert(argv.end(), {"--hypervisor", "test://" + lab.dir_ + "/node.xml", "--heartbeat-ms", "200",
+                               "--boot-delay-ms", "1000"});
+    }
+    auto pid = spawn(argv, lab.dir_ + "/" + p.name + ".out", p.log);
+    if (!pid.ok()) return fail(pid.error());
+    p.pid = *pid;
+    lab.agents_.push_back(p);
+  }
+  // Agents start in parallel; wait for each.
+  for (auto& p : lab.agents_) {
+    if (auto st = wait_listening(p, lab.dir_ + "/" + p.name + ".out", options.start_timeout); !st.ok()) {
+      return fail(st.error());
+    }
+  }
+  {
+    LabProcess& o = lab.orchestrator_;
+    o.name = "orchestrator";
+    o.log = lab.dir_ + "/orchestrator.log";
+    std::vector<std::string> argv = {orch_bin,
+                                     "--journal", lab.dir_ + "/journal.db",
+                                     "--listen", options.orchestrator_address,
+                                     "--port", std::to_string(options.orchestrator_port),
+                                     "--control-token-file", lab.dir_ + "/token",
+                                     "--agent-token-file", lab.dir_ + "/token",
+                                     "--poll-ms", std::to_string(options.poll_ms),
+                                     "--unhealthy-after-ms", std::to_string(options.unhealthy_after_ms)};
+    fs::remove(lab.dir_ + "/journal.db", ec);
+    fs::remove(lab.dir_ + "/journal.db-wal", ec);
+    fs::remove(lab.dir_ + "/journal.db-shm", ec);
+    auto pid = spawn(argv, lab.dir_ + "/orchestrator.out", o.log);
+    if (!pid.ok()) return fail(pid.error());
+    o.pid = *pid;
+    if (auto st = wait_listening(o, lab.dir_ + "/orchestrator.out", options.start_timeout); !st.ok()) {
+      return fail(st.error());
+    }
+  }
+  if (auto st = lab.save(); !st.ok()) return fail(st.error());
+  return lab;
+}
+
+Status Lab::populate(const DrillFileSpec& spec, std::chrono::milliseconds healthy_timeout) {
+  FL_ASSIGN_OR_RETURN(auto api, OrchestratorClient::from_url(orchestrator_url(), token_));
+  for (const auto& a : agents_) {
+    json::object h{{"id", a.name},
+                   {"fault_domain", a.fault_domain},
+                   {"endpoint", "http://" + a.address + ":" + std::to_string(a.port)},
+                   {"capacity", spec.capacity}};
+    FL_RETURN_IF_ERROR(api.post("/v1/hosts", h));
+  }
+  int total = 0;
+  for (const auto& s : spec.services) {
+    json::object svc{{"name", s.name},
+                     {"instance_count", s.instances},
+                     {"ud_count", s.ud_count},
+                     {"image", s.image},
+                     {"memory_mib", s.memory_mib}};
+    FL_RETURN_IF_ERROR(api.post("/v1/services", svc));
+    total += s.instances;
+  }
+  auto deadline = Clock::now() + healthy_timeout;
+  std::string last;
+  while (Clock::now() < deadline) {
+    FL_ASSIGN_OR_RETURN(auto inst, api.get("/v1/instances"));
+    int healthy = 0;
+    std::string waiting;
+    if (inst.is_array()) {
+      for (const auto& v : inst.as_array()) {
+        const auto& o = v.as_object();
+        auto* hb = o.if_contains("healthy");
+        if (hb && hb->is_bool() && hb->as_bool()) {
+          ++healthy;
+        } else if (auto* n = o.if_contains("name"); n && n->is_string() && waiting.size() < 200) {
+          waiting += (waiting.empty() ? "" : ", ") + std::string(n->as_string());
+        }
+      }
+    }
+    if (healthy == total) return {};
+    last = std::to_string(healthy) + "/" + std::to_string(total) + " healthy; waiting for " + waiting;
+    if (!sleep_unless_interrupted(250ms)) return make_error(Condition::cancelled, "interrupted");
+  }
+  return make_error(Condition::timeout, "the instances did not all become healthy within " +
+                                            std::to_string(healthy_timeout.count() / 1000) + " s: " + last);
+}
+
+Status Lab::kill_fault_domain(int fd) {
+  int n = 0;
+  for (auto& a : agents_) {
+    if (a.fault_domain != fd) continue;
+    ++n;
+    if (alive(a.pid)) kill(a.pid, SIGKILL);
+    // The rack loses power: its VMs die with it.
+    kill_mentioning(dir_ + "/" + a.name + "/");
+  }
+  if (n == 0) return make_error(Condition::invalid_argument, "the lab has no host in fault domain " + std::to_string(fd));
+  for (auto& a : agents_) {
+    if (a.fault_domain == fd) {
+      for (int i = 0; i < 100 && alive(a.pid); ++i) std::this_thread::sleep_for(10ms);
+    }
+  }
+  return {};
+}
+
+void Lab::down(bool remove_dir) {
+  if (dir_.empty()) return;
+  // The orchestrator first: it must not heal what the teardown stops.
+  stop_process(orchestrator_.pid, 3s);
+  // Agents: SIGTERM each (they stop their API), all at once, then a deadline.
+  for (const auto& a : agents_) {
+    if (alive(a.pid)) kill(a.pid, SIGTERM);
+  }
+  auto deadline = Clock::now() + 5s;
+  for (const auto& a : agents_) {
+    while (alive(a.pid) && Clock::now() < deadline) std::this_thread::sleep_for(20ms);
+    if (alive(a.pid)) kill(a.pid, SIGKILL);
+  }
+  // Every VM of the lab: QEMU processes whose command line names a state dir under it.
+  for (int round = 0; round < 3; ++round) {
+    auto left = processes_mentioning(dir_ + "/");
+    if (left.empty()) break;
+    for (pid_t p : left) kill(p, SIGKILL);
+    std::this_thread::sleep_for(100ms);
+  }
+  std::error_code ec;
+  if (remove_dir) {
+    fs::remove_all(dir_, ec);
+  } else {
+    for (const auto& a : agents_) fs::remove_all(dir_ + "/" + a.name, ec);  // overlays and sockets
+    fs::remove(dir_ + "/" + kLabFile, ec);
+  }
+}
+
+json::object Lab::status_json() const {
+  json::array agents;
+  for (const auto& a : agents_) {
+    auto j = process_json(a);
+    j["alive"] = alive(a.pid);
+    agents.push_back(std::move(j));
+  }
+  auto o = process_json(orchestrator_);
+  o["alive"] = alive(orchestrator_.pid);
+  return {{"dir", dir_},
+          {"network", network},
+          {"hypervisor", hypervisor_},
+          {"orchestrator_url", orchestrator_url()},
+          {"token_file", dir_ + "/token"},
+          {"orchestrator", std::move(o)},
+          {"agents", std::move(agents)}};
+}
+
+}  // namespace fabriclab::rack
