@@ -276,6 +276,9 @@ Result<json::object> Controller::Impl::run_host(DrillRun& d, BatchRun& b, const 
       std::string status = js(*j, "status");
       if (status == "succeeded") return std::move(j).value();
       if (status == "failed" || status == "cancelled") {
+        // The job's per-guest records (notice, stop method, rollback) go into the report too.
+        std::lock_guard lock(mu);
+        d.progress[host_id].detail = *j;
         return make_error(Condition::internal, "host '" + host_id + "': job " + job_id + " " + status + ": " +
                                                    js(*j, "error"));
       }
@@ -349,7 +352,7 @@ Status Controller::Impl::run_batch(DrillRun& d, BatchRun& b) {
         pr.detail = *results[i];
       } else if (results[i].error().condition != Condition::cancelled) {
         pr.status = "failed";
-        pr.detail = json::object{{"error", results[i].error().message}};
+        pr.detail["error"] = results[i].error().message;  // beside the failed job's record, if any
       }
       p = pr;
     }

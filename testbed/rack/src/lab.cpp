@@ -318,8 +318,15 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
                                      "--lab-host-images", "host-v1,host-v2"};
     if (sim) {
       // Simulated guests and emulated durations: a 200 ms heartbeat, a 1 s host reboot.
-      argv.insert(argv.end(), {"--hypervisor", "test://" + lab.dir_ + "/node.xml", "--heartbeat-ms", "200",
-                               "--boot-delay-ms", "1000"});
+      // Healthy = a heartbeat within the last 3 s (12 periods), as on real guests: a loaded machine
+      // delays timers, and a tighter window would report outages that never happened.
+      argv.insert(argv.end(), {"--hypervisor", "test://" + lab.dir_ + "/node.xml", "--heartbeat-ms", "250",
+                               "--healthy-periods", "12", "--boot-delay-ms", "1000", "--boot-timeout-ms", "5000"});
+    } else {
+      // A TCG guest boots in ~8 s alone and ~15 s beside its neighbours on 2 cores; a patch that
+      // never heartbeats is declared failed (and rolled back) after a minute, not the default two.
+      // Healthy = a heartbeat within 5 s: TCG guests on a busy 2-core machine stall for seconds.
+      argv.insert(argv.end(), {"--boot-timeout-ms", "60000", "--healthy-periods", "5"});
     }
     auto pid = spawn(argv, lab.dir_ + "/" + p.name + ".out", p.log);
     if (!pid.ok()) return fail(pid.error());

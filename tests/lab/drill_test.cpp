@@ -1,0 +1,314 @@
+// `fabriclab drill` end to end: the CLI starts a rack (agent processes + an orchestrator), runs a
+// shipped spec, writes the report, and stops everything. The same scenarios run on libvirt's test
+// driver (DrillSim, fast) and on real QEMU guests (DrillRealVm). Every assertion reads what a
+// user reads: the exit code, the report JSON, the HTML page, and what is left running.
+
+#include <gtest/gtest.h>
+
+#include <dirent.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace json = boost::json;
+
+struct CliRun {
+  int exit_code = -1;
+  std::string output;
+};
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+std::string spec_path(const std::string& name) { return std::string(FABRICLAB_SPECS_DIR) + "/" + name + ".yaml"; }
+
+// Runs the CLI with stdout+stderr captured to a file.
+CliRun run_cli(const std::vector<std::string>& args, const std::string& log) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    FILE* f = std::freopen(log.c_str(), "w", stdout);
+    if (!f) _exit(126);
+    dup2(fileno(stdout), 2);
+    std::vector<char*> argv;
+    std::string bin = FABRICLAB_CLI_BIN;
+    argv.push_back(bin.data());
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(bin.c_str(), argv.data());
+    _exit(127);
+  }
+  CliRun r;
+  int status = 0;
+  waitpid(pid, &status, 0);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.output = slurp(log);
+  return r;
+}
+
+// QEMU processes whose command line mentions `dir`: a teardown that leaks VMs shows here.
+int qemu_processes_under(const std::string& dir) {
+  int n = 0;
+  DIR* d = opendir("/proc");
+  while (dirent* e = d ? readdir(d) : nullptr) {
+    if (!std::isdigit(static_cast<unsigned char>(e->d_name[0]))) continue;
+    std::string base = std::string("/proc/") + e->d_name;
+    if (slurp(base + "/comm").rfind("qemu", 0) != 0) continue;
+    if (slurp(base + "/cmdline").find(dir) != std::string::npos) ++n;
+  }
+  if (d) closedir(d);
+  return n;
+}
+
+// Alive and not a zombie (an orphaned agent is reaped by whoever init is here, maybe never).
+bool running(pid_t pid) {
+  if (kill(pid, 0) != 0) return false;
+  std::string stat = slurp("/proc/" + std::to_string(pid) + "/stat");
+  auto rp = stat.rfind(')');
+  return !(rp != std::string::npos && rp + 2 < stat.size() && stat[rp + 2] == 'Z');
+}
+
+class Drill : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/fldt-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    // Whatever the test did, nothing of its rack may stay up.
+    if (fs::exists(dir_ + "/lab/lab.json")) run_cli({"lab", "down", "--lab-dir", dir_ + "/lab"}, dir_ + "/down.log");
+    EXPECT_EQ(qemu_processes_under(dir_), 0) << "VMs left running under " << dir_;
+    if (!HasFailure()) fs::remove_all(dir_);
+  }
+
+  // Runs `spec` (empty: the default drill) on `hypervisor`; parses the report.
+  CliRun drill(const std::string& spec, const std::string& hypervisor, json::object& report) {
+    std::vector<std::string> args = {"drill", "--hypervisor", hypervisor, "--lab-dir", dir_ + "/lab",
+                                     "--report", dir_ + "/report.json", "--html", dir_ + "/report.html"};
+    if (!spec.empty()) {
+      args.push_back("--spec");
+      args.push_back(spec_path(spec));
+    }
+    CliRun r = run_cli(args, dir_ + "/drill.log");
+    std::string text = slurp(dir_ + "/report.json");
+    if (!text.empty()) {
+      boost::system::error_code ec;
+      auto v = json::parse(text, ec);
+      if (!ec && v.is_object()) report = v.as_object();
+    }
+    return r;
+  }
+
+  // What every passing drill must show.
+  void expect_passed(const CliRun& r, const json::object& report, const std::string& target, bool host_os) {
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    ASSERT_FALSE(report.empty()) << r.output;
+    EXPECT_EQ(report.at("result").as_string(), "passed");
+    for (const auto& c : report.at("checks").as_array()) {
+      EXPECT_TRUE(c.at("passed").as_bool()) << json::serialize(c);
+    }
+    // The UD rule, from the report's own figures: no service with an SLA ever had two UDs down.
+    for (const auto& sv : report.at("services").as_array()) {
+      const auto& s = sv.as_object();
+      if (s.at("instances").to_number<int64_t>() >= 2) {
+        EXPECT_LE(s.at("max_uds_down").to_number<int64_t>(), 1) << json::serialize(s);
+        EXPECT_TRUE(s.at("always_available").as_bool()) << json::serialize(s);
+      }
+    }
+    for (const auto& iv : report.at("instances").as_array()) {
+      const auto& i = iv.as_object();
+      EXPECT_TRUE(i.at("healthy_at_end").as_bool()) << json::serialize(i);
+      EXPECT_EQ(i.at(host_os ? "host_image_after" : "image_after").as_string(), target) << json::serialize(i);
+      if (!i.at("healed").as_bool()) {
+        EXPECT_GE(i.at("counter_after").to_number<int64_t>(), i.at("counter_before").to_number<int64_t>());
+        EXPECT_GE(i.at("counter_before").to_number<int64_t>(), 0);
+        // It was really stopped and started: a notice, and a measured outage.
+        EXPECT_GT(i.at("notice_s").to_number<double>(), 0) << json::serialize(i);
+        EXPECT_EQ(i.at("stop_method").as_string(), "graceful") << json::serialize(i);
+      }
+    }
+    // Every batch done, and no more batches than hosts; the lower bound beside them.
+    const auto& walk = report.at("walk").as_object();
+    EXPECT_GE(walk.at("batches").to_number<int64_t>(), walk.at("lower_bound").to_number<int64_t>());
+    for (const auto& b : walk.at("batch_list").as_array()) EXPECT_EQ(b.at("status").as_string(), "done");
+    // The HTML page: self-contained, names every instance.
+    std::string html = slurp(dir_ + "/report.html");
+    EXPECT_NE(html.find("<html"), std::string::npos);
+    EXPECT_EQ(html.find("<script src="), std::string::npos);
+    for (const auto& iv : report.at("instances").as_array()) {
+      EXPECT_NE(html.find(std::string(iv.at("name").as_string())), std::string::npos);
+    }
+    // Torn down: no lab.json, no VM.
+    EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
+    EXPECT_EQ(qemu_processes_under(dir_), 0);
+  }
+
+  void expect_broken_patch_halts(const CliRun& r, const json::object& report) {
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    ASSERT_FALSE(report.empty()) << r.output;
+    EXPECT_EQ(report.at("result").as_string(), "failed");
+    const auto& drill = report.at("drill").as_object();
+    EXPECT_EQ(drill.at("state").as_string(), "Failed");
+    EXPECT_FALSE(drill.at("reason").as_string().empty());
+    // The walk halted at its first batch: nothing after it was touched.
+    const auto& batches = report.at("walk").as_object().at("batch_list").as_array();
+    ASSERT_GE(batches.size(), 2u);
+    EXPECT_EQ(batches[0].at("status").as_string(), "failed");
+    std::set<std::string> first;
+    for (const auto& h : batches[0].at("hosts").as_array()) first.insert(std::string(h.as_string()));
+    for (size_t b = 1; b < batches.size(); ++b) EXPECT_EQ(batches[b].at("status").as_string(), "pending");
+    // Every instance is back on v1 and healthy (the first batch's were rolled back), counters kept.
+    int rolled_back = 0;
+    for (const auto& iv : report.at("instances").as_array()) {
+      const auto& i = iv.as_object();
+      EXPECT_EQ(i.at("image_after").as_string(), "v1") << json::serialize(i);
+      EXPECT_TRUE(i.at("healthy_at_end").as_bool()) << json::serialize(i);
+      EXPECT_GE(i.at("counter_after").to_number<int64_t>(), i.at("counter_before").to_number<int64_t>());
+      if (first.count(std::string(i.at("host").as_string()))) {
+        EXPECT_FALSE(i.at("ok").as_bool()) << json::serialize(i);
+        EXPECT_NE(i.at("error").as_string().find("rolled back"), json::string::npos) << json::serialize(i);
+        ++rolled_back;
+      }
+    }
+    EXPECT_GT(rolled_back, 0);
+    EXPECT_NE(r.output.find("result: failed"), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
+  }
+
+  void expect_fd_failure_healed(const CliRun& r, const json::object& report) {
+    expect_passed(r, report, "host-v2", true);
+    // Every instance ends outside the dead fault domain 0, and the ones that were there were healed.
+    int healed = 0;
+    for (const auto& iv : report.at("instances").as_array()) {
+      const auto& i = iv.as_object();
+      EXPECT_NE(i.at("fd").to_number<int64_t>(), 0) << json::serialize(i);
+      if (i.at("healed").as_bool()) ++healed;
+    }
+    EXPECT_GT(healed, 0);
+    EXPECT_NE(r.output.find("fault: killing every host of fault domain 0"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("healing done"), std::string::npos) << r.output;
+  }
+
+  std::string dir_;
+};
+
+// ---- simulation (libvirt's test driver) ------------------------------------------------------
+
+TEST_F(Drill, SimDefaultHostOsDrillPassesAndTearsDown) {
+  json::object report;
+  CliRun r = drill("", "test", report);
+  expect_passed(r, report, "host-v2", true);
+  EXPECT_NE(r.output.find("batch  3/3 [########################] 2/2 done"), std::string::npos) << r.output;
+}
+
+TEST_F(Drill, SimGuestOsDrillPasses) {
+  json::object report;
+  CliRun r = drill("guest-os", "test", report);
+  expect_passed(r, report, "v2", false);
+}
+
+TEST_F(Drill, SimBrokenPatchHaltsTheWalkAndFails) {
+  json::object report;
+  CliRun r = drill("broken-patch", "test", report);
+  expect_broken_patch_halts(r, report);
+}
+
+TEST_F(Drill, SimFaultDomainFailureHealsAndTheWalkCompletes) {
+  json::object report;
+  CliRun r = drill("fd-failure", "test", report);
+  expect_fd_failure_healed(r, report);
+}
+
+TEST_F(Drill, BadSpecIsRefusedNamingTheKey) {
+  std::string spec = dir_ + "/bad.yaml";
+  std::ofstream(spec) << "rack: {hosts: 6, fault_domains: 3}\nservices:\n  - {name: web, instances: 0}\n";
+  CliRun r = run_cli({"drill", "--hypervisor", "test", "--lab-dir", dir_ + "/lab", "--spec", spec}, dir_ + "/bad.log");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("services[0].instances"), std::string::npos) << r.output;
+  std::ofstream(spec) << "update: {kind: host-os, target: host-v2}\nwhatever: 1\n";
+  r = run_cli({"drill", "--hypervisor", "test", "--lab-dir", dir_ + "/lab", "--spec", spec}, dir_ + "/bad.log");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("whatever"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
+}
+
+TEST_F(Drill, LabUpStatusDownManagesARack) {
+  CliRun up = run_cli({"lab", "up", "--hypervisor", "test", "--lab-dir", dir_ + "/lab"}, dir_ + "/up.log");
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  CliRun st = run_cli({"lab", "status", "--lab-dir", dir_ + "/lab"}, dir_ + "/st.log");
+  ASSERT_EQ(st.exit_code, 0) << st.output;
+  auto s = json::parse(st.output).as_object();
+  EXPECT_EQ(s.at("agents").as_array().size(), 6u);
+  for (const auto& a : s.at("agents").as_array()) EXPECT_TRUE(a.at("alive").as_bool());
+  // A second rack in the same directory is refused.
+  CliRun again = run_cli({"lab", "up", "--hypervisor", "test", "--lab-dir", dir_ + "/lab"}, dir_ + "/up2.log");
+  EXPECT_EQ(again.exit_code, 2) << again.output;
+  EXPECT_NE(again.output.find("already up"), std::string::npos) << again.output;
+  // status prints the UD x FD grid with every instance.
+  CliRun grid = run_cli({"status", "--lab-dir", dir_ + "/lab"}, dir_ + "/grid.log");
+  ASSERT_EQ(grid.exit_code, 0) << grid.output;
+  for (const char* name : {"hello-0", "web-0", "web-1", "worker-0", "worker-1", "worker-2"}) {
+    EXPECT_NE(grid.output.find(name), std::string::npos) << grid.output;
+  }
+  EXPECT_NE(grid.output.find("UD0"), std::string::npos);
+  // watch --once shows the same from the websocket snapshot.
+  CliRun watch = run_cli({"watch", "--once", "--lab-dir", dir_ + "/lab"}, dir_ + "/watch.log");
+  ASSERT_EQ(watch.exit_code, 0) << watch.output;
+  EXPECT_NE(watch.output.find("worker-2"), std::string::npos) << watch.output;
+  // A drill against the running orchestrator, then down.
+  std::string url = std::string(s.at("orchestrator_url").as_string());
+  std::string token_file = std::string(s.at("token_file").as_string());
+  CliRun d = run_cli({"drill", "--orchestrator", url, "--token-file", token_file, "--spec", spec_path("host-os"),
+                   "--report", dir_ + "/report.json"},
+                  dir_ + "/drill.log");
+  EXPECT_EQ(d.exit_code, 0) << d.output;
+  CliRun down = run_cli({"lab", "down", "--lab-dir", dir_ + "/lab"}, dir_ + "/down.log");
+  EXPECT_EQ(down.exit_code, 0) << down.output;
+  EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
+  for (const auto& a : s.at("agents").as_array()) {
+    EXPECT_FALSE(running(static_cast<pid_t>(a.at("pid").as_int64()))) << "agent still running";
+  }
+}
+
+// ---- real VMs (embedded QEMU driver) -----------------------------------------------------------
+
+TEST_F(Drill, RealVmDefaultHostOsDrillPasses) {
+  json::object report;
+  CliRun r = drill("", "qemu", report);
+  expect_passed(r, report, "host-v2", true);
+}
+
+TEST_F(Drill, RealVmGuestOsUpdateKeepsEveryCounter) {
+  json::object report;
+  CliRun r = drill("guest-os", "qemu", report);
+  expect_passed(r, report, "v2", false);
+}
+
+TEST_F(Drill, RealVmBrokenPatchHaltsRollsBackAndFails) {
+  json::object report;
+  CliRun r = drill("broken-patch", "qemu", report);
+  expect_broken_patch_halts(r, report);
+}
+
+TEST_F(Drill, RealVmFaultDomainFailureHeals) {
+  json::object report;
+  CliRun r = drill("fd-failure", "qemu", report);
+  expect_fd_failure_healed(r, report);
+}
+
+}  // namespace
