@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # fabriclab's two set-up commands (see README.md):
 #   ./fabriclab.sh drill [ARGS...]   set up the machine if needed, build, run the default drill
+#                                    (fabriclab drill: a 6-host rack of real VMs, host-os update)
 #   ./fabriclab.sh test  [CTEST...]  set up the machine if needed, build, run the whole test suite
 #                                    (real-VM tests included)
 # and, for developers:
@@ -25,7 +26,7 @@ case "$verb" in
   drill)
     setup
     build
-    exec "$BUILD_DIR/testbed/fabriclab-demo" "$@"
+    exec "$BUILD_DIR/orchestrator/fabriclab" drill "$@"
     ;;
   test)
     setup

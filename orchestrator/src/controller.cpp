@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <sstream>
+#include <thread>
 
 #include "controller_impl.hpp"
 #include "fabriclab/common/logging.hpp"
@@ -22,6 +23,15 @@ namespace fabriclab::orchestrator {
 namespace {
 auto log() { return logger("orchestrator"); }
 constexpr size_t kMaxEndpointBytes = 255;
+
+// The journal writer trails the feed: an event reaches websocket clients a moment before it is
+// in SQLite, so a SIGKILL can lose events that a client has already seen. Numbering the restarted
+// feed on from the journal's last seq would then give those numbers to other events, and a
+// client resuming with ?since= would take a new event for one it has. So publish() keeps the
+// writer within kMaxJournalLag events of the feed, and a restart numbers on after a gap far
+// wider than that (a few events of overshoot per publishing thread are possible; seq is 64-bit).
+constexpr uint64_t kMaxJournalLag = 4096;
+constexpr uint64_t kRestartSeqGap = 1u << 20;
 }  // namespace
 
 int64_t unix_ms() {
@@ -105,7 +115,8 @@ Result<std::unique_ptr<Controller>> Controller::create(ControllerOptions options
   auto impl = std::make_unique<Impl>();
   impl->opt = std::move(options);
   FL_ASSIGN_OR_RETURN(impl->journal, Journal::open(impl->opt.journal_path));
-  FL_ASSIGN_OR_RETURN(impl->journal_seq, impl->journal->last_event_seq());
+  FL_ASSIGN_OR_RETURN(uint64_t last, impl->journal->last_event_seq());
+  impl->journal_seq = last == 0 ? 0 : last + kRestartSeqGap;
   FL_RETURN_IF_ERROR(impl->restore());
   return std::unique_ptr<Controller>(new Controller(std::move(impl)));
 }
@@ -118,6 +129,7 @@ void Controller::start(std::shared_ptr<EventFeed> feed) {
   // The journal writer: an in-process subscription with a deep queue, drained in seq order.
   auto sub = m.feed->subscribe(std::nullopt, 1'000'000, [&m] { m.cv.notify_all(); });
   m.journal_sub = sub.subscription;
+  m.journaled = m.feed->last_seq();
   m.journal_writer = std::thread([&m] {
     while (!m.stopping) {
       std::deque<Subscription::Message> batch;
@@ -127,11 +139,13 @@ void Controller::start(std::shared_ptr<EventFeed> feed) {
       }
       batch = m.journal_sub->take();
       if (batch.empty()) continue;
+      uint64_t high = 0;
       auto s = m.journal->transaction([&]() -> Status {
         for (const auto& msg : batch) {
           auto v = parse_json_object(*msg, 1 << 20, 64, "event");
           if (!v.ok()) continue;
           auto seq = v->at("seq").to_number<uint64_t>();
+          high = std::max(high, seq);
           std::string type(v->at("type").as_string());
           FL_RETURN_IF_ERROR(m.journal->append_event(seq, type, *msg));
         }
@@ -141,6 +155,10 @@ void Controller::start(std::shared_ptr<EventFeed> feed) {
         ++m.journal_errors;
         log()->error("journal: events not written: {}", s.error().describe());
       }
+      // Handled, written or not (a failed write is counted and logged; waiting on it would hang
+      // every publisher).
+      if (high > m.journaled) m.journaled = high;
+      m.cv.notify_all();
     }
   });
   std::vector<std::string> ids;
@@ -306,7 +324,12 @@ void Controller::Impl::set_health_locked(const std::string& name, bool healthy, 
 
 void Controller::Impl::publish(Events events) {
   if (!feed) return;
-  for (auto& [type, fields] : events) feed->publish(std::move(type), std::move(fields));
+  uint64_t last = 0;
+  for (auto& [type, fields] : events) last = feed->publish(std::move(type), std::move(fields));
+  if (last <= journaled + kMaxJournalLag) return;
+  // The journal writer is far behind: wait for it (see kRestartSeqGap). mu is never held here.
+  std::unique_lock lock(mu);
+  while (!stopping && last > journaled + kMaxJournalLag) cv.wait_for(lock, std::chrono::milliseconds(100));
 }
 
 void Controller::Impl::save_cluster() {
@@ -350,6 +373,14 @@ AgentClient Controller::Impl::client(const std::string& host_id) const {
   auto it = hosts.find(host_id);
   Endpoint e = it != hosts.end() ? it->second.endpoint : Endpoint{};
   return AgentClient(e, opt.agent_token, opt.agent_timeout);
+}
+
+AgentClient Controller::Impl::slow_client(const std::string& host_id) const {
+  constexpr std::chrono::milliseconds kSlowCallTimeout{60000};
+  std::lock_guard lock(mu);
+  auto it = hosts.find(host_id);
+  Endpoint e = it != hosts.end() ? it->second.endpoint : Endpoint{};
+  return AgentClient(e, opt.agent_token, std::max(opt.agent_timeout, kSlowCallTimeout));
 }
 
 // ---- public API ----
@@ -452,19 +483,36 @@ Result<json::object> Controller::create_service(const Service& s) {
     }
   }
   FL_ASSIGN_OR_RETURN(report, place_service(next, s));
-  // Create the VMs; on any failure delete those already made and leave the cluster as it was.
-  std::vector<std::pair<std::string, std::string>> made;  // host, instance
-  for (const auto& i : report.placed) {
-    auto name = instance_name(i.service, i.index);
-    json::object spec{{"name", name}, {"service", i.service}, {"index", i.index}, {"ud", i.ud},
-                      {"fd", i.fd},   {"image", s.image},      {"memory_mib", s.memory_mib}};
-    auto r = m.client(i.host).create_instance(spec);
-    if (!r.ok()) {
-      for (const auto& [host, n] : made) (void)m.client(host).delete_instance(n);
-      return make_error(r.error().condition, "service '" + s.name + "': creating " + name +
-                                                 " on host '" + i.host + "' failed: " + r.error().message);
+  // Create the VMs, all at once (each boots on its own host); on any failure delete those made
+  // and leave the cluster as it was.
+  const size_t n = report.placed.size();
+  std::vector<Status> results(n);
+  {
+    std::vector<std::thread> creators;
+    creators.reserve(n);
+    for (size_t k = 0; k < n; ++k) {
+      creators.emplace_back([&m, &s, &report, &results, k] {
+        const auto& i = report.placed[k];
+        json::object spec{{"name", instance_name(i.service, i.index)}, {"service", i.service}, {"index", i.index},
+                          {"ud", i.ud}, {"fd", i.fd}, {"image", s.image}, {"memory_mib", s.memory_mib}};
+        auto r = m.slow_client(i.host).create_instance(spec);
+        if (!r.ok()) results[k] = r.error();
+      });
     }
-    made.emplace_back(i.host, name);
+    for (auto& t : creators) t.join();
+  }
+  for (size_t k = 0; k < n; ++k) {
+    if (results[k].ok()) continue;
+    const auto& bad = report.placed[k];
+    for (size_t j = 0; j < n; ++j) {
+      if (results[j].ok()) {
+        const auto& i = report.placed[j];
+        (void)m.slow_client(i.host).delete_instance(instance_name(i.service, i.index));
+      }
+    }
+    return make_error(results[k].error().condition, "service '" + s.name + "': creating " +
+                                                         instance_name(bad.service, bad.index) + " on host '" +
+                                                         bad.host + "' failed: " + results[k].error().message);
   }
   Events events;
   json::object out;

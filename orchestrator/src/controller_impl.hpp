@@ -107,7 +107,8 @@ struct Controller::Impl {
   std::thread executor;
   std::thread journal_writer;
   std::shared_ptr<Subscription> journal_sub;
-  uint64_t journal_seq = 0;
+  uint64_t journal_seq = 0;             // the feed numbers on after this (controller.cpp)
+  std::atomic<uint64_t> journaled{0};   // the newest event seq the writer has handled
   std::atomic<uint64_t> journal_errors{0};
   std::atomic<uint64_t> agent_calls{0}, agent_call_failures{0};
 
@@ -126,6 +127,9 @@ struct Controller::Impl {
   void save_cluster();  // the cluster doc into the journal (takes mu)
   void save_drill(const DrillRun& d);  // takes mu
   AgentClient client(const std::string& host_id) const;  // takes mu
+  // For calls that start or create VMs: a guest definition and start can take seconds on a busy
+  // host, so these get at least kSlowCallTimeout.
+  AgentClient slow_client(const std::string& host_id) const;  // takes mu
 
   // watcher.cpp
   void start_watcher(const std::string& host_id);

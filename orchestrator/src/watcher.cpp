@@ -198,7 +198,7 @@ void Controller::Impl::heal(const std::string& host_id) {
     json::object spec{{"name", name},       {"service", placed.service}, {"index", placed.index},
                       {"ud", placed.ud},    {"fd", placed.fd},           {"image", image},
                       {"memory_mib", image_of[placed.service].second}};
-    auto made = client(placed.host).create_instance(spec);
+    auto made = slow_client(placed.host).create_instance(spec);
     if (!made.ok()) {
       log()->error("[host:{}] healing {} on {} failed: {}", host_id, name, placed.host, made.error().message);
       publish({{"service.healing_failed",

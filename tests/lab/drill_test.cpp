@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <dirent.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -192,6 +193,7 @@ class Drill : public ::testing::Test {
 
   void expect_fd_failure_healed(const CliRun& r, const json::object& report) {
     expect_passed(r, report, "host-v2", true);
+    if (HasFatalFailure()) return;
     // Every instance ends outside the dead fault domain 0, and the ones that were there were healed.
     int healed = 0;
     for (const auto& iv : report.at("instances").as_array()) {
@@ -282,6 +284,37 @@ TEST_F(Drill, LabUpStatusDownManagesARack) {
   EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
   for (const auto& a : s.at("agents").as_array()) {
     EXPECT_FALSE(running(static_cast<pid_t>(a.at("pid").as_int64()))) << "agent still running";
+  }
+}
+
+TEST_F(Drill, CtrlCAbortsTheDrillAndStopsTheRack) {
+  std::string log = dir_ + "/int.log";
+  pid_t pid = fork();
+  if (pid == 0) {
+    FILE* f = std::freopen(log.c_str(), "w", stdout);
+    if (!f) _exit(126);
+    dup2(fileno(stdout), 2);
+    std::string bin = FABRICLAB_CLI_BIN, lab = dir_ + "/lab";
+    execl(bin.c_str(), bin.c_str(), "drill", "--hypervisor", "test", "--lab-dir", lab.c_str(), nullptr);
+    _exit(127);
+  }
+  // Interrupt once the walk runs.
+  for (int i = 0; i < 600 && slurp(log).find("batch  1/3") == std::string::npos; ++i) usleep(50 * 1000);
+  ASSERT_NE(slurp(log).find("batch  1/3"), std::string::npos) << slurp(log);
+  auto lab = json::parse(slurp(dir_ + "/lab/lab.json")).as_object();
+  kill(pid, SIGINT);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  std::string out = slurp(log);
+  ASSERT_TRUE(WIFEXITED(status)) << out;
+  EXPECT_EQ(WEXITSTATUS(status), 130) << out;
+  EXPECT_NE(out.find("interrupted: aborting the drill"), std::string::npos) << out;
+  EXPECT_NE(out.find("Aborted"), std::string::npos) << out;
+  EXPECT_NE(out.find("rack stopped"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
+  EXPECT_FALSE(running(static_cast<pid_t>(lab.at("orchestrator").at("pid").as_int64())));
+  for (const auto& a : lab.at("agents").as_array()) {
+    EXPECT_FALSE(running(static_cast<pid_t>(a.at("pid").as_int64()))) << json::serialize(a);
   }
 }
 

@@ -2,6 +2,7 @@
 #include "fabriclab/rack/api_client.hpp"
 
 #include <boost/json.hpp>
+#include <algorithm>
 #include <thread>
 
 #include "fabriclab/common/http_client.hpp"
@@ -68,7 +69,9 @@ Result<std::string> OrchestratorClient::get_text(const std::string& target) cons
 Result<std::string> OrchestratorClient::call_raw(std::string_view method, const std::string& target,
                                                  const std::string& body) const {
   const std::string what = std::string(method) + " " + url() + target;
-  auto r = http::request(host_, port_, method, target, body, token_, timeout_);
+  // A POST may create and boot VMs on the agents (services, healing): give it longer.
+  auto timeout = method == "POST" ? std::max(timeout_, std::chrono::milliseconds(120000)) : timeout_;
+  auto r = http::request(host_, port_, method, target, body, token_, timeout);
   if (!r.ok()) return make_error(r.error().condition, what + ": " + r.error().message);
   if (r->status >= 200 && r->status <= 299) return std::move(r->body);
   std::string msg = "HTTP " + std::to_string(r->status);

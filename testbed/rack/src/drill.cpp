@@ -175,6 +175,24 @@ std::string render_grid(const json::array& instances, const json::array& hosts) 
 Result<DrillOutcome> run_drill(const OrchestratorClient& api, const DrillFileSpec& spec, Lab* lab,
                                const DrillView& view, std::chrono::milliseconds heal_timeout) {
   std::ostream* out = view.out;
+  if (!lab) {
+    // Against a running orchestrator: create the spec's services it does not have yet.
+    FL_ASSIGN_OR_RETURN(auto have, api.get("/v1/services"));
+    std::set<std::string> names;
+    for (const auto& v : have.as_array()) {
+      if (v.is_object()) names.insert(str(v.as_object(), "name"));
+    }
+    bool created_any = false;
+    for (const auto& s : spec.services) {
+      if (names.count(s.name)) continue;
+      json::object body{{"name", s.name}, {"instance_count", s.instances}, {"ud_count", s.ud_count},
+                        {"image", s.image}, {"memory_mib", s.memory_mib}};
+      FL_RETURN_IF_ERROR(api.post("/v1/services", body));
+      if (out) *out << "service " << s.name << " created (" << s.instances << " instances)\n";
+      created_any = true;
+    }
+    if (created_any) FL_RETURN_IF_ERROR(wait_healed(api, {}, heal_timeout, nullptr));
+  }
   FL_ASSIGN_OR_RETURN(auto created, api.post("/v1/drills", drill_body(spec)));
   std::string id = str(created.as_object(), "id");
   if (id.empty()) return make_error(Condition::internal, "POST /v1/drills answered without an id");
