@@ -2,11 +2,18 @@
 // Real-browser test of the orchestrator dashboard (orchestrator/web/dashboard.html).
 //
 //   node tests/browser/dashboard_test.mjs --url http://127.0.0.1:PORT/ [--token T] \
-//        --screenshot OUT.png [--timeout-ms 60000]
+//        [--disconnect] [--until-complete] --screenshot OUT.png [--timeout-ms 60000]
 //   node tests/browser/dashboard_test.mjs --mock --screenshot OUT.png
 //
-// Live mode: opens the page served by a running orchestrator (a drill is running against it) and
-// waits until some host row goes Updating and later Ready again, and the UD x FD grid has cells.
+// Live mode: opens the page served by a running orchestrator, prints "dashboard_test: page ready"
+// once the page is connected and shows the snapshot (start the drill after that line: see
+// run_dashboard_test.sh), then waits until some host row goes Updating and later Ready again and
+// the UD x FD grid has cells. Every websocket the page opens is recorded: the events over all of
+// them must run snapshot+1, +2, ... with no gap and no duplicate. --disconnect: once a host is
+// Updating, drop the page's websocket; the page must reconnect with since=<its last seq>.
+// --until-complete: also wait for the drill to be Completed on the page, then check that hosts,
+// instances and the drill match GET /v1/hosts, /v1/instances and /v1/drills, that every batch is
+// done and that the header says "batch n of n".
 // Mock mode: opens the HTML file directly with a scripted fake WebSocket (snapshot, deltas, two
 // disconnects with resume, a resync snapshot) and checks what the page shows after each part.
 // Exit 0 and a one-line summary on success; exit 1 with a reason otherwise (2: bad usage).
@@ -19,13 +26,13 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 
 function usage(msg) {
   if (msg) console.error(`dashboard_test: ${msg}`);
-  console.error('usage: dashboard_test.mjs (--url URL [--token T] | --mock [--html FILE]) ' +
-                '[--screenshot OUT.png] [--timeout-ms N] [--chromium PATH]');
+  console.error('usage: dashboard_test.mjs (--url URL [--token T] [--disconnect] [--until-complete] | ' +
+                '--mock [--html FILE]) [--screenshot OUT.png] [--timeout-ms N] [--chromium PATH]');
   process.exit(2);
 }
 
 function parseArgs(argv) {
-  const o = { url: '', token: '', screenshot: '', timeoutMs: 60000, mock: false,
+  const o = { url: '', token: '', screenshot: '', timeoutMs: 60000, mock: false, disconnect: false, complete: false,
               html: path.resolve(here, '../../orchestrator/web/dashboard.html'),
               chromium: process.env.FABRICLAB_CHROMIUM || '/usr/bin/chromium' };
   for (let i = 0; i < argv.length; i++) {
@@ -36,6 +43,8 @@ function parseArgs(argv) {
     else if (a === '--screenshot') o.screenshot = val();
     else if (a === '--timeout-ms') o.timeoutMs = Number(val());
     else if (a === '--mock') o.mock = true;
+    else if (a === '--disconnect') o.disconnect = true;
+    else if (a === '--until-complete') o.complete = true;
     else if (a === '--html') o.html = path.resolve(val());
     else if (a === '--chromium') o.chromium = val();
     else if (a === '-h' || a === '--help') usage();
@@ -269,13 +278,120 @@ async function snapshotPage(page) {
       lastSeq: fl ? fl.lastSeq : null,
       connected: fl ? fl.connected : null,
       drill: fl && fl.state.drill ? { id: fl.state.drill.id, state: fl.state.drill.state } : null,
+      sockets: window.__wsLog ? window.__wsLog.sockets.length : 0,
     };
   });
+}
+
+// Runs in the page (live mode, before its scripts): wraps the real WebSocket so the test can see
+// every connection's URL and the seq of every message it carried, and can drop the current one.
+function installSocketRecorder() {
+  const Native = window.WebSocket;
+  const log = { sockets: [] };
+  const objs = [];
+  window.__wsLog = log;
+  window.__wsDrop = () => {
+    const s = objs[objs.length - 1];
+    if (!s || s.readyState !== Native.OPEN) return false;
+    s.close(4000, 'dashboard_test: dropped');
+    return true;
+  };
+  function Recorded(url, protocols) {
+    const s = protocols === undefined ? new Native(url) : new Native(url, protocols);
+    const rec = { url: String(url), open: false, close: null, msgs: [] };
+    log.sockets.push(rec);
+    objs.push(s);
+    s.addEventListener('open', () => { rec.open = true; });
+    s.addEventListener('message', (e) => {
+      let m = null;
+      try { m = JSON.parse(e.data); } catch (err) { /* recorded as unparsable */ }
+      rec.msgs.push(m ? { seq: m.seq, type: m.type, resync: m.resync === true } : { seq: null, type: 'unparsable' });
+    });
+    s.addEventListener('close', (e) => { rec.close = e.code; });
+    return s;
+  }
+  Recorded.prototype = Native.prototype;
+  Object.assign(Recorded, { CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 });
+  window.WebSocket = Recorded;
+}
+
+// Checks the recorded connections: the first one starts with a snapshot, every later one asks
+// for since=<the last seq the page had>, and the events over all of them are exactly
+// snapshot+1, snapshot+2, ... (nothing missed, nothing applied twice). Returns problems.
+function checkResume(sockets) {
+  const out = [];
+  if (!sockets.length) return ['no websocket was opened'];
+  let expect = null;  // the next seq due
+  sockets.forEach((s, k) => {
+    const since = new URL(s.url).searchParams.get('since');
+    if (k === 0 && since !== null) out.push(`first connection should not resume: ${s.url}`);
+    if (k > 0 && expect !== null && since !== String(expect - 1)) {
+      out.push(`connection ${k + 1} should resume with since=${expect - 1}: ${s.url}`);
+    }
+    for (const m of s.msgs) {
+      if (m.type === 'snapshot') {
+        if (k > 0 && !m.resync) out.push(`connection ${k + 1} got a snapshot without resync`);
+        expect = m.seq + 1;
+        continue;
+      }
+      if (expect === null) { out.push(`connection ${k + 1}: event seq ${m.seq} (${m.type}) before any snapshot`); expect = m.seq + 1; continue; }
+      if (m.seq !== expect) out.push(`connection ${k + 1}: seq ${m.seq} (${m.type}) where ${expect} was due`);
+      expect = m.seq + 1;
+    }
+  });
+  return out.slice(0, 6);
+}
+
+// GET on the orchestrator's REST API (the page's own origin), with the token if one was given.
+async function restGet(opts, p) {
+  const u = new URL(p, opts.url);
+  const r = await fetch(u, { headers: opts.token ? { Authorization: `Bearer ${opts.token}` } : {} });
+  if (r.status !== 200) throw new Error(`GET ${p}: HTTP ${r.status}`);
+  return r.json();
+}
+
+// What the page shows, against what the orchestrator says, once the drill is over.
+async function compareWithServer(page, opts) {
+  const [hosts, insts, drills] = await Promise.all([restGet(opts, '/v1/hosts'), restGet(opts, '/v1/instances'),
+                                                    restGet(opts, '/v1/drills')]);
+  const view = await page.evaluate(() => ({
+    hosts: Array.from(document.querySelectorAll('[data-host]')).map((r) => ({
+      id: r.getAttribute('data-host'), state: r.getAttribute('data-state'), image: r.children[4].textContent })),
+    insts: Array.from(document.querySelectorAll('[data-instance]')).map((c) => ({
+      name: c.getAttribute('data-instance'), status: c.getAttribute('data-status'),
+      ud: c.closest('td').getAttribute('data-ud'), fd: c.closest('td').getAttribute('data-fd') })),
+    drill: window.fabriclab.state.drill,
+    progress: document.getElementById('d-progress').textContent,
+    batches: Array.from(document.querySelectorAll('[data-batch]')).map((b) => b.getAttribute('data-status')),
+  }));
+  const diff = [];
+  const hs = (Array.isArray(hosts) ? hosts : hosts.hosts || []);
+  const is = (Array.isArray(insts) ? insts : insts.instances || []);
+  const ds = (Array.isArray(drills) ? drills : drills.drills || []);
+  const key = (a) => JSON.stringify(a);
+  const srvHosts = hs.map((h) => ({ id: h.id, state: h.state, image: h.host_image || '—' })).sort((a, b) => a.id.localeCompare(b.id));
+  const pageHosts = [...view.hosts].sort((a, b) => a.id.localeCompare(b.id));
+  if (key(srvHosts) !== key(pageHosts)) diff.push(`hosts: page ${key(pageHosts)} server ${key(srvHosts)}`);
+  const srvInst = is.map((i) => ({ name: i.name, status: i.status, ud: String(i.ud), fd: String(i.fd) })).sort((a, b) => a.name.localeCompare(b.name));
+  const pageInst = [...view.insts].sort((a, b) => a.name.localeCompare(b.name));
+  if (key(srvInst) !== key(pageInst)) diff.push(`instances: page ${key(pageInst)} server ${key(srvInst)}`);
+  const last = ds.length ? ds[ds.length - 1] : null;
+  const d = view.drill;
+  if (!d || !last || d.id !== last.id || d.state !== last.state) {
+    diff.push(`drill: page ${d ? `${d.id} ${d.state}` : 'none'} server ${last ? `${last.id} ${last.state}` : 'none'}`);
+  }
+  const n = d ? d.batches.length : 0;
+  if (!n || !view.progress.startsWith(`batch ${n} of ${n}`)) diff.push(`header progress "${view.progress}" should say batch ${n} of ${n}`);
+  if (!view.batches.length || view.batches.some((b) => b !== 'done')) diff.push(`batches ${view.batches.join('/')} should all be done`);
+  if (srvHosts.some((h) => h.state !== 'Ready')) diff.push(`server hosts not all Ready: ${key(srvHosts)}`);
+  return { diff, hosts: srvHosts.length, instances: srvInst.length, batches: n, progress: view.progress,
+           images: [...new Set(srvHosts.map((h) => h.image))].join(',') };
 }
 
 async function runLive(page, opts, fail) {
   const u = new URL(opts.url);
   if (opts.token) u.searchParams.set('token', opts.token);
+  await page.addInitScript(installSocketRecorder);
   try {
     await page.goto(u.toString(), { waitUntil: 'load', timeout: opts.timeoutMs });
   } catch (e) {
@@ -283,22 +399,73 @@ async function runLive(page, opts, fail) {
     return null;
   }
   const deadline = Date.now() + opts.timeoutMs;
+  const timedOut = (what, s) => {
+    const seen = Object.entries(s.trace.hosts || {}).map(([h, v]) => `${h}:${v.join('>')}`).join(' ');
+    fail(`timed out after ${opts.timeoutMs} ms ${what}: ${s.cells} instance cells; connected=${s.connected} ` +
+         `lastSeq=${s.lastSeq}; drill ${s.drill ? `${s.drill.id} ${s.drill.state}` : 'none'}; host states seen: ${seen || 'none'}`);
+    return null;
+  };
+  // Connected and the first snapshot applied: tell the harness it may start the drill now.
   let s;
   for (;;) {
     s = await snapshotPage(page);
-    const host = cycledHost(s.trace);
-    if (host && s.cells > 0) {
-      return `host ${host} ${s.trace.hosts[host].join('->')}, ${s.cells} instance cells, ${s.hostRows} hosts, ` +
-             `lastSeq=${s.lastSeq}, drill ${s.drill ? `${s.drill.id} ${s.drill.state}` : 'none'}`;
+    if (s.connected && s.lastSeq !== null && s.hostRows > 0) break;
+    if (Date.now() > deadline) return timedOut('waiting for the page to connect and show the snapshot', s);
+    await sleep(100);
+  }
+  console.log(`dashboard_test: page ready (lastSeq=${s.lastSeq}, ${s.hostRows} hosts, ${s.cells} instance cells)`);
+
+  let dropped = null;  // {seq, sockets} when the test closed the page's websocket
+  let host = null;
+  for (;;) {
+    s = await snapshotPage(page);
+    host = cycledHost(s.trace);
+    if (opts.disconnect && !dropped && Object.values(s.trace.hosts || {}).some((v) => v.includes('Updating'))) {
+      // Mid-walk: drop the connection; the page must come back with since=<its last seq>.
+      const r = await page.evaluate(() => ({ ok: window.__wsDrop(), seq: window.fabriclab.lastSeq,
+                                             n: window.__wsLog.sockets.length }));
+      if (r.ok) {
+        dropped = { seq: r.seq, sockets: r.n };
+        console.log(`dashboard_test: dropped the page's websocket at seq ${r.seq}`);
+      }
     }
-    if (Date.now() > deadline) {
-      const seen = Object.entries(s.trace.hosts || {}).map(([h, v]) => `${h}:${v.join('>')}`).join(' ');
-      fail(`timed out after ${opts.timeoutMs} ms: ${host ? '' : 'no host went Updating and back to Ready; '}` +
-           `${s.cells} instance cells; connected=${s.connected} lastSeq=${s.lastSeq}; host states seen: ${seen || 'none'}`);
+    const resumed = !dropped || s.sockets > dropped.sockets && s.connected;
+    const complete = !opts.complete || (s.drill && s.drill.state === 'Completed');
+    if (host && s.cells > 0 && resumed && complete) break;
+    if (s.drill && ['Failed', 'Aborted'].includes(s.drill.state)) {
+      fail(`the drill ${s.drill.id} ended ${s.drill.state} (see the orchestrator log)`);
       return null;
     }
-    await sleep(200);
+    if (Date.now() > deadline) {
+      return timedOut(!host ? '(no host went Updating and back to Ready)' : !resumed ? '(the page did not reconnect after the drop)'
+                             : !complete ? '(the drill did not reach Completed on the page)' : '', s);
+    }
+    await sleep(150);
   }
+  const parts = [`host ${host} ${s.trace.hosts[host].join('->')}`, `${s.cells} instance cells`, `${s.hostRows} hosts`];
+  const sockets = await page.evaluate(() => window.__wsLog.sockets);
+  const problems = checkResume(sockets);
+  if (dropped) {
+    const since = sockets[dropped.sockets] ? new URL(sockets[dropped.sockets].url).searchParams.get('since') : null;
+    if (since !== String(dropped.seq)) problems.push(`after the drop at seq ${dropped.seq} the page reconnected with since=${since}`);
+    const replayed = sockets.slice(dropped.sockets).reduce((a, k) => a + k.msgs.length, 0);
+    parts.push(`resumed with since=${since} (${replayed} events on the new connection)`);
+  }
+  if (opts.complete) {
+    // The walk is over: the page must agree with the REST API (events may still be in flight).
+    let cmp;
+    const until = Date.now() + 10000;
+    for (;;) {
+      cmp = await compareWithServer(page, opts);
+      if (!cmp.diff.length || Date.now() > until) break;
+      await sleep(250);
+    }
+    problems.push(...cmp.diff);
+    parts.push(`drill ${s.drill.id} Completed, "${cmp.progress}", page = server for ${cmp.hosts} hosts (${cmp.images}) and ` +
+               `${cmp.instances} instances`);
+  }
+  if (problems.length) { fail(problems.join('\n  ')); return null; }
+  return `${parts.join(', ')}, ${sockets.length} connection(s), lastSeq=${s.lastSeq}`;
 }
 
 async function runMock(page, opts, fail) {
