@@ -136,7 +136,12 @@ struct Controller::Impl {
   void watch(const std::string& host_id);
   void poll_once(const std::string& host_id);
   void mark_unreachable(const std::string& host_id);
+  // Places the instances still on `host_id` (Unhealthy) again. A placement or creation that fails
+  // (e.g. onto a host that died too but is not yet marked) leaves the host in heal_retry, and its
+  // watcher calls heal again every kHealRetry while it stays unreachable.
   void heal(const std::string& host_id);
+  static constexpr std::chrono::milliseconds kHealRetry{2000};
+  std::map<std::string, Clock::time_point> heal_retry;  // host -> last attempt; under mu
 
   // executor.cpp
   void run_drill(std::shared_ptr<DrillRun> d);

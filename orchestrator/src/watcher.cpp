@@ -130,6 +130,7 @@ void Controller::Impl::poll_once(const std::string& host_id) {
 void Controller::Impl::mark_unreachable(const std::string& host_id) {
   Events events;
   bool newly_unhealthy = false;
+  bool retry_heal = false;
   {
     std::lock_guard lock(mu);
     auto& m = hosts[host_id];
@@ -137,32 +138,45 @@ void Controller::Impl::mark_unreachable(const std::string& host_id) {
     if (!h) return;
     ++m.failed_polls;
     if (Clock::now() - m.last_answer < opt.unhealthy_after) return;
-    if (!m.reachable) return;
-    m.reachable = false;
-    newly_unhealthy = true;
-    h->state = HostState::unhealthy;
-    events.emplace_back("host.state", json::object{{"host", host_id},
-                                                   {"state", "Unhealthy"},
-                                                   {"step", m.step},
-                                                   {"host_image", m.host_image},
-                                                   {"reachable", false},
-                                                   {"reason", "the agent has not answered for " +
-                                                                  std::to_string(opt.unhealthy_after.count()) + " ms"}});
-    int64_t now = unix_ms();
-    std::set<std::string> services;
-    for (const auto* inst : cluster.instances_on(host_id)) {
-      auto name = instance_name(inst->service, inst->index);
-      auto& im = instances[name];
-      im.status = "Failed";
-      set_health_locked(name, false, now);
-      events.emplace_back("instance.state", json::object{{"instance", instance_json_locked(*inst)}});
-      services.insert(inst->service);
+    if (!m.reachable) {
+      // Already Unhealthy: only a healing that did not finish is tried again, now and then.
+      auto retry = heal_retry.find(host_id);
+      if (retry == heal_retry.end() || Clock::now() - retry->second < kHealRetry) return;
+      retry->second = Clock::now();
+      retry_heal = opt.healing;
+    } else {
+      m.reachable = false;
+      newly_unhealthy = true;
+      h->state = HostState::unhealthy;
+      events.emplace_back("host.state", json::object{{"host", host_id},
+                                                     {"state", "Unhealthy"},
+                                                     {"step", m.step},
+                                                     {"host_image", m.host_image},
+                                                     {"reachable", false},
+                                                     {"reason", "the agent has not answered for " +
+                                                                    std::to_string(opt.unhealthy_after.count()) + " ms"}});
+      int64_t now = unix_ms();
+      std::set<std::string> services;
+      for (const auto* inst : cluster.instances_on(host_id)) {
+        auto name = instance_name(inst->service, inst->index);
+        auto& im = instances[name];
+        im.status = "Failed";
+        set_health_locked(name, false, now);
+        events.emplace_back("instance.state", json::object{{"instance", instance_json_locked(*inst)}});
+        services.insert(inst->service);
+      }
+      for (const auto& s : services) availability_locked(s, events);
     }
-    for (const auto& s : services) availability_locked(s, events);
   }
+  if (retry_heal) {
+    log()->info("[host:{}] healing again: instances are still on it", host_id);
+    heal(host_id);
+    return;
+  }
+  if (!newly_unhealthy) return;
   log()->warn("[host:{}] Unhealthy: no answer for {} ms", host_id, opt.unhealthy_after.count());
   publish(std::move(events));
-  if (newly_unhealthy && opt.healing) heal(host_id);
+  if (opt.healing) heal(host_id);
 }
 
 void Controller::Impl::heal(const std::string& host_id) {
@@ -179,10 +193,16 @@ void Controller::Impl::heal(const std::string& host_id) {
     }
     for (const auto* i : cluster.instances_on(host_id)) lost.push_back(*i);
     for (const auto& s : cluster.services) image_of[s.name] = {s.image, s.memory_mib};
+    heal_retry.erase(host_id);
   }
   if (lost.empty()) return;
+  auto retry_later = [this, &host_id] {
+    std::lock_guard lock(mu);
+    heal_retry[host_id] = Clock::now();
+  };
   auto plan = place_again(view, lost);
   if (!plan.ok()) {
+    retry_later();
     log()->error("[host:{}] healing refused: {}", host_id, plan.error().message);
     publish({{"service.healing_failed", json::object{{"host", host_id}, {"reason", plan.error().message}}}});
     return;
@@ -200,7 +220,9 @@ void Controller::Impl::heal(const std::string& host_id) {
                       {"memory_mib", image_of[placed.service].second}};
     auto made = slow_client(placed.host).create_instance(spec);
     if (!made.ok()) {
-      log()->error("[host:{}] healing {} on {} failed: {}", host_id, name, placed.host, made.error().message);
+      retry_later();
+      log()->error("[host:{}] healing {} on {} failed (retried in {} ms): {}", host_id, name, placed.host,
+                   kHealRetry.count(), made.error().message);
       publish({{"service.healing_failed",
                 json::object{{"host", host_id}, {"instance", name}, {"to_host", placed.host},
                              {"reason", made.error().message}}}});
