@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <boost/json.hpp>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -37,8 +38,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <boost/json.hpp>
 
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/testbed/images.hpp"
@@ -183,13 +182,15 @@ inline Child spawn_listening(const std::string& name, const std::vector<std::str
       if (line.rfind("listening ", 0) != 0) continue;
       c.address = line.substr(10);
       auto colon = c.address.rfind(':');
-      if (colon != std::string::npos) c.port = static_cast<uint16_t>(std::stoi(c.address.substr(colon + 1)));
+      if (colon != std::string::npos)
+        c.port = static_cast<uint16_t>(std::stoi(c.address.substr(colon + 1)));
       if (c.port != 0) return c;
     }
     int status = 0;
     if (::waitpid(pid, &status, WNOHANG) == pid) {
       c.pid = -1;
-      ADD_FAILURE() << name << " exited (status " << status << ") before listening:\n" << file_tail(err_path, 20);
+      ADD_FAILURE() << name << " exited (status " << status << ") before listening:\n"
+                    << file_tail(err_path, 20);
       return c;
     }
     std::this_thread::sleep_for(20ms);
@@ -319,7 +320,8 @@ class OrchestratorStack : public ::testing::Test {
     ASSERT_NE(::mkdtemp(tmpl), nullptr) << "mkdtemp failed";
     dir_ = tmpl;
     std::ofstream(dir_ + "/token") << kToken << "\n";
-    std::ofstream(dir_ + "/node.xml") << "<node><cpu><mhz>2000</mhz></cpu><memory>8388608</memory></node>\n";
+    std::ofstream(dir_ + "/node.xml")
+        << "<node><cpu><mhz>2000</mhz></cpu><memory>8388608</memory></node>\n";
   }
 
   void TearDown() override {
@@ -328,7 +330,8 @@ class OrchestratorStack : public ::testing::Test {
     orchestrator_.kill9();
     for (auto& [id, a] : agents_) a.kill9();
     if (HasFailure()) {
-      std::cerr << "---- orchestrator log (tail) ----\n" << file_tail(dir_ + "/orchestrator.err", 60);
+      std::cerr << "---- orchestrator log (tail) ----\n"
+                << file_tail(dir_ + "/orchestrator.err", 60);
       for (auto& [id, a] : agents_) {
         std::cerr << "---- agent " << id << " log (tail) ----\n" << file_tail(a.err_path, 15);
       }
@@ -340,7 +343,11 @@ class OrchestratorStack : public ::testing::Test {
 
   // `n` agents h1..hN; agent i (0-based) is in fault domain i % fds.
   void start_agents(int n, int fds, int64_t boot_delay_ms = 0) {
-    for (int i = 0; i < n; ++i) start_agent({"h" + std::to_string(i + 1), i % fds}, boot_delay_ms);
+    for (int i = 0; i < n; ++i) {
+      std::string id = "h";
+      id += std::to_string(i + 1);
+      start_agent({id, i % fds}, boot_delay_ms);
+    }
   }
 
   void start_agent(const AgentSpec& spec, int64_t boot_delay_ms = 0) {
@@ -349,20 +356,34 @@ class OrchestratorStack : public ::testing::Test {
     // A healthy window of 10 heartbeats (1 s): this machine is shared and loaded, and a guest
     // thread that misses three 100 ms beats is the machine, not the walk.
     std::vector<std::string> argv = {FABRICLAB_AGENT_BIN,
-                                     "--host-id", spec.id,
-                                     "--fault-domain", std::to_string(spec.fd),
-                                     "--state-dir", dir_ + "/" + spec.id,
-                                     "--guest-images", testbed::default_images_dir(),
-                                     "--listen", listen,
-                                     "--port", "0",
-                                     "--control-token-file", dir_ + "/token",
-                                     "--capacity", "4",
-                                     "--hypervisor", "test://" + dir_ + "/node.xml",
-                                     "--lab-host-images", "host-v1,host-v2",
-                                     "--heartbeat-ms", "100",
-                                     "--healthy-periods", "10",
-                                     "--stop-timeout-ms", "3000",
-                                     "--boot-delay-ms", std::to_string(boot_delay_ms)};
+                                     "--host-id",
+                                     spec.id,
+                                     "--fault-domain",
+                                     std::to_string(spec.fd),
+                                     "--state-dir",
+                                     dir_ + "/" + spec.id,
+                                     "--guest-images",
+                                     testbed::default_images_dir(),
+                                     "--listen",
+                                     listen,
+                                     "--port",
+                                     "0",
+                                     "--control-token-file",
+                                     dir_ + "/token",
+                                     "--capacity",
+                                     "4",
+                                     "--hypervisor",
+                                     "test://" + dir_ + "/node.xml",
+                                     "--lab-host-images",
+                                     "host-v1,host-v2",
+                                     "--heartbeat-ms",
+                                     "100",
+                                     "--healthy-periods",
+                                     "10",
+                                     "--stop-timeout-ms",
+                                     "3000",
+                                     "--boot-delay-ms",
+                                     std::to_string(boot_delay_ms)};
     Child c = spawn_listening("agent " + spec.id, argv, dir_ + "/" + spec.id + ".out",
                               dir_ + "/" + spec.id + ".err");
     ASSERT_TRUE(c.running()) << "agent " << spec.id << " did not start";
@@ -372,12 +393,18 @@ class OrchestratorStack : public ::testing::Test {
 
   void start_orchestrator() {
     std::vector<std::string> argv = {FABRICLAB_ORCHESTRATOR_BIN,
-                                     "--journal", dir_ + "/journal.db",
-                                     "--port", "0",
-                                     "--control-token-file", dir_ + "/token",
-                                     "--agent-token-file", dir_ + "/token",
-                                     "--poll-ms", "100",
-                                     "--unhealthy-after-ms", "1500"};
+                                     "--journal",
+                                     dir_ + "/journal.db",
+                                     "--port",
+                                     "0",
+                                     "--control-token-file",
+                                     dir_ + "/token",
+                                     "--agent-token-file",
+                                     dir_ + "/token",
+                                     "--poll-ms",
+                                     "100",
+                                     "--unhealthy-after-ms",
+                                     "1500"};
     orchestrator_ = spawn_listening("orchestrator", argv, dir_ + "/orchestrator.out",
                                     dir_ + "/orchestrator.err");
     ASSERT_TRUE(orchestrator_.running()) << "the orchestrator did not start";
@@ -402,16 +429,19 @@ class OrchestratorStack : public ::testing::Test {
   }
 
   void create_service(const std::string& name, int instances, int uds) {
-    json::object body{{"name", name}, {"instance_count", instances}, {"ud_count", uds},
-                      {"image", "v1"}, {"memory_mib", 128}};
+    json::object body{{"name", name},
+                      {"instance_count", instances},
+                      {"ud_count", uds},
+                      {"image", "v1"},
+                      {"memory_mib", 128}};
     auto r = post("/v1/services", body);
     ASSERT_EQ(r.status, 201) << "service " << name << ": " << r.body;
   }
 
   // ---- REST ----
 
-  http::ClientResponse call(std::string_view method, std::string_view target, std::string_view body = {},
-                            std::string_view token = kToken) {
+  http::ClientResponse call(std::string_view method, std::string_view target,
+                            std::string_view body = {}, std::string_view token = kToken) {
     auto r = http::request(kOrchestratorHost, port_.load(), method, target, body, token, 15s);
     if (!r.ok()) {
       ADD_FAILURE() << method << " " << target << ": " << r.error().describe();
@@ -419,7 +449,8 @@ class OrchestratorStack : public ::testing::Test {
     }
     return std::move(r).value();
   }
-  http::ClientResponse post(std::string_view target, const json::value& body, std::string_view token = kToken) {
+  http::ClientResponse post(std::string_view target, const json::value& body,
+                            std::string_view token = kToken) {
     return call("POST", target, json::serialize(body), token);
   }
   json::value get(std::string_view target) {

@@ -3,9 +3,10 @@
 // The cluster document gives hosts, endpoints, services and instances. The newest drill that was
 // Running or Paused becomes the active one again, with its plan, batches, "before" snapshot and
 // the per-host progress rows (the rows are written separately and are the truth about each
-// host). The instances' health timelines are rebuilt from the journaled instance.state events of
-// that drill, so the report spans the restart; the time the orchestrator was down is a gap
-// during which the last known health carries on, and the drill's notes say so.
+// host). The instances' health timelines are rebuilt from the journaled instance.state events
+// (the last one before the drill began gives each instance's state at its start), so the report
+// spans the restart; the time the orchestrator was down is a gap during which the last known
+// health carries on, and the drill's notes say so.
 
 #include "controller_impl.hpp"
 #include "fabriclab/common/logging.hpp"
@@ -138,7 +139,7 @@ Status Controller::Impl::restore() {
         seq = static_cast<uint64_t>(num(*ev, "seq"));
         int64_t t = ms_of(str(*ev, "time"));
         last_event_ms = std::max(last_event_ms, t);
-        if (t < since_ms || str(*ev, "type") != "instance.state") continue;
+        if (str(*ev, "type") != "instance.state") continue;
         auto* inst = ev->if_contains("instance");
         if (!inst || !inst->is_object()) continue;
         const auto& io = inst->as_object();
@@ -148,7 +149,13 @@ Status Controller::Impl::restore() {
         bool healthy = false;
         if (auto* h = io.if_contains("healthy"); h && h->is_bool()) healthy = h->as_bool();
         auto& tl = it->second.timeline;
-        if (tl.empty() || tl.back().healthy != healthy) tl.push_back({t, healthy});
+        if (t < since_ms) {
+          // Before the drill only the latest state counts: it is the one the drill began with.
+          // Without it the report reads the start of the window as unknown, i.e. down.
+          tl.assign(1, HealthChange{t, healthy});
+        } else if (tl.empty() || tl.back().healthy != healthy) {
+          tl.push_back({t, healthy});
+        }
         it->second.healthy = healthy;
         it->second.status = str(io, "status");
         it->second.image = str(io, "image");

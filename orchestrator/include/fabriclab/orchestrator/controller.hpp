@@ -74,7 +74,9 @@ class Controller {
   Controller(const Controller&) = delete;
   Controller& operator=(const Controller&) = delete;
 
-  // The seq the feed must continue after (the journal's newest event).
+  // The seq the feed must continue after: the journal's newest event plus, after a restart, a
+  // gap of 2^20 (events reach subscribers a moment before the journal holds them, so numbers a
+  // client saw before a SIGKILL are never reused).
   uint64_t last_journal_seq() const;
   // Attaches the feed and starts the threads (watchers, journal writer, a resumed drill).
   void start(std::shared_ptr<EventFeed> feed);
