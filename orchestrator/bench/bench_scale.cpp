@@ -179,15 +179,21 @@ class Children {
 struct Cleanup {
   Children children;
   std::string dir;
+  std::string agent_dir;  // when the agents' state lives elsewhere (--agents-on-tmpfs)
   bool keep = false;
-  std::atomic<bool> done{false};
+  std::atomic<bool> signalled{false};  // the signal thread is cleaning up and will exit
+  std::mutex mu;
+  bool done = false;
 
+  // Once; a second caller waits until the first has finished.
   void run() {
-    if (done.exchange(true)) return;
+    std::lock_guard lock(mu);
+    if (done) return;
+    done = true;
     children.kill_all(std::chrono::seconds(10));
-    if (!dir.empty() && !keep) {
+    for (const auto& d : {dir, agent_dir}) {
       std::error_code ec;
-      fs::remove_all(dir, ec);
+      if (!d.empty() && !keep) fs::remove_all(d, ec);
     }
   }
 };
@@ -205,6 +211,10 @@ std::string tail_of(const std::string& path, size_t bytes = 1500) {
   std::cerr << "fabriclab-bench-scale: " << what << "\n";
   if (c) std::cerr << "--- " << c->name << " stderr (" << c->log << "):\n" << tail_of(c->log) << "\n";
   if (g_cleanup) {
+    // Failing because a signal is ending everything: the signal thread cleans up and exits.
+    if (g_cleanup->signalled) {
+      for (;;) ::pause();
+    }
     if (c) g_cleanup->keep = true;  // leave the logs for a post-mortem
     g_cleanup->run();
     if (g_cleanup->keep) std::cerr << "logs kept in " << g_cleanup->dir << "\n";
@@ -253,6 +263,33 @@ double status_mib(pid_t pid, const char* key) {
     if (line.compare(0, k, key) == 0 && line.size() > k && line[k] == ':') {
       return std::stod(line.substr(k + 1)) / 1024.0;
     }
+  }
+  return -1;
+}
+
+// Context switches of a process, all threads (voluntary + involuntary), from /proc/PID/task/*.
+double ctx_switches(pid_t pid) {
+  double sum = 0;
+  std::error_code ec;
+  for (const auto& t : fs::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+    std::ifstream in(t.path() / "status");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("voluntary_ctxt_switches:", 0) == 0 || line.rfind("nonvoluntary_ctxt_switches:", 0) == 0) {
+        sum += std::stod(line.substr(line.find(':') + 1));
+      }
+    }
+  }
+  return sum;
+}
+
+// Proportional set size (shared pages split between the processes sharing them), in MiB; the
+// sum over processes is what they occupy together, unlike a sum of VmHWM.
+double pss_mib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/smaps_rollup");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("Pss:", 0) == 0) return std::stod(line.substr(4)) / 1024.0;
   }
   return -1;
 }
@@ -358,6 +395,8 @@ struct Options {
   std::string agent_bin, orchestrator_bin, images, dir;
   std::string agent_log_level = "warn", orchestrator_log_level = "info";
   double setup_timeout_s = 1800, walk_timeout_s = 3600;
+  double idle_s = 5;
+  bool agents_on_tmpfs = false;
   bool keep = false;
   bool json = false;
 };
@@ -418,6 +457,11 @@ int main(int argc, char** argv) {
   app.add_option("--images", o.images, "Guest image directory (manifest.json) for the agents")->capture_default_str();
   app.add_option("--dir", o.dir, "Working directory (default: a new /tmp/flsc.XXXXXX; removed at the end)");
   app.add_flag("--keep", o.keep, "Keep the working directory (logs, journal)");
+  app.add_flag("--agents-on-tmpfs", o.agents_on_tmpfs,
+               "Agents' state directories in a new /dev/shm/flsc.XXXXXX: the simulated guests "
+               "fdatasync a counter file at every heartbeat, a cost of the simulation");
+  app.add_option("--idle-s", o.idle_s, "Before the walk, measure the idle CPU of the rack this long")
+      ->check(CLI::Range(0.0, 600.0))->capture_default_str();
   app.add_option("--agent-log-level", o.agent_log_level)->capture_default_str();
   app.add_option("--orchestrator-log-level", o.orchestrator_log_level)->capture_default_str();
   app.add_option("--setup-timeout-s", o.setup_timeout_s, "Give up on the setup after this")->capture_default_str();
@@ -435,11 +479,17 @@ int main(int argc, char** argv) {
 
   // Signals go to one thread that cleans up and exits; every thread started later inherits the
   // blocked mask (the HTTP client's threads included).
+  // A shell starts a background job with SIGINT ignored, and an ignored signal never reaches
+  // sigwait: take SIGINT and SIGTERM back; SIGHUP only when not ignored (nohup means it).
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGHUP);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
+    struct sigaction old{};
+    ::sigaction(sig, nullptr, &old);
+    if (sig == SIGHUP && old.sa_handler == SIG_IGN) continue;
+    ::signal(sig, SIG_DFL);
+    sigaddset(&stop_signals, sig);
+  }
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
   static Cleanup cleanup;
@@ -449,6 +499,7 @@ int main(int argc, char** argv) {
     int sig = 0;
     sigwait(&stop_signals, &sig);
     std::cerr << "fabriclab-bench-scale: signal " << sig << ": stopping every process started\n";
+    g_cleanup->signalled = true;
     g_cleanup->run();
     ::_exit(128 + sig);
   }).detach();
@@ -465,6 +516,12 @@ int main(int argc, char** argv) {
     o.dir = fs::canonical(o.dir).string();
   }
   cleanup.dir = o.dir;
+  std::string agent_root = o.dir;
+  if (o.agents_on_tmpfs) {
+    char tmpl[] = "/dev/shm/flsc.XXXXXX";
+    if (!::mkdtemp(tmpl)) die(std::string("mkdtemp /dev/shm: ") + std::strerror(errno));
+    agent_root = cleanup.agent_dir = tmpl;
+  }
 
   const std::string token_file = o.dir + "/token", node_xml = o.dir + "/node.xml";
   std::string token;
@@ -507,7 +564,7 @@ int main(int argc, char** argv) {
     for (int k = i; k < std::min(o.hosts, i + o.start_parallel); ++k) {
       std::string id = std::string("h").append(std::to_string(k));  // not "h" + ...: GCC 12 -Wrestrict
       std::string addr = "127.0." + std::to_string(1 + k / 250) + "." + std::to_string(1 + k % 250);
-      std::string state = o.dir + "/" + id;
+      std::string state = agent_root + "/" + id;
       Child* c = cleanup.children.spawn(
           id,
           {o.agent_bin, "--host-id", id, "--fault-domain", std::to_string(k % o.fault_domains), "--state-dir", state,
@@ -586,8 +643,25 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
   }
 
+  // What the idle rack costs (the orchestrator's pollers, the agents and their simulated guests).
+  auto agents_cpu = [&] {
+    double sum = 0;
+    for (auto* a : agents) sum += std::max(0.0, cpu_s(a->pid));
+    return sum;
+  };
+  double idle_orch_cores = -1, idle_agents_cores = -1, idle_orch_cs = -1;
+  if (o.idle_s > 0) {
+    double c0 = cpu_s(orch->pid), a0 = agents_cpu(), s0 = ctx_switches(orch->pid);
+    auto t0 = Clock::now();
+    std::this_thread::sleep_for(std::chrono::duration<double>(o.idle_s));
+    double dt = since(t0);
+    idle_orch_cores = (cpu_s(orch->pid) - c0) / dt;
+    idle_agents_cores = (agents_cpu() - a0) / dt;
+    idle_orch_cs = (ctx_switches(orch->pid) - s0) / dt;
+  }
+
   // The walk: a host-os drill with every wait zero.
-  double orch_cpu0 = cpu_s(orch->pid);
+  double orch_cpu0 = cpu_s(orch->pid), agents_cpu0 = agents_cpu(), orch_cs0 = ctx_switches(orch->pid);
   auto calls0 = m["fabriclab_agent_calls_total"], failures0 = m["fabriclab_agent_call_failures_total"];
   auto events0 = m["fabriclab_events_published_total"];
   json::object spec{{"kind", "host-os"}, {"target", "host-v2"}, {"recovery_s", 0}, {"notice_s", 0}};
@@ -610,7 +684,7 @@ int main(int argc, char** argv) {
     if (state == "Completed" || state == "Failed" || state == "Aborted") break;
     if (since(t_walk) > o.walk_timeout_s) die("walk timeout in batch " + std::to_string(last_batch + 1), orch);
     int cb = static_cast<int>(drill.at("current_batch").to_number<int64_t>());
-    if (!o.json && cb != last_batch) {
+    if (!o.json && cb != last_batch && cb < batches) {
       std::printf("  batch %d of %d at %.1f s\n", cb + 1, batches, since(t_walk));
       std::fflush(stdout);
     }
@@ -621,6 +695,8 @@ int main(int argc, char** argv) {
   }
   double wall_s = since(t_walk);
   double orch_cpu_walk = cpu_s(orch->pid) - orch_cpu0;
+  double agents_cpu_walk = agents_cpu() - agents_cpu0;
+  double orch_cs_walk = ctx_switches(orch->pid) - orch_cs0;
   m = api.metrics(orch);
   // The orchestrator's own clock for the drill (RFC 3339 with ms).
   auto parse_ms = [](const json::value& v) -> double {
@@ -643,11 +719,12 @@ int main(int argc, char** argv) {
   for (const auto& h : drill.at("hosts").as_array()) hosts_done += h.as_object().at("status") == "done";
 
   double orch_rss = status_mib(orch->pid, "VmHWM");
-  double agents_rss = 0, agent_max = 0;
+  double agents_rss = 0, agent_max = 0, agents_pss = 0;
   for (auto* a : agents) {
     double r = status_mib(a->pid, "VmHWM");
     agents_rss += std::max(0.0, r);
     agent_max = std::max(agent_max, r);
+    agents_pss += std::max(0.0, pss_mib(a->pid));
   }
   double orch_cpu_total = cpu_s(orch->pid);
   std::string reason(drill.at("reason").as_string());
@@ -675,8 +752,15 @@ int main(int argc, char** argv) {
                      {"peak_rss_mb", round3(orch_rss)},
                      {"agents_peak_rss_mb_sum", round3(agents_rss)},
                      {"agent_peak_rss_mb_max", round3(agent_max)},
+                     {"agents_pss_mb_sum_end", round3(agents_pss)},
                      {"orchestrator_cpu_s_walk", round3(orch_cpu_walk)},
                      {"orchestrator_cpu_s_total", round3(orch_cpu_total)},
+                     {"agents_cpu_s_walk", round3(agents_cpu_walk)},
+                     {"idle_orchestrator_cores", round3(idle_orch_cores)},
+                     {"idle_agents_cores", round3(idle_agents_cores)},
+                     {"idle_orchestrator_ctx_switches_per_s", std::round(idle_orch_cs)},
+                     {"orchestrator_ctx_switches_per_s_walk", std::round(orch_cs_walk / wall_s)},
+                     {"agents_on_tmpfs", o.agents_on_tmpfs},
                      {"agent_calls_walk", m["fabriclab_agent_calls_total"] - calls0},
                      {"agent_call_failures_walk", m["fabriclab_agent_call_failures_total"] - failures0},
                      {"events_walk", m["fabriclab_events_published_total"] - events0},
@@ -693,9 +777,15 @@ int main(int argc, char** argv) {
                 orch_rss, orch_cpu_walk, orch_cpu_total, m["fabriclab_agent_calls_total"] - calls0,
                 m["fabriclab_agent_call_failures_total"] - failures0,
                 m["fabriclab_events_published_total"] - events0);
-    std::printf("  agents: peak RSS %.1f MiB summed, %.1f MiB the largest; Unhealthy hosts: %d after setup, "
-                "at most %d during the walk\n",
-                agents_rss, agent_max, unhealthy_hosts_setup, max_unhealthy);
+    std::printf("  agents: peak RSS %.1f MiB summed (PSS %.1f MiB summed at the end), %.1f MiB the largest, "
+                "CPU %.1f s during the walk; Unhealthy hosts: %d after setup, at most %d during the walk\n",
+                agents_rss, agents_pss, agent_max, agents_cpu_walk, unhealthy_hosts_setup, max_unhealthy);
+    if (o.idle_s > 0) {
+      std::printf("  idle rack before the walk: orchestrator %.2f cores (%.0f context switches/s), agents "
+                  "%.2f cores\n",
+                  idle_orch_cores, idle_orch_cs, idle_agents_cores);
+    }
+    std::printf("  orchestrator context switches during the walk: %.0f/s\n", orch_cs_walk / wall_s);
     std::printf("  setup %.1f s: agents %.1f s, registration %.1f s, services %.1f s, healthy %.1f s\n",
                 setup_s, agents_s, register_s, services_s, healthy_s);
   }
