@@ -32,6 +32,7 @@ using std::chrono::milliseconds;
 struct GuestSlot {
   hypervisor::DomainState domain_state = hypervisor::DomainState::unknown;
   bool expect_running = false;  // we started it (or found it running): keep a link to it
+  uint64_t stop_events = 0;     // stopped/crashed lifecycle events seen (libvirt delivers them late)
   std::string status = "Stopped";  // Creating Starting Healthy Stopping Stopped Reimaging Failed
   bool healthy = false;
   std::unique_ptr<GuestLink> link;

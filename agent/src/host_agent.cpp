@@ -354,6 +354,7 @@ void HostAgent::Impl::on_lifecycle(const hypervisor::LifecycleEvent& e) {
     std::lock_guard lock(mu);
     auto it = slots.find(e.domain);
     if (it == slots.end()) return;
+    ++it->second.stop_events;
     it->second.domain_state = DomainState::shut_off;
     if (it->second.expect_running) {
       unexpected = true;
