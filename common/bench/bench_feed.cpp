@@ -26,10 +26,14 @@
 //
 // Client and server share the machine: the client's own scheduling delay is part of the latency,
 // so the figures are an upper bound on what the server adds. We print the CPU the whole process
-// used per phase (in cores) to show when the machine, not the server, is the limit.
+// used per phase (in cores, and how much of it the client io threads took) and that CPU divided
+// by the events the readers received (microseconds per delivery, server + client): with it,
+// subscribers x rate x cost says how many cores a load needs, which shows when the machine, not
+// the server's design, is the limit.
 
 #include <CLI/CLI.hpp>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -44,7 +48,10 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <fstream>
 #include <iostream>
+#include <mutex>
+#include <sstream>
 #include <map>
 #include <memory>
 #include <string>
@@ -85,6 +92,30 @@ double cpu_seconds() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+// The client io threads (the subscribers' side), to split the process CPU into client and
+// server + publisher.
+std::mutex g_tids_mu;
+std::vector<pid_t> g_client_tids;
+
+double thread_cpu_seconds(pid_t tid) {
+  std::ifstream in("/proc/self/task/" + std::to_string(tid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto rp = text.rfind(')');
+  if (rp == std::string::npos) return 0;
+  std::istringstream rest(text.substr(rp + 2));
+  std::vector<std::string> f;
+  for (std::string x; rest >> x;) f.push_back(x);
+  if (f.size() < 13) return 0;  // fields from "state" (3) on: utime is 14, stime 15
+  return (std::stod(f[11]) + std::stod(f[12])) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+double client_cpu_seconds() {
+  std::lock_guard lock(g_tids_mu);
+  double sum = 0;
+  for (pid_t t : g_client_tids) sum += thread_cpu_seconds(t);
+  return sum;
 }
 
 // The unsigned integer after `"key":` in a serialized event; -1 when absent. The events are ours,
@@ -310,6 +341,9 @@ struct PhaseResult {
   uint64_t misordered = 0;    // samples whose seq was not above the reader's previous one
   double publish_s = 0;       // wall time of the publishing loop
   double cpu_cores = 0;       // process CPU / wall over the phase
+  double client_cores = 0;    // ... of which the client io threads
+  double cpu_s = 0;           // process CPU over the phase
+  double us_per_delivery = 0; // process CPU per event received by a reader (server + client)
   double drain_ms = 0;        // after the last publish, until every reader had the last event
   double cut_off_after_s = -1;  // stalled phase: when the feed dropped the stalled subscription
   int64_t cut_off_after_events = -1;  // ... and how many events into the phase
@@ -335,7 +369,7 @@ PhaseResult run_phase(const Options& o, EventFeed& feed, DrillSim& drill,
                       const std::vector<std::shared_ptr<Subscriber>>& readers,
                       const std::function<bool()>& stalled_dropped) {
   PhaseResult r;
-  double cpu0 = cpu_seconds();
+  double cpu0 = cpu_seconds(), client0 = client_cpu_seconds();
   auto start = Clock::now();
   auto period = std::chrono::duration<double>(1.0 / o.rate);
   auto stalled_attached = [&] {
@@ -371,7 +405,10 @@ PhaseResult run_phase(const Options& o, EventFeed& feed, DrillSim& drill,
   }
   auto end = Clock::now();
   r.drain_ms = std::chrono::duration<double, std::milli>(end - published).count();
-  r.cpu_cores = (cpu_seconds() - cpu0) / std::chrono::duration<double>(end - start).count();
+  double wall = std::chrono::duration<double>(end - start).count();
+  r.cpu_s = cpu_seconds() - cpu0;
+  r.cpu_cores = r.cpu_s / wall;
+  r.client_cores = (client_cpu_seconds() - client0) / wall;
   if (stalled_dropped && r.cut_off_after_s < 0 && stalled_dropped()) {
     r.cut_off_after_s = std::chrono::duration<double>(Clock::now() - start).count();
   }
@@ -396,6 +433,7 @@ void score(PhaseResult& r, const std::vector<std::shared_ptr<Subscriber>>& reade
   }
   r.expected = readers.size() * (r.last_seq - r.first_seq + 1);
   r.received = lat.size();
+  if (r.received > 0) r.us_per_delivery = r.cpu_s * 1e6 / static_cast<double>(r.received);
   if (lat.empty()) return;
   auto pct = [&](double p) {
     size_t k = std::min(lat.size() - 1, static_cast<size_t>(p * (lat.size() - 1) + 0.5));
@@ -414,7 +452,10 @@ json::object figures(const PhaseResult& r) {
                       {"lost", r.expected - r.received},
                       {"misordered", r.misordered},
                       {"events", r.events},
-                      {"readers_closed", r.readers_ended}};
+                      {"readers_closed", r.readers_ended},
+                      {"cpu_cores", round3(r.cpu_cores)},
+                      {"client_cpu_cores", round3(r.client_cores)},
+                      {"cpu_us_per_delivery", round3(r.us_per_delivery)}};
 }
 
 void print_phase(const char* name, const PhaseResult& r) {
@@ -424,9 +465,10 @@ void print_phase(const char* name, const PhaseResult& r) {
               static_cast<unsigned long long>(r.expected),
               static_cast<unsigned long long>(r.expected - r.received),
               static_cast<unsigned long long>(r.misordered), r.readers_ended);
-  std::printf("  %llu events published in %.2f s, readers caught up %.1f ms later, process CPU "
-              "%.2f cores\n",
-              static_cast<unsigned long long>(r.events), r.publish_s, r.drain_ms, r.cpu_cores);
+  std::printf("  %llu events published in %.2f s, readers caught up %.1f ms later; process CPU "
+              "%.2f cores (client io threads %.2f), %.1f us per delivery\n",
+              static_cast<unsigned long long>(r.events), r.publish_s, r.drain_ms, r.cpu_cores,
+              r.client_cores, r.us_per_delivery);
 }
 
 }  // namespace
@@ -471,7 +513,15 @@ int main(int argc, char** argv) {
   net::io_context cioc;
   auto work = net::make_work_guard(cioc);
   std::vector<std::thread> client_threads;
-  for (int i = 0; i < o.client_threads; ++i) client_threads.emplace_back([&] { cioc.run(); });
+  for (int i = 0; i < o.client_threads; ++i) {
+    client_threads.emplace_back([&] {
+      {
+        std::lock_guard lock(g_tids_mu);
+        g_client_tids.push_back(static_cast<pid_t>(::gettid()));
+      }
+      cioc.run();
+    });
+  }
 
   // Connect the readers, a few hundred handshakes in flight at a time.
   std::vector<std::shared_ptr<Subscriber>> readers;
@@ -543,6 +593,8 @@ int main(int argc, char** argv) {
   work.reset();
   for (auto& t : client_threads) t.join();
   bool cut_off = feed_dropped || stalled->end_reason == "close frame: slow consumer";
+  // The live estimate can fire on a reader the feed dropped before its close frame arrived.
+  if (!cut_off) b.cut_off_after_s = -1, b.cut_off_after_events = -1;
 
   score(a, readers);
   score(b, readers);
@@ -552,7 +604,9 @@ int main(int argc, char** argv) {
     if (s->state != 1) ++closed_reasons[s->end_reason];
   }
   bool lossless = a.expected == a.received && b.expected == b.received;
-  bool target_met = a.p99_ms <= kTargetP99Ms && b.p99_ms <= kTargetP99Ms && lossless && cut_off;
+  // The target: p99 <= 20 ms for the readers, with and without the stalled one, and no
+  // loss. Whether the server cut the stalled one off is reported beside it.
+  bool target_met = a.p99_ms <= kTargetP99Ms && b.p99_ms <= kTargetP99Ms && lossless;
   // FEED_BENCH_TIMELINE=1: every 10th event, min/median/max latency over the readers, on stderr.
   if (std::getenv("FEED_BENCH_TIMELINE")) {
     std::vector<std::vector<uint32_t>> by(b.last_seq + 1);
@@ -585,7 +639,6 @@ int main(int argc, char** argv) {
     out["rate"] = o.rate;
     out["server_threads"] = o.server_threads;
     out["client_threads"] = o.client_threads;
-    out["cpu_cores"] = round3(std::max(a.cpu_cores, b.cpu_cores));
     json::object reasons;
     for (const auto& [why, n] : closed_reasons) reasons[why] = n;
     out["closed_reasons"] = std::move(reasons);
@@ -604,8 +657,8 @@ int main(int argc, char** argv) {
     for (const auto& [why, n] : closed_reasons) {
       std::printf("  %d readers ended early: %s\n", n, why.c_str());
     }
-    std::printf("target p99 <= %.0f ms, no loss, stalled cut off: %s\n", kTargetP99Ms,
-                target_met ? "met" : "NOT met");
+    std::printf("target p99 <= %.0f ms with and without the stalled one, no loss: %s\n",
+                kTargetP99Ms, target_met ? "met" : "NOT met");
   }
   return 0;
 }

@@ -8,14 +8,19 @@
 // `fabriclab-orchestrator` on 127.0.0.1. Then, through the orchestrator's REST API only:
 // registers every host, creates services of 2..50 instances with 5..20 UDs summing to
 // --instances, waits until every instance is healthy, and starts a host-os drill with every wait
-// set to zero (notice 0, recovery 0, no emulated boot delay): a walk of zero-length operations,
-// so what is measured is the control plane itself (planning, per-host jobs, polling, journal,
-// feed). The drill is polled until Completed or Failed.
+// set to zero (notice_s 0, recovery_s 0, no emulated boot delay; time_scale is left at 1: the API
+// takes it in (0, 1], and with every wait zero it changes nothing). The operations are zero-length
+// but not free: an agent's Verifying step waits for each restarted guest's first heartbeat (up to
+// --heartbeat-ms), and the orchestrator notices a finished job and a Ready host by polling (up to
+// --poll-ms each). The drill is polled until Completed or Failed.
 //
 // Figures: setup_s (agents up, hosts registered, services placed, all healthy; each part also
 // separately), wall_s (POST /v1/drills until the bench sees Completed), the orchestrator's own
 // drill duration (finished_at - started_at), batches and the planner's lower bound, the
-// orchestrator's peak RSS (VmHWM) and CPU seconds, the agents' summed and largest VmHWM.
+// orchestrator's peak RSS (VmHWM), CPU seconds and context switches, the agents' summed and
+// largest VmHWM and their summed PSS (shared pages counted once), and the CPU the idle rack costs
+// before the walk (--idle-s). Agents, simulated guests and orchestrator share the machine: on a
+// small one the simulated rack's own cost, not the orchestrator, can be the limit.
 //
 // Every process it starts dies with it: SIGTERM then SIGKILL at the end, on an error, on
 // SIGINT/SIGTERM/SIGHUP (a signal thread does it), and PR_SET_PDEATHSIG covers a SIGKILL of the
@@ -208,13 +213,13 @@ std::string tail_of(const std::string& path, size_t bytes = 1500) {
 }
 
 [[noreturn]] void die(const std::string& what, const Child* c = nullptr) {
+  // Failing because a signal is ending everything: the signal thread cleans up and exits.
+  if (g_cleanup && g_cleanup->signalled) {
+    for (;;) ::pause();
+  }
   std::cerr << "fabriclab-bench-scale: " << what << "\n";
   if (c) std::cerr << "--- " << c->name << " stderr (" << c->log << "):\n" << tail_of(c->log) << "\n";
   if (g_cleanup) {
-    // Failing because a signal is ending everything: the signal thread cleans up and exits.
-    if (g_cleanup->signalled) {
-      for (;;) ::pause();
-    }
     if (c) g_cleanup->keep = true;  // leave the logs for a post-mortem
     g_cleanup->run();
     if (g_cleanup->keep) std::cerr << "logs kept in " << g_cleanup->dir << "\n";

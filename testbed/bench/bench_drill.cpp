@@ -271,20 +271,24 @@ Result<std::vector<Event>> agent_events(const Agents& agents, const AgentRef& a,
 }
 
 // ---------------------------------------------------------------------------------------------
-// CPU: a sampler thread reads /proc every second: the machine's busy time, the CPU time of the
-// lab's QEMU processes per host (command lines name LAB/hN/), and QEMU processes that are not
-// the lab's (another run on the machine distorts the figures; their count is reported).
+// CPU: a sampler thread reads /proc every second: the machine's busy time (/proc/stat) and the
+// CPU time of every process, in categories: the lab's QEMU processes per host (command lines
+// name LAB/hN/), the lab's agents and orchestrator, this bench, QEMU processes that are not the
+// lab's (another run on the machine distorts the figures), and everything else by command name.
+// A process that ends between two samples loses its last second; what no category holds is
+// reported as unaccounted (kernel threads, processes that ended).
 
 struct CpuSample {
   int64_t t_ms = 0;
-  double busy_s = 0, total_s = 0;          // the machine (all cores), from /proc/stat
-  std::map<std::string, double> host_s;    // cumulative QEMU CPU per host (pids summed)
-  int foreign_qemu = 0;
+  double busy_s = 0, total_s = 0;       // the machine (all cores)
+  std::map<std::string, double> cat_s;  // cumulative CPU seconds per category
+  int foreign_qemu = 0;                 // live (not zombie) QEMU processes not of the lab
 };
 
 class CpuSampler {
  public:
-  explicit CpuSampler(std::string lab_dir) : dir_(std::move(lab_dir)) {
+  CpuSampler(std::string lab_dir, const std::set<pid_t>& agent_pids, pid_t orchestrator_pid)
+      : dir_(std::move(lab_dir)), agents_(agent_pids), orchestrator_(orchestrator_pid) {
     hz_ = static_cast<double>(sysconf(_SC_CLK_TCK));
     sample();
     thread_ = std::thread([this] {
@@ -300,7 +304,7 @@ class CpuSampler {
     if (thread_.joinable()) thread_.join();
   }
 
-  // Over [a, b]: machine busy cores, QEMU cores per host, the most foreign QEMU processes seen.
+  // Over [a, b], in cores (CPU seconds per wall second).
   json::object window(int64_t a, int64_t b, const std::vector<std::string>& busy_hosts) const {
     std::lock_guard lock(mu_);
     const CpuSample* x = nullptr;
@@ -315,20 +319,45 @@ class CpuSampler {
     if (!y && !samples_.empty()) y = &samples_.back();
     if (!x || !y || y->t_ms <= x->t_ms) return json::object{};
     const double wall = secs(y->t_ms - x->t_ms);
-    double in_batch = 0, idle = 0;
+    double batch_q = 0, other_q = 0, lab = 0, bench = 0, foreign_q = 0, other = 0;
     json::object per_host;
-    for (const auto& [h, v] : y->host_s) {
-      double before = x->host_s.count(h) ? x->host_s.at(h) : 0.0;
+    std::vector<std::pair<double, std::string>> others;
+    for (const auto& [c, v] : y->cat_s) {
+      double before = x->cat_s.count(c) ? x->cat_s.at(c) : 0.0;
       double d = std::max(0.0, v - before) / wall;
-      per_host[h] = round3(d);
-      bool busy = std::find(busy_hosts.begin(), busy_hosts.end(), h) != busy_hosts.end();
-      (busy ? in_batch : idle) += d;
+      if (c.rfind("qemu:", 0) == 0) {
+        std::string h = c.substr(5);
+        per_host[h] = round3(d);
+        bool busy = std::find(busy_hosts.begin(), busy_hosts.end(), h) != busy_hosts.end();
+        (busy ? batch_q : other_q) += d;
+      } else if (c.rfind("lab:", 0) == 0) {
+        lab += d;
+      } else if (c == "bench") {
+        bench += d;
+      } else if (c == "foreign-qemu") {
+        foreign_q += d;
+      } else {
+        other += d;
+        if (d >= 0.01) others.emplace_back(d, c.substr(6));
+      }
+    }
+    std::sort(others.rbegin(), others.rend());
+    json::array top;
+    for (size_t i = 0; i < others.size() && i < 5; ++i) {
+      top.push_back(json::object{{"name", others[i].second}, {"cores", round3(others[i].first)}});
     }
     const double total = y->total_s - x->total_s;
+    const double busy = total > 0 ? (y->busy_s - x->busy_s) / total * cores() : 0.0;
     return json::object{{"wall_s", round3(wall)},
-                        {"machine_busy_cores", round3(total > 0 ? (y->busy_s - x->busy_s) / total * cores() : 0.0)},
-                        {"qemu_cores_batch_hosts", round3(in_batch)},
-                        {"qemu_cores_other_hosts", round3(idle)},
+                        {"machine_busy_cores", round3(busy)},
+                        {"qemu_cores_batch_hosts", round3(batch_q)},
+                        {"qemu_cores_other_hosts", round3(other_q)},
+                        {"lab_processes_cores", round3(lab)},
+                        {"bench_cores", round3(bench)},
+                        {"foreign_qemu_cores", round3(foreign_q)},
+                        {"other_processes_cores", round3(other)},
+                        {"unaccounted_cores", round3(busy - batch_q - other_q - lab - bench - foreign_q - other)},
+                        {"top_other_processes", std::move(top)},
                         {"qemu_cores_per_host", std::move(per_host)},
                         {"foreign_qemu_max", foreign}};
   }
@@ -356,31 +385,27 @@ class CpuSampler {
     {
       std::istringstream in(slurp("/proc/stat", 4096));
       std::string cpu;
-      double v[10] = {};
+      double v[8] = {};
       in >> cpu;
       for (double& x : v) in >> x;
-      // user nice system idle iowait irq softirq steal guest guest_nice (guest is inside user)
-      double idle = v[3] + v[4];
-      double all = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
+      // user nice system idle iowait irq softirq steal (guest time is inside user)
+      const double idle = v[3] + v[4];
+      const double all = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
       s.busy_s = (all - idle) / hz_;
       s.total_s = all / hz_;
     }
-    std::map<pid_t, std::pair<std::string, double>> now;
-    for (const auto& e : std::filesystem::directory_iterator("/proc", std::filesystem::directory_options::skip_permission_denied)) {
+    const pid_t self = getpid();
+    std::map<pid_t, std::pair<std::string, double>> now;  // pid -> category, CPU seconds so far
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
       const std::string n = e.path().filename().string();
       if (n.empty() || !std::isdigit(static_cast<unsigned char>(n[0]))) continue;
-      if (slurp("/proc/" + n + "/comm", 64).rfind("qemu", 0) != 0) continue;
-      std::string cmd = slurp("/proc/" + n + "/cmdline");
-      auto pos = cmd.find(dir_ + "/h");
-      if (pos == std::string::npos) {
-        ++s.foreign_qemu;
-        continue;
-      }
-      size_t a = pos + dir_.size() + 1, z = cmd.find('/', a);
-      std::string host = cmd.substr(a, z == std::string::npos ? std::string::npos : z - a);
+      const pid_t pid = static_cast<pid_t>(std::atol(n.c_str()));
       std::string stat = slurp("/proc/" + n + "/stat", 4096);
-      auto rp = stat.rfind(')');
-      if (rp == std::string::npos) continue;
+      auto lp = stat.find('('), rp = stat.rfind(')');
+      if (lp == std::string::npos || rp == std::string::npos || rp + 2 >= stat.size()) continue;
+      const std::string comm = stat.substr(lp + 1, rp - lp - 1);
+      const char state = stat[rp + 2];
       std::istringstream in(stat.substr(rp + 2));
       std::string field;
       double ut = 0, st = 0;
@@ -388,22 +413,47 @@ class CpuSampler {
         if (i == 14) ut = std::atof(field.c_str());
         if (i == 15) st = std::atof(field.c_str());
       }
-      now[static_cast<pid_t>(std::atol(n.c_str()))] = {host, (ut + st) / hz_};
+      std::string cat;
+      if (comm.rfind("qemu", 0) == 0) {
+        std::string cmd = slurp("/proc/" + n + "/cmdline");
+        auto pos = cmd.find(dir_ + "/h");
+        if (pos == std::string::npos) {
+          if (state != 'Z') ++s.foreign_qemu;
+          cat = "foreign-qemu";
+        } else {
+          size_t a = pos + dir_.size() + 1, z = cmd.find('/', a);
+          cat = "qemu:" + cmd.substr(a, z == std::string::npos ? std::string::npos : z - a);
+        }
+      } else if (pid == self) {
+        cat = "bench";
+      } else if (agents_.count(pid)) {
+        cat = "lab:agents";
+      } else if (pid == orchestrator_) {
+        cat = "lab:orchestrator";
+      } else {
+        cat = "other:" + comm;
+      }
+      now[pid] = {cat, (ut + st) / hz_};
     }
     std::lock_guard lock(mu_);
-    // Cumulative per host: the previous total plus each live pid's growth (a new pid counts whole).
-    std::map<std::string, double> acc = samples_.empty() ? std::map<std::string, double>{} : samples_.back().host_s;
-    for (const auto& [pid, hv] : now) {
-      double prev = last_.count(pid) ? last_[pid] : 0.0;
-      acc[hv.first] += std::max(0.0, hv.second - prev);
+    // Cumulative per category: the previous totals plus each live pid's growth (a pid first seen
+    // counts whole, except in the first sample, which is the baseline).
+    std::map<std::string, double> acc = samples_.empty() ? std::map<std::string, double>{} : samples_.back().cat_s;
+    const bool baseline = samples_.empty();
+    for (const auto& [pid, cv] : now) {
+      auto it = last_.find(pid);
+      double prev = it != last_.end() ? it->second : (baseline ? cv.second : 0.0);
+      acc[cv.first] += std::max(0.0, cv.second - prev);
     }
     last_.clear();
-    for (const auto& [pid, hv] : now) last_[pid] = hv.second;
-    s.host_s = std::move(acc);
+    for (const auto& [pid, cv] : now) last_[pid] = cv.second;
+    s.cat_s = std::move(acc);
     samples_.push_back(std::move(s));
   }
 
   std::string dir_;
+  std::set<pid_t> agents_;
+  pid_t orchestrator_ = 0;
   double hz_ = 100;
   mutable std::mutex mu_;
   std::vector<CpuSample> samples_;
@@ -441,7 +491,7 @@ struct RawGuest {
   int64_t last_hb_before_ms = -1;  // last heartbeat of the old boot before the stop request
   int64_t stop_req_ms = 0, stop_done_ms = 0, start_req_ms = 0, start_done_ms = 0;
   int64_t first_hb_ms = -1;  // first heartbeat of the new boot
-  int64_t first_hb_seq = -1;
+  int64_t first_hb_seq = -1;  // the heartbeat's own seq where polling first saw the new boot (1: its first)
   std::string hb_source = "poll";  // events | poll
   int64_t cycle_ms() const { return first_hb_ms < 0 ? -1 : first_hb_ms - stop_req_ms; }
   int64_t gap_ms() const { return first_hb_ms < 0 || last_hb_before_ms < 0 ? -1 : first_hb_ms - last_hb_before_ms; }
@@ -700,7 +750,9 @@ int run(const Options& opt) {
       progress("rack stopped; logs in " + lab.dir());
     }
   } down{lab};
-  CpuSampler cpu(lab.dir());
+  std::set<pid_t> agent_pids;
+  for (const auto& a : lab.agents()) agent_pids.insert(a.pid);
+  CpuSampler cpu(lab.dir(), agent_pids, lab.orchestrator().pid);
   auto fail = [&](const std::string& what) {
     std::cerr << "fabriclab-bench-drill: " << what << "\n";
     return rack::interrupted() ? 130 : 1;
@@ -804,20 +856,18 @@ int run(const Options& opt) {
       auto it = events.find(h.host);
       if (it == events.end()) continue;
       for (auto& g : h.guests) {
-        int64_t last_old = -1, first_new = -1, first_seq = -1;
+        int64_t last_old = -1, first_new = -1;
         for (const auto& e : it->second) {
           if (e.type != "instance.heartbeat" || str(e.o, "name") != g.name) continue;
           std::string boot = str(e.o, "boot_id");
           if (boot == g.boot_before && e.t_ms <= g.stop_req_ms) last_old = e.t_ms;
           if (boot != g.boot_before && e.t_ms >= g.start_req_ms && first_new < 0) {
             first_new = e.t_ms;
-            first_seq = integer(e.o, "seq");
           }
         }
         if (last_old >= 0) g.last_hb_before_ms = last_old;
         if (first_new >= 0) {
           g.first_hb_ms = first_new;
-          g.first_hb_seq = first_seq;
           g.hb_source = "events";
           ++refined;
         } else {
@@ -869,7 +919,7 @@ int run(const Options& opt) {
                                   {"stop_call_s", secs_or_null(g.stop_done_ms - g.stop_req_ms)},
                                   {"start_call_s", secs_or_null(g.start_done_ms - g.start_req_ms)},
                                   {"cycle_s", secs_or_null(g.cycle_ms())},
-                                  {"first_hb_seq", g.first_hb_seq},
+                                  {"first_hb_seq_polled", g.first_hb_seq},
                                   {"hb_source", g.hb_source}});
       }
       floor_hosts[h.host] = json::object{{"total_s", secs_or_null(h.total_ms())},
@@ -949,9 +999,12 @@ int run(const Options& opt) {
         step("Verifying", "done"), ms_text(collect), ms_text(slow), slow_host, gap));
     auto cpu_text = [](const json::object& w) {
       if (w.empty()) return std::string("-");
-      return fmt::format("machine {:.2f} cores busy, qemu of the batch's hosts {:.2f}, of the other hosts {:.2f}",
+      return fmt::format("machine {:.2f} cores busy: qemu of the batch's hosts {:.2f}, of the other hosts {:.2f}, "
+                         "agents+orchestrator {:.2f}, not the lab's {:.2f}",
                          dbl(w, "machine_busy_cores").value_or(0), dbl(w, "qemu_cores_batch_hosts").value_or(0),
-                         dbl(w, "qemu_cores_other_hosts").value_or(0));
+                         dbl(w, "qemu_cores_other_hosts").value_or(0), dbl(w, "lab_processes_cores").value_or(0),
+                         dbl(w, "foreign_qemu_cores").value_or(0) + dbl(w, "other_processes_cores").value_or(0) +
+                             dbl(w, "unaccounted_cores").value_or(0));
     };
     const auto& bo = batch_out.back().as_object();
     text_batches.push_back("      cpu, drill: " + cpu_text(obj(bo, "drill_cpu")) + "; floor: " + cpu_text(obj(bo, "floor_cpu")));
@@ -1118,6 +1171,21 @@ int run(const Options& opt) {
         "batch {:.3f}\n",
         excess, share.notify, share.stop, share.swap, share.reboot, share.start, share.verify, share.dispatch,
         share.collect, gaps_s, tail_s);
+    for (const char* k : {"cpu_settle_after_populate", "cpu_drill", "cpu_settle_after_drill"}) {
+      const auto& w = obj(out, k);
+      std::string top;
+      for (const auto& t : arr(w, "top_other_processes")) {
+        top += fmt::format(" {} {:.2f}", str(t.as_object(), "name"), dbl(t.as_object(), "cores").value_or(0));
+      }
+      std::cout << fmt::format("{}: machine {:.2f} of {:.0f} cores busy; lab qemu {:.2f}, agents+orchestrator {:.2f}, "
+                               "foreign qemu {:.2f} (max {} processes), other {:.2f}{}{}, unaccounted {:.2f}\n",
+                               k, dbl(w, "machine_busy_cores").value_or(0), CpuSampler::cores(),
+                               dbl(w, "qemu_cores_batch_hosts").value_or(0) + dbl(w, "qemu_cores_other_hosts").value_or(0),
+                               dbl(w, "lab_processes_cores").value_or(0), dbl(w, "foreign_qemu_cores").value_or(0),
+                               integer(w, "foreign_qemu_max", 0), dbl(w, "other_processes_cores").value_or(0),
+                               top.empty() ? "" : " (top:", top.empty() ? "" : top + ")",
+                               dbl(w, "unaccounted_cores").value_or(0));
+    }
     std::cout << "instances:\n";
     for (const auto& l : text_inst) std::cout << l << "\n";
     for (const auto& n : notes) std::cout << "note: " << n << "\n";
