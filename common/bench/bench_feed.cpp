@@ -359,7 +359,7 @@ struct Options {
   int client_threads = 1;
   size_t ws_queue = http::Limits{}.max_ws_queue;
   int stall_rcvbuf = 4096;
-  double stall_max_s = 60;
+  double stall_max_s = 120;
   bool json = false;
 };
 
