@@ -2,11 +2,13 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <boost/json.hpp>
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <random>
@@ -51,9 +53,19 @@ std::string new_boot_id() {
 SimGuest::SimGuest(std::string socket_path, std::string counter_file,
                    std::chrono::milliseconds period, std::chrono::milliseconds drain)
     : socket_path_(std::move(socket_path)), counter_file_(std::move(counter_file)),
-      period_(period), drain_(drain) {}
+      period_(period), drain_(drain), wake_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
 
-SimGuest::~SimGuest() { power_off(false); }
+SimGuest::~SimGuest() {
+  power_off(false);
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+namespace {
+void wake(int fd) {
+  uint64_t one = 1;
+  if (fd >= 0) (void)!::write(fd, &one, sizeof one);
+}
+}  // namespace
 
 void SimGuest::boot(const std::string& image, const std::string& mode) {
   power_off(false);
@@ -88,6 +100,7 @@ void SimGuest::power_off(bool clean) {
     clean_ = clean;
   }
   cv_.notify_all();
+  wake(wake_fd_);
   thread_.join();
   running_ = false;
   if (client_fd_ >= 0) ::close(client_fd_);
@@ -97,8 +110,11 @@ void SimGuest::power_off(bool clean) {
 }
 
 void SimGuest::pause() {
-  std::lock_guard lock(mu_);
-  paused_ = true;
+  {
+    std::lock_guard lock(mu_);
+    paused_ = true;
+  }
+  wake(wake_fd_);
 }
 
 void SimGuest::resume() {
@@ -203,8 +219,18 @@ void SimGuest::run() {
       send(json::serialize(hb));
       next_beat += period_;
     }
-    std::unique_lock lock(mu_);
-    cv_.wait_for(lock, std::chrono::milliseconds(20), [&] { return stop_; });
+    // Sleep until the next heartbeat, a connection, a line from the agent, or a wake-up.
+    pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {client_fd_ >= 0 ? client_fd_ : listen_fd_, POLLIN, 0}};
+    int timeout = -1;
+    if (mode_ != "fail-app") {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(next_beat - Clock::now()).count();
+      timeout = static_cast<int>(std::clamp<int64_t>(left + 1, 0, 60000));
+    }
+    if (client_fd_ >= 0 && mode_ == "fail-app" && !announced) timeout = 0;
+    if (::poll(fds, 2, timeout) > 0 && (fds[0].revents & POLLIN)) {
+      uint64_t n;
+      (void)!::read(wake_fd_, &n, sizeof n);
+    }
   }
   if (clean_ && client_fd_ >= 0) {
     send(json::serialize(json::object{{"type", "final"}, {"boot_id", boot_id_},

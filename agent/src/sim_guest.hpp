@@ -48,6 +48,7 @@ class SimGuest {
   bool clean_ = false;
   int listen_fd_ = -1;
   int client_fd_ = -1;
+  int wake_fd_ = -1;  // eventfd: stop / pause / resume wake the thread's poll()
   std::string image_, mode_, boot_id_;
   uint64_t seq_ = 0;
   int64_t counter_ = 0;
