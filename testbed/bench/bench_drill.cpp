@@ -42,19 +42,28 @@
 //  is missing, from polling GET /v1/instances (receive time - last_heartbeat.age_ms). Where the
 //  drill's time goes comes from the same histories (host.state steps Notifying ... Verifying,
 //  job.started / job.done) and from the agents' job records (GET /v1/operations/{id}).
-//  5. The rack is always torn down (errors and Ctrl-C too: SIGINT/SIGTERM abort the drill).
+//  5. The rack is always torn down (errors and Ctrl-C too: SIGINT/SIGTERM abort the drill); the
+//     VMs' console logs (guest-side boot timings) are copied to LAB/consoles/ first.
+//
+// Machine load: on 2 cores under TCG a guest's boot is CPU-bound, so anything else running moves
+// the drill and the floor by more than the overhead measured here (seen: +-30 % per phase). A
+// sampler thread reads /proc every second and the output gives, per drill batch, per floor batch
+// and for the settle pauses, the busy cores of the machine split into the lab's QEMU processes
+// (batch hosts / others), its agents + orchestrator, foreign QEMU processes (another run's VMs)
+// and other processes by name (e.g. a compiler). Compare the phases before trusting a ratio; a
+// note says when foreign VMs ran. Wait for a quiet machine before a run.
 //
 // Output: human text on stdout (progress on stderr); --json prints one JSON object instead.
 // Exit: 0 measured (met flags in the output), 1 failed to measure, 130 interrupted.
 
-#include <CLI/CLI.hpp>
-#include <boost/json.hpp>
 #include <fmt/format.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
+#include <boost/json.hpp>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -92,7 +101,8 @@ constexpr double kDowntimeTarget = 1.10;
 // Small helpers
 
 int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
@@ -102,13 +112,15 @@ std::optional<int64_t> parse_time(std::string_view s) {
   int ms = 0;
   if (s.size() < 20) return std::nullopt;
   std::string t(s);
-  if (std::sscanf(t.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
-                  &tm.tm_min, &tm.tm_sec) != 6) {
+  if (std::sscanf(t.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                  &tm.tm_hour, &tm.tm_min, &tm.tm_sec) != 6) {
     return std::nullopt;
   }
   if (t.size() > 20 && t[19] == '.') {
     int digits = 0;
-    for (size_t i = 20; i < t.size() && std::isdigit(static_cast<unsigned char>(t[i])) && digits < 3; ++i, ++digits) {
+    for (size_t i = 20;
+         i < t.size() && std::isdigit(static_cast<unsigned char>(t[i])) && digits < 3;
+         ++i, ++digits) {
       ms = ms * 10 + (t[i] - '0');
     }
     for (; digits < 3; ++digits) ms *= 10;
@@ -144,7 +156,9 @@ const json::object& obj(const json::object& o, std::string_view k) {
 
 double secs(int64_t ms) { return static_cast<double>(ms) / 1000.0; }
 double round3(double v) { return std::round(v * 1000.0) / 1000.0; }
-json::value secs_or_null(int64_t ms) { return ms < 0 ? json::value(nullptr) : json::value(round3(secs(ms))); }
+json::value secs_or_null(int64_t ms) {
+  return ms < 0 ? json::value(nullptr) : json::value(round3(secs(ms)));
+}
 json::value num_or_null(std::optional<double> v) {
   return v && std::isfinite(*v) ? json::value(round3(*v)) : json::value(nullptr);
 }
@@ -161,7 +175,9 @@ std::string fmt_opt(std::optional<double> v, const char* spec = "{:.3f}") {
 }
 
 // Seconds with 3 decimals, "-" for an unknown (negative) span.
-std::string ms_text(int64_t ms) { return ms < 0 ? std::string("-") : fmt::format("{:.3f}", secs(ms)); }
+std::string ms_text(int64_t ms) {
+  return ms < 0 ? std::string("-") : fmt::format("{:.3f}", secs(ms));
+}
 
 std::string self_dir() {
   std::error_code ec;
@@ -207,7 +223,8 @@ struct AgentRef {
 class Agents {
  public:
   Agents(const rack::Lab& lab) : token_(lab.control_token()) {
-    for (const auto& a : lab.agents()) agents_[a.name] = {a.name, a.address, static_cast<uint16_t>(a.port)};
+    for (const auto& a : lab.agents())
+      agents_[a.name] = {a.name, a.address, static_cast<uint16_t>(a.port)};
   }
   const AgentRef* find(const std::string& host) const {
     auto it = agents_.find(host);
@@ -218,12 +235,15 @@ class Agents {
 
   Result<json::value> call(const AgentRef& a, std::string_view method, const std::string& target,
                            std::chrono::milliseconds timeout = 10s) const {
-    auto r = http::request(a.address, a.port, method, target, method == "POST" ? "{}" : "", token_, timeout);
-    if (!r.ok()) return make_error(r.error().condition, a.name + " " + std::string(method) + " " + target + ": " +
-                                                            r.error().message);
+    auto r = http::request(a.address, a.port, method, target, method == "POST" ? "{}" : "", token_,
+                           timeout);
+    if (!r.ok())
+      return make_error(r.error().condition, a.name + " " + std::string(method) + " " + target +
+                                                 ": " + r.error().message);
     if (r->status / 100 != 2) {
-      return make_error(Condition::internal, a.name + " " + std::string(method) + " " + target + ": HTTP " +
-                                                 std::to_string(r->status) + " " + r->body.substr(0, 300));
+      return make_error(Condition::internal, a.name + " " + std::string(method) + " " + target +
+                                                 ": HTTP " + std::to_string(r->status) + " " +
+                                                 r->body.substr(0, 300));
     }
     return parse_json(r->body, 16 << 20, 64, "agent answer");
   }
@@ -241,9 +261,11 @@ struct Event {
 
 // The agent's event history up to `until_ms` (its websocket backlog from seq 0). `complete` is
 // false when the ring no longer held the start (the server then sends a snapshot first).
-Result<std::vector<Event>> agent_events(const Agents& agents, const AgentRef& a, int64_t until_ms, bool& complete) {
+Result<std::vector<Event>> agent_events(const Agents& agents, const AgentRef& a, int64_t until_ms,
+                                        bool& complete) {
   complete = true;
-  FL_ASSIGN_OR_RETURN(auto ws, http::WsClient::connect(a.address, a.port, "/v1/events?since=0", agents.token(), 10s));
+  FL_ASSIGN_OR_RETURN(auto ws, http::WsClient::connect(a.address, a.port, "/v1/events?since=0",
+                                                       agents.token(), 10s));
   std::vector<Event> out;
   bool first = true;
   for (;;) {
@@ -348,18 +370,19 @@ class CpuSampler {
     }
     const double total = y->total_s - x->total_s;
     const double busy = total > 0 ? (y->busy_s - x->busy_s) / total * cores() : 0.0;
-    return json::object{{"wall_s", round3(wall)},
-                        {"machine_busy_cores", round3(busy)},
-                        {"qemu_cores_batch_hosts", round3(batch_q)},
-                        {"qemu_cores_other_hosts", round3(other_q)},
-                        {"lab_processes_cores", round3(lab)},
-                        {"bench_cores", round3(bench)},
-                        {"foreign_qemu_cores", round3(foreign_q)},
-                        {"other_processes_cores", round3(other)},
-                        {"unaccounted_cores", round3(busy - batch_q - other_q - lab - bench - foreign_q - other)},
-                        {"top_other_processes", std::move(top)},
-                        {"qemu_cores_per_host", std::move(per_host)},
-                        {"foreign_qemu_max", foreign}};
+    return json::object{
+        {"wall_s", round3(wall)},
+        {"machine_busy_cores", round3(busy)},
+        {"qemu_cores_batch_hosts", round3(batch_q)},
+        {"qemu_cores_other_hosts", round3(other_q)},
+        {"lab_processes_cores", round3(lab)},
+        {"bench_cores", round3(bench)},
+        {"foreign_qemu_cores", round3(foreign_q)},
+        {"other_processes_cores", round3(other)},
+        {"unaccounted_cores", round3(busy - batch_q - other_q - lab - bench - foreign_q - other)},
+        {"top_other_processes", std::move(top)},
+        {"qemu_cores_per_host", std::move(per_host)},
+        {"foreign_qemu_max", foreign}};
   }
   int foreign_max() const {
     std::lock_guard lock(mu_);
@@ -438,7 +461,8 @@ class CpuSampler {
     std::lock_guard lock(mu_);
     // Cumulative per category: the previous totals plus each live pid's growth (a pid first seen
     // counts whole, except in the first sample, which is the baseline).
-    std::map<std::string, double> acc = samples_.empty() ? std::map<std::string, double>{} : samples_.back().cat_s;
+    std::map<std::string, double> acc =
+        samples_.empty() ? std::map<std::string, double>{} : samples_.back().cat_s;
     const bool baseline = samples_.empty();
     for (const auto& [pid, cv] : now) {
       auto it = last_.find(pid);
@@ -474,7 +498,8 @@ void keep_consoles(const std::string& dir) {
     for (const auto& f : fs::directory_iterator(h.path() / "vm", ec2)) {
       const std::string n = f.path().filename().string();
       if (n.size() > 12 && n.ends_with(".console.log")) {
-        fs::copy_file(f.path(), fs::path(dir) / "consoles" / (h.path().filename().string() + "-" + n),
+        fs::copy_file(f.path(),
+                      fs::path(dir) / "consoles" / (h.path().filename().string() + "-" + n),
                       fs::copy_options::overwrite_existing, ec2);
       }
     }
@@ -491,10 +516,13 @@ struct RawGuest {
   int64_t last_hb_before_ms = -1;  // last heartbeat of the old boot before the stop request
   int64_t stop_req_ms = 0, stop_done_ms = 0, start_req_ms = 0, start_done_ms = 0;
   int64_t first_hb_ms = -1;  // first heartbeat of the new boot
-  int64_t first_hb_seq = -1;  // the heartbeat's own seq where polling first saw the new boot (1: its first)
+  int64_t first_hb_seq =
+      -1;  // the heartbeat's own seq where polling first saw the new boot (1: its first)
   std::string hb_source = "poll";  // events | poll
   int64_t cycle_ms() const { return first_hb_ms < 0 ? -1 : first_hb_ms - stop_req_ms; }
-  int64_t gap_ms() const { return first_hb_ms < 0 || last_hb_before_ms < 0 ? -1 : first_hb_ms - last_hb_before_ms; }
+  int64_t gap_ms() const {
+    return first_hb_ms < 0 || last_hb_before_ms < 0 ? -1 : first_hb_ms - last_hb_before_ms;
+  }
 };
 
 struct RawHost {
@@ -518,7 +546,8 @@ struct RawHost {
 };
 
 // The instances of an agent that should run, once all of them heartbeat (healthy).
-Result<json::array> healthy_instances(const Agents& agents, const AgentRef& a, std::chrono::seconds timeout) {
+Result<json::array> healthy_instances(const Agents& agents, const AgentRef& a,
+                                      std::chrono::seconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   std::string waiting;
   while (std::chrono::steady_clock::now() < deadline) {
@@ -530,16 +559,19 @@ Result<json::array> healthy_instances(const Agents& agents, const AgentRef& a, s
       auto* w = o.if_contains("want_running");
       if (w && w->is_bool() && !w->as_bool()) continue;
       auto* h = o.if_contains("healthy");
-      if (!(h && h->is_bool() && h->as_bool()) || !o.if_contains("last_heartbeat")) waiting += " " + str(o, "name");
+      if (!(h && h->is_bool() && h->as_bool()) || !o.if_contains("last_heartbeat"))
+        waiting += " " + str(o, "name");
       want.push_back(x);
     }
     if (waiting.empty()) return want;
-    if (!rack::sleep_unless_interrupted(250ms)) return make_error(Condition::cancelled, "interrupted");
+    if (!rack::sleep_unless_interrupted(250ms))
+      return make_error(Condition::cancelled, "interrupted");
   }
   return make_error(Condition::timeout, a.name + ": not healthy:" + waiting);
 }
 
-RawHost raw_cycle_host(const Agents& agents, const std::string& host, int batch, std::chrono::seconds timeout) {
+RawHost raw_cycle_host(const Agents& agents, const std::string& host, int batch,
+                       std::chrono::seconds timeout) {
   RawHost h;
   h.host = host;
   h.batch = batch;
@@ -614,7 +646,8 @@ RawHost raw_cycle_host(const Agents& agents, const std::string& host, int batch,
       break;
     }
   }
-  if (!h.complete() && h.error.empty()) h.error = "not every guest heartbeat within " + std::to_string(timeout.count()) + " s";
+  if (!h.complete() && h.error.empty())
+    h.error = "not every guest heartbeat within " + std::to_string(timeout.count()) + " s";
   return h;
 }
 
@@ -639,14 +672,14 @@ struct HostSteps {
   int64_t job_ms() const { return started < 0 || done < 0 ? -1 : done - started; }
 };
 
-const std::vector<std::string> kSteps = {"Notifying", "StoppingGuests", "SwappingImage", "Rebooting", "StartingGuests",
-                                         "Verifying"};
 const std::vector<std::pair<std::string, std::string>> kStepSpans = {
-    {"Notifying", "StoppingGuests"}, {"StoppingGuests", "SwappingImage"}, {"SwappingImage", "Rebooting"},
-    {"Rebooting", "StartingGuests"}, {"StartingGuests", "Verifying"},     {"Verifying", "done"}};
+    {"Notifying", "StoppingGuests"}, {"StoppingGuests", "SwappingImage"},
+    {"SwappingImage", "Rebooting"},  {"Rebooting", "StartingGuests"},
+    {"StartingGuests", "Verifying"}, {"Verifying", "done"}};
 const std::vector<std::string> kStepNames = {"notify", "stop", "swap", "reboot", "start", "verify"};
 
-HostSteps host_steps(const std::string& host, const std::vector<Event>& ev, int64_t from_ms, int64_t to_ms) {
+HostSteps host_steps(const std::string& host, const std::vector<Event>& ev, int64_t from_ms,
+                     int64_t to_ms) {
   HostSteps s;
   s.host = host;
   for (const auto& e : ev) {
@@ -671,7 +704,8 @@ struct GuestDrill {
   int64_t last_hb_before = -1, stopping = -1, stopped = -1, starting = -1, first_hb = -1;
 };
 
-GuestDrill guest_drill(const std::string& name, const std::vector<Event>& ev, int64_t from_ms, int64_t to_ms) {
+GuestDrill guest_drill(const std::string& name, const std::vector<Event>& ev, int64_t from_ms,
+                       int64_t to_ms) {
   GuestDrill g;
   std::string boot_before;
   for (const auto& e : ev) {
@@ -687,7 +721,8 @@ GuestDrill guest_drill(const std::string& name, const std::vector<Event>& ev, in
       std::string st = str(e.o, "status");
       if (st == "Stopping" && g.stopping < 0) g.stopping = e.t_ms;
       if (st == "Stopped" && g.stopped < 0 && g.stopping >= 0) g.stopped = e.t_ms;
-      if (st == "Starting" && g.starting < 0 && g.stopping >= 0 && e.o.if_contains("image")) g.starting = e.t_ms;
+      if (st == "Starting" && g.starting < 0 && g.stopping >= 0 && e.o.if_contains("image"))
+        g.starting = e.t_ms;
     }
   }
   return g;
@@ -707,7 +742,8 @@ struct Options {
 };
 
 int run(const Options& opt) {
-  auto spec_r = opt.spec_file.empty() ? Result<rack::DrillFileSpec>(rack::default_spec()) : rack::load_spec(opt.spec_file);
+  auto spec_r = opt.spec_file.empty() ? Result<rack::DrillFileSpec>(rack::default_spec())
+                                      : rack::load_spec(opt.spec_file);
   if (!spec_r.ok()) {
     std::cerr << "fabriclab-bench-drill: " << spec_r.error().message << "\n";
     return 1;
@@ -722,10 +758,12 @@ int run(const Options& opt) {
   const double settle_s = opt.settle_s >= 0 ? opt.settle_s : (real ? 10.0 : 1.0);
   const double notice_eff_s = spec.notice_s * spec.time_scale;
   std::string notice_policy =
-      opt.notice_s ? fmt::format("overridden by --notice-s {} (x time_scale {} = {:.3f} s)", *opt.notice_s,
-                                 spec.time_scale, notice_eff_s)
-                   : fmt::format("the spec's notice_s {} kept (x time_scale {} = {:.3f} s; a guest's early ack ends it)",
-                                 spec_notice_s, spec.time_scale, notice_eff_s);
+      opt.notice_s ? fmt::format("overridden by --notice-s {} (x time_scale {} = {:.3f} s)",
+                                 *opt.notice_s, spec.time_scale, notice_eff_s)
+                   : fmt::format(
+                         "the spec's notice_s {} kept (x time_scale {} = {:.3f} s; a guest's early "
+                         "ack ends it)",
+                         spec_notice_s, spec.time_scale, notice_eff_s);
 
   install_signal_handlers();
   rack::LabOptions lo;
@@ -733,8 +771,8 @@ int run(const Options& opt) {
   lo.bin_dir = self_dir();
   lo.images_dir = images_dir(opt.images);
   if (real) lo.start_timeout = 60s;
-  progress(fmt::format("rack up: {} hosts in {} FDs, hypervisor {}, images {}, lab dir {}", spec.hosts,
-                       spec.fault_domains, spec.hypervisor, lo.images_dir, lo.dir));
+  progress(fmt::format("rack up: {} hosts in {} FDs, hypervisor {}, images {}, lab dir {}",
+                       spec.hosts, spec.fault_domains, spec.hypervisor, lo.images_dir, lo.dir));
   auto up = rack::Lab::up(spec, lo);
   if (!up.ok()) {
     std::cerr << "fabriclab-bench-drill: lab up: " << up.error().message << "\n";
@@ -759,12 +797,16 @@ int run(const Options& opt) {
   };
 
   const int64_t t_boot0 = now_ms();
-  progress("populating: registering hosts, creating services, waiting for every guest to heartbeat");
-  if (auto st = lab.populate(spec, real ? 300s : 60s); !st.ok()) return fail("populate: " + st.error().message);
+  progress(
+      "populating: registering hosts, creating services, waiting for every guest to heartbeat");
+  if (auto st = lab.populate(spec, real ? 300s : 60s); !st.ok())
+    return fail("populate: " + st.error().message);
   const int64_t populate_ms = now_ms() - t_boot0;
-  progress(fmt::format("rack populated in {:.1f} s; settling {:.0f} s", secs(populate_ms), settle_s));
+  progress(
+      fmt::format("rack populated in {:.1f} s; settling {:.0f} s", secs(populate_ms), settle_s));
   const int64_t settle1_ms = now_ms();
-  if (!rack::sleep_unless_interrupted(std::chrono::milliseconds(static_cast<int64_t>(settle_s * 1000)))) {
+  if (!rack::sleep_unless_interrupted(
+          std::chrono::milliseconds(static_cast<int64_t>(settle_s * 1000)))) {
     return fail("interrupted");
   }
   const int64_t settle1_end_ms = now_ms();
@@ -773,7 +815,8 @@ int run(const Options& opt) {
   Agents agents(lab);
 
   // ---- 2. the drill
-  progress(fmt::format("drill: {} -> {}, recovery 0, notice {:.3f} s", spec.kind, spec.target, notice_eff_s));
+  progress(fmt::format("drill: {} -> {}, recovery 0, notice {:.3f} s", spec.kind, spec.target,
+                       notice_eff_s));
   rack::DrillView view{&std::cerr, false};
   auto outcome = rack::run_drill(*api, spec, &lab, view);
   if (!outcome.ok()) return fail("drill: " + outcome.error().message);
@@ -784,10 +827,11 @@ int run(const Options& opt) {
   const auto makespan_s = dbl(rdrill, "duration_s");
   const int64_t drill_start_ms = parse_time(str(rdrill, "started_at")).value_or(-1);
   const int64_t drill_end_ms = parse_time(str(rdrill, "finished_at")).value_or(now_ms());
-  progress(fmt::format("drill {} {} in {} s (report result {})", str(rdrill, "id"), drill_state, fmt_opt(makespan_s),
-                       str(report, "result")));
+  progress(fmt::format("drill {} {} in {} s (report result {})", str(rdrill, "id"), drill_state,
+                       fmt_opt(makespan_s), str(report, "result")));
   if (drill_state != "Completed" || !makespan_s) {
-    return fail("the drill did not complete (" + drill_state + ": " + str(rdrill, "reason") + "); no floor measured");
+    return fail("the drill did not complete (" + drill_state + ": " + str(rdrill, "reason") +
+                "); no floor measured");
   }
   struct Batch {
     int index = 0;
@@ -809,8 +853,11 @@ int run(const Options& opt) {
 
   // ---- 3. the floor
   const int64_t settle2_ms = now_ms();
-  progress(fmt::format("settling {:.0f} s, then the floor: raw stop + start + first heartbeat, batch by batch", settle_s));
-  if (!rack::sleep_unless_interrupted(std::chrono::milliseconds(static_cast<int64_t>(settle_s * 1000)))) {
+  progress(fmt::format(
+      "settling {:.0f} s, then the floor: raw stop + start + first heartbeat, batch by batch",
+      settle_s));
+  if (!rack::sleep_unless_interrupted(
+          std::chrono::milliseconds(static_cast<int64_t>(settle_s * 1000)))) {
     return fail("interrupted");
   }
   const int64_t settle2_end_ms = now_ms();
@@ -821,7 +868,8 @@ int run(const Options& opt) {
     std::vector<std::thread> threads;
     for (size_t i = 0; i < batches[b].hosts.size(); ++i) {
       threads.emplace_back([&, b, i] {
-        hosts[i] = raw_cycle_host(agents, batches[b].hosts[i], static_cast<int>(b), std::chrono::seconds(opt.floor_timeout_s));
+        hosts[i] = raw_cycle_host(agents, batches[b].hosts[i], static_cast<int>(b),
+                                  std::chrono::seconds(opt.floor_timeout_s));
       });
     }
     for (auto& t : threads) t.join();
@@ -832,8 +880,8 @@ int run(const Options& opt) {
       slow = std::max(slow, h.total_ms());
     }
     if (!err.empty()) return fail("floor, batch " + std::to_string(b + 1) + ": " + err);
-    progress(fmt::format("floor batch {}/{} [{}]: {:.3f} s", b + 1, batches.size(), fmt::join(batches[b].hosts, " "),
-                         secs(slow)));
+    progress(fmt::format("floor batch {}/{} [{}]: {:.3f} s", b + 1, batches.size(),
+                         fmt::join(batches[b].hosts, " "), secs(slow)));
   }
 
   // ---- 4. heartbeat times and step timings from the agents' event histories, job records
@@ -844,10 +892,12 @@ int run(const Options& opt) {
     bool complete = true;
     auto ev = agent_events(agents, a, until, complete);
     if (!ev.ok()) {
-      notes.push_back("events of " + name + " unavailable (" + ev.error().message + "): poll estimates used");
+      notes.push_back("events of " + name + " unavailable (" + ev.error().message +
+                      "): poll estimates used");
       continue;
     }
-    if (!complete) notes.push_back("events of " + name + ": the agent's ring no longer held its start");
+    if (!complete)
+      notes.push_back("events of " + name + ": the agent's ring no longer held its start");
     events[name] = std::move(ev).value();
   }
   int refined = 0, polled = 0;
@@ -876,19 +926,23 @@ int run(const Options& opt) {
       }
     }
   }
-  if (polled) notes.push_back(fmt::format("{} guests' first heartbeat from polling (no event found)", polled));
+  if (polled)
+    notes.push_back(
+        fmt::format("{} guests' first heartbeat from polling (no event found)", polled));
 
   // The drill's jobs (agents' records) and steps (agents' events).
   std::map<std::string, HostSteps> steps;
   std::map<std::string, json::object> job_guests;  // instance -> the agent's guest record
   for (const auto& [name, a] : agents.all()) {
     auto it = events.find(name);
-    HostSteps s = it == events.end() ? HostSteps{} : host_steps(name, it->second, drill_start_ms, drill_end_ms);
+    HostSteps s = it == events.end() ? HostSteps{}
+                                     : host_steps(name, it->second, drill_start_ms, drill_end_ms);
     s.host = name;
     if (!s.job.empty()) {
       auto j = agents.call(a, "GET", "/v1/operations/" + s.job);
       if (j.ok() && j->is_object()) {
-        for (const auto& g : arr(j->as_object(), "guests")) job_guests[str(g.as_object(), "name")] = g.as_object();
+        for (const auto& g : arr(j->as_object(), "guests"))
+          job_guests[str(g.as_object(), "name")] = g.as_object();
       }
     }
     steps[name] = std::move(s);
@@ -898,7 +952,8 @@ int run(const Options& opt) {
   double floor_sum_ms = 0;
   json::array batch_out;
   struct Share {
-    double notify = 0, stop = 0, swap = 0, reboot = 0, start = 0, verify = 0, dispatch = 0, collect = 0;
+    double notify = 0, stop = 0, swap = 0, reboot = 0, start = 0, verify = 0, dispatch = 0,
+           collect = 0;
   } share;  // over batches, the slowest drill host's steps
   std::vector<std::string> text_batches;
   std::optional<double> prev_end;
@@ -922,11 +977,12 @@ int run(const Options& opt) {
                                   {"first_hb_seq_polled", g.first_hb_seq},
                                   {"hb_source", g.hb_source}});
       }
-      floor_hosts[h.host] = json::object{{"total_s", secs_or_null(h.total_ms())},
-                                         {"stops_s", secs_or_null(h.stops_done_ms - h.t0_ms)},
-                                         {"starts_s", secs_or_null(h.starts_done_ms - h.stops_done_ms)},
-                                         {"boot_to_last_hb_s", secs_or_null(h.last_hb_ms() - h.starts_done_ms)},
-                                         {"guests", std::move(gs)}};
+      floor_hosts[h.host] =
+          json::object{{"total_s", secs_or_null(h.total_ms())},
+                       {"stops_s", secs_or_null(h.stops_done_ms - h.t0_ms)},
+                       {"starts_s", secs_or_null(h.starts_done_ms - h.stops_done_ms)},
+                       {"boot_to_last_hb_s", secs_or_null(h.last_hb_ms() - h.starts_done_ms)},
+                       {"guests", std::move(gs)}};
     }
     floor_sum_ms += std::max<int64_t>(slow, 0);
     int64_t floor_a = INT64_MAX, floor_z = 0;
@@ -945,7 +1001,8 @@ int run(const Options& opt) {
       const HostSteps& s = steps[host];
       json::object st{{"job", s.job}, {"status", s.status}, {"job_s", secs_or_null(s.job_ms())}};
       for (size_t k = 0; k < kStepSpans.size(); ++k) {
-        st[kStepNames[k] + "_s"] = secs_or_null(s.step_ms(kStepSpans[k].first, kStepSpans[k].second));
+        st[kStepNames[k] + "_s"] =
+            secs_or_null(s.step_ms(kStepSpans[k].first, kStepSpans[k].second));
       }
       drill_hosts[host] = std::move(st);
       if (s.started >= 0) first_job = first_job < 0 ? s.started : std::min(first_job, s.started);
@@ -984,34 +1041,45 @@ int run(const Options& opt) {
         {"collect_s", secs_or_null(collect)},
         {"drill_hosts", std::move(drill_hosts)},
         {"floor_s", secs_or_null(slow)},
-        {"drill_cpu", b_start >= 0 && b_end > b_start ? json::value(cpu.window(b_start, b_end, B.hosts)) : json::value(nullptr)},
-        {"floor_cpu", floor_a < floor_z ? json::value(cpu.window(floor_a, floor_z, B.hosts)) : json::value(nullptr)},
+        {"drill_cpu", b_start >= 0 && b_end > b_start
+                          ? json::value(cpu.window(b_start, b_end, B.hosts))
+                          : json::value(nullptr)},
+        {"floor_cpu", floor_a < floor_z ? json::value(cpu.window(floor_a, floor_z, B.hosts))
+                                        : json::value(nullptr)},
         {"floor_slowest_host", slow_host},
         {"floor_hosts", std::move(floor_hosts)},
-        {"ratio", B.duration_s && slow > 0 ? json::value(round3(*B.duration_s / secs(slow))) : json::value(nullptr)}});
-    auto step = [&](const char* a, const char* z) { return slowest ? ms_text(slowest->step_ms(a, z)) : std::string("-"); };
+        {"ratio", B.duration_s && slow > 0 ? json::value(round3(*B.duration_s / secs(slow)))
+                                           : json::value(nullptr)}});
+    auto step = [&](const char* a, const char* z) {
+      return slowest ? ms_text(slowest->step_ms(a, z)) : std::string("-");
+    };
     text_batches.push_back(fmt::format(
-        "  batch {}/{} [{}]: drill {} s = dispatch {} + slowest job {} s on {} (notify {} stop {} swap {} reboot {} "
+        "  batch {}/{} [{}]: drill {} s = dispatch {} + slowest job {} s on {} (notify {} stop {} "
+        "swap {} reboot {} "
         "start {} verify {}) + collect {}; floor {} s (slowest {}); gap before {:.3f} s",
-        b + 1, batches.size(), fmt::join(B.hosts, " "), fmt_opt(B.duration_s), ms_text(dispatch), ms_text(slow_job),
-        slowest ? slowest->host : "-", step("Notifying", "StoppingGuests"), step("StoppingGuests", "SwappingImage"),
-        step("SwappingImage", "Rebooting"), step("Rebooting", "StartingGuests"), step("StartingGuests", "Verifying"),
+        b + 1, batches.size(), fmt::join(B.hosts, " "), fmt_opt(B.duration_s), ms_text(dispatch),
+        ms_text(slow_job), slowest ? slowest->host : "-", step("Notifying", "StoppingGuests"),
+        step("StoppingGuests", "SwappingImage"), step("SwappingImage", "Rebooting"),
+        step("Rebooting", "StartingGuests"), step("StartingGuests", "Verifying"),
         step("Verifying", "done"), ms_text(collect), ms_text(slow), slow_host, gap));
     auto cpu_text = [](const json::object& w) {
       if (w.empty()) return std::string("-");
-      return fmt::format("machine {:.2f} cores busy: qemu of the batch's hosts {:.2f}, of the other hosts {:.2f}, "
-                         "agents+orchestrator {:.2f}, not the lab's {:.2f}",
-                         dbl(w, "machine_busy_cores").value_or(0), dbl(w, "qemu_cores_batch_hosts").value_or(0),
-                         dbl(w, "qemu_cores_other_hosts").value_or(0), dbl(w, "lab_processes_cores").value_or(0),
-                         dbl(w, "foreign_qemu_cores").value_or(0) + dbl(w, "other_processes_cores").value_or(0) +
-                             dbl(w, "unaccounted_cores").value_or(0));
+      return fmt::format(
+          "machine {:.2f} cores busy: qemu of the batch's hosts {:.2f}, of the other hosts {:.2f}, "
+          "agents+orchestrator {:.2f}, not the lab's {:.2f}",
+          dbl(w, "machine_busy_cores").value_or(0), dbl(w, "qemu_cores_batch_hosts").value_or(0),
+          dbl(w, "qemu_cores_other_hosts").value_or(0), dbl(w, "lab_processes_cores").value_or(0),
+          dbl(w, "foreign_qemu_cores").value_or(0) + dbl(w, "other_processes_cores").value_or(0) +
+              dbl(w, "unaccounted_cores").value_or(0));
     };
     const auto& bo = batch_out.back().as_object();
-    text_batches.push_back("      cpu, drill: " + cpu_text(obj(bo, "drill_cpu")) + "; floor: " + cpu_text(obj(bo, "floor_cpu")));
+    text_batches.push_back("      cpu, drill: " + cpu_text(obj(bo, "drill_cpu")) +
+                           "; floor: " + cpu_text(obj(bo, "floor_cpu")));
   }
   const double floor_s = secs(static_cast<int64_t>(floor_sum_ms));
   const double tail_s = prev_end ? *makespan_s - *prev_end : 0.0;
-  const std::optional<double> ratio = floor_s > 0 ? std::optional<double>(*makespan_s / floor_s) : std::nullopt;
+  const std::optional<double> ratio =
+      floor_s > 0 ? std::optional<double>(*makespan_s / floor_s) : std::nullopt;
 
   // Per instance.
   std::map<std::string, const RawGuest*> raw;
@@ -1042,149 +1110,170 @@ int run(const Options& opt) {
     if (rg) r_gap.push_back(*rg);
     std::string host = str(i, "host");
     GuestDrill gd;
-    if (auto it = events.find(host); it != events.end()) gd = guest_drill(name, it->second, drill_start_ms, drill_end_ms);
+    if (auto it = events.find(host); it != events.end())
+      gd = guest_drill(name, it->second, drill_start_ms, drill_end_ms);
     auto span = [](int64_t a, int64_t b) { return a < 0 || b < 0 ? int64_t{-1} : b - a; };
     const json::object* jg = job_guests.count(name) ? &job_guests[name] : nullptr;
-    inst_out.push_back(json::object{
-        {"name", name},
-        {"host", host},
-        {"ud", integer(i, "ud")},
-        {"agent_down_s", num_or_null(agent_down)},
-        {"down_s", num_or_null(down)},
-        {"cycle_s", num_or_null(cycle)},
-        {"raw_gap_s", num_or_null(gap)},
-        {"downtime_ratio", num_or_null(ra)},
-        {"downtime_ratio_prober", num_or_null(rp)},
-        {"downtime_ratio_gap", num_or_null(rg)},
-        {"drill_stop_to_first_hb_s", secs_or_null(span(gd.stopping, gd.first_hb))},
-        {"drill_stopping_to_stopped_s", secs_or_null(span(gd.stopping, gd.stopped))},
-        {"drill_stopped_to_starting_s", secs_or_null(span(gd.stopped, gd.starting))},
-        {"drill_starting_to_first_hb_s", secs_or_null(span(gd.starting, gd.first_hb))},
-        {"raw_stop_call_s", g ? secs_or_null(g->stop_done_ms - g->stop_req_ms) : json::value(nullptr)},
-        {"raw_start_req_to_first_hb_s", g ? secs_or_null(g->first_hb_ms < 0 ? -1 : g->first_hb_ms - g->start_req_ms) : json::value(nullptr)},
-        {"job_guest", jg ? json::value(*jg) : json::value(nullptr)}});
-    text_inst.push_back(fmt::format(
-        "  {:<10} {:<3} drill agent_down {} s, prober down {} s | raw cycle {} s, raw gap {} s | ratio {} (prober {}, "
-        "gap {}) | drill: stop {} s, stopped->starting {} s, starting->hb {} s; raw: stop {} s, start->hb {} s",
-        name, host, fmt_opt(agent_down), fmt_opt(down), fmt_opt(cycle), fmt_opt(gap), fmt_opt(ra), fmt_opt(rp),
-        fmt_opt(rg), ms_text(span(gd.stopping, gd.stopped)), ms_text(span(gd.stopped, gd.starting)),
-        ms_text(span(gd.starting, gd.first_hb)), g ? ms_text(g->stop_done_ms - g->stop_req_ms) : "-",
-        g && g->first_hb_ms >= 0 ? ms_text(g->first_hb_ms - g->start_req_ms) : "-"));
+    inst_out.push_back(
+        json::object{{"name", name},
+                     {"host", host},
+                     {"ud", integer(i, "ud")},
+                     {"agent_down_s", num_or_null(agent_down)},
+                     {"down_s", num_or_null(down)},
+                     {"cycle_s", num_or_null(cycle)},
+                     {"raw_gap_s", num_or_null(gap)},
+                     {"downtime_ratio", num_or_null(ra)},
+                     {"downtime_ratio_prober", num_or_null(rp)},
+                     {"downtime_ratio_gap", num_or_null(rg)},
+                     {"drill_stop_to_first_hb_s", secs_or_null(span(gd.stopping, gd.first_hb))},
+                     {"drill_stopping_to_stopped_s", secs_or_null(span(gd.stopping, gd.stopped))},
+                     {"drill_stopped_to_starting_s", secs_or_null(span(gd.stopped, gd.starting))},
+                     {"drill_starting_to_first_hb_s", secs_or_null(span(gd.starting, gd.first_hb))},
+                     {"raw_stop_call_s",
+                      g ? secs_or_null(g->stop_done_ms - g->stop_req_ms) : json::value(nullptr)},
+                     {"raw_start_req_to_first_hb_s",
+                      g ? secs_or_null(g->first_hb_ms < 0 ? -1 : g->first_hb_ms - g->start_req_ms)
+                        : json::value(nullptr)},
+                     {"job_guest", jg ? json::value(*jg) : json::value(nullptr)}});
+    text_inst.push_back(
+        fmt::format("  {:<10} {:<3} drill agent_down {} s, prober down {} s | raw cycle {} s, raw "
+                    "gap {} s | ratio {} (prober {}, "
+                    "gap {}) | drill: stop {} s, stopped->starting {} s, starting->hb {} s; raw: "
+                    "stop {} s, start->hb {} s",
+                    name, host, fmt_opt(agent_down), fmt_opt(down), fmt_opt(cycle), fmt_opt(gap),
+                    fmt_opt(ra), fmt_opt(rp), fmt_opt(rg), ms_text(span(gd.stopping, gd.stopped)),
+                    ms_text(span(gd.stopped, gd.starting)), ms_text(span(gd.starting, gd.first_hb)),
+                    g ? ms_text(g->stop_done_ms - g->stop_req_ms) : "-",
+                    g && g->first_hb_ms >= 0 ? ms_text(g->first_hb_ms - g->start_req_ms) : "-"));
   }
   auto dr50 = median(r_agent), dr50p = median(r_prober), dr50g = median(r_gap);
   if (r_agent.size() != arr(report, "instances").size()) {
-    notes.push_back(fmt::format("downtime ratio over {} of {} instances (the others lack a figure)", r_agent.size(),
-                                arr(report, "instances").size()));
+    notes.push_back(fmt::format("downtime ratio over {} of {} instances (the others lack a figure)",
+                                r_agent.size(), arr(report, "instances").size()));
   }
   const double excess = *makespan_s - floor_s;
   cpu.finish();
   const int foreign_qemu = cpu.foreign_max();
   if (foreign_qemu > 0) {
-    notes.push_back(fmt::format("up to {} QEMU processes of something else ran during the bench: figures distorted",
-                                foreign_qemu));
+    notes.push_back(fmt::format(
+        "up to {} QEMU processes of something else ran during the bench: figures distorted",
+        foreign_qemu));
   }
-  json::object where{
-      {"excess_s", round3(excess)},
-      {"notify_s", round3(share.notify)},
-      {"stop_s", round3(share.stop)},
-      {"swap_s", round3(share.swap)},
-      {"reboot_s", round3(share.reboot)},
-      {"start_s", round3(share.start)},
-      {"verify_s", round3(share.verify)},
-      {"dispatch_s", round3(share.dispatch)},
-      {"collect_s", round3(share.collect)},
-      {"gaps_before_batches_s", round3(gaps_s)},
-      {"after_last_batch_s", round3(tail_s)},
-      {"note",
-       "per batch, the slowest drill host's agent steps (notify = Notifying, stop = StoppingGuests, swap = "
-       "SwappingImage, reboot = Rebooting, start = StartingGuests, verify = Verifying to job done), plus the "
-       "orchestrator's dispatch (batch start -> first job started) and collect (last job done -> batch done), "
-       "summed over batches; gaps = drill start -> batch 1 and between batches; compare stop + start + verify "
-       "with floor_s"}};
+  json::object where{{"excess_s", round3(excess)},
+                     {"notify_s", round3(share.notify)},
+                     {"stop_s", round3(share.stop)},
+                     {"swap_s", round3(share.swap)},
+                     {"reboot_s", round3(share.reboot)},
+                     {"start_s", round3(share.start)},
+                     {"verify_s", round3(share.verify)},
+                     {"dispatch_s", round3(share.dispatch)},
+                     {"collect_s", round3(share.collect)},
+                     {"gaps_before_batches_s", round3(gaps_s)},
+                     {"after_last_batch_s", round3(tail_s)},
+                     {"note",
+                      "per batch, the slowest drill host's agent steps (notify = Notifying, stop = "
+                      "StoppingGuests, swap = "
+                      "SwappingImage, reboot = Rebooting, start = StartingGuests, verify = "
+                      "Verifying to job done), plus the "
+                      "orchestrator's dispatch (batch start -> first job started) and collect "
+                      "(last job done -> batch done), "
+                      "summed over batches; gaps = drill start -> batch 1 and between batches; "
+                      "compare stop + start + verify "
+                      "with floor_s"}};
 
-  json::object out{
-      {"bench", "drill"},
-      {"hypervisor", spec.hypervisor},
-      {"hosts", spec.hosts},
-      {"fault_domains", spec.fault_domains},
-      {"instances", static_cast<int64_t>(arr(report, "instances").size())},
-      {"kind", spec.kind},
-      {"target", spec.target},
-      {"time_scale", spec.time_scale},
-      {"recovery_s", spec.recovery_s},
-      {"notice_s", round3(notice_eff_s)},
-      {"notice_policy", notice_policy},
-      {"settle_s", settle_s},
-      {"populate_s", round3(secs(populate_ms))},
-      {"drill_id", str(rdrill, "id")},
-      {"drill_state", drill_state},
-      {"drill_result", str(report, "result")},
-      {"batches", static_cast<int64_t>(batches.size())},
-      {"lower_bound", integer(obj(report, "walk"), "lower_bound")},
-      {"makespan_s", round3(*makespan_s)},
-      {"floor_s", round3(floor_s)},
-      {"ratio", num_or_null(ratio)},
-      {"ratio_target", kRatioTarget},
-      {"ratio_met", ratio && *ratio <= kRatioTarget},
-      {"downtime_ratio_p50", num_or_null(dr50)},
-      {"downtime_ratio_target", kDowntimeTarget},
-      {"downtime_ratio_met", dr50 && *dr50 <= kDowntimeTarget},
-      {"downtime_ratio_prober_p50", num_or_null(dr50p)},
-      {"downtime_ratio_gap_p50", num_or_null(dr50g)},
-      {"where_the_time_goes", std::move(where)},
-      {"cpu_cores", CpuSampler::cores()},
-      {"cpu_settle_after_populate", cpu.window(settle1_ms, settle1_end_ms, {})},
-      {"cpu_settle_after_drill", cpu.window(settle2_ms, settle2_end_ms, {})},
-      {"cpu_drill", cpu.window(drill_start_ms, drill_end_ms, {})},
-      {"foreign_qemu_max", foreign_qemu},
-      {"batch_list", std::move(batch_out)},
-      {"instance_list", std::move(inst_out)},
-      {"heartbeats_from_events", refined},
-      {"notes", json::value_from(notes)},
-      {"method",
-       "makespan = drill duration (recovery 0); floor = sum over the drill's batches of the slowest host's raw "
-       "agent stop (each guest) + start (each guest) -> first heartbeat of the new boot of its last guest, hosts of "
-       "a batch concurrently, same rack after the drill; downtime_ratio = agent_down_s / raw cycle (stop request "
-       "-> first new heartbeat) per instance, p50"}};
+  json::object out{{"bench", "drill"},
+                   {"hypervisor", spec.hypervisor},
+                   {"hosts", spec.hosts},
+                   {"fault_domains", spec.fault_domains},
+                   {"instances", static_cast<int64_t>(arr(report, "instances").size())},
+                   {"kind", spec.kind},
+                   {"target", spec.target},
+                   {"time_scale", spec.time_scale},
+                   {"recovery_s", spec.recovery_s},
+                   {"notice_s", round3(notice_eff_s)},
+                   {"notice_policy", notice_policy},
+                   {"settle_s", settle_s},
+                   {"populate_s", round3(secs(populate_ms))},
+                   {"drill_id", str(rdrill, "id")},
+                   {"drill_state", drill_state},
+                   {"drill_result", str(report, "result")},
+                   {"batches", static_cast<int64_t>(batches.size())},
+                   {"lower_bound", integer(obj(report, "walk"), "lower_bound")},
+                   {"makespan_s", round3(*makespan_s)},
+                   {"floor_s", round3(floor_s)},
+                   {"ratio", num_or_null(ratio)},
+                   {"ratio_target", kRatioTarget},
+                   {"ratio_met", ratio && *ratio <= kRatioTarget},
+                   {"downtime_ratio_p50", num_or_null(dr50)},
+                   {"downtime_ratio_target", kDowntimeTarget},
+                   {"downtime_ratio_met", dr50 && *dr50 <= kDowntimeTarget},
+                   {"downtime_ratio_prober_p50", num_or_null(dr50p)},
+                   {"downtime_ratio_gap_p50", num_or_null(dr50g)},
+                   {"where_the_time_goes", std::move(where)},
+                   {"cpu_cores", CpuSampler::cores()},
+                   {"cpu_settle_after_populate", cpu.window(settle1_ms, settle1_end_ms, {})},
+                   {"cpu_settle_after_drill", cpu.window(settle2_ms, settle2_end_ms, {})},
+                   {"cpu_drill", cpu.window(drill_start_ms, drill_end_ms, {})},
+                   {"foreign_qemu_max", foreign_qemu},
+                   {"batch_list", std::move(batch_out)},
+                   {"instance_list", std::move(inst_out)},
+                   {"heartbeats_from_events", refined},
+                   {"notes", json::value_from(notes)},
+                   {"method",
+                    "makespan = drill duration (recovery 0); floor = sum over the drill's batches "
+                    "of the slowest host's raw "
+                    "agent stop (each guest) + start (each guest) -> first heartbeat of the new "
+                    "boot of its last guest, hosts of "
+                    "a batch concurrently, same rack after the drill; downtime_ratio = "
+                    "agent_down_s / raw cycle (stop request "
+                    "-> first new heartbeat) per instance, p50"}};
 
   if (opt.json_out) {
     std::cout << json::serialize(out) << "\n";
   } else {
-    std::cout << fmt::format("fabriclab-bench-drill: {} hosts / {} FDs, {} instances, {} {} -> {}, hypervisor {}\n",
-                             spec.hosts, spec.fault_domains, arr(report, "instances").size(), spec.kind, "host image",
-                             spec.target, spec.hypervisor);
+    std::cout << fmt::format(
+        "fabriclab-bench-drill: {} hosts / {} FDs, {} instances, {} {} -> {}, hypervisor {}\n",
+        spec.hosts, spec.fault_domains, arr(report, "instances").size(), spec.kind, "host image",
+        spec.target, spec.hypervisor);
     std::cout << "notice: " << notice_policy << "; recovery 0\n";
-    std::cout << fmt::format("drill {} {} ({}), {} batches (lower bound {})\n", str(rdrill, "id"), drill_state,
-                             str(report, "result"), batches.size(), integer(obj(report, "walk"), "lower_bound"));
+    std::cout << fmt::format("drill {} {} ({}), {} batches (lower bound {})\n", str(rdrill, "id"),
+                             drill_state, str(report, "result"), batches.size(),
+                             integer(obj(report, "walk"), "lower_bound"));
     std::cout << fmt::format("makespan_s          {:.3f}\n", *makespan_s);
     std::cout << fmt::format("floor_s             {:.3f}\n", floor_s);
-    std::cout << fmt::format("ratio               {}   (target <= {:.2f}: {})\n", fmt_opt(ratio), kRatioTarget,
-                             ratio && *ratio <= kRatioTarget ? "met" : "NOT met");
-    std::cout << fmt::format("downtime_ratio_p50  {}   (target <= {:.2f}: {}); prober down_s {}, like-for-like gap {}\n",
-                             fmt_opt(dr50), kDowntimeTarget, dr50 && *dr50 <= kDowntimeTarget ? "met" : "NOT met",
-                             fmt_opt(dr50p), fmt_opt(dr50g));
+    std::cout << fmt::format("ratio               {}   (target <= {:.2f}: {})\n", fmt_opt(ratio),
+                             kRatioTarget, ratio && *ratio <= kRatioTarget ? "met" : "NOT met");
+    std::cout << fmt::format(
+        "downtime_ratio_p50  {}   (target <= {:.2f}: {}); prober down_s {}, like-for-like gap {}\n",
+        fmt_opt(dr50), kDowntimeTarget, dr50 && *dr50 <= kDowntimeTarget ? "met" : "NOT met",
+        fmt_opt(dr50p), fmt_opt(dr50g));
     std::cout << "batches:\n";
     for (const auto& l : text_batches) std::cout << l << "\n";
     std::cout << fmt::format(
-        "where the time goes (excess {:.3f} s over the floor): notify {:.3f}, stop {:.3f}, swap {:.3f}, reboot {:.3f}, "
-        "start {:.3f}, verify {:.3f}, dispatch {:.3f}, collect {:.3f}, gaps before batches {:.3f}, after the last "
+        "where the time goes (excess {:.3f} s over the floor): notify {:.3f}, stop {:.3f}, swap "
+        "{:.3f}, reboot {:.3f}, "
+        "start {:.3f}, verify {:.3f}, dispatch {:.3f}, collect {:.3f}, gaps before batches {:.3f}, "
+        "after the last "
         "batch {:.3f}\n",
-        excess, share.notify, share.stop, share.swap, share.reboot, share.start, share.verify, share.dispatch,
-        share.collect, gaps_s, tail_s);
+        excess, share.notify, share.stop, share.swap, share.reboot, share.start, share.verify,
+        share.dispatch, share.collect, gaps_s, tail_s);
     for (const char* k : {"cpu_settle_after_populate", "cpu_drill", "cpu_settle_after_drill"}) {
       const auto& w = obj(out, k);
       std::string top;
       for (const auto& t : arr(w, "top_other_processes")) {
-        top += fmt::format(" {} {:.2f}", str(t.as_object(), "name"), dbl(t.as_object(), "cores").value_or(0));
+        top += fmt::format(" {} {:.2f}", str(t.as_object(), "name"),
+                           dbl(t.as_object(), "cores").value_or(0));
       }
-      std::cout << fmt::format("{}: machine {:.2f} of {:.0f} cores busy; lab qemu {:.2f}, agents+orchestrator {:.2f}, "
-                               "foreign qemu {:.2f} (max {} processes), other {:.2f}{}{}, unaccounted {:.2f}\n",
-                               k, dbl(w, "machine_busy_cores").value_or(0), CpuSampler::cores(),
-                               dbl(w, "qemu_cores_batch_hosts").value_or(0) + dbl(w, "qemu_cores_other_hosts").value_or(0),
-                               dbl(w, "lab_processes_cores").value_or(0), dbl(w, "foreign_qemu_cores").value_or(0),
-                               integer(w, "foreign_qemu_max", 0), dbl(w, "other_processes_cores").value_or(0),
-                               top.empty() ? "" : " (top:", top.empty() ? "" : top + ")",
-                               dbl(w, "unaccounted_cores").value_or(0));
+      std::cout << fmt::format(
+          "{}: machine {:.2f} of {:.0f} cores busy; lab qemu {:.2f}, agents+orchestrator {:.2f}, "
+          "foreign qemu {:.2f} (max {} processes), other {:.2f}{}{}, unaccounted {:.2f}\n",
+          k, dbl(w, "machine_busy_cores").value_or(0), CpuSampler::cores(),
+          dbl(w, "qemu_cores_batch_hosts").value_or(0) +
+              dbl(w, "qemu_cores_other_hosts").value_or(0),
+          dbl(w, "lab_processes_cores").value_or(0), dbl(w, "foreign_qemu_cores").value_or(0),
+          integer(w, "foreign_qemu_max", 0), dbl(w, "other_processes_cores").value_or(0),
+          top.empty() ? "" : " (top:", top.empty() ? "" : top + ")",
+          dbl(w, "unaccounted_cores").value_or(0));
     }
     std::cout << "instances:\n";
     for (const auto& l : text_inst) std::cout << l << "\n";
@@ -1196,20 +1285,29 @@ int run(const Options& opt) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"A drill on real VMs against its floor (the raw stop + start + heartbeat time of the same batches, "
-               "same run): makespan_s, floor_s, ratio (target <= 1.15), downtime_ratio_p50 (target <= 1.10)"};
+  CLI::App app{
+      "A drill on real VMs against its floor (the raw stop + start + heartbeat time of the same "
+      "batches, "
+      "same run): makespan_s, floor_s, ratio (target <= 1.15), downtime_ratio_p50 (target <= "
+      "1.10)"};
   Options opt;
   double notice = -1;
   app.add_option("--hypervisor", opt.hypervisor, "qemu (real VMs) or test (simulated guests)")
       ->check(CLI::IsMember({"qemu", "test"}))
       ->capture_default_str();
-  app.add_option("--images", opt.images, "Guest images directory (default: FABRICLAB_IMAGES_DIR, then the build's)");
-  app.add_option("--lab-dir", opt.lab_dir, "Lab directory (short: sockets live under it)")->capture_default_str();
-  app.add_option("--spec", opt.spec_file, "A drill spec (YAML) instead of the default drill; recovery is set to 0");
-  app.add_option("--notice-s", notice, "Override the spec's notice_s (spec seconds, scaled by time_scale)")
+  app.add_option("--images", opt.images,
+                 "Guest images directory (default: FABRICLAB_IMAGES_DIR, then the build's)");
+  app.add_option("--lab-dir", opt.lab_dir, "Lab directory (short: sockets live under it)")
+      ->capture_default_str();
+  app.add_option("--spec", opt.spec_file,
+                 "A drill spec (YAML) instead of the default drill; recovery is set to 0");
+  app.add_option("--notice-s", notice,
+                 "Override the spec's notice_s (spec seconds, scaled by time_scale)")
       ->check(CLI::Range(0.0, 86400.0));
-  app.add_option("--settle-s", opt.settle_s, "Pause after populate and after the drill (default 10 s qemu, 1 s test)");
-  app.add_option("--floor-timeout-s", opt.floor_timeout_s, "Per host, how long the raw cycle may take")
+  app.add_option("--settle-s", opt.settle_s,
+                 "Pause after populate and after the drill (default 10 s qemu, 1 s test)");
+  app.add_option("--floor-timeout-s", opt.floor_timeout_s,
+                 "Per host, how long the raw cycle may take")
       ->capture_default_str();
   app.add_flag("--json", opt.json_out, "Print one JSON object");
   CLI11_PARSE(app, argc, argv);
