@@ -204,17 +204,6 @@ std::string images_dir(const std::string& flag) {
   return self_dir() + "/../images";
 }
 
-void on_signal(int) { rack::interrupted() = true; }
-
-void install_signal_handlers() {
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-  sigaction(SIGHUP, &sa, nullptr);
-}
-
 std::string read_token_file(const std::string& path) {
   std::ifstream in(path);
   std::string t;
@@ -300,7 +289,7 @@ int run_drill_cmd(const DrillArgs& a) {
   auto spec = a.spec_file.empty() ? Result<rack::DrillFileSpec>(rack::default_spec()) : rack::load_spec(a.spec_file);
   if (!spec.ok()) return fail(kBadInput, spec.error().message);
   if (!a.hypervisor.empty()) spec->hypervisor = a.hypervisor;
-  install_signal_handlers();
+  rack::install_interrupt_handlers();
   std::ostream& out = a.json_out ? std::cerr : std::cout;
   const bool tty = !a.json_out && isatty(STDOUT_FILENO);
 
@@ -379,7 +368,7 @@ int run_lab_up(const DrillArgs& a) {
   auto spec = a.spec_file.empty() ? Result<rack::DrillFileSpec>(rack::default_spec()) : rack::load_spec(a.spec_file);
   if (!spec.ok()) return fail(kBadInput, spec.error().message);
   if (!a.hypervisor.empty()) spec->hypervisor = a.hypervisor;
-  install_signal_handlers();
+  rack::install_interrupt_handlers();
   rack::LabOptions lo;
   lo.dir = a.lab_dir;
   lo.bin_dir = self_dir();

@@ -192,17 +192,6 @@ std::string images_dir(const std::string& flag) {
   return self_dir() + "/../images";
 }
 
-void on_signal(int) { rack::interrupted() = true; }
-
-void install_signal_handlers() {
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-  sigaction(SIGHUP, &sa, nullptr);
-}
-
 std::mutex log_mu;
 void progress(const std::string& line) {
   std::lock_guard lock(log_mu);
@@ -765,7 +754,7 @@ int run(const Options& opt) {
                          "ack ends it)",
                          spec_notice_s, spec.time_scale, notice_eff_s);
 
-  install_signal_handlers();
+  rack::install_interrupt_handlers();
   rack::LabOptions lo;
   lo.dir = opt.lab_dir;
   lo.bin_dir = self_dir();

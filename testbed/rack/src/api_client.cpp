@@ -1,7 +1,10 @@
 // The orchestrator's REST API from the CLI (api_client.hpp).
 #include "fabriclab/rack/api_client.hpp"
 
+#include <signal.h>
+
 #include <boost/json.hpp>
+
 #include <algorithm>
 #include <thread>
 
@@ -17,6 +20,19 @@ constexpr int kMaxDepth = 64;
 std::atomic<bool>& interrupted() {
   static std::atomic<bool> flag{false};
   return flag;
+}
+
+namespace {
+void on_interrupt(int) { interrupted() = true; }
+}  // namespace
+
+void install_interrupt_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_interrupt;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGHUP, &sa, nullptr);
 }
 
 bool sleep_unless_interrupted(std::chrono::milliseconds d) {

@@ -38,6 +38,10 @@ class OrchestratorClient {
 // Set by the CLI's SIGINT/SIGTERM handler; long waits in the rack check it and stop early.
 std::atomic<bool>& interrupted();
 
+// SIGINT, SIGTERM and SIGHUP set interrupted() instead of ending the process, so a command can
+// abort its drill and stop its rack in order.
+void install_interrupt_handlers();
+
 // Sleeps `d` in short slices; false when interrupted.
 bool sleep_unless_interrupted(std::chrono::milliseconds d);
 
