@@ -10,21 +10,8 @@ namespace fabriclab::agent {
 using http::Access;
 using http::Request;
 using http::Response;
-
-namespace {
-
-Response status_or(const Status& s, int ok_status, json::value body) {
-  if (!s.ok()) return http::error_response(s.error());
-  return http::json_response(ok_status, body);
-}
-
-template <class T>
-Response result_or(const Result<T>& r, int ok_status) {
-  if (!r.ok()) return http::error_response(r.error());
-  return http::json_response(ok_status, json::value(*r));
-}
-
-}  // namespace
+using http::result_or;
+using http::status_or;
 
 void install_api(http::Server& server, HostAgent& agent, std::shared_ptr<EventFeed> feed,
                  const http::Limits& limits) {

@@ -9,19 +9,10 @@ namespace fabriclab::orchestrator {
 using http::Access;
 using http::Request;
 using http::Response;
+using http::result_or;
+using http::status_or;
 
 namespace {
-
-Response status_or(const Status& s, int ok_status, json::value body) {
-  if (!s.ok()) return http::error_response(s.error());
-  return http::json_response(ok_status, body);
-}
-
-template <class T>
-Response result_or(const Result<T>& r, int ok_status) {
-  if (!r.ok()) return http::error_response(r.error());
-  return http::json_response(ok_status, json::value(*r));
-}
 
 // The body as an object, or the error response.
 Result<json::object> object_body(const Request& r, const http::Limits& limits) {

@@ -62,6 +62,19 @@ Response error_response(int status, std::string_view code, std::string_view mess
 Response error_response(const Error& e);
 int status_for(Condition c);
 
+// `body` with ok_status when `s` is ok, else the error response.
+inline Response status_or(const Status& s, int ok_status, const boost::json::value& body) {
+  if (!s.ok()) return error_response(s.error());
+  return json_response(ok_status, body);
+}
+
+// The result's value as JSON with ok_status, else the error response.
+template <class T>
+Response result_or(const Result<T>& r, int ok_status) {
+  if (!r.ok()) return error_response(r.error());
+  return json_response(ok_status, boost::json::value(*r));
+}
+
 // Runs on one of the server's io threads: it must not block for long (post slow work elsewhere).
 using Handler = std::function<Response(const Request&)>;
 
