@@ -82,9 +82,10 @@ Subscription::Subscription(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) 
 
 Subscription::~Subscription() { cancel(); }
 
-std::deque<Message> Subscription::take() {
+std::deque<Message> Subscription::take(bool* overflowed) {
   std::lock_guard lock(impl_->mu);
   impl_->notified = false;
+  if (overflowed) *overflowed = impl_->overflowed;
   return std::exchange(impl_->queue, {});
 }
 

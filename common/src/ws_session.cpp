@@ -7,8 +7,18 @@
 // "slow consumer". The publisher only appends to that bounded queue and posts a wake-up.
 //
 // One async_write at a time (Beast allows no more); a write that does not finish within
-// Limits::write_timeout closes the connection (Beast has no write timeout, so a timer does it).
-// Closing sends a close frame and gives the peer a short grace period before the socket is cut.
+// Limits::write_timeout closes the connection (Beast has no write timeout). A per-write timer
+// would cost a timer-queue update (often a timerfd_settime syscall) and a cancelled handler on
+// every event, times every subscriber; instead one watchdog tick per session and second checks
+// when the write in flight started. Closing sends a close frame and gives the peer a short grace
+// period (an exact deadline on the same timer) before the socket is cut.
+//
+// Cost per delivery is what limits a feed with a thousand subscribers, so the websocket sits on
+// a CoalescingStream (coalescing_stream.hpp): when a session has several events to send at once
+// (a burst, or a subscriber catching up) they leave in one socket write, and the peer is woken
+// once instead of once per event. A single event still leaves at once. The session stops taking
+// events while more than kHighWater bytes wait for the socket, so a subscriber that stops reading
+// fills its bounded subscription queue and is cut off, as before.
 
 #include <deque>
 
@@ -18,11 +28,11 @@
 #include <boost/beast/core/bind_handler.hpp>
 #include <boost/beast/core/buffers_to_string.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/websocket.hpp>
 #include <boost/json/object.hpp>
 #include <boost/json/value.hpp>
 
+#include "coalescing_stream.hpp"
 #include "fabriclab/common/json.hpp"
 #include "http_internal.hpp"
 
@@ -35,6 +45,10 @@ using Message = Subscription::Message;
 namespace {
 
 constexpr auto kCloseGrace = std::chrono::milliseconds(500);
+// How often a session checks its write in flight against Limits::write_timeout.
+constexpr auto kWatchdogTick = std::chrono::seconds(1);
+// Bytes waiting for the socket above which a session takes no more events until a write ends.
+constexpr size_t kHighWater = 64 * 1024;
 
 const Message& pong_message() {
   static const Message m = std::make_shared<const std::string>(R"({"type":"pong"})");
@@ -102,7 +116,11 @@ class WsSession : public Session, public std::enable_shared_from_this<WsSession>
       return do_close(websocket::close_code::internal_error, "snapshot failed");
     }
     sub_ = std::move(subscribed.subscription);
+    ws_.next_layer().on_flushed([w = weak_from_this()] {
+      if (auto self = w.lock()) self->pump();
+    });
     out_.assign(subscribed.initial.begin(), subscribed.initial.end());
+    watchdog();
     srv_.log->debug("{}: websocket subscribed ({}; {} initial messages)", remote_,
                     since_ ? (subscribed.resync ? "resync" : "resume") : "snapshot",
                     out_.size());
@@ -141,12 +159,17 @@ class WsSession : public Session, public std::enable_shared_from_this<WsSession>
 
   void pump() {
     if (closing_ || writing_ || !sub_) return;
-    if (sub_->overflowed()) return drop_slow();
-    if (out_.empty()) out_ = sub_->take();
-    if (out_.empty()) return;
+    CoalescingStream& out = ws_.next_layer();
+    if (out.pending() >= kHighWater) return out.hold(false);  // on_flushed calls again
+    if (out_.empty()) {
+      bool overflowed = false;
+      out_ = sub_->take(&overflowed);
+      if (overflowed) return drop_slow();
+    }
+    if (out_.empty()) return out.hold(false);  // all written: let it go out now
+    if (out_.size() > 1) out.hold(true);
     writing_ = true;
     ws_.text(true);
-    arm_timer(srv_.limits.write_timeout);
     ws_.async_write(net::buffer(*out_.front()),
                     beast::bind_front_handler(&WsSession::on_write, shared_from_this()));
   }
@@ -159,9 +182,22 @@ class WsSession : public Session, public std::enable_shared_from_this<WsSession>
       }
       return finish();
     }
-    if (!closing_) timer_.cancel();
     out_.pop_front();
     pump();
+  }
+
+  // Once a second while open: a write in flight for longer than Limits::write_timeout means the
+  // peer stopped reading (its window is closed) and the connection is cut.
+  void watchdog() {
+    timer_.expires_after(kWatchdogTick);
+    timer_.async_wait([self = shared_from_this()](error_code ec) {
+      if (ec == net::error::operation_aborted || self->closing_) return;
+      if (self->ws_.next_layer().stuck_for() > self->srv_.limits.write_timeout) {
+        self->srv_.log->warn("{}: closing websocket: write deadline passed", self->remote_);
+        return self->finish();
+      }
+      self->watchdog();
+    });
   }
 
   void drop_slow() {
@@ -174,25 +210,18 @@ class WsSession : public Session, public std::enable_shared_from_this<WsSession>
     if (closing_) return;
     closing_ = true;
     if (sub_) sub_->cancel();
-    arm_timer(kCloseGrace);
+    ws_.next_layer().hold(false);
+    // The grace deadline replaces the watchdog: after it the socket is cut, close frame or not.
+    timer_.expires_after(kCloseGrace);
+    timer_.async_wait([self = shared_from_this()](error_code ec) {
+      if (ec == net::error::operation_aborted) return;
+      error_code ignored;
+      beast::get_lowest_layer(self->ws_).close(ignored);
+    });
     if (!ws_.is_open()) return;  // not accepted yet: the timer cuts the socket
     // Allowed while a write is in flight: Beast sends the close frame after it.
     ws_.async_close(websocket::close_reason(code, reason),
                     [self = shared_from_this()](error_code) { self->finish(); });
-  }
-
-  // Deadline for the write in flight or for the close handshake: cut the socket.
-  void arm_timer(std::chrono::steady_clock::duration d) {
-    timer_.expires_after(d);
-    timer_.async_wait([self = shared_from_this()](error_code ec) {
-      if (ec == net::error::operation_aborted) return;
-      if (self->timer_.expiry() > std::chrono::steady_clock::now()) return;  // re-armed since
-      if (!self->closing_) {
-        self->srv_.log->warn("{}: closing websocket: write deadline passed", self->remote_);
-      }
-      self->closing_ = true;
-      beast::get_lowest_layer(self->ws_).close();
-    });
   }
 
   // The connection is done: stop receiving events, release the timer.
@@ -200,12 +229,13 @@ class WsSession : public Session, public std::enable_shared_from_this<WsSession>
     closing_ = true;
     if (sub_) sub_->cancel();
     timer_.cancel();
-    beast::get_lowest_layer(ws_).close();
+    error_code ignored;
+    beast::get_lowest_layer(ws_).close(ignored);
   }
 
   Server::Impl& srv_;
   uint64_t id_ = 0;
-  websocket::stream<beast::tcp_stream> ws_;
+  websocket::stream<CoalescingStream> ws_;
   net::steady_timer timer_;
   std::shared_ptr<EventFeed> feed_;
   std::optional<uint64_t> since_;
@@ -213,7 +243,7 @@ class WsSession : public Session, public std::enable_shared_from_this<WsSession>
   std::shared_ptr<Subscription> sub_;
   std::deque<Message> out_;
   beast::flat_buffer rbuf_;
-  bool writing_ = false;
+  bool writing_ = false;  // a Beast write is in flight (it ends once the bytes are accepted)
   bool closing_ = false;
 };
 

@@ -17,6 +17,8 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/beast/core/buffers_to_string.hpp>
+#include <boost/beast/websocket.hpp>
 #include <boost/json.hpp>
 
 #include "fabriclab/common/http_client.hpp"
@@ -439,6 +441,69 @@ TEST_F(HttpServerTest, WebsocketAnswersPingWithPongAndIgnoresOtherMessages) {
   auto pong = (*c)->read(5s);
   ASSERT_OK(pong);
   EXPECT_EQ(*pong, R"({"type":"pong"})");
+}
+
+// The server coalesces a session's queued events into few socket writes, and Beast writes its own
+// control frames (pongs here) through the same path: bursts of small and large events, with the
+// client pinging at the websocket level all the while, must arrive whole, in order, each event
+// its own message, and every ping must be answered.
+TEST_F(HttpServerTest, BurstsArriveWholeAndInOrderWhileTheClientPings) {
+  limits_.max_ws_queue = 100000;
+  start();
+  net::io_context ioc;
+  boost::beast::websocket::stream<tcp::socket> ws(ioc);
+  ws.next_layer().connect(tcp::endpoint(net::ip::make_address(kHost), port_));
+  ws.set_option(boost::beast::websocket::stream_base::decorator(
+      [](boost::beast::websocket::request_type& r) {
+        r.set(boost::beast::http::field::authorization, std::string("Bearer ") + kRead);
+      }));
+  ws.handshake(kHost, "/v1/events");
+  int pongs = 0;
+  ws.control_callback([&](boost::beast::websocket::frame_type kind, boost::beast::string_view) {
+    if (kind == boost::beast::websocket::frame_type::pong) ++pongs;
+  });
+  boost::beast::flat_buffer buf;
+  ws.read(buf);  // snapshot
+  buf.consume(buf.size());
+
+  constexpr int kBursts = 20, kPerBurst = 150;
+  std::thread publisher([&] {
+    for (int b = 0; b < kBursts; ++b) {
+      for (int i = 0; i < kPerBurst; ++i) {
+        // Every 37th event is 100 KB: more than the server lets wait for the socket at once.
+        size_t size = i % 37 == 0 ? 100000 : 20 + i;
+        feed_->publish("tick", json::object{{"b", b}, {"i", i}, {"pad", std::string(size, 'x')}});
+      }
+      std::this_thread::sleep_for(5ms);
+    }
+  });
+  int64_t expect_seq = feed_->last_seq() + 1;
+  int pings = 0;
+  for (int n = 0; n < kBursts * kPerBurst; ++n) {
+    if (n % 50 == 0) {
+      ws.ping({});
+      ++pings;
+    }
+    ws.read(buf);
+    auto text = boost::beast::buffers_to_string(buf.data());
+    buf.consume(buf.size());
+    auto event = as_object(text);  // throws (fails the test) on a torn or merged message
+    ASSERT_EQ(event.at("seq").as_int64(), expect_seq) << "message " << n;
+    ++expect_seq;
+    int b = n / kPerBurst, i = n % kPerBurst;
+    EXPECT_EQ(event.at("b").as_int64(), b);
+    EXPECT_EQ(event.at("i").as_int64(), i);
+    EXPECT_EQ(event.at("pad").as_string().size(), i % 37 == 0 ? 100000u : 20u + i);
+  }
+  publisher.join();
+  // The last pongs may still be on their way: a tick published later comes after them.
+  for (int tries = 0; pongs < pings && tries < 50; ++tries) {
+    std::this_thread::sleep_for(100ms);
+    feed_->publish("tick", json::object{});
+    ws.read(buf);
+    buf.consume(buf.size());
+  }
+  EXPECT_EQ(pongs, pings);
 }
 
 TEST_F(HttpServerTest, OversizedClientMessageClosesTheWebsocket) {

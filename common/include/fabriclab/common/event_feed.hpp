@@ -43,7 +43,8 @@ class Subscription {
   Subscription& operator=(const Subscription&) = delete;
 
   // Moves out the live events queued so far, oldest first, and re-arms the ready callback.
-  std::deque<Message> take();
+  // `overflowed`, when given, is set as overflowed() would answer, under the same lock.
+  std::deque<Message> take(bool* overflowed = nullptr);
   // True once the queue overflowed; the subscription then receives nothing more.
   bool overflowed() const;
   // Stops delivery; after it returns the ready callback is never called again.
