@@ -7,8 +7,8 @@
 // run inside it). Beast writes one message per async_write, so a session with five events queued
 // made five sendmsg calls and woke its peer five times.
 //
-// How: async_write_some copies the bytes into a pending buffer and completes at once (posted, as
-// Asio requires). The pending bytes go out in one async_write as soon as no write is in flight
+// How: async_write_some (Beast's writes) and append (the owner's prepared frames) copy the bytes
+// into a pending buffer; async_write_some then completes at once (posted, as Asio requires). The pending bytes go out in one async_write as soon as no write is in flight
 // and the owner is not holding; what arrives while a write is in flight goes out together in the
 // next one. So the first event of a quiet stream leaves immediately, and a burst (or a subscriber
 // catching up) leaves in one segment train per flush. Every write Beast makes passes through here
@@ -23,6 +23,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include <boost/asio/associated_executor.hpp>
@@ -73,6 +74,13 @@ class CoalescingStream {
         token, buffers);
   }
 
+  // Appends bytes of the owner's own (a prepared frame: header and payload) after everything
+  // written so far; they go out with the next flush.
+  void append(std::string_view a, std::string_view b) {
+    core_->pending.append(a);
+    core_->pending.append(b);
+    core_->flush();
+  }
   // While held, appended bytes wait (the owner is about to write more); releasing flushes.
   void hold(bool on) {
     core_->held = on;

@@ -1,24 +1,28 @@
 // One websocket on an EventFeed. Runs on the connection's strand.
 //
-// Outgoing: `out_` holds what is being sent now (first the snapshot or backlog, then batches
+// Outgoing: `out_` holds what is to be sent next (first the snapshot or backlog, then batches
 // taken from the subscription). We only take the next batch when `out_` is empty, so what a
 // session holds is bounded by the subscription's queue (Limits::max_ws_queue) plus one batch;
 // a consumer that cannot keep up overflows the subscription and is closed with reason
 // "slow consumer". The publisher only appends to that bounded queue and posts a wake-up.
 //
-// One async_write at a time (Beast allows no more); a write that does not finish within
-// Limits::write_timeout closes the connection (Beast has no write timeout). A per-write timer
-// would cost a timer-queue update (often a timerfd_settime syscall) and a cancelled handler on
-// every event, times every subscriber; instead one watchdog tick per session and second checks
-// when the write in flight started. Closing sends a close frame and gives the peer a short grace
-// period (an exact deadline on the same timer) before the socket is cut.
+// Cost per delivery is what limits a feed with a thousand subscribers. Beast does the handshake,
+// reads the client's frames and writes the control frames (pong, close); the events themselves
+// are written as prepared text frames: RFC 6455's server frame is a 2-10 byte header before the
+// unmasked payload, and every subscriber sends the same shared payload. Frames are appended to a
+// CoalescingStream (coalescing_stream.hpp), which Beast's own writes go through too, each whole
+// and in order, so nothing interleaves. A wake-up appends everything queued and hands it to the
+// socket in one write: a burst, or a subscriber catching up, costs one send and wakes the peer
+// once; a single event on a quiet feed still leaves at once. Beast's per-message write (a
+// composed operation and several handler hops per event) was the largest cost before.
 //
-// Cost per delivery is what limits a feed with a thousand subscribers, so the websocket sits on
-// a CoalescingStream (coalescing_stream.hpp): when a session has several events to send at once
-// (a burst, or a subscriber catching up) they leave in one socket write, and the peer is woken
-// once instead of once per event. A single event still leaves at once. The session stops taking
-// events while more than kHighWater bytes wait for the socket, so a subscriber that stops reading
-// fills its bounded subscription queue and is cut off, as before.
+// The session takes no more events while more than kHighWater bytes wait for the socket; a
+// subscriber that stops reading then fills its bounded subscription queue and is cut off. A
+// write to a peer that reads nothing for Limits::write_timeout closes the connection (Beast has
+// no write timeout): rather than a timer per write (a timer-queue update, often a syscall, per
+// event per subscriber), one watchdog tick per session and second checks how long the write in
+// flight has waited. Closing sends a close frame and gives the peer a short grace period (an
+// exact deadline on the same timer) before the socket is cut.
 
 #include <deque>
 
@@ -49,6 +53,24 @@ constexpr auto kCloseGrace = std::chrono::milliseconds(500);
 constexpr auto kWatchdogTick = std::chrono::seconds(1);
 // Bytes waiting for the socket above which a session takes no more events until a write ends.
 constexpr size_t kHighWater = 64 * 1024;
+
+// The header of an unmasked, unfragmented text frame carrying `size` bytes (RFC 6455, 5.2).
+std::string_view text_frame_header(size_t size, char (&buf)[10]) {
+  buf[0] = static_cast<char>(0x81);  // FIN + opcode 1 (text)
+  if (size < 126) {
+    buf[1] = static_cast<char>(size);
+    return {buf, 2};
+  }
+  if (size <= 0xffff) {
+    buf[1] = 126;
+    buf[2] = static_cast<char>(size >> 8);
+    buf[3] = static_cast<char>(size);
+    return {buf, 4};
+  }
+  buf[1] = 127;
+  for (int i = 0; i < 8; ++i) buf[2 + i] = static_cast<char>(uint64_t(size) >> (56 - 8 * i));
+  return {buf, 10};
+}
 
 const Message& pong_message() {
   static const Message m = std::make_shared<const std::string>(R"({"type":"pong"})");
@@ -157,33 +179,27 @@ class WsSession : public Session, public std::enable_shared_from_this<WsSession>
     do_read();
   }
 
+  // Appends every queued event to the stream as a frame and lets it go out in one write.
   void pump() {
-    if (closing_ || writing_ || !sub_) return;
+    if (closing_ || !sub_) return;
     CoalescingStream& out = ws_.next_layer();
-    if (out.pending() >= kHighWater) return out.hold(false);  // on_flushed calls again
-    if (out_.empty()) {
-      bool overflowed = false;
-      out_ = sub_->take(&overflowed);
-      if (overflowed) return drop_slow();
-    }
-    if (out_.empty()) return out.hold(false);  // all written: let it go out now
-    if (out_.size() > 1) out.hold(true);
-    writing_ = true;
-    ws_.text(true);
-    ws_.async_write(net::buffer(*out_.front()),
-                    beast::bind_front_handler(&WsSession::on_write, shared_from_this()));
-  }
-
-  void on_write(error_code ec, std::size_t) {
-    writing_ = false;
-    if (ec) {
-      if (ec != net::error::operation_aborted) {
-        srv_.log->debug("{}: websocket write failed: {}", remote_, ec.message());
+    out.hold(true);
+    while (out.pending() < kHighWater) {  // above it, on_flushed calls again
+      if (out_.empty()) {
+        bool overflowed = false;
+        out_ = sub_->take(&overflowed);
+        if (overflowed) {
+          out.hold(false);
+          return drop_slow();
+        }
+        if (out_.empty()) break;
       }
-      return finish();
+      char header[10];
+      const std::string& payload = *out_.front();
+      out.append(text_frame_header(payload.size(), header), payload);
+      out_.pop_front();
     }
-    out_.pop_front();
-    pump();
+    out.hold(false);
   }
 
   // Once a second while open: a write in flight for longer than Limits::write_timeout means the
@@ -243,7 +259,6 @@ class WsSession : public Session, public std::enable_shared_from_this<WsSession>
   std::shared_ptr<Subscription> sub_;
   std::deque<Message> out_;
   beast::flat_buffer rbuf_;
-  bool writing_ = false;  // a Beast write is in flight (it ends once the bytes are accepted)
   bool closing_ = false;
 };
 
