@@ -526,6 +526,7 @@ int main(int argc, char** argv) {
   std::vector<std::thread> client_threads;
   for (int i = 0; i < o.client_threads; ++i) {
     client_threads.emplace_back([&] {
+      pthread_setname_np(pthread_self(), "bench-client");
       {
         std::lock_guard lock(g_tids_mu);
         g_client_tids.push_back(static_cast<pid_t>(::gettid()));

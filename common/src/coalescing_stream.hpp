@@ -8,12 +8,14 @@
 // made five sendmsg calls and woke its peer five times.
 //
 // How: async_write_some (Beast's writes) and append (the owner's prepared frames) copy the bytes
-// into a pending buffer; async_write_some then completes at once (posted, as Asio requires). The pending bytes go out in one async_write as soon as no write is in flight
-// and the owner is not holding; what arrives while a write is in flight goes out together in the
-// next one. So the first event of a quiet stream leaves immediately, and a burst (or a subscriber
-// catching up) leaves in one segment train per flush. Every write Beast makes passes through here
-// in the order Beast issues it (its own pong and close frames too) and each is appended whole,
-// so frames never interleave.
+// into a pending buffer; async_write_some then completes at once (posted, as Asio requires).
+// The pending bytes go out as soon as no write is in flight and the owner is not holding: first
+// straight to the socket (a socket with room in its buffer takes them all, with no operation to
+// complete later), and what it does not take in an async_write; what arrives while that write
+// is in flight goes out together in the next one. So the first event of a quiet stream leaves
+// immediately, and a burst (or a subscriber catching up) leaves in one write. Every write Beast
+// makes passes through here in the order Beast issues it (its own pong and close frames too)
+// and each is appended whole, so frames never interleave.
 //
 // The owner bounds memory: it stops writing while pending() is above its high-water mark and
 // resumes from on_flushed. A flush that makes no progress for long is the owner's watchdog's
@@ -93,7 +95,8 @@ class CoalescingStream {
     return core_->flushing ? std::chrono::steady_clock::now() - core_->flush_started
                            : std::chrono::steady_clock::duration::zero();
   }
-  // Called on the strand after each socket write completes (successfully or not).
+  // Called on the strand after each async socket write completes (successfully or not): the
+  // owner waiting for pending() to fall resumes from here.
   void on_flushed(std::function<void()> fn) { core_->on_flushed = std::move(fn); }
 
  private:
@@ -109,6 +112,20 @@ class CoalescingStream {
 
     void flush() {
       if (held || flushing || pending.empty() || error) return;
+      // First at once: a socket with room takes it all, with no operation to complete later.
+      // (The socket is non-blocking for us; Asio's own operations do not mind.)
+      error_code ec;
+      if (!socket.non_blocking()) socket.non_blocking(true, ec);
+      size_t n = ec ? 0 : socket.write_some(boost::asio::buffer(pending), ec);
+      if (ec && ec != boost::asio::error::would_block && ec != boost::asio::error::try_again) {
+        error = ec;
+        return;
+      }
+      if (n == pending.size()) {
+        pending.clear();
+        return;
+      }
+      pending.erase(0, n);
       flushing = true;
       flush_started = std::chrono::steady_clock::now();
       sending.swap(pending);

@@ -179,27 +179,32 @@ class WsSession : public Session, public std::enable_shared_from_this<WsSession>
     do_read();
   }
 
-  // Appends every queued event to the stream as a frame and lets it go out in one write.
+  // Appends every queued event to the stream as a frame and lets it go out in one write; at the
+  // high-water mark, lets that much go first and goes on once it is below the mark again.
   void pump() {
-    if (closing_ || !sub_) return;
     CoalescingStream& out = ws_.next_layer();
-    out.hold(true);
-    while (out.pending() < kHighWater) {  // above it, on_flushed calls again
-      if (out_.empty()) {
-        bool overflowed = false;
-        out_ = sub_->take(&overflowed);
-        if (overflowed) {
-          out.hold(false);
-          return drop_slow();
+    while (!closing_ && sub_) {
+      out.hold(true);
+      bool more = true;
+      while (more && out.pending() < kHighWater) {
+        if (out_.empty()) {
+          bool overflowed = false;
+          out_ = sub_->take(&overflowed);
+          if (overflowed) {
+            out.hold(false);
+            return drop_slow();
+          }
+          if (out_.empty()) more = false;
+          continue;
         }
-        if (out_.empty()) break;
+        char header[10];
+        const std::string& payload = *out_.front();
+        out.append(text_frame_header(payload.size(), header), payload);
+        out_.pop_front();
       }
-      char header[10];
-      const std::string& payload = *out_.front();
-      out.append(text_frame_header(payload.size(), header), payload);
-      out_.pop_front();
+      out.hold(false);  // the socket takes what it can now, an async write the rest
+      if (!more || out.pending() >= kHighWater) return;  // then on_flushed calls again
     }
-    out.hold(false);
   }
 
   // Once a second while open: a write in flight for longer than Limits::write_timeout means the
