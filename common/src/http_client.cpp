@@ -1,10 +1,25 @@
 // The synchronous client drives Beast's asynchronous operations on a private io_context, so
 // that every step can have a deadline (beast::tcp_stream's timer); the call returns when the
 // operation completes or the deadline closes the socket.
+//
+// A call with a network namespace creates its socket inside it: the calling thread enters the
+// namespace (setns), opens the socket, and returns to its own namespace before anything else
+// runs on it. Only socket(2) cares which namespace the thread is in; connect, read and write use
+// the socket's. A thread that cannot return to its own namespace would open every later socket
+// in the wrong one, silently: that is the one fatal error here (abort, naming both).
 
 #include "fabriclab/common/http_client.hpp"
 
+#include <fcntl.h>
+#include <sched.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
@@ -52,6 +67,61 @@ Result<tcp::resolver::results_type> resolve(net::io_context& ioc, const std::str
   return results;
 }
 
+// A file descriptor closed on scope exit.
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+Error netns_error(std::string_view what, const std::string& path, int err) {
+  Condition c = err == ENOENT   ? Condition::not_found
+                : err == EPERM || err == EACCES ? Condition::permission_denied
+                                                : Condition::transient;
+  return make_error(c, fmt::format("network namespace {}: {}: {}", path, what, std::strerror(err)));
+}
+
+// Opens `socket` for `protocol` inside the network namespace `netns`.
+Status open_in_netns(tcp::socket& socket, const tcp& protocol, std::string_view netns) {
+  FL_ASSIGN_OR_RETURN(std::string path, netns_path(netns));
+  Fd target{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (target.fd < 0) return netns_error("cannot open", path, errno);
+  Fd own{::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)};
+  if (own.fd < 0) return netns_error("cannot open /proc/thread-self/ns/net to come back from", path, errno);
+  if (::setns(target.fd, CLONE_NEWNET) != 0) return netns_error("cannot enter", path, errno);
+  error_code ec;
+  socket.open(protocol, ec);
+  if (::setns(own.fd, CLONE_NEWNET) != 0) {
+    std::fprintf(stderr, "fabriclab: cannot return from network namespace %s to the thread's own: %s\n",
+                 path.c_str(), std::strerror(errno));
+    std::abort();
+  }
+  if (ec) return make_error(Condition::transient, fmt::format("network namespace {}: cannot open a socket: {}", path, ec.message()));
+  return {};
+}
+
+// Connects `stream` to `host`:`port`. Without a namespace: every resolved endpoint in turn. With
+// one: the socket is opened inside it and only the first endpoint is tried (a range connect
+// closes and reopens the socket per endpoint, in the thread's own namespace).
+Status connect_stream(net::io_context& ioc, beast::tcp_stream& stream, const std::string& host, uint16_t port,
+               std::string_view netns) {
+  FL_ASSIGN_OR_RETURN(auto endpoints, resolve(ioc, host, port));
+  error_code ec;
+  if (netns.empty()) {
+    ec = run(ioc, [&](auto h) { stream.async_connect(endpoints, std::move(h)); });
+  } else {
+    if (endpoints.empty()) return make_error(Condition::transient, fmt::format("cannot resolve {}:{}", host, port));
+    tcp::endpoint ep = endpoints.begin()->endpoint();
+    FL_RETURN_IF_ERROR(open_in_netns(stream.socket(), ep.protocol(), netns));
+    ec = run(ioc, [&](auto h) { stream.async_connect(ep, std::move(h)); });
+  }
+  if (!ec) return {};
+  Error e = transport("cannot connect to", host, port, ec);
+  if (!netns.empty()) e.message += fmt::format(" (from network namespace {})", netns);
+  return e;
+}
+
 std::string lower(std::string_view s) {
   std::string out(s);
   std::transform(out.begin(), out.end(), out.begin(), ::tolower);
@@ -70,17 +140,39 @@ Condition condition_for_status(int status) {
 
 }  // namespace
 
+Result<std::string> netns_path(std::string_view netns) {
+  auto bad = [&](std::string_view why) {
+    return make_error(Condition::invalid_argument,
+                      fmt::format("network namespace '{}': {}", netns.substr(0, 80), why));
+  };
+  if (netns.empty()) return bad("empty");
+  if (netns.front() == '/') {
+    if (netns.size() > 255) return bad("path longer than 255");
+    if (netns.find("..") != std::string_view::npos) return bad("path with '..'");
+    for (char c : netns) {
+      if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f) return bad("whitespace or control character in the path");
+    }
+    return std::string(netns);
+  }
+  if (netns.size() > 64) return bad("name longer than 64");
+  if (netns.front() == '.') return bad("name starts with '.'");
+  for (char c : netns) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
+      return bad("a name is [A-Za-z0-9._-] (or give an absolute path)");
+    }
+  }
+  return "/run/netns/" + std::string(netns);
+}
+
 Result<ClientResponse> request(const std::string& host, uint16_t port, std::string_view method,
                                std::string_view target, std::string_view body,
-                               std::string_view token, std::chrono::milliseconds timeout) {
+                               std::string_view token, std::chrono::milliseconds timeout,
+                               std::string_view netns) {
   net::io_context ioc;
-  FL_ASSIGN_OR_RETURN(auto endpoints, resolve(ioc, host, port));
   beast::tcp_stream stream(ioc);
   // One deadline for the whole exchange: tcp_stream's expiry holds until it is changed.
   stream.expires_after(timeout);
-  if (auto ec = run(ioc, [&](auto h) { stream.async_connect(endpoints, std::move(h)); })) {
-    return transport("cannot connect to", host, port, ec);
-  }
+  FL_RETURN_IF_ERROR(connect_stream(ioc, stream, host, port, netns));
 
   bhttp::request<bhttp::string_body> req;
   req.method_string(beast::string_view(method.data(), method.size()));
@@ -136,16 +228,14 @@ WsClient::~WsClient() { close(); }
 Result<std::unique_ptr<WsClient>> WsClient::connect(const std::string& host, uint16_t port,
                                                     std::string_view target,
                                                     std::string_view token,
-                                                    std::chrono::milliseconds timeout) {
+                                                    std::chrono::milliseconds timeout,
+                                                    std::string_view netns) {
   auto impl = std::make_unique<Impl>(host, port);
   auto& ioc = impl->ioc;
   auto& ws = impl->ws;
-  FL_ASSIGN_OR_RETURN(auto endpoints, resolve(ioc, host, port));
   auto& tcp_layer = beast::get_lowest_layer(ws);
   tcp_layer.expires_after(timeout);
-  if (auto ec = run(ioc, [&](auto h) { tcp_layer.async_connect(endpoints, std::move(h)); })) {
-    return transport("cannot connect to", host, port, ec);
-  }
+  FL_RETURN_IF_ERROR(connect_stream(ioc, tcp_layer, host, port, netns));
   std::string auth = token.empty() ? std::string() : fmt::format("Bearer {}", token);
   ws.set_option(websocket::stream_base::decorator([auth](websocket::request_type& req) {
     req.set(bhttp::field::user_agent, "fabriclab");

@@ -278,8 +278,23 @@ void print_summary(const json::object& report, std::ostream& out) {
   out << "result: " << str(report, "result") << "\n";
 }
 
+// The rack's network, as lab.hpp describes it, in one line.
+std::string network_line(const rack::Lab& lab) {
+  const auto& agents = lab.agents();
+  std::string first = agents.empty() ? "" : agents.front().address, last = agents.empty() ? "" : agents.back().address;
+  if (lab.network() == "netns") {
+    return fmt::format("network netns: each host in its own network namespace ({}..{}, {}..{}), joined by bridge br0 "
+                       "(198.18.0.1/24) in {}; the orchestrator stays on {} (ip netns list shows them)",
+                       agents.empty() ? "" : agents.front().netns, agents.empty() ? "" : agents.back().name, first, last,
+                       lab.agent_netns(), lab.orchestrator().address);
+  }
+  return fmt::format("network loopback ({}..{}; network namespaces not used: {})", first, last,
+                     lab.network_reason().empty() ? "--network loopback" : lab.network_reason());
+}
+
 struct DrillArgs {
   std::string spec_file, hypervisor, report_file, html_file, images, orchestrator_url, token_file;
+  std::string network = "auto";
   std::string lab_dir = "/tmp/flab";
   int port = 0;
   bool keep = false, json_out = false;
@@ -300,8 +315,11 @@ int run_drill_cmd(const DrillArgs& a) {
         out << "rack kept up in " << lab->dir() << ": dashboard " << lab->orchestrator_url() << "/?token="
             << lab->control_token() << "\n  fabriclab lab down --lab-dir " << lab->dir() << " stops it\n";
       } else {
-        out << "stopping the rack (VMs, agents, orchestrator)...\n";
-        lab->down(false);
+        out << "stopping the rack (VMs, agents, orchestrator, network namespaces)...\n";
+        if (auto st = lab->down(false); !st.ok()) {
+          std::cerr << "fabriclab: " << st.error().message << "\n";
+          return code == 0 ? kLabError : code;
+        }
         out << "rack stopped; logs kept in " << lab->dir() << "\n";
       }
     }
@@ -319,15 +337,16 @@ int run_drill_cmd(const DrillArgs& a) {
     lo.bin_dir = self_dir();
     lo.images_dir = images_dir(a.images);
     lo.orchestrator_port = a.port;
+    lo.network = a.network;
     if (spec->hypervisor == "qemu") lo.start_timeout = std::chrono::seconds(60);
-    out << fmt::format("rack: {} hosts in {} fault domains, hypervisor {}, network loopback ({}1..{}; network "
-                       "namespaces not used), lab dir {}\n",
-                       spec->hosts, spec->fault_domains,
+    out << fmt::format("rack: {} hosts in {} fault domains, hypervisor {}, lab dir {}\n", spec->hosts,
+                       spec->fault_domains,
                        spec->hypervisor == "qemu" ? "qemu (embedded driver, real VMs)" : "test (simulated guests)",
-                       lo.address_prefix, spec->hosts, lo.dir);
+                       lo.dir);
     auto up = rack::Lab::up(*spec, lo);
     if (!up.ok()) return fail(exit_for(up.error()) == kBadInput ? kBadInput : kLabError, "lab up: " + up.error().message);
     lab = std::move(up).value();
+    out << "rack " << network_line(*lab) << "\n";
     out << "orchestrator " << lab->orchestrator_url() << "  dashboard " << lab->orchestrator_url()
         << "/?token=" << lab->control_token() << "\n";
     out << "creating services and waiting for every guest to heartbeat...\n" << std::flush;
@@ -374,23 +393,26 @@ int run_lab_up(const DrillArgs& a) {
   lo.bin_dir = self_dir();
   lo.images_dir = images_dir(a.images);
   lo.orchestrator_port = a.port;
+  lo.network = a.network;
   auto up = rack::Lab::up(*spec, lo);
   if (!up.ok()) return fail(exit_for(up.error()) == kBadInput ? kBadInput : kLabError, "lab up: " + up.error().message);
   auto pop = up->populate(*spec, std::chrono::seconds(spec->hypervisor == "qemu" ? 300 : 60));
   if (!pop.ok()) {
-    up->down(false);
-    return fail(kLabError, "lab up: " + pop.error().message);
+    std::string msg = "lab up: " + pop.error().message;
+    if (auto st = up->down(false); !st.ok()) msg += " (and while stopping: " + st.error().message + ")";
+    return fail(kLabError, msg);
   }
   std::cout << "lab up in " << up->dir() << ": orchestrator " << up->orchestrator_url() << ", dashboard "
-            << up->orchestrator_url() << "/?token=" << up->control_token() << "\n";
+            << up->orchestrator_url() << "/?token=" << up->control_token() << "\n"
+            << "rack " << network_line(*up) << "\n";
   return 0;
 }
 
 int run_lab_down(const std::string& dir) {
   auto lab = rack::Lab::attach(dir);
   if (!lab.ok()) return fail(kBadInput, lab.error().message);
-  lab->down(false);
-  std::cout << "lab in " << dir << " stopped (VMs, agents, orchestrator)\n";
+  if (auto st = lab->down(false); !st.ok()) return fail(kLabError, st.error().message);
+  std::cout << "lab in " << dir << " stopped (VMs, agents, orchestrator, network namespaces)\n";
   return 0;
 }
 
@@ -533,6 +555,10 @@ int main(int argc, char** argv) {
   drill->add_option("--port", da.port, "The orchestrator's port on 127.0.0.1 (0: any free port)")->check(CLI::Range(0, 65535));
   drill->add_option("--orchestrator", da.orchestrator_url, "Run against this orchestrator (http://HOST:PORT) instead of a local rack");
   drill->add_option("--token-file", da.token_file, "Control token file for --orchestrator");
+  drill->add_option("--network", da.network,
+                    "auto: a network namespace per host where permitted (else loopback), netns, or loopback")
+      ->check(CLI::IsMember({"auto", "netns", "loopback"}))
+      ->capture_default_str();
   drill->add_flag("--json", da.json_out, "Print the report JSON on stdout (progress goes to stderr)");
 
   auto* lab = app.add_subcommand("lab", "Manage a local rack explicitly");
@@ -544,8 +570,11 @@ int main(int argc, char** argv) {
   lab_up->add_option("--lab-dir", la.lab_dir, "The rack's directory")->capture_default_str();
   lab_up->add_option("--images", la.images, "Guest image directory");
   lab_up->add_option("--port", la.port, "The orchestrator's port (0: any)")->check(CLI::Range(0, 65535));
+  lab_up->add_option("--network", la.network, "auto, netns or loopback (as for drill)")
+      ->check(CLI::IsMember({"auto", "netns", "loopback"}))
+      ->capture_default_str();
   std::string lab_dir = "/tmp/flab";
-  auto* lab_down = lab->add_subcommand("down", "Stop a rack: VMs destroyed, agents and orchestrator stopped");
+  auto* lab_down = lab->add_subcommand("down", "Stop a rack: VMs destroyed, agents and orchestrator stopped, network namespaces removed");
   lab_down->add_option("--lab-dir", lab_dir, "The rack's directory")->capture_default_str();
   auto* lab_status = lab->add_subcommand("status", "The rack's processes (JSON)");
   lab_status->add_option("--lab-dir", lab_dir, "The rack's directory")->capture_default_str();

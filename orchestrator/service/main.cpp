@@ -1,11 +1,16 @@
 // fabriclab-orchestrator: the fabric controller service. Parses options and wires the pieces:
 // journal + controller, event feed (continuing the journal's numbering), HTTP/websocket API.
+#include <unistd.h>
+
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <iostream>
 
 #include <CLI/CLI.hpp>
 
 #include "fabriclab/common/event_feed.hpp"
+#include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/http_server.hpp"
 #include "fabriclab/common/logging.hpp"
 #include "fabriclab/orchestrator/controller.hpp"
@@ -36,6 +41,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(100, 3600000))->capture_default_str();
   app.add_option("--agent-timeout-ms", agent_timeout_ms, "Deadline of one call to an agent")
       ->check(CLI::Range(100, 600000))->capture_default_str();
+  app.add_option("--agent-netns", o.agent_netns,
+                 "Open every connection to an agent inside this network namespace (a name under "
+                 "/run/netns or a path); the API still listens where --listen says");
   app.add_flag("--no-healing", no_healing, "Do not place the instances of an Unhealthy host again");
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
   app.add_flag("--json-logs", json_logs, "Log JSON lines");
@@ -66,6 +74,15 @@ int main(int argc, char** argv) {
   o.unhealthy_after = std::chrono::milliseconds(unhealthy_ms);
   o.agent_timeout = std::chrono::milliseconds(agent_timeout_ms);
   o.healing = !no_healing;
+  if (!o.agent_netns.empty()) {
+    // Checked once here, so a bad value stops the start instead of every later agent call.
+    auto path = http::netns_path(o.agent_netns);
+    if (!path.ok() || access(path->c_str(), R_OK) != 0) {
+      std::cerr << "fabriclab-orchestrator: --agent-netns: "
+                << (path.ok() ? *path + ": " + std::strerror(errno) : path.error().message) << "\n";
+      return 2;
+    }
+  }
   auto controller = orchestrator::Controller::create(o);
   if (!controller.ok()) {
     std::cerr << "fabriclab-orchestrator: " << controller.error().describe() << "\n";
@@ -85,7 +102,8 @@ int main(int argc, char** argv) {
   }
   c->start(feed);
   std::cout << "listening " << listen << ":" << *bound << std::endl;
-  logger("orchestrator")->info("listening on {}:{}, journal {}", listen, *bound, o.journal_path);
+  logger("orchestrator")->info("listening on {}:{}, journal {}{}", listen, *bound, o.journal_path,
+                               o.agent_netns.empty() ? "" : ", agents reached from network namespace " + o.agent_netns);
   int sig = 0;
   sigwait(&stop_signals, &sig);
   logger("orchestrator")->info("stopping");

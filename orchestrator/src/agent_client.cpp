@@ -53,13 +53,14 @@ Result<Endpoint> parse_endpoint(std::string_view text) {
   return Endpoint{std::string(text.substr(0, colon)), static_cast<uint16_t>(port)};
 }
 
-AgentClient::AgentClient(Endpoint endpoint, std::string token, std::chrono::milliseconds timeout)
-    : endpoint_(std::move(endpoint)), token_(std::move(token)), timeout_(timeout) {}
+AgentClient::AgentClient(Endpoint endpoint, std::string token, std::chrono::milliseconds timeout,
+                         std::string netns)
+    : endpoint_(std::move(endpoint)), token_(std::move(token)), timeout_(timeout), netns_(std::move(netns)) {}
 
 Result<json::value> AgentClient::call(std::string_view method, const std::string& target,
                                       const std::string& body, int expect) const {
   const std::string what = "agent " + endpoint_.str() + " " + std::string(method) + " " + target;
-  auto r = http::request(endpoint_.host, endpoint_.port, method, target, body, token_, timeout_);
+  auto r = http::request(endpoint_.host, endpoint_.port, method, target, body, token_, timeout_, netns_);
   if (!r.ok()) return make_error(r.error().condition, what + ": " + r.error().message);
   auto parsed = parse_json(r->body, kMaxAnswer, kMaxDepth, "answer");
   if (r->status != expect) {

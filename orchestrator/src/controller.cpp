@@ -372,7 +372,7 @@ AgentClient Controller::Impl::client(const std::string& host_id) const {
   std::lock_guard lock(mu);
   auto it = hosts.find(host_id);
   Endpoint e = it != hosts.end() ? it->second.endpoint : Endpoint{};
-  return AgentClient(e, opt.agent_token, opt.agent_timeout);
+  return AgentClient(e, opt.agent_token, opt.agent_timeout, opt.agent_netns);
 }
 
 AgentClient Controller::Impl::slow_client(const std::string& host_id) const {
@@ -380,7 +380,7 @@ AgentClient Controller::Impl::slow_client(const std::string& host_id) const {
   std::lock_guard lock(mu);
   auto it = hosts.find(host_id);
   Endpoint e = it != hosts.end() ? it->second.endpoint : Endpoint{};
-  return AgentClient(e, opt.agent_token, std::max(opt.agent_timeout, kSlowCallTimeout));
+  return AgentClient(e, opt.agent_token, std::max(opt.agent_timeout, kSlowCallTimeout), opt.agent_netns);
 }
 
 // ---- public API ----
@@ -402,7 +402,7 @@ Result<json::object> Controller::register_host(const HostRegistration& r) {
   auto& m = *impl_;
   FL_ASSIGN_OR_RETURN(auto endpoint, parse_endpoint(r.endpoint));
   // Ask the agent who it is before believing the registration.
-  AgentClient c(endpoint, m.opt.agent_token, m.opt.agent_timeout);
+  AgentClient c(endpoint, m.opt.agent_token, m.opt.agent_timeout, m.opt.agent_netns);
   auto info = c.host();
   if (!info.ok()) {
     return make_error(info.error().condition,

@@ -211,7 +211,8 @@ struct AgentRef {
 
 class Agents {
  public:
-  Agents(const rack::Lab& lab) : token_(lab.control_token()) {
+  // The agents' addresses exist only in the lab's rack namespace when it has one.
+  Agents(const rack::Lab& lab) : token_(lab.control_token()), netns_(lab.agent_netns()) {
     for (const auto& a : lab.agents())
       agents_[a.name] = {a.name, a.address, static_cast<uint16_t>(a.port)};
   }
@@ -221,11 +222,12 @@ class Agents {
   }
   const std::map<std::string, AgentRef>& all() const { return agents_; }
   const std::string& token() const { return token_; }
+  const std::string& netns() const { return netns_; }
 
   Result<json::value> call(const AgentRef& a, std::string_view method, const std::string& target,
                            std::chrono::milliseconds timeout = 10s) const {
     auto r = http::request(a.address, a.port, method, target, method == "POST" ? "{}" : "", token_,
-                           timeout);
+                           timeout, netns_);
     if (!r.ok())
       return make_error(r.error().condition, a.name + " " + std::string(method) + " " + target +
                                                  ": " + r.error().message);
@@ -239,6 +241,7 @@ class Agents {
 
  private:
   std::string token_;
+  std::string netns_;
   std::map<std::string, AgentRef> agents_;
 };
 
@@ -254,7 +257,7 @@ Result<std::vector<Event>> agent_events(const Agents& agents, const AgentRef& a,
                                         bool& complete) {
   complete = true;
   FL_ASSIGN_OR_RETURN(auto ws, http::WsClient::connect(a.address, a.port, "/v1/events?since=0",
-                                                       agents.token(), 10s));
+                                                       agents.token(), 10s, agents.netns()));
   std::vector<Event> out;
   bool first = true;
   for (;;) {
@@ -768,12 +771,15 @@ int run(const Options& opt) {
     return rack::interrupted() ? 130 : 1;
   }
   rack::Lab lab = std::move(up).value();
+  progress("network " + lab.network() +
+           (lab.network() == "netns" ? " (rack namespace " + lab.agent_netns() + ")"
+                                     : " (" + (lab.network_reason().empty() ? "asked for" : lab.network_reason()) + ")"));
   struct Down {
     rack::Lab& lab;
     ~Down() {
       keep_consoles(lab.dir());
-      progress("stopping the rack (VMs, agents, orchestrator)");
-      lab.down(false);
+      progress("stopping the rack (VMs, agents, orchestrator, network namespaces)");
+      if (auto st = lab.down(false); !st.ok()) progress("teardown: " + st.error().message);
       progress("rack stopped; logs in " + lab.dir());
     }
   } down{lab};

@@ -7,11 +7,14 @@
 
 #include <dirent.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <boost/json.hpp>
 
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -38,8 +41,10 @@ std::string slurp(const std::string& path) {
 
 std::string spec_path(const std::string& name) { return std::string(FABRICLAB_SPECS_DIR) + "/" + name + ".yaml"; }
 
-// Runs the CLI with stdout+stderr captured to a file.
-CliRun run_cli(const std::vector<std::string>& args, const std::string& log) {
+// Runs the CLI with stdout+stderr captured to a file; `wrapper` (a program and its arguments)
+// runs it when given, e.g. {"/usr/bin/unshare", "-U"}.
+CliRun run_cli(const std::vector<std::string>& args, const std::string& log,
+               const std::vector<std::string>& wrapper = {}) {
   pid_t pid = fork();
   if (pid == 0) {
     FILE* f = std::freopen(log.c_str(), "w", stdout);
@@ -47,10 +52,11 @@ CliRun run_cli(const std::vector<std::string>& args, const std::string& log) {
     dup2(fileno(stdout), 2);
     std::vector<char*> argv;
     std::string bin = FABRICLAB_CLI_BIN;
+    for (const auto& w : wrapper) argv.push_back(const_cast<char*>(w.c_str()));
     argv.push_back(bin.data());
     for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
-    execv(bin.c_str(), argv.data());
+    execv(argv[0], argv.data());
     _exit(127);
   }
   CliRun r;
@@ -82,6 +88,33 @@ bool running(pid_t pid) {
   auto rp = stat.rfind(')');
   return !(rp != std::string::npos && rp + 2 < stat.size() && stat[rp + 2] == 'Z');
 }
+
+// "net:[4026532...]": which network namespace a process is in.
+std::string netns_of(const std::string& pid) {
+  char buf[64] = {};
+  ssize_t n = readlink(("/proc/" + pid + "/ns/net").c_str(), buf, sizeof buf - 1);
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+}
+
+// The same for a namespace file (/run/netns/NAME): its inode is the namespace's.
+std::string netns_of_file(const std::string& path) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) return {};
+  return "net:[" + std::to_string(st.st_ino) + "]";
+}
+
+// What a shell command prints (stdout).
+std::string command_output(const std::string& cmd) {
+  std::string out;
+  if (FILE* p = popen(cmd.c_str(), "r")) {
+    char buf[4096];
+    while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+    pclose(p);
+  }
+  return out;
+}
+
+bool can_make_namespaces() { return geteuid() == 0 && access("/usr/sbin/ip", X_OK) == 0; }
 
 class Drill : public ::testing::Test {
  protected:
@@ -313,6 +346,130 @@ TEST_F(Drill, CtrlCAbortsTheDrillAndStopsTheRack) {
   EXPECT_NE(out.find("rack stopped"), std::string::npos) << out;
   EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
   EXPECT_FALSE(running(static_cast<pid_t>(lab.at("orchestrator").at("pid").as_int64())));
+  for (const auto& a : lab.at("agents").as_array()) {
+    EXPECT_FALSE(running(static_cast<pid_t>(a.at("pid").as_int64()))) << json::serialize(a);
+  }
+  // The network namespaces went with the rack.
+  for (const auto& n : lab.at("namespaces").as_array()) {
+    EXPECT_FALSE(fs::exists("/run/netns/" + std::string(n.as_string()))) << n;
+  }
+}
+
+// ---- the rack's network ------------------------------------------------------------------------
+
+TEST_F(Drill, LabOnNetnsPutsEveryHostInItsOwnNamespaceAndRemovesThemAtDown) {
+  if (!can_make_namespaces()) GTEST_SKIP() << "needs root and /usr/sbin/ip to make network namespaces";
+  auto t0 = std::chrono::steady_clock::now();
+  CliRun up = run_cli({"lab", "up", "--hypervisor", "test", "--network", "netns", "--lab-dir", dir_ + "/lab"},
+                      dir_ + "/up.log");
+  auto up_ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  std::cout << "lab up (netns, 6 hosts, test driver, services healthy) took " << up_ms << " ms" << std::endl;
+  EXPECT_NE(up.output.find("network netns"), std::string::npos) << up.output;
+  auto lab = json::parse(slurp(dir_ + "/lab/lab.json")).as_object();
+  EXPECT_EQ(lab.at("network").as_string(), "netns");
+  const auto& namespaces = lab.at("namespaces").as_array();
+  ASSERT_EQ(namespaces.size(), 7u) << json::serialize(lab);  // the rack's and one per host
+  EXPECT_EQ(lab.at("agent_netns").as_string(), namespaces[0].as_string());
+  for (const auto& n : namespaces) {
+    EXPECT_TRUE(fs::exists("/run/netns/" + std::string(n.as_string()))) << n;
+    EXPECT_NE(command_output("/usr/sbin/ip netns list").find(std::string(n.as_string())), std::string::npos) << n;
+  }
+  // Every agent in its own namespace on 198.18.0.0/24; the orchestrator beside the test.
+  const std::string own = netns_of("self");
+  ASSERT_FALSE(own.empty());
+  EXPECT_EQ(netns_of(std::to_string(lab.at("orchestrator").at("pid").as_int64())), own);
+  EXPECT_EQ(lab.at("orchestrator").at("address").as_string(), "127.0.0.1");
+  std::set<std::string> seen;
+  for (const auto& av : lab.at("agents").as_array()) {
+    const auto& a = av.as_object();
+    std::string address(a.at("address").as_string()), ns(a.at("netns").as_string());
+    EXPECT_EQ(address.rfind("198.18.0.", 0), 0u) << json::serialize(a);
+    std::string agent_ns = netns_of(std::to_string(a.at("pid").as_int64()));
+    EXPECT_NE(agent_ns, own) << json::serialize(a);
+    EXPECT_EQ(agent_ns, netns_of_file("/run/netns/" + ns)) << json::serialize(a);
+    EXPECT_TRUE(seen.insert(agent_ns).second) << "two agents share " << agent_ns;
+    // Inside: its own address on eth0, and nothing else of the rack.
+    std::string addrs = command_output("/usr/sbin/ip -n " + ns + " -o -4 addr");
+    EXPECT_NE(addrs.find("eth0    inet " + address + "/24"), std::string::npos) << addrs;
+  }
+  // 198.18 addresses exist only inside the lab's namespaces.
+  std::string root_addrs = command_output("/usr/sbin/ip -o addr");
+  ASSERT_FALSE(root_addrs.empty());
+  EXPECT_EQ(root_addrs.find("198.18."), std::string::npos) << root_addrs;
+  // The orchestrator reached every agent through the rack namespace: the services are placed and
+  // healthy (lab up waits for that), and status shows them.
+  CliRun grid = run_cli({"status", "--lab-dir", dir_ + "/lab"}, dir_ + "/grid.log");
+  ASSERT_EQ(grid.exit_code, 0) << grid.output;
+  EXPECT_NE(grid.output.find("worker-2"), std::string::npos) << grid.output;
+  // lab status reports the same network.
+  CliRun st = run_cli({"lab", "status", "--lab-dir", dir_ + "/lab"}, dir_ + "/st.log");
+  ASSERT_EQ(st.exit_code, 0) << st.output;
+  EXPECT_EQ(json::parse(st.output).at("network").as_string(), "netns");
+  // Down, from another process: processes and namespaces gone.
+  CliRun down = run_cli({"lab", "down", "--lab-dir", dir_ + "/lab"}, dir_ + "/down.log");
+  EXPECT_EQ(down.exit_code, 0) << down.output;
+  EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
+  std::string list = command_output("/usr/sbin/ip netns list");
+  for (const auto& n : namespaces) {
+    EXPECT_FALSE(fs::exists("/run/netns/" + std::string(n.as_string()))) << n;
+    EXPECT_EQ(list.find(std::string(n.as_string())), std::string::npos) << list;
+  }
+  for (const auto& a : lab.at("agents").as_array()) {
+    EXPECT_FALSE(running(static_cast<pid_t>(a.at("pid").as_int64()))) << json::serialize(a);
+  }
+  // A second down is harmless.
+  CliRun again = run_cli({"lab", "down", "--lab-dir", dir_ + "/lab"}, dir_ + "/down2.log");
+  EXPECT_EQ(again.exit_code, 2) << again.output;  // no lab there any more
+}
+
+TEST_F(Drill, LabOnLoopbackWhenAskedUsesLoopbackAddressesAndNoNamespace) {
+  auto t0 = std::chrono::steady_clock::now();
+  CliRun up = run_cli({"lab", "up", "--hypervisor", "test", "--network", "loopback", "--lab-dir", dir_ + "/lab"},
+                      dir_ + "/up.log");
+  auto up_ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  std::cout << "lab up (loopback, 6 hosts, test driver, services healthy) took " << up_ms << " ms" << std::endl;
+  EXPECT_NE(up.output.find("network loopback (127.0.1.1..127.0.1.6; network namespaces not used: --network loopback)"),
+            std::string::npos)
+      << up.output;
+  auto lab = json::parse(slurp(dir_ + "/lab/lab.json")).as_object();
+  EXPECT_EQ(lab.at("network").as_string(), "loopback");
+  EXPECT_TRUE(lab.at("namespaces").as_array().empty());
+  EXPECT_EQ(lab.at("agent_netns").as_string(), "");
+  const std::string own = netns_of("self");
+  int n = 1;
+  for (const auto& av : lab.at("agents").as_array()) {
+    EXPECT_EQ(av.at("address").as_string(), "127.0.1." + std::to_string(n++));
+    EXPECT_EQ(netns_of(std::to_string(av.at("pid").as_int64())), own);
+  }
+  CliRun down = run_cli({"lab", "down", "--lab-dir", dir_ + "/lab"}, dir_ + "/down.log");
+  EXPECT_EQ(down.exit_code, 0) << down.output;
+  EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
+}
+
+// Where namespaces cannot be made (here: a user namespace without privileges over the network),
+// auto falls back to loopback and says why; netns refuses to start.
+TEST_F(Drill, LabFallsBackToLoopbackWhereNamespacesAreNotPermitted) {
+  if (access("/usr/bin/unshare", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/unshare";
+  CliRun strict = run_cli({"lab", "up", "--hypervisor", "test", "--network", "netns", "--lab-dir", dir_ + "/lab"},
+                          dir_ + "/strict.log", {"/usr/bin/unshare", "-U"});
+  if (strict.output.find("unshare failed") != std::string::npos) GTEST_SKIP() << "no user namespaces: " << strict.output;
+  EXPECT_EQ(strict.exit_code, 3) << strict.output;
+  EXPECT_NE(strict.output.find("network namespaces: "), std::string::npos) << strict.output;
+  EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json")) << strict.output;
+  CliRun up = run_cli({"lab", "up", "--hypervisor", "test", "--lab-dir", dir_ + "/lab"}, dir_ + "/up.log",
+                      {"/usr/bin/unshare", "-U"});
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  EXPECT_NE(up.output.find("network loopback (127.0.1.1..127.0.1.6; network namespaces not used: ip netns add"),
+            std::string::npos)
+      << up.output;
+  auto lab = json::parse(slurp(dir_ + "/lab/lab.json")).as_object();
+  EXPECT_EQ(lab.at("network").as_string(), "loopback");
+  EXPECT_NE(lab.at("network_reason").as_string().find("not permitted"), json::string::npos) << json::serialize(lab);
+  EXPECT_TRUE(lab.at("namespaces").as_array().empty());
+  CliRun down = run_cli({"lab", "down", "--lab-dir", dir_ + "/lab"}, dir_ + "/down.log");
+  EXPECT_EQ(down.exit_code, 0) << down.output;
   for (const auto& a : lab.at("agents").as_array()) {
     EXPECT_FALSE(running(static_cast<pid_t>(a.at("pid").as_int64()))) << json::serialize(a);
   }

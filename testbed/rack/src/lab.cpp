@@ -1,9 +1,11 @@
-// The local rack: agent and orchestrator processes on loopback addresses (lab.hpp).
+// The local rack: agent and orchestrator processes, each agent in its own network namespace
+// or on its own loopback address (lab.hpp).
 #include "fabriclab/rack/lab.hpp"
 
 #include <boost/json.hpp>
 #include <dirent.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -12,10 +14,13 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <cerrno>
+#include <cstring>
 #include <sstream>
 #include <thread>
 
 #include "fabriclab/rack/api_client.hpp"
+#include "netns.hpp"
 
 namespace fabriclab::rack {
 
@@ -101,13 +106,25 @@ std::string random_token() {
 }
 
 // Starts `argv` with stdout to out_path and stderr to err_path, in its own process group (so a
-// Ctrl-C at the terminal reaches the CLI, which tears the lab down in order).
-Result<pid_t> spawn(const std::vector<std::string>& argv, const std::string& out_path, const std::string& err_path) {
+// Ctrl-C at the terminal reaches the CLI, which tears the lab down in order), inside the network
+// namespace `netns` when one is given: the child enters it before exec, so the pid is the
+// program's own (no `ip netns exec` in between).
+Result<pid_t> spawn(const std::vector<std::string>& argv, const std::string& out_path, const std::string& err_path,
+                    const std::string& netns = {}) {
+  int ns = -1;
+  if (!netns.empty()) {
+    ns = open(netns::path_of(netns).c_str(), O_RDONLY | O_CLOEXEC);
+    if (ns < 0) {
+      return make_error(Condition::not_found, "cannot open network namespace " + netns::path_of(netns) + ": " +
+                                                  std::strerror(errno));
+    }
+  }
   int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (out < 0 || err < 0) {
     if (out >= 0) close(out);
     if (err >= 0) close(err);
+    if (ns >= 0) close(ns);
     return make_error(Condition::transient, "cannot open " + out_path + " or " + err_path);
   }
   std::vector<char*> args;
@@ -117,6 +134,7 @@ Result<pid_t> spawn(const std::vector<std::string>& argv, const std::string& out
   if (pid < 0) {
     close(out);
     close(err);
+    if (ns >= 0) close(ns);
     return make_error(Condition::transient, "fork failed");
   }
   if (pid == 0) {
@@ -128,11 +146,17 @@ Result<pid_t> spawn(const std::vector<std::string>& argv, const std::string& out
     dup2(devnull, 0);
     dup2(out, 1);
     dup2(err, 2);
+    if (ns >= 0 && setns(ns, CLONE_NEWNET) != 0) {
+      static const char msg[] = "fabriclab: cannot enter the host's network namespace (setns)\n";
+      (void)!write(2, msg, sizeof msg - 1);
+      _exit(126);
+    }
     execv(args[0], args.data());
     _exit(127);
   }
   close(out);
   close(err);
+  if (ns >= 0) close(ns);
   return pid;
 }
 
@@ -165,7 +189,7 @@ Status wait_listening(LabProcess& p, const std::string& out_path, std::chrono::m
 
 json::object process_json(const LabProcess& p) {
   return {{"name", p.name}, {"pid", p.pid},   {"address", p.address},
-          {"port", p.port}, {"fault_domain", p.fault_domain}, {"log", p.log}};
+          {"port", p.port}, {"fault_domain", p.fault_domain}, {"log", p.log}, {"netns", p.netns}};
 }
 
 Result<LabProcess> process_from_json(const json::value& v) {
@@ -181,6 +205,7 @@ Result<LabProcess> process_from_json(const json::value& v) {
   FL_ASSIGN_OR_RETURN(int64_t fd, get_int(o, "fault_domain", -1, 1000));
   p.fault_domain = static_cast<int>(fd);
   FL_ASSIGN_OR_RETURN(p.log, get_string(o, "log", 4096, false));
+  FL_ASSIGN_OR_RETURN(p.netns, get_string(o, "netns", 64, false));
   return p;
 }
 
@@ -209,8 +234,13 @@ std::string Lab::orchestrator_url() const {
 Status Lab::save() const {
   json::array agents;
   for (const auto& a : agents_) agents.push_back(process_json(a));
+  json::array namespaces;
+  for (const auto& n : namespaces_) namespaces.push_back(json::value(n));
   json::object o{{"dir", dir_},
-                 {"network", network},
+                 {"network", network_},
+                 {"network_reason", network_reason_},
+                 {"agent_netns", rack_netns_},
+                 {"namespaces", std::move(namespaces)},
                  {"hypervisor", hypervisor_},
                  {"token_file", dir_ + "/token"},
                  {"orchestrator", process_json(orchestrator_)},
@@ -235,7 +265,23 @@ Result<Lab> Lab::attach(const std::string& dir) {
   FL_ASSIGN_OR_RETURN(auto o, parse_json_object(read_file(path), 1 << 20, 16, path));
   Lab lab;
   lab.dir_ = dir;
-  FL_ASSIGN_OR_RETURN(lab.network, get_string(o, "network", 64, false));
+  FL_ASSIGN_OR_RETURN(lab.network_, get_string(o, "network", 64, false));
+  FL_ASSIGN_OR_RETURN(lab.network_reason_, get_string(o, "network_reason", 4096, false));
+  FL_ASSIGN_OR_RETURN(lab.rack_netns_, get_string(o, "agent_netns", 64, false));
+  FL_ASSIGN_OR_RETURN(auto* namespaces, get_optional_array(o, "namespaces", 1000));
+  if (namespaces) {
+    for (const auto& n : *namespaces) {
+      // Only names of the form this lab makes: lab.json is a file anyone may have edited.
+      if (!n.is_string() || !netns::is_lab_name(std::string(n.as_string()))) {
+        return make_error(Condition::invalid_argument, path + ": namespaces: " + json::serialize(n) +
+                                                           " is not a lab namespace name (flab-ID-rack, flab-ID-hN)");
+      }
+      lab.namespaces_.push_back(std::string(n.as_string()));
+    }
+  }
+  if (!lab.rack_netns_.empty() && !netns::is_lab_name(lab.rack_netns_)) {
+    return make_error(Condition::invalid_argument, path + ": agent_netns '" + lab.rack_netns_ + "' is not a lab namespace");
+  }
   FL_ASSIGN_OR_RETURN(lab.hypervisor_, get_string(o, "hypervisor", 64, false));
   FL_ASSIGN_OR_RETURN(auto* orch, get_object(o, "orchestrator"));
   FL_ASSIGN_OR_RETURN(lab.orchestrator_, process_from_json(*orch));
@@ -261,7 +307,7 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
                           "a lab is already up in " + options.dir + " (fabriclab lab down --lab-dir " + options.dir +
                               " stops it)");
       }
-      old->down(false);  // stale: its VMs may still run
+      (void)old->down(false);  // stale: its VMs may still run (a namespace it cannot remove stays listed there)
     }
   }
   fs::create_directories(options.dir, ec);
@@ -271,6 +317,9 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
   if (agent_bin.empty() || orch_bin.empty()) {
     return make_error(Condition::not_found, "fabriclab-agent / fabriclab-orchestrator not found near " +
                                                 options.bin_dir + " (set FABRICLAB_BIN_DIR)");
+  }
+  if (options.network != "auto" && options.network != "netns" && options.network != "loopback") {
+    return make_error(Condition::invalid_argument, "network '" + options.network + "': auto, netns or loopback");
   }
   if (options.images_dir.empty() || !fs::exists(options.images_dir + "/manifest.json", ec)) {
     return make_error(Condition::not_found, "no guest images in '" + options.images_dir +
@@ -295,9 +344,30 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
   }
   // Started hosts are recorded at once, so a failure part-way stops what exists.
   auto fail = [&lab](Error e) -> Result<Lab> {
-    lab.down(false);
+    if (auto st = lab.down(false); !st.ok()) e.message += " (and while stopping: " + st.error().message + ")";
     return e;
   };
+  if (options.network == "loopback") {
+    lab.network_reason_.clear();
+  } else if (spec.hosts > netns::kMaxHosts) {
+    lab.network_reason_ = "more than " + std::to_string(netns::kMaxHosts) + " hosts do not fit 198.18.0.0/24";
+  } else {
+    auto made = netns::create(netns::new_id(), spec.hosts, lab.namespaces_);
+    if (made.ok()) {
+      lab.network_ = "netns";
+      lab.rack_netns_ = lab.namespaces_.front();
+    } else {
+      lab.network_reason_ = made.error().message;
+      // What was made part way goes now; anything that will not go stays listed for down().
+      if (netns::remove(lab.namespaces_).ok()) lab.namespaces_.clear();
+    }
+  }
+  if (lab.network_ != "netns" && options.network == "netns") {
+    return fail(make_error(Condition::unsupported, "network namespaces: " + lab.network_reason_));
+  }
+  // Recorded at once: a `fabriclab lab down` finds the namespaces even if this process dies now.
+  if (auto st = lab.save(); !st.ok()) return fail(st.error());
+  if (interrupted()) return fail(make_error(Condition::cancelled, "interrupted"));
   for (int i = 0; i < spec.hosts; ++i) {
     LabProcess p;
     p.name = "h" + std::to_string(i);
@@ -311,7 +381,8 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
                                      "--fault-domain", std::to_string(p.fault_domain),
                                      "--state-dir", state,
                                      "--guest-images", options.images_dir,
-                                     "--listen", options.address_prefix + std::to_string(i + 1),
+                                     "--listen", lab.network_ == "netns" ? netns::host_address(i)
+                                                                         : options.address_prefix + std::to_string(i + 1),
                                      "--port", "0",
                                      "--control-token-file", lab.dir_ + "/token",
                                      "--capacity", std::to_string(spec.capacity),
@@ -328,11 +399,13 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
       // Healthy = a heartbeat within 5 s: TCG guests on a busy 2-core machine stall for seconds.
       argv.insert(argv.end(), {"--boot-timeout-ms", "60000", "--healthy-periods", "5"});
     }
-    auto pid = spawn(argv, lab.dir_ + "/" + p.name + ".out", p.log);
+    if (lab.network_ == "netns") p.netns = lab.namespaces_.at(static_cast<size_t>(i) + 1);
+    auto pid = spawn(argv, lab.dir_ + "/" + p.name + ".out", p.log, p.netns);
     if (!pid.ok()) return fail(pid.error());
     p.pid = *pid;
     lab.agents_.push_back(p);
   }
+  if (auto st = lab.save(); !st.ok()) return fail(st.error());
   // Agents start in parallel; wait for each.
   for (auto& p : lab.agents_) {
     if (auto st = wait_listening(p, lab.dir_ + "/" + p.name + ".out", options.start_timeout); !st.ok()) {
@@ -351,6 +424,7 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
                                      "--agent-token-file", lab.dir_ + "/token",
                                      "--poll-ms", std::to_string(options.poll_ms),
                                      "--unhealthy-after-ms", std::to_string(options.unhealthy_after_ms)};
+    if (!lab.rack_netns_.empty()) argv.insert(argv.end(), {"--agent-netns", netns::path_of(lab.rack_netns_)});
     fs::remove(lab.dir_ + "/journal.db", ec);
     fs::remove(lab.dir_ + "/journal.db-wal", ec);
     fs::remove(lab.dir_ + "/journal.db-shm", ec);
@@ -427,8 +501,8 @@ Status Lab::kill_fault_domain(int fd) {
   return {};
 }
 
-void Lab::down(bool remove_dir) {
-  if (dir_.empty()) return;
+Status Lab::down(bool remove_dir) {
+  if (dir_.empty()) return {};
   // The orchestrator first: it must not heal what the teardown stops.
   stop_process(orchestrator_.pid, 3s);
   // Agents: SIGTERM each (they stop their API), all at once, then a deadline.
@@ -447,13 +521,28 @@ void Lab::down(bool remove_dir) {
     for (pid_t p : left) kill(p, SIGKILL);
     std::this_thread::sleep_for(100ms);
   }
+  // The namespaces last: nothing of the lab runs in them any more (hosts first, then the rack).
+  auto removed = netns::remove(namespaces_);
   std::error_code ec;
+  if (!removed.ok()) {
+    // Keep lab.json (listing only what is left) so a later down, as root, retries.
+    std::vector<std::string> left;
+    for (const auto& n : namespaces_) {
+      if (netns::exists(n)) left.push_back(n);
+    }
+    namespaces_ = std::move(left);
+    for (const auto& a : agents_) fs::remove_all(dir_ + "/" + a.name, ec);
+    (void)save();
+    return removed;
+  }
+  namespaces_.clear();
   if (remove_dir) {
     fs::remove_all(dir_, ec);
   } else {
     for (const auto& a : agents_) fs::remove_all(dir_ + "/" + a.name, ec);  // overlays and sockets
     fs::remove(dir_ + "/" + kLabFile, ec);
   }
+  return {};
 }
 
 json::object Lab::status_json() const {
@@ -465,8 +554,13 @@ json::object Lab::status_json() const {
   }
   auto o = process_json(orchestrator_);
   o["alive"] = alive(orchestrator_.pid);
+  json::array namespaces;
+  for (const auto& n : namespaces_) namespaces.push_back(json::value(n));
   return {{"dir", dir_},
-          {"network", network},
+          {"network", network_},
+          {"network_reason", network_reason_},
+          {"agent_netns", rack_netns_},
+          {"namespaces", std::move(namespaces)},
           {"hypervisor", hypervisor_},
           {"orchestrator_url", orchestrator_url()},
           {"token_file", dir_ + "/token"},

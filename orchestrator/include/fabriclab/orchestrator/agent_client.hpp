@@ -24,8 +24,9 @@ Result<Endpoint> parse_endpoint(std::string_view text);
 
 class AgentClient {
  public:
+  // netns: where the connections are opened (http_client.hpp); empty: this thread's namespace.
   AgentClient(Endpoint endpoint, std::string token,
-              std::chrono::milliseconds timeout = std::chrono::seconds(10));
+              std::chrono::milliseconds timeout = std::chrono::seconds(10), std::string netns = {});
 
   const Endpoint& endpoint() const { return endpoint_; }
 
@@ -47,6 +48,7 @@ class AgentClient {
   Endpoint endpoint_;
   std::string token_;
   std::chrono::milliseconds timeout_;
+  std::string netns_;
 };
 
 }  // namespace fabriclab::orchestrator

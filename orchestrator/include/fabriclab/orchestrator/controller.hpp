@@ -37,6 +37,10 @@ struct ControllerOptions {
   std::chrono::milliseconds agent_timeout{5000};      // deadline of one call to an agent
   std::chrono::milliseconds unhealthy_after{5000};    // unanswered this long: host Unhealthy
   bool healing = true;                        // place the instances of an Unhealthy host again
+  // The network namespace every agent connection is opened in (a name under /run/netns or a
+  // path; http_client.hpp); empty: the orchestrator's own. The local rack's agents listen on
+  // addresses that exist only in its rack namespace.
+  std::string agent_netns;
 };
 
 // POST /v1/hosts: an agent joining the cluster.

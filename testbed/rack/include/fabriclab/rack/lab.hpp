@@ -1,15 +1,27 @@
 #pragma once
 // The local rack: one `fabriclab-agent` process per host, each with its own state directory,
 // its own hypervisor connection (the embedded QEMU driver, or libvirt's test driver for a
-// simulation) and its own loopback address 127.0.1.N; one `fabriclab-orchestrator` process.
-// Everything the lab starts is recorded in LAB_DIR/lab.json, so `fabriclab lab status|down` in
-// another process finds it, and down() stops it all: the VMs (deleted through the agents, then
-// any QEMU process still running under the lab directory is killed), the agents, the
-// orchestrator.
+// simulation) and its own address; one `fabriclab-orchestrator` process. Everything the lab
+// starts is recorded in LAB_DIR/lab.json, so `fabriclab lab status|down` in another process finds
+// it, and down() stops it all: the orchestrator, the agents, any QEMU process still running under
+// the lab directory, and the lab's network namespaces.
 //
-// Addresses: distinct loopback addresses (127.0.1.N), which every Linux host routes to lo
-// without set-up. Network namespaces joined by a bridge on 198.18.0.0/24 are not used yet: the
-// rack says "loopback" in lab.json and in its status line.
+// Network ("network" in lab.json and status_json(); the CLI's rack line says the same):
+//  - "netns" (where the testbed may create network namespaces: root, or CAP_SYS_ADMIN +
+//    CAP_NET_ADMIN, and iproute2's `ip`): a rack namespace flab-ID-rack holding a bridge br0 with
+//    198.18.0.1/24, and one namespace flab-ID-hN per host whose eth0 (198.18.0.(N+2)/24) is one
+//    end of a veth pair whose other end (hN) is a port of br0. ID is 8 random hex digits, so two
+//    labs never share a name, and each has its own rack namespace, so both may use the same
+//    198.18 addresses. 198.18.0.0/15 is the range reserved for network tests (RFC 2544); its
+//    addresses exist only inside these namespaces, never where the lab was started. Each agent
+//    runs inside its host namespace (entered with setns(2) between fork and exec, so the recorded
+//    pid is the agent's own). The orchestrator stays in the starting namespace on
+//    orchestrator_address (so a browser and `fabriclab status|watch` reach it) and opens its
+//    connections to agents inside the rack namespace (--agent-netns). `ip netns list` shows them.
+//  - "loopback" (asked for, or namespaces not permitted): host N on 127.0.1.(N+1), which every
+//    Linux host routes to lo without set-up; network_reason() says why namespaces were not used.
+// A fault domain losing power (kill_fault_domain) kills its agents and VMs but leaves their
+// namespaces until down(): a dead host's address refuses connections, as on loopback.
 
 #include <chrono>
 #include <map>
@@ -28,7 +40,10 @@ struct LabOptions {
   std::string dir = "/tmp/flab";  // short: the agents' unix sockets live under it
   std::string bin_dir;            // where fabriclab-agent and fabriclab-orchestrator are
   std::string images_dir;         // guest images (manifest.json)
-  std::string address_prefix = "127.0.1.";  // host N listens on PREFIX(N+1)
+  // "auto": network namespaces where permitted, else loopback (saying why); "netns": namespaces or
+  // fail; "loopback": never namespaces.
+  std::string network = "auto";
+  std::string address_prefix = "127.0.1.";  // loopback: host N listens on PREFIX(N+1)
   int orchestrator_port = 0;      // 0: ephemeral
   std::string orchestrator_address = "127.0.0.1";
   std::chrono::milliseconds start_timeout{30000};
@@ -43,6 +58,7 @@ struct LabProcess {
   int port = 0;
   int fault_domain = -1;
   std::string log;
+  std::string netns;  // the host's network namespace (a name under /run/netns); empty: none
 };
 
 class Lab {
@@ -52,9 +68,10 @@ class Lab {
   // The lab recorded in DIR/lab.json (not_found when there is none).
   static Result<Lab> attach(const std::string& dir);
 
-  // Everything stopped and removed (VMs, processes; the directory is kept for its logs unless
-  // remove_dir). Idempotent; safe on a half-started lab.
-  void down(bool remove_dir = false);
+  // Everything stopped and removed (VMs, processes, network namespaces; the directory is kept
+  // for its logs unless remove_dir). Idempotent; safe on a half-started lab. An error names the
+  // namespaces that could not be removed (lab.json is then kept, so a later down retries).
+  Status down(bool remove_dir = false);
 
   // Kills the agents of one fault domain (SIGKILL) and their VMs: a rack losing power.
   Status kill_fault_domain(int fd);
@@ -63,6 +80,13 @@ class Lab {
 
   const std::string& dir() const { return dir_; }
   const std::string& hypervisor() const { return hypervisor_; }
+  // "netns" or "loopback" (see above); why not netns (empty when netns or when asked for loopback).
+  const std::string& network() const { return network_; }
+  const std::string& network_reason() const { return network_reason_; }
+  // The rack namespace to open agent connections in (http_client.hpp's netns); empty: loopback.
+  const std::string& agent_netns() const { return rack_netns_; }
+  // Every namespace the lab created, rack first.
+  const std::vector<std::string>& namespaces() const { return namespaces_; }
   const std::string& control_token() const { return token_; }
   const LabProcess& orchestrator() const { return orchestrator_; }
   const std::vector<LabProcess>& agents() const { return agents_; }
@@ -76,7 +100,10 @@ class Lab {
   Status save() const;
   std::string dir_;
   std::string token_;
-  std::string network = "loopback";
+  std::string network_ = "loopback";
+  std::string network_reason_;
+  std::string rack_netns_;
+  std::vector<std::string> namespaces_;
   std::string hypervisor_;
   LabProcess orchestrator_;
   std::vector<LabProcess> agents_;
