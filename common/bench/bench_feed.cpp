@@ -3,33 +3,41 @@
 //
 // One http::Server (127.0.0.1, port 0, 2 io threads by default) serves an EventFeed at
 // /v1/events. N subscribers (default 1000) connect over real loopback TCP websockets from one
-// Beast client io_context (one or two threads, each socket on its own strand) and read for ever.
+// client io_context (one or two threads, each socket on its own strand) and read for ever.
+// Beast does each handshake and reads the snapshot; then, by default (--client raw), a reader
+// splits the server's frames out of large socket reads itself, so that one read takes every
+// event the server sent in one write (with --client beast it reads one message per
+// websocket::stream::async_read, which costs the client about as much as the server per event).
 // A publisher thread plays a simulated drill: batches of hosts drained, updated and brought back,
 // their instances stopped and started, emitted as drill.batch / host.state / instance.state
-// events of a few hundred bytes at a fixed rate. Each event carries "t_ns", the steady_clock time
-// just before publish(); a subscriber's latency is its receipt time minus t_ns (one process, one
+// events of a few hundred bytes at a mean rate, --burst events per publish call: 1 is an even
+// stream; 7 is how the orchestrator narrates a host of six instances (what one poll of its agent
+// revealed goes out in one publish call). Each event carries "t_ns", the steady_clock time just
+// before publish(); a subscriber's latency is its receipt time minus t_ns (one process, one
 // clock).
 //
 // Two phases in one run, the same number of events each:
 //   (a) all subscribers reading;
 //   (b) the same, plus one more subscriber that completes the upgrade and never reads (a small
-//       SO_RCVBUF, so its window closes quickly). The server must cut it off ("slow consumer",
-//       after Limits::max_ws_queue events behind) without the others noticing. Loopback TCP
-//       buffers absorb several hundred events before the server's queue even starts to grow, so
-//       when the phase's events are published and the stalled one is still attached, (b) goes on
-//       publishing at the same rate until the feed drops it (at most --stall-max-s): the figures
-//       of (b) then really cover a server holding a stalled subscriber, up to and past its cut-off.
+//       SO_RCVBUF, so its window closes quickly). The server must cut it off without the others
+//       noticing: "slow consumer" after Limits::max_ws_queue events behind, or the write
+//       deadline (Limits::write_timeout) when a write makes no progress, whichever comes first.
+//       The TCP buffers (the server caps its send buffer, Limits::ws_send_buffer) absorb
+//       several hundred events first, so when the phase's events are published and the stalled
+//       one is still attached, (b) goes on publishing at the same rate until the server drops
+//       it (at most --stall-max-s): the figures of (b) then really cover a server holding a
+//       stalled subscriber, up to and past its cut-off.
 // For the readers we report p50/p99/max latency and loss (events published in the phase that a
 // reader never got, counting each seq once per reader: a duplicate or a reordering is not a
 // receipt), how many readers the server closed and why; for the stalled one whether and when
-// (seconds and events into the phase) the server cut it off.
+// (seconds and events into the phase) the server cut it off, and how its stream ended.
 //
-// Client and server share the machine: the client's own scheduling delay is part of the latency,
-// so the figures are an upper bound on what the server adds. We print the CPU the whole process
-// used per phase (in cores, and how much of it the client io threads took) and that CPU divided
-// by the events the readers received (microseconds per delivery, server + client): with it,
-// subscribers x rate x cost says how many cores a load needs, which shows when the machine, not
-// the server's design, is the limit.
+// Client and server share the machine: the client's own cost and scheduling delay are part of
+// the latency, so the figures are an upper bound on what the server adds. We print the CPU the
+// whole process used per phase (in cores, and how much of it the client io threads took) and
+// that CPU divided by the events the readers received (microseconds per delivery, server +
+// client): with it, subscribers x rate x cost says how many cores a load needs, which shows when
+// the machine, not the server's design, is the limit.
 
 #include <CLI/CLI.hpp>
 #include <sys/resource.h>
@@ -41,12 +49,15 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/websocket.hpp>
 #include <boost/json.hpp>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <deque>
 #include <functional>
 #include <fstream>
 #include <iostream>
@@ -227,10 +238,9 @@ class Subscriber : public std::enable_shared_from_this<Subscriber> {
     uint32_t latency_us;
   };
 
-  Subscriber(net::io_context& ioc, bool stalled, int rcvbuf, size_t expected)
-      : ws_(net::make_strand(ioc)), timer_(ws_.get_executor()), stalled_(stalled),
+  Subscriber(net::io_context& ioc, bool stalled, bool raw, int rcvbuf)
+      : ws_(net::make_strand(ioc)), timer_(ws_.get_executor()), stalled_(stalled), raw_(raw),
         rcvbuf_(rcvbuf) {
-    samples.reserve(expected);
   }
 
   void start(tcp::endpoint ep) {
@@ -260,7 +270,9 @@ class Subscriber : public std::enable_shared_from_this<Subscriber> {
   }
 
   // Written on the strand; read by main after the client threads are joined, except the atomics.
-  std::vector<Sample> samples;
+  // A deque: growing never copies (a vector's reallocation in a thousand readers at about the
+  // same moment stalled the client thread for 100+ ms when phase (b) ran past its reserve).
+  std::deque<Sample> samples;
   std::atomic<int> state{0};  // 0 connecting, 1 subscribed, 2 ended, -1 failed
   std::atomic<int64_t> last_seq{-1};
   std::string end_reason;
@@ -287,8 +299,12 @@ class Subscriber : public std::enable_shared_from_this<Subscriber> {
           self->ws_.async_handshake("127.0.0.1:" + std::to_string(ep.port()), kPath,
                                     [self](error_code ec) {
                                       if (ec) return self->fail("handshake", ec);
-                                      self->state = 1;
-                                      if (!self->stalled_) self->do_read();
+                                      if (self->stalled_ || !self->raw_) {
+                                        self->state = 1;
+                                        if (!self->stalled_) self->do_read();
+                                        return;
+                                      }
+                                      self->read_snapshot_then_raw();
                                     });
         });
   }
@@ -311,14 +327,110 @@ class Subscriber : public std::enable_shared_from_this<Subscriber> {
     std::string_view text(static_cast<const char*>(data.data()), data.size());
     if (stalled_) {
       ++drained;
-    } else if (int64_t sent = find_uint(text, "\"t_ns\":"); sent >= 0) {
-      int64_t seq = find_uint(text, "\"seq\":");
-      int64_t us = std::max<int64_t>(0, (t - sent) / 1000);
-      samples.push_back({static_cast<uint32_t>(seq), static_cast<uint32_t>(std::min<int64_t>(us, UINT32_MAX))});
-      last_seq.store(seq, std::memory_order_release);
+    } else {
+      record(text, t);
     }
     buf_.consume(buf_.size());
     do_read();
+  }
+
+  void record(std::string_view text, int64_t t) {
+    int64_t sent = find_uint(text, "\"t_ns\":");
+    if (sent < 0) return;
+    int64_t seq = find_uint(text, "\"seq\":");
+    int64_t us = std::max<int64_t>(0, (t - sent) / 1000);
+    samples.push_back({static_cast<uint32_t>(seq), static_cast<uint32_t>(std::min<int64_t>(us, UINT32_MAX))});
+    last_seq.store(seq, std::memory_order_release);
+  }
+
+  // The raw reader (--client raw). Beast did the handshake and reads the snapshot, which the
+  // server sends before any event (no event is published until every reader is subscribed), so
+  // Beast holds no bytes of ours after it; from then on the socket is read in large chunks and
+  // the server's frames are split here: RFC 6455's server frames are unmasked, and ours are
+  // unfragmented. One read then takes every event the server sent in one write, where Beast
+  // makes one read operation (and one handler) per message: on a 2-core machine that also runs
+  // the server, the client's cost per message is what the latency measures otherwise.
+  void read_snapshot_then_raw() {
+    ws_.async_read(buf_, [self = shared_from_this()](error_code ec, size_t) {
+      if (ec) return self->fail("snapshot", ec);
+      self->buf_.consume(self->buf_.size());
+      self->raw_buf_.resize(64 * 1024);
+      self->state = 1;
+      self->raw_read();
+    });
+  }
+
+  void raw_read() {
+    ws_.next_layer().async_read_some(
+        net::buffer(raw_buf_.data() + raw_len_, raw_buf_.size() - raw_len_),
+        [self = shared_from_this()](error_code ec, size_t n) { self->on_raw(ec, n); });
+  }
+
+  void on_raw(error_code ec, size_t n) {
+    if (ec) {
+      if (state == 1) {
+        end_reason = ec.message();
+        state = 2;
+      }
+      return;
+    }
+    int64_t t = now_ns();
+    raw_len_ += n;
+    auto byte = [&](size_t i) { return static_cast<uint8_t>(raw_buf_[i]); };
+    size_t at = 0;
+    while (raw_len_ - at >= 2) {
+      uint8_t b0 = byte(at), b1 = byte(at + 1);
+      if ((b1 & 0x80) || !(b0 & 0x80)) return protocol_error("a masked or fragmented frame");
+      uint64_t len = b1 & 0x7f;
+      size_t header = 2;
+      if (len == 126) {
+        if (raw_len_ - at < 4) break;
+        len = (uint64_t{byte(at + 2)} << 8) | byte(at + 3);
+        header = 4;
+      } else if (len == 127) {
+        if (raw_len_ - at < 10) break;
+        len = 0;
+        for (size_t i = 0; i < 8; ++i) len = (len << 8) | byte(at + 2 + i);
+        header = 10;
+      }
+      if (len > (64u << 20)) return protocol_error("a frame over 64 MiB");
+      if (raw_len_ - at < header + len) {
+        if (header + len > raw_buf_.size()) raw_buf_.resize(header + len);
+        break;
+      }
+      std::string_view payload(raw_buf_.data() + at + header, len);
+      switch (b0 & 0x0f) {
+        case 1:  // text: an event
+          record(payload, t);
+          break;
+        case 8:  // close: the code, then the reason
+          end_reason = "close frame: " + std::string(payload.size() > 2 ? payload.substr(2) : "");
+          state = 2;
+          return;
+        case 9: {  // ping: a pong with the same payload, masked with a zero key as a client must
+          std::string pong{static_cast<char>(0x8a), static_cast<char>(0x80 | payload.size())};
+          pong.append(4, '\0');
+          pong.append(payload);
+          error_code ignored;
+          net::write(ws_.next_layer(), net::buffer(pong), ignored);
+          break;
+        }
+        default:  // pong, or an opcode we do not use: skip
+          break;
+      }
+      at += header + len;
+    }
+    std::memmove(raw_buf_.data(), raw_buf_.data() + at, raw_len_ - at);
+    raw_len_ -= at;
+    if (raw_len_ == raw_buf_.size()) raw_buf_.resize(raw_buf_.size() * 2);
+    raw_read();
+  }
+
+  void protocol_error(const char* what) {
+    end_reason = std::string("protocol: ") + what;
+    state = 2;
+    error_code ignored;
+    ws_.next_layer().close(ignored);
   }
 
   void fail(const char* what, error_code ec) {
@@ -331,7 +443,10 @@ class Subscriber : public std::enable_shared_from_this<Subscriber> {
   websocket::stream<tcp::socket> ws_;
   net::steady_timer timer_;
   beast::flat_buffer buf_;
+  std::string raw_buf_;  // --client raw: bytes read and not yet split into frames
+  size_t raw_len_ = 0;
   bool stalled_;
+  bool raw_;
   int rcvbuf_;
 };
 
@@ -361,6 +476,7 @@ struct Options {
   int burst = 1;
   int server_threads = 2;
   int client_threads = 1;
+  std::string client = "raw";
   size_t ws_queue = http::Limits{}.max_ws_queue;
   int stall_rcvbuf = 4096;
   double stall_max_s = 120;
@@ -380,22 +496,27 @@ PhaseResult run_phase(const Options& o, EventFeed& feed, DrillSim& drill,
     return stalled_dropped && r.cut_off_after_s < 0 &&
            std::chrono::duration<double>(Clock::now() - start).count() < o.stall_max_s;
   };
-  for (int i = 0; i < o.events || stalled_attached(); ++i) {
-    // Bursts of `burst` events back to back, spaced so the mean rate holds.
-    std::this_thread::sleep_until(
-        start + std::chrono::duration_cast<Clock::duration>(period * (i - i % o.burst)));
-    auto [type, fields] = drill.next();
-    json::object ev;
-    ev.reserve(fields.size() + 1);
-    ev["t_ns"] = now_ns();
-    for (auto& kv : fields) ev[kv.key()] = std::move(kv.value());
-    uint64_t seq = feed.publish(std::move(type), std::move(ev));
-    if (i == 0) r.first_seq = seq;
+  for (int i = 0; i < o.events || stalled_attached(); i += o.burst) {
+    // A burst of `burst` events in one publish call, as the orchestrator publishes what one poll
+    // of an agent revealed; bursts spaced so the mean rate holds.
+    std::this_thread::sleep_until(start + std::chrono::duration_cast<Clock::duration>(period * i));
+    std::vector<std::pair<std::string, json::object>> burst;
+    int64_t t = now_ns();
+    for (int k = 0; k < o.burst; ++k) {
+      auto [type, fields] = drill.next();
+      json::object ev;
+      ev.reserve(fields.size() + 1);
+      ev["t_ns"] = t;
+      for (auto& kv : fields) ev[kv.key()] = std::move(kv.value());
+      burst.emplace_back(std::move(type), std::move(ev));
+    }
+    uint64_t seq = feed.publish(std::move(burst));
+    if (i == 0) r.first_seq = seq - o.burst + 1;
     r.last_seq = seq;
-    r.events = static_cast<uint64_t>(i) + 1;
+    r.events = static_cast<uint64_t>(i + o.burst);
     if (stalled_dropped && r.cut_off_after_s < 0 && stalled_dropped()) {
       r.cut_off_after_s = std::chrono::duration<double>(Clock::now() - start).count();
-      r.cut_off_after_events = i + 1;
+      r.cut_off_after_events = i + o.burst;
     }
   }
   auto published = Clock::now();
@@ -489,12 +610,17 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(10, 1000000));
   app.add_option("-r,--rate", o.rate, "Events per second")->check(CLI::Range(1.0, 100000.0));
   app.add_option("-b,--burst", o.burst,
-                 "Events published back to back, the bursts spaced so the mean rate holds: 1 is an "
-                 "even stream; 7 is how the orchestrator narrates a host (its state and its six "
-                 "instances' from one poll)")
+                 "Events per publish call, the calls spaced so the mean rate holds: 1 is an even "
+                 "stream; 7 is how the orchestrator narrates a host of 6 instances (one poll of "
+                 "its agent: the host's state and its instances')")
       ->check(CLI::Range(1, 10000));
   app.add_option("--server-threads", o.server_threads, "Server io threads")
       ->check(CLI::Range(1, 16));
+  app.add_option("--client", o.client,
+                 "How the readers read after the handshake and the snapshot: 'raw' splits the "
+                 "server's frames out of large socket reads; 'beast' reads one message per "
+                 "websocket::stream::async_read")
+      ->check(CLI::IsMember({"raw", "beast"}));
   app.add_option("--client-threads", o.client_threads, "Client io threads")
       ->check(CLI::Range(1, 16));
   app.add_option("--ws-queue", o.ws_queue, "Server Limits::max_ws_queue (events behind before "
@@ -539,7 +665,8 @@ int main(int argc, char** argv) {
   std::vector<std::shared_ptr<Subscriber>> readers;
   auto t_connect = Clock::now();
   for (int i = 0; i < o.subscribers; ++i) {
-    readers.push_back(std::make_shared<Subscriber>(cioc, false, 0, 2 * o.events + 8));
+    readers.push_back(
+        std::make_shared<Subscriber>(cioc, false, o.client == "raw", 0));
     readers.back()->start(ep);
     while (std::count_if(readers.begin(), readers.end(), [](auto& s) { return s->state == 0; }) >
            200) {
@@ -571,21 +698,20 @@ int main(int argc, char** argv) {
   PhaseResult a = run_phase(o, *feed, drill, readers, nullptr);
   a.readers_ended = count_ended();
 
-  auto stalled = std::make_shared<Subscriber>(cioc, true, o.stall_rcvbuf, 0);
+  auto stalled = std::make_shared<Subscriber>(cioc, true, false, o.stall_rcvbuf);
   stalled->start(ep);
   for (auto deadline = Clock::now() + 10s; stalled->state == 0;) {
     if (Clock::now() > deadline) die("the stalled subscriber did not connect");
     std::this_thread::sleep_for(1ms);
   }
   if (stalled->state != 1) die("the stalled subscriber failed: " + stalled->end_reason);
-  // The feed counts every subscription it drops, readers too: the stalled one was dropped when
-  // the feed dropped more subscriptions than readers have ended since (a reader the feed drops
-  // ends soon after, when it reads the close frame; until then this errs towards "not yet").
-  int64_t dropped_before = static_cast<int64_t>(feed->stats().dropped_slow);
-  int ended_before = count_ended();
+  // The stalled one is gone when the feed holds fewer subscriptions than the readers still
+  // reading plus it: cut off for its full queue ("slow consumer") or by the write deadline
+  // (Limits::write_timeout), whichever comes first. A reader the feed dropped ends soon after,
+  // when it reads the close frame; until then this errs towards "not yet".
   auto stalled_dropped = [&] {
-    return static_cast<int64_t>(feed->stats().dropped_slow) - dropped_before >
-           count_ended() - ended_before;
+    int64_t live_readers = static_cast<int64_t>(readers.size()) - count_ended();
+    return static_cast<int64_t>(feed->stats().subscribers) < live_readers + 1;
   };
   PhaseResult b = run_phase(o, *feed, drill, readers, stalled_dropped);
   b.readers_ended = count_ended() - a.readers_ended;
@@ -595,16 +721,16 @@ int main(int argc, char** argv) {
   for (auto deadline = Clock::now() + 5s; stalled->state == 1 && Clock::now() < deadline;) {
     std::this_thread::sleep_for(5ms);
   }
-  // Cut off: its own stream ends with the server's "slow consumer" close frame, or the feed
-  // dropped more subscriptions than readers ended before our shutdown (every dropped reader ends).
-  bool feed_dropped = static_cast<int64_t>(feed->stats().dropped_slow) > count_ended();
+  // Cut off: the server ended its stream (a close frame, or the socket closed at the write
+  // deadline) before we stopped it, which drain() tells from its own timeout.
+  bool server_ended_it = stalled->state == 2 && !stalled->timed_out;
 
   server.stop();
   for (auto& s : readers) s->close();
   stalled->close();
   work.reset();
   for (auto& t : client_threads) t.join();
-  bool cut_off = feed_dropped || stalled->end_reason == "close frame: slow consumer";
+  bool cut_off = server_ended_it;
   // The live estimate can fire on a reader the feed dropped before its close frame arrived.
   if (!cut_off) b.cut_off_after_s = -1, b.cut_off_after_events = -1;
 
@@ -650,6 +776,7 @@ int main(int argc, char** argv) {
     out["target_p99_ms"] = kTargetP99Ms;
     out["rate"] = o.rate;
     out["burst"] = o.burst;
+    out["client"] = o.client;
     out["server_threads"] = o.server_threads;
     out["client_threads"] = o.client_threads;
     json::object reasons;

@@ -32,17 +32,18 @@ struct Subscription::Impl {
   bool notified = false;  // on_ready was called and take() has not run since
   std::function<void()> on_ready;
 
-  // Called under the feed's lock. False when the subscription overflowed just now.
-  bool push(const Message& m) {
+  // Called under the feed's lock, with the events of one publish call. False when the
+  // subscription overflowed just now.
+  bool push(const std::vector<Message>& ms) {
     std::lock_guard lock(mu);
     if (cancelled || overflowed) return true;
-    if (queue.size() >= max_queue) {
+    if (queue.size() + ms.size() > max_queue) {
       overflowed = true;
       queue.clear();
       if (on_ready) on_ready();
       return false;
     }
-    queue.push_back(m);
+    queue.insert(queue.end(), ms.begin(), ms.end());
     if (!notified) {
       notified = true;
       if (on_ready) on_ready();
@@ -120,32 +121,46 @@ uint64_t EventFeed::publish(std::string type, json::object fields) {
 
 uint64_t EventFeed::publish(std::string type, json::object fields,
                             const std::function<void()>& apply) {
+  std::vector<std::pair<std::string, json::object>> one;
+  one.emplace_back(std::move(type), std::move(fields));
+  return publish(std::move(one), apply);
+}
+
+uint64_t EventFeed::publish(std::vector<std::pair<std::string, json::object>> events,
+                            const std::function<void()>& apply) {
   Impl& f = *impl_;
   std::lock_guard lock(f.mu);
   if (apply) apply();
-  uint64_t seq = ++f.last_seq;
-  json::object event;
-  event.reserve(fields.size() + 3);
-  event["seq"] = static_cast<int64_t>(seq);  // int64 like a parsed number, for readers
-  event["time"] = rfc3339_now();
-  event["type"] = type;
-  for (auto& kv : fields) {
-    if (kv.key() == "seq" || kv.key() == "time" || kv.key() == "type") continue;
-    event[kv.key()] = std::move(kv.value());
+  std::vector<Message> texts;
+  texts.reserve(events.size());
+  for (auto& [type, fields] : events) {
+    uint64_t seq = ++f.last_seq;
+    json::object event;
+    event.reserve(fields.size() + 3);
+    event["seq"] = static_cast<int64_t>(seq);  // int64 like a parsed number, for readers
+    event["time"] = rfc3339_now();
+    event["type"] = type;
+    for (auto& kv : fields) {
+      if (kv.key() == "seq" || kv.key() == "time" || kv.key() == "type") continue;
+      event[kv.key()] = std::move(kv.value());
+    }
+    auto text = std::make_shared<const std::string>(json::serialize(event));
+    if (f.history > 0) {
+      f.ring.push_back({seq, std::move(event), text});
+      if (f.ring.size() > f.history) f.ring.pop_front();
+    }
+    ++f.published;
+    texts.push_back(std::move(text));
   }
-  auto text = std::make_shared<const std::string>(json::serialize(event));
-  if (f.history > 0) {
-    f.ring.push_back({seq, std::move(event), text});
-    if (f.ring.size() > f.history) f.ring.pop_front();
-  }
-  ++f.published;
-  // Overflowed subscriptions leave the fan-out so a dead consumer costs nothing afterwards.
+  if (texts.empty()) return f.last_seq;
+  // One push (and at most one wake-up) per subscription for the whole group. Overflowed
+  // subscriptions leave the fan-out so a dead consumer costs nothing afterwards.
   std::erase_if(f.subs, [&](const std::shared_ptr<Subscription::Impl>& s) {
-    if (s->push(text)) return false;
+    if (s->push(texts)) return false;
     ++f.dropped_slow;
     return true;
   });
-  return seq;
+  return f.last_seq;
 }
 
 uint64_t EventFeed::last_seq() const {

@@ -110,6 +110,9 @@ class WsSession : public Session, public std::enable_shared_from_this<WsSession>
 
  private:
   void do_accept(BeastRequest req) {
+    error_code ignored;
+    ws_.next_layer().next_layer().set_option(
+        net::socket_base::send_buffer_size(srv_.limits.ws_send_buffer), ignored);
     ws_.set_option(websocket::stream_base::timeout::suggested(beast::role_type::server));
     ws_.set_option(websocket::stream_base::decorator(
         [](websocket::response_type& res) { res.set(beast::http::field::server, "fabriclab"); }));

@@ -324,8 +324,7 @@ void Controller::Impl::set_health_locked(const std::string& name, bool healthy, 
 
 void Controller::Impl::publish(Events events) {
   if (!feed) return;
-  uint64_t last = 0;
-  for (auto& [type, fields] : events) last = feed->publish(std::move(type), std::move(fields));
+  uint64_t last = feed->publish(std::move(events));
   if (last <= journaled + kMaxJournalLag) return;
   // The journal writer is far behind: wait for it (see kRestartSeqGap). mu is never held here.
   std::unique_lock lock(mu);

@@ -19,6 +19,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <boost/json/fwd.hpp>
@@ -78,6 +79,11 @@ class EventFeed {
   uint64_t publish(std::string type, boost::json::object fields);
   uint64_t publish(std::string type, boost::json::object fields,
                    const std::function<void()>& apply);
+  // Several events at once, numbered consecutively, in order; returns the last seq. Each
+  // subscription gets them in one push with one wake-up, so a consumer writes them together
+  // (the orchestrator publishes what one poll of an agent revealed this way).
+  uint64_t publish(std::vector<std::pair<std::string, boost::json::object>> events,
+                   const std::function<void()>& apply = {});
 
   // The seq of the newest event; 0 before the first.
   uint64_t last_seq() const;

@@ -84,6 +84,9 @@ struct Limits {
   int max_json_depth = 32;
   size_t max_ws_message = 64 * 1024;
   size_t max_ws_queue = 1024;  // events queued per websocket before it is cut off
+  // SO_SNDBUF of a websocket (the kernel doubles it): with Linux's autotuning a socket to a peer
+  // that stopped reading could hold up to 4 MB before the bounded queue even starts to fill.
+  int ws_send_buffer = 128 * 1024;
   std::chrono::seconds read_timeout{30};
   std::chrono::seconds write_timeout{10};
   size_t max_connections = 256;
