@@ -105,6 +105,37 @@ TEST(EventFeed, OverflowingSubscriptionIsCutOffAndCountedWithoutAffectingOthers)
   EXPECT_EQ(st.published, 20u);
 }
 
+// What one poll of an agent revealed is published as a group: consecutive numbers, in order,
+// one wake-up per subscriber (so its websocket sends them in one write), and a group larger
+// than the room left in a subscriber's queue cuts that subscriber off whole.
+TEST(EventFeed, GroupIsNumberedInOrderAndWakesEachSubscriberOnce) {
+  EventFeed feed([] { return json::object{}; });
+  feed.publish("a", fields(0));
+  int wakeups = 0, small_wakeups = 0;
+  auto s = feed.subscribe(std::nullopt, 100, [&] { ++wakeups; });
+  auto small = feed.subscribe(std::nullopt, 3, [&] { ++small_wakeups; });
+  std::vector<std::pair<std::string, json::object>> group;
+  for (int i = 1; i <= 5; ++i) group.emplace_back(i == 1 ? "host.state" : "instance.state", fields(i));
+  EXPECT_EQ(feed.publish(std::move(group)), 6u);
+  EXPECT_EQ(wakeups, 1);
+  auto live = s.subscription->take();
+  ASSERT_EQ(live.size(), 5u);
+  for (int i = 0; i < 5; ++i) {
+    auto e = parse(live[i]);
+    EXPECT_EQ(seq_of(e), i + 2);
+    EXPECT_EQ(e.at("n").as_int64(), i + 1);
+    EXPECT_EQ(e.at("type").as_string(), i == 0 ? "host.state" : "instance.state");
+  }
+  EXPECT_TRUE(small.subscription->overflowed());
+  EXPECT_TRUE(small.subscription->take().empty());
+  EXPECT_EQ(small_wakeups, 1);  // the overflow
+  EXPECT_EQ(feed.since(0).size(), 6u);
+  // An empty group publishes nothing.
+  EXPECT_EQ(feed.publish({}), 6u);
+  EXPECT_EQ(feed.stats().published, 6u);
+  EXPECT_EQ(feed.stats().dropped_slow, 1u);
+}
+
 TEST(EventFeed, CancelledOrDestroyedSubscriptionReceivesNothing) {
   EventFeed feed([] { return json::object{}; });
   int wakeups = 0;
