@@ -41,6 +41,8 @@ struct HostMirror {
   std::string active_job;
   bool reachable = true;
   Clock::time_point last_answer = Clock::now();
+  // When the poll whose answer the mirror holds began (its watcher polls one at a time).
+  Clock::time_point last_poll_began{};
   int64_t polls = 0, failed_polls = 0;
 };
 
@@ -147,6 +149,9 @@ struct Controller::Impl {
   void run_drill(std::shared_ptr<DrillRun> d);
   Status run_batch(DrillRun& d, BatchRun& b);
   Status wait_ready(DrillRun& d, const std::vector<std::string>& host_ids, std::string_view why);
+  // Waits (bounded) until each host's mirror holds a poll that began after `since`, or the host
+  // is unreachable: what its agent did up to `since` is then what the drill and report show.
+  void await_fresh_polls(const std::vector<std::string>& host_ids, Clock::time_point since);
   Result<json::object> run_host(DrillRun& d, BatchRun& b, const std::string& host_id);
   void maybe_replan(DrillRun& d);
   bool wait_gate(DrillRun& d);  // false: abort requested

@@ -340,6 +340,7 @@ Status Controller::Impl::run_batch(DrillRun& d, BatchRun& b) {
     threads.emplace_back([&, i] { results[i] = run_host(d, b, todo[i]); });
   }
   for (auto& t : threads) t.join();
+  auto jobs_ended = Clock::now();
   std::string failure;
   for (size_t i = 0; i < todo.size(); ++i) {
     Journal::HostProgress p;
@@ -362,6 +363,12 @@ Status Controller::Impl::run_batch(DrillRun& d, BatchRun& b) {
                                           {"status", p.status}, {"job", p.job}}}});
     if (!ok && failure.empty()) failure = results[i].error().message;
   }
+  if (!failure.empty()) {
+    // The jobs are over (a failed one after its rollback), but the mirror of their hosts may
+    // still hold a poll from before: the drill's end and its report must show the guests as the
+    // agents left them, not as they were a poll ago.
+    await_fresh_polls(todo, jobs_ended);
+  }
   if (failure.empty()) {
     auto ready = wait_ready(d, b.hosts, "after batch " + std::to_string(b.index + 1));
     if (!ready.ok()) failure = ready.error().message;
@@ -377,6 +384,21 @@ Status Controller::Impl::run_batch(DrillRun& d, BatchRun& b) {
   publish({{"drill.batch", bj}});
   if (!failure.empty()) return make_error(Condition::internal, "batch " + std::to_string(b.index + 1) + ": " + failure);
   return {};
+}
+
+void Controller::Impl::await_fresh_polls(const std::vector<std::string>& host_ids, Clock::time_point since) {
+  // A watcher polls every opt.poll; one that is slow to answer is marked unreachable after
+  // opt.unhealthy_after. Past both, give up: the mirror is what it is.
+  auto deadline = Clock::now() + 2 * opt.poll + opt.unhealthy_after;
+  std::unique_lock lock(mu);
+  while (!stopping && Clock::now() < deadline) {
+    bool fresh = std::all_of(host_ids.begin(), host_ids.end(), [&](const std::string& h) {
+      auto it = hosts.find(h);
+      return it == hosts.end() || !it->second.reachable || it->second.last_poll_began > since;
+    });
+    if (fresh) return;
+    cv.wait_for(lock, std::chrono::milliseconds(20));
+  }
 }
 
 void Controller::Impl::run_drill(std::shared_ptr<DrillRun> dp) {

@@ -47,6 +47,7 @@ void Controller::Impl::watch(const std::string& host_id) {
 }
 
 void Controller::Impl::poll_once(const std::string& host_id) {
+  auto began = Clock::now();
   AgentClient c = client(host_id);
   ++agent_calls;
   auto host = c.host();
@@ -69,6 +70,7 @@ void Controller::Impl::poll_once(const std::string& host_id) {
     if (!h) return;
     ++m.polls;
     m.last_answer = Clock::now();
+    m.last_poll_began = began;
     bool was_reachable = m.reachable;
     m.reachable = true;
     auto str = [&](const json::object& o, const char* k) -> std::string {
