@@ -88,6 +88,8 @@ class CoalescingStream {
     core_->held = on;
     if (!on) core_->flush();
   }
+  // A socket write failed: nothing more will be sent.
+  bool failed() const noexcept { return static_cast<bool>(core_->error); }
   // Bytes accepted and not yet handed to the socket (the write in flight not included).
   size_t pending() const noexcept { return core_->pending.size(); }
   // How long the write in flight has been waiting for the peer; zero when none is.

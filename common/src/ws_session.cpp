@@ -186,6 +186,7 @@ class WsSession : public Session, public std::enable_shared_from_this<WsSession>
   // high-water mark, lets that much go first and goes on once it is below the mark again.
   void pump() {
     CoalescingStream& out = ws_.next_layer();
+    if (out.failed()) return finish();  // the peer is gone; its read ends too, but maybe not soon
     while (!closing_ && sub_) {
       out.hold(true);
       bool more = true;
