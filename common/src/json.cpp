@@ -1,6 +1,8 @@
 #include "fabriclab/common/json.hpp"
 
+#include <cctype>
 #include <cmath>
+#include <cstdio>
 #include <ctime>
 
 #include <boost/json/error.hpp>
@@ -202,6 +204,28 @@ std::string rfc3339(std::chrono::system_clock::time_point t) {
 }
 
 std::string rfc3339_now() { return rfc3339(std::chrono::system_clock::now()); }
+
+std::optional<int64_t> parse_rfc3339_ms(std::string_view s) {
+  std::tm tm{};
+  if (s.size() < 20) return std::nullopt;
+  std::string t(s);
+  if (std::sscanf(t.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                  &tm.tm_hour, &tm.tm_min, &tm.tm_sec) != 6) {
+    return std::nullopt;
+  }
+  int64_t ms = 0;
+  if (t.size() > 20 && t[19] == '.') {
+    int digits = 0;
+    for (size_t i = 20; i < t.size() && std::isdigit(static_cast<unsigned char>(t[i])) && digits < 3;
+         ++i, ++digits) {
+      ms = ms * 10 + (t[i] - '0');
+    }
+    for (; digits < 3; ++digits) ms *= 10;
+  }
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  return static_cast<int64_t>(timegm(&tm)) * 1000 + ms;
+}
 
 std::string rfc1123(std::chrono::system_clock::time_point t) {
   std::time_t tt = std::chrono::system_clock::to_time_t(t);

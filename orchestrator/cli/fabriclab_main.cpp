@@ -191,18 +191,6 @@ constexpr int kFailed = 1;
 constexpr int kLabError = 3;
 constexpr int kInterrupted = 130;
 
-std::string self_dir() {
-  std::error_code ec;
-  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
-  return ec ? std::string(".") : p.parent_path().string();
-}
-
-// Guest images: --images, FABRICLAB_IMAGES_DIR, then the build tree's images/ beside the binary.
-std::string images_dir(const std::string& flag) {
-  if (!flag.empty()) return flag;
-  if (const char* e = std::getenv("FABRICLAB_IMAGES_DIR"); e && *e) return e;
-  return self_dir() + "/../images";
-}
 
 std::string read_token_file(const std::string& path) {
   std::ifstream in(path);
@@ -334,8 +322,8 @@ int run_drill_cmd(const DrillArgs& a) {
   } else {
     rack::LabOptions lo;
     lo.dir = a.lab_dir;
-    lo.bin_dir = self_dir();
-    lo.images_dir = images_dir(a.images);
+    lo.bin_dir = rack::self_dir();
+    lo.images_dir = rack::images_dir(a.images);
     lo.orchestrator_port = a.port;
     lo.network = a.network;
     if (spec->hypervisor == "qemu") lo.start_timeout = std::chrono::seconds(60);
@@ -390,8 +378,8 @@ int run_lab_up(const DrillArgs& a) {
   rack::install_interrupt_handlers();
   rack::LabOptions lo;
   lo.dir = a.lab_dir;
-  lo.bin_dir = self_dir();
-  lo.images_dir = images_dir(a.images);
+  lo.bin_dir = rack::self_dir();
+  lo.images_dir = rack::images_dir(a.images);
   lo.orchestrator_port = a.port;
   lo.network = a.network;
   auto up = rack::Lab::up(*spec, lo);

@@ -16,18 +16,8 @@ namespace fabriclab::orchestrator {
 namespace {
 auto log() { return logger("orchestrator"); }
 
-int64_t ms_of(std::string_view rfc) {
-  // "2026-11-24T18:00:00.123Z" -> unix ms (UTC).
-  std::tm tm{};
-  int ms = 0;
-  if (sscanf(std::string(rfc).c_str(), "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-             &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &ms) < 6) {
-    return 0;
-  }
-  tm.tm_year -= 1900;
-  tm.tm_mon -= 1;
-  return static_cast<int64_t>(timegm(&tm)) * 1000 + ms;
-}
+// Unix ms of a journaled RFC 3339 time; 0 for a missing or malformed one.
+int64_t ms_of(std::string_view rfc) { return parse_rfc3339_ms(rfc).value_or(0); }
 
 std::string str(const json::object& o, std::string_view k) {
   auto* v = o.if_contains(k);

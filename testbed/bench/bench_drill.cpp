@@ -106,30 +106,6 @@ int64_t now_ms() {
       .count();
 }
 
-// "2026-11-24T18:00:00.123Z" -> unix ms (what fabriclab::rfc3339 writes).
-std::optional<int64_t> parse_time(std::string_view s) {
-  std::tm tm{};
-  int ms = 0;
-  if (s.size() < 20) return std::nullopt;
-  std::string t(s);
-  if (std::sscanf(t.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-                  &tm.tm_hour, &tm.tm_min, &tm.tm_sec) != 6) {
-    return std::nullopt;
-  }
-  if (t.size() > 20 && t[19] == '.') {
-    int digits = 0;
-    for (size_t i = 20;
-         i < t.size() && std::isdigit(static_cast<unsigned char>(t[i])) && digits < 3;
-         ++i, ++digits) {
-      ms = ms * 10 + (t[i] - '0');
-    }
-    for (; digits < 3; ++digits) ms *= 10;
-  }
-  tm.tm_year -= 1900;
-  tm.tm_mon -= 1;
-  return static_cast<int64_t>(timegm(&tm)) * 1000 + ms;
-}
-
 std::string str(const json::object& o, std::string_view k) {
   auto* v = o.if_contains(k);
   return v && v->is_string() ? std::string(v->as_string()) : std::string();
@@ -179,18 +155,6 @@ std::string ms_text(int64_t ms) {
   return ms < 0 ? std::string("-") : fmt::format("{:.3f}", secs(ms));
 }
 
-std::string self_dir() {
-  std::error_code ec;
-  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
-  return ec ? std::string(".") : p.parent_path().string();
-}
-
-std::string images_dir(const std::string& flag) {
-  if (!flag.empty()) return flag;
-  if (const char* e = std::getenv("FABRICLAB_IMAGES_DIR"); e && *e) return e;
-  if (std::string(FABRICLAB_BENCH_IMAGES_DIR).size()) return FABRICLAB_BENCH_IMAGES_DIR;
-  return self_dir() + "/../images";
-}
 
 std::mutex log_mu;
 void progress(const std::string& line) {
@@ -274,7 +238,7 @@ Result<std::vector<Event>> agent_events(const Agents& agents, const AgentRef& a,
       continue;
     }
     first = false;
-    auto t = parse_time(str(e.o, "time"));
+    auto t = parse_rfc3339_ms(str(e.o, "time"));
     if (!t) continue;
     e.t_ms = *t;
     if (e.t_ms > until_ms) break;
@@ -760,8 +724,8 @@ int run(const Options& opt) {
   rack::install_interrupt_handlers();
   rack::LabOptions lo;
   lo.dir = opt.lab_dir;
-  lo.bin_dir = self_dir();
-  lo.images_dir = images_dir(opt.images);
+  lo.bin_dir = rack::self_dir();
+  lo.images_dir = rack::images_dir(opt.images, FABRICLAB_BENCH_IMAGES_DIR);
   if (real) lo.start_timeout = 60s;
   progress(fmt::format("rack up: {} hosts in {} FDs, hypervisor {}, images {}, lab dir {}",
                        spec.hosts, spec.fault_domains, spec.hypervisor, lo.images_dir, lo.dir));
@@ -820,8 +784,8 @@ int run(const Options& opt) {
   const json::object& rdrill = obj(report, "drill");
   const std::string drill_state = str(rdrill, "state");
   const auto makespan_s = dbl(rdrill, "duration_s");
-  const int64_t drill_start_ms = parse_time(str(rdrill, "started_at")).value_or(-1);
-  const int64_t drill_end_ms = parse_time(str(rdrill, "finished_at")).value_or(now_ms());
+  const int64_t drill_start_ms = parse_rfc3339_ms(str(rdrill, "started_at")).value_or(-1);
+  const int64_t drill_end_ms = parse_rfc3339_ms(str(rdrill, "finished_at")).value_or(now_ms());
   progress(fmt::format("drill {} {} in {} s (report result {})", str(rdrill, "id"), drill_state,
                        fmt_opt(makespan_s), str(report, "result")));
   if (drill_state != "Completed" || !makespan_s) {

@@ -227,6 +227,19 @@ std::string find_binary(const std::string& name, const std::string& hint_dir) {
   return {};
 }
 
+std::string self_dir() {
+  std::error_code ec;
+  auto p = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string(".") : p.parent_path().string();
+}
+
+std::string images_dir(const std::string& flag, const std::string& build_default) {
+  if (!flag.empty()) return flag;
+  if (const char* e = std::getenv("FABRICLAB_IMAGES_DIR"); e && *e) return e;
+  if (!build_default.empty()) return build_default;
+  return self_dir() + "/../images";
+}
+
 std::string Lab::orchestrator_url() const {
   return "http://" + orchestrator_.address + ":" + std::to_string(orchestrator_.port);
 }

@@ -73,6 +73,9 @@ Status check_fields(const json::object& o, std::initializer_list<std::string_vie
 // UTC with milliseconds: 2026-11-24T18:00:00.123Z
 std::string rfc3339(std::chrono::system_clock::time_point t);
 std::string rfc3339_now();
+// The inverse, to unix milliseconds: "2026-11-24T18:00:00.123Z" (fraction optional, at most its
+// first 3 digits used); nullopt for anything else.
+std::optional<int64_t> parse_rfc3339_ms(std::string_view text);
 
 // RFC 1123 (HTTP-date), as Azure writes NotBefore: "Mon, 19 Sep 2016 18:29:47 GMT".
 std::string rfc1123(std::chrono::system_clock::time_point t);

@@ -113,4 +113,11 @@ class Lab {
 // layout (../agent, ../orchestrator relative to it).
 std::string find_binary(const std::string& name, const std::string& hint_dir);
 
+// The directory of this executable (/proc/self/exe); "." when it cannot be read.
+std::string self_dir();
+
+// Guest images: `flag` when set, FABRICLAB_IMAGES_DIR, `build_default` when set, then the build
+// tree's images/ beside the executable's directory.
+std::string images_dir(const std::string& flag, const std::string& build_default = {});
+
 }  // namespace fabriclab::rack
