@@ -20,6 +20,7 @@
 //     availability is 100 %. The other checks (state, health at end, images, counters) still apply.
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -78,6 +79,24 @@ struct ReportService {
   std::string name;
   int instance_count = 0;  // as declared; the figures count the instances listed in the input
   int ud_count = 5;        // upgradeDomainCount
+  bool drain = true;       // its app drains on a scheduled event (spec `drain`)
+};
+
+// One client request to a service's VIP (traffic.hpp RequestRecord), as the report reads it.
+struct ReportRequest {
+  int64_t t_ms = 0;         // unix ms when it was sent
+  int status = 0;           // HTTP status; 0: no response (error says why)
+  std::string error;
+  int64_t latency_ms = -1;
+  std::string served_by;    // the instance that answered ("" unknown)
+};
+
+// The client traffic one service received during the drill.
+struct ReportTraffic {
+  std::string service;
+  double rps = 0;                  // the configured rate
+  int64_t probe_detection_ms = 0;  // the load balancer's probe interval x unhealthy threshold
+  std::vector<ReportRequest> requests;  // in send order
 };
 
 // Everything the report is made from.
@@ -97,7 +116,29 @@ struct ReportInput {
   std::vector<ReportInstance> instances;
   std::vector<std::string> events;  // notable lines (healing, rollbacks), shown in the report
   double sla_percent = 99.95;       // clamped to 0..100
+  // Client traffic (traffic.hpp): measured only on a rack with a guest network and a load
+  // balancer; otherwise traffic_reason says why not (e.g. "loopback network: the rack has no
+  // guest network").
+  bool traffic_measured = false;
+  std::string traffic_reason;
+  std::vector<ReportTraffic> traffic;  // services with an endpoint
 };
+
+// Per service, what its clients saw (requests sent inside the window plus the traffic lead/tail
+// the caller included).
+struct TrafficSummary {
+  std::string service;
+  int64_t requests = 0, failed = 0;
+  double success_percent = 100.0;       // 100 with no requests
+  int64_t longest_failure_run_ms = 0;   // first to last send time of the longest run of
+                                        // consecutive failed requests (0: none or a single one)
+  int64_t p50_latency_ms = -1, p99_latency_ms = -1;  // of answered requests; -1: none
+  std::map<std::string, int64_t> served_by;          // instance -> answered requests
+  // Each run of consecutive failures: [from_ms, to_ms] send times, and how many.
+  struct Run { int64_t from_ms = 0, to_ms = 0, count = 0; };
+  std::vector<Run> failure_runs;
+};
+TrafficSummary traffic_summary(const ReportTraffic& t);
 
 // Per service, from its instances' timelines over the window (see the top of this file).
 struct ServiceAvailability {
