@@ -10,6 +10,7 @@ PACKAGES=(
   libyaml-cpp-dev libssl-dev
   qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   cpio gzip xz-utils zstd kmod iproute2
+  haproxy dnsmasq-base
 )
 
 say() { printf '[setup] %s\n' "$*"; }
@@ -37,7 +38,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
   if ! $SUDO apt-get update -qq; then
     die "apt-get update failed: no network to the Debian package mirror? (needed: ${missing[*]})"
   fi
-  if ! $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/fabriclab-apt.log 2>&1; then
+  # haproxy's package would start a system-wide haproxy (init script) in this namespace: the
+  # project starts its own, inside the rack's namespace, so keep services from starting.
+  policy_rc=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [ ! -e "$policy_rc" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy_rc" >/dev/null
+    $SUDO chmod +x "$policy_rc"
+    own_policy=1
+  fi
+  install_ok=1
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/fabriclab-apt.log 2>&1 || install_ok=0
+  [ "$own_policy" -eq 0 ] || $SUDO rm -f "$policy_rc"
+  if [ "$install_ok" -eq 0 ]; then
     tail -20 /tmp/fabriclab-apt.log >&2
     die "apt-get install failed (log: /tmp/fabriclab-apt.log)"
   fi

@@ -255,6 +255,31 @@ void print_summary(const json::object& report, std::ostream& out) {
                          str(s, "verdict"), number("availability_percent"), number("max_uds_down"));
     }
   }
+  // What the services' clients saw (docs/clients.md), or why it was not measured.
+  if (auto* traffic = report.if_contains("traffic"); traffic && traffic->is_object()) {
+    const auto& t = traffic->as_object();
+    auto* measured = t.if_contains("measured");
+    if (measured && measured->is_bool() && !measured->as_bool()) {
+      out << "clients: not measured (" << str(t, "reason") << ")\n";
+    } else if (auto* svcs = report.if_contains("services"); svcs && svcs->is_array()) {
+      out << "clients:\n";
+      for (const auto& v : svcs->as_array()) {
+        const auto& s = v.as_object();
+        auto* tv = s.if_contains("traffic");
+        if (!tv || !tv->is_object()) continue;
+        const auto& st = tv->as_object();
+        auto num = [&st](std::string_view k) {
+          auto* v = st.if_contains(k);
+          return v && v->is_number() ? v->to_number<double>() : -1.0;
+        };
+        out << fmt::format("  {:<12} {:>6.0f} requests, {:.0f} failed ({:.2f}% served), longest failure run {:.1f} s, "
+                           "p50 {:.0f} ms, p99 {:.0f} ms{}\n",
+                           str(s, "name"), num("requests"), num("failed"), num("success_percent"),
+                           num("longest_failure_run_s"), num("p50_ms"), num("p99_ms"),
+                           str(s, "traffic_note").empty() ? "" : "; " + str(s, "traffic_note"));
+      }
+    }
+  }
   if (auto* checks = report.if_contains("checks"); checks && checks->is_array()) {
     out << "checks:\n";
     for (const auto& v : checks->as_array()) {
@@ -278,6 +303,16 @@ std::string network_line(const rack::Lab& lab) {
   }
   return fmt::format("network loopback ({}..{}; network namespaces not used: {})", first, last,
                      lab.network_reason().empty() ? "--network loopback" : lab.network_reason());
+}
+
+// What clients of the guests reach, in one line (docs/clients.md).
+std::string guest_network_line(const rack::Lab& lab) {
+  if (lab.guest_network()) {
+    return fmt::format("guest network: bridge gbr0 per host (198.19.N.0/24, DHCP by dnsmasq, IMDS at "
+                       "169.254.169.254), HAProxy on the VIPs 198.18.1.0/24 in {}; client traffic measured",
+                       lab.agent_netns());
+  }
+  return "guest network: none (" + lab.guest_network_reason() + "); client traffic not measured";
 }
 
 struct DrillArgs {
@@ -334,7 +369,7 @@ int run_drill_cmd(const DrillArgs& a) {
     auto up = rack::Lab::up(*spec, lo);
     if (!up.ok()) return fail(exit_for(up.error()) == kBadInput ? kBadInput : kLabError, "lab up: " + up.error().message);
     lab = std::move(up).value();
-    out << "rack " << network_line(*lab) << "\n";
+    out << "rack " << network_line(*lab) << "\n" << guest_network_line(*lab) << "\n";
     out << "orchestrator " << lab->orchestrator_url() << "  dashboard " << lab->orchestrator_url()
         << "/?token=" << lab->control_token() << "\n";
     out << "creating services and waiting for every guest to heartbeat...\n" << std::flush;
@@ -392,7 +427,8 @@ int run_lab_up(const DrillArgs& a) {
   }
   std::cout << "lab up in " << up->dir() << ": orchestrator " << up->orchestrator_url() << ", dashboard "
             << up->orchestrator_url() << "/?token=" << up->control_token() << "\n"
-            << "rack " << network_line(*up) << "\n";
+            << "rack " << network_line(*up) << "\n"
+            << guest_network_line(*up) << "\n";
   return 0;
 }
 

@@ -44,6 +44,15 @@
 //  job.started / job.done) and from the agents' job records (GET /v1/operations/{id}).
 //  5. The rack is always torn down (errors and Ctrl-C too: SIGINT/SIGTERM abort the drill); the
 //     VMs' console logs (guest-side boot timings) are copied to LAB/consoles/ first.
+//  6. What clients saw (docs/clients.md; only on a rack with a guest network): from the drill's
+//     report, `requests` (all services) and `failed_multi_instance` (failed requests of services
+//     with >= 2 instances; target 0 with drain). Then, unless --no-drain-drill=false, a second rack
+//     runs the same drill with `drain: false` on every endpoint service: its apps ignore the
+//     scheduled event, so clients are sent to a stopping guest until the load balancer's probe
+//     notices. Per multi-instance service, outage_ms_p50 = the median run of consecutive failed
+//     requests (first to last failed send, plus one request period), beside probe_detection_ms =
+//     probe interval x unhealthy threshold (time-scaled): the ratio shows how close the load
+//     balancer's reaction is to its own floor.
 //
 // Machine load: on 2 cores under TCG a guest's boot is CPU-bound, so anything else running moves
 // the drill and the floor by more than the overhead measured here (seen: +-30 % per phase). A
@@ -695,7 +704,79 @@ struct Options {
   double settle_s = -1;
   int floor_timeout_s = 180;
   bool json_out = false;
+  bool no_drain_drill = true;
 };
+
+// Client traffic figures of one drill report (step 6): requests, failed requests of services
+// with >= 2 instances, and per such service the failure runs' lengths.
+struct ClientFigures {
+  int64_t requests = 0, failed_multi_instance = 0;
+  bool measured = false;
+  std::string reason;
+  json::object services;  // name -> {requests, failed, outage_ms_p50, runs, probe_detection_ms}
+  std::optional<double> outage_ratio_p50;  // median over services of outage_ms_p50 / detection
+};
+
+ClientFigures client_figures(const json::object& report, const rack::DrillFileSpec& spec) {
+  ClientFigures f;
+  const auto& t = obj(report, "traffic");
+  auto* m = t.if_contains("measured");
+  f.measured = m && m->is_bool() && m->as_bool();
+  f.reason = str(t, "reason");
+  std::vector<double> ratios;
+  for (const auto& sv : arr(report, "services")) {
+    const auto& s = sv.as_object();
+    auto* tv = s.if_contains("traffic");
+    if (!tv || !tv->is_object()) continue;
+    const auto& st = tv->as_object();
+    const int64_t requests = integer(st, "requests", 0), failed = integer(st, "failed", 0);
+    f.requests += requests;
+    if (integer(s, "instances", 0) < 2) continue;
+    f.failed_multi_instance += failed;
+    const rack::ServiceSpec* ss = nullptr;
+    for (const auto& x : spec.services) {
+      if (x.name == str(s, "name")) ss = &x;
+    }
+    if (!ss || !ss->endpoint) continue;
+    const int interval_ms = rack::scaled_probe_interval_ms(*ss->endpoint, spec.time_scale);
+    const int64_t detection_ms = static_cast<int64_t>(interval_ms) * ss->endpoint->unhealthy_threshold;
+    const double period_ms = 1000.0 / ss->traffic_rps;
+    std::vector<double> runs;
+    for (const auto& rv : arr(st, "failure_runs")) {
+      const auto& r = rv.as_object();
+      runs.push_back((dbl(r, "to_s").value_or(0) - dbl(r, "from_s").value_or(0)) * 1000.0 + period_ms);
+    }
+    auto p50 = median(runs);
+    if (p50) ratios.push_back(*p50 / static_cast<double>(detection_ms));
+    f.services[str(s, "name")] = json::object{{"requests", requests},
+                                              {"failed", failed},
+                                              {"failure_runs", static_cast<int64_t>(runs.size())},
+                                              {"outage_ms_p50", num_or_null(p50)},
+                                              {"probe_detection_ms", detection_ms}};
+  }
+  f.outage_ratio_p50 = median(ratios);
+  return f;
+}
+
+// Step 6's second drill: a fresh rack, every endpoint service with drain off, the same drill.
+Result<ClientFigures> no_drain_figures(rack::DrillFileSpec spec, rack::LabOptions lo) {
+  for (auto& s : spec.services) s.drain = false;
+  lo.dir += "-nodrain";
+  progress("client traffic without drain: rack up in " + lo.dir);
+  FL_ASSIGN_OR_RETURN(auto lab, rack::Lab::up(spec, lo));
+  struct Down {
+    rack::Lab& lab;
+    ~Down() {
+      if (auto st = lab.down(false); !st.ok()) progress("teardown: " + st.error().message);
+    }
+  } down{lab};
+  FL_RETURN_IF_ERROR(lab.populate(spec, 300s));
+  FL_ASSIGN_OR_RETURN(auto api, rack::OrchestratorClient::from_url(lab.orchestrator_url(), lab.control_token()));
+  rack::DrillView view{&std::cerr, false};
+  FL_ASSIGN_OR_RETURN(auto outcome, rack::run_drill(api, spec, &lab, view));
+  if (outcome.interrupted) return make_error(Condition::cancelled, "interrupted");
+  return client_figures(outcome.report, spec);
+}
 
 int run(const Options& opt) {
   auto spec_r = opt.spec_file.empty() ? Result<rack::DrillFileSpec>(rack::default_spec())
@@ -1140,6 +1221,35 @@ int run(const Options& opt) {
                       "compare stop + start + verify "
                       "with floor_s"}};
 
+  // ---- 6. what clients saw, with drain (this drill) and without (a second rack)
+  ClientFigures clients = client_figures(report, spec);
+  std::optional<ClientFigures> no_drain;
+  std::string no_drain_note;
+  if (clients.measured && opt.no_drain_drill) {
+    keep_consoles(lab.dir());
+    if (auto st = lab.down(false); !st.ok()) progress("teardown: " + st.error().message);
+    auto nd = no_drain_figures(spec, lo);
+    if (nd.ok()) {
+      no_drain = *nd;
+    } else {
+      no_drain_note = "the drill without drain failed: " + nd.error().message;
+      notes.push_back(no_drain_note);
+    }
+  } else if (!clients.measured) {
+    notes.push_back("client traffic not measured: " + clients.reason);
+  }
+  json::object clients_out{{"measured", clients.measured},
+                           {"requests", clients.requests},
+                           {"failed_multi_instance", clients.failed_multi_instance},
+                           {"failed_multi_instance_target", 0},
+                           {"services", clients.services}};
+  if (no_drain) {
+    clients_out["no_drain"] = json::object{{"requests", no_drain->requests},
+                                           {"failed_multi_instance", no_drain->failed_multi_instance},
+                                           {"services", no_drain->services},
+                                           {"outage_over_detection_p50", num_or_null(no_drain->outage_ratio_p50)}};
+  }
+
   json::object out{{"bench", "drill"},
                    {"hypervisor", spec.hypervisor},
                    {"hosts", spec.hosts},
@@ -1169,6 +1279,9 @@ int run(const Options& opt) {
                    {"downtime_ratio_prober_p50", num_or_null(dr50p)},
                    {"downtime_ratio_gap_p50", num_or_null(dr50g)},
                    {"where_the_time_goes", std::move(where)},
+                   {"requests", clients.requests},
+                   {"failed_multi_instance", clients.failed_multi_instance},
+                   {"clients", clients_out},
                    {"cpu_cores", CpuSampler::cores()},
                    {"cpu_settle_after_populate", cpu.window(settle1_ms, settle1_end_ms, {})},
                    {"cpu_settle_after_drill", cpu.window(settle2_ms, settle2_end_ms, {})},
@@ -1236,6 +1349,21 @@ int run(const Options& opt) {
     }
     std::cout << "instances:\n";
     for (const auto& l : text_inst) std::cout << l << "\n";
+    if (clients.measured) {
+      std::cout << fmt::format("clients: {} requests, {} failed for multi-instance services (target 0)\n",
+                               clients.requests, clients.failed_multi_instance);
+    }
+    if (no_drain) {
+      std::cout << fmt::format("without drain: {} requests, {} failed for multi-instance services\n",
+                               no_drain->requests, no_drain->failed_multi_instance);
+      for (const auto& [name, v] : no_drain->services) {
+        const auto& o = v.as_object();
+        std::cout << fmt::format("  {:<10} outage_ms_p50 {} over {} failure runs; probe_detection_ms {}\n",
+                                 std::string(name), fmt_opt(dbl(o, "outage_ms_p50"), "{:.0f}"),
+                                 integer(o, "failure_runs", 0), integer(o, "probe_detection_ms", 0));
+      }
+      std::cout << "outage / probe detection (p50 over services): " << fmt_opt(no_drain->outage_ratio_p50) << "\n";
+    }
     for (const auto& n : notes) std::cout << "note: " << n << "\n";
   }
   return 0;
@@ -1269,6 +1397,9 @@ int main(int argc, char** argv) {
                  "Per host, how long the raw cycle may take")
       ->capture_default_str();
   app.add_flag("--json", opt.json_out, "Print one JSON object");
+  app.add_option("--no-drain-drill", opt.no_drain_drill,
+                 "Also run the drill on a second rack with drain: false (client outage vs probe detection)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (notice >= 0) opt.notice_s = notice;
   return run(opt);

@@ -13,6 +13,8 @@
 
 #include <boost/json.hpp>
 
+#include "fabriclab/common/http_client.hpp"
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -67,19 +69,21 @@ CliRun run_cli(const std::vector<std::string>& args, const std::string& log,
   return r;
 }
 
-// QEMU processes whose command line mentions `dir`: a teardown that leaks VMs shows here.
-int qemu_processes_under(const std::string& dir) {
+// Processes whose name starts with `comm` and whose command line mentions `dir`: a teardown
+// that leaks VMs (qemu), load balancers (haproxy) or DHCP servers (dnsmasq) shows here.
+int processes_under(const std::string& dir, const std::string& comm = "qemu") {
   int n = 0;
   DIR* d = opendir("/proc");
   while (dirent* e = d ? readdir(d) : nullptr) {
     if (!std::isdigit(static_cast<unsigned char>(e->d_name[0]))) continue;
     std::string base = std::string("/proc/") + e->d_name;
-    if (slurp(base + "/comm").rfind("qemu", 0) != 0) continue;
+    if (slurp(base + "/comm").rfind(comm, 0) != 0) continue;
     if (slurp(base + "/cmdline").find(dir) != std::string::npos) ++n;
   }
   if (d) closedir(d);
   return n;
 }
+int qemu_processes_under(const std::string& dir) { return processes_under(dir, "qemu"); }
 
 // Alive and not a zombie (an orphaned agent is reaped by whoever init is here, maybe never).
 bool running(pid_t pid) {
@@ -148,10 +152,11 @@ class Drill : public ::testing::Test {
     return r;
   }
 
-  // What every passing drill must show.
+  // What every passing drill must show; on real VMs (a guest network) also what clients saw.
   void expect_passed(const CliRun& r, const json::object& report, const std::string& target, bool host_os) {
     ASSERT_EQ(r.exit_code, 0) << r.output;
     ASSERT_FALSE(report.empty()) << r.output;
+    expect_traffic(r, report);
     EXPECT_EQ(report.at("result").as_string(), "passed");
     for (const auto& c : report.at("checks").as_array()) {
       EXPECT_TRUE(c.at("passed").as_bool()) << json::serialize(c);
@@ -190,6 +195,64 @@ class Drill : public ::testing::Test {
     // Torn down: no lab.json, no VM.
     EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
     EXPECT_EQ(qemu_processes_under(dir_), 0);
+  }
+
+  // Client traffic: measured on a rack with a guest network (real VMs in namespaces), with no
+  // failed request for a draining multi-instance service and a single instance's failures only
+  // while its host was in maintenance; else not measured, and the report and output say why.
+  void expect_traffic(const CliRun& r, const json::object& report) {
+    ASSERT_TRUE(report.contains("traffic")) << json::serialize(report);
+    const auto& t = report.at("traffic").as_object();
+    const bool guest_network = r.output.find("client traffic measured") != std::string::npos;
+    if (!guest_network) {
+      EXPECT_FALSE(t.at("measured").as_bool()) << json::serialize(t);
+      EXPECT_FALSE(t.at("reason").as_string().empty()) << json::serialize(t);
+      EXPECT_NE(r.output.find("clients: not measured ("), std::string::npos) << r.output;
+      return;
+    }
+    ASSERT_TRUE(t.at("measured").as_bool()) << json::serialize(t);
+    bool check_seen = false;
+    for (const auto& c : report.at("checks").as_array()) {
+      if (c.at("name").as_string() == "clients kept served") {
+        check_seen = true;
+        EXPECT_TRUE(c.at("passed").as_bool()) << json::serialize(c);
+      }
+    }
+    EXPECT_TRUE(check_seen) << json::serialize(report.at("checks"));
+    // Each instance's batch window: from its batch's start to a little after its end.
+    std::map<std::string, std::pair<double, double>> window;  // by service (single instance)
+    std::map<std::string, std::string> host_of;
+    for (const auto& iv : report.at("instances").as_array()) {
+      host_of[std::string(iv.at("service").as_string())] = std::string(iv.at("host").as_string());
+    }
+    for (const auto& b : report.at("walk").as_object().at("batch_list").as_array()) {
+      for (const auto& h : b.at("hosts").as_array()) {
+        for (const auto& [svc, host] : host_of) {
+          if (host == h.as_string()) window[svc] = {b.at("start_s").to_number<double>(), b.at("end_s").to_number<double>()};
+        }
+      }
+    }
+    for (const auto& sv : report.at("services").as_array()) {
+      const auto& s = sv.as_object();
+      const std::string name(s.at("name").as_string());
+      ASSERT_TRUE(s.at("traffic").is_object()) << json::serialize(s);
+      const auto& st = s.at("traffic").as_object();
+      EXPECT_GT(st.at("requests").to_number<int64_t>(), 20) << name << " " << json::serialize(st);
+      if (s.at("instances").to_number<int64_t>() >= 2) {
+        EXPECT_EQ(st.at("failed").to_number<int64_t>(), 0) << name << " " << json::serialize(st);
+        // Every instance of it answered some requests.
+        EXPECT_EQ(st.at("served_by").as_object().size(), static_cast<size_t>(s.at("instances").to_number<int64_t>()))
+            << name << " " << json::serialize(st);
+      } else {
+        // A single instance (no SLA): its failures fall inside its host's maintenance.
+        ASSERT_TRUE(window.count(name)) << name;
+        for (const auto& run : st.at("failure_runs").as_array()) {
+          EXPECT_GE(run.at("from_s").to_number<double>(), window[name].first - 0.5) << name << " " << json::serialize(run);
+          EXPECT_LE(run.at("to_s").to_number<double>(), window[name].second + 1.0) << name << " " << json::serialize(run);
+        }
+      }
+    }
+    EXPECT_NE(r.output.find("clients:"), std::string::npos) << r.output;
   }
 
   void expect_broken_patch_halts(const CliRun& r, const json::object& report) {
@@ -275,6 +338,20 @@ TEST_F(Drill, BadSpecIsRefusedNamingTheKey) {
   CliRun r = run_cli({"drill", "--hypervisor", "test", "--lab-dir", dir_ + "/lab", "--spec", spec}, dir_ + "/bad.log");
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_NE(r.output.find("services[0].instances"), std::string::npos) << r.output;
+  // A service endpoint with a bad port or probe is refused naming the key.
+  for (auto [yaml, key] : std::vector<std::pair<std::string, std::string>>{
+           {"{name: web, instances: 2, endpoint: {port: 0}}", "services[0].endpoint.port"},
+           {"{name: web, instances: 2, endpoint: {port: 80, probe: {path: health}}}", "services[0].endpoint.probe.path"},
+           {"{name: web, instances: 2, endpoint: {probe: {interval_s: 0}}}", "services[0].endpoint.probe.interval_s"},
+           {"{name: web, instances: 2, endpoint: {probe: {unhealthy_threshold: 99}}}",
+            "services[0].endpoint.probe.unhealthy_threshold"},
+           {"{name: web, instances: 2, endpoint: {prot: 80}}", "services[0].endpoint.prot"},
+           {"{name: web, instances: 2, drain: false}", "services[0].drain"}}) {
+    std::ofstream(spec) << "services:\n  - " << yaml << "\n";
+    r = run_cli({"drill", "--hypervisor", "test", "--lab-dir", dir_ + "/lab", "--spec", spec}, dir_ + "/bad.log");
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find(key), std::string::npos) << key << ": " << r.output;
+  }
   std::ofstream(spec) << "update: {kind: host-os, target: host-v2}\nwhatever: 1\n";
   r = run_cli({"drill", "--hypervisor", "test", "--lab-dir", dir_ + "/lab", "--spec", spec}, dir_ + "/bad.log");
   EXPECT_EQ(r.exit_code, 2) << r.output;
@@ -499,6 +576,191 @@ TEST_F(Drill, RealVmFaultDomainFailureHeals) {
   json::object report;
   CliRun r = drill("fd-failure", "qemu", report);
   expect_fd_failure_healed(r, report);
+}
+
+
+// ---- what clients see: guest network, load balancer, traffic ----------------------------------
+
+// A small rack of real VMs with a guest network: 2 hosts, web (2 instances) behind the load balancer.
+std::string small_web_spec(const std::string& dir) {
+  std::string path = dir + "/small-web.yaml";
+  std::ofstream(path) << "name: small-web\nhypervisor: qemu\nrack: {hosts: 2, fault_domains: 2, capacity: 2}\n"
+                         "services:\n  - {name: web, instances: 2, ud_count: 2, image: v1, endpoint: {port: 80}}\n"
+                         "update: {kind: host-os, target: host-v2}\n"
+                         "policies: {time_scale: 0.001, recovery_s: 1800, notice_s: 900, healthy_timeout_s: 600}\n";
+  return path;
+}
+
+// Addresses and routes of the rack's ranges in the namespace the test runs in: there must be none.
+std::string rack_ranges_here() {
+  std::string found;
+  for (const char* cmd : {"/usr/sbin/ip -o addr", "/usr/sbin/ip -o route", "/usr/sbin/ip -o link"}) {
+    std::istringstream lines(command_output(cmd));
+    for (std::string line; std::getline(lines, line);) {
+      for (const char* bad : {"198.18.", "198.19.", "169.254.169.254", "gbr0"}) {
+        if (line.find(bad) != std::string::npos) found += line + "\n";
+      }
+    }
+  }
+  return found;
+}
+
+// Every dnsmasq and HAProxy of lab.json's network_processes, and every namespace, is gone.
+void expect_network_gone(const json::object& lab, const std::string& dir) {
+  for (const auto& p : lab.at("network_processes").as_array()) {
+    EXPECT_FALSE(running(static_cast<pid_t>(p.at("pid").as_int64()))) << json::serialize(p);
+  }
+  for (const auto& n : lab.at("namespaces").as_array()) {
+    EXPECT_FALSE(fs::exists("/run/netns/" + std::string(n.as_string()))) << n;
+  }
+  EXPECT_EQ(processes_under(dir, "haproxy"), 0);
+  EXPECT_EQ(processes_under(dir, "dnsmasq"), 0);
+  EXPECT_EQ(rack_ranges_here(), "");
+}
+
+TEST_F(Drill, RealVmGuestNetworkLivesOnlyInTheRackNamespacesAndGoesAtDown) {
+  ASSERT_TRUE(can_make_namespaces()) << "the guest network needs root and /usr/sbin/ip";
+  CliRun up = run_cli({"lab", "up", "--spec", small_web_spec(dir_), "--lab-dir", dir_ + "/lab"}, dir_ + "/up.log");
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  EXPECT_NE(up.output.find("client traffic measured"), std::string::npos) << up.output;
+  auto lab = json::parse(slurp(dir_ + "/lab/lab.json")).as_object();
+  ASSERT_TRUE(lab.at("guest_network").as_bool()) << json::serialize(lab);
+  const std::string rack(lab.at("agent_netns").as_string());
+  // dnsmasq in each host's namespace, HAProxy in the rack's.
+  std::map<std::string, std::string> ns_of_proc;
+  for (const auto& p : lab.at("network_processes").as_array()) {
+    EXPECT_TRUE(running(static_cast<pid_t>(p.at("pid").as_int64()))) << json::serialize(p);
+    EXPECT_EQ(netns_of(std::to_string(p.at("pid").as_int64())),
+              netns_of_file("/run/netns/" + std::string(p.at("netns").as_string())))
+        << json::serialize(p);
+    ns_of_proc[std::string(p.at("name").as_string())] = std::string(p.at("netns").as_string());
+  }
+  EXPECT_EQ(ns_of_proc["haproxy"], rack);
+  EXPECT_TRUE(ns_of_proc.count("dnsmasq-h0") && ns_of_proc.count("dnsmasq-h1")) << json::serialize(lab);
+  // Inside each host: the guest bridge with its gateway and the IMDS address, a guest tap on it.
+  for (const auto& av : lab.at("agents").as_array()) {
+    std::string ns(av.at("netns").as_string()), name(av.at("name").as_string());
+    std::string n = name.substr(1);
+    std::string addrs = command_output("/usr/sbin/ip -n " + ns + " -o -4 addr show dev gbr0");
+    EXPECT_NE(addrs.find("198.19." + n + ".1/24"), std::string::npos) << addrs;
+    EXPECT_NE(addrs.find("169.254.169.254/32"), std::string::npos) << addrs;
+    EXPECT_NE(command_output("/usr/sbin/ip -n " + ns + " -o link show master gbr0").find("vnet"), std::string::npos);
+  }
+  // Nothing of it where the rack was started.
+  EXPECT_EQ(rack_ranges_here(), "");
+  // The orchestrator shows the service's VIP and both backends up; a client in the rack namespace
+  // reaches both instances through it.
+  std::string url(lab.at("orchestrator_url").as_string());
+  std::string token = slurp(std::string(lab.at("token_file").as_string()));
+  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
+  auto colon = url.rfind(':');
+  std::string host = url.substr(7, colon - 7);
+  uint16_t port = static_cast<uint16_t>(std::stoi(url.substr(colon + 1)));
+  std::string vip;
+  std::set<std::string> up_backends;
+  for (int i = 0; i < 100 && up_backends.size() < 2; ++i) {
+    auto svcs = fabriclab::http::request(host, port, "GET", "/v1/services", {}, token);
+    ASSERT_TRUE(svcs.ok()) << svcs.error().message;
+    up_backends.clear();
+    for (const auto& sv : json::parse(svcs->body).as_array()) {
+      if (sv.at("name").as_string() != "web") continue;
+      vip = std::string(sv.at("vip").as_string());
+      for (const auto& b : sv.at("backends").as_array()) {
+        if (b.at("state").as_string() == "UP") up_backends.insert(std::string(b.at("instance").as_string()));
+      }
+    }
+    if (up_backends.size() < 2) usleep(100 * 1000);
+  }
+  EXPECT_EQ(vip.rfind("198.18.1.", 0), 0u) << vip;
+  EXPECT_EQ(up_backends.size(), 2u);
+  std::set<std::string> answered;
+  for (int i = 0; i < 20 && answered.size() < 2; ++i) {
+    auto r = fabriclab::http::request(vip, 80, "GET", "/", {}, {}, std::chrono::seconds(5), "/run/netns/" + rack);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_EQ(r->status, 200) << r->body;
+    auto body = json::parse(r->body).as_object();
+    answered.insert(std::string(body.at("instance").as_string()));
+    EXPECT_EQ(r->headers["x-served-by"], std::string(body.at("instance").as_string()));
+  }
+  EXPECT_EQ(answered, (std::set<std::string>{"web-0", "web-1"}));
+  // The VIP is unreachable from here: it exists only in the rack namespace.
+  auto outside = fabriclab::http::request(vip, 80, "GET", "/", {}, {}, std::chrono::milliseconds(500));
+  EXPECT_FALSE(outside.ok() && outside->status == 200);
+  CliRun down = run_cli({"lab", "down", "--lab-dir", dir_ + "/lab"}, dir_ + "/down.log");
+  EXPECT_EQ(down.exit_code, 0) << down.output;
+  expect_network_gone(lab, dir_);
+}
+
+TEST_F(Drill, RealVmCtrlCStopsTheGuestNetworkToo) {
+  ASSERT_TRUE(can_make_namespaces()) << "the guest network needs root and /usr/sbin/ip";
+  std::string log = dir_ + "/int.log", spec = small_web_spec(dir_);
+  pid_t pid = fork();
+  if (pid == 0) {
+    FILE* f = std::freopen(log.c_str(), "w", stdout);
+    if (!f) _exit(126);
+    dup2(fileno(stdout), 2);
+    std::string bin = FABRICLAB_CLI_BIN, lab = dir_ + "/lab";
+    execl(bin.c_str(), bin.c_str(), "drill", "--spec", spec.c_str(), "--lab-dir", lab.c_str(), nullptr);
+    _exit(127);
+  }
+  for (int i = 0; i < 3000 && slurp(log).find("batch  1/") == std::string::npos; ++i) usleep(50 * 1000);
+  ASSERT_NE(slurp(log).find("batch  1/"), std::string::npos) << slurp(log);
+  auto lab = json::parse(slurp(dir_ + "/lab/lab.json")).as_object();
+  ASSERT_FALSE(lab.at("network_processes").as_array().empty()) << json::serialize(lab);
+  EXPECT_EQ(rack_ranges_here(), "");
+  kill(pid, SIGINT);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  std::string out = slurp(log);
+  ASSERT_TRUE(WIFEXITED(status)) << out;
+  EXPECT_EQ(WEXITSTATUS(status), 130) << out;
+  EXPECT_NE(out.find("rack stopped"), std::string::npos) << out;
+  expect_network_gone(lab, dir_);
+}
+
+// HAProxy that cannot start (here: its master socket's path is taken by a directory) stops
+// `lab up` with HAProxy's own words, and nothing of the rack is left.
+TEST_F(Drill, LabUpStopsWithHaproxysOwnErrorWhenItCannotStart) {
+  ASSERT_TRUE(can_make_namespaces()) << "the guest network needs root and /usr/sbin/ip";
+  fs::create_directories(dir_ + "/lab/haproxy.sock/in-the-way");
+  CliRun up = run_cli({"lab", "up", "--spec", small_web_spec(dir_), "--lab-dir", dir_ + "/lab"}, dir_ + "/up.log");
+  EXPECT_EQ(up.exit_code, 3) << up.output;
+  EXPECT_NE(up.output.find("haproxy exited at start"), std::string::npos) << up.output;
+  EXPECT_NE(up.output.find("[ALERT]"), std::string::npos) << up.output;
+  EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
+  EXPECT_EQ(rack_ranges_here(), "");
+  EXPECT_EQ(qemu_processes_under(dir_), 0);
+}
+
+// Apps that ignore the scheduled event: clients are sent to a guest that is going down until the
+// load balancer's probe notices. Every multi-instance service loses some requests, each run of
+// failures no longer than the probe's detection time plus one probe interval (plus one check
+// timeout: a powered-off guest's check fails by timing out), and the drill fails its check.
+TEST_F(Drill, RealVmNoDrainLosesRequestsOnlyUntilTheProbeNotices) {
+  json::object report;
+  CliRun r = drill("no-drain", "qemu", report);
+  ASSERT_FALSE(report.empty()) << r.output;
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(report.at("drill").at("state").as_string(), "Completed") << r.output;
+  ASSERT_TRUE(report.at("traffic").at("measured").as_bool()) << json::serialize(report.at("traffic"));
+  for (const auto& c : report.at("checks").as_array()) {
+    if (c.at("name").as_string() == "clients kept served") {
+      EXPECT_FALSE(c.at("passed").as_bool()) << json::serialize(c);
+    } else {
+      EXPECT_TRUE(c.at("passed").as_bool()) << json::serialize(c);  // the walk itself was fine
+    }
+  }
+  const double interval_s = 0.2, detection_s = 2 * interval_s;  // 5 s x 0.001 -> the 200 ms floor, x 2
+  for (const auto& sv : report.at("services").as_array()) {
+    const auto& s = sv.as_object();
+    if (s.at("instances").to_number<int64_t>() < 2) continue;
+    const auto& st = s.at("traffic").as_object();
+    EXPECT_GT(st.at("failed").to_number<int64_t>(), 0) << json::serialize(s);
+    EXPECT_LE(st.at("longest_failure_run_s").to_number<double>(), detection_s + interval_s + 1.0) << json::serialize(st);
+    std::cout << s.at("name").as_string() << ": " << st.at("failed").to_number<int64_t>() << " of "
+              << st.at("requests").to_number<int64_t>() << " failed, longest run " << st.at("longest_failure_run_s")
+              << " s" << std::endl;
+  }
 }
 
 }  // namespace

@@ -185,9 +185,7 @@ Result<DrillOutcome> run_drill(const OrchestratorClient& api, const DrillFileSpe
     bool created_any = false;
     for (const auto& s : spec.services) {
       if (names.count(s.name)) continue;
-      json::object body{{"name", s.name}, {"instance_count", s.instances}, {"ud_count", s.ud_count},
-                        {"image", s.image}, {"memory_mib", s.memory_mib}};
-      FL_RETURN_IF_ERROR(api.post("/v1/services", body));
+      FL_RETURN_IF_ERROR(api.post("/v1/services", service_body(s, spec.time_scale)));
       if (out) *out << "service " << s.name << " created (" << s.instances << " instances)\n";
       created_any = true;
     }

@@ -7,7 +7,9 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -187,6 +189,50 @@ Status wait_listening(LabProcess& p, const std::string& out_path, std::chrono::m
                                             " ms; its log (" + p.log + ") ends:\n" + tail(p.log));
 }
 
+std::string system_binary(const std::string& flag, const std::string& name) {
+  if (!flag.empty()) return flag;
+  for (const char* d : {"/usr/sbin/", "/usr/bin/", "/sbin/", "/bin/"}) {
+    std::string p = d + name;
+    if (access(p.c_str(), X_OK) == 0) return p;
+  }
+  return {};
+}
+
+// HAProxy's first configuration: only its own health listener, so that it starts before any
+// service exists. The orchestrator writes the real one (a frontend per service) and reloads.
+std::string bootstrap_haproxy_config() {
+  return std::string(
+             "# written by fabriclab lab up; the orchestrator replaces it (--lb-config)\n"
+             "global\n"
+             "  master-worker\n"
+             "defaults\n"
+             "  mode http\n"
+             "  timeout connect 1s\n"
+             "  timeout client 10s\n"
+             "  timeout server 10s\n"
+             "frontend fabriclab-health\n"
+             "  bind ") +
+         netns::kLbHealthBind +
+         "\n"
+         "  http-request return status 200 content-type text/plain string ok\n";
+}
+
+// Whether a unix stream socket at `path` accepts a connection (HAProxy's master socket is up).
+bool unix_socket_accepts(const std::string& path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (path.size() >= sizeof a.sun_path) {
+    close(fd);
+    return false;
+  }
+  std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
+  bool ok = connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  close(fd);
+  return ok;
+}
+
 json::object process_json(const LabProcess& p) {
   return {{"name", p.name}, {"pid", p.pid},   {"address", p.address},
           {"port", p.port}, {"fault_domain", p.fault_domain}, {"log", p.log}, {"netns", p.netns}};
@@ -249,9 +295,14 @@ Status Lab::save() const {
   for (const auto& a : agents_) agents.push_back(process_json(a));
   json::array namespaces;
   for (const auto& n : namespaces_) namespaces.push_back(json::value(n));
+  json::array net;
+  for (const auto& p : net_procs_) net.push_back(process_json(p));
   json::object o{{"dir", dir_},
                  {"network", network_},
                  {"network_reason", network_reason_},
+                 {"guest_network", guest_network_},
+                 {"guest_network_reason", guest_network_reason_},
+                 {"network_processes", std::move(net)},
                  {"agent_netns", rack_netns_},
                  {"namespaces", std::move(namespaces)},
                  {"hypervisor", hypervisor_},
@@ -296,6 +347,15 @@ Result<Lab> Lab::attach(const std::string& dir) {
     return make_error(Condition::invalid_argument, path + ": agent_netns '" + lab.rack_netns_ + "' is not a lab namespace");
   }
   FL_ASSIGN_OR_RETURN(lab.hypervisor_, get_string(o, "hypervisor", 64, false));
+  if (auto* g = o.if_contains("guest_network"); g && g->is_bool()) lab.guest_network_ = g->as_bool();
+  FL_ASSIGN_OR_RETURN(lab.guest_network_reason_, get_string(o, "guest_network_reason", 4096, false));
+  FL_ASSIGN_OR_RETURN(auto* net, get_optional_array(o, "network_processes", 1000));
+  if (net) {
+    for (const auto& v : *net) {
+      FL_ASSIGN_OR_RETURN(auto p, process_from_json(v));
+      lab.net_procs_.push_back(std::move(p));
+    }
+  }
   FL_ASSIGN_OR_RETURN(auto* orch, get_object(o, "orchestrator"));
   FL_ASSIGN_OR_RETURN(lab.orchestrator_, process_from_json(*orch));
   FL_ASSIGN_OR_RETURN(auto* agents, get_array(o, "agents", 10000));
@@ -365,7 +425,7 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
   } else if (spec.hosts > netns::kMaxHosts) {
     lab.network_reason_ = "more than " + std::to_string(netns::kMaxHosts) + " hosts do not fit 198.18.0.0/24";
   } else {
-    auto made = netns::create(netns::new_id(), spec.hosts, lab.namespaces_);
+    auto made = netns::create(netns::new_id(), spec.hosts, lab.namespaces_, /*guest_network=*/!sim);
     if (made.ok()) {
       lab.network_ = "netns";
       lab.rack_netns_ = lab.namespaces_.front();
@@ -378,9 +438,17 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
   if (lab.network_ != "netns" && options.network == "netns") {
     return fail(make_error(Condition::unsupported, "network namespaces: " + lab.network_reason_));
   }
+  lab.guest_network_ = lab.network_ == "netns" && !sim;
+  lab.guest_network_reason_ = lab.guest_network_ ? ""
+                              : sim              ? "simulated guests serve no HTTP (test driver)"
+                              : "loopback network: the rack has no guest network (" +
+                                    (lab.network_reason_.empty() ? std::string("--network loopback") : lab.network_reason_) + ")";
   // Recorded at once: a `fabriclab lab down` finds the namespaces even if this process dies now.
   if (auto st = lab.save(); !st.ok()) return fail(st.error());
   if (interrupted()) return fail(make_error(Condition::cancelled, "interrupted"));
+  if (lab.guest_network_) {
+    if (auto st = lab.start_network_services(options); !st.ok()) return fail(st.error());
+  }
   for (int i = 0; i < spec.hosts; ++i) {
     LabProcess p;
     p.name = "h" + std::to_string(i);
@@ -412,6 +480,11 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
       // Healthy = a heartbeat within 5 s: TCG guests on a busy 2-core machine stall for seconds.
       argv.insert(argv.end(), {"--boot-timeout-ms", "60000", "--healthy-periods", "5"});
     }
+    if (lab.guest_network_) {
+      argv.insert(argv.end(), {"--guest-bridge", netns::kGuestBridge, "--guest-subnet", netns::guest_subnet(i),
+                               "--dhcp-hosts-dir", lab.dir_ + "/" + p.name + "-dhcp", "--imds-listen",
+                               std::string(netns::kImdsAddress) + ":80"});
+    }
     if (lab.network_ == "netns") p.netns = lab.namespaces_.at(static_cast<size_t>(i) + 1);
     auto pid = spawn(argv, lab.dir_ + "/" + p.name + ".out", p.log, p.netns);
     if (!pid.ok()) return fail(pid.error());
@@ -438,6 +511,13 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
                                      "--poll-ms", std::to_string(options.poll_ms),
                                      "--unhealthy-after-ms", std::to_string(options.unhealthy_after_ms)};
     if (!lab.rack_netns_.empty()) argv.insert(argv.end(), {"--agent-netns", netns::path_of(lab.rack_netns_)});
+    if (lab.guest_network_) {
+      argv.insert(argv.end(), {"--lb-config", lab.dir_ + "/haproxy.cfg", "--lb-master-socket",
+                               lab.dir_ + "/haproxy.sock", "--lb-health-bind", netns::kLbHealthBind,
+                               "--client-netns", netns::path_of(lab.rack_netns_), "--vip-range", netns::kVipRange});
+    } else {
+      argv.insert(argv.end(), {"--no-traffic-reason", lab.guest_network_reason_});
+    }
     fs::remove(lab.dir_ + "/journal.db", ec);
     fs::remove(lab.dir_ + "/journal.db-wal", ec);
     fs::remove(lab.dir_ + "/journal.db-shm", ec);
@@ -452,6 +532,80 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
   return lab;
 }
 
+Status Lab::start_network_services(const LabOptions& options) {
+  const std::string dnsmasq = system_binary(options.dnsmasq_bin, "dnsmasq");
+  const std::string haproxy = system_binary(options.haproxy_bin, "haproxy");
+  if (dnsmasq.empty()) return make_error(Condition::not_found, "dnsmasq not found (Debian package dnsmasq-base; testbed/setup.sh installs it)");
+  if (haproxy.empty()) return make_error(Condition::not_found, "haproxy not found (Debian package haproxy; testbed/setup.sh installs it)");
+  std::error_code ec;
+  // One dnsmasq per host namespace: DHCP only (port=0: no DNS), static leases from the files the
+  // agent writes into DIR/hN-dhcp (re-read on change through inotify).
+  for (size_t i = 1; i < namespaces_.size(); ++i) {
+    const int n = static_cast<int>(i) - 1;
+    LabProcess p;
+    p.name = "dnsmasq-h" + std::to_string(n);
+    p.netns = namespaces_[i];
+    p.log = dir_ + "/" + p.name + ".log";
+    const std::string hosts_dir = dir_ + "/h" + std::to_string(n) + "-dhcp";
+    fs::remove_all(hosts_dir, ec);
+    fs::create_directories(hosts_dir, ec);
+    if (ec) return make_error(Condition::transient, "cannot create " + hosts_dir + ": " + ec.message());
+    const std::string gw = netns::guest_gateway(n);
+    const std::string net = gw.substr(0, gw.size() - 2);  // "198.19.N"
+    std::vector<std::string> argv = {dnsmasq, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
+                                     "--no-hosts", "--port=0", "--interface=" + std::string(netns::kGuestBridge),
+                                     "--bind-interfaces", "--dhcp-authoritative",
+                                     "--dhcp-range=" + net + ".10," + net + ".250,255.255.255.0,1h",
+                                     "--dhcp-option=option:router," + gw, "--dhcp-hostsdir=" + hosts_dir,
+                                     "--dhcp-leasefile=" + dir_ + "/" + p.name + ".leases", "--log-dhcp",
+                                     "--log-facility=-", "--pid-file=", "--user=root"};
+    auto pid = spawn(argv, dir_ + "/" + p.name + ".out", p.log, p.netns);
+    if (!pid.ok()) return pid.error();
+    p.pid = *pid;
+    net_procs_.push_back(p);
+  }
+  // HAProxy in the rack namespace, master-worker, its master socket in the lab directory.
+  LabProcess h;
+  h.name = "haproxy";
+  h.netns = rack_netns_;
+  h.log = dir_ + "/haproxy.log";
+  const std::string cfg = dir_ + "/haproxy.cfg", sock = dir_ + "/haproxy.sock";
+  std::ofstream(cfg, std::ios::trunc) << bootstrap_haproxy_config();
+  auto pid = spawn({haproxy, "-W", "-S", sock + ",mode,600", "-f", cfg}, dir_ + "/haproxy.out", h.log, h.netns);
+  if (!pid.ok()) return pid.error();
+  h.pid = *pid;
+  net_procs_.push_back(h);
+  if (auto st = save(); !st.ok()) return st;
+  // Ready when its master socket accepts; a HAProxy that exits says why in its own words.
+  auto deadline = Clock::now() + 10s;
+  for (;;) {
+    for (const auto& p : net_procs_) {
+      if (!alive(p.pid)) {
+        return make_error(Condition::internal, p.name + " exited at start; its log (" + p.log + ") ends:\n" + tail(p.log));
+      }
+    }
+    if (unix_socket_accepts(sock)) break;
+    if (Clock::now() > deadline) {
+      return make_error(Condition::timeout, "haproxy's master socket " + sock + " did not answer within 10 s; its log (" +
+                                                h.log + ") ends:\n" + tail(h.log));
+    }
+    if (interrupted()) return make_error(Condition::cancelled, "interrupted");
+    std::this_thread::sleep_for(20ms);
+  }
+  return {};
+}
+
+void Lab::stop_network_services() {
+  for (const auto& p : net_procs_) {
+    if (alive(p.pid)) kill(p.pid, SIGTERM);  // HAProxy's master stops its workers on SIGTERM
+  }
+  auto deadline = Clock::now() + 3s;
+  for (const auto& p : net_procs_) {
+    while (alive(p.pid) && Clock::now() < deadline) std::this_thread::sleep_for(20ms);
+    if (alive(p.pid)) kill(p.pid, SIGKILL);
+  }
+}
+
 Status Lab::populate(const DrillFileSpec& spec, std::chrono::milliseconds healthy_timeout) {
   FL_ASSIGN_OR_RETURN(auto api, OrchestratorClient::from_url(orchestrator_url(), token_));
   for (const auto& a : agents_) {
@@ -463,12 +617,7 @@ Status Lab::populate(const DrillFileSpec& spec, std::chrono::milliseconds health
   }
   int total = 0;
   for (const auto& s : spec.services) {
-    json::object svc{{"name", s.name},
-                     {"instance_count", s.instances},
-                     {"ud_count", s.ud_count},
-                     {"image", s.image},
-                     {"memory_mib", s.memory_mib}};
-    FL_RETURN_IF_ERROR(api.post("/v1/services", svc));
+    FL_RETURN_IF_ERROR(api.post("/v1/services", service_body(s, spec.time_scale)));
     total += s.instances;
   }
   auto deadline = Clock::now() + healthy_timeout;
@@ -534,6 +683,23 @@ Status Lab::down(bool remove_dir) {
     for (pid_t p : left) kill(p, SIGKILL);
     std::this_thread::sleep_for(100ms);
   }
+  stop_network_services();
+  // Anything still inside a lab namespace (a HAProxy worker whose master was SIGKILLed, a process
+  // a user started there) would keep it alive: kill it.
+  for (int round = 0; round < 3; ++round) {
+    bool any = false;
+    for (const auto& n : namespaces_) {
+      if (!netns::is_lab_name(n)) continue;
+      for (int pid : netns::pids(n)) {
+        if (pid != getpid()) {
+          kill(pid, SIGKILL);
+          any = true;
+        }
+      }
+    }
+    if (!any) break;
+    std::this_thread::sleep_for(100ms);
+  }
   // The namespaces last: nothing of the lab runs in them any more (hosts first, then the rack).
   auto removed = netns::remove(namespaces_);
   std::error_code ec;
@@ -552,7 +718,11 @@ Status Lab::down(bool remove_dir) {
   if (remove_dir) {
     fs::remove_all(dir_, ec);
   } else {
-    for (const auto& a : agents_) fs::remove_all(dir_ + "/" + a.name, ec);  // overlays and sockets
+    for (const auto& a : agents_) {
+      fs::remove_all(dir_ + "/" + a.name, ec);  // overlays and sockets
+      fs::remove_all(dir_ + "/" + a.name + "-dhcp", ec);
+    }
+    fs::remove(dir_ + "/haproxy.sock", ec);
     fs::remove(dir_ + "/" + kLabFile, ec);
   }
   return {};
@@ -569,9 +739,18 @@ json::object Lab::status_json() const {
   o["alive"] = alive(orchestrator_.pid);
   json::array namespaces;
   for (const auto& n : namespaces_) namespaces.push_back(json::value(n));
+  json::array net;
+  for (const auto& p : net_procs_) {
+    auto j = process_json(p);
+    j["alive"] = alive(p.pid);
+    net.push_back(std::move(j));
+  }
   return {{"dir", dir_},
           {"network", network_},
           {"network_reason", network_reason_},
+          {"guest_network", guest_network_},
+          {"guest_network_reason", guest_network_reason_},
+          {"network_processes", std::move(net)},
           {"agent_netns", rack_netns_},
           {"namespaces", std::move(namespaces)},
           {"hypervisor", hypervisor_},

@@ -5,7 +5,9 @@
 // hang, but a child that did would hold the whole lab up.
 #include "netns.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -15,6 +17,7 @@
 #include <cctype>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 
@@ -124,9 +127,36 @@ Status run_ip(const std::vector<std::string>& args, const std::string& input = {
   return make_error(c, describe(args) + " failed (" + code + ")" + (output.empty() ? "" : ": " + output));
 }
 
+// Turns IPv4 forwarding on inside namespace `name`: a child enters it and writes the sysctl
+// (/proc/sys/net belongs to the namespace of whoever opens it).
+Status enable_forwarding(const std::string& name) {
+  int ns = open(path_of(name).c_str(), O_RDONLY | O_CLOEXEC);
+  if (ns < 0) return make_error(Condition::not_found, "cannot open " + path_of(name) + ": " + std::strerror(errno));
+  pid_t pid = fork();
+  if (pid < 0) {
+    close(ns);
+    return make_error(Condition::transient, "fork: " + std::string(std::strerror(errno)));
+  }
+  if (pid == 0) {
+    if (setns(ns, CLONE_NEWNET) != 0) _exit(10);
+    int fd = open("/proc/sys/net/ipv4/ip_forward", O_WRONLY | O_CLOEXEC);
+    if (fd < 0) _exit(11);
+    _exit(write(fd, "1\n", 2) == 2 ? 0 : 12);
+  }
+  close(ns);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return {};
+  return make_error(Condition::internal, "cannot turn on IPv4 forwarding in " + name + " (exit " +
+                                             std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) + ")");
+}
+
 }  // namespace
 
 std::string host_address(int n) { return "198.18.0." + std::to_string(n + 2); }
+std::string guest_subnet(int n) { return "198.19." + std::to_string(n) + ".0/24"; }
+std::string guest_gateway(int n) { return "198.19." + std::to_string(n) + ".1"; }
 
 std::string new_id() {
   std::random_device rd;
@@ -160,7 +190,7 @@ bool is_lab_name(const std::string& name) {
   return true;
 }
 
-Status create(const std::string& id, int hosts, std::vector<std::string>& created) {
+Status create(const std::string& id, int hosts, std::vector<std::string>& created, bool guest_network) {
   if (hosts < 1 || hosts > kMaxHosts) {
     return make_error(Condition::invalid_argument, "a namespaced rack has 1.." + std::to_string(kMaxHosts) + " hosts, not " + std::to_string(hosts));
   }
@@ -184,8 +214,38 @@ Status create(const std::string& id, int hosts, std::vector<std::string>& create
                               "addr add " + host_address(n) + "/24 dev eth0\n"
                               "link set eth0 up\n"));
     ports += "link set " + peer + " master br0 up\n";
+    if (guest_network) {
+      FL_RETURN_IF_ERROR(run_ip({"-n", host, "-batch", "-"},
+                                "link add " + std::string(kGuestBridge) + " type bridge\n"
+                                "addr add " + guest_gateway(n) + "/24 dev " + kGuestBridge + "\n"
+                                "addr add " + std::string(kImdsAddress) + "/32 dev " + kGuestBridge + "\n"
+                                "link set " + kGuestBridge + " up\n"));
+      FL_RETURN_IF_ERROR(enable_forwarding(host));
+      ports += "route add " + guest_subnet(n) + " via " + host_address(n) + "\n";
+    }
   }
+  if (guest_network) ports += "route add local " + std::string(kVipRange) + " dev lo\n";
   return run_ip({"-n", rack, "-batch", "-"}, ports);
+}
+
+std::vector<int> pids(const std::string& name) {
+  std::vector<int> out;
+  struct stat ns {};
+  if (stat(path_of(name).c_str(), &ns) != 0) return out;
+  DIR* d = opendir("/proc");
+  if (!d) return out;
+  while (dirent* e = readdir(d)) {
+    char* end = nullptr;
+    long pid = std::strtol(e->d_name, &end, 10);
+    if (!end || *end != '\0' || pid <= 1) continue;
+    struct stat st {};
+    std::string p = "/proc/" + std::string(e->d_name) + "/ns/net";
+    if (stat(p.c_str(), &st) == 0 && st.st_ino == ns.st_ino && st.st_dev == ns.st_dev) {
+      out.push_back(static_cast<int>(pid));
+    }
+  }
+  closedir(d);
+  return out;
 }
 
 Status remove(const std::vector<std::string>& names) {

@@ -5,6 +5,12 @@
 //                                  every veth pair enslaved to br0
 //   host namespace  flab-ID-hN     lo up, eth0 198.18.0.(N+2)/24, the other end of its veth pair
 //
+// With a guest network (docs/clients.md), also:
+//   rack namespace  routes 198.19.N.0/24 via 198.18.0.(N+2) for every host N; a local route for
+//                   the VIPs 198.18.1.0/24 (HAProxy binds any of them)
+//   host namespace  bridge gbr0 198.19.N.1/24 + 169.254.169.254/32 (the guests' gateway, DHCP
+//                   server and IMDS), IPv4 forwarding on (rack <-> guests)
+//
 // Both ends of every veth pair are created inside namespaces (`ip -n HOST link add eth0 type veth
 // peer name hN netns RACK`): no interface or 198.18 address ever appears in the namespace the lab
 // was started from. Everything goes through the `ip` binary of iproute2, run as a child with its
@@ -20,8 +26,16 @@ namespace fabriclab::rack::netns {
 inline constexpr const char* kBridgeAddress = "198.18.0.1";
 inline constexpr int kMaxHosts = 250;  // 198.18.0.2 .. 198.18.0.251
 
+inline constexpr const char* kGuestBridge = "gbr0";
+inline constexpr const char* kImdsAddress = "169.254.169.254";
+inline constexpr const char* kVipRange = "198.18.1.0/24";
+inline constexpr const char* kLbHealthBind = "198.18.1.1:8404";
+
 // Host N's address inside its namespace: 198.18.0.(N+2).
 std::string host_address(int n);
+// Host N's guest subnet 198.19.N.0/24 and its gateway 198.19.N.1 (on gbr0).
+std::string guest_subnet(int n);
+std::string guest_gateway(int n);
 
 // A fresh lab id: 8 hex digits (namespace names flab-ID-rack, flab-ID-hN).
 std::string new_id();
@@ -37,11 +51,15 @@ bool is_lab_name(const std::string& name);
 // exactly what exists (and never a namespace of the same name it did not make: `ip netns add`
 // refuses an existing name). Errors: not_found (no `ip`), permission_denied (EPERM: not root),
 // otherwise the failing command and what `ip` printed.
-Status create(const std::string& id, int hosts, std::vector<std::string>& created);
+// With `guest_network`, also the guest bridges, forwarding and routes above.
+Status create(const std::string& id, int hosts, std::vector<std::string>& created, bool guest_network);
 
 // Removes the named namespaces, last first (hosts before their rack). Names that are not lab
 // names are refused; names already gone are fine. The error lists what could not be removed.
 Status remove(const std::vector<std::string>& names);
+
+// The processes whose network namespace is `name` (same namespace inode as /run/netns/NAME).
+std::vector<int> pids(const std::string& name);
 
 // "/run/netns/NAME".
 std::string path_of(const std::string& name);

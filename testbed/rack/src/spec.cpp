@@ -66,11 +66,91 @@ Status read_str(const YAML::Node& parent, const std::string& key, const std::str
   return {};
 }
 
+// The probe's path: an absolute HTTP path of printable characters, no spaces (it goes into the
+// load balancer's configuration as one word).
+Status read_path(const YAML::Node& parent, const std::string& key, const std::string& path, std::string& out) {
+  auto n = parent[key];
+  if (!n) return {};
+  if (!n.IsScalar()) return bad(path + key, "must be a string");
+  auto v = n.as<std::string>();
+  if (v.empty() || v[0] != '/' || v.size() > 256) return bad(path + key, "must be an absolute path ('/...'), at most 256 characters");
+  for (char c : v) {
+    if (static_cast<unsigned char>(c) <= ' ' || static_cast<unsigned char>(c) >= 0x7f || c == '"' || c == '\\' || c == '#') {
+      return bad(path + key, "may hold only printable characters without spaces, quotes, '\\' or '#'");
+    }
+  }
+  out = v;
+  return {};
+}
+
+Status read_bool(const YAML::Node& parent, const std::string& key, const std::string& path, bool& out) {
+  auto n = parent[key];
+  if (!n) return {};
+  try {
+    out = n.as<bool>();
+  } catch (const YAML::Exception&) {
+    return bad(path + key, "must be true or false");
+  }
+  return {};
+}
+
+Status read_service_extras(const YAML::Node& n, const std::string& p, ServiceSpec& svc) {
+  if (auto e = n["endpoint"]) {
+    FL_RETURN_IF_ERROR(only_keys(e, p + ".endpoint", {"port", "probe"}));
+    EndpointSpec ep;
+    FL_RETURN_IF_ERROR(read(e, "port", p + ".endpoint.", ep.port, 1, 65535));
+    if (auto pr = e["probe"]) {
+      const std::string pp = p + ".endpoint.probe";
+      FL_RETURN_IF_ERROR(only_keys(pr, pp, {"path", "interval_s", "unhealthy_threshold"}));
+      FL_RETURN_IF_ERROR(read_path(pr, "path", pp + ".", ep.probe_path));
+      FL_RETURN_IF_ERROR(read(pr, "interval_s", pp + ".", ep.probe_interval_s, 1.0, 3600.0));
+      FL_RETURN_IF_ERROR(read(pr, "unhealthy_threshold", pp + ".", ep.unhealthy_threshold, 1, 10));
+    }
+    svc.endpoint = ep;
+  }
+  FL_RETURN_IF_ERROR(read_bool(n, "drain", p + ".", svc.drain));
+  if (auto t = n["traffic"]) {
+    FL_RETURN_IF_ERROR(only_keys(t, p + ".traffic", {"rps"}));
+    FL_RETURN_IF_ERROR(read(t, "rps", p + ".traffic.", svc.traffic_rps, 0.1, 1000.0));
+  }
+  if ((n["drain"] || n["traffic"]) && !svc.endpoint) {
+    return bad(p + (n["drain"] ? ".drain" : ".traffic"), "needs an endpoint (clients reach a service through its load balancer)");
+  }
+  return {};
+}
+
 }  // namespace
+
+int scaled_probe_interval_ms(const EndpointSpec& e, double time_scale) {
+  double ms = e.probe_interval_s * 1000.0 * time_scale;
+  return ms < kMinProbeIntervalMs ? kMinProbeIntervalMs : static_cast<int>(ms + 0.5);
+}
+
+json::object service_body(const ServiceSpec& s, double time_scale) {
+  json::object body{{"name", s.name},
+                    {"instance_count", s.instances},
+                    {"ud_count", s.ud_count},
+                    {"image", s.image},
+                    {"memory_mib", s.memory_mib}};
+  if (s.endpoint) {
+    body["endpoint"] = json::object{
+        {"port", s.endpoint->port},
+        {"probe", json::object{{"path", s.endpoint->probe_path},
+                               {"interval_ms", scaled_probe_interval_ms(*s.endpoint, time_scale)},
+                               {"unhealthy_threshold", s.endpoint->unhealthy_threshold}}}};
+    body["drain"] = s.drain;
+    body["traffic_rps"] = s.traffic_rps;
+  }
+  return body;
+}
 
 DrillFileSpec default_spec() {
   DrillFileSpec s;
-  s.services = {{"hello", 1, 5, "v1", 128}, {"web", 2, 5, "v1", 128}, {"worker", 3, 5, "v1", 128}};
+  // Every service behind the load balancer with Azure's default probe; the seeds' Hello World
+  // sample (one instance, no SLA) too, so the report shows what its clients saw in its outage.
+  s.services = {{"hello", 1, 5, "v1", 128, EndpointSpec{}},
+                {"web", 2, 5, "v1", 128, EndpointSpec{}},
+                {"worker", 3, 5, "v1", 128, EndpointSpec{}}};
   return s;
 }
 
@@ -101,7 +181,8 @@ Result<DrillFileSpec> parse_spec(const std::string& text, const std::string& wha
     std::set<std::string> names;
     for (size_t i = 0; i < sv.size(); ++i) {
       std::string p = "services[" + std::to_string(i) + "]";
-      FL_RETURN_IF_ERROR(only_keys(sv[i], p, {"name", "instances", "ud_count", "image", "memory_mib"}));
+      FL_RETURN_IF_ERROR(only_keys(sv[i], p, {"name", "instances", "ud_count", "image", "memory_mib", "endpoint",
+                                              "drain", "traffic"}));
       ServiceSpec svc;
       if (!sv[i]["name"]) return bad(p + ".name", "is required");
       FL_RETURN_IF_ERROR(read_str(sv[i], "name", p + ".", svc.name));
@@ -110,6 +191,7 @@ Result<DrillFileSpec> parse_spec(const std::string& text, const std::string& wha
       FL_RETURN_IF_ERROR(read(sv[i], "ud_count", p + ".", svc.ud_count, 1, 20));
       FL_RETURN_IF_ERROR(read_str(sv[i], "image", p + ".", svc.image));
       FL_RETURN_IF_ERROR(read(sv[i], "memory_mib", p + ".", svc.memory_mib, 32, 4096));
+      FL_RETURN_IF_ERROR(read_service_extras(sv[i], p, svc));
       s.services.push_back(svc);
     }
   }

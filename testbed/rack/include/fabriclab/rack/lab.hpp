@@ -22,6 +22,16 @@
 //    Linux host routes to lo without set-up; network_reason() says why namespaces were not used.
 // A fault domain losing power (kill_fault_domain) kills its agents and VMs but leaves their
 // namespaces until down(): a dead host's address refuses connections, as on loopback.
+//
+// Guest network (docs/clients.md; "guest_network" in lab.json): on a namespaced rack of real VMs
+// every host namespace also gets a guest bridge gbr0 (198.19.N.1/24 and the IMDS address
+// 169.254.169.254), a dnsmasq serving static leases on it (the agent writes one host file per
+// instance into its dhcp directory), and the agent serves IMDS there; the rack namespace routes to
+// every guest subnet, holds the VIPs 198.18.1.0/24 and runs HAProxy (master-worker, its master
+// socket in the lab directory), which the orchestrator configures and reloads. A simulated or
+// loopback rack has none of this; guest_network_reason() says why, and the drill's report says
+// that client traffic was not measured. down() stops HAProxy and the dnsmasqs, and kills any
+// process still inside a lab namespace before removing it.
 
 #include <chrono>
 #include <map>
@@ -48,6 +58,8 @@ struct LabOptions {
   std::string orchestrator_address = "127.0.0.1";
   std::chrono::milliseconds start_timeout{30000};
   int poll_ms = 200;              // orchestrator's agent poll period
+  std::string haproxy_bin;        // empty: haproxy from /usr/sbin, /usr/bin
+  std::string dnsmasq_bin;        // empty: dnsmasq from /usr/sbin, /usr/bin
   int unhealthy_after_ms = 3000;
 };
 
@@ -90,6 +102,10 @@ class Lab {
   const std::string& control_token() const { return token_; }
   const LabProcess& orchestrator() const { return orchestrator_; }
   const std::vector<LabProcess>& agents() const { return agents_; }
+  // dnsmasq per host ("dnsmasq-hN") and HAProxy ("haproxy"), when there is a guest network.
+  const std::vector<LabProcess>& network_processes() const { return net_procs_; }
+  bool guest_network() const { return guest_network_; }
+  const std::string& guest_network_reason() const { return guest_network_reason_; }
   std::string orchestrator_url() const;
 
   // Registers every host with the orchestrator and creates the services (POST /v1/hosts,
@@ -98,6 +114,9 @@ class Lab {
 
  private:
   Status save() const;
+  // dnsmasq in every host namespace and HAProxy in the rack namespace (guest network only).
+  Status start_network_services(const LabOptions& options);
+  void stop_network_services();
   std::string dir_;
   std::string token_;
   std::string network_ = "loopback";
@@ -107,6 +126,9 @@ class Lab {
   std::string hypervisor_;
   LabProcess orchestrator_;
   std::vector<LabProcess> agents_;
+  std::vector<LabProcess> net_procs_;
+  bool guest_network_ = false;
+  std::string guest_network_reason_;
 };
 
 // Finds the binaries: FABRICLAB_BIN_DIR, the directory of this executable, then the build tree

@@ -5,18 +5,38 @@
 //
 //   rack:     {hosts: 6, fault_domains: 3, capacity: 4}
 //   hypervisor: qemu | test          (test: libvirt's test driver, simulated guests)
-//   services: [{name: web, instances: 2, ud_count: 5, image: v1, memory_mib: 128}, ...]
+//   services: [{name: web, instances: 2, ud_count: 5, image: v1, memory_mib: 128,
+//               endpoint: {port: 80, probe: {path: /health, interval_s: 5,
+//                                            unhealthy_threshold: 2}},
+//               drain: true, traffic: {rps: 20}}, ...]
+//             endpoint: the service sits behind the rack's load balancer on a VIP, probed as
+//             Azure's load balancer probes (defaults as Azure's: /health, 5 s, 2); the probe's
+//             interval is time-scaled like every wait, but never below kMinProbeIntervalMs.
+//             drain: the app drains on a scheduled event before it approves it (default true).
+//             traffic.rps: client requests per second to the VIP during a drill (default 20).
 //   update:   {kind: host-os | guest-os | freeze, target: host-v2}
 //   policies: {max_parallel_hosts: 0, time_scale: 0.001, recovery_s: 1800, notice_s: 900,
 //              healthy_timeout_s: 600, freeze_s: 5}
 //   faults:   [{kind: kill-fault-domain, fault_domain: 0}]   (before the walk starts)
 
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "fabriclab/common/json.hpp"
 #include "fabriclab/common/result.hpp"
 
 namespace fabriclab::rack {
+
+// The floor of a time-scaled probe interval: what HAProxy and TCG guests can honour.
+inline constexpr int kMinProbeIntervalMs = 200;
+
+struct EndpointSpec {
+  int port = 80;
+  std::string probe_path = "/health";
+  double probe_interval_s = 5;  // Azure's default
+  int unhealthy_threshold = 2;  // Azure's default
+};
 
 struct ServiceSpec {
   std::string name;
@@ -24,7 +44,17 @@ struct ServiceSpec {
   int ud_count = 5;
   std::string image = "v1";
   int memory_mib = 128;
+  std::optional<EndpointSpec> endpoint;
+  bool drain = true;
+  double traffic_rps = 20;
 };
+
+// The probe interval a drill uses: interval_s * time_scale, never below kMinProbeIntervalMs.
+int scaled_probe_interval_ms(const EndpointSpec& e, double time_scale);
+
+// The POST /v1/services body of a service (the orchestrator's wire form: the probe interval
+// already time-scaled, in ms).
+json::object service_body(const ServiceSpec& s, double time_scale);
 
 struct FaultSpec {
   std::string kind;  // kill-fault-domain
