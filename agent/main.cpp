@@ -126,6 +126,22 @@ int main(int argc, char** argv) {
   o.boot_timeout = std::chrono::milliseconds(boot_ms);
   o.boot_delay = std::chrono::milliseconds(boot_delay_ms);
 
+  // --imds-listen ADDR:PORT, checked before anything starts.
+  std::string imds_addr;
+  int imds_port = -1;
+  if (!imds_listen.empty()) {
+    auto colon = imds_listen.rfind(':');
+    if (colon != std::string::npos && colon > 0 && colon + 1 < imds_listen.size() &&
+        colon + 6 >= imds_listen.size() &&
+        imds_listen.find_first_not_of("0123456789", colon + 1) == std::string::npos) {
+      imds_port = std::stoi(imds_listen.substr(colon + 1));
+      imds_addr = imds_listen.substr(0, colon);
+    }
+    if (imds_port < 0 || imds_port > 65535) {
+      std::cerr << "fabriclab-agent: --imds-listen must be ADDR:PORT: '" << imds_listen << "'\n";
+      return 2;
+    }
+  }
   auto tokens = http::load_tokens(control_token_file, read_token_file);
   if (!tokens.ok()) {
     std::cerr << "fabriclab-agent: " << tokens.error().describe() << "\n";
@@ -187,17 +203,6 @@ int main(int argc, char** argv) {
   // IMDS: a second server, open (guests hold no token), small bodies, known by source address.
   std::unique_ptr<http::Server> imds;
   if (!imds_listen.empty()) {
-    auto colon = imds_listen.rfind(':');
-    int imds_port = -1;
-    if (colon != std::string::npos && colon + 1 < imds_listen.size() && colon + 6 >= imds_listen.size() &&
-        imds_listen.find_first_not_of("0123456789", colon + 1) == std::string::npos) {
-      imds_port = std::stoi(imds_listen.substr(colon + 1));
-    }
-    if (imds_port < 0 || imds_port > 65535) {
-      std::cerr << "fabriclab-agent: --imds-listen must be ADDR:PORT: '" << imds_listen << "'\n";
-      return 2;
-    }
-    const std::string imds_addr = imds_listen.substr(0, colon);
     http::Limits imds_limits;
     imds_limits.max_body = 4096;
     imds_limits.max_header = 8 * 1024;
