@@ -1,5 +1,6 @@
 // fabriclab-agent: the host agent daemon (the emulated Hyper-V host). Parses options (YAML config
-// file, then flags), wires the agent, its API and its event feed, and runs until SIGINT/SIGTERM.
+// file, then flags), wires the agent, its API and its event feed, and (with --imds-listen) the
+// Instance Metadata Service for its guests, and runs until SIGINT/SIGTERM.
 
 #include <CLI/CLI.hpp>
 #include <yaml-cpp/yaml.h>
@@ -13,6 +14,7 @@
 #include "fabriclab/agent/api.hpp"
 #include "fabriclab/agent/host_agent.hpp"
 #include "fabriclab/agent/image_store.hpp"
+#include "fabriclab/agent/imds.hpp"
 #include "fabriclab/common/event_feed.hpp"
 #include "fabriclab/common/logging.hpp"
 
@@ -76,6 +78,16 @@ int main(int argc, char** argv) {
                  "Lab convenience: write and stage synthetic host images with these versions at start "
                  "(e.g. host-v1,host-v2)")
       ->delimiter(',');
+  std::string imds_listen;
+  app.add_option("--guest-bridge", o.guest_bridge,
+                 "Attach every guest's virtio NIC to this bridge (needs --guest-subnet; empty: no NIC)");
+  app.add_option("--guest-subnet", o.guest_subnet,
+                 "Guest addresses A.B.C.10-.250 and MACs 52:54:00:c6:C:K from this A.B.C.0/24; gateway .1");
+  app.add_option("--dhcp-hosts-dir", o.dhcp_hosts_dir,
+                 "Write one dnsmasq host file per instance here (NAME.conf: MAC,IP,NAME; needs --guest-subnet)");
+  app.add_option("--imds-listen", imds_listen,
+                 "Serve the Instance Metadata Service at ADDR:PORT (169.254.169.254:80 in a rack; port 0: "
+                 "ephemeral); prints 'imds listening ADDR:PORT'");
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
   app.add_flag("--json-logs", json_logs, "Log JSON lines");
   // Expand --config FILE into flags first.
@@ -114,6 +126,22 @@ int main(int argc, char** argv) {
   o.boot_timeout = std::chrono::milliseconds(boot_ms);
   o.boot_delay = std::chrono::milliseconds(boot_delay_ms);
 
+  // --imds-listen ADDR:PORT, checked before anything starts.
+  std::string imds_addr;
+  int imds_port = -1;
+  if (!imds_listen.empty()) {
+    auto colon = imds_listen.rfind(':');
+    if (colon != std::string::npos && colon > 0 && colon + 1 < imds_listen.size() &&
+        colon + 6 >= imds_listen.size() &&
+        imds_listen.find_first_not_of("0123456789", colon + 1) == std::string::npos) {
+      imds_port = std::stoi(imds_listen.substr(colon + 1));
+      imds_addr = imds_listen.substr(0, colon);
+    }
+    if (imds_port < 0 || imds_port > 65535) {
+      std::cerr << "fabriclab-agent: --imds-listen must be ADDR:PORT: '" << imds_listen << "'\n";
+      return 2;
+    }
+  }
   auto tokens = http::load_tokens(control_token_file, read_token_file);
   if (!tokens.ok()) {
     std::cerr << "fabriclab-agent: " << tokens.error().describe() << "\n";
@@ -172,9 +200,28 @@ int main(int argc, char** argv) {
   }
   std::cout << "listening " << listen << ":" << *bound << std::endl;
   logger("agent")->info("[host:{}] listening on {}:{}", o.host_id, listen, *bound);
+  // IMDS: a second server, open (guests hold no token), small bodies, known by source address.
+  std::unique_ptr<http::Server> imds;
+  if (!imds_listen.empty()) {
+    http::Limits imds_limits;
+    imds_limits.max_body = 4096;
+    imds_limits.max_header = 8 * 1024;
+    imds_limits.max_json_depth = 4;
+    imds_limits.read_timeout = std::chrono::seconds(10);
+    imds = std::make_unique<http::Server>("imds", http::Tokens{}, imds_limits);
+    agent::install_imds(*imds, **agent);
+    auto imds_bound = imds->start(imds_addr, static_cast<uint16_t>(imds_port), 1);
+    if (!imds_bound.ok()) {
+      std::cerr << "fabriclab-agent: --imds-listen: " << imds_bound.error().describe() << "\n";
+      return 1;
+    }
+    std::cout << "imds listening " << imds_addr << ":" << *imds_bound << std::endl;
+    logger("agent")->info("[host:{}] IMDS on {}:{}", o.host_id, imds_addr, *imds_bound);
+  }
   int sig = 0;
   sigwait(&stop_signals, &sig);
   logger("agent")->info("[host:{}] stopping", o.host_id);
+  if (imds) imds->stop();
   server.stop();
   agent->reset();  // guests keep running: the host agent going away is not a host failure
   return 0;

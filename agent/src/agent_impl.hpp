@@ -17,6 +17,7 @@
 #include <boost/json.hpp>
 
 #include "fabriclab/agent/guest_link.hpp"
+#include "fabriclab/agent/guest_network.hpp"
 #include "fabriclab/agent/host_agent.hpp"
 #include "fabriclab/agent/image_store.hpp"
 #include "fabriclab/common/event_feed.hpp"
@@ -79,12 +80,20 @@ struct Job {
   std::string started_at, finished_at;
   std::string host_image_before, host_image_after;
   std::vector<GuestReport> guests;
+  std::string event_id;  // the operation's scheduled event
   bool cancel_requested = false;
   json::object to_json() const;
 };
 
+// The host's scheduled event (one operation at a time, so at most one) and who approved it.
+struct EventState {
+  ScheduledEvent event;
+  std::map<std::string, Clock::time_point> approved;  // guest -> when (channel ack or IMDS)
+};
+
 struct HostAgent::Impl {
   AgentOptions opt;
+  std::optional<GuestSubnet> subnet;  // from opt.guest_subnet
   std::shared_ptr<EventFeed> feed;
   std::optional<HostImageStore> host_store;  // not thread safe: use under store_mu
   std::mutex store_mu;
@@ -102,6 +111,7 @@ struct HostAgent::Impl {
   std::map<std::string, GuestSlot> slots;
   std::map<std::string, Job> jobs;
   std::string active_job;
+  std::optional<EventState> event;  // under mu
 
   std::thread worker;
   std::thread monitor;
@@ -140,13 +150,36 @@ struct HostAgent::Impl {
     return cv.wait_until(lock, deadline, [&] { return stopping.load() || pred(); }) && !stopping;
   }
 
+  // Allocates the lowest free guest address slot (mu held); "" pair without a guest subnet.
+  Result<std::pair<std::string, std::string>> allocate_address_locked();
+  // The guest's drain time: its own, else the agent's default.
+  milliseconds drain_of(const InstanceRecord& rec) const {
+    return rec.drain_ms > 0 ? milliseconds(rec.drain_ms) : opt.drain;
+  }
+  std::unique_ptr<SimGuest> make_sim(const InstanceRecord& rec) const;
+
+  // -- scheduled_events.cpp (each takes mu itself; call without it) --
+  // Announces `ev` (Scheduled): incarnation + 1, persisted, sent over the guests' channels.
+  void post_event(ScheduledEvent ev);
+  // Scheduled -> Started (NotBefore ""); a no-op unless an event is Scheduled.
+  void start_event();
+  // A restarted agent past Notifying: the operation's event as Started.
+  void resume_event(const OperationRecord& op);
+  // Removes the event (the job ended); a no-op without one.
+  void end_event();
+  // Sends the current document to `guests` that have a channel link (mu held).
+  void send_event_doc_locked(const std::vector<std::string>& guests);
+  // Records `name`'s approval of the current event if `event_id` is it (mu held); true if known.
+  bool approve_locked(const std::string& name, const std::string& event_id, Clock::time_point at);
+
   // -- operations.cpp --
   void run_job(const std::string& id, bool resumed);
   Status run_host_os(Job& job, OperationRecord& op, bool resumed);
   Status run_guest_os(Job& job, OperationRecord& op, bool resumed);
   Status run_freeze(Job& job, OperationRecord& op);
-  Status notify_guests(Job& job, const std::vector<std::string>& guests, const std::string& type,
-                       int64_t notice_ms);
+  // Notifying: posts the operation's scheduled event to `guests` and waits until each that can
+  // approve did, or NotBefore (notice), or a cancel. Records ack_ms per guest.
+  Status notify_guests(Job& job, const OperationRecord& op, const std::vector<std::string>& guests);
   Status wait_healthy(const std::string& name, Clock::time_point since, milliseconds timeout,
                       const std::string& expect_image, const std::string& expect_boot_id);
   void set_step(Job& job, OperationRecord& op, UpdateStep step);

@@ -117,7 +117,7 @@ std::string instance_line(const InstanceIdentity& id) {
   return json::serialize(o);
 }
 
-std::string scheduled_events_line(uint64_t incarnation, const std::vector<ScheduledEvent>& events) {
+json::object scheduled_events_json(uint64_t incarnation, const std::vector<ScheduledEvent>& events) {
   json::array arr;
   for (const auto& e : events) {
     json::object ev;
@@ -135,9 +135,15 @@ std::string scheduled_events_line(uint64_t incarnation, const std::vector<Schedu
     arr.emplace_back(std::move(ev));
   }
   json::object o;
-  o["type"] = "scheduled_events";
   o["DocumentIncarnation"] = incarnation;
   o["Events"] = std::move(arr);
+  return o;
+}
+
+std::string scheduled_events_line(uint64_t incarnation, const std::vector<ScheduledEvent>& events) {
+  json::object o;
+  o["type"] = "scheduled_events";
+  for (auto& [k, v] : scheduled_events_json(incarnation, events)) o[k] = std::move(v);
   return json::serialize(o);
 }
 

@@ -9,6 +9,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
+#include <tuple>
 
 #include "agent_impl.hpp"
 #include "fabriclab/common/json.hpp"
@@ -42,11 +44,13 @@ json::object Job::to_json() const {
           {"finished_at", finished_at},
           {"host_image_before", host_image_before},
           {"host_image_after", host_image_after},
+          {"event_id", event_id},
           {"guests", std::move(g)}};
 }
 
 Result<InstanceSpec> instance_spec_from_json(const json::object& o) {
-  FL_RETURN_IF_ERROR(check_fields(o, {"name", "service", "index", "ud", "fd", "image", "memory_mib", "mode"}));
+  FL_RETURN_IF_ERROR(check_fields(
+      o, {"name", "service", "index", "ud", "fd", "image", "memory_mib", "mode", "drain", "drain_ms"}));
   InstanceSpec s;
   FL_ASSIGN_OR_RETURN(s.meta, metadata_from_json(o));
   FL_ASSIGN_OR_RETURN(int64_t mem, get_int_or(o, "memory_mib", 64, 4096, 128));
@@ -56,6 +60,8 @@ Result<InstanceSpec> instance_spec_from_json(const json::object& o) {
   if (s.mode != "normal" && s.mode != "ignore-power" && s.mode != "fail-app") {
     return make_error(Condition::invalid_argument, "field 'mode' must be normal, ignore-power or fail-app");
   }
+  FL_ASSIGN_OR_RETURN(s.drain, get_bool_or(o, "drain", true));
+  FL_ASSIGN_OR_RETURN(s.drain_ms, get_int_or(o, "drain_ms", 0, 600000, 0));
   FL_ASSIGN_OR_RETURN(s.name, get_string(o, "name", 48, false));
   if (s.name.empty()) s.name = s.meta.service + "-" + std::to_string(s.meta.index);
   for (char c : s.name) {
@@ -82,12 +88,34 @@ Result<std::unique_ptr<HostAgent>> HostAgent::create(AgentOptions options,
                       "state_dir too long for the guests' channel sockets (keep it under 50 characters): " +
                           options.state_dir);
   }
+  std::optional<GuestSubnet> subnet;
+  if (!options.guest_subnet.empty()) {
+    FL_ASSIGN_OR_RETURN(subnet, GuestSubnet::parse(options.guest_subnet, "guest_subnet"));
+  }
+  if (!options.guest_bridge.empty()) {
+    if (!hypervisor::valid_bridge_name(options.guest_bridge)) {
+      return make_error(Condition::invalid_argument,
+                        "guest_bridge must be 1..15 characters of [A-Za-z0-9_.-]: '" + options.guest_bridge + "'");
+    }
+    if (!subnet) return make_error(Condition::invalid_argument, "guest_bridge needs guest_subnet");
+  }
+  if (!options.dhcp_hosts_dir.empty()) {
+    if (options.dhcp_hosts_dir[0] != '/') {
+      return make_error(Condition::invalid_argument, "dhcp_hosts_dir must be an absolute path");
+    }
+    if (!subnet) return make_error(Condition::invalid_argument, "dhcp_hosts_dir needs guest_subnet");
+  }
   std::error_code ec;
   for (const char* sub : {"", "/vm", "/s", "/sim"}) fs::create_directories(options.state_dir + sub, ec);
   if (ec) return make_error(Condition::transient, "cannot create " + options.state_dir + ": " + ec.message());
+  if (!options.dhcp_hosts_dir.empty()) {
+    fs::create_directories(options.dhcp_hosts_dir, ec);
+    if (ec) return make_error(Condition::transient, "cannot create " + options.dhcp_hosts_dir + ": " + ec.message());
+  }
 
   auto impl = std::make_unique<Impl>();
   impl->opt = options;
+  impl->subnet = subnet;
   impl->feed = std::move(feed);
   FL_ASSIGN_OR_RETURN(auto hs, HostImageStore::open(options.host_images_dir));
   impl->host_store.emplace(std::move(hs));
@@ -107,6 +135,29 @@ Result<std::unique_ptr<HostAgent>> HostAgent::create(AgentOptions options,
     return loaded.error();
   }
   if (auto cur = impl->host_store->current()) impl->state.host_image = cur->version;
+  {
+    // Instances from before the guest network (or from before a subnet was configured) get their
+    // address now; every instance gets a vmId. Addresses outside the subnet are kept as they are.
+    Impl& p = *impl;
+    bool changed = false;
+    for (auto& r : p.state.instances) {
+      if (r.vm_id.empty()) {
+        r.vm_id = new_guid();
+        changed = true;
+      }
+      if (r.address.empty() && p.subnet) {
+        FL_ASSIGN_OR_RETURN(auto am, p.allocate_address_locked());
+        std::tie(r.address, r.mac) = am;
+        changed = true;
+      }
+    }
+    if (changed) FL_RETURN_IF_ERROR(p.persist_locked());
+    if (!options.dhcp_hosts_dir.empty()) {
+      for (const auto& r : p.state.instances) {
+        if (!r.address.empty()) FL_RETURN_IF_ERROR(write_dhcp_host_file(options.dhcp_hosts_dir, r.name, r.mac, r.address));
+      }
+    }
+  }
 
   Impl* p = impl.get();
   FL_RETURN_IF_ERROR(p->recover());
@@ -125,6 +176,7 @@ Result<std::unique_ptr<HostAgent>> HostAgent::create(AgentOptions options,
     job.request = p->state.operation->request;
     job.started_at = p->state.operation->started_at;
     job.host_image_before = p->state.operation->previous_host_image;
+    job.event_id = p->state.operation->event_id;
     p->jobs[resume] = job;
     p->active_job = resume;
     p->worker = std::thread([p, resume] { p->run_job(resume, true); });
@@ -192,6 +244,21 @@ InstanceRecord* HostAgent::Impl::record_locked(const std::string& name) {
   return nullptr;
 }
 
+Result<std::pair<std::string, std::string>> HostAgent::Impl::allocate_address_locked() {
+  if (!subnet) return std::pair<std::string, std::string>{};
+  std::set<int> used;
+  for (const auto& r : state.instances) {
+    if (auto k = subnet->slot_of(r.address)) used.insert(*k);
+  }
+  FL_ASSIGN_OR_RETURN(int slot, lowest_free_slot(used));
+  return std::pair{subnet->address(slot), subnet->mac(slot)};
+}
+
+std::unique_ptr<SimGuest> HostAgent::Impl::make_sim(const InstanceRecord& rec) const {
+  return std::make_unique<SimGuest>(socket_path(rec.name), opt.state_dir + "/sim/" + rec.name + ".counter",
+                                    opt.heartbeat_period, drain_of(rec), rec.drain);
+}
+
 Status HostAgent::Impl::open_hypervisor() {
   FL_ASSIGN_OR_RETURN(conn, hypervisor::Connection::open(opt.hypervisor_uri));
   simulated = conn->domain_type() == "test";
@@ -220,8 +287,14 @@ Result<hypervisor::Domain> HostAgent::Impl::define_domain(const InstanceRecord& 
   s.boot = {image.kernel, image.initrd,
             "console=ttyS0 panic=-1 quiet" +
                 (rec.mode == "normal" ? std::string() : " fabriclab.mode=" + rec.mode) +
-                " fabriclab.drain_ms=" + std::to_string(opt.drain.count()) +
+                " fabriclab.drain=" + (rec.drain ? "1" : "0") +
+                " fabriclab.drain_ms=" + std::to_string(drain_of(rec).count()) +
                 " fabriclab.hb_ms=" + std::to_string(opt.heartbeat_period.count())};
+  if (!opt.guest_bridge.empty() && !rec.mac.empty()) {
+    // The built-in guest configures eth0 itself from these (it has no DHCP client).
+    s.nic = hypervisor::NicSpec{rec.mac, opt.guest_bridge};
+    s.boot.cmdline += " fabriclab.ip=" + rec.address + "/24 fabriclab.gw=" + subnet->gateway();
+  }
   s.console_log = vm_dir() + "/" + rec.name + ".console.log";
   s.data_disk = vm_dir() + "/" + rec.name + ".data.raw";
   s.channel_socket = socket_path(rec.name);
@@ -331,8 +404,9 @@ void HostAgent::Impl::on_message(const std::string& name, const ReceivedMessage&
                {"counter", hb->counter}, {"uptime_ms", hb->uptime_ms}};
     } else if (auto* ack = std::get_if<Ack>(&m.message)) {
       slot.acks[ack->event_id] = m.at;
+      const bool known = approve_locked(name, ack->event_id, m.at);
       type = "instance.ack";
-      event = {{"name", name}, {"event_id", ack->event_id}};
+      event = {{"name", name}, {"event_id", ack->event_id}, {"via", "channel"}, {"known", known}};
     } else if (auto* err = std::get_if<GuestError>(&m.message)) {
       slot.guest_error = err->message;
       type = "instance.guest_error";
@@ -464,11 +538,7 @@ Status HostAgent::Impl::recover() {
       slot.expect_running = running;
       slot.status = running ? "Starting" : "Stopped";
       if (running) slot.started_at = Clock::time_point{};  // any heartbeat counts after a reattach
-      if (simulated && !slot.sim) {
-        slot.sim = std::make_unique<SimGuest>(socket_path(rec.name),
-                                              opt.state_dir + "/sim/" + rec.name + ".counter",
-                                              opt.heartbeat_period, opt.drain);
-      }
+      if (simulated && !slot.sim) slot.sim = make_sim(rec);
     }
     if (!running && rec.want_running && !operation_pending) to_start.push_back(rec.name);
   }
@@ -501,6 +571,11 @@ json::object HostAgent::Impl::instance_json_locked(const std::string& name) cons
   o["image"] = rec->meta.image;
   o["memory_mib"] = rec->memory_mib;
   o["want_running"] = rec->want_running;
+  o["address"] = rec->address;
+  o["mac"] = rec->mac;
+  o["vm_id"] = rec->vm_id;
+  o["drain"] = rec->drain;
+  o["drain_ms"] = drain_of(*rec).count();
   auto it = slots.find(name);
   if (it != slots.end()) {
     const auto& s = it->second;
@@ -586,20 +661,35 @@ Result<json::object> HostAgent::create_instance(const InstanceSpec& spec) {
   }
   FL_RETURN_IF_ERROR(p.guest_store->get(spec.meta.image));
   InstanceRecord rec{spec.name, spec.meta, spec.memory_mib, true, spec.mode};
-  FL_ASSIGN_OR_RETURN(auto d, p.define_domain(rec));
+  rec.drain = spec.drain;
+  rec.drain_ms = spec.drain_ms;
+  rec.vm_id = new_guid();
+  {
+    // lv_mu serialises creations, so the slot found here is still free when the record is added.
+    std::lock_guard lock(p.mu);
+    FL_ASSIGN_OR_RETURN(auto am, p.allocate_address_locked());
+    std::tie(rec.address, rec.mac) = am;
+  }
+  if (!p.opt.dhcp_hosts_dir.empty()) {
+    // Before the VM exists, so dnsmasq knows the lease when the guest first asks.
+    FL_RETURN_IF_ERROR(write_dhcp_host_file(p.opt.dhcp_hosts_dir, rec.name, rec.mac, rec.address));
+  }
+  auto defined = p.define_domain(rec);
+  if (!defined.ok()) {
+    if (!p.opt.dhcp_hosts_dir.empty()) (void)remove_dhcp_host_file(p.opt.dhcp_hosts_dir, rec.name);
+    return defined.error();
+  }
   {
     std::lock_guard lock(p.mu);
     p.state.instances.push_back(rec);
     auto& slot = p.slots[rec.name];
     slot.status = "Creating";
-    if (p.simulated) {
-      slot.sim = std::make_unique<SimGuest>(p.socket_path(rec.name), p.opt.state_dir + "/sim/" + rec.name + ".counter",
-                                            p.opt.heartbeat_period, p.opt.drain);
-    }
+    if (p.simulated) slot.sim = p.make_sim(rec);
     FL_RETURN_IF_ERROR(p.persist_locked());
   }
   p.publish("instance.created", {{"name", rec.name}, {"service", rec.meta.service}, {"index", rec.meta.index},
-                                 {"ud", rec.meta.ud}, {"fd", rec.meta.fd}, {"image", rec.meta.image}});
+                                 {"ud", rec.meta.ud}, {"fd", rec.meta.fd}, {"image", rec.meta.image},
+                                 {"address", rec.address}, {"mac", rec.mac}});
   FL_RETURN_IF_ERROR(p.start_guest(rec.name));
   std::lock_guard lock(p.mu);
   return p.instance_json_locked(rec.name);
@@ -645,6 +735,11 @@ Status HostAgent::delete_instance(const std::string& name) {
   }
   std::error_code ec;
   fs::remove(p.vm_dir() + "/" + name + ".data.raw", ec);
+  if (!p.opt.dhcp_hosts_dir.empty()) {
+    if (auto s = remove_dhcp_host_file(p.opt.dhcp_hosts_dir, name); !s.ok()) {
+      logger("agent")->warn("[host:{}] {}", p.opt.host_id, s.error().message);
+    }
+  }
   p.publish("instance.deleted", {{"name", name}});
   return {};
 }

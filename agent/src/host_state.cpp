@@ -46,8 +46,16 @@ std::vector<std::string> strings_of(const json::value* v) {
   return out;
 }
 
-Status write_atomically(const std::string& path, const std::string& data) {
-  const std::string tmp = path + ".tmp";
+}  // namespace
+
+Status write_file_atomically(const std::string& path, const std::string& data) {
+  // The temp file's name starts with a dot: dnsmasq ignores such files in a directory it watches
+  // (--dhcp-hostsdir), so it never reads a half-written host file.
+  const std::filesystem::path p(path);
+  std::string tmp_name = p.filename().string();
+  tmp_name.insert(tmp_name.begin(), '.');  // (not "." + s: GCC 12 warns falsely on that)
+  tmp_name += ".tmp";
+  const std::string tmp = (p.parent_path() / tmp_name).string();
   int fd = ::open(tmp.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
   if (fd < 0) return make_error(Condition::transient, "cannot write " + tmp + ": " + std::strerror(errno));
   size_t off = 0;
@@ -74,8 +82,6 @@ Status write_atomically(const std::string& path, const std::string& data) {
   }
   return {};
 }
-
-}  // namespace
 
 std::string_view to_string(HostState s) { return kHostStates[static_cast<int>(s)]; }
 std::string_view to_string(UpdateStep s) { return kSteps[static_cast<int>(s)]; }
@@ -128,6 +134,7 @@ Status save_state(const std::string& path, const PersistedState& s) {
   o["state"] = to_string(s.state);
   o["host_image"] = s.host_image;
   o["next_job"] = s.next_job;
+  o["imds_incarnation"] = s.imds_incarnation;
   json::array instances;
   for (const auto& i : s.instances) {
     instances.push_back(json::object{{"name", i.name},
@@ -138,7 +145,12 @@ Status save_state(const std::string& path, const PersistedState& s) {
                                      {"image", i.meta.image},
                                      {"memory_mib", i.memory_mib},
                                      {"want_running", i.want_running},
-                                     {"mode", i.mode}});
+                                     {"mode", i.mode},
+                                     {"address", i.address},
+                                     {"mac", i.mac},
+                                     {"vm_id", i.vm_id},
+                                     {"drain", i.drain},
+                                     {"drain_ms", i.drain_ms}});
   }
   o["instances"] = std::move(instances);
   if (s.operation) {
@@ -152,9 +164,10 @@ Status save_state(const std::string& path, const PersistedState& s) {
                                   {"stopped", strings(op.stopped)},
                                   {"previous_host_image", op.previous_host_image},
                                   {"previous_guest_image", std::move(prev)},
-                                  {"started_at", op.started_at}};
+                                  {"started_at", op.started_at},
+                                  {"event_id", op.event_id}};
   }
-  return write_atomically(path, json::serialize(o) + "\n");
+  return write_file_atomically(path, json::serialize(o) + "\n");
 }
 
 Result<PersistedState> load_state(const std::string& path) {
@@ -170,6 +183,8 @@ Result<PersistedState> load_state(const std::string& path) {
   FL_ASSIGN_OR_RETURN(s.host_image, get_string(o, "host_image", 64, false));
   FL_ASSIGN_OR_RETURN(int64_t next, get_int_or(o, "next_job", 1, INT64_MAX, 1));
   s.next_job = static_cast<uint64_t>(next);
+  FL_ASSIGN_OR_RETURN(int64_t inc, get_int_or(o, "imds_incarnation", 1, INT64_MAX, 1));
+  s.imds_incarnation = static_cast<uint64_t>(inc);
   FL_ASSIGN_OR_RETURN(const json::array* instances, get_array(o, "instances", 10000));
   for (const auto& v : *instances) {
     if (!v.is_object()) return make_error(Condition::invalid_argument, path + ": instances[] must be objects");
@@ -181,6 +196,12 @@ Result<PersistedState> load_state(const std::string& path) {
     r.memory_mib = static_cast<uint32_t>(mem);
     FL_ASSIGN_OR_RETURN(r.want_running, get_bool_or(io, "want_running", true));
     FL_ASSIGN_OR_RETURN(r.mode, get_string(io, "mode", 32, false));
+    // Written since the guest network (issue 11); a state file from before has none of them.
+    FL_ASSIGN_OR_RETURN(r.address, get_string(io, "address", 15, false));
+    FL_ASSIGN_OR_RETURN(r.mac, get_string(io, "mac", 17, false));
+    FL_ASSIGN_OR_RETURN(r.vm_id, get_string(io, "vm_id", 36, false));
+    FL_ASSIGN_OR_RETURN(r.drain, get_bool_or(io, "drain", true));
+    FL_ASSIGN_OR_RETURN(r.drain_ms, get_int_or(io, "drain_ms", 0, 600000, 0));
     s.instances.push_back(std::move(r));
   }
   if (auto* op = o.if_contains("operation"); op && op->is_object()) {
@@ -200,6 +221,7 @@ Result<PersistedState> load_state(const std::string& path) {
       }
     }
     FL_ASSIGN_OR_RETURN(r.started_at, get_string(oo, "started_at", 64, false));
+    FL_ASSIGN_OR_RETURN(r.event_id, get_string(oo, "event_id", 36, false));
     s.operation = std::move(r);
   }
   return s;

@@ -74,42 +74,70 @@ void HostAgent::Impl::set_step(Job& job, OperationRecord& op, UpdateStep s) {
   cv.notify_all();
   logger("agent")->info("[host:{}][job:{}] {}", opt.host_id, job.id, to_string(s));
   publish("host.state", {{"state", "Updating"}, {"step", to_string(s)}, {"job", job.id}});
+  // The guests see the event Started as soon as the host begins stopping them.
+  if (s >= UpdateStep::stopping_guests) start_event();
 }
 
-Status HostAgent::Impl::notify_guests(Job& job, const std::vector<std::string>& guests,
-                                      const std::string& type, int64_t notice_ms) {
+Status HostAgent::Impl::notify_guests(Job& job, const OperationRecord& op,
+                                      const std::vector<std::string>& guests) {
+  const auto& req = op.request;
+  for (const auto& name : guests) report_of(job, name)->notice_ms = req.notice_ms;
+  if (guests.empty()) return {};
   const auto sent = Clock::now();
-  const auto deadline = sent + milliseconds(notice_ms);
-  const auto not_before = rfc1123(std::chrono::system_clock::now() + milliseconds(notice_ms));
-  std::vector<std::string> waiting;
-  for (const auto& name : guests) {
-    ScheduledEvent ev;
-    ev.event_id = job.id + "-" + name;
-    ev.event_type = type;
-    ev.resources = {name};
-    ev.not_before = not_before;
-    ev.description = "fabriclab " + std::string(to_string(job.request.kind)) + " maintenance";
-    ev.duration_seconds = type == "Freeze" ? 10 : -1;
-    auto* r = report_of(job, name);
-    r->notice_ms = notice_ms;
-    std::lock_guard lock(mu);
-    auto& slot = slots[name];
-    if (slot.link && slot.link->send_line(scheduled_events_line(1, {ev})).ok()) waiting.push_back(name);
+  const auto deadline = sent + milliseconds(req.notice_ms);
+  ScheduledEvent ev;
+  ev.event_id = op.event_id;
+  ev.resources = guests;
+  ev.not_before = rfc1123(std::chrono::system_clock::now() + milliseconds(req.notice_ms));
+  ev.duration_seconds = -1;
+  switch (req.kind) {
+    case OperationKind::host_os:
+      if (req.memory_preserving) {
+        ev.event_type = "Freeze";
+        ev.description = "Host OS update (memory-preserving): the VM is paused and resumed, not rebooted";
+        // The pause: the emulated host reboot plus a save and a restore (~2 s each under TCG).
+        ev.duration_seconds = static_cast<int>((opt.boot_delay.count() + 999) / 1000) + 4;
+      } else {
+        ev.event_type = "Reboot";
+        ev.description = "Host OS update: the VM is shut down and started again after the host reboots";
+      }
+      break;
+    case OperationKind::guest_os:
+      ev.event_type = "Reboot";
+      ev.description = "Guest OS update: the OS disk is reimaged with " + req.target +
+                       " (the data disk is kept) and the VM reboots";
+      break;
+    case OperationKind::freeze:
+      ev.event_type = "Freeze";
+      ev.description = "Host maintenance: the VM is paused and resumed";
+      ev.duration_seconds = static_cast<int>((req.freeze_ms + 999) / 1000);
+      break;
   }
-  publish("job.notified", {{"job", job.id}, {"event_type", type}, {"notice_ms", notice_ms},
-                           {"guests", json::value_from(guests)}});
-  // Wait for every ack or the notice to run out (a guest that acks lets maintenance start early).
+  const std::string type = ev.event_type;
+  post_event(std::move(ev));
+  // Who can approve: a guest with a channel link (ack) or an address (IMDS). The others would
+  // only hold the host until NotBefore.
+  std::vector<std::string> waiting;
+  {
+    std::lock_guard lock(mu);
+    for (const auto& name : guests) {
+      auto* rec = record_locked(name);
+      if (slots[name].link || (rec && !rec->address.empty())) waiting.push_back(name);
+    }
+  }
+  publish("job.notified", {{"job", job.id}, {"event_id", op.event_id}, {"event_type", type},
+                           {"notice_ms", req.notice_ms}, {"guests", json::value_from(guests)}});
+  // Wait for every approval or the notice to run out (approvals let maintenance start early).
   std::unique_lock lock(mu);
   wait_until(lock, deadline, [&] {
+    if (jobs[job.id].cancel_requested) return true;
     for (const auto& name : waiting) {
-      if (!slots[name].acks.count(job.id + "-" + name)) return false;
+      if (!event || !event->approved.count(name)) return false;
     }
     return true;
   });
-  for (const auto& name : waiting) {
-    auto& acks = slots[name].acks;
-    auto it = acks.find(job.id + "-" + name);
-    if (it != acks.end()) report_of(job, name)->ack_ms = ms_between(sent, it->second);
+  if (event) {
+    for (const auto& [name, at] : event->approved) report_of(job, name)->ack_ms = ms_between(sent, at);
   }
   return {};
 }
@@ -215,6 +243,7 @@ void HostAgent::Impl::run_job(const std::string& id, bool resumed) {
   publish("job.started", {{"job", id}, {"request", agent::to_json(op.request)}, {"resumed", resumed}});
   Status result;
   bool rolled_back = false;
+  if (resumed && op.step >= UpdateStep::stopping_guests) resume_event(op);
   if (resumed && op.step <= UpdateStep::stopping_guests) {
     rollback_stopped(op, "the agent restarted during " + std::string(to_string(op.step)));
     result = make_error(Condition::cancelled, "the agent restarted during " + std::string(to_string(op.step)) +
@@ -262,6 +291,7 @@ void HostAgent::Impl::run_job(const std::string& id, bool resumed) {
   }
   logger("agent")->info("[host:{}][job:{}] {}{}", opt.host_id, id, job.status,
                         job.error.empty() ? "" : ": " + job.error);
+  end_event();
   publish("job.done", {{"job", id}, {"status", job.status}, {"error", job.error}, {"result", job.to_json()}});
   publish("host.state", {{"state", to_string(end_state)}, {"step", "None"}});
   {
@@ -298,8 +328,7 @@ Status HostAgent::Impl::run_host_os(Job& job, OperationRecord& op, bool resumed)
       return make_error(v.condition(), "host image '" + req.target + "' refused: " + v.error().message);
     }
     set_step(job, op, UpdateStep::notifying);
-    FL_RETURN_IF_ERROR(notify_guests(job, op.running_before, req.memory_preserving ? "Freeze" : "Reboot",
-                                     req.notice_ms));
+    FL_RETURN_IF_ERROR(notify_guests(job, op, op.running_before));
     if (cancelled(job)) return make_error(Condition::cancelled, "cancelled before any guest was stopped");
     set_step(job, op, UpdateStep::stopping_guests);
     for (const auto& name : op.running_before) {
@@ -382,7 +411,7 @@ Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed
   FL_ASSIGN_OR_RETURN(auto target, guest_store->verify(req.target));
   if (!resumed) {
     set_step(job, op, UpdateStep::notifying);
-    FL_RETURN_IF_ERROR(notify_guests(job, op.running_before, "Reimage", req.notice_ms));
+    FL_RETURN_IF_ERROR(notify_guests(job, op, op.running_before));
     if (cancelled(job)) return make_error(Condition::cancelled, "cancelled before any guest was stopped");
     set_step(job, op, UpdateStep::stopping_guests);
     for (const auto& name : op.running_before) {
@@ -476,7 +505,8 @@ Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed
 Status HostAgent::Impl::run_freeze(Job& job, OperationRecord& op) {
   const auto& req = op.request;
   set_step(job, op, UpdateStep::notifying);
-  FL_RETURN_IF_ERROR(notify_guests(job, op.running_before, "Freeze", req.notice_ms));
+  FL_RETURN_IF_ERROR(notify_guests(job, op, op.running_before));
+  if (cancelled(job)) return make_error(Condition::cancelled, "cancelled before any guest was frozen");
   set_step(job, op, UpdateStep::stopping_guests);
   std::map<std::string, Clock::time_point> last_before;
   {
@@ -560,6 +590,7 @@ Result<json::object> HostAgent::start_operation(const OperationRequest& request)
   op.request = request;
   op.started_at = rfc3339_now();
   op.previous_host_image = p.state.host_image;
+  op.event_id = new_guid();
   for (const auto& r : p.state.instances) {
     if (p.slots[r.name].expect_running) op.running_before.push_back(r.name);
   }
@@ -568,6 +599,7 @@ Result<json::object> HostAgent::start_operation(const OperationRequest& request)
   job.request = request;
   job.started_at = op.started_at;
   job.host_image_before = p.state.host_image;
+  job.event_id = op.event_id;
   job.step = "Notifying";
   for (const auto& n : op.running_before) job.guests.push_back(GuestReport{.name = n});
   p.state.operation = op;

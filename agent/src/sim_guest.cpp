@@ -51,9 +51,9 @@ std::string new_boot_id() {
 }  // namespace
 
 SimGuest::SimGuest(std::string socket_path, std::string counter_file,
-                   std::chrono::milliseconds period, std::chrono::milliseconds drain)
+                   std::chrono::milliseconds period, std::chrono::milliseconds drain, bool ack)
     : socket_path_(std::move(socket_path)), counter_file_(std::move(counter_file)),
-      period_(period), drain_(drain), wake_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+      period_(period), drain_(drain), ack_(ack), wake_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
 
 SimGuest::~SimGuest() {
   power_off(false);
@@ -84,6 +84,8 @@ void SimGuest::boot(const std::string& image, const std::string& mode) {
   mode_ = image.ends_with("-broken") ? "fail-app" : mode;
   boot_id_ = new_boot_id();
   seq_ = 0;
+  pending_acks_.clear();
+  acked_.clear();
   counter_ = read_counter(counter_file_);
   booted_at_ = Clock::now();
   stop_ = false;
@@ -150,19 +152,27 @@ void SimGuest::handle(const std::string& line) {
   } else if (type->as_string() == "scheduled_events") {
     auto* events = o.if_contains("Events");
     if (!events || !events->is_array()) return;
-    std::vector<std::string> ids;
+    std::vector<std::string> scheduled;
     for (auto& e : events->as_array()) {
       if (!e.is_object()) continue;
       auto* id = e.as_object().if_contains("EventId");
       auto* st = e.as_object().if_contains("EventStatus");
       if (id && id->is_string() && st && st->is_string() && st->as_string() == "Scheduled") {
-        ids.emplace_back(id->as_string());
+        scheduled.emplace_back(id->as_string());
       }
     }
-    // The drain happens on this thread; heartbeats resume right after (the real guest keeps
-    // heartbeating; drains here are short).
-    std::this_thread::sleep_for(drain_);
-    for (auto& id : ids) send(json::serialize(json::object{{"type", "ack"}, {"EventId", id}}));
+    // The document is the whole current set: a pending ack whose event is no longer Scheduled
+    // is dropped, as the guest program does.
+    std::erase_if(pending_acks_, [&](const auto& p) {
+      return std::find(scheduled.begin(), scheduled.end(), p.first) == scheduled.end();
+    });
+    if (!ack_) return;
+    for (auto& id : scheduled) {
+      bool known = std::find(acked_.begin(), acked_.end(), id) != acked_.end() ||
+                   std::any_of(pending_acks_.begin(), pending_acks_.end(),
+                               [&](const auto& p) { return p.first == id; });
+      if (!known) pending_acks_.emplace_back(id, Clock::now() + drain_);
+    }
   }
 }
 
@@ -207,6 +217,16 @@ void SimGuest::run() {
         if (buf.size() > 64 * 1024) buf.clear();
       }
     }
+    for (auto it = pending_acks_.begin(); client_fd_ >= 0 && it != pending_acks_.end();) {
+      if (it->second > Clock::now()) {
+        ++it;
+        continue;
+      }
+      send(json::serialize(json::object{{"type", "ack"}, {"EventId", it->first}}));
+      acked_.push_back(it->first);
+      if (acked_.size() > 64) acked_.erase(acked_.begin());
+      it = pending_acks_.erase(it);
+    }
     if (Clock::now() >= next_beat && mode_ != "fail-app") {
       ++counter_;
       write_counter(counter_file_, counter_);  // durable before it is reported
@@ -225,6 +245,11 @@ void SimGuest::run() {
     if (mode_ != "fail-app") {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(next_beat - Clock::now()).count();
       timeout = static_cast<int>(std::clamp<int64_t>(left + 1, 0, 60000));
+    }
+    for (const auto& [id, due] : pending_acks_) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(due - Clock::now()).count();
+      int t = static_cast<int>(std::clamp<int64_t>(left + 1, 0, 60000));
+      timeout = timeout < 0 ? t : std::min(timeout, t);
     }
     if (client_fd_ >= 0 && mode_ == "fail-app" && !announced) timeout = 0;
     if (::poll(fds, 2, timeout) > 0 && (fds[0].revents & POLLIN)) {

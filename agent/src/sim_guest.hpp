@@ -4,6 +4,10 @@
 // durable counter, instance_ack, scheduled-event acks after a drain delay, a final record on a
 // clean power-off), so the agent's code path is the same with or without real VMs. Guest image
 // versions ending in "-broken" behave like the guest program's fail-app mode.
+//
+// Scheduled events: a Scheduled event is acked `drain` after it arrived (while heartbeats go on;
+// an event that is gone or no longer Scheduled by then is not acked), once per EventId; with
+// `ack` false (the instance's drain is off) it is never acked and the host goes at NotBefore.
 
 #include <atomic>
 #include <chrono>
@@ -11,6 +15,8 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 namespace fabriclab::agent {
 
@@ -18,7 +24,7 @@ class SimGuest {
  public:
   // `counter_file` keeps the counter across boots (the simulated data disk).
   SimGuest(std::string socket_path, std::string counter_file, std::chrono::milliseconds period,
-           std::chrono::milliseconds drain);
+           std::chrono::milliseconds drain, bool ack = true);
   ~SimGuest();
   SimGuest(const SimGuest&) = delete;
   SimGuest& operator=(const SimGuest&) = delete;
@@ -39,6 +45,10 @@ class SimGuest {
 
   std::string socket_path_, counter_file_;
   std::chrono::milliseconds period_, drain_;
+  bool ack_ = true;
+  // Acks not yet sent (EventId, due) and EventIds already acked; reader thread only.
+  std::vector<std::pair<std::string, std::chrono::steady_clock::time_point>> pending_acks_;
+  std::vector<std::string> acked_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::thread thread_;

@@ -19,6 +19,8 @@
 #include <boost/beast/websocket/rfc6455.hpp>
 #include <fmt/format.h>
 
+#include <cctype>
+
 #include "http_internal.hpp"
 
 namespace fabriclab::http {
@@ -123,6 +125,13 @@ class HttpSession : public Session, public std::enable_shared_from_this<HttpSess
     r.query = target->query;
     r.body = std::move(req.body());
     r.remote = remote_;
+    for (const auto& field : req) {
+      std::string name(field.name_string());
+      for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      std::string value(field.value());
+      auto [it, fresh] = r.headers.try_emplace(std::move(name), value);
+      if (!fresh) it->second += ", " + value;
+    }
     Response res = srv_.handle(r, *target, token);
     srv_.log->debug("{} {} {} -> {}", remote_, r.method, r.path, res.status);
     write(res, req.version(), req.keep_alive() && !stopping_);

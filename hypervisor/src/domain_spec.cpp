@@ -98,6 +98,30 @@ Result<int> int_attribute(const std::string& xml, const std::string& attr, int l
 
 }  // namespace
 
+bool valid_mac(const std::string& mac) {
+  if (mac.size() != 17) return false;
+  for (size_t i = 0; i < mac.size(); ++i) {
+    if (i % 3 == 2) {
+      if (mac[i] != ':') return false;
+    } else if (!std::isxdigit(static_cast<unsigned char>(mac[i]))) {
+      return false;
+    }
+  }
+  // The low bit of the first octet marks a multicast address, which no NIC may have.
+  const int first = std::stoi(mac.substr(0, 2), nullptr, 16);
+  return (first & 1) == 0;
+}
+
+bool valid_bridge_name(const std::string& name) {
+  if (name.empty() || name.size() > 15) return false;  // IFNAMSIZ - 1
+  for (char c : name) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.')) {
+      return false;
+    }
+  }
+  return name != "." && name != "..";
+}
+
 std::string xml_escape(const std::string& s) {
   std::string out;
   out.reserve(s.size());
@@ -171,6 +195,16 @@ Status validate(const DomainSpec& s) {
       return make_error(Condition::invalid_argument, "metadata.fd and metadata.index must be >= 0");
     }
   }
+  if (s.nic) {
+    if (!valid_mac(s.nic->mac)) {
+      return make_error(Condition::invalid_argument,
+                        "nic.mac must be a unicast xx:xx:xx:xx:xx:xx address: '" + s.nic->mac + "'");
+    }
+    if (!valid_bridge_name(s.nic->bridge)) {
+      return make_error(Condition::invalid_argument,
+                        "nic.bridge must be 1..15 characters of [A-Za-z0-9_.-]: '" + s.nic->bridge + "'");
+    }
+  }
   return {};
 }
 
@@ -208,6 +242,12 @@ Result<std::string> render_domain_xml(const DomainSpec& s, const std::string& do
     x << "    <channel type='unix'>\n      <source mode='bind' path='" << xml_escape(s.channel_socket)
       << "'/>\n      <target type='virtio' name='" << kIntegrationChannelName << "'/>\n"
       << "    </channel>\n";
+  }
+  if (s.nic) {
+    // Both strings are validated to a character set that needs no escaping.
+    x << "    <interface type='bridge'>\n      <mac address='" << s.nic->mac << "'/>\n"
+      << "      <source bridge='" << s.nic->bridge << "'/>\n      <model type='virtio'/>\n"
+      << "    </interface>\n";
   }
   if (real) {
     x << "    <controller type='usb' model='none'/>\n    <memballoon model='none'/>\n";

@@ -61,6 +61,47 @@ TEST(DomainSpec, EscapesUntrustedStrings) {
   EXPECT_EQ(xml->find("we'b<"), std::string::npos);
 }
 
+TEST(DomainSpec, HasNoNicUnlessOneIsGiven) {
+  auto xml = render_domain_xml(sample(), "qemu");
+  ASSERT_TRUE(xml.ok());
+  EXPECT_EQ(xml->find("<interface"), std::string::npos) << *xml;
+}
+
+TEST(DomainSpec, RendersAVirtioNicOnTheBridge) {
+  auto s = sample();
+  s.nic = NicSpec{"52:54:00:c6:03:0a", "gbr0"};
+  for (const char* type : {"qemu", "test"}) {
+    auto xml = render_domain_xml(s, type);
+    ASSERT_TRUE(xml.ok()) << xml.error().describe();
+    EXPECT_NE(xml->find("<interface type='bridge'>\n      <mac address='52:54:00:c6:03:0a'/>\n"
+                        "      <source bridge='gbr0'/>\n      <model type='virtio'/>\n"
+                        "    </interface>"),
+              std::string::npos)
+        << *xml;
+  }
+}
+
+TEST(DomainSpec, RejectsABadMacOrBridgeNamingTheField) {
+  for (const char* mac : {"", "52:54:00:c6:03", "52:54:00:c6:03:0g", "52-54-00-c6-03-0a",
+                          "01:00:5e:00:00:01" /* multicast */, "52:54:00:c6:03:0a:"}) {
+    auto s = sample();
+    s.nic = NicSpec{mac, "gbr0"};
+    auto st = validate(s);
+    ASSERT_FALSE(st.ok()) << mac;
+    EXPECT_NE(st.error().message.find("nic.mac"), std::string::npos) << st.error().message;
+  }
+  for (const char* bridge : {"", "a-bridge-name-16c", "br 0", "br'0", "br/0", ".."}) {
+    auto s = sample();
+    s.nic = NicSpec{"52:54:00:c6:03:0a", bridge};
+    auto st = validate(s);
+    ASSERT_FALSE(st.ok()) << bridge;
+    EXPECT_NE(st.error().message.find("nic.bridge"), std::string::npos) << st.error().message;
+  }
+  auto s = sample();
+  s.nic = NicSpec{"52:54:00:C6:03:0A", "gbr_0.x-1"};
+  EXPECT_TRUE(validate(s).ok()) << "upper-case hex and every allowed character";
+}
+
 TEST(InstanceMetadata, RoundTripsThroughXml) {
   InstanceMetadata m{"wo'rker", 2, 2, 0, "v2"};
   auto back = parse_metadata_xml(render_metadata_xml(m));

@@ -9,6 +9,8 @@
 #include <variant>
 #include <vector>
 
+#include <boost/json/object.hpp>
+
 #include "fabriclab/common/result.hpp"
 
 namespace fabriclab::agent {
@@ -68,7 +70,7 @@ std::string instance_line(const InstanceIdentity& id);
 // host -> guest: a document shaped like Azure Scheduled Events.
 struct ScheduledEvent {
   std::string event_id;
-  std::string event_type = "Reboot";  // Freeze | Reboot | Redeploy | Reimage | Terminate
+  std::string event_type = "Reboot";  // Freeze | Reboot | Redeploy | Preempt | Terminate
   std::vector<std::string> resources;
   std::string event_status = "Scheduled";  // Scheduled | Started
   std::string not_before;                  // RFC 1123 time, as Azure writes it
@@ -76,5 +78,7 @@ struct ScheduledEvent {
   int duration_seconds = -1;
 };
 std::string scheduled_events_line(uint64_t incarnation, const std::vector<ScheduledEvent>& events);
+// The same document without "type": what IMDS serves at /metadata/scheduledevents.
+boost::json::object scheduled_events_json(uint64_t incarnation, const std::vector<ScheduledEvent>& events);
 
 }  // namespace fabriclab::agent

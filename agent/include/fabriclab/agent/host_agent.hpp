@@ -14,10 +14,26 @@
 // Every step is persisted before it starts; a restarted agent (SIGKILL included) reattaches to
 // its VMs and rolls back an operation that had not yet swapped anything (restarting the guests
 // it stopped) or rolls forward one that had. Every change is an event on the feed.
+//
+// The guest network and scheduled events (docs/clients.md). With a guest subnet every instance
+// gets an address and a MAC at creation (the lowest free slot; persisted with the instance and
+// released when it is deleted), a dnsmasq host file when a DHCP hosts directory is set, and, with
+// a guest bridge, a virtio NIC on it plus `fabriclab.ip=/fabriclab.gw=` on the built-in guest's
+// kernel command line. Each operation announces ONE scheduled event (an EventId GUID kept in the
+// persisted operation) whose Resources are every guest it affects: EventType Reboot (host-os,
+// guest-os) or Freeze (freeze, memory-preserving host-os), Scheduled with NotBefore = now +
+// notice, Started (NotBefore "") when StoppingGuests begins, removed when the job ends. The same
+// document goes to the guests over their channel and is served by IMDS (imds.hpp). A guest
+// approves through a channel ack or an IMDS StartRequests; the host starts when every affected
+// guest that can approve (one with a channel link or an address) did, or at NotBefore.
+// DocumentIncarnation starts at 1 for a new host and grows by one at every change of the event
+// set (Scheduled, Started, removed); it is persisted. Each change is an `imds.event` on the feed.
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include <boost/json/object.hpp>
 #include <boost/json/array.hpp>
@@ -44,7 +60,11 @@ struct AgentOptions {
   std::chrono::milliseconds stop_timeout{10000};
   std::chrono::milliseconds boot_timeout{120000};
   std::chrono::milliseconds boot_delay{0};  // emulated host boot time during a host reboot
-  std::chrono::milliseconds drain{200};     // simulated guests: scheduled-event drain delay
+  std::chrono::milliseconds drain{200};     // default drain before a guest approves an event
+  // The guest network (docs/clients.md); all empty: none.
+  std::string guest_bridge;    // the guests' virtio NICs go on this bridge; empty: no NIC
+  std::string guest_subnet;    // "A.B.C.0/24": guest addresses .10-.250, gateway .1
+  std::string dhcp_hosts_dir;  // absolute; one dnsmasq host file per instance (NAME.conf)
 };
 
 struct InstanceSpec {
@@ -52,7 +72,11 @@ struct InstanceSpec {
   hypervisor::InstanceMetadata meta;
   uint32_t memory_mib = 128;
   std::string mode = "normal";  // the guest program's mode (normal | ignore-power | fail-app)
+  bool drain = true;            // the guest drains before approving a scheduled event
+  int64_t drain_ms = 0;         // 0..600000; 0: the agent's default (AgentOptions::drain)
 };
+// {service, index, ud, fd, image, memory_mib?, name?, mode?, drain?, drain_ms?}; errors name the
+// field.
 Result<InstanceSpec> instance_spec_from_json(const boost::json::object& o);
 
 class HostAgent {
@@ -89,6 +113,18 @@ class HostAgent {
   Result<boost::json::object> stage_host_image(const std::string& version, const std::string& path,
                                                const std::string& sha256);
   boost::json::array guest_images_json() const;
+
+  // -- What the Instance Metadata Service (imds.hpp) serves; thread safe --
+  // The instance whose guest address is `address` ("" never matches); nullopt if none.
+  std::optional<std::string> instance_at(const std::string& address) const;
+  // {"DocumentIncarnation": n, "Events": [...]}: the host's events whose Resources contain `name`.
+  boost::json::object scheduled_events_for(const std::string& name) const;
+  // StartRequests from `name`: every id must be an event `name` sees (not_found naming the first
+  // that is not); approving twice is fine.
+  Status approve_events(const std::string& name, const std::vector<std::string>& event_ids);
+  // IMDS `compute` (numbers as strings, as Azure sends them) and `network` of `name`; not_found.
+  Result<boost::json::object> compute_metadata(const std::string& name) const;
+  Result<boost::json::object> network_metadata(const std::string& name) const;
 
   struct Impl;
 

@@ -35,6 +35,13 @@ struct InstanceRecord {
   uint32_t memory_mib = 128;
   bool want_running = true;
   std::string mode = "normal";  // guest program mode (tests: ignore-power)
+  // The guest network (docs/clients.md): address and MAC from the host's guest subnet, allocated
+  // at creation and kept for the instance's life; "" without a guest subnet.
+  std::string address;
+  std::string mac;
+  std::string vm_id;   // a GUID, IMDS compute.vmId; made at creation
+  bool drain = true;   // the built-in guest drains (leaves the load balancer) before it approves
+  int64_t drain_ms = 0;  // how long it drains; 0: the agent's default
 };
 
 struct OperationRequest {
@@ -55,6 +62,7 @@ struct OperationRecord {
   std::string previous_host_image;
   std::map<std::string, std::string> previous_guest_image;  // guest-os: for rollback
   std::string started_at;                    // RFC 3339
+  std::string event_id;  // the operation's scheduled event (a GUID), the same after a restart
 };
 
 struct PersistedState {
@@ -64,6 +72,9 @@ struct PersistedState {
   std::vector<InstanceRecord> instances;
   std::optional<OperationRecord> operation;
   uint64_t next_job = 1;
+  // The scheduled-events document's DocumentIncarnation: 1 for a new host, +1 at every change of
+  // the host's event set, persisted so that it never goes back after a restart.
+  uint64_t imds_incarnation = 1;
 };
 
 boost::json::object to_json(const OperationRequest& r);
@@ -71,6 +82,9 @@ Result<OperationRequest> operation_request_from_json(const boost::json::object& 
 
 // {service, index, ud, fd, image} as the API and the state file write them; errors name the field.
 Result<hypervisor::InstanceMetadata> metadata_from_json(const boost::json::object& o);
+
+// Replaces `path` with `data` atomically: temp file, fsync, rename, fsync of the directory.
+Status write_file_atomically(const std::string& path, const std::string& data);
 
 Status save_state(const std::string& path, const PersistedState& state);
 // not_found when there is no state file yet (a new host).

@@ -44,6 +44,8 @@ struct Request {
   std::string body;
   std::string role;                           // "control" | "read" | "" (no valid token)
   std::string remote;                         // "127.0.0.1:54321"
+  // Every request header, names in lower case; repeated headers joined with ", ".
+  std::map<std::string, std::string> headers;
 };
 
 struct Response {

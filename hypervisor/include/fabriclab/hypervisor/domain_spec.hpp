@@ -42,6 +42,20 @@ struct BootImage {
   std::string cmdline;  // kernel command line
 };
 
+// The guest's network card: a virtio NIC on a host bridge (the agent's --guest-bridge), rendered
+// as <interface type='bridge'><mac address=MAC/><source bridge=BRIDGE/><model type='virtio'/>.
+// libvirt's test driver accepts it too (it invents a tap name and needs no bridge).
+struct NicSpec {
+  std::string mac;     // "52:54:00:c6:00:0a": six two-digit hex groups, unicast
+  std::string bridge;  // a Linux interface name: [A-Za-z0-9_.-]{1,15}
+
+  bool operator==(const NicSpec&) const = default;
+};
+
+// Checks a MAC address ("xx:xx:xx:xx:xx:xx", hex, not multicast) / a bridge name.
+bool valid_mac(const std::string& mac);
+bool valid_bridge_name(const std::string& name);
+
 struct DomainSpec {
   std::string name;                  // [A-Za-z0-9_.-], 1..64 chars
   uint32_t memory_mib = 128;         // 32..65536
@@ -52,6 +66,7 @@ struct DomainSpec {
   std::string data_disk;             // raw disk image path (vda); empty: none
   std::string channel_socket;        // unix socket path QEMU binds for the integration channel
   std::optional<InstanceMetadata> metadata;
+  std::optional<NicSpec> nic;        // none: the guest has no network card
 };
 
 // Checks every field; the error names the field.
