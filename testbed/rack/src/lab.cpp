@@ -554,7 +554,7 @@ Status Lab::start_network_services(const LabOptions& options) {
     const std::string net = gw.substr(0, gw.size() - 2);  // "198.19.N"
     std::vector<std::string> argv = {dnsmasq, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
                                      "--no-hosts", "--port=0", "--interface=" + std::string(netns::kGuestBridge),
-                                     "--bind-interfaces", "--dhcp-authoritative",
+                                     "--bind-dynamic", "--dhcp-authoritative",
                                      "--dhcp-range=" + net + ".10," + net + ".250,255.255.255.0,1h",
                                      "--dhcp-option=option:router," + gw, "--dhcp-hostsdir=" + hosts_dir,
                                      "--dhcp-leasefile=" + dir_ + "/" + p.name + ".leases", "--log-dhcp",
