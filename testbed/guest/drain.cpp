@@ -41,9 +41,8 @@ void DrainPolicy::on_document(const ScheduledEventsDoc& doc, std::string_view na
   }
   // Events that left the document end their drain.
   std::erase_if(tracked_, [&](const Tracked& tracked) {
-    bool listed = std::any_of(doc.events.begin(), doc.events.end(), [&](const auto& e) {
-      return e.event_id == tracked.event_id;
-    });
+    bool listed = std::any_of(doc.events.begin(), doc.events.end(),
+                              [&](const auto& e) { return e.event_id == tracked.event_id; });
     if (!listed) {
       log("imds: event %s is gone from the document%s", tracked.event_id.c_str(),
           tracked.approval == Approval::done ? "" : " before it was approved");

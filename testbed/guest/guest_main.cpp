@@ -296,7 +296,8 @@ class GuestApp {
 
   void imds_fine() {
     if (imds_errors_ > 0) {
-      log("imds: answering again after %llu failures", static_cast<unsigned long long>(imds_errors_));
+      log("imds: answering again after %llu failures",
+          static_cast<unsigned long long>(imds_errors_));
     }
     imds_errors_ = 0;
     last_imds_error_.clear();
@@ -305,7 +306,8 @@ class GuestApp {
   static std::string status_detail(const ImdsResult& result) {
     if (!result.ok) return result.error;
     std::string body = result.body.substr(0, 160);
-    std::replace_if(body.begin(), body.end(), [](char c) { return c < 0x20 || c >= 0x7f; }, '?');
+    std::replace_if(
+        body.begin(), body.end(), [](char c) { return c < 0x20 || c >= 0x7f; }, '?');
     return "HTTP " + std::to_string(result.status) + " " + body;
   }
 

@@ -22,10 +22,12 @@ bool is_token(std::string_view text) {
 
 // Field values: visible ASCII, obs-text, space and tab; no other control characters.
 bool is_field_value(std::string_view text) {
-  return std::all_of(text.begin(), text.end(), [](char c) {
-    auto u = static_cast<unsigned char>(c);
-    return u == '\t' || u >= 0x20;
-  }) && text.find('\x7f') == std::string_view::npos;
+  return std::all_of(text.begin(), text.end(),
+                     [](char c) {
+                       auto u = static_cast<unsigned char>(c);
+                       return u == '\t' || u >= 0x20;
+                     }) &&
+         text.find('\x7f') == std::string_view::npos;
 }
 
 bool iequals(std::string_view a, std::string_view b) {
@@ -281,8 +283,9 @@ ResponseParse parse_http_response(std::string_view data, bool eof, std::size_t m
   std::size_t end = find_head_end(data, start);
   if (end == std::string_view::npos) {
     if (data.size() > kMaxResponseHeadBytes) return bad_response("response head too large");
-    if (eof) return bad_response(data.empty() ? "connection closed without a response"
-                                              : "connection closed inside the response head");
+    if (eof)
+      return bad_response(data.empty() ? "connection closed without a response"
+                                       : "connection closed inside the response head");
     return {};
   }
   if (end > kMaxResponseHeadBytes) return bad_response("response head too large");
@@ -373,8 +376,8 @@ std::string format_imds_request(std::string_view method, std::string_view target
   out.append("Host: ").append(host).append("\r\n");
   out += "Metadata: true\r\nUser-Agent: fabriclab-guest\r\nConnection: close\r\n";
   if (!json_body.empty() || method == "POST") {
-    out += "Content-Type: application/json\r\nContent-Length: " +
-           std::to_string(json_body.size()) + "\r\n";
+    out += "Content-Type: application/json\r\nContent-Length: " + std::to_string(json_body.size()) +
+           "\r\n";
   }
   out += "\r\n";
   out.append(json_body);

@@ -142,8 +142,9 @@ void ImdsClient::fail(std::string error) {
 void ImdsClient::expire(std::int64_t now_ms) {
   if (fd_ >= 0 && now_ms >= deadline_ms_) {
     fail(std::string("no complete response within ") + std::to_string(kDeadlineMs) + " ms (" +
-         (state_ == State::connecting ? "connecting" : state_ == State::sending ? "sending"
-                                                                                : "reading") +
+         (state_ == State::connecting ? "connecting"
+          : state_ == State::sending  ? "sending"
+                                      : "reading") +
          ")");
   }
 }

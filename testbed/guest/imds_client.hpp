@@ -15,7 +15,7 @@
 namespace fabriclab::guest {
 
 struct ImdsResult {
-  bool ok = false;   // a complete HTTP response arrived (any status)
+  bool ok = false;  // a complete HTTP response arrived (any status)
   int status = 0;
   std::string body;
   std::string error;  // when !ok: what went wrong (connect refused, timeout, bad response...)

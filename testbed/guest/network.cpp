@@ -103,8 +103,9 @@ std::optional<NetConfig> make_net_config(std::string_view ip, std::string_view g
   const std::uint32_t mask = netmask_of(cidr->prefix);
   if (!gateway || (*gateway & mask) != (cidr->address & mask) || *gateway == cidr->address ||
       (*gateway & ~mask) == 0 || (*gateway & ~mask) == ~mask) {
-    error = "fabriclab.gw must be a host address in the subnet of fabriclab.ip, not the address "
-            "itself";
+    error =
+        "fabriclab.gw must be a host address in the subnet of fabriclab.ip, not the address "
+        "itself";
     return std::nullopt;
   }
   return NetConfig{cidr->address, cidr->prefix, *gateway, "eth0"};

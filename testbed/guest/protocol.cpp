@@ -1,7 +1,7 @@
 #include "protocol.hpp"
 
-#include <boost/json.hpp>
 #include <algorithm>
+#include <boost/json.hpp>
 #include <cmath>
 #include <optional>
 
@@ -99,8 +99,8 @@ HostMessage parse_scheduled_events(const json::object& object) {
     if (const json::value* resources = event.if_contains("Resources")) {
       if (!resources->is_array() || resources->get_array().size() > kMaxResources) {
         if (error.empty()) {
-          error = where + "Resources must be an array of at most " +
-                  std::to_string(kMaxResources) + " strings";
+          error = where + "Resources must be an array of at most " + std::to_string(kMaxResources) +
+                  " strings";
         }
       } else {
         for (const json::value& resource : resources->get_array()) {
@@ -190,9 +190,8 @@ std::optional<std::string> parse_imds_compute_name(std::string_view body, std::s
     return std::nullopt;
   }
   std::string_view text(name->get_string().data(), name->get_string().size());
-  bool printable = std::all_of(text.begin(), text.end(), [](char c) {
-    return c > ' ' && c < 0x7f && c != '"' && c != '\\';
-  });
+  bool printable = std::all_of(text.begin(), text.end(),
+                               [](char c) { return c > ' ' && c < 0x7f && c != '"' && c != '\\'; });
   if (text.empty() || text.size() > kMaxIdBytes || !printable) {
     error = "compute: name must be 1.." + std::to_string(kMaxIdBytes) +
             " printable ASCII characters without spaces or quotes";

@@ -29,8 +29,8 @@ struct InstanceInfo {
 
 struct ScheduledEvent {
   std::string event_id;
-  std::string event_type;    // Freeze|Reboot|Redeploy|Reimage|Terminate (not enforced)
-  std::string event_status;  // Scheduled|Started
+  std::string event_type;              // Freeze|Reboot|Redeploy|Reimage|Terminate (not enforced)
+  std::string event_status;            // Scheduled|Started
   std::vector<std::string> resources;  // the VM names it affects (optional on the channel)
 };
 
