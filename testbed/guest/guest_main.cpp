@@ -23,8 +23,26 @@
 // heartbeats) the orchestrator must detect and roll back. `fabriclab.mode=ignore-power` makes a
 // guest that ignores ACPI, to exercise the host's shutdown timeout and destroy path.
 //
+// The app clients see. With `fabriclab.ip=A.B.C.D/NN fabriclab.gw=G` on the kernel command line
+// (the agent sets them from its lease table; docs/clients.md is the contract) the guest is also
+// what a load balancer fronts: it configures eth0 itself (network.*: ioctls, retried from the
+// loop until virtio_net has probed the NIC), serves HTTP on port 80 (http_server.*: `/health`
+// for the balancer's probe, `/` with instance, image, boot id and durable counter for clients)
+// and talks to the Instance Metadata Service like an Azure app (imds_client.*): it learns its
+// name from compute metadata (the channel's `instance` message, service-index, is the fallback),
+// then polls Scheduled Events once a second. drain.* decides: a Scheduled event that names this
+// VM turns /health to 503 at once, and after drain_ms (long enough for the balancer to mark it
+// down and finish in-flight requests) the guest approves with StartRequests; it serves again
+// once the event has left the document. With `fabriclab.drain=0` it ignores events and the host
+// goes ahead at NotBefore. IMDS is then the one approval path: channel scheduled_events are
+// logged, not acked; without a network everything stays on the channel as before. HTTP and IMDS
+// are non-blocking state machines in the same poll loop with bounded buffers and deadlines, so a
+// slow client or a silent IMDS can delay nothing else (heartbeats, power button). In fail-app
+// mode the server still runs and answers 503 `app failed` (the balancer must see the bad patch).
+//
 // PID 1 rules: never exit (panic=-1 would reboot the VM in a loop), never block forever on a
-// device that may not come, and treat every byte from the host as hostile.
+// device that may not come, and treat every byte from the host (channel or IMDS) and from
+// clients as hostile.
 
 #include <poll.h>
 #include <sys/reboot.h>
@@ -112,7 +130,7 @@ class GuestApp {
       next_net_ms_ = start_ms_;
       next_http_start_ms_ = start_ms_;
     } else {
-      log("network: none (no fabriclab.ip); scheduled events are acked over the channel");
+      log("network: off (no usable fabriclab.ip/gw); scheduled events are acked over the channel");
     }
     for (;;) loop_once();
   }
