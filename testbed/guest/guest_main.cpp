@@ -302,23 +302,29 @@ class GuestApp {
   const std::string& vm_name() const { return imds_name_.empty() ? fallback_name_ : imds_name_; }
 
   // IMDS trouble is logged when it starts, when it changes, and every kImdsErrorLogEvery-th
-  // time, so a dead IMDS does not drown the console at one line a second.
-  void imds_trouble(const char* what, const std::string& detail) {
-    ++imds_errors_;
-    if (imds_errors_ == 1 || detail != last_imds_error_ || imds_errors_ % kImdsErrorLogEvery == 0) {
+  // time, so a dead IMDS does not drown the console at one line a second. Compute metadata and
+  // scheduled events keep separate streaks: with a fallback name the two alternate, and one
+  // failing endpoint must not make the other look like it keeps recovering.
+  struct Trouble {
+    std::uint64_t streak = 0;
+    std::string last;
+  };
+
+  static void imds_trouble(Trouble& trouble, const char* what, const std::string& detail) {
+    ++trouble.streak;
+    if (trouble.streak == 1 || detail != trouble.last || trouble.streak % kImdsErrorLogEvery == 0) {
       log("imds: %s: %s (%llu failures in a row)", what, detail.c_str(),
-          static_cast<unsigned long long>(imds_errors_));
+          static_cast<unsigned long long>(trouble.streak));
     }
-    last_imds_error_ = detail;
+    trouble.last = detail;
   }
 
-  void imds_fine() {
-    if (imds_errors_ > 0) {
-      log("imds: answering again after %llu failures",
-          static_cast<unsigned long long>(imds_errors_));
+  static void imds_fine(Trouble& trouble, const char* what) {
+    if (trouble.streak > 0) {
+      log("imds: %s answering again after %llu failures", what,
+          static_cast<unsigned long long>(trouble.streak));
     }
-    imds_errors_ = 0;
-    last_imds_error_.clear();
+    trouble = Trouble{};
   }
 
   static std::string status_detail(const ImdsResult& result) {
@@ -336,36 +342,36 @@ class GuestApp {
         return;
       case ImdsRequest::compute: {
         if (!result.ok || result.status != 200) {
-          imds_trouble("compute metadata", status_detail(result));
+          imds_trouble(compute_trouble_, "compute metadata", status_detail(result));
           if (!fallback_name_.empty()) next_compute_ms_ = now + kComputeRetryWithFallbackMs;
           return;
         }
         std::string error;
         if (auto name = parse_imds_compute_name(result.body, error)) {
-          imds_fine();
+          imds_fine(compute_trouble_, "compute metadata");
           imds_name_ = *name;
           log("imds: this VM is '%s' (compute metadata)%s%s", imds_name_.c_str(),
               fallback_name_.empty() || fallback_name_ == imds_name_ ? "" : "; channel said ",
               fallback_name_ == imds_name_ ? "" : fallback_name_.c_str());
           next_imds_poll_ms_ = now;  // first scheduled-events poll right away
         } else {
-          imds_trouble("compute metadata ignored", error);
+          imds_trouble(compute_trouble_, "compute metadata ignored", error);
           if (!fallback_name_.empty()) next_compute_ms_ = now + kComputeRetryWithFallbackMs;
         }
         return;
       }
       case ImdsRequest::events: {
         if (!result.ok || result.status != 200) {
-          imds_trouble("scheduled events", status_detail(result));
+          imds_trouble(events_trouble_, "scheduled events", status_detail(result));
           return;
         }
         std::string error;
         auto doc = parse_imds_scheduled_events(result.body, error);
         if (!doc) {
-          imds_trouble("scheduled events document ignored", error);
+          imds_trouble(events_trouble_, "scheduled events document ignored", error);
           return;
         }
-        imds_fine();
+        imds_fine(events_trouble_, "scheduled events");
         if (!events_seen_ || doc->incarnation != last_incarnation_) {
           log("imds: scheduled events incarnation %lld, %zu event(s)%s",
               static_cast<long long>(doc->incarnation), doc->events.size(),
@@ -596,8 +602,8 @@ class GuestApp {
   std::string approving_id_;
   std::string imds_name_;      // from IMDS compute metadata
   std::string fallback_name_;  // service-index from the channel's instance message
-  std::uint64_t imds_errors_ = 0;
-  std::string last_imds_error_;
+  Trouble compute_trouble_;
+  Trouble events_trouble_;
   bool events_seen_ = false;
   std::int64_t last_incarnation_ = 0;
   bool first_request_logged_ = false;
