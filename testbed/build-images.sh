@@ -22,7 +22,7 @@
 set -euo pipefail
 
 readonly VERSIONS=(v1 v2 v3-broken)
-readonly WANTED_MODULES=(button evdev virtio_pci virtio_console virtio_blk)
+readonly WANTED_MODULES=(button evdev virtio_pci virtio_console virtio_blk virtio_net)
 
 say() { printf '[build-images] %s\n' "$*"; }
 die() { printf '[build-images] ERROR: %s\n' "$*" >&2; exit 1; }

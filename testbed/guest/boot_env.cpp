@@ -51,7 +51,11 @@ std::optional<std::int64_t> parse_int(std::string_view text, std::int64_t lo, st
   return value;
 }
 
+}  // namespace
+
 void apply_cmdline(GuestConfig& config, std::string_view cmdline) {
+  std::string_view ip;
+  std::string_view gw;
   std::size_t pos = 0;
   while (pos < cmdline.size()) {
     while (pos < cmdline.size() && (cmdline[pos] == ' ' || cmdline[pos] == '\n')) ++pos;
@@ -84,6 +88,16 @@ void apply_cmdline(GuestConfig& config, std::string_view cmdline) {
         log("cmdline: bad fabriclab.hb_ms (50..600000), keeping %lld",
             static_cast<long long>(config.heartbeat_ms));
       }
+    } else if (key == "fabriclab.ip") {
+      ip = value;
+    } else if (key == "fabriclab.gw") {
+      gw = value;
+    } else if (key == "fabriclab.drain") {
+      if (value == "1" || value == "0") {
+        config.drain = value == "1";
+      } else {
+        log("cmdline: bad fabriclab.drain (1|0), keeping %d", config.drain ? 1 : 0);
+      }
     } else if (key == "fabriclab.disk") {
       if (value.starts_with("/dev/") && value.size() < 64) {
         config.disk = std::string(value);
@@ -94,9 +108,14 @@ void apply_cmdline(GuestConfig& config, std::string_view cmdline) {
       log("cmdline: unknown parameter %.*s ignored", static_cast<int>(key.size()), key.data());
     }
   }
+  std::string error;
+  config.net = make_net_config(ip, gw, error);
+  if (!error.empty()) {
+    log("cmdline: %s (fabriclab.ip='%.*s' fabriclab.gw='%.*s'): network off", error.c_str(),
+        static_cast<int>(std::min<std::size_t>(ip.size(), 64)), ip.data(),
+        static_cast<int>(std::min<std::size_t>(gw.size(), 64)), gw.data());
+  }
 }
-
-}  // namespace
 
 void log(const char* format, ...) {
   char buffer[1024];

@@ -9,6 +9,8 @@
 #include <string>
 #include <string_view>
 
+#include "network.hpp"
+
 namespace fabriclab::guest {
 
 inline constexpr std::string_view kConfigDir = "/etc/fabriclab";
@@ -44,10 +46,16 @@ struct GuestConfig {
   std::int64_t heartbeat_ms = kDefaultHeartbeatMs;  // fabriclab.hb_ms=
   std::string disk = "/dev/vda";                    // fabriclab.disk=
   std::string patch;  // /etc/fabriclab/patch (first line), informational
+  bool drain = true;  // fabriclab.drain=1|0: take part in scheduled events through IMDS
+  // fabriclab.ip=A.B.C.D/NN + fabriclab.gw=A.B.C.D; nullopt: no network (channel only)
+  std::optional<NetConfig> net;
 };
 
-// Image files first, then /proc/cmdline. Bad values are logged and the default kept.
+// Image files first, then /proc/cmdline. Bad values are logged and the default kept (a bad
+// fabriclab.ip or fabriclab.gw leaves the network off).
 GuestConfig load_config();
+// The /proc/cmdline part of load_config (exposed for tests).
+void apply_cmdline(GuestConfig& config, std::string_view cmdline);
 
 // 128 random bits as 32 lower-case hex digits; never blocks on the entropy pool.
 std::string make_boot_id();

@@ -23,8 +23,26 @@
 // heartbeats) the orchestrator must detect and roll back. `fabriclab.mode=ignore-power` makes a
 // guest that ignores ACPI, to exercise the host's shutdown timeout and destroy path.
 //
+// The app clients see. With `fabriclab.ip=A.B.C.D/NN fabriclab.gw=G` on the kernel command line
+// (the agent sets them from its lease table; docs/clients.md is the contract) the guest is also
+// what a load balancer fronts: it configures eth0 itself (network.*: ioctls, retried from the
+// loop until virtio_net has probed the NIC), serves HTTP on port 80 (http_server.*: `/health`
+// for the balancer's probe, `/` with instance, image, boot id and durable counter for clients)
+// and talks to the Instance Metadata Service like an Azure app (imds_client.*): it learns its
+// name from compute metadata (the channel's `instance` message, service-index, is the fallback),
+// then polls Scheduled Events once a second. drain.* decides: a Scheduled event that names this
+// VM turns /health to 503 at once, and after drain_ms (long enough for the balancer to mark it
+// down and finish in-flight requests) the guest approves with StartRequests; it serves again
+// once the event has left the document. With `fabriclab.drain=0` it ignores events and the host
+// goes ahead at NotBefore. IMDS is then the one approval path: channel scheduled_events are
+// logged, not acked; without a network everything stays on the channel as before. HTTP and IMDS
+// are non-blocking state machines in the same poll loop with bounded buffers and deadlines, so a
+// slow client or a silent IMDS can delay nothing else (heartbeats, power button). In fail-app
+// mode the server still runs and answers 503 `app failed` (the balancer must see the bad patch).
+//
 // PID 1 rules: never exit (panic=-1 would reboot the VM in a loop), never block forever on a
-// device that may not come, and treat every byte from the host as hostile.
+// device that may not come, and treat every byte from the host (channel or IMDS) and from
+// clients as hostile.
 
 #include <poll.h>
 #include <sys/reboot.h>
@@ -37,11 +55,16 @@
 #include <exception>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "boot_env.hpp"
 #include "channel.hpp"
 #include "data_disk.hpp"
+#include "drain.hpp"
+#include "http_server.hpp"
+#include "imds_client.hpp"
+#include "network.hpp"
 #include "power_button.hpp"
 #include "protocol.hpp"
 
@@ -61,11 +84,33 @@ constexpr std::int64_t kAckRetryMs = 200;
 constexpr std::size_t kRememberedAcks = 1024;
 constexpr int kFinalFlushMs = 1500;
 constexpr std::size_t kLogLineBytes = 900;
+constexpr std::uint16_t kHttpPort = 80;
+constexpr std::uint32_t kImdsAddress = 0xa9fea9fe;  // 169.254.169.254
+constexpr std::uint16_t kImdsPort = 80;
+constexpr const char* kImdsComputeTarget = "/metadata/instance/compute?api-version=2021-02-01";
+constexpr const char* kImdsEventsTarget = "/metadata/scheduledevents?api-version=2020-07-01";
+constexpr std::int64_t kNetFastMs = 50;
+constexpr std::int64_t kNetSlowMs = 1000;
+constexpr std::int64_t kHttpRetryMs = 1000;
+constexpr std::int64_t kImdsPollMs = 1000;
+// With a fallback name from the channel, a silent compute endpoint is retried this often while
+// scheduled events are polled under the fallback name.
+constexpr std::int64_t kComputeRetryWithFallbackMs = 10'000;
+constexpr std::uint64_t kImdsErrorLogEvery = 30;
 
 class GuestApp {
  public:
   GuestApp(GuestConfig config, std::string boot_id)
-      : config_(std::move(config)), boot_id_(std::move(boot_id)), channel_(kPortName) {}
+      : config_(std::move(config)),
+        boot_id_(std::move(boot_id)),
+        channel_(kPortName),
+        http_([this](const HttpRequest& request) { return on_http_request(request); }),
+        drain_(config_.drain, config_.drain_ms) {
+    if (config_.net) {
+      net_.emplace(*config_.net);
+      imds_.emplace(kImdsAddress, kImdsPort);
+    }
+  }
 
   [[noreturn]] void run() {
     start_ms_ = monotonic_ms();
@@ -76,6 +121,17 @@ class GuestApp {
     next_disk_check_ms_ = start_ms_;
     next_channel_check_ms_ = start_ms_;
     next_input_scan_ms_ = start_ms_;
+    if (net_) {
+      log("network: %s/%d gw %s on %s; drain=%d drain_ms=%lld; scheduled events through IMDS "
+          "(no channel acks)",
+          ipv4_to_string(config_.net->address).c_str(), config_.net->prefix,
+          ipv4_to_string(config_.net->gateway).c_str(), config_.net->interface.c_str(),
+          config_.drain ? 1 : 0, static_cast<long long>(config_.drain_ms));
+      next_net_ms_ = start_ms_;
+      next_http_start_ms_ = start_ms_;
+    } else {
+      log("network: off (no usable fabriclab.ip/gw); scheduled events are acked over the channel");
+    }
     for (;;) loop_once();
   }
 
@@ -121,6 +177,11 @@ class GuestApp {
     const bool poll_channel = channel_.host_connected();
     if (poll_channel) fds.push_back(pollfd{channel_.fd(), channel_.poll_events(), 0});
     buttons_.append_pollfds(fds);
+    const std::size_t http_begin = fds.size();
+    http_.append_pollfds(fds);
+    const std::size_t http_end = fds.size();
+    if (imds_) imds_->append_pollfds(fds);
+    const std::size_t imds_index = http_end < fds.size() ? http_end : SIZE_MAX;
     now = monotonic_ms();
     int timeout = static_cast<int>(std::clamp<std::int64_t>(next_deadline() - now, 0, 1000));
     int rc = ::poll(fds.data(), fds.size(), timeout);
@@ -128,8 +189,13 @@ class GuestApp {
       if (errno != EINTR) log("poll failed: %s", std::strerror(errno));
       return;
     }
+    now = monotonic_ms();
+    if (http_end > http_begin) http_.on_ready(fds.data() + http_begin, http_end - http_begin, now);
+    if (imds_index != SIZE_MAX && fds[imds_index].revents != 0) {
+      imds_->on_ready(fds[imds_index].revents, now);
+    }
     bool power_pressed = false;
-    for (std::size_t i = 0; i < fds.size(); ++i) {
+    for (std::size_t i = 0; i < http_begin; ++i) {
       if (fds[i].revents == 0) continue;
       if (poll_channel && i == 0) {
         channel_.on_ready(fds[i].revents, lines);
@@ -171,6 +237,7 @@ class GuestApp {
       if (next_heartbeat_ms_ <= now) next_heartbeat_ms_ = now + config_.heartbeat_ms;
     }
     fire_due_acks(now);
+    if (net_) network_timers(now);
   }
 
   std::int64_t next_deadline() const {
@@ -179,7 +246,175 @@ class GuestApp {
     if (disk_state_ == DiskState::waiting) deadline = std::min(deadline, next_disk_check_ms_);
     if (heartbeats_running()) deadline = std::min(deadline, next_heartbeat_ms_);
     for (const auto& pending : pending_acks_) deadline = std::min(deadline, pending.due_ms);
+    if (net_) {
+      if (!net_->up()) deadline = std::min(deadline, next_net_ms_);
+      if (!http_.listening()) deadline = std::min(deadline, next_http_start_ms_);
+      deadline = std::min(deadline, http_.next_deadline());
+      if (net_->up()) {
+        deadline = std::min(deadline, imds_->next_deadline());
+        if (!imds_->busy()) {
+          deadline = std::min({deadline, next_imds_poll_ms_, drain_.next_deadline()});
+        }
+      }
+    }
     return deadline;
+  }
+
+  // --- network, HTTP and IMDS (only with fabriclab.ip) --------------------------------------
+
+  void network_timers(std::int64_t now) {
+    if (!http_.listening() && now >= next_http_start_ms_) {
+      // INADDR_ANY: listening needs no address yet, so the first probe after eth0 is up works.
+      if (!http_.start(kHttpPort)) next_http_start_ms_ = now + kHttpRetryMs;
+    }
+    http_.expire(now);
+    if (!net_->up()) {
+      if (now >= next_net_ms_) {
+        if (net_->step(now)) {
+          next_imds_poll_ms_ = now;
+        } else {
+          next_net_ms_ = now + (now - start_ms_ < kFastScanWindowMs ? kNetFastMs : kNetSlowMs);
+        }
+      }
+      if (!net_->up()) return;
+    }
+    imds_->expire(now);
+    if (auto result = imds_->take_result()) on_imds_result(std::move(*result), now);
+    if (imds_->busy()) return;
+    if (auto event_id = drain_.take_due_approval(now)) {
+      log("imds: approving %s: POST StartRequests", event_id->c_str());
+      imds_request_ = ImdsRequest::approve;
+      approving_id_ = *event_id;
+      imds_->start("POST", kImdsEventsTarget, start_requests_body(*event_id), now);
+      return;
+    }
+    if (now < next_imds_poll_ms_) return;
+    next_imds_poll_ms_ = now + kImdsPollMs;
+    if (imds_name_.empty() && (fallback_name_.empty() || now >= next_compute_ms_)) {
+      imds_request_ = ImdsRequest::compute;
+      imds_->start("GET", kImdsComputeTarget, {}, now);
+    } else {
+      imds_request_ = ImdsRequest::events;
+      imds_->start("GET", kImdsEventsTarget, {}, now);
+    }
+  }
+
+  const std::string& vm_name() const { return imds_name_.empty() ? fallback_name_ : imds_name_; }
+
+  // IMDS trouble is logged when it starts, when it changes, and every kImdsErrorLogEvery-th
+  // time, so a dead IMDS does not drown the console at one line a second. Compute metadata and
+  // scheduled events keep separate streaks: with a fallback name the two alternate, and one
+  // failing endpoint must not make the other look like it keeps recovering.
+  struct Trouble {
+    std::uint64_t streak = 0;
+    std::string last;
+  };
+
+  static void imds_trouble(Trouble& trouble, const char* what, const std::string& detail) {
+    ++trouble.streak;
+    if (trouble.streak == 1 || detail != trouble.last || trouble.streak % kImdsErrorLogEvery == 0) {
+      log("imds: %s: %s (%llu failures in a row)", what, detail.c_str(),
+          static_cast<unsigned long long>(trouble.streak));
+    }
+    trouble.last = detail;
+  }
+
+  static void imds_fine(Trouble& trouble, const char* what) {
+    if (trouble.streak > 0) {
+      log("imds: %s answering again after %llu failures", what,
+          static_cast<unsigned long long>(trouble.streak));
+    }
+    trouble = Trouble{};
+  }
+
+  static std::string status_detail(const ImdsResult& result) {
+    if (!result.ok) return result.error;
+    std::string body = result.body.substr(0, 160);
+    std::replace_if(
+        body.begin(), body.end(), [](char c) { return c < 0x20 || c >= 0x7f; }, '?');
+    return "HTTP " + std::to_string(result.status) + " " + body;
+  }
+
+  void on_imds_result(ImdsResult result, std::int64_t now) {
+    const ImdsRequest request = std::exchange(imds_request_, ImdsRequest::none);
+    switch (request) {
+      case ImdsRequest::none:
+        return;
+      case ImdsRequest::compute: {
+        if (!result.ok || result.status != 200) {
+          imds_trouble(compute_trouble_, "compute metadata", status_detail(result));
+          if (!fallback_name_.empty()) next_compute_ms_ = now + kComputeRetryWithFallbackMs;
+          return;
+        }
+        std::string error;
+        if (auto name = parse_imds_compute_name(result.body, error)) {
+          imds_fine(compute_trouble_, "compute metadata");
+          imds_name_ = *name;
+          log("imds: this VM is '%s' (compute metadata)%s%s", imds_name_.c_str(),
+              fallback_name_.empty() || fallback_name_ == imds_name_ ? "" : "; channel said ",
+              fallback_name_ == imds_name_ ? "" : fallback_name_.c_str());
+          next_imds_poll_ms_ = now;  // first scheduled-events poll right away
+        } else {
+          imds_trouble(compute_trouble_, "compute metadata ignored", error);
+          if (!fallback_name_.empty()) next_compute_ms_ = now + kComputeRetryWithFallbackMs;
+        }
+        return;
+      }
+      case ImdsRequest::events: {
+        if (!result.ok || result.status != 200) {
+          imds_trouble(events_trouble_, "scheduled events", status_detail(result));
+          return;
+        }
+        std::string error;
+        auto doc = parse_imds_scheduled_events(result.body, error);
+        if (!doc) {
+          imds_trouble(events_trouble_, "scheduled events document ignored", error);
+          return;
+        }
+        imds_fine(events_trouble_, "scheduled events");
+        if (!events_seen_ || doc->incarnation != last_incarnation_) {
+          log("imds: scheduled events incarnation %lld, %zu event(s)%s",
+              static_cast<long long>(doc->incarnation), doc->events.size(),
+              events_seen_ ? "" : " (first poll)");
+          events_seen_ = true;
+          last_incarnation_ = doc->incarnation;
+        }
+        drain_.on_document(*doc, vm_name(), now);
+        return;
+      }
+      case ImdsRequest::approve: {
+        DrainPolicy::Outcome outcome = DrainPolicy::Outcome::retry;
+        if (result.ok && result.status == 200) {
+          outcome = DrainPolicy::Outcome::accepted;
+        } else if (result.ok && result.status >= 400 && result.status < 500 &&
+                   result.status != 403 && result.status != 429) {
+          outcome = DrainPolicy::Outcome::refused;
+        }
+        if (outcome != DrainPolicy::Outcome::accepted) {
+          log("imds: approval of %s: %s", approving_id_.c_str(), status_detail(result).c_str());
+        }
+        drain_.approval_result(approving_id_, outcome, now);
+        return;
+      }
+    }
+  }
+
+  HttpResponse on_http_request(const HttpRequest& request) {
+    AppView view;
+    view.health = config_.mode == Mode::fail_app ? AppView::Health::app_failed
+                  : drain_.draining()            ? AppView::Health::draining
+                                                 : AppView::Health::serving;
+    view.instance = vm_name();
+    view.image = config_.image;
+    view.boot_id = boot_id_;
+    view.counter = disk_.reported_counter();
+    HttpResponse response = route(request, view);
+    if (!first_request_logged_) {
+      first_request_logged_ = true;
+      log("http: first request served: %s %s -> %d", request.method.c_str(),
+          request.path.substr(0, 64).c_str(), response.status);
+    }
+    return response;
   }
 
   void check_channel(std::vector<std::string>& lines) {
@@ -251,6 +486,7 @@ class GuestApp {
         static_cast<long long>(info.index), static_cast<long long>(info.update_domain),
         static_cast<long long>(info.fault_domain));
     instance_ = info;
+    fallback_name_ = info.service + "-" + std::to_string(info.index);
     channel_.send(instance_ack_line(info));
   }
 
@@ -261,6 +497,10 @@ class GuestApp {
   void on_scheduled_events(const ScheduledEventsDoc& doc, const std::string& raw) {
     log("scheduled_events: %.*s%s", static_cast<int>(std::min(raw.size(), kLogLineBytes)),
         raw.c_str(), raw.size() > kLogLineBytes ? "..." : "");
+    if (net_) {
+      log("scheduled_events: not acked over the channel (this guest approves through IMDS)");
+      return;
+    }
     // The document is the whole current set: a pending ack whose event is gone or no longer
     // Scheduled (Started by the platform, or cancelled) is not sent.
     std::erase_if(pending_acks_, [&](const PendingAck& pending) {
@@ -348,6 +588,25 @@ class GuestApp {
   std::optional<InstanceInfo> instance_;
   std::vector<PendingAck> pending_acks_;
   std::deque<std::string> acked_ids_;
+
+  enum class ImdsRequest { none, compute, events, approve };
+  std::optional<NetworkBringUp> net_;  // engaged with fabriclab.ip: network, HTTP and IMDS
+  HttpServer http_;
+  std::optional<ImdsClient> imds_;
+  DrainPolicy drain_;
+  std::int64_t next_net_ms_ = 0;
+  std::int64_t next_http_start_ms_ = 0;
+  std::int64_t next_imds_poll_ms_ = 0;
+  std::int64_t next_compute_ms_ = 0;
+  ImdsRequest imds_request_ = ImdsRequest::none;
+  std::string approving_id_;
+  std::string imds_name_;      // from IMDS compute metadata
+  std::string fallback_name_;  // service-index from the channel's instance message
+  Trouble compute_trouble_;
+  Trouble events_trouble_;
+  bool events_seen_ = false;
+  std::int64_t last_incarnation_ = 0;
+  bool first_request_logged_ = false;
 };
 
 [[noreturn]] void guest_main() {

@@ -1,5 +1,6 @@
 #include "protocol.hpp"
 
+#include <algorithm>
 #include <boost/json.hpp>
 #include <cmath>
 #include <optional>
@@ -95,6 +96,25 @@ HostMessage parse_scheduled_events(const json::object& object) {
     parsed.event_id = string_field(event, "EventId", true, where, error);
     parsed.event_status = string_field(event, "EventStatus", true, where, error);
     parsed.event_type = string_field(event, "EventType", false, where, error);
+    if (const json::value* resources = event.if_contains("Resources")) {
+      if (!resources->is_array() || resources->get_array().size() > kMaxResources) {
+        if (error.empty()) {
+          error = where + "Resources must be an array of at most " + std::to_string(kMaxResources) +
+                  " strings";
+        }
+      } else {
+        for (const json::value& resource : resources->get_array()) {
+          if (!resource.is_string() || resource.get_string().size() > kMaxIdBytes) {
+            if (error.empty()) {
+              error = where + "Resources must hold strings of at most " +
+                      std::to_string(kMaxIdBytes) + " bytes";
+            }
+            break;
+          }
+          parsed.resources.emplace_back(resource.get_string());
+        }
+      }
+    }
     doc.events.push_back(std::move(parsed));
   }
   if (!error.empty()) return BadFields{error};
@@ -102,6 +122,29 @@ HostMessage parse_scheduled_events(const json::object& object) {
 }
 
 std::string serialize_line(const json::object& object) { return json::serialize(object); }
+
+// Depth-limited parse of an untrusted body into an object; nullopt with `error` set otherwise.
+std::optional<json::object> parse_object(std::string_view text, std::string& error) {
+  json::parse_options options;
+  options.max_depth = kMaxDepth;
+  boost::system::error_code ec;
+  json::value value;
+  try {
+    value = json::parse(json::string_view(text.data(), text.size()), ec, {}, options);
+  } catch (const std::exception& e) {
+    error = std::string("parse failed: ") + e.what();
+    return std::nullopt;
+  }
+  if (ec) {
+    error = "invalid JSON: " + ec.message();
+    return std::nullopt;
+  }
+  if (!value.is_object()) {
+    error = "not a JSON object";
+    return std::nullopt;
+  }
+  return std::move(value.get_object());
+}
 
 }  // namespace
 
@@ -124,6 +167,47 @@ HostMessage parse_host_line(std::string_view line) {
   if (kind == "instance") return parse_instance(object);
   if (kind == "scheduled_events") return parse_scheduled_events(object);
   return OtherType{std::string(kind.substr(0, 64))};
+}
+
+std::optional<ScheduledEventsDoc> parse_imds_scheduled_events(std::string_view body,
+                                                              std::string& error) {
+  auto object = parse_object(body, error);
+  if (!object) return std::nullopt;
+  HostMessage parsed = parse_scheduled_events(*object);
+  if (auto* fields = std::get_if<BadFields>(&parsed)) {
+    error = fields->message;
+    return std::nullopt;
+  }
+  return std::get<ScheduledEventsDoc>(std::move(parsed));
+}
+
+std::optional<std::string> parse_imds_compute_name(std::string_view body, std::string& error) {
+  auto object = parse_object(body, error);
+  if (!object) return std::nullopt;
+  const json::value* name = object->if_contains("name");
+  if (name == nullptr || !name->is_string()) {
+    error = "compute: name must be a string";
+    return std::nullopt;
+  }
+  std::string_view text(name->get_string().data(), name->get_string().size());
+  bool printable = std::all_of(text.begin(), text.end(),
+                               [](char c) { return c > ' ' && c < 0x7f && c != '"' && c != '\\'; });
+  if (text.empty() || text.size() > kMaxIdBytes || !printable) {
+    error = "compute: name must be 1.." + std::to_string(kMaxIdBytes) +
+            " printable ASCII characters without spaces or quotes";
+    return std::nullopt;
+  }
+  return std::string(text);
+}
+
+std::string start_requests_body(std::string_view event_id) {
+  json::object request;
+  request["EventId"] = event_id;
+  json::array requests;
+  requests.push_back(std::move(request));
+  json::object object;
+  object["StartRequests"] = std::move(requests);
+  return json::serialize(object);
 }
 
 std::string heartbeat_line(const Heartbeat& heartbeat) {

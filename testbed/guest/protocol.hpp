@@ -7,6 +7,7 @@
 // Every host line is untrusted: depth-limited parse, then a schema check that names the field.
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -17,6 +18,7 @@ namespace fabriclab::guest {
 inline constexpr std::int64_t kMaxUpdateDomain = 19;  // at most 20 UDs (upgradeDomainCount)
 inline constexpr std::int64_t kMaxFaultDomain = 255;
 inline constexpr std::size_t kMaxEvents = 256;
+inline constexpr std::size_t kMaxResources = 1024;
 
 struct InstanceInfo {
   std::string service;
@@ -27,8 +29,9 @@ struct InstanceInfo {
 
 struct ScheduledEvent {
   std::string event_id;
-  std::string event_type;    // Freeze|Reboot|Redeploy|Reimage|Terminate (not enforced)
-  std::string event_status;  // Scheduled|Started
+  std::string event_type;              // Freeze|Reboot|Redeploy|Reimage|Terminate (not enforced)
+  std::string event_status;            // Scheduled|Started
+  std::vector<std::string> resources;  // the VM names it affects (optional on the channel)
 };
 
 struct ScheduledEventsDoc {
@@ -49,6 +52,15 @@ struct OtherType {  // a well-formed message of a type this guest does not know:
 using HostMessage = std::variant<InstanceInfo, ScheduledEventsDoc, BadLine, BadFields, OtherType>;
 
 HostMessage parse_host_line(std::string_view line);
+
+// IMDS bodies (Azure's shapes, see docs/clients.md "IMDS"). Untrusted like channel lines: on
+// failure `error` names the problem and the result is empty.
+std::optional<ScheduledEventsDoc> parse_imds_scheduled_events(std::string_view body,
+                                                              std::string& error);
+// `name` of /metadata/instance/compute: a non-empty printable-ASCII string of at most 256 bytes.
+std::optional<std::string> parse_imds_compute_name(std::string_view body, std::string& error);
+// {"StartRequests": [{"EventId": ID}]}
+std::string start_requests_body(std::string_view event_id);
 
 struct Heartbeat {
   std::uint64_t seq = 0;
