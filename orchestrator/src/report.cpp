@@ -259,7 +259,8 @@ int64_t percentile(const std::vector<int64_t>& sorted, double p) {
 }
 
 // The per-service `traffic` object of the JSON (report.hpp).
-json::object traffic_json(const ReportInput& in, const ReportTraffic& t, const TrafficSummary& m) {
+json::object traffic_json(const ReportInput& in, const ReportTraffic& t, const TrafficSummary& m,
+                          bool checked) {
   json::object served;
   for (const auto& [instance, n] : m.served_by) served[instance] = n;
   // The largest runs when there are too many, listed in time order.
@@ -287,6 +288,7 @@ json::object traffic_json(const ReportInput& in, const ReportTraffic& t, const T
       {"served_by", std::move(served)},
       {"failure_runs", std::move(run_list)},
       {"failure_runs_total", static_cast<int64_t>(m.failure_runs.size())},
+      {"checked", checked},
       {"rps", t.rps},
       {"probe_detection_s", seconds(t.probe_detection_ms)},
   };
@@ -524,7 +526,7 @@ json::object build_report(const ReportInput& in) {
     std::string note;
     if (in.traffic_measured && t) {
       TrafficSummary m = traffic_summary(*t);
-      traffic = traffic_json(in, *t, m);
+      traffic = traffic_json(in, *t, m, promises_clients(s, a));
       note = traffic_note(s, a, m);
       if (promises_clients(s, a)) {
         clients_checked++;

@@ -507,6 +507,7 @@ TEST(ReportTraffic, AFailedRequestToAServiceWithTwoDrainingInstancesFailsTheChec
   EXPECT_EQ(runs[1].at("count").as_int64(), 5);
   EXPECT_EQ(service_named(r, "web").at("traffic_note").as_string(),
             "web: 8 of 6020 failed, longest run 0.4 s");
+  EXPECT_TRUE(t.at("checked").as_bool());
 }
 
 TEST(ReportTraffic, ASingleInstanceServiceFailingDuringItsOutageDoesNotFailTheCheck) {
@@ -514,6 +515,7 @@ TEST(ReportTraffic, ASingleInstanceServiceFailingDuringItsOutageDoesNotFailTheCh
   EXPECT_TRUE(passed(r, "clients kept served"));
   const std::string note(service_named(r, "hello").at("traffic_note").as_string());
   EXPECT_EQ(note, "hello: 110 failed during its 11 s outage (single instance, no SLA)");
+  EXPECT_FALSE(service_named(r, "hello").at("traffic").at("checked").as_bool());
   EXPECT_NE(detail(r, "clients kept served").find("not checked: " + note), std::string::npos);
 }
 
@@ -633,13 +635,58 @@ TEST(ReportHtml, DrawsTimelinesWithDownBarsOnASharedAxis) {
   EXPECT_LT(html.find("<h3>web</h3>"), html.find("<h3>db</h3>"));  // report order
 }
 
+TEST(ReportHtml, ShowsTheTrafficTableAndFailuresOnTheTimelineAxis) {
+  ReportInput in = drill_with_traffic();
+  in.traffic[0] = traffic("web", {"web-0", "web-1"}, {{100, 100.3}, {-1, -0.5}});
+  const std::string html = render_report_html(build_report(in));
+  EXPECT_NE(html.find("<table id=\"traffic-table\">"), std::string::npos);
+  EXPECT_NE(html.find("<td>web</td><td class=\"num\">6020</td><td class=\"num bad\">8</td>"),
+            std::string::npos);
+  EXPECT_NE(html.find("<td>hello</td><td class=\"num\">6020</td><td class=\"num muted\">110</td>"),
+            std::string::npos);
+  EXPECT_NE(html.find("web-0: 3005, web-1: 3007"), std::string::npos);
+  // A red mark per failure run inside the window, on the service's own "clients" lane.
+  EXPECT_NE(html.find("<title>web clients: 3 failed from 100 s to 100.2 s</title>"),
+            std::string::npos);
+  EXPECT_EQ(html.find("web clients: 5 failed from -1 s"), std::string::npos);  // before the start
+  EXPECT_NE(html.find("<title>hello clients: 110 failed from 300 s to 310.9 s</title>"),
+            std::string::npos);
+  EXPECT_LT(html.find("web clients: 3 failed"), html.find("<h3>hello</h3>"));
+  EXPECT_EQ(html.find("not measured"), std::string::npos);
+}
+
+TEST(ReportHtml, SaysWhyClientTrafficWasNotMeasuredAndEscapesTrafficNames) {
+  ReportInput in = drill_with_traffic();
+  in.traffic_measured = false;
+  in.traffic_reason = "loopback network: <no> guest network";
+  std::string html = render_report_html(build_report(in));
+  EXPECT_NE(html.find("client traffic not measured: loopback network: &lt;no&gt; guest network"),
+            std::string::npos);
+  EXPECT_EQ(html.find("clients</text>"), std::string::npos);  // no lane without traffic
+
+  in = drill({instance("<i>-0", "<i>", 0, 0, 0), instance("<i>-1", "<i>", 1, 1, 1)});
+  in.traffic_measured = true;
+  in.traffic = {traffic("<i>", {"<z>"}, {{10, 11}})};
+  html = render_report_html(build_report(in));
+  EXPECT_EQ(html.find("<i>"), std::string::npos);
+  EXPECT_EQ(html.find("<z>"), std::string::npos);
+  EXPECT_NE(html.find("&lt;z&gt;: 6010"), std::string::npos);
+  EXPECT_NE(html.find("&lt;i&gt; clients: 10 failed from 10 s to 10.9 s"), std::string::npos);
+}
+
 TEST(ReportHtml, RendersADamagedReportWithoutThrowing) {
   std::string html = render_report_html(json::object{});
   EXPECT_NE(html.find("FAILED"), std::string::npos);
-  json::object bad{{"drill", 3},
-                   {"placement", json::object{{"update_domains", 1e12}, {"cells", "x"}}},
-                   {"instances", json::array{1, json::object{{"name", 5}, {"timeline", 2}}}},
-                   {"walk", json::object{{"batch_list", json::array{nullptr}}}}};
+  json::object bad{
+      {"drill", 3},
+      {"placement", json::object{{"update_domains", 1e12}, {"cells", "x"}}},
+      {"instances", json::array{1, json::object{{"name", 5}, {"timeline", 2}}}},
+      {"walk", json::object{{"batch_list", json::array{nullptr}}}},
+      {"traffic", json::object{{"measured", true}}},
+      {"services", json::array{json::object{
+                       {"name", "web"},
+                       {"traffic", json::object{{"failure_runs", json::array{1, nullptr}},
+                                                {"served_by", json::object{{"x", "y"}}}}}}}}};
   html = render_report_html(bad);
   EXPECT_NE(html.find("</html>"), std::string::npos);
 }

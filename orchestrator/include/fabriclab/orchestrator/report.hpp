@@ -200,11 +200,12 @@ bool counter_kept(const ReportInstance& i);
 // i.e. no ReportTraffic entry): {requests, failed, success_percent, longest_failure_run_s,
 // p50_ms, p99_ms (null: no answered request), served_by: {instance: answered requests},
 // failure_runs: [{from_s, to_s, count}] (send times relative to the drill start, negative for the
-// lead before it; at most 50: the largest runs, in time order), failure_runs_total, rps,
-// probe_detection_s} — traffic_summary()'s figures. `traffic_note` ("" without traffic) is one
-// line on what its clients saw: "web: all 1200 requests served", "web: 3 of 1200 failed, longest
-// run 0.1 s", "hello: 31 failed during its 11 s outage (single instance, no SLA)", "api: 12 of
-// 1200 failed (drain off: not checked; ...)", "web: no requests recorded".
+// lead before it; at most 50: the largest runs, in time order), failure_runs_total, checked
+// (whether "clients kept served" judges it: >= 2 instances and drain on), rps, probe_detection_s} —
+// traffic_summary()'s figures. `traffic_note` ("" without traffic) is one line on what its clients
+// saw: "web: all 1200 requests served", "web: 3 of 1200 failed, longest run 0.1 s", "hello: 31
+// failed during its 11 s outage (single instance, no SLA)", "api: 12 of 1200 failed (drain off: not
+// checked; ...)", "web: no requests recorded".
 //
 // Unknown values (-1 in the input) are null. Seconds are doubles rounded to 3 decimals,
 // percentages to 4. An instance's timeline is clipped to the window: t_s is relative to the drill
