@@ -616,9 +616,28 @@ async function runMock(page, opts, fail) {
         `api traffic row should show 361 requests, 98.61 %, 20 req/s and the last error as text: ${JSON.stringify(ta)}`);
   check(tw && tw.cells[5] === '19.5' && tw.cells[6] === '—', `web traffic row: ${JSON.stringify(tw)}`);
   check(r.trafficLogged.length === 2, `only the traffic.stats with new failures should be logged: ${r.trafficLogged}`);
+  // A rack without a load balancer: a second page whose one snapshot says traffic was not
+  // measured and why (markup in the reason must stay text).
+  const reason = 'loopback network: the rack has <b>no</b> guest network';
+  const nm = await page.context().browser().newPage();
+  await nm.addInitScript(installFakeWebSocket, { sessions: [[{ d: 20, msg: { seq: 1, type: 'snapshot', state: {
+    hosts: [{ id: 'h0', fd: 0, state: 'Ready', step: 'None', host_image: 'v1' }], services: [], instances: [],
+    traffic: { measured: false, reason, services: {} } } } }]] });
+  await nm.goto(pathToFileURL(opts.html).toString(), { waitUntil: 'load' });
+  let shown = null;
+  for (const until = Date.now() + 10000; Date.now() < until; await sleep(100)) {
+    shown = await nm.evaluate(() => ({ state: document.getElementById('sec-traffic').getAttribute('data-traffic'),
+                                       status: document.getElementById('traffic-status').textContent,
+                                       bold: document.querySelectorAll('#sec-traffic b').length,
+                                       rows: document.querySelectorAll('[data-traffic-service]').length }));
+    if (shown.state !== 'unknown') break;
+  }
+  check(shown && shown.state === 'not-measured' && shown.status === `client traffic not measured: ${reason}` &&
+        shown.bold === 0 && shown.rows === 0, `not measured: the panel should say why, as text: ${JSON.stringify(shown)}`);
+  await nm.close();
   if (problems.length) { fail(problems.join('\n  ')); return null; }
   return `mock: h0 ${h0.join('->')}, batches ${r.batches.join('/')}, ${r.cells} cells, traffic ${r.traffic} ` +
-         `(api ${ta.failed} failed), resumed with ` +
+         `(api ${ta.failed} failed; unmeasured rack: "${shown && shown.status}"), resumed with ` +
          `since=${script.cut1} and since=${script.cut2}, resync applied, lastSeq=${r.lastSeq}`;
 }
 
