@@ -210,8 +210,8 @@ struct TrafficGenerator::Impl {
   };
 
   TrafficOptions options;
+  net::io_context ioc{1};  // before `targets`: their timers must go first
   std::vector<Target> targets;
-  net::io_context ioc{1};
   std::thread thread;
   Clock::time_point t0;
   int64_t wall0_ms = 0;
