@@ -271,7 +271,7 @@ TEST(Traffic, BadTargetsAreRefusedNamingTheField) {
   refused({"web", "198.18.1.10", 80, "/", 20}, "network namespace", bad_ns);
 }
 
-TEST(Traffic, ANamespaceThatCannotBeEnteredIsStartsError) {
+TEST(Traffic, ANamespaceThatCannotBeEnteredIsAStartError) {
   TrafficOptions o;
   o.netns = "/nonexistent/fabriclab-ns";
   auto g = TrafficGenerator::start({target("web", 80, 10)}, o);
