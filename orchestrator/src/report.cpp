@@ -11,6 +11,13 @@
 //
 // The report refuses to pass on missing data rather than guess: an unknown counter, an unknown
 // image, an unknown drill kind or a silent guest each fail their check and are named in it.
+//
+// Client traffic is read in send order: a failure run is a maximal stretch of consecutive failed
+// requests, so one success between two failures splits them (the client was served in between).
+// "clients kept served" judges only the services that promise it (>= 2 instances, drain on); a
+// measured service that recorded no request at all fails it too (no data is not proof). The
+// others get a note instead: a single instance is expected to fail its clients while it is down,
+// and without drain the load balancer only learns of a stopped instance from its probe.
 
 #include "fabriclab/orchestrator/report.hpp"
 
@@ -29,6 +36,7 @@ namespace {
 
 constexpr int64_t kMonthMs = 30LL * 24 * 3600 * 1000;
 constexpr size_t kMaxNamesInDetail = 20;
+constexpr size_t kMaxFailureRuns = 50;  // per service in the JSON: the largest, in time order
 
 struct Segment {
   int64_t from = 0, to = 0;
@@ -214,7 +222,8 @@ json::object placement_json(const ReportInput& in) {
                       {"cells", std::move(cell_list)}};
 }
 
-json::object service_json(const ReportService& s, const ServiceAvailability& a) {
+json::object service_json(const ReportService& s, const ServiceAvailability& a, json::value traffic,
+                          std::string traffic_note) {
   json::value budget = nullptr, used_s = nullptr, used_pct = nullptr;
   if (a.sla_applies) {
     budget = seconds(a.budget_ms_per_month);
@@ -235,7 +244,78 @@ json::object service_json(const ReportService& s, const ServiceAvailability& a) 
       {"error_budget_used_s", used_s},
       {"error_budget_used_percent", used_pct},
       {"verdict", a.verdict},
+      {"traffic", std::move(traffic)},
+      {"traffic_note", std::move(traffic_note)},
   };
+}
+
+bool request_failed(const ReportRequest& r) { return r.status < 200 || r.status >= 400; }
+
+// The nearest-rank percentile p (0..100) of sorted values.
+int64_t percentile(const std::vector<int64_t>& sorted, double p) {
+  if (sorted.empty()) return -1;
+  size_t rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(sorted.size())));
+  return sorted[std::clamp<size_t>(rank, 1, sorted.size()) - 1];
+}
+
+// The per-service `traffic` object of the JSON (report.hpp).
+json::object traffic_json(const ReportInput& in, const ReportTraffic& t, const TrafficSummary& m,
+                          bool checked) {
+  json::object served;
+  for (const auto& [instance, n] : m.served_by) served[instance] = n;
+  // The largest runs when there are too many, listed in time order.
+  std::vector<TrafficSummary::Run> runs = m.failure_runs;
+  if (runs.size() > kMaxFailureRuns) {
+    std::stable_sort(runs.begin(), runs.end(),
+                     [](const auto& a, const auto& b) { return a.count > b.count; });
+    runs.resize(kMaxFailureRuns);
+    std::stable_sort(runs.begin(), runs.end(),
+                     [](const auto& a, const auto& b) { return a.from_ms < b.from_ms; });
+  }
+  json::array run_list;
+  for (const auto& r : runs) {
+    run_list.emplace_back(json::object{{"from_s", seconds(r.from_ms - in.started_ms)},
+                                       {"to_s", seconds(r.to_ms - in.started_ms)},
+                                       {"count", r.count}});
+  }
+  return json::object{
+      {"requests", m.requests},
+      {"failed", m.failed},
+      {"success_percent", round_to(m.success_percent, 1e4)},
+      {"longest_failure_run_s", seconds(m.longest_failure_run_ms)},
+      {"p50_ms", int_or_null(m.p50_latency_ms)},
+      {"p99_ms", int_or_null(m.p99_latency_ms)},
+      {"served_by", std::move(served)},
+      {"failure_runs", std::move(run_list)},
+      {"failure_runs_total", static_cast<int64_t>(m.failure_runs.size())},
+      {"checked", checked},
+      {"rps", t.rps},
+      {"probe_detection_s", seconds(t.probe_detection_ms)},
+  };
+}
+
+// Whether "clients kept served" judges this service: it promises uninterrupted service.
+bool promises_clients(const ReportService& s, const ServiceAvailability& a) {
+  return a.instances >= 2 && s.drain;
+}
+
+// One line on what the service's clients saw, for the services table and the check.
+std::string traffic_note(const ReportService& s, const ServiceAvailability& a,
+                         const TrafficSummary& m) {
+  if (m.requests == 0) return fmt::format("{}: no requests recorded", s.name);
+  if (m.failed == 0) return fmt::format("{}: all {} requests served", s.name, m.requests);
+  if (a.instances < 2) {
+    return fmt::format("{}: {} failed during its {} s outage (single instance, no SLA)", s.name,
+                       m.failed, format_seconds(a.unavailable_ms));
+  }
+  if (!s.drain) {
+    return fmt::format(
+        "{}: {} of {} failed (drain off: not checked; the load balancer notices a "
+        "stopped instance only by its probe)",
+        s.name, m.failed, m.requests);
+  }
+  return fmt::format("{}: {} of {} failed, longest run {} s", s.name, m.failed, m.requests,
+                     format_seconds(m.longest_failure_run_ms));
 }
 
 json::object instance_json(const ReportInput& in, const ReportInstance& i) {
@@ -275,6 +355,48 @@ json::object instance_json(const ReportInput& in, const ReportInstance& i) {
 }
 
 }  // namespace
+
+TrafficSummary traffic_summary(const ReportTraffic& t) {
+  TrafficSummary m;
+  m.service = t.service;
+  std::vector<const ReportRequest*> by_time;
+  by_time.reserve(t.requests.size());
+  for (const ReportRequest& r : t.requests) by_time.push_back(&r);
+  std::stable_sort(by_time.begin(), by_time.end(),
+                   [](const auto* a, const auto* b) { return a->t_ms < b->t_ms; });
+  std::vector<int64_t> latencies;
+  TrafficSummary::Run run;
+  auto close_run = [&] {
+    if (run.count == 0) return;
+    m.longest_failure_run_ms = std::max(m.longest_failure_run_ms, run.to_ms - run.from_ms);
+    m.failure_runs.push_back(run);
+    run = {};
+  };
+  for (const ReportRequest* r : by_time) {
+    m.requests++;
+    if (r->status > 0) {  // answered, whatever the status
+      if (r->latency_ms >= 0) latencies.push_back(r->latency_ms);
+      if (!r->served_by.empty()) m.served_by[r->served_by]++;
+    }
+    if (!request_failed(*r)) {
+      close_run();
+      continue;
+    }
+    m.failed++;
+    if (run.count == 0) run.from_ms = r->t_ms;
+    run.to_ms = r->t_ms;
+    run.count++;
+  }
+  close_run();
+  if (m.requests > 0) {
+    m.success_percent =
+        100.0 * static_cast<double>(m.requests - m.failed) / static_cast<double>(m.requests);
+  }
+  std::sort(latencies.begin(), latencies.end());
+  m.p50_latency_ms = percentile(latencies, 50);
+  m.p99_latency_ms = percentile(latencies, 99);
+  return m;
+}
 
 int64_t instance_down_ms(const ReportInput& in, const ReportInstance& i) {
   int64_t down = 0;
@@ -390,14 +512,40 @@ json::object build_report(const ReportInput& in) {
   report["hosts"] = std::move(hosts);
 
   json::array services;
-  std::vector<std::string> lost;
+  std::vector<std::string> lost, unserved, not_checked;
+  size_t clients_checked = 0;
   for (const ReportService& s : report_services(in)) {
     ServiceAvailability a = service_availability(in, s);
     if (a.sla_applies && !a.always_available)
       lost.push_back(fmt::format("{} ({})", a.service, a.verdict));
-    services.emplace_back(service_json(s, a));
+    const ReportTraffic* t = nullptr;
+    for (const ReportTraffic& x : in.traffic) {
+      if (x.service == s.name) t = &x;
+    }
+    json::value traffic = nullptr;
+    std::string note;
+    if (in.traffic_measured && t) {
+      TrafficSummary m = traffic_summary(*t);
+      traffic = traffic_json(in, *t, m, promises_clients(s, a));
+      note = traffic_note(s, a, m);
+      if (promises_clients(s, a)) {
+        clients_checked++;
+        if (m.requests == 0) {
+          unserved.push_back(fmt::format("{} (no requests recorded)", s.name));
+        } else if (m.failed > 0) {
+          unserved.push_back(fmt::format("{} ({} of {} failed, longest run {} s)", s.name, m.failed,
+                                         m.requests, format_seconds(m.longest_failure_run_ms)));
+        }
+      } else if (m.failed > 0) {
+        not_checked.push_back(note);
+      }
+    }
+    services.emplace_back(service_json(s, a, std::move(traffic), std::move(note)));
   }
   report["services"] = std::move(services);
+  report["traffic"] =
+      json::object{{"measured", in.traffic_measured},
+                   {"reason", in.traffic_measured ? std::string() : in.traffic_reason}};
 
   json::array instances;
   std::vector<std::string> unhealthy, off_target, counters, healed;
@@ -439,17 +587,30 @@ json::object build_report(const ReportInput& in) {
   }
   checks.emplace_back(
       check("on target", known_kind && off_target.empty(), std::move(target_detail)));
-  checks.emplace_back(check("counter kept", counters.empty(),
-                            counters.empty()
-                                ? (healed.empty() ? fmt::format("all {} counters kept", n)
-                                                  : fmt::format("all {} counters kept; {} healed on a new "
-                                                                "host (new VM, counter restarted): {}",
-                                                                n - healed.size(), healed.size(),
-                                                                name_list(healed)))
-                                : fmt::format("counter lost or unknown: {}", name_list(counters))));
+  checks.emplace_back(check(
+      "counter kept", counters.empty(),
+      counters.empty()
+          ? (healed.empty() ? fmt::format("all {} counters kept", n)
+                            : fmt::format("all {} counters kept; {} healed on a new "
+                                          "host (new VM, counter restarted): {}",
+                                          n - healed.size(), healed.size(), name_list(healed)))
+          : fmt::format("counter lost or unknown: {}", name_list(counters))));
   checks.emplace_back(check("services kept serving", lost.empty(),
                             lost.empty() ? std::string("every service with an SLA kept serving")
                                          : fmt::format("lost availability: {}", name_list(lost))));
+  if (in.traffic_measured) {
+    std::string d;
+    if (!unserved.empty()) {
+      d = fmt::format("clients failed: {}", name_list(unserved));
+    } else if (clients_checked == 0) {
+      d = "no service with an endpoint, >= 2 instances and drain on";
+    } else {
+      d = fmt::format("no failed request to {} service(s) with >= 2 instances and drain on",
+                      clients_checked);
+    }
+    if (!not_checked.empty()) d += fmt::format("; not checked: {}", name_list(not_checked));
+    checks.emplace_back(check("clients kept served", unserved.empty(), std::move(d)));
+  }
 
   bool passed = true;
   for (const json::value& c : checks) passed = passed && c.as_object().at("passed").as_bool();

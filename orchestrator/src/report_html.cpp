@@ -16,6 +16,9 @@
 // first row; all SVGs share one scale (the drill's duration over the same width), batch windows
 // are shaded behind the bars, and each bar has a <title> tooltip. A timeline that starts after 0
 // (or is empty) is unknown until its first entry, drawn in a pale red: unknown counts as down.
+// A service whose clients were measured gets one more row, "clients": a pale lane with a dark red
+// mark over each run of failed requests (at least 2 px wide, so a single failure shows), on the
+// same axis, so a failure lines up with the instance that was down or draining at that moment.
 
 #include <fmt/format.h>
 
@@ -57,6 +60,7 @@ svg{display:block;margin:2px 0 10px}
 svg text{font:11px system-ui,sans-serif;fill:#1d232a}
 svg .ok{fill:#2e9d4f}svg .down{fill:#d64545}svg .unk{fill:#eeb0b0}
 svg .batch{fill:#dde7f5}svg .tick{stroke:#c8ced5}svg .sep{stroke:#8a949e}
+svg .lane{fill:#d9efe0}svg .fail{fill:#8e1016}
 .legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:-2px}
 )css";
 
@@ -298,6 +302,61 @@ void services(std::string& out, const json::object& r) {
   out += "</table></section>\n";
 }
 
+// "web-0: 120, web-1: 118"
+std::string served_by_cell(const json::object* t) {
+  std::string out;
+  const json::object* by = obj(t, "served_by");
+  if (!by) return "—";
+  for (const auto& [instance, n] : *by) {
+    if (!out.empty()) out += ", ";
+    out += esc(instance) + ": " + number_or_dash(num(&n), 0);
+  }
+  return out.empty() ? std::string("—") : out;
+}
+
+void traffic(std::string& out, const json::object& r) {
+  const json::object* t = obj(&r, "traffic");
+  out += "<section id=\"traffic\"><h2>Client traffic</h2>";
+  if (!flag(t, "measured").value_or(false)) {
+    out += fmt::format(
+        "<p class=\"muted\" id=\"traffic-not-measured\">client traffic not measured: {}</p>",
+        text_or_dash(str(t, "reason")));
+    out += "</section>\n";
+    return;
+  }
+  out +=
+      "<table id=\"traffic-table\"><tr><th>Service</th><th>Requests</th><th>Failed</th>"
+      "<th>Success %</th><th>Longest failure run s</th><th>p50 ms</th><th>p99 ms</th>"
+      "<th>Served by</th><th>Failure runs</th><th>Clients</th></tr>";
+  for (const json::value& s : arr(&r, "services")) {
+    const json::object* o = s.if_object();
+    const json::object* st = obj(o, "traffic");
+    if (!st) {
+      out += fmt::format(
+          "<tr><td>{}</td><td colspan=\"9\" class=\"muted\">no endpoint: no client traffic</td>"
+          "</tr>",
+          esc(str(o, "name")));
+      continue;
+    }
+    const double failed = num(st, "failed").value_or(0);
+    // Failures are a verdict only where "clients kept served" judges them.
+    const bool judged = flag(st, "checked").value_or(true);
+    const std::string_view note = str(o, "traffic_note");
+    const char* cls = failed == 0 ? "good" : (judged ? "bad" : "muted");
+    out += fmt::format(
+        "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num {}\">{}</td>"
+        "<td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>"
+        "<td class=\"num\">{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"{}\">{}</td>"
+        "</tr>",
+        esc(str(o, "name")), number_or_dash(num(st, "requests"), 0), cls,
+        number_or_dash(num(st, "failed"), 0), number_or_dash(num(st, "success_percent"), 4),
+        number_or_dash(num(st, "longest_failure_run_s")), number_or_dash(num(st, "p50_ms"), 0),
+        number_or_dash(num(st, "p99_ms"), 0), served_by_cell(st),
+        number_or_dash(num(st, "failure_runs_total"), 0), cls, text_or_dash(note));
+  }
+  out += "</table></section>\n";
+}
+
 std::string counter_cell(const json::object* o) {
   return number_or_dash(num(o, "counter_before"), 0) + " → " +
          number_or_dash(num(o, "counter_after"), 0);
@@ -349,14 +408,16 @@ struct Row {
 };
 
 void service_timeline(std::string& out, std::string_view service, std::vector<Row> rows,
-                      double duration, const json::array& batches) {
+                      double duration, const json::array& batches,
+                      const json::object* client_traffic) {
   std::stable_sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
     return std::tie(a.ud, a.index) < std::tie(b.ud, b.index);
   });
   auto x = [&](double t) {
     return kLabelWidth + std::clamp(t, 0.0, duration) / duration * kPlotWidth;
   };
-  const double height = kAxisHeight + kRowHeight * static_cast<double>(rows.size()) + 4;
+  const size_t lanes = rows.size() + (client_traffic ? 1 : 0);
+  const double height = kAxisHeight + kRowHeight * static_cast<double>(lanes) + 4;
   out += fmt::format("<h3>{}</h3><svg class=\"timeline\" width=\"{}\" height=\"{}\" role=\"img\">",
                      esc(service), number(kLabelWidth + kPlotWidth + 24, 0), number(height, 0));
   for (const json::value& b : batches) {
@@ -414,6 +475,29 @@ void service_timeline(std::string& out, std::string_view service, std::vector<Ro
           entries[e].second ? "healthy" : "down");
     }
   }
+  if (client_traffic) {
+    const double y = kAxisHeight + kRowHeight * static_cast<double>(rows.size());
+    const double bar_y = y + (kRowHeight - kBarHeight) / 2;
+    out += fmt::format(
+        "<line class=\"sep\" x1=\"0\" x2=\"{0}\" y1=\"{1}\" y2=\"{1}\"/><text x=\"2\" "
+        "y=\"{2}\">clients</text><rect class=\"lane\" x=\"{3}\" y=\"{4}\" width=\"{5}\" "
+        "height=\"{6}\"><title>{7} clients: {8} requests, {9} failed</title></rect>",
+        number(kLabelWidth + kPlotWidth, 0), number(y, 1), number(y + 14, 1), number(x(0), 2),
+        number(bar_y, 1), number(kPlotWidth, 0), number(kBarHeight, 0), esc(service),
+        number_or_dash(num(client_traffic, "requests"), 0),
+        number_or_dash(num(client_traffic, "failed"), 0));
+    for (const json::value& run : arr(client_traffic, "failure_runs")) {
+      const json::object* ro = run.if_object();
+      auto from = num(ro, "from_s"), to = num(ro, "to_s");
+      if (!from || !to || *to < 0 || *from > duration) continue;  // outside the window
+      const double x0 = x(*from), x1 = x(*to);
+      out += fmt::format(
+          "<rect class=\"fail\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"><title>{} clients: {} "
+          "failed from {} s to {} s</title></rect>",
+          number(x0, 2), number(bar_y, 1), number(std::max(x1 - x0, 2.0), 2), number(kBarHeight, 0),
+          esc(service), number_or_dash(num(ro, "count"), 0), number(*from), number(*to));
+    }
+  }
   out += "</svg>\n";
 }
 
@@ -422,7 +506,8 @@ void timelines(std::string& out, const json::object& r) {
       "<section id=\"timelines\"><h2>Timelines</h2><p class=\"legend\"><span style=\""
       "background:#2e9d4f\"></span>healthy<span style=\"background:#d64545\"></span>down"
       "<span style=\"background:#eeb0b0\"></span>unknown (counted as down)<span style=\""
-      "background:#dde7f5\"></span>batch</p>";
+      "background:#dde7f5\"></span>batch<span style=\"background:#8e1016\"></span>failed client "
+      "requests</p>";
   const double duration = num(obj(&r, "drill"), "duration_s").value_or(0);
   if (!(duration > 0)) {
     out += "<p class=\"muted\">Zero-length window: nothing to draw.</p></section>\n";
@@ -430,7 +515,11 @@ void timelines(std::string& out, const json::object& r) {
   }
   // Services in report order, then any only the instances name.
   std::vector<std::string> order;
-  for (const json::value& s : arr(&r, "services")) order.emplace_back(str(s.if_object(), "name"));
+  std::map<std::string, const json::object*, std::less<>> client_traffic;
+  for (const json::value& s : arr(&r, "services")) {
+    order.emplace_back(str(s.if_object(), "name"));
+    if (const json::object* t = obj(s.if_object(), "traffic")) client_traffic[order.back()] = t;
+  }
   std::map<std::string, std::vector<Row>, std::less<>> rows;
   for (const json::value& i : arr(&r, "instances")) {
     const json::object* o = i.if_object();
@@ -442,7 +531,11 @@ void timelines(std::string& out, const json::object& r) {
   const json::array& batches = arr(obj(&r, "walk"), "batch_list");
   for (const std::string& service : order) {
     auto it = rows.find(service);
-    if (it != rows.end()) service_timeline(out, service, it->second, duration, batches);
+    auto t = client_traffic.find(service);
+    if (it != rows.end()) {
+      service_timeline(out, service, it->second, duration, batches,
+                       t == client_traffic.end() ? nullptr : t->second);
+    }
   }
   out += "</section>\n";
 }
@@ -481,6 +574,7 @@ std::string render_report_html(const json::object& report) {
   placement(out, report);
   hosts(out, report);
   services(out, report);
+  traffic(out, report);
   instances(out, report);
   timelines(out, report);
   events(out, report);

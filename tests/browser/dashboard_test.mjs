@@ -14,8 +14,13 @@
 // --until-complete: also wait for the drill to be Completed on the page, then check that hosts,
 // instances and the drill match GET /v1/hosts, /v1/instances and /v1/drills, that every batch is
 // done and that the header says "batch n of n".
+// Client traffic (live mode): the traffic panel must show what the first snapshot's `traffic`
+// field says; on this simulated rack (no load balancer) that is "client traffic not measured:
+// REASON". An orchestrator whose snapshot has no `traffic` field leaves the panel at "no report
+// from the orchestrator yet"; --require-traffic makes that a failure.
 // Mock mode: opens the HTML file directly with a scripted fake WebSocket (snapshot, deltas, two
-// disconnects with resume, a resync snapshot) and checks what the page shows after each part.
+// disconnects with resume, a resync snapshot, live traffic.stats) and checks what the page shows
+// after each part.
 // Exit 0 and a one-line summary on success; exit 1 with a reason otherwise (2: bad usage).
 import { chromium } from 'playwright-core';
 import { existsSync } from 'node:fs';
@@ -26,13 +31,14 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 
 function usage(msg) {
   if (msg) console.error(`dashboard_test: ${msg}`);
-  console.error('usage: dashboard_test.mjs (--url URL [--token T] [--disconnect] [--until-complete] | ' +
+  console.error('usage: dashboard_test.mjs (--url URL [--token T] [--disconnect] [--until-complete] [--require-traffic] | ' +
                 '--mock [--html FILE]) [--screenshot OUT.png] [--timeout-ms N] [--chromium PATH]');
   process.exit(2);
 }
 
 function parseArgs(argv) {
   const o = { url: '', token: '', screenshot: '', timeoutMs: 60000, mock: false, disconnect: false, complete: false,
+              requireTraffic: false,
               html: path.resolve(here, '../../orchestrator/web/dashboard.html'),
               chromium: process.env.FABRICLAB_CHROMIUM || '/usr/bin/chromium' };
   for (let i = 0; i < argv.length; i++) {
@@ -45,6 +51,7 @@ function parseArgs(argv) {
     else if (a === '--mock') o.mock = true;
     else if (a === '--disconnect') o.disconnect = true;
     else if (a === '--until-complete') o.complete = true;
+    else if (a === '--require-traffic') o.requireTraffic = true;
     else if (a === '--html') o.html = path.resolve(val());
     else if (a === '--chromium') o.chromium = val();
     else if (a === '-h' || a === '--help') usage();
@@ -59,7 +66,7 @@ function parseArgs(argv) {
 // Installed in the page before its scripts run: records every value each host row's data-state,
 // each batch row's data-status and the connection pill's data-conn take, however briefly.
 function installTracer() {
-  const trace = { hosts: {}, batches: {}, conn: [] };
+  const trace = { hosts: {}, batches: {}, conn: [], traffic: [] };
   window.__trace = trace;
   const push = (a, v) => { if (a[a.length - 1] !== v) a.push(v); };
   const scan = () => {
@@ -71,10 +78,12 @@ function installTracer() {
     }
     const c = document.querySelector('[data-conn]');
     if (c) push(trace.conn, c.getAttribute('data-conn'));
+    const t = document.querySelector('[data-traffic]');
+    if (t) push(trace.traffic, t.getAttribute('data-traffic'));
   };
   new MutationObserver(scan).observe(document, {
     subtree: true, childList: true, attributes: true,
-    attributeFilter: ['data-state', 'data-status', 'data-conn'],
+    attributeFilter: ['data-state', 'data-status', 'data-conn', 'data-traffic'],
   });
 }
 
@@ -106,6 +115,7 @@ function buildScript() {
   ];
   const services = [svc('web', 4, 3), svc('api', 3, 3), svc('db', 1, 5), svc('tmp', 1, 1)];
   const XSS = '<img src=x onerror="window.__pwned=1">';
+  const tstat = (requests, failed, last_error = '', in_flight = 1, rps = 20) => ({ requests, failed, in_flight, rps, last_error });
 
   // A host's whole update, as the executor reports it.
   const hostWalk = (h, guests, svcName) => {
@@ -130,12 +140,15 @@ function buildScript() {
 
   // Session 1: snapshot, start of the drill, h0's full update, then the connection drops.
   const s1 = [
-    ev('snapshot', { state: { hosts, services, instances, drill: drill('Planned', 0) } }),
+    ev('snapshot', { state: { hosts, services, instances, drill: drill('Planned', 0),
+                              traffic: { measured: true, reason: '', services: {} } } }),
     ev('drill.state', { drill: drill('Running', 0, { started_at: '@d1' }) }),
+    ev('traffic.stats', { drill: 'd1', services: { web: tstat(20, 0), api: tstat(20, 0) } }),
     ev('drill.batch', { drill: 'd1', index: 0, status: 'running', hosts: ['h0', 'h3', 'h4'], started_at: '@b0', finished_at: '' }),
     ev('drill.host', { drill: 'd1', host: 'h0', batch: 0, status: 'running', job: 'j1' }),
     ...hostWalk('h0', [find('web-0')], 'web'),
     ev('drill.host', { drill: 'd1', host: 'h0', batch: 0, status: 'done', job: 'j1' }),
+    ev('traffic.stats', { drill: 'd1', services: { web: tstat(60, 0), api: tstat(60, 0) } }),
     ev('instance.removed', { name: 'tmp-0' }),
     ev('custom.note', { text: XSS, detail: { nested: [1, 2, 3] } }),
     ev('service.created', { service: svc(XSS, 1, 1, { healthy: 0, total: 1, available: false }) }),
@@ -147,6 +160,7 @@ function buildScript() {
     { seq: 5, type: 'host.state', host: 'h0', state: 'Updating', step: 'Notifying', host_image: 'host-v1' },
     ...hostWalk('h3', [find('web-3'), find('db-0')], 'web'),
     ev('drill.host', { drill: 'd1', host: 'h3', batch: 0, status: 'done', job: 'j2' }),
+    ev('traffic.stats', { drill: 'd1', services: { web: tstat(100, 0), api: tstat(100, 2, 'read: Connection reset by peer') } }),
     ...hostWalk('h4', [find('api-0')], null),
     ev('drill.batch', { drill: 'd1', index: 0, status: 'done', hosts: ['h0', 'h3', 'h4'], started_at: '@b0', finished_at: '@b0end' }),
     ev('drill.batch', { drill: 'd1', index: 1, status: 'running', hosts: ['h1', 'h5'], started_at: '@b1', finished_at: '' }),
@@ -169,13 +183,16 @@ function buildScript() {
   d3.batches = [doneB(d3.batches[0]), doneB(d3.batches[1]), { ...d3.batches[2], status: 'running', started_at: '@b2' }];
   const s3 = [
     ev('snapshot', { resync: true, state: { hosts: snapHosts, services: services.filter((s) => s.name !== 'tmp'),
-                                            instances: snapInst, drill: d3 } }),
+                                            instances: snapInst, drill: d3,
+                                            traffic: { measured: true, reason: '', services: {
+                                              web: tstat(300, 0), api: tstat(300, 2, 'read: Connection reset by peer') } } } }),
     ev('host.state', { host: 'h2', state: 'Updating', step: 'StartingGuests', host_image: 'host-v2' }),
     ev('instance.state', { instance: { ...find('web-2'), status: 'Healthy' } }),
     ev('instance.state', { instance: { ...find('api-2'), status: 'Healthy' } }),
     ev('host.state', { host: 'h2', state: 'Updating', step: 'Verifying', host_image: 'host-v2' }),
     ev('host.state', { host: 'h2', state: 'Ready', step: 'None', host_image: 'host-v2' }),
     ev('drill.batch', { drill: 'd1', index: 2, status: 'done', hosts: ['h2'], started_at: '@b2', finished_at: '@b2end' }),
+    ev('traffic.stats', { drill: 'd1', services: { web: tstat(361, 0, '', 0, 19.5), api: tstat(361, 5, XSS, 0, 20) } }),
     ev('drill.state', { drill: { ...drill('Completed', 2, { started_at: '@d1', finished_at: '@d1end' }),
                                  batches: d3.batches.map(doneB) } }),
   ];
@@ -305,7 +322,9 @@ function installSocketRecorder() {
     s.addEventListener('message', (e) => {
       let m = null;
       try { m = JSON.parse(e.data); } catch (err) { /* recorded as unparsable */ }
-      rec.msgs.push(m ? { seq: m.seq, type: m.type, resync: m.resync === true } : { seq: null, type: 'unparsable' });
+      const snapTraffic = m && m.type === 'snapshot' && m.state && typeof m.state === 'object' ? m.state.traffic : undefined;
+      rec.msgs.push(m ? { seq: m.seq, type: m.type, resync: m.resync === true, traffic: snapTraffic }
+                      : { seq: null, type: 'unparsable' });
     });
     s.addEventListener('close', (e) => { rec.close = e.code; });
     return s;
@@ -451,6 +470,31 @@ async function runLive(page, opts, fail) {
     const replayed = sockets.slice(dropped.sockets).reduce((a, k) => a + k.msgs.length, 0);
     parts.push(`resumed with since=${since} (${replayed} events on the new connection)`);
   }
+  // Client traffic: the panel says what the last snapshot said (no load balancer here).
+  {
+    const snaps = sockets.flatMap((k) => k.msgs).filter((m) => m.type === 'snapshot');
+    const said = snaps.length ? snaps[snaps.length - 1].traffic : undefined;
+    let view;
+    const until = Date.now() + 5000;
+    for (;;) {
+      view = await page.evaluate(() => ({ state: document.getElementById('sec-traffic').getAttribute('data-traffic'),
+                                          status: document.getElementById('traffic-status').textContent }));
+      const settled = said === undefined ? view.state === 'unknown' : view.state === 'not-measured';
+      if (settled || Date.now() > until) break;
+      await sleep(200);
+    }
+    if (said === undefined) {
+      if (opts.requireTraffic) problems.push('the snapshot has no `traffic` field (the controller must publish {measured, reason, services})');
+      else if (view.state !== 'unknown') problems.push(`without a snapshot traffic field the panel should be unknown, is ${view.state}: "${view.status}"`);
+      parts.push('traffic panel: no snapshot traffic field (unknown)');
+    } else if (!said || typeof said !== 'object' || said.measured !== false || typeof said.reason !== 'string' || !said.reason) {
+      problems.push(`a rack without a load balancer should report traffic {measured: false, reason: "..."}, the snapshot says ${JSON.stringify(said)}`);
+    } else if (view.state !== 'not-measured' || view.status !== `client traffic not measured: ${said.reason}`) {
+      problems.push(`traffic panel should say "client traffic not measured: ${said.reason}", shows ${view.state}: "${view.status}"`);
+    } else {
+      parts.push(`traffic panel: "${view.status}"`);
+    }
+  }
   if (opts.complete) {
     // The walk is over: the page must agree with the REST API (events may still be in flight).
     let cmp;
@@ -509,6 +553,12 @@ async function runMock(page, opts, fail) {
       logTop: q('#log .ev') && q('#log .ev').getAttribute('data-seq'),
       header: q('header').textContent.replace(/\s+/g, ' '),
       conn: q('[data-conn]').getAttribute('data-conn'),
+      traffic: q('#sec-traffic') && q('#sec-traffic').getAttribute('data-traffic'),
+      trafficStatus: q('#traffic-status') && q('#traffic-status').textContent,
+      trafficRows: Array.from(document.querySelectorAll('[data-traffic-service]')).map((tr) => ({
+        name: tr.getAttribute('data-traffic-service'), failed: tr.getAttribute('data-failed'),
+        cells: Array.from(tr.children).map((c) => c.textContent) })),
+      trafficLogged: Array.from(document.querySelectorAll('#log [data-type="traffic.stats"]')).map((e) => e.getAttribute('data-seq')),
     };
   });
   const problems = [];
@@ -555,8 +605,39 @@ async function runMock(page, opts, fail) {
   check(r.unknownLogged && r.unknownText.includes('<img'), 'unknown event type custom.note not shown (escaped) in the log');
   check(!r.pwned && r.imgs === 0, 'markup from event data was interpreted as HTML');
   check(r.logTop === String(script.finalSeq), `log should be newest first (top seq ${r.logTop})`);
+  // Client traffic: the last traffic.stats, per service, with the failures marked and the last
+  // error shown as text; only the stats that brought more failures are logged.
+  check(r.traffic === 'measured' && r.trace.traffic[0] === 'unknown' && !r.trace.traffic.includes('not-measured'),
+        `traffic panel should go unknown -> measured: ${r.trace.traffic.join('>')} (now ${r.traffic})`);
+  const tw = r.trafficRows.find((x) => x.name === 'web'), ta = r.trafficRows.find((x) => x.name === 'api');
+  check(r.trafficRows.length === 2 && tw && ta && tw.failed === '0' && ta.failed === '5',
+        `traffic rows should be api (5 failed) and web (0 failed): ${JSON.stringify(r.trafficRows)}`);
+  check(ta && ta.cells[1] === '361' && ta.cells[3] === '98.61 %' && ta.cells[5] === '20' && ta.cells[6] === script.xss,
+        `api traffic row should show 361 requests, 98.61 %, 20 req/s and the last error as text: ${JSON.stringify(ta)}`);
+  check(tw && tw.cells[5] === '19.5' && tw.cells[6] === '—', `web traffic row: ${JSON.stringify(tw)}`);
+  check(r.trafficLogged.length === 2, `only the traffic.stats with new failures should be logged: ${r.trafficLogged}`);
+  // A rack without a load balancer: a second page whose one snapshot says traffic was not
+  // measured and why (markup in the reason must stay text).
+  const reason = 'loopback network: the rack has <b>no</b> guest network';
+  const nm = await page.context().browser().newPage();
+  await nm.addInitScript(installFakeWebSocket, { sessions: [[{ d: 20, msg: { seq: 1, type: 'snapshot', state: {
+    hosts: [{ id: 'h0', fd: 0, state: 'Ready', step: 'None', host_image: 'v1' }], services: [], instances: [],
+    traffic: { measured: false, reason, services: {} } } } }]] });
+  await nm.goto(pathToFileURL(opts.html).toString(), { waitUntil: 'load' });
+  let shown = null;
+  for (const until = Date.now() + 10000; Date.now() < until; await sleep(100)) {
+    shown = await nm.evaluate(() => ({ state: document.getElementById('sec-traffic').getAttribute('data-traffic'),
+                                       status: document.getElementById('traffic-status').textContent,
+                                       bold: document.querySelectorAll('#sec-traffic b').length,
+                                       rows: document.querySelectorAll('[data-traffic-service]').length }));
+    if (shown.state !== 'unknown') break;
+  }
+  check(shown && shown.state === 'not-measured' && shown.status === `client traffic not measured: ${reason}` &&
+        shown.bold === 0 && shown.rows === 0, `not measured: the panel should say why, as text: ${JSON.stringify(shown)}`);
+  await nm.close();
   if (problems.length) { fail(problems.join('\n  ')); return null; }
-  return `mock: h0 ${h0.join('->')}, batches ${r.batches.join('/')}, ${r.cells} cells, resumed with ` +
+  return `mock: h0 ${h0.join('->')}, batches ${r.batches.join('/')}, ${r.cells} cells, traffic ${r.traffic} ` +
+         `(api ${ta.failed} failed; unmeasured rack: "${shown && shown.status}"), resumed with ` +
          `since=${script.cut1} and since=${script.cut2}, resync applied, lastSeq=${r.lastSeq}`;
 }
 

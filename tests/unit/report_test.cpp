@@ -370,6 +370,221 @@ TEST(ReportJson, HasTheDrillWalkPlacementAndInstanceFigures) {
   EXPECT_EQ(result(r), "passed");
 }
 
+// Requests to `service` at 10 per second over [from, to) seconds after the start, served by
+// `by` (round robin), failing (503 or, with `refused`, no response) inside each of `fails`.
+ReportTraffic traffic(std::string service, std::vector<std::string> by,
+                      std::vector<std::pair<double, double>> fails = {}, double from = -2,
+                      double to = 600) {
+  ReportTraffic t;
+  t.service = std::move(service);
+  t.rps = 10;
+  t.probe_detection_ms = 6'000;
+  size_t k = 0;
+  for (int64_t ms = s(from); ms < s(to); ms += 100, ++k) {
+    ReportRequest r;
+    r.t_ms = kStart + ms;
+    bool failing = false;
+    for (auto [a, b] : fails) failing = failing || (ms >= s(a) && ms < s(b));
+    if (failing) {
+      r.status = 0;
+      r.error = "connect: Connection refused";
+      r.latency_ms = 1;
+    } else {
+      r.status = 200;
+      r.latency_ms = static_cast<int64_t>(k % 100) + 1;  // 1..100 ms
+      r.served_by = by[k % by.size()];
+    }
+    t.requests.push_back(std::move(r));
+  }
+  return t;
+}
+
+// A drill with client traffic measured: web (2 instances, drain on), hello (1 instance).
+ReportInput drill_with_traffic() {
+  ReportInput in = drill({instance("web-0", "web", 0, 0, 0, {{100, 160}}),
+                          instance("web-1", "web", 1, 1, 1, {{200, 260}}),
+                          instance("hello-0", "hello", 0, 0, 0, {{300, 311}})});
+  in.traffic_measured = true;
+  in.traffic = {traffic("web", {"web-0", "web-1"}), traffic("hello", {"hello-0"}, {{300, 311}})};
+  return in;
+}
+
+const json::object& service_named(const json::object& report, std::string_view name) {
+  for (const json::value& v : report.at("services").as_array()) {
+    if (v.as_object().at("name").as_string() == name) return v.as_object();
+  }
+  ADD_FAILURE() << "no service named " << name;
+  static const json::object kNone;
+  return kNone;
+}
+
+bool has_check(const json::object& report, std::string_view name) {
+  for (const json::value& c : report.at("checks").as_array()) {
+    if (c.as_object().at("name").as_string() == name) return true;
+  }
+  return false;
+}
+
+TEST(ReportTraffic, SummaryCountsRunsAndLatencyInSendOrder) {
+  ReportTraffic t;
+  t.service = "web";
+  auto req = [](int64_t t_ms, int status, int64_t latency, std::string by = "") {
+    return ReportRequest{kStart + t_ms, status, status ? "" : "timeout", latency, std::move(by)};
+  };
+  // Listed out of order on purpose: read by send time.
+  t.requests = {req(500, 200, 10, "web-1"), req(0, 200, 30, "web-0"), req(100, 0, 2000),
+                req(200, 503, 5, "web-0"),  req(300, 0, 2000),        req(400, 200, 20, "web-1"),
+                req(600, 0, 2000)};
+  TrafficSummary m = traffic_summary(t);
+  EXPECT_EQ(m.requests, 7);
+  EXPECT_EQ(m.failed, 4);
+  EXPECT_NEAR(m.success_percent, 300.0 / 7, 1e-9);
+  // 100, 200 (503), 300 fail together; 600 alone after the successes at 400 and 500.
+  ASSERT_EQ(m.failure_runs.size(), 2u);
+  EXPECT_EQ(m.failure_runs[0].from_ms, kStart + 100);
+  EXPECT_EQ(m.failure_runs[0].to_ms, kStart + 300);
+  EXPECT_EQ(m.failure_runs[0].count, 3);
+  EXPECT_EQ(m.failure_runs[1].from_ms, kStart + 600);
+  EXPECT_EQ(m.failure_runs[1].count, 1);
+  EXPECT_EQ(m.longest_failure_run_ms, 200);
+  // Answered: 30, 5 (the 503 answered), 20, 10 -> sorted 5 10 20 30.
+  EXPECT_EQ(m.p50_latency_ms, 10);
+  EXPECT_EQ(m.p99_latency_ms, 30);
+  EXPECT_EQ(m.served_by.at("web-0"), 2);
+  EXPECT_EQ(m.served_by.at("web-1"), 2);
+}
+
+TEST(ReportTraffic, NoRequestsIsAHundredPercentWithUnknownLatency) {
+  TrafficSummary m = traffic_summary(ReportTraffic{"web", 20, 0, {}});
+  EXPECT_EQ(m.requests, 0);
+  EXPECT_DOUBLE_EQ(m.success_percent, 100.0);
+  EXPECT_EQ(m.p50_latency_ms, -1);
+  EXPECT_EQ(m.longest_failure_run_ms, 0);
+  EXPECT_TRUE(m.failure_runs.empty());
+}
+
+TEST(ReportTraffic, ClientsKeptServedPassesWhenNoRequestFailed) {
+  json::object r = build_report(drill_with_traffic());
+  EXPECT_TRUE(passed(r, "clients kept served"));
+  EXPECT_NE(detail(r, "clients kept served").find("no failed request to 1 service(s)"),
+            std::string::npos);
+  EXPECT_EQ(result(r), "passed");
+  EXPECT_TRUE(r.at("traffic").at("measured").as_bool());
+  const json::object& web = service_named(r, "web");
+  const json::object& t = web.at("traffic").as_object();
+  EXPECT_EQ(t.at("requests").as_int64(), 6020);
+  EXPECT_EQ(t.at("failed").as_int64(), 0);
+  EXPECT_DOUBLE_EQ(t.at("success_percent").as_double(), 100.0);
+  EXPECT_EQ(t.at("served_by").at("web-0").as_int64(), 3010);
+  EXPECT_EQ(t.at("served_by").at("web-1").as_int64(), 3010);
+  EXPECT_EQ(t.at("p50_ms").as_int64(), 50);
+  EXPECT_EQ(t.at("p99_ms").as_int64(), 99);
+  EXPECT_TRUE(t.at("failure_runs").as_array().empty());
+  EXPECT_EQ(web.at("traffic_note").as_string(), "web: all 6020 requests served");
+  // The checks, in order, with the traffic check last.
+  EXPECT_EQ(r.at("checks").as_array().size(), 6u);
+  EXPECT_EQ(r.at("checks").as_array().back().at("name").as_string(), "clients kept served");
+}
+
+TEST(ReportTraffic, AFailedRequestToAServiceWithTwoDrainingInstancesFailsTheCheck) {
+  ReportInput in = drill_with_traffic();
+  in.traffic[0] = traffic("web", {"web-0", "web-1"}, {{100, 100.3}, {200.5, 201}});
+  json::object r = build_report(in);
+  EXPECT_FALSE(passed(r, "clients kept served"));
+  EXPECT_TRUE(detail(r, "clients kept served")
+                  .starts_with("clients failed: web (8 of 6020 failed, longest run 0.4 s)"))
+      << detail(r, "clients kept served");
+  EXPECT_EQ(result(r), "failed");
+  const json::object& t = service_named(r, "web").at("traffic").as_object();
+  EXPECT_EQ(t.at("failed").as_int64(), 8);
+  EXPECT_DOUBLE_EQ(t.at("longest_failure_run_s").as_double(), 0.4);
+  const json::array& runs = t.at("failure_runs").as_array();
+  ASSERT_EQ(runs.size(), 2u);
+  EXPECT_DOUBLE_EQ(runs[0].at("from_s").as_double(), 100.0);  // relative to the drill start
+  EXPECT_DOUBLE_EQ(runs[0].at("to_s").as_double(), 100.2);
+  EXPECT_EQ(runs[0].at("count").as_int64(), 3);
+  EXPECT_DOUBLE_EQ(runs[1].at("from_s").as_double(), 200.5);
+  EXPECT_EQ(runs[1].at("count").as_int64(), 5);
+  EXPECT_EQ(service_named(r, "web").at("traffic_note").as_string(),
+            "web: 8 of 6020 failed, longest run 0.4 s");
+  EXPECT_TRUE(t.at("checked").as_bool());
+}
+
+TEST(ReportTraffic, ASingleInstanceServiceFailingDuringItsOutageDoesNotFailTheCheck) {
+  json::object r = build_report(drill_with_traffic());
+  EXPECT_TRUE(passed(r, "clients kept served"));
+  const std::string note(service_named(r, "hello").at("traffic_note").as_string());
+  EXPECT_EQ(note, "hello: 110 failed during its 11 s outage (single instance, no SLA)");
+  EXPECT_FALSE(service_named(r, "hello").at("traffic").at("checked").as_bool());
+  EXPECT_NE(detail(r, "clients kept served").find("not checked: " + note), std::string::npos);
+}
+
+TEST(ReportTraffic, DrainOffFailuresAreNotedNotJudged) {
+  ReportInput in = drill_with_traffic();
+  in.services[0].drain = false;
+  in.traffic[0] = traffic("web", {"web-0", "web-1"}, {{100, 103}});
+  json::object r = build_report(in);
+  EXPECT_TRUE(passed(r, "clients kept served"));
+  EXPECT_TRUE(detail(r, "clients kept served")
+                  .starts_with("no service with an endpoint, >= 2 instances and drain on; "
+                               "not checked: web: 30 of 6020 failed (drain off"))
+      << detail(r, "clients kept served");
+  const std::string note(service_named(r, "web").at("traffic_note").as_string());
+  EXPECT_EQ(note.substr(0, 43), "web: 30 of 6020 failed (drain off: not chec");
+}
+
+TEST(ReportTraffic, AMeasuredServiceWithNoRequestsFailsTheCheck) {
+  ReportInput in = drill_with_traffic();
+  in.traffic[0].requests.clear();
+  json::object r = build_report(in);
+  EXPECT_FALSE(passed(r, "clients kept served"));
+  EXPECT_TRUE(detail(r, "clients kept served")
+                  .starts_with("clients failed: web (no requests recorded); not checked: hello"))
+      << detail(r, "clients kept served");
+}
+
+TEST(ReportTraffic, NotMeasuredHasNoCheckAndSaysWhy) {
+  ReportInput in = drill_with_traffic();
+  in.traffic_measured = false;
+  in.traffic_reason = "loopback network: the rack has no guest network";
+  in.traffic[0] = traffic("web", {"web-0"}, {{100, 200}});  // ignored: not measured
+  json::object r = build_report(in);
+  EXPECT_FALSE(has_check(r, "clients kept served"));
+  EXPECT_EQ(r.at("checks").as_array().size(), 5u);
+  EXPECT_FALSE(r.at("traffic").at("measured").as_bool());
+  EXPECT_EQ(r.at("traffic").at("reason").as_string(),
+            "loopback network: the rack has no guest network");
+  EXPECT_TRUE(service_named(r, "web").at("traffic").is_null());
+  EXPECT_EQ(service_named(r, "web").at("traffic_note").as_string(), "");
+  EXPECT_EQ(result(r), "passed");
+}
+
+TEST(ReportTraffic, AServiceWithoutAnEndpointHasNullTraffic) {
+  ReportInput in = drill_with_traffic();
+  in.traffic.erase(in.traffic.begin());  // web has no endpoint
+  json::object r = build_report(in);
+  EXPECT_TRUE(service_named(r, "web").at("traffic").is_null());
+  EXPECT_TRUE(service_named(r, "hello").at("traffic").is_object());
+  EXPECT_TRUE(passed(r, "clients kept served"));
+}
+
+TEST(ReportTraffic, FailureRunsAreCappedToTheLargestInTimeOrder) {
+  ReportInput in = drill_with_traffic();
+  std::vector<std::pair<double, double>> fails;
+  for (int k = 0; k < 60; ++k) fails.push_back({10.0 + 5 * k, 10.15 + 5 * k});  // 2 each
+  fails.push_back({400, 401});  // 10: among the kept
+  in.traffic[0] = traffic("web", {"web-0", "web-1"}, fails);
+  json::object r = build_report(in);
+  const json::object& t = service_named(r, "web").at("traffic").as_object();
+  EXPECT_EQ(t.at("failure_runs_total").as_int64(), 61);
+  const json::array& runs = t.at("failure_runs").as_array();
+  ASSERT_EQ(runs.size(), 50u);
+  EXPECT_DOUBLE_EQ(runs.back().at("from_s").as_double(), 400.0);
+  EXPECT_EQ(runs.back().at("count").as_int64(), 10);
+  for (size_t k = 1; k < runs.size(); ++k)
+    EXPECT_LT(runs[k - 1].at("from_s").as_double(), runs[k].at("from_s").as_double());
+}
+
 TEST(ReportHtml, EscapesNamesAndReferencesNothingOutside) {
   ReportInput in = drill({instance("<script>alert(1)</script>", "web", 0, 0, 0, {{10, 20}}),
                           instance("web-1", "web", 1, 1, 1)});
@@ -420,13 +635,58 @@ TEST(ReportHtml, DrawsTimelinesWithDownBarsOnASharedAxis) {
   EXPECT_LT(html.find("<h3>web</h3>"), html.find("<h3>db</h3>"));  // report order
 }
 
+TEST(ReportHtml, ShowsTheTrafficTableAndFailuresOnTheTimelineAxis) {
+  ReportInput in = drill_with_traffic();
+  in.traffic[0] = traffic("web", {"web-0", "web-1"}, {{100, 100.3}, {-1, -0.5}});
+  const std::string html = render_report_html(build_report(in));
+  EXPECT_NE(html.find("<table id=\"traffic-table\">"), std::string::npos);
+  EXPECT_NE(html.find("<td>web</td><td class=\"num\">6020</td><td class=\"num bad\">8</td>"),
+            std::string::npos);
+  EXPECT_NE(html.find("<td>hello</td><td class=\"num\">6020</td><td class=\"num muted\">110</td>"),
+            std::string::npos);
+  EXPECT_NE(html.find("web-0: 3005, web-1: 3007"), std::string::npos);
+  // A red mark per failure run inside the window, on the service's own "clients" lane.
+  EXPECT_NE(html.find("<title>web clients: 3 failed from 100 s to 100.2 s</title>"),
+            std::string::npos);
+  EXPECT_EQ(html.find("web clients: 5 failed from -1 s"), std::string::npos);  // before the start
+  EXPECT_NE(html.find("<title>hello clients: 110 failed from 300 s to 310.9 s</title>"),
+            std::string::npos);
+  EXPECT_LT(html.find("web clients: 3 failed"), html.find("<h3>hello</h3>"));
+  EXPECT_EQ(html.find("not measured"), std::string::npos);
+}
+
+TEST(ReportHtml, SaysWhyClientTrafficWasNotMeasuredAndEscapesTrafficNames) {
+  ReportInput in = drill_with_traffic();
+  in.traffic_measured = false;
+  in.traffic_reason = "loopback network: <no> guest network";
+  std::string html = render_report_html(build_report(in));
+  EXPECT_NE(html.find("client traffic not measured: loopback network: &lt;no&gt; guest network"),
+            std::string::npos);
+  EXPECT_EQ(html.find("clients</text>"), std::string::npos);  // no lane without traffic
+
+  in = drill({instance("<i>-0", "<i>", 0, 0, 0), instance("<i>-1", "<i>", 1, 1, 1)});
+  in.traffic_measured = true;
+  in.traffic = {traffic("<i>", {"<z>"}, {{10, 11}})};
+  html = render_report_html(build_report(in));
+  EXPECT_EQ(html.find("<i>"), std::string::npos);
+  EXPECT_EQ(html.find("<z>"), std::string::npos);
+  EXPECT_NE(html.find("&lt;z&gt;: 6010"), std::string::npos);
+  EXPECT_NE(html.find("&lt;i&gt; clients: 10 failed from 10 s to 10.9 s"), std::string::npos);
+}
+
 TEST(ReportHtml, RendersADamagedReportWithoutThrowing) {
   std::string html = render_report_html(json::object{});
   EXPECT_NE(html.find("FAILED"), std::string::npos);
-  json::object bad{{"drill", 3},
-                   {"placement", json::object{{"update_domains", 1e12}, {"cells", "x"}}},
-                   {"instances", json::array{1, json::object{{"name", 5}, {"timeline", 2}}}},
-                   {"walk", json::object{{"batch_list", json::array{nullptr}}}}};
+  json::object bad{
+      {"drill", 3},
+      {"placement", json::object{{"update_domains", 1e12}, {"cells", "x"}}},
+      {"instances", json::array{1, json::object{{"name", 5}, {"timeline", 2}}}},
+      {"walk", json::object{{"batch_list", json::array{nullptr}}}},
+      {"traffic", json::object{{"measured", true}}},
+      {"services", json::array{json::object{
+                       {"name", "web"},
+                       {"traffic", json::object{{"failure_runs", json::array{1, nullptr}},
+                                                {"served_by", json::object{{"x", "y"}}}}}}}}};
   html = render_report_html(bad);
   EXPECT_NE(html.find("</html>"), std::string::npos);
 }

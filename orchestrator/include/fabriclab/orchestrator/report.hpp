@@ -84,18 +84,18 @@ struct ReportService {
 
 // One client request to a service's VIP (traffic.hpp RequestRecord), as the report reads it.
 struct ReportRequest {
-  int64_t t_ms = 0;         // unix ms when it was sent
-  int status = 0;           // HTTP status; 0: no response (error says why)
+  int64_t t_ms = 0;  // unix ms when it was sent
+  int status = 0;    // HTTP status; 0: no response (error says why)
   std::string error;
   int64_t latency_ms = -1;
-  std::string served_by;    // the instance that answered ("" unknown)
+  std::string served_by;  // the instance that answered ("" unknown)
 };
 
 // The client traffic one service received during the drill.
 struct ReportTraffic {
   std::string service;
-  double rps = 0;                  // the configured rate
-  int64_t probe_detection_ms = 0;  // the load balancer's probe interval x unhealthy threshold
+  double rps = 0;                       // the configured rate
+  int64_t probe_detection_ms = 0;       // the load balancer's probe interval x unhealthy threshold
   std::vector<ReportRequest> requests;  // in send order
 };
 
@@ -125,17 +125,21 @@ struct ReportInput {
 };
 
 // Per service, what its clients saw (requests sent inside the window plus the traffic lead/tail
-// the caller included).
+// the caller included). Requests are read in send order (t_ms; ties keep the input order); a
+// request failed when its status is not 2xx/3xx (0: no response). Latency percentiles are
+// nearest-rank over the requests that got a response (any status) with a known latency.
 struct TrafficSummary {
   std::string service;
   int64_t requests = 0, failed = 0;
-  double success_percent = 100.0;       // 100 with no requests
-  int64_t longest_failure_run_ms = 0;   // first to last send time of the longest run of
-                                        // consecutive failed requests (0: none or a single one)
+  double success_percent = 100.0;      // 100 with no requests
+  int64_t longest_failure_run_ms = 0;  // first to last send time of the longest run of
+                                       // consecutive failed requests (0: none or a single one)
   int64_t p50_latency_ms = -1, p99_latency_ms = -1;  // of answered requests; -1: none
   std::map<std::string, int64_t> served_by;          // instance -> answered requests
   // Each run of consecutive failures: [from_ms, to_ms] send times, and how many.
-  struct Run { int64_t from_ms = 0, to_ms = 0, count = 0; };
+  struct Run {
+    int64_t from_ms = 0, to_ms = 0, count = 0;
+  };
   std::vector<Run> failure_runs;
 };
 TrafficSummary traffic_summary(const ReportTraffic& t);
@@ -183,12 +187,25 @@ bool counter_kept(const ReportInstance& i);
 //  "hosts": [{id, fd, image_before, image_after, state}],
 //  "services": [{name, instances, ud_count, sla_applies, always_available, availability_percent,
 //                unavailable_s, max_uds_down, max_instances_down, error_budget_s_per_month,
-//                error_budget_used_s, error_budget_used_percent, verdict}],  (budget null w/o SLA)
+//                error_budget_used_s, error_budget_used_percent, verdict,
+//                traffic, traffic_note}],                                (budget null w/o SLA)
 //  "instances": [{name, service, index, ud, fd, host, host_before, down_s, agent_down_s,
 //                 notice_s, ack_s, stop_method, image_before, image_after, host_image_before,
 //                 host_image_after, counter_before, counter_after, counter_kept, healthy_at_end,
 //                 on_target, ok, error, timeline: [{t_s, healthy}]}],
+//  "traffic": {measured, reason},                      (reason "" when measured)
 //  "events": [lines], "checks": [{name, passed, detail}], "result": "passed" | "failed"}
+//
+// A service's `traffic` (null when traffic was not measured or the service has no endpoint,
+// i.e. no ReportTraffic entry): {requests, failed, success_percent, longest_failure_run_s,
+// p50_ms, p99_ms (null: no answered request), served_by: {instance: answered requests},
+// failure_runs: [{from_s, to_s, count}] (send times relative to the drill start, negative for the
+// lead before it; at most 50: the largest runs, in time order), failure_runs_total, checked
+// (whether "clients kept served" judges it: >= 2 instances and drain on), rps, probe_detection_s} —
+// traffic_summary()'s figures. `traffic_note` ("" without traffic) is one line on what its clients
+// saw: "web: all 1200 requests served", "web: 3 of 1200 failed, longest run 0.1 s", "hello: 31
+// failed during its 11 s outage (single instance, no SLA)", "api: 12 of 1200 failed (drain off: not
+// checked; ...)", "web: no requests recorded".
 //
 // Unknown values (-1 in the input) are null. Seconds are doubles rounded to 3 decimals,
 // percentages to 4. An instance's timeline is clipped to the window: t_s is relative to the drill
@@ -197,8 +214,11 @@ bool counter_kept(const ReportInstance& i);
 //
 // The checks, in this order, each naming what fails: "drill completed" (state is Completed),
 // "healthy at end", "on target" (instance_on_target), "counter kept" (counter_kept), "services
-// kept serving" (every service with sla_applies was always_available). result is "passed" only
-// when all pass.
+// kept serving" (every service with sla_applies was always_available), and, only when traffic was
+// measured, "clients kept served": every service with a traffic entry, >= 2 instances (in the
+// input) and drain on had requests and none failed; the detail names each failing service with
+// its counts and lists the failures of services it does not judge (single instance, drain off)
+// as "not checked". result is "passed" only when all pass.
 json::object build_report(const ReportInput& in);
 
 // A self-contained HTML page (inline CSS and SVG, no script, no external resource) rendering a
