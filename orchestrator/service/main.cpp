@@ -45,6 +45,17 @@ int main(int argc, char** argv) {
                  "Open every connection to an agent inside this network namespace (a name under "
                  "/run/netns or a path); the API still listens where --listen says");
   app.add_flag("--no-healing", no_healing, "Do not place the instances of an Unhealthy host again");
+  app.add_option("--lb-config", o.lb_config,
+                 "The HAProxy configuration file the rack's load balancer runs (rewritten on every "
+                 "change of placement); without it the rack has no load balancer");
+  app.add_option("--lb-master-socket", o.lb_master_socket, "HAProxy's master CLI socket (-S)");
+  app.add_option("--lb-haproxy", o.lb_haproxy, "The haproxy binary (for `haproxy -c`)")->capture_default_str();
+  app.add_option("--lb-health-bind", o.lb_health_bind, "The load balancer's own health listener")
+      ->capture_default_str();
+  app.add_option("--client-netns", o.client_netns,
+                 "Run client traffic from this network namespace (a name under /run/netns or a path)");
+  app.add_option("--vip-range", o.vip_range, "Service VIPs: base + 10 + s for the s-th service with an endpoint")
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
   app.add_flag("--json-logs", json_logs, "Log JSON lines");
   CLI11_PARSE(app, argc, argv);
@@ -83,6 +94,18 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  if (!o.lb_config.empty() && o.lb_master_socket.empty()) {
+    std::cerr << "fabriclab-orchestrator: --lb-master-socket is required with --lb-config\n";
+    return 2;
+  }
+  if (!o.client_netns.empty()) {
+    auto path = http::netns_path(o.client_netns);
+    if (!path.ok() || access(path->c_str(), R_OK) != 0) {
+      std::cerr << "fabriclab-orchestrator: --client-netns: "
+                << (path.ok() ? *path + ": " + std::strerror(errno) : path.error().message) << "\n";
+      return 2;
+    }
+  }
   auto controller = orchestrator::Controller::create(o);
   if (!controller.ok()) {
     std::cerr << "fabriclab-orchestrator: " << controller.error().describe() << "\n";
@@ -104,6 +127,9 @@ int main(int argc, char** argv) {
   std::cout << "listening " << listen << ":" << *bound << std::endl;
   logger("orchestrator")->info("listening on {}:{}, journal {}{}", listen, *bound, o.journal_path,
                                o.agent_netns.empty() ? "" : ", agents reached from network namespace " + o.agent_netns);
+  logger("orchestrator")->info("{}", o.lb_config.empty()
+                                         ? std::string("no load balancer: client traffic is not measured")
+                                         : "load balancer: " + o.lb_config + " via " + o.lb_master_socket);
   int sig = 0;
   sigwait(&stop_signals, &sig);
   logger("orchestrator")->info("stopping");

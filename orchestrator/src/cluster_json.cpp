@@ -3,6 +3,8 @@
 // and ranges through the common getters, and prefixes errors with the element's path so an
 // operator can find the bad line in a 10 000-instance import.
 
+#include <cctype>
+
 #include <fmt/format.h>
 
 #include "fabriclab/orchestrator/cluster.hpp"
@@ -40,7 +42,67 @@ Status check_name(const std::string& name, std::string_view field) {
   return {};
 }
 
+// "field 'x' ..." from the common getters -> "PREFIX.x ...", so a nested key is named in full
+// ("endpoint.probe.interval_ms must be an integer in 200..600000").
+Error qualify(const Error& e, std::string_view prefix) {
+  std::string m = e.message;
+  if (m.starts_with("field '")) {
+    auto end = m.find('\'', 7);
+    if (end != std::string::npos) {
+      m = fmt::format("{}.{}{}", prefix, m.substr(7, end - 7), m.substr(end + 1));
+    }
+  } else if (m.starts_with("unknown field '")) {
+    m = fmt::format("{}: {}", prefix, m);
+  }
+  return make_error(e.condition, m);
+}
+template <class T>
+Result<T> qualified(Result<T> r, std::string_view prefix) {
+  if (!r.ok()) return qualify(r.error(), prefix);
+  return r;
+}
+inline Status qualified(Status s, std::string_view prefix) {
+  if (!s.ok()) return qualify(s.error(), prefix);
+  return s;
+}
+
+bool is_probe_path(std::string_view p) {
+  if (p.empty() || p.size() > kMaxProbePathBytes || p[0] != '/') return false;
+  for (char c : p) {
+    if (c <= 0x20 || c >= 0x7f || c == '\'' || c == '"' || c == '\\') return false;
+  }
+  return true;
+}
+
 }  // namespace
+
+bool is_lb_name(std::string_view name) {
+  if (name.empty() || name.size() > kMaxNameBytes) return false;
+  for (char c : name) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) return false;
+  }
+  return true;
+}
+
+bool is_ipv4(std::string_view text) {
+  int parts = 0;
+  size_t i = 0;
+  while (parts < 4) {
+    size_t start = i;
+    int value = 0;
+    while (i < text.size() && text[i] >= '0' && text[i] <= '9' && i - start < 3) {
+      value = value * 10 + (text[i] - '0');
+      ++i;
+    }
+    if (i == start || value > 255 || (i - start > 1 && text[start] == '0')) return false;
+    ++parts;
+    if (parts < 4) {
+      if (i >= text.size() || text[i] != '.') return false;
+      ++i;
+    }
+  }
+  return i == text.size();
+}
 
 json::object to_json(const Host& h) {
   json::object o{{"id", h.id},
@@ -51,12 +113,24 @@ json::object to_json(const Host& h) {
   return o;
 }
 
+json::object to_json(const ServiceEndpoint& e) {
+  return {{"port", static_cast<int64_t>(e.port)},
+          {"probe", json::object{{"path", e.probe.path},
+                                 {"interval_ms", e.probe.interval_ms},
+                                 {"unhealthy_threshold", e.probe.unhealthy_threshold}}}};
+}
+
 json::object to_json(const Service& s) {
-  return {{"name", s.name},
-          {"instance_count", s.instance_count},
-          {"ud_count", s.ud_count},
-          {"image", s.image},
-          {"memory_mib", static_cast<int64_t>(s.memory_mib)}};
+  json::object o{{"name", s.name},
+                 {"instance_count", s.instance_count},
+                 {"ud_count", s.ud_count},
+                 {"image", s.image},
+                 {"memory_mib", static_cast<int64_t>(s.memory_mib)},
+                 {"drain", s.drain},
+                 {"traffic_rps", s.traffic_rps}};
+  if (s.endpoint) o["endpoint"] = to_json(*s.endpoint);
+  if (!s.vip.empty()) o["vip"] = s.vip;
+  return o;
 }
 
 json::object to_json(const Instance& i) {
@@ -91,9 +165,43 @@ Result<Host> host_from_json(const json::object& o) {
   return h;
 }
 
-Result<Service> service_from_json(const json::object& o) {
+Result<ServiceEndpoint> endpoint_from_json(const json::object& o) {
+  FL_RETURN_IF_ERROR(qualified(check_fields(o, {"port", "probe"}), "endpoint"));
+  ServiceEndpoint e;
+  FL_ASSIGN_OR_RETURN(int64_t port, qualified(get_int(o, "port", 1, 65535), "endpoint"));
+  e.port = static_cast<uint16_t>(port);
+  FL_ASSIGN_OR_RETURN(const json::object* probe, qualified(get_optional_object(o, "probe"), "endpoint"));
+  if (probe == nullptr) return e;
+  const json::object& p = *probe;
   FL_RETURN_IF_ERROR(
-      check_fields(o, {"name", "instance_count", "ud_count", "image", "memory_mib"}));
+      qualified(check_fields(p, {"path", "interval_ms", "unhealthy_threshold"}), "endpoint.probe"));
+  FL_ASSIGN_OR_RETURN(auto path, qualified(get_optional_string(p, "path", kMaxProbePathBytes + 1),
+                                           "endpoint.probe"));
+  if (path) {
+    if (!is_probe_path(*path)) {
+      return make_error(Condition::invalid_argument,
+                        fmt::format("endpoint.probe.path must start with '/' and hold at most {} "
+                                    "printable ASCII characters other than space, quotes and '\\'",
+                                    kMaxProbePathBytes));
+    }
+    e.probe.path = *path;
+  }
+  FL_ASSIGN_OR_RETURN(int64_t interval,
+                      qualified(get_int_or(p, "interval_ms", kMinProbeIntervalMs, kMaxProbeIntervalMs,
+                                           e.probe.interval_ms),
+                                "endpoint.probe"));
+  FL_ASSIGN_OR_RETURN(int64_t threshold,
+                      qualified(get_int_or(p, "unhealthy_threshold", 1, kMaxUnhealthyThreshold,
+                                           e.probe.unhealthy_threshold),
+                                "endpoint.probe"));
+  e.probe.interval_ms = static_cast<int>(interval);
+  e.probe.unhealthy_threshold = static_cast<int>(threshold);
+  return e;
+}
+
+Result<Service> service_from_json(const json::object& o) {
+  FL_RETURN_IF_ERROR(check_fields(o, {"name", "instance_count", "ud_count", "image", "memory_mib",
+                                      "endpoint", "drain", "traffic_rps", "vip"}));
   Service s;
   FL_ASSIGN_OR_RETURN(s.name, get_string(o, "name", kMaxNameBytes));
   FL_RETURN_IF_ERROR(check_name(s.name, "name"));
@@ -104,6 +212,21 @@ Result<Service> service_from_json(const json::object& o) {
   s.instance_count = static_cast<int>(n);
   s.ud_count = static_cast<int>(k);
   s.memory_mib = static_cast<uint32_t>(mem);
+  FL_ASSIGN_OR_RETURN(const json::object* endpoint, get_optional_object(o, "endpoint"));
+  if (endpoint != nullptr) {
+    FL_ASSIGN_OR_RETURN(s.endpoint, endpoint_from_json(*endpoint));
+    if (!is_lb_name(s.name)) {
+      return make_error(Condition::invalid_argument,
+                        "field 'name' of a service with an endpoint may hold only letters, digits, "
+                        "'-', '_' and '.'");
+    }
+  }
+  FL_ASSIGN_OR_RETURN(s.drain, get_bool_or(o, "drain", true));
+  FL_ASSIGN_OR_RETURN(s.traffic_rps, get_number_or(o, "traffic_rps", 0.1, 1000, 20));
+  FL_ASSIGN_OR_RETURN(s.vip, get_string(o, "vip", 15, false));
+  if (!s.vip.empty() && !is_ipv4(s.vip)) {
+    return make_error(Condition::invalid_argument, "field 'vip' must be a dotted IPv4 address");
+  }
   return s;
 }
 

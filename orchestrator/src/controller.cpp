@@ -44,6 +44,18 @@ std::string instance_name(const std::string& service, int index) {
   return service + "-" + std::to_string(index);
 }
 
+json::object instance_spec(const Service& s, const Instance& i, const std::string& image) {
+  json::object spec{{"name", instance_name(i.service, i.index)}, {"service", i.service}, {"index", i.index},
+                    {"ud", i.ud}, {"fd", i.fd}, {"image", image}, {"memory_mib", s.memory_mib}};
+  if (s.endpoint) {
+    // The built-in guest leaves rotation for drain_ms before approving its event
+    // (docs/clients.md); the agent accepts 0..600000.
+    spec["drain"] = s.drain;
+    spec["drain_ms"] = std::min<int64_t>(s.drain_ms(), 600000);
+  }
+  return spec;
+}
+
 static std::string ms_to_rfc3339(int64_t ms) {
   if (ms <= 0) return "";
   return rfc3339(std::chrono::system_clock::time_point(std::chrono::milliseconds(ms)));
@@ -118,6 +130,16 @@ Result<std::unique_ptr<Controller>> Controller::create(ControllerOptions options
   FL_ASSIGN_OR_RETURN(uint64_t last, impl->journal->last_event_seq());
   impl->journal_seq = last == 0 ? 0 : last + kRestartSeqGap;
   FL_RETURN_IF_ERROR(impl->restore());
+  if (!impl->opt.lb_config.empty()) {
+    FL_RETURN_IF_ERROR(check_vip_range(impl->opt.vip_range));
+    LbOptions lo;
+    lo.config_path = impl->opt.lb_config;
+    lo.master_socket = impl->opt.lb_master_socket;
+    lo.haproxy = impl->opt.lb_haproxy;
+    lo.settings = lb_settings_for(impl->opt.lb_config);
+    lo.settings.health_bind = impl->opt.lb_health_bind;
+    FL_ASSIGN_OR_RETURN(impl->lb, LoadBalancer::create(std::move(lo)));
+  }
   return std::unique_ptr<Controller>(new Controller(std::move(impl)));
 }
 
@@ -163,12 +185,16 @@ void Controller::start(std::shared_ptr<EventFeed> feed) {
   });
   std::vector<std::string> ids;
   std::shared_ptr<DrillRun> resume;
+  bool vips_given = false;
   {
     std::lock_guard lock(m.mu);
+    vips_given = m.assign_vips_locked();  // services made before the rack had a load balancer
     for (const auto& h : m.cluster.hosts) ids.push_back(h.id);
     if (m.active && (m.active->state == "Running" || m.active->state == "Paused")) resume = m.active;
   }
+  if (vips_given) m.save_cluster();
   for (const auto& id : ids) m.start_watcher(id);
+  if (m.lb) m.lb_thread = std::thread([&m] { m.lb_loop(); });
   if (resume) {
     m.executor = std::thread([&m, resume] { m.run_drill(resume); });
   }
@@ -177,8 +203,13 @@ void Controller::start(std::shared_ptr<EventFeed> feed) {
 void Controller::stop() {
   auto& m = *impl_;
   if (m.stopping.exchange(true)) return;
-  m.cv.notify_all();
+  {
+    std::lock_guard lock(m.mu);
+    m.cv.notify_all();
+    m.lb_cv.notify_all();
+  }
   if (m.executor.joinable()) m.executor.join();
+  if (m.lb_thread.joinable()) m.lb_thread.join();
   for (auto& [id, t] : m.watchers) {
     if (t.joinable()) t.join();
   }
@@ -228,6 +259,7 @@ json::object Controller::Impl::instance_json_locked(const Instance& i) const {
     o["healthy"] = it->second.healthy;
     o["image"] = it->second.image;
     o["counter"] = it->second.counter;
+    o["address"] = it->second.address;
   }
   return o;
 }
@@ -239,6 +271,7 @@ json::object Controller::Impl::service_json_locked(const Service& s) const {
       if (k != "service") o[k] = v;
     }
   }
+  if (s.endpoint) o["backends"] = backends_json_locked(s);
   return o;
 }
 
@@ -360,6 +393,9 @@ void Controller::Impl::save_drill(const DrillRun& d) {
     doc["host_image_before"] = std::move(hib);
     doc["started_ms"] = d.started_ms;
     doc["finished_ms"] = d.finished_ms;
+    doc["notice_ms"] = d.notice_ms;
+    doc["traffic_measured"] = d.traffic_measured;
+    doc["traffic_reason"] = d.traffic_reason;
   }
   if (auto s = journal->save_drill(d.id, d.state, doc); !s.ok()) {
     ++journal_errors;
@@ -394,6 +430,7 @@ json::object Controller::snapshot() const {
   json::object o{{"hosts", std::move(hosts)}, {"services", std::move(services)},
                  {"instances", std::move(instances)}};
   o["drill"] = m.active ? json::value(m.drill_json_locked(*m.active)) : json::value(nullptr);
+  o["traffic"] = m.traffic_view;
   return o;
 }
 
@@ -469,6 +506,9 @@ Result<json::object> Controller::host_json(const std::string& id) const {
 
 Result<json::object> Controller::create_service(const Service& s) {
   auto& m = *impl_;
+  if (!s.vip.empty()) {
+    return make_error(Condition::invalid_argument, "field 'vip' is assigned by the orchestrator");
+  }
   std::lock_guard admin(m.admin_mu);
   Cluster next;
   PlacementReport report;
@@ -492,9 +532,7 @@ Result<json::object> Controller::create_service(const Service& s) {
     for (size_t k = 0; k < n; ++k) {
       creators.emplace_back([&m, &s, &report, &results, k] {
         const auto& i = report.placed[k];
-        json::object spec{{"name", instance_name(i.service, i.index)}, {"service", i.service}, {"index", i.index},
-                          {"ud", i.ud}, {"fd", i.fd}, {"image", s.image}, {"memory_mib", s.memory_mib}};
-        auto r = m.slow_client(i.host).create_instance(spec);
+        auto r = m.slow_client(i.host).create_instance(instance_spec(s, i, s.image));
         if (!r.ok()) results[k] = r.error();
       });
     }
@@ -522,6 +560,9 @@ Result<json::object> Controller::create_service(const Service& s) {
       if (const Host* cur = m.cluster.find_host(h.id)) h.state = cur->state;
     }
     m.cluster = std::move(next);
+    m.assign_vips_locked();
+    m.lb_dirty = true;
+    m.lb_cv.notify_all();
     const Service* svc = m.cluster.find_service(s.name);
     int64_t now = unix_ms();
     json::array placed;

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -21,8 +22,10 @@
 #include "fabriclab/orchestrator/agent_client.hpp"
 #include "fabriclab/orchestrator/controller.hpp"
 #include "fabriclab/orchestrator/journal.hpp"
+#include "fabriclab/orchestrator/lb.hpp"
 #include "fabriclab/orchestrator/planner.hpp"
 #include "fabriclab/orchestrator/report.hpp"
+#include "fabriclab/orchestrator/traffic.hpp"
 
 namespace fabriclab::orchestrator {
 
@@ -31,6 +34,13 @@ using Events = std::vector<std::pair<std::string, json::object>>;
 
 int64_t unix_ms();
 std::string instance_name(const std::string& service, int index);
+// --vip-range: "A.B.C.D/N", N in 8..28 (lb_control.cpp).
+Status check_vip_range(std::string_view range);
+// The notice a drill gives its guests (time-scaled), raised when draining guests need longer,
+// and the drill notes saying so or warning that it is shorter than a probe's detection time.
+std::vector<std::string> drill_notice(const Cluster& c, const DrillSpec& spec, int64_t& notice_ms);
+// What an agent's create-instance request carries for instance `i` of `s`, with `image`.
+json::object instance_spec(const Service& s, const Instance& i, const std::string& image);
 
 // What the orchestrator last learned from a host's agent.
 struct HostMirror {
@@ -52,6 +62,7 @@ struct InstanceMirror {
   bool healthy = false;
   std::string image;
   int64_t counter = -1;
+  std::string address;  // the guest's address, as its agent reports it ("" without a network)
   std::vector<HealthChange> timeline;
 };
 
@@ -81,6 +92,15 @@ struct DrillRun {
   std::map<std::string, std::string> host_image_before;   // by host
   std::vector<std::string> notes;                         // healing, replans, rollbacks
   int64_t started_ms = 0, finished_ms = 0;
+  // The notice given to guests (time-scaled, perhaps raised so draining guests leave rotation
+  // first; see create_drill); 0: the spec's scaled notice.
+  int64_t notice_ms = 0;
+  bool resumed = false;  // restored from the journal after a restart
+  // Client traffic (traffic.hpp): whether it was measured, or why not, and what it recorded
+  // (in memory only: a restart loses it and says so).
+  bool traffic_measured = false;
+  std::string traffic_reason;
+  std::map<std::string, std::vector<RequestRecord>> traffic_records;
   // Control, guarded by Impl::mu; the executor waits on Impl::cv.
   bool pause_requested = false;
   bool abort_requested = false;
@@ -103,6 +123,17 @@ struct Controller::Impl {
   std::map<std::string, std::shared_ptr<DrillRun>> drills;
   std::shared_ptr<DrillRun> active;  // the drill whose executor runs (or last ran)
   std::map<std::string, json::object> availability;  // last published, by service
+
+  // Load balancer (lb.cpp drives HAProxy; lb_control.cpp keeps it in step with the cluster).
+  std::unique_ptr<LoadBalancer> lb;  // null: the rack has none
+  std::thread lb_thread;
+  std::condition_variable lb_cv;       // wakes the LB thread (with mu)
+  bool lb_dirty = true;                // under mu: the placement or an address changed
+  std::map<std::string, LbServerState> lb_states;  // by instance; under mu
+  bool lb_polled = false;                          // under mu: lb_states hold a poll
+  // Client traffic of the running drill (executor.cpp); the generator under mu.
+  std::shared_ptr<TrafficGenerator> traffic;
+  json::object traffic_view{{"measured", false}, {"reason", ""}, {"services", json::object{}}};
 
   std::atomic<bool> stopping{false};
   std::map<std::string, std::thread> watchers;  // by host id
@@ -145,8 +176,26 @@ struct Controller::Impl {
   static constexpr std::chrono::milliseconds kHealRetry{2000};
   std::map<std::string, Clock::time_point> heal_retry;  // host -> last attempt; under mu
 
+  // lb_control.cpp
+  // The services HAProxy should serve now (endpoint, VIP, instances with an address); mu held.
+  std::vector<LbService> lb_services_locked() const;
+  // Gives every service with an endpoint and no VIP one (mu held); true when any was given.
+  bool assign_vips_locked();
+  void lb_loop();
+  void lb_poll_once(Events& events);
+  void mark_lb_dirty();  // takes mu
+  json::array backends_json_locked(const Service& s) const;
+  // Why instance `name` of `s` is not in rotation ("" when it is, or when the load balancer
+  // does not apply to it); mu held.
+  std::string lb_not_serving_locked(const Service& s, const std::string& name) const;
+
   // executor.cpp
   void run_drill(std::shared_ptr<DrillRun> d);
+  // The walk itself; the drill's end state and reason, or nullopt when the orchestrator stops.
+  std::optional<std::pair<std::string, std::string>> run_walk(DrillRun& d);
+  // Client traffic around the walk: start (and wait the lead time), stop (after the tail).
+  void start_traffic(DrillRun& d, std::thread& stats_thread, std::atomic<bool>& stats_stop);
+  void stop_traffic(DrillRun& d, bool tail, std::thread& stats_thread, std::atomic<bool>& stats_stop);
   Status run_batch(DrillRun& d, BatchRun& b);
   Status wait_ready(DrillRun& d, const std::vector<std::string>& host_ids, std::string_view why);
   // Waits (bounded) until each host's mirror holds a poll that began after `since`, or the host

@@ -16,8 +16,11 @@
 // the same host update twice.
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <thread>
+
+#include <fmt/format.h>
 
 #include "controller_impl.hpp"
 #include "fabriclab/common/logging.hpp"
@@ -38,7 +41,43 @@ int64_t ji(const json::object& o, std::string_view k, int64_t fallback = -1) {
 std::chrono::milliseconds scaled(double seconds, double scale) {
   return std::chrono::milliseconds(static_cast<int64_t>(std::llround(seconds * scale * 1000.0)));
 }
+// 900 -> "0.9", 2150 -> "2.15", 3000 -> "3"
+std::string secs(int64_t ms) {
+  std::string t = fmt::format("{:.3f}", static_cast<double>(ms) / 1000.0);
+  while (t.back() == '0') t.pop_back();
+  if (t.back() == '.') t.pop_back();
+  return t;
+}
+// What a draining guest needs between the event and its host stopping: its next IMDS poll
+// (1 s), its drain time, and half a second to approve (docs/clients.md "The built-in guest").
+constexpr int64_t kImdsPollMs = 1000;
+constexpr int64_t kApproveMarginMs = 500;
 }  // namespace
+
+std::vector<std::string> drill_notice(const Cluster& c, const DrillSpec& spec, int64_t& notice_ms) {
+  std::vector<std::string> notes;
+  const int64_t given = scaled(spec.notice_s, spec.time_scale).count();
+  notice_ms = given;
+  int64_t need = 0;
+  for (const auto& s : c.services) {
+    if (!s.endpoint) continue;
+    if (s.drain) need = std::max(need, kImdsPollMs + s.drain_ms() + kApproveMarginMs);
+    const auto& p = s.endpoint->probe;
+    if (given < p.detection_ms()) {
+      notes.push_back(fmt::format(
+          "notice {} s is too short for service '{}': its probe needs {} s (interval {} s x {}) to "
+          "take an instance out of rotation before its host stops",
+          secs(given), s.name, secs(p.detection_ms()), secs(p.interval_ms), p.unhealthy_threshold));
+    }
+  }
+  if (given < need) {
+    notice_ms = need;
+    notes.push_back(fmt::format(
+        "notice raised from {} s to {} s so that draining guests leave rotation before their host stops",
+        secs(given), secs(need)));
+  }
+  return notes;
+}
 
 Result<json::object> Controller::create_drill(const DrillSpec& spec) {
   auto& m = *impl_;
@@ -75,6 +114,7 @@ Result<json::object> Controller::create_drill(const DrillSpec& spec) {
       d->progress[h] = Journal::HostProgress{h, static_cast<int>(i), "pending", "", {}, ""};
     }
   }
+  d->notes = drill_notice(c, spec, d->notice_ms);
   d->started_ms = unix_ms();
   d->pause_requested = spec.start_paused;
   d->state = spec.start_paused ? "Paused" : "Running";
@@ -207,6 +247,11 @@ Status Controller::Impl::wait_ready(DrillRun& d, const std::vector<std::string>&
                  (it == instances.end() ? std::string("unknown") : it->second.status);
           break;
         }
+        // Back in rotation too, so two UDs of a service are never out of it at once.
+        if (const Service* s = cluster.find_service(i->service)) {
+          last = lb_not_serving_locked(*s, name);
+          if (!last.empty()) break;
+        }
       }
       if (!last.empty()) break;
     }
@@ -243,7 +288,9 @@ Result<json::object> Controller::Impl::run_host(DrillRun& d, BatchRun& b, const 
   if (job_id.empty()) {
     json::object req{{"kind", d.spec.kind},
                      {"target", d.spec.target},
-                     {"notice_ms", std::min<int64_t>(scaled(d.spec.notice_s, d.spec.time_scale).count(), 15 * 60 * 1000)},
+                     {"notice_ms", std::min<int64_t>(d.notice_ms > 0 ? d.notice_ms
+                                                                     : scaled(d.spec.notice_s, d.spec.time_scale).count(),
+                                                     15 * 60 * 1000)},
                      {"freeze_ms", std::min<int64_t>(scaled(d.spec.freeze_s, d.spec.time_scale).count(), 30 * 1000)}};
     if (d.spec.memory_preserving) req["memory_preserving"] = true;
     ++agent_calls;
@@ -401,8 +448,8 @@ void Controller::Impl::await_fresh_polls(const std::vector<std::string>& host_id
   }
 }
 
-void Controller::Impl::run_drill(std::shared_ptr<DrillRun> dp) {
-  DrillRun& d = *dp;
+std::optional<std::pair<std::string, std::string>> Controller::Impl::run_walk(DrillRun& d) {
+  using End = std::pair<std::string, std::string>;
   while (!stopping) {
     size_t index;
     {
@@ -418,9 +465,8 @@ void Controller::Impl::run_drill(std::shared_ptr<DrillRun> dp) {
     // A batch already in flight (resumed after a restart) is finished before any gate.
     if (!in_flight) {
       if (!wait_gate(d)) {
-        if (stopping) return;
-        finish(d, "Aborted", "aborted by request before batch " + std::to_string(index + 1));
-        return;
+        if (stopping) return std::nullopt;
+        return End{"Aborted", "aborted by request before batch " + std::to_string(index + 1)};
       }
       maybe_replan(d);
       std::vector<std::string> pre;
@@ -431,16 +477,14 @@ void Controller::Impl::run_drill(std::shared_ptr<DrillRun> dp) {
       }
       auto ready = wait_ready(d, pre, "before batch " + std::to_string(index + 1));
       if (!ready.ok()) {
-        if (ready.error().condition == Condition::cancelled) return;
-        finish(d, "Failed", ready.error().message);
-        return;
+        if (ready.error().condition == Condition::cancelled) return std::nullopt;
+        return End{"Failed", ready.error().message};
       }
     }
     auto s = run_batch(d, d.batches[index]);
     if (!s.ok()) {
-      if (s.error().condition == Condition::cancelled) return;
-      finish(d, "Failed", s.error().message);
-      return;
+      if (s.error().condition == Condition::cancelled) return std::nullopt;
+      return End{"Failed", s.error().message};
     }
     bool last;
     {
@@ -455,13 +499,121 @@ void Controller::Impl::run_drill(std::shared_ptr<DrillRun> dp) {
     std::unique_lock lock(mu);
     cv.wait_until(lock, until, [&] { return stopping.load() || d.abort_requested; });
     if (d.abort_requested) {
-      lock.unlock();
-      finish(d, "Aborted", "aborted by request after batch " + std::to_string(index + 1));
-      return;
+      return End{"Aborted", "aborted by request after batch " + std::to_string(index + 1)};
     }
   }
-  if (stopping) return;
-  finish(d, "Completed", "");
+  if (stopping) return std::nullopt;
+  return End{"Completed", ""};
+}
+
+void Controller::Impl::run_drill(std::shared_ptr<DrillRun> dp) {
+  DrillRun& d = *dp;
+  std::thread stats_thread;
+  std::atomic<bool> stats_stop{false};
+  start_traffic(d, stats_thread, stats_stop);
+  auto end = run_walk(d);
+  // The tail only for a drill that ends: a stopping orchestrator leaves the drill Running.
+  stop_traffic(d, end.has_value(), stats_thread, stats_stop);
+  if (end) finish(d, std::move(end->first), std::move(end->second));
+}
+
+void Controller::Impl::start_traffic(DrillRun& d, std::thread& stats_thread, std::atomic<bool>& stats_stop) {
+  std::vector<TrafficTarget> targets;
+  std::string reason;
+  {
+    std::lock_guard lock(mu);
+    for (const auto& s : cluster.services) {
+      if (!s.endpoint || s.vip.empty()) continue;
+      targets.push_back(TrafficTarget{s.name, s.vip, s.endpoint->port, "/", s.traffic_rps});
+    }
+    bool any_endpoint = std::any_of(cluster.services.begin(), cluster.services.end(),
+                                    [](const Service& s) { return s.endpoint.has_value(); });
+    if (!lb) {
+      reason = "the rack has no load balancer (loopback network or simulated guests)";
+    } else if (!any_endpoint) {
+      reason = "no service has an endpoint";
+    }
+  }
+  std::shared_ptr<TrafficGenerator> gen;
+  if (reason.empty()) {
+    TrafficOptions o;
+    o.netns = opt.client_netns;
+    auto started = TrafficGenerator::start(targets, o);
+    if (started.ok()) {
+      gen = std::move(started).value();
+    } else {
+      reason = "the traffic generator did not start: " + started.error().message;
+      log()->error("[drill:{}] {}", d.id, reason);
+    }
+  }
+  std::string note;
+  {
+    std::lock_guard lock(mu);
+    traffic = gen;
+    d.traffic_measured = gen != nullptr;
+    d.traffic_reason = reason;
+    d.traffic_records.clear();
+    traffic_view = json::object{{"drill", d.id}, {"measured", d.traffic_measured}, {"reason", reason},
+                                {"services", json::object{}}};
+    if (gen && d.resumed) {
+      note = "client traffic measured again from the resume on: what was sent before the restart is not in the report";
+      d.notes.push_back(note);
+    }
+  }
+  if (!gen) return;
+  log()->info("[drill:{}] client traffic: {} service(s){}", d.id, targets.size(),
+              opt.client_netns.empty() ? "" : " from network namespace " + opt.client_netns);
+  stats_thread = std::thread([this, gen, id = d.id, &stats_stop] {
+    while (!stats_stop && !stopping) {
+      {
+        std::unique_lock lock(mu);
+        cv.wait_for(lock, std::chrono::seconds(1), [&] { return stats_stop.load() || stopping.load(); });
+      }
+      if (stats_stop || stopping) break;
+      json::object stats = gen->stats_json();
+      json::value services = stats.contains("services") ? stats["services"] : json::value(json::object{});
+      {
+        std::lock_guard lock(mu);
+        traffic_view["services"] = services;
+      }
+      publish({{"traffic.stats", json::object{{"drill", id}, {"services", services}}}});
+    }
+  });
+  // The lead: clients are served before the first host goes down.
+  std::unique_lock lock(mu);
+  cv.wait_for(lock, opt.traffic_lead, [this] { return stopping.load(); });
+}
+
+void Controller::Impl::stop_traffic(DrillRun& d, bool tail, std::thread& stats_thread,
+                                    std::atomic<bool>& stats_stop) {
+  std::shared_ptr<TrafficGenerator> gen;
+  {
+    std::lock_guard lock(mu);
+    gen = traffic;
+  }
+  if (!gen) return;
+  if (tail) {
+    // The tail: the last batch's instances are seen back in rotation by clients too.
+    std::unique_lock lock(mu);
+    cv.wait_for(lock, opt.traffic_tail, [this] { return stopping.load(); });
+  }
+  {
+    std::lock_guard lock(mu);
+    stats_stop = true;
+    cv.notify_all();
+  }
+  if (stats_thread.joinable()) stats_thread.join();
+  gen->stop();
+  auto records = gen->records();
+  json::object stats = gen->stats_json();
+  json::value services = stats.contains("services") ? stats["services"] : json::value(json::object{});
+  {
+    std::lock_guard lock(mu);
+    d.traffic_records = std::move(records);
+    traffic_view["services"] = services;
+    traffic.reset();
+  }
+  publish({{"traffic.stats", json::object{{"drill", d.id}, {"services", services}, {"final", true}}}});
 }
 
 ReportInput Controller::Impl::report_input(const DrillRun& d) const {
@@ -487,7 +639,38 @@ ReportInput Controller::Impl::report_input(const DrillRun& d) const {
     rh.state = std::string(to_string(h.state));
     in.hosts.push_back(rh);
   }
-  for (const auto& s : cluster.services) in.services.push_back(ReportService{s.name, s.instance_count, s.ud_count});
+  for (const auto& s : cluster.services) {
+    in.services.push_back(ReportService{s.name, s.instance_count, s.ud_count, s.drain});
+  }
+  // Client traffic: the records of the finished drill, or, while it runs, the generator's.
+  in.traffic_measured = d.traffic_measured;
+  in.traffic_reason = d.traffic_reason;
+  if (d.traffic_measured) {
+    std::map<std::string, std::vector<RequestRecord>> live;
+    const auto* records = &d.traffic_records;
+    if (records->empty() && traffic && active.get() == &d) {
+      live = traffic->records();
+      records = &live;
+    }
+    if (records->empty() && d.finished()) {
+      in.traffic_measured = false;
+      in.traffic_reason = "the orchestrator restarted since the drill: its client traffic records were kept in memory only";
+    }
+    for (const auto& s : cluster.services) {
+      if (!s.endpoint || !in.traffic_measured) continue;
+      ReportTraffic t;
+      t.service = s.name;
+      t.rps = s.traffic_rps;
+      t.probe_detection_ms = s.endpoint->probe.detection_ms();
+      if (auto it = records->find(s.name); it != records->end()) {
+        t.requests.reserve(it->second.size());
+        for (const auto& r : it->second) {
+          t.requests.push_back(ReportRequest{r.sent_ms, r.status, r.error, r.latency_ms, r.served_by});
+        }
+      }
+      in.traffic.push_back(std::move(t));
+    }
+  }
   // The agents' own per-guest records, from the jobs of this drill.
   std::map<std::string, const json::object*> guest_reports;
   for (const auto& [h, p] : d.progress) {

@@ -71,6 +71,10 @@ Status Controller::Impl::restore() {
     d->current_batch = static_cast<int>(num(o, "current_batch"));
     d->started_ms = num(o, "started_ms");
     d->finished_ms = num(o, "finished_ms");
+    d->notice_ms = num(o, "notice_ms");
+    if (auto* m = o.if_contains("traffic_measured"); m && m->is_bool()) d->traffic_measured = m->as_bool();
+    d->traffic_reason = str(o, "traffic_reason");
+    d->resumed = d->state == "Running" || d->state == "Paused";
     if (auto* p = o.if_contains("plan"); p && p->is_object()) {
       if (auto plan = plan_from_json(p->as_object()); plan.ok()) d->plan = *plan;
     }

@@ -108,6 +108,13 @@ void Controller::Impl::poll_once(const std::string& host_id) {
       if (rep) {
         if (auto* v = rep->if_contains("healthy"); v && v->is_bool()) healthy = v->as_bool();
         img = str(*rep, "image");
+        // The guest's address (agents with a guest network): a new one is a new backend.
+        if (std::string address = str(*rep, "address"); !address.empty() && address != im.address) {
+          im.address = address;
+          lb_dirty = true;
+          lb_cv.notify_all();
+          events.emplace_back("instance.state", json::object{{"instance", instance_json_locked(*inst)}});
+        }
         if (auto* hb = rep->if_contains("last_heartbeat"); hb && hb->is_object()) {
           if (auto* cn = hb->as_object().if_contains("counter"); cn && cn->is_int64()) counter = cn->as_int64();
         }
@@ -217,10 +224,13 @@ void Controller::Impl::heal(const std::string& host_id) {
       image = instances[name].image;
     }
     if (image.empty()) image = image_of[placed.service].first;
-    json::object spec{{"name", name},       {"service", placed.service}, {"index", placed.index},
-                      {"ud", placed.ud},    {"fd", placed.fd},           {"image", image},
-                      {"memory_mib", image_of[placed.service].second}};
-    auto made = slow_client(placed.host).create_instance(spec);
+    Service svc;
+    {
+      std::lock_guard lock(mu);
+      if (const Service* found = cluster.find_service(placed.service)) svc = *found;
+    }
+    svc.memory_mib = image_of[placed.service].second;
+    auto made = slow_client(placed.host).create_instance(instance_spec(svc, placed, image));
     if (!made.ok()) {
       retry_later();
       log()->error("[host:{}] healing {} on {} failed (retried in {} ms): {}", host_id, name, placed.host,
@@ -245,6 +255,7 @@ void Controller::Impl::heal(const std::string& host_id) {
       apply_healing(cluster, one);
       auto& im = instances[name];
       im.status = "Creating";
+      im.address.clear();  // the old VM's; the new host reports the new one
       json::array rl;
       for (const auto& r : relaxed) rl.push_back(json::value(r));
       events.emplace_back("service.healed", json::object{{"service", placed.service},
@@ -261,6 +272,7 @@ void Controller::Impl::heal(const std::string& host_id) {
     }
     log()->info("[host:{}] healed {} onto {} (FD {})", host_id, name, placed.host, placed.fd);
     save_cluster();
+    mark_lb_dirty();
     publish(std::move(events));
   }
 }

@@ -49,15 +49,59 @@ struct Host {
   std::optional<int> ud_slot;
 };
 
+// A service's load-balancer probe (Azure's health probe): `GET path` on each instance every
+// `interval_ms` (already time-scaled by the client; at least kMinProbeIntervalMs), out of rotation
+// after `unhealthy_threshold` failures in a row, back after one success.
+inline constexpr int kMinProbeIntervalMs = 200;
+inline constexpr int kMaxProbeIntervalMs = 600000;
+inline constexpr int kMaxUnhealthyThreshold = 10;
+inline constexpr size_t kMaxProbePathBytes = 256;
+struct Probe {
+  std::string path = "/health";
+  int interval_ms = 5000;        // Azure's default: 5 s
+  int unhealthy_threshold = 2;   // Azure's default: 2
+  // How long the load balancer takes to notice a failing instance: interval x threshold.
+  int64_t detection_ms() const { return int64_t{interval_ms} * unhealthy_threshold; }
+  bool operator==(const Probe&) const = default;
+};
+
+// A service's load-balanced endpoint: a VIP (assigned by the orchestrator) on `port`, spread over
+// the instances' HTTP port 80 (docs/clients.md "Load balancer").
+struct ServiceEndpoint {
+  uint16_t port = 80;
+  Probe probe;
+  bool operator==(const ServiceEndpoint&) const = default;
+};
+
 // A service (availability set): `instance_count` guest VMs spread over `ud_count` update domains
 // and over as many fault domains as exist.
+//
+// With an `endpoint`, its instances are the backends of a load-balanced VIP, clients send
+// `traffic_rps` requests a second to it during a drill, and `drain` says whether its app leaves
+// rotation on a scheduled event (the built-in guest turns /health to 503 for drain_ms()).
 struct Service {
   std::string name;
   int instance_count = 1;
   int ud_count = kDefaultUdCount;
   std::string image;
   uint32_t memory_mib = 256;
+  std::optional<ServiceEndpoint> endpoint;
+  bool drain = true;
+  double traffic_rps = 20;  // 0.1..1000
+  std::string vip;          // dotted IPv4, assigned by the orchestrator ("" until then)
+
+  // How long a draining instance stays out of rotation before it approves its event:
+  // interval x threshold + one interval (so the load balancer has noticed); 0 without endpoint.
+  int64_t drain_ms() const {
+    return endpoint ? endpoint->probe.detection_ms() + endpoint->probe.interval_ms : 0;
+  }
 };
+
+// Names the load balancer uses as HAProxy identifiers (services with an endpoint, and so their
+// instances): letters, digits, '-', '_' and '.'.
+bool is_lb_name(std::string_view name);
+// A dotted IPv4 address ("198.18.1.10"): four decimal octets, no leading zeros.
+bool is_ipv4(std::string_view text);
 
 // One role instance (guest VM): instance `index` of `service`, in update domain `ud` and fault
 // domain `fd` (the fault domain of `host`).
@@ -97,11 +141,17 @@ struct Cluster {
 Status validate_cluster(const Cluster& c);
 
 json::object to_json(const Host& h);
+json::object to_json(const ServiceEndpoint& e);
 json::object to_json(const Service& s);
 json::object to_json(const Instance& i);
 json::object to_json(const Cluster& c);
 
 Result<Host> host_from_json(const json::object& o);
+// {"port": 1..65535, "probe": {"path", "interval_ms", "unhealthy_threshold"}} (probe and its
+// fields optional: /health, 5000, 2). Errors name the key in full: "endpoint.probe.path ...".
+Result<ServiceEndpoint> endpoint_from_json(const json::object& o);
+// Also reads the optional "endpoint", "drain" (default true), "traffic_rps" (0.1..1000, default
+// 20) and "vip" (dotted IPv4; the orchestrator assigns it and refuses one in a request).
 Result<Service> service_from_json(const json::object& o);
 Result<Instance> instance_from_json(const json::object& o);
 // Reads {"hosts": [...], "services": [...], "instances": [...]} (each optional) and then runs

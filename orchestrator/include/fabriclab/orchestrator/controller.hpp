@@ -41,6 +41,23 @@ struct ControllerOptions {
   // path; http_client.hpp); empty: the orchestrator's own. The local rack's agents listen on
   // addresses that exist only in its rack namespace.
   std::string agent_netns;
+
+  // The load balancer (lb.hpp, docs/clients.md "Load balancer"). Empty lb_config: the rack has
+  // none; services with endpoints are still accepted, and drills report client traffic as not
+  // measured.
+  std::string lb_config;         // the HAProxy configuration file HAProxy was started with
+  std::string lb_master_socket;  // its master CLI socket
+  std::string lb_haproxy = "haproxy";  // the binary for `haproxy -c`
+  std::string lb_health_bind = "198.18.1.1:8404";
+  // Where the client traffic generator's connections are opened (the rack namespace, where the
+  // VIPs exist); empty: our own.
+  std::string client_netns;
+  // VIPs: the s-th service with an endpoint gets the range's base + 10 + s.
+  std::string vip_range = "198.18.1.0/24";
+  // Client traffic starts this long before a drill's first batch and stops this long after its
+  // last one.
+  std::chrono::milliseconds traffic_lead{2000};
+  std::chrono::milliseconds traffic_tail{2000};
 };
 
 // POST /v1/hosts: an agent joining the cluster.
@@ -87,7 +104,8 @@ class Controller {
   // Stops every thread; an in-flight drill stays Running in the journal (a restart resumes it).
   void stop();
 
-  // What a websocket client gets on connect: hosts, services, instances, drill.
+  // What a websocket client gets on connect: hosts, services, instances, drill, and `traffic`:
+  // {measured, reason, services: the last traffic.stats services}.
   json::object snapshot() const;
 
   Result<json::object> register_host(const HostRegistration& r);
