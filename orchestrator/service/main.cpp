@@ -56,6 +56,9 @@ int main(int argc, char** argv) {
                  "Run client traffic from this network namespace (a name under /run/netns or a path)");
   app.add_option("--vip-range", o.vip_range, "Service VIPs: base + 10 + s for the s-th service with an endpoint")
       ->capture_default_str();
+  app.add_option("--no-lb-reason", o.no_lb_reason,
+                 "Without --lb-config: why the rack has no load balancer, as drills report it")
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
   app.add_flag("--json-logs", json_logs, "Log JSON lines");
   CLI11_PARSE(app, argc, argv);

@@ -529,7 +529,7 @@ void Controller::Impl::start_traffic(DrillRun& d, std::thread& stats_thread, std
     bool any_endpoint = std::any_of(cluster.services.begin(), cluster.services.end(),
                                     [](const Service& s) { return s.endpoint.has_value(); });
     if (!lb) {
-      reason = "the rack has no load balancer (loopback network or simulated guests)";
+      reason = opt.no_lb_reason;
     } else if (!any_endpoint) {
       reason = "no service has an endpoint";
     }

@@ -21,6 +21,7 @@
 #include <sstream>
 #include <thread>
 
+#include "fabriclab/orchestrator/lb.hpp"
 #include "fabriclab/rack/api_client.hpp"
 #include "netns.hpp"
 
@@ -196,25 +197,6 @@ std::string system_binary(const std::string& flag, const std::string& name) {
     if (access(p.c_str(), X_OK) == 0) return p;
   }
   return {};
-}
-
-// HAProxy's first configuration: only its own health listener, so that it starts before any
-// service exists. The orchestrator writes the real one (a frontend per service) and reloads.
-std::string bootstrap_haproxy_config() {
-  return std::string(
-             "# written by fabriclab lab up; the orchestrator replaces it (--lb-config)\n"
-             "global\n"
-             "  master-worker\n"
-             "defaults\n"
-             "  mode http\n"
-             "  timeout connect 1s\n"
-             "  timeout client 10s\n"
-             "  timeout server 10s\n"
-             "frontend fabriclab-health\n"
-             "  bind ") +
-         netns::kLbHealthBind +
-         "\n"
-         "  http-request return status 200 content-type text/plain string ok\n";
 }
 
 // Whether a unix stream socket at `path` accepts a connection (HAProxy's master socket is up).
@@ -516,7 +498,7 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
                                lab.dir_ + "/haproxy.sock", "--lb-health-bind", netns::kLbHealthBind,
                                "--client-netns", netns::path_of(lab.rack_netns_), "--vip-range", netns::kVipRange});
     } else {
-      argv.insert(argv.end(), {"--no-traffic-reason", lab.guest_network_reason_});
+      argv.insert(argv.end(), {"--no-lb-reason", lab.guest_network_reason_});
     }
     fs::remove(lab.dir_ + "/journal.db", ec);
     fs::remove(lab.dir_ + "/journal.db-wal", ec);
@@ -570,7 +552,13 @@ Status Lab::start_network_services(const LabOptions& options) {
   h.netns = rack_netns_;
   h.log = dir_ + "/haproxy.log";
   const std::string cfg = dir_ + "/haproxy.cfg", sock = dir_ + "/haproxy.sock";
-  std::ofstream(cfg, std::ios::trunc) << bootstrap_haproxy_config();
+  // The first configuration: no service yet, only HAProxy's own health listener. The
+  // orchestrator renders the same settings (--lb-config), so its first apply needs no reload.
+  {
+    auto settings = orchestrator::lb_settings_for(cfg);
+    settings.health_bind = netns::kLbHealthBind;
+    std::ofstream(cfg, std::ios::trunc) << orchestrator::render_haproxy_config({}, settings);
+  }
   auto pid = spawn({haproxy, "-W", "-S", sock + ",mode,600", "-f", cfg}, dir_ + "/haproxy.out", h.log, h.netns);
   if (!pid.ok()) return pid.error();
   h.pid = *pid;

@@ -54,6 +54,9 @@ struct ControllerOptions {
   std::string client_netns;
   // VIPs: the s-th service with an endpoint gets the range's base + 10 + s.
   std::string vip_range = "198.18.1.0/24";
+  // Why there is no load balancer, as drills report it (the local rack says why it has no guest
+  // network: loopback, simulated guests).
+  std::string no_lb_reason = "the rack has no load balancer (loopback network or simulated guests)";
   // Client traffic starts this long before a drill's first batch and stops this long after its
   // last one.
   std::chrono::milliseconds traffic_lead{2000};
