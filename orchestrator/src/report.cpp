@@ -12,8 +12,10 @@
 // The report refuses to pass on missing data rather than guess: an unknown counter, an unknown
 // image, an unknown drill kind or a silent guest each fail their check and are named in it.
 //
-// Client traffic is read in send order: a failure run is a maximal stretch of consecutive failed
-// requests, so one success between two failures splits them (the client was served in between).
+// Client traffic is read in send order: a failure run is a maximal stretch of failed requests
+// less than 1 s apart, successes in between included: a load balancer that still sends every
+// other request to a stopped instance serves some clients and fails others, and the outage the
+// clients saw is the whole stretch, not the single failures between two successes.
 // "clients kept served" judges only the services that promise it (>= 2 instances, drain on); a
 // measured service that recorded no request at all fails it too (no data is not proof). The
 // others get a note instead: a single instance is expected to fail its clients while it is down,
@@ -36,6 +38,7 @@ namespace {
 
 constexpr int64_t kMonthMs = 30LL * 24 * 3600 * 1000;
 constexpr size_t kMaxNamesInDetail = 20;
+constexpr int64_t kFailureRunGapMs = 1000;  // failures closer than this belong to one run
 constexpr size_t kMaxFailureRuns = 50;  // per service in the JSON: the largest, in time order
 
 struct Segment {
@@ -378,11 +381,12 @@ TrafficSummary traffic_summary(const ReportTraffic& t) {
       if (r->latency_ms >= 0) latencies.push_back(r->latency_ms);
       if (!r->served_by.empty()) m.served_by[r->served_by]++;
     }
-    if (!request_failed(*r)) {
-      close_run();
-      continue;
-    }
+    if (!request_failed(*r)) continue;
     m.failed++;
+    // A run is a stretch of failures less than kFailureRunGapMs apart, whatever answered in
+    // between: a load balancer still sending every other request to a stopped instance
+    // interleaves successes with the failures, and the clients' outage is the whole stretch.
+    if (run.count > 0 && r->t_ms - run.to_ms >= kFailureRunGapMs) close_run();
     if (run.count == 0) run.from_ms = r->t_ms;
     run.to_ms = r->t_ms;
     run.count++;

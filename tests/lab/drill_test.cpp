@@ -734,33 +734,37 @@ TEST_F(Drill, LabUpStopsWithHaproxysOwnErrorWhenItCannotStart) {
 
 // Apps that ignore the scheduled event: clients are sent to a guest that is going down until the
 // load balancer's probe notices. Every multi-instance service loses some requests, each run of
-// failures no longer than the probe's detection time plus one probe interval (plus one check
-// timeout: a powered-off guest's check fails by timing out), and the drill fails its check.
+// failures no longer than the probe's detection time plus one probe interval (the bound;
+// plus 0.5 s for timers on a loaded 2-core machine), and the report says that drain-off services
+// are not judged by "clients kept served": the drill itself passes.
 TEST_F(Drill, RealVmNoDrainLosesRequestsOnlyUntilTheProbeNotices) {
   json::object report;
   CliRun r = drill("no-drain", "qemu", report);
   ASSERT_FALSE(report.empty()) << r.output;
-  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(report.at("drill").at("state").as_string(), "Completed") << r.output;
   ASSERT_TRUE(report.at("traffic").at("measured").as_bool()) << json::serialize(report.at("traffic"));
+  bool check_seen = false;
   for (const auto& c : report.at("checks").as_array()) {
+    EXPECT_TRUE(c.at("passed").as_bool()) << json::serialize(c);
     if (c.at("name").as_string() == "clients kept served") {
-      EXPECT_FALSE(c.at("passed").as_bool()) << json::serialize(c);
-    } else {
-      EXPECT_TRUE(c.at("passed").as_bool()) << json::serialize(c);  // the walk itself was fine
+      check_seen = true;
+      EXPECT_NE(c.at("detail").as_string().find("not checked"), json::string::npos) << json::serialize(c);
     }
   }
+  EXPECT_TRUE(check_seen);
   const double interval_s = 0.2, detection_s = 2 * interval_s;  // 5 s x 0.001 -> the 200 ms floor, x 2
   for (const auto& sv : report.at("services").as_array()) {
     const auto& s = sv.as_object();
     if (s.at("instances").to_number<int64_t>() < 2) continue;
     const auto& st = s.at("traffic").as_object();
     EXPECT_GT(st.at("failed").to_number<int64_t>(), 0) << json::serialize(s);
-    EXPECT_LE(st.at("longest_failure_run_s").to_number<double>(), detection_s + interval_s + 1.0) << json::serialize(st);
+    EXPECT_LE(st.at("longest_failure_run_s").to_number<double>(), detection_s + interval_s + 0.5) << json::serialize(st);
     std::cout << s.at("name").as_string() << ": " << st.at("failed").to_number<int64_t>() << " of "
               << st.at("requests").to_number<int64_t>() << " failed, longest run " << st.at("longest_failure_run_s")
-              << " s" << std::endl;
+              << " s (detection " << detection_s << " s + interval " << interval_s << " s)" << std::endl;
   }
+  EXPECT_NE(r.output.find("drain off: not checked"), std::string::npos) << r.output;
 }
 
 }  // namespace

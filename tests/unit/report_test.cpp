@@ -433,25 +433,26 @@ TEST(ReportTraffic, SummaryCountsRunsAndLatencyInSendOrder) {
   };
   // Listed out of order on purpose: read by send time.
   t.requests = {req(500, 200, 10, "web-1"), req(0, 200, 30, "web-0"), req(100, 0, 2000),
-                req(200, 503, 5, "web-0"),  req(300, 0, 2000),        req(400, 200, 20, "web-1"),
-                req(600, 0, 2000)};
+                req(200, 503, 5, "web-0"),  req(250, 200, 40, "web-1"), req(300, 0, 2000),
+                req(400, 200, 20, "web-1"), req(1600, 0, 2000)};
   TrafficSummary m = traffic_summary(t);
-  EXPECT_EQ(m.requests, 7);
+  EXPECT_EQ(m.requests, 8);
   EXPECT_EQ(m.failed, 4);
-  EXPECT_NEAR(m.success_percent, 300.0 / 7, 1e-9);
-  // 100, 200 (503), 300 fail together; 600 alone after the successes at 400 and 500.
+  EXPECT_NEAR(m.success_percent, 400.0 / 8, 1e-9);
+  // 100, 200 (503) and 300 fail together although web-1 answered at 250 (a load balancer's
+  // round robin interleaves the healthy instance); 1600 is a run of its own, 1.3 s later.
   ASSERT_EQ(m.failure_runs.size(), 2u);
   EXPECT_EQ(m.failure_runs[0].from_ms, kStart + 100);
   EXPECT_EQ(m.failure_runs[0].to_ms, kStart + 300);
   EXPECT_EQ(m.failure_runs[0].count, 3);
-  EXPECT_EQ(m.failure_runs[1].from_ms, kStart + 600);
+  EXPECT_EQ(m.failure_runs[1].from_ms, kStart + 1600);
   EXPECT_EQ(m.failure_runs[1].count, 1);
   EXPECT_EQ(m.longest_failure_run_ms, 200);
-  // Answered: 30, 5 (the 503 answered), 20, 10 -> sorted 5 10 20 30.
-  EXPECT_EQ(m.p50_latency_ms, 10);
-  EXPECT_EQ(m.p99_latency_ms, 30);
+  // Answered: 30, 5 (the 503 answered), 40, 20, 10 -> sorted 5 10 20 30 40.
+  EXPECT_EQ(m.p50_latency_ms, 20);
+  EXPECT_EQ(m.p99_latency_ms, 40);
   EXPECT_EQ(m.served_by.at("web-0"), 2);
-  EXPECT_EQ(m.served_by.at("web-1"), 2);
+  EXPECT_EQ(m.served_by.at("web-1"), 3);
 }
 
 TEST(ReportTraffic, NoRequestsIsAHundredPercentWithUnknownLatency) {

@@ -132,11 +132,14 @@ struct TrafficSummary {
   std::string service;
   int64_t requests = 0, failed = 0;
   double success_percent = 100.0;      // 100 with no requests
-  int64_t longest_failure_run_ms = 0;  // first to last send time of the longest run of
-                                       // consecutive failed requests (0: none or a single one)
+  // A run of failures: failed requests less than 1 s apart, whatever was answered in between
+  // (a load balancer still sending every other request to a stopped instance interleaves
+  // successes with failures; the clients' outage is the whole stretch).
+  int64_t longest_failure_run_ms = 0;  // first to last send time of the longest run (0: none
+                                       // or a single failure)
   int64_t p50_latency_ms = -1, p99_latency_ms = -1;  // of answered requests; -1: none
   std::map<std::string, int64_t> served_by;          // instance -> answered requests
-  // Each run of consecutive failures: [from_ms, to_ms] send times, and how many.
+  // Each run of failures: [from_ms, to_ms] send times, and how many failed in it.
   struct Run {
     int64_t from_ms = 0, to_ms = 0, count = 0;
   };
