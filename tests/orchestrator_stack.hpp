@@ -391,7 +391,8 @@ class OrchestratorStack : public ::testing::Test {
     agents_[spec.id] = std::move(c);
   }
 
-  void start_orchestrator() {
+  // `extra`: more options (e.g. the load balancer's).
+  void start_orchestrator(const std::vector<std::string>& extra = {}) {
     std::vector<std::string> argv = {FABRICLAB_ORCHESTRATOR_BIN,
                                      "--journal",
                                      dir_ + "/journal.db",
@@ -405,6 +406,7 @@ class OrchestratorStack : public ::testing::Test {
                                      "100",
                                      "--unhealthy-after-ms",
                                      "1500"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
     orchestrator_ = spawn_listening("orchestrator", argv, dir_ + "/orchestrator.out",
                                     dir_ + "/orchestrator.err");
     ASSERT_TRUE(orchestrator_.running()) << "the orchestrator did not start";

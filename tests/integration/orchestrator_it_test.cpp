@@ -10,12 +10,19 @@
 // Time: drills run with time_scale 0.001 (a 900 s notice is 0.9 s, a 1800 s recovery 1.8 s);
 // --boot-delay-ms on the agents stretches the host reboot where a test needs to act mid-batch.
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <spawn.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <set>
 
+#include "fabriclab/orchestrator/lb.hpp"
 #include "orchestrator_stack.hpp"
+
+extern char** environ;
 
 namespace fabriclab::testing {
 namespace {
@@ -718,6 +725,161 @@ TEST_F(OrchestratorIt, ApiAnswersBadRequestsWithTheRightStatusAndNamesTheField) 
   auto late = post("/v1/drills/" + id + "/resume", json::object{});
   EXPECT_EQ(late.status, 409) << late.body;
   EXPECT_EQ(get("/v1/drills").as_array().size(), 1u);
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// 6. A load balancer: HAProxy started as the rack starts it (the renderer's bootstrap file), the
+//    orchestrator driving it. VIPs come from 127.0.0.0/24 (loopback: local without a namespace).
+//    The simulated guests have no network, so the frontend has no backend: every client request
+//    fails (503), which is what the report must then say.
+
+namespace lbtest {
+
+uint16_t free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+std::string haproxy_bin() {
+  for (const char* p : {"/usr/sbin/haproxy", "/usr/local/sbin/haproxy", "/usr/bin/haproxy"}) {
+    if (::access(p, X_OK) == 0) return p;
+  }
+  return "haproxy";
+}
+
+// HAProxy in master-worker mode; SIGTERM (then SIGKILL) when the test ends.
+struct Haproxy {
+  pid_t pid = -1;
+  ~Haproxy() {
+    if (pid <= 0) return;
+    ::kill(pid, SIGTERM);
+    int status = 0;
+    for (int i = 0; i < 200 && ::waitpid(pid, &status, WNOHANG) != pid; ++i) std::this_thread::sleep_for(50ms);
+    if (::waitpid(pid, &status, WNOHANG) == 0) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+    }
+  }
+};
+
+}  // namespace lbtest
+
+TEST_F(OrchestratorIt, EndpointServiceGetsAVipAHaproxyFrontendAndADrillMeasuresItsClients) {
+  const std::string config = dir() + "/haproxy.cfg", sock = dir() + "/lb.sock";
+  const std::string health = "127.0.0.1:" + std::to_string(lbtest::free_port());
+  auto settings = orchestrator::lb_settings_for(config);
+  settings.health_bind = health;
+  std::ofstream(config) << orchestrator::render_haproxy_config({}, settings);
+  lbtest::Haproxy haproxy;
+  {
+    std::string bin = lbtest::haproxy_bin(), log = dir() + "/haproxy.log";
+    std::vector<std::string> argv{bin, "-W", "-S", sock, "-f", config};
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(a.data());
+    args.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    int rc = posix_spawn(&haproxy.pid, args[0], &fa, nullptr, args.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    ASSERT_EQ(rc, 0) << "cannot start haproxy (Debian's haproxy package)";
+  }
+  ASSERT_TRUE(wait_until([&] { return ::access(sock.c_str(), F_OK) == 0; }, 10s)) << "no master socket";
+  ASSERT_NO_FATAL_FAILURE(start_agents(4, 2));
+  ASSERT_NO_FATAL_FAILURE(start_orchestrator({"--lb-config", config, "--lb-master-socket", sock,
+                                              "--lb-health-bind", health, "--vip-range", "127.0.0.0/24"}));
+  ASSERT_NO_FATAL_FAILURE(register_agents());
+  EventLog& feed = record_events();
+
+  const uint16_t port = lbtest::free_port();
+  json::object body{{"name", "web"}, {"instance_count", 2}, {"ud_count", 2}, {"image", "v1"},
+                    {"memory_mib", 128}, {"traffic_rps", 10},
+                    {"endpoint", json::object{{"port", port},
+                                              {"probe", json::object{{"path", "/health"},
+                                                                     {"interval_ms", 200},
+                                                                     {"unhealthy_threshold", 2}}}}}};
+  json::object with_vip = body;
+  with_vip["name"] = "api";
+  with_vip["vip"] = "127.0.0.99";
+  auto refused = post("/v1/services", with_vip);
+  EXPECT_EQ(refused.status, 400) << refused.body;
+  EXPECT_NE(error_of(refused).second.find("vip"), std::string::npos) << refused.body;
+  auto created = post("/v1/services", body);
+  ASSERT_EQ(created.status, 201) << created.body;
+  auto svc = parse_or_null(created.body);
+  EXPECT_EQ(jstr(svc, "vip"), "127.0.0.10");
+  EXPECT_EQ(jint(jval(svc, "endpoint"), "port"), port);
+  ASSERT_TRUE(wait_until([&] { return all_instances_healthy(); }, 60s));
+
+  // The frontend exists once the orchestrator has reloaded HAProxy: no backend has an address,
+  // so it answers 503.
+  ASSERT_TRUE(wait_until(
+      [&] {
+        auto r = http::request("127.0.0.10", port, "GET", "/", {}, {}, 1s);
+        return r.ok() && r->status == 503;
+      },
+      15s))
+      << "HAProxy never served the VIP";
+  EXPECT_TRUE(feed.wait_for(
+      [&](const json::object& e) { return jstr(e, "type") == "lb.config" && jbool(e, "ok"); }, 5s));
+  auto services = get("/v1/services");
+  ASSERT_EQ(services.as_array().size(), 1u);
+  const auto& backends = jarr(services.as_array()[0], "backends");
+  ASSERT_EQ(backends.size(), 2u) << json::serialize(services);
+  for (const auto& b : backends) {
+    EXPECT_EQ(jstr(b, "address"), "");
+    EXPECT_EQ(jstr(b, "state"), "UNKNOWN");
+  }
+
+  // notice 900 s x 0.001 = 0.9 s; a draining guest needs 1 + (0.2 x 2 + 0.2) + 0.5 = 2.1 s.
+  const std::string id = start_drill(drill_body(/*recovery_s=*/100));
+  ASSERT_FALSE(id.empty());
+  auto drill = wait_drill_finished(id, 120s);
+  ASSERT_EQ(jstr(drill, "state"), "Completed") << json::serialize(drill);
+  bool raised = false;
+  for (const auto& n : jarr(drill, "notes")) {
+    raised |= n.is_string() &&
+              n.as_string() == "notice raised from 0.9 s to 2.1 s so that draining guests leave "
+                               "rotation before their host stops";
+  }
+  EXPECT_TRUE(raised) << json::serialize(jarr(drill, "notes"));
+  for (const auto& host : host_ids()) {
+    for (const auto& j : host_os_jobs(host)) {
+      EXPECT_EQ(jint(jval(j, "request"), "notice_ms"), 2100) << json::serialize(j);
+    }
+  }
+
+  auto report = get("/v1/drills/" + id + "/report");
+  EXPECT_TRUE(jbool(jval(report, "traffic"), "measured")) << json::serialize(jval(report, "traffic"));
+  const auto& rs = jarr(report, "services");
+  ASSERT_EQ(rs.size(), 1u);
+  const auto& traffic = jval(rs[0], "traffic");
+  // 10 rps over at least the 2 s lead and 2 s tail, every request answered 503.
+  EXPECT_GE(jint(traffic, "requests"), 30) << json::serialize(traffic);
+  EXPECT_EQ(jint(traffic, "failed"), jint(traffic, "requests")) << json::serialize(traffic);
+  EXPECT_EQ(jstr(report, "result"), "failed");
+
+  auto stats = feed.wait_for(
+      [&](const json::object& e) { return jstr(e, "type") == "traffic.stats" && jstr(e, "drill") == id; }, 5s);
+  ASSERT_TRUE(stats.has_value()) << "no traffic.stats event";
+  EXPECT_TRUE(jval(jval(json::value(*stats), "services"), "web").is_object()) << json::serialize(*stats);
+  // A new connection's snapshot carries the traffic view.
+  EventLog& later = record_events();
+  auto snap_event = later.wait_for([](const json::object& e) { return jstr(e, "type") == "snapshot"; }, 10s);
+  ASSERT_TRUE(snap_event.has_value());
+  const json::value snap = jval(json::value(*snap_event), "state");
+  EXPECT_TRUE(jbool(jval(snap, "traffic"), "measured")) << json::serialize(jval(snap, "traffic"));
+  EXPECT_TRUE(jval(jval(jval(snap, "traffic"), "services"), "web").is_object())
+      << json::serialize(jval(snap, "traffic"));
 }
 
 }  // namespace
