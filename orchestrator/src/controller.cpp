@@ -189,8 +189,7 @@ void Controller::start(std::shared_ptr<EventFeed> feed) {
   {
     std::lock_guard lock(m.mu);
     vips_given = m.assign_vips_locked();  // services made before the rack had a load balancer
-    m.traffic_view["reason"] = m.lb ? "no drill has run yet"
-                                    : "the rack has no load balancer (loopback network or simulated guests)";
+    m.traffic_view["reason"] = m.lb ? "no drill has run yet" : m.opt.no_lb_reason;
     for (const auto& h : m.cluster.hosts) ids.push_back(h.id);
     if (m.active && (m.active->state == "Running" || m.active->state == "Paused")) resume = m.active;
   }

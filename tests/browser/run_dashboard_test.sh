@@ -144,7 +144,7 @@ say "5 instances healthy; opening the dashboard"
 
 # ---- the browser: start it, wait for "page ready", then start the drill
 node "$here/dashboard_test.mjs" --url "$base/" --token "$token" --screenshot "$screenshot" \
-  --timeout-ms "$timeout_ms" --disconnect --until-complete --chromium "$chromium" >"$dir/node.out" 2>"$dir/node.err" &
+  --timeout-ms "$timeout_ms" --disconnect --until-complete --require-traffic --chromium "$chromium" >"$dir/node.out" 2>"$dir/node.err" &
 node_pid=$!
 ready=""
 for ((i = 0; i < 600; i++)); do
