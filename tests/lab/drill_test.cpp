@@ -662,7 +662,8 @@ TEST_F(Drill, RealVmGuestNetworkLivesOnlyInTheRackNamespacesAndGoesAtDown) {
     auto svcs = fabriclab::http::request(host, port, "GET", "/v1/services", {}, token);
     ASSERT_TRUE(svcs.ok()) << svcs.error().message;
     up_backends.clear();
-    for (const auto& sv : json::parse(svcs->body).as_array()) {
+    const json::value services = json::parse(svcs->body);
+    for (const auto& sv : services.as_array()) {
       if (sv.at("name").as_string() != "web") continue;
       vip = std::string(sv.at("vip").as_string());
       for (const auto& b : sv.at("backends").as_array()) {
