@@ -347,20 +347,30 @@ Status HostAgent::Impl::start_guest(const std::string& name) {
 
 Result<hypervisor::ShutdownResult> HostAgent::Impl::stop_guest(const std::string& name, bool force) {
   FL_ASSIGN_OR_RETURN(auto d, domain(name));
+  uint64_t events_before = 0;
   {
     std::lock_guard lock(mu);
     auto& slot = slots[name];
     slot.expect_running = false;
     slot.status = "Stopping";
+    events_before = slot.stop_events;
   }
   publish("instance.state", {{"name", name}, {"status", "Stopping"}});
+  const auto before = d.state();
+  const bool was_on = before.ok() && *before != DomainState::shut_off;
   hypervisor::ShutdownResult r;
   if (force) {
-    auto st = d.state();
-    if (st.ok() && *st != DomainState::shut_off) FL_RETURN_IF_ERROR(d.destroy());
+    if (was_on) FL_RETURN_IF_ERROR(d.destroy());
     r.method = hypervisor::StopMethod::destroyed;
   } else {
     FL_ASSIGN_OR_RETURN(r, d.shutdown_ladder({opt.stop_timeout, milliseconds(250)}));
+  }
+  if (was_on) {
+    // The stop's own stopped event arrives later, on libvirt's event thread (seconds later on a
+    // loaded machine). Consumed here (bounded), it cannot be taken for the guest the caller
+    // starts next stopping on its own ("the VM stopped").
+    std::unique_lock lock(mu);
+    cv.wait_for(lock, std::chrono::seconds(2), [&] { return slots[name].stop_events > events_before; });
   }
   {
     std::lock_guard lock(mu);

@@ -465,20 +465,11 @@ Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed
       r->error = s.error().message;
       auto prev_img = guest_store->get(prev);
       if (prev_img.ok()) {
-        uint64_t events_before = 0;
         {
-          std::lock_guard lock(mu);
-          events_before = slots[name].stop_events;
-        }
-        {
+          // stop_guest waits for the destroy's own stopped event, so it is not taken for the
+          // restarted guest stopping.
           std::lock_guard lv(lv_mu);
           (void)stop_guest(name, true);
-        }
-        {
-          // The destroy's own stopped event arrives later, on libvirt's event thread; consumed
-          // here, it cannot be taken for the restarted guest stopping.
-          std::unique_lock lock(mu);
-          cv.wait_for(lock, std::chrono::seconds(2), [&] { return slots[name].stop_events > events_before; });
         }
         auto back = point_at(name, *prev_img);
         Clock::time_point again = Clock::now();

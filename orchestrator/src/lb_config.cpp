@@ -9,7 +9,8 @@
 //
 // Timeouts follow the probe interval: a connection to a backend that vanished (its host
 // stopped) fails after `timeout connect` = the interval (0.2 .. 2 s) instead of the kernel's
-// several seconds, so a client sees a fast 503 rather than a hang; a check gets one interval.
+// several seconds, so a client sees a fast 503 rather than a hang. A check connects within
+// min(timeout connect, inter) and then waits for its answer at least 1 s (kMinCheckReadMs).
 
 #include <algorithm>
 #include <charconv>
@@ -24,6 +25,12 @@ namespace fabriclab::orchestrator {
 namespace {
 
 Error bad(const std::string& what) { return make_error(Condition::invalid_argument, what); }
+
+// How long a check waits for the answer once connected. A TCG guest on a busy 2-core machine
+// answers in tens of ms but now and then in several hundred; a 200 ms probe that gave up by then
+// took healthy guests out of rotation (two in a row: both backends of a service DOWN at once).
+// The connect part stays at the interval, so a stopped guest is still noticed within it.
+constexpr int kMinCheckReadMs = 1000;
 
 bool is_probe_path_text(std::string_view p) {
   if (p.empty() || p.size() > kMaxProbePathBytes || p[0] != '/') return false;
@@ -198,7 +205,7 @@ std::string render_haproxy_config(const std::vector<LbService>& services, const 
     out += "  no option redispatch\n";
     out += fmt::format("  timeout connect {}ms\n", connect_ms);
     out += fmt::format("  timeout queue {}ms\n", connect_ms);
-    out += fmt::format("  timeout check {}ms\n", s.interval_ms);
+    out += fmt::format("  timeout check {}ms\n", std::max(s.interval_ms, kMinCheckReadMs));
     out += fmt::format("  default-server inter {}ms fall {} rise 1\n", s.interval_ms,
                        s.unhealthy_threshold);
     out += "  http-response set-header X-Served-By %s\n";

@@ -144,10 +144,14 @@ void Controller::Impl::lb_poll_once(Events& events) {
   }
   std::map<std::string, LbServerState> now;
   for (auto& s : *polled) now[s.instance] = std::move(s);
+  // The check's status word (L7OK, L7STS, L4TOUT, ...) without its code: HAProxy shows code 0
+  // while a check is in flight, and a change of that alone is no news (it would publish every
+  // probe interval per backend).
+  auto check_word = [](const std::string& c) { return c.substr(0, c.find(' ')); };
   for (const auto& [name, s] : now) {
     auto it = lb_states.find(name);
-    if (it != lb_states.end() && it->second.state == s.state && it->second.check == s.check &&
-        it->second.service == s.service) {
+    if (it != lb_states.end() && it->second.state == s.state &&
+        check_word(it->second.check) == check_word(s.check) && it->second.service == s.service) {
       continue;
     }
     events.emplace_back("lb.backend", json::object{{"service", s.service},

@@ -204,7 +204,8 @@ class Drill : public ::testing::Test {
     ASSERT_TRUE(report.contains("traffic")) << json::serialize(report);
     const auto& t = report.at("traffic").as_object();
     const bool guest_network = r.output.find("client traffic measured") != std::string::npos;
-    if (!guest_network) {
+    const bool no_endpoint = t.at("reason").as_string() == "no service has an endpoint";  // fd-failure
+    if (!guest_network || no_endpoint) {
       EXPECT_FALSE(t.at("measured").as_bool()) << json::serialize(t);
       EXPECT_FALSE(t.at("reason").as_string().empty()) << json::serialize(t);
       EXPECT_NE(r.output.find("clients: not measured ("), std::string::npos) << r.output;
@@ -735,9 +736,10 @@ TEST_F(Drill, LabUpStopsWithHaproxysOwnErrorWhenItCannotStart) {
 
 // Apps that ignore the scheduled event: clients are sent to a guest that is going down until the
 // load balancer's probe notices. Every multi-instance service loses some requests, each run of
-// failures no longer than the probe's detection time plus one probe interval (the bound;
-// plus 0.5 s for timers on a loaded 2-core machine), and the report says that drain-off services
-// are not judged by "clients kept served": the drill itself passes.
+// failures no longer than the probe's detection time plus one probe interval, plus the 1 s a
+// check waits for an answer once connected (a guest that is shutting down accepts but no longer
+// answers) and 0.5 s for timers on a loaded 2-core machine; the report says that drain-off
+// services are not judged by "clients kept served": the drill itself passes.
 TEST_F(Drill, RealVmNoDrainLosesRequestsOnlyUntilTheProbeNotices) {
   json::object report;
   CliRun r = drill("no-drain", "qemu", report);
@@ -760,7 +762,8 @@ TEST_F(Drill, RealVmNoDrainLosesRequestsOnlyUntilTheProbeNotices) {
     if (s.at("instances").to_number<int64_t>() < 2) continue;
     const auto& st = s.at("traffic").as_object();
     EXPECT_GT(st.at("failed").to_number<int64_t>(), 0) << json::serialize(s);
-    EXPECT_LE(st.at("longest_failure_run_s").to_number<double>(), detection_s + interval_s + 0.5) << json::serialize(st);
+    EXPECT_LE(st.at("longest_failure_run_s").to_number<double>(), detection_s + interval_s + 1.0 + 0.5)
+        << json::serialize(st);
     std::cout << s.at("name").as_string() << ": " << st.at("failed").to_number<int64_t>() << " of "
               << st.at("requests").to_number<int64_t>() << " failed, longest run " << st.at("longest_failure_run_s")
               << " s (detection " << detection_s << " s + interval " << interval_s << " s)" << std::endl;
