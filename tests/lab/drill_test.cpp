@@ -43,10 +43,10 @@ std::string slurp(const std::string& path) {
 
 std::string spec_path(const std::string& name) { return std::string(FABRICLAB_SPECS_DIR) + "/" + name + ".yaml"; }
 
-// Runs the CLI with stdout+stderr captured to a file; `wrapper` (a program and its arguments)
-// runs it when given, e.g. {"/usr/bin/unshare", "-U"}.
-CliRun run_cli(const std::vector<std::string>& args, const std::string& log,
-               const std::vector<std::string>& wrapper = {}) {
+// Starts the CLI with stdout+stderr captured to a file; `wrapper` (a program and its arguments)
+// runs it when given, e.g. {"/usr/bin/unshare", "-U"}. Returns its pid.
+pid_t start_cli(const std::vector<std::string>& args, const std::string& log,
+                const std::vector<std::string>& wrapper = {}) {
   pid_t pid = fork();
   if (pid == 0) {
     FILE* f = std::freopen(log.c_str(), "w", stdout);
@@ -61,12 +61,24 @@ CliRun run_cli(const std::vector<std::string>& args, const std::string& log,
     execv(argv[0], argv.data());
     _exit(127);
   }
+  return pid;
+}
+
+// Waits for the CLI; exit_code is its exit status, or 1000 + the signal that killed it (never
+// mistaken for the 130 it exits with after handling Ctrl-C).
+CliRun wait_cli(pid_t pid, const std::string& log) {
   CliRun r;
   int status = 0;
   waitpid(pid, &status, 0);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 1000 + WTERMSIG(status);
   r.output = slurp(log);
   return r;
+}
+
+// Runs the CLI to its end (see start_cli).
+CliRun run_cli(const std::vector<std::string>& args, const std::string& log,
+               const std::vector<std::string>& wrapper = {}) {
+  return wait_cli(start_cli(args, log, wrapper), log);
 }
 
 // Processes whose name starts with `comm` and whose command line mentions `dir`: a teardown
@@ -400,25 +412,15 @@ TEST_F(Drill, LabUpStatusDownManagesARack) {
 
 TEST_F(Drill, CtrlCAbortsTheDrillAndStopsTheRack) {
   std::string log = dir_ + "/int.log";
-  pid_t pid = fork();
-  if (pid == 0) {
-    FILE* f = std::freopen(log.c_str(), "w", stdout);
-    if (!f) _exit(126);
-    dup2(fileno(stdout), 2);
-    std::string bin = FABRICLAB_CLI_BIN, lab = dir_ + "/lab";
-    execl(bin.c_str(), bin.c_str(), "drill", "--hypervisor", "test", "--lab-dir", lab.c_str(), nullptr);
-    _exit(127);
-  }
+  pid_t pid = start_cli({"drill", "--hypervisor", "test", "--lab-dir", dir_ + "/lab"}, log);
   // Interrupt once the walk runs.
   for (int i = 0; i < 600 && slurp(log).find("batch  1/3") == std::string::npos; ++i) usleep(50 * 1000);
   ASSERT_NE(slurp(log).find("batch  1/3"), std::string::npos) << slurp(log);
   auto lab = json::parse(slurp(dir_ + "/lab/lab.json")).as_object();
   kill(pid, SIGINT);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  std::string out = slurp(log);
-  ASSERT_TRUE(WIFEXITED(status)) << out;
-  EXPECT_EQ(WEXITSTATUS(status), 130) << out;
+  CliRun r = wait_cli(pid, log);
+  const std::string& out = r.output;
+  EXPECT_EQ(r.exit_code, 130) << out;
   EXPECT_NE(out.find("interrupted: aborting the drill"), std::string::npos) << out;
   EXPECT_NE(out.find("Aborted"), std::string::npos) << out;
   EXPECT_NE(out.find("rack stopped"), std::string::npos) << out;
@@ -695,27 +697,17 @@ TEST_F(Drill, RealVmGuestNetworkLivesOnlyInTheRackNamespacesAndGoesAtDown) {
 
 TEST_F(Drill, RealVmCtrlCStopsTheGuestNetworkToo) {
   ASSERT_TRUE(can_make_namespaces()) << "the guest network needs root and /usr/sbin/ip";
-  std::string log = dir_ + "/int.log", spec = small_web_spec(dir_);
-  pid_t pid = fork();
-  if (pid == 0) {
-    FILE* f = std::freopen(log.c_str(), "w", stdout);
-    if (!f) _exit(126);
-    dup2(fileno(stdout), 2);
-    std::string bin = FABRICLAB_CLI_BIN, lab = dir_ + "/lab";
-    execl(bin.c_str(), bin.c_str(), "drill", "--spec", spec.c_str(), "--lab-dir", lab.c_str(), nullptr);
-    _exit(127);
-  }
+  std::string log = dir_ + "/int.log";
+  pid_t pid = start_cli({"drill", "--spec", small_web_spec(dir_), "--lab-dir", dir_ + "/lab"}, log);
   for (int i = 0; i < 3000 && slurp(log).find("batch  1/") == std::string::npos; ++i) usleep(50 * 1000);
   ASSERT_NE(slurp(log).find("batch  1/"), std::string::npos) << slurp(log);
   auto lab = json::parse(slurp(dir_ + "/lab/lab.json")).as_object();
   ASSERT_FALSE(lab.at("network_processes").as_array().empty()) << json::serialize(lab);
   EXPECT_EQ(rack_ranges_here(), "");
   kill(pid, SIGINT);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  std::string out = slurp(log);
-  ASSERT_TRUE(WIFEXITED(status)) << out;
-  EXPECT_EQ(WEXITSTATUS(status), 130) << out;
+  CliRun r = wait_cli(pid, log);
+  const std::string& out = r.output;
+  EXPECT_EQ(r.exit_code, 130) << out;
   EXPECT_NE(out.find("rack stopped"), std::string::npos) << out;
   expect_network_gone(lab, dir_);
 }
