@@ -27,7 +27,10 @@
 //     any. The host's time runs from its first stop request to the first heartbeat of the new
 //     boot (new boot_id) of its last guest; the batch's floor is its slowest host; floor_s is the
 //     sum over batches (no gap between batches: recovery waits are 0). No notice, no image swap,
-//     no emulated host reboot, no orchestrator: that is what the drill adds.
+//     no emulated host reboot, no orchestrator: that is what the drill adds. On a rack with a
+//     guest network the floor runs under the drill's client load (the same requests per second
+//     to every endpoint service's VIP, from the rack namespace): clients and probes cost the
+//     TCG guests CPU, and a floor without them would count that against the drill.
 //  4. Per instance, from the same step: cycle_s = its stop request -> its first heartbeat of the
 //     new boot (raw cycle time), and raw_gap_s = its last heartbeat before the stop request -> the
 //     same first heartbeat (the heartbeat gap, measured like the agent's down_ms). downtime_ratio
@@ -89,6 +92,7 @@
 
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/json.hpp"
+#include "fabriclab/orchestrator/traffic.hpp"
 #include "fabriclab/rack/api_client.hpp"
 #include "fabriclab/rack/drill.hpp"
 #include "fabriclab/rack/lab.hpp"
@@ -758,6 +762,28 @@ ClientFigures client_figures(const json::object& report, const rack::DrillFileSp
   return f;
 }
 
+// The drill's client load for the floor (step 3): every endpoint service's VIP at its rate.
+Result<std::vector<orchestrator::TrafficTarget>> floor_traffic_targets(const rack::OrchestratorClient& api,
+                                                                      const rack::DrillFileSpec& spec) {
+  FL_ASSIGN_OR_RETURN(auto services, api.get("/v1/services"));
+  std::vector<orchestrator::TrafficTarget> out;
+  if (!services.is_array()) return out;
+  for (const auto& v : services.as_array()) {
+    if (!v.is_object()) continue;
+    const auto& o = v.as_object();
+    for (const auto& ss : spec.services) {
+      if (ss.name != str(o, "name") || !ss.endpoint || str(o, "vip").empty()) continue;
+      orchestrator::TrafficTarget t;
+      t.service = ss.name;
+      t.address = str(o, "vip");
+      t.port = static_cast<uint16_t>(ss.endpoint->port);
+      t.rps = ss.traffic_rps;
+      out.push_back(t);
+    }
+  }
+  return out;
+}
+
 // Step 6's second drill: a fresh rack, every endpoint service with drain off, the same drill.
 Result<ClientFigures> no_drain_figures(rack::DrillFileSpec spec, rack::LabOptions lo) {
   for (auto& s : spec.services) s.drain = false;
@@ -901,6 +927,22 @@ int run(const Options& opt) {
     return fail("interrupted");
   }
   const int64_t settle2_end_ms = now_ms();
+  // The floor runs under the same client load as the drill: the drill's guests boot while their
+  // neighbours answer clients and probes, and a TCG guest's HTTP costs CPU.
+  std::unique_ptr<orchestrator::TrafficGenerator> floor_traffic;
+  if (lab.guest_network()) {
+    auto targets = floor_traffic_targets(*api, spec);
+    orchestrator::TrafficOptions to;
+    to.netns = lab.agent_netns();
+    auto gen = targets.ok() ? orchestrator::TrafficGenerator::start(*targets, to)
+                            : Result<std::unique_ptr<orchestrator::TrafficGenerator>>(targets.error());
+    if (gen.ok()) {
+      floor_traffic = std::move(gen).value();
+      progress(fmt::format("floor under client traffic: {} service(s)", targets->size()));
+    } else {
+      progress("floor without client traffic: " + gen.error().message);
+    }
+  }
   std::vector<std::vector<RawHost>> floor(batches.size());
   for (size_t b = 0; b < batches.size(); ++b) {
     std::vector<RawHost>& hosts = floor[b];
@@ -923,6 +965,9 @@ int run(const Options& opt) {
     progress(fmt::format("floor batch {}/{} [{}]: {:.3f} s", b + 1, batches.size(),
                          fmt::join(batches[b].hosts, " "), secs(slow)));
   }
+
+  const bool floor_under_traffic = floor_traffic != nullptr;
+  if (floor_traffic) floor_traffic->stop();
 
   // ---- 4. heartbeat times and step timings from the agents' event histories, job records
   const int64_t until = now_ms();
@@ -1281,6 +1326,7 @@ int run(const Options& opt) {
                    {"where_the_time_goes", std::move(where)},
                    {"requests", clients.requests},
                    {"failed_multi_instance", clients.failed_multi_instance},
+                   {"floor_under_client_traffic", floor_under_traffic},
                    {"clients", clients_out},
                    {"cpu_cores", CpuSampler::cores()},
                    {"cpu_settle_after_populate", cpu.window(settle1_ms, settle1_end_ms, {})},
