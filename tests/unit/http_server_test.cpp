@@ -467,6 +467,8 @@ TEST_F(HttpServerTest, BurstsArriveWholeAndInOrderWhileTheClientPings) {
   buf.consume(buf.size());
 
   constexpr int kBursts = 20, kPerBurst = 150;
+  // Read before the publisher starts: read after, it raced the first bursts (seen: 39 for 1).
+  int64_t expect_seq = feed_->last_seq() + 1;
   std::thread publisher([&] {
     for (int b = 0; b < kBursts; ++b) {
       for (int i = 0; i < kPerBurst; ++i) {
@@ -477,7 +479,13 @@ TEST_F(HttpServerTest, BurstsArriveWholeAndInOrderWhileTheClientPings) {
       std::this_thread::sleep_for(5ms);
     }
   });
-  int64_t expect_seq = feed_->last_seq() + 1;
+  // A failed assertion returns early: join the publisher first, or std::thread terminates.
+  struct Join {
+    std::thread& t;
+    ~Join() {
+      if (t.joinable()) t.join();
+    }
+  } join_publisher{publisher};
   int pings = 0;
   for (int n = 0; n < kBursts * kPerBurst; ++n) {
     if (n % 50 == 0) {
