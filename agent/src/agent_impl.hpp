@@ -169,6 +169,10 @@ struct HostAgent::Impl {
   void end_event();
   // Sends the current document to `guests` that have a channel link (mu held).
   void send_event_doc_locked(const std::vector<std::string>& guests);
+  // The event set changed (mu held): incarnation + 1, persisted, the document sent to `guests`.
+  void event_changed_locked(const std::vector<std::string>& guests);
+  // After a change, without mu: wakes the waiters and publishes `imds.event` with `fields`.
+  void announce_event(json::object fields);
   // Records `name`'s approval of the current event if `event_id` is it (mu held); true if known.
   bool approve_locked(const std::string& name, const std::string& event_id, Clock::time_point at);
 

@@ -42,18 +42,26 @@ void HostAgent::Impl::send_event_doc_locked(const std::vector<std::string>& gues
   }
 }
 
+void HostAgent::Impl::event_changed_locked(const std::vector<std::string>& guests) {
+  ++state.imds_incarnation;
+  (void)persist_locked();
+  send_event_doc_locked(guests);
+}
+
+void HostAgent::Impl::announce_event(json::object fields) {
+  cv.notify_all();
+  publish("imds.event", std::move(fields));
+}
+
 void HostAgent::Impl::post_event(ScheduledEvent ev) {
   json::object fields;
   {
     std::lock_guard lock(mu);
     event = EventState{std::move(ev), {}};
-    ++state.imds_incarnation;
-    (void)persist_locked();
-    send_event_doc_locked(event->event.resources);
+    event_changed_locked(event->event.resources);
     fields = event_fields(event->event, state.imds_incarnation);
   }
-  cv.notify_all();
-  publish("imds.event", std::move(fields));
+  announce_event(std::move(fields));
 }
 
 void HostAgent::Impl::start_event() {
@@ -63,13 +71,10 @@ void HostAgent::Impl::start_event() {
     if (!event || event->event.event_status != "Scheduled") return;
     event->event.event_status = "Started";
     event->event.not_before.clear();
-    ++state.imds_incarnation;
-    (void)persist_locked();
-    send_event_doc_locked(event->event.resources);
+    event_changed_locked(event->event.resources);
     fields = event_fields(event->event, state.imds_incarnation);
   }
-  cv.notify_all();
-  publish("imds.event", std::move(fields));
+  announce_event(std::move(fields));
 }
 
 void HostAgent::Impl::resume_event(const OperationRecord& op) {
@@ -94,14 +99,11 @@ void HostAgent::Impl::end_event() {
     fields = event_fields(event->event, 0);
     const auto guests = event->event.resources;
     event.reset();
-    ++state.imds_incarnation;
-    (void)persist_locked();
-    send_event_doc_locked(guests);
+    event_changed_locked(guests);
     fields["status"] = "Removed";
     fields["incarnation"] = state.imds_incarnation;
   }
-  cv.notify_all();
-  publish("imds.event", std::move(fields));
+  announce_event(std::move(fields));
 }
 
 bool HostAgent::Impl::approve_locked(const std::string& name, const std::string& event_id,
