@@ -125,7 +125,8 @@ Result<std::string> read_head(const std::string& path, const std::string& format
     std::error_code ec;
     fs::remove_all(tmpdir, ec);
   }
-  if (n < 0) return make_error(Condition::transient, "cannot read " + src + ": " + std::strerror(err));
+  if (n < 0)
+    return make_error(Condition::transient, "cannot read " + src + ": " + std::strerror(err));
   head.resize(static_cast<size_t>(n));
   return head;
 }
@@ -160,7 +161,8 @@ Status check_qcow2(const std::string& path, const std::string& abs) {
 }
 
 std::string size_text(uint64_t bytes) {
-  return bytes >= (1u << 20) ? std::to_string(bytes >> 20) + " MiB" : std::to_string(bytes) + " bytes";
+  return bytes >= (1u << 20) ? std::to_string(bytes >> 20) + " MiB"
+                             : std::to_string(bytes) + " bytes";
 }
 
 }  // namespace
@@ -199,7 +201,8 @@ Result<Probed> probe(const std::string& path, const std::string& abs) {
   }
   Probed p;
   p.raw = std::move(v.as_object());
-  if (auto* f = p.raw.if_contains("format"); f && f->is_string()) p.info.format = f->as_string().c_str();
+  if (auto* f = p.raw.if_contains("format"); f && f->is_string())
+    p.info.format = f->as_string().c_str();
   p.info.virtual_size = u64(p.raw, "virtual-size");
   p.info.actual_size = u64(p.raw, "actual-size");
   for (const char* key : {"full-backing-filename", "backing-filename"}) {
@@ -246,8 +249,8 @@ Result<DiskImageInfo> check_os_disk(const std::string& path) {
     return refused(path, "format " + info.format + " is not accepted (qcow2 or raw)");
   if (!info.backing_file.empty()) {
     return refused(path, "a backing chain is not accepted: " + path + " is backed by " +
-                             info.backing_file + " (flatten it: qemu-img convert -O qcow2 " +
-                             path + " NEW.qcow2)");
+                             info.backing_file + " (flatten it: qemu-img convert -O qcow2 " + path +
+                             " NEW.qcow2)");
   }
   if (info.format == "qcow2") FL_RETURN_IF_ERROR(check_qcow2_header(path, p.raw));
   if (info.format == "qcow2") FL_RETURN_IF_ERROR(check_qcow2(path, abs));

@@ -4,7 +4,6 @@
 // then given. Fails, never skips, without qemu-img or mkfs.ext4.
 
 #include <gtest/gtest.h>
-
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -26,7 +25,9 @@ namespace fs = std::filesystem;
 namespace json = boost::json;
 using namespace std::chrono_literals;
 
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
 
 std::string slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -55,11 +56,13 @@ class ImageCli : public ::testing::Test {
   }
 
   // Runs the CLI with `env` added to (or, when the value is empty, removed from) its environment.
-  Cli cli(const std::vector<std::string>& args, const std::map<std::string, std::string>& env = {}) {
+  Cli cli(const std::vector<std::string>& args,
+          const std::map<std::string, std::string>& env = {}) {
     const std::string log = dir_ + "/cli.log";
     pid_t pid = ::fork();
     if (pid == 0) {
-      for (const auto& [k, v] : env) v.empty() ? ::unsetenv(k.c_str()) : ::setenv(k.c_str(), v.c_str(), 1);
+      for (const auto& [k, v] : env)
+        v.empty() ? ::unsetenv(k.c_str()) : ::setenv(k.c_str(), v.c_str(), 1);
       if (!std::freopen(log.c_str(), "w", stdout)) _exit(126);
       ::dup2(fileno(stdout), 2);
       std::vector<char*> argv;
@@ -105,7 +108,8 @@ class ImageCli : public ::testing::Test {
     return src_ + "/vmlinuz";
   }
   std::vector<std::string> kernel_args() {
-    return {"--kernel", kernel(), "--initrd", src_ + "/initrd.img", "--cmdline", "root=/dev/vda rw console=ttyS0"};
+    return {"--kernel",           kernel(),    "--initrd",
+            src_ + "/initrd.img", "--cmdline", "root=/dev/vda rw console=ttyS0"};
   }
   // Every path under the library with its size and mode, and the manifest's text.
   std::string snapshot() {
@@ -137,7 +141,8 @@ TEST_F(ImageCli, AddListsReadOnlyRefusesTheSameNameAndRemoves) {
   for (const char* f : {"disk.qcow2", "vmlinuz", "initrd.img"}) {
     const std::string p = lib_ + "/mine-v1/" + f;
     ASSERT_TRUE(fs::exists(p)) << p;
-    EXPECT_EQ(fs::status(p).permissions() & (fs::perms::owner_write | fs::perms::group_write | fs::perms::others_write),
+    EXPECT_EQ(fs::status(p).permissions() &
+                  (fs::perms::owner_write | fs::perms::group_write | fs::perms::others_write),
               fs::perms::none)
         << p << " is writable";
   }
@@ -205,15 +210,24 @@ TEST_F(ImageCli, EveryRefusalNamesTheProblemAndCreatesNothing) {
   };
   const std::vector<Case> cases = {
       {"corrupt qcow2", {"--disk", cut}, {cut, "corrupt"}},
-      {"not a disk", {"--disk", src_ + "/notes.txt"}, {src_ + "/notes.txt", "not a disk image: no partition table or file system found"}},
+      {"not a disk",
+       {"--disk", src_ + "/notes.txt"},
+       {src_ + "/notes.txt", "not a disk image: no partition table or file system found"}},
       {"backing chain", {"--disk", top}, {"a backing chain is not accepted", "backed by " + base}},
-      {"boot: kernel without a kernel", {"--disk", good, "--initrd", initrd, "--cmdline", "root=/dev/vda"}, {"boot: kernel needs a kernel"}},
-      {"a kernel that does not exist", {"--disk", good, "--kernel", src_ + "/nope", "--initrd", initrd, "--cmdline", "root=/dev/vda"},
+      {"boot: kernel without a kernel",
+       {"--disk", good, "--initrd", initrd, "--cmdline", "root=/dev/vda"},
+       {"boot: kernel needs a kernel"}},
+      {"a kernel that does not exist",
+       {"--disk", good, "--kernel", src_ + "/nope", "--initrd", initrd, "--cmdline",
+        "root=/dev/vda"},
        {"kernel " + src_ + "/nope", "No such file"}},
-      {"a kernel that is not one", {"--disk", good, "--kernel", initrd, "--initrd", initrd, "--cmdline", "root=/dev/vda"},
+      {"a kernel that is not one",
+       {"--disk", good, "--kernel", initrd, "--initrd", initrd, "--cmdline", "root=/dev/vda"},
        {"not a Linux kernel image"}},
       {"a missing disk", {"--disk", src_ + "/nope.qcow2"}, {src_ + "/nope.qcow2"}},
-      {"a two-line cmdline", {"--disk", good, "--kernel", src_ + "/vmlinuz", "--initrd", initrd, "--cmdline", "a\nb"}, {"one line"}},
+      {"a two-line cmdline",
+       {"--disk", good, "--kernel", src_ + "/vmlinuz", "--initrd", initrd, "--cmdline", "a\nb"},
+       {"one line"}},
   };
   for (const auto& c : cases) {
     for (const std::string& lib : {lib_, dir_ + "/fresh-lib"}) {
@@ -221,7 +235,8 @@ TEST_F(ImageCli, EveryRefusalNamesTheProblemAndCreatesNothing) {
       args.insert(args.end(), c.args.begin(), c.args.end());
       Cli r = cli(args);
       EXPECT_EQ(r.code, 2) << c.what << ": " << r.out;
-      for (const auto& e : c.expect) EXPECT_TRUE(contains(r.out, e)) << c.what << ": " << r.out << " (wanted: " << e << ")";
+      for (const auto& e : c.expect)
+        EXPECT_TRUE(contains(r.out, e)) << c.what << ": " << r.out << " (wanted: " << e << ")";
     }
     EXPECT_EQ(snapshot(), before) << c.what << " changed the library";
     EXPECT_FALSE(fs::exists(dir_ + "/fresh-lib")) << c.what << " created the library";
@@ -244,7 +259,8 @@ TEST_F(ImageCli, ARawDiskThatBootsItselfStaysSparse) {
   struct stat st {};
   ASSERT_EQ(::stat(copy.c_str(), &st), 0);
   EXPECT_EQ(static_cast<uint64_t>(st.st_size), 512u << 20);
-  EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, 64u << 20) << "the copy of a sparse disk should stay sparse";
+  EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, 64u << 20)
+      << "the copy of a sparse disk should stay sparse";
   EXPECT_FALSE(fs::exists(lib_ + "/own-loader/vmlinuz"));
   Cli l = cli({"image", "list", "--library", lib_});
   EXPECT_TRUE(contains(l.out, "own-loader")) << l.out;
@@ -262,7 +278,8 @@ TEST_F(ImageCli, TheDefaultLibraryComesFromTheEnvironment) {
   Cli b = add_default("b", {{"FABRICLAB_IMAGE_LIBRARY", ""}, {"XDG_DATA_HOME", dir_ + "/xdg"}});
   ASSERT_EQ(b.code, 0) << b.out;
   EXPECT_TRUE(fs::exists(dir_ + "/xdg/fabriclab/images/b/disk.raw"));
-  Cli c = add_default("c", {{"FABRICLAB_IMAGE_LIBRARY", ""}, {"XDG_DATA_HOME", ""}, {"HOME", dir_ + "/home"}});
+  Cli c = add_default(
+      "c", {{"FABRICLAB_IMAGE_LIBRARY", ""}, {"XDG_DATA_HOME", ""}, {"HOME", dir_ + "/home"}});
   ASSERT_EQ(c.code, 0) << c.out;
   EXPECT_TRUE(fs::exists(dir_ + "/home/.local/share/fabriclab/images/c/disk.raw"));
   Cli l = cli({"image", "list"}, {{"FABRICLAB_IMAGE_LIBRARY", dir_ + "/envlib"}});
@@ -279,8 +296,8 @@ TEST_F(ImageCli, ConcurrentAddsBothLand) {
       std::string log = dir_ + "/" + name + ".log";
       if (!std::freopen(log.c_str(), "w", stdout)) _exit(126);
       ::dup2(fileno(stdout), 2);
-      ::execl(bin.c_str(), bin.c_str(), "image", "add", name, "--disk", disk.c_str(), "--library", lib_.c_str(),
-              static_cast<char*>(nullptr));
+      ::execl(bin.c_str(), bin.c_str(), "image", "add", name, "--disk", disk.c_str(), "--library",
+              lib_.c_str(), static_cast<char*>(nullptr));
       _exit(127);
     }
     pids.push_back(pid);
@@ -288,7 +305,8 @@ TEST_F(ImageCli, ConcurrentAddsBothLand) {
   for (pid_t p : pids) {
     int status = 0;
     ::waitpid(p, &status, 0);
-    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << slurp(dir_ + "/p1.log") << slurp(dir_ + "/p2.log");
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << slurp(dir_ + "/p1.log") << slurp(dir_ + "/p2.log");
   }
   auto store = agent::GuestImageStore::open(lib_);
   ASSERT_TRUE(store.ok()) << store.error().describe();
@@ -297,11 +315,13 @@ TEST_F(ImageCli, ConcurrentAddsBothLand) {
 
 TEST_F(ImageCli, TheRacksAgentsGetTheBuiltInImagesExtraDirectoriesAndTheLibrary) {
   const char* builtin = std::getenv("FABRICLAB_IMAGES_DIR");
-  ASSERT_TRUE(builtin && *builtin) << "FABRICLAB_IMAGES_DIR must name the built-in images (ctest sets it)";
+  ASSERT_TRUE(builtin && *builtin)
+      << "FABRICLAB_IMAGES_DIR must name the built-in images (ctest sets it)";
   ASSERT_EQ(add("mine", {"--disk", raw_ext4("m.raw")}).code, 0);
   // Another image directory in the Debian builder's layout: a copy of a library.
   const std::string extra = dir_ + "/extra";
-  ASSERT_EQ(cli({"image", "add", "theirs", "--disk", raw_ext4("t.raw"), "--library", extra}).code, 0);
+  ASSERT_EQ(cli({"image", "add", "theirs", "--disk", raw_ext4("t.raw"), "--library", extra}).code,
+            0);
 
   auto dirs = rack::guest_image_dirs(builtin, {extra, lib_ + "/"}, lib_);
   ASSERT_TRUE(dirs.ok()) << dirs.error().describe();
@@ -313,20 +333,23 @@ TEST_F(ImageCli, TheRacksAgentsGetTheBuiltInImagesExtraDirectoriesAndTheLibrary)
   ASSERT_TRUE(no_lib.ok()) << "a library without a manifest is left out";
   EXPECT_EQ(no_lib->size(), 1u);
 
-  std::ofstream(dir_ + "/spec.yaml") << "name: images\nhypervisor: test\nrack: {hosts: 2, fault_domains: 2, capacity: 4}\n"
-                                        "services:\n  - {name: web, instances: 1, ud_count: 1, image: v1}\n"
-                                        "update: {kind: host-os, target: host-v2}\n";
+  std::ofstream(dir_ + "/spec.yaml")
+      << "name: images\nhypervisor: test\nrack: {hosts: 2, fault_domains: 2, capacity: 4}\n"
+         "services:\n  - {name: web, instances: 1, ud_count: 1, image: v1}\n"
+         "update: {kind: host-os, target: host-v2}\n";
   // The same name in two directories: refused before any agent starts, naming both.
-  ASSERT_EQ(cli({"image", "add", "mine", "--disk", raw_ext4("dup.raw"), "--library", extra}).code, 0);
-  Cli dup = cli({"lab", "up", "--spec", dir_ + "/spec.yaml", "--network", "loopback", "--lab-dir", dir_ + "/lab",
-                 "--image-dir", extra, "--image-library", lib_});
+  ASSERT_EQ(cli({"image", "add", "mine", "--disk", raw_ext4("dup.raw"), "--library", extra}).code,
+            0);
+  Cli dup = cli({"lab", "up", "--spec", dir_ + "/spec.yaml", "--network", "loopback", "--lab-dir",
+                 dir_ + "/lab", "--image-dir", extra, "--image-library", lib_});
   EXPECT_EQ(dup.code, 2) << dup.out;
-  EXPECT_TRUE(contains(dup.out, "'mine' is defined twice: in " + extra + " and in " + lib_)) << dup.out;
+  EXPECT_TRUE(contains(dup.out, "'mine' is defined twice: in " + extra + " and in " + lib_))
+      << dup.out;
   EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
   ASSERT_EQ(cli({"image", "remove", "mine", "--library", extra}).code, 0);
 
-  Cli up = cli({"lab", "up", "--spec", dir_ + "/spec.yaml", "--network", "loopback", "--lab-dir", dir_ + "/lab",
-                "--image-dir", extra, "--image-library", lib_});
+  Cli up = cli({"lab", "up", "--spec", dir_ + "/spec.yaml", "--network", "loopback", "--lab-dir",
+                dir_ + "/lab", "--image-dir", extra, "--image-library", lib_});
   ASSERT_EQ(up.code, 0) << up.out;
   auto lab = json::parse(slurp(dir_ + "/lab/lab.json")).as_object();
   const auto& recorded = lab.at("image_dirs").as_array();
@@ -338,8 +361,9 @@ TEST_F(ImageCli, TheRacksAgentsGetTheBuiltInImagesExtraDirectoriesAndTheLibrary)
   }();
   for (const auto& av : lab.at("agents").as_array()) {
     const auto& ag = av.as_object();
-    auto r = http::request(std::string(ag.at("address").as_string()), static_cast<uint16_t>(ag.at("port").as_int64()),
-                           "GET", "/v1/images/guest", {}, token);
+    auto r = http::request(std::string(ag.at("address").as_string()),
+                           static_cast<uint16_t>(ag.at("port").as_int64()), "GET",
+                           "/v1/images/guest", {}, token);
     ASSERT_TRUE(r.ok()) << r.error().describe();
     std::string names;
     json::value images = json::parse(r->body);

@@ -54,10 +54,13 @@ class LibraryLock {
 Result<LibraryLock> lock_library(const std::string& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) return make_error(Condition::invalid_argument, "cannot create the image library " + dir + ": " + ec.message());
+  if (ec)
+    return make_error(Condition::invalid_argument,
+                      "cannot create the image library " + dir + ": " + ec.message());
   const std::string path = dir + "/.lock";
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) return make_error(Condition::transient, "cannot open " + path + ": " + std::strerror(errno));
+  if (fd < 0)
+    return make_error(Condition::transient, "cannot open " + path + ": " + std::strerror(errno));
   while (::flock(fd, LOCK_EX) != 0) {
     if (errno == EINTR) continue;
     int err = errno;
@@ -73,9 +76,11 @@ std::string manifest_path(const std::string& dir) { return dir + "/manifest.json
 Result<json::object> read_manifest(const std::string& dir) {
   const std::string path = manifest_path(dir);
   std::error_code ec;
-  if (!fs::exists(path, ec)) return json::object{{"library", "fabriclab image"}, {"images", json::array()}};
+  if (!fs::exists(path, ec))
+    return json::object{{"library", "fabriclab image"}, {"images", json::array()}};
   auto bad = [&](const std::string& why) {
-    return make_error(Condition::invalid_state, path + ": " + why + " (left as it is: fix or move it)");
+    return make_error(Condition::invalid_state,
+                      path + ": " + why + " (left as it is: fix or move it)");
   };
   if (fs::file_size(path, ec) > kMaxManifest) return bad("larger than 4 MiB");
   std::ifstream in(path, std::ios::binary);
@@ -124,7 +129,8 @@ Status write_manifest(const std::string& dir, const json::object& manifest) {
   if (::rename(tmp.c_str(), manifest_path(dir).c_str()) != 0) {
     int err = errno;
     ::unlink(tmp.c_str());
-    return make_error(Condition::transient, "cannot replace " + manifest_path(dir) + ": " + std::strerror(err));
+    return make_error(Condition::transient,
+                      "cannot replace " + manifest_path(dir) + ": " + std::strerror(err));
   }
   return fsync_path(dir, true);
 }
@@ -153,18 +159,25 @@ Status check_boot_file(const char* what, const std::string& path) {
     return make_error(errno == ENOENT ? Condition::not_found : Condition::transient,
                       std::string(what) + " " + path + ": " + std::strerror(errno));
   }
-  if (!S_ISREG(st.st_mode)) return make_error(Condition::invalid_argument, std::string(what) + " " + path + ": not a regular file");
-  if (st.st_size == 0) return make_error(Condition::invalid_argument, std::string(what) + " " + path + ": the file is empty");
+  if (!S_ISREG(st.st_mode))
+    return make_error(Condition::invalid_argument,
+                      std::string(what) + " " + path + ": not a regular file");
+  if (st.st_size == 0)
+    return make_error(Condition::invalid_argument,
+                      std::string(what) + " " + path + ": the file is empty");
   if (static_cast<uint64_t>(st.st_size) > kMaxBootFileBytes)
-    return make_error(Condition::invalid_argument, std::string(what) + " " + path + ": larger than 1 GiB");
+    return make_error(Condition::invalid_argument,
+                      std::string(what) + " " + path + ": larger than 1 GiB");
   if (std::string_view(what) == "kernel") {
     char magic[4] = {};
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     bool ok = fd >= 0 && ::pread(fd, magic, 4, 0x202) == 4 && std::memcmp(magic, "HdrS", 4) == 0;
     if (fd >= 0) ::close(fd);
     if (!ok) {
-      return make_error(Condition::invalid_argument,
-                        "kernel " + path + ": not a Linux kernel image (no bzImage header; use the guest's vmlinuz)");
+      return make_error(
+          Condition::invalid_argument,
+          "kernel " + path +
+              ": not a Linux kernel image (no bzImage header; use the guest's vmlinuz)");
     }
   }
   return {};
@@ -177,12 +190,15 @@ Status check_request(ImageAddRequest& r) {
                       "image name '" + r.name + "': use 1-64 of [A-Za-z0-9._-], not '.' or '..'");
   }
   if (is_builtin_image_name(r.name)) {
-    return make_error(Condition::invalid_argument,
-                      "image name '" + r.name + "' is a built-in guest's (v1, v2, v3-broken): pick another");
+    return make_error(
+        Condition::invalid_argument,
+        "image name '" + r.name + "' is a built-in guest's (v1, v2, v3-broken): pick another");
   }
-  if (r.disk.empty()) return make_error(Condition::invalid_argument, "image " + r.name + ": --disk FILE is required");
+  if (r.disk.empty())
+    return make_error(Condition::invalid_argument, "image " + r.name + ": --disk FILE is required");
   // Any boot file or a command line means direct kernel boot; a missing part is then named.
-  if (r.boot.empty()) r.boot = r.kernel.empty() && r.initrd.empty() && r.cmdline.empty() ? "disk" : "kernel";
+  if (r.boot.empty())
+    r.boot = r.kernel.empty() && r.initrd.empty() && r.cmdline.empty() ? "disk" : "kernel";
   if (r.boot != "kernel" && r.boot != "disk")
     return make_error(Condition::invalid_argument, "boot '" + r.boot + "': kernel or disk");
   if (auto why = agent::cmdline_problem(r.cmdline); !why.empty())
@@ -192,11 +208,13 @@ Status check_request(ImageAddRequest& r) {
   for (auto [what, value] : parts) {
     if (r.boot == "kernel" && value->empty()) {
       return make_error(Condition::invalid_argument, "image " + r.name + ": boot: kernel needs a" +
-                                                         (what[0] == 'i' ? "n " : " ") + what + " (--" + what + ")");
+                                                         (what[0] == 'i' ? "n " : " ") + what +
+                                                         " (--" + what + ")");
     }
     if (r.boot == "disk" && !value->empty()) {
-      return make_error(Condition::invalid_argument, "image " + r.name + ": --" + what +
-                                                         " is for boot: kernel (boot: disk starts the disk's own bootloader)");
+      return make_error(Condition::invalid_argument,
+                        "image " + r.name + ": --" + what +
+                            " is for boot: kernel (boot: disk starts the disk's own bootloader)");
     }
   }
   if (r.boot == "kernel") {
@@ -216,7 +234,8 @@ Result<Copied> copy_in(const std::string& src, const std::string& staging, const
   const std::string dst = staging + "/" + file;
   FL_ASSIGN_OR_RETURN(std::string sha, agent::copy_file_sha256(src, dst));
   if (::chmod(dst.c_str(), 0444) != 0)
-    return make_error(Condition::transient, "cannot make " + dst + " read-only: " + std::strerror(errno));
+    return make_error(Condition::transient,
+                      "cannot make " + dst + " read-only: " + std::strerror(errno));
   std::error_code ec;
   return Copied{name + "/" + file, sha, fs::file_size(dst, ec)};
 }
@@ -225,8 +244,10 @@ Result<Copied> copy_in(const std::string& src, const std::string& staging, const
 
 std::string default_image_library() {
   if (const char* e = std::getenv("FABRICLAB_IMAGE_LIBRARY"); e && *e) return e;
-  if (const char* x = std::getenv("XDG_DATA_HOME"); x && *x) return std::string(x) + "/fabriclab/images";
-  if (const char* h = std::getenv("HOME"); h && *h) return std::string(h) + "/.local/share/fabriclab/images";
+  if (const char* x = std::getenv("XDG_DATA_HOME"); x && *x)
+    return std::string(x) + "/fabriclab/images";
+  if (const char* h = std::getenv("HOME"); h && *h)
+    return std::string(h) + "/.local/share/fabriclab/images";
   return "";
 }
 
@@ -234,8 +255,10 @@ bool is_builtin_image_name(const std::string& name) {
   return name == "v1" || name == "v2" || name == "v3-broken";
 }
 
-Result<agent::GuestImageInfo> add_image(const std::string& library, const ImageAddRequest& request) {
-  if (library.empty()) return make_error(Condition::invalid_argument, "no image library directory (--library DIR)");
+Result<agent::GuestImageInfo> add_image(const std::string& library,
+                                        const ImageAddRequest& request) {
+  if (library.empty())
+    return make_error(Condition::invalid_argument, "no image library directory (--library DIR)");
   ImageAddRequest r = request;
   FL_RETURN_IF_ERROR(check_request(r));
   FL_ASSIGN_OR_RETURN(hypervisor::DiskImageInfo disk, hypervisor::check_os_disk(r.disk));
@@ -245,8 +268,9 @@ Result<agent::GuestImageInfo> add_image(const std::string& library, const ImageA
   FL_ASSIGN_OR_RETURN(json::object manifest, read_manifest(dir));
   for (const auto& e : manifest.at("images").as_array()) {
     if (entry_name(e) == r.name) {
-      return make_error(Condition::already_exists, "image '" + r.name + "' is already in the library " + dir +
-                                                       " (fabriclab image remove " + r.name + " first)");
+      return make_error(Condition::already_exists,
+                        "image '" + r.name + "' is already in the library " + dir +
+                            " (fabriclab image remove " + r.name + " first)");
     }
   }
   clear_leftovers(dir, r.name, /*listed=*/false);
@@ -254,7 +278,8 @@ Result<agent::GuestImageInfo> add_image(const std::string& library, const ImageA
   const std::string staging = dir + "/.add-" + r.name, final_dir = dir + "/" + r.name;
   std::error_code ec;
   if (!fs::create_directory(staging, ec) || ec)
-    return make_error(Condition::transient, "cannot create " + staging + ": " + (ec ? ec.message() : "exists"));
+    return make_error(Condition::transient,
+                      "cannot create " + staging + ": " + (ec ? ec.message() : "exists"));
   struct Cleanup {
     std::string path;
     ~Cleanup() {
@@ -270,20 +295,25 @@ Result<agent::GuestImageInfo> add_image(const std::string& library, const ImageA
     FL_ASSIGN_OR_RETURN(k, copy_in(r.kernel, staging, r.name, "vmlinuz"));
     FL_ASSIGN_OR_RETURN(i, copy_in(r.initrd, staging, r.name, "initrd.img"));
   }
-  FL_ASSIGN_OR_RETURN(hypervisor::DiskImageInfo copy, hypervisor::check_os_disk(staging + "/" + disk_file));
+  FL_ASSIGN_OR_RETURN(hypervisor::DiskImageInfo copy,
+                      hypervisor::check_os_disk(staging + "/" + disk_file));
   if (copy.format != disk.format || copy.virtual_size != disk.virtual_size) {
-    return make_error(Condition::invalid_state, r.disk + " changed while it was being copied (" + disk.format +
-                                                    " -> " + copy.format + "); try again");
+    return make_error(Condition::invalid_state, r.disk + " changed while it was being copied (" +
+                                                    disk.format + " -> " + copy.format +
+                                                    "); try again");
   }
   FL_RETURN_IF_ERROR(fsync_path(staging, true));
   if (::rename(staging.c_str(), final_dir.c_str()) != 0)
-    return make_error(Condition::transient, "cannot publish " + final_dir + ": " + std::strerror(errno));
+    return make_error(Condition::transient,
+                      "cannot publish " + final_dir + ": " + std::strerror(errno));
   cleanup.path = final_dir;
   FL_RETURN_IF_ERROR(fsync_path(dir, true));
 
   json::object entry{{"name", r.name}, {"boot", r.boot}, {"cmdline", r.cmdline}};
-  entry["disk"] = json::object{{"path", d.rel},          {"format", copy.format},
-                               {"virtual_size", copy.virtual_size}, {"bytes", d.bytes},
+  entry["disk"] = json::object{{"path", d.rel},
+                               {"format", copy.format},
+                               {"virtual_size", copy.virtual_size},
+                               {"bytes", d.bytes},
                                {"sha256", d.sha256}};
   json::object source{{"disk", fs::absolute(r.disk).string()}};
   if (r.boot == "kernel") {
@@ -320,18 +350,21 @@ Result<agent::GuestImageInfo> add_image(const std::string& library, const ImageA
 
 Result<std::vector<agent::GuestImageInfo>> list_images(const std::string& library) {
   std::error_code ec;
-  if (library.empty() || !fs::exists(manifest_path(library), ec)) return std::vector<agent::GuestImageInfo>{};
+  if (library.empty() || !fs::exists(manifest_path(library), ec))
+    return std::vector<agent::GuestImageInfo>{};
   FL_ASSIGN_OR_RETURN(agent::GuestImageStore store, agent::GuestImageStore::open(library));
   return store.list();
 }
 
 Status remove_image(const std::string& library, const std::string& name) {
   if (!agent::valid_image_version(name))
-    return make_error(Condition::invalid_argument, "image name '" + name + "': use 1-64 of [A-Za-z0-9._-], not '.' or '..'");
+    return make_error(Condition::invalid_argument,
+                      "image name '" + name + "': use 1-64 of [A-Za-z0-9._-], not '.' or '..'");
   const std::string dir = fs::absolute(library).lexically_normal().string();
   std::error_code ec;
   if (library.empty() || !fs::exists(manifest_path(dir), ec))
-    return make_error(Condition::not_found, "no image '" + name + "' in " + dir + " (the library is empty)");
+    return make_error(Condition::not_found,
+                      "no image '" + name + "' in " + dir + " (the library is empty)");
   FL_ASSIGN_OR_RETURN(LibraryLock lock, lock_library(dir));
   FL_ASSIGN_OR_RETURN(json::object manifest, read_manifest(dir));
   auto& images = manifest.at("images").as_array();
@@ -348,12 +381,15 @@ Status remove_image(const std::string& library, const std::string& name) {
   }
   if (!found) {
     return make_error(Condition::not_found, "no image '" + name + "' in the library " + dir +
-                                                " (it has: " + (known.empty() ? "none" : known) + ")");
+                                                " (it has: " + (known.empty() ? "none" : known) +
+                                                ")");
   }
   FL_RETURN_IF_ERROR(write_manifest(dir, manifest));
   clear_leftovers(dir, name, /*listed=*/false);
   if (fs::exists(dir + "/" + name, ec))
-    return make_error(Condition::transient, "removed " + name + " from the manifest but cannot delete " + dir + "/" + name);
+    return make_error(
+        Condition::transient,
+        "removed " + name + " from the manifest but cannot delete " + dir + "/" + name);
   return {};
 }
 
@@ -364,7 +400,8 @@ Result<std::vector<std::string>> guest_image_dirs(const std::string& builtin,
   auto add = [&](const std::string& d, const std::string& hint) -> Status {
     std::error_code ec;
     if (d.empty() || !fs::exists(manifest_path(d), ec))
-      return make_error(Condition::not_found, "no guest images in '" + d + "' (manifest.json missing" + hint + ")");
+      return make_error(Condition::not_found,
+                        "no guest images in '" + d + "' (manifest.json missing" + hint + ")");
     std::string canon = fs::weakly_canonical(fs::absolute(d), ec).string();
     if (ec) canon = fs::absolute(d).lexically_normal().string();
     for (const auto& have : dirs) {
@@ -376,7 +413,8 @@ Result<std::vector<std::string>> guest_image_dirs(const std::string& builtin,
   FL_RETURN_IF_ERROR(add(builtin, "; ./fabriclab.sh build makes them"));
   for (const auto& d : extra) FL_RETURN_IF_ERROR(add(d, ""));
   std::error_code ec;
-  if (!library.empty() && fs::exists(manifest_path(library), ec)) FL_RETURN_IF_ERROR(add(library, ""));
+  if (!library.empty() && fs::exists(manifest_path(library), ec))
+    FL_RETURN_IF_ERROR(add(library, ""));
   auto store = agent::GuestImageStore::open(dirs);
   if (!store.ok()) return make_error(store.condition(), "guest images: " + store.error().message);
   return dirs;
