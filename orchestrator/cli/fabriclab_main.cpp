@@ -6,6 +6,8 @@
 //   drill   a drill spec on a local rack (agents + orchestrator processes it starts and stops) or
 //           against a running orchestrator; live progress, report JSON/HTML.
 //   lab     up | down | status of a local rack.
+//   image   add | list | remove guest OS disk images in the user's image library (checked, copied
+//           read-only), which every local rack's agents are given.
 //   status  the grid and the latest drill; watch: the same, live from the websocket feed.
 //
 // Exit codes: 0 ok (a drill passed), 1 the drill failed, 2 bad input, 3 no placement (plan) or a

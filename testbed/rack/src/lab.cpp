@@ -380,7 +380,7 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
   }
   FL_ASSIGN_OR_RETURN(auto image_dirs, guest_image_dirs(options.images_dir, options.image_dirs, options.image_library));
   Lab lab;
-  lab.image_dirs_ = image_dirs;
+  lab.image_dirs_ = std::move(image_dirs);
   lab.dir_ = fs::absolute(options.dir).string();
   lab.hypervisor_ = spec.hypervisor;
   lab.token_ = random_token();
