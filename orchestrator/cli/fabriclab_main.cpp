@@ -574,7 +574,9 @@ Result<std::string> library_dir(const ImageArgs& a) {
     return make_error(Condition::invalid_argument,
                       "no image library: give --library DIR or set FABRICLAB_IMAGE_LIBRARY (HOME is not set)");
   }
-  return std::filesystem::absolute(dir).lexically_normal().string();
+  dir = std::filesystem::absolute(dir).lexically_normal().string();
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  return dir;
 }
 
 int run_image_add(const ImageArgs& a) {

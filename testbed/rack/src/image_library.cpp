@@ -72,6 +72,13 @@ Result<LibraryLock> lock_library(const std::string& dir) {
 
 std::string manifest_path(const std::string& dir) { return dir + "/manifest.json"; }
 
+// Absolute, normalised, without a trailing slash ("lib/" and "lib" are one library).
+std::string absolute_dir(const std::string& dir) {
+  std::string d = fs::absolute(dir).lexically_normal().string();
+  while (d.size() > 1 && d.back() == '/') d.pop_back();
+  return d;
+}
+
 // The manifest as JSON (an empty library when there is none).
 Result<json::object> read_manifest(const std::string& dir) {
   const std::string path = manifest_path(dir);
@@ -263,7 +270,7 @@ Result<agent::GuestImageInfo> add_image(const std::string& library,
   FL_RETURN_IF_ERROR(check_request(r));
   FL_ASSIGN_OR_RETURN(hypervisor::DiskImageInfo disk, hypervisor::check_os_disk(r.disk));
 
-  const std::string dir = fs::absolute(library).lexically_normal().string();
+  const std::string dir = absolute_dir(library);
   FL_ASSIGN_OR_RETURN(LibraryLock lock, lock_library(dir));
   FL_ASSIGN_OR_RETURN(json::object manifest, read_manifest(dir));
   for (const auto& e : manifest.at("images").as_array()) {
@@ -360,7 +367,7 @@ Status remove_image(const std::string& library, const std::string& name) {
   if (!agent::valid_image_version(name))
     return make_error(Condition::invalid_argument,
                       "image name '" + name + "': use 1-64 of [A-Za-z0-9._-], not '.' or '..'");
-  const std::string dir = fs::absolute(library).lexically_normal().string();
+  const std::string dir = absolute_dir(library);
   std::error_code ec;
   if (library.empty() || !fs::exists(manifest_path(dir), ec))
     return make_error(Condition::not_found,
@@ -403,7 +410,7 @@ Result<std::vector<std::string>> guest_image_dirs(const std::string& builtin,
       return make_error(Condition::not_found,
                         "no guest images in '" + d + "' (manifest.json missing" + hint + ")");
     std::string canon = fs::weakly_canonical(fs::absolute(d), ec).string();
-    if (ec) canon = fs::absolute(d).lexically_normal().string();
+    if (ec) canon = absolute_dir(d);
     for (const auto& have : dirs) {
       if (have == canon) return {};
     }
