@@ -48,6 +48,51 @@ std::string secs(int64_t ms) {
   if (t.back() == '.') t.pop_back();
   return t;
 }
+bool jb(const json::object& o, std::string_view k) {
+  auto* v = o.if_contains(k);
+  return v && v->is_bool() && v->as_bool();
+}
+
+// A data check as the agent's job records it (agent side of issue 12); nullopt when absent.
+std::optional<ReportDataCheck> data_check_of(const json::object& g) {
+  auto* v = g.if_contains("data_check");
+  if (!v || !v->is_object()) return std::nullopt;
+  const auto& o = v->as_object();
+  ReportDataCheck c;
+  if (auto* cmd = o.if_contains("command"); cmd && cmd->is_array()) {
+    for (const auto& a : cmd->as_array()) {
+      if (a.is_string()) c.command.emplace_back(a.as_string());
+    }
+  }
+  c.rule = js(o, "rule");
+  if (auto* b = o.if_contains("before"); b && b->is_string()) c.before = std::string(b->as_string());
+  if (auto* a = o.if_contains("after"); a && a->is_string()) c.after = std::string(a->as_string());
+  c.ok = jb(o, "ok");
+  c.error = js(o, "error");
+  return c;
+}
+
+// What the agent's job recorded of one guest: notice, stop, down time, signals, boot, data check.
+void read_guest_record(const json::object& g, ReportInstance& ri) {
+  ri.restarted = true;
+  ri.notice_ms = ji(g, "notice_ms");
+  ri.ack_ms = ji(g, "ack_ms");
+  ri.stop_method = js(g, "stop_method");
+  ri.agent_down_ms = ji(g, "down_ms");
+  if (auto* ok = g.if_contains("ok"); ok && ok->is_bool()) ri.ok = ok->as_bool();
+  ri.error = js(g, "error");
+  if (auto* sig = g.if_contains("signals"); sig && sig->is_object()) {
+    ri.signals_reported = true;
+    ri.heartbeat = jb(sig->as_object(), "heartbeat");
+    ri.guest_agent = jb(sig->as_object(), "guest_agent");
+  }
+  ri.os_up = jb(g, "os_up");
+  ri.boot_id_before = js(g, "boot_id_before");
+  ri.boot_id_after = js(g, "boot_id_after");
+  ri.boot_id_source = js(g, "boot_id_source");
+  ri.data_check = data_check_of(g);
+}
+
 // What a draining guest needs between the event and its host stopping: its next IMDS poll
 // (1 s), its drain time, and half a second to approve (docs/clients.md "The built-in guest").
 constexpr int64_t kImdsPollMs = 1000;
@@ -410,6 +455,7 @@ Status Controller::Impl::run_batch(DrillRun& d, BatchRun& b) {
                                           {"status", p.status}, {"job", p.job}}}});
     if (!ok && failure.empty()) failure = results[i].error().message;
   }
+  note_restarted(d, todo, jobs_ended);
   if (!failure.empty()) {
     // The jobs are over (a failed one after its rollback), but the mirror of their hosts may
     // still hold a poll from before: the drill's end and its report must show the guests as the
@@ -446,6 +492,18 @@ void Controller::Impl::await_fresh_polls(const std::vector<std::string>& host_id
     if (fresh) return;
     cv.wait_for(lock, std::chrono::milliseconds(20));
   }
+}
+
+void Controller::Impl::note_restarted(DrillRun& d, const std::vector<std::string>& host_ids,
+                                      Clock::time_point ended) {
+  std::unique_lock lock(mu);
+  for (const auto& h : host_ids) {
+    for (const auto* i : cluster.instances_on(h)) d.restarted_at[instance_name(i->service, i->index)] = ended;
+  }
+  if (!lb) return;
+  // A poll takes at most its socket timeout; polls come at least every second.
+  auto deadline = Clock::now() + lb->options().socket_timeout + std::chrono::seconds(1);
+  cv.wait_until(lock, deadline, [&] { return stopping.load() || (lb_polled && lb_poll_began >= ended); });
 }
 
 std::optional<std::pair<std::string, std::string>> Controller::Impl::run_walk(DrillRun& d) {
@@ -640,7 +698,7 @@ ReportInput Controller::Impl::report_input(const DrillRun& d) const {
     in.hosts.push_back(rh);
   }
   for (const auto& s : cluster.services) {
-    in.services.push_back(ReportService{s.name, s.instance_count, s.ud_count, s.drain});
+    in.services.push_back(ReportService{s.name, s.instance_count, s.ud_count, s.drain, s.data_check.has_value()});
   }
   // Client traffic: the records of the finished drill, or, while it runs, the generator's.
   in.traffic_measured = d.traffic_measured;
@@ -705,15 +763,16 @@ ReportInput Controller::Impl::report_input(const DrillRun& d) const {
       ri.timeline = it->second.timeline;
     }
     if (auto it = hosts.find(i.host); it != hosts.end()) ri.host_image_after = it->second.host_image;
-    if (auto it = guest_reports.find(ri.name); it != guest_reports.end()) {
-      const auto& g = *it->second;
-      ri.notice_ms = ji(g, "notice_ms");
-      ri.ack_ms = ji(g, "ack_ms");
-      ri.stop_method = js(g, "stop_method");
-      ri.agent_down_ms = ji(g, "down_ms");
-      if (auto* ok = g.if_contains("ok"); ok && ok->is_bool()) ri.ok = ok->as_bool();
-      ri.error = js(g, "error");
+    if (auto it = instances.find(ri.name); it != instances.end() && it->second.signals_known) {
+      // What the guest offers now; its job's record, when there is one, says what it offered then.
+      ri.signals_reported = true;
+      ri.heartbeat = it->second.heartbeat;
+      ri.guest_agent = it->second.guest_agent;
     }
+    if (auto it = guest_reports.find(ri.name); it != guest_reports.end()) read_guest_record(*it->second, ri);
+    const Service* s = cluster.find_service(i.service);
+    ri.app_probe = lb && s && s->endpoint && !s->vip.empty();
+    ri.app_up = d.app_up.count(ri.name) > 0;
     in.instances.push_back(std::move(ri));
   }
   return in;
