@@ -162,10 +162,17 @@ void add_restart_check(const ReportInput& in, json::array& checks) {
   for (const auto& [text, names] : by_signals) {
     signals += fmt::format("{}{}: {}", signals.empty() ? "" : "; ", report_detail::name_list(names), text);
   }
-  std::string detail = failed.empty()
-                           ? fmt::format("{} of {} restarted instances judged healthy", restarted - unjudged.size(),
-                                         restarted)
-                           : fmt::format("not healthy after restart: {}", report_detail::name_list(failed));
+  const size_t judged = restarted - unjudged.size();
+  std::string detail;
+  if (!failed.empty()) {
+    detail = fmt::format("not healthy after restart: {}", report_detail::name_list(failed));
+  } else if (judged == 0) {
+    detail = "nothing to judge by";
+  } else if (judged == restarted) {
+    detail = fmt::format("all {} restarted instances healthy", restarted);
+  } else {
+    detail = fmt::format("all {} judged of {} restarted instances healthy", judged, restarted);
+  }
   if (!unjudged.empty()) {
     detail += fmt::format("; not judged (no signal reported): {}", report_detail::name_list(unjudged));
   }

@@ -844,7 +844,7 @@ TEST(ReportGuestHealth, AHealthyRestartPassesAndTheDetailGroupsTheSignals) {
   auto r = build_report(in);
   EXPECT_TRUE(passed(r, "guests healthy after restart")) << detail(r, "guests healthy after restart");
   EXPECT_EQ(detail(r, "guests healthy after restart"),
-            "3 of 3 restarted instances judged healthy; signals: web-0, web-1: guest agent, app probe; "
+            "all 3 restarted instances healthy; signals: web-0, web-1: guest agent, app probe; "
             "db-0: heartbeat only");
   const auto& i0 = r.at("instances").as_array()[0].as_object();
   EXPECT_EQ(i0.at("signals").at("text").as_string(), "guest agent, app probe");
