@@ -65,6 +65,10 @@ int main(int argc, char** argv) {
   app.add_option("--control-token-file", control_token_file, "File holding the control bearer token")->required();
   app.add_option("--read-token-file", read_token_file, "File holding the read-only bearer token");
   app.add_option("--capacity", o.capacity, "Instances this host holds")->capture_default_str();
+  app.add_option("--disk-reserve-mib", o.disk_reserve_mib,
+                 "Refuse an instance that could leave less free in STATE_DIR's file system")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 24));
   app.add_option("--heartbeat-ms", hb_ms, "Guest heartbeat period")->capture_default_str();
   app.add_option("--healthy-periods", o.healthy_periods, "Healthy = a heartbeat within this many periods")
       ->capture_default_str();

@@ -45,6 +45,19 @@ struct GuestSlot {
   std::string guest_error;
   uint64_t heartbeats = 0;
   int unexpected_restarts = 0;  // the monitor restarts a VM that died on its own, a few times
+  // The qemu-guest-agent (libvirt's agent lifecycle events and guest-ping): connected now, and
+  // whether it ever answered for this VM (then an operation expects it back after a restart).
+  bool agent_connected = false;
+  bool agent_seen = false;
+  Clock::time_point agent_connected_at{};
+};
+
+// A data check's outcome in an operation (DataCheck, host_state.hpp).
+struct DataCheckReport {
+  DataCheck check;
+  std::string before, after;  // the command's stdout (capped)
+  bool ok = false;
+  std::string error;  // why it did not hold or could not run
 };
 
 // What an operation reports per guest (issue: notice, ack latency, stop method and time, down
@@ -60,6 +73,12 @@ struct GuestReport {
   std::string image_before, image_after;
   int64_t counter_before = -1, counter_after = -1;
   std::string boot_id_before, boot_id_after;
+  std::string boot_id_source;  // "heartbeat" | "guest_agent" | ""
+  // The OS-level signals the guest offered (the app's probe is the load balancer's, not ours):
+  // heartbeats on our channel (the built-in guest) and the qemu-guest-agent.
+  bool signal_heartbeat = false, signal_guest_agent = false;
+  bool os_up = false;  // after the restart: a heartbeat, or the guest agent answered a ping
+  std::optional<DataCheckReport> data_check;
   bool ok = false;
   std::string error;
   Clock::time_point last_hb_before{};  // not reported: the start of the down time
@@ -135,6 +154,10 @@ struct HostAgent::Impl {
   void close_hypervisor();    // lv_mu held
   Status recover();           // reattach after start or host reboot
   Result<hypervisor::Domain> define_domain(const InstanceRecord& rec);  // lv_mu held
+  // Undefines the (stopped) domain and defines it again from `rec` (lv_mu held).
+  Result<hypervisor::Domain> redefine_domain(const InstanceRecord& rec);
+  // The built-in guest's kernel command line (mode, drain, heartbeat period, address).
+  std::string builtin_cmdline(const InstanceRecord& rec) const;
   Result<hypervisor::Domain> domain(const std::string& name);           // lv_mu held
   Status start_guest(const std::string& name);                          // lv_mu held
   Result<hypervisor::ShutdownResult> stop_guest(const std::string& name, bool force);  // lv_mu held
@@ -175,6 +198,25 @@ struct HostAgent::Impl {
   void announce_event(json::object fields);
   // Records `name`'s approval of the current event if `event_id` is it (mu held); true if known.
   bool approve_locked(const std::string& name, const std::string& event_id, Clock::time_point at);
+
+  // -- guest_health.cpp (call without mu; they take lv_mu and mu themselves) --
+  // True for a guest whose image is the built-in guest program (heartbeats on our channel).
+  bool builtin_locked(const std::string& name) const;  // mu held
+  void on_agent_lifecycle(const hypervisor::LifecycleEvent& e);
+  // Before the notice: which signals each guest offers, its boot id through the guest agent,
+  // and its data check's "before".
+  void capture_before(Job& job, const std::vector<std::string>& guests);
+  // After the restart (the guest is up): boot id, data check "after" and its rule.
+  void capture_after(GuestReport& r, const std::string& name);
+  // After a reimage is verified (or rolled back): removes the overlays and kernel copies the
+  // instance no longer runs on.
+  void drop_unused_files(const std::string& name);
+  // A guest without heartbeats is up when its guest agent answers guest-ping (it had one before
+  // the operation) or, without one, when its VM runs; the app's health is the probe's.
+  Status wait_os_up(const std::string& name, Clock::time_point since, milliseconds timeout, bool expect_agent,
+                    const std::string& expect_boot_id);
+  // Then, when the instance has a probe and an address: its app answers 2xx/3xx on it.
+  Status wait_app_probe(const std::string& name, Clock::time_point deadline);
 
   // -- operations.cpp --
   void run_job(const std::string& id, bool resumed);

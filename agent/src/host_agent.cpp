@@ -13,6 +13,7 @@
 #include <tuple>
 
 #include "agent_impl.hpp"
+#include "instance_files.hpp"
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/logging.hpp"
 
@@ -22,7 +23,7 @@ namespace fs = std::filesystem;
 using hypervisor::DomainState;
 
 json::object GuestReport::to_json() const {
-  return {{"name", name},           {"notice_ms", notice_ms},
+  json::object o{{"name", name},           {"notice_ms", notice_ms},
           {"ack_ms", ack_ms},       {"stop_method", stop_method},
           {"stop_ms", stop_ms},     {"down_ms", down_ms},
           {"pause_ms", pause_ms},   {"image_before", image_before},
@@ -30,6 +31,18 @@ json::object GuestReport::to_json() const {
           {"counter_after", counter_after}, {"boot_id_before", boot_id_before},
           {"boot_id_after", boot_id_after}, {"ok", ok},
           {"error", error}};
+  o["boot_id_source"] = boot_id_source;
+  o["signals"] = json::object{{"heartbeat", signal_heartbeat}, {"guest_agent", signal_guest_agent}};
+  o["os_up"] = os_up;
+  if (data_check) {
+    o["data_check"] = json::object{{"command", to_json(data_check->check)["command"]},
+                                   {"rule", data_check->check.rule},
+                                   {"before", data_check->before},
+                                   {"after", data_check->after},
+                                   {"ok", data_check->ok},
+                                   {"error", data_check->error}};
+  }
+  return o;
 }
 
 json::object Job::to_json() const {
@@ -50,7 +63,8 @@ json::object Job::to_json() const {
 
 Result<InstanceSpec> instance_spec_from_json(const json::object& o) {
   FL_RETURN_IF_ERROR(check_fields(
-      o, {"name", "service", "index", "ud", "fd", "image", "memory_mib", "mode", "drain", "drain_ms"}));
+      o, {"name", "service", "index", "ud", "fd", "image", "memory_mib", "mode", "drain", "drain_ms",
+          "data_check", "probe"}));
   InstanceSpec s;
   FL_ASSIGN_OR_RETURN(s.meta, metadata_from_json(o));
   FL_ASSIGN_OR_RETURN(int64_t mem, get_int_or(o, "memory_mib", 64, 4096, 128));
@@ -62,6 +76,10 @@ Result<InstanceSpec> instance_spec_from_json(const json::object& o) {
   }
   FL_ASSIGN_OR_RETURN(s.drain, get_bool_or(o, "drain", true));
   FL_ASSIGN_OR_RETURN(s.drain_ms, get_int_or(o, "drain_ms", 0, 600000, 0));
+  if (const auto* dc = o.if_contains("data_check")) {
+    FL_ASSIGN_OR_RETURN(s.data_check, data_check_from_json(*dc, "field 'data_check'"));
+  }
+  if (const auto* pr = o.if_contains("probe")) FL_ASSIGN_OR_RETURN(s.probe, app_probe_from_json(*pr, "field 'probe'"));
   FL_ASSIGN_OR_RETURN(s.name, get_string(o, "name", 48, false));
   if (s.name.empty()) s.name = s.meta.service + "-" + std::to_string(s.meta.index);
   for (char c : s.name) {
@@ -277,35 +295,51 @@ Result<hypervisor::Domain> HostAgent::Impl::domain(const std::string& name) {
   return conn->lookup(name);
 }
 
+std::string HostAgent::Impl::builtin_cmdline(const InstanceRecord& rec) const {
+  // The mode goes on the command line only when it is not the default: a command-line mode
+  // overrides the image's own (v3-broken carries fail-app in the image).
+  std::string c = "console=ttyS0 panic=-1 quiet" +
+                  (rec.mode == "normal" ? std::string() : " fabriclab.mode=" + rec.mode) +
+                  " fabriclab.drain=" + (rec.drain ? "1" : "0") +
+                  " fabriclab.drain_ms=" + std::to_string(drain_of(rec).count()) +
+                  " fabriclab.hb_ms=" + std::to_string(opt.heartbeat_period.count());
+  // The built-in guest configures eth0 itself from these (it has no DHCP client).
+  if (subnet && !rec.address.empty()) c += " fabriclab.ip=" + rec.address + "/24 fabriclab.gw=" + subnet->gateway();
+  return c;
+}
+
 Result<hypervisor::Domain> HostAgent::Impl::define_domain(const InstanceRecord& rec) {
   FL_ASSIGN_OR_RETURN(auto image, guest_store->get(rec.meta.image));
   hypervisor::DomainSpec s;
   s.name = rec.name;
   s.memory_mib = rec.memory_mib;
-  // The mode goes on the command line only when it is not the default: a command-line mode
-  // overrides the image's own (v3-broken carries fail-app in the image).
-  s.boot = {image.kernel, image.initrd,
-            "console=ttyS0 panic=-1 quiet" +
-                (rec.mode == "normal" ? std::string() : " fabriclab.mode=" + rec.mode) +
-                " fabriclab.drain=" + (rec.drain ? "1" : "0") +
-                " fabriclab.drain_ms=" + std::to_string(drain_of(rec).count()) +
-                " fabriclab.hb_ms=" + std::to_string(opt.heartbeat_period.count())};
-  if (!opt.guest_bridge.empty() && !rec.mac.empty()) {
-    // The built-in guest configures eth0 itself from these (it has no DHCP client).
-    s.nic = hypervisor::NicSpec{rec.mac, opt.guest_bridge};
-    s.boot.cmdline += " fabriclab.ip=" + rec.address + "/24 fabriclab.gw=" + subnet->gateway();
+  FL_ASSIGN_OR_RETURN(s.boot, private_boot_files(instance_files_dir(vm_dir(), rec.name), image));
+  if (image.builtin()) {
+    s.boot.cmdline = builtin_cmdline(rec);
+  } else {
+    // A guest with its own OS disk boots its own way (its cmdline, DHCP for its address); the
+    // overlay was made when the instance was created or reimaged.
+    if (rec.os_disk.empty()) return make_error(Condition::internal, rec.name + ": no OS disk overlay");
+    s.boot.cmdline = image.cmdline;
+    s.os_disk = rec.os_disk;
+    s.os_disk_format = "qcow2";
   }
+  if (!opt.guest_bridge.empty() && !rec.mac.empty()) s.nic = hypervisor::NicSpec{rec.mac, opt.guest_bridge};
+  // Every guest gets the qemu-guest-agent channel: a guest that runs the agent answers on it.
+  s.guest_agent = true;
   s.console_log = vm_dir() + "/" + rec.name + ".console.log";
   s.data_disk = vm_dir() + "/" + rec.name + ".data.raw";
   s.channel_socket = socket_path(rec.name);
   s.metadata = rec.meta;
-  if (!fs::exists(s.data_disk)) {
-    std::error_code ec;
-    { std::ofstream(s.data_disk); }
-    fs::resize_file(s.data_disk, 1 << 20, ec);
-    if (ec) return make_error(Condition::transient, "cannot create data disk " + s.data_disk);
-  }
+  FL_RETURN_IF_ERROR(ensure_data_disk(s.data_disk, image.builtin() ? kBuiltinDataDiskBytes : kDefaultDataDiskBytes));
   return conn->define(s);
+}
+
+Result<hypervisor::Domain> HostAgent::Impl::redefine_domain(const InstanceRecord& rec) {
+  // The guest is off: its definition is replaced whole (a reimage may change its disks' layout,
+  // from the built-in guest's initramfs to an OS disk or back).
+  if (auto d = domain(rec.name); d.ok()) FL_RETURN_IF_ERROR(d->undefine());
+  return define_domain(rec);
 }
 
 Status HostAgent::Impl::start_guest(const std::string& name) {
@@ -432,6 +466,10 @@ void HostAgent::Impl::on_message(const std::string& name, const ReceivedMessage&
 
 void HostAgent::Impl::on_lifecycle(const hypervisor::LifecycleEvent& e) {
   // Runs on libvirt's event thread: record and return (publish happens without mu).
+  if (e.kind == hypervisor::LifecycleKind::agent_connected || e.kind == hypervisor::LifecycleKind::agent_disconnected) {
+    on_agent_lifecycle(e);
+    return;
+  }
   if (e.kind != hypervisor::LifecycleKind::stopped && e.kind != hypervisor::LifecycleKind::crashed) return;
   bool unexpected = false;
   {
@@ -440,6 +478,7 @@ void HostAgent::Impl::on_lifecycle(const hypervisor::LifecycleEvent& e) {
     if (it == slots.end()) return;
     ++it->second.stop_events;
     it->second.domain_state = DomainState::shut_off;
+    it->second.agent_connected = false;
     if (it->second.expect_running) {
       unexpected = true;
       it->second.status = "Failed";
@@ -463,8 +502,14 @@ void HostAgent::Impl::monitor_loop() {
       const auto now = Clock::now();
       for (auto& [name, slot] : slots) {
         if (slot.expect_running && (!slot.link || slot.link->closed())) to_connect.push_back(name);
-        bool healthy = slot.expect_running && slot.last_hb && now - slot.last_hb->at < healthy_window &&
-                       slot.first_hb_since_start.has_value();
+        // The built-in guest: a recent heartbeat since its start. A guest with its own image: its
+        // VM runs and, once it has shown a guest agent, the agent is connected (its app's health
+        // is the load balancer's probe).
+        bool healthy = builtin_locked(name)
+                           ? slot.expect_running && slot.last_hb && now - slot.last_hb->at < healthy_window &&
+                                 slot.first_hb_since_start.has_value()
+                           : slot.expect_running && slot.domain_state == DomainState::running &&
+                                 (!slot.agent_seen || slot.agent_connected);
         if (healthy != slot.healthy) {
           slot.healthy = healthy;
           std::string status = healthy ? "Healthy" : (slot.expect_running ? "Failed" : slot.status);
@@ -593,6 +638,8 @@ json::object HostAgent::Impl::instance_json_locked(const std::string& name) cons
     o["healthy"] = s.healthy;
     o["domain_state"] = hypervisor::to_string(s.domain_state);
     o["heartbeats"] = s.heartbeats;
+    o["signals"] = json::object{{"heartbeat", s.heartbeats > 0}, {"guest_agent", s.agent_seen}};
+    o["guest_agent_connected"] = s.agent_connected;
     if (!s.guest_error.empty()) o["guest_error"] = s.guest_error;
     if (s.last_hb) {
       const auto& hb = std::get<Heartbeat>(s.last_hb->message);
@@ -669,11 +716,24 @@ Result<json::object> HostAgent::create_instance(const InstanceSpec& spec) {
                                                       std::to_string(p.opt.capacity) + ")");
     }
   }
-  FL_RETURN_IF_ERROR(p.guest_store->get(spec.meta.image));
+  FL_ASSIGN_OR_RETURN(auto image, p.guest_store->get(spec.meta.image));
   InstanceRecord rec{spec.name, spec.meta, spec.memory_mib, true, spec.mode};
   rec.drain = spec.drain;
   rec.drain_ms = spec.drain_ms;
+  rec.data_check = spec.data_check;
+  rec.probe = spec.probe;
   rec.vm_id = new_guid();
+  // Checked before anything is made, so a refusal leaves no half-made VM behind.
+  FL_RETURN_IF_ERROR(check_disk_reserve(
+      p.vm_dir(), bytes_needed(image, image.builtin() ? kBuiltinDataDiskBytes : kDefaultDataDiskBytes, false),
+      p.opt.disk_reserve_mib << 20));
+  const std::string files = instance_files_dir(p.vm_dir(), rec.name);
+  auto undo_files = [&] {
+    std::error_code ec;
+    fs::remove_all(files, ec);
+    fs::remove(p.vm_dir() + "/" + rec.name + ".data.raw", ec);
+  };
+
   {
     // lv_mu serialises creations, so the slot found here is still free when the record is added.
     std::lock_guard lock(p.mu);
@@ -684,9 +744,20 @@ Result<json::object> HostAgent::create_instance(const InstanceSpec& spec) {
     // Before the VM exists, so dnsmasq knows the lease when the guest first asks.
     FL_RETURN_IF_ERROR(write_dhcp_host_file(p.opt.dhcp_hosts_dir, rec.name, rec.mac, rec.address));
   }
-  auto defined = p.define_domain(rec);
+  Result<hypervisor::Domain> defined = make_error(Condition::internal, "not defined");
+  if (!image.builtin()) {
+    auto overlay = create_os_overlay(files, image, 1);
+    if (overlay.ok()) {
+      rec.os_disk = *overlay;
+      rec.os_gen = 1;
+    } else {
+      defined = overlay.error();
+    }
+  }
+  if (image.builtin() || !rec.os_disk.empty()) defined = p.define_domain(rec);
   if (!defined.ok()) {
     if (!p.opt.dhcp_hosts_dir.empty()) (void)remove_dhcp_host_file(p.opt.dhcp_hosts_dir, rec.name);
+    undo_files();
     return defined.error();
   }
   {
@@ -722,6 +793,13 @@ Status HostAgent::stop_instance(const std::string& name) {
   return {};
 }
 
+Result<std::string> HostAgent::domain_xml(const std::string& name) {
+  auto& p = *impl_;
+  std::lock_guard lv(p.lv_mu);
+  FL_ASSIGN_OR_RETURN(auto d, p.domain(name));
+  return d.xml(true);
+}
+
 Status HostAgent::delete_instance(const std::string& name) {
   auto& p = *impl_;
   FL_RETURN_IF_ERROR(p.check_not_updating("it deletes no instance"));
@@ -745,6 +823,7 @@ Status HostAgent::delete_instance(const std::string& name) {
   }
   std::error_code ec;
   fs::remove(p.vm_dir() + "/" + name + ".data.raw", ec);
+  fs::remove_all(instance_files_dir(p.vm_dir(), name), ec);
   if (!p.opt.dhcp_hosts_dir.empty()) {
     if (auto s = remove_dhcp_host_file(p.opt.dhcp_hosts_dir, name); !s.ok()) {
       logger("agent")->warn("[host:{}] {}", p.opt.host_id, s.error().message);

@@ -127,6 +127,70 @@ Result<hypervisor::InstanceMetadata> metadata_from_json(const json::object& o) {
   return m;
 }
 
+json::object to_json(const DataCheck& c) {
+  return {{"command", strings(c.command)}, {"rule", c.rule}};
+}
+
+Result<DataCheck> data_check_from_json(const json::value& v, const std::string& field) {
+  auto bad = [&](const std::string& what) { return make_error(Condition::invalid_argument, field + what); };
+  if (!v.is_object()) return bad(" must be an object {command: [...], rule: equal|not_less}");
+  const auto& o = v.as_object();
+  for (const auto& [k, _] : o) {
+    if (k != "command" && k != "rule") return bad(" has an unknown field '" + std::string(k) + "'");
+  }
+  DataCheck c;
+  const auto* cmd = o.if_contains("command");
+  if (!cmd || !cmd->is_array() || cmd->as_array().empty() || cmd->as_array().size() > 16) {
+    return bad(".command must be a list of 1..16 strings");
+  }
+  for (size_t i = 0; i < cmd->as_array().size(); ++i) {
+    const auto& a = cmd->as_array()[i];
+    const std::string at = ".command[" + std::to_string(i) + "]";
+    if (!a.is_string() || a.as_string().empty() || a.as_string().size() > 256) {
+      return bad(at + " must be a string of 1..256 bytes");
+    }
+    std::string arg(a.as_string());
+    if (arg.find('\0') != std::string::npos || arg.find('\n') != std::string::npos) {
+      return bad(at + " must not contain NUL or newline");
+    }
+    if (i == 0 && arg[0] != '/') return bad(at + " must be an absolute path: '" + arg + "'");
+    c.command.push_back(std::move(arg));
+  }
+  if (const auto* rule = o.if_contains("rule")) {
+    if (!rule->is_string() || (rule->as_string() != "equal" && rule->as_string() != "not_less")) {
+      return bad(".rule must be equal or not_less");
+    }
+    c.rule = std::string(rule->as_string());
+  }
+  return c;
+}
+
+Result<AppProbe> app_probe_from_json(const json::value& v, const std::string& field) {
+  auto bad = [&](const std::string& what) { return make_error(Condition::invalid_argument, field + what); };
+  if (!v.is_object()) return bad(" must be an object {port, path}");
+  const auto& o = v.as_object();
+  for (const auto& [k, _] : o) {
+    if (k != "port" && k != "path") return bad(" has an unknown field '" + std::string(k) + "'");
+  }
+  AppProbe p;
+  const auto* port = o.if_contains("port");
+  if (!port || !port->is_int64() || port->as_int64() < 1 || port->as_int64() > 65535) {
+    return bad(".port must be an integer in 1..65535");
+  }
+  p.port = static_cast<int>(port->as_int64());
+  if (const auto* path = o.if_contains("path")) {
+    if (!path->is_string() || path->as_string().empty() || path->as_string()[0] != '/' ||
+        path->as_string().size() > 256) {
+      return bad(".path must be a path starting with '/' (<= 256 bytes)");
+    }
+    for (char c : path->as_string()) {
+      if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f) return bad(".path must not contain spaces or control characters");
+    }
+    p.path = std::string(path->as_string());
+  }
+  return p;
+}
+
 Status save_state(const std::string& path, const PersistedState& s) {
   json::object o;
   o["version"] = 1;
@@ -150,13 +214,19 @@ Status save_state(const std::string& path, const PersistedState& s) {
                                      {"mac", i.mac},
                                      {"vm_id", i.vm_id},
                                      {"drain", i.drain},
-                                     {"drain_ms", i.drain_ms}});
+                                     {"drain_ms", i.drain_ms},
+                                     {"os_disk", i.os_disk},
+                                     {"os_gen", i.os_gen}});
+    if (i.data_check) instances.back().as_object()["data_check"] = to_json(*i.data_check);
+    if (i.probe.port > 0) instances.back().as_object()["probe"] = json::object{{"port", i.probe.port}, {"path", i.probe.path}};
   }
   o["instances"] = std::move(instances);
   if (s.operation) {
     const auto& op = *s.operation;
     json::object prev;
     for (const auto& [k, v] : op.previous_guest_image) prev[k] = v;
+    json::object prev_disk;
+    for (const auto& [k, v] : op.previous_os_disk) prev_disk[k] = v;
     o["operation"] = json::object{{"id", op.id},
                                   {"request", to_json(op.request)},
                                   {"step", to_string(op.step)},
@@ -164,6 +234,7 @@ Status save_state(const std::string& path, const PersistedState& s) {
                                   {"stopped", strings(op.stopped)},
                                   {"previous_host_image", op.previous_host_image},
                                   {"previous_guest_image", std::move(prev)},
+                                  {"previous_os_disk", std::move(prev_disk)},
                                   {"started_at", op.started_at},
                                   {"event_id", op.event_id}};
   }
@@ -202,6 +273,14 @@ Result<PersistedState> load_state(const std::string& path) {
     FL_ASSIGN_OR_RETURN(r.vm_id, get_string(io, "vm_id", 36, false));
     FL_ASSIGN_OR_RETURN(r.drain, get_bool_or(io, "drain", true));
     FL_ASSIGN_OR_RETURN(r.drain_ms, get_int_or(io, "drain_ms", 0, 600000, 0));
+    // Written since guests bring their own images (issue 12).
+    FL_ASSIGN_OR_RETURN(r.os_disk, get_string(io, "os_disk", 4096, false));
+    FL_ASSIGN_OR_RETURN(int64_t gen, get_int_or(io, "os_gen", 0, 1000000, 0));
+    r.os_gen = static_cast<int>(gen);
+    if (auto* dc = io.if_contains("data_check")) {
+      FL_ASSIGN_OR_RETURN(r.data_check, data_check_from_json(*dc, path + ": data_check"));
+    }
+    if (auto* pr = io.if_contains("probe")) FL_ASSIGN_OR_RETURN(r.probe, app_probe_from_json(*pr, path + ": probe"));
     s.instances.push_back(std::move(r));
   }
   if (auto* op = o.if_contains("operation"); op && op->is_object()) {
@@ -218,6 +297,11 @@ Result<PersistedState> load_state(const std::string& path) {
     if (auto* prev = oo.if_contains("previous_guest_image"); prev && prev->is_object()) {
       for (const auto& [k, v] : prev->as_object()) {
         if (v.is_string()) r.previous_guest_image[std::string(k)] = std::string(v.as_string());
+      }
+    }
+    if (auto* prev = oo.if_contains("previous_os_disk"); prev && prev->is_object()) {
+      for (const auto& [k, v] : prev->as_object()) {
+        if (v.is_string()) r.previous_os_disk[std::string(k)] = std::string(v.as_string());
       }
     }
     FL_ASSIGN_OR_RETURN(r.started_at, get_string(oo, "started_at", 64, false));

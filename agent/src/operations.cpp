@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "agent_impl.hpp"
+#include "instance_files.hpp"
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/logging.hpp"
 
@@ -31,6 +32,9 @@ GuestReport* report_of(Job& job, const std::string& name) {
   job.guests.back().name = name;
   return &job.guests.back();
 }
+
+// A data check, when the guest has one, held (a job's guest is not ok otherwise).
+bool data_held(const GuestReport& r) { return !r.data_check || r.data_check->ok; }
 
 }  // namespace
 
@@ -145,6 +149,14 @@ Status HostAgent::Impl::notify_guests(Job& job, const OperationRecord& op,
 Status HostAgent::Impl::wait_healthy(const std::string& name, Clock::time_point since,
                                      milliseconds timeout, const std::string& expect_image,
                                      const std::string& expect_boot_id) {
+  {
+    std::unique_lock lock(mu);
+    if (!builtin_locked(name)) {
+      const bool expect_agent = slots[name].agent_seen;
+      lock.unlock();
+      return wait_os_up(name, since, timeout, expect_agent, expect_boot_id);
+    }
+  }
   std::unique_lock lock(mu);
   std::string why;
   bool ok = wait_until(lock, Clock::now() + timeout, [&] {
@@ -327,6 +339,7 @@ Status HostAgent::Impl::run_host_os(Job& job, OperationRecord& op, bool resumed)
     if (auto& v = verified; !v.ok()) {
       return make_error(v.condition(), "host image '" + req.target + "' refused: " + v.error().message);
     }
+    capture_before(job, op.running_before);
     set_step(job, op, UpdateStep::notifying);
     FL_RETURN_IF_ERROR(notify_guests(job, op, op.running_before));
     if (cancelled(job)) return make_error(Condition::cancelled, "cancelled before any guest was stopped");
@@ -394,13 +407,14 @@ Status HostAgent::Impl::run_host_os(Job& job, OperationRecord& op, bool resumed)
     auto* r = report_of(job, name);
     auto since = started.count(name) ? started[name] : Clock::time_point{};
     auto s = wait_healthy(name, since, opt.boot_timeout, "", req.memory_preserving ? r->boot_id_before : "");
+    if (s.ok()) capture_after(*r, name);
     std::lock_guard lock(mu);
     record_after(*r, slots[name]);
     if (!s.ok()) {
       r->error = s.error().message;
       if (first_error.ok()) first_error = s;
     } else {
-      r->ok = r->counter_after >= r->counter_before;
+      r->ok = r->counter_after >= r->counter_before && data_held(*r);
     }
   }
   return first_error;
@@ -410,6 +424,7 @@ Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed
   const auto& req = op.request;
   FL_ASSIGN_OR_RETURN(auto target, guest_store->verify(req.target));
   if (!resumed) {
+    capture_before(job, op.running_before);
     set_step(job, op, UpdateStep::notifying);
     FL_RETURN_IF_ERROR(notify_guests(job, op, op.running_before));
     if (cancelled(job)) return make_error(Condition::cancelled, "cancelled before any guest was stopped");
@@ -429,18 +444,56 @@ Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed
     }
     set_step(job, op, UpdateStep::swapping_image);
   }
-  // Point every stopped guest's next boot at the target image (idempotent, so a restart redoes it).
+  // Point every stopped guest's next boot at the target image: a guest with its own OS disk gets
+  // a fresh overlay on the target (Azure's reimage: the data disk is kept). Idempotent, so a
+  // restarted agent redoes it without making a second overlay.
   auto point_at = [&](const std::string& name, const GuestImageInfo& img) -> Status {
     std::lock_guard lv(lv_mu);
-    FL_ASSIGN_OR_RETURN(auto d, domain(name));
-    FL_ASSIGN_OR_RETURN(auto boot, d.boot_image());
-    FL_RETURN_IF_ERROR(d.set_boot_image({img.kernel, img.initrd, boot.cmdline}));
+    InstanceRecord rec;
+    {
+      std::lock_guard lock(mu);
+      auto* r = record_locked(name);
+      if (!r) return make_error(Condition::not_found, "instance '" + name + "' vanished");
+      rec = *r;
+    }
+    if (!op.previous_guest_image.count(name)) {
+      op.previous_guest_image[name] = rec.meta.image;
+      op.previous_os_disk[name] = rec.os_disk;
+    }
+    const bool done = rec.meta.image == img.version && rec.os_disk != op.previous_os_disk[name];
+    if (!done) {
+      if (!img.builtin()) {
+        FL_RETURN_IF_ERROR(check_disk_reserve(vm_dir(), bytes_needed(img, 0, true), opt.disk_reserve_mib << 20));
+        FL_ASSIGN_OR_RETURN(rec.os_disk, create_os_overlay(instance_files_dir(vm_dir(), name), img, rec.os_gen + 1,
+                                                          /*replace_stale=*/true));
+        ++rec.os_gen;
+      } else {
+        rec.os_disk.clear();
+      }
+      rec.meta.image = img.version;
+    }
+    FL_RETURN_IF_ERROR(redefine_domain(rec).status());
     std::lock_guard lock(mu);
-    auto* rec = record_locked(name);
-    if (!rec) return make_error(Condition::not_found, "instance '" + name + "' vanished");
-    if (!op.previous_guest_image.count(name)) op.previous_guest_image[name] = rec->meta.image;
-    rec->meta.image = img.version;
-    FL_RETURN_IF_ERROR(d.set_metadata(rec->meta));
+    if (auto* r = record_locked(name)) *r = rec;
+    state.operation = op;
+    return persist_locked();
+  };
+  // Rollback: back on the previous image and the overlay it ran on (kept until now for this).
+  auto point_back = [&](const std::string& name) -> Status {
+    std::lock_guard lv(lv_mu);
+    InstanceRecord rec;
+    {
+      std::lock_guard lock(mu);
+      auto* r = record_locked(name);
+      if (!r) return make_error(Condition::not_found, "instance '" + name + "' vanished");
+      rec = *r;
+    }
+    rec.meta.image = op.previous_guest_image[name];
+    rec.os_disk = op.previous_os_disk[name];
+    FL_RETURN_IF_ERROR(redefine_domain(rec).status());
+    std::lock_guard lock(mu);
+    if (auto* r = record_locked(name)) *r = rec;
+    state.operation = op;
     return persist_locked();
   };
   if (op.step == UpdateStep::swapping_image) {
@@ -463,15 +516,14 @@ Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed
       // Not healthy on the new image: put it back on the previous one and start it.
       std::string prev = op.previous_guest_image.count(name) ? op.previous_guest_image[name] : "";
       r->error = s.error().message;
-      auto prev_img = guest_store->get(prev);
-      if (prev_img.ok()) {
+      if (!prev.empty()) {
         {
           // stop_guest waits for the destroy's own stopped event, so it is not taken for the
           // restarted guest stopping.
           std::lock_guard lv(lv_mu);
           (void)stop_guest(name, true);
         }
-        auto back = point_at(name, *prev_img);
+        auto back = point_back(name);
         Clock::time_point again = Clock::now();
         if (back.ok()) {
           std::lock_guard lv(lv_mu);
@@ -486,15 +538,18 @@ Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed
                                                     s.error().message + "); " + r->error.substr(r->error.find(';') + 2));
       }
     }
+    if (s.ok()) capture_after(*r, name);
+    drop_unused_files(name);
     std::lock_guard lock(mu);
     record_after(*r, slots[name]);
-    r->ok = s.ok() && r->counter_after >= r->counter_before;
+    r->ok = s.ok() && r->counter_after >= r->counter_before && data_held(*r);
   }
   return first_error;
 }
 
 Status HostAgent::Impl::run_freeze(Job& job, OperationRecord& op) {
   const auto& req = op.request;
+  capture_before(job, op.running_before);
   set_step(job, op, UpdateStep::notifying);
   FL_RETURN_IF_ERROR(notify_guests(job, op, op.running_before));
   if (cancelled(job)) return make_error(Condition::cancelled, "cancelled before any guest was frozen");
@@ -539,6 +594,7 @@ Status HostAgent::Impl::run_freeze(Job& job, OperationRecord& op) {
   for (const auto& name : op.running_before) {
     auto* r = report_of(job, name);
     auto s = wait_healthy(name, resumed_at, opt.boot_timeout, "", r->boot_id_before);
+    if (s.ok()) capture_after(*r, name);
     std::lock_guard lock(mu);
     auto& slot = slots[name];
     if (slot.first_hb_since_start) {
@@ -546,7 +602,7 @@ Status HostAgent::Impl::run_freeze(Job& job, OperationRecord& op) {
       r->pause_ms = ms_between(last_before[name], slot.first_hb_since_start->at);
       record_after(*r, slot);
     }
-    r->ok = s.ok();
+    r->ok = s.ok() && data_held(*r);
     if (!s.ok()) {
       r->error = s.error().message;
       if (first_error.ok()) first_error = s;

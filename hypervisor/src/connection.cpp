@@ -62,14 +62,13 @@ LifecycleKind kind_of(int event) {
   }
 }
 
-int on_lifecycle(virConnectPtr, virDomainPtr dom, int event, int detail, void* opaque) {
-  auto& hub = **static_cast<std::shared_ptr<Connection::Hub>*>(opaque);
+void publish(Connection::Hub& hub, virDomainPtr dom, LifecycleKind kind, int detail) {
   LifecycleEvent ev;
   const char* name = virDomainGetName(dom);
   ev.domain = name ? name : "";
   char uuid[VIR_UUID_STRING_BUFLEN] = {};
   if (virDomainGetUUIDString(dom, uuid) == 0) ev.uuid = uuid;
-  ev.kind = kind_of(event);
+  ev.kind = kind;
   ev.detail = detail;
   ev.at = std::chrono::steady_clock::now();
   {
@@ -82,8 +81,24 @@ int on_lifecycle(virConnectPtr, virDomainPtr dom, int event, int detail, void* o
     for (auto& [id, handler] : hub.handlers) handler(ev);
   }
   hub.cv.notify_all();
+}
+
+int on_lifecycle(virConnectPtr, virDomainPtr dom, int event, int detail, void* opaque) {
+  publish(**static_cast<std::shared_ptr<Connection::Hub>*>(opaque), dom, kind_of(event), detail);
   return 0;
 }
+
+void on_agent_lifecycle(virConnectPtr, virDomainPtr dom, int state, int reason, void* opaque) {
+  LifecycleKind kind;
+  switch (state) {
+    case VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED: kind = LifecycleKind::agent_connected; break;
+    case VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_DISCONNECTED: kind = LifecycleKind::agent_disconnected; break;
+    default: return;  // a state newer than this code: nothing a subscriber could act on
+  }
+  publish(**static_cast<std::shared_ptr<Connection::Hub>*>(opaque), dom, kind, reason);
+}
+
+void delete_hub_ref(void* p) { delete static_cast<std::shared_ptr<Connection::Hub>*>(p); }
 
 std::string query_param(const std::string& uri, const std::string& key) {
   auto q = uri.find('?');
@@ -208,10 +223,20 @@ Status Connection::init() {
   auto* opaque = new std::shared_ptr<Hub>(hub_);
   callback_id_ = virConnectDomainEventRegisterAny(
       conn_, nullptr, VIR_DOMAIN_EVENT_ID_LIFECYCLE, VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle), opaque,
-      [](void* p) { delete static_cast<std::shared_ptr<Hub>*>(p); });
+      delete_hub_ref);
   if (callback_id_ < 0) {
     delete opaque;
     return last_error("cannot register lifecycle events on '" + uri_ + "'");
+  }
+  // Agent events are a bonus: a driver without them still has guest_ping and the channel state.
+  auto* agent_opaque = new std::shared_ptr<Hub>(hub_);
+  agent_callback_id_ = virConnectDomainEventRegisterAny(
+      conn_, nullptr, VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE,
+      VIR_DOMAIN_EVENT_CALLBACK(on_agent_lifecycle), agent_opaque, delete_hub_ref);
+  if (agent_callback_id_ < 0) {
+    delete agent_opaque;
+    logger("hypervisor")->debug("no agent lifecycle events on {}: {}", uri_,
+                                last_error("register").message);
   }
   logger("hypervisor")->debug("opened {} (domain type {})", uri_, domain_type_);
   return {};
@@ -219,6 +244,7 @@ Status Connection::init() {
 
 Connection::~Connection() {
   if (callback_id_ >= 0) virConnectDomainEventDeregisterAny(conn_, callback_id_);
+  if (agent_callback_id_ >= 0) virConnectDomainEventDeregisterAny(conn_, agent_callback_id_);
   if (conn_) virConnectClose(conn_);
 }
 
@@ -332,6 +358,8 @@ std::string_view to_string(LifecycleKind k) {
     case LifecycleKind::pm_suspended: return "pm_suspended";
     case LifecycleKind::crashed: return "crashed";
     case LifecycleKind::other: return "other";
+    case LifecycleKind::agent_connected: return "agent-connected";
+    case LifecycleKind::agent_disconnected: return "agent-disconnected";
   }
   return "other";
 }

@@ -79,6 +79,66 @@ Status set_os_element(std::string& xml, const std::string& tag, const std::strin
   return {};
 }
 
+bool valid_target_dev(const std::string& t) {
+  if (t.size() < 2 || t.size() > 8) return false;
+  return std::all_of(t.begin(), t.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+  });
+}
+
+// Points disk `target_dev` of a domain XML at `path` (and, when `format` is not empty, makes its
+// driver type `format`; otherwise the type is kept: an OS disk stays qcow2). A <backingStore>
+// libvirt recorded for the old file describes a chain that no longer applies, so it goes.
+Status replace_disk_source(std::string& x, const std::string& domain, const std::string& target_dev,
+                           const std::string& path, const std::string& format) {
+  auto target = x.find("<target dev='" + target_dev + "'");
+  if (target == std::string::npos) {
+    return make_error(Condition::not_found, "'" + domain + "' has no disk " + target_dev);
+  }
+  auto disk = x.rfind("<disk", target);
+  auto disk_end = x.find("</disk>", target);
+  if (disk == std::string::npos || disk_end == std::string::npos) {
+    return make_error(Condition::unsupported, "disk " + target_dev + " is not a disk element");
+  }
+  std::string el = x.substr(disk, disk_end - disk);
+  const std::string src_open = "<source file='";
+  auto src = el.find(src_open);
+  if (el.find("<disk type='file'") != 0 || src == std::string::npos) {
+    return make_error(Condition::unsupported, "disk " + target_dev + " is not a file disk");
+  }
+  auto val = src + src_open.size();
+  el.replace(val, el.find('\'', val) - val, xml_escape(path));
+  if (auto bs = el.find("<backingStore"); bs != std::string::npos) {
+    // Either <backingStore/> or a nested chain closed by the last </backingStore>.
+    const std::string close = "</backingStore>";
+    auto open_end = el.find('>', bs);
+    auto last_close = el.rfind(close);
+    size_t end = std::string::npos;
+    if (open_end != std::string::npos && el[open_end - 1] == '/') end = open_end + 1;
+    else if (last_close != std::string::npos && last_close > bs) end = last_close + close.size();
+    if (end == std::string::npos) {
+      return make_error(Condition::internal, "disk " + target_dev + ": unclosed <backingStore>");
+    }
+    el.erase(bs, end - bs);
+  }
+  if (!format.empty()) {
+    auto drv = el.find("<driver ");
+    if (drv == std::string::npos) {
+      return make_error(Condition::unsupported, "disk " + target_dev + " has no <driver> element");
+    }
+    auto type = el.find(" type='", drv);
+    auto drv_end = el.find('>', drv);
+    if (type != std::string::npos && type < drv_end) {
+      auto v = type + 7;
+      el.replace(v, el.find('\'', v) - v, format);
+    } else {
+      el.insert(drv + 7, "type='" + format + "' ");
+    }
+  }
+  x.replace(disk, disk_end - disk, el);
+  return {};
+}
+
 }  // namespace
 
 // Drivers disagree on how they report "wrong state" (QEMU: operation invalid; the test driver:
@@ -283,8 +343,15 @@ Status Domain::set_boot_image(const BootImage& image) {
   DomainSpec probe;  // reuse the spec's path checks
   probe.name = "x";
   probe.boot = image;
+  probe.os_disk = "/os-disk";  // whether there is one is checked on the definition below
   FL_RETURN_IF_ERROR(validate(probe));
   FL_ASSIGN_OR_RETURN(std::string x, xml(true));
+  // Booting from the disk: libvirt's default boot order (<boot dev='hd'/>, which it adds itself
+  // when there is no kernel) applies once the kernel is gone, but only with a disk to boot.
+  if (image.kernel.empty() && x.find("<target dev='vda'") == std::string::npos) {
+    return make_error(Condition::invalid_state,
+                      "'" + name_ + "' has no OS disk (vda) to boot from; boot.kernel is required");
+  }
   FL_RETURN_IF_ERROR(set_os_element(x, "kernel", image.kernel));
   FL_RETURN_IF_ERROR(set_os_element(x, "initrd", image.initrd));
   FL_RETURN_IF_ERROR(set_os_element(x, "cmdline", image.cmdline));
@@ -295,22 +362,25 @@ Status Domain::set_boot_image(const BootImage& image) {
 }
 
 Status Domain::set_disk_source(const std::string& target_dev, const std::string& path) {
-  if (path.empty() || path[0] != '/') {
-    return make_error(Condition::invalid_argument, "disk source must be an absolute path");
+  return set_disk_source(target_dev, path, "");
+}
+
+Status Domain::set_disk_source(const std::string& target_dev, const std::string& path,
+                               const std::string& format) {
+  if (!valid_target_dev(target_dev)) {
+    return make_error(Condition::invalid_argument,
+                      "disk target must be 2..8 characters of [a-z0-9]: '" + target_dev + "'");
+  }
+  if (path.empty() || path[0] != '/' || path.size() > 4096 ||
+      std::any_of(path.begin(), path.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20; })) {
+    return make_error(Condition::invalid_argument,
+                      "disk source must be an absolute path of at most 4096 characters: '" + path + "'");
+  }
+  if (!format.empty() && format != "qcow2" && format != "raw") {
+    return make_error(Condition::invalid_argument, "disk format must be qcow2 or raw: '" + format + "'");
   }
   FL_ASSIGN_OR_RETURN(std::string x, xml(true));
-  auto target = x.find("<target dev='" + target_dev + "'");
-  if (target == std::string::npos) {
-    return make_error(Condition::not_found, "'" + name_ + "' has no disk " + target_dev);
-  }
-  auto disk = x.rfind("<disk", target);
-  auto src = x.find("<source file='", disk);
-  if (disk == std::string::npos || src == std::string::npos || src > target) {
-    return make_error(Condition::unsupported, "disk " + target_dev + " is not a file disk");
-  }
-  auto val = src + std::string("<source file='").size();
-  auto end = x.find('\'', val);
-  x.replace(val, end - val, xml_escape(path));
+  FL_RETURN_IF_ERROR(replace_disk_source(x, name_, target_dev, path, format));
   virDomainPtr d = virDomainDefineXML(conn_->raw(), x.c_str());
   if (!d) return last_error("cannot set disk " + target_dev + " of '" + name_ + "'");
   virDomainFree(d);

@@ -4,8 +4,9 @@
 // against a character set (the name) or escaped. Choices that matter under TCG: machine 'pc' (the
 // fastest to boot), no USB controller, no balloon, no graphics; <acpi/> because without it the
 // ACPI shutdown request returns 0 and nothing happens; the serial log with append='on' because
-// QEMU truncates it at every start otherwise; the data disk without cache=none because O_DIRECT
-// fails on tmpfs.
+// QEMU truncates it at every start otherwise; disks without cache=none because O_DIRECT
+// fails on tmpfs. An OS disk (a qcow2 overlay per instance) is vda so that an image's
+// "root=/dev/vda" holds; the data disk then follows as vdb.
 
 #include <cctype>
 #include <cstring>
@@ -96,7 +97,47 @@ Result<int> int_attribute(const std::string& xml, const std::string& attr, int l
   return v;
 }
 
+// The boot source: a kernel (with optional initrd and command line), or the OS disk.
+Status validate_boot(const DomainSpec& s) {
+  FL_RETURN_IF_ERROR(check_path("os_disk", s.os_disk, false));
+  if (s.os_disk_format != "qcow2" && s.os_disk_format != "raw") {
+    return make_error(Condition::invalid_argument,
+                      "os_disk_format must be qcow2 or raw: '" + s.os_disk_format + "'");
+  }
+  if (s.boot.kernel.empty()) {
+    if (s.os_disk.empty()) {
+      return make_error(Condition::invalid_argument,
+                        "boot.kernel is required unless an os_disk is given to boot from");
+    }
+    // Booting the disk's own bootloader: an initrd or command line would be silently ignored.
+    if (!s.boot.initrd.empty() || !s.boot.cmdline.empty()) {
+      return make_error(Condition::invalid_argument,
+                        "boot.initrd and boot.cmdline need boot.kernel (booting from os_disk)");
+    }
+    return {};
+  }
+  FL_RETURN_IF_ERROR(check_path("boot.kernel", s.boot.kernel, true));
+  FL_RETURN_IF_ERROR(check_path("boot.initrd", s.boot.initrd, false));
+  if (s.boot.cmdline.size() > 2048) return make_error(Condition::invalid_argument, "boot.cmdline is too long");
+  return {};
+}
+
+void render_disk(std::ostringstream& x, const std::string& path, const std::string& format,
+                 const std::string& target) {
+  x << "    <disk type='file' device='disk'>\n"
+    << "      <driver name='qemu' type='" << format << "'/>\n"
+    << "      <source file='" << xml_escape(path) << "'/>\n"
+    << "      <target dev='" << target << "' bus='virtio'/>\n    </disk>\n";
+}
+
 }  // namespace
+
+std::string os_disk_target(const DomainSpec& s) { return s.os_disk.empty() ? "" : "vda"; }
+
+std::string data_disk_target(const DomainSpec& s) {
+  if (s.data_disk.empty()) return "";
+  return s.os_disk.empty() ? "vda" : "vdb";
+}
 
 bool valid_mac(const std::string& mac) {
   if (mac.size() != 17) return false;
@@ -174,11 +215,12 @@ Status validate(const DomainSpec& s) {
     return make_error(Condition::invalid_argument, "memory_mib must be in 32..65536");
   }
   if (s.vcpus < 1 || s.vcpus > 64) return make_error(Condition::invalid_argument, "vcpus must be in 1..64");
-  FL_RETURN_IF_ERROR(check_path("boot.kernel", s.boot.kernel, true));
-  FL_RETURN_IF_ERROR(check_path("boot.initrd", s.boot.initrd, false));
-  if (s.boot.cmdline.size() > 2048) return make_error(Condition::invalid_argument, "boot.cmdline is too long");
+  FL_RETURN_IF_ERROR(validate_boot(s));
   FL_RETURN_IF_ERROR(check_path("console_log", s.console_log, false));
   FL_RETURN_IF_ERROR(check_path("data_disk", s.data_disk, false));
+  if (!s.os_disk.empty() && s.os_disk == s.data_disk) {
+    return make_error(Condition::invalid_argument, "os_disk and data_disk are the same file: " + s.os_disk);
+  }
   FL_RETURN_IF_ERROR(check_path("channel_socket", s.channel_socket, false));
   if (s.channel_socket.size() >= 108) {
     return make_error(Condition::invalid_argument,
@@ -220,20 +262,20 @@ Result<std::string> render_domain_xml(const DomainSpec& s, const std::string& do
     << "  <memory unit='MiB'>" << s.memory_mib << "</memory>\n"
     << "  <vcpu>" << s.vcpus << "</vcpu>\n";
   if (s.metadata) x << "  <metadata>" << render_metadata_xml(*s.metadata) << "</metadata>\n";
-  x << "  <os>\n    <type arch='x86_64'" << (real ? " machine='pc'" : "") << ">hvm</type>\n"
-    << "    <kernel>" << xml_escape(s.boot.kernel) << "</kernel>\n";
-  if (!s.boot.initrd.empty()) x << "    <initrd>" << xml_escape(s.boot.initrd) << "</initrd>\n";
-  if (!s.boot.cmdline.empty()) x << "    <cmdline>" << xml_escape(s.boot.cmdline) << "</cmdline>\n";
+  x << "  <os>\n    <type arch='x86_64'" << (real ? " machine='pc'" : "") << ">hvm</type>\n";
+  if (s.boot.kernel.empty()) {
+    x << "    <boot dev='hd'/>\n";  // validate() made sure there is an OS disk
+  } else {
+    x << "    <kernel>" << xml_escape(s.boot.kernel) << "</kernel>\n";
+    if (!s.boot.initrd.empty()) x << "    <initrd>" << xml_escape(s.boot.initrd) << "</initrd>\n";
+    if (!s.boot.cmdline.empty()) x << "    <cmdline>" << xml_escape(s.boot.cmdline) << "</cmdline>\n";
+  }
   x << "  </os>\n";
   if (s.acpi) x << "  <features><acpi/></features>\n";
   x << "  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n"
     << "  <on_crash>destroy</on_crash>\n  <devices>\n";
-  if (!s.data_disk.empty()) {
-    x << "    <disk type='file' device='disk'>\n"
-      << "      <driver name='qemu' type='raw'/>\n"
-      << "      <source file='" << xml_escape(s.data_disk) << "'/>\n"
-      << "      <target dev='vda' bus='virtio'/>\n    </disk>\n";
-  }
+  if (!s.os_disk.empty()) render_disk(x, s.os_disk, s.os_disk_format, os_disk_target(s));
+  if (!s.data_disk.empty()) render_disk(x, s.data_disk, "raw", data_disk_target(s));
   if (!s.console_log.empty()) {
     x << "    <serial type='file'>\n      <source path='" << xml_escape(s.console_log)
       << "' append='on'/>\n      <target port='0'/>\n    </serial>\n";
@@ -242,6 +284,12 @@ Result<std::string> render_domain_xml(const DomainSpec& s, const std::string& do
     x << "    <channel type='unix'>\n      <source mode='bind' path='" << xml_escape(s.channel_socket)
       << "'/>\n      <target type='virtio' name='" << kIntegrationChannelName << "'/>\n"
       << "    </channel>\n";
+  }
+  if (s.guest_agent) {
+    // No source path: libvirt makes the socket in its own channel directory and connects to it
+    // itself (the agent lifecycle events and virDomainQemuAgentCommand need exactly that).
+    x << "    <channel type='unix'>\n      <target type='virtio' name='" << kGuestAgentChannelName
+      << "'/>\n    </channel>\n";
   }
   if (s.nic) {
     // Both strings are validated to a character set that needs no escaping.

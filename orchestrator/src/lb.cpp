@@ -19,13 +19,9 @@
 
 #include "fabriclab/orchestrator/lb.hpp"
 
-#include <fcntl.h>
 #include <poll.h>
-#include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -36,8 +32,7 @@
 #include <thread>
 
 #include "fabriclab/common/logging.hpp"
-
-extern char** environ;
+#include "fabriclab/common/process.hpp"
 
 namespace fabriclab::orchestrator {
 
@@ -51,59 +46,6 @@ std::string errno_text(int e) { return std::strerror(e); }
 int remaining_ms(Clock::time_point deadline) {
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
   return static_cast<int>(std::max<int64_t>(0, ms));
-}
-
-// Runs argv, stdout and stderr into one pipe, bounded in time and output.
-struct RunResult {
-  int exit_code = -1;  // -1: killed or not exited
-  std::string output;
-};
-Result<RunResult> run(const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {
-  int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0) return make_error(Condition::internal, "pipe: " + errno_text(errno));
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
-  posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  pid_t pid = 0;
-  int rc = posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  close(fds[1]);
-  if (rc != 0) {
-    close(fds[0]);
-    return make_error(Condition::not_found, "cannot run '" + argv[0] + "': " + errno_text(rc));
-  }
-  RunResult r;
-  auto deadline = Clock::now() + timeout;
-  bool timed_out = false;
-  for (;;) {
-    pollfd p{fds[0], POLLIN, 0};
-    int n = ::poll(&p, 1, remaining_ms(deadline));
-    if (n == 0) {
-      timed_out = true;
-      break;
-    }
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      break;
-    }
-    char buf[4096];
-    ssize_t got = read(fds[0], buf, sizeof buf);
-    if (got <= 0) break;
-    if (r.output.size() < (64 << 10)) r.output.append(buf, static_cast<size_t>(got));
-  }
-  close(fds[0]);
-  if (timed_out) kill(pid, SIGKILL);  // our own child
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (timed_out) return make_error(Condition::timeout, "'" + argv[0] + "' did not finish in time");
-  if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
-  return r;
 }
 
 // HAProxy's own complaint from `haproxy -c` output: its ALERT lines, else the whole output.
@@ -276,7 +218,7 @@ Result<bool> LoadBalancer::apply(const std::vector<LbService>& services) {
     f << text;
     if (!f.flush()) return make_error(Condition::internal, candidate + ": write failed");
   }
-  auto checked = run({options_.haproxy, "-c", "-f", candidate}, std::chrono::seconds(20));
+  auto checked = run_command({options_.haproxy, "-c", "-f", candidate}, std::chrono::seconds(20), 64 << 10);
   if (!checked.ok()) {
     std::remove(candidate.c_str());
     return checked.error();

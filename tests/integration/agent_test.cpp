@@ -196,5 +196,79 @@ TEST(AgentState, SaveAndLoadRoundTripAndBadFilesNameTheField) {
   std::filesystem::remove_all(*dir);
 }
 
+TEST(AgentState, DataCheckProbeAndOverlayPersistAndBadOnesNameTheField) {
+  auto dir = testbed::make_short_tmpdir("fl-st-");
+  ASSERT_TRUE(dir.ok());
+  agent::PersistedState s;
+  s.host_id = "h1";
+  agent::InstanceRecord r{"web-0", {"web", 0, 0, 0, "debian-v1"}, 384, true, "normal"};
+  r.data_check = agent::DataCheck{{"/bin/cat", "/data/counter"}, "equal"};
+  r.probe = agent::AppProbe{8080, "/healthz"};
+  r.os_disk = "/x/web-0.d/os-debian-v1-3.qcow2";
+  r.os_gen = 3;
+  s.instances.push_back(r);
+  ASSERT_OK(agent::save_state(*dir + "/state.json", s));
+  auto back = agent::load_state(*dir + "/state.json");
+  ASSERT_OK(back);
+  const auto& b = back->instances.at(0);
+  EXPECT_EQ(b.data_check, r.data_check);
+  EXPECT_EQ(b.probe, r.probe);
+  EXPECT_EQ(b.os_disk, r.os_disk);
+  EXPECT_EQ(b.os_gen, 3);
+  std::filesystem::remove_all(*dir);
+
+  auto spec = [](const char* text) { return agent::instance_spec_from_json(json::parse(text).as_object()); };
+  auto ok = spec(R"({"service":"web","index":0,"ud":0,"fd":0,"image":"v1",
+                    "data_check":{"command":["/bin/cat","/data/counter"]},"probe":{"port":80}})");
+  ASSERT_OK(ok);
+  EXPECT_EQ(ok->data_check->rule, "not_less");
+  EXPECT_EQ(ok->probe.path, "/health");
+  const std::pair<const char*, const char*> bad[] = {
+      {R"("data_check":{"command":[]})", "data_check.command must be a list of 1..16"},
+      {R"("data_check":{"command":["cat","/data/counter"]})", "data_check.command[0] must be an absolute path"},
+      {R"("data_check":{"command":["/bin/cat"],"rule":"greater"})", "data_check.rule must be equal or not_less"},
+      {R"("data_check":{"command":["/bin/cat"],"when":"now"})", "unknown field 'when'"},
+      {R"("probe":{"port":0})", "probe.port must be an integer in 1..65535"},
+      {R"("probe":{"port":80,"path":"health"})", "probe.path must be a path starting with '/'"},
+  };
+  for (const auto& [field, message] : bad) {
+    auto r2 = spec((std::string(R"({"service":"web","index":0,"ud":0,"fd":0,"image":"v1",)") + field + "}").c_str());
+    ASSERT_FALSE(r2.ok()) << field;
+    EXPECT_NE(r2.error().message.find(message), std::string::npos) << r2.error().message;
+  }
+}
+
+class AgentDisks : public AgentFixture {};
+
+TEST_F(AgentDisks, AnInstanceThatWouldEatTheDiskReserveIsRefusedBeforeAnythingIsMade) {
+  agent::AgentOptions o;
+  o.disk_reserve_mib = 1ull << 30;  // a PiB must stay free: no file system here has that
+  open_agent(false, o);
+  auto r = agent_->create_instance(spec("web", 0));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.condition(), Condition::invalid_state);
+  EXPECT_NE(r.error().message.find("not enough disk space"), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message.find("--disk-reserve-mib"), std::string::npos) << r.error().message;
+  EXPECT_TRUE(agent_->instances_json().empty());
+  EXPECT_TRUE(std::filesystem::is_empty(dir_ + "/st/vm")) << "no data disk, overlay or kernel copy left behind";
+}
+
+TEST_F(AgentDisks, EveryInstanceBootsFromItsOwnKernelAndInitrdCopy) {
+  open_agent(false);
+  ASSERT_OK(agent_->create_instance(spec("web", 0)));
+  ASSERT_OK(agent_->create_instance(spec("web", 1)));
+  for (const char* name : {"web-0", "web-1"}) {
+    const std::string boot = dir_ + "/st/vm/" + std::string(name) + ".d/boot-v1";
+    EXPECT_TRUE(std::filesystem::is_regular_file(boot + "/vmlinuz")) << boot;
+    EXPECT_TRUE(std::filesystem::is_regular_file(boot + "/initrd.img")) << boot;
+    auto xml = agent_->domain_xml(name);
+    ASSERT_OK(xml);
+    EXPECT_NE(xml->find("<kernel>" + boot + "/vmlinuz</kernel>"), std::string::npos) << *xml;
+    EXPECT_NE(xml->find("org.qemu.guest_agent.0"), std::string::npos) << "every guest gets the guest agent channel";
+  }
+  ASSERT_OK(agent_->delete_instance("web-0"));
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/st/vm/web-0.d"));
+}
+
 }  // namespace
 }  // namespace fabriclab::testing

@@ -102,6 +102,136 @@ TEST(DomainSpec, RejectsABadMacOrBridgeNamingTheField) {
   EXPECT_TRUE(validate(s).ok()) << "upper-case hex and every allowed character";
 }
 
+// A Debian-style guest: its own OS disk (qcow2 overlay) booted with its kernel, a data disk, the
+// guest agent channel.
+DomainSpec os_disk_sample() {
+  auto s = sample();
+  s.boot = {"/img/debian-v1/vmlinuz", "/img/debian-v1/initrd.img", "root=/dev/vda rw console=ttyS0"};
+  s.os_disk = "/lab/web-0.os.qcow2";
+  s.guest_agent = true;
+  return s;
+}
+
+TEST(DomainSpec, WithoutAnOsDiskTheDataDiskIsVdaAsForTheBuiltInGuest) {
+  auto xml = render_domain_xml(sample(), "qemu");
+  ASSERT_TRUE(xml.ok()) << xml.error().describe();
+  EXPECT_NE(xml->find("<driver name='qemu' type='raw'/>\n      <source file='/lab/web-0.raw'/>\n"
+                      "      <target dev='vda' bus='virtio'/>"),
+            std::string::npos)
+      << *xml;
+  EXPECT_EQ(xml->find("vdb"), std::string::npos) << *xml;
+  EXPECT_EQ(xml->find("org.qemu.guest_agent.0"), std::string::npos) << "no agent channel unless asked";
+  EXPECT_EQ(xml->find("<boot dev="), std::string::npos) << *xml;
+  EXPECT_EQ(os_disk_target(sample()), "");
+  EXPECT_EQ(data_disk_target(sample()), "vda");
+}
+
+TEST(DomainSpec, AnOsDiskIsVdaInItsFormatAndTheDataDiskMovesToVdb) {
+  auto s = os_disk_sample();
+  auto xml = render_domain_xml(s, "qemu");
+  ASSERT_TRUE(xml.ok()) << xml.error().describe();
+  const auto os = xml->find("<driver name='qemu' type='qcow2'/>\n      <source file='/lab/web-0.os.qcow2'/>\n"
+                            "      <target dev='vda' bus='virtio'/>");
+  const auto data = xml->find("<driver name='qemu' type='raw'/>\n      <source file='/lab/web-0.raw'/>\n"
+                              "      <target dev='vdb' bus='virtio'/>");
+  ASSERT_NE(os, std::string::npos) << *xml;
+  ASSERT_NE(data, std::string::npos) << *xml;
+  EXPECT_LT(os, data) << "the OS disk comes first";
+  EXPECT_NE(xml->find("<kernel>/img/debian-v1/vmlinuz</kernel>"), std::string::npos) << *xml;
+  EXPECT_NE(xml->find("<cmdline>root=/dev/vda rw console=ttyS0</cmdline>"), std::string::npos);
+  EXPECT_EQ(os_disk_target(s), "vda");
+  EXPECT_EQ(data_disk_target(s), "vdb");
+
+  s.os_disk_format = "raw";
+  xml = render_domain_xml(s, "qemu");
+  ASSERT_TRUE(xml.ok());
+  EXPECT_NE(xml->find("<driver name='qemu' type='raw'/>\n      <source file='/lab/web-0.os.qcow2'/>"),
+            std::string::npos)
+      << *xml;
+
+  s.data_disk.clear();
+  xml = render_domain_xml(s, "qemu");
+  ASSERT_TRUE(xml.ok());
+  EXPECT_EQ(xml->find("vdb"), std::string::npos) << *xml;
+  EXPECT_EQ(data_disk_target(s), "");
+}
+
+TEST(DomainSpec, AnEmptyKernelBootsFromTheOsDisk) {
+  auto s = os_disk_sample();
+  s.boot = {};
+  for (const char* type : {"qemu", "test"}) {
+    auto xml = render_domain_xml(s, type);
+    ASSERT_TRUE(xml.ok()) << xml.error().describe();
+    EXPECT_NE(xml->find("<os>\n    <type arch='x86_64'"), std::string::npos) << *xml;
+    EXPECT_NE(xml->find(">hvm</type>\n    <boot dev='hd'/>\n  </os>"), std::string::npos) << *xml;
+    EXPECT_EQ(xml->find("<kernel>"), std::string::npos) << *xml;
+    EXPECT_EQ(xml->find("<initrd>"), std::string::npos) << *xml;
+    EXPECT_EQ(xml->find("<cmdline>"), std::string::npos) << *xml;
+  }
+}
+
+TEST(DomainSpec, RendersTheGuestAgentChannelWithALibvirtManagedSocket) {
+  auto s = os_disk_sample();
+  auto xml = render_domain_xml(s, "qemu");
+  ASSERT_TRUE(xml.ok()) << xml.error().describe();
+  EXPECT_NE(xml->find("    <channel type='unix'>\n"
+                      "      <target type='virtio' name='org.qemu.guest_agent.0'/>\n"
+                      "    </channel>\n"),
+            std::string::npos)
+      << *xml;
+  // Beside, not instead of, our own integration channel.
+  EXPECT_NE(xml->find("name='org.fabriclab.integration.0'"), std::string::npos);
+  EXPECT_NE(xml->find("<source mode='bind' path='/lab/web-0.sock'/>"), std::string::npos);
+
+  s.channel_socket.clear();
+  xml = render_domain_xml(s, "test");
+  ASSERT_TRUE(xml.ok());
+  EXPECT_NE(xml->find("name='org.qemu.guest_agent.0'"), std::string::npos) << *xml;
+  EXPECT_EQ(xml->find("org.fabriclab.integration.0"), std::string::npos) << *xml;
+}
+
+TEST(DomainSpec, RejectsBadOsDiskSettingsNamingTheField) {
+  auto expect_refused = [](const DomainSpec& s, const std::string& field) {
+    auto st = validate(s);
+    ASSERT_FALSE(st.ok()) << "accepted, expected an error naming " << field;
+    EXPECT_EQ(st.condition(), Condition::invalid_argument);
+    EXPECT_NE(st.error().message.find(field), std::string::npos) << st.error().message;
+    EXPECT_FALSE(render_domain_xml(s, "qemu").ok()) << "render validates too";
+  };
+  auto s = os_disk_sample();
+  s.os_disk = "relative/os.qcow2";
+  expect_refused(s, "os_disk");
+
+  s = os_disk_sample();
+  s.os_disk = "/lab/\nos.qcow2";
+  expect_refused(s, "os_disk");
+
+  s = os_disk_sample();
+  s.os_disk_format = "vmdk";
+  expect_refused(s, "os_disk_format");
+
+  s = os_disk_sample();
+  s.data_disk = s.os_disk;
+  expect_refused(s, "data_disk");
+
+  // Booting from the disk needs a disk, and takes no initrd or command line.
+  s = sample();
+  s.boot = {};
+  expect_refused(s, "os_disk");
+  expect_refused(s, "boot.kernel");
+  s = os_disk_sample();
+  s.boot = {"", "/img/initrd.img", ""};
+  expect_refused(s, "boot.initrd");
+  s = os_disk_sample();
+  s.boot = {"", "", "root=/dev/vda"};
+  expect_refused(s, "boot.cmdline");
+
+  s = os_disk_sample();
+  s.boot = {};
+  s.os_disk_format = "raw";
+  EXPECT_TRUE(validate(s).ok()) << "a raw OS disk with its own bootloader";
+}
+
 TEST(InstanceMetadata, RoundTripsThroughXml) {
   InstanceMetadata m{"wo'rker", 2, 2, 0, "v2"};
   auto back = parse_metadata_xml(render_metadata_xml(m));

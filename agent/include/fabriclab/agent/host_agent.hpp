@@ -65,6 +65,9 @@ struct AgentOptions {
   std::string guest_bridge;    // the guests' virtio NICs go on this bridge; empty: no NIC
   std::string guest_subnet;    // "A.B.C.0/24": guest addresses .10-.250, gateway .1
   std::string dhcp_hosts_dir;  // absolute; one dnsmasq host file per instance (NAME.conf)
+  // Creating an instance (or reimaging one) that could leave less than this free in the state
+  // directory's file system is refused before anything is made.
+  uint64_t disk_reserve_mib = 256;
 };
 
 struct InstanceSpec {
@@ -74,9 +77,12 @@ struct InstanceSpec {
   std::string mode = "normal";  // the guest program's mode (normal | ignore-power | fail-app)
   bool drain = true;            // the guest drains before approving a scheduled event
   int64_t drain_ms = 0;         // 0..600000; 0: the agent's default (AgentOptions::drain)
+  std::optional<DataCheck> data_check;  // run through the guest agent around each operation
+  AppProbe probe;                       // the service's probe; port 0: none
 };
-// {service, index, ud, fd, image, memory_mib?, name?, mode?, drain?, drain_ms?}; errors name the
-// field.
+// {service, index, ud, fd, image, memory_mib?, name?, mode?, drain?, drain_ms?, data_check?,
+// probe?};
+// errors name the field.
 Result<InstanceSpec> instance_spec_from_json(const boost::json::object& o);
 
 class HostAgent {
@@ -98,6 +104,8 @@ class HostAgent {
   Status start_instance(const std::string& name);
   Status stop_instance(const std::string& name);
   Status delete_instance(const std::string& name);
+  // The instance's persistent libvirt definition (what its next boot uses), for inspection.
+  Result<std::string> domain_xml(const std::string& name);
 
   // Maintenance operations: one at a time; returns the job (202 semantics: it runs on).
   Result<boost::json::object> start_operation(const OperationRequest& request);

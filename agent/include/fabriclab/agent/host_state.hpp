@@ -28,6 +28,30 @@ std::string_view to_string(UpdateStep s);
 std::string_view to_string(OperationKind k);
 Result<OperationKind> parse_operation_kind(std::string_view s);
 
+// Proof that a guest's data survived (issue 12): a command run through the guest agent
+// (guest-exec) before the notice and after the restart; `rule` compares the two outputs:
+// "equal" (byte for byte) or "not_less" (both start with an integer, after >= before).
+struct DataCheck {
+  std::vector<std::string> command;  // 1..16 arguments of 1..256 bytes; command[0] absolute
+  std::string rule = "not_less";
+
+  bool operator==(const DataCheck&) const = default;
+};
+boost::json::object to_json(const DataCheck& c);
+// {"command": [...], "rule"?}; errors name `field` ("data_check.command[0] must be an absolute path").
+Result<DataCheck> data_check_from_json(const boost::json::value& v, const std::string& field);
+
+// The service's app probe (its load-balancer probe), which the agent also runs against a guest
+// that brings its own image before it calls the guest healthy: GET http://ADDRESS:port/path.
+struct AppProbe {
+  int port = 0;  // 0: none
+  std::string path = "/health";
+
+  bool operator==(const AppProbe&) const = default;
+};
+// {"port": 1..65535, "path": "/..." (<= 256)}; errors name `field`.
+Result<AppProbe> app_probe_from_json(const boost::json::value& v, const std::string& field);
+
 // An instance this host owns. `want_running` is what the fabric asked for; the agent restores it.
 struct InstanceRecord {
   std::string name;
@@ -42,6 +66,13 @@ struct InstanceRecord {
   std::string vm_id;   // a GUID, IMDS compute.vmId; made at creation
   bool drain = true;   // the built-in guest drains (leaves the load balancer) before it approves
   int64_t drain_ms = 0;  // how long it drains; 0: the agent's default
+  std::optional<DataCheck> data_check;
+  AppProbe probe;
+  // A guest that brings its own OS disk runs on a qcow2 overlay of its image (instance_files.hpp):
+  // the current overlay's path and its generation (a reimage makes the next); "" / 0 for the
+  // built-in guest.
+  std::string os_disk;
+  int os_gen = 0;
 };
 
 struct OperationRequest {
@@ -61,6 +92,7 @@ struct OperationRecord {
   std::vector<std::string> stopped;          // guests this operation stopped (or saved)
   std::string previous_host_image;
   std::map<std::string, std::string> previous_guest_image;  // guest-os: for rollback
+  std::map<std::string, std::string> previous_os_disk;      // guest-os: the overlay to go back to
   std::string started_at;                    // RFC 3339
   std::string event_id;  // the operation's scheduled event (a GUID), the same after a restart
 };

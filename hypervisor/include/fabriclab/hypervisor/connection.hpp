@@ -29,12 +29,17 @@ enum class DomainState { no_state, running, blocked, paused, shutting_down, shut
                          pm_suspended, unknown };
 std::string_view to_string(DomainState s);
 
+// agent_connected / agent_disconnected come from libvirt's agent lifecycle event: the guest
+// opened / closed the qemu-guest-agent port (the agent started / stopped, or the guest booted /
+// went down). Drivers without that event (the test driver) never deliver them.
 enum class LifecycleKind { defined, undefined, started, suspended, resumed, stopped, shutdown,
-                           pm_suspended, crashed, other };
+                           pm_suspended, crashed, other, agent_connected, agent_disconnected };
+// "started", ..., "agent-connected", "agent-disconnected".
 std::string_view to_string(LifecycleKind k);
 
 // A libvirt lifecycle event as a plain value. Events are hints: they arrive late and may be
-// coalesced; reconcile by querying the domain.
+// coalesced; reconcile by querying the domain. For agent events `detail` is libvirt's reason
+// (1: the domain started, 2: the channel changed state).
 struct LifecycleEvent {
   uint64_t seq = 0;  // strictly increasing per connection
   std::string domain;
@@ -69,6 +74,19 @@ struct ShutdownResult {
   std::chrono::milliseconds elapsed{0};  // from the request to the domain being off
   std::string note;                      // why it was destroyed, when it was
 };
+
+// What a command run through the guest agent (guest-exec) did.
+struct GuestExecResult {
+  int exit_code = -1;      // the exit status; 128 + signal when a signal killed it
+  std::string out, err;    // captured stdout / stderr, each at most kGuestExecOutputCap bytes
+  bool truncated = false;  // out or err was cut (by us at the cap, or by the guest agent)
+  int signal = 0;          // the signal that killed it; 0 when it exited
+};
+
+// Limits of Domain::guest_exec.
+inline constexpr size_t kGuestExecOutputCap = 64 * 1024;
+inline constexpr size_t kGuestExecMaxArgs = 64;
+inline constexpr size_t kGuestExecMaxArgBytes = 4096;
 
 class Connection;
 
@@ -113,8 +131,40 @@ class Domain {
   Status set_boot_image(const BootImage& image);
   // Current persistent boot image.
   Result<BootImage> boot_image() const;
-  // Replaces the source of disk `target_dev` (e.g. "vda") in the persistent definition.
+  // Replaces the source of disk `target_dev` (e.g. "vda") in the persistent definition, keeping
+  // its driver type (an OS disk overlay stays qcow2); a recorded backing chain is dropped (libvirt
+  // reads the new file's own). With `format` ("qcow2" | "raw") the driver type becomes that.
   Status set_disk_source(const std::string& target_dev, const std::string& path);
+  Status set_disk_source(const std::string& target_dev, const std::string& path,
+                         const std::string& format);
+
+  // --- The qemu-guest-agent (DomainSpec::guest_agent). These block for up to `timeout` (libvirt
+  // counts whole seconds: rounded up, at least 1 s); run them off any event loop. Conditions:
+  //   transient       the agent is not connected (no agent running in the guest, or the guest
+  //                   is still booting or going down); the message says "not connected"
+  //   timeout         the agent is connected but did not answer in time
+  //   unsupported     the domain has no guest agent channel
+  //   invalid_state   the domain is not running
+  //   invalid_argument  a bad request, or the agent refused the command (its reason quoted)
+  // A reply that is not a JSON object with "return" is an internal error naming the command.
+
+  // Raw guest-agent command (virDomainQemuAgentCommand). `command_json` is one QMP-style object
+  // ({"execute": "guest-ping"}); returns the reply JSON text.
+  Result<std::string> agent_command(const std::string& command_json, std::chrono::milliseconds timeout);
+  // guest-ping: ok when the agent answers.
+  Status guest_ping(std::chrono::milliseconds timeout);
+  // The channel's state from the live XML (<target ... state='connected'/>): true when the
+  // guest agent is connected; false when disconnected, not running, or there is no such channel.
+  Result<bool> guest_agent_connected() const;
+  // guest-exec with captured output, then guest-exec-status polled until the process exited or
+  // `timeout` passed (a timeout error; the process may still run in the guest). argv[0] is an
+  // absolute path in the guest; argv has 1..kGuestExecMaxArgs entries of at most
+  // kGuestExecMaxArgBytes bytes, without NUL. A non-zero exit is a result, not an error.
+  Result<GuestExecResult> guest_exec(const std::vector<std::string>& argv,
+                                     std::chrono::milliseconds timeout);
+  // The guest's /proc/sys/kernel/random/boot_id (a lower-case 36-character UUID, checked); it
+  // changes at every boot, so two reads tell a reboot from a memory-preserving pause.
+  Result<std::string> guest_boot_id(std::chrono::milliseconds timeout);
 
   // The domain XML (inactive = the persistent definition), for debugging.
   Result<std::string> xml(bool inactive = false) const;
@@ -173,6 +223,7 @@ class Connection {
   std::string domain_type_ = "qemu";
   std::shared_ptr<Hub> hub_;
   int callback_id_ = -1;
+  int agent_callback_id_ = -1;  // -1 where the driver has no agent lifecycle event
 };
 
 }  // namespace fabriclab::hypervisor

@@ -13,6 +13,10 @@ namespace fabriclab::hypervisor {
 // The virtio-serial port name of the guest integration channel (DESIGN.md contract).
 inline constexpr const char* kIntegrationChannelName = "org.fabriclab.integration.0";
 
+// The virtio-serial port name of the qemu-guest-agent channel (the libvirt convention; libvirt
+// picks the host-side socket path and connects to it while the guest has the port open).
+inline constexpr const char* kGuestAgentChannelName = "org.qemu.guest_agent.0";
+
 // The XML namespace of our instance metadata element.
 inline constexpr const char* kMetadataNamespace = "https://fabriclab.dev/xmlns/instance/1";
 inline constexpr const char* kMetadataPrefix = "fabriclab";
@@ -36,10 +40,14 @@ std::string render_metadata_xml(const InstanceMetadata& m, bool qualified = true
 // else with invalid_argument naming the attribute.
 Result<InstanceMetadata> parse_metadata_xml(const std::string& xml);
 
+// Direct kernel boot, or (kernel empty) boot from the OS disk through its own bootloader
+// (<boot dev='hd'/>); the latter needs DomainSpec::os_disk, and then initrd and cmdline are empty.
 struct BootImage {
-  std::string kernel;   // absolute path
+  std::string kernel;   // absolute path; empty: boot from the disk
   std::string initrd;   // absolute path
   std::string cmdline;  // kernel command line
+
+  bool operator==(const BootImage&) const = default;
 };
 
 // The guest's network card: a virtio NIC on a host bridge (the agent's --guest-bridge), rendered
@@ -60,17 +68,27 @@ struct DomainSpec {
   std::string name;                  // [A-Za-z0-9_.-], 1..64 chars
   uint32_t memory_mib = 128;         // 32..65536
   uint32_t vcpus = 1;                // 1..64
-  BootImage boot;                    // direct kernel boot
+  BootImage boot;                    // direct kernel boot, or from the OS disk (kernel empty)
   bool acpi = true;                  // without it ACPI shutdown silently does nothing
   std::string console_log;           // serial console appended to this file; empty: none
-  std::string data_disk;             // raw disk image path (vda); empty: none
+  // Disks: with an OS disk it is vda and the data disk vdb; without one the data disk is vda
+  // (the built-in guest, whose root file system is its initramfs).
+  std::string os_disk;                   // OS disk path (a per-instance qcow2 overlay); empty: none
+  std::string os_disk_format = "qcow2";  // "qcow2" | "raw"
+  std::string data_disk;             // raw disk image path (vda, or vdb with an OS disk); empty: none
   std::string channel_socket;        // unix socket path QEMU binds for the integration channel
+  bool guest_agent = false;          // add the qemu-guest-agent virtio-serial channel
+                                     // (kGuestAgentChannelName, libvirt-managed unix source)
   std::optional<InstanceMetadata> metadata;
   std::optional<NicSpec> nic;        // none: the guest has no network card
 };
 
 // Checks every field; the error names the field.
 Status validate(const DomainSpec& spec);
+
+// The target device names the rendered XML gives the disks ("vda", "vdb"; empty: no such disk).
+std::string os_disk_target(const DomainSpec& spec);
+std::string data_disk_target(const DomainSpec& spec);
 
 // `domain_type` is "kvm", "qemu" or "test" (what the connection's capabilities offer).
 Result<std::string> render_domain_xml(const DomainSpec& spec, const std::string& domain_type);
