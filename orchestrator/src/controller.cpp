@@ -52,6 +52,9 @@ json::object instance_spec(const Service& s, const Instance& i, const std::strin
     // (docs/clients.md); the agent accepts 0..600000.
     spec["drain"] = s.drain;
     spec["drain_ms"] = std::min<int64_t>(s.drain_ms(), 600000);
+    // A guest that brings its own image is healthy only when its app answers this too (the
+    // agent probes it as the load balancer does, on the backend port, before it verifies it).
+    spec["probe"] = json::object{{"port", static_cast<int64_t>(kBackendPort)}, {"path", s.endpoint->probe.path}};
   }
   // The agent runs it through the guest agent before the notice and after the restart, and
   // reports both outputs in its job's guest records (the report judges the rule).

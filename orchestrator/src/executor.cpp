@@ -65,8 +65,9 @@ std::optional<ReportDataCheck> data_check_of(const json::object& g) {
     }
   }
   c.rule = js(o, "rule");
-  if (auto* b = o.if_contains("before"); b && b->is_string()) c.before = std::string(b->as_string());
-  if (auto* a = o.if_contains("after"); a && a->is_string()) c.after = std::string(a->as_string());
+  // The agent writes "" for an output it did not get: no output is no proof, for either rule.
+  if (auto b = js(o, "before"); !b.empty()) c.before = std::move(b);
+  if (auto a = js(o, "after"); !a.empty()) c.after = std::move(a);
   c.ok = jb(o, "ok");
   c.error = js(o, "error");
   return c;

@@ -78,13 +78,14 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
-// A decimal number ("123", "-4.5"), whitespace around it allowed; nullopt for anything else.
-std::optional<double> number_of(std::string_view text) {
+// The integer an output starts with ("123", "-4", "130 bytes"), after leading whitespace, as the
+// agent reads it; nullopt when it starts with anything else or does not fit 64 bits.
+std::optional<int64_t> number_of(std::string_view text) {
   std::string_view t = trim(text);
-  if (t.empty()) return std::nullopt;
-  double v = 0;
-  auto [p, ec] = std::from_chars(t.data(), t.data() + t.size(), v, std::chars_format::fixed);
-  if (ec != std::errc() || p != t.data() + t.size()) return std::nullopt;
+  int64_t v = 0;
+  auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
+  (void)end;  // what follows the integer is the app's business ("130 bytes")
+  if (ec != std::errc()) return std::nullopt;  // no digits (or '+', or out of range)
   return v;
 }
 

@@ -755,7 +755,9 @@ TEST(ReportDataCheck, NotLessFailsWhenTheCounterWentBackwardsNamingTheInstanceAn
 TEST(ReportDataCheck, NotLessNeedsNumbers) {
   EXPECT_FALSE(data_check_held(data("not_less", "abc", "abd")));
   EXPECT_FALSE(data_check_held(data("not_less", "", "1")));
-  EXPECT_TRUE(data_check_held(data("not_less", " 1.5\n", "2")));
+  EXPECT_TRUE(data_check_held(data("not_less", " 1.5\n", "2")));  // the leading integer, as the agent reads it
+  EXPECT_TRUE(data_check_held(data("not_less", "123 bytes\n", "130 bytes\n")));
+  EXPECT_FALSE(data_check_held(data("not_less", "-3", "-4")));
   auto r = build_report(data_drill(data("not_less", "1", "2"), data("not_less", "x", "y")));
   EXPECT_NE(detail(r, "data kept (data check)").find("web-1: not_less needs numbers: before 'x', after 'y'"),
             std::string::npos);

@@ -41,7 +41,7 @@ struct HealthChange {
 struct ReportDataCheck {
   std::vector<std::string> command;
   std::string rule;                          // "equal" | "not_less"
-  std::optional<std::string> before, after;  // nullopt: not run, or it failed (error says why)
+  std::optional<std::string> before, after;  // nullopt: none (not run, failed, or empty output)
   bool ok = false;                           // the agent's verdict
   std::string error;                         // the agent's reason when not ok
 };
@@ -220,8 +220,9 @@ std::string signals_text(const ReportInstance& i);
 // "guest agent did not answer after restart; app probe UP".
 std::string restart_health_problem(const ReportInstance& i);
 
-// Whether the data check's rule held: no agent error, both outputs there, and equal (same text)
-// or not_less (both decimal numbers after trimming whitespace, after >= before).
+// Whether the data check's rule held: the agent says ok with no error, both outputs there, and
+// equal (byte for byte) or not_less (both start with an integer, as the agent reads them, after
+// leading whitespace; after >= before).
 bool data_check_held(const ReportDataCheck& c);
 
 // "rebooted" (boot ids differ), "memory kept" (equal), "" (either unknown).
