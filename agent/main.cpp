@@ -58,7 +58,9 @@ int main(int argc, char** argv) {
   app.add_option("--hypervisor", o.hypervisor_uri,
                  "libvirt URI (default qemu:///embed?root=STATE_DIR/hv; test:///ABS/node.xml simulates)");
   app.add_option("--state-dir", o.state_dir, "State directory (absolute, short: sockets live in it)")->required();
-  app.add_option("--guest-images", o.guest_images_dir, "Guest image directory (manifest.json)")->required();
+  app.add_option("--guest-images", o.guest_images_dirs,
+                 "Guest image directory (manifest.json); repeat it for several (a version defined in two is an error)")
+      ->required();
   app.add_option("--host-images", o.host_images_dir, "Host image store (default STATE_DIR/host-images)");
   app.add_option("--listen", listen, "Listen address (loopback unless told otherwise)")->capture_default_str();
   app.add_option("--port", port, "Listen port (0: ephemeral, printed on stdout)")->capture_default_str();

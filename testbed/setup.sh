@@ -11,6 +11,9 @@ PACKAGES=(
   qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   cpio gzip xz-utils zstd kmod iproute2
   haproxy dnsmasq-base
+  # testbed/build-debian-image.sh (the Debian guest images; it checks for each of these) and
+  # testbed/libvirtd.sh (a private system-mode libvirtd: unshare, flock; virsh is libvirt-clients)
+  mmdebstrap debian-archive-keyring e2fsprogs curl tar util-linux
 )
 
 say() { printf '[setup] %s\n' "$*"; }

@@ -137,7 +137,7 @@ Result<std::unique_ptr<HostAgent>> HostAgent::create(AgentOptions options,
   impl->feed = std::move(feed);
   FL_ASSIGN_OR_RETURN(auto hs, HostImageStore::open(options.host_images_dir));
   impl->host_store.emplace(std::move(hs));
-  FL_ASSIGN_OR_RETURN(auto gs, GuestImageStore::open(options.guest_images_dir));
+  FL_ASSIGN_OR_RETURN(auto gs, GuestImageStore::open(options.guest_images_dirs));
   impl->guest_store.emplace(std::move(gs));
 
   auto loaded = load_state(impl->state_path());

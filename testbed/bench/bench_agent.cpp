@@ -61,7 +61,7 @@ int main(int argc, char** argv) {
   agent::AgentOptions o;
   o.host_id = "bench";
   o.state_dir = *dir + "/st";
-  o.guest_images_dir = images;
+  o.guest_images_dirs = {images};
   o.boot_delay = 0ms;
   auto feed = std::make_shared<EventFeed>([] { return json::object{}; });
   auto created = agent::HostAgent::create(o, feed);

@@ -18,6 +18,49 @@ std::string default_images_dir() {
 #endif
 }
 
+namespace {
+
+// The places debian_images_dir() looks, in order; empty entries are skipped.
+std::vector<std::string> debian_images_candidates() {
+  std::vector<std::string> out;
+  if (const char* env = std::getenv("FABRICLAB_DEBIAN_IMAGES"); env && *env) out.emplace_back(env);
+#ifdef FABRICLAB_DEFAULT_DEBIAN_IMAGES_DIR
+  out.emplace_back(FABRICLAB_DEFAULT_DEBIAN_IMAGES_DIR);
+#else
+  out.emplace_back("build/debian-images");
+#endif
+#ifdef FABRICLAB_DEBIAN_IMAGES_CACHE_DIR
+  out.emplace_back(FABRICLAB_DEBIAN_IMAGES_CACHE_DIR);
+#endif
+  return out;
+}
+
+// A finished build: the builder writes manifest.json after every version's files, so a
+// directory still being built (the cache of a running build) does not count.
+bool has_debian_images(const std::string& dir) {
+  std::error_code ec;
+  return std::filesystem::is_regular_file(dir + "/manifest.json", ec) &&
+         std::filesystem::is_regular_file(dir + "/debian-v1/disk.qcow2", ec);
+}
+
+}  // namespace
+
+std::string debian_images_dir() {
+  for (const auto& dir : debian_images_candidates()) {
+    if (!dir.empty() && has_debian_images(dir)) return dir;
+  }
+  return "";
+}
+
+std::string debian_images_missing_message() {
+  std::string looked;
+  for (const auto& dir : debian_images_candidates()) looked += (looked.empty() ? "" : ", ") + dir;
+  return "no Debian guest images (manifest.json and debian-v1/disk.qcow2) in any of: " + looked +
+         ". Build them with ./fabriclab.sh test (it runs testbed/build-debian-image.sh "
+         "/var/cache/fabriclab/debian-images/$(testbed/build-debian-image.sh --stamp) and exports "
+         "FABRICLAB_DEBIAN_IMAGES), or point FABRICLAB_DEBIAN_IMAGES at a built directory";
+}
+
 Result<std::vector<GuestImage>> load_images(const std::string& dir) {
   const std::string path = dir + "/manifest.json";
   std::ifstream in(path);

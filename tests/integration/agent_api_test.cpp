@@ -91,7 +91,7 @@ class AgentApiTest : public ::testing::Test {
     AgentOptions o;
     o.hypervisor_uri = "test://" + dir_ + "/node.xml";
     o.state_dir = dir_ + "/st";
-    o.guest_images_dir = testbed::default_images_dir();
+    o.guest_images_dirs = {testbed::default_images_dir()};
     o.heartbeat_period = 100ms;
     Configure(o);
     feed_ = std::make_shared<EventFeed>([this] {

@@ -156,7 +156,7 @@ class ImdsTest : public ::testing::Test {
     opt_.host_id = "host-0";
     opt_.hypervisor_uri = "test://" + dir_ + "/node.xml";
     opt_.state_dir = dir_ + "/st";
-    opt_.guest_images_dir = testbed::default_images_dir();
+    opt_.guest_images_dirs = {testbed::default_images_dir()};
     opt_.heartbeat_period = 100ms;
     opt_.drain = 20ms;
     opt_.guest_subnet = kSubnet;
@@ -799,7 +799,7 @@ TEST(ImdsOptions, BadNetworkOptionsAreRefusedNamingThem) {
     AgentOptions o;
     o.hypervisor_uri = "test://" + *dir + "/node.xml";
     o.state_dir = *dir + "/st";
-    o.guest_images_dir = testbed::default_images_dir();
+    o.guest_images_dirs = {testbed::default_images_dir()};
     f(o);
     auto a = HostAgent::create(o, nullptr);
     return a.ok() ? "" : a.error().message;

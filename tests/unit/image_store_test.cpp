@@ -1,11 +1,14 @@
 #include "fabriclab/agent/image_store.hpp"
 
+#include "fabriclab/common/process.hpp"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 namespace fabriclab::agent {
@@ -502,6 +505,235 @@ TEST_F(GuestImageStoreTest, ManifestNamingAMissingFileIsNotFound) {
   EXPECT_EQ(e.condition, Condition::not_found);
   EXPECT_TRUE(contains(e.message, "images[1].kernel")) << e.message;
   EXPECT_TRUE(contains(e.message, "v2/nope")) << e.message;
+}
+
+// ---- OS disk images (the Debian builder's and the image library's manifest layout) ---------
+// Real disks, made with mkfs.ext4 and qemu-img (the store runs check_os_disk on them).
+
+class DiskImageManifestTest : public ::testing::Test {
+ protected:
+  void run(const std::vector<std::string>& argv) {
+    auto r = run_command(argv, std::chrono::seconds(60));
+    ASSERT_TRUE(r.ok()) << r.error().describe();
+    ASSERT_EQ(r->exit_code, 0) << describe_command(argv) << ": " << r->output;
+  }
+  // DIR/NAME/{disk.qcow2|disk.raw, vmlinuz, initrd.img} as testbed/build-debian-image.sh lays out.
+  void make_image(const std::string& dir, const std::string& name, const std::string& format = "qcow2") {
+    const std::string d = dir + "/" + name;
+    fs::create_directories(d);
+    run({"truncate", "-s", "8M", d + "/root.raw"});
+    run({"mkfs.ext4", "-q", "-F", d + "/root.raw"});
+    if (format == "qcow2") {
+      run({"qemu-img", "convert", "-f", "raw", "-O", "qcow2", d + "/root.raw", d + "/disk.qcow2"});
+      fs::remove(d + "/root.raw");
+    } else {
+      fs::rename(d + "/root.raw", d + "/disk.raw");
+    }
+    write_file(d + "/vmlinuz", "kernel of " + name);
+    write_file(d + "/initrd.img", "initrd of " + name);
+  }
+  std::string disk_of(const std::string& dir, const std::string& name) {
+    const std::string d = dir + "/" + name;
+    return fs::exists(d + "/disk.qcow2") ? d + "/disk.qcow2" : d + "/disk.raw";
+  }
+  // One entry of the disk layout, paths relative to `dir`. `omit`: keys to leave out.
+  std::string entry(const std::string& dir, const std::string& name, const std::string& boot = "kernel",
+                    const std::set<std::string>& omit = {}, const std::string& format = "") {
+    const std::string disk = disk_of(dir, name);
+    const std::string fmt = format.empty() ? (disk.ends_with(".qcow2") ? "qcow2" : "raw") : format;
+    const std::string rel = fs::path(disk).lexically_relative(dir).string();
+    std::string e = R"({"name": ")" + name + R"(", "boot": ")" + boot + R"(")";
+    if (!omit.contains("cmdline")) e += R"(, "cmdline": "root=/dev/vda rw console=ttyS0 quiet")";
+    e += R"(, "disk": {"path": ")" + rel + R"(", "format": ")" + fmt + R"(", "virtual_size": 8388608, "bytes": )" +
+         std::to_string(fs::file_size(disk)) + R"(, "sha256": ")" + *sha256_file(disk) + R"("})";
+    for (const std::string f : {"kernel", "initrd"}) {
+      if (omit.contains(f)) continue;
+      const std::string file = name + (f == "kernel" ? "/vmlinuz" : "/initrd.img");
+      e += R"(, ")" + f + R"(": {"path": ")" + file + R"(", "sha256": ")" + *sha256_file(dir + "/" + file) + R"("})";
+    }
+    return e + "}";
+  }
+  void manifest(const std::string& dir, const std::vector<std::string>& entries) {
+    std::string all;
+    for (const auto& e : entries) all += (all.empty() ? "" : ",\n") + e;
+    write_file(dir + "/manifest.json", R"({"builder": "test", "images": [)" + all + "]}\n");
+  }
+  Error open_error(const std::string& dir) {
+    auto s = GuestImageStore::open(dir);
+    EXPECT_FALSE(s.ok());
+    return s.ok() ? Error{} : s.error();
+  }
+  TempDir tmp_;
+  const std::string& dir() const { return tmp_.path(); }
+};
+
+TEST_F(DiskImageManifestTest, ReadsTheDebianBuildersManifestWithRelativePaths) {
+  make_image(dir(), "debian-v1");
+  make_image(dir(), "debian-v2", "raw");
+  manifest(dir(), {entry(dir(), "debian-v1"), entry(dir(), "debian-v2")});
+  auto store = GuestImageStore::open(dir());
+  ASSERT_TRUE(store.ok()) << store.error().describe();
+  ASSERT_EQ(store->list().size(), 2u);
+  auto v1 = store->get("debian-v1");
+  ASSERT_TRUE(v1.ok());
+  EXPECT_FALSE(v1->builtin());
+  EXPECT_EQ(v1->boot, "kernel");
+  EXPECT_EQ(v1->disk, dir() + "/debian-v1/disk.qcow2");
+  EXPECT_EQ(v1->disk_format, "qcow2");
+  EXPECT_EQ(v1->disk_virtual_size, 8u << 20);
+  EXPECT_EQ(v1->sha256_disk, *sha256_file(v1->disk));
+  EXPECT_EQ(v1->kernel, dir() + "/debian-v1/vmlinuz");
+  EXPECT_EQ(v1->initrd, dir() + "/debian-v1/initrd.img");
+  EXPECT_EQ(v1->cmdline, "root=/dev/vda rw console=ttyS0 quiet");
+  EXPECT_EQ(v1->manifest_dir, dir());
+  EXPECT_EQ(store->get("debian-v2")->disk_format, "raw");
+  EXPECT_TRUE(store->verify("debian-v1").ok());
+  EXPECT_TRUE(store->verify("debian-v2").ok());
+  auto j = to_json(*v1);
+  EXPECT_EQ(j.at("disk_format").as_string(), "qcow2");
+  EXPECT_EQ(j.at("builtin").as_bool(), false);
+}
+
+TEST_F(DiskImageManifestTest, BootDiskNeedsNoKernelAndBootKernelDoes) {
+  make_image(dir(), "own-loader");
+  make_image(dir(), "debian-v1");
+  manifest(dir(), {entry(dir(), "own-loader", "disk", {"kernel", "initrd", "cmdline"})});
+  auto store = GuestImageStore::open(dir());
+  ASSERT_TRUE(store.ok()) << store.error().describe();
+  EXPECT_EQ(store->get("own-loader")->boot, "disk");
+  EXPECT_EQ(store->get("own-loader")->kernel, "");
+  EXPECT_TRUE(store->verify("own-loader").ok());
+
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"kernel", "image debian-v1: boot: kernel needs a kernel"},
+      {"initrd", "image debian-v1: boot: kernel needs an initrd"},
+      {"cmdline", "image debian-v1: boot: kernel needs a cmdline"}};
+  for (const auto& [omit, expect] : cases) {
+    manifest(dir(), {entry(dir(), "debian-v1", "kernel", {omit})});
+    Error e = open_error(dir());
+    EXPECT_EQ(e.condition, Condition::invalid_argument);
+    EXPECT_TRUE(contains(e.message, expect)) << e.message;
+  }
+  manifest(dir(), {entry(dir(), "debian-v1", "bios")});
+  EXPECT_TRUE(contains(open_error(dir()).message, "images[0].boot must be \"kernel\" or \"disk\""));
+}
+
+TEST_F(DiskImageManifestTest, ADiskThatIsRefusedOrDiffersFromTheManifestNamesTheImage) {
+  make_image(dir(), "debian-v1");
+  manifest(dir(), {entry(dir(), "debian-v1", "kernel", {}, "raw")});
+  Error e = open_error(dir());
+  EXPECT_TRUE(contains(e.message, "image debian-v1: the manifest says raw but")) << e.message;
+  EXPECT_TRUE(contains(e.message, "is qcow2")) << e.message;
+
+  std::string resized = entry(dir(), "debian-v1");
+  resized.replace(resized.find("8388608"), 7, "9999999");
+  manifest(dir(), {resized});
+  EXPECT_TRUE(contains(open_error(dir()).message, "virtual size 9999999")) << open_error(dir()).message;
+
+  // A text file where the disk should be.
+  fs::create_directories(dir() + "/notes");
+  write_file(dir() + "/notes/disk.raw", std::string(2 << 20, 'x'));
+  write_file(dir() + "/notes/vmlinuz", "k");
+  write_file(dir() + "/notes/initrd.img", "i");
+  manifest(dir(), {entry(dir(), "notes")});
+  e = open_error(dir());
+  EXPECT_EQ(e.condition, Condition::invalid_argument);
+  EXPECT_TRUE(contains(e.message, "image notes: ")) << e.message;
+  EXPECT_TRUE(contains(e.message, "not a disk image")) << e.message;
+
+  fs::remove(dir() + "/debian-v1/disk.qcow2");
+  write_file(dir() + "/manifest.json", R"({"images": [{"name": "debian-v1", "boot": "disk",
+      "disk": {"path": "debian-v1/disk.qcow2", "format": "qcow2", "sha256": ")" + std::string(64, 'a') + R"("}}]})");
+  e = open_error(dir());
+  EXPECT_EQ(e.condition, Condition::not_found);
+  EXPECT_TRUE(contains(e.message, "images[0].disk.path: no such file")) << e.message;
+}
+
+TEST_F(DiskImageManifestTest, MalformedDiskEntriesNameTheField) {
+  make_image(dir(), "d");
+  const std::string sha(64, 'a');
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {R"({"boot": "disk"})", "images[0].name is missing"},
+      {R"({"name": "../x", "boot": "disk"})", "images[0].name '../x' must be"},
+      {R"({"name": "d", "boot": "disk"})", "images[0].disk is missing"},
+      {R"({"name": "d", "boot": "disk", "disk": "d/disk.qcow2"})", "images[0].disk must be an object"},
+      {R"({"name": "d", "boot": "disk", "disk": {"path": "d/disk.qcow2", "format": "vmdk", "sha256": ")" + sha + R"("}})",
+       "images[0].disk.format must be qcow2 or raw"},
+      {R"({"name": "d", "boot": "disk", "disk": {"path": "d/disk.qcow2", "format": "qcow2", "sha256": "12"}})",
+       "images[0].disk.sha256 must be 64 hex digits"},
+      {R"({"name": "d", "boot": "disk", "cmdline": "a\nb", "disk": {"path": "d/disk.qcow2", "format": "qcow2", "sha256": ")" + sha + R"("}})",
+       "image d: cmdline must be one line"},
+      {R"({"name": "d", "boot": "disk", "cmdline": ")" + std::string(1025, 'c') + R"(", "disk": {"path": "d/disk.qcow2", "format": "qcow2", "sha256": ")" + sha + R"("}})",
+       "at most 1024"},
+  };
+  for (const auto& [e, expect] : cases) {
+    write_file(dir() + "/manifest.json", R"({"images": [)" + e + "]}");
+    Error err = open_error(dir());
+    EXPECT_EQ(err.condition, Condition::invalid_argument) << e;
+    EXPECT_TRUE(contains(err.message, expect)) << err.message << " (wanted: " << expect << ")";
+  }
+}
+
+TEST_F(DiskImageManifestTest, VerifyDetectsAChangedDiskByte) {
+  make_image(dir(), "debian-v1", "raw");
+  make_image(dir(), "debian-v2", "raw");
+  manifest(dir(), {entry(dir(), "debian-v1"), entry(dir(), "debian-v2")});
+  auto store = GuestImageStore::open(dir());
+  ASSERT_TRUE(store.ok()) << store.error().describe();
+  ASSERT_TRUE(store->verify("debian-v1").ok());
+  {
+    std::fstream f(dir() + "/debian-v1/disk.raw", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(6 << 20);
+    f.put('!');  // one byte, same size, still an ext4 disk
+  }
+  auto v = store->verify("debian-v1");
+  ASSERT_FALSE(v.ok());
+  EXPECT_EQ(v.condition(), Condition::invalid_argument);
+  EXPECT_TRUE(contains(v.error().message, "guest image debian-v1: disk checksum mismatch")) << v.error().message;
+  EXPECT_TRUE(store->verify("debian-v2").ok());
+  EXPECT_TRUE(GuestImageStore::open(dir()).ok()) << "open does not hash disks";
+  fs::resize_file(dir() + "/debian-v2/disk.raw", 9 << 20);
+  auto grown = store->verify("debian-v2");
+  ASSERT_FALSE(grown.ok());
+  EXPECT_TRUE(contains(grown.error().message, "the manifest says 8388608")) << grown.error().message;
+}
+
+TEST_F(DiskImageManifestTest, SeveralDirectoriesAreOneUnionInOrder) {
+  // The built-in layout in one directory, OS disks in two others.
+  const std::string builtin = dir() + "/builtin", deb = dir() + "/deb", lib = dir() + "/lib";
+  fs::create_directories(builtin + "/v1");
+  write_file(builtin + "/v1/vmlinuz", "k");
+  write_file(builtin + "/v1/initrd.img", "i");
+  write_file(builtin + "/manifest.json", R"({"images":[{"version":"v1","kernel":"v1/vmlinuz","initrd":"v1/initrd.img","sha256_kernel":")" +
+                                             *sha256_file(builtin + "/v1/vmlinuz") + R"(","sha256_initrd":")" +
+                                             *sha256_file(builtin + "/v1/initrd.img") + R"("}]})");
+  make_image(deb, "debian-v1");
+  manifest(deb, {entry(deb, "debian-v1")});
+  make_image(lib, "mine", "raw");
+  manifest(lib, {entry(lib, "mine", "disk", {"kernel", "initrd", "cmdline"})});
+  auto store = GuestImageStore::open(std::vector<std::string>{builtin, deb, lib});
+  ASSERT_TRUE(store.ok()) << store.error().describe();
+  auto all = store->list();
+  ASSERT_EQ(all.size(), 3u);
+  EXPECT_EQ(all[0].version, "v1");
+  EXPECT_TRUE(all[0].builtin());
+  EXPECT_EQ(all[0].manifest_dir, builtin);
+  EXPECT_EQ(all[1].version, "debian-v1");
+  EXPECT_EQ(all[2].version, "mine");
+  EXPECT_EQ(all[2].manifest_dir, lib);
+  EXPECT_TRUE(store->verify("v1").ok());
+
+  // debian-v1 added to the library too: the union refuses, naming both directories.
+  make_image(lib, "debian-v1");
+  manifest(lib, {entry(lib, "mine", "disk", {"kernel", "initrd", "cmdline"}), entry(lib, "debian-v1")});
+  auto dup = GuestImageStore::open(std::vector<std::string>{builtin, deb, lib});
+  ASSERT_FALSE(dup.ok());
+  EXPECT_EQ(dup.condition(), Condition::invalid_argument);
+  EXPECT_TRUE(contains(dup.error().message, "'debian-v1' is defined twice: in " + deb + " and in " + lib))
+      << dup.error().message;
+  EXPECT_EQ(GuestImageStore::open(std::vector<std::string>{}).condition(), Condition::invalid_argument);
+  auto missing = GuestImageStore::open(std::vector<std::string>{builtin, dir() + "/nope"});
+  EXPECT_EQ(missing.condition(), Condition::not_found);
 }
 
 }  // namespace

@@ -52,7 +52,7 @@ struct AgentOptions {
   int fault_domain = 0;
   std::string hypervisor_uri;  // default: qemu:///embed?root=<state_dir>/hv
   std::string state_dir;       // required
-  std::string guest_images_dir;
+  std::vector<std::string> guest_images_dirs;  // guest image directories (manifest.json each), in order
   std::string host_images_dir;  // default: <state_dir>/host-images
   int capacity = 8;             // instances this host can hold
   std::chrono::milliseconds heartbeat_period{1000};

@@ -3,8 +3,9 @@
 //
 // HostImageStore keeps the versioned "host OS images" of the emulated Hyper-V host; a host-os
 // update stages a new version, verifies it, and activates it (the seeds' host OS image swap).
-// GuestImageStore reads the guest OS versions (kernel + initramfs) that the testbed builds, as
-// described by build/images/manifest.json.
+// GuestImageStore reads the guest OS versions: the testbed's built-in guests (kernel + initramfs,
+// build/images/manifest.json) and OS disk images (the Debian builder's output, the user's image
+// library), from one or more image directories.
 //
 // Neither store is thread safe: the agent serialises calls on one host (its host strand). The
 // host store assumes a single writer process per root.
@@ -88,28 +89,62 @@ class HostImageStore {
 Result<std::string> write_synthetic_host_image(const std::string& path, const std::string& version);
 
 struct GuestImageInfo {
-  std::string version;  // "v1", "v2", "v3-broken"
-  std::string kernel;   // absolute paths (relative ones in the manifest are resolved against it)
-  std::string initrd;
-  std::string sha256_kernel;  // lower-case hex
+  std::string version;          // "v1", "debian-v1", ...
+  std::string boot = "kernel";  // "kernel" (direct kernel boot) | "disk" (its own bootloader)
+  std::string kernel;           // absolute paths (relative ones in a manifest are resolved
+  std::string initrd;           // against its directory); "" when boot: disk gives none
+  std::string sha256_kernel;    // lower-case hex
   std::string sha256_initrd;
+  std::string disk;             // OS disk, absolute; "" = the built-in guest (initramfs only)
+  std::string disk_format;      // "qcow2" | "raw" (from qemu-img info, not trusted from the file)
+  uint64_t disk_virtual_size = 0;
+  uint64_t disk_bytes = 0;      // the file's size as recorded (0: not recorded)
+  std::string sha256_disk;
+  std::string cmdline;          // the image's kernel command line ("" for the built-in guest)
+  std::string manifest_dir;     // absolute: the directory whose manifest.json defines the image
+  bool builtin() const { return disk.empty(); }
 };
 
+// Kernel command lines: at most this many bytes, printable ASCII (no newline).
+inline constexpr size_t kMaxCmdline = 1024;
+// "" if `cmdline` is acceptable, else why not.
+std::string cmdline_problem(const std::string& cmdline);
+
+// The guest OS versions an agent may boot, read from one or more image directories. Two manifest
+// layouts are accepted, entry by entry (an entry with "version" is the first, with "name" the
+// second):
+//  - the built-in guests (testbed/build-images.sh, build/images/manifest.json):
+//      {"images":[{"version","kernel","initrd","sha256_kernel","sha256_initrd"}]}
+//  - OS disk images (testbed/build-debian-image.sh, and the `fabriclab image` library):
+//      {"images":[{"name","boot":"kernel"|"disk","cmdline",
+//                  "disk":{"path","format":"qcow2"|"raw","sha256","virtual_size"?,"bytes"?},
+//                  "kernel":{"path","sha256"}?,"initrd":{"path","sha256"}?}]}
+//    boot: kernel needs kernel, initrd and a cmdline; boot: disk needs neither.
+// open() checks every OS disk with hypervisor::check_os_disk (format, no backing chain, qcow2
+// integrity, looks like a disk) and compares the recorded format and virtual size with what
+// qemu-img finds, but hashes nothing (a disk is large): verify() does, before an image is used.
 class GuestImageStore {
  public:
   // Reads <manifest_dir>/manifest.json. Missing manifest or image file -> not_found naming it;
   // invalid JSON, a missing or ill-typed field, a bad checksum, a duplicate version ->
-  // invalid_argument naming the field ("images[1].sha256_initrd is missing").
+  // invalid_argument naming the field ("images[1].sha256_initrd is missing"); an image whose
+  // parts do not fit its boot kind, or whose disk is refused or differs from the manifest ->
+  // invalid_argument naming the image ("image debian-v1: boot: kernel needs a kernel").
   static Result<GuestImageStore> open(const std::string& manifest_dir);
+
+  // The union of several directories, in order. No directory -> invalid_argument; a version
+  // defined in two of them -> invalid_argument naming the version and both directories.
+  static Result<GuestImageStore> open(const std::vector<std::string>& manifest_dirs);
 
   // not_found naming the version and listing the known ones.
   Result<GuestImageInfo> get(const std::string& version) const;
 
-  // Re-hashes kernel and initrd; a mismatch -> invalid_argument
-  // ("guest image v2: initrd checksum mismatch (expected ..., actual ...)").
+  // Re-hashes kernel, initrd and disk (those the image has); a mismatch -> invalid_argument
+  // ("guest image v2: initrd checksum mismatch (expected ..., actual ...)"), a missing file ->
+  // not_found naming it.
   Result<GuestImageInfo> verify(const std::string& version) const;
 
-  // In manifest order.
+  // In manifest order (directories in the order given).
   std::vector<GuestImageInfo> list() const { return images_; }
 
  private:

@@ -24,4 +24,13 @@ Result<GuestImage> find_image(const std::string& dir, const std::string& version
 // Where the build put the images: $FABRICLAB_IMAGES_DIR, else the build-time default.
 std::string default_images_dir();
 
+// The Debian guest images (testbed/build-debian-image.sh): $FABRICLAB_DEBIAN_IMAGES, else
+// <build>/debian-images, else /var/cache/fabriclab/debian-images/<stamp> (the stamp of this
+// source tree when cmake last ran); the first of these holding a finished build (manifest.json
+// and debian-v1/disk.qcow2), "" when none does. ./fabriclab.sh test builds them and exports
+// FABRICLAB_DEBIAN_IMAGES.
+std::string debian_images_dir();
+// What a test prints when debian_images_dir() is "": where it looked and how to build them.
+std::string debian_images_missing_message();
+
 }  // namespace fabriclab::testbed
