@@ -32,6 +32,42 @@ namespace {
 
 constexpr size_t kMaxOutputShown = 40;  // characters of a data-check output in a check's detail
 
+std::string js(const json::object& o, std::string_view k) {
+  auto* v = o.if_contains(k);
+  return v && v->is_string() ? std::string(v->as_string()) : std::string();
+}
+int64_t ji(const json::object& o, std::string_view k) {
+  auto* v = o.if_contains(k);
+  if (v && v->is_int64()) return v->as_int64();
+  if (v && v->is_uint64()) return static_cast<int64_t>(v->as_uint64());
+  return -1;
+}
+
+bool jb(const json::object& o, std::string_view k) {
+  auto* v = o.if_contains(k);
+  return v && v->is_bool() && v->as_bool();
+}
+
+// A data check as the agent's job records it (agent side of issue 12); nullopt when absent.
+std::optional<ReportDataCheck> data_check_of(const json::object& g) {
+  auto* v = g.if_contains("data_check");
+  if (!v || !v->is_object()) return std::nullopt;
+  const auto& o = v->as_object();
+  ReportDataCheck c;
+  if (auto* cmd = o.if_contains("command"); cmd && cmd->is_array()) {
+    for (const auto& a : cmd->as_array()) {
+      if (a.is_string()) c.command.emplace_back(a.as_string());
+    }
+  }
+  c.rule = js(o, "rule");
+  // The agent writes "" for an output it did not get: no output is no proof, for either rule.
+  if (auto b = js(o, "before"); !b.empty()) c.before = std::move(b);
+  if (auto a = js(o, "after"); !a.empty()) c.after = std::move(a);
+  c.ok = jb(o, "ok");
+  c.error = js(o, "error");
+  return c;
+}
+
 struct RestartHealth {
   bool judged = false;   // something was there to judge it by
   bool healthy = false;  // what was judged held
@@ -208,6 +244,26 @@ void add_data_check(const ReportInput& in, json::array& checks) {
 }
 
 }  // namespace
+
+void read_guest_record(const json::object& g, ReportInstance& ri) {
+  ri.restarted = true;
+  ri.notice_ms = ji(g, "notice_ms");
+  ri.ack_ms = ji(g, "ack_ms");
+  ri.stop_method = js(g, "stop_method");
+  ri.agent_down_ms = ji(g, "down_ms");
+  if (auto* ok = g.if_contains("ok"); ok && ok->is_bool()) ri.ok = ok->as_bool();
+  ri.error = js(g, "error");
+  if (auto* sig = g.if_contains("signals"); sig && sig->is_object()) {
+    ri.signals_reported = true;
+    ri.heartbeat = jb(sig->as_object(), "heartbeat");
+    ri.guest_agent = jb(sig->as_object(), "guest_agent");
+  }
+  ri.os_up = jb(g, "os_up");
+  ri.boot_id_before = js(g, "boot_id_before");
+  ri.boot_id_after = js(g, "boot_id_after");
+  ri.boot_id_source = js(g, "boot_id_source");
+  ri.data_check = data_check_of(g);
+}
 
 std::string signals_text(const ReportInstance& i) {
   std::vector<std::string> parts;

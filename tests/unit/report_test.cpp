@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <boost/json/parse.hpp>
+
 #include <cmath>
 #include <optional>
 #include <string>
@@ -926,6 +928,43 @@ TEST(ReportGuestHealth, BootIdsTellARebootFromAMemoryPreservingUpdate) {
   EXPECT_EQ(r.at("instances").as_array()[0].at("boot").as_string(), "rebooted");
   EXPECT_EQ(r.at("instances").as_array()[1].at("boot").as_string(), "memory kept");
   EXPECT_EQ(r.at("instances").as_array()[1].at("boot_id_source").as_string(), "guest_agent");
+}
+
+TEST(ReportGuestRecord, ReadsTheAgentsJobRecordOfAGuest) {
+  // As the agent writes it (agent/src/host_agent.cpp GuestReport::to_json).
+  auto record = json::parse(R"({"name": "web-0", "notice_ms": 2100, "ack_ms": 1500, "stop_method": "graceful",
+      "stop_ms": 900, "down_ms": 31000, "pause_ms": -1, "image_before": "debian-v1", "image_after": "debian-v2",
+      "counter_before": -1, "counter_after": -1, "boot_id_before": "aaa", "boot_id_after": "bbb", "ok": true,
+      "error": "", "boot_id_source": "guest_agent", "signals": {"heartbeat": false, "guest_agent": true},
+      "os_up": true, "data_check": {"command": ["/bin/cat", "/data/counter"], "rule": "not_less",
+      "before": "123\n", "after": "", "ok": false, "error": "guest-exec: no answer"}})")
+                    .as_object();
+  ReportInstance i;
+  read_guest_record(record, i);
+  EXPECT_TRUE(i.restarted);
+  EXPECT_EQ(i.notice_ms, 2100);
+  EXPECT_EQ(i.agent_down_ms, 31000);
+  EXPECT_EQ(i.stop_method, "graceful");
+  EXPECT_TRUE(i.signals_reported);
+  EXPECT_FALSE(i.heartbeat);
+  EXPECT_TRUE(i.guest_agent);
+  EXPECT_TRUE(i.os_up);
+  EXPECT_EQ(i.boot_id_source, "guest_agent");
+  EXPECT_EQ(boot_verdict(i), "rebooted");
+  ASSERT_TRUE(i.data_check.has_value());
+  EXPECT_EQ(i.data_check->command, (std::vector<std::string>{"/bin/cat", "/data/counter"}));
+  EXPECT_EQ(i.data_check->before, std::optional<std::string>("123\n"));
+  EXPECT_FALSE(i.data_check->after.has_value());  // "": none
+  EXPECT_EQ(i.data_check->error, "guest-exec: no answer");
+  EXPECT_FALSE(data_check_held(*i.data_check));
+
+  // An older agent's record: no signals, no data check.
+  ReportInstance old;
+  read_guest_record(json::parse(R"({"name": "web-0", "ok": true, "notice_ms": "x"})").as_object(), old);
+  EXPECT_TRUE(old.restarted);
+  EXPECT_FALSE(old.signals_reported);
+  EXPECT_FALSE(old.data_check.has_value());
+  EXPECT_EQ(old.notice_ms, -1);  // mistyped: unknown
 }
 
 TEST(ReportHtml, ShowsEachGuestsSignalsBootAndDataCheckEscaped) {

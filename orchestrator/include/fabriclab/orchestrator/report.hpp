@@ -211,6 +211,14 @@ bool counter_kept(const ReportInstance& i);
 // when it has one). Nothing offered at all is not healthy: no data is not proof. An agent that
 // did not report signals (signals_reported false) has the OS side left unjudged.
 
+// Reads what an agent's job recorded of one guest (an entry of its "guests": notice_ms, ack_ms,
+// stop_method, down_ms, ok, error, signals {heartbeat, guest_agent}, os_up, boot_id_before/after,
+// boot_id_source, data_check {command, rule, before, after, ok, error}) into `i`, and marks it
+// restarted. Missing or mistyped fields keep their defaults (unknown); an empty data-check output
+// (the agent writes "" for one it did not get) reads as none. signals_reported only when the
+// record has "signals" (an older agent has not).
+void read_guest_record(const json::object& g, ReportInstance& i);
+
 // The signals it had: "heartbeat, guest agent, app probe", "guest agent, app probe",
 // "heartbeat, app probe", "app probe only", "heartbeat only", "guest agent only", "none";
 // "app probe only (OS signals not reported)" / "none reported" without signals_reported.
