@@ -93,12 +93,19 @@ struct Hashed {
   uint64_t size = 0;
 };
 
-// Hashes `src`, writing the same bytes to `dst` (created, fsynced) when dst is non-empty.
-Result<Hashed> hash_copy(const std::string& src, const std::string& dst) {
+// Hashes `src`, writing the same bytes to `dst` (created, fsynced) when dst is non-empty; with
+// `exclusive`, an existing dst is an error. Zero chunks become holes in dst.
+Result<Hashed> hash_copy(const std::string& src, const std::string& dst, bool exclusive = false,
+                         bool* created = nullptr) {
   Fd in(::open(src.c_str(), O_RDONLY | O_CLOEXEC));
   if (in.fd < 0) return io_error("cannot open", src, errno);
-  Fd out(dst.empty() ? -1 : ::open(dst.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (!dst.empty() && out.fd < 0) return io_error("cannot create", dst, errno);
+  const int create = O_WRONLY | O_CREAT | O_CLOEXEC | (exclusive ? O_EXCL : O_TRUNC);
+  Fd out(dst.empty() ? -1 : ::open(dst.c_str(), create, 0644));
+  if (!dst.empty() && out.fd < 0) {
+    if (errno == EEXIST) return make_error(Condition::already_exists, dst + " already exists");
+    return io_error("cannot create", dst, errno);
+  }
+  if (created) *created = out.fd >= 0;
   Sha256 sha;
   if (!sha.ok()) return make_error(Condition::internal, "OpenSSL cannot create a SHA-256 context");
   std::unique_ptr<char[]> buf(new char[kChunk]);
@@ -110,6 +117,10 @@ Result<Hashed> hash_copy(const std::string& src, const std::string& dst) {
     if (n == 0) break;
     sha.update(buf.get(), static_cast<size_t>(n));
     h.size += static_cast<uint64_t>(n);
+    if (out.fd >= 0 && std::all_of(buf.get(), buf.get() + n, [](char c) { return c == 0; })) {
+      if (::lseek(out.fd, n, SEEK_CUR) < 0) return io_error("cannot seek in", dst, errno);
+      continue;
+    }
     for (ssize_t done = 0; out.fd >= 0 && done < n;) {
       ssize_t w = ::write(out.fd, buf.get() + done, static_cast<size_t>(n - done));
       if (w < 0 && errno == EINTR) continue;
@@ -117,6 +128,9 @@ Result<Hashed> hash_copy(const std::string& src, const std::string& dst) {
       done += w;
     }
   }
+  // A trailing hole needs the size set explicitly.
+  if (out.fd >= 0 && ::ftruncate(out.fd, static_cast<off_t>(h.size)) != 0)
+    return io_error("cannot size", dst, errno);
   if (out.fd >= 0 && ::fsync(out.fd) != 0) return io_error("cannot fsync", dst, errno);
   h.sha256 = sha.hex();
   return h;
@@ -255,6 +269,16 @@ std::optional<std::string> link_version(const std::string& path) {
 Result<std::string> sha256_file(const std::string& path) {
   FL_ASSIGN_OR_RETURN(Hashed h, hash_copy(path, ""));
   return h.sha256;
+}
+
+Result<std::string> copy_file_sha256(const std::string& src, const std::string& dst) {
+  bool created = false;
+  auto h = hash_copy(src, dst, /*exclusive=*/true, &created);
+  if (!h.ok()) {
+    if (created) ::unlink(dst.c_str());  // a partial copy
+    return h.error();
+  }
+  return h->sha256;
 }
 
 bool valid_image_version(const std::string& v) {

@@ -85,7 +85,8 @@ Result<CommandResult> run_command(const std::vector<std::string>& argv,
   Pipe p;
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0)
-    return make_error(Condition::transient, "cannot run " + what + ": pipe: " + std::strerror(errno));
+    return make_error(Condition::transient,
+                      "cannot run " + what + ": pipe: " + std::strerror(errno));
   p.r = fds[0];
   p.w = fds[1];
   posix_spawn_file_actions_t fa;

@@ -125,25 +125,44 @@ Result<std::string> read_head(const std::string& path, const std::string& format
     std::error_code ec;
     fs::remove_all(tmpdir, ec);
   }
-  if (n < 0) return make_error(Condition::transient, "cannot read " + src + ": " + std::strerror(err));
+  if (n < 0)
+    return make_error(Condition::transient, "cannot read " + src + ": " + std::strerror(err));
   head.resize(static_cast<size_t>(n));
   return head;
 }
 
-Status check_qcow2(const std::string& path) {
-  auto r = run_command({"qemu-img", "check", "-U", "-f", "qcow2", path}, kCheckTimeout, 64 << 10);
+// qemu-img check's own words: "N errors were found on the image" and its first ERROR line.
+std::string check_summary(const std::string& output) {
+  std::string summary, first_error;
+  size_t start = 0;
+  while (start < output.size()) {
+    size_t end = output.find('\n', start);
+    if (end == std::string::npos) end = output.size();
+    std::string line = output.substr(start, end - start);
+    if (line.find("errors were found") != std::string::npos && summary.empty()) summary = line;
+    if (line.starts_with("ERROR") && first_error.empty()) first_error = line.substr(0, 200);
+    start = end + 1;
+  }
+  if (summary.empty() && first_error.empty()) return last_line(output);
+  if (summary.empty() || first_error.empty()) return summary + first_error;
+  return summary + "; " + first_error;
+}
+
+Status check_qcow2(const std::string& path, const std::string& abs) {
+  auto r = run_command({"qemu-img", "check", "-U", "-f", "qcow2", abs}, kCheckTimeout, 64 << 10);
   if (!r.ok()) return r.error();
   if (r->exit_code == 0 || r->exit_code == 3) return {};  // 3: leaked clusters only
   if (r->exit_code == 2) {
-    return refused(path, "the qcow2 image is corrupt (qemu-img check: " + last_line(r->output) +
+    return refused(path, "the qcow2 image is corrupt (qemu-img check: " + check_summary(r->output) +
                              "); repair it with qemu-img check -r all, or rebuild it");
   }
   return refused(path, "the qcow2 image is corrupt or unreadable (qemu-img check exit " +
-                           std::to_string(r->exit_code) + ": " + last_line(r->output) + ")");
+                           std::to_string(r->exit_code) + ": " + check_summary(r->output) + ")");
 }
 
 std::string size_text(uint64_t bytes) {
-  return bytes >= (1u << 20) ? std::to_string(bytes >> 20) + " MiB" : std::to_string(bytes) + " bytes";
+  return bytes >= (1u << 20) ? std::to_string(bytes >> 20) + " MiB"
+                             : std::to_string(bytes) + " bytes";
 }
 
 }  // namespace
@@ -182,7 +201,8 @@ Result<Probed> probe(const std::string& path, const std::string& abs) {
   }
   Probed p;
   p.raw = std::move(v.as_object());
-  if (auto* f = p.raw.if_contains("format"); f && f->is_string()) p.info.format = f->as_string().c_str();
+  if (auto* f = p.raw.if_contains("format"); f && f->is_string())
+    p.info.format = f->as_string().c_str();
   p.info.virtual_size = u64(p.raw, "virtual-size");
   p.info.actual_size = u64(p.raw, "actual-size");
   for (const char* key : {"full-backing-filename", "backing-filename"}) {
@@ -229,11 +249,11 @@ Result<DiskImageInfo> check_os_disk(const std::string& path) {
     return refused(path, "format " + info.format + " is not accepted (qcow2 or raw)");
   if (!info.backing_file.empty()) {
     return refused(path, "a backing chain is not accepted: " + path + " is backed by " +
-                             info.backing_file + " (flatten it: qemu-img convert -O qcow2 " +
-                             path + " NEW.qcow2)");
+                             info.backing_file + " (flatten it: qemu-img convert -O qcow2 " + path +
+                             " NEW.qcow2)");
   }
   if (info.format == "qcow2") FL_RETURN_IF_ERROR(check_qcow2_header(path, p.raw));
-  if (info.format == "qcow2") FL_RETURN_IF_ERROR(check_qcow2(abs));
+  if (info.format == "qcow2") FL_RETURN_IF_ERROR(check_qcow2(path, abs));
   FL_ASSIGN_OR_RETURN(std::string head, read_head(abs, info.format));
   if (disk_signature(head).empty()) {
     return refused(path, "not a disk image: no partition table or file system found (" +

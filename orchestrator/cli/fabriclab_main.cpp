@@ -6,6 +6,8 @@
 //   drill   a drill spec on a local rack (agents + orchestrator processes it starts and stops) or
 //           against a running orchestrator; live progress, report JSON/HTML.
 //   lab     up | down | status of a local rack.
+//   image   add | list | remove guest OS disk images in the user's image library (checked, copied
+//           read-only), which every local rack's agents are given.
 //   status  the grid and the latest drill; watch: the same, live from the websocket feed.
 //
 // Exit codes: 0 ok (a drill passed), 1 the drill failed, 2 bad input, 3 no placement (plan) or a
@@ -35,6 +37,7 @@
 #include "fabriclab/orchestrator/planner.hpp"
 #include "fabriclab/orchestrator/report.hpp"
 #include "fabriclab/rack/drill.hpp"
+#include "fabriclab/rack/image_library.hpp"
 #include "fabriclab/rack/lab.hpp"
 
 using namespace fabriclab;
@@ -318,6 +321,8 @@ std::string guest_network_line(const rack::Lab& lab) {
 
 struct DrillArgs {
   std::string spec_file, hypervisor, report_file, html_file, images, orchestrator_url, token_file;
+  std::vector<std::string> image_dirs;  // --image-dir, repeatable
+  std::string image_library;            // --image-library; "": the default library
   std::string network = "auto";
   std::string lab_dir = "/tmp/flab";
   int port = 0;
@@ -398,6 +403,8 @@ int run_drill_cmd(const DrillArgs& a) {
     lo.dir = a.lab_dir;
     lo.bin_dir = rack::self_dir();
     lo.images_dir = rack::images_dir(a.images);
+    lo.image_dirs = a.image_dirs;
+    lo.image_library = a.image_library.empty() ? rack::default_image_library() : a.image_library;
     lo.orchestrator_port = a.port;
     lo.network = a.network;
     if (spec->hypervisor == "qemu") lo.start_timeout = std::chrono::seconds(60);
@@ -448,6 +455,8 @@ int run_lab_up(const DrillArgs& a) {
   lo.dir = a.lab_dir;
   lo.bin_dir = rack::self_dir();
   lo.images_dir = rack::images_dir(a.images);
+  lo.image_dirs = a.image_dirs;
+  lo.image_library = a.image_library.empty() ? rack::default_image_library() : a.image_library;
   lo.orchestrator_port = a.port;
   lo.network = a.network;
   auto up = rack::Lab::up(*spec, lo);
@@ -578,6 +587,96 @@ int run_watch(const Target& t, bool once) {
   }
 }
 
+// ---- image add | list | remove -------------------------------------------------------------------
+
+struct ImageArgs {
+  rack::ImageAddRequest add;
+  std::string library;
+  bool json_out = false;
+};
+
+std::string human_bytes(uint64_t b) {
+  if (b >= (1ull << 30)) return fmt::format("{:.1f} GiB", static_cast<double>(b) / (1ull << 30));
+  if (b >= (1ull << 20)) return fmt::format("{:.1f} MiB", static_cast<double>(b) / (1ull << 20));
+  return fmt::format("{} bytes", b);
+}
+
+Result<std::string> library_dir(const ImageArgs& a) {
+  std::string dir = a.library.empty() ? rack::default_image_library() : a.library;
+  if (dir.empty()) {
+    return make_error(Condition::invalid_argument,
+                      "no image library: give --library DIR or set FABRICLAB_IMAGE_LIBRARY (HOME is not set)");
+  }
+  dir = std::filesystem::absolute(dir).lexically_normal().string();
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  return dir;
+}
+
+int run_image_add(const ImageArgs& a) {
+  auto dir = library_dir(a);
+  if (!dir.ok()) return fail(kBadInput, dir.error().message);
+  std::cout << "image " << a.add.name << ": checking " << a.add.disk << ", then copying it into " << *dir
+            << "...\n" << std::flush;
+  auto g = rack::add_image(*dir, a.add);
+  if (!g.ok()) return fail(exit_for(g.error()), "image add: " + g.error().message);
+  std::cout << "image " << g->version << " added to " << *dir << " (read-only)\n"
+            << "  boot    " << g->boot << (g->cmdline.empty() ? "" : " (cmdline: " + g->cmdline + ")") << "\n"
+            << "  disk    " << g->disk << "\n"
+            << "          format " << g->disk_format << ", virtual size " << human_bytes(g->disk_virtual_size) << " ("
+            << g->disk_virtual_size << " bytes), file " << human_bytes(g->disk_bytes) << "\n"
+            << "          sha256 " << g->sha256_disk << "\n";
+  if (g->boot == "kernel") {
+    std::cout << "  kernel  " << g->kernel << "\n          sha256 " << g->sha256_kernel << "\n"
+              << "  initrd  " << g->initrd << "\n          sha256 " << g->sha256_initrd << "\n";
+  }
+  std::cout << "a drill spec's service uses it with image: " << g->version
+            << " (fabriclab drill and lab up offer the library to every agent)\n";
+  return 0;
+}
+
+int run_image_list(const ImageArgs& a) {
+  auto dir = library_dir(a);
+  if (!dir.ok()) return fail(kBadInput, dir.error().message);
+  auto images = rack::list_images(*dir);
+  if (!images.ok()) {
+    return fail(exit_for(images.error()), "image list: " + images.error().message +
+                                              "\n(fabriclab image remove NAME --library " + *dir + " removes an image)");
+  }
+  if (a.json_out) {
+    json::array arr;
+    for (const auto& g : *images) arr.push_back(agent::to_json(g));
+    std::cout << json::serialize(json::object{{"library", *dir}, {"images", std::move(arr)}}) << "\n";
+    return 0;
+  }
+  std::cout << "image library " << *dir << "\n";
+  if (images->empty()) {
+    std::cout << "no images (fabriclab image add NAME --disk FILE ... adds one)\n";
+  } else {
+    std::cout << fmt::format("{:<20} {:<7} {:<6} {:>10} {:>10}  {}\n", "NAME", "BOOT", "FORMAT", "VIRTUAL", "FILE",
+                             "DISK SHA256");
+    for (const auto& g : *images) {
+      std::cout << fmt::format("{:<20} {:<7} {:<6} {:>10} {:>10}  {}\n", g.version, g.boot, g.disk_format,
+                               human_bytes(g.disk_virtual_size), human_bytes(g.disk_bytes), g.sha256_disk);
+    }
+  }
+  const std::string builtin = std::filesystem::path(rack::images_dir("")).lexically_normal().string();
+  if (auto b = agent::GuestImageStore::open(builtin); b.ok()) {
+    std::string names;
+    for (const auto& g : b->list()) names += (names.empty() ? "" : ", ") + g.version;
+    std::cout << "built-in guests (" << builtin << "): " << names << "\n";
+  }
+  return 0;
+}
+
+int run_image_remove(const ImageArgs& a) {
+  auto dir = library_dir(a);
+  if (!dir.ok()) return fail(kBadInput, dir.error().message);
+  if (auto st = rack::remove_image(*dir, a.add.name); !st.ok())
+    return fail(exit_for(st.error()), "image remove: " + st.error().message);
+  std::cout << "image " << a.add.name << " removed from " << *dir << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -608,7 +707,16 @@ int main(int argc, char** argv) {
   drill->add_option("--report", da.report_file, "Write the report JSON here");
   drill->add_option("--html", da.html_file, "Write the report as a self-contained HTML page here");
   drill->add_option("--lab-dir", da.lab_dir, "The local rack's directory (state, logs, lab.json)")->capture_default_str();
-  drill->add_option("--images", da.images, "Guest image directory (default: FABRICLAB_IMAGES_DIR or the build's images/)");
+  const std::string image_dir_help =
+      "Another guest image directory (its manifest.json: e.g. testbed/build-debian-image.sh's output), repeatable; "
+      "the agents get the built-in images, these, then the image library";
+  const std::string image_library_help =
+      "The image library to offer (fabriclab image add; default: $FABRICLAB_IMAGE_LIBRARY, else "
+      "$XDG_DATA_HOME/fabriclab/images, else ~/.local/share/fabriclab/images; used when it has images)";
+  drill->add_option("--images", da.images,
+                    "The built-in guest images (v1, v2, v3-broken; default: FABRICLAB_IMAGES_DIR or the build's images/)");
+  drill->add_option("--image-dir", da.image_dirs, image_dir_help);
+  drill->add_option("--image-library", da.image_library, image_library_help);
   drill->add_option("--port", da.port, "The orchestrator's port on 127.0.0.1 (0: any free port)")->check(CLI::Range(0, 65535));
   drill->add_option("--orchestrator", da.orchestrator_url, "Run against this orchestrator (http://HOST:PORT) instead of a local rack");
   drill->add_option("--token-file", da.token_file, "Control token file for --orchestrator");
@@ -625,7 +733,9 @@ int main(int argc, char** argv) {
   lab_up->add_option("--spec", la.spec_file, "YAML drill spec (its rack and services)");
   lab_up->add_option("--hypervisor", la.hypervisor, "qemu or test")->check(CLI::IsMember({"qemu", "test"}));
   lab_up->add_option("--lab-dir", la.lab_dir, "The rack's directory")->capture_default_str();
-  lab_up->add_option("--images", la.images, "Guest image directory");
+  lab_up->add_option("--images", la.images, "The built-in guest images (as for drill)");
+  lab_up->add_option("--image-dir", la.image_dirs, image_dir_help);
+  lab_up->add_option("--image-library", la.image_library, image_library_help);
   lab_up->add_option("--port", la.port, "The orchestrator's port (0: any)")->check(CLI::Range(0, 65535));
   lab_up->add_option("--network", la.network, "auto, netns or loopback (as for drill)")
       ->check(CLI::IsMember({"auto", "netns", "loopback"}))
@@ -635,6 +745,32 @@ int main(int argc, char** argv) {
   lab_down->add_option("--lab-dir", lab_dir, "The rack's directory")->capture_default_str();
   auto* lab_status = lab->add_subcommand("status", "The rack's processes (JSON)");
   lab_status->add_option("--lab-dir", lab_dir, "The rack's directory")->capture_default_str();
+
+  ImageArgs ia;
+  auto* image = app.add_subcommand("image", "Guest OS disk images: the image library the racks' agents are given");
+  image->require_subcommand(1);
+  const std::string library_help =
+      "The image library (default: $FABRICLAB_IMAGE_LIBRARY, else $XDG_DATA_HOME/fabriclab/images, else "
+      "~/.local/share/fabriclab/images)";
+  auto* image_add = image->add_subcommand(
+      "add", "Check an OS disk (qcow2 or raw; no backing file; a partition table or file system) and its boot files, "
+             "then copy them read-only into the library; nothing is created when a check fails");
+  image_add->add_option("NAME", ia.add.name, "The image's name, as drill specs use it ([A-Za-z0-9._-], not v1/v2/v3-broken)")
+      ->required();
+  image_add->add_option("--disk", ia.add.disk, "The OS disk image (qcow2 or raw)")->required();
+  image_add->add_option("--kernel", ia.add.kernel, "boot: kernel: the guest's kernel (vmlinuz)");
+  image_add->add_option("--initrd", ia.add.initrd, "boot: kernel: the guest's initrd");
+  image_add->add_option("--cmdline", ia.add.cmdline, "boot: kernel: the kernel command line (e.g. \"root=/dev/vda rw console=ttyS0\")");
+  image_add->add_option("--boot", ia.add.boot, "kernel (QEMU boots --kernel/--initrd) or disk (the disk's own bootloader); "
+                                               "default: kernel when --kernel, --initrd or --cmdline is given")
+      ->check(CLI::IsMember({"kernel", "disk"}));
+  image_add->add_option("--library", ia.library, library_help);
+  auto* image_list = image->add_subcommand("list", "The library's images (each disk checked again) and the built-in guests");
+  image_list->add_option("--library", ia.library, library_help);
+  image_list->add_flag("--json", ia.json_out, "Print JSON");
+  auto* image_remove = image->add_subcommand("remove", "Remove an image from the library (its files included)");
+  image_remove->add_option("NAME", ia.add.name, "The image's name")->required();
+  image_remove->add_option("--library", ia.library, library_help);
 
   Target st;
   bool status_json = false;
@@ -657,6 +793,9 @@ int main(int argc, char** argv) {
   if (*lab_up) return run_lab_up(la);
   if (*lab_down) return run_lab_down(lab_dir);
   if (*lab_status) return run_lab_status(lab_dir);
+  if (*image_add) return run_image_add(ia);
+  if (*image_list) return run_image_list(ia);
+  if (*image_remove) return run_image_remove(ia);
   if (*status) return run_status(st, status_json);
   if (*watch) return run_watch(wt, once);
   return kBadInput;

@@ -16,7 +16,9 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
 
 void patch(const std::string& path, size_t at, const std::string& bytes) {
   std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
@@ -152,7 +154,8 @@ TEST_F(DiskImageTest, OtherFormatsAndSizesAreRefused) {
   auto raw = raw_ext4("src.raw");
   auto vmdk = path("disk.vmdk");
   run({"qemu-img", "convert", "-f", "raw", "-O", "vmdk", raw, vmdk});
-  EXPECT_TRUE(contains(refusal(vmdk).message, "format vmdk is not accepted")) << refusal(vmdk).message;
+  EXPECT_TRUE(contains(refusal(vmdk).message, "format vmdk is not accepted"))
+      << refusal(vmdk).message;
   auto huge = qcow2_ext4("huge.qcow2");
   run({"qemu-img", "resize", "-q", huge, "2T"});
   EXPECT_TRUE(contains(refusal(huge).message, "outside 1 MiB..1 TiB")) << refusal(huge).message;

@@ -3,6 +3,7 @@
 #include "fabriclab/common/process.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -44,6 +45,36 @@ std::string read_file(const std::string& path) {
 
 bool contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
+}
+
+TEST(CopyFileSha256, CopiesHashesKeepsHolesAndNeverOverwrites) {
+  TempDir dir;
+  const std::string src = dir.path() + "/src", dst = dir.path() + "/dst";
+  {
+    std::ofstream out(src, std::ios::binary);
+    out << "head";
+    out.seekp(32 << 20);  // a 32 MiB hole
+    out << "tail";
+  }
+  auto sha = copy_file_sha256(src, dst);
+  ASSERT_TRUE(sha.ok()) << sha.error().describe();
+  EXPECT_EQ(*sha, *sha256_file(src));
+  EXPECT_EQ(*sha256_file(dst), *sha);
+  EXPECT_EQ(fs::file_size(dst), fs::file_size(src));
+  struct stat st {};
+  ASSERT_EQ(::stat(dst.c_str(), &st), 0);
+  EXPECT_LT(st.st_blocks * 512, 4 << 20) << "the hole is kept";
+
+  write_file(dir.path() + "/other", "other");
+  auto again = copy_file_sha256(dir.path() + "/other", dst);
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.condition(), Condition::already_exists);
+  EXPECT_EQ(*sha256_file(dst), *sha) << "an existing file is left alone";
+  auto missing = copy_file_sha256(dir.path() + "/nope", dst);
+  EXPECT_EQ(missing.condition(), Condition::not_found);
+  EXPECT_TRUE(fs::exists(dst)) << "a failed copy removes only what it created";
+  auto fresh = copy_file_sha256(dir.path() + "/nope", dir.path() + "/fresh");
+  EXPECT_FALSE(fs::exists(dir.path() + "/fresh"));
 }
 
 class HostImageStoreTest : public ::testing::Test {

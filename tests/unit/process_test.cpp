@@ -13,7 +13,9 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
 
 // True when this process has no child left (reaped or never started).
 bool no_children() { return ::waitpid(-1, nullptr, WNOHANG) < 0 && errno == ECHILD; }
@@ -84,7 +86,8 @@ TEST(RunCommand, ABackgroundProcessHoldingThePipeDoesNotDelayTheResult) {
   ASSERT_TRUE(r.ok()) << r.error().describe();
   EXPECT_EQ(r->exit_code, 0);
   EXPECT_EQ(r->output, "started\n");
-  EXPECT_LT(Clock::now() - start, 2s) << "finished when sh exited, not when sleep let go of the pipe";
+  EXPECT_LT(Clock::now() - start, 2s)
+      << "finished when sh exited, not when sleep let go of the pipe";
 }
 
 TEST(RunCommand, DescribeQuotesWordsThatNeedIt) {

@@ -23,6 +23,7 @@
 
 #include "fabriclab/orchestrator/lb.hpp"
 #include "fabriclab/rack/api_client.hpp"
+#include "fabriclab/rack/image_library.hpp"
 #include "netns.hpp"
 
 namespace fabriclab::rack {
@@ -288,6 +289,7 @@ Status Lab::save() const {
                  {"agent_netns", rack_netns_},
                  {"namespaces", std::move(namespaces)},
                  {"hypervisor", hypervisor_},
+                 {"image_dirs", json::array(image_dirs_.begin(), image_dirs_.end())},
                  {"token_file", dir_ + "/token"},
                  {"orchestrator", process_json(orchestrator_)},
                  {"orchestrator_url", orchestrator_url()},
@@ -376,11 +378,9 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
   if (options.network != "auto" && options.network != "netns" && options.network != "loopback") {
     return make_error(Condition::invalid_argument, "network '" + options.network + "': auto, netns or loopback");
   }
-  if (options.images_dir.empty() || !fs::exists(options.images_dir + "/manifest.json", ec)) {
-    return make_error(Condition::not_found, "no guest images in '" + options.images_dir +
-                                                "' (manifest.json missing; ./fabriclab.sh build makes them)");
-  }
+  FL_ASSIGN_OR_RETURN(auto image_dirs, guest_image_dirs(options.images_dir, options.image_dirs, options.image_library));
   Lab lab;
+  lab.image_dirs_ = std::move(image_dirs);
   lab.dir_ = fs::absolute(options.dir).string();
   lab.hypervisor_ = spec.hypervisor;
   lab.token_ = random_token();
@@ -443,13 +443,13 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
                                      "--host-id", p.name,
                                      "--fault-domain", std::to_string(p.fault_domain),
                                      "--state-dir", state,
-                                     "--guest-images", options.images_dir,
                                      "--listen", lab.network_ == "netns" ? netns::host_address(i)
                                                                          : options.address_prefix + std::to_string(i + 1),
                                      "--port", "0",
                                      "--control-token-file", lab.dir_ + "/token",
                                      "--capacity", std::to_string(spec.capacity),
                                      "--lab-host-images", "host-v1,host-v2"};
+    for (const auto& d : lab.image_dirs_) argv.insert(argv.end(), {"--guest-images", d});
     if (sim) {
       // Simulated guests and emulated durations: a 200 ms heartbeat, a 1 s host reboot.
       // Healthy = a heartbeat within the last 3 s (12 periods), as on real guests: a loaded machine

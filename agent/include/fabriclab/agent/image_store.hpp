@@ -24,6 +24,12 @@ namespace fabriclab::agent {
 // transient for other I/O errors; messages name the file.
 Result<std::string> sha256_file(const std::string& path);
 
+// Copies `src` to `dst` (created, mode 0644; an existing dst -> already_exists), hashing the bytes
+// as they are copied, so the checksum is the copy's; fsynced. Runs of zero bytes become holes (a
+// sparse raw disk stays sparse). Returns the lower-case hex SHA-256. Errors name the file; a
+// failed copy is removed.
+Result<std::string> copy_file_sha256(const std::string& src, const std::string& dst);
+
 // True for a valid image version name: [A-Za-z0-9._-]{1,64}, except "." and "..".
 bool valid_image_version(const std::string& version);
 

@@ -15,7 +15,7 @@
 namespace fabriclab::hypervisor {
 
 struct DiskImageInfo {
-  std::string format;         // as qemu-img detects it ("qcow2", "raw", ...), never from a file name
+  std::string format;         // as qemu-img detects it ("qcow2", "raw", ...), not by name
   uint64_t virtual_size = 0;  // bytes the guest sees
   uint64_t actual_size = 0;   // bytes allocated on the host
   std::string backing_file;   // "" when the image has no backing file

@@ -49,7 +49,9 @@ namespace fabriclab::rack {
 struct LabOptions {
   std::string dir = "/tmp/flab";  // short: the agents' unix sockets live under it
   std::string bin_dir;            // where fabriclab-agent and fabriclab-orchestrator are
-  std::string images_dir;         // guest images (manifest.json)
+  std::string images_dir;         // the built-in guest images (manifest.json)
+  std::vector<std::string> image_dirs;  // more guest image directories (e.g. the Debian builder's)
+  std::string image_library;      // the `fabriclab image` library, given to the agents if it has a manifest
   // "auto": network namespaces where permitted, else loopback (saying why); "netns": namespaces or
   // fail; "loopback": never namespaces.
   std::string network = "auto";
@@ -124,6 +126,7 @@ class Lab {
   std::string rack_netns_;
   std::vector<std::string> namespaces_;
   std::string hypervisor_;
+  std::vector<std::string> image_dirs_;  // every agent's --guest-images, in order
   LabProcess orchestrator_;
   std::vector<LabProcess> agents_;
   std::vector<LabProcess> net_procs_;

@@ -1,0 +1,378 @@
+// `fabriclab image add|list|remove` end to end: the real CLI binary on real disk images made here
+// with mkfs.ext4 and qemu-img, a library in a temporary directory. Every assertion is about what
+// a user sees: the exit code, the message, the files in the library, and what a rack's agents are
+// then given. Fails, never skips, without qemu-img or mkfs.ext4.
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "fabriclab/agent/image_store.hpp"
+#include "fabriclab/common/http_client.hpp"
+#include "fabriclab/common/process.hpp"
+#include "fabriclab/rack/image_library.hpp"
+
+namespace fabriclab {
+namespace {
+namespace fs = std::filesystem;
+namespace json = boost::json;
+using namespace std::chrono_literals;
+
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+struct Cli {
+  int code = -1;
+  std::string out;
+};
+
+class ImageCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/fl-image-cli-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    lib_ = dir_ + "/lib";
+    src_ = dir_ + "/src";
+    fs::create_directories(src_);
+  }
+  void TearDown() override {
+    if (fs::exists(dir_ + "/lab/lab.json")) cli({"lab", "down", "--lab-dir", dir_ + "/lab"});
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  // Runs the CLI with `env` added to (or, when the value is empty, removed from) its environment.
+  Cli cli(const std::vector<std::string>& args,
+          const std::map<std::string, std::string>& env = {}) {
+    const std::string log = dir_ + "/cli.log";
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      for (const auto& [k, v] : env)
+        v.empty() ? ::unsetenv(k.c_str()) : ::setenv(k.c_str(), v.c_str(), 1);
+      if (!std::freopen(log.c_str(), "w", stdout)) _exit(126);
+      ::dup2(fileno(stdout), 2);
+      std::vector<char*> argv;
+      std::string bin = FABRICLAB_CLI_BIN;
+      argv.push_back(bin.data());
+      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      _exit(127);
+    }
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : 1000 + WTERMSIG(status), slurp(log)};
+  }
+  Cli add(const std::string& name, const std::vector<std::string>& more) {
+    std::vector<std::string> args = {"image", "add", name, "--library", lib_};
+    args.insert(args.end(), more.begin(), more.end());
+    return cli(args);
+  }
+
+  void run(const std::vector<std::string>& argv) {
+    auto r = run_command(argv, 60s);
+    ASSERT_TRUE(r.ok()) << r.error().describe();
+    ASSERT_EQ(r->exit_code, 0) << describe_command(argv) << ": " << r->output;
+  }
+  std::string raw_ext4(const std::string& name) {
+    std::string p = src_ + "/" + name;
+    run({"truncate", "-s", "8M", p});
+    run({"mkfs.ext4", "-q", "-F", p});
+    return p;
+  }
+  std::string qcow2_ext4(const std::string& name) {
+    std::string p = src_ + "/" + name;
+    run({"qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw_ext4(name + ".raw"), p});
+    return p;
+  }
+  // A stand-in kernel: what the CLI checks of one is the x86 boot header ("HdrS" at 0x202).
+  std::string kernel() {
+    std::string k(8192, '\x11');
+    k.replace(0x202, 4, "HdrS");
+    std::ofstream(src_ + "/vmlinuz", std::ios::binary) << k;
+    std::ofstream(src_ + "/initrd.img", std::ios::binary) << "an initrd";
+    return src_ + "/vmlinuz";
+  }
+  std::vector<std::string> kernel_args() {
+    return {"--kernel",           kernel(),    "--initrd",
+            src_ + "/initrd.img", "--cmdline", "root=/dev/vda rw console=ttyS0"};
+  }
+  // Every path under the library with its size and mode, and the manifest's text.
+  std::string snapshot() {
+    std::ostringstream s;
+    std::error_code ec;
+    if (!fs::exists(lib_)) return "(no library)";
+    for (const auto& e : fs::recursive_directory_iterator(lib_, ec)) {
+      s << e.path().string() << " " << (e.is_regular_file() ? fs::file_size(e.path()) : 0) << " "
+        << static_cast<int>(fs::status(e.path()).permissions()) << "\n";
+    }
+    return s.str() + slurp(lib_ + "/manifest.json");
+  }
+
+  std::string dir_, lib_, src_;
+};
+
+TEST_F(ImageCli, AddListsReadOnlyRefusesTheSameNameAndRemoves) {
+  const std::string disk = qcow2_ext4("disk.qcow2");
+  const std::string sha = *agent::sha256_file(disk);
+  auto kargs = kernel_args();
+  std::vector<std::string> args = {"--disk", disk};
+  args.insert(args.end(), kargs.begin(), kargs.end());
+  Cli a = add("mine-v1", args);
+  ASSERT_EQ(a.code, 0) << a.out;
+  EXPECT_TRUE(contains(a.out, "image mine-v1 added to " + lib_)) << a.out;
+  EXPECT_TRUE(contains(a.out, "format qcow2, virtual size 8.0 MiB (8388608 bytes)")) << a.out;
+  EXPECT_TRUE(contains(a.out, "sha256 " + sha)) << a.out;
+
+  for (const char* f : {"disk.qcow2", "vmlinuz", "initrd.img"}) {
+    const std::string p = lib_ + "/mine-v1/" + f;
+    ASSERT_TRUE(fs::exists(p)) << p;
+    EXPECT_EQ(fs::status(p).permissions() &
+                  (fs::perms::owner_write | fs::perms::group_write | fs::perms::others_write),
+              fs::perms::none)
+        << p << " is writable";
+  }
+  EXPECT_EQ(*agent::sha256_file(lib_ + "/mine-v1/disk.qcow2"), sha);
+
+  Cli l = cli({"image", "list", "--library", lib_});
+  ASSERT_EQ(l.code, 0) << l.out;
+  EXPECT_TRUE(contains(l.out, "mine-v1")) << l.out;
+  EXPECT_TRUE(contains(l.out, "qcow2")) << l.out;
+  EXPECT_TRUE(contains(l.out, "8.0 MiB")) << l.out;
+  EXPECT_TRUE(contains(l.out, sha)) << l.out;
+  Cli lj = cli({"image", "list", "--library", lib_, "--json"});
+  ASSERT_EQ(lj.code, 0) << lj.out;
+  auto j = json::parse(lj.out).as_object();
+  ASSERT_EQ(j.at("images").as_array().size(), 1u);
+  const auto& img = j.at("images").as_array()[0].as_object();
+  EXPECT_EQ(img.at("version").as_string(), "mine-v1");
+  EXPECT_EQ(img.at("boot").as_string(), "kernel");
+  EXPECT_EQ(img.at("disk_format").as_string(), "qcow2");
+  EXPECT_EQ(img.at("disk_virtual_size").to_number<uint64_t>(), 8u << 20);
+  EXPECT_EQ(img.at("sha256_disk").as_string(), sha);
+  EXPECT_EQ(img.at("cmdline").as_string(), "root=/dev/vda rw console=ttyS0");
+
+  // The agent reads the library with its own store, and the copy verifies.
+  auto store = agent::GuestImageStore::open(lib_);
+  ASSERT_TRUE(store.ok()) << store.error().describe();
+  EXPECT_TRUE(store->verify("mine-v1").ok());
+
+  const std::string before = snapshot();
+  Cli again = add("mine-v1", args);
+  EXPECT_EQ(again.code, 2) << again.out;
+  EXPECT_TRUE(contains(again.out, "'mine-v1' is already in the library")) << again.out;
+  EXPECT_TRUE(contains(again.out, "fabriclab image remove mine-v1")) << again.out;
+  EXPECT_EQ(snapshot(), before);
+
+  Cli rm = cli({"image", "remove", "mine-v1", "--library", lib_});
+  ASSERT_EQ(rm.code, 0) << rm.out;
+  EXPECT_FALSE(fs::exists(lib_ + "/mine-v1"));
+  Cli empty = cli({"image", "list", "--library", lib_});
+  EXPECT_TRUE(contains(empty.out, "no images")) << empty.out;
+  Cli gone = cli({"image", "remove", "mine-v1", "--library", lib_});
+  EXPECT_EQ(gone.code, 2);
+  EXPECT_TRUE(contains(gone.out, "no image 'mine-v1'")) << gone.out;
+}
+
+TEST_F(ImageCli, EveryRefusalNamesTheProblemAndCreatesNothing) {
+  // A library that already holds an image, and one that does not exist yet.
+  ASSERT_EQ(add("kept", {"--disk", raw_ext4("kept.raw")}).code, 0);
+  const std::string before = snapshot();
+
+  const std::string cut = qcow2_ext4("cut.qcow2");
+  fs::resize_file(cut, 100000);
+  std::ofstream(src_ + "/notes.txt") << "this is a text file, not a disk\n";
+  const std::string base = qcow2_ext4("base.qcow2");
+  const std::string top = src_ + "/top.qcow2";
+  run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, top});
+  const std::string good = qcow2_ext4("good.qcow2");
+  kernel();
+  const std::string initrd = src_ + "/initrd.img";
+
+  struct Case {
+    std::string what;
+    std::vector<std::string> args;
+    std::vector<std::string> expect;  // substrings of the message
+  };
+  const std::vector<Case> cases = {
+      {"corrupt qcow2", {"--disk", cut}, {cut, "corrupt"}},
+      {"not a disk",
+       {"--disk", src_ + "/notes.txt"},
+       {src_ + "/notes.txt", "not a disk image: no partition table or file system found"}},
+      {"backing chain", {"--disk", top}, {"a backing chain is not accepted", "backed by " + base}},
+      {"boot: kernel without a kernel",
+       {"--disk", good, "--initrd", initrd, "--cmdline", "root=/dev/vda"},
+       {"boot: kernel needs a kernel"}},
+      {"a kernel that does not exist",
+       {"--disk", good, "--kernel", src_ + "/nope", "--initrd", initrd, "--cmdline",
+        "root=/dev/vda"},
+       {"kernel " + src_ + "/nope", "No such file"}},
+      {"a kernel that is not one",
+       {"--disk", good, "--kernel", initrd, "--initrd", initrd, "--cmdline", "root=/dev/vda"},
+       {"not a Linux kernel image"}},
+      {"a missing disk", {"--disk", src_ + "/nope.qcow2"}, {src_ + "/nope.qcow2"}},
+      {"a two-line cmdline",
+       {"--disk", good, "--kernel", src_ + "/vmlinuz", "--initrd", initrd, "--cmdline", "a\nb"},
+       {"one line"}},
+  };
+  for (const auto& c : cases) {
+    for (const std::string& lib : {lib_, dir_ + "/fresh-lib"}) {
+      std::vector<std::string> args = {"image", "add", "x", "--library", lib};
+      args.insert(args.end(), c.args.begin(), c.args.end());
+      Cli r = cli(args);
+      EXPECT_EQ(r.code, 2) << c.what << ": " << r.out;
+      for (const auto& e : c.expect)
+        EXPECT_TRUE(contains(r.out, e)) << c.what << ": " << r.out << " (wanted: " << e << ")";
+    }
+    EXPECT_EQ(snapshot(), before) << c.what << " changed the library";
+    EXPECT_FALSE(fs::exists(dir_ + "/fresh-lib")) << c.what << " created the library";
+  }
+  for (const std::string name : {"v1", "v3-broken", "../x", "a b"}) {
+    Cli r = add(name, {"--disk", good});
+    EXPECT_EQ(r.code, 2) << name << ": " << r.out;
+    EXPECT_TRUE(contains(r.out, "image name '" + name + "'")) << r.out;
+  }
+  EXPECT_EQ(snapshot(), before);
+}
+
+TEST_F(ImageCli, ARawDiskThatBootsItselfStaysSparse) {
+  const std::string disk = raw_ext4("big.raw");
+  run({"truncate", "-s", "512M", disk});  // a mostly empty disk, as raw images usually are
+  Cli a = add("own-loader", {"--disk", disk});
+  ASSERT_EQ(a.code, 0) << a.out;
+  EXPECT_TRUE(contains(a.out, "boot    disk")) << a.out;
+  const std::string copy = lib_ + "/own-loader/disk.raw";
+  struct stat st {};
+  ASSERT_EQ(::stat(copy.c_str(), &st), 0);
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), 512u << 20);
+  EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, 64u << 20)
+      << "the copy of a sparse disk should stay sparse";
+  EXPECT_FALSE(fs::exists(lib_ + "/own-loader/vmlinuz"));
+  Cli l = cli({"image", "list", "--library", lib_});
+  EXPECT_TRUE(contains(l.out, "own-loader")) << l.out;
+  EXPECT_TRUE(contains(l.out, "raw")) << l.out;
+}
+
+TEST_F(ImageCli, TheDefaultLibraryComesFromTheEnvironment) {
+  const std::string disk = raw_ext4("d.raw");
+  auto add_default = [&](const std::string& name, const std::map<std::string, std::string>& env) {
+    return cli({"image", "add", name, "--disk", disk}, env);
+  };
+  Cli a = add_default("a", {{"FABRICLAB_IMAGE_LIBRARY", dir_ + "/envlib"}});
+  ASSERT_EQ(a.code, 0) << a.out;
+  EXPECT_TRUE(fs::exists(dir_ + "/envlib/a/disk.raw"));
+  Cli b = add_default("b", {{"FABRICLAB_IMAGE_LIBRARY", ""}, {"XDG_DATA_HOME", dir_ + "/xdg"}});
+  ASSERT_EQ(b.code, 0) << b.out;
+  EXPECT_TRUE(fs::exists(dir_ + "/xdg/fabriclab/images/b/disk.raw"));
+  Cli c = add_default(
+      "c", {{"FABRICLAB_IMAGE_LIBRARY", ""}, {"XDG_DATA_HOME", ""}, {"HOME", dir_ + "/home"}});
+  ASSERT_EQ(c.code, 0) << c.out;
+  EXPECT_TRUE(fs::exists(dir_ + "/home/.local/share/fabriclab/images/c/disk.raw"));
+  Cli l = cli({"image", "list"}, {{"FABRICLAB_IMAGE_LIBRARY", dir_ + "/envlib"}});
+  EXPECT_TRUE(contains(l.out, "image library " + dir_ + "/envlib")) << l.out;
+}
+
+TEST_F(ImageCli, ConcurrentAddsBothLand) {
+  const std::string disk = qcow2_ext4("d.qcow2");
+  std::vector<pid_t> pids;
+  for (const char* name : {"p1", "p2", "p3"}) {
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      std::string bin = FABRICLAB_CLI_BIN;
+      std::string log = dir_ + "/" + name + ".log";
+      if (!std::freopen(log.c_str(), "w", stdout)) _exit(126);
+      ::dup2(fileno(stdout), 2);
+      ::execl(bin.c_str(), bin.c_str(), "image", "add", name, "--disk", disk.c_str(), "--library",
+              lib_.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    pids.push_back(pid);
+  }
+  for (pid_t p : pids) {
+    int status = 0;
+    ::waitpid(p, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << slurp(dir_ + "/p1.log") << slurp(dir_ + "/p2.log");
+  }
+  auto store = agent::GuestImageStore::open(lib_);
+  ASSERT_TRUE(store.ok()) << store.error().describe();
+  EXPECT_EQ(store->list().size(), 3u) << slurp(lib_ + "/manifest.json");
+}
+
+TEST_F(ImageCli, TheRacksAgentsGetTheBuiltInImagesExtraDirectoriesAndTheLibrary) {
+  const char* builtin = std::getenv("FABRICLAB_IMAGES_DIR");
+  ASSERT_TRUE(builtin && *builtin)
+      << "FABRICLAB_IMAGES_DIR must name the built-in images (ctest sets it)";
+  ASSERT_EQ(add("mine", {"--disk", raw_ext4("m.raw")}).code, 0);
+  // Another image directory in the Debian builder's layout: a copy of a library.
+  const std::string extra = dir_ + "/extra";
+  ASSERT_EQ(cli({"image", "add", "theirs", "--disk", raw_ext4("t.raw"), "--library", extra}).code,
+            0);
+
+  auto dirs = rack::guest_image_dirs(builtin, {extra, lib_ + "/"}, lib_);
+  ASSERT_TRUE(dirs.ok()) << dirs.error().describe();
+  ASSERT_EQ(dirs->size(), 3u) << "the library named twice is given once";
+  EXPECT_EQ((*dirs)[0], fs::canonical(builtin).string());
+  EXPECT_EQ((*dirs)[1], extra);
+  EXPECT_EQ((*dirs)[2], lib_);
+  auto no_lib = rack::guest_image_dirs(builtin, {}, dir_ + "/no-such-library");
+  ASSERT_TRUE(no_lib.ok()) << "a library without a manifest is left out";
+  EXPECT_EQ(no_lib->size(), 1u);
+
+  std::ofstream(dir_ + "/spec.yaml")
+      << "name: images\nhypervisor: test\nrack: {hosts: 2, fault_domains: 2, capacity: 4}\n"
+         "services:\n  - {name: web, instances: 1, ud_count: 1, image: v1}\n"
+         "update: {kind: host-os, target: host-v2}\n";
+  // The same name in two directories: refused before any agent starts, naming both.
+  ASSERT_EQ(cli({"image", "add", "mine", "--disk", raw_ext4("dup.raw"), "--library", extra}).code,
+            0);
+  Cli dup = cli({"lab", "up", "--spec", dir_ + "/spec.yaml", "--network", "loopback", "--lab-dir",
+                 dir_ + "/lab", "--image-dir", extra, "--image-library", lib_});
+  EXPECT_EQ(dup.code, 2) << dup.out;
+  EXPECT_TRUE(contains(dup.out, "'mine' is defined twice: in " + extra + " and in " + lib_))
+      << dup.out;
+  EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
+  ASSERT_EQ(cli({"image", "remove", "mine", "--library", extra}).code, 0);
+
+  Cli up = cli({"lab", "up", "--spec", dir_ + "/spec.yaml", "--network", "loopback", "--lab-dir",
+                dir_ + "/lab", "--image-dir", extra, "--image-library", lib_});
+  ASSERT_EQ(up.code, 0) << up.out;
+  auto lab = json::parse(slurp(dir_ + "/lab/lab.json")).as_object();
+  const auto& recorded = lab.at("image_dirs").as_array();
+  ASSERT_EQ(recorded.size(), 3u);
+  EXPECT_EQ(recorded[2].as_string(), lib_);
+  const std::string token = [&] {
+    std::string t = slurp(dir_ + "/lab/token");
+    return t.substr(0, t.find('\n'));
+  }();
+  for (const auto& av : lab.at("agents").as_array()) {
+    const auto& ag = av.as_object();
+    auto r = http::request(std::string(ag.at("address").as_string()),
+                           static_cast<uint16_t>(ag.at("port").as_int64()), "GET",
+                           "/v1/images/guest", {}, token);
+    ASSERT_TRUE(r.ok()) << r.error().describe();
+    std::string names;
+    json::value images = json::parse(r->body);
+    for (const auto& g : images.as_array()) names += std::string(g.at("version").as_string()) + " ";
+    EXPECT_EQ(names, "v1 v2 v3-broken theirs mine ") << "agent " << ag.at("name").as_string();
+  }
+  Cli down = cli({"lab", "down", "--lab-dir", dir_ + "/lab"});
+  EXPECT_EQ(down.code, 0) << down.out;
+}
+
+}  // namespace
+}  // namespace fabriclab
