@@ -35,6 +35,7 @@
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/orchestrator/placement.hpp"
 #include "fabriclab/orchestrator/planner.hpp"
+#include "fabriclab/orchestrator/report.hpp"
 #include "fabriclab/rack/drill.hpp"
 #include "fabriclab/rack/image_library.hpp"
 #include "fabriclab/rack/lab.hpp"
@@ -328,6 +329,44 @@ struct DrillArgs {
   bool keep = false, json_out = false;
 };
 
+// --report and --html. One update: its report, and the orchestrator's page for it, as they are.
+// Several: rack::series_report, and every drill on one page (render_reports_html).
+void write_drill_reports(const DrillArgs& a, const rack::OrchestratorClient& api, const rack::DrillFileSpec& spec,
+                         const rack::DrillSeries& series) {
+  if (!a.report_file.empty() && !write_file(a.report_file, json::serialize(rack::series_report(spec, series)) + "\n")) {
+    std::cerr << "fabriclab: cannot write " << a.report_file << "\n";
+  }
+  if (a.html_file.empty()) return;
+  Result<std::string> html = std::string();
+  if (spec.updates.size() == 1) {
+    std::string id = series.drills[0].drill.at("id").as_string().c_str();
+    html = api.get_text("/v1/drills/" + id + "/report.html");
+  } else {
+    std::vector<json::object> reports;
+    for (const auto& d : series.drills) reports.push_back(d.report);
+    html = render_reports_html(reports);
+  }
+  if (!html.ok() || !write_file(a.html_file, *html)) {
+    std::cerr << "fabriclab: cannot write " << a.html_file << (html.ok() ? "" : ": " + html.error().message) << "\n";
+  }
+}
+
+// The summary of every drill that ran; with several updates, which ran and the overall result.
+void print_series(const rack::DrillFileSpec& spec, const rack::DrillSeries& series, std::ostream& out) {
+  const size_t n = spec.updates.size();
+  for (size_t k = 0; k < series.drills.size(); ++k) {
+    if (n > 1) out << fmt::format("\ndrill {}/{}: {} -> {}\n", k + 1, n, spec.updates[k].kind, spec.updates[k].target);
+    print_summary(series.drills[k].report, out);
+  }
+  if (n == 1) return;
+  out << "\nupdates:\n";
+  for (size_t k = 0; k < n; ++k) {
+    std::string r = k < series.drills.size() ? (series.drills[k].passed ? "passed" : "failed") : "not run";
+    out << fmt::format("  {}/{} {} -> {}: {}\n", k + 1, n, spec.updates[k].kind, spec.updates[k].target, r);
+  }
+  out << "result (all " << n << " drills): " << (series.passed() ? "passed" : "failed") << "\n";
+}
+
 int run_drill_cmd(const DrillArgs& a) {
   auto spec = a.spec_file.empty() ? Result<rack::DrillFileSpec>(rack::default_spec()) : rack::load_spec(a.spec_file);
   if (!spec.ok()) return fail(kBadInput, spec.error().message);
@@ -390,26 +429,20 @@ int run_drill_cmd(const DrillArgs& a) {
     api = *c;
   }
   rack::DrillView view{&out, tty};
-  auto outcome = rack::run_drill(*api, *spec, lab ? &*lab : nullptr, view);
-  if (!outcome.ok()) {
-    std::cerr << "fabriclab: drill: " << outcome.error().message << "\n";
-    return finish(rack::interrupted() ? kInterrupted : exit_for(outcome.error()));
+  auto series = rack::run_drills(*api, *spec, lab ? &*lab : nullptr, view);
+  if (series.error) std::cerr << "fabriclab: drill: " << series.error->message << "\n";
+  if (series.drills.empty()) {
+    return finish(rack::interrupted() ? kInterrupted : exit_for(series.error.value_or(Error{})));
   }
-  std::string id = outcome->drill.at("id").as_string().c_str();
-  if (!a.report_file.empty() && !write_file(a.report_file, json::serialize(outcome->report) + "\n")) {
-    std::cerr << "fabriclab: cannot write " << a.report_file << "\n";
-  }
-  if (!a.html_file.empty()) {
-    auto html = api->get_text("/v1/drills/" + id + "/report.html");
-    if (!html.ok() || !write_file(a.html_file, *html)) {
-      std::cerr << "fabriclab: cannot write " << a.html_file << (html.ok() ? "" : ": " + html.error().message) << "\n";
-    }
-  }
-  print_summary(outcome->report, out);
+  write_drill_reports(a, *api, *spec, series);
+  print_series(*spec, series, out);
   if (!a.report_file.empty()) out << "report: " << a.report_file << "\n";
   if (!a.html_file.empty()) out << "html report: " << a.html_file << "\n";
-  if (a.json_out) std::cout << json::serialize(outcome->report) << "\n";
-  int code = outcome->interrupted ? kInterrupted : outcome->passed ? 0 : kFailed;
+  if (a.json_out) std::cout << json::serialize(rack::series_report(*spec, series)) << "\n";
+  int code = series.interrupted() || rack::interrupted() ? kInterrupted
+             : series.passed()                           ? 0
+             : series.error                              ? exit_for(*series.error)
+                                                         : kFailed;
   return finish(code);
 }
 

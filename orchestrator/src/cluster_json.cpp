@@ -120,6 +120,12 @@ json::object to_json(const ServiceEndpoint& e) {
                                  {"unhealthy_threshold", e.probe.unhealthy_threshold}}}};
 }
 
+json::object to_json(const DataCheck& c) {
+  json::array command;
+  for (const auto& a : c.command) command.emplace_back(a);
+  return {{"command", std::move(command)}, {"rule", c.rule}};
+}
+
 json::object to_json(const Service& s) {
   json::object o{{"name", s.name},
                  {"instance_count", s.instance_count},
@@ -130,6 +136,7 @@ json::object to_json(const Service& s) {
                  {"traffic_rps", s.traffic_rps}};
   if (s.endpoint) o["endpoint"] = to_json(*s.endpoint);
   if (!s.vip.empty()) o["vip"] = s.vip;
+  if (s.data_check) o["data_check"] = to_json(*s.data_check);
   return o;
 }
 
@@ -199,9 +206,42 @@ Result<ServiceEndpoint> endpoint_from_json(const json::object& o) {
   return e;
 }
 
+Result<DataCheck> data_check_from_json(const json::object& o) {
+  FL_RETURN_IF_ERROR(qualified(check_fields(o, {"command", "rule"}), "data_check"));
+  auto bad = [](std::string what) { return make_error(Condition::invalid_argument, std::move(what)); };
+  FL_ASSIGN_OR_RETURN(const json::array* command,
+                      qualified(get_array(o, "command", kMaxDataCheckArgs), "data_check"));
+  if (command->empty()) {
+    return bad(fmt::format("data_check.command must hold 1..{} strings", kMaxDataCheckArgs));
+  }
+  DataCheck c;
+  for (size_t i = 0; i < command->size(); ++i) {
+    const json::value& v = (*command)[i];
+    const std::string key = fmt::format("data_check.command[{}]", i);
+    if (!v.is_string()) return bad(key + " must be a string");
+    std::string_view a = v.get_string();
+    if (a.empty() || a.size() > kMaxDataCheckArgBytes) {
+      return bad(fmt::format("{} must be 1..{} bytes", key, kMaxDataCheckArgBytes));
+    }
+    if (a.find('\0') != std::string_view::npos || a.find('\n') != std::string_view::npos) {
+      return bad(key + " must not hold NUL or a newline");
+    }
+    if (i == 0 && a[0] != '/') return bad(key + " must be an absolute path (the guest agent runs it without a shell)");
+    c.command.emplace_back(a);
+  }
+  FL_ASSIGN_OR_RETURN(auto rule, qualified(get_optional_string(o, "rule", 16), "data_check"));
+  if (rule) {
+    if (*rule != "equal" && *rule != "not_less") {
+      return bad("data_check.rule must be one of equal, not_less (got '" + *rule + "')");
+    }
+    c.rule = *rule;
+  }
+  return c;
+}
+
 Result<Service> service_from_json(const json::object& o) {
   FL_RETURN_IF_ERROR(check_fields(o, {"name", "instance_count", "ud_count", "image", "memory_mib",
-                                      "endpoint", "drain", "traffic_rps", "vip"}));
+                                      "endpoint", "drain", "traffic_rps", "vip", "data_check"}));
   Service s;
   FL_ASSIGN_OR_RETURN(s.name, get_string(o, "name", kMaxNameBytes));
   FL_RETURN_IF_ERROR(check_name(s.name, "name"));
@@ -226,6 +266,10 @@ Result<Service> service_from_json(const json::object& o) {
   FL_ASSIGN_OR_RETURN(s.vip, get_string(o, "vip", 15, false));
   if (!s.vip.empty() && !is_ipv4(s.vip)) {
     return make_error(Condition::invalid_argument, "field 'vip' must be a dotted IPv4 address");
+  }
+  FL_ASSIGN_OR_RETURN(const json::object* data_check, get_optional_object(o, "data_check"));
+  if (data_check != nullptr) {
+    FL_ASSIGN_OR_RETURN(s.data_check, data_check_from_json(*data_check));
   }
   return s;
 }

@@ -52,7 +52,13 @@ json::object instance_spec(const Service& s, const Instance& i, const std::strin
     // (docs/clients.md); the agent accepts 0..600000.
     spec["drain"] = s.drain;
     spec["drain_ms"] = std::min<int64_t>(s.drain_ms(), 600000);
+    // A guest that brings its own image is healthy only when its app answers this too (the
+    // agent probes it as the load balancer does, on the backend port, before it verifies it).
+    spec["probe"] = json::object{{"port", static_cast<int64_t>(kBackendPort)}, {"path", s.endpoint->probe.path}};
   }
+  // The agent runs it through the guest agent before the notice and after the restart, and
+  // reports both outputs in its job's guest records (the report judges the rule).
+  if (s.data_check) spec["data_check"] = to_json(*s.data_check);
   return spec;
 }
 
@@ -261,6 +267,9 @@ json::object Controller::Impl::instance_json_locked(const Instance& i) const {
     o["image"] = it->second.image;
     o["counter"] = it->second.counter;
     o["address"] = it->second.address;
+    if (it->second.signals_known) {
+      o["signals"] = json::object{{"heartbeat", it->second.heartbeat}, {"guest_agent", it->second.guest_agent}};
+    }
   }
   return o;
 }
@@ -397,6 +406,9 @@ void Controller::Impl::save_drill(const DrillRun& d) {
     doc["notice_ms"] = d.notice_ms;
     doc["traffic_measured"] = d.traffic_measured;
     doc["traffic_reason"] = d.traffic_reason;
+    json::array app_up;
+    for (const auto& n : d.app_up) app_up.emplace_back(n);
+    doc["app_up"] = std::move(app_up);
   }
   if (auto s = journal->save_drill(d.id, d.state, doc); !s.ok()) {
     ++journal_errors;

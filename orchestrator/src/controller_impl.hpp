@@ -64,6 +64,8 @@ struct InstanceMirror {
   int64_t counter = -1;
   std::string address;  // the guest's address, as its agent reports it ("" without a network)
   std::vector<HealthChange> timeline;
+  // Which OS signals the guest offers, as its agent reports them (issue 12; older agents do not).
+  bool signals_known = false, heartbeat = false, guest_agent = false;
 };
 
 struct BatchRun {
@@ -101,6 +103,11 @@ struct DrillRun {
   bool traffic_measured = false;
   std::string traffic_reason;
   std::map<std::string, std::vector<RequestRecord>> traffic_records;
+  // The app side of "healthy after restart": when each instance's host job ended (the first load
+  // balancer poll begun after it counts), and the instances seen UP in the load balancer then.
+  // app_up is journaled with the drill; restarted_at is not (a resumed batch sets it again).
+  std::map<std::string, Clock::time_point> restarted_at;  // by instance
+  std::set<std::string> app_up;                           // by instance
   // Control, guarded by Impl::mu; the executor waits on Impl::cv.
   bool pause_requested = false;
   bool abort_requested = false;
@@ -131,6 +138,7 @@ struct Controller::Impl {
   bool lb_dirty = true;                // under mu: the placement or an address changed
   std::map<std::string, LbServerState> lb_states;  // by instance; under mu
   bool lb_polled = false;                          // under mu: lb_states hold a poll
+  Clock::time_point lb_poll_began{};               // under mu: when the poll lb_states hold began
   // Client traffic of the running drill (executor.cpp); the generator under mu.
   std::shared_ptr<TrafficGenerator> traffic;
   json::object traffic_view{{"measured", false}, {"reason", ""}, {"services", json::object{}}};
@@ -183,6 +191,8 @@ struct Controller::Impl {
   bool assign_vips_locked();
   void lb_loop();
   void lb_poll_once(Events& events);
+  // Marks the active drill's restarted instances that a poll begun at `began` shows UP (mu held).
+  void note_app_up_locked(const std::map<std::string, LbServerState>& now, Clock::time_point began);
   void mark_lb_dirty();  // takes mu
   json::array backends_json_locked(const Service& s) const;
   // Why instance `name` of `s` is not in rotation ("" when it is, or when the load balancer
@@ -201,6 +211,10 @@ struct Controller::Impl {
   // Waits (bounded) until each host's mirror holds a poll that began after `since`, or the host
   // is unreachable: what its agent did up to `since` is then what the drill and report show.
   void await_fresh_polls(const std::vector<std::string>& host_ids, Clock::time_point since);
+  // The instances on `host_ids` were restarted by jobs that ended at `ended`: the load balancer's
+  // next polls say whether their apps came back (DrillRun::app_up). Waits (bounded) for the first
+  // poll begun after `ended`, so a batch's report already knows; no wait without a load balancer.
+  void note_restarted(DrillRun& d, const std::vector<std::string>& host_ids, Clock::time_point ended);
   Result<json::object> run_host(DrillRun& d, BatchRun& b, const std::string& host_id);
   void maybe_replan(DrillRun& d);
   bool wait_gate(DrillRun& d);  // false: abort requested

@@ -410,6 +410,7 @@ Status Controller::Impl::run_batch(DrillRun& d, BatchRun& b) {
                                           {"status", p.status}, {"job", p.job}}}});
     if (!ok && failure.empty()) failure = results[i].error().message;
   }
+  note_restarted(d, todo, jobs_ended);
   if (!failure.empty()) {
     // The jobs are over (a failed one after its rollback), but the mirror of their hosts may
     // still hold a poll from before: the drill's end and its report must show the guests as the
@@ -446,6 +447,18 @@ void Controller::Impl::await_fresh_polls(const std::vector<std::string>& host_id
     if (fresh) return;
     cv.wait_for(lock, std::chrono::milliseconds(20));
   }
+}
+
+void Controller::Impl::note_restarted(DrillRun& d, const std::vector<std::string>& host_ids,
+                                      Clock::time_point ended) {
+  std::unique_lock lock(mu);
+  for (const auto& h : host_ids) {
+    for (const auto* i : cluster.instances_on(h)) d.restarted_at[instance_name(i->service, i->index)] = ended;
+  }
+  if (!lb) return;
+  // A poll takes at most its socket timeout; polls come at least every second.
+  auto deadline = Clock::now() + lb->options().socket_timeout + std::chrono::seconds(1);
+  cv.wait_until(lock, deadline, [&] { return stopping.load() || (lb_polled && lb_poll_began >= ended); });
 }
 
 std::optional<std::pair<std::string, std::string>> Controller::Impl::run_walk(DrillRun& d) {
@@ -640,7 +653,7 @@ ReportInput Controller::Impl::report_input(const DrillRun& d) const {
     in.hosts.push_back(rh);
   }
   for (const auto& s : cluster.services) {
-    in.services.push_back(ReportService{s.name, s.instance_count, s.ud_count, s.drain});
+    in.services.push_back(ReportService{s.name, s.instance_count, s.ud_count, s.drain, s.data_check.has_value()});
   }
   // Client traffic: the records of the finished drill, or, while it runs, the generator's.
   in.traffic_measured = d.traffic_measured;
@@ -705,15 +718,16 @@ ReportInput Controller::Impl::report_input(const DrillRun& d) const {
       ri.timeline = it->second.timeline;
     }
     if (auto it = hosts.find(i.host); it != hosts.end()) ri.host_image_after = it->second.host_image;
-    if (auto it = guest_reports.find(ri.name); it != guest_reports.end()) {
-      const auto& g = *it->second;
-      ri.notice_ms = ji(g, "notice_ms");
-      ri.ack_ms = ji(g, "ack_ms");
-      ri.stop_method = js(g, "stop_method");
-      ri.agent_down_ms = ji(g, "down_ms");
-      if (auto* ok = g.if_contains("ok"); ok && ok->is_bool()) ri.ok = ok->as_bool();
-      ri.error = js(g, "error");
+    if (auto it = instances.find(ri.name); it != instances.end() && it->second.signals_known) {
+      // What the guest offers now; its job's record, when there is one, says what it offered then.
+      ri.signals_reported = true;
+      ri.heartbeat = it->second.heartbeat;
+      ri.guest_agent = it->second.guest_agent;
     }
+    if (auto it = guest_reports.find(ri.name); it != guest_reports.end()) read_guest_record(*it->second, ri);
+    const Service* s = cluster.find_service(i.service);
+    ri.app_probe = lb && s && s->endpoint && !s->vip.empty();
+    ri.app_up = d.app_up.count(ri.name) > 0;
     in.instances.push_back(std::move(ri));
   }
   return in;

@@ -135,7 +135,17 @@ std::string Controller::Impl::lb_not_serving_locked(const Service& s, const std:
          (it->second.check.empty() ? "" : " (" + it->second.check + ")");
 }
 
+void Controller::Impl::note_app_up_locked(const std::map<std::string, LbServerState>& now,
+                                          Clock::time_point began) {
+  if (!active) return;
+  for (const auto& [name, at] : active->restarted_at) {
+    auto it = now.find(name);
+    if (it != now.end() && it->second.state == "UP" && began >= at) active->app_up.insert(name);
+  }
+}
+
 void Controller::Impl::lb_poll_once(Events& events) {
+  const auto began = Clock::now();
   auto polled = lb->servers();
   std::lock_guard lock(mu);
   if (!polled.ok()) {
@@ -159,8 +169,10 @@ void Controller::Impl::lb_poll_once(Events& events) {
                                                     {"state", s.state},
                                                     {"check", s.check}});
   }
+  note_app_up_locked(now, began);
   lb_states = std::move(now);
   lb_polled = true;
+  lb_poll_began = began;
   cv.notify_all();  // wait_ready looks at lb_states
 }
 

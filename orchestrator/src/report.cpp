@@ -25,6 +25,8 @@
 
 #include <fmt/format.h>
 
+#include "report_internal.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -34,10 +36,35 @@
 #include <utility>
 
 namespace fabriclab::orchestrator {
+
+namespace report_detail {
+
+constexpr size_t kMaxNamesInDetail = 20;
+
+std::string name_list(const std::vector<std::string>& items) {
+  std::string out;
+  for (size_t k = 0; k < items.size() && k < kMaxNamesInDetail; ++k) {
+    if (k > 0) out += ", ";
+    out += items[k];
+  }
+  if (items.size() > kMaxNamesInDetail) {
+    out += fmt::format(" and {} more", items.size() - kMaxNamesInDetail);
+  }
+  return out;
+}
+
+json::object check(std::string_view name, bool passed, std::string detail) {
+  return json::object{{"name", name}, {"passed", passed}, {"detail", std::move(detail)}};
+}
+
+}  // namespace report_detail
+
 namespace {
 
+using report_detail::check;
+using report_detail::name_list;
+
 constexpr int64_t kMonthMs = 30LL * 24 * 3600 * 1000;
-constexpr size_t kMaxNamesInDetail = 20;
 constexpr int64_t kFailureRunGapMs = 1000;  // failures closer than this belong to one run
 constexpr size_t kMaxFailureRuns = 50;  // per service in the JSON: the largest, in time order
 
@@ -123,23 +150,6 @@ std::vector<ReportService> report_services(const ReportInput& in) {
     }
   }
   return out;
-}
-
-// "a, b, c and 4 more"
-std::string name_list(const std::vector<std::string>& items) {
-  std::string out;
-  for (size_t k = 0; k < items.size() && k < kMaxNamesInDetail; ++k) {
-    if (k > 0) out += ", ";
-    out += items[k];
-  }
-  if (items.size() > kMaxNamesInDetail) {
-    out += fmt::format(" and {} more", items.size() - kMaxNamesInDetail);
-  }
-  return out;
-}
-
-json::object check(std::string_view name, bool passed, std::string detail) {
-  return json::object{{"name", name}, {"passed", passed}, {"detail", std::move(detail)}};
 }
 
 std::string off_target_reason(const ReportInput& in, const ReportInstance& i) {
@@ -328,7 +338,7 @@ json::object instance_json(const ReportInput& in, const ReportInstance& i) {
     timeline.emplace_back(
         json::object{{"t_s", seconds(g.from - in.started_ms)}, {"healthy", g.healthy}});
   }
-  return json::object{
+  json::object o{
       {"name", i.name},
       {"service", i.service},
       {"index", i.index},
@@ -355,6 +365,8 @@ json::object instance_json(const ReportInput& in, const ReportInstance& i) {
       {"error", i.error},
       {"timeline", std::move(timeline)},
   };
+  report_detail::add_guest_fields(i, o);
+  return o;
 }
 
 }  // namespace
@@ -615,6 +627,7 @@ json::object build_report(const ReportInput& in) {
     if (!not_checked.empty()) d += fmt::format("; not checked: {}", name_list(not_checked));
     checks.emplace_back(check("clients kept served", unserved.empty(), std::move(d)));
   }
+  report_detail::add_guest_checks(in, checks);
 
   bool passed = true;
   for (const json::value& c : checks) passed = passed && c.as_object().at("passed").as_bool();

@@ -391,6 +391,58 @@ void instances(std::string& out, const json::object& r) {
   out += "</table></section>\n";
 }
 
+// "yes" / "no" / "—" for an after-restart signal (null: not judged by it).
+std::string signal_cell(const json::object* o, std::string_view key, std::string_view up) {
+  std::optional<bool> b = flag(o, key);
+  if (!b) return "<td class=\"muted\">—</td>";
+  return fmt::format("<td class=\"{}\">{}</td>", *b ? "good" : "bad", *b ? up : "no");
+}
+
+// The data check's cells: rule and command, before, after, held.
+std::string data_check_cells(const json::object* dc) {
+  if (!dc) return "<td class=\"muted\" colspan=\"4\">none</td>";
+  std::string command;
+  for (const json::value& a : arr(dc, "command")) {
+    if (a.is_string()) command += (command.empty() ? "" : " ") + esc(a.get_string());
+  }
+  auto output = [&](std::string_view key) {
+    const json::value* v = field(dc, key);
+    return v && v->is_string() ? "<code>" + text_or_dash(v->get_string()) + "</code>"
+                               : std::string("<span class=\"bad\">none</span>");
+  };
+  std::string held = yes_no(flag(dc, "held"));
+  if (!str(dc, "error").empty()) {
+    held.insert(held.size() - 5, "<br><span class=\"muted\">" + esc(str(dc, "error")) + "</span>");
+  }
+  return fmt::format("<td>{} <code>{}</code></td><td>{}</td><td>{}</td>{}", text_or_dash(str(dc, "rule")),
+                     command, output("before"), output("after"), held);
+}
+
+// Health for any guest (issue 12): per instance, the signals it had, whether its OS and app came
+// back after the restart, its boot, and its data check.
+void guest_health(std::string& out, const json::object& r) {
+  out +=
+      "<section id=\"guest-health\"><h2>Guest health</h2><table><tr><th>Instance</th><th>Signals"
+      "</th><th>OS up after restart</th><th>App up after restart</th><th>Healthy after restart</th>"
+      "<th>Boot</th><th>Data check</th><th>Before</th><th>After</th><th>Held</th></tr>";
+  for (const json::value& i : arr(&r, "instances")) {
+    const json::object* o = i.if_object();
+    const json::object* sig = obj(o, "signals");
+    std::string healthy = muted_yes_no(std::nullopt);
+    if (auto h = flag(o, "healthy_after_restart")) {
+      healthy = fmt::format("<td class=\"{}\">{}</td>", *h ? "good" : "bad", text_or_dash(str(o, "health_after_restart")));
+    } else if (!flag(o, "restarted").value_or(false)) {
+      healthy = "<td class=\"muted\">not restarted</td>";
+    }
+    std::string boot = text_or_dash(str(o, "boot"));
+    if (!str(o, "boot_id_source").empty()) boot += " <span class=\"muted\">(" + esc(str(o, "boot_id_source")) + ")</span>";
+    out += fmt::format("<tr><td>{}</td><td>{}</td>{}{}{}<td>{}</td>{}</tr>", esc(str(o, "name")),
+                       text_or_dash(str(sig, "text")), signal_cell(o, "os_up", "yes"),
+                       signal_cell(o, "app_up", "UP"), healthy, boot, data_check_cells(obj(o, "data_check")));
+  }
+  out += "</table></section>\n";
+}
+
 // A tick step of 1, 2 or 5 times a power of ten giving at most about eight ticks.
 double tick_step(double duration) {
   const double raw = duration / 8;
@@ -555,18 +607,16 @@ void events(std::string& out, const json::object& r) {
   out += "</section>\n";
 }
 
-}  // namespace
-
-std::string render_report_html(const json::object& report) {
-  const json::object* drill = obj(&report, "drill");
-  const bool passed = str(&report, "result") == "passed";
-  std::string out;
-  out.reserve(64 * 1024);
-  out += fmt::format(
+std::string page_head(std::string_view title) {
+  return fmt::format(
       "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
       "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-      "<title>fabriclab drill {}: {}</title><style>{}</style></head><body>\n",
-      esc(str(drill, "id")), passed ? "PASSED" : "FAILED", kStyle);
+      "<title>{}</title><style>{}</style></head><body>\n",
+      title, kStyle);
+}
+
+// One report's sections, banner first.
+void report_body(std::string& out, const json::object& report) {
   banner(out, report);
   checks(out, report);
   drill_summary(out, report);
@@ -576,8 +626,59 @@ std::string render_report_html(const json::object& report) {
   services(out, report);
   traffic(out, report);
   instances(out, report);
+  guest_health(out, report);
   timelines(out, report);
   events(out, report);
+}
+
+// Prefixes every element id of `body` with `prefix`. Safe as plain text replacement: every
+// string from a report goes through esc, which escapes '"', so `id="` only comes from our markup.
+std::string prefix_ids(std::string body, std::string_view prefix) {
+  const std::string needle = "id=\"";
+  for (size_t at = body.find(needle); at != std::string::npos; at = body.find(needle, at)) {
+    at += needle.size();
+    body.insert(at, prefix);
+    at += prefix.size();
+  }
+  return body;
+}
+
+}  // namespace
+
+std::string render_report_html(const json::object& report) {
+  const json::object* drill = obj(&report, "drill");
+  const bool passed = str(&report, "result") == "passed";
+  std::string out;
+  out.reserve(64 * 1024);
+  out += page_head(fmt::format("fabriclab drill {}: {}", esc(str(drill, "id")), passed ? "PASSED" : "FAILED"));
+  report_body(out, report);
+  out += "</body></html>\n";
+  return out;
+}
+
+std::string render_reports_html(const std::vector<json::object>& reports) {
+  bool passed = !reports.empty();
+  std::string list;
+  for (size_t k = 0; k < reports.size(); ++k) {
+    const bool ok = str(&reports[k], "result") == "passed";
+    const json::object* drill = obj(&reports[k], "drill");
+    passed = passed && ok;
+    list += fmt::format("<li><a href=\"#d{}-drill\">drill {} · {} → {}</a>: <b>{}</b></li>", k + 1,
+                        esc(str(drill, "id")), esc(str(drill, "kind")), esc(str(drill, "target")),
+                        ok ? "passed" : "failed");
+  }
+  std::string out;
+  out.reserve(64 * 1024 * (reports.size() + 1));
+  out += page_head(fmt::format("fabriclab: {} drills: {}", reports.size(), passed ? "PASSED" : "FAILED"));
+  out += fmt::format("<header class=\"banner {}\" id=\"all-drills\"><h1>{}</h1><div>{} drills, one after the "
+                     "other on one rack</div><ol>{}</ol></header>\n",
+                     passed ? "pass" : "fail", passed ? "ALL PASSED" : "FAILED", reports.size(), list);
+  for (size_t k = 0; k < reports.size(); ++k) {
+    std::string body;
+    report_body(body, reports[k]);
+    out += fmt::format("<article class=\"drill\" id=\"drill-{}\"><h2>Drill {} of {}</h2>\n{}</article>\n", k + 1,
+                       k + 1, reports.size(), prefix_ids(std::move(body), fmt::format("d{}-", k + 1)));
+  }
   out += "</body></html>\n";
   return out;
 }

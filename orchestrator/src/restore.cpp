@@ -108,6 +108,11 @@ Status Controller::Impl::restore() {
         if (v.is_string()) d->host_image_before[std::string(h)] = v.as_string();
       }
     }
+    if (auto* up = o.if_contains("app_up"); up && up->is_array()) {
+      for (const auto& n : up->as_array()) {
+        if (n.is_string()) d->app_up.emplace(n.as_string());
+      }
+    }
     if (auto* notes = o.if_contains("notes"); notes && notes->is_array()) {
       for (const auto& n : notes->as_array()) {
         if (n.is_string()) d->notes.emplace_back(n.as_string());

@@ -115,6 +115,16 @@ void Controller::Impl::poll_once(const std::string& host_id) {
           lb_cv.notify_all();
           events.emplace_back("instance.state", json::object{{"instance", instance_json_locked(*inst)}});
         }
+        if (auto* sig = rep->if_contains("signals"); sig && sig->is_object()) {
+          const auto& so = sig->as_object();
+          auto flag = [&so](const char* k) {
+            auto* v = so.if_contains(k);
+            return v && v->is_bool() && v->as_bool();
+          };
+          im.signals_known = true;
+          im.heartbeat = flag("heartbeat");
+          im.guest_agent = flag("guest_agent");
+        }
         if (auto* hb = rep->if_contains("last_heartbeat"); hb && hb->is_object()) {
           if (auto* cn = hb->as_object().if_contains("counter"); cn && cn->is_int64()) counter = cn->as_int64();
         }

@@ -146,13 +146,14 @@ class Drill : public ::testing::Test {
     if (!HasFailure()) fs::remove_all(dir_);
   }
 
-  // Runs `spec` (empty: the default drill) on `hypervisor`; parses the report.
+  // Runs `spec` (a shipped spec's name or a path; empty: the default drill) on `hypervisor`;
+  // parses the report.
   CliRun drill(const std::string& spec, const std::string& hypervisor, json::object& report) {
     std::vector<std::string> args = {"drill", "--hypervisor", hypervisor, "--lab-dir", dir_ + "/lab",
                                      "--report", dir_ + "/report.json", "--html", dir_ + "/report.html"};
     if (!spec.empty()) {
       args.push_back("--spec");
-      args.push_back(spec_path(spec));
+      args.push_back(spec.find('/') != std::string::npos ? spec : spec_path(spec));
     }
     CliRun r = run_cli(args, dir_ + "/drill.log");
     std::string text = slurp(dir_ + "/report.json");
@@ -345,6 +346,83 @@ TEST_F(Drill, SimFaultDomainFailureHealsAndTheWalkCompletes) {
   expect_fd_failure_healed(r, report);
 }
 
+// A small simulated rack (2 hosts, web with 2 instances) running `updates` one after another.
+std::string series_spec(const std::string& dir, const std::string& updates) {
+  std::string path = dir + "/series.yaml";
+  std::ofstream(path) << "name: series\nhypervisor: test\nrack: {hosts: 2, fault_domains: 2, capacity: 2}\n"
+                         "services:\n  - {name: web, instances: 2, ud_count: 2, image: v1, endpoint: {port: 80}}\n"
+                         "updates:\n" << updates
+                      << "policies: {time_scale: 0.001, recovery_s: 1800, notice_s: 900, healthy_timeout_s: 600}\n";
+  return path;
+}
+
+TEST_F(Drill, SimSeveralUpdatesRunOneAfterAnotherOnTheSameRack) {
+  json::object all;
+  CliRun r = drill(series_spec(dir_, "  - {kind: host-os, target: host-v2}\n  - {kind: guest-os, target: v2}\n"),
+                   "test", all);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_TRUE(all.contains("drills")) << json::serialize(all);
+  EXPECT_EQ(all.at("result").as_string(), "passed");
+  const auto& drills = all.at("drills").as_array();
+  ASSERT_EQ(drills.size(), 2u);
+  const auto& first = drills[0].as_object();
+  const auto& second = drills[1].as_object();
+  EXPECT_EQ(first.at("drill").at("kind").as_string(), "host-os");
+  EXPECT_EQ(second.at("drill").at("kind").as_string(), "guest-os");
+  EXPECT_EQ(second.at("drill").at("target").as_string(), "v2");
+  EXPECT_NE(first.at("drill").at("id"), second.at("drill").at("id"));
+  for (const auto& d : drills) EXPECT_EQ(d.at("result").as_string(), "passed") << json::serialize(d.at("checks"));
+  // The same VMs: the second drill starts where the first left them (host image, counters).
+  std::map<std::string, int64_t> counter_after;
+  for (const auto& i : first.at("instances").as_array()) {
+    counter_after[std::string(i.at("name").as_string())] = i.at("counter_after").to_number<int64_t>();
+  }
+  for (const auto& iv : second.at("instances").as_array()) {
+    const auto& i = iv.as_object();
+    EXPECT_EQ(i.at("host_image_before").as_string(), "host-v2") << json::serialize(i);
+    EXPECT_EQ(i.at("image_before").as_string(), "v1") << json::serialize(i);
+    EXPECT_EQ(i.at("image_after").as_string(), "v2") << json::serialize(i);
+    EXPECT_GE(i.at("counter_before").to_number<int64_t>(), counter_after[std::string(i.at("name").as_string())]);
+    EXPECT_FALSE(i.at("healed").as_bool());
+  }
+  const auto& updates = all.at("updates").as_array();
+  ASSERT_EQ(updates.size(), 2u);
+  EXPECT_EQ(updates[1].at("result").as_string(), "passed");
+  EXPECT_NE(r.output.find("update 2/2: guest-os -> v2"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("result (all 2 drills): passed"), std::string::npos) << r.output;
+  // Every drill on one HTML page, one after the other.
+  std::string html = slurp(dir_ + "/report.html");
+  EXPECT_NE(html.find("<h1>ALL PASSED</h1>"), std::string::npos);
+  EXPECT_LT(html.find("<article class=\"drill\" id=\"drill-1\">"), html.find("<article class=\"drill\" id=\"drill-2\">"));
+  EXPECT_NE(html.find("guest-os → v2"), std::string::npos);
+  EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
+}
+
+TEST_F(Drill, SimASecondUpdateThatFailsStopsTheSeriesAndTheCliFails) {
+  json::object all;
+  CliRun r = drill(series_spec(dir_, "  - {kind: host-os, target: host-v2}\n  - {kind: guest-os, target: v3-broken}\n"
+                                     "  - {kind: host-os, target: host-v3}\n"),
+                   "test", all);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  ASSERT_TRUE(all.contains("drills")) << r.output;
+  EXPECT_EQ(all.at("result").as_string(), "failed");
+  const auto& drills = all.at("drills").as_array();
+  ASSERT_EQ(drills.size(), 2u);  // the third never started
+  EXPECT_EQ(drills[0].at("result").as_string(), "passed");
+  EXPECT_EQ(drills[1].at("result").as_string(), "failed");
+  EXPECT_EQ(drills[1].at("drill").at("state").as_string(), "Failed");
+  const auto& updates = all.at("updates").as_array();
+  ASSERT_EQ(updates.size(), 3u);
+  EXPECT_EQ(updates[0].at("result").as_string(), "passed");
+  EXPECT_EQ(updates[1].at("result").as_string(), "failed");
+  EXPECT_EQ(updates[2].at("result").as_string(), "not run");
+  EXPECT_EQ(r.output.find("update 3/3"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("3/3 host-os -> host-v3: not run"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("result (all 3 drills): failed"), std::string::npos) << r.output;
+  EXPECT_NE(slurp(dir_ + "/report.html").find("<h1>FAILED</h1><div>2 drills"), std::string::npos);
+  EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
+}
+
 TEST_F(Drill, BadSpecIsRefusedNamingTheKey) {
   std::string spec = dir_ + "/bad.yaml";
   std::ofstream(spec) << "rack: {hosts: 6, fault_domains: 3}\nservices:\n  - {name: web, instances: 0}\n";
@@ -361,6 +439,17 @@ TEST_F(Drill, BadSpecIsRefusedNamingTheKey) {
            {"{name: web, instances: 2, endpoint: {prot: 80}}", "services[0].endpoint.prot"},
            {"{name: web, instances: 2, drain: false}", "services[0].drain"}}) {
     std::ofstream(spec) << "services:\n  - " << yaml << "\n";
+    r = run_cli({"drill", "--hypervisor", "test", "--lab-dir", dir_ + "/lab", "--spec", spec}, dir_ + "/bad.log");
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find(key), std::string::npos) << key << ": " << r.output;
+  }
+  // Several updates, and a data check, are checked the same way.
+  for (auto [yaml, key] : std::vector<std::pair<std::string, std::string>>{
+           {"update: {kind: host-os}\nupdates: [{kind: guest-os}]\n", "updates: give either update or updates"},
+           {"updates: [{kind: host-os}, {kind: reboot}]\n", "updates[1].kind"},
+           {"services:\n  - {name: web, instances: 2, data_check: {command: [cat, /data/counter]}}\n",
+            "services[0].data_check.command[0]: must be an absolute path"}}) {
+    std::ofstream(spec) << yaml;
     r = run_cli({"drill", "--hypervisor", "test", "--lab-dir", dir_ + "/lab", "--spec", spec}, dir_ + "/bad.log");
     EXPECT_EQ(r.exit_code, 2) << r.output;
     EXPECT_NE(r.output.find(key), std::string::npos) << key << ": " << r.output;

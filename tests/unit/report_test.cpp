@@ -5,7 +5,10 @@
 
 #include <gtest/gtest.h>
 
+#include <boost/json/parse.hpp>
+
 #include <cmath>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -690,6 +693,315 @@ TEST(ReportHtml, RendersADamagedReportWithoutThrowing) {
                                                 {"served_by", json::object{{"x", "y"}}}}}}}}};
   html = render_report_html(bad);
   EXPECT_NE(html.find("</html>"), std::string::npos);
+}
+
+// ---- health for any guest (issue 12): signals, after-restart health, boot, data check --------
+
+// A Debian-like guest the walk restarted: guest agent, no heartbeat, behind the load balancer,
+// everything back.
+ReportInstance debian(std::string name, int index) {
+  ReportInstance i = instance(std::move(name), "web", index, index, index);
+  i.restarted = true;
+  i.signals_reported = true;
+  i.guest_agent = true;
+  i.os_up = true;
+  i.app_probe = true;
+  i.app_up = true;
+  i.boot_id_before = "b-" + i.name + "-1";
+  i.boot_id_after = "b-" + i.name + "-2";
+  i.boot_id_source = "guest_agent";
+  return i;
+}
+
+ReportDataCheck data(std::string rule, std::optional<std::string> before, std::optional<std::string> after) {
+  ReportDataCheck c;
+  c.command = {"/bin/cat", "/data/counter"};
+  c.rule = std::move(rule);
+  c.before = std::move(before);
+  c.after = std::move(after);
+  c.ok = true;
+  return c;
+}
+
+// Two guests of "web", which declares a data check.
+ReportInput data_drill(ReportDataCheck c0, ReportDataCheck c1) {
+  ReportInput in = drill({debian("web-0", 0), debian("web-1", 1)});
+  in.services[0].data_check = true;
+  in.instances[0].data_check = std::move(c0);
+  in.instances[1].data_check = std::move(c1);
+  return in;
+}
+
+TEST(ReportDataCheck, NotLessHoldsWhenTheCounterGrewAndTheReportShowsBothOutputs) {
+  auto r = build_report(data_drill(data("not_less", "123\n", "130\n"), data("not_less", "7", "7")));
+  EXPECT_TRUE(passed(r, "data kept (data check)")) << detail(r, "data kept (data check)");
+  EXPECT_EQ(result(r), "passed");
+  EXPECT_NE(detail(r, "data kept (data check)").find("web-0 '123' -> '130'"), std::string::npos);
+  const auto& dc = r.at("instances").as_array()[0].at("data_check").as_object();
+  EXPECT_EQ(dc.at("before").as_string(), "123\n");
+  EXPECT_EQ(dc.at("after").as_string(), "130\n");
+  EXPECT_EQ(dc.at("rule").as_string(), "not_less");
+  EXPECT_EQ(dc.at("command").as_array().size(), 2u);
+  EXPECT_TRUE(dc.at("held").as_bool());
+}
+
+TEST(ReportDataCheck, NotLessFailsWhenTheCounterWentBackwardsNamingTheInstanceAndBothOutputs) {
+  auto r = build_report(data_drill(data("not_less", "123\n", "130\n"), data("not_less", "123\n", "99\n")));
+  EXPECT_FALSE(passed(r, "data kept (data check)"));
+  EXPECT_EQ(result(r), "failed");
+  EXPECT_EQ(detail(r, "data kept (data check)"),
+            "data not kept or not proven: web-1: not_less did not hold: before '123', after '99'");
+  EXPECT_FALSE(r.at("instances").as_array()[1].at("data_check").at("held").as_bool());
+}
+
+TEST(ReportDataCheck, NotLessNeedsNumbers) {
+  EXPECT_FALSE(data_check_held(data("not_less", "abc", "abd")));
+  EXPECT_FALSE(data_check_held(data("not_less", "", "1")));
+  EXPECT_TRUE(data_check_held(data("not_less", " 1.5\n", "2")));  // the leading integer, as the agent reads it
+  EXPECT_TRUE(data_check_held(data("not_less", "123 bytes\n", "130 bytes\n")));
+  EXPECT_FALSE(data_check_held(data("not_less", "-3", "-4")));
+  auto r = build_report(data_drill(data("not_less", "1", "2"), data("not_less", "x", "y")));
+  EXPECT_NE(detail(r, "data kept (data check)").find("web-1: not_less needs numbers: before 'x', after 'y'"),
+            std::string::npos);
+}
+
+TEST(ReportDataCheck, EqualHoldsOnlyForTheSameText) {
+  EXPECT_TRUE(data_check_held(data("equal", "v1 abc\n", "v1 abc\n")));
+  EXPECT_FALSE(data_check_held(data("equal", "v1 abc\n", "v1 abd\n")));
+  EXPECT_FALSE(data_check_held(data("equal", "5", "6")));  // numbers too: same text or nothing
+  auto r = build_report(data_drill(data("equal", "a\n", "a\n"), data("equal", "a\n", "b\n")));
+  EXPECT_EQ(detail(r, "data kept (data check)"),
+            "data not kept or not proven: web-1: equal did not hold: before 'a', after 'b'");
+}
+
+TEST(ReportDataCheck, AMissingAfterFailsEvenWhenTheAgentSaysOkAndAnErrorIsQuoted) {
+  ReportDataCheck no_after = data("not_less", "123\n", std::nullopt);
+  no_after.ok = false;
+  no_after.error = "guest-exec: the guest agent did not answer within 10 s";
+  ReportDataCheck silent = data("not_less", "5", std::nullopt);  // ok but no output: no proof
+  auto r = build_report(data_drill(no_after, silent));
+  EXPECT_FALSE(passed(r, "data kept (data check)"));
+  const std::string d = detail(r, "data kept (data check)");
+  EXPECT_NE(d.find("web-0: no output after the restart (before '123'): guest-exec: the guest agent did not "
+                   "answer within 10 s"),
+            std::string::npos)
+      << d;
+  EXPECT_NE(d.find("web-1: no output after the restart (before '5')"), std::string::npos) << d;
+  EXPECT_TRUE(r.at("instances").as_array()[0].at("data_check").at("after").is_null());
+}
+
+TEST(ReportDataCheck, AnAgentErrorFailsEvenWhenTheOutputsCompareWell) {
+  ReportDataCheck c = data("not_less", "1", "2");
+  c.error = "guest-exec exited 1";
+  EXPECT_FALSE(data_check_held(c));
+  c.error.clear();
+  c.ok = false;
+  EXPECT_FALSE(data_check_held(c));
+}
+
+TEST(ReportDataCheck, AnInstanceOfADeclaringServiceWithoutAResultFails) {
+  ReportInput in = data_drill(data("not_less", "1", "2"), data("not_less", "1", "2"));
+  in.instances[1].data_check.reset();
+  auto r = build_report(in);
+  EXPECT_EQ(detail(r, "data kept (data check)"),
+            "data not kept or not proven: web-1: no data check result (the agent did not report one)");
+  in.instances[1].restarted = false;
+  r = build_report(in);
+  EXPECT_NE(detail(r, "data kept (data check)").find("the walk did not reach it"), std::string::npos);
+  // A healed instance is a new VM: no result is expected of it.
+  in.instances[1].healed = true;
+  r = build_report(in);
+  EXPECT_TRUE(passed(r, "data kept (data check)")) << detail(r, "data kept (data check)");
+  EXPECT_NE(detail(r, "data kept (data check)").find("healed on a new host (new VM, no result): web-1"),
+            std::string::npos);
+}
+
+TEST(ReportDataCheck, NoCheckWithoutADataCheck) {
+  auto r = build_report(drill({debian("web-0", 0), debian("web-1", 1)}));
+  EXPECT_FALSE(has_check(r, "data kept (data check)"));
+  EXPECT_TRUE(r.at("instances").as_array()[0].at("data_check").is_null());
+}
+
+TEST(ReportGuestHealth, SignalsTextSaysWhatWasAvailable) {
+  ReportInstance i = debian("web-0", 0);
+  EXPECT_EQ(signals_text(i), "guest agent, app probe");
+  i.guest_agent = false;
+  i.heartbeat = true;
+  EXPECT_EQ(signals_text(i), "heartbeat, app probe");
+  i.heartbeat = false;
+  EXPECT_EQ(signals_text(i), "app probe only");
+  i.app_probe = false;
+  EXPECT_EQ(signals_text(i), "none");
+  i.heartbeat = true;
+  EXPECT_EQ(signals_text(i), "heartbeat only");
+  i.signals_reported = false;
+  i.app_probe = true;
+  EXPECT_EQ(signals_text(i), "app probe only (OS signals not reported)");
+}
+
+TEST(ReportGuestHealth, AHealthyRestartPassesAndTheDetailGroupsTheSignals) {
+  ReportInput in = drill({debian("web-0", 0), debian("web-1", 1), instance("db-0", "db", 0, 0, 0)});
+  in.instances[2].restarted = true;
+  in.instances[2].signals_reported = true;
+  in.instances[2].heartbeat = true;
+  in.instances[2].os_up = true;
+  auto r = build_report(in);
+  EXPECT_TRUE(passed(r, "guests healthy after restart")) << detail(r, "guests healthy after restart");
+  EXPECT_EQ(detail(r, "guests healthy after restart"),
+            "all 3 restarted instances healthy; signals: web-0, web-1: guest agent, app probe; "
+            "db-0: heartbeat only");
+  const auto& i0 = r.at("instances").as_array()[0].as_object();
+  EXPECT_EQ(i0.at("signals").at("text").as_string(), "guest agent, app probe");
+  EXPECT_TRUE(i0.at("os_up").as_bool());
+  EXPECT_TRUE(i0.at("app_up").as_bool());
+  EXPECT_TRUE(i0.at("healthy_after_restart").as_bool());
+  EXPECT_EQ(i0.at("health_after_restart").as_string(), "guest agent answered after restart; app probe UP");
+  EXPECT_TRUE(r.at("instances").as_array()[2].at("app_up").is_null());  // db has no probe
+}
+
+TEST(ReportGuestHealth, TheFailureSaysWhichSignalFailed) {
+  ReportInput in = drill({debian("web-0", 0), debian("web-1", 1)});
+  in.instances[1].os_up = false;
+  auto r = build_report(in);
+  EXPECT_FALSE(passed(r, "guests healthy after restart"));
+  EXPECT_EQ(result(r), "failed");
+  EXPECT_NE(detail(r, "guests healthy after restart")
+                .find("not healthy after restart: web-1: guest agent did not answer after restart; app probe UP"),
+            std::string::npos)
+      << detail(r, "guests healthy after restart");
+  EXPECT_EQ(restart_health_problem(in.instances[1]), "guest agent did not answer after restart; app probe UP");
+
+  in.instances[1].os_up = true;
+  in.instances[1].app_up = false;
+  EXPECT_EQ(restart_health_problem(in.instances[1]), "guest agent answered after restart; app probe not UP after restart");
+  in.instances[1].guest_agent = false;
+  in.instances[1].heartbeat = true;
+  in.instances[1].os_up = false;
+  EXPECT_EQ(restart_health_problem(in.instances[1]), "no heartbeat after restart; app probe not UP after restart");
+}
+
+TEST(ReportGuestHealth, AGuestWithoutAGuestAgentIsJudgedByItsProbeAlone) {
+  ReportInput in = drill({debian("web-0", 0), debian("web-1", 1)});
+  in.instances[0].guest_agent = false;
+  in.instances[0].os_up = false;
+  auto r = build_report(in);
+  EXPECT_TRUE(passed(r, "guests healthy after restart")) << detail(r, "guests healthy after restart");
+  EXPECT_NE(detail(r, "guests healthy after restart").find("web-0: app probe only"), std::string::npos);
+  EXPECT_TRUE(r.at("instances").as_array()[0].at("os_up").is_null());
+  in.instances[0].app_up = false;
+  EXPECT_EQ(restart_health_problem(in.instances[0]),
+            "no OS signal (no heartbeat, no guest agent); app probe not UP after restart");
+}
+
+TEST(ReportGuestHealth, NoSignalAtAllIsNoProof) {
+  ReportInput in = drill({debian("web-0", 0), debian("web-1", 1)});
+  in.instances[0].guest_agent = false;
+  in.instances[0].app_probe = false;
+  auto r = build_report(in);
+  EXPECT_FALSE(passed(r, "guests healthy after restart"));
+  EXPECT_NE(detail(r, "guests healthy after restart").find("web-0: no signal tells it is up"), std::string::npos);
+  // An agent that did not report signals leaves the OS side unjudged: judged by the probe alone,
+  // or not at all, and said so.
+  in.instances[0].signals_reported = false;
+  r = build_report(in);
+  EXPECT_TRUE(passed(r, "guests healthy after restart"));
+  EXPECT_NE(detail(r, "guests healthy after restart").find("not judged (no signal reported): web-0"),
+            std::string::npos);
+}
+
+TEST(ReportGuestHealth, NoCheckWhenTheWalkRestartedNothing) {
+  auto r = build_report(drill({instance("web-0", "web", 0, 0, 0), instance("web-1", "web", 1, 1, 1)}));
+  EXPECT_FALSE(has_check(r, "guests healthy after restart"));
+  EXPECT_EQ(r.at("instances").as_array()[0].at("health_after_restart").as_string(), "");
+}
+
+TEST(ReportGuestHealth, BootIdsTellARebootFromAMemoryPreservingUpdate) {
+  ReportInstance i = debian("web-0", 0);
+  EXPECT_EQ(boot_verdict(i), "rebooted");
+  i.boot_id_after = i.boot_id_before;
+  EXPECT_EQ(boot_verdict(i), "memory kept");
+  i.boot_id_after.clear();
+  EXPECT_EQ(boot_verdict(i), "");
+  ReportInput in = drill({debian("web-0", 0), debian("web-1", 1)});
+  in.instances[1].boot_id_after = in.instances[1].boot_id_before;
+  auto r = build_report(in);
+  EXPECT_EQ(r.at("instances").as_array()[0].at("boot").as_string(), "rebooted");
+  EXPECT_EQ(r.at("instances").as_array()[1].at("boot").as_string(), "memory kept");
+  EXPECT_EQ(r.at("instances").as_array()[1].at("boot_id_source").as_string(), "guest_agent");
+}
+
+TEST(ReportGuestRecord, ReadsTheAgentsJobRecordOfAGuest) {
+  // As the agent writes it (agent/src/host_agent.cpp GuestReport::to_json).
+  auto record = json::parse(R"({"name": "web-0", "notice_ms": 2100, "ack_ms": 1500, "stop_method": "graceful",
+      "stop_ms": 900, "down_ms": 31000, "pause_ms": -1, "image_before": "debian-v1", "image_after": "debian-v2",
+      "counter_before": -1, "counter_after": -1, "boot_id_before": "aaa", "boot_id_after": "bbb", "ok": true,
+      "error": "", "boot_id_source": "guest_agent", "signals": {"heartbeat": false, "guest_agent": true},
+      "os_up": true, "data_check": {"command": ["/bin/cat", "/data/counter"], "rule": "not_less",
+      "before": "123\n", "after": "", "ok": false, "error": "guest-exec: no answer"}})")
+                    .as_object();
+  ReportInstance i;
+  read_guest_record(record, i);
+  EXPECT_TRUE(i.restarted);
+  EXPECT_EQ(i.notice_ms, 2100);
+  EXPECT_EQ(i.agent_down_ms, 31000);
+  EXPECT_EQ(i.stop_method, "graceful");
+  EXPECT_TRUE(i.signals_reported);
+  EXPECT_FALSE(i.heartbeat);
+  EXPECT_TRUE(i.guest_agent);
+  EXPECT_TRUE(i.os_up);
+  EXPECT_EQ(i.boot_id_source, "guest_agent");
+  EXPECT_EQ(boot_verdict(i), "rebooted");
+  ASSERT_TRUE(i.data_check.has_value());
+  EXPECT_EQ(i.data_check->command, (std::vector<std::string>{"/bin/cat", "/data/counter"}));
+  EXPECT_EQ(i.data_check->before, std::optional<std::string>("123\n"));
+  EXPECT_FALSE(i.data_check->after.has_value());  // "": none
+  EXPECT_EQ(i.data_check->error, "guest-exec: no answer");
+  EXPECT_FALSE(data_check_held(*i.data_check));
+
+  // An older agent's record: no signals, no data check.
+  ReportInstance old;
+  read_guest_record(json::parse(R"({"name": "web-0", "ok": true, "notice_ms": "x"})").as_object(), old);
+  EXPECT_TRUE(old.restarted);
+  EXPECT_FALSE(old.signals_reported);
+  EXPECT_FALSE(old.data_check.has_value());
+  EXPECT_EQ(old.notice_ms, -1);  // mistyped: unknown
+}
+
+TEST(ReportHtml, ShowsEachGuestsSignalsBootAndDataCheckEscaped) {
+  ReportInput in = data_drill(data("not_less", "<b>1</b>\n", "2\n"), data("not_less", "3", std::nullopt));
+  in.instances[1].os_up = false;
+  const std::string html = render_report_html(build_report(in));
+  EXPECT_NE(html.find("<section id=\"guest-health\">"), std::string::npos);
+  EXPECT_NE(html.find("<td>web-0</td><td>guest agent, app probe</td><td class=\"good\">yes</td>"
+                      "<td class=\"good\">UP</td>"),
+            std::string::npos);
+  EXPECT_NE(html.find("guest agent did not answer after restart; app probe UP"), std::string::npos);
+  EXPECT_NE(html.find("rebooted <span class=\"muted\">(guest_agent)</span>"), std::string::npos);
+  EXPECT_NE(html.find("not_less <code>&#47;bin&#47;cat &#47;data&#47;counter</code>"), std::string::npos);
+  EXPECT_NE(html.find("<code>&lt;b&gt;1&lt;&#47;b&gt;\n</code>"), std::string::npos);
+  EXPECT_EQ(html.find("<b>1</b>"), std::string::npos);
+  EXPECT_NE(html.find("<span class=\"bad\">none</span>"), std::string::npos);  // web-1 has no after
+}
+
+TEST(ReportHtml, SeveralDrillsRenderOnOnePageWithUniqueIds) {
+  ReportInput first = drill({debian("web-0", 0), debian("web-1", 1)});
+  ReportInput second = first;
+  second.drill_id = "d-2";
+  second.kind = "guest-os";
+  second.target = "debian-v2";  // the images stay guest-1: not on target, so it fails
+  const std::string html = render_reports_html({build_report(first), build_report(second)});
+  EXPECT_NE(html.find("<h1>FAILED</h1><div>2 drills, one after the other on one rack</div>"), std::string::npos);
+  EXPECT_NE(html.find("drill d-1 · host-os → host-2</a>"), std::string::npos);
+  EXPECT_NE(html.find("<article class=\"drill\" id=\"drill-1\">"), std::string::npos);
+  EXPECT_NE(html.find("<article class=\"drill\" id=\"drill-2\">"), std::string::npos);
+  EXPECT_NE(html.find("id=\"d1-checks\""), std::string::npos);
+  EXPECT_NE(html.find("id=\"d2-checks\""), std::string::npos);
+  EXPECT_EQ(html.find("id=\"checks\""), std::string::npos);
+  EXPECT_LT(html.find("id=\"d1-guest-health\""), html.find("id=\"d2-checks\""));  // one after the other
+  EXPECT_NE(html.find("<li><b>on target</b>"), std::string::npos);
+  const std::string ok = render_reports_html({build_report(first), build_report(first)});
+  EXPECT_NE(ok.find("<h1>ALL PASSED</h1>"), std::string::npos);
+  EXPECT_EQ(ok.find("FAILED"), std::string::npos);
 }
 
 }  // namespace

@@ -256,4 +256,52 @@ Result<DrillOutcome> run_drill(const OrchestratorClient& api, const DrillFileSpe
   return outcome;
 }
 
+bool DrillSeries::passed() const {
+  if (error || drills.size() != planned || planned == 0) return false;
+  return std::all_of(drills.begin(), drills.end(), [](const DrillOutcome& d) { return d.passed; });
+}
+
+bool DrillSeries::interrupted() const {
+  return std::any_of(drills.begin(), drills.end(), [](const DrillOutcome& d) { return d.interrupted; });
+}
+
+DrillSeries run_drills(const OrchestratorClient& api, const DrillFileSpec& spec, Lab* lab, const DrillView& view,
+                       std::chrono::milliseconds heal_timeout) {
+  DrillSeries series;
+  series.planned = spec.updates.size();
+  for (size_t k = 0; k < spec.updates.size(); ++k) {
+    DrillFileSpec one = for_update(spec, k);
+    if (view.out && series.planned > 1) {
+      *view.out << fmt::format("update {}/{}: {} -> {}\n", k + 1, series.planned, one.kind, one.target);
+    }
+    auto outcome = run_drill(api, one, lab, view, heal_timeout);
+    if (!outcome.ok()) {
+      series.error = outcome.error();
+      break;
+    }
+    series.drills.push_back(std::move(outcome).value());
+    const DrillOutcome& last = series.drills.back();
+    if (!last.passed || last.interrupted || interrupted()) break;
+  }
+  return series;
+}
+
+json::object series_report(const DrillFileSpec& spec, const DrillSeries& series) {
+  if (spec.updates.size() == 1 && series.drills.size() == 1) return series.drills[0].report;
+  json::array drills, updates;
+  for (size_t k = 0; k < spec.updates.size(); ++k) {
+    std::string result = "not run";
+    if (k < series.drills.size()) {
+      drills.push_back(series.drills[k].report);
+      result = series.drills[k].passed ? "passed" : "failed";
+    }
+    updates.push_back(json::object{{"kind", spec.updates[k].kind},
+                                   {"target", spec.updates[k].target},
+                                   {"result", result}});
+  }
+  return {{"drills", std::move(drills)},
+          {"updates", std::move(updates)},
+          {"result", series.passed() ? "passed" : "failed"}};
+}
+
 }  // namespace fabriclab::rack

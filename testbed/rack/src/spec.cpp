@@ -94,7 +94,70 @@ Status read_bool(const YAML::Node& parent, const std::string& key, const std::st
   return {};
 }
 
+// One argument of a data check's command: 1..256 characters, no NUL or newline (it is passed to
+// guest-exec as one argv element, and a newline would break the report's one-line details).
+Status read_arg(const YAML::Node& n, const std::string& path, bool first, std::string& out) {
+  if (!n.IsScalar()) return bad(path, "must be a string");
+  auto v = n.as<std::string>();
+  if (v.empty() || v.size() > kMaxDataCheckArgBytes) return bad(path, "must be 1..256 characters");
+  if (v.find('\0') != std::string::npos || v.find('\n') != std::string::npos || v.find('\r') != std::string::npos) {
+    return bad(path, "must not hold NUL or a newline");
+  }
+  if (first && v[0] != '/') return bad(path, "must be an absolute path (no shell runs the command)");
+  out = std::move(v);
+  return {};
+}
+
+Status read_data_check(const YAML::Node& n, const std::string& p, std::optional<DataCheckSpec>& out) {
+  FL_RETURN_IF_ERROR(only_keys(n, p, {"command", "rule"}));
+  DataCheckSpec dc;
+  auto cmd = n["command"];
+  if (!cmd) return bad(p + ".command", "is required");
+  if (!cmd.IsSequence() || cmd.size() < 1 || cmd.size() > kMaxDataCheckArgs) {
+    return bad(p + ".command", "must be a list of 1..16 strings");
+  }
+  for (size_t i = 0; i < cmd.size(); ++i) {
+    std::string arg;
+    FL_RETURN_IF_ERROR(read_arg(cmd[i], p + ".command[" + std::to_string(i) + "]", i == 0, arg));
+    dc.command.push_back(std::move(arg));
+  }
+  FL_RETURN_IF_ERROR(read_str(n, "rule", p + ".", dc.rule, {"equal", "not_less"}));
+  out = std::move(dc);
+  return {};
+}
+
+// One update ({kind, target}); the target defaults by kind (host-v2, v2, none for freeze).
+Status read_update(const YAML::Node& u, const std::string& p, UpdateSpec& out) {
+  FL_RETURN_IF_ERROR(only_keys(u, p, {"kind", "target"}));
+  FL_RETURN_IF_ERROR(read_str(u, "kind", p + ".", out.kind, {"host-os", "guest-os", "freeze"}));
+  if (out.kind != "host-os" && !u["target"]) out.target = out.kind == "guest-os" ? "v2" : "";
+  return read_str(u, "target", p + ".", out.target);
+}
+
+Status read_updates(const YAML::Node& root, DrillFileSpec& s) {
+  auto one = root["update"], many = root["updates"];
+  if (one && many) return bad("updates", "give either update or updates, not both");
+  if (one) {
+    s.updates.assign(1, UpdateSpec{});
+    FL_RETURN_IF_ERROR(read_update(one, "update", s.updates[0]));
+  } else if (many) {
+    if (!many.IsSequence() || many.size() < 1 || many.size() > kMaxUpdates) {
+      return bad("updates", "must be a list of 1..4 updates ({kind, target})");
+    }
+    s.updates.assign(many.size(), UpdateSpec{});
+    for (size_t i = 0; i < many.size(); ++i) {
+      const std::string p = "updates[" + std::to_string(i) + "]";
+      if (many[i].IsMap() && !many[i]["kind"]) return bad(p + ".kind", "is required");
+      FL_RETURN_IF_ERROR(read_update(many[i], p, s.updates[i]));
+    }
+  }
+  s.kind = s.updates[0].kind;
+  s.target = s.updates[0].target;
+  return {};
+}
+
 Status read_service_extras(const YAML::Node& n, const std::string& p, ServiceSpec& svc) {
+  if (auto dc = n["data_check"]) FL_RETURN_IF_ERROR(read_data_check(dc, p + ".data_check", svc.data_check));
   if (auto e = n["endpoint"]) {
     FL_RETURN_IF_ERROR(only_keys(e, p + ".endpoint", {"port", "probe"}));
     EndpointSpec ep;
@@ -141,6 +204,11 @@ json::object service_body(const ServiceSpec& s, double time_scale) {
     body["drain"] = s.drain;
     body["traffic_rps"] = s.traffic_rps;
   }
+  if (s.data_check) {
+    json::array command;
+    for (const auto& a : s.data_check->command) command.emplace_back(a);
+    body["data_check"] = json::object{{"command", std::move(command)}, {"rule", s.data_check->rule}};
+  }
   return body;
 }
 
@@ -164,7 +232,8 @@ Result<DrillFileSpec> parse_spec(const std::string& text, const std::string& wha
   }
   DrillFileSpec s = default_spec();
   if (!root || root.IsNull()) return s;
-  FL_RETURN_IF_ERROR(only_keys(root, "", {"name", "rack", "hypervisor", "services", "update", "policies", "faults"}));
+  FL_RETURN_IF_ERROR(
+      only_keys(root, "", {"name", "rack", "hypervisor", "services", "update", "updates", "policies", "faults"}));
   FL_RETURN_IF_ERROR(read_str(root, "name", "", s.name));
   FL_RETURN_IF_ERROR(read_str(root, "hypervisor", "", s.hypervisor, {"qemu", "test"}));
   if (auto r = root["rack"]) {
@@ -182,7 +251,7 @@ Result<DrillFileSpec> parse_spec(const std::string& text, const std::string& wha
     for (size_t i = 0; i < sv.size(); ++i) {
       std::string p = "services[" + std::to_string(i) + "]";
       FL_RETURN_IF_ERROR(only_keys(sv[i], p, {"name", "instances", "ud_count", "image", "memory_mib", "endpoint",
-                                              "drain", "traffic"}));
+                                              "drain", "traffic", "data_check"}));
       ServiceSpec svc;
       if (!sv[i]["name"]) return bad(p + ".name", "is required");
       FL_RETURN_IF_ERROR(read_str(sv[i], "name", p + ".", svc.name));
@@ -195,12 +264,7 @@ Result<DrillFileSpec> parse_spec(const std::string& text, const std::string& wha
       s.services.push_back(svc);
     }
   }
-  if (auto u = root["update"]) {
-    FL_RETURN_IF_ERROR(only_keys(u, "update", {"kind", "target"}));
-    FL_RETURN_IF_ERROR(read_str(u, "kind", "update.", s.kind, {"host-os", "guest-os", "freeze"}));
-    if (s.kind != "host-os" && !u["target"]) s.target = s.kind == "guest-os" ? "v2" : "";
-    FL_RETURN_IF_ERROR(read_str(u, "target", "update.", s.target));
-  }
+  FL_RETURN_IF_ERROR(read_updates(root, s));
   if (auto p = root["policies"]) {
     FL_RETURN_IF_ERROR(only_keys(p, "policies", {"max_parallel_hosts", "time_scale", "recovery_s", "notice_s",
                                                  "healthy_timeout_s", "freeze_s"}));
@@ -229,6 +293,16 @@ Result<DrillFileSpec> parse_spec(const std::string& text, const std::string& wha
     return bad("services", std::to_string(need) + " instances do not fit " + std::to_string(s.hosts) +
                                " hosts of capacity " + std::to_string(s.capacity));
   }
+  return s;
+}
+
+DrillFileSpec for_update(const DrillFileSpec& spec, size_t k) {
+  DrillFileSpec s = spec;
+  if (k < spec.updates.size()) {
+    s.kind = spec.updates[k].kind;
+    s.target = spec.updates[k].target;
+  }
+  if (k > 0) s.faults.clear();
   return s;
 }
 

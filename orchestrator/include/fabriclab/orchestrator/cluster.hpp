@@ -73,12 +73,26 @@ struct ServiceEndpoint {
   bool operator==(const ServiceEndpoint&) const = default;
 };
 
+// A service's proof that its data survived (issue 12): `command` (argv, no shell) runs in every
+// guest through its guest agent (guest-exec) before the scheduled event's notice and after the
+// restart; the report compares the two outputs by `rule`: "equal" (the same text) or "not_less"
+// (both numbers, the second >= the first). Limits: 1..kMaxDataCheckArgs strings, each
+// 1..kMaxDataCheckArgBytes bytes without NUL or newline, argv[0] an absolute path.
+inline constexpr size_t kMaxDataCheckArgs = 16;
+inline constexpr size_t kMaxDataCheckArgBytes = 256;
+struct DataCheck {
+  std::vector<std::string> command;
+  std::string rule = "not_less";  // "equal" | "not_less"
+  bool operator==(const DataCheck&) const = default;
+};
+
 // A service (availability set): `instance_count` guest VMs spread over `ud_count` update domains
 // and over as many fault domains as exist.
 //
 // With an `endpoint`, its instances are the backends of a load-balanced VIP, clients send
 // `traffic_rps` requests a second to it during a drill, and `drain` says whether its app leaves
 // rotation on a scheduled event (the built-in guest turns /health to 503 for drain_ms()).
+// With a `data_check`, every instance proves its data survived each update (DataCheck).
 struct Service {
   std::string name;
   int instance_count = 1;
@@ -89,6 +103,7 @@ struct Service {
   bool drain = true;
   double traffic_rps = 20;  // 0.1..1000
   std::string vip;          // dotted IPv4, assigned by the orchestrator ("" until then)
+  std::optional<DataCheck> data_check;
 
   // How long a draining instance stays out of rotation before it approves its event:
   // interval x threshold + one interval (so the load balancer has noticed); 0 without endpoint.
@@ -142,6 +157,7 @@ Status validate_cluster(const Cluster& c);
 
 json::object to_json(const Host& h);
 json::object to_json(const ServiceEndpoint& e);
+json::object to_json(const DataCheck& c);  // {"command": [...], "rule"}: the agent's wire form too
 json::object to_json(const Service& s);
 json::object to_json(const Instance& i);
 json::object to_json(const Cluster& c);
@@ -150,7 +166,10 @@ Result<Host> host_from_json(const json::object& o);
 // {"port": 1..65535, "probe": {"path", "interval_ms", "unhealthy_threshold"}} (probe and its
 // fields optional: /health, 5000, 2). Errors name the key in full: "endpoint.probe.path ...".
 Result<ServiceEndpoint> endpoint_from_json(const json::object& o);
-// Also reads the optional "endpoint", "drain" (default true), "traffic_rps" (0.1..1000, default
+// {"command": [...], "rule": "equal" | "not_less" (default not_less)} with DataCheck's limits.
+// Errors name the key in full: "data_check.command[0] must be an absolute path".
+Result<DataCheck> data_check_from_json(const json::object& o);
+// Also reads the optional "data_check", "endpoint", "drain" (default true), "traffic_rps" (0.1..1000, default
 // 20) and "vip" (dotted IPv4; the orchestrator assigns it and refuses one in a request).
 Result<Service> service_from_json(const json::object& o);
 Result<Instance> instance_from_json(const json::object& o);

@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,16 @@ namespace fabriclab::orchestrator {
 struct HealthChange {
   int64_t t_ms = 0;
   bool healthy = false;
+};
+
+// A service's data check as the agent ran it in one guest (cluster.hpp DataCheck): the command's
+// output before the notice and after the restart, as the guest agent returned them.
+struct ReportDataCheck {
+  std::vector<std::string> command;
+  std::string rule;                          // "equal" | "not_less"
+  std::optional<std::string> before, after;  // nullopt: none (not run, failed, or empty output)
+  bool ok = false;                           // the agent's verdict
+  std::string error;                         // the agent's reason when not ok
 };
 
 // One instance (guest VM) as the drill saw it, before and after.
@@ -57,6 +68,18 @@ struct ReportInstance {
   std::string error;           // why not ok
   bool healthy_at_end = false;
   std::vector<HealthChange> timeline;  // by t_ms; the first entry at or before the drill start
+
+  // Health for any guest (issue 12), from its host's job record of it and the load balancer.
+  bool restarted = false;          // its host's job has a record of it (the walk reached it)
+  bool signals_reported = false;   // the agent said which OS signals the guest offered
+  bool heartbeat = false;          // the built-in guest's integration-channel heartbeat
+  bool guest_agent = false;        // qemu-guest-agent answered guest-ping during the operation
+  bool os_up = false;              // after the restart: heartbeat or guest-agent ping answered
+  bool app_probe = false;          // its service sits behind the load balancer (probed)
+  bool app_up = false;             // UP in the load balancer after its restart
+  std::string boot_id_before, boot_id_after;  // "" unknown
+  std::string boot_id_source;                 // "heartbeat" | "guest_agent" | ""
+  std::optional<ReportDataCheck> data_check;  // when its service has one and the agent ran it
 };
 
 // One batch of the walk.
@@ -80,6 +103,7 @@ struct ReportService {
   int instance_count = 0;  // as declared; the figures count the instances listed in the input
   int ud_count = 5;        // upgradeDomainCount
   bool drain = true;       // its app drains on a scheduled event (spec `drain`)
+  bool data_check = false; // it declares a data check: every instance must prove its data kept
 };
 
 // One client request to a service's VIP (traffic.hpp RequestRecord), as the report reads it.
@@ -180,6 +204,38 @@ bool instance_on_target(const ReportInput& in, const ReportInstance& i);
 // Whether the guest's durable counter survived: counter_after >= counter_before >= 0.
 bool counter_kept(const ReportInstance& i);
 
+// ---- health for any guest (issue 12; report_guest.cpp) ----
+//
+// An instance the walk restarted is healthy after it when its OS signal held (os_up, judged
+// only when it offered one: heartbeat or guest agent) and its app probe held (app_up, judged only
+// when it has one). Nothing offered at all is not healthy: no data is not proof. An agent that
+// did not report signals (signals_reported false) has the OS side left unjudged.
+
+// Reads what an agent's job recorded of one guest (an entry of its "guests": notice_ms, ack_ms,
+// stop_method, down_ms, ok, error, signals {heartbeat, guest_agent}, os_up, boot_id_before/after,
+// boot_id_source, data_check {command, rule, before, after, ok, error}) into `i`, and marks it
+// restarted. Missing or mistyped fields keep their defaults (unknown); an empty data-check output
+// (the agent writes "" for one it did not get) reads as none. signals_reported only when the
+// record has "signals" (an older agent has not).
+void read_guest_record(const json::object& g, ReportInstance& i);
+
+// The signals it had: "heartbeat, guest agent, app probe", "guest agent, app probe",
+// "heartbeat, app probe", "app probe only", "heartbeat only", "guest agent only", "none";
+// "app probe only (OS signals not reported)" / "none reported" without signals_reported.
+std::string signals_text(const ReportInstance& i);
+
+// "" when healthy after its restart (or not restarted); else what held and what failed, e.g.
+// "guest agent did not answer after restart; app probe UP".
+std::string restart_health_problem(const ReportInstance& i);
+
+// Whether the data check's rule held: the agent says ok with no error, both outputs there, and
+// equal (byte for byte) or not_less (both start with an integer, as the agent reads them, after
+// leading whitespace; after >= before).
+bool data_check_held(const ReportDataCheck& c);
+
+// "rebooted" (boot ids differ), "memory kept" (equal), "" (either unknown).
+std::string boot_verdict(const ReportInstance& i);
+
 // The whole report as JSON:
 // {"drill": {id, kind, target, state, reason, started_at, finished_at (RFC 3339), duration_s,
 //            sla_percent},
@@ -195,7 +251,14 @@ bool counter_kept(const ReportInstance& i);
 //  "instances": [{name, service, index, ud, fd, host, host_before, down_s, agent_down_s,
 //                 notice_s, ack_s, stop_method, image_before, image_after, host_image_before,
 //                 host_image_after, counter_before, counter_after, counter_kept, healthy_at_end,
-//                 on_target, ok, error, timeline: [{t_s, healthy}]}],
+//                 on_target, ok, error, timeline: [{t_s, healthy}],
+//                 restarted, signals: {heartbeat, guest_agent, app_probe, reported, text},
+//                 os_up, app_up (null when not restarted, or not judged: no such signal),
+//                 health_after_restart (what held and what failed, "" when not restarted),
+//                 healthy_after_restart (null when not restarted or nothing to judge it by),
+//                 boot_id_before, boot_id_after, boot_id_source, boot ("rebooted" | "memory kept"
+//                 | ""), data_check: null | {command, rule, before, after (null: none), ok, error,
+//                 held}}],
 //  "traffic": {measured, reason},                      (reason "" when measured)
 //  "events": [lines], "checks": [{name, passed, detail}], "result": "passed" | "failed"}
 //
@@ -221,14 +284,26 @@ bool counter_kept(const ReportInstance& i);
 // measured, "clients kept served": every service with a traffic entry, >= 2 instances (in the
 // input) and drain on had requests and none failed; the detail names each failing service with
 // its counts and lists the failures of services it does not judge (single instance, drain off)
-// as "not checked". result is "passed" only when all pass.
+// as "not checked". Then, only when some instance was restarted, "guests healthy after restart"
+// (restart_health_problem for each; the detail names each failing instance with what failed, and
+// groups the instances by the signals they had), and, only when some service declares a data
+// check or some instance has a result, "data kept (data check)": every instance of a service
+// with a data check (healed ones without a result excepted) has a result that held
+// (data_check_held); the detail names each failing instance with its rule and both outputs.
+// result is "passed" only when all pass.
 json::object build_report(const ReportInput& in);
 
 // A self-contained HTML page (inline CSS and SVG, no script, no external resource) rendering a
 // report as built by `build_report`: the verdict banner with the failed checks, the drill
-// summary, the walk, the UD x FD placement table, hosts, services, instances, a timeline per
+// summary, the walk, the UD x FD placement table, hosts, services, instances, their guest health
+// (signals, OS and app after the restart, boot, data check before/after/rule/held), a timeline per
 // instance grouped by service and UD on a shared time axis, and the events. Every string taken
 // from the report is HTML-escaped. Missing or mistyped fields render as empty, never throw.
 std::string render_report_html(const json::object& report);
+
+// Several drills run one after another (a spec's `updates`) on one page: a banner with the
+// overall result and one section per drill, in order, each rendered as render_report_html renders
+// a single report (its element ids prefixed "dN-", so they stay unique).
+std::string render_reports_html(const std::vector<json::object>& reports);
 
 }  // namespace fabriclab::orchestrator

@@ -1,9 +1,12 @@
 #pragma once
 // Running a drill spec against an orchestrator: create the drill, inject the spec's faults (on a
-// local rack), follow it to its end with a live progress view (a bar per batch), fetch the report.
+// local rack), follow it to its end with a live progress view (a bar per batch), fetch the report;
+// a spec with several updates runs them as a series of drills on the same rack (run_drills).
 // Ctrl-C (rack::interrupted()) aborts the drill: the hosts in flight finish, nothing new starts.
 
 #include <iosfwd>
+#include <optional>
+#include <vector>
 
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/result.hpp"
@@ -33,6 +36,28 @@ struct DrillView {
 Result<DrillOutcome> run_drill(const OrchestratorClient& api, const DrillFileSpec& spec, Lab* lab,
                                const DrillView& view,
                                std::chrono::milliseconds heal_timeout = std::chrono::minutes(3));
+
+// A spec's updates (DrillFileSpec::updates) run one after another on the same rack.
+struct DrillSeries {
+  size_t planned = 0;                // the spec's updates
+  std::vector<DrillOutcome> drills;  // the drills that reached an end, in order
+  std::optional<Error> error;        // why the series stopped, other than a drill's verdict
+  bool passed() const;               // every update ran and passed
+  bool interrupted() const;          // Ctrl-C during one of them
+};
+
+// Runs every update of `spec` as its own drill through the orchestrator API (run_drill with
+// for_update(spec, k)), on the same orchestrator and VMs, and stops after the first drill that
+// does not pass, is interrupted, or cannot run (`error`). With several updates each starts with a
+// line "update K/N: KIND -> TARGET".
+DrillSeries run_drills(const OrchestratorClient& api, const DrillFileSpec& spec, Lab* lab,
+                       const DrillView& view,
+                       std::chrono::milliseconds heal_timeout = std::chrono::minutes(3));
+
+// What `--report` writes. One update: its drill's report, unchanged. Several: {"drills": [the
+// reports of the drills that ran, in order], "updates": [{kind, target, result: "passed" |
+// "failed" | "not run"}], "result": "passed" (all ran and passed) | "failed"}.
+json::object series_report(const DrillFileSpec& spec, const DrillSeries& series);
 
 // A compact text view of a drill (its batches as bars), as `fabriclab status` and the drill
 // command print it.

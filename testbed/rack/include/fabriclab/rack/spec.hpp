@@ -14,7 +14,15 @@
 //             interval is time-scaled like every wait, but never below kMinProbeIntervalMs.
 //             drain: the app drains on a scheduled event before it approves it (default true).
 //             traffic.rps: client requests per second to the VIP during a drill (default 20).
+//             data_check: {command: [/bin/cat, /data/counter], rule: equal | not_less}: run in
+//             every guest through its guest agent before the notice and after the restart; the
+//             report shows both outputs and whether the rule held (default rule not_less).
+//             command: 1..16 strings of 1..256 characters, no NUL or newline, the first an
+//             absolute path (no shell runs it).
 //   update:   {kind: host-os | guest-os | freeze, target: host-v2}
+//   updates:  [{kind: host-os, target: host-v2}, {kind: guest-os, target: v2}]  (1..4; instead
+//             of update: each runs as its own drill, one after the other on the same rack,
+//             stopping at the first that does not pass)
 //   policies: {max_parallel_hosts: 0, time_scale: 0.001, recovery_s: 1800, notice_s: 900,
 //              healthy_timeout_s: 600, freeze_s: 5}
 //   faults:   [{kind: kill-fault-domain, fault_domain: 0}]   (before the walk starts)
@@ -38,6 +46,13 @@ struct EndpointSpec {
   int unhealthy_threshold = 2;  // Azure's default
 };
 
+inline constexpr size_t kMaxDataCheckArgs = 16;
+inline constexpr size_t kMaxDataCheckArgBytes = 256;
+struct DataCheckSpec {
+  std::vector<std::string> command;
+  std::string rule = "not_less";  // equal | not_less
+};
+
 struct ServiceSpec {
   std::string name;
   int instances = 1;
@@ -47,6 +62,7 @@ struct ServiceSpec {
   std::optional<EndpointSpec> endpoint;
   bool drain = true;
   double traffic_rps = 20;
+  std::optional<DataCheckSpec> data_check;
 };
 
 // The probe interval a drill uses: interval_s * time_scale, never below kMinProbeIntervalMs.
@@ -61,6 +77,12 @@ struct FaultSpec {
   int fault_domain = 0;
 };
 
+inline constexpr size_t kMaxUpdates = 4;
+struct UpdateSpec {
+  std::string kind = "host-os";  // host-os | guest-os | freeze
+  std::string target = "host-v2";
+};
+
 struct DrillFileSpec {
   std::string name = "default";
   int hosts = 6;
@@ -68,8 +90,10 @@ struct DrillFileSpec {
   int capacity = 4;
   std::string hypervisor = "qemu";
   std::vector<ServiceSpec> services;
+  // The update a drill runs: the spec's only one, or (see for_update) one of `updates`.
   std::string kind = "host-os";
   std::string target = "host-v2";
+  std::vector<UpdateSpec> updates = {UpdateSpec{}};  // every update, in order (1..kMaxUpdates)
   int max_parallel_hosts = 0;
   double time_scale = 0.001;
   double recovery_s = 1800;
@@ -82,6 +106,10 @@ struct DrillFileSpec {
 // The default drill (issue 5): 6 hosts in 3 FDs, hello (1), web (2), worker (3), 5 UDs each,
 // host-os to host-v2, time compressed 1000x.
 DrillFileSpec default_spec();
+
+// The spec as its update `k` (0-based, < updates.size()) runs: kind and target of updates[k];
+// faults only with the first (they are injected before the first walk starts).
+DrillFileSpec for_update(const DrillFileSpec& spec, size_t k);
 
 Result<DrillFileSpec> load_spec(const std::string& path);
 Result<DrillFileSpec> parse_spec(const std::string& yaml_text, const std::string& what = "spec");
