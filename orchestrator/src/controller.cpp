@@ -316,6 +316,7 @@ json::object Controller::Impl::drill_json_locked(const DrillRun& d) const {
           {"target", d.spec.target},
           {"spec", to_json(d.spec)},
           {"current_batch", d.current_batch},
+          {"waiting_for", d.waiting_for},
           {"lower_bound", d.plan.lower_bound},
           {"batch_count", d.batches.size()},
           {"method", d.plan.method},

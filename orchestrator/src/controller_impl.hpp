@@ -112,6 +112,9 @@ struct DrillRun {
   bool pause_requested = false;
   bool abort_requested = false;
   bool step_once = false;
+  // What the walk waits for before or after a batch ("instance web-0 on host 'h0' is DOWN in
+  // the load balancer"); "" when it is not waiting. Shown by the CLI and the dashboard.
+  std::string waiting_for;
 
   bool finished() const { return state == "Completed" || state == "Failed" || state == "Aborted"; }
 };

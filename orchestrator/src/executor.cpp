@@ -255,10 +255,16 @@ Status Controller::Impl::wait_ready(DrillRun& d, const std::vector<std::string>&
       }
       if (!last.empty()) break;
     }
+    d.waiting_for = last;
     if (last.empty()) return {};
+    if (d.abort_requested) {
+      d.waiting_for.clear();
+      return make_error(Condition::cancelled, "aborted by request " + std::string(why) + " while " + last);
+    }
     if (Clock::now() >= deadline) break;
     cv.wait_for(lock, std::chrono::milliseconds(100));
   }
+  d.waiting_for.clear();
   if (stopping) return make_error(Condition::cancelled, "the orchestrator is stopping");
   return make_error(Condition::timeout, std::string(why) + ": " + last + " after " +
                                             std::to_string(static_cast<int64_t>(d.spec.healthy_timeout_s)) + " s");
@@ -490,6 +496,7 @@ std::optional<std::pair<std::string, std::string>> Controller::Impl::run_walk(Dr
       }
       auto ready = wait_ready(d, pre, "before batch " + std::to_string(index + 1));
       if (!ready.ok()) {
+        if (ready.error().condition == Condition::cancelled && !stopping) return End{"Aborted", ready.error().message};
         if (ready.error().condition == Condition::cancelled) return std::nullopt;
         return End{"Failed", ready.error().message};
       }

@@ -120,6 +120,7 @@ std::string render_drill(const json::object& d, int width) {
   for (const auto& n : arr(d, "notes")) {
     if (n.is_string()) out += "  note: " + std::string(n.as_string()) + "\n";
   }
+  if (auto w = str(d, "waiting_for"); !w.empty()) out += "  waiting: " + w + "\n";
   return out;
 }
 
