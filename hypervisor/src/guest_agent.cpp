@@ -20,9 +20,8 @@
 #include <libvirt/virterror.h>
 #include <openssl/evp.h>
 
-#include <boost/json/serialize.hpp>
-
 #include <algorithm>
+#include <boost/json/serialize.hpp>
 #include <memory>
 #include <thread>
 
@@ -46,14 +45,17 @@ constexpr milliseconds kMaxTimeout = std::chrono::hours(1);
 
 Status check_timeout(milliseconds t) {
   if (t.count() < 1 || t > kMaxTimeout) {
-    return make_error(Condition::invalid_argument, "guest agent timeout must be in 1 ms..1 h, not " +
-                                                       std::to_string(t.count()) + " ms");
+    return make_error(
+        Condition::invalid_argument,
+        "guest agent timeout must be in 1 ms..1 h, not " + std::to_string(t.count()) + " ms");
   }
   return {};
 }
 
 // libvirt takes whole seconds; never round a short timeout down to 0 (NOWAIT: no reply at all).
-int whole_seconds(milliseconds t) { return static_cast<int>(std::max<int64_t>(1, (t.count() + 999) / 1000)); }
+int whole_seconds(milliseconds t) {
+  return static_cast<int>(std::max<int64_t>(1, (t.count() + 999) / 1000));
+}
 
 // Turns the failed virDomainQemuAgentCommand's error into ours (see the header for the contract).
 Error agent_error(const std::string& domain, const std::string& command, int seconds) {
@@ -91,12 +93,13 @@ Error agent_error(const std::string& domain, const std::string& command, int sec
 
 // The value of "return" in an agent reply; anything else is an error naming the command.
 Result<json::value> reply_return(const std::string& reply, const std::string& command) {
-  auto o = parse_json_object(reply, kMaxReplyBytes, kMaxReplyDepth, "guest agent reply to '" + command + "'");
+  auto o = parse_json_object(reply, kMaxReplyBytes, kMaxReplyDepth,
+                             "guest agent reply to '" + command + "'");
   if (!o.ok()) return make_error(Condition::internal, o.error().message);
   auto it = o->find("return");
   if (it == o->end()) {
-    return make_error(Condition::internal,
-                      "guest agent reply to '" + command + "' has no \"return\": " + reply.substr(0, 200));
+    return make_error(Condition::internal, "guest agent reply to '" + command +
+                                               "' has no \"return\": " + reply.substr(0, 200));
   }
   return it->value();
 }
@@ -104,16 +107,19 @@ Result<json::value> reply_return(const std::string& reply, const std::string& co
 // Standard base64 (the agent's out-data / err-data) through OpenSSL's EVP decoder.
 Result<std::string> base64_decode(std::string_view in, const std::string& what) {
   if (in.size() % 4 != 0) {
-    return make_error(Condition::internal, what + " is not base64 (length " + std::to_string(in.size()) + ")");
+    return make_error(Condition::internal,
+                      what + " is not base64 (length " + std::to_string(in.size()) + ")");
   }
-  std::unique_ptr<EVP_ENCODE_CTX, void (*)(EVP_ENCODE_CTX*)> ctx(EVP_ENCODE_CTX_new(), EVP_ENCODE_CTX_free);
+  std::unique_ptr<EVP_ENCODE_CTX, void (*)(EVP_ENCODE_CTX*)> ctx(EVP_ENCODE_CTX_new(),
+                                                                 EVP_ENCODE_CTX_free);
   if (!ctx) return make_error(Condition::internal, "out of memory decoding " + what);
   EVP_DecodeInit(ctx.get());
   std::string out(in.size() / 4 * 3 + 3, '\0');
   int n = 0, tail = 0;
   // The EVP decoder takes an int length; 12 MiB replies stay far below it.
   if (EVP_DecodeUpdate(ctx.get(), reinterpret_cast<unsigned char*>(out.data()), &n,
-                       reinterpret_cast<const unsigned char*>(in.data()), static_cast<int>(in.size())) < 0 ||
+                       reinterpret_cast<const unsigned char*>(in.data()),
+                       static_cast<int>(in.size())) < 0 ||
       EVP_DecodeFinal(ctx.get(), reinterpret_cast<unsigned char*>(out.data()) + n, &tail) < 0) {
     return make_error(Condition::internal, what + " is not valid base64");
   }
@@ -124,19 +130,22 @@ Result<std::string> base64_decode(std::string_view in, const std::string& what) 
 Status check_argv(const std::vector<std::string>& argv) {
   if (argv.empty()) return make_error(Condition::invalid_argument, "guest_exec: argv is empty");
   if (argv.size() > kGuestExecMaxArgs) {
-    return make_error(Condition::invalid_argument, "guest_exec: more than " +
-                                                       std::to_string(kGuestExecMaxArgs) + " arguments");
+    return make_error(Condition::invalid_argument,
+                      "guest_exec: more than " + std::to_string(kGuestExecMaxArgs) + " arguments");
   }
   if (argv[0].empty() || argv[0][0] != '/') {
-    return make_error(Condition::invalid_argument, "guest_exec: argv[0] must be an absolute path: '" + argv[0] + "'");
+    return make_error(Condition::invalid_argument,
+                      "guest_exec: argv[0] must be an absolute path: '" + argv[0] + "'");
   }
   for (size_t i = 0; i < argv.size(); ++i) {
     if (argv[i].size() > kGuestExecMaxArgBytes) {
-      return make_error(Condition::invalid_argument, "guest_exec: argv[" + std::to_string(i) + "] is longer than " +
-                                                         std::to_string(kGuestExecMaxArgBytes) + " bytes");
+      return make_error(Condition::invalid_argument,
+                        "guest_exec: argv[" + std::to_string(i) + "] is longer than " +
+                            std::to_string(kGuestExecMaxArgBytes) + " bytes");
     }
     if (argv[i].find('\0') != std::string::npos) {
-      return make_error(Condition::invalid_argument, "guest_exec: argv[" + std::to_string(i) + "] contains a NUL byte");
+      return make_error(Condition::invalid_argument,
+                        "guest_exec: argv[" + std::to_string(i) + "] contains a NUL byte");
     }
   }
   return {};
@@ -146,15 +155,18 @@ Status check_argv(const std::vector<std::string>& argv) {
 Status take_output(const json::object& st, const char* data_key, const char* truncated_key,
                    const std::string& what, std::string& out, bool& truncated) {
   if (auto it = st.find(data_key); it != st.end()) {
-    if (!it->value().is_string()) return make_error(Condition::internal, what + ": \"" + data_key + "\" is not a string");
+    if (!it->value().is_string())
+      return make_error(Condition::internal, what + ": \"" + data_key + "\" is not a string");
     const auto& s = it->value().get_string();
-    FL_ASSIGN_OR_RETURN(out, base64_decode(std::string_view(s.data(), s.size()), what + " " + data_key));
+    FL_ASSIGN_OR_RETURN(out,
+                        base64_decode(std::string_view(s.data(), s.size()), what + " " + data_key));
     if (out.size() > kGuestExecOutputCap) {
       out.resize(kGuestExecOutputCap);
       truncated = true;
     }
   }
-  if (auto it = st.find(truncated_key); it != st.end() && it->value().is_bool() && it->value().get_bool()) {
+  if (auto it = st.find(truncated_key);
+      it != st.end() && it->value().is_bool() && it->value().get_bool()) {
     truncated = true;
   }
   return {};
@@ -194,10 +206,13 @@ bool is_boot_id(const std::string& s) {
 
 Result<std::string> Domain::agent_command(const std::string& command_json, milliseconds timeout) {
   FL_RETURN_IF_ERROR(check_timeout(timeout));
-  auto cmd = parse_json_object(command_json, kMaxCommandBytes, kMaxReplyDepth, "guest agent command");
+  auto cmd =
+      parse_json_object(command_json, kMaxCommandBytes, kMaxReplyDepth, "guest agent command");
   if (!cmd.ok()) return cmd.error();
   auto execute = get_string(*cmd, "execute", 128);
-  if (!execute.ok()) return make_error(Condition::invalid_argument, "guest agent command: " + execute.error().message);
+  if (!execute.ok())
+    return make_error(Condition::invalid_argument,
+                      "guest agent command: " + execute.error().message);
   const int seconds = whole_seconds(timeout);
   char* reply = virDomainQemuAgentCommand(dom_, command_json.c_str(), seconds, 0);
   if (!reply) return agent_error(name_, *execute, seconds);
@@ -223,7 +238,8 @@ Result<bool> Domain::guest_agent_connected() const {
   return x.substr(begin, end - begin).find("state='connected'") != std::string::npos;
 }
 
-Result<GuestExecResult> Domain::guest_exec(const std::vector<std::string>& argv, milliseconds timeout) {
+Result<GuestExecResult> Domain::guest_exec(const std::vector<std::string>& argv,
+                                           milliseconds timeout) {
   FL_RETURN_IF_ERROR(check_argv(argv));
   FL_RETURN_IF_ERROR(check_timeout(timeout));
   const auto deadline = Clock::now() + timeout;
@@ -238,7 +254,8 @@ Result<GuestExecResult> Domain::guest_exec(const std::vector<std::string>& argv,
   FL_ASSIGN_OR_RETURN(json::value ret, reply_return(reply, "guest-exec"));
   const json::value* pid = ret.is_object() ? ret.get_object().if_contains("pid") : nullptr;
   if (!pid || !pid->is_int64() || pid->get_int64() < 1 || pid->get_int64() > INT32_MAX) {
-    return make_error(Condition::internal, what + ": the reply has no valid pid: " + reply.substr(0, 200));
+    return make_error(Condition::internal,
+                      what + ": the reply has no valid pid: " + reply.substr(0, 200));
   }
 
   const std::string status_cmd = json::serialize(json::object{
@@ -248,14 +265,16 @@ Result<GuestExecResult> Domain::guest_exec(const std::vector<std::string>& argv,
     auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
     FL_ASSIGN_OR_RETURN(reply, agent_command(status_cmd, std::max(left, milliseconds(1))));
     FL_ASSIGN_OR_RETURN(json::value st, reply_return(reply, "guest-exec-status"));
-    if (!st.is_object()) return make_error(Condition::internal, what + ": guest-exec-status returned no object");
+    if (!st.is_object())
+      return make_error(Condition::internal, what + ": guest-exec-status returned no object");
     auto exited = get_bool(st.get_object(), "exited");
     if (!exited.ok()) return make_error(Condition::internal, what + ": " + exited.error().message);
     if (*exited) return exec_result(st.get_object(), what);
     left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) {
-      return make_error(Condition::timeout, what + " did not exit within " + std::to_string(timeout.count()) +
-                                                " ms (guest pid " + std::to_string(pid->get_int64()) + ")");
+      return make_error(Condition::timeout,
+                        what + " did not exit within " + std::to_string(timeout.count()) +
+                            " ms (guest pid " + std::to_string(pid->get_int64()) + ")");
     }
     std::this_thread::sleep_for(std::min(pause, left));
     pause = std::min(pause * 2, milliseconds(500));
@@ -263,15 +282,18 @@ Result<GuestExecResult> Domain::guest_exec(const std::vector<std::string>& argv,
 }
 
 Result<std::string> Domain::guest_boot_id(milliseconds timeout) {
-  FL_ASSIGN_OR_RETURN(GuestExecResult r, guest_exec({"/bin/cat", "/proc/sys/kernel/random/boot_id"}, timeout));
+  FL_ASSIGN_OR_RETURN(GuestExecResult r,
+                      guest_exec({"/bin/cat", "/proc/sys/kernel/random/boot_id"}, timeout));
   if (r.exit_code != 0) {
     return make_error(Condition::internal, "reading the boot id of '" + name_ + "' failed (exit " +
-                                               std::to_string(r.exit_code) + "): " + r.err.substr(0, 200));
+                                               std::to_string(r.exit_code) +
+                                               "): " + r.err.substr(0, 200));
   }
   std::string id = r.out;
   while (!id.empty() && (id.back() == '\n' || id.back() == '\r')) id.pop_back();
   if (!is_boot_id(id)) {
-    return make_error(Condition::internal, "the boot id of '" + name_ + "' is not a UUID: '" + id.substr(0, 64) + "'");
+    return make_error(Condition::internal,
+                      "the boot id of '" + name_ + "' is not a UUID: '" + id.substr(0, 64) + "'");
   }
   return id;
 }

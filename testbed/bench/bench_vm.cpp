@@ -5,6 +5,13 @@
 // same guest with virsh commands alone. virsh cannot open an embedded root another process holds,
 // so our connection is closed before the virsh half; both halves detect the heartbeat the same way
 // (our channel link), so the ratio compares only the control path.
+//
+// With --image debian-v1 (an OS-disk image from testbed/build-debian-image.sh) it also boots that
+// guest once, as the agent would (its own qcow2 overlay, kernel and initrd copies, a 64 MiB data
+// disk, the qemu-guest-agent channel, no network card), beside the built-in guest's cycles:
+// start -> guest-ping answered, start -> the app's /health answering (probed with curl INSIDE the
+// guest through guest-exec: the bench gives the guest no network), and the ACPI stop. The
+// built-in figures then come from the v1 guest.
 
 #include <CLI/CLI.hpp>
 #include <boost/json.hpp>
@@ -14,6 +21,9 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
 #include <iomanip>
 #include <iostream>
 #include <thread>
@@ -61,16 +71,22 @@ class VirshShell {
     int st = 0;
     ::waitpid(pid_, &st, 0);
   }
-  // Runs one command; returns its output (virsh's prompt-free -q output).
+  // Runs one command; returns what virsh printed for it (its prompt and echoed command line
+  // included). The end marker is echoed by a command line that does not contain it (virsh joins
+  // '__fabriclab'_end__ into one word), and virsh prints it without a newline, so we read until
+  // the output ends with it: matching the echoed command line instead returned before the command
+  // had run and shifted every later output by one command.
   std::string run(const std::string& cmd) {
     static const std::string kEnd = "__fabriclab_end__";
-    std::fprintf(to_, "%s\necho %s\n", cmd.c_str(), kEnd.c_str());
+    std::fprintf(to_, "%s\necho '__fabriclab'_end__\n", cmd.c_str());
     std::fflush(to_);
     std::string out;
-    char line[1024];
-    while (std::fgets(line, sizeof(line), from_)) {
-      if (std::string(line).find(kEnd) != std::string::npos) return out;
-      out += line;
+    for (int c; (c = std::fgetc(from_)) != EOF;) {
+      out += static_cast<char>(c);
+      if (out.size() >= kEnd.size() && out.compare(out.size() - kEnd.size(), kEnd.size(), kEnd) == 0) {
+        out.resize(out.size() - kEnd.size());
+        return out;
+      }
     }
     die("virsh exited while running: " + cmd + "\n" + out);
   }
@@ -86,67 +102,29 @@ class VirshShell {
   std::exit(1);
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  CLI::App app{"Cycle one real guest (ACPI stop, start, first heartbeat) through fabriclab and "
-               "through virsh, and print the figures"};
+struct Options {
   int cycles = 5;
   bool json_out = false;
   std::string images = testbed::default_images_dir();
-  std::string image = "v1";
-  app.add_option("-n,--cycles", cycles, "Cycles per method")->check(CLI::Range(1, 100));
-  app.add_flag("--json", json_out, "Print one JSON object");
-  app.add_option("--images", images, "Guest images directory (manifest.json)");
-  app.add_option("--image", image, "Guest image version to boot");
-  CLI11_PARSE(app, argc, argv);
+  std::string image = "v1";          // the built-in guest's version
+  std::string os_image;              // an OS-disk image ("debian-v1"); empty: none
+  std::string debian_images;         // where os_image lives
+};
 
-  auto img = testbed::find_image(images, image);
-  if (!img.ok()) die(img.error().describe());
-  auto root = testbed::make_short_tmpdir("flb-");
-  if (!root.ok()) die(root.error().describe());
-  const std::string uri = "qemu:///embed?root=" + *root;
-  const std::string dir = *root + "/vm";
-
-  std::vector<double> boot_hb, acpi_stop, cycle, v_stop, v_boot_hb, v_cycle;
-  std::string domain_type;
-  int destroyed = 0;
-  // The embedded driver holds its root (a pid-file lock) until the process that opened it exits,
-  // even after the connection closes; so our half runs in a child process and hands its samples
-  // back through a pipe, and the parent, which never opens libvirt, runs the virsh half.
+// Runs `body` in a child process and returns the JSON object it produced. The embedded driver
+// holds its root (a pid-file lock) until the process that opened it exits, even after the
+// connection closes, so every half that opens libvirt runs in a child of its own.
+boost::json::object in_child(const std::string& what, const std::function<boost::json::object()>& body) {
   int pipefd[2];
   if (::pipe(pipefd) != 0) die("pipe failed");
   pid_t child = ::fork();
   if (child < 0) die("fork failed");
   if (child == 0) {
     ::close(pipefd[0]);
-    auto conn = hypervisor::Connection::open(uri);
-    if (!conn.ok()) die(conn.error().describe());
-    auto g = testbed::LabGuest::create(**conn, "bench-0", dir, *img);
-    if (!g.ok()) die(g.error().describe());
-    auto first = g->start_and_wait(120s);
-    if (!first.ok()) die(first.error().describe());
-    boost::json::object r;
-    boost::json::array stops, boots;
-    for (int i = 0; i < cycles; ++i) {
-      auto stop = g->stop({20s, 250ms});
-      if (!stop.ok()) die(stop.error().describe());
-      if (stop->method != hypervisor::StopMethod::graceful) ++destroyed;
-      auto up = g->start_and_wait(120s);
-      if (!up.ok()) die(up.error().describe());
-      stops.push_back(stop->elapsed.count() / 1000.0);
-      boots.push_back(up->count() / 1000.0);
-      std::cerr << std::fixed << std::setprecision(2) << "fabriclab cycle " << i + 1 << ": stop " << stops.back().as_double() << " s, start->heartbeat "
-                << boots.back().as_double() << " s\n";
-    }
-    r["stops"] = stops;
-    r["boots"] = boots;
-    r["destroyed"] = destroyed;
-    r["domain_type"] = (*conn)->domain_type();
-    std::string out = boost::json::serialize(r);
+    std::string out = boost::json::serialize(body());
     (void)!::write(pipefd[1], out.data(), out.size());
     ::close(pipefd[1]);
-    std::_Exit(0);  // the guest keeps running for the virsh half
+    std::_Exit(0);  // no destructors: a guest may be meant to keep running (the virsh half)
   }
   ::close(pipefd[1]);
   std::string got;
@@ -155,62 +133,275 @@ int main(int argc, char** argv) {
   ::close(pipefd[0]);
   int status = 0;
   ::waitpid(child, &status, 0);
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || got.empty()) die("the fabriclab half failed");
-  {
-    auto r = boost::json::parse(got).as_object();
-    for (auto& v : r["stops"].as_array()) acpi_stop.push_back(v.as_double());
-    for (auto& v : r["boots"].as_array()) boot_hb.push_back(v.as_double());
-    for (size_t i = 0; i < acpi_stop.size(); ++i) cycle.push_back(acpi_stop[i] + boot_hb[i]);
-    destroyed = static_cast<int>(r["destroyed"].as_int64());
-    domain_type = std::string(r["domain_type"].as_string());
-  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || got.empty()) die(what + " failed");
+  return boost::json::parse(got).as_object();
+}
 
-  {
-    VirshShell virsh(uri);
-    for (int i = 0; i < cycles; ++i) {
-      auto t0 = Clock::now();
-      std::string out = virsh.run("shutdown --mode acpi bench-0");
-      if (out.find("error") != std::string::npos) die("virsh shutdown: " + out);
-      for (;;) {
-        out = virsh.run("domstate bench-0");
-        if (out.find("shut off") != std::string::npos) break;
-        if (Clock::now() - t0 > 60s) die("virsh: guest did not stop: " + out);
-        std::this_thread::sleep_for(100ms);
-      }
-      auto t1 = Clock::now();
-      out = virsh.run("start bench-0");
-      if (out.find("error") != std::string::npos) die("virsh start: " + out);
-      auto link = agent::GuestLink::connect(dir + "/bench-0.sock", 30s);
-      if (!link.ok()) die(link.error().describe());
-      auto hb = (*link)->wait_for_heartbeat(120s);
-      if (!hb.ok()) die(hb.error().describe());
-      v_stop.push_back(seconds(t1 - t0));
-      v_boot_hb.push_back(seconds(hb->at - t1));
-      v_cycle.push_back(seconds(hb->at - t0));
-      std::cerr << "virsh cycle " << i + 1 << ": stop " << v_stop.back() << " s, start->heartbeat "
-                << v_boot_hb.back() << " s\n";
-    }
-    virsh.run("destroy bench-0");
-    virsh.run("undefine bench-0");
+// Our half: boot the built-in guest and cycle it through the shutdown ladder and start.
+boost::json::object fabriclab_half(const Options& o, const testbed::GuestImage& img,
+                                   const std::string& uri, const std::string& dir) {
+  auto opened = hypervisor::Connection::open(uri);
+  if (!opened.ok()) die(opened.error().describe());
+  // Never closed: the child ends with _Exit and the guest keeps running for the virsh half.
+  auto* conn = std::move(opened).value().release();
+  auto made = testbed::LabGuest::create(*conn, "bench-0", dir, img);
+  if (!made.ok()) die(made.error().describe());
+  auto* g = new testbed::LabGuest(std::move(made).value());
+  auto first = g->start_and_wait(120s);
+  if (!first.ok()) die(first.error().describe());
+  boost::json::object r;
+  boost::json::array stops, boots;
+  int destroyed = 0;
+  for (int i = 0; i < o.cycles; ++i) {
+    auto stop = g->stop({20s, 250ms});
+    if (!stop.ok()) die(stop.error().describe());
+    if (stop->method != hypervisor::StopMethod::graceful) ++destroyed;
+    auto up = g->start_and_wait(120s);
+    if (!up.ok()) die(up.error().describe());
+    stops.push_back(stop->elapsed.count() / 1000.0);
+    boots.push_back(up->count() / 1000.0);
+    std::cerr << std::fixed << std::setprecision(2) << "fabriclab cycle " << i + 1 << ": stop " << stops.back().as_double() << " s, start->heartbeat "
+              << boots.back().as_double() << " s\n";
   }
+  r["stops"] = stops;
+  r["boots"] = boots;
+  r["destroyed"] = destroyed;
+  r["domain_type"] = conn->domain_type();
+  return r;
+}
+
+struct VirshFigures {
+  std::vector<double> stop, boot_hb, cycle;
+};
+
+// The same cycle with virsh alone (the parent never opens libvirt itself).
+VirshFigures virsh_half(const Options& o, const std::string& uri, const std::string& dir) {
+  VirshFigures f;
+  VirshShell virsh(uri);
+  for (int i = 0; i < o.cycles; ++i) {
+    auto t0 = Clock::now();
+    std::string out = virsh.run("shutdown --mode acpi bench-0");
+    if (out.find("error") != std::string::npos) die("virsh shutdown: " + out);
+    for (;;) {
+      out = virsh.run("domstate bench-0");
+      if (out.find("shut off") != std::string::npos) break;
+      if (Clock::now() - t0 > 60s) die("virsh: guest did not stop: " + out);
+      std::this_thread::sleep_for(100ms);
+    }
+    auto t1 = Clock::now();
+    out = virsh.run("start bench-0");
+    if (out.find("error") != std::string::npos) die("virsh start: " + out);
+    auto link = agent::GuestLink::connect(dir + "/bench-0.sock", 30s);
+    if (!link.ok()) die(link.error().describe());
+    auto hb = (*link)->wait_for_heartbeat(120s);
+    if (!hb.ok()) die(hb.error().describe());
+    f.stop.push_back(seconds(t1 - t0));
+    f.boot_hb.push_back(seconds(hb->at - t1));
+    f.cycle.push_back(seconds(hb->at - t0));
+    std::cerr << "virsh cycle " << i + 1 << ": stop " << f.stop.back() << " s, start->heartbeat "
+              << f.boot_hb.back() << " s\n";
+  }
+  virsh.run("destroy bench-0");
+  virsh.run("undefine bench-0");
+  return f;
+}
+
+// The built-in guest's figures, the keys the benchmark has always printed.
+boost::json::object builtin_figures(const Options& o) {
+  auto img = testbed::find_image(o.images, o.image);
+  if (!img.ok()) die(img.error().describe());
+  auto root = testbed::make_short_tmpdir("flb-");
+  if (!root.ok()) die(root.error().describe());
+  const std::string uri = "qemu:///embed?root=" + *root;
+  const std::string dir = *root + "/vm";
+
+  auto r = in_child("the fabriclab half", [&] { return fabriclab_half(o, *img, uri, dir); });
+  std::vector<double> boot_hb, acpi_stop, cycle;
+  for (auto& v : r["stops"].as_array()) acpi_stop.push_back(v.as_double());
+  for (auto& v : r["boots"].as_array()) boot_hb.push_back(v.as_double());
+  for (size_t i = 0; i < acpi_stop.size(); ++i) cycle.push_back(acpi_stop[i] + boot_hb[i]);
+  const auto v = virsh_half(o, uri, dir);
   std::filesystem::remove_all(*root);
 
-  boost::json::object o;
-  o["cycles"] = cycles;
-  o["domain_type"] = domain_type;
-  o["image"] = image;
-  o["start_to_heartbeat_p50_s"] = testbed::median(boot_hb);
-  o["acpi_stop_p50_s"] = testbed::median(acpi_stop);
-  o["cycle_p50_s"] = testbed::median(cycle);
-  o["virsh_acpi_stop_p50_s"] = testbed::median(v_stop);
-  o["virsh_start_to_heartbeat_p50_s"] = testbed::median(v_boot_hb);
-  o["virsh_cycle_p50_s"] = testbed::median(v_cycle);
-  o["ratio_cycle_vs_virsh"] = testbed::median(cycle) / testbed::median(v_cycle);
-  o["stops_destroyed"] = destroyed;
-  if (json_out) {
-    std::cout << boost::json::serialize(o) << "\n";
+  boost::json::object out;
+  out["cycles"] = o.cycles;
+  out["domain_type"] = r["domain_type"];
+  out["image"] = o.image;
+  out["start_to_heartbeat_p50_s"] = testbed::median(boot_hb);
+  out["acpi_stop_p50_s"] = testbed::median(acpi_stop);
+  out["cycle_p50_s"] = testbed::median(cycle);
+  out["virsh_acpi_stop_p50_s"] = testbed::median(v.stop);
+  out["virsh_start_to_heartbeat_p50_s"] = testbed::median(v.boot_hb);
+  out["virsh_cycle_p50_s"] = testbed::median(v.cycle);
+  out["ratio_cycle_vs_virsh"] = testbed::median(cycle) / testbed::median(v.cycle);
+  out["stops_destroyed"] = r["destroyed"];
+  return out;
+}
+
+}  // namespace
+
+// $FABRICLAB_DEBIAN_IMAGES, else the build cache for this checkout when run from its top
+// directory (/var/cache/fabriclab/debian-images/<build-debian-image.sh --stamp>).
+std::string default_debian_images() {
+  if (const char* env = std::getenv("FABRICLAB_DEBIAN_IMAGES"); env && *env) return env;
+  const char* script = "testbed/build-debian-image.sh";
+  if (!std::filesystem::exists(script)) return "";
+  std::string stamp;
+  if (FILE* p = ::popen((std::string("bash ") + script + " --stamp").c_str(), "r")) {
+    char buf[128] = {};
+    if (std::fgets(buf, sizeof(buf), p)) stamp = buf;
+    ::pclose(p);
+  }
+  while (!stamp.empty() && std::isspace(static_cast<unsigned char>(stamp.back()))) stamp.pop_back();
+  return stamp.empty() ? "" : "/var/cache/fabriclab/debian-images/" + stamp;
+}
+
+// The virtual size recorded in a qcow2 header (big-endian u64 at offset 24, after the magic).
+uint64_t qcow2_virtual_size(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  unsigned char h[32] = {};
+  if (!in.read(reinterpret_cast<char*>(h), sizeof(h)) || h[0] != 'Q' || h[1] != 'F' || h[2] != 'I' || h[3] != 0xfb) {
+    die(path + " is not a qcow2 image");
+  }
+  uint64_t v = 0;
+  for (int i = 24; i < 32; ++i) v = (v << 8) | h[i];
+  return v;
+}
+
+void run_or_die(const std::string& what, const std::vector<std::string>& argv) {
+  pid_t pid = ::fork();
+  if (pid < 0) die("fork failed");
+  if (pid == 0) {
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    ::execvp(args[0], args.data());
+    std::_Exit(127);
+  }
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) die(what + " failed");
+}
+
+// The OS-disk guest's domain, made the way the agent makes one: a qcow2 overlay on the image, the
+// kernel and initrd copied (a shared file would carry this domain's security label), a 64 MiB
+// sparse data disk, the guest agent channel, no network card.
+hypervisor::DomainSpec os_image_spec(const std::string& image_dir, const std::string& root) {
+  namespace fs = std::filesystem;
+  const std::string dir = root + "/vm";
+  fs::create_directories(dir);
+  for (const char* f : {"vmlinuz", "initrd.img"}) fs::copy_file(image_dir + "/" + f, dir + "/" + f);
+  std::ifstream in(image_dir + "/cmdline");
+  std::string cmdline;
+  std::getline(in, cmdline);
+  hypervisor::DomainSpec s;
+  s.name = "bench-os-0";
+  s.memory_mib = 512;
+  s.boot = {dir + "/vmlinuz", dir + "/initrd.img", cmdline};
+  s.os_disk = dir + "/os.qcow2";
+  s.data_disk = dir + "/data.raw";
+  s.console_log = dir + "/console.log";
+  s.guest_agent = true;
+  run_or_die("qemu-img create", {"qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                                 fs::absolute(image_dir + "/disk.qcow2").string(), s.os_disk});
+  if (auto st = testbed::create_raw_disk(s.data_disk, 64ull << 20); !st.ok()) die(st.error().describe());
+  return s;
+}
+
+// Polls `probe` every 250 ms until it holds; the seconds since `t0`.
+double seconds_until(Clock::time_point t0, std::chrono::seconds limit, const std::string& what,
+                     const std::function<bool()>& probe) {
+  while (!probe()) {
+    if (Clock::now() - t0 > limit) die(what + " did not happen within " + std::to_string(limit.count()) + " s");
+    std::this_thread::sleep_for(250ms);
+  }
+  return seconds(Clock::now() - t0);
+}
+
+// One boot and one ACPI stop of the OS-disk guest, in a child of its own (its own embedded root).
+boost::json::object os_image_half(const std::string& image_dir) {
+  auto root = testbed::make_short_tmpdir("flbo-");
+  if (!root.ok()) die(root.error().describe());
+  auto conn = hypervisor::Connection::open("qemu:///embed?root=" + *root);
+  if (!conn.ok()) die(conn.error().describe());
+  auto d = (*conn)->define(os_image_spec(image_dir, *root));
+  if (!d.ok()) die(d.error().describe());
+  boost::json::object r;
+  const auto t0 = Clock::now();
+  if (auto st = d->start(); !st.ok()) die(st.error().describe());
+  r["boot_to_guest_agent_s"] = seconds_until(t0, 300s, "the guest agent answering", [&] {
+    return d->guest_ping(2s).ok();
+  });
+  std::cerr << "os image: start->guest agent " << r["boot_to_guest_agent_s"].as_double() << " s\n";
+  r["boot_to_app_s"] = seconds_until(t0, 300s, "the app's /health answering", [&] {
+    auto e = d->guest_exec({"/usr/bin/curl", "-sf", "-m", "2", "http://127.0.0.1/health"}, 10s);
+    return e.ok() && e->exit_code == 0;
+  });
+  std::cerr << "os image: start->app /health " << r["boot_to_app_s"].as_double() << " s\n";
+  auto stop = d->shutdown_ladder({120s, 250ms, 3000ms});
+  if (!stop.ok()) die(stop.error().describe());
+  r["acpi_stop_s"] = stop->elapsed.count() / 1000.0;
+  r["acpi_stop_method"] = std::string(hypervisor::to_string(stop->method));
+  std::cerr << "os image: ACPI stop " << r["acpi_stop_s"].as_double() << " s ("
+            << hypervisor::to_string(stop->method) << ")\n";
+  (void)d->undefine();
+  std::filesystem::remove_all(*root);
+  return r;
+}
+
+// The OS-disk image's figures (the "os_image" object of the output).
+boost::json::object os_image_figures(const Options& o) {
+  const std::string image_dir = o.debian_images + "/" + o.os_image;
+  if (o.debian_images.empty() || !std::filesystem::exists(image_dir + "/disk.qcow2")) {
+    die("no " + o.os_image + "/disk.qcow2 in '" + o.debian_images +
+        "': run testbed/build-debian-image.sh DIR or set FABRICLAB_DEBIAN_IMAGES (or --debian-images)");
+  }
+  boost::json::object r = in_child("the " + o.os_image + " half", [&] { return os_image_half(image_dir); });
+  r["name"] = o.os_image;
+  r["disk_qcow2_bytes"] = std::filesystem::file_size(image_dir + "/disk.qcow2");
+  r["virtual_size_bytes"] = qcow2_virtual_size(image_dir + "/disk.qcow2");
+  r["app_probe"] = "curl http://127.0.0.1/health inside the guest through guest-exec (the bench guest has no network)";
+  // The build time the image's manifest recorded, when it has one.
+  std::ifstream in(o.debian_images + "/manifest.json");
+  std::stringstream text;
+  text << in.rdbuf();
+  boost::system::error_code ec;
+  auto manifest = boost::json::parse(text.str(), ec);
+  if (!ec && manifest.is_object()) {
+    if (auto* b = manifest.as_object().if_contains("build_seconds"); b && b->is_number()) {
+      r["image_build_s"] = *b;
+    }
+  }
+  return r;
+}
+
+int main(int argc, char** argv) {
+  CLI::App app{"Cycle one real guest (ACPI stop, start, first heartbeat) through fabriclab and "
+               "through virsh, and print the figures; with --image debian-v1 also boot that OS "
+               "image once (guest agent, app, ACPI stop)"};
+  Options o;
+  app.add_option("-n,--cycles", o.cycles, "Cycles per method")->check(CLI::Range(1, 100));
+  app.add_flag("--json", o.json_out, "Print one JSON object");
+  app.add_option("--images", o.images, "Guest images directory (manifest.json)");
+  app.add_option("--image", o.image,
+                 "Guest image version to boot (v1, v2, ...), or an OS-disk image (debian-v1) to "
+                 "measure beside the built-in v1");
+  app.add_option("--debian-images", o.debian_images,
+                 "Debian images directory (testbed/build-debian-image.sh DIR); default "
+                 "$FABRICLAB_DEBIAN_IMAGES, else the build cache for this checkout");
+  CLI11_PARSE(app, argc, argv);
+  if (o.image.rfind("debian-", 0) == 0) {
+    o.os_image = o.image;
+    o.image = "v1";
+    if (o.debian_images.empty()) o.debian_images = default_debian_images();
+  }
+
+  boost::json::object out = builtin_figures(o);
+  if (!o.os_image.empty()) out["os_image"] = os_image_figures(o);
+  if (o.json_out) {
+    std::cout << boost::json::serialize(out) << "\n";
   } else {
-    for (auto& [k, v] : o) std::cout << k << ": " << boost::json::serialize(v) << "\n";
+    for (auto& [k, v] : out) std::cout << k << ": " << boost::json::serialize(v) << "\n";
   }
   return 0;
 }

@@ -79,7 +79,8 @@ std::string find_debian_images() {
     return fs::exists(std::string(env) + "/debian-v1/disk.qcow2") ? env : "";
   }
   std::string stamp;
-  if (FILE* p = ::popen("bash " FABRICLAB_SOURCE_DIR "/testbed/build-debian-image.sh --stamp", "r")) {
+  if (FILE* p =
+          ::popen("bash " FABRICLAB_SOURCE_DIR "/testbed/build-debian-image.sh --stamp", "r")) {
     char buf[128] = {};
     if (std::fgets(buf, sizeof(buf), p)) stamp = buf;
     ::pclose(p);
@@ -106,7 +107,8 @@ class EventLog {
     return events_.size();
   }
   // True when an event of `kind` for `uuid` arrived at position >= `from` within `timeout`.
-  bool wait_for(const std::string& uuid, LifecycleKind kind, size_t from, std::chrono::milliseconds timeout) {
+  bool wait_for(const std::string& uuid, LifecycleKind kind, size_t from,
+                std::chrono::milliseconds timeout) {
     std::unique_lock lock(mu_);
     return cv_.wait_for(lock, timeout, [&] {
       for (size_t i = from; i < events_.size(); ++i) {
@@ -196,16 +198,19 @@ class GuestAgentRealVm : public ::testing::Test {
   // kernel command line, the guest agent channel, no network card.
   void define_debian(const std::string& name, std::optional<hypervisor::Domain>& out) {
     debian_ = find_debian_images();
-    ASSERT_FALSE(debian_.empty()) << "no Debian guest images: run testbed/build-debian-image.sh DIR "
-                                     "or set FABRICLAB_DEBIAN_IMAGES";
+    ASSERT_FALSE(debian_.empty())
+        << "no Debian guest images: run testbed/build-debian-image.sh DIR "
+           "or set FABRICLAB_DEBIAN_IMAGES";
     fs::create_directories(root_ + "/vm");
     fs::create_directories(root_ + "/img");
     // Copies: a shared kernel would carry this domain's security label (issue 12).
     for (const char* f : {"vmlinuz", "initrd.img"}) {
-      fs::copy_file(debian_ + "/debian-v1/" + f, root_ + "/img/" + f, fs::copy_options::overwrite_existing);
+      fs::copy_file(debian_ + "/debian-v1/" + f, root_ + "/img/" + f,
+                    fs::copy_options::overwrite_existing);
     }
     std::string cmdline = read_file(debian_ + "/debian-v1/cmdline");
-    while (!cmdline.empty() && std::isspace(static_cast<unsigned char>(cmdline.back()))) cmdline.pop_back();
+    while (!cmdline.empty() && std::isspace(static_cast<unsigned char>(cmdline.back())))
+      cmdline.pop_back();
 
     hypervisor::DomainSpec s;
     s.name = name;
@@ -228,7 +233,8 @@ class GuestAgentRealVm : public ::testing::Test {
     const auto t0 = Clock::now();
     ASSERT_OK(d.start());
     ASSERT_TRUE(events_->wait_for(d.uuid(), LifecycleKind::agent_connected, from, kAgentTimeout))
-        << "no agent-connected event within " << kAgentTimeout.count() << " s; events: " << events_->describe();
+        << "no agent-connected event within " << kAgentTimeout.count()
+        << " s; events: " << events_->describe();
     auto connected = d.guest_agent_connected();
     ASSERT_TRUE(connected.ok()) << connected.error().describe();
     EXPECT_TRUE(*connected) << "the live XML says the channel is not connected";
@@ -264,19 +270,22 @@ TEST_F(GuestAgentRealVm, DebianGuestAnswersPingExecAndANewBootIdAfterAGracefulRe
   ASSERT_TRUE(three.ok()) << three.error().describe();
   EXPECT_EQ(three->exit_code, 3) << "a non-zero exit is a result, with its code";
 
-  auto err = d.guest_exec({"/bin/sh", "-c", "echo to-stdout; echo 'to stderr' >&2; exit 1"}, kCommandTimeout);
+  auto err = d.guest_exec({"/bin/sh", "-c", "echo to-stdout; echo 'to stderr' >&2; exit 1"},
+                          kCommandTimeout);
   ASSERT_TRUE(err.ok()) << err.error().describe();
   EXPECT_EQ(err->exit_code, 1);
   EXPECT_EQ(err->out, "to-stdout\n");
   EXPECT_EQ(err->err, "to stderr\n");
 
   // The disks are where the image expects them: the OS on vda, the 64 MiB data disk on vdb.
-  auto disks = d.guest_exec({"/bin/sh", "-c", "findmnt -n -o SOURCE /; cat /sys/block/vdb/size"}, kCommandTimeout);
+  auto disks = d.guest_exec({"/bin/sh", "-c", "findmnt -n -o SOURCE /; cat /sys/block/vdb/size"},
+                            kCommandTimeout);
   ASSERT_TRUE(disks.ok()) << disks.error().describe();
   EXPECT_EQ(disks->out, "/dev/vda\n" + std::to_string(kDataDiskBytes / 512) + "\n") << disks->err;
 
   // Output is capped at 64 KiB and says so.
-  auto big = d.guest_exec({"/bin/sh", "-c", "head -c 70000 /dev/zero | tr '\\0' a"}, kCommandTimeout);
+  auto big =
+      d.guest_exec({"/bin/sh", "-c", "head -c 70000 /dev/zero | tr '\\0' a"}, kCommandTimeout);
   ASSERT_TRUE(big.ok()) << big.error().describe();
   EXPECT_EQ(big->out.size(), hypervisor::kGuestExecOutputCap);
   EXPECT_EQ(big->out.find_first_not_of('a'), std::string::npos);
@@ -286,7 +295,8 @@ TEST_F(GuestAgentRealVm, DebianGuestAnswersPingExecAndANewBootIdAfterAGracefulRe
   EXPECT_EQ(d.guest_exec({}, kCommandTimeout).condition(), Condition::invalid_argument);
   auto relative = d.guest_exec({"cat", "/etc/hostname"}, kCommandTimeout);
   ASSERT_FALSE(relative.ok());
-  EXPECT_NE(relative.error().message.find("argv[0]"), std::string::npos) << relative.error().message;
+  EXPECT_NE(relative.error().message.find("argv[0]"), std::string::npos)
+      << relative.error().message;
   auto missing = d.guest_exec({"/nonexistent/program"}, kCommandTimeout);
   ASSERT_FALSE(missing.ok()) << "the agent cannot run a program that does not exist";
   std::cerr << "guest-exec of a missing program: " << missing.error().describe() << "\n";
@@ -305,8 +315,9 @@ TEST_F(GuestAgentRealVm, DebianGuestAnswersPingExecAndANewBootIdAfterAGracefulRe
   ASSERT_OK(d.set_disk_source("vda", next));
   auto inactive = d.xml(true);
   ASSERT_TRUE(inactive.ok());
-  EXPECT_NE(inactive->find("<driver name='qemu' type='qcow2'/>\n      <source file='" + next + "'/>"),
-            std::string::npos)
+  EXPECT_NE(
+      inactive->find("<driver name='qemu' type='qcow2'/>\n      <source file='" + next + "'/>"),
+      std::string::npos)
       << *inactive;
   ASSERT_NO_FATAL_FAILURE(start_and_wait_for_agent(d));
   auto boot2 = d.guest_boot_id(kCommandTimeout);
@@ -314,7 +325,8 @@ TEST_F(GuestAgentRealVm, DebianGuestAnswersPingExecAndANewBootIdAfterAGracefulRe
   EXPECT_NE(*boot2, *boot1) << "a restart is a new boot";
   auto live = d.xml(false);
   ASSERT_TRUE(live.ok());
-  EXPECT_NE(live->find("<source file='" + next + "'"), std::string::npos) << "the guest runs on the new overlay";
+  EXPECT_NE(live->find("<source file='" + next + "'"), std::string::npos)
+      << "the guest runs on the new overlay";
 }
 
 TEST_F(GuestAgentRealVm, AStoppedGuestAgentIsReportedNotConnected) {
