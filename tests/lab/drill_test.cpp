@@ -14,6 +14,7 @@
 #include <boost/json.hpp>
 
 #include "fabriclab/common/http_client.hpp"
+#include "fabriclab/testbed/images.hpp"
 
 #include <chrono>
 #include <cstdio>
@@ -850,6 +851,103 @@ TEST_F(Drill, RealVmNoDrainLosesRequestsOnlyUntilTheProbeNotices) {
               << " s (detection " << detection_s << " s + interval " << interval_s << " s)" << std::endl;
   }
   EXPECT_NE(r.output.find("drain off: not checked"), std::string::npos) << r.output;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A real Debian 12 guest (testbed/build-debian-image.sh, built by the test command) drilled as a
+// customer's own VM: nothing of ours runs inside it; the guest agent, its app's probe, its data
+// check and its clients are the proof.
+
+std::string debian_images() {
+  std::string dir = fabriclab::testbed::debian_images_dir();
+  if (dir.empty()) ADD_FAILURE() << fabriclab::testbed::debian_images_missing_message();
+  return dir;
+}
+
+json::object read_report(const std::string& path) {
+  boost::system::error_code ec;
+  auto v = json::parse(slurp(path), ec);
+  return !ec && v.is_object() ? v.as_object() : json::object{};
+}
+
+// The web service's clients in one drill's report: (requests, failed).
+std::pair<int64_t, int64_t> web_traffic(const json::object& drill) {
+  for (const auto& s : drill.at("services").as_array()) {
+    if (s.at("name").as_string() != "web" || !s.at("traffic").is_object()) continue;
+    const auto& t = s.at("traffic").as_object();
+    return {t.at("requests").to_number<int64_t>(), t.at("failed").to_number<int64_t>()};
+  }
+  return {-1, -1};
+}
+
+TEST_F(Drill, RealVmDebianWebHostOsThenReimageServeEveryClientAndKeepTheData) {
+  const std::string images = debian_images();
+  ASSERT_FALSE(images.empty());
+  CliRun r = run_cli({"drill", "--spec", spec_path("debian-web"), "--image-dir", images, "--lab-dir", dir_ + "/lab",
+                      "--report", dir_ + "/report.json", "--html", dir_ + "/report.html"},
+                     dir_ + "/drill.log");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  json::object all = read_report(dir_ + "/report.json");
+  ASSERT_EQ(all.at("result").as_string(), "passed") << json::serialize(all);
+  const auto& drills = all.at("drills").as_array();
+  ASSERT_EQ(drills.size(), 2u);
+  for (const auto& dv : drills) {
+    const auto& d = dv.as_object();
+    for (const auto& c : d.at("checks").as_array()) EXPECT_TRUE(c.at("passed").as_bool()) << json::serialize(c);
+    auto [requests, failed] = web_traffic(d);
+    EXPECT_GT(requests, 20) << "clients sent requests through the whole drill";
+    EXPECT_EQ(failed, 0) << json::serialize(d.at("services"));
+    for (const auto& iv : d.at("instances").as_array()) {
+      const auto& i = iv.as_object();
+      ASSERT_TRUE(i.at("data_check").is_object()) << json::serialize(i);
+      const auto& dc = i.at("data_check").as_object();
+      EXPECT_TRUE(dc.at("held").as_bool()) << json::serialize(dc);
+      EXPECT_GE(std::stoll(std::string(dc.at("after").as_string())), std::stoll(std::string(dc.at("before").as_string())));
+      EXPECT_TRUE(i.at("signals").at("guest_agent").as_bool()) << json::serialize(i);
+      EXPECT_FALSE(i.at("signals").at("heartbeat").as_bool()) << "no program of ours runs in a Debian guest";
+      EXPECT_EQ(i.at("os_up"), json::value(true)) << json::serialize(i);
+      EXPECT_EQ(i.at("app_up"), json::value(true)) << json::serialize(i);
+      EXPECT_NE(i.at("boot_id_before"), i.at("boot_id_after")) << "both updates reboot the guest";
+    }
+  }
+  for (const auto& iv : drills[1].at("instances").as_array()) {
+    EXPECT_EQ(iv.at("image_before").as_string(), "debian-v1");
+    EXPECT_EQ(iv.at("image_after").as_string(), "debian-v2") << "reimaged onto debian-v2";
+  }
+  std::string html = slurp(dir_ + "/report.html");
+  EXPECT_NE(html.find("guest-os → debian-v2"), std::string::npos);
+  EXPECT_NE(html.find("/data/counter"), std::string::npos) << "the data check is on the page";
+  EXPECT_EQ(qemu_processes_under(dir_), 0);
+  EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
+}
+
+TEST_F(Drill, RealVmDebianImageWhoseAppNeverStartsIsRolledBackAndTheDrillFails) {
+  const std::string images = debian_images();
+  ASSERT_FALSE(images.empty());
+  std::string spec = slurp(spec_path("debian-web"));
+  auto at = spec.find("updates:");
+  ASSERT_NE(at, std::string::npos);
+  spec = spec.substr(0, at) +
+         "updates:\n  - {kind: guest-os, target: debian-v3-broken}\n"
+         "policies: {time_scale: 0.001, recovery_s: 1800, notice_s: 900, healthy_timeout_s: 600}\n";
+  std::ofstream(dir_ + "/broken.yaml") << spec;
+  CliRun r = run_cli({"drill", "--spec", dir_ + "/broken.yaml", "--image-dir", images, "--lab-dir", dir_ + "/lab",
+                      "--report", dir_ + "/report.json"},
+                     dir_ + "/drill.log");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  json::object report = read_report(dir_ + "/report.json");
+  ASSERT_FALSE(report.empty()) << r.output;
+  EXPECT_EQ(report.at("result").as_string(), "failed");
+  std::string reason(report.at("drill").at("reason").as_string());
+  EXPECT_NE(reason.find("rolled back to debian-v1"), std::string::npos) << reason;
+  EXPECT_NE(reason.find("app probe"), std::string::npos) << "the OS came up; its app did not: " << reason;
+  int on_v1 = 0;
+  for (const auto& iv : report.at("instances").as_array()) on_v1 += iv.at("image_after").as_string() == "debian-v1";
+  EXPECT_EQ(on_v1, 2) << "the broken guest is back on its old overlay, the other was never touched";
+  auto [requests, failed] = web_traffic(report);
+  EXPECT_GT(requests, 20);
+  EXPECT_EQ(failed, 0) << "the other instance served every client while the broken one was out";
+  EXPECT_EQ(qemu_processes_under(dir_), 0);
 }
 
 }  // namespace
