@@ -210,7 +210,11 @@ struct Controller::Impl {
   void start_traffic(DrillRun& d, std::thread& stats_thread, std::atomic<bool>& stats_stop);
   void stop_traffic(DrillRun& d, bool tail, std::thread& stats_thread, std::atomic<bool>& stats_stop);
   Status run_batch(DrillRun& d, BatchRun& b);
-  Status wait_ready(DrillRun& d, const std::vector<std::string>& host_ids, std::string_view why);
+  // Waits (up to the healthy timeout) until the hosts are Ready and their instances healthy and
+  // UP in the load balancer. `abortable`: an abort ends the wait (cancelled) — before a batch;
+  // after one, the hosts in flight are seen through.
+  Status wait_ready(DrillRun& d, const std::vector<std::string>& host_ids, std::string_view why,
+                    bool abortable);
   // Waits (bounded) until each host's mirror holds a poll that began after `since`, or the host
   // is unreachable: what its agent did up to `since` is then what the drill and report show.
   void await_fresh_polls(const std::vector<std::string>& host_ids, Clock::time_point since);

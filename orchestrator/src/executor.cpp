@@ -224,7 +224,7 @@ void Controller::Impl::maybe_replan(DrillRun& d) {
 }
 
 Status Controller::Impl::wait_ready(DrillRun& d, const std::vector<std::string>& host_ids,
-                                    std::string_view why) {
+                                    std::string_view why, bool abortable) {
   auto deadline = Clock::now() + scaled(d.spec.healthy_timeout_s, 1.0);
   std::string last;
   std::unique_lock lock(mu);
@@ -257,7 +257,7 @@ Status Controller::Impl::wait_ready(DrillRun& d, const std::vector<std::string>&
     }
     d.waiting_for = last;
     if (last.empty()) return {};
-    if (d.abort_requested) {
+    if (abortable && d.abort_requested) {
       d.waiting_for.clear();
       return make_error(Condition::cancelled, "aborted by request " + std::string(why) + " while " + last);
     }
@@ -424,7 +424,7 @@ Status Controller::Impl::run_batch(DrillRun& d, BatchRun& b) {
     await_fresh_polls(todo, jobs_ended);
   }
   if (failure.empty()) {
-    auto ready = wait_ready(d, b.hosts, "after batch " + std::to_string(b.index + 1));
+    auto ready = wait_ready(d, b.hosts, "after batch " + std::to_string(b.index + 1), false);
     if (!ready.ok()) failure = ready.error().message;
     if (!ready.ok() && ready.error().condition == Condition::cancelled) return ready.error();
   }
@@ -494,7 +494,7 @@ std::optional<std::pair<std::string, std::string>> Controller::Impl::run_walk(Dr
         pre = d.batches[index].hosts;
         if (index > 0) pre.insert(pre.end(), d.batches[index - 1].hosts.begin(), d.batches[index - 1].hosts.end());
       }
-      auto ready = wait_ready(d, pre, "before batch " + std::to_string(index + 1));
+      auto ready = wait_ready(d, pre, "before batch " + std::to_string(index + 1), true);
       if (!ready.ok()) {
         if (ready.error().condition == Condition::cancelled && !stopping) return End{"Aborted", ready.error().message};
         if (ready.error().condition == Condition::cancelled) return std::nullopt;
