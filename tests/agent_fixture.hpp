@@ -35,7 +35,7 @@ class AgentFixture : public ::testing::Test {
     agent::AgentOptions o = extra;
     o.host_id = "host-a";
     o.state_dir = dir_ + "/st";
-    o.guest_images_dirs = {testbed::default_images_dir()};
+    if (o.guest_images_dirs.empty()) o.guest_images_dirs = {testbed::default_images_dir()};
     if (!real) {
       o.hypervisor_uri = "test://" + dir_ + "/node.xml";
       o.heartbeat_period = 100ms;

@@ -171,7 +171,16 @@ void HostAgent::Impl::capture_after(GuestReport& r, const std::string& name) {
     dc.error = "after: no guest agent answered after the restart";
     return;
   }
+  // The guest agent answers before the app has mounted its data and started: while the command
+  // fails (a missing file, a non-zero exit) it is run again, up to the boot timeout. Once it
+  // succeeds its first output is judged: retrying a rule that does not hold would let a counter
+  // that restarted from zero count its way past the old value.
+  const auto deadline = Clock::now() + opt.boot_timeout;
   auto out = run_data_check(*d, dc.check);
+  while (!out.ok() && Clock::now() < deadline && !stopping) {
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    out = run_data_check(*d, dc.check);
+  }
   if (!out.ok()) {
     dc.error = "after: " + out.error().message;
     return;
@@ -217,6 +226,9 @@ Status HostAgent::Impl::wait_os_up(const std::string& name, Clock::time_point, m
                                                                : ": the VM did not run within ") +
                                               std::to_string(timeout.count()) + " ms after the start");
   }
+  logger("agent")->info("[host:{}] {}: OS up ({}) {} ms into the wait", opt.host_id, name,
+                        expect_agent ? "guest agent answered" : "VM running, no guest agent",
+                        std::chrono::duration_cast<milliseconds>(Clock::now() - (deadline - timeout)).count());
   return wait_app_probe(name, deadline);
 }
 

@@ -35,7 +35,7 @@ json::object GuestReport::to_json() const {
   o["signals"] = json::object{{"heartbeat", signal_heartbeat}, {"guest_agent", signal_guest_agent}};
   o["os_up"] = os_up;
   if (data_check) {
-    o["data_check"] = json::object{{"command", to_json(data_check->check)["command"]},
+    o["data_check"] = json::object{{"command", agent::to_json(data_check->check)["command"]},
                                    {"rule", data_check->check.rule},
                                    {"before", data_check->before},
                                    {"after", data_check->after},
@@ -77,9 +77,11 @@ Result<InstanceSpec> instance_spec_from_json(const json::object& o) {
   FL_ASSIGN_OR_RETURN(s.drain, get_bool_or(o, "drain", true));
   FL_ASSIGN_OR_RETURN(s.drain_ms, get_int_or(o, "drain_ms", 0, 600000, 0));
   if (const auto* dc = o.if_contains("data_check")) {
-    FL_ASSIGN_OR_RETURN(s.data_check, data_check_from_json(*dc, "field 'data_check'"));
+    FL_ASSIGN_OR_RETURN(s.data_check, data_check_from_json(*dc, "data_check"));
   }
-  if (const auto* pr = o.if_contains("probe")) FL_ASSIGN_OR_RETURN(s.probe, app_probe_from_json(*pr, "field 'probe'"));
+  if (const auto* pr = o.if_contains("probe")) {
+    FL_ASSIGN_OR_RETURN(s.probe, app_probe_from_json(*pr, "probe"));
+  }
   FL_ASSIGN_OR_RETURN(s.name, get_string(o, "name", 48, false));
   if (s.name.empty()) s.name = s.meta.service + "-" + std::to_string(s.meta.index);
   for (char c : s.name) {

@@ -280,7 +280,9 @@ Result<PersistedState> load_state(const std::string& path) {
     if (auto* dc = io.if_contains("data_check")) {
       FL_ASSIGN_OR_RETURN(r.data_check, data_check_from_json(*dc, path + ": data_check"));
     }
-    if (auto* pr = io.if_contains("probe")) FL_ASSIGN_OR_RETURN(r.probe, app_probe_from_json(*pr, path + ": probe"));
+    if (auto* pr = io.if_contains("probe")) {
+      FL_ASSIGN_OR_RETURN(r.probe, app_probe_from_json(*pr, path + ": probe"));
+    }
     s.instances.push_back(std::move(r));
   }
   if (auto* op = o.if_contains("operation"); op && op->is_object()) {

@@ -472,7 +472,7 @@ Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed
       }
       rec.meta.image = img.version;
     }
-    FL_RETURN_IF_ERROR(redefine_domain(rec).status());
+    if (auto d = redefine_domain(rec); !d.ok()) return d.error();
     std::lock_guard lock(mu);
     if (auto* r = record_locked(name)) *r = rec;
     state.operation = op;
@@ -490,7 +490,7 @@ Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed
     }
     rec.meta.image = op.previous_guest_image[name];
     rec.os_disk = op.previous_os_disk[name];
-    FL_RETURN_IF_ERROR(redefine_domain(rec).status());
+    if (auto d = redefine_domain(rec); !d.ok()) return d.error();
     std::lock_guard lock(mu);
     if (auto* r = record_locked(name)) *r = rec;
     state.operation = op;

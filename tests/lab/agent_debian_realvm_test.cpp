@@ -70,7 +70,7 @@ class AgentOnDebian : public AgentFixture {
   }
 
   // Waits until the instance's guest agent has answered (its signals say so) and its app has
-  // written its counter a few times.
+  // written its counter a few times (on a first boot the guest makes /data's file system first).
   void wait_guest_agent(const std::string& name) {
     auto deadline = std::chrono::steady_clock::now() + kUp;
     json::object last;
@@ -79,7 +79,7 @@ class AgentOnDebian : public AgentFixture {
       if (i.ok()) {
         last = *i;
         if (last["signals"].as_object()["guest_agent"].as_bool()) {
-          std::this_thread::sleep_for(3s);
+          std::this_thread::sleep_for(15s);
           return;
         }
       }
