@@ -2,9 +2,10 @@
 //
 // Per batch: gate (pause / step / abort) -> the plan, checked again against the cluster as it is
 // now (healing may have moved instances since it was made; then the hosts not yet walked are
-// planned again) -> every host of this and of the previous batch Ready and every instance on
-// them healthy -> one operation per host, started in parallel -> wait for every job -> the hosts
-// Ready and healthy again -> batch done -> recovery window (scaled) -> next batch.
+// planned again) -> every host of this and of the previous batch, and every host holding another
+// instance of a service this batch takes down, Ready with every instance on it healthy and in the
+// load balancer's rotation -> one operation per host, started in parallel -> wait for every job ->
+// the hosts Ready and healthy again -> batch done -> recovery window (scaled) -> next batch.
 //
 // Halting: a job that fails, a host that stops answering during its update, or a precondition
 // that does not hold within the healthy timeout fails the drill with the reason. The other hosts
@@ -493,6 +494,16 @@ std::optional<std::pair<std::string, std::string>> Controller::Impl::run_walk(Dr
         std::lock_guard lock(mu);
         pre = d.batches[index].hosts;
         if (index > 0) pre.insert(pre.end(), d.batches[index - 1].hosts.begin(), d.batches[index - 1].hosts.end());
+        // And the hosts of every other instance of the services this batch takes down: they are
+        // what serves meanwhile, so they must be healthy and in rotation first (a guest that
+        // boots slowly may be up for its agent before its app is up for the load balancer).
+        for (const auto& h : d.batches[index].hosts) {
+          for (const auto* i : cluster.instances_on(h)) {
+            for (const auto* sib : cluster.instances_of(i->service)) {
+              if (std::find(pre.begin(), pre.end(), sib->host) == pre.end()) pre.push_back(sib->host);
+            }
+          }
+        }
       }
       auto ready = wait_ready(d, pre, "before batch " + std::to_string(index + 1), true);
       if (!ready.ok()) {

@@ -169,6 +169,38 @@ std::string off_target_reason(const ReportInput& in, const ReportInstance& i) {
 
 std::string counter_text(int64_t v) { return v < 0 ? std::string("unknown") : std::to_string(v); }
 
+// Whether the instance carries the built-in guest's counter: not when its agent says the guest
+// offers no heartbeat (a guest that brings its own image; its data check is its proof instead).
+bool has_builtin_counter(const ReportInstance& i) { return !i.signals_reported || i.heartbeat; }
+
+// "counter kept": every instance with the built-in counter kept it; healed instances (new VMs)
+// and guests without the counter are named, not judged.
+json::object counter_check(const ReportInput& in) {
+  std::vector<std::string> lost, healed, none;
+  for (const ReportInstance& i : in.instances) {
+    if (i.healed) {
+      healed.push_back(fmt::format("{} ({} -> {})", i.name, i.host_before, i.host));
+    } else if (!has_builtin_counter(i)) {
+      none.push_back(i.name);
+    } else if (!counter_kept(i)) {
+      lost.push_back(fmt::format("{} ({} -> {})", i.name, counter_text(i.counter_before),
+                                 counter_text(i.counter_after)));
+    }
+  }
+  const size_t judged = in.instances.size() - healed.size() - none.size();
+  std::string detail = lost.empty() ? fmt::format("all {} counters kept", judged)
+                                    : fmt::format("counter lost or unknown: {}", name_list(lost));
+  if (lost.empty() && !healed.empty()) {
+    detail += fmt::format("; {} healed on a new host (new VM, counter restarted): {}", healed.size(),
+                          name_list(healed));
+  }
+  if (!none.empty()) {
+    detail += fmt::format("; no built-in counter (no heartbeat; the data check is their proof): {}",
+                          name_list(none));
+  }
+  return check("counter kept", lost.empty(), std::move(detail));
+}
+
 json::object drill_json(const ReportInput& in) {
   const int64_t window = window_end(in) - in.started_ms;
   return json::object{
@@ -564,16 +596,11 @@ json::object build_report(const ReportInput& in) {
                    {"reason", in.traffic_measured ? std::string() : in.traffic_reason}};
 
   json::array instances;
-  std::vector<std::string> unhealthy, off_target, counters, healed;
+  std::vector<std::string> unhealthy, off_target;
   for (const ReportInstance& i : in.instances) {
-    if (i.healed) healed.push_back(fmt::format("{} ({} -> {})", i.name, i.host_before, i.host));
     instances.emplace_back(instance_json(in, i));
     if (!i.healthy_at_end) unhealthy.push_back(i.name);
     if (!instance_on_target(in, i)) off_target.push_back(off_target_reason(in, i));
-    if (!i.healed && !counter_kept(i)) {
-      counters.push_back(fmt::format("{} ({} -> {})", i.name, counter_text(i.counter_before),
-                                     counter_text(i.counter_after)));
-    }
   }
   report["instances"] = std::move(instances);
 
@@ -603,14 +630,7 @@ json::object build_report(const ReportInput& in) {
   }
   checks.emplace_back(
       check("on target", known_kind && off_target.empty(), std::move(target_detail)));
-  checks.emplace_back(check(
-      "counter kept", counters.empty(),
-      counters.empty()
-          ? (healed.empty() ? fmt::format("all {} counters kept", n)
-                            : fmt::format("all {} counters kept; {} healed on a new "
-                                          "host (new VM, counter restarted): {}",
-                                          n - healed.size(), healed.size(), name_list(healed)))
-          : fmt::format("counter lost or unknown: {}", name_list(counters))));
+  checks.emplace_back(counter_check(in));
   checks.emplace_back(check("services kept serving", lost.empty(),
                             lost.empty() ? std::string("every service with an SLA kept serving")
                                          : fmt::format("lost availability: {}", name_list(lost))));

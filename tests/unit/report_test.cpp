@@ -915,6 +915,24 @@ TEST(ReportGuestHealth, NoCheckWhenTheWalkRestartedNothing) {
   EXPECT_EQ(r.at("instances").as_array()[0].at("health_after_restart").as_string(), "");
 }
 
+TEST(ReportGuestHealth, AGuestWithoutTheHeartbeatHasNoBuiltInCounterToJudge) {
+  ReportInput in = drill({debian("web-0", 0), debian("web-1", 1)});
+  for (auto& i : in.instances) i.counter_before = i.counter_after = -1;  // what the agent knows of them
+  auto r = build_report(in);
+  EXPECT_TRUE(passed(r, "counter kept")) << detail(r, "counter kept");
+  EXPECT_EQ(detail(r, "counter kept"),
+            "all 0 counters kept; no built-in counter (no heartbeat; the data check is their proof): web-0, web-1");
+  // A guest that heartbeats has the counter: unknown is still a failure.
+  in.instances[1].heartbeat = true;
+  r = build_report(in);
+  EXPECT_FALSE(passed(r, "counter kept"));
+  EXPECT_NE(detail(r, "counter kept").find("counter lost or unknown: web-1 (unknown -> unknown)"), std::string::npos);
+  // So is an agent that does not say (an older agent: the built-in guest).
+  in.instances[1].heartbeat = false;
+  in.instances[1].signals_reported = false;
+  EXPECT_FALSE(passed(build_report(in), "counter kept"));
+}
+
 TEST(ReportGuestHealth, BootIdsTellARebootFromAMemoryPreservingUpdate) {
   ReportInstance i = debian("web-0", 0);
   EXPECT_EQ(boot_verdict(i), "rebooted");

@@ -279,7 +279,9 @@ std::string boot_verdict(const ReportInstance& i);
 // (down) until then.
 //
 // The checks, in this order, each naming what fails: "drill completed" (state is Completed),
-// "healthy at end", "on target" (instance_on_target), "counter kept" (counter_kept), "services
+// "healthy at end", "on target" (instance_on_target), "counter kept" (counter_kept; healed
+// instances and guests whose agent reports no heartbeat, i.e. without the built-in counter, are
+// named instead of judged), "services
 // kept serving" (every service with sla_applies was always_available), and, only when traffic was
 // measured, "clients kept served": every service with a traffic entry, >= 2 instances (in the
 // input) and drain on had requests and none failed; the detail names each failing service with
