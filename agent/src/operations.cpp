@@ -78,8 +78,14 @@ void HostAgent::Impl::set_step(Job& job, OperationRecord& op, UpdateStep s) {
   cv.notify_all();
   logger("agent")->info("[host:{}][job:{}] {}", opt.host_id, job.id, to_string(s));
   publish("host.state", {{"state", "Updating"}, {"step", to_string(s)}, {"job", job.id}});
-  // The guests see the event Started as soon as the host begins stopping them.
-  if (s >= UpdateStep::stopping_guests) start_event();
+  // The guests see the event Started as soon as the host begins stopping them, and no event once
+  // they run again (Azure lists an event until the VM is back): a guest that stays out of
+  // rotation while an event names it would otherwise never pass the verification's app probe.
+  if (s == UpdateStep::verifying) {
+    end_event();
+  } else if (s >= UpdateStep::stopping_guests) {
+    start_event();
+  }
 }
 
 Status HostAgent::Impl::notify_guests(Job& job, const OperationRecord& op,
@@ -255,7 +261,7 @@ void HostAgent::Impl::run_job(const std::string& id, bool resumed) {
   publish("job.started", {{"job", id}, {"request", agent::to_json(op.request)}, {"resumed", resumed}});
   Status result;
   bool rolled_back = false;
-  if (resumed && op.step >= UpdateStep::stopping_guests) resume_event(op);
+  if (resumed && op.step >= UpdateStep::stopping_guests && op.step < UpdateStep::verifying) resume_event(op);
   if (resumed && op.step <= UpdateStep::stopping_guests) {
     rollback_stopped(op, "the agent restarted during " + std::string(to_string(op.step)));
     result = make_error(Condition::cancelled, "the agent restarted during " + std::string(to_string(op.step)) +

@@ -594,6 +594,34 @@ void Lab::stop_network_services() {
   }
 }
 
+namespace {
+
+// The backends of every load-balanced service that are not UP yet ("web-0 (DOWN), ..."); "" when
+// all are.
+Result<std::string> backends_not_up(const OrchestratorClient& api) {
+  FL_ASSIGN_OR_RETURN(auto services, api.get("/v1/services"));
+  std::string out;
+  if (!services.is_array()) return out;
+  for (const auto& sv : services.as_array()) {
+    const auto* backends = sv.is_object() ? sv.as_object().if_contains("backends") : nullptr;
+    if (!backends || !backends->is_array()) continue;
+    for (const auto& b : backends->as_array()) {
+      if (!b.is_object()) continue;
+      const auto& o = b.as_object();
+      const auto* state = o.if_contains("state");
+      if (state && state->is_string() && state->as_string() == "UP") continue;
+      const auto* name = o.if_contains("instance");
+      if (out.size() < 200) {
+        out += (out.empty() ? "" : ", ") + std::string(name && name->is_string() ? name->as_string() : "?") +
+               " (" + std::string(state && state->is_string() ? state->as_string() : "?") + " in the load balancer)";
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 Status Lab::populate(const DrillFileSpec& spec, std::chrono::milliseconds healthy_timeout) {
   FL_ASSIGN_OR_RETURN(auto api, OrchestratorClient::from_url(orchestrator_url(), token_));
   for (const auto& a : agents_) {
@@ -625,7 +653,13 @@ Status Lab::populate(const DrillFileSpec& spec, std::chrono::milliseconds health
         }
       }
     }
-    if (healthy == total) return {};
+    // With a load balancer, a guest is serving once its app answers the probe: a guest that
+    // brings its own image runs (healthy) long before its app does, and the drill's clients
+    // start right away.
+    if (healthy == total && guest_network_) {
+      FL_ASSIGN_OR_RETURN(waiting, backends_not_up(api));
+    }
+    if (healthy == total && waiting.empty()) return {};
     last = std::to_string(healthy) + "/" + std::to_string(total) + " healthy; waiting for " + waiting;
     if (!sleep_unless_interrupted(250ms)) return make_error(Condition::cancelled, "interrupted");
   }
