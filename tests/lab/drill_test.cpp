@@ -39,7 +39,11 @@ struct CliRun {
 
 std::string slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  try {
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  } catch (const std::ios_base::failure&) {
+    return {};  // libstdc++ throws on a failed read(2): a /proc file of a process that just exited
+  }
 }
 
 std::string spec_path(const std::string& name) { return std::string(FABRICLAB_SPECS_DIR) + "/" + name + ".yaml"; }

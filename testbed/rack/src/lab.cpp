@@ -38,7 +38,14 @@ constexpr const char* kLabFile = "lab.json";
 
 std::string read_file(const std::string& path, size_t max = 1 << 20) {
   std::ifstream in(path, std::ios::binary);
-  std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string s;
+  try {
+    s.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  } catch (const std::ios_base::failure&) {
+    // libstdc++'s filebuf throws when read(2) fails, whatever the stream's exception mask: a
+    // /proc file of a process that exits while we scan (ESRCH). It reads as empty: gone.
+    return {};
+  }
   if (s.size() > max) s.erase(0, s.size() - max);
   return s;
 }
