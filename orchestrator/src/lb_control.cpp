@@ -130,7 +130,8 @@ std::string Controller::Impl::lb_not_serving_locked(const Service& s, const std:
   if (it == lb_states.end() || it->second.service != s.name) {
     return "instance " + name + " is not a backend of the load balancer yet";
   }
-  if (it->second.state == "UP") return "";
+  if (it->second.serving()) return "";
+  if (it->second.state == "UP") return "instance " + name + " is UP in the load balancer but not checked yet";
   return "instance " + name + " is " + it->second.state + " in the load balancer" +
          (it->second.check.empty() ? "" : " (" + it->second.check + ")");
 }
@@ -140,7 +141,7 @@ void Controller::Impl::note_app_up_locked(const std::map<std::string, LbServerSt
   if (!active) return;
   for (const auto& [name, at] : active->restarted_at) {
     auto it = now.find(name);
-    if (it != now.end() && it->second.state == "UP" && began >= at) active->app_up.insert(name);
+    if (it != now.end() && it->second.serving() && began >= at) active->app_up.insert(name);
   }
 }
 

@@ -616,7 +616,12 @@ Result<std::string> backends_not_up(const OrchestratorClient& api) {
       if (!b.is_object()) continue;
       const auto& o = b.as_object();
       const auto* state = o.if_contains("state");
-      if (state && state->is_string() && state->as_string() == "UP") continue;
+      const auto* check = o.if_contains("check");
+      // HAProxy starts a server UP before its first check: serving means UP with a check passed.
+      if (state && state->is_string() && state->as_string() == "UP" && check && check->is_string() &&
+          orchestrator::LbServerState::passed_check(std::string(check->as_string()))) {
+        continue;
+      }
       const auto* name = o.if_contains("instance");
       if (out.size() < 200) {
         out += (out.empty() ? "" : ", ") + std::string(name && name->is_string() ? name->as_string() : "?") +

@@ -91,6 +91,13 @@ struct LbServerState {
   std::string check;     // e.g. "L7OK 200", "L7STS 503", "L4CON", "L4TOUT", "" (not checked yet)
   std::string detail;    // HAProxy's check description ("Layer4 connection problem", ...)
   bool operator==(const LbServerState&) const = default;
+
+  // Serving: UP *and* its last check passed. HAProxy starts a new server UP before its first
+  // check, so UP alone would call a guest whose app has not started yet serving.
+  bool serving() const { return state == "UP" && passed_check(check); }
+  static bool passed_check(const std::string& c) {
+    return c.rfind("L7OK", 0) == 0 || c.rfind("L6OK", 0) == 0 || c.rfind("L4OK", 0) == 0;
+  }
 };
 
 // Parses `show stat` CSV (columns found by the header line) into the servers of the be_*
