@@ -322,7 +322,10 @@ Result<hypervisor::Domain> HostAgent::Impl::define_domain(const InstanceRecord& 
     // A guest with its own OS disk boots its own way (its cmdline, DHCP for its address); the
     // overlay was made when the instance was created or reimaged.
     if (rec.os_disk.empty()) return make_error(Condition::internal, rec.name + ": no OS disk overlay");
-    s.boot.cmdline = image.cmdline;
+    // The drain switches go along (an Azure-style handler in the guest may read them, as the
+    // Debian image's does); any other guest ignores them.
+    s.boot.cmdline = image.cmdline + " fabriclab.drain=" + (rec.drain ? "1" : "0") +
+                     " fabriclab.drain_ms=" + std::to_string(drain_of(rec).count());
     s.os_disk = rec.os_disk;
     s.os_disk_format = "qcow2";
   }
