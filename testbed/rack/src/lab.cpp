@@ -359,6 +359,22 @@ Result<Lab> Lab::attach(const std::string& dir) {
   return lab;
 }
 
+namespace {
+
+// Whether the spec boots an image other than the built-in guests (v1, v2, v3-broken).
+bool own_images(const DrillFileSpec& spec) {
+  auto builtin = [](const std::string& v) { return v == "v1" || v == "v2" || v == "v3-broken"; };
+  for (const auto& s : spec.services) {
+    if (!builtin(s.image)) return true;
+  }
+  for (const auto& u : spec.updates) {
+    if (u.kind == "guest-os" && !builtin(u.target)) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
   std::error_code ec;
   if (fs::exists(options.dir + "/" + kLabFile, ec)) {
@@ -467,7 +483,9 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
       // A TCG guest boots in ~8 s alone and ~15 s beside its neighbours on 2 cores; a patch that
       // never heartbeats is declared failed (and rolled back) after a minute, not the default two.
       // Healthy = a heartbeat within 5 s: TCG guests on a busy 2-core machine stall for seconds.
-      argv.insert(argv.end(), {"--boot-timeout-ms", "60000", "--healthy-periods", "5"});
+      // A guest that brings its own OS (a Debian guest: systemd, its app, its guest agent) takes
+      // 20-60 s to answer under TCG, more beside other guests: it gets three minutes.
+      argv.insert(argv.end(), {"--boot-timeout-ms", own_images(spec) ? "180000" : "60000", "--healthy-periods", "5"});
     }
     if (lab.guest_network_) {
       argv.insert(argv.end(), {"--guest-bridge", netns::kGuestBridge, "--guest-subnet", netns::guest_subnet(i),
