@@ -7,6 +7,7 @@
 // idempotent and the guests are down anyway. Either way no guest that was running stays stopped
 // without the job and the feed saying which.
 
+#include <functional>
 #include <thread>
 
 #include "agent_impl.hpp"
@@ -450,10 +451,9 @@ Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed
     }
     set_step(job, op, UpdateStep::swapping_image);
   }
-  // Point every stopped guest's next boot at the target image: a guest with its own OS disk gets
-  // a fresh overlay on the target (Azure's reimage: the data disk is kept). Idempotent, so a
-  // restarted agent redoes it without making a second overlay.
-  auto point_at = [&](const std::string& name, const GuestImageInfo& img) -> Status {
+  // Edits a copy of the instance's record with `change`, redefines the stopped domain from it and
+  // persists the record with the operation.
+  auto redefine_with = [&](const std::string& name, const std::function<Status(InstanceRecord&)>& change) -> Status {
     std::lock_guard lv(lv_mu);
     InstanceRecord rec;
     {
@@ -462,12 +462,23 @@ Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed
       if (!r) return make_error(Condition::not_found, "instance '" + name + "' vanished");
       rec = *r;
     }
-    if (!op.previous_guest_image.count(name)) {
-      op.previous_guest_image[name] = rec.meta.image;
-      op.previous_os_disk[name] = rec.os_disk;
-    }
-    const bool done = rec.meta.image == img.version && rec.os_disk != op.previous_os_disk[name];
-    if (!done) {
+    FL_RETURN_IF_ERROR(change(rec));
+    if (auto d = redefine_domain(rec); !d.ok()) return d.error();
+    std::lock_guard lock(mu);
+    if (auto* r = record_locked(name)) *r = rec;
+    state.operation = op;
+    return persist_locked();
+  };
+  // Point every stopped guest's next boot at the target image: a guest with its own OS disk gets
+  // a fresh overlay on the target (Azure's reimage: the data disk is kept). Idempotent, so a
+  // restarted agent redoes it without making a second overlay.
+  auto point_at = [&](const std::string& name, const GuestImageInfo& img) -> Status {
+    return redefine_with(name, [&](InstanceRecord& rec) -> Status {
+      if (!op.previous_guest_image.count(name)) {
+        op.previous_guest_image[name] = rec.meta.image;
+        op.previous_os_disk[name] = rec.os_disk;
+      }
+      if (rec.meta.image == img.version && rec.os_disk != op.previous_os_disk[name]) return {};  // done
       if (!img.builtin()) {
         FL_RETURN_IF_ERROR(check_disk_reserve(vm_dir(), bytes_needed(img, 0, true), opt.disk_reserve_mib << 20));
         FL_ASSIGN_OR_RETURN(rec.os_disk, create_os_overlay(instance_files_dir(vm_dir(), name), img, rec.os_gen + 1,
@@ -477,30 +488,16 @@ Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed
         rec.os_disk.clear();
       }
       rec.meta.image = img.version;
-    }
-    if (auto d = redefine_domain(rec); !d.ok()) return d.error();
-    std::lock_guard lock(mu);
-    if (auto* r = record_locked(name)) *r = rec;
-    state.operation = op;
-    return persist_locked();
+      return {};
+    });
   };
   // Rollback: back on the previous image and the overlay it ran on (kept until now for this).
   auto point_back = [&](const std::string& name) -> Status {
-    std::lock_guard lv(lv_mu);
-    InstanceRecord rec;
-    {
-      std::lock_guard lock(mu);
-      auto* r = record_locked(name);
-      if (!r) return make_error(Condition::not_found, "instance '" + name + "' vanished");
-      rec = *r;
-    }
-    rec.meta.image = op.previous_guest_image[name];
-    rec.os_disk = op.previous_os_disk[name];
-    if (auto d = redefine_domain(rec); !d.ok()) return d.error();
-    std::lock_guard lock(mu);
-    if (auto* r = record_locked(name)) *r = rec;
-    state.operation = op;
-    return persist_locked();
+    return redefine_with(name, [&](InstanceRecord& rec) -> Status {
+      rec.meta.image = op.previous_guest_image[name];
+      rec.os_disk = op.previous_os_disk[name];
+      return {};
+    });
   };
   if (op.step == UpdateStep::swapping_image) {
     for (const auto& name : op.stopped) {
