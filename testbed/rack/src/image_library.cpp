@@ -28,6 +28,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "fabriclab/common/json.hpp"
 #include "fabriclab/hypervisor/disk_image.hpp"
 
 namespace fabriclab::rack {
@@ -147,15 +148,6 @@ void clear_leftovers(const std::string& dir, const std::string& name, bool liste
   std::error_code ec;
   fs::remove_all(dir + "/.add-" + name, ec);
   if (!listed) fs::remove_all(dir + "/" + name, ec);
-}
-
-std::string utc_now() {
-  std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
 }
 
 // A kernel or initrd given for boot: kernel: a regular, non-empty file within the size limit; a
@@ -329,7 +321,7 @@ Result<agent::GuestImageInfo> add_image(const std::string& library,
     source["kernel"] = fs::absolute(r.kernel).string();
     source["initrd"] = fs::absolute(r.initrd).string();
   }
-  entry["added_at"] = utc_now();
+  entry["added_at"] = rfc3339_now();
   entry["source"] = std::move(source);
   manifest["library"] = "fabriclab image";
   manifest["images"].as_array().push_back(std::move(entry));
