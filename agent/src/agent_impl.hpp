@@ -85,6 +85,10 @@ struct GuestReport {
   json::object to_json() const;
 };
 
+struct Job;
+// The job's report of guest `name`, added when it has none yet.
+GuestReport* report_of(Job& job, const std::string& name);
+
 // Fills the report's "before" side from the guest's newest heartbeat (mu held).
 void record_before(GuestReport& r, const GuestSlot& slot);
 // Fills the "after" side from the first heartbeat since the guest was started (mu held).

@@ -101,14 +101,7 @@ void HostAgent::Impl::capture_before(Job& job, const std::vector<std::string>& g
     bool builtin = true, seen = false;
     {
       std::lock_guard lock(mu);
-      for (auto& g : job.guests) {
-        if (g.name == name) r = &g;
-      }
-      if (!r) {
-        job.guests.push_back(GuestReport{});
-        r = &job.guests.back();
-        r->name = name;
-      }
+      r = report_of(job, name);
       builtin = builtin_locked(name);
       auto& slot = slots[name];
       seen = slot.agent_seen;

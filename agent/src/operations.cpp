@@ -25,6 +25,11 @@ int64_t ms_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration_cast<milliseconds>(b - a).count();
 }
 
+// A data check, when the guest has one, held (a job's guest is not ok otherwise).
+bool data_held(const GuestReport& r) { return !r.data_check || r.data_check->ok; }
+
+}  // namespace
+
 GuestReport* report_of(Job& job, const std::string& name) {
   for (auto& r : job.guests) {
     if (r.name == name) return &r;
@@ -33,11 +38,6 @@ GuestReport* report_of(Job& job, const std::string& name) {
   job.guests.back().name = name;
   return &job.guests.back();
 }
-
-// A data check, when the guest has one, held (a job's guest is not ok otherwise).
-bool data_held(const GuestReport& r) { return !r.data_check || r.data_check->ok; }
-
-}  // namespace
 
 void record_before(GuestReport& r, const GuestSlot& slot) {
   if (!slot.last_hb) return;
