@@ -281,6 +281,29 @@ void print_summary(const json::object& report, std::ostream& out) {
                            str(s, "name"), num("requests"), num("failed"), num("success_percent"),
                            num("longest_failure_run_s"), num("p50_ms"), num("p99_ms"),
                            str(s, "traffic_note").empty() ? "" : "; " + str(s, "traffic_note"));
+        // What failed requests got, for a checked service (a short list: the report has them all).
+        auto* checked = st.if_contains("checked");
+        auto* runs = st.if_contains("failure_runs");
+        if (!checked || !checked->is_bool() || !checked->as_bool() || !runs || !runs->is_array()) continue;
+        size_t shown = 0;
+        for (const auto& rv : runs->as_array()) {
+          if (!rv.is_object() || ++shown > 5) break;
+          const auto& run = rv.as_object();
+          std::string causes;
+          if (auto* cv = run.if_contains("causes"); cv && cv->is_array()) {
+            for (const auto& c : cv->as_array()) {
+              if (!c.is_object()) continue;
+              auto* n = c.as_object().if_contains("count");
+              causes += fmt::format("{}{} x{}", causes.empty() ? "" : ", ", str(c.as_object(), "what"),
+                                    n && n->is_number() ? n->to_number<int64_t>() : 0);
+            }
+          }
+          auto at = [&run](std::string_view k) {
+            auto* v = run.if_contains(k);
+            return v && v->is_number() ? v->to_number<double>() : 0.0;
+          };
+          out << fmt::format("    failed {:.1f}-{:.1f} s: {}\n", at("from_s"), at("to_s"), causes);
+        }
       }
     }
   }

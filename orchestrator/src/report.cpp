@@ -296,6 +296,22 @@ json::object service_json(const ReportService& s, const ServiceAvailability& a, 
 
 bool request_failed(const ReportRequest& r) { return r.status < 200 || r.status >= 400; }
 
+// What a failed request got, for its run's causes: the status and who answered, or the error.
+std::string failure_cause(const ReportRequest& r) {
+  std::string what = r.status > 0 ? "HTTP " + std::to_string(r.status)
+                                  : (r.error.empty() ? std::string("no response") : r.error);
+  if (!r.served_by.empty()) what += " from " + r.served_by;
+  return what;
+}
+
+json::array causes_json(const std::map<std::string, int64_t>& causes) {
+  std::vector<std::pair<std::string, int64_t>> sorted(causes.begin(), causes.end());
+  std::stable_sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+  json::array out;
+  for (const auto& [what, n] : sorted) out.emplace_back(json::object{{"what", what}, {"count", n}});
+  return out;
+}
+
 // The nearest-rank percentile p (0..100) of sorted values.
 int64_t percentile(const std::vector<int64_t>& sorted, double p) {
   if (sorted.empty()) return -1;
@@ -321,7 +337,8 @@ json::object traffic_json(const ReportInput& in, const ReportTraffic& t, const T
   for (const auto& r : runs) {
     run_list.emplace_back(json::object{{"from_s", seconds(r.from_ms - in.started_ms)},
                                        {"to_s", seconds(r.to_ms - in.started_ms)},
-                                       {"count", r.count}});
+                                       {"count", r.count},
+                                       {"causes", causes_json(r.causes)}});
   }
   return json::object{
       {"requests", m.requests},
@@ -434,6 +451,9 @@ TrafficSummary traffic_summary(const ReportTraffic& t) {
     if (run.count == 0) run.from_ms = r->t_ms;
     run.to_ms = r->t_ms;
     run.count++;
+    std::string cause = failure_cause(*r);
+    if (!run.causes.contains(cause) && run.causes.size() >= TrafficSummary::kMaxFailureCauses) cause = "other";
+    run.causes[cause]++;
   }
   close_run();
   if (m.requests > 0) {

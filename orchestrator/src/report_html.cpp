@@ -543,11 +543,17 @@ void service_timeline(std::string& out, std::string_view service, std::vector<Ro
       auto from = num(ro, "from_s"), to = num(ro, "to_s");
       if (!from || !to || *to < 0 || *from > duration) continue;  // outside the window
       const double x0 = x(*from), x1 = x(*to);
+      std::string causes;
+      for (const json::value& c : arr(ro, "causes")) {
+        const json::object* co = c.if_object();
+        causes += fmt::format("{} {} x{}", causes.empty() ? ":" : ",", str(co, "what"),
+                              number_or_dash(num(co, "count"), 0));
+      }
       out += fmt::format(
           "<rect class=\"fail\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"><title>{} clients: {} "
-          "failed from {} s to {} s</title></rect>",
+          "failed from {} s to {} s{}</title></rect>",
           number(x0, 2), number(bar_y, 1), number(std::max(x1 - x0, 2.0), 2), number(kBarHeight, 0),
-          esc(service), number_or_dash(num(ro, "count"), 0), number(*from), number(*to));
+          esc(service), number_or_dash(num(ro, "count"), 0), number(*from), number(*to), esc(causes));
     }
   }
   out += "</svg>\n";

@@ -450,6 +450,9 @@ TEST(ReportTraffic, SummaryCountsRunsAndLatencyInSendOrder) {
   EXPECT_EQ(m.failure_runs[0].count, 3);
   EXPECT_EQ(m.failure_runs[1].from_ms, kStart + 1600);
   EXPECT_EQ(m.failure_runs[1].count, 1);
+  // Each run says what its requests got: the status and who answered, or the error.
+  EXPECT_EQ(m.failure_runs[0].causes, (std::map<std::string, int64_t>{{"timeout", 2}, {"HTTP 503 from web-0", 1}}));
+  EXPECT_EQ(m.failure_runs[1].causes, (std::map<std::string, int64_t>{{"timeout", 1}}));
   EXPECT_EQ(m.longest_failure_run_ms, 200);
   // Answered: 30, 5 (the 503 answered), 40, 20, 10 -> sorted 5 10 20 30 40.
   EXPECT_EQ(m.p50_latency_ms, 20);
@@ -507,6 +510,10 @@ TEST(ReportTraffic, AFailedRequestToAServiceWithTwoDrainingInstancesFailsTheChec
   EXPECT_DOUBLE_EQ(runs[0].at("from_s").as_double(), 100.0);  // relative to the drill start
   EXPECT_DOUBLE_EQ(runs[0].at("to_s").as_double(), 100.2);
   EXPECT_EQ(runs[0].at("count").as_int64(), 3);
+  const json::array& causes = runs[0].at("causes").as_array();
+  ASSERT_EQ(causes.size(), 1u);
+  EXPECT_EQ(causes[0].at("what").as_string(), "connect: Connection refused");
+  EXPECT_EQ(causes[0].at("count").as_int64(), 3);
   EXPECT_DOUBLE_EQ(runs[1].at("from_s").as_double(), 200.5);
   EXPECT_EQ(runs[1].at("count").as_int64(), 5);
   EXPECT_EQ(service_named(r, "web").at("traffic_note").as_string(),
@@ -650,10 +657,10 @@ TEST(ReportHtml, ShowsTheTrafficTableAndFailuresOnTheTimelineAxis) {
             std::string::npos);
   EXPECT_NE(html.find("web-0: 3005, web-1: 3007"), std::string::npos);
   // A red mark per failure run inside the window, on the service's own "clients" lane.
-  EXPECT_NE(html.find("<title>web clients: 3 failed from 100 s to 100.2 s</title>"),
+  EXPECT_NE(html.find("<title>web clients: 3 failed from 100 s to 100.2 s: connect: Connection refused x3</title>"),
             std::string::npos);
   EXPECT_EQ(html.find("web clients: 5 failed from -1 s"), std::string::npos);  // before the start
-  EXPECT_NE(html.find("<title>hello clients: 110 failed from 300 s to 310.9 s</title>"),
+  EXPECT_NE(html.find("<title>hello clients: 110 failed from 300 s to 310.9 s: connect: Connection refused x110</title>"),
             std::string::npos);
   EXPECT_LT(html.find("web clients: 3 failed"), html.find("<h3>hello</h3>"));
   EXPECT_EQ(html.find("not measured"), std::string::npos);

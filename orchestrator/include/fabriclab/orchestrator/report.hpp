@@ -166,7 +166,11 @@ struct TrafficSummary {
   // Each run of failures: [from_ms, to_ms] send times, and how many failed in it.
   struct Run {
     int64_t from_ms = 0, to_ms = 0, count = 0;
+    // What the failed requests got, e.g. "HTTP 503 from web-1" or "connect: Connection refused":
+    // at most kMaxFailureCauses distinct ones, the rest counted under "other".
+    std::map<std::string, int64_t> causes;
   };
+  static constexpr size_t kMaxFailureCauses = 8;
   std::vector<Run> failure_runs;
 };
 TrafficSummary traffic_summary(const ReportTraffic& t);
