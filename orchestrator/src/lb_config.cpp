@@ -7,10 +7,11 @@
 // nothing and '#' is not a comment). A service that does not pass is left out, with a comment
 // that repeats none of its text.
 //
-// Timeouts follow the probe interval: a connection to a backend that vanished (its host
-// stopped) fails after `timeout connect` = the interval (0.2 .. 2 s) instead of the kernel's
-// several seconds, so a client sees a fast 503 rather than a hang. A check connects within
-// min(timeout connect, inter) and then waits for its answer at least 1 s (kMinCheckReadMs).
+// Timeouts: a client's connection to a backend that vanished (its host stopped) fails after
+// `timeout connect` = the interval clamped to 1 .. 2 s (kMinConnectMs) instead of the kernel's
+// several seconds, so a client sees a 503 rather than a hang. A check connects within
+// min(timeout connect, inter), so a stopped guest is still noticed within the interval, and then
+// waits for its answer at least 1 s (kMinCheckReadMs).
 
 #include <algorithm>
 #include <charconv>
@@ -31,6 +32,11 @@ Error bad(const std::string& what) { return make_error(Condition::invalid_argume
 // took healthy guests out of rotation (two in a row: both backends of a service DOWN at once).
 // The connect part stays at the interval, so a stopped guest is still noticed within it.
 constexpr int kMinCheckReadMs = 1000;
+// How long a client's request may wait for a backend to accept its connection. A TCG guest on
+// a loaded machine (CI: two real-VM tests side by side) now and then takes over 200 ms to answer
+// a SYN; a connect timeout at a 200 ms interval failed those requests with 503 ("sC--" in
+// haproxy.log) while the guest was healthy and in rotation.
+constexpr int kMinConnectMs = 1000;
 
 bool is_probe_path_text(std::string_view p) {
   if (p.empty() || p.size() > kMaxProbePathBytes || p[0] != '/') return false;
@@ -165,8 +171,15 @@ std::string render_haproxy_config(const std::vector<LbService>& services, const 
     out += fmt::format("  hard-stop-after {}ms\n", settings.hard_stop_after_ms);
   }
   if (state_file) out += fmt::format("  server-state-file '{}'\n", settings.server_state_file);
+  // Every failed request is logged (to HAProxy's stderr, the rack's haproxy.log) with its timers
+  // and termination state ("SC--": the server refused or did not answer the connect), so that a
+  // client's failure can be matched to what the backend did; served requests are not logged.
+  out += "  log stderr format iso local0 info\n";
   out += "\ndefaults\n";
   out += "  mode http\n";
+  out += "  log global\n";
+  out += "  option httplog\n";
+  out += "  option dontlog-normal\n";
   out += "  timeout connect 2s\n";
   out += "  timeout client 30s\n";
   out += "  timeout server 30s\n";
@@ -191,7 +204,7 @@ std::string render_haproxy_config(const std::vector<LbService>& services, const 
       out += fmt::format("\n# services[{}] left out: it failed check_lb_service\n", i);
       continue;
     }
-    const int connect_ms = clamp_ms(s.interval_ms, 200, 2000);
+    const int connect_ms = clamp_ms(s.interval_ms, kMinConnectMs, 2000);
     out += fmt::format("\nfrontend fe_{}\n", s.name);
     out += fmt::format("  bind {}:{}\n", s.vip, s.port);
     out += fmt::format("  default_backend be_{}\n", s.name);

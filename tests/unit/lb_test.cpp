@@ -180,7 +180,7 @@ TEST(HaproxyConfig, OneFrontendAndBackendPerServiceWithAzuresProbeRules) {
   EXPECT_TRUE(contains(text, "  retries 0\n"));
   EXPECT_TRUE(contains(text, "  no option redispatch\n"));
   EXPECT_FALSE(contains(text, "\n  option redispatch"));
-  EXPECT_TRUE(contains(text, "  timeout connect 500ms\n"));
+  EXPECT_TRUE(contains(text, "  timeout connect 1000ms\n"));  // a loaded guest's SYN-ACK gets 1 s
   EXPECT_TRUE(contains(text, "  timeout check 1000ms\n"));  // a loaded guest's answer gets 1 s
   EXPECT_TRUE(contains(text, "  server web-0 198.19.0.10:80 check\n  server web-1 198.19.1.10:80 check\n"));
   // Backends come after their frontend, the health listener first.
@@ -196,7 +196,8 @@ TEST(HaproxyConfig, TimeoutsFollowTheIntervalWithinBounds) {
   EXPECT_TRUE(contains(text, "inter 60000ms fall 2"));
   auto fast = web();
   fast.interval_ms = 200;
-  EXPECT_TRUE(contains(render_haproxy_config({fast}, {}), "timeout connect 200ms\n"));
+  EXPECT_TRUE(contains(render_haproxy_config({fast}, {}), "timeout connect 1000ms\n"));
+  EXPECT_TRUE(contains(render_haproxy_config({fast}, {}), "inter 200ms fall 2"));
   EXPECT_TRUE(contains(render_haproxy_config({fast}, {}), "timeout check 1000ms\n"));
 }
 
