@@ -1,4 +1,4 @@
-// Health and data for any guest (issue 12): the signals an operation reads besides our own
+// Health and data for any guest (docs/own-image.md): the signals an operation reads besides our own
 // channel's heartbeats. A guest that runs qemu-guest-agent (the libvirt convention) tells the
 // agent that its OS is up (agent lifecycle events, guest-ping), gives its boot id and runs the
 // service's data check (guest-exec). Whether its app is up is the load balancer's probe, which

@@ -267,13 +267,13 @@ Result<PersistedState> load_state(const std::string& path) {
     r.memory_mib = static_cast<uint32_t>(mem);
     FL_ASSIGN_OR_RETURN(r.want_running, get_bool_or(io, "want_running", true));
     FL_ASSIGN_OR_RETURN(r.mode, get_string(io, "mode", 32, false));
-    // Written since the guest network (issue 11); a state file from before has none of them.
+    // Written since the guest network came; a state file from before has none of them.
     FL_ASSIGN_OR_RETURN(r.address, get_string(io, "address", 15, false));
     FL_ASSIGN_OR_RETURN(r.mac, get_string(io, "mac", 17, false));
     FL_ASSIGN_OR_RETURN(r.vm_id, get_string(io, "vm_id", 36, false));
     FL_ASSIGN_OR_RETURN(r.drain, get_bool_or(io, "drain", true));
     FL_ASSIGN_OR_RETURN(r.drain_ms, get_int_or(io, "drain_ms", 0, 600000, 0));
-    // Written since guests bring their own images (issue 12).
+    // Written since guests bring their own images; absent before.
     FL_ASSIGN_OR_RETURN(r.os_disk, get_string(io, "os_disk", 4096, false));
     FL_ASSIGN_OR_RETURN(int64_t gen, get_int_or(io, "os_gen", 0, 1000000, 0));
     r.os_gen = static_cast<int>(gen);

@@ -64,7 +64,7 @@ struct InstanceMirror {
   int64_t counter = -1;
   std::string address;  // the guest's address, as its agent reports it ("" without a network)
   std::vector<HealthChange> timeline;
-  // Which OS signals the guest offers, as its agent reports them (issue 12; older agents do not).
+  // Which OS signals the guest offers, as its agent reports them (older agents do not).
   bool signals_known = false, heartbeat = false, guest_agent = false;
 };
 

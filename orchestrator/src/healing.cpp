@@ -1,4 +1,4 @@
-// Service healing (seed 2): when a host dies, its instances get new homes.
+// Service healing (docs/placement.md "Healing"): when a host dies, its instances get new homes.
 //
 // The UD rule stays hard: a new home never holds another UD of the instance's service, counting
 // the survivors and the instances re-placed earlier in the same call. Fault-domain diversity is

@@ -1,6 +1,6 @@
 // The allocator.
 //
-// Placement and walk are one design (DESIGN.md). The walk's lower bound is L, the most UDs any
+// Placement and walk: one design (docs/placement.md). The walk's lower bound L is the most UDs any
 // service spans; the hosts holding different UDs of one service must go in different batches.
 // If every host carries one of L slots and every service sends its UDs to distinct slots, then
 // two hosts of one slot never hold different UDs of one service, each slot is a conflict-free

@@ -1,4 +1,4 @@
-// Health for any guest (issue 12): what the report says about an instance's OS and app after its
+// Guest health (docs/report.md): what the report says about an instance's OS and app after its
 // restart, its boot, and its data check (report.hpp).
 //
 // Two kinds of signal tell that a guest is up. The OS side: the built-in guest heartbeats over
@@ -48,7 +48,7 @@ bool jb(const json::object& o, std::string_view k) {
   return v && v->is_bool() && v->as_bool();
 }
 
-// A data check as the agent's job records it (agent side of issue 12); nullopt when absent.
+// A data check as the agent's job records it (agent/src/guest_health.cpp); nullopt when absent.
 std::optional<ReportDataCheck> data_check_of(const json::object& g) {
   auto* v = g.if_contains("data_check");
   if (!v || !v->is_object()) return std::nullopt;

@@ -418,7 +418,7 @@ std::string data_check_cells(const json::object* dc) {
                      command, output("before"), output("after"), held);
 }
 
-// Health for any guest (issue 12): per instance, the signals it had, whether its OS and app came
+// Guest health (docs/report.md): per instance, the signals it had, whether its OS and app came
 // back after the restart, its boot, and its data check.
 void guest_health(std::string& out, const json::object& r) {
   out +=

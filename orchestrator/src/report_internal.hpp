@@ -1,6 +1,6 @@
 #pragma once
 // Shared by the report's translation units (report.cpp builds the report; report_guest.cpp adds
-// the guest-health fields and checks of issue 12). Not part of the public API.
+// the guest-health fields and checks). Not part of the public API.
 
 #include <string>
 #include <string_view>

@@ -8,7 +8,7 @@
 // A host that does not answer is not declared dead at once (a host reboot under load can make
 // one call slow): only after `unhealthy_after` without an answer does it become Unhealthy, its
 // instances count as down, and - with healing on - they are placed again on Ready hosts, in
-// fault domains other than those of their service's surviving instances where possible (seed 2).
+// fault domains other than those of their service's surviving instances where possible.
 // A host that answers again becomes what its agent says; instances healed away from it stay on
 // their new hosts (the agent still holds the old VMs: the operator cleans them up).
 

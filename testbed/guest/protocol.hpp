@@ -2,7 +2,7 @@
 // The integration-channel line protocol (one JSON object per line, each with "type"), as plain
 // structs and functions so the rest of the guest never touches JSON.
 //
-// Host -> guest:  instance, scheduled_events (see DESIGN.md "Contracts"); anything else is logged.
+// Host -> guest:  instance, scheduled_events (docs/guest-channel.md); anything else is logged.
 // Guest -> host:  heartbeat, instance_ack, ack, error, final.
 // Every host line is untrusted: depth-limited parse, then a schema check that names the field.
 

@@ -203,7 +203,7 @@ class GuestAgentRealVm : public ::testing::Test {
            "or set FABRICLAB_DEBIAN_IMAGES";
     fs::create_directories(root_ + "/vm");
     fs::create_directories(root_ + "/img");
-    // Copies: a shared kernel would carry this domain's security label (issue 12).
+    // Copies: a shared kernel would carry this domain's security label (README: lab host).
     for (const char* f : {"vmlinuz", "initrd.img"}) {
       fs::copy_file(debian_ + "/debian-v1/" + f, root_ + "/img/" + f,
                     fs::copy_options::overwrite_existing);

@@ -702,7 +702,7 @@ TEST(ReportHtml, RendersADamagedReportWithoutThrowing) {
   EXPECT_NE(html.find("</html>"), std::string::npos);
 }
 
-// ---- health for any guest (issue 12): signals, after-restart health, boot, data check --------
+// ---- health for any guest: signals, after-restart health, boot, data check --------
 
 // A Debian-like guest the walk restarted: guest agent, no heartbeat, behind the load balancer,
 // everything back.

@@ -1,5 +1,5 @@
 #pragma once
-// The guest integration channel's line protocol (DESIGN.md "Contracts"): one JSON object per
+// The guest integration channel's line protocol (docs/guest-channel.md): one JSON object per
 // line, each with a "type". Every guest line is untrusted: `parse_guest_line` enforces the size
 // and depth limits and the schema, and names the offending field in its error.
 

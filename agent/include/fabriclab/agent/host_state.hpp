@@ -16,7 +16,7 @@
 
 namespace fabriclab::agent {
 
-// DESIGN.md: Ready -> Updating{steps} -> Ready; Unhealthy (missed heartbeats or a failed step);
+// docs/state-machines.md: Ready -> Updating{steps} -> Ready; Unhealthy (a guest not back);
 // Offline (the hypervisor cannot be reached).
 enum class HostState { ready, updating, unhealthy, offline };
 enum class UpdateStep { none, notifying, stopping_guests, swapping_image, rebooting, starting_guests,
@@ -28,7 +28,7 @@ std::string_view to_string(UpdateStep s);
 std::string_view to_string(OperationKind k);
 Result<OperationKind> parse_operation_kind(std::string_view s);
 
-// Proof that a guest's data survived (issue 12): a command run through the guest agent
+// Proof that a guest's data survived (docs/report.md): a command run through the guest agent
 // (guest-exec) before the notice and after the restart; `rule` compares the two outputs:
 // "equal" (byte for byte) or "not_less" (both start with an integer, after >= before).
 struct DataCheck {

@@ -1,5 +1,5 @@
 #pragma once
-// The event stream contract of every websocket (DESIGN.md, "Contracts"):
+// The event stream contract of every websocket (docs/events.md):
 //   {"seq": n, "time": RFC 3339, "type": "...", ...fields}
 // with seq strictly increasing per feed. A client connecting gets a snapshot, then the deltas;
 // `?since=SEQ` resumes from a sequence number instead.

@@ -10,7 +10,7 @@
 
 namespace fabriclab::hypervisor {
 
-// The virtio-serial port name of the guest integration channel (DESIGN.md contract).
+// The virtio-serial port name of the guest integration channel (docs/guest-channel.md).
 inline constexpr const char* kIntegrationChannelName = "org.fabriclab.integration.0";
 
 // The virtio-serial port name of the qemu-guest-agent channel (the libvirt convention; libvirt

@@ -31,7 +31,7 @@ inline constexpr size_t kMaxServices = 10000;
 inline constexpr size_t kMaxInstances = 200000;
 inline constexpr size_t kMaxNameBytes = 64;  // host ids, service names, images
 
-// Host states as the agents report them (DESIGN.md "State machines"); the Updating sub-steps are
+// Host states as the agents report them (docs/state-machines.md); the Updating sub-steps are
 // the agent's business. Only Ready hosts receive new instances.
 enum class HostState { ready, updating, unhealthy, offline };
 std::string_view to_string(HostState s);  // "Ready", "Updating", "Unhealthy", "Offline"
@@ -73,7 +73,7 @@ struct ServiceEndpoint {
   bool operator==(const ServiceEndpoint&) const = default;
 };
 
-// A service's proof that its data survived (issue 12): `command` (argv, no shell) runs in every
+// Proof that a service's data survived (docs/report.md): `command` (argv, no shell) runs in every
 // guest through its guest agent (guest-exec) before the scheduled event's notice and after the
 // restart; the report compares the two outputs by `rule`: "equal" (the same text) or "not_less"
 // (both numbers, the second >= the first). Limits: 1..kMaxDataCheckArgs strings, each

@@ -1,5 +1,5 @@
 #pragma once
-// The fabric controller service (DESIGN.md): it owns the cluster, places services, plans the walk
+// The fabric controller (docs/architecture.md): owns the cluster, places services, plans the walk
 // and runs it through the host agents, keeps a live mirror of every host and instance, heals
 // services whose host died, journals everything in SQLite, and publishes every change on its
 // event feed. The REST API (controller_api.hpp) is a thin layer over this class.

@@ -1,6 +1,6 @@
 #pragma once
 // The fabric controller's journal: what a restarted orchestrator needs to resume a drill without
-// redoing finished hosts (DESIGN.md "A drill, as data flowing through the system", step 7).
+// redoing finished hosts (docs/architecture.md "A drill, step by step", step 7).
 //
 // One SQLite database file in WAL mode, written with synchronous=FULL: once a write method has
 // returned ok, the record survives SIGKILL of the process and loss of power. Everything the

@@ -1,5 +1,5 @@
 #pragma once
-// Placement (the allocator) and service healing. DESIGN.md "Placement rules".
+// Placement (the allocator) and service healing. docs/placement.md.
 //
 // The hard rules, never weakened: instance i of a service gets UD i mod ud_count; two instances
 // of one service in different UDs never share a host; only Ready hosts with free capacity are
@@ -53,7 +53,7 @@ Result<PlacementReport> place_services(Cluster& cluster, std::vector<Service> se
 Result<PlacementReport> place_service_scattered(Cluster& cluster, const Service& service,
                                                 uint64_t seed);
 
-// Service healing (seed 2): new homes for instances whose host died.
+// Service healing: new homes for instances whose host died, so the service keeps its instances.
 struct HealingPlan {
   // The lost instances with their new host and fd (service, index and UD unchanged).
   std::vector<Instance> placed;

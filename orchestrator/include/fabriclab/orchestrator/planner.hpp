@@ -1,5 +1,5 @@
 #pragma once
-// The planner: the walk as ordered batches of hosts (DESIGN.md "The walk (planner)").
+// The planner: the walk as ordered batches of hosts (docs/placement.md "The walk").
 //
 // Two hosts conflict when some service has an instance in UD u on one and in UD v != u on the
 // other. A batch is a set of hosts without a conflict between them and of at most

@@ -1,5 +1,5 @@
 #pragma once
-// The drill report (DESIGN.md "Report"): the proof, after a walk, that the guest apps survived.
+// The drill report (docs/report.md): the proof, after a walk, that the guest apps survived.
 //
 // Pure functions over plain data. The caller (the controller) gathers what the prober, the agents
 // and the journal know into a `ReportInput`; `build_report` turns it into the report JSON with
@@ -56,7 +56,7 @@ struct ReportInstance {
   int fd = 0;               // fault domain (of `host`)
   std::string host_before;  // differs from `host` when healing moved it
   bool healed = false;      // healing re-created it on another host during the drill: a new VM
-                            // whose counter starts again (seed 2: the host's local data is gone)
+                            // whose counter starts again (the dead host's local data is gone)
   std::string image_before, image_after;            // guest image
   std::string host_image_before, host_image_after;  // image of the host it ran on
   int64_t counter_before = -1, counter_after = -1;  // the guest's durable data counter; -1 unknown
@@ -69,7 +69,7 @@ struct ReportInstance {
   bool healthy_at_end = false;
   std::vector<HealthChange> timeline;  // by t_ms; the first entry at or before the drill start
 
-  // Health for any guest (issue 12), from its host's job record of it and the load balancer.
+  // Health for any guest, from its host's job record of it and the load balancer.
   bool restarted = false;          // its host's job has a record of it (the walk reached it)
   bool signals_reported = false;   // the agent said which OS signals the guest offered
   bool heartbeat = false;          // the built-in guest's integration-channel heartbeat
@@ -208,7 +208,7 @@ bool instance_on_target(const ReportInput& in, const ReportInstance& i);
 // Whether the guest's durable counter survived: counter_after >= counter_before >= 0.
 bool counter_kept(const ReportInstance& i);
 
-// ---- health for any guest (issue 12; report_guest.cpp) ----
+// ---- health for any guest (report_guest.cpp) ----
 //
 // An instance the walk restarted is healthy after it when its OS signal held (os_up, judged
 // only when it offered one: heartbeat or guest agent) and its app probe held (app_up, judged only

@@ -103,7 +103,7 @@ struct DrillFileSpec {
   std::vector<FaultSpec> faults;
 };
 
-// The default drill (issue 5): 6 hosts in 3 FDs, hello (1), web (2), worker (3), 5 UDs each,
+// The default drill (host-os.yaml): 6 hosts in 3 FDs, hello (1), web (2), worker (3), 5 UDs each,
 // host-os to host-v2, time compressed 1000x.
 DrillFileSpec default_spec();
 
