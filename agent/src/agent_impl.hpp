@@ -236,6 +236,21 @@ struct HostAgent::Impl {
   // StartingGuests: starts every guest the operation stopped; returns when each was started
   // (empty when a resumed operation is already past this step).
   Result<std::map<std::string, Clock::time_point>> start_stopped(Job& job, OperationRecord& op);
+  // Notifying then StoppingGuests, shared by the host-os and guest-os updates: captures the
+  // guests' state, posts the event, and stops each running guest not yet stopped with `stop`
+  // (which fills in its report's stop method and time), persisting the progress after each. A
+  // cancel is honoured before each guest.
+  using StopOne = std::function<Status(const std::string& name, GuestReport& report)>;
+  Status notify_and_stop(Job& job, OperationRecord& op, const StopOne& stop);
+  // Verifying, shared by the updates: waits for each started guest to be healthy (expecting
+  // `expect_image` when not empty; a memory-preserving update expects the same boot id), records
+  // what it shows after, and returns the first failure. `unhealthy` (may be empty) is called for
+  // a guest that failed and returns the error to report for it (e.g. after a rollback); `done`
+  // (may be empty) runs for every guest once it is verified or given up.
+  using OnUnhealthy = std::function<Status(const std::string& name, GuestReport& report, const Status& why)>;
+  Status verify_started(Job& job, OperationRecord& op, const std::map<std::string, Clock::time_point>& started,
+                        const std::string& expect_image, const OnUnhealthy& unhealthy,
+                        const std::function<void(const std::string&)>& done);
   void rollback_stopped(OperationRecord& op, const std::string& why);
   // Makes sure `name` runs: starts it when its VM is off, waits for it to be healthy or to stop
   // (a guest a killed agent had asked to power off still does so) and starts it again then.

@@ -334,6 +334,52 @@ Result<std::map<std::string, Clock::time_point>> HostAgent::Impl::start_stopped(
   return started;
 }
 
+Status HostAgent::Impl::notify_and_stop(Job& job, OperationRecord& op, const StopOne& stop) {
+  capture_before(job, op.running_before);
+  set_step(job, op, UpdateStep::notifying);
+  FL_RETURN_IF_ERROR(notify_guests(job, op, op.running_before));
+  if (cancelled(job)) return make_error(Condition::cancelled, "cancelled before any guest was stopped");
+  set_step(job, op, UpdateStep::stopping_guests);
+  for (const auto& name : op.running_before) {
+    if (std::find(op.stopped.begin(), op.stopped.end(), name) != op.stopped.end()) continue;
+    if (cancelled(job)) return make_error(Condition::cancelled, "cancelled while stopping guests");
+    auto* r = report_of(job, name);
+    {
+      std::lock_guard lock(mu);
+      record_before(*r, slots[name]);
+    }
+    FL_RETURN_IF_ERROR(stop(name, *r));
+    op.stopped.push_back(name);
+    set_step(job, op, UpdateStep::stopping_guests);  // persists the progress
+  }
+  return {};
+}
+
+Status HostAgent::Impl::verify_started(Job& job, OperationRecord& op,
+                                       const std::map<std::string, Clock::time_point>& started,
+                                       const std::string& expect_image, const OnUnhealthy& unhealthy,
+                                       const std::function<void(const std::string&)>& done) {
+  Status first_error;
+  for (const auto& name : op.stopped) {
+    auto* r = report_of(job, name);
+    auto it = started.find(name);
+    auto since = it != started.end() ? it->second : Clock::time_point{};
+    auto s = wait_healthy(name, since, opt.boot_timeout, expect_image,
+                          op.request.memory_preserving ? r->boot_id_before : "");
+    if (!s.ok()) {
+      r->error = s.error().message;
+      Status reported = unhealthy ? unhealthy(name, *r, s) : s;
+      if (first_error.ok()) first_error = reported;
+    }
+    if (s.ok()) capture_after(*r, name);
+    if (done) done(name);
+    std::lock_guard lock(mu);
+    record_after(*r, slots[name]);
+    r->ok = s.ok() && r->counter_after >= r->counter_before && data_held(*r);
+  }
+  return first_error;
+}
+
 Status HostAgent::Impl::run_host_os(Job& job, OperationRecord& op, bool resumed) {
   const auto& req = op.request;
   if (!resumed) {
@@ -346,26 +392,14 @@ Status HostAgent::Impl::run_host_os(Job& job, OperationRecord& op, bool resumed)
     if (auto& v = verified; !v.ok()) {
       return make_error(v.condition(), "host image '" + req.target + "' refused: " + v.error().message);
     }
-    capture_before(job, op.running_before);
-    set_step(job, op, UpdateStep::notifying);
-    FL_RETURN_IF_ERROR(notify_guests(job, op, op.running_before));
-    if (cancelled(job)) return make_error(Condition::cancelled, "cancelled before any guest was stopped");
-    set_step(job, op, UpdateStep::stopping_guests);
-    for (const auto& name : op.running_before) {
-      if (std::find(op.stopped.begin(), op.stopped.end(), name) != op.stopped.end()) continue;
-      if (cancelled(job)) return make_error(Condition::cancelled, "cancelled while stopping guests");
-      auto* r = report_of(job, name);
-      {
-        std::lock_guard lock(mu);
-        record_before(*r, slots[name]);
-      }
+    FL_RETURN_IF_ERROR(notify_and_stop(job, op, [&](const std::string& name, GuestReport& r) -> Status {
       std::lock_guard lv(lv_mu);
       if (req.memory_preserving) {
         auto t0 = Clock::now();
         FL_ASSIGN_OR_RETURN(auto d, domain(name));
         FL_RETURN_IF_ERROR(d.managed_save());
-        r->stop_method = "saved";
-        r->stop_ms = ms_between(t0, Clock::now());
+        r.stop_method = "saved";
+        r.stop_ms = ms_between(t0, Clock::now());
         std::lock_guard lock(mu);
         slots[name].expect_running = false;
         slots[name].domain_state = DomainState::shut_off;
@@ -373,13 +407,12 @@ Status HostAgent::Impl::run_host_os(Job& job, OperationRecord& op, bool resumed)
         if (slots[name].sim) slots[name].sim->pause();
       } else {
         FL_ASSIGN_OR_RETURN(auto stopped, stop_guest(name, false));
-        r->stop_method = std::string(hypervisor::to_string(stopped.method));
-        r->stop_ms = stopped.elapsed.count();
+        r.stop_method = std::string(hypervisor::to_string(stopped.method));
+        r.stop_ms = stopped.elapsed.count();
       }
       drop_link(name);
-      op.stopped.push_back(name);
-      set_step(job, op, UpdateStep::stopping_guests);  // persists the progress
-    }
+      return {};
+    }));
   }
   if (op.step < UpdateStep::swapping_image) set_step(job, op, UpdateStep::swapping_image);
   if (op.step == UpdateStep::swapping_image) {
@@ -409,46 +442,20 @@ Status HostAgent::Impl::run_host_os(Job& job, OperationRecord& op, bool resumed)
     set_step(job, op, UpdateStep::starting_guests);
   }
   FL_ASSIGN_OR_RETURN(auto started, start_stopped(job, op));
-  Status first_error;
-  for (const auto& name : op.stopped) {
-    auto* r = report_of(job, name);
-    auto since = started.count(name) ? started[name] : Clock::time_point{};
-    auto s = wait_healthy(name, since, opt.boot_timeout, "", req.memory_preserving ? r->boot_id_before : "");
-    if (s.ok()) capture_after(*r, name);
-    std::lock_guard lock(mu);
-    record_after(*r, slots[name]);
-    if (!s.ok()) {
-      r->error = s.error().message;
-      if (first_error.ok()) first_error = s;
-    } else {
-      r->ok = r->counter_after >= r->counter_before && data_held(*r);
-    }
-  }
-  return first_error;
+  return verify_started(job, op, started, "", nullptr, nullptr);
 }
 
 Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed) {
   const auto& req = op.request;
   FL_ASSIGN_OR_RETURN(auto target, guest_store->verify(req.target));
   if (!resumed) {
-    capture_before(job, op.running_before);
-    set_step(job, op, UpdateStep::notifying);
-    FL_RETURN_IF_ERROR(notify_guests(job, op, op.running_before));
-    if (cancelled(job)) return make_error(Condition::cancelled, "cancelled before any guest was stopped");
-    set_step(job, op, UpdateStep::stopping_guests);
-    for (const auto& name : op.running_before) {
-      auto* r = report_of(job, name);
-      {
-        std::lock_guard lock(mu);
-        record_before(*r, slots[name]);
-      }
+    FL_RETURN_IF_ERROR(notify_and_stop(job, op, [&](const std::string& name, GuestReport& r) -> Status {
       std::lock_guard lv(lv_mu);
       FL_ASSIGN_OR_RETURN(auto stopped, stop_guest(name, false));
-      r->stop_method = std::string(hypervisor::to_string(stopped.method));
-      r->stop_ms = stopped.elapsed.count();
-      op.stopped.push_back(name);
-      set_step(job, op, UpdateStep::stopping_guests);
-    }
+      r.stop_method = std::string(hypervisor::to_string(stopped.method));
+      r.stop_ms = stopped.elapsed.count();
+      return {};
+    }));
     set_step(job, op, UpdateStep::swapping_image);
   }
   // Edits a copy of the instance's record with `change`, redefines the stopped domain from it and
@@ -510,44 +517,31 @@ Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed
     set_step(job, op, UpdateStep::starting_guests);
   }
   FL_ASSIGN_OR_RETURN(auto started, start_stopped(job, op));
-  Status first_error;
-  for (const auto& name : op.stopped) {
-    auto* r = report_of(job, name);
-    auto since = started.count(name) ? started[name] : Clock::time_point{};
-    auto s = wait_healthy(name, since, opt.boot_timeout, req.target, "");
-    if (!s.ok()) {
-      // Not healthy on the new image: put it back on the previous one and start it.
-      std::string prev = op.previous_guest_image.count(name) ? op.previous_guest_image[name] : "";
-      r->error = s.error().message;
-      if (!prev.empty()) {
-        {
-          // stop_guest waits for the destroy's own stopped event, so it is not taken for the
-          // restarted guest stopping.
-          std::lock_guard lv(lv_mu);
-          (void)stop_guest(name, true);
-        }
-        auto back = point_back(name);
-        Clock::time_point again = Clock::now();
-        if (back.ok()) {
-          std::lock_guard lv(lv_mu);
-          back = start_guest(name);
-        }
-        if (back.ok()) back = wait_healthy(name, again, opt.boot_timeout, prev, "");
-        r->error += back.ok() ? "; rolled back to " + prev : "; rollback to " + prev + " failed: " + back.error().message;
-        publish("instance.rolled_back", {{"name", name}, {"image", prev}, {"ok", back.ok()}, {"reason", s.error().message}});
+  // Not healthy on the new image: put it back on the previous one and start it.
+  auto roll_back = [&](const std::string& name, GuestReport& r, const Status& s) -> Status {
+    std::string prev = op.previous_guest_image.count(name) ? op.previous_guest_image[name] : "";
+    if (!prev.empty()) {
+      {
+        // stop_guest waits for the destroy's own stopped event, so it is not taken for the
+        // restarted guest stopping.
+        std::lock_guard lv(lv_mu);
+        (void)stop_guest(name, true);
       }
-      if (first_error.ok()) {
-        first_error = make_error(s.condition(), name + " not healthy on guest image " + req.target + " (" +
-                                                    s.error().message + "); " + r->error.substr(r->error.find(';') + 2));
+      auto back = point_back(name);
+      Clock::time_point again = Clock::now();
+      if (back.ok()) {
+        std::lock_guard lv(lv_mu);
+        back = start_guest(name);
       }
+      if (back.ok()) back = wait_healthy(name, again, opt.boot_timeout, prev, "");
+      r.error += back.ok() ? "; rolled back to " + prev : "; rollback to " + prev + " failed: " + back.error().message;
+      publish("instance.rolled_back", {{"name", name}, {"image", prev}, {"ok", back.ok()}, {"reason", s.error().message}});
     }
-    if (s.ok()) capture_after(*r, name);
-    drop_unused_files(name);
-    std::lock_guard lock(mu);
-    record_after(*r, slots[name]);
-    r->ok = s.ok() && r->counter_after >= r->counter_before && data_held(*r);
-  }
-  return first_error;
+    return make_error(s.condition(), name + " not healthy on guest image " + req.target + " (" + s.error().message +
+                                         "); " + r.error.substr(r.error.find(';') + 2));
+  };
+  return verify_started(job, op, started, req.target, roll_back,
+                        [&](const std::string& name) { drop_unused_files(name); });
 }
 
 Status HostAgent::Impl::run_freeze(Job& job, OperationRecord& op) {
