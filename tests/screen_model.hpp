@@ -95,7 +95,9 @@ class ScreenModel {
  private:
   enum class State { text, esc, csi };
 
-  std::vector<std::string> blank_row() const { return std::vector<std::string>(static_cast<size_t>(columns_), " "); }
+  std::vector<std::string> blank_row() const {
+    return std::vector<std::string>(static_cast<size_t>(columns_), " ");
+  }
 
   void step(char c) {
     auto u = static_cast<unsigned char>(c);
@@ -200,13 +202,29 @@ class ScreenModel {
     }
     int n = std::max(1, param(0, 1));
     switch (final) {
-      case 'A': row_ = std::max(0, row_ - n); break;
-      case 'B': row_ = std::min(rows_ - 1, row_ + n); break;
-      case 'C': col_ = std::min(columns_ - 1, col_ + n); break;
-      case 'D': col_ = std::max(0, col_ - n); break;
-      case 'E': row_ = std::min(rows_ - 1, row_ + n); col_ = 0; break;
-      case 'F': row_ = std::max(0, row_ - n); col_ = 0; break;
-      case 'G': col_ = std::clamp(n - 1, 0, columns_ - 1); break;
+      case 'A':
+        row_ = std::max(0, row_ - n);
+        break;
+      case 'B':
+        row_ = std::min(rows_ - 1, row_ + n);
+        break;
+      case 'C':
+        col_ = std::min(columns_ - 1, col_ + n);
+        break;
+      case 'D':
+        col_ = std::max(0, col_ - n);
+        break;
+      case 'E':
+        row_ = std::min(rows_ - 1, row_ + n);
+        col_ = 0;
+        break;
+      case 'F':
+        row_ = std::max(0, row_ - n);
+        col_ = 0;
+        break;
+      case 'G':
+        col_ = std::clamp(n - 1, 0, columns_ - 1);
+        break;
       case 'H':
       case 'f':
         row_ = std::clamp(std::max(1, param(0, 1)) - 1, 0, rows_ - 1);
@@ -232,8 +250,11 @@ class ScreenModel {
         if (mode == 2) erase(row_, 0, columns_);
         break;
       }
-      case 'm': return;  // attributes: no movement, the wrap stays pending
-      default: unknown_.push_back("CSI " + params_ + final); return;
+      case 'm':
+        return;  // attributes: no movement, the wrap stays pending
+      default:
+        unknown_.push_back("CSI " + params_ + final);
+        return;
     }
     pending_wrap_ = false;
   }

@@ -556,16 +556,19 @@ int run_watch(const Target& t, bool once) {
   std::jthread ticker;  // declared last: stopped and joined before what it draws goes
   if (tty && !once) {
     ticker = std::jthread([&](std::stop_token stop) {
-      std::condition_variable_any cv;
+      std::condition_variable_any cv;  // nothing notifies it: a sleep that a stop ends early
       std::unique_lock lock(mu);
-      while (!cv.wait_for(lock, stop, std::chrono::seconds(1), [] { return false; }) && !stop.stop_requested()) {
+      for (;;) {
+        cv.wait_for(lock, stop, std::chrono::seconds(1), [] { return false; });
+        if (stop.stop_requested()) return;
         if (model.counting_down()) region.draw(model.render(unix_now_ms()));
       }
     });
   }
   for (int attempt = 0;; ++attempt) {
     int64_t since = model.last_seq();
-    std::string target = "/v1/events" + (since >= 0 ? "?since=" + std::to_string(since) : std::string());
+    std::string target =
+        "/v1/events" + (since >= 0 ? "?since=" + std::to_string(since) : std::string());
     auto ws = http::WsClient::connect(api->host(), api->port(), target, api->token());
     if (!ws.ok()) {
       if (attempt > 30) return fail(kLabError, ws.error().message);

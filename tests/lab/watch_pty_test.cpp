@@ -6,7 +6,6 @@
 // and while the walk waits out a recovery window the view says so with a countdown.
 
 #include <gtest/gtest.h>
-
 #include <poll.h>
 #include <pty.h>
 #include <signal.h>
@@ -15,7 +14,6 @@
 #include <unistd.h>
 
 #include <boost/json.hpp>
-
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -74,7 +72,8 @@ PtyChild start_watch(const std::string& lab_dir) {
   c.pid = forkpty(&c.master, nullptr, nullptr, &ws);
   if (c.pid == 0) {
     setenv("TERM", "xterm", 1);
-    execl(FABRICLAB_CLI_BIN, FABRICLAB_CLI_BIN, "watch", "--lab-dir", lab_dir.c_str(), static_cast<char*>(nullptr));
+    execl(FABRICLAB_CLI_BIN, FABRICLAB_CLI_BIN, "watch", "--lab-dir", lab_dir.c_str(),
+          static_cast<char*>(nullptr));
     _exit(127);
   }
   return c;
@@ -83,7 +82,8 @@ PtyChild start_watch(const std::string& lab_dir) {
 void stop(PtyChild& c) {
   if (c.pid > 0) {
     kill(c.pid, SIGTERM);
-    for (int i = 0; i < 50 && waitpid(c.pid, nullptr, WNOHANG) == 0; ++i) std::this_thread::sleep_for(100ms);
+    for (int i = 0; i < 50 && waitpid(c.pid, nullptr, WNOHANG) == 0; ++i)
+      std::this_thread::sleep_for(100ms);
     if (kill(c.pid, 0) == 0) {
       kill(c.pid, SIGKILL);
       waitpid(c.pid, nullptr, 0);
@@ -119,7 +119,8 @@ class WatchPty : public ::testing::Test {
 };
 
 TEST_F(WatchPty, AWalkRedrawsTheGridInPlaceAndCountsTheRecoveryWindowDown) {
-  std::vector<std::string> up = {"lab", "up", "--spec", dir_ + "/spec.yaml", "--lab-dir", dir_ + "/lab"};
+  std::vector<std::string> up = {"lab",       "up",         "--spec", dir_ + "/spec.yaml",
+                                 "--lab-dir", dir_ + "/lab"};
   for (const auto& a : images_args()) up.push_back(a);
   auto upped = cli(up, 120s);
   ASSERT_EQ(upped.exit_code, 0) << upped.output;
@@ -155,28 +156,36 @@ TEST_F(WatchPty, AWalkRedrawsTheGridInPlaceAndCountsTheRecoveryWindowDown) {
     return true;
   };
   // The snapshot first: the grid of the rack before the walk.
-  for (int i = 0; i < 100 && screen.rows_containing("no drill") == 0; ++i) ASSERT_TRUE(pump(100ms)) << raw;
+  for (int i = 0; i < 100 && screen.rows_containing("no drill") == 0; ++i)
+    ASSERT_TRUE(pump(100ms)) << raw;
   ASSERT_EQ(screen.rows_containing("no drill"), 1) << screen.text();
 
   auto drill = std::async(std::launch::async, [&] {
-    return cli({"drill", "--spec", dir_ + "/spec.yaml", "--orchestrator", url, "--token-file", dir_ + "/lab/token"},
+    return cli({"drill", "--spec", dir_ + "/spec.yaml", "--orchestrator", url, "--token-file",
+                dir_ + "/lab/token"},
                180s);
   });
   while (drill.wait_for(0s) != std::future_status::ready) ASSERT_TRUE(pump(200ms)) << screen.text();
   auto drilled = drill.get();
   ASSERT_EQ(drilled.exit_code, 0) << drilled.output;
   // The last events reach the watch within a moment of the drill's end.
-  for (int i = 0; i < 50 && screen.rows_containing(" Completed: host-os -> host-v2") == 0; ++i) pump(100ms);
+  for (int i = 0; i < 50 && screen.rows_containing(" Completed: host-os -> host-v2") == 0; ++i)
+    pump(100ms);
   pump(500ms);
 
-  EXPECT_EQ(most_headers, 1) << "the grid's header was on the screen more than once:\n" << screen.text();
+  EXPECT_EQ(most_headers, 1) << "the grid's header was on the screen more than once:\n"
+                             << screen.text();
   EXPECT_EQ(screen.rows_starting_with(kHeader), 1) << screen.text();
-  for (const char* row : {"UD0   +hello-0@h0", "UD1", "UD2", "hosts: h0(FD0 Ready host-v2)", "  batch  3/3 [#####"}) {
+  for (const char* row :
+       {"UD0   +hello-0@h0", "UD1", "UD2", "hosts: h0(FD0 Ready host-v2)", "  batch  3/3 [#####"}) {
     EXPECT_EQ(screen.rows_starting_with(row), 1) << row << "\n" << screen.text();
   }
-  EXPECT_EQ(screen.rows_containing(" Completed: host-os -> host-v2, 3 batches"), 1) << screen.text();
-  EXPECT_EQ(screen.rows_containing("waiting:"), 0) << "no wait once the walk is over:\n" << screen.text();
-  EXPECT_TRUE(saw_countdown) << "no 'waiting: recovery window after batch N (K s left)' was ever on the screen";
+  EXPECT_EQ(screen.rows_containing(" Completed: host-os -> host-v2, 3 batches"), 1)
+      << screen.text();
+  EXPECT_EQ(screen.rows_containing("waiting:"), 0) << "no wait once the walk is over:\n"
+                                                   << screen.text();
+  EXPECT_TRUE(saw_countdown)
+      << "no 'waiting: recovery window after batch N (K s left)' was ever on the screen";
   EXPECT_TRUE(screen.unknown().empty()) << screen.unknown().front();
   // The countdown's own frame was whole too.
   EXPECT_NE(countdown_screen.find("UD2"), std::string::npos) << countdown_screen;

@@ -37,8 +37,8 @@ const json::array& arr(const json::object& o, std::string_view k) {
 }
 
 int64_t unix_now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
 }
 
 bool is_final(const std::string& state) {
@@ -135,7 +135,9 @@ std::string render_drill(const json::object& d, int width, std::optional<int64_t
   for (const auto& n : arr(d, "notes")) {
     if (n.is_string()) out += "  note: " + std::string(n.as_string()) + "\n";
   }
-  if (auto w = str(d, "waiting_for"); !w.empty()) out += "  waiting: " + w + waiting_left(d, now_ms) + "\n";
+  if (auto w = str(d, "waiting_for"); !w.empty()) {
+    out += "  waiting: " + w + waiting_left(d, now_ms) + "\n";
+  }
   return out;
 }
 
@@ -256,7 +258,8 @@ Result<DrillOutcome> run_drill(const OrchestratorClient& api, const DrillFileSpe
     outcome.drill = d->as_object();
     std::string state = str(outcome.drill, "state");
     // In place, a countdown; in a log, a view per change (a fixed deadline, not a countdown).
-    std::string v = render_drill(outcome.drill, 24, view.redraw ? std::optional(unix_now_ms()) : std::nullopt);
+    auto now = view.redraw ? std::optional(unix_now_ms()) : std::nullopt;
+    std::string v = render_drill(outcome.drill, 24, now);
     if (out && v != last_view) {
       region.draw(v);
       last_view = v;

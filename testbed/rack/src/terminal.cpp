@@ -7,10 +7,9 @@
 // known: the screen is cleared and the frame drawn from its top.
 #include "fabriclab/rack/terminal.hpp"
 
+#include <fmt/format.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
-
-#include <fmt/format.h>
 
 #include <algorithm>
 
@@ -100,7 +99,7 @@ std::string fit_frame(std::string_view frame, int columns, int max_rows) {
   });
   std::string note = left_out > 0 ? fmt::format("... {} more line{} (a larger terminal shows them)",
                                                 left_out, left_out == 1 ? "" : "s")
-                                   : std::string("... (cut: a larger terminal shows it all)");
+                                  : std::string("... (cut: a larger terminal shows it all)");
   out.append(prefix_columns(note, columns)).append("\n");
   return out;
 }

@@ -1,8 +1,9 @@
 // What `fabriclab watch` shows, from the event feed (watch.hpp).
 #include "fabriclab/rack/watch.hpp"
 
-#include <boost/json.hpp>
 #include <fmt/format.h>
+
+#include <boost/json.hpp>
 
 #include "fabriclab/rack/drill.hpp"
 
@@ -74,7 +75,8 @@ void WatchModel::apply(const json::object& ev) {
     if (!host || !status) return;
     json::object hp{{"host", *host}, {"status", *status}};
     if (auto* b = ev.if_contains("batch")) hp["batch"] = *b;
-    if (auto* d = drill_.if_contains("hosts"); d && d->is_array()) replace_by(d->as_array(), "host", hp);
+    if (auto* d = drill_.if_contains("hosts"); d && d->is_array())
+      replace_by(d->as_array(), "host", hp);
   } else if (type == "drill.batch" && !drill_.empty()) {
     if (auto* d = drill_.if_contains("batches"); d && d->is_array()) {
       replace_by(d->as_array(), "index", payload(ev, {"drill"}));
@@ -90,7 +92,8 @@ std::string WatchModel::render(int64_t now_ms) const {
 }
 
 bool WatchModel::counting_down() const {
-  return !str(drill_, "waiting_for").empty() && parse_rfc3339_ms(str(drill_, "waiting_until")).has_value();
+  return !str(drill_, "waiting_for").empty() &&
+         parse_rfc3339_ms(str(drill_, "waiting_until")).has_value();
 }
 
 }  // namespace fabriclab::rack
