@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -29,7 +30,9 @@
 #include <tuple>
 #include <iostream>
 #include <map>
+#include <mutex>
 #include <sstream>
+#include <stop_token>
 
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/json.hpp"
@@ -39,6 +42,8 @@
 #include "fabriclab/rack/drill.hpp"
 #include "fabriclab/rack/image_library.hpp"
 #include "fabriclab/rack/lab.hpp"
+#include "fabriclab/rack/terminal.hpp"
+#include "fabriclab/rack/watch.hpp"
 
 using namespace fabriclab;
 using namespace fabriclab::orchestrator;
@@ -451,7 +456,7 @@ int run_drill_cmd(const DrillArgs& a) {
     if (!c.ok()) return finish(fail(kLabError, c.error().message));
     api = *c;
   }
-  rack::DrillView view{&out, tty};
+  rack::DrillView view{&out, tty, [] { return rack::terminal_size(STDOUT_FILENO); }};
   auto series = rack::run_drills(*api, *spec, lab ? &*lab : nullptr, view);
   if (series.error) std::cerr << "fabriclab: drill: " << series.error->message << "\n";
   if (series.drills.empty()) {
@@ -533,17 +538,37 @@ int run_status(const Target& t, bool json_out) {
   return 0;
 }
 
-// The live grid from the websocket: the snapshot, then every delta applied to it.
+int64_t unix_now_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+// The live grid from the websocket: the snapshot, then every delta applied to it (WatchModel),
+// redrawn in place on a terminal (LiveRegion). While the drill waits out a window with a deadline
+// a ticker redraws the countdown each second; the feed and the ticker share the model under `mu`.
 int run_watch(const Target& t, bool once) {
   auto api = connect_target(t);
   if (!api.ok()) return fail(exit_for(api.error()), api.error().message);
-  json::array hosts, instances;
-  json::object drill;
-  int64_t last_seq = -1;
-  int drawn = 0;
   const bool tty = isatty(STDOUT_FILENO);
+  rack::WatchModel model;
+  rack::LiveRegion region(std::cout, tty, [] { return rack::terminal_size(STDOUT_FILENO); });
+  std::mutex mu;
+  std::jthread ticker;  // declared last: stopped and joined before what it draws goes
+  if (tty && !once) {
+    ticker = std::jthread([&](std::stop_token stop) {
+      std::condition_variable_any cv;  // nothing notifies it: a sleep that a stop ends early
+      std::unique_lock lock(mu);
+      for (;;) {
+        cv.wait_for(lock, stop, std::chrono::seconds(1), [] { return false; });
+        if (stop.stop_requested()) return;
+        if (model.counting_down()) region.draw(model.render(unix_now_ms()));
+      }
+    });
+  }
   for (int attempt = 0;; ++attempt) {
-    std::string target = "/v1/events" + (last_seq >= 0 ? "?since=" + std::to_string(last_seq) : std::string());
+    int64_t since = model.last_seq();
+    std::string target =
+        "/v1/events" + (since >= 0 ? "?since=" + std::to_string(since) : std::string());
     auto ws = http::WsClient::connect(api->host(), api->port(), target, api->token());
     if (!ws.ok()) {
       if (attempt > 30) return fail(kLabError, ws.error().message);
@@ -556,55 +581,9 @@ int run_watch(const Target& t, bool once) {
       if (!msg.ok()) break;  // reconnect with ?since=
       auto ev = parse_json_object(*msg, 64 << 20, 64, "event");
       if (!ev.ok()) continue;
-      std::string type = ev->at("type").as_string().c_str();
-      if (auto* s = ev->if_contains("seq"); s && s->is_int64()) last_seq = s->as_int64();
-      auto replace_by = [](json::array& list, std::string_view key, const json::object& item) {
-        auto* k = item.if_contains(key);
-        if (!k) return;
-        for (auto& v : list) {
-          if (v.is_object() && v.as_object().if_contains(key) && v.as_object().at(key) == *k) {
-            for (const auto& kv : item) v.as_object()[kv.key()] = kv.value();
-            return;
-          }
-        }
-        list.push_back(item);
-      };
-      if (type == "snapshot") {
-        const auto& st = ev->at("state").as_object();
-        if (auto* h = st.if_contains("hosts"); h && h->is_array()) hosts = h->as_array();
-        if (auto* i = st.if_contains("instances"); i && i->is_array()) instances = i->as_array();
-        if (auto* d = st.if_contains("drill"); d && d->is_object()) drill = d->as_object();
-      } else if (type == "instance.state") {
-        if (auto* i = ev->if_contains("instance"); i && i->is_object()) replace_by(instances, "name", i->as_object());
-      } else if (type == "host.state") {
-        json::object h;
-        for (const auto& kv : *ev) {
-          if (kv.key() == "host") h["id"] = kv.value();
-          else if (kv.key() != "seq" && kv.key() != "time" && kv.key() != "type") h[kv.key()] = kv.value();
-        }
-        replace_by(hosts, "id", h);
-      } else if (type == "host.registered") {
-        if (auto* h = ev->if_contains("host"); h && h->is_object()) replace_by(hosts, "id", h->as_object());
-      } else if (type == "drill.state") {
-        if (auto* d = ev->if_contains("drill"); d && d->is_object()) drill = d->as_object();
-      } else if (type == "drill.host" && !drill.empty()) {
-        json::object hp{{"host", ev->at("host")}, {"status", ev->at("status")}};
-        if (auto* b = ev->if_contains("batch")) hp["batch"] = *b;
-        if (auto* d = drill.if_contains("hosts"); d && d->is_array()) replace_by(d->as_array(), "host", hp);
-      } else if (type == "drill.batch" && !drill.empty()) {
-        if (auto* d = drill.if_contains("batches"); d && d->is_array()) {
-          json::object b;
-          for (const auto& kv : *ev) {
-            if (kv.key() != "seq" && kv.key() != "time" && kv.key() != "type" && kv.key() != "drill") b[kv.key()] = kv.value();
-          }
-          replace_by(d->as_array(), "index", b);
-        }
-      }
-      std::string view = rack::render_grid(instances, hosts) + (drill.empty() ? "no drill\n" : rack::render_drill(drill));
-      view += fmt::format("seq {}  last event {}\n", last_seq, type);
-      if (tty && drawn > 0) std::cout << "\x1b[" << drawn << "F\x1b[J";
-      std::cout << view << std::flush;
-      drawn = static_cast<int>(std::count(view.begin(), view.end(), '\n'));
+      std::lock_guard lock(mu);
+      model.apply(*ev);
+      region.draw(model.render(unix_now_ms()));
       if (once) return 0;
     }
   }

@@ -317,6 +317,7 @@ json::object Controller::Impl::drill_json_locked(const DrillRun& d) const {
           {"spec", to_json(d.spec)},
           {"current_batch", d.current_batch},
           {"waiting_for", d.waiting_for},
+          {"waiting_until", ms_to_rfc3339(d.waiting_until_ms)},
           {"lower_bound", d.plan.lower_bound},
           {"batch_count", d.batches.size()},
           {"method", d.plan.method},

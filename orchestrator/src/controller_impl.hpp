@@ -115,6 +115,7 @@ struct DrillRun {
   // What the walk waits for before or after a batch ("instance web-0 on host 'h0' is DOWN in
   // the load balancer"); "" when it is not waiting. Shown by the CLI and the dashboard.
   std::string waiting_for;
+  int64_t waiting_until_ms = 0;  // when that wait ends (a recovery window), Unix ms; 0: unknown
 
   bool finished() const { return state == "Completed" || state == "Failed" || state == "Aborted"; }
 };

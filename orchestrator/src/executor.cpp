@@ -468,6 +468,23 @@ void Controller::Impl::note_restarted(DrillRun& d, const std::vector<std::string
   cv.wait_until(lock, deadline, [&] { return stopping.load() || (lb_polled && lb_poll_began >= ended); });
 }
 
+namespace {
+
+// Sets what the walk waits for and until when (Unix ms; "" and 0: it waits no more), and tells
+// the event feed, which otherwise hears of the drill only when its state or a batch changes.
+void announce_waiting(Controller::Impl& m, DrillRun& d, std::string why, int64_t until_ms) {
+  json::object j;
+  {
+    std::lock_guard lock(m.mu);
+    d.waiting_for = std::move(why);
+    d.waiting_until_ms = until_ms;
+    j = m.drill_json_locked(d);
+  }
+  m.publish({{"drill.state", json::object{{"drill", std::move(j)}}}});
+}
+
+}  // namespace
+
 std::optional<std::pair<std::string, std::string>> Controller::Impl::run_walk(DrillRun& d) {
   using End = std::pair<std::string, std::string>;
   while (!stopping) {
@@ -526,10 +543,20 @@ std::optional<std::pair<std::string, std::string>> Controller::Impl::run_walk(Dr
     save_drill(d);
     if (last) break;
     // Recovery window: the rebooted UD gets time before the next one goes down.
-    auto until = Clock::now() + scaled(d.spec.recovery_s, d.spec.time_scale);
-    std::unique_lock lock(mu);
-    cv.wait_until(lock, until, [&] { return stopping.load() || d.abort_requested; });
-    if (d.abort_requested) {
+    auto window = scaled(d.spec.recovery_s, d.spec.time_scale);
+    auto until = Clock::now() + window;
+    if (window.count() > 0) {
+      announce_waiting(*this, d, "recovery window after batch " + std::to_string(index + 1),
+                       unix_ms() + window.count());
+    }
+    bool aborted;
+    {
+      std::unique_lock lock(mu);
+      cv.wait_until(lock, until, [&] { return stopping.load() || d.abort_requested; });
+      aborted = d.abort_requested;
+    }
+    if (window.count() > 0) announce_waiting(*this, d, "", 0);
+    if (aborted) {
       return End{"Aborted", "aborted by request after batch " + std::to_string(index + 1)};
     }
   }

@@ -36,6 +36,11 @@ const json::array& arr(const json::object& o, std::string_view k) {
   return v && v->is_array() ? v->as_array() : empty;
 }
 
+int64_t unix_now_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
 bool is_final(const std::string& state) {
   return state == "Completed" || state == "Failed" || state == "Aborted";
 }
@@ -77,6 +82,16 @@ std::string bar(size_t done, size_t total, int width) {
   return s + "]";
 }
 
+// " (N s left)" against now_ms, " (until T)" without it, "" when the drill gives no deadline.
+std::string waiting_left(const json::object& d, std::optional<int64_t> now_ms) {
+  std::string until = str(d, "waiting_until");
+  auto until_ms = parse_rfc3339_ms(until);
+  if (!until_ms) return "";
+  if (!now_ms) return " (until " + until + ")";
+  int64_t left_ms = std::max<int64_t>(0, *until_ms - *now_ms);
+  return fmt::format(" ({} s left)", (left_ms + 999) / 1000);
+}
+
 }  // namespace
 
 json::object drill_body(const DrillFileSpec& spec) {
@@ -91,7 +106,7 @@ json::object drill_body(const DrillFileSpec& spec) {
           {"start_paused", !spec.faults.empty()}};
 }
 
-std::string render_drill(const json::object& d, int width) {
+std::string render_drill(const json::object& d, int width, std::optional<int64_t> now_ms) {
   std::map<std::string, std::string> host_status;
   for (const auto& h : arr(d, "hosts")) {
     if (h.is_object()) host_status[str(h.as_object(), "host")] = str(h.as_object(), "status");
@@ -120,7 +135,9 @@ std::string render_drill(const json::object& d, int width) {
   for (const auto& n : arr(d, "notes")) {
     if (n.is_string()) out += "  note: " + std::string(n.as_string()) + "\n";
   }
-  if (auto w = str(d, "waiting_for"); !w.empty()) out += "  waiting: " + w + "\n";
+  if (auto w = str(d, "waiting_for"); !w.empty()) {
+    out += "  waiting: " + w + waiting_left(d, now_ms) + "\n";
+  }
   return out;
 }
 
@@ -216,7 +233,7 @@ Result<DrillOutcome> run_drill(const OrchestratorClient& api, const DrillFileSpe
 
   DrillOutcome outcome;
   std::string last_view;
-  int drawn_lines = 0;
+  LiveRegion region(out ? *out : std::cerr, view.redraw, view.size);
   bool abort_sent = false;
   auto abort_deadline = Clock::time_point::max();
   for (;;) {
@@ -226,7 +243,7 @@ Result<DrillOutcome> run_drill(const OrchestratorClient& api, const DrillFileSpe
       abort_deadline = Clock::now() + 120s;
       if (out) *out << "\ninterrupted: aborting the drill (hosts in flight finish, nothing new starts)\n";
       (void)api.post("/v1/drills/" + id + "/abort", json::object{});
-      drawn_lines = 0;
+      region.forget();
     }
     auto d = api.get("/v1/drills/" + id);
     if (!d.ok()) {
@@ -240,11 +257,11 @@ Result<DrillOutcome> run_drill(const OrchestratorClient& api, const DrillFileSpe
     }
     outcome.drill = d->as_object();
     std::string state = str(outcome.drill, "state");
-    std::string v = render_drill(outcome.drill);
+    // In place, a countdown; in a log, a view per change (a fixed deadline, not a countdown).
+    auto now = view.redraw ? std::optional(unix_now_ms()) : std::nullopt;
+    std::string v = render_drill(outcome.drill, 24, now);
     if (out && v != last_view) {
-      if (view.redraw && drawn_lines > 0) *out << "\x1b[" << drawn_lines << "F\x1b[J";
-      *out << v << std::flush;
-      drawn_lines = static_cast<int>(std::count(v.begin(), v.end(), '\n'));
+      region.draw(v);
       last_view = v;
     }
     if (is_final(state)) break;

@@ -13,6 +13,7 @@
 #include "fabriclab/rack/api_client.hpp"
 #include "fabriclab/rack/lab.hpp"
 #include "fabriclab/rack/spec.hpp"
+#include "fabriclab/rack/terminal.hpp"
 
 namespace fabriclab::rack {
 
@@ -29,6 +30,7 @@ json::object drill_body(const DrillFileSpec& spec);
 struct DrillView {
   std::ostream* out = nullptr;  // progress goes here (nullptr: silent)
   bool redraw = false;          // a terminal: redraw the bars in place; else a line per change
+  LiveRegion::SizeFn size;      // with redraw: the terminal's size (terminal.hpp; empty: unknown)
 };
 
 // `lab` is needed only for faults (it kills the hosts of a fault domain); the healing wait lasts
@@ -59,9 +61,12 @@ DrillSeries run_drills(const OrchestratorClient& api, const DrillFileSpec& spec,
 // "failed" | "not run"}], "result": "passed" (all ran and passed) | "failed"}.
 json::object series_report(const DrillFileSpec& spec, const DrillSeries& series);
 
-// A compact text view of a drill (its batches as bars), as `fabriclab status` and the drill
-// command print it.
-std::string render_drill(const json::object& drill, int width = 24);
+// A compact text view of a drill (its batches as bars), as `fabriclab status`, `watch` and the
+// drill command print it. While the walk waits ("waiting_for", e.g. a recovery window between
+// batches) with a deadline ("waiting_until"), the waiting line says "(N s left)" against `now_ms`
+// (Unix ms), or "(until RFC3339)" without it (a log: the view then changes only with the drill).
+std::string render_drill(const json::object& drill, int width = 24,
+                         std::optional<int64_t> now_ms = std::nullopt);
 
 // The UD x FD grid of the instances (as the seeds draw it) from GET /v1/instances, with each
 // instance's status; `fabriclab watch` and `status` print it.
