@@ -32,7 +32,18 @@ constexpr size_t kMaxEndpointBytes = 255;
 // wider than that (a few events of overshoot per publishing thread are possible; seq is 64-bit).
 constexpr uint64_t kMaxJournalLag = 4096;
 constexpr uint64_t kRestartSeqGap = 1u << 20;
+constexpr std::string_view kDrillStates[] = {"Planned", "Running", "Paused", "Completed", "Failed", "Aborted"};
 }  // namespace
+
+std::string_view to_string(DrillState s) { return kDrillStates[static_cast<int>(s)]; }
+
+Result<DrillState> parse_drill_state(std::string_view s, std::string_view field) {
+  for (size_t i = 0; i < std::size(kDrillStates); ++i) {
+    if (kDrillStates[i] == s) return static_cast<DrillState>(i);
+  }
+  return make_error(Condition::invalid_argument,
+                    fmt::format("field '{}' must be one of Planned, Running, Paused, Completed, Failed, Aborted", field));
+}
 
 int64_t unix_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -197,7 +208,7 @@ void Controller::start(std::shared_ptr<EventFeed> feed) {
     vips_given = m.assign_vips_locked();  // services made before the rack had a load balancer
     m.traffic_view["reason"] = m.lb ? "no drill has run yet" : m.opt.no_lb_reason;
     for (const auto& h : m.cluster.hosts) ids.push_back(h.id);
-    if (m.active && (m.active->state == "Running" || m.active->state == "Paused")) resume = m.active;
+    if (m.active && is_resumable(m.active->state)) resume = m.active;
   }
   if (vips_given) m.save_cluster();
   for (const auto& id : ids) m.start_watcher(id);
@@ -310,7 +321,7 @@ json::object Controller::Impl::drill_json_locked(const DrillRun& d) const {
   json::array notes;
   for (const auto& n : d.notes) notes.push_back(json::value(n));
   return {{"id", d.id},
-          {"state", d.state},
+          {"state", to_string(d.state)},
           {"reason", d.reason},
           {"kind", d.spec.kind},
           {"target", d.spec.target},
@@ -412,7 +423,7 @@ void Controller::Impl::save_drill(const DrillRun& d) {
     for (const auto& n : d.app_up) app_up.emplace_back(n);
     doc["app_up"] = std::move(app_up);
   }
-  if (auto s = journal->save_drill(d.id, d.state, doc); !s.ok()) {
+  if (auto s = journal->save_drill(d.id, std::string(to_string(d.state)), doc); !s.ok()) {
     ++journal_errors;
     log()->error("journal: drill {} not written: {}", d.id, s.error().describe());
   }
@@ -652,7 +663,7 @@ Result<std::shared_ptr<DrillRun>> find_drill(Controller::Impl& m, const std::str
   auto it = m.drills.find(id);
   if (it == m.drills.end()) return make_error(Condition::not_found, "drill '" + id + "' not found");
   if (it->second->finished()) {
-    return make_error(Condition::invalid_state, "drill '" + id + "' is " + it->second->state);
+    return make_error(Condition::invalid_state, "drill '" + id + "' is " + std::string(to_string(it->second->state)));
   }
   return it->second;
 }
@@ -706,7 +717,7 @@ std::string Controller::metrics_text() const {
   std::map<std::string, int> host_states, inst_states;
   for (auto s : {"Ready", "Updating", "Unhealthy", "Offline"}) host_states[s] = 0;
   int healthy = 0, batches = 0, batches_done = 0;
-  std::string drill_state;
+  std::optional<DrillState> drill_state;
   {
     std::lock_guard lock(m.mu);
     for (const auto& h : m.cluster.hosts) ++host_states[std::string(to_string(h.state))];
@@ -734,8 +745,9 @@ std::string Controller::metrics_text() const {
       << "fabriclab_drill_batches{status=\"done\"} " << batches_done << "\n";
   out << "# HELP fabriclab_drill_state The current drill's state (1 for the state it is in).\n"
          "# TYPE fabriclab_drill_state gauge\n";
-  for (auto s : {"Planned", "Running", "Paused", "Completed", "Failed", "Aborted"}) {
-    out << "fabriclab_drill_state{state=\"" << s << "\"} " << (drill_state == s ? 1 : 0) << "\n";
+  for (auto s : {DrillState::planned, DrillState::running, DrillState::paused, DrillState::completed,
+                 DrillState::failed, DrillState::aborted}) {
+    out << "fabriclab_drill_state{state=\"" << to_string(s) << "\"} " << (drill_state == s ? 1 : 0) << "\n";
   }
   FeedStats fs = m.feed ? m.feed->stats() : FeedStats{};
   out << "# HELP fabriclab_events_published_total Events published on the feed.\n"

@@ -84,7 +84,7 @@ struct InstanceBefore {
 struct DrillRun {
   std::string id;
   DrillSpec spec;
-  std::string state = "Planned";  // Planned Running Paused Completed Failed Aborted
+  DrillState state = DrillState::planned;
   std::string reason;
   int current_batch = 0;
   Plan plan;
@@ -117,7 +117,7 @@ struct DrillRun {
   std::string waiting_for;
   int64_t waiting_until_ms = 0;  // when that wait ends (a recovery window), Unix ms; 0: unknown
 
-  bool finished() const { return state == "Completed" || state == "Failed" || state == "Aborted"; }
+  bool finished() const { return is_finished(state); }
 };
 
 struct Controller::Impl {
@@ -206,7 +206,7 @@ struct Controller::Impl {
   // executor.cpp
   void run_drill(std::shared_ptr<DrillRun> d);
   // The walk itself; the drill's end state and reason, or nullopt when the orchestrator stops.
-  std::optional<std::pair<std::string, std::string>> run_walk(DrillRun& d);
+  std::optional<std::pair<DrillState, std::string>> run_walk(DrillRun& d);
   // Client traffic around the walk: start (and wait the lead time), stop (after the tail).
   void start_traffic(DrillRun& d, std::thread& stats_thread, std::atomic<bool>& stats_stop);
   void stop_traffic(DrillRun& d, bool tail, std::thread& stats_thread, std::atomic<bool>& stats_stop);
@@ -226,7 +226,7 @@ struct Controller::Impl {
   Result<json::object> run_host(DrillRun& d, BatchRun& b, const std::string& host_id);
   void maybe_replan(DrillRun& d);
   bool wait_gate(DrillRun& d);  // false: abort requested
-  void finish(DrillRun& d, std::string state, std::string reason);
+  void finish(DrillRun& d, DrillState state, std::string reason);
   ReportInput report_input(const DrillRun& d) const;  // mu held
   Status restore();
 };

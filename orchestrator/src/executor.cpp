@@ -88,7 +88,7 @@ Result<json::object> Controller::create_drill(const DrillSpec& spec) {
   {
     std::lock_guard lock(m.mu);
     if (m.active && !m.active->finished()) {
-      return make_error(Condition::invalid_state, "drill '" + m.active->id + "' is " + m.active->state +
+      return make_error(Condition::invalid_state, "drill '" + m.active->id + "' is " + std::string(to_string(m.active->state)) +
                                                       ": one drill at a time");
     }
     c = m.cluster;
@@ -118,7 +118,7 @@ Result<json::object> Controller::create_drill(const DrillSpec& spec) {
   d->notes = drill_notice(c, spec, d->notice_ms);
   d->started_ms = unix_ms();
   d->pause_requested = spec.start_paused;
-  d->state = spec.start_paused ? "Paused" : "Running";
+  d->state = spec.start_paused ? DrillState::paused : DrillState::running;
   json::object out;
   {
     std::lock_guard lock(m.mu);
@@ -140,8 +140,8 @@ bool Controller::Impl::wait_gate(DrillRun& d) {
   std::unique_lock lock(mu);
   bool announced = false;
   while (!stopping && !d.abort_requested && d.pause_requested) {
-    if (!announced && d.state != "Paused") {
-      d.state = "Paused";
+    if (!announced && d.state != DrillState::paused) {
+      d.state = DrillState::paused;
       auto j = drill_json_locked(d);
       lock.unlock();
       save_drill(d);
@@ -156,8 +156,8 @@ bool Controller::Impl::wait_gate(DrillRun& d) {
     d.step_once = false;
     d.pause_requested = true;  // this batch, then pause again
   }
-  if (d.state != "Running") {
-    d.state = "Running";
+  if (d.state != DrillState::running) {
+    d.state = DrillState::running;
     auto j = drill_json_locked(d);
     lock.unlock();
     save_drill(d);
@@ -166,20 +166,20 @@ bool Controller::Impl::wait_gate(DrillRun& d) {
   return true;
 }
 
-void Controller::Impl::finish(DrillRun& d, std::string state, std::string reason) {
+void Controller::Impl::finish(DrillRun& d, DrillState state, std::string reason) {
   json::object j;
   {
     std::lock_guard lock(mu);
-    d.state = std::move(state);
+    d.state = state;
     d.reason = std::move(reason);
     d.finished_ms = unix_ms();
     j = drill_json_locked(d);
   }
   save_drill(d);
-  if (d.state == "Completed") {
+  if (d.state == DrillState::completed) {
     log()->info("[drill:{}] Completed: {} batches", d.id, d.batches.size());
   } else {
-    log()->warn("[drill:{}] {}: {}", d.id, d.state, d.reason);
+    log()->warn("[drill:{}] {}: {}", d.id, to_string(d.state), d.reason);
   }
   publish({{"drill.state", json::object{{"drill", std::move(j)}}}});
 }
@@ -485,8 +485,8 @@ void announce_waiting(Controller::Impl& m, DrillRun& d, std::string why, int64_t
 
 }  // namespace
 
-std::optional<std::pair<std::string, std::string>> Controller::Impl::run_walk(DrillRun& d) {
-  using End = std::pair<std::string, std::string>;
+std::optional<std::pair<DrillState, std::string>> Controller::Impl::run_walk(DrillRun& d) {
+  using End = std::pair<DrillState, std::string>;
   while (!stopping) {
     size_t index;
     {
@@ -503,7 +503,7 @@ std::optional<std::pair<std::string, std::string>> Controller::Impl::run_walk(Dr
     if (!in_flight) {
       if (!wait_gate(d)) {
         if (stopping) return std::nullopt;
-        return End{"Aborted", "aborted by request before batch " + std::to_string(index + 1)};
+        return End{DrillState::aborted, "aborted by request before batch " + std::to_string(index + 1)};
       }
       maybe_replan(d);
       std::vector<std::string> pre;
@@ -524,15 +524,15 @@ std::optional<std::pair<std::string, std::string>> Controller::Impl::run_walk(Dr
       }
       auto ready = wait_ready(d, pre, "before batch " + std::to_string(index + 1), true);
       if (!ready.ok()) {
-        if (ready.error().condition == Condition::cancelled && !stopping) return End{"Aborted", ready.error().message};
+        if (ready.error().condition == Condition::cancelled && !stopping) return End{DrillState::aborted, ready.error().message};
         if (ready.error().condition == Condition::cancelled) return std::nullopt;
-        return End{"Failed", ready.error().message};
+        return End{DrillState::failed, ready.error().message};
       }
     }
     auto s = run_batch(d, d.batches[index]);
     if (!s.ok()) {
       if (s.error().condition == Condition::cancelled) return std::nullopt;
-      return End{"Failed", s.error().message};
+      return End{DrillState::failed, s.error().message};
     }
     bool last;
     {
@@ -557,11 +557,11 @@ std::optional<std::pair<std::string, std::string>> Controller::Impl::run_walk(Dr
     }
     if (window.count() > 0) announce_waiting(*this, d, "", 0);
     if (aborted) {
-      return End{"Aborted", "aborted by request after batch " + std::to_string(index + 1)};
+      return End{DrillState::aborted, "aborted by request after batch " + std::to_string(index + 1)};
     }
   }
   if (stopping) return std::nullopt;
-  return End{"Completed", ""};
+  return End{DrillState::completed, ""};
 }
 
 void Controller::Impl::run_drill(std::shared_ptr<DrillRun> dp) {
@@ -572,7 +572,7 @@ void Controller::Impl::run_drill(std::shared_ptr<DrillRun> dp) {
   auto end = run_walk(d);
   // The tail only for a drill that ends: a stopping orchestrator leaves the drill Running.
   stop_traffic(d, end.has_value(), stats_thread, stats_stop);
-  if (end) finish(d, std::move(end->first), std::move(end->second));
+  if (end) finish(d, end->first, std::move(end->second));
 }
 
 void Controller::Impl::start_traffic(DrillRun& d, std::thread& stats_thread, std::atomic<bool>& stats_stop) {
@@ -679,7 +679,7 @@ ReportInput Controller::Impl::report_input(const DrillRun& d) const {
   in.drill_id = d.id;
   in.kind = d.spec.kind;
   in.target = d.spec.target;
-  in.state = d.state;
+  in.state = std::string(to_string(d.state));
   in.reason = d.reason;
   in.started_ms = d.started_ms;
   in.finished_ms = d.finished_ms ? d.finished_ms : unix_ms();

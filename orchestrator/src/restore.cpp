@@ -62,7 +62,9 @@ Status Controller::Impl::restore() {
   for (auto& row : rows) {
     auto d = std::make_shared<DrillRun>();
     d->id = row.id;
-    d->state = row.state;
+    // A state this build does not know (a newer journal) is not resumed: it reads as Failed.
+    auto state = parse_drill_state(row.state);
+    d->state = state.ok() ? *state : DrillState::failed;
     const auto& o = row.doc;
     if (auto* s = o.if_contains("spec"); s && s->is_object()) {
       if (auto spec = drill_spec_from_json(s->as_object()); spec.ok()) d->spec = *spec;
@@ -74,7 +76,7 @@ Status Controller::Impl::restore() {
     d->notice_ms = num(o, "notice_ms");
     if (auto* m = o.if_contains("traffic_measured"); m && m->is_bool()) d->traffic_measured = m->as_bool();
     d->traffic_reason = str(o, "traffic_reason");
-    d->resumed = d->state == "Running" || d->state == "Paused";
+    d->resumed = is_resumable(d->state);
     if (auto* p = o.if_contains("plan"); p && p->is_object()) {
       if (auto plan = plan_from_json(p->as_object()); plan.ok()) d->plan = *plan;
     }
@@ -120,11 +122,11 @@ Status Controller::Impl::restore() {
     }
     FL_ASSIGN_OR_RETURN(auto progress, journal->host_progress(d->id));
     for (auto& p : progress) d->progress[p.host] = p;
-    d->pause_requested = d->state == "Paused";
+    d->pause_requested = d->state == DrillState::paused;
     drills[d->id] = d;
     active = d;
   }
-  if (active && (active->state == "Running" || active->state == "Paused")) {
+  if (active && is_resumable(active->state)) {
     // Rebuild the timelines of this drill from the journaled events.
     int64_t since_ms = active->started_ms;
     uint64_t seq = 0;
@@ -166,7 +168,7 @@ Status Controller::Impl::restore() {
                        " to " + rfc3339_now() + " (last known health carried over)";
     active->notes.push_back(note);
     log()->info("[drill:{}] resuming at batch {} of {} ({})", active->id, active->current_batch + 1,
-                active->batches.size(), active->state);
+                active->batches.size(), to_string(active->state));
   }
   return {};
 }

@@ -1,4 +1,5 @@
 #include "fabriclab/orchestrator/journal.hpp"
+#include "fabriclab/orchestrator/controller.hpp"
 
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -663,3 +664,23 @@ TEST(Journal, ThroughputOfAppendingEventsIsReported) {
 
 }  // namespace
 }  // namespace fabriclab::orchestrator
+
+// The drill states the journal stores are the API's words, read back into the same state; a word
+// this build does not know is refused with the field named.
+TEST(DrillStateNames, RoundTripAndAnUnknownOneIsRefused) {
+  using fabriclab::orchestrator::DrillState;
+  for (auto s : {DrillState::planned, DrillState::running, DrillState::paused, DrillState::completed,
+                 DrillState::failed, DrillState::aborted}) {
+    auto back = fabriclab::orchestrator::parse_drill_state(fabriclab::orchestrator::to_string(s));
+    ASSERT_TRUE(back.ok());
+    EXPECT_EQ(*back, s);
+  }
+  EXPECT_EQ(fabriclab::orchestrator::to_string(DrillState::aborted), "Aborted");
+  EXPECT_TRUE(fabriclab::orchestrator::is_finished(DrillState::failed));
+  EXPECT_FALSE(fabriclab::orchestrator::is_finished(DrillState::paused));
+  EXPECT_TRUE(fabriclab::orchestrator::is_resumable(DrillState::paused));
+  auto bad = fabriclab::orchestrator::parse_drill_state("running", "drills.state");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().message.find("field 'drills.state' must be one of Planned, Running"), std::string::npos)
+      << bad.error().message;
+}

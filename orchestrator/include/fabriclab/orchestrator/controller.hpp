@@ -72,6 +72,18 @@ struct HostRegistration {
 };
 Result<HostRegistration> host_registration_from_json(const json::object& o);
 
+// A drill's state. Created Running or Paused (Planned is never seen through the API); it ends
+// Completed, Failed or Aborted. A restarted orchestrator resumes a drill journaled Running or
+// Paused (docs/state-machines.md).
+enum class DrillState { planned, running, paused, completed, failed, aborted };
+std::string_view to_string(DrillState s);  // "Planned", "Running", ... as the API shows them
+Result<DrillState> parse_drill_state(std::string_view s, std::string_view field = "state");
+constexpr bool is_finished(DrillState s) {
+  return s == DrillState::completed || s == DrillState::failed || s == DrillState::aborted;
+}
+// Running or Paused: a drill that a restarted orchestrator goes on with.
+constexpr bool is_resumable(DrillState s) { return s == DrillState::running || s == DrillState::paused; }
+
 // POST /v1/drills: one walk over the cluster.
 struct DrillSpec {
   std::string kind = "host-os";  // host-os | guest-os | freeze
