@@ -30,11 +30,22 @@ namespace json = boost::json;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
+// An instance as the agent reports it (instances JSON `status`, instance.state events).
+enum class InstanceStatus { creating, starting, healthy, stopping, stopped, reimaging, failed };
+inline constexpr std::string_view kInstanceStatuses[] = {"Creating", "Starting",  "Healthy", "Stopping",
+                                                         "Stopped",  "Reimaging", "Failed"};
+inline std::string_view to_string(InstanceStatus s) { return kInstanceStatuses[static_cast<int>(s)]; }
+
+// A job (update operation) as the API shows it.
+enum class JobStatus { running, succeeded, failed, cancelled };
+inline constexpr std::string_view kJobStatuses[] = {"running", "succeeded", "failed", "cancelled"};
+inline std::string_view to_string(JobStatus s) { return kJobStatuses[static_cast<int>(s)]; }
+
 struct GuestSlot {
   hypervisor::DomainState domain_state = hypervisor::DomainState::unknown;
   bool expect_running = false;  // we started it (or found it running): keep a link to it
   uint64_t stop_events = 0;     // stopped/crashed lifecycle events seen (libvirt delivers them late)
-  std::string status = "Stopped";  // Creating Starting Healthy Stopping Stopped Reimaging Failed
+  InstanceStatus status = InstanceStatus::stopped;
   bool healthy = false;
   std::unique_ptr<GuestLink> link;
   std::unique_ptr<SimGuest> sim;
@@ -97,7 +108,7 @@ void record_after(GuestReport& r, const GuestSlot& slot);
 struct Job {
   std::string id;
   OperationRequest request;
-  std::string status = "running";  // running | succeeded | failed | cancelled
+  JobStatus status = JobStatus::running;
   std::string step;
   std::string error;
   std::string started_at, finished_at;

@@ -192,7 +192,7 @@ Status HostAgent::Impl::wait_os_up(const std::string& name, Clock::time_point, m
     {
       std::lock_guard lock(mu);
       auto& s = slots[name];
-      if (s.status == "Failed" && s.domain_state == hypervisor::DomainState::shut_off) {
+      if (s.status == InstanceStatus::failed && s.domain_state == hypervisor::DomainState::shut_off) {
         return make_error(Condition::invalid_state, name + ": the VM stopped");
       }
       os_up = !expect_agent && s.expect_running && s.domain_state == hypervisor::DomainState::running;

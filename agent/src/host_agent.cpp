@@ -50,7 +50,7 @@ json::object Job::to_json() const {
   for (const auto& r : guests) g.push_back(r.to_json());
   return {{"id", id},
           {"request", agent::to_json(request)},
-          {"status", status},
+          {"status", to_string(status)},
           {"step", step},
           {"error", error},
           {"started_at", started_at},
@@ -354,7 +354,7 @@ Status HostAgent::Impl::start_guest(const std::string& name) {
     {
       std::lock_guard lock(mu);
       auto& slot = slots[name];
-      slot.status = "Starting";
+      slot.status = InstanceStatus::starting;
       slot.started_at = Clock::now();
       slot.first_hb_since_start.reset();
       slot.guest_error.clear();
@@ -378,7 +378,7 @@ Status HostAgent::Impl::start_guest(const std::string& name) {
         slot.sim->boot(image, mode);
       }
     }
-    publish("instance.state", {{"name", name}, {"status", "Starting"}, {"image", image},
+    publish("instance.state", {{"name", name}, {"status", to_string(InstanceStatus::starting)}, {"image", image},
                                {"restored", restored}});
   }
   return {};
@@ -391,10 +391,10 @@ Result<hypervisor::ShutdownResult> HostAgent::Impl::stop_guest(const std::string
     std::lock_guard lock(mu);
     auto& slot = slots[name];
     slot.expect_running = false;
-    slot.status = "Stopping";
+    slot.status = InstanceStatus::stopping;
     events_before = slot.stop_events;
   }
-  publish("instance.state", {{"name", name}, {"status", "Stopping"}});
+  publish("instance.state", {{"name", name}, {"status", to_string(InstanceStatus::stopping)}});
   const auto before = d.state();
   const bool was_on = before.ok() && *before != DomainState::shut_off;
   hypervisor::ShutdownResult r;
@@ -415,12 +415,12 @@ Result<hypervisor::ShutdownResult> HostAgent::Impl::stop_guest(const std::string
     std::lock_guard lock(mu);
     auto& slot = slots[name];
     slot.domain_state = DomainState::shut_off;
-    slot.status = "Stopped";
+    slot.status = InstanceStatus::stopped;
     slot.healthy = false;
     if (slot.sim) slot.sim->power_off(r.method == hypervisor::StopMethod::graceful);
   }
   drop_link(name);
-  publish("instance.state", {{"name", name}, {"status", "Stopped"},
+  publish("instance.state", {{"name", name}, {"status", to_string(InstanceStatus::stopped)},
                              {"stop_method", hypervisor::to_string(r.method)},
                              {"stop_ms", r.elapsed.count()}});
   return r;
@@ -486,13 +486,13 @@ void HostAgent::Impl::on_lifecycle(const hypervisor::LifecycleEvent& e) {
     it->second.agent_connected = false;
     if (it->second.expect_running) {
       unexpected = true;
-      it->second.status = "Failed";
+      it->second.status = InstanceStatus::failed;
       it->second.healthy = false;
     }
   }
   cv.notify_all();
   if (unexpected) {
-    publish("instance.state", {{"name", e.domain}, {"status", "Failed"},
+    publish("instance.state", {{"name", e.domain}, {"status", to_string(InstanceStatus::failed)},
                                {"reason", "the VM stopped without the agent stopping it"}});
   }
 }
@@ -517,10 +517,11 @@ void HostAgent::Impl::monitor_loop() {
                                  (!slot.agent_seen || slot.agent_connected);
         if (healthy != slot.healthy) {
           slot.healthy = healthy;
-          std::string status = healthy ? "Healthy" : (slot.expect_running ? "Failed" : slot.status);
-          if (!healthy && slot.status == "Starting") status = "Starting";
+          InstanceStatus status =
+              healthy ? InstanceStatus::healthy : (slot.expect_running ? InstanceStatus::failed : slot.status);
+          if (!healthy && slot.status == InstanceStatus::starting) status = InstanceStatus::starting;
           slot.status = status;
-          json::object ev{{"name", name}, {"status", status}, {"healthy", healthy}};
+          json::object ev{{"name", name}, {"status", to_string(status)}, {"healthy", healthy}};
           if (slot.last_hb) ev["image"] = std::get<Heartbeat>(slot.last_hb->message).image;
           events.emplace_back("instance.state", std::move(ev));
         }
@@ -596,7 +597,7 @@ Status HostAgent::Impl::recover() {
       auto& slot = slots[rec.name];
       slot.domain_state = present[rec.name];
       slot.expect_running = running;
-      slot.status = running ? "Starting" : "Stopped";
+      slot.status = running ? InstanceStatus::starting : InstanceStatus::stopped;
       if (running) slot.started_at = Clock::time_point{};  // any heartbeat counts after a reattach
       if (simulated && !slot.sim) slot.sim = make_sim(rec);
     }
@@ -605,7 +606,7 @@ Status HostAgent::Impl::recover() {
   for (const auto& name : to_start) {
     if (auto s = start_guest(name); !s.ok()) {
       logger("agent")->error("[host:{}] cannot restart {}: {}", opt.host_id, name, s.error().message);
-      publish("instance.state", {{"name", name}, {"status", "Failed"}, {"reason", s.error().message}});
+      publish("instance.state", {{"name", name}, {"status", to_string(InstanceStatus::failed)}, {"reason", s.error().message}});
     } else {
       publish("instance.restarted", {{"name", name}, {"reason", "recovery: the fabric wants it running"}});
     }
@@ -639,7 +640,7 @@ json::object HostAgent::Impl::instance_json_locked(const std::string& name) cons
   auto it = slots.find(name);
   if (it != slots.end()) {
     const auto& s = it->second;
-    o["status"] = s.status;
+    o["status"] = to_string(s.status);
     o["healthy"] = s.healthy;
     o["domain_state"] = hypervisor::to_string(s.domain_state);
     o["heartbeats"] = s.heartbeats;
@@ -769,7 +770,7 @@ Result<json::object> HostAgent::create_instance(const InstanceSpec& spec) {
     std::lock_guard lock(p.mu);
     p.state.instances.push_back(rec);
     auto& slot = p.slots[rec.name];
-    slot.status = "Creating";
+    slot.status = InstanceStatus::creating;
     if (p.simulated) slot.sim = p.make_sim(rec);
     FL_RETURN_IF_ERROR(p.persist_locked());
   }

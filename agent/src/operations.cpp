@@ -172,7 +172,7 @@ Status HostAgent::Impl::wait_healthy(const std::string& name, Clock::time_point 
       why = "the guest reported: " + s.guest_error;
       return true;
     }
-    if (s.status == "Failed" && s.domain_state == DomainState::shut_off) {
+    if (s.status == InstanceStatus::failed && s.domain_state == DomainState::shut_off) {
       why = "the VM stopped";
       return true;
     }
@@ -222,7 +222,7 @@ void HostAgent::Impl::rollback_stopped(OperationRecord& op, const std::string& w
   logger("agent")->warn("[host:{}][job:{}] rolling back: {}", opt.host_id, op.id, why);
   for (const auto& name : op.running_before) {
     if (auto s = ensure_running(name); !s.ok()) {
-      publish("instance.state", {{"name", name}, {"status", "Failed"}, {"reason", s.error().message}});
+      publish("instance.state", {{"name", name}, {"status", to_string(InstanceStatus::failed)}, {"reason", s.error().message}});
     }
   }
 }
@@ -234,7 +234,7 @@ void HostAgent::Impl::restart_failed_guests() {
     if (!active_job.empty()) return;
     for (auto& [name, slot] : slots) {
       auto* rec = record_locked(name);
-      if (rec && rec->want_running && slot.status == "Failed" &&
+      if (rec && rec->want_running && slot.status == InstanceStatus::failed &&
           slot.domain_state == DomainState::shut_off && slot.unexpected_restarts < 3) {
         ++slot.unexpected_restarts;
         failed.push_back(name);
@@ -297,7 +297,8 @@ void HostAgent::Impl::run_job(const std::string& id, bool resumed) {
       auto* r = report_of(job, name);
       if (r->image_after.empty()) record_after(*r, slots[name]);
     }
-    job.status = result.ok() ? "succeeded" : (result.condition() == Condition::cancelled ? "cancelled" : "failed");
+    job.status = result.ok() ? JobStatus::succeeded
+                            : (result.condition() == Condition::cancelled ? JobStatus::cancelled : JobStatus::failed);
     if (!result.ok()) job.error = result.error().message;
     job.finished_at = rfc3339_now();
     job.host_image_after = state.host_image;
@@ -308,10 +309,10 @@ void HostAgent::Impl::run_job(const std::string& id, bool resumed) {
     step = UpdateStep::none;
     (void)persist_locked();
   }
-  logger("agent")->info("[host:{}][job:{}] {}{}", opt.host_id, id, job.status,
+  logger("agent")->info("[host:{}][job:{}] {}{}", opt.host_id, id, to_string(job.status),
                         job.error.empty() ? "" : ": " + job.error);
   end_event();
-  publish("job.done", {{"job", id}, {"status", job.status}, {"error", job.error}, {"result", job.to_json()}});
+  publish("job.done", {{"job", id}, {"status", to_string(job.status)}, {"error", job.error}, {"result", job.to_json()}});
   publish("host.state", {{"state", to_string(end_state)}, {"step", "None"}});
   {
     // Idle only now, so that whoever waits for it sees the final events too.
@@ -403,7 +404,7 @@ Status HostAgent::Impl::run_host_os(Job& job, OperationRecord& op, bool resumed)
         std::lock_guard lock(mu);
         slots[name].expect_running = false;
         slots[name].domain_state = DomainState::shut_off;
-        slots[name].status = "Stopped";
+        slots[name].status = InstanceStatus::stopped;
         if (slots[name].sim) slots[name].sim->pause();
       } else {
         FL_ASSIGN_OR_RETURN(auto stopped, stop_guest(name, false));
@@ -510,7 +511,7 @@ Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed
     for (const auto& name : op.stopped) {
       {
         std::lock_guard lock(mu);
-        slots[name].status = "Reimaging";
+        slots[name].status = InstanceStatus::reimaging;
       }
       FL_RETURN_IF_ERROR(point_at(name, target));
     }
@@ -675,8 +676,8 @@ Status HostAgent::cancel(const std::string& id) {
   std::lock_guard lock(impl_->mu);
   auto it = impl_->jobs.find(id);
   if (it == impl_->jobs.end()) return make_error(Condition::not_found, "job '" + id + "' not found");
-  if (it->second.status != "running") {
-    return make_error(Condition::invalid_state, "job '" + id + "' is " + it->second.status);
+  if (it->second.status != JobStatus::running) {
+    return make_error(Condition::invalid_state, "job '" + id + "' is " + std::string(to_string(it->second.status)));
   }
   it->second.cancel_requested = true;
   impl_->cv.notify_all();
