@@ -556,8 +556,8 @@ void HostAgent::Impl::monitor_loop() {
           discard = std::move(it->second.link);
           it->second.link = std::move(link).value();
           if (auto* r = record_locked(name)) {
-            (void)it->second.link->send_line(instance_line(
-                {r->meta.service, r->meta.index, r->meta.ud, r->meta.fd, opt.host_id}));
+            (void)it->second.link->send_line(guestproto::to_line(InstanceIdentity{
+                r->meta.service, r->meta.index, r->meta.ud, r->meta.fd, opt.host_id}));
           }
         } else {
           discard = std::move(link).value();

@@ -33,9 +33,9 @@ json::object event_fields(const ScheduledEvent& e, uint64_t incarnation) {
 }  // namespace
 
 void HostAgent::Impl::send_event_doc_locked(const std::vector<std::string>& guests) {
-  std::vector<ScheduledEvent> events;
-  if (event) events.push_back(event->event);
-  const std::string line = scheduled_events_line(state.imds_incarnation, events);
+  ScheduledEventsDoc doc{static_cast<int64_t>(state.imds_incarnation), {}};
+  if (event) doc.events.push_back(event->event);
+  const std::string line = guestproto::to_line(doc);
   for (const auto& name : guests) {
     auto it = slots.find(name);
     if (it != slots.end() && it->second.link) (void)it->second.link->send_line(line);
@@ -129,10 +129,10 @@ std::optional<std::string> HostAgent::instance_at(const std::string& address) co
 
 json::object HostAgent::scheduled_events_for(const std::string& name) const {
   std::lock_guard lock(impl_->mu);
-  std::vector<ScheduledEvent> events;
+  ScheduledEventsDoc doc{static_cast<int64_t>(impl_->state.imds_incarnation), {}};
   if (impl_->event && contains(impl_->event->event.resources, name))
-    events.push_back(impl_->event->event);
-  return scheduled_events_json(impl_->state.imds_incarnation, events);
+    doc.events.push_back(impl_->event->event);
+  return guestproto::to_json(doc);
 }
 
 Status HostAgent::approve_events(const std::string& name,

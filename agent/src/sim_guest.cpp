@@ -7,7 +7,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <boost/json.hpp>
 #include <algorithm>
 #include <cstring>
 #include <fstream>
@@ -15,9 +14,10 @@
 #include <set>
 #include <vector>
 
+#include "fabriclab/agent/guest_protocol.hpp"
+
 namespace fabriclab::agent {
 
-namespace json = boost::json;
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -137,42 +137,37 @@ void SimGuest::send(const std::string& line) {
 }
 
 void SimGuest::handle(const std::string& line) {
-  boost::system::error_code ec;
-  json::value v = json::parse(line, ec);
-  if (ec || !v.is_object()) return;
-  auto& o = v.as_object();
-  auto* type = o.if_contains("type");
-  if (!type || !type->is_string()) return;
-  if (type->as_string() == "instance") {
-    json::object ack{{"type", "instance_ack"}};
-    for (const char* k : {"service", "index", "platformUpdateDomain", "platformFaultDomain"}) {
-      if (auto* f = o.if_contains(k)) ack[k] = *f;
+  // As the guest program: a line that is not a message is dropped, a message with bad fields is
+  // answered with an error line, a type this guest does not know is ignored.
+  auto envelope = guestproto::parse_envelope(line);
+  if (!envelope.ok()) return;
+  auto message = guestproto::parse_host_message(*envelope);
+  if (!message.ok()) {
+    if (message.condition() != Condition::unsupported) {
+      send(guestproto::to_line(GuestError{message.error().message}));
     }
-    send(json::serialize(ack));
-  } else if (type->as_string() == "scheduled_events") {
-    auto* events = o.if_contains("Events");
-    if (!events || !events->is_array()) return;
-    std::vector<std::string> scheduled;
-    for (auto& e : events->as_array()) {
-      if (!e.is_object()) continue;
-      auto* id = e.as_object().if_contains("EventId");
-      auto* st = e.as_object().if_contains("EventStatus");
-      if (id && id->is_string() && st && st->is_string() && st->as_string() == "Scheduled") {
-        scheduled.emplace_back(id->as_string());
-      }
-    }
-    // The document is the whole current set: a pending ack whose event is no longer Scheduled
-    // is dropped, as the guest program does.
-    std::erase_if(pending_acks_, [&](const auto& p) {
-      return std::find(scheduled.begin(), scheduled.end(), p.first) == scheduled.end();
-    });
-    if (!ack_) return;
-    for (auto& id : scheduled) {
-      bool known = std::find(acked_.begin(), acked_.end(), id) != acked_.end() ||
-                   std::any_of(pending_acks_.begin(), pending_acks_.end(),
-                               [&](const auto& p) { return p.first == id; });
-      if (!known) pending_acks_.emplace_back(id, Clock::now() + drain_);
-    }
+    return;
+  }
+  if (auto* identity = std::get_if<InstanceIdentity>(&*message)) {
+    send(guestproto::to_line(guestproto::acknowledge(*identity)));
+    return;
+  }
+  const auto& doc = std::get<ScheduledEventsDoc>(*message);
+  std::vector<std::string> scheduled;
+  for (const auto& e : doc.events) {
+    if (e.event_status == "Scheduled") scheduled.push_back(e.event_id);
+  }
+  // The document is the whole current set: a pending ack whose event is no longer Scheduled
+  // is dropped, as the guest program does.
+  std::erase_if(pending_acks_, [&](const auto& p) {
+    return std::find(scheduled.begin(), scheduled.end(), p.first) == scheduled.end();
+  });
+  if (!ack_) return;
+  for (auto& id : scheduled) {
+    bool known = std::find(acked_.begin(), acked_.end(), id) != acked_.end() ||
+                 std::any_of(pending_acks_.begin(), pending_acks_.end(),
+                             [&](const auto& p) { return p.first == id; });
+    if (!known) pending_acks_.emplace_back(id, Clock::now() + drain_);
   }
 }
 
@@ -198,7 +193,7 @@ void SimGuest::run() {
       }
     }
     if (client_fd_ >= 0 && mode_ == "fail-app" && !announced) {
-      send(R"j({"type":"error","message":"app failed to start (fail-app mode)"})j");
+      send(guestproto::to_line(GuestError{"app failed to start (fail-app mode)"}));
       announced = true;
     }
     if (client_fd_ >= 0) {
@@ -212,9 +207,9 @@ void SimGuest::run() {
         for (size_t nl; (nl = buf.find('\n')) != std::string::npos;) {
           std::string line = buf.substr(0, nl);
           buf.erase(0, nl + 1);
-          if (line.size() <= 64 * 1024) handle(line);
+          if (line.size() <= kMaxGuestLine) handle(line);
         }
-        if (buf.size() > 64 * 1024) buf.clear();
+        if (buf.size() > kMaxGuestLine) buf.clear();
       }
     }
     for (auto it = pending_acks_.begin(); client_fd_ >= 0 && it != pending_acks_.end();) {
@@ -222,7 +217,7 @@ void SimGuest::run() {
         ++it;
         continue;
       }
-      send(json::serialize(json::object{{"type", "ack"}, {"EventId", it->first}}));
+      send(guestproto::to_line(Ack{it->first}));
       acked_.push_back(it->first);
       if (acked_.size() > 64) acked_.erase(acked_.begin());
       it = pending_acks_.erase(it);
@@ -231,12 +226,10 @@ void SimGuest::run() {
       ++counter_;
       write_counter(counter_file_, counter_);  // durable before it is reported
       ++seq_;
-      json::object hb{{"type", "heartbeat"}, {"seq", seq_}, {"boot_id", boot_id_},
-                      {"image", image_}, {"counter", counter_},
-                      {"uptime_ms", std::chrono::duration_cast<std::chrono::milliseconds>(
-                                        Clock::now() - booted_at_).count()},
-                      {"mode", mode_}, {"simulated", true}};
-      send(json::serialize(hb));
+      const auto uptime =
+          std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - booted_at_);
+      send(guestproto::to_line(Heartbeat{seq_, boot_id_, image_, counter_,
+                                         static_cast<uint64_t>(uptime.count()), mode_}));
       next_beat += period_;
     }
     // Sleep until the next heartbeat, a connection, a line from the agent, or a wake-up.
@@ -258,8 +251,7 @@ void SimGuest::run() {
     }
   }
   if (clean_ && client_fd_ >= 0) {
-    send(json::serialize(json::object{{"type", "final"}, {"boot_id", boot_id_},
-                                      {"counter", counter_}, {"clean", true}}));
+    send(guestproto::to_line(Final{boot_id_, counter_, true}));
   }
 }
 

@@ -1,8 +1,9 @@
 #pragma once
 // A simulated guest program for libvirt's test driver, which boots nothing. It binds the same
-// channel socket QEMU would and speaks the same line protocol as testbed/guest (heartbeats with a
-// durable counter, instance_ack, scheduled-event acks after a drain delay, a final record on a
-// clean power-off), so the agent's code path is the same with or without real VMs. Guest image
+// channel socket QEMU would and speaks the same line protocol as testbed/guest through the same
+// library (fabriclab/guestproto): heartbeats with a durable counter, instance_ack, an error line
+// for a host line with bad fields, scheduled-event acks after a drain delay, a final record on a
+// clean power-off. So the agent's code path is the same with or without real VMs. Guest image
 // versions ending in "-broken" behave like the guest program's fail-app mode.
 //
 // Scheduled events: a Scheduled event is acked `drain` after it arrived (while heartbeats go on;

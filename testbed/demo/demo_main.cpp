@@ -94,7 +94,8 @@ int main(int argc, char** argv) {
     if (!up.ok()) { fail(up.error().describe()); break; }
     log->info("{} up on {} after {:.1f} s", g.name(), from, up->count() / 1000.0);
     const int idx = &g - set.data();
-    (void)g.link()->send_line(agent::instance_line({"web", idx, idx, idx, "host-0"}));
+    (void)g.link()->send_line(
+        guestproto::to_line(agent::InstanceIdentity{"web", idx, idx, idx, "host-0"}));
   }
 
   // The walk: one update domain at a time.
@@ -111,7 +112,8 @@ int main(int argc, char** argv) {
     ev.description = "Host OS update (fabriclab demo)";
     ev.duration_seconds = 30;
     const auto t_notice = Clock::now();
-    (void)g.link()->send_line(agent::scheduled_events_line(i + 1, {ev}));
+    (void)g.link()->send_line(guestproto::to_line(
+        agent::ScheduledEventsDoc{static_cast<std::int64_t>(i + 1), {ev}}));
     auto ack = g.link()->wait_for([&](const agent::GuestMessage& m) {
       auto* a = std::get_if<agent::Ack>(&m);
       return a && a->event_id == ev.event_id;

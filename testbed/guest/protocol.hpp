@@ -1,43 +1,31 @@
 #pragma once
-// The integration-channel line protocol (one JSON object per line, each with "type"), as plain
-// structs and functions so the rest of the guest never touches JSON.
+// The integration channel as the guest program uses it, so the rest of the guest never touches
+// JSON. The protocol itself (every message kind, its encoder, its checked parser and the limits)
+// is the shared library fabriclab/guestproto, the same one the host agent and its simulated
+// guest use; this file only puts it in the guest's terms:
 //
-// Host -> guest:  instance, scheduled_events (docs/guest-channel.md); anything else is logged.
+// Host -> guest:  instance, scheduled_events (docs/guest-channel.md). parse_host_line sorts a
+// line into what the guest does with it: a message, a line that is not a message at all (BadLine:
+// dropped and counted), a known type with bad fields (BadFields: answered with an error line), a
+// type this guest does not know (OtherType: logged).
 // Guest -> host:  heartbeat, instance_ack, ack, error, final.
-// Every host line is untrusted: depth-limited parse, then a schema check that names the field.
+//
+// Plus the two IMDS documents the guest app reads and the approval it posts (Azure's shapes), which
+// are untrusted like channel lines.
 
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
-#include <vector>
+
+#include "fabriclab/guestproto/protocol.hpp"
 
 namespace fabriclab::guest {
 
-inline constexpr std::int64_t kMaxUpdateDomain = 19;  // at most 20 UDs (upgradeDomainCount)
-inline constexpr std::int64_t kMaxFaultDomain = 255;
-inline constexpr std::size_t kMaxEvents = 256;
-inline constexpr std::size_t kMaxResources = 1024;
-
-struct InstanceInfo {
-  std::string service;
-  std::int64_t index = 0;
-  std::int64_t update_domain = 0;
-  std::int64_t fault_domain = 0;
-};
-
-struct ScheduledEvent {
-  std::string event_id;
-  std::string event_type;              // Freeze|Reboot|Redeploy|Reimage|Terminate (not enforced)
-  std::string event_status;            // Scheduled|Started
-  std::vector<std::string> resources;  // the VM names it affects (optional on the channel)
-};
-
-struct ScheduledEventsDoc {
-  std::int64_t incarnation = 0;
-  std::vector<ScheduledEvent> events;
-};
+using InstanceInfo = guestproto::InstanceIdentity;
+using guestproto::ScheduledEvent;
+using guestproto::ScheduledEventsDoc;
 
 struct BadLine {  // not JSON, not an object, or no string "type": dropped and counted
   std::string reason;
@@ -53,8 +41,8 @@ using HostMessage = std::variant<InstanceInfo, ScheduledEventsDoc, BadLine, BadF
 
 HostMessage parse_host_line(std::string_view line);
 
-// IMDS bodies (Azure's shapes, see docs/clients.md "IMDS"). Untrusted like channel lines: on
-// failure `error` names the problem and the result is empty.
+// IMDS bodies (Azure's shapes, see docs/clients.md "IMDS"). On failure `error` names the problem
+// and the result is empty.
 std::optional<ScheduledEventsDoc> parse_imds_scheduled_events(std::string_view body,
                                                               std::string& error);
 // `name` of /metadata/instance/compute: a non-empty printable-ASCII string of at most 256 bytes.
@@ -62,6 +50,7 @@ std::optional<std::string> parse_imds_compute_name(std::string_view body, std::s
 // {"StartRequests": [{"EventId": ID}]}
 std::string start_requests_body(std::string_view event_id);
 
+// The heartbeat as the guest's main loop fills it each period (views of its own strings).
 struct Heartbeat {
   std::uint64_t seq = 0;
   std::string_view boot_id;

@@ -115,7 +115,8 @@ TEST_F(RealVm, GuestBootsStopsGracefullySwapsToV2AndKeepsItsCounter) {
   EXPECT_GE(heartbeat_of(*first).counter, 0) << "the guest has its data disk";
 
   // The guest answers what the host tells it (instance identity, scheduled events).
-  ASSERT_TRUE(link->send_line(agent::instance_line({"web", 0, 0, 0, "host-a"})).ok());
+  ASSERT_TRUE(
+      link->send_line(guestproto::to_line(agent::InstanceIdentity{"web", 0, 0, 0, "host-a"})).ok());
   auto iack = link->wait_for([](const GuestMessage& m) {
     return std::holds_alternative<agent::InstanceAck>(m);
   }, 10s);
@@ -124,7 +125,7 @@ TEST_F(RealVm, GuestBootsStopsGracefullySwapsToV2AndKeepsItsCounter) {
   agent::ScheduledEvent ev;
   ev.event_id = "evt-1";
   ev.resources = {"web-0"};
-  ASSERT_TRUE(link->send_line(agent::scheduled_events_line(1, {ev})).ok());
+  ASSERT_TRUE(link->send_line(guestproto::to_line(agent::ScheduledEventsDoc{1, {ev}})).ok());
   auto ack = link->wait_for([](const GuestMessage& m) {
     auto* a = std::get_if<agent::Ack>(&m);
     return a && a->event_id == "evt-1";

@@ -37,7 +37,6 @@ TEST(GuestProtocol, RejectsBadLinesNamingTheProblem) {
       {"not json", "not JSON"},
       {"[1,2]", "not a JSON object"},
       {R"({"seq":1})", "message.type is missing"},
-      {R"({"type":"bogus"})", "'bogus' is unknown"},
       {R"({"type":"heartbeat","seq":-1,"boot_id":"a","image":"v1","counter":1,"uptime_ms":1})", "heartbeat.seq"},
       {R"({"type":"heartbeat","seq":1,"boot_id":"a","image":"v1","counter":"x","uptime_ms":1})", "heartbeat.counter"},
       {R"({"type":"heartbeat","seq":1,"boot_id":"","image":"v1","counter":1,"uptime_ms":1})", "heartbeat.boot_id"},
@@ -54,13 +53,19 @@ TEST(GuestProtocol, RejectsBadLinesNamingTheProblem) {
     EXPECT_NE(r.error().message.find(c.expect), std::string::npos)
         << c.line << " -> " << r.error().message;
   }
+  // A well-formed line of a type the host does not know is dropped too, with its own condition.
+  auto bogus = parse_guest_line(R"({"type":"bogus"})");
+  ASSERT_FALSE(bogus.ok());
+  EXPECT_EQ(bogus.condition(), Condition::unsupported);
+  EXPECT_NE(bogus.error().message.find("'bogus' is unknown"), std::string::npos);
   std::string huge = R"({"type":"error","message":")" + std::string(70000, 'x') + "\"}";
   EXPECT_NE(parse_guest_line(huge).error().message.find("64 KiB"), std::string::npos);
 }
 
 TEST(GuestProtocol, HostLinesFollowTheAzureShapes) {
   namespace json = boost::json;
-  auto inst = json::parse(instance_line({"web", 1, 1, 1, "host-a"})).as_object();
+  auto inst =
+      json::parse(guestproto::to_line(InstanceIdentity{"web", 1, 1, 1, "host-a"})).as_object();
   EXPECT_EQ(inst["type"].as_string(), "instance");
   EXPECT_EQ(inst["platformUpdateDomain"].as_int64(), 1);
   EXPECT_EQ(inst["platformFaultDomain"].as_int64(), 1);
@@ -69,7 +74,7 @@ TEST(GuestProtocol, HostLinesFollowTheAzureShapes) {
   e.event_id = "E1";
   e.resources = {"web-1"};
   e.not_before = "Mon, 19 Sep 2016 18:29:47 GMT";
-  auto doc = json::parse(scheduled_events_line(4, {e})).as_object();
+  auto doc = json::parse(guestproto::to_line(ScheduledEventsDoc{4, {e}})).as_object();
   EXPECT_EQ(doc["DocumentIncarnation"].as_int64(), 4);
   auto& ev = doc["Events"].as_array()[0].as_object();
   EXPECT_EQ(ev["EventType"].as_string(), "Reboot");
