@@ -4,8 +4,6 @@
 // (a restart reads its own "listening" line), stderr to `log` when given. The owner ends it:
 // SIGTERM on destruction (the agent leaves its guests running by design), kill9() for a crash.
 
-#include <gtest/gtest.h>
-
 #include <chrono>
 #include <fstream>
 #include <string>
