@@ -55,6 +55,7 @@
 
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/json_get.hpp"
+#include "fabriclab/common/random_hex.hpp"
 #include "fabriclab/rack/api_client.hpp"
 #include "fabriclab/rack/lab.hpp"
 #include "scale_processes.hpp"
@@ -293,10 +294,7 @@ class Bench {
     }
     token_file_ = o_.dir + "/token";
     node_xml_ = o_.dir + "/node.xml";
-    std::random_device rd;
-    char buf[33];
-    std::snprintf(buf, sizeof buf, "%08x%08x%08x%08x", rd(), rd(), rd(), rd());
-    token_ = buf;
+    token_ = random_hex(32);
     std::ofstream(token_file_) << token_ << "\n";
     // 80 GiB (the test driver counts in KiB): 12 guests of a few hundred MiB each fit with room.
     std::ofstream(node_xml_) << "<node><cpu><mhz>2000</mhz></cpu><memory>83886080</memory></node>\n";

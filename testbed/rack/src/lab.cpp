@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "fabriclab/common/child_process.hpp"
+#include "fabriclab/common/random_hex.hpp"
 #include "fabriclab/orchestrator/lb.hpp"
 #include "fabriclab/rack/api_client.hpp"
 #include "fabriclab/rack/image_library.hpp"
@@ -70,14 +71,6 @@ std::vector<pid_t> processes_mentioning(const std::string& needle) {
 
 void kill_mentioning(const std::string& needle) {
   for (pid_t p : processes_mentioning(needle)) kill(p, SIGKILL);
-}
-
-std::string random_token() {
-  std::random_device rd;
-  static const char* hex = "0123456789abcdef";
-  std::string t;
-  for (int i = 0; i < 32; ++i) t += hex[rd() % 16];
-  return t;
 }
 
 // Starts `argv` as the lab process `p`: its stdout in DIR/NAME.out (where it says where it
@@ -336,7 +329,7 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
   lab.image_dirs_ = std::move(image_dirs);
   lab.dir_ = fs::absolute(options.dir).string();
   lab.hypervisor_ = spec.hypervisor;
-  lab.token_ = random_token();
+  lab.token_ = random_hex(32);
   FL_RETURN_IF_ERROR(write_token(lab.dir_ + "/token", lab.token_));
   if (spec.hypervisor == "test") {
     std::ofstream(lab.dir_ + "/node.xml") << "<node><cpu><mhz>2000</mhz></cpu><memory>8388608</memory></node>\n";
