@@ -39,7 +39,10 @@
 #include <thread>
 #include <vector>
 
+#include "fabriclab/common/child_process.hpp"
 #include "fabriclab/common/http_client.hpp"
+#include "fabriclab/common/json.hpp"
+#include "fabriclab/common/json_get.hpp"
 #include "fabriclab/testbed/images.hpp"
 
 #ifndef FABRICLAB_AGENT_BIN
@@ -59,36 +62,15 @@ inline constexpr const char* kToken = "it-control-token";
 inline constexpr const char* kOrchestratorHost = "127.0.0.1";
 
 // ---- small JSON readers: a missing or mistyped field gives an empty / -1 value -------------
+// (common's lenient readers, json_get.hpp, under the short names these tests use)
 
-inline std::string jstr(const json::value& v, std::string_view key) {
-  const auto* o = v.if_object();
-  const auto* f = o ? o->if_contains(key) : nullptr;
-  return f && f->is_string() ? std::string(f->as_string()) : std::string();
-}
+inline std::string jstr(const json::value& v, std::string_view key) { return json_get::str(v, key); }
 inline int64_t jint(const json::value& v, std::string_view key, int64_t fallback = -1) {
-  const auto* o = v.if_object();
-  const auto* f = o ? o->if_contains(key) : nullptr;
-  if (f && f->is_int64()) return f->as_int64();
-  if (f && f->is_uint64()) return static_cast<int64_t>(f->as_uint64());
-  return fallback;
+  return json_get::int_or(v, key, fallback);
 }
-inline bool jbool(const json::value& v, std::string_view key) {
-  const auto* o = v.if_object();
-  const auto* f = o ? o->if_contains(key) : nullptr;
-  return f && f->is_bool() && f->as_bool();
-}
-inline const json::array& jarr(const json::value& v, std::string_view key) {
-  static const json::array kEmpty;
-  const auto* o = v.if_object();
-  const auto* f = o ? o->if_contains(key) : nullptr;
-  return f && f->is_array() ? f->as_array() : kEmpty;
-}
-inline const json::value& jval(const json::value& v, std::string_view key) {
-  static const json::value kNull;
-  const auto* o = v.if_object();
-  const auto* f = o ? o->if_contains(key) : nullptr;
-  return f ? *f : kNull;
-}
+inline bool jbool(const json::value& v, std::string_view key) { return json_get::flag(v, key); }
+inline const json::array& jarr(const json::value& v, std::string_view key) { return json_get::arr(v, key); }
+inline const json::value& jval(const json::value& v, std::string_view key) { return json_get::field(v, key); }
 inline json::value parse_or_null(const std::string& text) {
   boost::system::error_code ec;
   json::value v = json::parse(text, ec);
@@ -96,25 +78,13 @@ inline json::value parse_or_null(const std::string& text) {
 }
 
 // "2026-11-24T18:00:00.123Z" -> unix ms; 0 when it does not parse.
-inline int64_t rfc3339_ms(std::string_view text) {
-  std::tm tm{};
-  int ms = 0;
-  if (std::sscanf(std::string(text).c_str(), "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon,
-                  &tm.tm_mday, &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &ms) < 6) {
-    return 0;
-  }
-  tm.tm_year -= 1900;
-  tm.tm_mon -= 1;
-  return static_cast<int64_t>(timegm(&tm)) * 1000 + ms;
-}
+inline int64_t rfc3339_ms(std::string_view text) { return parse_rfc3339_ms(text).value_or(0); }
 
-inline std::string file_tail(const std::string& path, size_t max_lines) {
-  std::ifstream in(path);
-  std::vector<std::string> lines;
-  for (std::string line; std::getline(in, line);) lines.push_back(std::move(line));
+// The last lines of a file, indented for a failure message.
+inline std::string indented_tail(const std::string& path, size_t max_lines) {
   std::string out;
-  size_t from = lines.size() > max_lines ? lines.size() - max_lines : 0;
-  for (size_t i = from; i < lines.size(); ++i) out += "    " + lines[i] + "\n";
+  std::istringstream in(fabriclab::file_tail(path, max_lines));
+  for (std::string line; std::getline(in, line);) out += "    " + line + "\n";
   return out;
 }
 
@@ -123,25 +93,23 @@ inline std::string file_tail(const std::string& path, size_t max_lines) {
 struct Child {
   std::string name;
   pid_t pid = -1;
-  std::string address;  // what it printed after "listening "
+  std::string address;  // what it printed after "listening ": HOST:PORT
   uint16_t port = 0;
   std::string out_path, err_path;
 
   bool running() const { return pid > 0; }
 
-  // SIGKILL and reap. Safe to call twice.
+  // SIGKILL and reap (a crash, not a stop). Safe to call twice.
   void kill9() {
-    if (pid <= 0) return;
-    ::kill(pid, SIGKILL);
-    ::waitpid(pid, nullptr, 0);
+    kill_process(pid);
     pid = -1;
   }
 };
 
 // Starts `argv` with stdout/stderr appended to `out_path`/`err_path` and waits until it prints
-// "listening HOST:PORT" (after what the files held before, so a restart reads its own line).
-// Every string the child needs is built before fork(): the child only makes async-signal-safe
-// calls, which matters because the test has threads running (the event recorder).
+// "listening HOST:PORT" (after what the files held before, so a restart reads its own line). The
+// child dies with the test binary; a child that does not listen fails the test, saying what it
+// printed, and is killed.
 inline Child spawn_listening(const std::string& name, const std::vector<std::string>& argv,
                              const std::string& out_path, const std::string& err_path,
                              std::chrono::milliseconds timeout = 20s) {
@@ -149,55 +117,26 @@ inline Child spawn_listening(const std::string& name, const std::vector<std::str
   c.name = name;
   c.out_path = out_path;
   c.err_path = err_path;
-  std::error_code ec;
-  auto offset = std::filesystem::exists(out_path) ? std::filesystem::file_size(out_path, ec) : 0;
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  const pid_t parent = ::getpid();
-  pid_t pid = ::fork();
-  if (pid < 0) {
-    ADD_FAILURE() << name << ": fork failed";
+  SpawnOptions o;
+  o.name = name;
+  o.stdout_path = out_path;
+  o.append_stdout = true;
+  o.stderr_path = err_path;
+  o.die_with_parent = true;
+  auto child = spawn_child(argv, o);
+  if (!child.ok()) {
+    ADD_FAILURE() << child.error().describe();
     return c;
   }
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent) ::_exit(126);  // the test died between fork and prctl
-    int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (out < 0 || err < 0) ::_exit(125);
-    ::dup2(out, 1);
-    ::dup2(err, 2);
-    // Nothing else of the test's (its sockets among them) leaks into the child.
-    for (int fd = 3; fd < 4096; ++fd) ::close(fd);
-    ::execv(args[0], args.data());
-    ::_exit(127);
+  c.pid = child->pid;
+  auto at = wait_listening(*child, timeout);
+  if (!at.ok()) {
+    ADD_FAILURE() << at.error().describe();
+    c.kill9();
+    return c;
   }
-  c.pid = pid;
-  const auto deadline = Clock::now() + timeout;
-  while (Clock::now() < deadline) {
-    std::ifstream in(out_path);
-    in.seekg(static_cast<std::streamoff>(offset));
-    for (std::string line; std::getline(in, line);) {
-      if (line.rfind("listening ", 0) != 0) continue;
-      c.address = line.substr(10);
-      auto colon = c.address.rfind(':');
-      if (colon != std::string::npos)
-        c.port = static_cast<uint16_t>(std::stoi(c.address.substr(colon + 1)));
-      if (c.port != 0) return c;
-    }
-    int status = 0;
-    if (::waitpid(pid, &status, WNOHANG) == pid) {
-      c.pid = -1;
-      ADD_FAILURE() << name << " exited (status " << status << ") before listening:\n"
-                    << file_tail(err_path, 20);
-      return c;
-    }
-    std::this_thread::sleep_for(20ms);
-  }
-  ADD_FAILURE() << name << " did not print 'listening' within " << timeout.count() << " ms:\n"
-                << file_tail(err_path, 20);
-  c.kill9();
+  c.address = at->str();
+  c.port = at->port;
   return c;
 }
 
@@ -331,9 +270,9 @@ class OrchestratorStack : public ::testing::Test {
     for (auto& [id, a] : agents_) a.kill9();
     if (HasFailure()) {
       std::cerr << "---- orchestrator log (tail) ----\n"
-                << file_tail(dir_ + "/orchestrator.err", 60);
+                << indented_tail(dir_ + "/orchestrator.err", 60);
       for (auto& [id, a] : agents_) {
-        std::cerr << "---- agent " << id << " log (tail) ----\n" << file_tail(a.err_path, 15);
+        std::cerr << "---- agent " << id << " log (tail) ----\n" << indented_tail(a.err_path, 15);
       }
     }
     if (!dir_.empty() && !std::getenv("FABRICLAB_KEEP_TMP")) std::filesystem::remove_all(dir_);

@@ -37,6 +37,7 @@
 #include <memory>
 #include <tuple>
 
+#include "fabriclab/common/json_get.hpp"
 #include "fabriclab/common/logging.hpp"
 #include "fabriclab/hypervisor/disk_image.hpp"
 
@@ -219,10 +220,7 @@ Result<HostImage> read_manifest(const std::string& root, const std::string& v) {
     return make_error(Condition::invalid_state, "host image " + v + ": " + text.error().message);
   auto obj = parse_object(*text, where);
   if (!obj.ok()) return make_error(Condition::invalid_state, obj.error().message);
-  auto str = [&](const char* k) {
-    auto* f = obj->if_contains(k);
-    return f && f->is_string() ? std::string(f->as_string()) : std::string();
-  };
+  auto str = [&](const char* k) { return json_get::str(*obj, k); };
   auto* size = obj->if_contains("size");
   auto fail = [&](const std::string& why) {
     return make_error(Condition::invalid_state, where + ": " + why);

@@ -9,6 +9,7 @@
 // health carries on, and the drill's notes say so.
 
 #include "controller_impl.hpp"
+#include "fabriclab/common/json_get.hpp"
 #include "fabriclab/common/logging.hpp"
 
 namespace fabriclab::orchestrator {
@@ -19,16 +20,8 @@ auto log() { return logger("orchestrator"); }
 // Unix ms of a journaled RFC 3339 time; 0 for a missing or malformed one.
 int64_t ms_of(std::string_view rfc) { return parse_rfc3339_ms(rfc).value_or(0); }
 
-std::string str(const json::object& o, std::string_view k) {
-  auto* v = o.if_contains(k);
-  return v && v->is_string() ? std::string(v->as_string()) : std::string();
-}
-int64_t num(const json::object& o, std::string_view k, int64_t fallback = 0) {
-  auto* v = o.if_contains(k);
-  if (v && v->is_int64()) return v->as_int64();
-  if (v && v->is_uint64()) return static_cast<int64_t>(v->as_uint64());
-  return fallback;
-}
+using json_get::int_or;
+using json_get::str;
 }  // namespace
 
 Status Controller::Impl::restore() {
@@ -70,10 +63,10 @@ Status Controller::Impl::restore() {
       if (auto spec = drill_spec_from_json(s->as_object()); spec.ok()) d->spec = *spec;
     }
     d->reason = str(o, "reason");
-    d->current_batch = static_cast<int>(num(o, "current_batch"));
-    d->started_ms = num(o, "started_ms");
-    d->finished_ms = num(o, "finished_ms");
-    d->notice_ms = num(o, "notice_ms");
+    d->current_batch = static_cast<int>(int_or(o, "current_batch", 0));
+    d->started_ms = int_or(o, "started_ms", 0);
+    d->finished_ms = int_or(o, "finished_ms", 0);
+    d->notice_ms = int_or(o, "notice_ms", 0);
     if (auto* m = o.if_contains("traffic_measured"); m && m->is_bool()) d->traffic_measured = m->as_bool();
     d->traffic_reason = str(o, "traffic_reason");
     d->resumed = is_resumable(d->state);
@@ -85,7 +78,7 @@ Status Controller::Impl::restore() {
         if (!v.is_object()) continue;
         const auto& bo = v.as_object();
         BatchRun b;
-        b.index = static_cast<int>(num(bo, "index"));
+        b.index = static_cast<int>(int_or(bo, "index", 0));
         if (auto* hs = bo.if_contains("hosts"); hs && hs->is_array()) {
           for (const auto& h : hs->as_array()) {
             if (h.is_string()) b.hosts.emplace_back(h.as_string());
@@ -102,7 +95,7 @@ Status Controller::Impl::restore() {
         if (!v.is_object()) continue;
         const auto& b = v.as_object();
         d->before[std::string(name)] = InstanceBefore{str(b, "host"), str(b, "image"), str(b, "host_image"),
-                                                      num(b, "counter", -1)};
+                                                      int_or(b, "counter", -1)};
       }
     }
     if (auto* hib = o.if_contains("host_image_before"); hib && hib->is_object()) {
@@ -137,7 +130,7 @@ Status Controller::Impl::restore() {
       for (const auto& text : page) {
         auto ev = parse_json_object(text, 1 << 20, 64, "journaled event");
         if (!ev.ok()) continue;
-        seq = static_cast<uint64_t>(num(*ev, "seq"));
+        seq = static_cast<uint64_t>(int_or(*ev, "seq", 0));
         int64_t t = ms_of(str(*ev, "time"));
         last_event_ms = std::max(last_event_ms, t);
         if (str(*ev, "type") != "instance.state") continue;
@@ -160,7 +153,7 @@ Status Controller::Impl::restore() {
         it->second.healthy = healthy;
         it->second.status = str(io, "status");
         it->second.image = str(io, "image");
-        it->second.counter = num(io, "counter", -1);
+        it->second.counter = int_or(io, "counter", -1);
       }
     }
     std::string note = "orchestrator restarted; not observing from " +

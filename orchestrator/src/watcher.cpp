@@ -15,12 +15,16 @@
 #include <thread>
 
 #include "controller_impl.hpp"
+#include "fabriclab/common/json_get.hpp"
 #include "fabriclab/common/logging.hpp"
 #include "fabriclab/orchestrator/placement.hpp"
 
 namespace fabriclab::orchestrator {
 
 namespace {
+
+using json_get::str;
+
 auto log() { return logger("orchestrator"); }
 
 HostState host_state_of(std::string_view agent_state) {
@@ -73,10 +77,6 @@ void Controller::Impl::poll_once(const std::string& host_id) {
     m.last_poll_began = began;
     bool was_reachable = m.reachable;
     m.reachable = true;
-    auto str = [&](const json::object& o, const char* k) -> std::string {
-      auto* v = o.if_contains(k);
-      return v && v->is_string() ? std::string(v->as_string()) : std::string();
-    };
     std::string state = str(*host, "state"), step = str(*host, "step"), image = str(*host, "host_image");
     std::string job = str(*host, "active_job");
     HostState hs = host_state_of(state);
@@ -117,13 +117,9 @@ void Controller::Impl::poll_once(const std::string& host_id) {
         }
         if (auto* sig = rep->if_contains("signals"); sig && sig->is_object()) {
           const auto& so = sig->as_object();
-          auto flag = [&so](const char* k) {
-            auto* v = so.if_contains(k);
-            return v && v->is_bool() && v->as_bool();
-          };
           im.signals_known = true;
-          im.heartbeat = flag("heartbeat");
-          im.guest_agent = flag("guest_agent");
+          im.heartbeat = json_get::flag(so, "heartbeat");
+          im.guest_agent = json_get::flag(so, "guest_agent");
         }
         if (auto* hb = rep->if_contains("last_heartbeat"); hb && hb->is_object()) {
           if (auto* cn = hb->as_object().if_contains("counter"); cn && cn->is_int64()) counter = cn->as_int64();

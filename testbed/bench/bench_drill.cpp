@@ -92,6 +92,7 @@
 
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/json.hpp"
+#include "fabriclab/common/json_get.hpp"
 #include "fabriclab/orchestrator/traffic.hpp"
 #include "fabriclab/rack/api_client.hpp"
 #include "fabriclab/rack/drill.hpp"
@@ -119,29 +120,11 @@ int64_t now_ms() {
       .count();
 }
 
-std::string str(const json::object& o, std::string_view k) {
-  auto* v = o.if_contains(k);
-  return v && v->is_string() ? std::string(v->as_string()) : std::string();
-}
-std::optional<double> dbl(const json::object& o, std::string_view k) {
-  auto* v = o.if_contains(k);
-  if (!v || !v->is_number()) return std::nullopt;
-  return v->to_number<double>();
-}
-int64_t integer(const json::object& o, std::string_view k, int64_t fallback = -1) {
-  auto d = dbl(o, k);
-  return d ? static_cast<int64_t>(*d) : fallback;
-}
-const json::array& arr(const json::object& o, std::string_view k) {
-  static const json::array empty;
-  auto* v = o.if_contains(k);
-  return v && v->is_array() ? v->as_array() : empty;
-}
-const json::object& obj(const json::object& o, std::string_view k) {
-  static const json::object empty;
-  auto* v = o.if_contains(k);
-  return v && v->is_object() ? v->as_object() : empty;
-}
+using json_get::arr;
+using json_get::int_or;
+using json_get::number;
+using json_get::obj;
+using json_get::str;
 
 double secs(int64_t ms) { return static_cast<double>(ms) / 1000.0; }
 double round3(double v) { return std::round(v * 1000.0) / 1000.0; }
@@ -563,7 +546,7 @@ RawHost raw_cycle_host(const Agents& agents, const std::string& host, int batch,
     g.batch = batch;
     const auto& hb = obj(o, "last_heartbeat");
     g.boot_before = str(hb, "boot_id");
-    if (auto age = dbl(hb, "age_ms")) g.last_hb_before_ms = polled_at - static_cast<int64_t>(*age);
+    if (auto age = number(hb, "age_ms")) g.last_hb_before_ms = polled_at - static_cast<int64_t>(*age);
     h.guests.push_back(std::move(g));
   }
   if (h.guests.empty()) return h;  // nothing on this host: no time
@@ -600,8 +583,8 @@ RawHost raw_cycle_host(const Agents& agents, const std::string& host, int batch,
           const auto& hb = obj(o, "last_heartbeat");
           std::string boot = str(hb, "boot_id");
           if (!boot.empty() && boot != g.boot_before) {
-            g.first_hb_ms = at - integer(hb, "age_ms", 0);
-            g.first_hb_seq = integer(hb, "seq");
+            g.first_hb_ms = at - int_or(hb, "age_ms", 0);
+            g.first_hb_seq = int_or(hb, "seq", -1);
           }
         }
         if (g.first_hb_ms < 0) all = false;
@@ -733,9 +716,9 @@ ClientFigures client_figures(const json::object& report, const rack::DrillFileSp
     auto* tv = s.if_contains("traffic");
     if (!tv || !tv->is_object()) continue;
     const auto& st = tv->as_object();
-    const int64_t requests = integer(st, "requests", 0), failed = integer(st, "failed", 0);
+    const int64_t requests = int_or(st, "requests", 0), failed = int_or(st, "failed", 0);
     f.requests += requests;
-    if (integer(s, "instances", 0) < 2) continue;
+    if (int_or(s, "instances", 0) < 2) continue;
     f.failed_multi_instance += failed;
     const rack::ServiceSpec* ss = nullptr;
     for (const auto& x : spec.services) {
@@ -748,7 +731,7 @@ ClientFigures client_figures(const json::object& report, const rack::DrillFileSp
     std::vector<double> runs;
     for (const auto& rv : arr(st, "failure_runs")) {
       const auto& r = rv.as_object();
-      runs.push_back((dbl(r, "to_s").value_or(0) - dbl(r, "from_s").value_or(0)) * 1000.0 + period_ms);
+      runs.push_back((number(r, "to_s").value_or(0) - number(r, "from_s").value_or(0)) * 1000.0 + period_ms);
     }
     auto p50 = median(runs);
     if (p50) ratios.push_back(*p50 / static_cast<double>(detection_ms));
@@ -890,7 +873,7 @@ int run(const Options& opt) {
   const json::object& report = outcome->report;
   const json::object& rdrill = obj(report, "drill");
   const std::string drill_state = str(rdrill, "state");
-  const auto makespan_s = dbl(rdrill, "duration_s");
+  const auto makespan_s = number(rdrill, "duration_s");
   const int64_t drill_start_ms = parse_rfc3339_ms(str(rdrill, "started_at")).value_or(-1);
   const int64_t drill_end_ms = parse_rfc3339_ms(str(rdrill, "finished_at")).value_or(now_ms());
   progress(fmt::format("drill {} {} in {} s (report result {})", str(rdrill, "id"), drill_state,
@@ -908,11 +891,11 @@ int run(const Options& opt) {
   for (const auto& bv : arr(obj(report, "walk"), "batch_list")) {
     const auto& b = bv.as_object();
     Batch x;
-    x.index = static_cast<int>(integer(b, "index", static_cast<int64_t>(batches.size())));
+    x.index = static_cast<int>(int_or(b, "index", static_cast<int64_t>(batches.size())));
     for (const auto& h : arr(b, "hosts")) x.hosts.emplace_back(h.as_string());
-    x.start_s = dbl(b, "start_s");
-    x.end_s = dbl(b, "end_s");
-    x.duration_s = dbl(b, "duration_s");
+    x.start_s = number(b, "start_s");
+    x.end_s = number(b, "end_s");
+    x.duration_s = number(b, "duration_s");
     batches.push_back(std::move(x));
   }
   if (batches.empty()) return fail("the report has no batches");
@@ -1152,10 +1135,10 @@ int run(const Options& opt) {
       return fmt::format(
           "machine {:.2f} cores busy: qemu of the batch's hosts {:.2f}, of the other hosts {:.2f}, "
           "agents+orchestrator {:.2f}, not the lab's {:.2f}",
-          dbl(w, "machine_busy_cores").value_or(0), dbl(w, "qemu_cores_batch_hosts").value_or(0),
-          dbl(w, "qemu_cores_other_hosts").value_or(0), dbl(w, "lab_processes_cores").value_or(0),
-          dbl(w, "foreign_qemu_cores").value_or(0) + dbl(w, "other_processes_cores").value_or(0) +
-              dbl(w, "unaccounted_cores").value_or(0));
+          number(w, "machine_busy_cores").value_or(0), number(w, "qemu_cores_batch_hosts").value_or(0),
+          number(w, "qemu_cores_other_hosts").value_or(0), number(w, "lab_processes_cores").value_or(0),
+          number(w, "foreign_qemu_cores").value_or(0) + number(w, "other_processes_cores").value_or(0) +
+              number(w, "unaccounted_cores").value_or(0));
     };
     const auto& bo = batch_out.back().as_object();
     text_batches.push_back("      cpu, drill: " + cpu_text(obj(bo, "drill_cpu")) +
@@ -1179,8 +1162,8 @@ int run(const Options& opt) {
   for (const auto& iv : arr(report, "instances")) {
     const auto& i = iv.as_object();
     std::string name = str(i, "name");
-    auto agent_down = dbl(i, "agent_down_s");
-    auto down = dbl(i, "down_s");
+    auto agent_down = number(i, "agent_down_s");
+    auto down = number(i, "down_s");
     const RawGuest* g = raw.count(name) ? raw[name] : nullptr;
     std::optional<double> cycle, gap;
     if (g && g->cycle_ms() > 0) cycle = secs(g->cycle_ms());
@@ -1202,7 +1185,7 @@ int run(const Options& opt) {
     inst_out.push_back(
         json::object{{"name", name},
                      {"host", host},
-                     {"ud", integer(i, "ud")},
+                     {"ud", int_or(i, "ud", -1)},
                      {"agent_down_s", num_or_null(agent_down)},
                      {"down_s", num_or_null(down)},
                      {"cycle_s", num_or_null(cycle)},
@@ -1312,7 +1295,7 @@ int run(const Options& opt) {
                    {"drill_state", drill_state},
                    {"drill_result", str(report, "result")},
                    {"batches", static_cast<int64_t>(batches.size())},
-                   {"lower_bound", integer(obj(report, "walk"), "lower_bound")},
+                   {"lower_bound", int_or(obj(report, "walk"), "lower_bound", -1)},
                    {"makespan_s", round3(*makespan_s)},
                    {"floor_s", round3(floor_s)},
                    {"ratio", num_or_null(ratio)},
@@ -1356,7 +1339,7 @@ int run(const Options& opt) {
     std::cout << "notice: " << notice_policy << "; recovery 0\n";
     std::cout << fmt::format("drill {} {} ({}), {} batches (lower bound {})\n", str(rdrill, "id"),
                              drill_state, str(report, "result"), batches.size(),
-                             integer(obj(report, "walk"), "lower_bound"));
+                             int_or(obj(report, "walk"), "lower_bound", -1));
     std::cout << fmt::format("makespan_s          {:.3f}\n", *makespan_s);
     std::cout << fmt::format("floor_s             {:.3f}\n", floor_s);
     std::cout << fmt::format("ratio               {}   (target <= {:.2f}: {})\n", fmt_opt(ratio),
@@ -1380,18 +1363,18 @@ int run(const Options& opt) {
       std::string top;
       for (const auto& t : arr(w, "top_other_processes")) {
         top += fmt::format(" {} {:.2f}", str(t.as_object(), "name"),
-                           dbl(t.as_object(), "cores").value_or(0));
+                           number(t.as_object(), "cores").value_or(0));
       }
       std::cout << fmt::format(
           "{}: machine {:.2f} of {:.0f} cores busy; lab qemu {:.2f}, agents+orchestrator {:.2f}, "
           "foreign qemu {:.2f} (max {} processes), other {:.2f}{}{}, unaccounted {:.2f}\n",
-          k, dbl(w, "machine_busy_cores").value_or(0), CpuSampler::cores(),
-          dbl(w, "qemu_cores_batch_hosts").value_or(0) +
-              dbl(w, "qemu_cores_other_hosts").value_or(0),
-          dbl(w, "lab_processes_cores").value_or(0), dbl(w, "foreign_qemu_cores").value_or(0),
-          integer(w, "foreign_qemu_max", 0), dbl(w, "other_processes_cores").value_or(0),
+          k, number(w, "machine_busy_cores").value_or(0), CpuSampler::cores(),
+          number(w, "qemu_cores_batch_hosts").value_or(0) +
+              number(w, "qemu_cores_other_hosts").value_or(0),
+          number(w, "lab_processes_cores").value_or(0), number(w, "foreign_qemu_cores").value_or(0),
+          int_or(w, "foreign_qemu_max", 0), number(w, "other_processes_cores").value_or(0),
           top.empty() ? "" : " (top:", top.empty() ? "" : top + ")",
-          dbl(w, "unaccounted_cores").value_or(0));
+          number(w, "unaccounted_cores").value_or(0));
     }
     std::cout << "instances:\n";
     for (const auto& l : text_inst) std::cout << l << "\n";
@@ -1405,8 +1388,8 @@ int run(const Options& opt) {
       for (const auto& [name, v] : no_drain->services) {
         const auto& o = v.as_object();
         std::cout << fmt::format("  {:<10} outage_ms_p50 {} over {} failure runs; probe_detection_ms {}\n",
-                                 std::string(name), fmt_opt(dbl(o, "outage_ms_p50"), "{:.0f}"),
-                                 integer(o, "failure_runs", 0), integer(o, "probe_detection_ms", 0));
+                                 std::string(name), fmt_opt(number(o, "outage_ms_p50"), "{:.0f}"),
+                                 int_or(o, "failure_runs", 0), int_or(o, "probe_detection_ms", 0));
       }
       std::cout << "outage / probe detection (p50 over services): " << fmt_opt(no_drain->outage_ratio_p50) << "\n";
     }

@@ -6,6 +6,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "fabriclab/common/json_get.hpp"
+
 namespace fabriclab::testbed {
 namespace json = boost::json;
 
@@ -79,11 +81,9 @@ Result<std::vector<GuestImage>> load_images(const std::string& dir) {
   for (const auto& item : images->as_array()) {
     if (!item.is_object()) return make_error(Condition::invalid_argument, path + ": images[] must be objects");
     const auto& o = item.as_object();
-    auto str = [&](const char* k) -> std::string {
-      auto* f = o.if_contains(k);
-      return (f && f->is_string()) ? std::string(f->as_string()) : std::string();
-    };
-    GuestImage g{str("version"), str("kernel"), str("initrd"), str("sha256_kernel"), str("sha256_initrd")};
+    using json_get::str;
+    GuestImage g{str(o, "version"), str(o, "kernel"), str(o, "initrd"), str(o, "sha256_kernel"),
+                 str(o, "sha256_initrd")};
     if (g.version.empty() || g.kernel.empty() || g.initrd.empty()) {
       return make_error(Condition::invalid_argument, path + ": an image lacks version, kernel or initrd");
     }

@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "agent_fixture.hpp"
+#include "agent_process.hpp"
 #include "fabriclab/common/http_client.hpp"
 
 namespace fabriclab::testing {
@@ -107,48 +108,13 @@ TEST_F(AgentOnRealVms, MemoryPreservingHostUpdateAndFreezeKeepTheGuestsBoot) {
 // ---------------------------------------------------------------------------------------------
 // The agent as a separate process, SIGKILLed during StoppingGuests.
 
-struct AgentProcess {
-  pid_t pid = -1;
-  uint16_t port = 0;
-
-  static AgentProcess spawn(const std::string& dir) {
-    AgentProcess p;
-    int out[2];
-    if (::pipe(out) != 0) return p;
-    p.pid = ::fork();
-    if (p.pid == 0) {
-      ::dup2(out[1], 1);
-      ::close(out[0]);
-      std::string images = testbed::default_images_dir();
-      ::execl(FABRICLAB_AGENT_BIN, FABRICLAB_AGENT_BIN, "--host-id", "host-k", "--state-dir",
-              (dir + "/st").c_str(), "--guest-images", images.c_str(), "--port", "0",
-              "--control-token-file", (dir + "/ctl").c_str(), "--stop-timeout-ms", "10000",
-              "--log-level", "warn", static_cast<char*>(nullptr));
-      std::_Exit(127);
-    }
-    ::close(out[1]);
-    FILE* f = ::fdopen(out[0], "r");
-    char line[256];
-    if (std::fgets(line, sizeof(line), f)) {
-      std::string s(line);
-      auto colon = s.rfind(':');
-      if (s.rfind("listening", 0) == 0 && colon != std::string::npos) p.port = std::stoi(s.substr(colon + 1));
-    }
-    std::fclose(f);
-    return p;
-  }
-  void kill9() {
-    ::kill(pid, SIGKILL);
-    ::waitpid(pid, nullptr, 0);
-    pid = -1;
-  }
-  ~AgentProcess() {
-    if (pid > 0) {
-      ::kill(pid, SIGTERM);
-      ::waitpid(pid, nullptr, 0);
-    }
-  }
-};
+AgentProcess spawn_agent(const std::string& dir) {
+  return AgentProcess::spawn({FABRICLAB_AGENT_BIN, "--host-id", "host-k", "--state-dir", dir + "/st",
+                              "--guest-images", testbed::default_images_dir(), "--port", "0",
+                              "--control-token-file", dir + "/ctl", "--stop-timeout-ms", "10000",
+                              "--log-level", "warn"},
+                             dir + "/agent.out");
+}
 
 json::value get(uint16_t port, const std::string& target) {
   auto r = http::request("127.0.0.1", port, "GET", target, {}, "ctl");
@@ -161,8 +127,8 @@ TEST(AgentProcessOnRealVms, KilledDuringStoppingGuestsStillEndsWithBothGuestsRun
   auto dir = testbed::make_short_tmpdir("flk-");
   ASSERT_TRUE(dir.ok());
   std::ofstream(*dir + "/ctl") << "ctl";
-  auto a = AgentProcess::spawn(*dir);
-  ASSERT_GT(a.port, 0) << "the agent did not start";
+  auto a = spawn_agent(*dir);
+  ASSERT_GT(a.port, 0) << "the agent did not start" << a.log_tail();
   for (int i = 0; i < 2; ++i) {
     auto r = http::request("127.0.0.1", a.port, "POST", "/v1/instances",
                            R"({"service":"web","index":)" + std::to_string(i) +
@@ -202,8 +168,8 @@ TEST(AgentProcessOnRealVms, KilledDuringStoppingGuestsStillEndsWithBothGuestsRun
   }, 60s));
   a.kill9();
 
-  auto b = AgentProcess::spawn(*dir);
-  ASSERT_GT(b.port, 0) << "the restarted agent did not start";
+  auto b = spawn_agent(*dir);
+  ASSERT_GT(b.port, 0) << "the restarted agent did not start" << b.log_tail();
   ASSERT_TRUE(wait_for(b.port, [&](uint16_t p) {
     auto j = get(p, "/v1/operations/" + id);
     return j.is_object() && j.as_object().at("status").as_string() != "running";

@@ -30,6 +30,7 @@
 #include <thread>
 #include <utility>
 
+#include "agent_process.hpp"
 #include "fabriclab/agent/image_store.hpp"
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/process.hpp"
@@ -88,95 +89,15 @@ std::string new_labels(const std::map<std::string, std::string>& before,
 // ---------------------------------------------------------------------------------------------
 // An agent process and its HTTP API.
 
-struct AgentProcess {
-  pid_t pid = -1;
-  uint16_t port = 0;
-  std::string log;
-
-  AgentProcess() = default;
-  AgentProcess(const AgentProcess&) = delete;
-  // Moves hand the process over: only one owner ends it.
-  AgentProcess& operator=(AgentProcess&& o) noexcept {
-    if (this != &o) {
-      stop();
-      pid = std::exchange(o.pid, -1);
-      port = o.port;
-      log = std::move(o.log);
-    }
-    return *this;
-  }
-  AgentProcess(AgentProcess&& o) noexcept { *this = std::move(o); }
-
-  // `hypervisor` empty: the agent's default, the embedded driver under the state directory.
-  static AgentProcess spawn(const std::string& dir, const std::string& hypervisor,
-                            const std::string& log) {
-    AgentProcess p;
-    p.log = log;
-    int out[2];
-    if (::pipe(out) != 0) return p;
-    std::vector<std::string> args = {FABRICLAB_AGENT_BIN,
-                                     "--host-id",
-                                     "lab-host",
-                                     "--state-dir",
-                                     dir + "/st",
-                                     "--guest-images",
-                                     testbed::default_images_dir(),
-                                     "--port",
-                                     "0",
-                                     "--control-token-file",
-                                     dir + "/ctl",
-                                     "--stop-timeout-ms",
-                                     "30000",
-                                     "--log-level",
-                                     "info"};
-    if (!hypervisor.empty()) {
-      args.push_back("--hypervisor");
-      args.push_back(hypervisor);
-    }
-    p.pid = ::fork();
-    if (p.pid == 0) {
-      ::dup2(out[1], 1);
-      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-      if (fd >= 0) ::dup2(fd, 2);
-      ::close(out[0]);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      std::_Exit(127);
-    }
-    ::close(out[1]);
-    FILE* f = ::fdopen(out[0], "r");
-    char line[256];
-    if (std::fgets(line, sizeof(line), f)) {
-      std::string s(line);
-      auto colon = s.rfind(':');
-      if (s.rfind("listening", 0) == 0 && colon != std::string::npos)
-        p.port = std::stoi(s.substr(colon + 1));
-    }
-    std::fclose(f);
-    return p;
-  }
-  void kill9() {
-    if (pid <= 0) return;
-    ::kill(pid, SIGKILL);
-    ::waitpid(pid, nullptr, 0);
-    pid = -1;
-  }
-  std::string log_tail() const {
-    std::ifstream in(log);
-    std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    return "\n--- agent log (" + log + ") ---\n" +
-           all.substr(all.size() > 3000 ? all.size() - 3000 : 0);
-  }
-  void stop() {
-    if (pid <= 0) return;
-    ::kill(pid, SIGTERM);
-    ::waitpid(pid, nullptr, 0);
-    pid = -1;
-  }
-  ~AgentProcess() { stop(); }
-};
+// `hypervisor` empty: the agent's default, the embedded driver under the state directory.
+AgentProcess spawn_agent(const std::string& dir, const std::string& hypervisor, const std::string& log) {
+  std::vector<std::string> args = {FABRICLAB_AGENT_BIN, "--host-id", "lab-host", "--state-dir", dir + "/st",
+                                   "--guest-images", testbed::default_images_dir(), "--port", "0",
+                                   "--control-token-file", dir + "/ctl", "--stop-timeout-ms", "30000",
+                                   "--log-level", "info"};
+  if (!hypervisor.empty()) args.insert(args.end(), {"--hypervisor", hypervisor});
+  return AgentProcess::spawn(args, dir + "/agent.out", log);
+}
 
 json::value api_get(uint16_t port, const std::string& target) {
   auto r = http::request("127.0.0.1", port, "GET", target, {}, kToken);
@@ -317,7 +238,7 @@ TEST_F(LabHostOnSystemLibvirtd,
     ASSERT_TRUE(dir.ok());
     embedded_dir_ = *dir;
     std::ofstream(embedded_dir_ + "/ctl") << kToken;
-    embedded_ = AgentProcess::spawn(embedded_dir_, "", embedded_dir_ + "/agent.log");
+    embedded_ = spawn_agent(embedded_dir_, "", embedded_dir_ + "/agent.log");
     ASSERT_GT(embedded_.port, 0) << "the embedded agent did not start" << embedded_.log_tail();
     auto c = create_instance(embedded_.port, "web", 0);
     ASSERT_TRUE(c.ok() && c->status == 201)
@@ -362,7 +283,7 @@ TEST_F(LabHostOnSystemLibvirtd,
   ASSERT_NE(foreign_before.find(kForeign), std::string::npos) << foreign_before;
 
   // --- 3. The agent on it: a guest, a host-os update. ---
-  system_agent_ = AgentProcess::spawn(system_dir_, uri_, system_dir_ + "/agent.log");
+  system_agent_ = spawn_agent(system_dir_, uri_, system_dir_ + "/agent.log");
   ASSERT_GT(system_agent_.port, 0)
       << "the agent did not start on " << uri_ << system_agent_.log_tail();
   auto c = create_instance(system_agent_.port, "web", 0);
@@ -424,7 +345,7 @@ TEST_F(LabHostOnSystemLibvirtd,
   const std::string boot_id = boot_id_of(before_restart);
   ASSERT_FALSE(boot_id.empty()) << json::serialize(before_restart);
   system_agent_.kill9();
-  system_agent_ = AgentProcess::spawn(system_dir_, uri_, system_dir_ + "/agent.log");
+  system_agent_ = spawn_agent(system_dir_, uri_, system_dir_ + "/agent.log");
   ASSERT_GT(system_agent_.port, 0)
       << "the restarted agent did not start" << system_agent_.log_tail();
   json::value after_restart;

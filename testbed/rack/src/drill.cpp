@@ -10,6 +10,8 @@
 #include <map>
 #include <set>
 
+#include "fabriclab/common/json_get.hpp"
+
 namespace fabriclab::rack {
 
 using namespace std::chrono_literals;
@@ -17,24 +19,9 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-std::string str(const json::object& o, std::string_view k) {
-  auto* v = o.if_contains(k);
-  return v && v->is_string() ? std::string(v->as_string()) : std::string();
-}
-
-int64_t num(const json::object& o, std::string_view k, int64_t fallback = -1) {
-  auto* v = o.if_contains(k);
-  if (v && v->is_int64()) return v->as_int64();
-  if (v && v->is_uint64()) return static_cast<int64_t>(v->as_uint64());
-  if (v && v->is_double()) return static_cast<int64_t>(v->as_double());
-  return fallback;
-}
-
-const json::array& arr(const json::object& o, std::string_view k) {
-  static const json::array empty;
-  auto* v = o.if_contains(k);
-  return v && v->is_array() ? v->as_array() : empty;
-}
+using json_get::arr;
+using json_get::int_or;
+using json_get::str;
 
 int64_t unix_now_ms() {
   using namespace std::chrono;
@@ -113,7 +100,7 @@ std::string render_drill(const json::object& d, int width, std::optional<int64_t
   }
   const auto& batches = arr(d, "batches");
   std::string out = fmt::format("drill {} {}: {} -> {}, {} batches (lower bound {})", str(d, "id"), str(d, "state"),
-                                str(d, "kind"), str(d, "target"), batches.size(), num(d, "lower_bound", 0));
+                                str(d, "kind"), str(d, "target"), batches.size(), int_or(d, "lower_bound", 0));
   if (auto r = str(d, "reason"); !r.empty()) out += "\n  reason: " + r;
   out += "\n";
   for (const auto& bv : batches) {
@@ -129,7 +116,7 @@ std::string render_drill(const json::object& d, int width, std::optional<int64_t
       if (st == "done" || st == "skipped") ++done;
       hosts += " " + id + (st.empty() || st == "pending" ? "" : ":" + st);
     }
-    out += fmt::format("  batch {:>2}/{} {} {}/{} {:<8}{}\n", num(b, "index", 0) + 1, batches.size(),
+    out += fmt::format("  batch {:>2}/{} {} {}/{} {:<8}{}\n", int_or(b, "index", 0) + 1, batches.size(),
                        bar(done, total, width), done, total, str(b, "status"), hosts);
   }
   for (const auto& n : arr(d, "notes")) {
@@ -152,7 +139,7 @@ std::string render_grid(const json::array& instances, const json::array& hosts) 
   for (const auto& v : instances) {
     if (!v.is_object()) continue;
     const auto& o = v.as_object();
-    int64_t ud = num(o, "ud", 0), fd = num(o, "fd", 0);
+    int64_t ud = int_or(o, "ud", 0), fd = int_or(o, "fd", 0);
     fds.insert(fd);
     max_ud = std::max(max_ud, ud);
     auto* hv = o.if_contains("healthy");
@@ -162,7 +149,7 @@ std::string render_grid(const json::array& instances, const json::array& hosts) 
     c += (c.empty() ? "" : " ") + mark + str(o, "name") + "@" + str(o, "host");
   }
   for (const auto& h : hosts) {
-    if (h.is_object()) fds.insert(num(h.as_object(), "fd", 0));
+    if (h.is_object()) fds.insert(int_or(h.as_object(), "fd", 0));
   }
   size_t w = 14;
   for (const auto& [k, c] : cells) w = std::max(w, c.size() + 2);
@@ -184,7 +171,7 @@ std::string render_grid(const json::array& instances, const json::array& hosts) 
   for (const auto& h : hosts) {
     if (!h.is_object()) continue;
     const auto& o = h.as_object();
-    out += fmt::format(" {}(FD{} {} {})", str(o, "id"), num(o, "fd", 0), str(o, "state"), str(o, "host_image"));
+    out += fmt::format(" {}(FD{} {} {})", str(o, "id"), int_or(o, "fd", 0), str(o, "state"), str(o, "host_image"));
   }
   out += "\n(+ healthy, ! not healthy)\n";
   return out;

@@ -21,6 +21,8 @@
 #include <sstream>
 #include <thread>
 
+#include "fabriclab/common/child_process.hpp"
+#include "fabriclab/common/random_hex.hpp"
 #include "fabriclab/orchestrator/lb.hpp"
 #include "fabriclab/rack/api_client.hpp"
 #include "fabriclab/rack/image_library.hpp"
@@ -50,43 +52,6 @@ std::string read_file(const std::string& path, size_t max = 1 << 20) {
   return s;
 }
 
-std::string tail(const std::string& path, size_t lines = 8) {
-  std::string s = read_file(path);
-  size_t pos = s.size();
-  for (size_t n = 0; n <= lines && pos > 0; ++n) {
-    pos = s.rfind('\n', pos - 1);
-    if (pos == std::string::npos) {
-      pos = 0;
-      break;
-    }
-  }
-  return s.substr(pos);
-}
-
-bool alive(pid_t pid) {
-  if (pid <= 0) return false;
-  int status = 0;
-  if (waitpid(pid, &status, WNOHANG) == pid) return false;  // our child, just reaped
-  if (kill(pid, 0) != 0) return false;
-  // A zombie not ours to reap counts as gone.
-  std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat", 4096);
-  auto rp = stat.rfind(')');
-  return !(rp != std::string::npos && rp + 2 < stat.size() && stat[rp + 2] == 'Z');
-}
-
-// Stops `pid`: SIGTERM, then SIGKILL after `grace`.
-void stop_process(pid_t pid, std::chrono::milliseconds grace) {
-  if (!alive(pid)) return;
-  kill(pid, SIGTERM);
-  auto deadline = Clock::now() + grace;
-  while (Clock::now() < deadline) {
-    if (!alive(pid)) return;
-    std::this_thread::sleep_for(20ms);
-  }
-  kill(pid, SIGKILL);
-  for (int i = 0; i < 100 && alive(pid); ++i) std::this_thread::sleep_for(10ms);
-}
-
 // Every QEMU process whose command line mentions `needle` (the VMs of a state dir).
 std::vector<pid_t> processes_mentioning(const std::string& needle) {
   std::vector<pid_t> out;
@@ -108,94 +73,28 @@ void kill_mentioning(const std::string& needle) {
   for (pid_t p : processes_mentioning(needle)) kill(p, SIGKILL);
 }
 
-std::string random_token() {
-  std::random_device rd;
-  static const char* hex = "0123456789abcdef";
-  std::string t;
-  for (int i = 0; i < 32; ++i) t += hex[rd() % 16];
-  return t;
+// Starts `argv` as the lab process `p`: its stdout in DIR/NAME.out (where it says where it
+// listens), its stderr in p.log, inside p.netns when set, in its own process group (so a Ctrl-C at
+// the terminal reaches the CLI, which tears the lab down in order). Lab processes outlive the CLI
+// (`fabriclab lab up` returns, `fabriclab lab down` stops them): they do not die with it.
+Result<ChildProcess> start_process(LabProcess& p, const std::string& dir, const std::vector<std::string>& argv) {
+  SpawnOptions o;
+  o.name = p.name;
+  o.stdout_path = dir + "/" + p.name + ".out";
+  o.stderr_path = p.log;
+  o.own_process_group = true;
+  if (!p.netns.empty()) o.netns_path = netns::path_of(p.netns);
+  FL_ASSIGN_OR_RETURN(auto child, spawn_child(argv, o));
+  p.pid = child.pid;
+  return child;
 }
 
-// Starts `argv` with stdout to out_path and stderr to err_path, in its own process group (so a
-// Ctrl-C at the terminal reaches the CLI, which tears the lab down in order), inside the network
-// namespace `netns` when one is given: the child enters it before exec, so the pid is the
-// program's own (no `ip netns exec` in between).
-Result<pid_t> spawn(const std::vector<std::string>& argv, const std::string& out_path, const std::string& err_path,
-                    const std::string& netns = {}) {
-  int ns = -1;
-  if (!netns.empty()) {
-    ns = open(netns::path_of(netns).c_str(), O_RDONLY | O_CLOEXEC);
-    if (ns < 0) {
-      return make_error(Condition::not_found, "cannot open network namespace " + netns::path_of(netns) + ": " +
-                                                  std::strerror(errno));
-    }
-  }
-  int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (out < 0 || err < 0) {
-    if (out >= 0) close(out);
-    if (err >= 0) close(err);
-    if (ns >= 0) close(ns);
-    return make_error(Condition::transient, "cannot open " + out_path + " or " + err_path);
-  }
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  pid_t pid = fork();
-  if (pid < 0) {
-    close(out);
-    close(err);
-    if (ns >= 0) close(ns);
-    return make_error(Condition::transient, "fork failed");
-  }
-  if (pid == 0) {
-    setpgid(0, 0);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    int devnull = open("/dev/null", O_RDONLY);
-    dup2(devnull, 0);
-    dup2(out, 1);
-    dup2(err, 2);
-    if (ns >= 0 && setns(ns, CLONE_NEWNET) != 0) {
-      static const char msg[] = "fabriclab: cannot enter the host's network namespace (setns)\n";
-      (void)!write(2, msg, sizeof msg - 1);
-      _exit(126);
-    }
-    execv(args[0], args.data());
-    _exit(127);
-  }
-  close(out);
-  close(err);
-  if (ns >= 0) close(ns);
-  return pid;
-}
-
-// Waits for "listening ADDR:PORT" in the process's stdout file.
-Status wait_listening(LabProcess& p, const std::string& out_path, std::chrono::milliseconds timeout) {
-  auto deadline = Clock::now() + timeout;
-  while (Clock::now() < deadline) {
-    std::string out = read_file(out_path, 4096);
-    auto pos = out.find("listening ");
-    auto nl = pos == std::string::npos ? std::string::npos : out.find('\n', pos);
-    if (nl != std::string::npos) {
-      std::string ep = out.substr(pos + 10, nl - pos - 10);
-      auto colon = ep.rfind(':');
-      if (colon != std::string::npos) {
-        p.address = ep.substr(0, colon);
-        p.port = std::atoi(ep.c_str() + colon + 1);
-        if (p.port > 0) return {};
-      }
-    }
-    if (!alive(p.pid)) {
-      return make_error(Condition::internal, p.name + " exited before it listened; its log (" + p.log +
-                                                 ") ends:\n" + tail(p.log));
-    }
-    if (interrupted()) return make_error(Condition::cancelled, "interrupted");
-    std::this_thread::sleep_for(20ms);
-  }
-  return make_error(Condition::timeout, p.name + " did not listen within " + std::to_string(timeout.count()) +
-                                            " ms; its log (" + p.log + ") ends:\n" + tail(p.log));
+// Waits for "listening ADDR:PORT" from `child` and records the address in `p`.
+Status await_listening(LabProcess& p, const ChildProcess& child, std::chrono::milliseconds timeout) {
+  FL_ASSIGN_OR_RETURN(auto at, wait_listening(child, timeout, [] { return interrupted().load(); }));
+  p.address = at.host;
+  p.port = at.port;
+  return {};
 }
 
 std::string system_binary(const std::string& flag, const std::string& name) {
@@ -280,27 +179,36 @@ std::string Lab::orchestrator_url() const {
   return "http://" + orchestrator_.address + ":" + std::to_string(orchestrator_.port);
 }
 
-Status Lab::save() const {
+json::object Lab::to_json(bool with_alive) const {
+  auto process = [with_alive](const LabProcess& p) {
+    auto j = process_json(p);
+    if (with_alive) j["alive"] = process_alive(p.pid);
+    return j;
+  };
   json::array agents;
-  for (const auto& a : agents_) agents.push_back(process_json(a));
+  for (const auto& a : agents_) agents.push_back(process(a));
   json::array namespaces;
   for (const auto& n : namespaces_) namespaces.push_back(json::value(n));
   json::array net;
-  for (const auto& p : net_procs_) net.push_back(process_json(p));
-  json::object o{{"dir", dir_},
-                 {"network", network_},
-                 {"network_reason", network_reason_},
-                 {"guest_network", guest_network_},
-                 {"guest_network_reason", guest_network_reason_},
-                 {"network_processes", std::move(net)},
-                 {"agent_netns", rack_netns_},
-                 {"namespaces", std::move(namespaces)},
-                 {"hypervisor", hypervisor_},
-                 {"image_dirs", json::array(image_dirs_.begin(), image_dirs_.end())},
-                 {"token_file", dir_ + "/token"},
-                 {"orchestrator", process_json(orchestrator_)},
-                 {"orchestrator_url", orchestrator_url()},
-                 {"agents", std::move(agents)}};
+  for (const auto& p : net_procs_) net.push_back(process(p));
+  return {{"dir", dir_},
+          {"network", network_},
+          {"network_reason", network_reason_},
+          {"guest_network", guest_network_},
+          {"guest_network_reason", guest_network_reason_},
+          {"network_processes", std::move(net)},
+          {"agent_netns", rack_netns_},
+          {"namespaces", std::move(namespaces)},
+          {"hypervisor", hypervisor_},
+          {"orchestrator_url", orchestrator_url()},
+          {"token_file", dir_ + "/token"},
+          {"orchestrator", process(orchestrator_)},
+          {"agents", std::move(agents)}};
+}
+
+Status Lab::save() const {
+  json::object o = to_json(false);
+  o["image_dirs"] = json::array(image_dirs_.begin(), image_dirs_.end());
   std::string tmp = dir_ + "/" + kLabFile + ".tmp";
   {
     std::ofstream out(tmp, std::ios::trunc);
@@ -373,27 +281,42 @@ bool own_images(const DrillFileSpec& spec) {
   return false;
 }
 
+// A lab already recorded in `dir`: refused while any of its processes runs, else stopped (its VMs
+// may still run; a namespace it cannot remove stays listed there).
+Status clear_stale_lab(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::exists(dir + "/" + kLabFile, ec)) return {};
+  auto old = Lab::attach(dir);
+  if (!old.ok()) return {};
+  bool any = process_alive(old->orchestrator().pid);
+  for (const auto& a : old->agents()) any = any || process_alive(a.pid);
+  if (any) {
+    return make_error(Condition::already_exists,
+                      "a lab is already up in " + dir + " (fabriclab lab down --lab-dir " + dir + " stops it)");
+  }
+  (void)old->down(false);
+  return {};
+}
+
+Status write_token(const std::string& path, const std::string& token) {
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return make_error(Condition::transient, "cannot write " + path);
+  std::string line = token + "\n";
+  bool ok = write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+  close(fd);
+  if (!ok) return make_error(Condition::transient, "cannot write " + path);
+  return {};
+}
+
 }  // namespace
 
 Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
+  FL_RETURN_IF_ERROR(clear_stale_lab(options.dir));
   std::error_code ec;
-  if (fs::exists(options.dir + "/" + kLabFile, ec)) {
-    auto old = attach(options.dir);
-    if (old.ok()) {
-      bool any = alive(old->orchestrator_.pid);
-      for (const auto& a : old->agents_) any = any || alive(a.pid);
-      if (any) {
-        return make_error(Condition::already_exists,
-                          "a lab is already up in " + options.dir + " (fabriclab lab down --lab-dir " + options.dir +
-                              " stops it)");
-      }
-      (void)old->down(false);  // stale: its VMs may still run (a namespace it cannot remove stays listed there)
-    }
-  }
   fs::create_directories(options.dir, ec);
   if (ec) return make_error(Condition::invalid_argument, "cannot create " + options.dir + ": " + ec.message());
-  std::string agent_bin = find_binary("fabriclab-agent", options.bin_dir);
-  std::string orch_bin = find_binary("fabriclab-orchestrator", options.bin_dir);
+  const std::string agent_bin = find_binary("fabriclab-agent", options.bin_dir);
+  const std::string orch_bin = find_binary("fabriclab-orchestrator", options.bin_dir);
   if (agent_bin.empty() || orch_bin.empty()) {
     return make_error(Condition::not_found, "fabriclab-agent / fabriclab-orchestrator not found near " +
                                                 options.bin_dir + " (set FABRICLAB_BIN_DIR)");
@@ -406,18 +329,9 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
   lab.image_dirs_ = std::move(image_dirs);
   lab.dir_ = fs::absolute(options.dir).string();
   lab.hypervisor_ = spec.hypervisor;
-  lab.token_ = random_token();
-  {
-    std::string tf = lab.dir_ + "/token";
-    int fd = open(tf.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) return make_error(Condition::transient, "cannot write " + tf);
-    std::string line = lab.token_ + "\n";
-    bool ok = write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
-    close(fd);
-    if (!ok) return make_error(Condition::transient, "cannot write " + tf);
-  }
-  const bool sim = spec.hypervisor == "test";
-  if (sim) {
+  lab.token_ = random_hex(32);
+  FL_RETURN_IF_ERROR(write_token(lab.dir_ + "/token", lab.token_));
+  if (spec.hypervisor == "test") {
     std::ofstream(lab.dir_ + "/node.xml") << "<node><cpu><mhz>2000</mhz></cpu><memory>8388608</memory></node>\n";
   }
   // Started hosts are recorded at once, so a failure part-way stops what exists.
@@ -425,118 +339,130 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
     if (auto st = lab.down(false); !st.ok()) e.message += " (and while stopping: " + st.error().message + ")";
     return e;
   };
-  if (options.network == "loopback") {
-    lab.network_reason_.clear();
-  } else if (spec.hosts > netns::kMaxHosts) {
-    lab.network_reason_ = "more than " + std::to_string(netns::kMaxHosts) + " hosts do not fit 198.18.0.0/24";
-  } else {
-    auto made = netns::create(netns::new_id(), spec.hosts, lab.namespaces_, /*guest_network=*/!sim);
-    if (made.ok()) {
-      lab.network_ = "netns";
-      lab.rack_netns_ = lab.namespaces_.front();
-    } else {
-      lab.network_reason_ = made.error().message;
-      // What was made part way goes now; anything that will not go stays listed for down().
-      if (netns::remove(lab.namespaces_).ok()) lab.namespaces_.clear();
-    }
-  }
+  lab.choose_network(spec, options);
   if (lab.network_ != "netns" && options.network == "netns") {
     return fail(make_error(Condition::unsupported, "network namespaces: " + lab.network_reason_));
   }
-  lab.guest_network_ = lab.network_ == "netns" && !sim;
-  lab.guest_network_reason_ = lab.guest_network_ ? ""
-                              : sim              ? "simulated guests serve no HTTP (test driver)"
-                              : "loopback network: the rack has no guest network (" +
-                                    (lab.network_reason_.empty() ? std::string("--network loopback") : lab.network_reason_) + ")";
   // Recorded at once: a `fabriclab lab down` finds the namespaces even if this process dies now.
   if (auto st = lab.save(); !st.ok()) return fail(st.error());
   if (interrupted()) return fail(make_error(Condition::cancelled, "interrupted"));
   if (lab.guest_network_) {
     if (auto st = lab.start_network_services(options); !st.ok()) return fail(st.error());
   }
+  if (auto st = lab.start_agents(spec, options, agent_bin); !st.ok()) return fail(st.error());
+  if (auto st = lab.start_orchestrator(options, orch_bin); !st.ok()) return fail(st.error());
+  if (auto st = lab.save(); !st.ok()) return fail(st.error());
+  return lab;
+}
+
+void Lab::choose_network(const DrillFileSpec& spec, const LabOptions& options) {
+  const bool sim = spec.hypervisor == "test";
+  if (options.network == "loopback") {
+    network_reason_.clear();
+  } else if (spec.hosts > netns::kMaxHosts) {
+    network_reason_ = "more than " + std::to_string(netns::kMaxHosts) + " hosts do not fit 198.18.0.0/24";
+  } else {
+    auto made = netns::create(netns::new_id(), spec.hosts, namespaces_, /*guest_network=*/!sim);
+    if (made.ok()) {
+      network_ = "netns";
+      rack_netns_ = namespaces_.front();
+    } else {
+      network_reason_ = made.error().message;
+      // What was made part way goes now; anything that will not go stays listed for down().
+      if (netns::remove(namespaces_).ok()) namespaces_.clear();
+    }
+  }
+  guest_network_ = network_ == "netns" && !sim;
+  guest_network_reason_ = guest_network_ ? ""
+                          : sim          ? "simulated guests serve no HTTP (test driver)"
+                                         : "loopback network: the rack has no guest network (" +
+                                     (network_reason_.empty() ? std::string("--network loopback") : network_reason_) +
+                                     ")";
+}
+
+std::vector<std::string> Lab::agent_argv(const DrillFileSpec& spec, const LabOptions& options, int i,
+                                         const std::string& agent_bin) const {
+  const LabProcess& p = agents_.at(static_cast<size_t>(i));
+  std::vector<std::string> argv = {agent_bin,
+                                   "--host-id", p.name,
+                                   "--fault-domain", std::to_string(p.fault_domain),
+                                   "--state-dir", dir_ + "/" + p.name,
+                                   "--listen", network_ == "netns" ? netns::host_address(i)
+                                                                   : options.address_prefix + std::to_string(i + 1),
+                                   "--port", "0",
+                                   "--control-token-file", dir_ + "/token",
+                                   "--capacity", std::to_string(spec.capacity),
+                                   "--lab-host-images", "host-v1,host-v2"};
+  for (const auto& d : image_dirs_) argv.insert(argv.end(), {"--guest-images", d});
+  if (spec.hypervisor == "test") {
+    // Simulated guests and emulated durations: a 200 ms heartbeat, a 1 s host reboot.
+    // Healthy = a heartbeat within the last 3 s (12 periods), as on real guests: a loaded machine
+    // delays timers, and a tighter window would report outages that never happened.
+    argv.insert(argv.end(), {"--hypervisor", "test://" + dir_ + "/node.xml", "--heartbeat-ms", "250",
+                             "--healthy-periods", "12", "--boot-delay-ms", "1000", "--boot-timeout-ms", "5000"});
+  } else {
+    // A TCG guest boots in ~8 s alone and ~15 s beside its neighbours on 2 cores; a patch that
+    // never heartbeats is declared failed (and rolled back) after a minute, not the default two.
+    // Healthy = a heartbeat within 5 s: TCG guests on a busy 2-core machine stall for seconds.
+    // A guest that brings its own OS (a Debian guest: systemd, its app, its guest agent) takes
+    // 20-60 s to answer under TCG, more beside other guests: it gets three minutes.
+    argv.insert(argv.end(), {"--boot-timeout-ms", own_images(spec) ? "180000" : "60000", "--healthy-periods", "5"});
+  }
+  if (guest_network_) {
+    argv.insert(argv.end(), {"--guest-bridge", netns::kGuestBridge, "--guest-subnet", netns::guest_subnet(i),
+                             "--dhcp-hosts-dir", dir_ + "/" + p.name + "-dhcp", "--imds-listen",
+                             std::string(netns::kImdsAddress) + ":80"});
+  }
+  return argv;
+}
+
+Status Lab::start_agents(const DrillFileSpec& spec, const LabOptions& options, const std::string& agent_bin) {
+  std::vector<ChildProcess> started;
   for (int i = 0; i < spec.hosts; ++i) {
     LabProcess p;
     p.name = "h" + std::to_string(i);
     p.fault_domain = i % spec.fault_domains;
-    p.log = lab.dir_ + "/" + p.name + ".log";
-    std::string state = lab.dir_ + "/" + p.name;
-    fs::remove_all(state, ec);
-    fs::create_directories(state, ec);
-    std::vector<std::string> argv = {agent_bin,
-                                     "--host-id", p.name,
-                                     "--fault-domain", std::to_string(p.fault_domain),
-                                     "--state-dir", state,
-                                     "--listen", lab.network_ == "netns" ? netns::host_address(i)
-                                                                         : options.address_prefix + std::to_string(i + 1),
-                                     "--port", "0",
-                                     "--control-token-file", lab.dir_ + "/token",
-                                     "--capacity", std::to_string(spec.capacity),
-                                     "--lab-host-images", "host-v1,host-v2"};
-    for (const auto& d : lab.image_dirs_) argv.insert(argv.end(), {"--guest-images", d});
-    if (sim) {
-      // Simulated guests and emulated durations: a 200 ms heartbeat, a 1 s host reboot.
-      // Healthy = a heartbeat within the last 3 s (12 periods), as on real guests: a loaded machine
-      // delays timers, and a tighter window would report outages that never happened.
-      argv.insert(argv.end(), {"--hypervisor", "test://" + lab.dir_ + "/node.xml", "--heartbeat-ms", "250",
-                               "--healthy-periods", "12", "--boot-delay-ms", "1000", "--boot-timeout-ms", "5000"});
-    } else {
-      // A TCG guest boots in ~8 s alone and ~15 s beside its neighbours on 2 cores; a patch that
-      // never heartbeats is declared failed (and rolled back) after a minute, not the default two.
-      // Healthy = a heartbeat within 5 s: TCG guests on a busy 2-core machine stall for seconds.
-      // A guest that brings its own OS (a Debian guest: systemd, its app, its guest agent) takes
-      // 20-60 s to answer under TCG, more beside other guests: it gets three minutes.
-      argv.insert(argv.end(), {"--boot-timeout-ms", own_images(spec) ? "180000" : "60000", "--healthy-periods", "5"});
-    }
-    if (lab.guest_network_) {
-      argv.insert(argv.end(), {"--guest-bridge", netns::kGuestBridge, "--guest-subnet", netns::guest_subnet(i),
-                               "--dhcp-hosts-dir", lab.dir_ + "/" + p.name + "-dhcp", "--imds-listen",
-                               std::string(netns::kImdsAddress) + ":80"});
-    }
-    if (lab.network_ == "netns") p.netns = lab.namespaces_.at(static_cast<size_t>(i) + 1);
-    auto pid = spawn(argv, lab.dir_ + "/" + p.name + ".out", p.log, p.netns);
-    if (!pid.ok()) return fail(pid.error());
-    p.pid = *pid;
-    lab.agents_.push_back(p);
+    p.log = dir_ + "/" + p.name + ".log";
+    if (network_ == "netns") p.netns = namespaces_.at(static_cast<size_t>(i) + 1);
+    std::error_code ec;
+    fs::remove_all(dir_ + "/" + p.name, ec);
+    fs::create_directories(dir_ + "/" + p.name, ec);
+    agents_.push_back(p);
+    FL_ASSIGN_OR_RETURN(auto child, start_process(agents_.back(), dir_, agent_argv(spec, options, i, agent_bin)));
+    started.push_back(std::move(child));
   }
-  if (auto st = lab.save(); !st.ok()) return fail(st.error());
+  FL_RETURN_IF_ERROR(save());
   // Agents start in parallel; wait for each.
-  for (auto& p : lab.agents_) {
-    if (auto st = wait_listening(p, lab.dir_ + "/" + p.name + ".out", options.start_timeout); !st.ok()) {
-      return fail(st.error());
-    }
+  for (size_t i = 0; i < started.size(); ++i) {
+    FL_RETURN_IF_ERROR(await_listening(agents_[i], started[i], options.start_timeout));
   }
-  {
-    LabProcess& o = lab.orchestrator_;
-    o.name = "orchestrator";
-    o.log = lab.dir_ + "/orchestrator.log";
-    std::vector<std::string> argv = {orch_bin,
-                                     "--journal", lab.dir_ + "/journal.db",
-                                     "--listen", options.orchestrator_address,
-                                     "--port", std::to_string(options.orchestrator_port),
-                                     "--control-token-file", lab.dir_ + "/token",
-                                     "--agent-token-file", lab.dir_ + "/token",
-                                     "--poll-ms", std::to_string(options.poll_ms),
-                                     "--unhealthy-after-ms", std::to_string(options.unhealthy_after_ms)};
-    if (!lab.rack_netns_.empty()) argv.insert(argv.end(), {"--agent-netns", netns::path_of(lab.rack_netns_)});
-    if (lab.guest_network_) {
-      argv.insert(argv.end(), {"--lb-config", lab.dir_ + "/haproxy.cfg", "--lb-master-socket",
-                               lab.dir_ + "/haproxy.sock", "--lb-health-bind", netns::kLbHealthBind,
-                               "--client-netns", netns::path_of(lab.rack_netns_), "--vip-range", netns::kVipRange});
-    } else {
-      argv.insert(argv.end(), {"--no-lb-reason", lab.guest_network_reason_});
-    }
-    fs::remove(lab.dir_ + "/journal.db", ec);
-    fs::remove(lab.dir_ + "/journal.db-wal", ec);
-    fs::remove(lab.dir_ + "/journal.db-shm", ec);
-    auto pid = spawn(argv, lab.dir_ + "/orchestrator.out", o.log);
-    if (!pid.ok()) return fail(pid.error());
-    o.pid = *pid;
-    if (auto st = wait_listening(o, lab.dir_ + "/orchestrator.out", options.start_timeout); !st.ok()) {
-      return fail(st.error());
-    }
+  return {};
+}
+
+Status Lab::start_orchestrator(const LabOptions& options, const std::string& orch_bin) {
+  LabProcess& o = orchestrator_;
+  o.name = "orchestrator";
+  o.log = dir_ + "/orchestrator.log";
+  std::vector<std::string> argv = {orch_bin,
+                                   "--journal", dir_ + "/journal.db",
+                                   "--listen", options.orchestrator_address,
+                                   "--port", std::to_string(options.orchestrator_port),
+                                   "--control-token-file", dir_ + "/token",
+                                   "--agent-token-file", dir_ + "/token",
+                                   "--poll-ms", std::to_string(options.poll_ms),
+                                   "--unhealthy-after-ms", std::to_string(options.unhealthy_after_ms)};
+  if (!rack_netns_.empty()) argv.insert(argv.end(), {"--agent-netns", netns::path_of(rack_netns_)});
+  if (guest_network_) {
+    argv.insert(argv.end(), {"--lb-config", dir_ + "/haproxy.cfg", "--lb-master-socket", dir_ + "/haproxy.sock",
+                             "--lb-health-bind", netns::kLbHealthBind, "--client-netns",
+                             netns::path_of(rack_netns_), "--vip-range", netns::kVipRange});
+  } else {
+    argv.insert(argv.end(), {"--no-lb-reason", guest_network_reason_});
   }
-  if (auto st = lab.save(); !st.ok()) return fail(st.error());
-  return lab;
+  std::error_code ec;
+  for (const char* f : {"/journal.db", "/journal.db-wal", "/journal.db-shm"}) fs::remove(dir_ + f, ec);
+  FL_ASSIGN_OR_RETURN(auto child, start_process(o, dir_, argv));
+  return await_listening(o, child, options.start_timeout);
 }
 
 Status Lab::start_network_services(const LabOptions& options) {
@@ -566,9 +492,7 @@ Status Lab::start_network_services(const LabOptions& options) {
                                      "--dhcp-option=option:router," + gw, "--dhcp-hostsdir=" + hosts_dir,
                                      "--dhcp-leasefile=" + dir_ + "/" + p.name + ".leases", "--log-dhcp",
                                      "--log-facility=-", "--pid-file=", "--user=root"};
-    auto pid = spawn(argv, dir_ + "/" + p.name + ".out", p.log, p.netns);
-    if (!pid.ok()) return pid.error();
-    p.pid = *pid;
+    FL_RETURN_IF_ERROR(start_process(p, dir_, argv));
     net_procs_.push_back(p);
   }
   // HAProxy in the rack namespace, master-worker, its master socket in the lab directory.
@@ -584,23 +508,21 @@ Status Lab::start_network_services(const LabOptions& options) {
     settings.health_bind = netns::kLbHealthBind;
     std::ofstream(cfg, std::ios::trunc) << orchestrator::render_haproxy_config({}, settings);
   }
-  auto pid = spawn({haproxy, "-W", "-S", sock + ",mode,600", "-f", cfg}, dir_ + "/haproxy.out", h.log, h.netns);
-  if (!pid.ok()) return pid.error();
-  h.pid = *pid;
+  FL_RETURN_IF_ERROR(start_process(h, dir_, {haproxy, "-W", "-S", sock + ",mode,600", "-f", cfg}));
   net_procs_.push_back(h);
   if (auto st = save(); !st.ok()) return st;
   // Ready when its master socket accepts; a HAProxy that exits says why in its own words.
   auto deadline = Clock::now() + 10s;
   for (;;) {
     for (const auto& p : net_procs_) {
-      if (!alive(p.pid)) {
-        return make_error(Condition::internal, p.name + " exited at start; its log (" + p.log + ") ends:\n" + tail(p.log));
+      if (!process_alive(p.pid)) {
+        return make_error(Condition::internal, p.name + " exited at start; its log (" + p.log + ") ends:\n" + file_tail(p.log));
       }
     }
     if (unix_socket_accepts(sock)) break;
     if (Clock::now() > deadline) {
       return make_error(Condition::timeout, "haproxy's master socket " + sock + " did not answer within 10 s; its log (" +
-                                                h.log + ") ends:\n" + tail(h.log));
+                                                h.log + ") ends:\n" + file_tail(h.log));
     }
     if (interrupted()) return make_error(Condition::cancelled, "interrupted");
     std::this_thread::sleep_for(20ms);
@@ -609,14 +531,9 @@ Status Lab::start_network_services(const LabOptions& options) {
 }
 
 void Lab::stop_network_services() {
-  for (const auto& p : net_procs_) {
-    if (alive(p.pid)) kill(p.pid, SIGTERM);  // HAProxy's master stops its workers on SIGTERM
-  }
-  auto deadline = Clock::now() + 3s;
-  for (const auto& p : net_procs_) {
-    while (alive(p.pid) && Clock::now() < deadline) std::this_thread::sleep_for(20ms);
-    if (alive(p.pid)) kill(p.pid, SIGKILL);
-  }
+  std::vector<pid_t> pids;
+  for (const auto& p : net_procs_) pids.push_back(p.pid);
+  stop_processes(pids, 3s);  // HAProxy's master stops its workers on SIGTERM
 }
 
 namespace {
@@ -702,14 +619,14 @@ Status Lab::kill_fault_domain(int fd) {
   for (auto& a : agents_) {
     if (a.fault_domain != fd) continue;
     ++n;
-    if (alive(a.pid)) kill(a.pid, SIGKILL);
+    if (process_alive(a.pid)) kill(a.pid, SIGKILL);
     // The rack loses power: its VMs die with it.
     kill_mentioning(dir_ + "/" + a.name + "/");
   }
   if (n == 0) return make_error(Condition::invalid_argument, "the lab has no host in fault domain " + std::to_string(fd));
   for (auto& a : agents_) {
     if (a.fault_domain == fd) {
-      for (int i = 0; i < 100 && alive(a.pid); ++i) std::this_thread::sleep_for(10ms);
+      for (int i = 0; i < 100 && process_alive(a.pid); ++i) std::this_thread::sleep_for(10ms);
     }
   }
   return {};
@@ -720,14 +637,9 @@ Status Lab::down(bool remove_dir) {
   // The orchestrator first: it must not heal what the teardown stops.
   stop_process(orchestrator_.pid, 3s);
   // Agents: SIGTERM each (they stop their API), all at once, then a deadline.
-  for (const auto& a : agents_) {
-    if (alive(a.pid)) kill(a.pid, SIGTERM);
-  }
-  auto deadline = Clock::now() + 5s;
-  for (const auto& a : agents_) {
-    while (alive(a.pid) && Clock::now() < deadline) std::this_thread::sleep_for(20ms);
-    if (alive(a.pid)) kill(a.pid, SIGKILL);
-  }
+  std::vector<pid_t> agent_pids;
+  for (const auto& a : agents_) agent_pids.push_back(a.pid);
+  stop_processes(agent_pids, 5s);
   // Every VM of the lab: QEMU processes whose command line names a state dir under it.
   for (int round = 0; round < 3; ++round) {
     auto left = processes_mentioning(dir_ + "/");
@@ -780,36 +692,6 @@ Status Lab::down(bool remove_dir) {
   return {};
 }
 
-json::object Lab::status_json() const {
-  json::array agents;
-  for (const auto& a : agents_) {
-    auto j = process_json(a);
-    j["alive"] = alive(a.pid);
-    agents.push_back(std::move(j));
-  }
-  auto o = process_json(orchestrator_);
-  o["alive"] = alive(orchestrator_.pid);
-  json::array namespaces;
-  for (const auto& n : namespaces_) namespaces.push_back(json::value(n));
-  json::array net;
-  for (const auto& p : net_procs_) {
-    auto j = process_json(p);
-    j["alive"] = alive(p.pid);
-    net.push_back(std::move(j));
-  }
-  return {{"dir", dir_},
-          {"network", network_},
-          {"network_reason", network_reason_},
-          {"guest_network", guest_network_},
-          {"guest_network_reason", guest_network_reason_},
-          {"network_processes", std::move(net)},
-          {"agent_netns", rack_netns_},
-          {"namespaces", std::move(namespaces)},
-          {"hypervisor", hypervisor_},
-          {"orchestrator_url", orchestrator_url()},
-          {"token_file", dir_ + "/token"},
-          {"orchestrator", std::move(o)},
-          {"agents", std::move(agents)}};
-}
+json::object Lab::status_json() const { return to_json(true); }
 
 }  // namespace fabriclab::rack

@@ -21,6 +21,8 @@
 #include <cstring>
 #include <random>
 
+#include "fabriclab/common/random_hex.hpp"
+
 namespace fabriclab::rack::netns {
 
 namespace {
@@ -158,13 +160,7 @@ std::string host_address(int n) { return "198.18.0." + std::to_string(n + 2); }
 std::string guest_subnet(int n) { return "198.19." + std::to_string(n) + ".0/24"; }
 std::string guest_gateway(int n) { return "198.19." + std::to_string(n) + ".1"; }
 
-std::string new_id() {
-  std::random_device rd;
-  static const char* hex = "0123456789abcdef";
-  std::string id;
-  for (int i = 0; i < 8; ++i) id += hex[rd() % 16];
-  return id;
-}
+std::string new_id() { return random_hex(8); }
 
 std::string rack_name(const std::string& id) { return "flab-" + id + "-rack"; }
 std::string host_name(const std::string& id, int n) { return "flab-" + id + "-h" + std::to_string(n); }

@@ -25,6 +25,8 @@ class OrchestratorClient {
   uint16_t port() const { return port_; }
   const std::string& token() const { return token_; }
   std::string url() const { return "http://" + host_ + ":" + std::to_string(port_); }
+  // A call's deadline (10 s unless set; a POST gets at least 120 s: it may boot VMs).
+  void set_timeout(std::chrono::milliseconds t) { timeout_ = t; }
 
  private:
   Result<json::value> call(std::string_view method, const std::string& target, const std::string& body) const;

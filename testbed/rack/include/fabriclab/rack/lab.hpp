@@ -115,7 +115,16 @@ class Lab {
   Status populate(const DrillFileSpec& spec, std::chrono::milliseconds healthy_timeout);
 
  private:
+  // What lab.json records (status_json(): and whether each process is alive).
+  json::object to_json(bool with_alive) const;
   Status save() const;
+  // The phases of up(), in order: namespaces or loopback (and whether guests get a network), the
+  // agents (started together, then awaited), the orchestrator.
+  void choose_network(const DrillFileSpec& spec, const LabOptions& options);
+  std::vector<std::string> agent_argv(const DrillFileSpec& spec, const LabOptions& options, int i,
+                                      const std::string& agent_bin) const;
+  Status start_agents(const DrillFileSpec& spec, const LabOptions& options, const std::string& agent_bin);
+  Status start_orchestrator(const LabOptions& options, const std::string& orch_bin);
   // dnsmasq in every host namespace and HAProxy in the rack namespace (guest network only).
   Status start_network_services(const LabOptions& options);
   void stop_network_services();
