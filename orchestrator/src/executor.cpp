@@ -24,6 +24,7 @@
 #include <fmt/format.h>
 
 #include "controller_impl.hpp"
+#include "fabriclab/common/json_get.hpp"
 #include "fabriclab/common/logging.hpp"
 
 namespace fabriclab::orchestrator {
@@ -31,14 +32,6 @@ namespace fabriclab::orchestrator {
 namespace {
 auto log() { return logger("orchestrator"); }
 
-std::string js(const json::object& o, std::string_view k) {
-  auto* v = o.if_contains(k);
-  return v && v->is_string() ? std::string(v->as_string()) : std::string();
-}
-int64_t ji(const json::object& o, std::string_view k, int64_t fallback = -1) {
-  auto* v = o.if_contains(k);
-  return v && v->is_int64() ? v->as_int64() : (v && v->is_uint64() ? static_cast<int64_t>(v->as_uint64()) : fallback);
-}
 std::chrono::milliseconds scaled(double seconds, double scale) {
   return std::chrono::milliseconds(static_cast<int64_t>(std::llround(seconds * scale * 1000.0)));
 }
@@ -286,9 +279,9 @@ Result<json::object> Controller::Impl::run_host(DrillRun& d, BatchRun& b, const 
         const auto& j = v.as_object();
         const auto* req = j.if_contains("request");
         if (!req || !req->is_object()) continue;
-        if (js(req->as_object(), "kind") != d.spec.kind || js(req->as_object(), "target") != d.spec.target) continue;
-        if (js(j, "started_at") < rfc3339(std::chrono::system_clock::time_point(std::chrono::milliseconds(d.started_ms)))) continue;
-        job_id = js(j, "id");
+        if (json_get::str(req->as_object(), "kind") != d.spec.kind || json_get::str(req->as_object(), "target") != d.spec.target) continue;
+        if (json_get::str(j, "started_at") < rfc3339(std::chrono::system_clock::time_point(std::chrono::milliseconds(d.started_ms)))) continue;
+        job_id = json_get::str(j, "id");
       }
     }
   }
@@ -306,7 +299,7 @@ Result<json::object> Controller::Impl::run_host(DrillRun& d, BatchRun& b, const 
       ++agent_call_failures;
       return make_error(job.error().condition, "host '" + host_id + "': the update did not start: " + job.error().message);
     }
-    job_id = js(*job, "id");
+    job_id = json_get::str(*job, "id");
   }
   Journal::HostProgress p;
   {
@@ -327,14 +320,14 @@ Result<json::object> Controller::Impl::run_host(DrillRun& d, BatchRun& b, const 
     auto j = c.job(job_id);
     if (j.ok()) {
       last_answer = Clock::now();
-      std::string status = js(*j, "status");
+      std::string status = json_get::str(*j, "status");
       if (status == "succeeded") return std::move(j).value();
       if (status == "failed" || status == "cancelled") {
         // The job's per-guest records (notice, stop method, rollback) go into the report too.
         std::lock_guard lock(mu);
         d.progress[host_id].detail = *j;
         return make_error(Condition::internal, "host '" + host_id + "': job " + job_id + " " + status + ": " +
-                                                   js(*j, "error"));
+                                                   json_get::str(*j, "error"));
       }
     } else {
       ++agent_call_failures;
@@ -735,7 +728,7 @@ ReportInput Controller::Impl::report_input(const DrillRun& d) const {
     auto* g = p.detail.if_contains("guests");
     if (!g || !g->is_array()) continue;
     for (const auto& v : g->as_array()) {
-      if (v.is_object()) guest_reports[js(v.as_object(), "name")] = &v.as_object();
+      if (v.is_object()) guest_reports[json_get::str(v.as_object(), "name")] = &v.as_object();
     }
   }
   for (const auto& i : cluster.instances) {

@@ -25,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include "fabriclab/common/json_get.hpp"
 #include "report_internal.hpp"
 
 namespace fabriclab::orchestrator {
@@ -32,21 +33,6 @@ namespace {
 
 constexpr size_t kMaxOutputShown = 40;  // characters of a data-check output in a check's detail
 
-std::string js(const json::object& o, std::string_view k) {
-  auto* v = o.if_contains(k);
-  return v && v->is_string() ? std::string(v->as_string()) : std::string();
-}
-int64_t ji(const json::object& o, std::string_view k) {
-  auto* v = o.if_contains(k);
-  if (v && v->is_int64()) return v->as_int64();
-  if (v && v->is_uint64()) return static_cast<int64_t>(v->as_uint64());
-  return -1;
-}
-
-bool jb(const json::object& o, std::string_view k) {
-  auto* v = o.if_contains(k);
-  return v && v->is_bool() && v->as_bool();
-}
 
 // A data check as the agent's job records it (agent/src/guest_health.cpp); nullopt when absent.
 std::optional<ReportDataCheck> data_check_of(const json::object& g) {
@@ -59,12 +45,12 @@ std::optional<ReportDataCheck> data_check_of(const json::object& g) {
       if (a.is_string()) c.command.emplace_back(a.as_string());
     }
   }
-  c.rule = js(o, "rule");
+  c.rule = json_get::str(o, "rule");
   // The agent writes "" for an output it did not get: no output is no proof, for either rule.
-  if (auto b = js(o, "before"); !b.empty()) c.before = std::move(b);
-  if (auto a = js(o, "after"); !a.empty()) c.after = std::move(a);
-  c.ok = jb(o, "ok");
-  c.error = js(o, "error");
+  if (auto b = json_get::str(o, "before"); !b.empty()) c.before = std::move(b);
+  if (auto a = json_get::str(o, "after"); !a.empty()) c.after = std::move(a);
+  c.ok = json_get::flag(o, "ok");
+  c.error = json_get::str(o, "error");
   return c;
 }
 
@@ -247,21 +233,21 @@ void add_data_check(const ReportInput& in, json::array& checks) {
 
 void read_guest_record(const json::object& g, ReportInstance& ri) {
   ri.restarted = true;
-  ri.notice_ms = ji(g, "notice_ms");
-  ri.ack_ms = ji(g, "ack_ms");
-  ri.stop_method = js(g, "stop_method");
-  ri.agent_down_ms = ji(g, "down_ms");
+  ri.notice_ms = json_get::int_or(g, "notice_ms", -1);
+  ri.ack_ms = json_get::int_or(g, "ack_ms", -1);
+  ri.stop_method = json_get::str(g, "stop_method");
+  ri.agent_down_ms = json_get::int_or(g, "down_ms", -1);
   if (auto* ok = g.if_contains("ok"); ok && ok->is_bool()) ri.ok = ok->as_bool();
-  ri.error = js(g, "error");
+  ri.error = json_get::str(g, "error");
   if (auto* sig = g.if_contains("signals"); sig && sig->is_object()) {
     ri.signals_reported = true;
-    ri.heartbeat = jb(sig->as_object(), "heartbeat");
-    ri.guest_agent = jb(sig->as_object(), "guest_agent");
+    ri.heartbeat = json_get::flag(sig->as_object(), "heartbeat");
+    ri.guest_agent = json_get::flag(sig->as_object(), "guest_agent");
   }
-  ri.os_up = jb(g, "os_up");
-  ri.boot_id_before = js(g, "boot_id_before");
-  ri.boot_id_after = js(g, "boot_id_after");
-  ri.boot_id_source = js(g, "boot_id_source");
+  ri.os_up = json_get::flag(g, "os_up");
+  ri.boot_id_before = json_get::str(g, "boot_id_before");
+  ri.boot_id_after = json_get::str(g, "boot_id_after");
+  ri.boot_id_source = json_get::str(g, "boot_id_source");
   ri.data_check = data_check_of(g);
 }
 
