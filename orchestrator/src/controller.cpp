@@ -32,18 +32,7 @@ constexpr size_t kMaxEndpointBytes = 255;
 // wider than that (a few events of overshoot per publishing thread are possible; seq is 64-bit).
 constexpr uint64_t kMaxJournalLag = 4096;
 constexpr uint64_t kRestartSeqGap = 1u << 20;
-constexpr std::string_view kDrillStates[] = {"Planned", "Running", "Paused", "Completed", "Failed", "Aborted"};
 }  // namespace
-
-std::string_view to_string(DrillState s) { return kDrillStates[static_cast<int>(s)]; }
-
-Result<DrillState> parse_drill_state(std::string_view s, std::string_view field) {
-  for (size_t i = 0; i < std::size(kDrillStates); ++i) {
-    if (kDrillStates[i] == s) return static_cast<DrillState>(i);
-  }
-  return make_error(Condition::invalid_argument,
-                    fmt::format("field '{}' must be one of Planned, Running, Paused, Completed, Failed, Aborted", field));
-}
 
 int64_t unix_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -96,42 +85,6 @@ Result<HostRegistration> host_registration_from_json(const json::object& o) {
   FL_ASSIGN_OR_RETURN(auto cap, get_int_or(o, "capacity", 1, kMaxHostCapacity, 8));
   r.capacity = static_cast<int>(cap);
   return r;
-}
-
-Result<DrillSpec> drill_spec_from_json(const json::object& o) {
-  FL_RETURN_IF_ERROR(check_fields(o, {"kind", "target", "max_parallel_hosts", "time_scale",
-                                      "recovery_s", "notice_s", "freeze_s", "healthy_timeout_s",
-                                      "memory_preserving", "start_paused"}));
-  DrillSpec s;
-  FL_ASSIGN_OR_RETURN(s.kind, get_string(o, "kind", 16));
-  if (s.kind != "host-os" && s.kind != "guest-os" && s.kind != "freeze") {
-    return make_error(Condition::invalid_argument,
-                      "field 'kind' must be one of host-os, guest-os, freeze (got '" + s.kind + "')");
-  }
-  FL_ASSIGN_OR_RETURN(s.target, get_string(o, "target", kMaxNameBytes, s.kind != "freeze"));
-  FL_ASSIGN_OR_RETURN(auto mp, get_int_or(o, "max_parallel_hosts", 0, static_cast<int64_t>(kMaxHosts), 0));
-  s.max_parallel_hosts = static_cast<int>(mp);
-  FL_ASSIGN_OR_RETURN(s.time_scale, get_number_or(o, "time_scale", 1e-6, 1.0, 1.0));
-  FL_ASSIGN_OR_RETURN(s.recovery_s, get_number_or(o, "recovery_s", 0, 7 * 86400, 1800));
-  FL_ASSIGN_OR_RETURN(s.notice_s, get_number_or(o, "notice_s", 0, 86400, 900));
-  FL_ASSIGN_OR_RETURN(s.freeze_s, get_number_or(o, "freeze_s", 0, 3600, 5));
-  FL_ASSIGN_OR_RETURN(s.healthy_timeout_s, get_number_or(o, "healthy_timeout_s", 1, 86400, 600));
-  FL_ASSIGN_OR_RETURN(s.memory_preserving, get_bool_or(o, "memory_preserving", false));
-  FL_ASSIGN_OR_RETURN(s.start_paused, get_bool_or(o, "start_paused", false));
-  return s;
-}
-
-json::object to_json(const DrillSpec& s) {
-  return {{"kind", s.kind},
-          {"target", s.target},
-          {"max_parallel_hosts", s.max_parallel_hosts},
-          {"time_scale", s.time_scale},
-          {"recovery_s", s.recovery_s},
-          {"notice_s", s.notice_s},
-          {"freeze_s", s.freeze_s},
-          {"healthy_timeout_s", s.healthy_timeout_s},
-          {"memory_preserving", s.memory_preserving},
-          {"start_paused", s.start_paused}};
 }
 
 Controller::Controller(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

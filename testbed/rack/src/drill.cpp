@@ -11,6 +11,7 @@
 #include <set>
 
 #include "fabriclab/common/json_get.hpp"
+#include "fabriclab/orchestrator/drill_spec.hpp"
 
 namespace fabriclab::rack {
 
@@ -82,15 +83,17 @@ std::string waiting_left(const json::object& d, std::optional<int64_t> now_ms) {
 }  // namespace
 
 json::object drill_body(const DrillFileSpec& spec) {
-  return {{"kind", spec.kind},
-          {"target", spec.target},
-          {"max_parallel_hosts", spec.max_parallel_hosts},
-          {"time_scale", spec.time_scale},
-          {"recovery_s", spec.recovery_s},
-          {"notice_s", spec.notice_s},
-          {"healthy_timeout_s", spec.healthy_timeout_s},
-          {"freeze_s", spec.freeze_s},
-          {"start_paused", !spec.faults.empty()}};
+  orchestrator::DrillSpec body;  // the orchestrator's own wire type: one spelling of each field
+  body.kind = spec.kind;
+  body.target = spec.target;
+  body.max_parallel_hosts = spec.max_parallel_hosts;
+  body.time_scale = spec.time_scale;
+  body.recovery_s = spec.recovery_s;
+  body.notice_s = spec.notice_s;
+  body.healthy_timeout_s = spec.healthy_timeout_s;
+  body.freeze_s = spec.freeze_s;
+  body.start_paused = !spec.faults.empty();  // paused until the faults are injected
+  return orchestrator::to_json(body);
 }
 
 std::string render_drill(const json::object& d, int width, std::optional<int64_t> now_ms) {
