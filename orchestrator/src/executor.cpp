@@ -35,10 +35,6 @@ std::string js(const json::object& o, std::string_view k) {
   auto* v = o.if_contains(k);
   return v && v->is_string() ? std::string(v->as_string()) : std::string();
 }
-int64_t ji(const json::object& o, std::string_view k, int64_t fallback = -1) {
-  auto* v = o.if_contains(k);
-  return v && v->is_int64() ? v->as_int64() : (v && v->is_uint64() ? static_cast<int64_t>(v->as_uint64()) : fallback);
-}
 std::chrono::milliseconds scaled(double seconds, double scale) {
   return std::chrono::milliseconds(static_cast<int64_t>(std::llround(seconds * scale * 1000.0)));
 }
