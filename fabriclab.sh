@@ -17,7 +17,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 PRESET=${FABRICLAB_PRESET:-ci}
-BUILD_DIR=build
+case "$PRESET" in  # each preset's binaryDir in CMakePresets.json
+  ci) BUILD_DIR=build ;;
+  dev) BUILD_DIR=build-dev ;;
+  asan-ubsan) BUILD_DIR=build-asan ;;
+  *) echo "FABRICLAB_PRESET: ci, dev or asan-ubsan, not '$PRESET'" >&2; exit 2 ;;
+esac
 
 setup() { bash testbed/setup.sh; }
 

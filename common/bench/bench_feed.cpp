@@ -600,12 +600,10 @@ void print_phase(const char* name, const PhaseResult& r) {
               r.client_cores, r.us_per_delivery);
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+// The command line into `o`; false (and `code` set) when the program ends here (--help, an error).
+bool parse_options(int argc, char** argv, Options& o, int& code) {
   CLI::App app{"Websocket feed latency: N loopback subscribers while a simulated drill publishes, "
                "without and then with one subscriber that never reads"};
-  Options o;
   app.add_option("-s,--subscribers", o.subscribers, "Reading subscribers")
       ->check(CLI::Range(1, 5000));
   app.add_option("-n,--events", o.events, "Events published in each of the two phases")
@@ -635,35 +633,48 @@ int main(int argc, char** argv) {
                  "this long")
       ->check(CLI::Range(0.0, 3600.0));
   app.add_flag("--json", o.json, "Print one JSON object");
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    code = app.exit(e);
+    return false;
+  }
+  return true;
+}
 
-  setup_logging({"error", false});  // the expected "slow consumer" warning is not news here
-
-  auto feed = std::make_shared<EventFeed>(&DrillSim::snapshot, 1000);
-  http::Limits limits;
-  limits.max_connections = static_cast<size_t>(o.subscribers) + 16;
-  limits.max_ws_queue = o.ws_queue;
-  http::Server server("feed-bench", http::Tokens{"", kToken}, limits);
-  server.events(kPath, feed);
-  auto port = server.start("127.0.0.1", 0, o.server_threads);
-  if (!port.ok()) die(port.error().describe());
-  tcp::endpoint ep(net::ip::make_address("127.0.0.1"), *port);
-
-  net::io_context cioc;
-  auto work = net::make_work_guard(cioc);
-  std::vector<std::thread> client_threads;
-  for (int i = 0; i < o.client_threads; ++i) {
-    client_threads.emplace_back([&] {
-      pthread_setname_np(pthread_self(), "bench-client");
-      {
-        std::lock_guard lock(g_tids_mu);
-        g_client_tids.push_back(static_cast<pid_t>(::gettid()));
-      }
-      cioc.run();
-    });
+// The client side: one io_context run by `threads` threads (their ids recorded for the CPU
+// figures), kept alive until stop().
+class ClientIo {
+ public:
+  explicit ClientIo(int threads) : work_(net::make_work_guard(ioc_)) {
+    for (int i = 0; i < threads; ++i) {
+      threads_.emplace_back([this] {
+        pthread_setname_np(pthread_self(), "bench-client");
+        {
+          std::lock_guard lock(g_tids_mu);
+          g_client_tids.push_back(static_cast<pid_t>(::gettid()));
+        }
+        ioc_.run();
+      });
+    }
+  }
+  net::io_context& ioc() { return ioc_; }
+  void stop() {
+    work_.reset();
+    for (auto& t : threads_) t.join();
+    threads_.clear();
   }
 
-  // Connect the readers, a few hundred handshakes in flight at a time.
+ private:
+  net::io_context ioc_;
+  net::executor_work_guard<net::io_context::executor_type> work_;
+  std::vector<std::thread> threads_;
+};
+
+// Connects the readers, a few hundred handshakes in flight at a time; dies when one fails or
+// they are not all connected within 30 s. Prints the connect line (text output).
+std::vector<std::shared_ptr<Subscriber>> connect_readers(const Options& o, net::io_context& cioc,
+                                                         const tcp::endpoint& ep) {
   std::vector<std::shared_ptr<Subscriber>> readers;
   auto t_connect = Clock::now();
   for (int i = 0; i < o.subscribers; ++i) {
@@ -691,15 +702,12 @@ int main(int argc, char** argv) {
                 o.burst, o.ws_queue);
     std::fflush(stdout);
   }
+  return readers;
+}
 
-  DrillSim drill;
-  auto count_ended = [&] {
-    return static_cast<int>(
-        std::count_if(readers.begin(), readers.end(), [](auto& s) { return s->state != 1; }));
-  };
-  PhaseResult a = run_phase(o, *feed, drill, readers, nullptr);
-  a.readers_ended = count_ended();
-
+// The subscriber that completes the upgrade and never reads (phase b), connected.
+std::shared_ptr<Subscriber> connect_stalled(const Options& o, net::io_context& cioc,
+                                            const tcp::endpoint& ep) {
   auto stalled = std::make_shared<Subscriber>(cioc, o.client_threads > 1, true, false, o.stall_rcvbuf);
   stalled->start(ep);
   for (auto deadline = Clock::now() + 10s; stalled->state == 0;) {
@@ -707,6 +715,111 @@ int main(int argc, char** argv) {
     std::this_thread::sleep_for(1ms);
   }
   if (stalled->state != 1) die("the stalled subscriber failed: " + stalled->end_reason);
+  return stalled;
+}
+
+// FEED_BENCH_TIMELINE=1: every 10th event, min/median/max latency over the readers, on stderr.
+void print_timeline(const PhaseResult& a, const PhaseResult& b,
+                    const std::vector<std::shared_ptr<Subscriber>>& readers) {
+  std::vector<std::vector<uint32_t>> by(b.last_seq + 1);
+  for (auto& s : readers) {
+    for (auto& x : s->samples) {
+      if (x.seq <= b.last_seq) by[x.seq].push_back(x.latency_us);
+    }
+  }
+  for (uint64_t q = a.first_seq; q <= b.last_seq; q += 10) {
+    auto& v = by[q];
+    if (v.empty()) continue;
+    std::sort(v.begin(), v.end());
+    std::fprintf(stderr, "seq %llu min %.1f med %.1f max %.1f ms\n",
+                 static_cast<unsigned long long>(q), v.front() / 1e3, v[v.size() / 2] / 1e3,
+                 v.back() / 1e3);
+  }
+}
+
+// What the two phases measured, ready to print.
+struct Outcome {
+  PhaseResult a, b;
+  bool cut_off = false;
+  std::string stalled_end;
+  size_t stalled_buffered = 0;
+  std::map<std::string, int> closed_reasons;  // why readers ended before the end
+  bool target_met = false;
+};
+
+void print_json(const Options& o, const Outcome& r) {
+  json::object stalled_json = figures(r.b);
+  stalled_json["stalled_cut_off"] = r.cut_off;
+  stalled_json["cut_off_after_s"] = round3(r.b.cut_off_after_s);
+  stalled_json["cut_off_after_events"] = r.b.cut_off_after_events;
+  stalled_json["stalled_end"] = r.stalled_end;
+  stalled_json["stalled_buffered_messages"] = r.stalled_buffered;
+  json::object out{{"subscribers", o.subscribers}};
+  for (auto& kv : figures(r.a)) out[kv.key()] = kv.value();
+  out["stalled"] = std::move(stalled_json);
+  out["target_p99_ms"] = kTargetP99Ms;
+  out["rate"] = o.rate;
+  out["burst"] = o.burst;
+  out["client"] = o.client;
+  out["server_threads"] = o.server_threads;
+  out["client_threads"] = o.client_threads;
+  json::object reasons;
+  for (const auto& [why, n] : r.closed_reasons) reasons[why] = n;
+  out["closed_reasons"] = std::move(reasons);
+  out["target_met"] = r.target_met;
+  std::cout << json::serialize(out) << "\n";
+}
+
+void print_text(const Outcome& r) {
+  print_phase("(a) all reading", r.a);
+  print_phase("(b) one stalled", r.b);
+  std::printf("  stalled subscriber: %s", r.cut_off ? "cut off" : "NOT cut off");
+  if (r.b.cut_off_after_s >= 0) {
+    std::printf(" by the feed %.2f s (%lld events) into the phase", r.b.cut_off_after_s,
+                static_cast<long long>(r.b.cut_off_after_events));
+  }
+  std::printf("; its stream ended with '%s' after %zu buffered messages\n", r.stalled_end.c_str(),
+              r.stalled_buffered);
+  for (const auto& [why, n] : r.closed_reasons) {
+    std::printf("  %d readers ended early: %s\n", n, why.c_str());
+  }
+  std::printf("target p99 <= %.0f ms with and without the stalled one, no loss: %s\n",
+              kTargetP99Ms, r.target_met ? "met" : "NOT met");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  if (int code = 0; !parse_options(argc, argv, o, code)) return code;
+
+  setup_logging({"error", false});  // the expected "slow consumer" warning is not news here
+
+  auto feed = std::make_shared<EventFeed>(&DrillSim::snapshot, 1000);
+  http::Limits limits;
+  limits.max_connections = static_cast<size_t>(o.subscribers) + 16;
+  limits.max_ws_queue = o.ws_queue;
+  http::Server server("feed-bench", http::Tokens{"", kToken}, limits);
+  server.events(kPath, feed);
+  auto port = server.start("127.0.0.1", 0, o.server_threads);
+  if (!port.ok()) die(port.error().describe());
+  tcp::endpoint ep(net::ip::make_address("127.0.0.1"), *port);
+
+  ClientIo client(o.client_threads);
+  std::vector<std::shared_ptr<Subscriber>> readers = connect_readers(o, client.ioc(), ep);
+
+  // Phase (a): every subscriber reads.
+  Outcome r;
+  DrillSim drill;
+  auto count_ended = [&] {
+    return static_cast<int>(
+        std::count_if(readers.begin(), readers.end(), [](auto& s) { return s->state != 1; }));
+  };
+  r.a = run_phase(o, *feed, drill, readers, nullptr);
+  r.a.readers_ended = count_ended();
+
+  // Phase (b): the same plus one stalled subscriber.
+  auto stalled = connect_stalled(o, client.ioc(), ep);
   // The stalled one is gone when the feed holds fewer subscriptions than the readers still
   // reading plus it: cut off for its full queue ("slow consumer") or by the write deadline
   // (Limits::write_timeout), whichever comes first. A reader the feed dropped ends soon after,
@@ -715,8 +828,8 @@ int main(int argc, char** argv) {
     int64_t live_readers = static_cast<int64_t>(readers.size()) - count_ended();
     return static_cast<int64_t>(feed->stats().subscribers) < live_readers + 1;
   };
-  PhaseResult b = run_phase(o, *feed, drill, readers, stalled_dropped);
-  b.readers_ended = count_ended() - a.readers_ended;
+  r.b = run_phase(o, *feed, drill, readers, stalled_dropped);
+  r.b.readers_ended = count_ended() - r.a.readers_ended;
 
   // Whatever the server did to the stalled socket, reading it now shows how its stream ended.
   stalled->drain(3s);
@@ -730,77 +843,29 @@ int main(int argc, char** argv) {
   server.stop();
   for (auto& s : readers) s->close();
   stalled->close();
-  work.reset();
-  for (auto& t : client_threads) t.join();
-  bool cut_off = server_ended_it;
+  client.stop();
+  r.cut_off = server_ended_it;
   // The live estimate can fire on a reader the feed dropped before its close frame arrived.
-  if (!cut_off) b.cut_off_after_s = -1, b.cut_off_after_events = -1;
+  if (!r.cut_off) r.b.cut_off_after_s = -1, r.b.cut_off_after_events = -1;
+  r.stalled_end = stalled->end_reason;
+  r.stalled_buffered = stalled->drained;
 
-  score(a, readers);
-  score(b, readers);
+  score(r.a, readers);
+  score(r.b, readers);
   // Why readers ended before the end (the client threads are joined: end_reason is safe to read).
-  std::map<std::string, int> closed_reasons;
   for (const auto& s : readers) {
-    if (s->state != 1) ++closed_reasons[s->end_reason];
+    if (s->state != 1) ++r.closed_reasons[s->end_reason];
   }
-  bool lossless = a.expected == a.received && b.expected == b.received;
+  bool lossless = r.a.expected == r.a.received && r.b.expected == r.b.received;
   // The target: p99 <= 20 ms for the readers, with and without the stalled one, and no
   // loss. Whether the server cut the stalled one off is reported beside it.
-  bool target_met = a.p99_ms <= kTargetP99Ms && b.p99_ms <= kTargetP99Ms && lossless;
-  // FEED_BENCH_TIMELINE=1: every 10th event, min/median/max latency over the readers, on stderr.
-  if (std::getenv("FEED_BENCH_TIMELINE")) {
-    std::vector<std::vector<uint32_t>> by(b.last_seq + 1);
-    for (auto& s : readers) {
-      for (auto& x : s->samples) {
-        if (x.seq <= b.last_seq) by[x.seq].push_back(x.latency_us);
-      }
-    }
-    for (uint64_t q = a.first_seq; q <= b.last_seq; q += 10) {
-      auto& v = by[q];
-      if (v.empty()) continue;
-      std::sort(v.begin(), v.end());
-      std::fprintf(stderr, "seq %llu min %.1f med %.1f max %.1f ms\n",
-                   static_cast<unsigned long long>(q), v.front() / 1e3, v[v.size() / 2] / 1e3,
-                   v.back() / 1e3);
-    }
-  }
+  r.target_met = r.a.p99_ms <= kTargetP99Ms && r.b.p99_ms <= kTargetP99Ms && lossless;
+  if (std::getenv("FEED_BENCH_TIMELINE")) print_timeline(r.a, r.b, readers);
 
   if (o.json) {
-    json::object stalled_json = figures(b);
-    stalled_json["stalled_cut_off"] = cut_off;
-    stalled_json["cut_off_after_s"] = round3(b.cut_off_after_s);
-    stalled_json["cut_off_after_events"] = b.cut_off_after_events;
-    stalled_json["stalled_end"] = stalled->end_reason;
-    stalled_json["stalled_buffered_messages"] = stalled->drained;
-    json::object out{{"subscribers", o.subscribers}};
-    for (auto& kv : figures(a)) out[kv.key()] = kv.value();
-    out["stalled"] = std::move(stalled_json);
-    out["target_p99_ms"] = kTargetP99Ms;
-    out["rate"] = o.rate;
-    out["burst"] = o.burst;
-    out["client"] = o.client;
-    out["server_threads"] = o.server_threads;
-    out["client_threads"] = o.client_threads;
-    json::object reasons;
-    for (const auto& [why, n] : closed_reasons) reasons[why] = n;
-    out["closed_reasons"] = std::move(reasons);
-    out["target_met"] = target_met;
-    std::cout << json::serialize(out) << "\n";
+    print_json(o, r);
   } else {
-    print_phase("(a) all reading", a);
-    print_phase("(b) one stalled", b);
-    std::printf("  stalled subscriber: %s", cut_off ? "cut off" : "NOT cut off");
-    if (b.cut_off_after_s >= 0) {
-      std::printf(" by the feed %.2f s (%lld events) into the phase", b.cut_off_after_s,
-                  static_cast<long long>(b.cut_off_after_events));
-    }
-    std::printf("; its stream ended with '%s' after %zu buffered messages\n",
-                stalled->end_reason.c_str(), stalled->drained);
-    for (const auto& [why, n] : closed_reasons) {
-      std::printf("  %d readers ended early: %s\n", n, why.c_str());
-    }
-    std::printf("target p99 <= %.0f ms with and without the stalled one, no loss: %s\n",
-                kTargetP99Ms, target_met ? "met" : "NOT met");
+    print_text(r);
   }
   return 0;
 }

@@ -400,4 +400,9 @@ void Server::stop() {
 
 uint16_t Server::port() const { return impl_->port; }
 
+size_t Server::connections() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->sessions.size();
+}
+
 }  // namespace fabriclab::http

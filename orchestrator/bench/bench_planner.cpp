@@ -9,6 +9,8 @@
 // --issue: the issue's size: 1000 hosts in 3 fault domains, ~20 000 instances in services of
 // 2..50 instances with 5..20 UDs (N clusters of each kind, default 10).
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <boost/json/serialize.hpp>
 #include <chrono>
@@ -36,7 +38,7 @@ Cluster make_cluster(const Shape& shape, uint64_t seed, bool aligned) {
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
   Cluster c;
   for (int h = 0; h < shape.hosts; ++h) {
-    c.hosts.push_back(Host{"h" + std::to_string(h), h % shape.fds, shape.capacity});
+    c.hosts.push_back(Host{fmt::format("h{}", h), h % shape.fds, shape.capacity});
   }
   std::vector<Service> services;
   services.push_back(Service{"s0", std::max(20, shape.min_n), 20, "img", 256});
@@ -44,7 +46,7 @@ Cluster make_cluster(const Shape& shape, uint64_t seed, bool aligned) {
   while (total < shape.instances) {
     int n = std::min(pick(shape.min_n, shape.max_n), shape.instances - total);
     if (n < 1) break;
-    services.push_back(Service{"s" + std::to_string(services.size()), n, pick(5, 20), "img", 256});
+    services.push_back(Service{fmt::format("s{}", services.size()), n, pick(5, 20), "img", 256});
     total += n;
   }
   if (aligned) {

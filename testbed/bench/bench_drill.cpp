@@ -512,7 +512,7 @@ Result<json::array> healthy_instances(const Agents& agents, const AgentRef& a,
       if (w && w->is_bool() && !w->as_bool()) continue;
       auto* h = o.if_contains("healthy");
       if (!(h && h->is_bool() && h->as_bool()) || !o.if_contains("last_heartbeat"))
-        waiting += " " + str(o, "name");
+        waiting.append(" ").append(str(o, "name"));
       want.push_back(x);
     }
     if (waiting.empty()) return want;
@@ -787,134 +787,149 @@ Result<ClientFigures> no_drain_figures(rack::DrillFileSpec spec, rack::LabOption
   return client_figures(outcome.report, spec);
 }
 
-int run(const Options& opt) {
+// ---------------------------------------------------------------------------------------------
+// The run, phase by phase (the numbers are the method's, at the top of this file)
+
+int fail(const std::string& what) {
+  std::cerr << "fabriclab-bench-drill: " << what << "\n";
+  return rack::interrupted() ? 130 : 1;
+}
+
+// Sleeps `s` seconds; false when interrupted.
+bool settle(double s) {
+  return rack::sleep_unless_interrupted(std::chrono::milliseconds(static_cast<int64_t>(s * 1000)));
+}
+
+// One batch of the drill's walk as the report has it.
+struct DrillBatch {
+  int index = 0;
+  std::vector<std::string> hosts;
+  std::optional<double> start_s, end_s, duration_s;
+};
+
+// The run's inputs and what each phase measured, handed from one phase to the next.
+struct BenchRun {
+  explicit BenchRun(const Options& o) : opt(o) {}
+  const Options& opt;
+  rack::DrillFileSpec spec;
+  bool real = false;
+  double settle_s = 0, notice_eff_s = 0;
+  std::string notice_policy;
+  rack::LabOptions lo;
+  // 1.
+  int64_t populate_ms = 0, settle1_ms = 0, settle1_end_ms = 0;
+  // 2.
+  json::object report;
+  std::string drill_state;
+  std::optional<double> makespan_s;
+  int64_t drill_start_ms = -1, drill_end_ms = -1;
+  std::vector<DrillBatch> batches;
+  // 3.
+  int64_t settle2_ms = 0, settle2_end_ms = 0;
+  std::vector<std::vector<RawHost>> floor;
+  bool floor_under_traffic = false;
+  // 4.
+  std::map<std::string, std::vector<Event>> events;
+  int refined = 0;
+  std::map<std::string, HostSteps> steps;
+  std::map<std::string, json::object> job_guests;  // instance -> the agent's guest record
+  std::vector<std::string> notes;
+
+  const json::object& rdrill() const { return obj(report, "drill"); }
+};
+
+// The drill spec as the bench runs it (recovery 0, no faults, the notice policy) and the rack's
+// options.
+Status prepare(BenchRun& r) {
+  const Options& opt = r.opt;
   auto spec_r = opt.spec_file.empty() ? Result<rack::DrillFileSpec>(rack::default_spec())
                                       : rack::load_spec(opt.spec_file);
-  if (!spec_r.ok()) {
-    std::cerr << "fabriclab-bench-drill: " << spec_r.error().message << "\n";
-    return 1;
-  }
-  rack::DrillFileSpec spec = *spec_r;
+  if (!spec_r.ok()) return spec_r.error();
+  rack::DrillFileSpec& spec = r.spec;
+  spec = *spec_r;
   if (!opt.hypervisor.empty()) spec.hypervisor = opt.hypervisor;
   spec.recovery_s = 0;  // recovery waits at 0
   spec.faults.clear();
   const double spec_notice_s = spec.notice_s;
   if (opt.notice_s) spec.notice_s = *opt.notice_s;
-  const bool real = spec.hypervisor == "qemu";
-  const double settle_s = opt.settle_s >= 0 ? opt.settle_s : (real ? 10.0 : 1.0);
-  const double notice_eff_s = spec.notice_s * spec.time_scale;
-  std::string notice_policy =
+  r.real = spec.hypervisor == "qemu";
+  r.settle_s = opt.settle_s >= 0 ? opt.settle_s : (r.real ? 10.0 : 1.0);
+  r.notice_eff_s = spec.notice_s * spec.time_scale;
+  r.notice_policy =
       opt.notice_s ? fmt::format("overridden by --notice-s {} (x time_scale {} = {:.3f} s)",
-                                 *opt.notice_s, spec.time_scale, notice_eff_s)
+                                 *opt.notice_s, spec.time_scale, r.notice_eff_s)
                    : fmt::format(
                          "the spec's notice_s {} kept (x time_scale {} = {:.3f} s; a guest's early "
                          "ack ends it)",
-                         spec_notice_s, spec.time_scale, notice_eff_s);
+                         spec_notice_s, spec.time_scale, r.notice_eff_s);
+  return {};
+}
 
-  rack::install_interrupt_handlers();
-  rack::LabOptions lo;
-  lo.dir = opt.lab_dir;
-  lo.bin_dir = rack::self_dir();
-  lo.images_dir = rack::images_dir(opt.images, FABRICLAB_BENCH_IMAGES_DIR);
-  if (real) lo.start_timeout = 60s;
-  progress(fmt::format("rack up: {} hosts in {} FDs, hypervisor {}, images {}, lab dir {}",
-                       spec.hosts, spec.fault_domains, spec.hypervisor, lo.images_dir, lo.dir));
-  auto up = rack::Lab::up(spec, lo);
-  if (!up.ok()) {
-    std::cerr << "fabriclab-bench-drill: lab up: " << up.error().message << "\n";
-    return rack::interrupted() ? 130 : 1;
-  }
-  rack::Lab lab = std::move(up).value();
-  progress("network " + lab.network() +
-           (lab.network() == "netns" ? " (rack namespace " + lab.agent_netns() + ")"
-                                     : " (" + (lab.network_reason().empty() ? "asked for" : lab.network_reason()) + ")"));
-  struct Down {
-    rack::Lab& lab;
-    ~Down() {
-      keep_consoles(lab.dir());
-      progress("stopping the rack (VMs, agents, orchestrator, network namespaces)");
-      if (auto st = lab.down(false); !st.ok()) progress("teardown: " + st.error().message);
-      progress("rack stopped; logs in " + lab.dir());
-    }
-  } down{lab};
-  std::set<pid_t> agent_pids;
-  for (const auto& a : lab.agents()) agent_pids.insert(a.pid);
-  CpuSampler cpu(lab.dir(), agent_pids, lab.orchestrator().pid);
-  auto fail = [&](const std::string& what) {
-    std::cerr << "fabriclab-bench-drill: " << what << "\n";
-    return rack::interrupted() ? 130 : 1;
-  };
-
+// 1. Every guest heartbeating, then the settle pause.
+Status populate_and_settle(BenchRun& r, rack::Lab& lab) {
   const int64_t t_boot0 = now_ms();
   progress(
       "populating: registering hosts, creating services, waiting for every guest to heartbeat");
-  if (auto st = lab.populate(spec, real ? 300s : 60s); !st.ok())
-    return fail("populate: " + st.error().message);
-  const int64_t populate_ms = now_ms() - t_boot0;
+  if (auto st = lab.populate(r.spec, r.real ? 300s : 60s); !st.ok())
+    return make_error(st.error().condition, "populate: " + st.error().message);
+  r.populate_ms = now_ms() - t_boot0;
   progress(
-      fmt::format("rack populated in {:.1f} s; settling {:.0f} s", secs(populate_ms), settle_s));
-  const int64_t settle1_ms = now_ms();
-  if (!rack::sleep_unless_interrupted(
-          std::chrono::milliseconds(static_cast<int64_t>(settle_s * 1000)))) {
-    return fail("interrupted");
-  }
-  const int64_t settle1_end_ms = now_ms();
-  auto api = rack::OrchestratorClient::from_url(lab.orchestrator_url(), lab.control_token());
-  if (!api.ok()) return fail(api.error().message);
-  Agents agents(lab);
+      fmt::format("rack populated in {:.1f} s; settling {:.0f} s", secs(r.populate_ms), r.settle_s));
+  r.settle1_ms = now_ms();
+  if (!settle(r.settle_s)) return make_error(Condition::cancelled, "interrupted");
+  r.settle1_end_ms = now_ms();
+  return {};
+}
 
-  // ---- 2. the drill
-  progress(fmt::format("drill: {} -> {}, recovery 0, notice {:.3f} s", spec.kind, spec.target,
-                       notice_eff_s));
+// 2. The drill: its report, times and batches.
+Status run_the_drill(BenchRun& r, const rack::OrchestratorClient& api, rack::Lab& lab) {
+  progress(fmt::format("drill: {} -> {}, recovery 0, notice {:.3f} s", r.spec.kind, r.spec.target,
+                       r.notice_eff_s));
   rack::DrillView view{&std::cerr, false};
-  auto outcome = rack::run_drill(*api, spec, &lab, view);
-  if (!outcome.ok()) return fail("drill: " + outcome.error().message);
-  if (outcome->interrupted || rack::interrupted()) return fail("interrupted");
-  const json::object& report = outcome->report;
-  const json::object& rdrill = obj(report, "drill");
-  const std::string drill_state = str(rdrill, "state");
-  const auto makespan_s = number(rdrill, "duration_s");
-  const int64_t drill_start_ms = parse_rfc3339_ms(str(rdrill, "started_at")).value_or(-1);
-  const int64_t drill_end_ms = parse_rfc3339_ms(str(rdrill, "finished_at")).value_or(now_ms());
-  progress(fmt::format("drill {} {} in {} s (report result {})", str(rdrill, "id"), drill_state,
-                       fmt_opt(makespan_s), str(report, "result")));
-  if (drill_state != "Completed" || !makespan_s) {
-    return fail("the drill did not complete (" + drill_state + ": " + str(rdrill, "reason") +
-                "); no floor measured");
+  auto outcome = rack::run_drill(api, r.spec, &lab, view);
+  if (!outcome.ok()) return make_error(outcome.error().condition, "drill: " + outcome.error().message);
+  if (outcome->interrupted || rack::interrupted())
+    return make_error(Condition::cancelled, "interrupted");
+  r.report = std::move(outcome->report);
+  const json::object& rdrill = r.rdrill();
+  r.drill_state = str(rdrill, "state");
+  r.makespan_s = number(rdrill, "duration_s");
+  r.drill_start_ms = parse_rfc3339_ms(str(rdrill, "started_at")).value_or(-1);
+  r.drill_end_ms = parse_rfc3339_ms(str(rdrill, "finished_at")).value_or(now_ms());
+  progress(fmt::format("drill {} {} in {} s (report result {})", str(rdrill, "id"), r.drill_state,
+                       fmt_opt(r.makespan_s), str(r.report, "result")));
+  if (r.drill_state != "Completed" || !r.makespan_s) {
+    return make_error(Condition::internal, "the drill did not complete (" + r.drill_state + ": " +
+                                               str(rdrill, "reason") + "); no floor measured");
   }
-  struct Batch {
-    int index = 0;
-    std::vector<std::string> hosts;
-    std::optional<double> start_s, end_s, duration_s;
-  };
-  std::vector<Batch> batches;
-  for (const auto& bv : arr(obj(report, "walk"), "batch_list")) {
+  for (const auto& bv : arr(obj(r.report, "walk"), "batch_list")) {
     const auto& b = bv.as_object();
-    Batch x;
-    x.index = static_cast<int>(int_or(b, "index", static_cast<int64_t>(batches.size())));
+    DrillBatch x;
+    x.index = static_cast<int>(int_or(b, "index", static_cast<int64_t>(r.batches.size())));
     for (const auto& h : arr(b, "hosts")) x.hosts.emplace_back(h.as_string());
     x.start_s = number(b, "start_s");
     x.end_s = number(b, "end_s");
     x.duration_s = number(b, "duration_s");
-    batches.push_back(std::move(x));
+    r.batches.push_back(std::move(x));
   }
-  if (batches.empty()) return fail("the report has no batches");
+  if (r.batches.empty()) return make_error(Condition::internal, "the report has no batches");
+  return {};
+}
 
-  // ---- 3. the floor
-  const int64_t settle2_ms = now_ms();
+// 3. The floor, after another settle pause: each batch's hosts cycled raw, all at once.
+Status measure_floor(BenchRun& r, const rack::OrchestratorClient& api, const rack::Lab& lab,
+                     const Agents& agents) {
+  r.settle2_ms = now_ms();
   progress(fmt::format(
       "settling {:.0f} s, then the floor: raw stop + start + first heartbeat, batch by batch",
-      settle_s));
-  if (!rack::sleep_unless_interrupted(
-          std::chrono::milliseconds(static_cast<int64_t>(settle_s * 1000)))) {
-    return fail("interrupted");
-  }
-  const int64_t settle2_end_ms = now_ms();
+      r.settle_s));
+  if (!settle(r.settle_s)) return make_error(Condition::cancelled, "interrupted");
+  r.settle2_end_ms = now_ms();
   // The floor runs under the same client load as the drill: the drill's guests boot while their
   // neighbours answer clients and probes, and a TCG guest's HTTP costs CPU.
   std::unique_ptr<orchestrator::TrafficGenerator> floor_traffic;
   if (lab.guest_network()) {
-    auto targets = floor_traffic_targets(*api, spec);
+    auto targets = floor_traffic_targets(api, r.spec);
     orchestrator::TrafficOptions to;
     to.netns = lab.agent_netns();
     auto gen = targets.ok() ? orchestrator::TrafficGenerator::start(*targets, to)
@@ -926,15 +941,16 @@ int run(const Options& opt) {
       progress("floor without client traffic: " + gen.error().message);
     }
   }
-  std::vector<std::vector<RawHost>> floor(batches.size());
+  const auto& batches = r.batches;
+  r.floor.assign(batches.size(), {});
   for (size_t b = 0; b < batches.size(); ++b) {
-    std::vector<RawHost>& hosts = floor[b];
+    std::vector<RawHost>& hosts = r.floor[b];
     hosts.resize(batches[b].hosts.size());
     std::vector<std::thread> threads;
     for (size_t i = 0; i < batches[b].hosts.size(); ++i) {
       threads.emplace_back([&, b, i] {
         hosts[i] = raw_cycle_host(agents, batches[b].hosts[i], static_cast<int>(b),
-                                  std::chrono::seconds(opt.floor_timeout_s));
+                                  std::chrono::seconds(r.opt.floor_timeout_s));
       });
     }
     for (auto& t : threads) t.join();
@@ -944,35 +960,38 @@ int run(const Options& opt) {
       if (!h.error.empty() && err.empty()) err = h.host + ": " + h.error;
       slow = std::max(slow, h.total_ms());
     }
-    if (!err.empty()) return fail("floor, batch " + std::to_string(b + 1) + ": " + err);
+    if (!err.empty())
+      return make_error(Condition::internal, "floor, batch " + std::to_string(b + 1) + ": " + err);
     progress(fmt::format("floor batch {}/{} [{}]: {:.3f} s", b + 1, batches.size(),
                          fmt::join(batches[b].hosts, " "), secs(slow)));
   }
-
-  const bool floor_under_traffic = floor_traffic != nullptr;
+  r.floor_under_traffic = floor_traffic != nullptr;
   if (floor_traffic) floor_traffic->stop();
+  return {};
+}
 
-  // ---- 4. heartbeat times and step timings from the agents' event histories, job records
+// 4. Heartbeat times of the floor's guests from the agents' event histories (where an event is
+// missing, the poll estimate stays), then the drill's jobs (agents' records) and steps (agents'
+// events).
+void read_histories(BenchRun& r, const Agents& agents) {
   const int64_t until = now_ms();
-  std::map<std::string, std::vector<Event>> events;
-  std::vector<std::string> notes;
   for (const auto& [name, a] : agents.all()) {
     bool complete = true;
     auto ev = agent_events(agents, a, until, complete);
     if (!ev.ok()) {
-      notes.push_back("events of " + name + " unavailable (" + ev.error().message +
-                      "): poll estimates used");
+      r.notes.push_back("events of " + name + " unavailable (" + ev.error().message +
+                        "): poll estimates used");
       continue;
     }
     if (!complete)
-      notes.push_back("events of " + name + ": the agent's ring no longer held its start");
-    events[name] = std::move(ev).value();
+      r.notes.push_back("events of " + name + ": the agent's ring no longer held its start");
+    r.events[name] = std::move(ev).value();
   }
-  int refined = 0, polled = 0;
-  for (auto& hosts : floor) {
+  int polled = 0;
+  for (auto& hosts : r.floor) {
     for (auto& h : hosts) {
-      auto it = events.find(h.host);
-      if (it == events.end()) continue;
+      auto it = r.events.find(h.host);
+      if (it == r.events.end()) continue;
       for (auto& g : h.guests) {
         int64_t last_old = -1, first_new = -1;
         for (const auto& e : it->second) {
@@ -987,7 +1006,7 @@ int run(const Options& opt) {
         if (first_new >= 0) {
           g.first_hb_ms = first_new;
           g.hb_source = "events";
-          ++refined;
+          ++r.refined;
         } else {
           ++polled;
         }
@@ -995,171 +1014,201 @@ int run(const Options& opt) {
     }
   }
   if (polled)
-    notes.push_back(
+    r.notes.push_back(
         fmt::format("{} guests' first heartbeat from polling (no event found)", polled));
 
-  // The drill's jobs (agents' records) and steps (agents' events).
-  std::map<std::string, HostSteps> steps;
-  std::map<std::string, json::object> job_guests;  // instance -> the agent's guest record
   for (const auto& [name, a] : agents.all()) {
-    auto it = events.find(name);
-    HostSteps s = it == events.end() ? HostSteps{}
-                                     : host_steps(name, it->second, drill_start_ms, drill_end_ms);
+    auto it = r.events.find(name);
+    HostSteps s = it == r.events.end()
+                      ? HostSteps{}
+                      : host_steps(name, it->second, r.drill_start_ms, r.drill_end_ms);
     s.host = name;
     if (!s.job.empty()) {
       auto j = agents.call(a, "GET", "/v1/operations/" + s.job);
       if (j.ok() && j->is_object()) {
         for (const auto& g : arr(j->as_object(), "guests"))
-          job_guests[str(g.as_object(), "name")] = g.as_object();
+          r.job_guests[str(g.as_object(), "name")] = g.as_object();
       }
     }
-    steps[name] = std::move(s);
+    r.steps[name] = std::move(s);
   }
+}
 
-  // ---- figures
+// ---------------------------------------------------------------------------------------------
+// The figures
+
+// Over batches, the slowest drill host's steps.
+struct Share {
+  double notify = 0, stop = 0, swap = 0, reboot = 0, start = 0, verify = 0, dispatch = 0,
+         collect = 0;
+};
+
+struct BatchFigures {
   double floor_sum_ms = 0;
-  json::array batch_out;
-  struct Share {
-    double notify = 0, stop = 0, swap = 0, reboot = 0, start = 0, verify = 0, dispatch = 0,
-           collect = 0;
-  } share;  // over batches, the slowest drill host's steps
-  std::vector<std::string> text_batches;
+  json::array out;
+  Share share;
+  std::vector<std::string> text;
   std::optional<double> prev_end;
   double gaps_s = 0;
-  for (size_t b = 0; b < batches.size(); ++b) {
-    const auto& B = batches[b];
-    int64_t slow = -1;
-    std::string slow_host;
-    json::object floor_hosts;
-    for (const auto& h : floor[b]) {
-      if (h.total_ms() > slow) {
-        slow = h.total_ms();
-        slow_host = h.host;
-      }
-      json::array gs;
-      for (const auto& g : h.guests) {
-        gs.push_back(json::object{{"name", g.name},
-                                  {"stop_call_s", secs_or_null(g.stop_done_ms - g.stop_req_ms)},
-                                  {"start_call_s", secs_or_null(g.start_done_ms - g.start_req_ms)},
-                                  {"cycle_s", secs_or_null(g.cycle_ms())},
-                                  {"first_hb_seq_polled", g.first_hb_seq},
-                                  {"hb_source", g.hb_source}});
-      }
-      floor_hosts[h.host] =
-          json::object{{"total_s", secs_or_null(h.total_ms())},
-                       {"stops_s", secs_or_null(h.stops_done_ms - h.t0_ms)},
-                       {"starts_s", secs_or_null(h.starts_done_ms - h.stops_done_ms)},
-                       {"boot_to_last_hb_s", secs_or_null(h.last_hb_ms() - h.starts_done_ms)},
-                       {"guests", std::move(gs)}};
-    }
-    floor_sum_ms += std::max<int64_t>(slow, 0);
-    int64_t floor_a = INT64_MAX, floor_z = 0;
-    for (const auto& h : floor[b]) {
-      if (h.guests.empty()) continue;
-      floor_a = std::min(floor_a, h.t0_ms);
-      floor_z = std::max(floor_z, h.last_hb_ms());
-    }
-    // The drill's side of this batch.
-    int64_t b_start = B.start_s ? drill_start_ms + static_cast<int64_t>(*B.start_s * 1000) : -1;
-    int64_t b_end = B.end_s ? drill_start_ms + static_cast<int64_t>(*B.end_s * 1000) : -1;
-    json::object drill_hosts;
-    int64_t first_job = -1, last_done = -1, slow_job = -1;
-    const HostSteps* slowest = nullptr;
-    for (const auto& host : B.hosts) {
-      const HostSteps& s = steps[host];
-      json::object st{{"job", s.job}, {"status", s.status}, {"job_s", secs_or_null(s.job_ms())}};
-      for (size_t k = 0; k < kStepSpans.size(); ++k) {
-        st[kStepNames[k] + "_s"] =
-            secs_or_null(s.step_ms(kStepSpans[k].first, kStepSpans[k].second));
-      }
-      drill_hosts[host] = std::move(st);
-      if (s.started >= 0) first_job = first_job < 0 ? s.started : std::min(first_job, s.started);
-      if (s.done >= 0) last_done = std::max(last_done, s.done);
-      if (s.job_ms() > slow_job) {
-        slow_job = s.job_ms();
-        slowest = &s;
-      }
-    }
-    int64_t dispatch = b_start >= 0 && first_job >= 0 ? first_job - b_start : -1;
-    int64_t collect = b_end >= 0 && last_done >= 0 ? b_end - last_done : -1;
-    if (slowest) {
-      auto add = [](double& acc, int64_t ms) { acc += ms > 0 ? secs(ms) : 0; };
-      add(share.notify, slowest->step_ms("Notifying", "StoppingGuests"));
-      add(share.stop, slowest->step_ms("StoppingGuests", "SwappingImage"));
-      add(share.swap, slowest->step_ms("SwappingImage", "Rebooting"));
-      add(share.reboot, slowest->step_ms("Rebooting", "StartingGuests"));
-      add(share.start, slowest->step_ms("StartingGuests", "Verifying"));
-      add(share.verify, slowest->step_ms("Verifying", "done"));
-    }
-    share.dispatch += dispatch > 0 ? secs(dispatch) : 0;
-    share.collect += collect > 0 ? secs(collect) : 0;
-    double gap = 0;
-    if (B.start_s) gap = *B.start_s - (prev_end ? *prev_end : 0.0);
-    gaps_s += gap;
-    prev_end = B.end_s;
-    batch_out.push_back(json::object{
-        {"index", B.index},
-        {"hosts", json::value_from(B.hosts)},
-        {"drill_s", num_or_null(B.duration_s)},
-        {"drill_start_s", num_or_null(B.start_s)},
-        {"gap_before_s", round3(gap)},
-        {"drill_slowest_host", slowest ? slowest->host : ""},
-        {"drill_slowest_job_s", secs_or_null(slow_job)},
-        {"dispatch_s", secs_or_null(dispatch)},
-        {"collect_s", secs_or_null(collect)},
-        {"drill_hosts", std::move(drill_hosts)},
-        {"floor_s", secs_or_null(slow)},
-        {"drill_cpu", b_start >= 0 && b_end > b_start
-                          ? json::value(cpu.window(b_start, b_end, B.hosts))
-                          : json::value(nullptr)},
-        {"floor_cpu", floor_a < floor_z ? json::value(cpu.window(floor_a, floor_z, B.hosts))
-                                        : json::value(nullptr)},
-        {"floor_slowest_host", slow_host},
-        {"floor_hosts", std::move(floor_hosts)},
-        {"ratio", B.duration_s && slow > 0 ? json::value(round3(*B.duration_s / secs(slow)))
-                                           : json::value(nullptr)}});
-    auto step = [&](const char* a, const char* z) {
-      return slowest ? ms_text(slowest->step_ms(a, z)) : std::string("-");
-    };
-    text_batches.push_back(fmt::format(
-        "  batch {}/{} [{}]: drill {} s = dispatch {} + slowest job {} s on {} (notify {} stop {} "
-        "swap {} reboot {} "
-        "start {} verify {}) + collect {}; floor {} s (slowest {}); gap before {:.3f} s",
-        b + 1, batches.size(), fmt::join(B.hosts, " "), fmt_opt(B.duration_s), ms_text(dispatch),
-        ms_text(slow_job), slowest ? slowest->host : "-", step("Notifying", "StoppingGuests"),
-        step("StoppingGuests", "SwappingImage"), step("SwappingImage", "Rebooting"),
-        step("Rebooting", "StartingGuests"), step("StartingGuests", "Verifying"),
-        step("Verifying", "done"), ms_text(collect), ms_text(slow), slow_host, gap));
-    auto cpu_text = [](const json::object& w) {
-      if (w.empty()) return std::string("-");
-      return fmt::format(
-          "machine {:.2f} cores busy: qemu of the batch's hosts {:.2f}, of the other hosts {:.2f}, "
-          "agents+orchestrator {:.2f}, not the lab's {:.2f}",
-          number(w, "machine_busy_cores").value_or(0), number(w, "qemu_cores_batch_hosts").value_or(0),
-          number(w, "qemu_cores_other_hosts").value_or(0), number(w, "lab_processes_cores").value_or(0),
-          number(w, "foreign_qemu_cores").value_or(0) + number(w, "other_processes_cores").value_or(0) +
-              number(w, "unaccounted_cores").value_or(0));
-    };
-    const auto& bo = batch_out.back().as_object();
-    text_batches.push_back("      cpu, drill: " + cpu_text(obj(bo, "drill_cpu")) +
-                           "; floor: " + cpu_text(obj(bo, "floor_cpu")));
-  }
-  const double floor_s = secs(static_cast<int64_t>(floor_sum_ms));
-  const double tail_s = prev_end ? *makespan_s - *prev_end : 0.0;
-  const std::optional<double> ratio =
-      floor_s > 0 ? std::optional<double>(*makespan_s / floor_s) : std::nullopt;
+};
 
-  // Per instance.
+std::string cpu_text(const json::object& w) {
+  if (w.empty()) return std::string("-");
+  return fmt::format(
+      "machine {:.2f} cores busy: qemu of the batch's hosts {:.2f}, of the other hosts {:.2f}, "
+      "agents+orchestrator {:.2f}, not the lab's {:.2f}",
+      number(w, "machine_busy_cores").value_or(0), number(w, "qemu_cores_batch_hosts").value_or(0),
+      number(w, "qemu_cores_other_hosts").value_or(0), number(w, "lab_processes_cores").value_or(0),
+      number(w, "foreign_qemu_cores").value_or(0) + number(w, "other_processes_cores").value_or(0) +
+          number(w, "unaccounted_cores").value_or(0));
+}
+
+// The floor's side of one batch: per host its raw figures; `slow` and `slow_host` its slowest.
+json::object floor_hosts_json(const std::vector<RawHost>& hosts, int64_t& slow,
+                              std::string& slow_host) {
+  json::object floor_hosts;
+  for (const auto& h : hosts) {
+    if (h.total_ms() > slow) {
+      slow = h.total_ms();
+      slow_host = h.host;
+    }
+    json::array gs;
+    for (const auto& g : h.guests) {
+      gs.push_back(json::object{{"name", g.name},
+                                {"stop_call_s", secs_or_null(g.stop_done_ms - g.stop_req_ms)},
+                                {"start_call_s", secs_or_null(g.start_done_ms - g.start_req_ms)},
+                                {"cycle_s", secs_or_null(g.cycle_ms())},
+                                {"first_hb_seq_polled", g.first_hb_seq},
+                                {"hb_source", g.hb_source}});
+    }
+    floor_hosts[h.host] =
+        json::object{{"total_s", secs_or_null(h.total_ms())},
+                     {"stops_s", secs_or_null(h.stops_done_ms - h.t0_ms)},
+                     {"starts_s", secs_or_null(h.starts_done_ms - h.stops_done_ms)},
+                     {"boot_to_last_hb_s", secs_or_null(h.last_hb_ms() - h.starts_done_ms)},
+                     {"guests", std::move(gs)}};
+  }
+  return floor_hosts;
+}
+
+// The drill's side of one batch, from the agents' steps.
+struct DrillSide {
+  json::object hosts;
+  int64_t first_job = -1, last_done = -1, slow_job = -1;
+  const HostSteps* slowest = nullptr;
+};
+
+DrillSide drill_side(BenchRun& r, const DrillBatch& B) {
+  DrillSide d;
+  for (const auto& host : B.hosts) {
+    const HostSteps& s = r.steps[host];
+    json::object st{{"job", s.job}, {"status", s.status}, {"job_s", secs_or_null(s.job_ms())}};
+    for (size_t k = 0; k < kStepSpans.size(); ++k) {
+      st[kStepNames[k] + "_s"] = secs_or_null(s.step_ms(kStepSpans[k].first, kStepSpans[k].second));
+    }
+    d.hosts[host] = std::move(st);
+    if (s.started >= 0) d.first_job = d.first_job < 0 ? s.started : std::min(d.first_job, s.started);
+    if (s.done >= 0) d.last_done = std::max(d.last_done, s.done);
+    if (s.job_ms() > d.slow_job) {
+      d.slow_job = s.job_ms();
+      d.slowest = &s;
+    }
+  }
+  return d;
+}
+
+// Batch `b`: its entry in f.out, its two text lines, its share of the time.
+void add_batch(BenchRun& r, size_t b, const CpuSampler& cpu, BatchFigures& f) {
+  const auto& B = r.batches[b];
+  const auto& batches = r.batches;
+  int64_t slow = -1;
+  std::string slow_host;
+  json::object floor_hosts = floor_hosts_json(r.floor[b], slow, slow_host);
+  f.floor_sum_ms += std::max<int64_t>(slow, 0);
+  int64_t floor_a = INT64_MAX, floor_z = 0;
+  for (const auto& h : r.floor[b]) {
+    if (h.guests.empty()) continue;
+    floor_a = std::min(floor_a, h.t0_ms);
+    floor_z = std::max(floor_z, h.last_hb_ms());
+  }
+  // The drill's side of this batch.
+  int64_t b_start = B.start_s ? r.drill_start_ms + static_cast<int64_t>(*B.start_s * 1000) : -1;
+  int64_t b_end = B.end_s ? r.drill_start_ms + static_cast<int64_t>(*B.end_s * 1000) : -1;
+  DrillSide d = drill_side(r, B);
+  const HostSteps* slowest = d.slowest;
+  int64_t dispatch = b_start >= 0 && d.first_job >= 0 ? d.first_job - b_start : -1;
+  int64_t collect = b_end >= 0 && d.last_done >= 0 ? b_end - d.last_done : -1;
+  Share& share = f.share;
+  if (slowest) {
+    auto add = [](double& acc, int64_t ms) { acc += ms > 0 ? secs(ms) : 0; };
+    add(share.notify, slowest->step_ms("Notifying", "StoppingGuests"));
+    add(share.stop, slowest->step_ms("StoppingGuests", "SwappingImage"));
+    add(share.swap, slowest->step_ms("SwappingImage", "Rebooting"));
+    add(share.reboot, slowest->step_ms("Rebooting", "StartingGuests"));
+    add(share.start, slowest->step_ms("StartingGuests", "Verifying"));
+    add(share.verify, slowest->step_ms("Verifying", "done"));
+  }
+  share.dispatch += dispatch > 0 ? secs(dispatch) : 0;
+  share.collect += collect > 0 ? secs(collect) : 0;
+  double gap = 0;
+  if (B.start_s) gap = *B.start_s - (f.prev_end ? *f.prev_end : 0.0);
+  f.gaps_s += gap;
+  f.prev_end = B.end_s;
+  f.out.push_back(json::object{
+      {"index", B.index},
+      {"hosts", json::value_from(B.hosts)},
+      {"drill_s", num_or_null(B.duration_s)},
+      {"drill_start_s", num_or_null(B.start_s)},
+      {"gap_before_s", round3(gap)},
+      {"drill_slowest_host", slowest ? slowest->host : ""},
+      {"drill_slowest_job_s", secs_or_null(d.slow_job)},
+      {"dispatch_s", secs_or_null(dispatch)},
+      {"collect_s", secs_or_null(collect)},
+      {"drill_hosts", std::move(d.hosts)},
+      {"floor_s", secs_or_null(slow)},
+      {"drill_cpu", b_start >= 0 && b_end > b_start
+                        ? json::value(cpu.window(b_start, b_end, B.hosts))
+                        : json::value(nullptr)},
+      {"floor_cpu", floor_a < floor_z ? json::value(cpu.window(floor_a, floor_z, B.hosts))
+                                      : json::value(nullptr)},
+      {"floor_slowest_host", slow_host},
+      {"floor_hosts", std::move(floor_hosts)},
+      {"ratio", B.duration_s && slow > 0 ? json::value(round3(*B.duration_s / secs(slow)))
+                                         : json::value(nullptr)}});
+  auto step = [&](const char* a, const char* z) {
+    return slowest ? ms_text(slowest->step_ms(a, z)) : std::string("-");
+  };
+  f.text.push_back(fmt::format(
+      "  batch {}/{} [{}]: drill {} s = dispatch {} + slowest job {} s on {} (notify {} stop {} "
+      "swap {} reboot {} "
+      "start {} verify {}) + collect {}; floor {} s (slowest {}); gap before {:.3f} s",
+      b + 1, batches.size(), fmt::join(B.hosts, " "), fmt_opt(B.duration_s), ms_text(dispatch),
+      ms_text(d.slow_job), slowest ? slowest->host : "-", step("Notifying", "StoppingGuests"),
+      step("StoppingGuests", "SwappingImage"), step("SwappingImage", "Rebooting"),
+      step("Rebooting", "StartingGuests"), step("StartingGuests", "Verifying"),
+      step("Verifying", "done"), ms_text(collect), ms_text(slow), slow_host, gap));
+  const auto& bo = f.out.back().as_object();
+  f.text.push_back("      cpu, drill: " + cpu_text(obj(bo, "drill_cpu")) +
+                   "; floor: " + cpu_text(obj(bo, "floor_cpu")));
+}
+
+struct InstanceFigures {
+  json::array out;
+  std::vector<std::string> text;
+  std::optional<double> dr50, dr50p, dr50g;  // downtime ratios' medians: agent, prober, gap
+};
+
+// Per instance of the report: its drill down time against its raw cycle (step 4).
+InstanceFigures instance_figures(BenchRun& r) {
   std::map<std::string, const RawGuest*> raw;
-  for (const auto& hosts : floor) {
+  for (const auto& hosts : r.floor) {
     for (const auto& h : hosts) {
       for (const auto& g : h.guests) raw[g.name] = &g;
     }
   }
   std::vector<double> r_agent, r_prober, r_gap;
-  json::array inst_out;
-  std::vector<std::string> text_inst;
-  for (const auto& iv : arr(report, "instances")) {
+  InstanceFigures f;
+  for (const auto& iv : arr(r.report, "instances")) {
     const auto& i = iv.as_object();
     std::string name = str(i, "name");
     auto agent_down = number(i, "agent_down_s");
@@ -1178,11 +1227,11 @@ int run(const Options& opt) {
     if (rg) r_gap.push_back(*rg);
     std::string host = str(i, "host");
     GuestDrill gd;
-    if (auto it = events.find(host); it != events.end())
-      gd = guest_drill(name, it->second, drill_start_ms, drill_end_ms);
+    if (auto it = r.events.find(host); it != r.events.end())
+      gd = guest_drill(name, it->second, r.drill_start_ms, r.drill_end_ms);
     auto span = [](int64_t a, int64_t b) { return a < 0 || b < 0 ? int64_t{-1} : b - a; };
-    const json::object* jg = job_guests.count(name) ? &job_guests[name] : nullptr;
-    inst_out.push_back(
+    const json::object* jg = r.job_guests.count(name) ? &r.job_guests[name] : nullptr;
+    f.out.push_back(
         json::object{{"name", name},
                      {"host", host},
                      {"ud", int_or(i, "ud", -1)},
@@ -1203,7 +1252,7 @@ int run(const Options& opt) {
                       g ? secs_or_null(g->first_hb_ms < 0 ? -1 : g->first_hb_ms - g->start_req_ms)
                         : json::value(nullptr)},
                      {"job_guest", jg ? json::value(*jg) : json::value(nullptr)}});
-    text_inst.push_back(
+    f.text.push_back(
         fmt::format("  {:<10} {:<3} drill agent_down {} s, prober down {} s | raw cycle {} s, raw "
                     "gap {} s | ratio {} (prober {}, "
                     "gap {}) | drill: stop {} s, stopped->starting {} s, starting->hb {} s; raw: "
@@ -1214,186 +1263,288 @@ int run(const Options& opt) {
                     g ? ms_text(g->stop_done_ms - g->stop_req_ms) : "-",
                     g && g->first_hb_ms >= 0 ? ms_text(g->first_hb_ms - g->start_req_ms) : "-"));
   }
-  auto dr50 = median(r_agent), dr50p = median(r_prober), dr50g = median(r_gap);
-  if (r_agent.size() != arr(report, "instances").size()) {
-    notes.push_back(fmt::format("downtime ratio over {} of {} instances (the others lack a figure)",
-                                r_agent.size(), arr(report, "instances").size()));
+  f.dr50 = median(r_agent);
+  f.dr50p = median(r_prober);
+  f.dr50g = median(r_gap);
+  if (r_agent.size() != arr(r.report, "instances").size()) {
+    r.notes.push_back(fmt::format("downtime ratio over {} of {} instances (the others lack a figure)",
+                                  r_agent.size(), arr(r.report, "instances").size()));
   }
-  const double excess = *makespan_s - floor_s;
-  cpu.finish();
-  const int foreign_qemu = cpu.foreign_max();
-  if (foreign_qemu > 0) {
-    notes.push_back(fmt::format(
-        "up to {} QEMU processes of something else ran during the bench: figures distorted",
-        foreign_qemu));
-  }
-  json::object where{{"excess_s", round3(excess)},
-                     {"notify_s", round3(share.notify)},
-                     {"stop_s", round3(share.stop)},
-                     {"swap_s", round3(share.swap)},
-                     {"reboot_s", round3(share.reboot)},
-                     {"start_s", round3(share.start)},
-                     {"verify_s", round3(share.verify)},
-                     {"dispatch_s", round3(share.dispatch)},
-                     {"collect_s", round3(share.collect)},
-                     {"gaps_before_batches_s", round3(gaps_s)},
-                     {"after_last_batch_s", round3(tail_s)},
-                     {"note",
-                      "per batch, the slowest drill host's agent steps (notify = Notifying, stop = "
-                      "StoppingGuests, swap = "
-                      "SwappingImage, reboot = Rebooting, start = StartingGuests, verify = "
-                      "Verifying to job done), plus the "
-                      "orchestrator's dispatch (batch start -> first job started) and collect "
-                      "(last job done -> batch done), "
-                      "summed over batches; gaps = drill start -> batch 1 and between batches; "
-                      "compare stop + start + verify "
-                      "with floor_s"}};
+  return f;
+}
 
-  // ---- 6. what clients saw, with drain (this drill) and without (a second rack)
-  ClientFigures clients = client_figures(report, spec);
+json::object where_the_time_goes(double excess, const BatchFigures& bf, double tail_s) {
+  const Share& share = bf.share;
+  return json::object{{"excess_s", round3(excess)},
+                      {"notify_s", round3(share.notify)},
+                      {"stop_s", round3(share.stop)},
+                      {"swap_s", round3(share.swap)},
+                      {"reboot_s", round3(share.reboot)},
+                      {"start_s", round3(share.start)},
+                      {"verify_s", round3(share.verify)},
+                      {"dispatch_s", round3(share.dispatch)},
+                      {"collect_s", round3(share.collect)},
+                      {"gaps_before_batches_s", round3(bf.gaps_s)},
+                      {"after_last_batch_s", round3(tail_s)},
+                      {"note",
+                       "per batch, the slowest drill host's agent steps (notify = Notifying, stop = "
+                       "StoppingGuests, swap = "
+                       "SwappingImage, reboot = Rebooting, start = StartingGuests, verify = "
+                       "Verifying to job done), plus the "
+                       "orchestrator's dispatch (batch start -> first job started) and collect "
+                       "(last job done -> batch done), "
+                       "summed over batches; gaps = drill start -> batch 1 and between batches; "
+                       "compare stop + start + verify "
+                       "with floor_s"}};
+}
+
+// What clients saw: this drill's, and (unless --no-drain-drill=false) a second rack's without
+// drain; the first rack is taken down before the second comes up.
+struct Clients {
+  ClientFigures with_drain;
   std::optional<ClientFigures> no_drain;
-  std::string no_drain_note;
-  if (clients.measured && opt.no_drain_drill) {
+  json::object out;
+};
+
+// 6.
+Clients clients_figures(BenchRun& r, rack::Lab& lab) {
+  Clients c;
+  c.with_drain = client_figures(r.report, r.spec);
+  const ClientFigures& clients = c.with_drain;
+  if (clients.measured && r.opt.no_drain_drill) {
     keep_consoles(lab.dir());
     if (auto st = lab.down(false); !st.ok()) progress("teardown: " + st.error().message);
-    auto nd = no_drain_figures(spec, lo);
+    auto nd = no_drain_figures(r.spec, r.lo);
     if (nd.ok()) {
-      no_drain = *nd;
+      c.no_drain = *nd;
     } else {
-      no_drain_note = "the drill without drain failed: " + nd.error().message;
-      notes.push_back(no_drain_note);
+      r.notes.push_back("the drill without drain failed: " + nd.error().message);
     }
   } else if (!clients.measured) {
-    notes.push_back("client traffic not measured: " + clients.reason);
+    r.notes.push_back("client traffic not measured: " + clients.reason);
   }
-  json::object clients_out{{"measured", clients.measured},
-                           {"requests", clients.requests},
-                           {"failed_multi_instance", clients.failed_multi_instance},
-                           {"failed_multi_instance_target", 0},
-                           {"services", clients.services}};
-  if (no_drain) {
-    clients_out["no_drain"] = json::object{{"requests", no_drain->requests},
-                                           {"failed_multi_instance", no_drain->failed_multi_instance},
-                                           {"services", no_drain->services},
-                                           {"outage_over_detection_p50", num_or_null(no_drain->outage_ratio_p50)}};
+  c.out = json::object{{"measured", clients.measured},
+                       {"requests", clients.requests},
+                       {"failed_multi_instance", clients.failed_multi_instance},
+                       {"failed_multi_instance_target", 0},
+                       {"services", clients.services}};
+  if (c.no_drain) {
+    c.out["no_drain"] = json::object{{"requests", c.no_drain->requests},
+                                     {"failed_multi_instance", c.no_drain->failed_multi_instance},
+                                     {"services", c.no_drain->services},
+                                     {"outage_over_detection_p50", num_or_null(c.no_drain->outage_ratio_p50)}};
+  }
+  return c;
+}
+
+// Every figure of the run.
+struct Figures {
+  BatchFigures batches;
+  InstanceFigures instances;
+  double floor_s = 0, tail_s = 0, excess = 0;
+  std::optional<double> ratio;
+  int foreign_qemu = 0;
+  Clients clients;
+};
+
+json::object output_json(BenchRun& r, const Figures& f, const CpuSampler& cpu) {
+  const auto& spec = r.spec;
+  const auto& report = r.report;
+  const auto& ratio = f.ratio;
+  const auto& dr50 = f.instances.dr50;
+  return json::object{
+      {"bench", "drill"},
+      {"hypervisor", spec.hypervisor},
+      {"hosts", spec.hosts},
+      {"fault_domains", spec.fault_domains},
+      {"instances", static_cast<int64_t>(arr(report, "instances").size())},
+      {"kind", spec.kind},
+      {"target", spec.target},
+      {"time_scale", spec.time_scale},
+      {"recovery_s", spec.recovery_s},
+      {"notice_s", round3(r.notice_eff_s)},
+      {"notice_policy", r.notice_policy},
+      {"settle_s", r.settle_s},
+      {"populate_s", round3(secs(r.populate_ms))},
+      {"drill_id", str(r.rdrill(), "id")},
+      {"drill_state", r.drill_state},
+      {"drill_result", str(report, "result")},
+      {"batches", static_cast<int64_t>(r.batches.size())},
+      {"lower_bound", int_or(obj(report, "walk"), "lower_bound", -1)},
+      {"makespan_s", round3(*r.makespan_s)},
+      {"floor_s", round3(f.floor_s)},
+      {"ratio", num_or_null(ratio)},
+      {"ratio_target", kRatioTarget},
+      {"ratio_met", ratio && *ratio <= kRatioTarget},
+      {"downtime_ratio_p50", num_or_null(dr50)},
+      {"downtime_ratio_target", kDowntimeTarget},
+      {"downtime_ratio_met", dr50 && *dr50 <= kDowntimeTarget},
+      {"downtime_ratio_prober_p50", num_or_null(f.instances.dr50p)},
+      {"downtime_ratio_gap_p50", num_or_null(f.instances.dr50g)},
+      {"where_the_time_goes", where_the_time_goes(f.excess, f.batches, f.tail_s)},
+      {"requests", f.clients.with_drain.requests},
+      {"failed_multi_instance", f.clients.with_drain.failed_multi_instance},
+      {"floor_under_client_traffic", r.floor_under_traffic},
+      {"clients", f.clients.out},
+      {"cpu_cores", CpuSampler::cores()},
+      {"cpu_settle_after_populate", cpu.window(r.settle1_ms, r.settle1_end_ms, {})},
+      {"cpu_settle_after_drill", cpu.window(r.settle2_ms, r.settle2_end_ms, {})},
+      {"cpu_drill", cpu.window(r.drill_start_ms, r.drill_end_ms, {})},
+      {"foreign_qemu_max", f.foreign_qemu},
+      {"batch_list", f.batches.out},
+      {"instance_list", f.instances.out},
+      {"heartbeats_from_events", r.refined},
+      {"notes", json::value_from(r.notes)},
+      {"method",
+       "makespan = drill duration (recovery 0); floor = sum over the drill's batches "
+       "of the slowest host's raw "
+       "agent stop (each guest) + start (each guest) -> first heartbeat of the new "
+       "boot of its last guest, hosts of "
+       "a batch concurrently, same rack after the drill; downtime_ratio = "
+       "agent_down_s / raw cycle (stop request "
+       "-> first new heartbeat) per instance, p50"}};
+}
+
+// The human text: the headline figures, per batch, where the time goes, the CPU, per instance,
+// the clients and the notes.
+void print_text(const BenchRun& r, const Figures& f, const json::object& out) {
+  const auto& spec = r.spec;
+  const auto& report = r.report;
+  const auto& ratio = f.ratio;
+  const auto& dr50 = f.instances.dr50;
+  const Share& share = f.batches.share;
+  std::cout << fmt::format(
+      "fabriclab-bench-drill: {} hosts / {} FDs, {} instances, {} {} -> {}, hypervisor {}\n",
+      spec.hosts, spec.fault_domains, arr(report, "instances").size(), spec.kind, "host image",
+      spec.target, spec.hypervisor);
+  std::cout << "notice: " << r.notice_policy << "; recovery 0\n";
+  std::cout << fmt::format("drill {} {} ({}), {} batches (lower bound {})\n", str(r.rdrill(), "id"),
+                           r.drill_state, str(report, "result"), r.batches.size(),
+                           int_or(obj(report, "walk"), "lower_bound", -1));
+  std::cout << fmt::format("makespan_s          {:.3f}\n", *r.makespan_s);
+  std::cout << fmt::format("floor_s             {:.3f}\n", f.floor_s);
+  std::cout << fmt::format("ratio               {}   (target <= {:.2f}: {})\n", fmt_opt(ratio),
+                           kRatioTarget, ratio && *ratio <= kRatioTarget ? "met" : "NOT met");
+  std::cout << fmt::format(
+      "downtime_ratio_p50  {}   (target <= {:.2f}: {}); prober down_s {}, like-for-like gap {}\n",
+      fmt_opt(dr50), kDowntimeTarget, dr50 && *dr50 <= kDowntimeTarget ? "met" : "NOT met",
+      fmt_opt(f.instances.dr50p), fmt_opt(f.instances.dr50g));
+  std::cout << "batches:\n";
+  for (const auto& l : f.batches.text) std::cout << l << "\n";
+  std::cout << fmt::format(
+      "where the time goes (excess {:.3f} s over the floor): notify {:.3f}, stop {:.3f}, swap "
+      "{:.3f}, reboot {:.3f}, "
+      "start {:.3f}, verify {:.3f}, dispatch {:.3f}, collect {:.3f}, gaps before batches {:.3f}, "
+      "after the last "
+      "batch {:.3f}\n",
+      f.excess, share.notify, share.stop, share.swap, share.reboot, share.start, share.verify,
+      share.dispatch, share.collect, f.batches.gaps_s, f.tail_s);
+  for (const char* k : {"cpu_settle_after_populate", "cpu_drill", "cpu_settle_after_drill"}) {
+    const auto& w = obj(out, k);
+    std::string top;
+    for (const auto& t : arr(w, "top_other_processes")) {
+      top += fmt::format(" {} {:.2f}", str(t.as_object(), "name"),
+                         number(t.as_object(), "cores").value_or(0));
+    }
+    std::cout << fmt::format(
+        "{}: machine {:.2f} of {:.0f} cores busy; lab qemu {:.2f}, agents+orchestrator {:.2f}, "
+        "foreign qemu {:.2f} (max {} processes), other {:.2f}{}{}, unaccounted {:.2f}\n",
+        k, number(w, "machine_busy_cores").value_or(0), CpuSampler::cores(),
+        number(w, "qemu_cores_batch_hosts").value_or(0) + number(w, "qemu_cores_other_hosts").value_or(0),
+        number(w, "lab_processes_cores").value_or(0), number(w, "foreign_qemu_cores").value_or(0),
+        int_or(w, "foreign_qemu_max", 0), number(w, "other_processes_cores").value_or(0),
+        top.empty() ? "" : " (top:", top.empty() ? "" : top + ")",
+        number(w, "unaccounted_cores").value_or(0));
+  }
+  std::cout << "instances:\n";
+  for (const auto& l : f.instances.text) std::cout << l << "\n";
+  const ClientFigures& clients = f.clients.with_drain;
+  if (clients.measured) {
+    std::cout << fmt::format("clients: {} requests, {} failed for multi-instance services (target 0)\n",
+                             clients.requests, clients.failed_multi_instance);
+  }
+  if (const auto& no_drain = f.clients.no_drain) {
+    std::cout << fmt::format("without drain: {} requests, {} failed for multi-instance services\n",
+                             no_drain->requests, no_drain->failed_multi_instance);
+    for (const auto& [name, v] : no_drain->services) {
+      const auto& o = v.as_object();
+      std::cout << fmt::format("  {:<10} outage_ms_p50 {} over {} failure runs; probe_detection_ms {}\n",
+                               std::string(name), fmt_opt(number(o, "outage_ms_p50"), "{:.0f}"),
+                               int_or(o, "failure_runs", 0), int_or(o, "probe_detection_ms", 0));
+    }
+    std::cout << "outage / probe detection (p50 over services): " << fmt_opt(no_drain->outage_ratio_p50) << "\n";
+  }
+  for (const auto& n : r.notes) std::cout << "note: " << n << "\n";
+}
+
+int run(const Options& opt) {
+  BenchRun r(opt);
+  if (auto st = prepare(r); !st.ok()) {
+    std::cerr << "fabriclab-bench-drill: " << st.error().message << "\n";
+    return 1;
+  }
+  const rack::DrillFileSpec& spec = r.spec;
+
+  // ---- 1. rack up, populate, settle
+  rack::install_interrupt_handlers();
+  r.lo.dir = opt.lab_dir;
+  r.lo.bin_dir = rack::self_dir();
+  r.lo.images_dir = rack::images_dir(opt.images, FABRICLAB_BENCH_IMAGES_DIR);
+  if (r.real) r.lo.start_timeout = 60s;
+  progress(fmt::format("rack up: {} hosts in {} FDs, hypervisor {}, images {}, lab dir {}",
+                       spec.hosts, spec.fault_domains, spec.hypervisor, r.lo.images_dir, r.lo.dir));
+  auto up = rack::Lab::up(spec, r.lo);
+  if (!up.ok()) return fail("lab up: " + up.error().message);
+  rack::Lab lab = std::move(up).value();
+  progress("network " + lab.network() +
+           (lab.network() == "netns" ? " (rack namespace " + lab.agent_netns() + ")"
+                                     : " (" + (lab.network_reason().empty() ? "asked for" : lab.network_reason()) + ")"));
+  struct Down {
+    rack::Lab& lab;
+    ~Down() {
+      keep_consoles(lab.dir());
+      progress("stopping the rack (VMs, agents, orchestrator, network namespaces)");
+      if (auto st = lab.down(false); !st.ok()) progress("teardown: " + st.error().message);
+      progress("rack stopped; logs in " + lab.dir());
+    }
+  } down{lab};
+  std::set<pid_t> agent_pids;
+  for (const auto& a : lab.agents()) agent_pids.insert(a.pid);
+  CpuSampler cpu(lab.dir(), agent_pids, lab.orchestrator().pid);
+  if (auto st = populate_and_settle(r, lab); !st.ok()) return fail(st.error().message);
+  auto api = rack::OrchestratorClient::from_url(lab.orchestrator_url(), lab.control_token());
+  if (!api.ok()) return fail(api.error().message);
+  Agents agents(lab);
+
+  // ---- 2. the drill; 3. the floor; 4. the agents' histories
+  if (auto st = run_the_drill(r, *api, lab); !st.ok()) return fail(st.error().message);
+  if (auto st = measure_floor(r, *api, lab, agents); !st.ok()) return fail(st.error().message);
+  read_histories(r, agents);
+
+  // ---- figures
+  Figures f;
+  for (size_t b = 0; b < r.batches.size(); ++b) add_batch(r, b, cpu, f.batches);
+  f.floor_s = secs(static_cast<int64_t>(f.batches.floor_sum_ms));
+  f.tail_s = f.batches.prev_end ? *r.makespan_s - *f.batches.prev_end : 0.0;
+  f.ratio = f.floor_s > 0 ? std::optional<double>(*r.makespan_s / f.floor_s) : std::nullopt;
+  f.instances = instance_figures(r);
+  f.excess = *r.makespan_s - f.floor_s;
+  cpu.finish();
+  f.foreign_qemu = cpu.foreign_max();
+  if (f.foreign_qemu > 0) {
+    r.notes.push_back(fmt::format(
+        "up to {} QEMU processes of something else ran during the bench: figures distorted",
+        f.foreign_qemu));
   }
 
-  json::object out{{"bench", "drill"},
-                   {"hypervisor", spec.hypervisor},
-                   {"hosts", spec.hosts},
-                   {"fault_domains", spec.fault_domains},
-                   {"instances", static_cast<int64_t>(arr(report, "instances").size())},
-                   {"kind", spec.kind},
-                   {"target", spec.target},
-                   {"time_scale", spec.time_scale},
-                   {"recovery_s", spec.recovery_s},
-                   {"notice_s", round3(notice_eff_s)},
-                   {"notice_policy", notice_policy},
-                   {"settle_s", settle_s},
-                   {"populate_s", round3(secs(populate_ms))},
-                   {"drill_id", str(rdrill, "id")},
-                   {"drill_state", drill_state},
-                   {"drill_result", str(report, "result")},
-                   {"batches", static_cast<int64_t>(batches.size())},
-                   {"lower_bound", int_or(obj(report, "walk"), "lower_bound", -1)},
-                   {"makespan_s", round3(*makespan_s)},
-                   {"floor_s", round3(floor_s)},
-                   {"ratio", num_or_null(ratio)},
-                   {"ratio_target", kRatioTarget},
-                   {"ratio_met", ratio && *ratio <= kRatioTarget},
-                   {"downtime_ratio_p50", num_or_null(dr50)},
-                   {"downtime_ratio_target", kDowntimeTarget},
-                   {"downtime_ratio_met", dr50 && *dr50 <= kDowntimeTarget},
-                   {"downtime_ratio_prober_p50", num_or_null(dr50p)},
-                   {"downtime_ratio_gap_p50", num_or_null(dr50g)},
-                   {"where_the_time_goes", std::move(where)},
-                   {"requests", clients.requests},
-                   {"failed_multi_instance", clients.failed_multi_instance},
-                   {"floor_under_client_traffic", floor_under_traffic},
-                   {"clients", clients_out},
-                   {"cpu_cores", CpuSampler::cores()},
-                   {"cpu_settle_after_populate", cpu.window(settle1_ms, settle1_end_ms, {})},
-                   {"cpu_settle_after_drill", cpu.window(settle2_ms, settle2_end_ms, {})},
-                   {"cpu_drill", cpu.window(drill_start_ms, drill_end_ms, {})},
-                   {"foreign_qemu_max", foreign_qemu},
-                   {"batch_list", std::move(batch_out)},
-                   {"instance_list", std::move(inst_out)},
-                   {"heartbeats_from_events", refined},
-                   {"notes", json::value_from(notes)},
-                   {"method",
-                    "makespan = drill duration (recovery 0); floor = sum over the drill's batches "
-                    "of the slowest host's raw "
-                    "agent stop (each guest) + start (each guest) -> first heartbeat of the new "
-                    "boot of its last guest, hosts of "
-                    "a batch concurrently, same rack after the drill; downtime_ratio = "
-                    "agent_down_s / raw cycle (stop request "
-                    "-> first new heartbeat) per instance, p50"}};
+  // ---- 6. what clients saw, with drain (this drill) and without (a second rack)
+  f.clients = clients_figures(r, lab);
 
+  json::object out = output_json(r, f, cpu);
   if (opt.json_out) {
     std::cout << json::serialize(out) << "\n";
   } else {
-    std::cout << fmt::format(
-        "fabriclab-bench-drill: {} hosts / {} FDs, {} instances, {} {} -> {}, hypervisor {}\n",
-        spec.hosts, spec.fault_domains, arr(report, "instances").size(), spec.kind, "host image",
-        spec.target, spec.hypervisor);
-    std::cout << "notice: " << notice_policy << "; recovery 0\n";
-    std::cout << fmt::format("drill {} {} ({}), {} batches (lower bound {})\n", str(rdrill, "id"),
-                             drill_state, str(report, "result"), batches.size(),
-                             int_or(obj(report, "walk"), "lower_bound", -1));
-    std::cout << fmt::format("makespan_s          {:.3f}\n", *makespan_s);
-    std::cout << fmt::format("floor_s             {:.3f}\n", floor_s);
-    std::cout << fmt::format("ratio               {}   (target <= {:.2f}: {})\n", fmt_opt(ratio),
-                             kRatioTarget, ratio && *ratio <= kRatioTarget ? "met" : "NOT met");
-    std::cout << fmt::format(
-        "downtime_ratio_p50  {}   (target <= {:.2f}: {}); prober down_s {}, like-for-like gap {}\n",
-        fmt_opt(dr50), kDowntimeTarget, dr50 && *dr50 <= kDowntimeTarget ? "met" : "NOT met",
-        fmt_opt(dr50p), fmt_opt(dr50g));
-    std::cout << "batches:\n";
-    for (const auto& l : text_batches) std::cout << l << "\n";
-    std::cout << fmt::format(
-        "where the time goes (excess {:.3f} s over the floor): notify {:.3f}, stop {:.3f}, swap "
-        "{:.3f}, reboot {:.3f}, "
-        "start {:.3f}, verify {:.3f}, dispatch {:.3f}, collect {:.3f}, gaps before batches {:.3f}, "
-        "after the last "
-        "batch {:.3f}\n",
-        excess, share.notify, share.stop, share.swap, share.reboot, share.start, share.verify,
-        share.dispatch, share.collect, gaps_s, tail_s);
-    for (const char* k : {"cpu_settle_after_populate", "cpu_drill", "cpu_settle_after_drill"}) {
-      const auto& w = obj(out, k);
-      std::string top;
-      for (const auto& t : arr(w, "top_other_processes")) {
-        top += fmt::format(" {} {:.2f}", str(t.as_object(), "name"),
-                           number(t.as_object(), "cores").value_or(0));
-      }
-      std::cout << fmt::format(
-          "{}: machine {:.2f} of {:.0f} cores busy; lab qemu {:.2f}, agents+orchestrator {:.2f}, "
-          "foreign qemu {:.2f} (max {} processes), other {:.2f}{}{}, unaccounted {:.2f}\n",
-          k, number(w, "machine_busy_cores").value_or(0), CpuSampler::cores(),
-          number(w, "qemu_cores_batch_hosts").value_or(0) +
-              number(w, "qemu_cores_other_hosts").value_or(0),
-          number(w, "lab_processes_cores").value_or(0), number(w, "foreign_qemu_cores").value_or(0),
-          int_or(w, "foreign_qemu_max", 0), number(w, "other_processes_cores").value_or(0),
-          top.empty() ? "" : " (top:", top.empty() ? "" : top + ")",
-          number(w, "unaccounted_cores").value_or(0));
-    }
-    std::cout << "instances:\n";
-    for (const auto& l : text_inst) std::cout << l << "\n";
-    if (clients.measured) {
-      std::cout << fmt::format("clients: {} requests, {} failed for multi-instance services (target 0)\n",
-                               clients.requests, clients.failed_multi_instance);
-    }
-    if (no_drain) {
-      std::cout << fmt::format("without drain: {} requests, {} failed for multi-instance services\n",
-                               no_drain->requests, no_drain->failed_multi_instance);
-      for (const auto& [name, v] : no_drain->services) {
-        const auto& o = v.as_object();
-        std::cout << fmt::format("  {:<10} outage_ms_p50 {} over {} failure runs; probe_detection_ms {}\n",
-                                 std::string(name), fmt_opt(number(o, "outage_ms_p50"), "{:.0f}"),
-                                 int_or(o, "failure_runs", 0), int_or(o, "probe_detection_ms", 0));
-      }
-      std::cout << "outage / probe detection (p50 over services): " << fmt_opt(no_drain->outage_ratio_p50) << "\n";
-    }
-    for (const auto& n : notes) std::cout << "note: " << n << "\n";
+    print_text(r, f, out);
   }
   return 0;
 }

@@ -460,9 +460,14 @@ TEST_F(AgentApiTest, InstanceLifecycleCreateDuplicateStopStartDelete) {
   EXPECT_EQ(str_at(stopped, "status"), "Stopped");
   EXPECT_EQ(stopped.at("healthy"), json::value(false));
   EXPECT_EQ(stopped.at("want_running"), json::value(false));
-  // It stays Stopped (nothing restarts it behind the fabric's back).
-  std::this_thread::sleep_for(500ms);
+  // It stays Stopped (nothing restarts it behind the fabric's back) while a second instance is
+  // created and comes up: only the agent's monitor connects a guest's channel, so web-2 turning
+  // Healthy means a whole monitor pass - the restart of failed guests included - began after the
+  // stop, and the hypervisor's events of the stop came before web-2's.
+  ASSERT_EQ(post("/v1/instances", instance_body("web", 2)).status, 201);
+  ASSERT_EQ(wait_status("web-2", "Healthy", 5s), "Healthy");
   EXPECT_EQ(str_at(parse(call("GET", "/v1/instances/web-1").body), "status"), "Stopped");
+  ASSERT_EQ(call("DELETE", "/v1/instances/web-2").status, 200);
 
   auto start = call("POST", "/v1/instances/web-1/start");
   ASSERT_EQ(start.status, 200) << start.body;

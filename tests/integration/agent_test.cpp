@@ -83,10 +83,23 @@ TEST_F(AgentOnTestDriver, ACorruptHostImageIsRefusedBeforeAnyGuestIsTouched) {
   EXPECT_NE(job.error().message.find("host-2"), std::string::npos) << job.error().message;
   auto missing = agent_->start_operation({OperationKind::host_os, "host-9", false, 0});
   EXPECT_EQ(missing.condition(), Condition::not_found) << missing.error().describe();
-  std::this_thread::sleep_for(300ms);
-  auto after = agent_->instance_json("web-0");
-  EXPECT_EQ(after->at("status").as_string(), "Healthy");
-  EXPECT_EQ(after->at("last_heartbeat").as_object().at("boot_id"),
+  // The guest goes on: three more heartbeats (100 ms apart here), all from the same boot.
+  auto hb_seq = [](const json::object& i) {
+    return i.at("last_heartbeat").as_object().at("seq").to_number<int64_t>();
+  };
+  const int64_t seq_before = hb_seq(*before);
+  json::object after;
+  for (auto deadline = std::chrono::steady_clock::now() + 5s;
+       std::chrono::steady_clock::now() < deadline; std::this_thread::sleep_for(20ms)) {
+    auto now = agent_->instance_json("web-0");
+    ASSERT_OK(now);
+    after = *now;
+    if (hb_seq(after) >= seq_before + 3) break;
+  }
+  ASSERT_GE(hb_seq(after), seq_before + 3)
+      << "web-0 sent no three heartbeats within 5 s of the refusals: " << json::serialize(after);
+  EXPECT_EQ(after.at("status").as_string(), "Healthy");
+  EXPECT_EQ(after.at("last_heartbeat").as_object().at("boot_id"),
             before->at("last_heartbeat").as_object().at("boot_id"))
       << "no guest was restarted";
   EXPECT_EQ(agent_->host_json()["state"].as_string(), "Ready");

@@ -184,7 +184,9 @@ TEST_F(TestDriver, LifecycleEventsArriveAsPlainValuesInOrder) {
     EXPECT_EQ(seen[i].kind, want[i]) << "event " << i << " was " << to_string(seen[i].kind);
     EXPECT_EQ(seen[i].domain, "web-1");
     EXPECT_EQ(seen[i].uuid, d->uuid());
-    if (i > 0) EXPECT_GT(seen[i].seq, seen[i - 1].seq);
+    if (i > 0) {
+      EXPECT_GT(seen[i].seq, seen[i - 1].seq);
+    }
   }
 }
 

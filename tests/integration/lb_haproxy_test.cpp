@@ -333,7 +333,9 @@ TEST_F(LbHaproxy, ABackendWhoseHealthTurns503IsTakenOutAfterIntervalTimesThresho
   auto st = lb_->servers();
   ASSERT_TRUE(st.ok());
   for (const auto& s : *st) {
-    if (s.instance == "web-1") EXPECT_EQ(s.check, "L7STS 503");
+    if (s.instance == "web-1") {
+      EXPECT_EQ(s.check, "L7STS 503");
+    }
   }
   // And back after one success.
   b.set_healthy(true);

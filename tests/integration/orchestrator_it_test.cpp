@@ -175,6 +175,34 @@ class OrchestratorIt : public OrchestratorStack {
         << "the services never became healthy: " << json::serialize(get("/v1/instances"));
   }
 
+  // fabriclab_agent_calls_total from the orchestrator's /metrics: its calls to agents so far.
+  int64_t agent_calls() {
+    auto r = call("GET", "/metrics");
+    const std::string key = "\nfabriclab_agent_calls_total ";
+    auto at = r.body.find(key);
+    if (r.status != 200 || at == std::string::npos) {
+      ADD_FAILURE() << "GET /metrics: HTTP " << r.status << ", no fabriclab_agent_calls_total: "
+                    << r.body.substr(0, 300);
+      return -1;
+    }
+    return std::stoll(r.body.substr(at + key.size()));
+  }
+
+  // Waits until the orchestrator's watchers have polled every agent `rounds` more times (two calls
+  // per poll: the host and its instances; one poll per agent every --poll-ms 100). A paused drill
+  // holds at its gate meanwhile: the gate looks at the drill again at least every 500 ms, so a
+  // wait of more rounds than that spans a re-check, on the orchestrator's own clock.
+  void wait_poll_rounds(int rounds) {
+    const int64_t from = agent_calls();
+    ASSERT_GE(from, 0);
+    const int64_t want = from + int64_t{rounds} * 2 * static_cast<int64_t>(agents().size());
+    int64_t last = from;
+    ASSERT_TRUE(wait_until([&] { return (last = agent_calls()) >= want; }, 30s))
+        << "the orchestrator made " << last - from << " calls to its agents in 30 s, not "
+        << want - from << " (" << rounds << " polls of each of " << agents().size() << ")";
+  }
+  static constexpr int kGateRounds = 8;  // 8 polls 100 ms apart: past the gate's 500 ms re-check
+
   std::string start_drill(const json::object& body) {
     auto r = post("/v1/drills", body);
     EXPECT_EQ(r.status, 201) << r.body;
@@ -322,9 +350,26 @@ TEST_F(OrchestratorIt, OrchestratorKilledMidDrillResumesAndNoHostIsUpdatedTwice)
       },
       0ms))
       << "batch 2 started before any host of batch 1 was done";
+  const std::string in_flight = jstr(*second, "host");
   kill_orchestrator();
   const int connections_before = feed.connections();
-  std::this_thread::sleep_for(500ms);  // the agents go on without it
+  // The agents go on without it: the in-flight host's job moves on to another step.
+  auto step_of = [&](const std::string& host) {
+    const Child& a = agent(host);
+    auto r = http::request(a.address.substr(0, a.address.rfind(':')), a.port, "GET", "/v1/host",
+                           {}, kToken, 5s);
+    return r.ok() && r->status == 200 ? jstr(parse_or_null(r->body), "step") : std::string();
+  };
+  const std::string step_at_kill = step_of(in_flight);
+  ASSERT_FALSE(step_at_kill.empty()) << in_flight << "'s agent did not answer GET /v1/host";
+  std::string step_now = step_at_kill;
+  ASSERT_TRUE(wait_until(
+      [&] {
+        step_now = step_of(in_flight);
+        return !step_now.empty() && step_now != step_at_kill;
+      },
+      30s))
+      << in_flight << " stayed at step " << step_at_kill << " with the orchestrator down";
   int64_t seq_before = -1;             // the highest seq a client saw from the killed process
   for (const auto& m : feed.messages()) {
     if (m.connection <= connections_before) seq_before = std::max(seq_before, jint(m.body, "seq"));
@@ -535,7 +580,7 @@ TEST_F(OrchestratorIt, DrillPausesStepsResumesAndAbortsBetweenBatches) {
   };
 
   // Created paused: nothing runs.
-  std::this_thread::sleep_for(800ms);
+  ASSERT_NO_FATAL_FAILURE(wait_poll_rounds(kGateRounds));
   auto d = drill_now();
   ASSERT_EQ(jstr(d, "state"), "Paused") << json::serialize(d);
   ASSERT_GE(jarr(d, "batches").size(), 3u) << json::serialize(d);
@@ -551,7 +596,7 @@ TEST_F(OrchestratorIt, DrillPausesStepsResumesAndAbortsBetweenBatches) {
       },
       30s))
       << json::serialize(drill_now());
-  std::this_thread::sleep_for(800ms);
+  ASSERT_NO_FATAL_FAILURE(wait_poll_rounds(kGateRounds));
   d = drill_now();
   EXPECT_EQ(jstr(d, "state"), "Paused");
   EXPECT_EQ(jint(d, "current_batch"), 1);
@@ -571,7 +616,7 @@ TEST_F(OrchestratorIt, DrillPausesStepsResumesAndAbortsBetweenBatches) {
       },
       30s))
       << json::serialize(drill_now());
-  std::this_thread::sleep_for(800ms);
+  ASSERT_NO_FATAL_FAILURE(wait_poll_rounds(kGateRounds));
   d = drill_now();
   EXPECT_EQ(jstr(d, "state"), "Paused");
   EXPECT_EQ(jstr(batch(d, 2), "status"), "pending");

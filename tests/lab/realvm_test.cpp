@@ -146,7 +146,9 @@ TEST_F(RealVm, GuestBootsStopsGracefullySwapsToV2AndKeepsItsCounter) {
     return std::holds_alternative<agent::Final>(m);
   }, 5s);
   EXPECT_TRUE(fin.ok()) << "a clean power-off sends its final record";
-  if (fin.ok()) EXPECT_TRUE(std::get<agent::Final>(fin->message).clean);
+  if (fin.ok()) {
+    EXPECT_TRUE(std::get<agent::Final>(fin->message).clean);
+  }
   const int64_t last_reported = heartbeat_of(*link->last_heartbeat()).counter;
   link.reset();
 

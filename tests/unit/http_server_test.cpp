@@ -271,7 +271,11 @@ TEST_F(HttpServerTest, ConnectionsOverTheCapAreRefusedWith503) {
   limits_.max_connections = 1;
   start();
   RawConn idle(port_);  // holds the only slot (keep-alive, no request yet)
-  std::this_thread::sleep_for(100ms);
+  for (auto deadline = std::chrono::steady_clock::now() + 5s;
+       server_->connections() < 1 && std::chrono::steady_clock::now() < deadline;) {
+    std::this_thread::sleep_for(1ms);
+  }
+  ASSERT_EQ(server_->connections(), 1u) << "the server never counted the idle connection";
   auto r = get("/healthz");
   ASSERT_OK(r);
   EXPECT_EQ(r->status, 503);

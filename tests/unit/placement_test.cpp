@@ -3,6 +3,7 @@
 
 #include "fabriclab/orchestrator/placement.hpp"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <boost/json/serialize.hpp>
@@ -18,7 +19,7 @@ Cluster rack(int fds, int hosts_per_fd, int capacity = 4) {
   Cluster c;
   for (int f = 0; f < fds; ++f) {
     for (int h = 0; h < hosts_per_fd; ++h) {
-      c.hosts.push_back(Host{"fd" + std::to_string(f) + "-h" + std::to_string(h), f, capacity});
+      c.hosts.push_back(Host{fmt::format("fd{}-h{}", f, h), f, capacity});
     }
   }
   return c;
@@ -72,7 +73,7 @@ TEST(Placement, DifferentUdsOfOneServiceNeverShareAHostAndEachSlotHoldsOneUd) {
   Cluster c = rack(4, 10, 6);
   std::vector<Service> services;
   for (int s = 0; s < 30; ++s)
-    services.push_back(svc("s" + std::to_string(s), 2 + s % 9, 1 + s % 12));
+    services.push_back(svc(fmt::format("s{}", s), 2 + s % 9, 1 + s % 12));
   auto r = place_services(c, services);
   ASSERT_TRUE(r.ok()) << r.error().describe();
   EXPECT_EQ(r->unaligned, 0);
@@ -153,7 +154,7 @@ TEST(Placement, ScatteredPlacementKeepsTheHardRules) {
   Cluster c = rack(3, 8, 6);
   for (int s = 0; s < 20; ++s) {
     ASSERT_TRUE(
-        place_service_scattered(c, svc("s" + std::to_string(s), 2 + s % 7, 1 + s % 6), s).ok());
+        place_service_scattered(c, svc(fmt::format("s{}", s), 2 + s % 7, 1 + s % 6), s).ok());
   }
   EXPECT_TRUE(validate_cluster(c).ok()) << validate_cluster(c).error().describe();
 }
@@ -202,7 +203,7 @@ TEST(Healing, AllInstancesOfADeadHostKeepTheUdRule) {
   Cluster c = rack(4, 6, 6);
   std::vector<Service> services;
   for (int s = 0; s < 25; ++s)
-    services.push_back(svc("s" + std::to_string(s), 2 + s % 8, 2 + s % 5));
+    services.push_back(svc(fmt::format("s{}", s), 2 + s % 8, 2 + s % 5));
   ASSERT_TRUE(place_services(c, services).ok());
   for (int dead = 0; dead < 6; ++dead) {
     Cluster copy = c;

@@ -3,6 +3,7 @@
 
 #include "fabriclab/orchestrator/planner.hpp"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -22,7 +23,7 @@ Cluster rack(int fds, int hosts_per_fd, int capacity = 4) {
   Cluster c;
   for (int f = 0; f < fds; ++f) {
     for (int h = 0; h < hosts_per_fd; ++h) {
-      c.hosts.push_back(Host{"fd" + std::to_string(f) + "-h" + std::to_string(h), f, capacity});
+      c.hosts.push_back(Host{fmt::format("fd{}-h{}", f, h), f, capacity});
     }
   }
   return c;
@@ -39,7 +40,7 @@ Cluster random_cluster(uint64_t seed, bool aligned, int* unaligned = nullptr) {
   std::vector<Service> services;
   const int count = pick(1, 14);
   for (int s = 0; s < count; ++s) {
-    services.push_back(svc("s" + std::to_string(s), pick(1, 12), pick(1, 10)));
+    services.push_back(svc(fmt::format("s{}", s), pick(1, 12), pick(1, 10)));
   }
   if (aligned) {
     std::stable_sort(services.begin(), services.end(), [](const Service& a, const Service& b) {

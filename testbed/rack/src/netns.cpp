@@ -6,6 +6,7 @@
 #include "netns.hpp"
 
 #include <dirent.h>
+#include <fmt/format.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <poll.h>
@@ -201,7 +202,7 @@ Status create(const std::string& id, int hosts, std::vector<std::string>& create
                             "link set br0 up\n"));
   std::string ports;
   for (int n = 0; n < hosts; ++n) {
-    const std::string host = host_name(id, n), peer = "h" + std::to_string(n);
+    const std::string host = host_name(id, n), peer = fmt::format("h{}", n);
     FL_RETURN_IF_ERROR(run_ip({"netns", "add", host}));
     created.push_back(host);
     FL_RETURN_IF_ERROR(run_ip({"-n", host, "-batch", "-"},

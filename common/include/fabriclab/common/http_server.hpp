@@ -130,6 +130,10 @@ class Server {
 
   uint16_t port() const;
 
+  // Connections open now (HTTP and websocket sessions; those over Limits::max_connections are
+  // refused at once and never counted).
+  size_t connections() const;
+
   struct Impl;
 
  private:
