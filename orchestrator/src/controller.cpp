@@ -1,5 +1,7 @@
-// The controller's model: registration, services, snapshot, drills' control, metrics, and the
-// journal (restore at start, a writer thread that drains the feed into SQLite in seq order).
+// The controller's model: registration, services, snapshot, drills' control, and the journal
+// (restore at start, a writer thread that drains the feed into SQLite in seq order). The model's
+// JSON views are in controller_views.cpp, the Prometheus text in controller_metrics.cpp, the
+// drill spec's wire form in drill_spec.cpp.
 //
 // The journal holds three kinds of record. The cluster document (hosts with endpoints, services,
 // instances) is rewritten after every change of placement. Each drill is a document (spec, plan,
@@ -60,11 +62,6 @@ json::object instance_spec(const Service& s, const Instance& i, const std::strin
   // reports both outputs in its job's guest records (the report judges the rule).
   if (s.data_check) spec["data_check"] = to_json(*s.data_check);
   return spec;
-}
-
-static std::string ms_to_rfc3339(int64_t ms) {
-  if (ms <= 0) return "";
-  return rfc3339(std::chrono::system_clock::time_point(std::chrono::milliseconds(ms)));
 }
 
 Result<HostRegistration> host_registration_from_json(const json::object& o) {
@@ -197,107 +194,6 @@ void Controller::stop() {
     }
     m.journal_sub->cancel();
   }
-}
-
-// ---- model -> JSON (mu held) ----
-
-json::object Controller::Impl::host_json_locked(const Host& h) const {
-  json::object o{{"id", h.id},
-                 {"fd", h.fault_domain},
-                 {"capacity", h.capacity},
-                 {"state", to_string(h.state)}};
-  if (h.ud_slot) o["ud_slot"] = *h.ud_slot;
-  if (auto it = hosts.find(h.id); it != hosts.end()) {
-    const auto& m = it->second;
-    o["endpoint"] = m.endpoint.str();
-    o["step"] = m.step;
-    o["host_image"] = m.host_image;
-    o["reachable"] = m.reachable;
-    o["active_job"] = m.active_job;
-  }
-  json::array names;
-  for (const auto* i : cluster.instances_on(h.id)) names.push_back(json::value(instance_name(i->service, i->index)));
-  o["instances"] = std::move(names);
-  return o;
-}
-
-json::object Controller::Impl::instance_json_locked(const Instance& i) const {
-  auto name = instance_name(i.service, i.index);
-  json::object o{{"name", name}, {"service", i.service}, {"index", i.index},
-                 {"ud", i.ud},   {"fd", i.fd},           {"host", i.host}};
-  if (auto it = instances.find(name); it != instances.end()) {
-    o["status"] = it->second.status;
-    o["healthy"] = it->second.healthy;
-    o["image"] = it->second.image;
-    o["counter"] = it->second.counter;
-    o["address"] = it->second.address;
-    if (it->second.signals_known) {
-      o["signals"] = json::object{{"heartbeat", it->second.heartbeat}, {"guest_agent", it->second.guest_agent}};
-    }
-  }
-  return o;
-}
-
-json::object Controller::Impl::service_json_locked(const Service& s) const {
-  json::object o = to_json(s);
-  if (auto it = availability.find(s.name); it != availability.end()) {
-    for (const auto& [k, v] : it->second) {
-      if (k != "service") o[k] = v;
-    }
-  }
-  if (s.endpoint) o["backends"] = backends_json_locked(s);
-  return o;
-}
-
-json::object Controller::Impl::batch_json_locked(const DrillRun& d, const BatchRun& b) const {
-  json::array hs;
-  for (const auto& h : b.hosts) hs.push_back(json::value(h));
-  return {{"drill", d.id},
-          {"index", b.index},
-          {"hosts", std::move(hs)},
-          {"status", b.status},
-          {"started_at", ms_to_rfc3339(b.started_ms)},
-          {"finished_at", ms_to_rfc3339(b.finished_ms)}};
-}
-
-json::object Controller::Impl::drill_json_locked(const DrillRun& d) const {
-  json::array batches;
-  for (const auto& b : d.batches) {
-    auto o = batch_json_locked(d, b);
-    o.erase("drill");
-    batches.push_back(std::move(o));
-  }
-  json::array progress;
-  for (const auto& [h, p] : d.progress) {
-    progress.push_back(json::object{{"host", h}, {"batch", p.batch}, {"status", p.status}, {"job", p.job}});
-  }
-  json::array notes;
-  for (const auto& n : d.notes) notes.push_back(json::value(n));
-  return {{"id", d.id},
-          {"state", to_string(d.state)},
-          {"reason", d.reason},
-          {"kind", d.spec.kind},
-          {"target", d.spec.target},
-          {"spec", to_json(d.spec)},
-          {"current_batch", d.current_batch},
-          {"waiting_for", d.waiting_for},
-          {"waiting_until", ms_to_rfc3339(d.waiting_until_ms)},
-          {"lower_bound", d.plan.lower_bound},
-          {"batch_count", d.batches.size()},
-          {"method", d.plan.method},
-          {"started_at", ms_to_rfc3339(d.started_ms)},
-          {"finished_at", ms_to_rfc3339(d.finished_ms)},
-          {"batches", std::move(batches)},
-          {"hosts", std::move(progress)},
-          {"notes", std::move(notes)}};
-}
-
-json::object Controller::Impl::cluster_doc_locked() const {
-  json::object doc = to_json(cluster);
-  json::object endpoints;
-  for (const auto& [id, m] : hosts) endpoints[id] = m.endpoint.str();
-  doc["endpoints"] = std::move(endpoints);
-  return doc;
 }
 
 void Controller::Impl::availability_locked(const std::string& service, Events& out) {
@@ -662,66 +558,6 @@ Result<json::object> Controller::report_json(const std::string& id) const {
   auto it = impl_->drills.find(id);
   if (it == impl_->drills.end()) return make_error(Condition::not_found, "drill '" + id + "' not found");
   return build_report(impl_->report_input(*it->second));
-}
-
-std::string Controller::metrics_text() const {
-  auto& m = *impl_;
-  std::ostringstream out;
-  std::map<std::string, int> host_states, inst_states;
-  for (auto s : {"Ready", "Updating", "Unhealthy", "Offline"}) host_states[s] = 0;
-  int healthy = 0, batches = 0, batches_done = 0;
-  std::optional<DrillState> drill_state;
-  {
-    std::lock_guard lock(m.mu);
-    for (const auto& h : m.cluster.hosts) ++host_states[std::string(to_string(h.state))];
-    for (const auto& i : m.cluster.instances) {
-      auto it = m.instances.find(instance_name(i.service, i.index));
-      std::string st = it != m.instances.end() ? it->second.status : "Unknown";
-      ++inst_states[st];
-      if (it != m.instances.end() && it->second.healthy) ++healthy;
-    }
-    if (m.active) {
-      drill_state = m.active->state;
-      batches = static_cast<int>(m.active->batches.size());
-      for (const auto& b : m.active->batches) batches_done += b.status == "done" || b.status == "skipped";
-    }
-  }
-  out << "# HELP fabriclab_hosts Hosts by state.\n# TYPE fabriclab_hosts gauge\n";
-  for (const auto& [s, n] : host_states) out << "fabriclab_hosts{state=\"" << s << "\"} " << n << "\n";
-  out << "# HELP fabriclab_instances Instances by status.\n# TYPE fabriclab_instances gauge\n";
-  for (const auto& [s, n] : inst_states) out << "fabriclab_instances{status=\"" << s << "\"} " << n << "\n";
-  out << "# HELP fabriclab_instances_healthy Instances whose guest heartbeats.\n"
-         "# TYPE fabriclab_instances_healthy gauge\nfabriclab_instances_healthy "
-      << healthy << "\n";
-  out << "# HELP fabriclab_drill_batches Batches of the current drill.\n# TYPE fabriclab_drill_batches gauge\n"
-      << "fabriclab_drill_batches{status=\"total\"} " << batches << "\n"
-      << "fabriclab_drill_batches{status=\"done\"} " << batches_done << "\n";
-  out << "# HELP fabriclab_drill_state The current drill's state (1 for the state it is in).\n"
-         "# TYPE fabriclab_drill_state gauge\n";
-  for (auto s : {DrillState::planned, DrillState::running, DrillState::paused, DrillState::completed,
-                 DrillState::failed, DrillState::aborted}) {
-    out << "fabriclab_drill_state{state=\"" << to_string(s) << "\"} " << (drill_state == s ? 1 : 0) << "\n";
-  }
-  FeedStats fs = m.feed ? m.feed->stats() : FeedStats{};
-  out << "# HELP fabriclab_events_published_total Events published on the feed.\n"
-         "# TYPE fabriclab_events_published_total counter\nfabriclab_events_published_total "
-      << fs.published << "\n";
-  out << "# HELP fabriclab_event_subscribers Live feed subscriptions (websockets and the journal).\n"
-         "# TYPE fabriclab_event_subscribers gauge\nfabriclab_event_subscribers "
-      << fs.subscribers << "\n";
-  out << "# HELP fabriclab_event_subscribers_dropped_total Subscribers cut off for being slow.\n"
-         "# TYPE fabriclab_event_subscribers_dropped_total counter\n"
-         "fabriclab_event_subscribers_dropped_total "
-      << fs.dropped_slow << "\n";
-  out << "# HELP fabriclab_agent_calls_total Calls to agents.\n# TYPE fabriclab_agent_calls_total counter\n"
-      << "fabriclab_agent_calls_total " << m.agent_calls.load() << "\n"
-      << "# HELP fabriclab_agent_call_failures_total Calls to agents that failed.\n"
-         "# TYPE fabriclab_agent_call_failures_total counter\nfabriclab_agent_call_failures_total "
-      << m.agent_call_failures.load() << "\n";
-  out << "# HELP fabriclab_journal_errors_total Journal writes that failed.\n"
-         "# TYPE fabriclab_journal_errors_total counter\nfabriclab_journal_errors_total "
-      << m.journal_errors.load() << "\n";
-  return out.str();
 }
 
 }  // namespace fabriclab::orchestrator
