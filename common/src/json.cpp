@@ -205,6 +205,12 @@ std::string rfc3339(std::chrono::system_clock::time_point t) {
 
 std::string rfc3339_now() { return rfc3339(std::chrono::system_clock::now()); }
 
+int64_t unix_now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 std::optional<int64_t> parse_rfc3339_ms(std::string_view s) {
   std::tm tm{};
   if (s.size() < 20) return std::nullopt;

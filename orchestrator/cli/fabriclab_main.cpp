@@ -36,6 +36,7 @@
 
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/json.hpp"
+#include "fabriclab/common/json_get.hpp"
 #include "fabriclab/orchestrator/placement.hpp"
 #include "fabriclab/orchestrator/planner.hpp"
 #include "fabriclab/orchestrator/report.hpp"
@@ -287,27 +288,17 @@ void print_summary(const json::object& report, std::ostream& out) {
                            num("longest_failure_run_s"), num("p50_ms"), num("p99_ms"),
                            str(s, "traffic_note").empty() ? "" : "; " + str(s, "traffic_note"));
         // What failed requests got, for a checked service (a short list: the report has them all).
-        auto* checked = st.if_contains("checked");
-        auto* runs = st.if_contains("failure_runs");
-        if (!checked || !checked->is_bool() || !checked->as_bool() || !runs || !runs->is_array()) continue;
+        if (!json_get::flag(st, "checked")) continue;
         size_t shown = 0;
-        for (const auto& rv : runs->as_array()) {
-          if (!rv.is_object() || ++shown > 5) break;
-          const auto& run = rv.as_object();
+        for (const auto& run : json_get::arr(st, "failure_runs")) {
+          if (!run.is_object() || ++shown > 5) break;
           std::string causes;
-          if (auto* cv = run.if_contains("causes"); cv && cv->is_array()) {
-            for (const auto& c : cv->as_array()) {
-              if (!c.is_object()) continue;
-              auto* n = c.as_object().if_contains("count");
-              causes += fmt::format("{}{} x{}", causes.empty() ? "" : ", ", str(c.as_object(), "what"),
-                                    n && n->is_number() ? n->to_number<int64_t>() : 0);
-            }
+          for (const auto& c : json_get::arr(run, "causes")) {
+            causes += fmt::format("{}{} x{}", causes.empty() ? "" : ", ", json_get::str(c, "what"),
+                                  json_get::int_or(c, "count", 0));
           }
-          auto at = [&run](std::string_view k) {
-            auto* v = run.if_contains(k);
-            return v && v->is_number() ? v->to_number<double>() : 0.0;
-          };
-          out << fmt::format("    failed {:.1f}-{:.1f} s: {}\n", at("from_s"), at("to_s"), causes);
+          out << fmt::format("    failed {:.1f}-{:.1f} s: {}\n", json_get::number(run, "from_s").value_or(0),
+                             json_get::number(run, "to_s").value_or(0), causes);
         }
       }
     }
@@ -536,11 +527,6 @@ int run_status(const Target& t, bool json_out) {
     std::cout << rack::render_drill(ds.back().as_object());
   }
   return 0;
-}
-
-int64_t unix_now_ms() {
-  using namespace std::chrono;
-  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
 }
 
 // The live grid from the websocket: the snapshot, then every delta applied to it (WatchModel),

@@ -36,11 +36,7 @@ constexpr uint64_t kMaxJournalLag = 4096;
 constexpr uint64_t kRestartSeqGap = 1u << 20;
 }  // namespace
 
-int64_t unix_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+int64_t unix_ms() { return unix_now_ms(); }
 
 std::string instance_name(const std::string& service, int index) {
   return service + "-" + std::to_string(index);

@@ -114,11 +114,7 @@ constexpr double kDowntimeTarget = 1.10;
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 
-int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+int64_t now_ms() { return unix_now_ms(); }
 
 using json_get::arr;
 using json_get::int_or;

@@ -24,13 +24,9 @@ using json_get::arr;
 using json_get::int_or;
 using json_get::str;
 
-int64_t unix_now_ms() {
-  using namespace std::chrono;
-  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
-}
-
 bool is_final(const std::string& state) {
-  return state == "Completed" || state == "Failed" || state == "Aborted";
+  auto s = orchestrator::parse_drill_state(state);
+  return s.ok() && orchestrator::is_finished(*s);
 }
 
 // Waits until every instance is healthy on a host outside `dead` (healing done).

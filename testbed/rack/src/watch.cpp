@@ -5,16 +5,14 @@
 
 #include <boost/json.hpp>
 
+#include "fabriclab/common/json_get.hpp"
 #include "fabriclab/rack/drill.hpp"
 
 namespace fabriclab::rack {
 
 namespace {
 
-std::string str(const json::object& o, std::string_view k) {
-  auto* v = o.if_contains(k);
-  return v && v->is_string() ? std::string(v->as_string()) : std::string();
-}
+using json_get::str;
 
 const json::object* obj(const json::object& o, std::string_view k) {
   auto* v = o.if_contains(k);

@@ -73,6 +73,8 @@ Status check_fields(const json::object& o, std::initializer_list<std::string_vie
 // UTC with milliseconds: 2026-11-24T18:00:00.123Z
 std::string rfc3339(std::chrono::system_clock::time_point t);
 std::string rfc3339_now();
+// Now, as unix milliseconds (the unit parse_rfc3339_ms gives).
+int64_t unix_now_ms();
 // The inverse, to unix milliseconds: "2026-11-24T18:00:00.123Z" (fraction optional, at most its
 // first 3 digits used); nullopt for anything else.
 std::optional<int64_t> parse_rfc3339_ms(std::string_view text);
