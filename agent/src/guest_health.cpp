@@ -5,6 +5,7 @@
 // the orchestrator reads; a guest with neither heartbeats nor a guest agent relies on the probe
 // alone, and the job's report says which signals there were.
 
+#include <algorithm>
 #include <cctype>
 #include <set>
 #include <thread>
@@ -20,6 +21,9 @@ namespace {
 
 constexpr milliseconds kPingTimeout{3000};
 constexpr milliseconds kExecTimeout{30000};
+// Reading the boot id is a guest-exec (fork and exec of cat inside the guest): a TCG guest on a
+// loaded host can take several seconds for it, longer than a ping may.
+constexpr milliseconds kBootIdTimeout{20000};
 constexpr milliseconds kRetry{500};
 
 std::string trim(const std::string& s) {
@@ -120,9 +124,11 @@ void HostAgent::Impl::capture_before(Job& job, const std::vector<std::string>& g
     }
     r->signal_guest_agent = seen;
     if (seen && !builtin) {
-      if (auto id = d->guest_boot_id(kPingTimeout); id.ok()) {
+      if (auto id = d->guest_boot_id(kBootIdTimeout); id.ok()) {
         r->boot_id_before = *id;
         r->boot_id_source = "guest_agent";
+      } else {
+        logger("agent")->warn("[host:{}] {}: no boot id before the notice: {}", opt.host_id, name, id.error().message);
       }
     }
     if (check) {
@@ -153,9 +159,11 @@ void HostAgent::Impl::capture_after(GuestReport& r, const std::string& name) {
   const bool agent = d->guest_ping(kPingTimeout).ok();
   if (!builtin) r.os_up = agent || !r.signal_guest_agent;
   if (agent && !builtin) {
-    if (auto id = d->guest_boot_id(kPingTimeout); id.ok()) {
+    if (auto id = d->guest_boot_id(kBootIdTimeout); id.ok()) {
       r.boot_id_after = *id;
       r.boot_id_source = "guest_agent";
+    } else {
+      logger("agent")->warn("[host:{}] {}: no boot id after the restart: {}", opt.host_id, name, id.error().message);
     }
   }
   if (!r.data_check || !r.data_check->error.empty()) return;
@@ -201,7 +209,9 @@ Status HostAgent::Impl::wait_os_up(const std::string& name, Clock::time_point, m
       std::lock_guard lv(lv_mu);
       auto d = domain(name);
       if (d.ok() && d->guest_ping(kPingTimeout).ok()) {
-        auto id = expect_boot_id.empty() ? Result<std::string>(expect_boot_id) : d->guest_boot_id(kPingTimeout);
+        const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
+        auto id = expect_boot_id.empty() ? Result<std::string>(expect_boot_id)
+                                         : d->guest_boot_id(std::clamp(left, milliseconds(1000), kBootIdTimeout));
         if (id.ok() && *id != expect_boot_id) {
           return make_error(Condition::invalid_state, name + ": the guest rebooted (boot_id changed) when its "
                                                              "memory should have been preserved");
