@@ -608,7 +608,8 @@ int run_image_add(const ImageArgs& a) {
   auto g = rack::add_image(*dir, a.add);
   if (!g.ok()) return fail(exit_for(g.error()), "image add: " + g.error().message);
   std::cout << "image " << g->version << " added to " << *dir << " (read-only)\n"
-            << "  boot    " << g->boot << (g->cmdline.empty() ? "" : " (cmdline: " + g->cmdline + ")") << "\n"
+            << "  boot    " << g->boot << (g->cmdline.empty() ? "" : " (cmdline: " + g->cmdline + ")")
+            << ", firmware " << g->firmware << "\n"
             << "  disk    " << g->disk << "\n"
             << "          format " << g->disk_format << ", virtual size " << human_bytes(g->disk_virtual_size) << " ("
             << g->disk_virtual_size << " bytes), file " << human_bytes(g->disk_bytes) << "\n"
@@ -752,6 +753,9 @@ int main(int argc, char** argv) {
   image_add->add_option("--boot", ia.add.boot, "kernel (QEMU boots --kernel/--initrd) or disk (the disk's own bootloader); "
                                                "default: kernel when --kernel, --initrd or --cmdline is given")
       ->check(CLI::IsMember({"kernel", "disk"}));
+  image_add->add_option("--firmware", ia.add.firmware, "bios (default) or efi: UEFI (OVMF), for a disk whose "
+                                                       "bootloader is an EFI program (EFI/BOOT/BOOTX64.EFI)")
+      ->check(CLI::IsMember({"bios", "efi"}));
   image_add->add_option("--library", ia.library, library_help);
   auto* image_list = image->add_subcommand("list", "The library's images (each disk checked again) and the built-in guests");
   image_list->add_option("--library", ia.library, library_help);
