@@ -54,7 +54,7 @@ class AgentOnDebianEfi : public AgentFixture {
   }
 
   void open_real_agent(agent::AgentOptions o = {}) {
-    o.stop_timeout = 30s;
+    o.stop_timeout = 60s;
     o.boot_timeout = 240s;
     o.guest_images_dirs = {testbed::default_images_dir(), debian_};
     open_agent(true, o);
@@ -67,8 +67,20 @@ class AgentOnDebianEfi : public AgentFixture {
     return s;
   }
 
-  // Waits until the guest agent answers; returns how long that took from `since`. Then lets the
-  // app write its counter a few times (a first boot makes /data's file system first).
+  // Waits until the guest's `boot`-th boot has reached its serial login prompt (the guest agent
+  // answers earlier: on a loaded machine systemd may still be starting logind, which handles the
+  // ACPI power button, and mounting /data), then lets the app write its counter a few times.
+  void wait_booted(const std::string& name, size_t boot) {
+    auto deadline = std::chrono::steady_clock::now() + kUp;
+    while (count(console(name), "login: ") < boot && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(500ms);
+    }
+    ASSERT_GE(count(console(name), "login: "), boot) << name << ": boot " << boot << " never reached its login prompt\n"
+                                                     << console_tail(name);
+    std::this_thread::sleep_for(15s);
+  }
+
+  // Waits until the guest agent answers; returns how long that took from `since`.
   std::chrono::milliseconds wait_guest_agent(const std::string& name, std::chrono::steady_clock::time_point since) {
     auto deadline = std::chrono::steady_clock::now() + kUp;
     json::object last;
@@ -77,9 +89,7 @@ class AgentOnDebianEfi : public AgentFixture {
       if (i.ok()) {
         last = *i;
         if (last["signals"].as_object()["guest_agent"].as_bool()) {
-          auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - since);
-          std::this_thread::sleep_for(15s);
-          return took;
+          return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - since);
         }
       }
       std::this_thread::sleep_for(200ms);
@@ -142,6 +152,7 @@ TEST_F(AgentOnDebianEfi, BootsThroughItsOwnGrubUnderOvmfAndKeepsItsDataAcrossHos
   const auto up = wait_guest_agent("web-0", t0);
   std::cout << "[figure] debian-efi-v1: create -> guest agent answering " << up.count() << " ms (TCG, OVMF)\n";
   RecordProperty("efi_boot_to_guest_agent_ms", std::to_string(up.count()));
+  wait_booted("web-0", 1);
 
   // No kernel of the image was copied (there is none): the instance has its overlay and its own
   // UEFI variable store, and its definition names OVMF and that store, with no <kernel>.
@@ -174,6 +185,7 @@ TEST_F(AgentOnDebianEfi, BootsThroughItsOwnGrubUnderOvmfAndKeepsItsDataAcrossHos
   EXPECT_EQ(instance_files("web-0"), (std::vector<std::string>{"efivars.fd", "os-debian-efi-v1-1.qcow2"}))
       << "a host-os update keeps the overlay and the NVRAM";
 
+  wait_booted("web-0", 2);
   auto reimage = run_job({OperationKind::guest_os, "debian-efi-v2", false, 1000}, 600s);
   ASSERT_EQ(reimage["status"].as_string(), "succeeded") << json::serialize(reimage) << "\n" << console_tail("web-0");
   expect_efi_data_kept(reimage["guests"].as_array().at(0).as_object(), "guest-os");
