@@ -71,6 +71,10 @@ int main(int argc, char** argv) {
                  "Refuse an instance that could leave less free in STATE_DIR's file system")
       ->capture_default_str()
       ->check(CLI::Range(0, 1 << 24));
+  app.add_option("--ovmf-code", o.ovmf_code, "UEFI firmware code for firmware: efi images (read-only, shared)")
+      ->capture_default_str();
+  app.add_option("--ovmf-vars", o.ovmf_vars, "UEFI variable store template; each firmware: efi instance gets a copy")
+      ->capture_default_str();
   app.add_option("--heartbeat-ms", hb_ms, "Guest heartbeat period")->capture_default_str();
   app.add_option("--healthy-periods", o.healthy_periods, "Healthy = a heartbeat within this many periods")
       ->capture_default_str();

@@ -39,7 +39,8 @@ int run_image_add(const ImageArgs& a) {
   auto g = rack::add_image(*dir, a.add);
   if (!g.ok()) return fail(exit_for(g.error()), "image add: " + g.error().message);
   std::cout << "image " << g->version << " added to " << *dir << " (read-only)\n"
-            << "  boot    " << g->boot << (g->cmdline.empty() ? "" : " (cmdline: " + g->cmdline + ")") << "\n"
+            << "  boot    " << g->boot << (g->cmdline.empty() ? "" : " (cmdline: " + g->cmdline + ")")
+            << ", firmware " << g->firmware << "\n"
             << "  disk    " << g->disk << "\n"
             << "          format " << g->disk_format << ", virtual size " << human_bytes(g->disk_virtual_size) << " ("
             << g->disk_virtual_size << " bytes), file " << human_bytes(g->disk_bytes) << "\n"

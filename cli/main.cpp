@@ -101,6 +101,9 @@ int main(int argc, char** argv) {
   image_add->add_option("--boot", ia.add.boot, "kernel (QEMU boots --kernel/--initrd) or disk (the disk's own bootloader); "
                                                "default: kernel when --kernel, --initrd or --cmdline is given")
       ->check(CLI::IsMember({"kernel", "disk"}));
+  image_add->add_option("--firmware", ia.add.firmware, "bios (default) or efi: UEFI (OVMF), for a disk whose "
+                                                       "bootloader is an EFI program (EFI/BOOT/BOOTX64.EFI)")
+      ->check(CLI::IsMember({"bios", "efi"}));
   image_add->add_option("--library", ia.library, library_help);
   auto* image_list = image->add_subcommand("list", "The library's images (each disk checked again) and the built-in guests");
   image_list->add_option("--library", ia.library, library_help);

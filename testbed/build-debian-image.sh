@@ -10,6 +10,10 @@
 #   OUT_DIR/<version>/vmlinuz      the image's own kernel (boot: kernel) ...
 #   OUT_DIR/<version>/initrd.img   ... and initramfs (MODULES=list: virtio, ext4)
 #   OUT_DIR/<version>/cmdline      kernel command line (one line, root=/dev/vda rw console=ttyS0 ...)
+#   OUT_DIR/<efi version>/disk.qcow2  the same root file system on a GPT disk that boots through
+#                                  its own bootloader under UEFI (boot: disk, firmware: efi):
+#                                  debian-efi-v1 from debian-v1's, debian-efi-v2 from debian-v2's
+#                                  (testbed/debian/efi-disk.sh; no kernel files beside it)
 #   OUT_DIR/manifest.json          per version: boot kind, sha256 of each file, virtual size
 # Versions: debian-v1; debian-v2 (BUILD_ID and the page's "image" say debian-v2); debian-v3-broken
 # (a bad patch: nginx's configuration is invalid, nginx never starts). v2 and v3 are v1's tree
@@ -19,7 +23,9 @@
 # mirror of this machine's apt sources, testbed/debian/customize.sh in the tree (our files from
 # testbed/debian/rootfs, units enabled and masked, kernel modules trimmed to
 # testbed/debian/modules.keep, initramfs rebuilt), then per version `mkfs.ext4 -d TREE` into a
-# sparse raw file (no loop mount) and `qemu-img convert -c` to qcow2.
+# sparse raw file (no loop mount) and `qemu-img convert -c` to qcow2; for debian-v1 and v2 the same
+# raw root file system also goes into an EFI variant (GPT + FAT ESP with a grub-mkstandalone
+# BOOTX64.EFI, all built on plain files by testbed/debian/efi-disk.sh).
 #
 # Cache: OUT_DIR/.stamp = sha256 over this script and testbed/debian/**; when it matches and all
 # outputs exist the script exits at once. Downloaded .debs are kept in FABRICLAB_DEB_CACHE
@@ -31,6 +37,11 @@ set -euo pipefail
 readonly VERSIONS=(debian-v1 debian-v2 debian-v3-broken)
 readonly SUITE=bookworm
 readonly CMDLINE="root=/dev/vda rw console=ttyS0 quiet"
+# The EFI variants: the image each is packed from, and the command line its GRUB passes (root is
+# the disk's second partition; fabriclab.boot= tells a test that this GRUB booted the kernel).
+declare -A EFI_OF=([debian-v1]=debian-efi-v1 [debian-v2]=debian-efi-v2)
+readonly EFI_VERSIONS=(debian-efi-v1 debian-efi-v2)
+readonly EFI_CMDLINE="root=/dev/vda2 rw console=ttyS0 quiet fabriclab.boot=grub-efi"
 readonly PACKAGES=(systemd systemd-sysv udev dbus linux-image-amd64 initramfs-tools zstd
   e2fsprogs kmod netbase iproute2 qemu-guest-agent nginx-light curl jq)
 DISK_SIZE=${FABRICLAB_DEBIAN_DISK_SIZE:-2G}
@@ -61,6 +72,7 @@ outputs_present() {
   for v in "${VERSIONS[@]}"; do
     for f in disk.qcow2 vmlinuz initrd.img cmdline; do [ -s "$OUT_DIR/$v/$f" ] || return 1; done
   done
+  for v in "${EFI_VERSIONS[@]}"; do [ -s "$OUT_DIR/$v/disk.qcow2" ] || return 1; done
 }
 if [ -f "$OUT_DIR/.stamp" ] && [ "$(cat "$OUT_DIR/.stamp")" = "$STAMP" ] && outputs_present; then
   say "up to date: $OUT_DIR (stamp $STAMP)"
@@ -73,6 +85,12 @@ command -v mmdebstrap >/dev/null || die "mmdebstrap is missing: apt-get install 
 for tool in qemu-img sha256sum curl tar; do
   command -v "$tool" >/dev/null || die "'$tool' is missing (run testbed/setup.sh)"
 done
+# The EFI variants (testbed/debian/efi-disk.sh checks again; here before the long bootstrap).
+for tool in sfdisk mkfs.vfat mcopy grub-mkstandalone; do
+  PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null ||
+    die "'$tool' is missing (run testbed/setup.sh: fdisk, dosfstools, mtools, grub-efi-amd64-bin)"
+done
+[ -d /usr/lib/grub/x86_64-efi ] || die "/usr/lib/grub/x86_64-efi is missing (run testbed/setup.sh: grub-efi-amd64-bin)"
 MKE2FS=$(PATH="$PATH:/usr/sbin:/sbin" command -v mke2fs) || die "mke2fs is missing (package e2fsprogs)"
 MKE2FS_VERSION=$("$MKE2FS" -V 2>&1 || true)
 [[ $MKE2FS_VERSION =~ mke2fs\ 1\.(4[3-9]|[5-9][0-9]) ]] ||
@@ -213,7 +231,17 @@ pack() {
   printf '%s\n' "$CMDLINE" >"$dir/cmdline"
   chmod 0644 "$dir"/*
   RAW_USED_MB=$(($(du -k "$BUILD/disk.raw" | cut -f1) / 1024))
+  local efi=${EFI_OF[$version]:-}
+  if [ -n "$efi" ]; then
+    local t0=$SECONDS
+    mkdir -p "$OUT_DIR/$efi"
+    nice -n 10 bash "$DEBIAN_SRC/efi-disk.sh" "$BUILD/disk.raw" "$dir/vmlinuz" "$dir/initrd.img" \
+      "$EFI_CMDLINE" "$OUT_DIR/$efi/disk.qcow2" || die "packing $efi failed"
+    chmod 0644 "$OUT_DIR/$efi/disk.qcow2"
+    EFI_S=$((EFI_S + SECONDS - t0))
+  fi
 }
+EFI_S=0
 declare -A RAW_MB=()
 for v in "${VERSIONS[@]}"; do
   patch_tree "$v"
@@ -229,7 +257,8 @@ BUILD_S=$((SECONDS - START))
 {
   printf '{\n  "builder": "testbed/build-debian-image.sh",\n  "stamp": "%s",\n' "$STAMP"
   printf '  "suite": "%s",\n  "kernel_version": "%s",\n' "$SUITE" "$KVER"
-  printf '  "built_at": "%s",\n  "build_seconds": %d,\n  "images": [\n' "$(date -u +%FT%TZ)" "$BUILD_S"
+  printf '  "built_at": "%s",\n  "build_seconds": %d,\n  "efi_pack_seconds": %d,\n  "images": [\n' \
+    "$(date -u +%FT%TZ)" "$BUILD_S" "$EFI_S"
   sep=""
   for v in "${VERSIONS[@]}"; do
     d="$OUT_DIR/$v"
@@ -241,13 +270,22 @@ BUILD_S=$((SECONDS - START))
     printf '     "cmdline_file": {"path": "%s/cmdline", "sha256": "%s"}}' "$v" "$(sha "$d/cmdline")"
     sep=$',\n'
   done
+  for v in "${EFI_VERSIONS[@]}"; do
+    d="$OUT_DIR/$v"
+    printf '%s    {"name": "%s", "boot": "disk", "firmware": "efi",\n' "$sep" "$v"
+    printf '     "disk": {"path": "%s/disk.qcow2", "format": "qcow2", "virtual_size": %s, "bytes": %s, "sha256": "%s"}}' \
+      "$v" "$(vsize "$d/disk.qcow2")" "$(stat -c %s "$d/disk.qcow2")" "$(sha "$d/disk.qcow2")"
+  done
   printf '\n  ]\n}\n'
 } >"$OUT_DIR/manifest.json.tmp"
 mv -f "$OUT_DIR/manifest.json.tmp" "$OUT_DIR/manifest.json"
 printf '%s\n' "$STAMP" >"$OUT_DIR/.stamp"
 
-say "built in ${BUILD_S} s (bootstrap + customize ${BOOTSTRAP_S} s), kernel $KVER, stamp $STAMP"
+say "built in ${BUILD_S} s (bootstrap + customize ${BOOTSTRAP_S} s, EFI variants ${EFI_S} s), kernel $KVER, stamp $STAMP"
 for v in "${VERSIONS[@]}"; do
   d="$OUT_DIR/$v"
   say "  $v: disk.qcow2 $(du -m --apparent-size "$d/disk.qcow2" | cut -f1) MB (virtual $DISK_SIZE, root fs ${RAW_MB[$v]} MB used), vmlinuz $(du -k --apparent-size "$d/vmlinuz" | cut -f1) KiB, initrd.img $(du -k --apparent-size "$d/initrd.img" | cut -f1) KiB"
+done
+for v in "${EFI_VERSIONS[@]}"; do
+  say "  $v: disk.qcow2 $(du -m --apparent-size "$OUT_DIR/$v/disk.qcow2" | cut -f1) MB (GPT: ESP with GRUB, kernel, initrd; root fs; boot: disk, firmware: efi)"
 done

@@ -316,6 +316,8 @@ Result<hypervisor::Domain> HostAgent::Impl::define_domain(const InstanceRecord& 
   s.name = rec.name;
   s.memory_mib = rec.memory_mib;
   FL_ASSIGN_OR_RETURN(s.boot, private_boot_files(instance_files_dir(vm_dir(), rec.name), image));
+  FL_ASSIGN_OR_RETURN(s.firmware,
+                      instance_firmware(instance_files_dir(vm_dir(), rec.name), image, opt.ovmf_code, opt.ovmf_vars));
   if (image.builtin()) {
     s.boot.cmdline = builtin_cmdline(rec);
   } else {
@@ -323,9 +325,12 @@ Result<hypervisor::Domain> HostAgent::Impl::define_domain(const InstanceRecord& 
     // overlay was made when the instance was created or reimaged.
     if (rec.os_disk.empty()) return make_error(Condition::internal, rec.name + ": no OS disk overlay");
     // The drain switches go along (an Azure-style handler in the guest may read them, as the
-    // Debian image's does); any other guest ignores them.
-    s.boot.cmdline = image.cmdline + " fabriclab.drain=" + (rec.drain ? "1" : "0") +
-                     " fabriclab.drain_ms=" + std::to_string(drain_of(rec).count());
+    // Debian image's does); any other guest ignores them. A disk that boots through its own
+    // bootloader (boot: disk) has its command line inside: nothing can be added.
+    if (!s.boot.kernel.empty()) {
+      s.boot.cmdline = image.cmdline + " fabriclab.drain=" + (rec.drain ? "1" : "0") +
+                       " fabriclab.drain_ms=" + std::to_string(drain_of(rec).count());
+    }
     s.os_disk = rec.os_disk;
     s.os_disk_format = "qcow2";
   }
@@ -730,6 +735,7 @@ Result<json::object> HostAgent::create_instance(const InstanceSpec& spec) {
   rec.probe = spec.probe;
   rec.vm_id = new_guid();
   // Checked before anything is made, so a refusal leaves no half-made VM behind.
+  FL_RETURN_IF_ERROR(check_firmware(image, p.opt.ovmf_code, p.opt.ovmf_vars));
   FL_RETURN_IF_ERROR(check_disk_reserve(
       p.vm_dir(), bytes_needed(image, image.builtin() ? kBuiltinDataDiskBytes : kDefaultDataDiskBytes, false),
       p.opt.disk_reserve_mib << 20));

@@ -588,6 +588,10 @@ Result<GuestImageInfo> disk_entry(const json::object& item, const std::string& d
   const std::string image = "image " + g.version;
   FL_ASSIGN_OR_RETURN(g.boot, string_field(item, at, "boot"));
   if (g.boot != "kernel" && g.boot != "disk") return bad_field(at, "boot", "must be \"kernel\" or \"disk\"");
+  if (item.contains("firmware")) {
+    FL_ASSIGN_OR_RETURN(g.firmware, string_field(item, at, "firmware"));
+    if (g.firmware != "bios" && g.firmware != "efi") return bad_field(at, "firmware", "must be \"bios\" or \"efi\"");
+  }
   if (auto* c = item.if_contains("cmdline")) {
     if (!c->is_string()) return bad_field(at, "cmdline", "must be a string");
     g.cmdline = c->as_string().c_str();
@@ -716,6 +720,7 @@ json::object to_json(const HostImage& i) {
 json::object to_json(const GuestImageInfo& i) {
   json::object o{{"version", i.version},
                  {"boot", i.boot},
+                 {"firmware", i.firmware},
                  {"builtin", i.builtin()},
                  {"kernel", i.kernel},
                  {"initrd", i.initrd},

@@ -71,6 +71,42 @@ Result<std::string> create_os_overlay(const std::string& dir, const GuestImageIn
   return path;
 }
 
+Status check_firmware(const GuestImageInfo& image, const std::string& code, const std::string& vars_template) {
+  if (image.firmware != "efi") return {};
+  for (const auto& [what, path] : {std::pair{"code", &code}, {"variable store template", &vars_template}}) {
+    std::error_code ec;
+    if (path->empty() || !fs::is_regular_file(*path, ec)) {
+      return make_error(Condition::not_found, "image " + image.version + " needs UEFI firmware, but its " + what +
+                                                  " " + (path->empty() ? "(no path given)" : *path) +
+                                                  " is not there (Debian package ovmf; testbed/setup.sh installs it)");
+    }
+  }
+  return {};
+}
+
+Result<hypervisor::Firmware> instance_firmware(const std::string& dir, const GuestImageInfo& image,
+                                               const std::string& code, const std::string& vars_template) {
+  if (image.firmware != "efi") return hypervisor::Firmware{};
+  FL_RETURN_IF_ERROR(check_firmware(image, code, vars_template));
+  const std::string nvram = dir + "/efivars.fd";
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return make_error(Condition::transient, "cannot create " + dir + ": " + ec.message());
+  if (!fs::exists(nvram, ec)) {
+    // A temporary name and rename: a crash never leaves a short variable store behind.
+    const std::string tmp = nvram + ".tmp";
+    fs::copy_file(vars_template, tmp, fs::copy_options::overwrite_existing, ec);
+    if (!ec) fs::permissions(tmp, fs::perms::owner_read | fs::perms::owner_write, ec);
+    if (!ec) fs::rename(tmp, nvram, ec);
+    if (ec) {
+      fs::remove(tmp, ec);
+      return make_error(Condition::transient,
+                        "cannot copy the UEFI variable store " + vars_template + " to " + nvram + ": " + ec.message());
+    }
+  }
+  return hypervisor::Firmware{code, nvram};
+}
+
 Status ensure_data_disk(const std::string& path, uint64_t bytes) {
   std::error_code ec;
   if (!fs::exists(path, ec)) {

@@ -6,6 +6,9 @@
 //   <vm_dir>/<name>.d/boot-<image>/       its own copies of the image's kernel and initrd
 //   <vm_dir>/<name>.d/os-<image>-<gen>.qcow2   its OS disk: a qcow2 overlay on the (read-only)
 //                                         image; a reimage makes a new generation
+//   <vm_dir>/<name>.d/efivars.fd          its UEFI variable store (images with firmware: efi): a
+//                                         copy of the firmware's VARS template made when it is
+//                                         first defined, kept across updates and reimages
 //
 // Why copies of kernel and initrd: libvirt's DAC driver remembers a file's owner in
 // trusted.libvirt.security.* xattrs while a domain uses it, and a domain destroyed without its
@@ -40,6 +43,15 @@ Result<hypervisor::BootImage> private_boot_files(const std::string& dir, const G
 // unless `replace_stale` (a reimage redone after a crash: no guest ever ran on that overlay).
 Result<std::string> create_os_overlay(const std::string& dir, const GuestImageInfo& image, int gen,
                                       bool replace_stale = false);
+
+// The firmware an instance of `image` starts: BIOS (empty) unless image.firmware is "efi"; then
+// `code` and `vars_template` (OVMF) must be regular files, else not_found naming the missing path
+// and the image. check_firmware only checks (before anything of an instance is made);
+// instance_firmware also copies the template to <dir>/efivars.fd unless that file is there (the
+// guest's own variables are never overwritten).
+Status check_firmware(const GuestImageInfo& image, const std::string& code, const std::string& vars_template);
+Result<hypervisor::Firmware> instance_firmware(const std::string& dir, const GuestImageInfo& image,
+                                               const std::string& code, const std::string& vars_template);
 
 // Creates a sparse data disk of `bytes`, or grows a smaller one (never shrinks, never rewrites).
 Status ensure_data_disk(const std::string& path, uint64_t bytes);

@@ -211,8 +211,14 @@ Status Domain::destroy() {
 }
 
 Status Domain::undefine() {
-  if (virDomainUndefineFlags(dom_, VIR_DOMAIN_UNDEFINE_MANAGED_SAVE) == 0) return {};
+  // A UEFI guest's variable store is the caller's file (DomainSpec::firmware.nvram): kept, as a
+  // redefinition (a reimage) reuses it. Without KEEP_NVRAM libvirt refuses such a domain.
+  if (virDomainUndefineFlags(dom_, VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | VIR_DOMAIN_UNDEFINE_KEEP_NVRAM) == 0) return {};
   Error e = last_error("cannot undefine '" + name_ + "'");
+  if (e.condition != Condition::unsupported && e.condition != Condition::invalid_argument) return e;
+  // Drivers that know no NVRAM (libvirt's test driver) refuse the flag.
+  if (virDomainUndefineFlags(dom_, VIR_DOMAIN_UNDEFINE_MANAGED_SAVE) == 0) return {};
+  e = last_error("cannot undefine '" + name_ + "'");
   if (e.condition != Condition::unsupported && e.condition != Condition::invalid_argument) return e;
   if (virDomainUndefine(dom_) < 0) return last_error("cannot undefine '" + name_ + "'");
   return {};

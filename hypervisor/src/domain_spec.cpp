@@ -6,7 +6,10 @@
 // ACPI shutdown request returns 0 and nothing happens; the serial log with append='on' because
 // QEMU truncates it at every start otherwise; disks without cache=none because O_DIRECT
 // fails on tmpfs. An OS disk (a qcow2 overlay per instance) is vda so that an image's
-// "root=/dev/vda" holds; the data disk then follows as vdb.
+// "root=/dev/vda" holds; the data disk then follows as vdb. UEFI guests name their firmware
+// files explicitly (loader + per-VM nvram) rather than through libvirt's firmware='efi'
+// autoselection, so that a missing OVMF file is our error naming the path, and the NVRAM lives
+// with the instance's other files.
 
 #include <cctype>
 #include <cstring>
@@ -97,8 +100,24 @@ Result<int> int_attribute(const std::string& xml, const std::string& attr, int l
   return v;
 }
 
+// UEFI needs both files; a variable store without a loader would be silently ignored.
+Status validate_firmware(const Firmware& f) {
+  if (f.loader.empty()) {
+    if (!f.nvram.empty()) return make_error(Condition::invalid_argument, "firmware.nvram needs firmware.loader");
+    return {};
+  }
+  FL_RETURN_IF_ERROR(check_path("firmware.loader", f.loader, true));
+  FL_RETURN_IF_ERROR(check_path("firmware.nvram", f.nvram, true));
+  if (f.loader == f.nvram) {
+    return make_error(Condition::invalid_argument,
+                      "firmware.nvram must be the VM's own copy, not the loader itself: " + f.nvram);
+  }
+  return {};
+}
+
 // The boot source: a kernel (with optional initrd and command line), or the OS disk.
 Status validate_boot(const DomainSpec& s) {
+  FL_RETURN_IF_ERROR(validate_firmware(s.firmware));
   FL_RETURN_IF_ERROR(check_path("os_disk", s.os_disk, false));
   if (s.os_disk_format != "qcow2" && s.os_disk_format != "raw") {
     return make_error(Condition::invalid_argument,
@@ -263,6 +282,11 @@ Result<std::string> render_domain_xml(const DomainSpec& s, const std::string& do
     << "  <vcpu>" << s.vcpus << "</vcpu>\n";
   if (s.metadata) x << "  <metadata>" << render_metadata_xml(*s.metadata) << "</metadata>\n";
   x << "  <os>\n    <type arch='x86_64'" << (real ? " machine='pc'" : "") << ">hvm</type>\n";
+  if (s.firmware.uefi()) {
+    // Non-secure-boot OVMF runs on machine 'pc' (secure boot would need q35 and SMM).
+    x << "    <loader readonly='yes' type='pflash'>" << xml_escape(s.firmware.loader) << "</loader>\n"
+      << "    <nvram>" << xml_escape(s.firmware.nvram) << "</nvram>\n";
+  }
   if (s.boot.kernel.empty()) {
     x << "    <boot dev='hd'/>\n";  // validate() made sure there is an OS disk
   } else {

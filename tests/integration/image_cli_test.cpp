@@ -267,6 +267,27 @@ TEST_F(ImageCli, ARawDiskThatBootsItselfStaysSparse) {
   EXPECT_TRUE(contains(l.out, "raw")) << l.out;
 }
 
+// firmware: bios unless --firmware efi (a disk whose bootloader is an EFI program); the agent reads
+// it from the manifest, and image list --json shows it.
+TEST_F(ImageCli, FirmwareEfiIsRecordedForTheAgentAndAnythingElseIsRefused) {
+  const std::string disk = qcow2_ext4("efi.qcow2");
+  Cli bad = add("efi-app", {"--disk", disk, "--firmware", "uefi"});
+  EXPECT_NE(bad.code, 0) << bad.out;
+  EXPECT_TRUE(contains(bad.out, "firmware")) << bad.out;
+  EXPECT_FALSE(fs::exists(lib_ + "/efi-app"));
+
+  Cli a = add("efi-app", {"--disk", disk, "--firmware", "efi"});
+  ASSERT_EQ(a.code, 0) << a.out;
+  EXPECT_TRUE(contains(a.out, "boot    disk, firmware efi")) << a.out;
+  Cli b = add("bios-app", {"--disk", disk});
+  ASSERT_EQ(b.code, 0) << b.out;
+  EXPECT_TRUE(contains(b.out, "firmware bios")) << b.out;
+  Cli l = cli({"image", "list", "--json", "--library", lib_});
+  ASSERT_EQ(l.code, 0) << l.out;
+  EXPECT_TRUE(contains(l.out, R"("version":"efi-app","boot":"disk","firmware":"efi")")) << l.out;
+  EXPECT_TRUE(contains(l.out, R"("version":"bios-app","boot":"disk","firmware":"bios")")) << l.out;
+}
+
 TEST_F(ImageCli, TheDefaultLibraryComesFromTheEnvironment) {
   const std::string disk = raw_ext4("d.raw");
   auto add_default = [&](const std::string& name, const std::map<std::string, std::string>& env) {

@@ -232,6 +232,53 @@ TEST(DomainSpec, RejectsBadOsDiskSettingsNamingTheField) {
   EXPECT_TRUE(validate(s).ok()) << "a raw OS disk with its own bootloader";
 }
 
+// A disk with its own bootloader under UEFI: OVMF's code read-only from the firmware package, the
+// variable store the VM's own file.
+TEST(DomainSpec, UefiRendersTheReadOnlyLoaderAndTheVmsOwnNvramBeforeTheBootDevice) {
+  auto s = os_disk_sample();
+  s.boot = {};
+  s.firmware = {"/usr/share/OVMF/OVMF_CODE_4M.fd", "/lab/web-0.d/efivars.fd"};
+  for (const char* type : {"qemu", "test"}) {
+    auto xml = render_domain_xml(s, type);
+    ASSERT_TRUE(xml.ok()) << xml.error().describe();
+    EXPECT_NE(xml->find(">hvm</type>\n"
+                        "    <loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>\n"
+                        "    <nvram>/lab/web-0.d/efivars.fd</nvram>\n"
+                        "    <boot dev='hd'/>\n  </os>"),
+              std::string::npos)
+        << *xml;
+  }
+  // Direct kernel boot under UEFI works too (OVMF loads the kernel QEMU hands it).
+  s = os_disk_sample();
+  s.firmware = {"/fw/code.fd", "/lab/vars.fd"};
+  auto xml = render_domain_xml(s, "qemu");
+  ASSERT_TRUE(xml.ok()) << xml.error().describe();
+  EXPECT_NE(xml->find("<nvram>/lab/vars.fd</nvram>\n    <kernel>/img/debian-v1/vmlinuz</kernel>"), std::string::npos)
+      << *xml;
+  // BIOS: no loader at all (QEMU's SeaBIOS).
+  xml = render_domain_xml(os_disk_sample(), "qemu");
+  ASSERT_TRUE(xml.ok());
+  EXPECT_EQ(xml->find("<loader"), std::string::npos) << *xml;
+  EXPECT_EQ(xml->find("<nvram"), std::string::npos) << *xml;
+}
+
+TEST(DomainSpec, RejectsHalfAFirmwareNamingTheField) {
+  auto refused = [](const Firmware& f, const std::string& field) {
+    auto s = os_disk_sample();
+    s.firmware = f;
+    auto st = validate(s);
+    ASSERT_FALSE(st.ok()) << "accepted, expected an error naming " << field;
+    EXPECT_EQ(st.condition(), Condition::invalid_argument);
+    EXPECT_NE(st.error().message.find(field), std::string::npos) << st.error().message;
+  };
+  refused({"/fw/code.fd", ""}, "firmware.nvram");
+  refused({"", "/lab/vars.fd"}, "firmware.loader");
+  refused({"fw/code.fd", "/lab/vars.fd"}, "firmware.loader");
+  refused({"/fw/code.fd", "lab/vars.fd"}, "firmware.nvram");
+  refused({"/fw/code.fd", "/fw/code.fd"}, "firmware.nvram");
+  refused({"/fw/co\nde.fd", "/lab/vars.fd"}, "firmware.loader");
+}
+
 TEST(InstanceMetadata, RoundTripsThroughXml) {
   InstanceMetadata m{"wo'rker", 2, 2, 0, "v2"};
   auto back = parse_metadata_xml(render_metadata_xml(m));

@@ -649,6 +649,29 @@ TEST_F(DiskImageManifestTest, BootDiskNeedsNoKernelAndBootKernelDoes) {
   EXPECT_TRUE(contains(open_error(dir()).message, "images[0].boot must be \"kernel\" or \"disk\""));
 }
 
+// firmware: what the VM starts; bios unless the entry says efi, and nothing else is accepted.
+TEST_F(DiskImageManifestTest, FirmwareIsBiosUnlessTheEntrySaysEfiAndAnythingElseIsRefused) {
+  make_image(dir(), "debian-v1");
+  make_image(dir(), "debian-efi-v1");
+  std::string efi = entry(dir(), "debian-efi-v1", "disk", {"kernel", "initrd", "cmdline"});
+  efi.insert(efi.find(R"(, "disk")"), R"(, "firmware": "efi")");
+  manifest(dir(), {entry(dir(), "debian-v1"), efi});
+  auto store = GuestImageStore::open(dir());
+  ASSERT_TRUE(store.ok()) << store.error().describe();
+  EXPECT_EQ(store->get("debian-v1")->firmware, "bios");
+  EXPECT_EQ(store->get("debian-efi-v1")->firmware, "efi");
+  EXPECT_EQ(to_json(*store->get("debian-efi-v1")).at("firmware").as_string(), "efi");
+
+  for (const char* bad : {R"("uefi")", R"("")", "1"}) {
+    std::string e = entry(dir(), "debian-efi-v1", "disk", {"kernel", "initrd", "cmdline"});
+    e.insert(e.find(R"(, "disk")"), std::string(R"(, "firmware": )") + bad);
+    manifest(dir(), {e});
+    Error err = open_error(dir());
+    EXPECT_EQ(err.condition, Condition::invalid_argument) << bad;
+    EXPECT_TRUE(contains(err.message, "images[0].firmware")) << err.message;
+  }
+}
+
 TEST_F(DiskImageManifestTest, ADiskThatIsRefusedOrDiffersFromTheManifestNamesTheImage) {
   make_image(dir(), "debian-v1");
   manifest(dir(), {entry(dir(), "debian-v1", "kernel", {}, "raw")});

@@ -68,6 +68,10 @@ struct AgentOptions {
   // Creating an instance (or reimaging one) that could leave less than this free in the state
   // directory's file system is refused before anything is made.
   uint64_t disk_reserve_mib = 256;
+  // UEFI firmware for images with firmware: efi (Debian's ovmf package): the code, shared and
+  // read-only, and the variable store template each such instance gets its own copy of.
+  std::string ovmf_code = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+  std::string ovmf_vars = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 };
 
 struct InstanceSpec {

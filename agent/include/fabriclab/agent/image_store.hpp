@@ -97,6 +97,7 @@ Result<std::string> write_synthetic_host_image(const std::string& path, const st
 struct GuestImageInfo {
   std::string version;          // "v1", "debian-v1", ...
   std::string boot = "kernel";  // "kernel" (direct kernel boot) | "disk" (its own bootloader)
+  std::string firmware = "bios";  // "bios" (SeaBIOS) | "efi" (UEFI: OVMF, a per-instance NVRAM)
   std::string kernel;           // absolute paths (relative ones in a manifest are resolved
   std::string initrd;           // against its directory); "" when boot: disk gives none
   std::string sha256_kernel;    // lower-case hex
@@ -122,10 +123,11 @@ std::string cmdline_problem(const std::string& cmdline);
 //  - the built-in guests (testbed/build-images.sh, build/images/manifest.json):
 //      {"images":[{"version","kernel","initrd","sha256_kernel","sha256_initrd"}]}
 //  - OS disk images (testbed/build-debian-image.sh, and the `fabriclab image` library):
-//      {"images":[{"name","boot":"kernel"|"disk","cmdline",
+//      {"images":[{"name","boot":"kernel"|"disk","firmware":"bios"|"efi"?,"cmdline",
 //                  "disk":{"path","format":"qcow2"|"raw","sha256","virtual_size"?,"bytes"?},
 //                  "kernel":{"path","sha256"}?,"initrd":{"path","sha256"}?}]}
-//    boot: kernel needs kernel, initrd and a cmdline; boot: disk needs neither.
+//    boot: kernel needs kernel, initrd and a cmdline; boot: disk needs neither. firmware (default
+//    bios) is what the VM starts: an image whose bootloader is an EFI program needs "efi".
 // open() checks every OS disk with hypervisor::check_os_disk (format, no backing chain, qcow2
 // integrity, looks like a disk) and compares the recorded format and virtual size with what
 // qemu-img finds, but hashes nothing (a disk is large): verify() does, before an image is used.

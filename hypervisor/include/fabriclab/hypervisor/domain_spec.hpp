@@ -50,6 +50,18 @@ struct BootImage {
   bool operator==(const BootImage&) const = default;
 };
 
+// The firmware the VM starts: SeaBIOS (the default, loader empty), or UEFI (OVMF) from a
+// read-only code file plus the VM's own variable store (NVRAM), a copy of the firmware's VARS
+// template that the caller makes and keeps (boot entries and settings live there).
+// Rendered as <loader readonly='yes' type='pflash'>LOADER</loader><nvram>NVRAM</nvram>.
+struct Firmware {
+  std::string loader;  // absolute path of the UEFI code (e.g. OVMF_CODE_4M.fd); empty: BIOS
+  std::string nvram;   // absolute path of this VM's variable store; required with a loader
+
+  bool uefi() const { return !loader.empty(); }
+  bool operator==(const Firmware&) const = default;
+};
+
 // The guest's network card: a virtio NIC on a host bridge (the agent's --guest-bridge), rendered
 // as <interface type='bridge'><mac address=MAC/><source bridge=BRIDGE/><model type='virtio'/>.
 // libvirt's test driver accepts it too (it invents a tap name and needs no bridge).
@@ -69,6 +81,7 @@ struct DomainSpec {
   uint32_t memory_mib = 128;         // 32..65536
   uint32_t vcpus = 1;                // 1..64
   BootImage boot;                    // direct kernel boot, or from the OS disk (kernel empty)
+  Firmware firmware;                 // BIOS unless firmware.loader is set
   bool acpi = true;                  // without it ACPI shutdown silently does nothing
   std::string console_log;           // serial console appended to this file; empty: none
   // Disks: with an OS disk it is vda and the data disk vdb; without one the data disk is vda

@@ -4,7 +4,7 @@
 //
 // A library is a directory in the layout of testbed/build-debian-image.sh's output, so the agent
 // reads it with the same GuestImageStore code:
-//   DIR/manifest.json   {"library":"fabriclab image","images":[{"name","boot","cmdline",
+//   DIR/manifest.json   {"library":"fabriclab image","images":[{"name","boot","firmware","cmdline",
 //                        "disk":{"path":"NAME/disk.qcow2","format","virtual_size","bytes","sha256"},
 //                        "kernel":{"path","sha256"},"initrd":{"path","sha256"},"added_at","source"}]}
 //   DIR/NAME/disk.qcow2 | disk.raw, vmlinuz, initrd.img   read-only (0444) copies
@@ -36,13 +36,14 @@ struct ImageAddRequest {
   std::string initrd;   // boot: kernel only
   std::string cmdline;  // boot: kernel only: at most 1024 printable ASCII bytes, one line
   std::string boot;     // "kernel" | "disk"; "": kernel when a kernel, initrd or cmdline is given
+  std::string firmware;  // "bios" | "efi" (UEFI, OVMF: a disk whose bootloader is an EFI program); "": bios
 };
 
 // Limits on the kernel and initrd files.
 inline constexpr uint64_t kMaxBootFileBytes = 1ull << 30;
 
 // Adds an image to `library` (created if needed) and returns it as the agent will read it.
-// Errors, each before anything is created: a bad or built-in name, a bad boot kind or cmdline, a
+// Errors, each before anything is created: a bad or built-in name, a bad boot kind, firmware or cmdline, a
 // kernel/initrd/cmdline missing for boot: kernel or given for boot: disk -> invalid_argument
 // naming it; a file that does not exist -> not_found naming it; a disk check_os_disk refuses ->
 // invalid_argument with its reason; a kernel that is not a bzImage, or an empty or oversized
