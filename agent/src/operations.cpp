@@ -332,7 +332,8 @@ void HostAgent::Impl::run_job(const std::string& id, bool resumed) {
   }
   bool all_up = connected;
   if (connected) {
-    all_up = for_each_guest(op.running_before, false, [&](const std::string& name) { return ensure_running(name); }).ok();
+    auto up = [&](const std::string& name) { return ensure_running(name); };
+    all_up = for_each_guest(op.running_before, false, up).ok();
   }
   // Offline: the hypervisor could not be reached again (a host that did not come back).
   const HostState end_state = !connected ? HostState::offline : all_up ? HostState::ready : HostState::unhealthy;

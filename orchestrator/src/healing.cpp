@@ -41,7 +41,7 @@ namespace {
 
 // One service as healing sees it: where its instances are (survivors, then the re-placed ones).
 struct ServiceLayout {
-  std::unordered_map<int, int> ud_on;       // host index -> UD
+  std::unordered_map<int, int> ud_on;        // host index -> UD
   std::map<int, std::set<int>> uds_in_slot;  // slot -> UDs on the slotted hosts of that slot
   std::map<int, int> slot_of_ud;             // UD -> a slot one of its instances is on
   std::map<int, int> in_fd;                  // fault domain -> instances there
@@ -57,7 +57,8 @@ struct ServiceLayout {
   // No other UD of the service in `slot`: a host there holding `ud` keeps the slots a walk.
   bool slot_free_for(int slot, int ud) const {
     auto it = uds_in_slot.find(slot);
-    return it == uds_in_slot.end() || std::all_of(it->second.begin(), it->second.end(), [&](int u) { return u == ud; });
+    return it == uds_in_slot.end() ||
+           std::all_of(it->second.begin(), it->second.end(), [&](int u) { return u == ud; });
   }
 };
 

@@ -37,8 +37,10 @@ class AgentWithFourGuests : public AgentFixture {
     for (auto& e : events_of_type("instance.state")) {
       const std::string status(e["status"].as_string());
       // The monitor also reports the health change of a stopping guest ("healthy": false).
-      if (status == "Stopping" && !e.contains("healthy")) out.emplace_back(std::string(e["name"].as_string()), true);
-      if (status == "Stopped" && e.contains("stop_method")) out.emplace_back(std::string(e["name"].as_string()), false);
+      if (status == "Stopping" && !e.contains("healthy"))
+        out.emplace_back(std::string(e["name"].as_string()), true);
+      if (status == "Stopped" && e.contains("stop_method"))
+        out.emplace_back(std::string(e["name"].as_string()), false);
     }
     return out;
   }
@@ -70,7 +72,8 @@ TEST_F(AgentWithFourGuests, AHostOsUpdateStopsFourGuestsInAboutOneGuestsStopTime
   for (auto& g : job["guests"].as_array()) {
     auto& r = g.as_object();
     EXPECT_TRUE(r["ok"].as_bool()) << json::serialize(r);
-    EXPECT_GE(r["ack_ms"].as_int64(), 0) << "each guest acked the one scheduled event: " << json::serialize(r);
+    EXPECT_GE(r["ack_ms"].as_int64(), 0)
+        << "each guest acked the one scheduled event: " << json::serialize(r);
     EXPECT_EQ(r["stop_method"].as_string(), "graceful");
     EXPECT_GE(r["stop_ms"].as_int64(), 0);
     EXPECT_NE(r["boot_id_after"].as_string(), r["boot_id_before"].as_string());
@@ -80,7 +83,8 @@ TEST_F(AgentWithFourGuests, AHostOsUpdateStopsFourGuestsInAboutOneGuestsStopTime
   }
   EXPECT_EQ(most_stopping_at_once(), 4) << "all four guests were stopping at the same time";
   // One after another the stops alone would take 4 x 1.5 s.
-  EXPECT_LT(took, 3 * kPowerOff) << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
+  EXPECT_LT(took, 3 * kPowerOff)
+      << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
   EXPECT_EQ(agent_->host_json()["state"].as_string(), "Ready");
 }
 
@@ -98,7 +102,8 @@ TEST_F(AgentWithFourGuests, OneGuestAtATimeIsStillThereAndTakesFourStopTimes) {
 TEST_F(AgentWithFourGuests, ACancelWhileTwoStopStopsNoMoreAndRestartsOnlyThoseTwo) {
   open(2);
   std::map<std::string, std::string> before;
-  for (int i = 0; i < 4; ++i) before["web-" + std::to_string(i)] = boot_id("web-" + std::to_string(i));
+  for (int i = 0; i < 4; ++i)
+    before["web-" + std::to_string(i)] = boot_id("web-" + std::to_string(i));
   const auto image_before = agent_->host_json()["host_image"];
   auto job = agent_->start_operation({OperationKind::host_os, "host-2", false, 0});
   ASSERT_OK(job);
@@ -107,25 +112,29 @@ TEST_F(AgentWithFourGuests, ACancelWhileTwoStopStopsNoMoreAndRestartsOnlyThoseTw
   for (auto deadline = Clock::now() + 5s; Clock::now() < deadline && stop_events().size() < 2;) {
     std::this_thread::sleep_for(10ms);
   }
-  ASSERT_EQ(stop_events().size(), 2u) << "two guests stopping at once (the bound), none stopped yet";
+  ASSERT_EQ(stop_events().size(), 2u)
+      << "two guests stopping at once (the bound), none stopped yet";
   ASSERT_OK(agent_->cancel(id));
   ASSERT_TRUE(agent_->wait_idle(30s));
   auto done = agent_->job_json(id);
   ASSERT_OK(done);
   EXPECT_EQ(done->at("status").as_string(), "cancelled") << json::serialize(*done);
-  EXPECT_NE(std::string(done->at("error").as_string()).find("cancelled while stopping guests"), std::string::npos)
+  EXPECT_NE(std::string(done->at("error").as_string()).find("cancelled while stopping guests"),
+            std::string::npos)
       << json::serialize(*done);
   EXPECT_EQ(most_stopping_at_once(), 2);
   std::set<std::string> stopped;
   for (auto& [name, stopping] : stop_events()) {
     if (stopping) stopped.insert(name);
   }
-  EXPECT_EQ(stopped, (std::set<std::string>{"web-0", "web-1"})) << "the stops begun before the cancel, no more";
+  EXPECT_EQ(stopped, (std::set<std::string>{"web-0", "web-1"}))
+      << "the stops begun before the cancel, no more";
   for (int i = 0; i < 4; ++i) {
     const std::string name = "web-" + std::to_string(i);
     wait_status(name, "Healthy", 5s);
     if (stopped.count(name)) {
-      EXPECT_NE(boot_id(name), before[name]) << name << " was stopped and started again by the rollback";
+      EXPECT_NE(boot_id(name), before[name])
+          << name << " was stopped and started again by the rollback";
     } else {
       EXPECT_EQ(boot_id(name), before[name]) << name << " was never stopped: it kept running";
     }
