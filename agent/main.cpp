@@ -81,6 +81,10 @@ int main(int argc, char** argv) {
   app.add_option("--stop-timeout-ms", stop_ms, "Graceful shutdown window before destroy")->capture_default_str();
   app.add_option("--boot-timeout-ms", boot_ms, "How long a guest may take to heartbeat after start")
       ->capture_default_str();
+  app.add_option("--parallel-guests", o.parallel_guests,
+                 "Guests an operation stops and starts at once (1: one after another)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
   app.add_option("--boot-delay-ms", boot_delay_ms, "Emulated host boot time during a host reboot")
       ->capture_default_str();
   std::vector<std::string> lab_host_images;

@@ -1,16 +1,22 @@
 #pragma once
 // Private: the host agent's state and the helpers its operations share.
 //
-// Locking: `mu_` guards the in-memory model (persisted state, slots, jobs); `lv_mu_` serialises
-// use of the hypervisor connection (which a host reboot replaces). Order: lv_mu_ before mu_.
+// Locking: `mu_` guards the in-memory model (persisted state, slots, jobs); `lv_mu_` guards the
+// hypervisor connection (which a host reboot replaces). It is shared: calls on one guest's domain
+// (start, stop, save, resume) take it shared, since libvirt runs calls on different domains
+// concurrently and an operation stops and starts a host's guests in parallel (each waiting
+// seconds for a power-off or a boot); replacing the connection, defining and undefining domains
+// take it exclusive. Order: lv_mu_ before mu_.
 // Never publish an event or destroy a GuestLink while holding mu_: the feed's snapshot callback
 // and the links' reader threads both take mu_.
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <thread>
 #include <vector>
 
@@ -133,7 +139,7 @@ struct HostAgent::Impl {
   std::mutex store_mu;
   std::optional<GuestImageStore> guest_store;
 
-  std::mutex lv_mu;
+  std::shared_mutex lv_mu;
   std::unique_ptr<hypervisor::Connection> conn;
   int conn_sub = -1;
   bool simulated = false;  // test driver: SimGuests stand in for the guest program
@@ -173,9 +179,9 @@ struct HostAgent::Impl {
   Result<hypervisor::Domain> redefine_domain(const InstanceRecord& rec);
   // The built-in guest's kernel command line (mode, drain, heartbeat period, address).
   std::string builtin_cmdline(const InstanceRecord& rec) const;
-  Result<hypervisor::Domain> domain(const std::string& name);           // lv_mu held
-  Status start_guest(const std::string& name);                          // lv_mu held
-  Result<hypervisor::ShutdownResult> stop_guest(const std::string& name, bool force);  // lv_mu held
+  Result<hypervisor::Domain> domain(const std::string& name);           // lv_mu held (shared will do)
+  Status start_guest(const std::string& name);                          // lv_mu held (shared will do)
+  Result<hypervisor::ShutdownResult> stop_guest(const std::string& name, bool force);  // lv_mu held (shared will do)
   void drop_link(const std::string& name);
   void on_message(const std::string& name, const ReceivedMessage& m);
   void on_lifecycle(const hypervisor::LifecycleEvent& e);
@@ -247,21 +253,30 @@ struct HostAgent::Impl {
   // StartingGuests: starts every guest the operation stopped; returns when each was started
   // (empty when a resumed operation is already past this step).
   Result<std::map<std::string, Clock::time_point>> start_stopped(Job& job, OperationRecord& op);
+  // Runs `fn` for each of `names`, up to opt.parallel_guests at once, beginning them in the order
+  // of `names`. With `stop_at_error`, no name is begun after a failure (those in flight finish).
+  // Returns the failure of the earliest name in `names` that failed (fn's errors name the guest).
+  Status for_each_guest(const std::vector<std::string>& names, bool stop_at_error,
+                        const std::function<Status(const std::string&)>& fn);
   // Notifying then StoppingGuests, shared by the host-os and guest-os updates: captures the
-  // guests' state, posts the event, and stops each running guest not yet stopped with `stop`
-  // (which fills in its report's stop method and time), persisting the progress after each. A
-  // cancel is honoured before each guest.
+  // guests' state, posts the event, and stops the running guests not yet stopped with `stop`
+  // (which fills in its report's stop method and time), in parallel (for_each_guest), persisting
+  // the progress after each. `stop` is called without lv_mu or mu and must take lv_mu shared. A
+  // cancel is honoured before each guest is begun; the guests stopped so far are listed in
+  // op.stopped (the rollback's list).
   using StopOne = std::function<Status(const std::string& name, GuestReport& report)>;
   Status notify_and_stop(Job& job, OperationRecord& op, const StopOne& stop);
-  // Verifying, shared by the updates: waits for each started guest to be healthy (expecting
+  // Verifying, shared by the updates: waits (in parallel) for each started guest to be healthy (expecting
   // `expect_image` when not empty; a memory-preserving update expects the same boot id), records
   // what it shows after, and returns the first failure. `unhealthy` (may be empty) is called for
   // a guest that failed and returns the error to report for it (e.g. after a rollback); `done`
-  // (may be empty) runs for every guest once it is verified or given up.
+  // (may be empty) runs for every guest once it is verified or given up. Both run on the guest's
+  // own worker and may touch only that guest's report.
   using OnUnhealthy = std::function<Status(const std::string& name, GuestReport& report, const Status& why)>;
   Status verify_started(Job& job, OperationRecord& op, const std::map<std::string, Clock::time_point>& started,
                         const std::string& expect_image, const OnUnhealthy& unhealthy,
                         const std::function<void(const std::string&)>& done);
+  // Starts again (in parallel) every guest that was running before the operation.
   void rollback_stopped(OperationRecord& op, const std::string& why);
   // Makes sure `name` runs: starts it when its VM is off, waits for it to be healthy or to stop
   // (a guest a killed agent had asked to power off still does so) and starts it again then.

@@ -125,6 +125,10 @@ Result<std::unique_ptr<HostAgent>> HostAgent::create(AgentOptions options,
     }
     if (!subnet) return make_error(Condition::invalid_argument, "dhcp_hosts_dir needs guest_subnet");
   }
+  if (options.parallel_guests < 1 || options.parallel_guests > 64) {
+    return make_error(Condition::invalid_argument,
+                      "parallel_guests must be in 1..64, not " + std::to_string(options.parallel_guests));
+  }
   std::error_code ec;
   for (const char* sub : {"", "/vm", "/s", "/sim"}) fs::create_directories(options.state_dir + sub, ec);
   if (ec) return make_error(Condition::transient, "cannot create " + options.state_dir + ": " + ec.message());
@@ -403,6 +407,7 @@ Result<hypervisor::ShutdownResult> HostAgent::Impl::stop_guest(const std::string
   const auto before = d.state();
   const bool was_on = before.ok() && *before != DomainState::shut_off;
   hypervisor::ShutdownResult r;
+  if (simulated && !force && was_on && opt.sim_power_off.count() > 0) std::this_thread::sleep_for(opt.sim_power_off);
   if (force) {
     if (was_on) FL_RETURN_IF_ERROR(d.destroy());
     r.method = hypervisor::StopMethod::destroyed;
@@ -791,7 +796,7 @@ Result<json::object> HostAgent::create_instance(const InstanceSpec& spec) {
 Status HostAgent::start_instance(const std::string& name) {
   auto& p = *impl_;
   FL_RETURN_IF_ERROR(p.check_not_updating("it starts no instance"));
-  std::lock_guard lv(p.lv_mu);
+  std::shared_lock lv(p.lv_mu);  // one domain: several instances may start at once
   FL_RETURN_IF_ERROR(p.set_want_running(name, true));
   return p.start_guest(name);
 }
@@ -799,7 +804,7 @@ Status HostAgent::start_instance(const std::string& name) {
 Status HostAgent::stop_instance(const std::string& name) {
   auto& p = *impl_;
   FL_RETURN_IF_ERROR(p.check_not_updating("it stops no instance on request"));
-  std::lock_guard lv(p.lv_mu);
+  std::shared_lock lv(p.lv_mu);  // one domain: several instances may stop at once
   FL_RETURN_IF_ERROR(p.set_want_running(name, false));
   FL_RETURN_IF_ERROR(p.stop_guest(name, false));
   return {};

@@ -6,8 +6,17 @@
 // and the job fails saying so; from SwappingImage on it is rolled forward, since the swap is
 // idempotent and the guests are down anyway. Either way no guest that was running stays stopped
 // without the job and the feed saying which.
+//
+// A host's guests stop, start and are verified in parallel (up to opt.parallel_guests at once,
+// for_each_guest): done one after another, the first guest's down time would include every
+// other guest's stop, and the last guest's its neighbours' boots. Each guest's notice and ack are
+// the one scheduled event's, as before. The workers share the job and the operation record: a
+// worker fills in a copy of its guest's report and writes it back, with op.stopped and the
+// persisted progress, under one `progress` mutex; lv_mu is held shared around a guest's own
+// libvirt calls, so one guest's wait for its power-off does not hold up another's.
 
 #include <functional>
+#include <shared_mutex>
 #include <thread>
 
 #include "agent_impl.hpp"
@@ -198,7 +207,7 @@ Status HostAgent::Impl::ensure_running(const std::string& name) {
   const auto deadline = Clock::now() + opt.stop_timeout + opt.boot_timeout;
   while (Clock::now() < deadline && !stopping) {
     {
-      std::lock_guard lv(lv_mu);
+      std::shared_lock lv(lv_mu);
       FL_ASSIGN_OR_RETURN(auto d, domain(name));
       FL_ASSIGN_OR_RETURN(auto st, d.state());
       if (st == DomainState::paused) {
@@ -220,11 +229,47 @@ Status HostAgent::Impl::ensure_running(const std::string& name) {
 // Restarts every guest that was running before the operation, on what it ran before.
 void HostAgent::Impl::rollback_stopped(OperationRecord& op, const std::string& why) {
   logger("agent")->warn("[host:{}][job:{}] rolling back: {}", opt.host_id, op.id, why);
-  for (const auto& name : op.running_before) {
-    if (auto s = ensure_running(name); !s.ok()) {
+  (void)for_each_guest(op.running_before, false, [&](const std::string& name) -> Status {
+    auto s = ensure_running(name);
+    if (!s.ok()) {
       publish("instance.state", {{"name", name}, {"status", to_string(InstanceStatus::failed)}, {"reason", s.error().message}});
     }
+    return s;
+  });
+}
+
+Status HostAgent::Impl::for_each_guest(const std::vector<std::string>& names, bool stop_at_error,
+                                       const std::function<Status(const std::string&)>& fn) {
+  std::mutex m;
+  size_t next = 0;
+  bool failed = false;
+  std::vector<Status> results(names.size());
+  auto work = [&] {
+    for (;;) {
+      size_t i;
+      {
+        std::lock_guard lock(m);
+        if (next >= names.size() || (stop_at_error && failed)) return;
+        i = next++;
+      }
+      Status s = fn(names[i]);
+      std::lock_guard lock(m);
+      if (!s.ok()) failed = true;
+      results[i] = std::move(s);
+    }
+  };
+  const size_t n = std::min(names.size(), static_cast<size_t>(std::max(opt.parallel_guests, 1)));
+  if (n <= 1) {
+    work();
+  } else {
+    std::vector<std::thread> workers;
+    for (size_t i = 0; i < n; ++i) workers.emplace_back(work);
+    for (auto& t : workers) t.join();
   }
+  for (auto& s : results) {
+    if (!s.ok()) return s;
+  }
+  return {};
 }
 
 void HostAgent::Impl::restart_failed_guests() {
@@ -286,8 +331,9 @@ void HostAgent::Impl::run_job(const std::string& id, bool resumed) {
     connected = conn != nullptr;
   }
   bool all_up = connected;
-  for (const auto& name : op.running_before) {
-    if (!connected || !ensure_running(name).ok()) all_up = false;
+  if (connected) {
+    auto up = [&](const std::string& name) { return ensure_running(name); };
+    all_up = for_each_guest(op.running_before, false, up).ok();
   }
   // Offline: the hypervisor could not be reached again (a host that did not come back).
   const HostState end_state = !connected ? HostState::offline : all_up ? HostState::ready : HostState::unhealthy;
@@ -326,11 +372,15 @@ Result<std::map<std::string, Clock::time_point>> HostAgent::Impl::start_stopped(
                                                                                OperationRecord& op) {
   std::map<std::string, Clock::time_point> started;
   if (op.step != UpdateStep::starting_guests) return started;  // resumed past this step
-  std::lock_guard lv(lv_mu);
-  for (const auto& name : op.stopped) {
-    started[name] = Clock::now();
-    FL_RETURN_IF_ERROR(start_guest(name));
-  }
+  std::mutex m;
+  FL_RETURN_IF_ERROR(for_each_guest(op.stopped, true, [&](const std::string& name) -> Status {
+    {
+      std::lock_guard lock(m);
+      started[name] = Clock::now();
+    }
+    std::shared_lock lv(lv_mu);
+    return start_guest(name);
+  }));
   set_step(job, op, UpdateStep::verifying);
   return started;
 }
@@ -341,44 +391,59 @@ Status HostAgent::Impl::notify_and_stop(Job& job, OperationRecord& op, const Sto
   FL_RETURN_IF_ERROR(notify_guests(job, op, op.running_before));
   if (cancelled(job)) return make_error(Condition::cancelled, "cancelled before any guest was stopped");
   set_step(job, op, UpdateStep::stopping_guests);
+  std::vector<std::string> to_stop;
   for (const auto& name : op.running_before) {
     if (std::find(op.stopped.begin(), op.stopped.end(), name) != op.stopped.end()) continue;
+    to_stop.push_back(name);
+    report_of(job, name);  // made now, so no worker adds to job.guests
+  }
+  std::mutex progress;  // op, job (its reports) while the workers run
+  return for_each_guest(to_stop, true, [&](const std::string& name) -> Status {
     if (cancelled(job)) return make_error(Condition::cancelled, "cancelled while stopping guests");
-    auto* r = report_of(job, name);
+    GuestReport r;
+    {
+      std::lock_guard p(progress);
+      r = *report_of(job, name);
+    }
     {
       std::lock_guard lock(mu);
-      record_before(*r, slots[name]);
+      record_before(r, slots[name]);
     }
-    FL_RETURN_IF_ERROR(stop(name, *r));
+    Status s = stop(name, r);
+    std::lock_guard p(progress);
+    *report_of(job, name) = r;
+    if (!s.ok()) return s;
     op.stopped.push_back(name);
     set_step(job, op, UpdateStep::stopping_guests);  // persists the progress
-  }
-  return {};
+    return {};
+  });
 }
 
 Status HostAgent::Impl::verify_started(Job& job, OperationRecord& op,
                                        const std::map<std::string, Clock::time_point>& started,
                                        const std::string& expect_image, const OnUnhealthy& unhealthy,
                                        const std::function<void(const std::string&)>& done) {
-  Status first_error;
-  for (const auto& name : op.stopped) {
-    auto* r = report_of(job, name);
+  // Every report exists before the workers start: each touches only its own.
+  std::map<std::string, GuestReport*> reports;
+  for (const auto& name : op.stopped) reports[name] = report_of(job, name);
+  return for_each_guest(op.stopped, false, [&](const std::string& name) -> Status {
+    GuestReport* r = reports.at(name);
     auto it = started.find(name);
     auto since = it != started.end() ? it->second : Clock::time_point{};
     auto s = wait_healthy(name, since, opt.boot_timeout, expect_image,
                           op.request.memory_preserving ? r->boot_id_before : "");
+    Status reported;
     if (!s.ok()) {
       r->error = s.error().message;
-      Status reported = unhealthy ? unhealthy(name, *r, s) : s;
-      if (first_error.ok()) first_error = reported;
+      reported = unhealthy ? unhealthy(name, *r, s) : s;
     }
     if (s.ok()) capture_after(*r, name);
     if (done) done(name);
     std::lock_guard lock(mu);
     record_after(*r, slots[name]);
     r->ok = s.ok() && r->counter_after >= r->counter_before && data_held(*r);
-  }
-  return first_error;
+    return reported;
+  });
 }
 
 Status HostAgent::Impl::run_host_os(Job& job, OperationRecord& op, bool resumed) {
@@ -394,7 +459,7 @@ Status HostAgent::Impl::run_host_os(Job& job, OperationRecord& op, bool resumed)
       return make_error(v.condition(), "host image '" + req.target + "' refused: " + v.error().message);
     }
     FL_RETURN_IF_ERROR(notify_and_stop(job, op, [&](const std::string& name, GuestReport& r) -> Status {
-      std::lock_guard lv(lv_mu);
+      std::shared_lock lv(lv_mu);
       if (req.memory_preserving) {
         auto t0 = Clock::now();
         FL_ASSIGN_OR_RETURN(auto d, domain(name));
@@ -451,7 +516,7 @@ Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed
   FL_ASSIGN_OR_RETURN(auto target, guest_store->verify(req.target));
   if (!resumed) {
     FL_RETURN_IF_ERROR(notify_and_stop(job, op, [&](const std::string& name, GuestReport& r) -> Status {
-      std::lock_guard lv(lv_mu);
+      std::shared_lock lv(lv_mu);
       FL_ASSIGN_OR_RETURN(auto stopped, stop_guest(name, false));
       r.stop_method = std::string(hypervisor::to_string(stopped.method));
       r.stop_ms = stopped.elapsed.count();
@@ -525,13 +590,13 @@ Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed
       {
         // stop_guest waits for the destroy's own stopped event, so it is not taken for the
         // restarted guest stopping.
-        std::lock_guard lv(lv_mu);
+        std::shared_lock lv(lv_mu);
         (void)stop_guest(name, true);
       }
       auto back = point_back(name);
       Clock::time_point again = Clock::now();
       if (back.ok()) {
-        std::lock_guard lv(lv_mu);
+        std::shared_lock lv(lv_mu);
         back = start_guest(name);
       }
       if (back.ok()) back = wait_healthy(name, again, opt.boot_timeout, prev, "");

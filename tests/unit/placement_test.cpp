@@ -8,9 +8,12 @@
 
 #include <boost/json/serialize.hpp>
 #include <map>
+#include <optional>
+#include <random>
 #include <set>
 
 #include "fabriclab/orchestrator/cluster.hpp"
+#include "fabriclab/orchestrator/planner.hpp"
 
 namespace fabriclab::orchestrator {
 namespace {
@@ -215,6 +218,159 @@ TEST(Healing, AllInstancesOfADeadHostKeepTheUdRule) {
     apply_healing(copy, *plan);
     ASSERT_TRUE(validate_cluster(copy).ok()) << validate_cluster(copy).error().describe();
     for (const auto& p : plan->placed) EXPECT_NE(p.host, copy.hosts[dead].id);
+  }
+}
+
+// Healing and the walk: a hand-made allocator-style layout (every used host slotted, each
+// service's UDs on distinct slots).
+struct SlottedRack {
+  Cluster c;
+  void host(std::string id, int fd, int capacity, std::optional<int> slot) {
+    Host h{std::move(id), fd, capacity};
+    h.ud_slot = slot;
+    c.hosts.push_back(std::move(h));
+  }
+  void put(const std::string& service, int index, int ud, const std::string& host) {
+    c.instances.push_back(Instance{service, index, ud, c.find_host(host)->fault_domain, host});
+  }
+};
+
+// web (3 UDs) over FD0..2 on slots 0, 1, 2; `other` (4 UDs) fills slots 0..3, so the walk's bound
+// is 4. web/0's host a0 dies. FD1 and FD2 hold one web each (a tie); UD0's own slot has no room
+// in either; b2 (FD1, slot 1) has the most room but slot 1 holds web's UD1; c0 (FD2, slot 3)
+// holds no web at all.
+SlottedRack web_on_three_slots(int c0_capacity) {
+  SlottedRack r;
+  r.host("a0", 0, 2, 0);
+  r.host("b0", 1, 1, 0);
+  r.host("b1", 1, 2, 1);
+  r.host("b2", 1, 6, 1);
+  r.host("c1", 2, 2, 2);
+  r.host("c0", 2, c0_capacity, 3);
+  r.c.services = {svc("web", 3, 3), svc("other", 4, 4)};
+  r.put("web", 0, 0, "a0");
+  r.put("web", 1, 1, "b1");
+  r.put("web", 2, 2, "c1");
+  r.put("other", 0, 0, "b0");
+  r.put("other", 1, 1, "b2");
+  r.put("other", 2, 2, "c1");
+  r.put("other", 3, 3, "c0");
+  r.c.find_host("a0")->state = HostState::unhealthy;
+  return r;
+}
+
+TEST(Healing, PrefersASlotFreeOfTheServicesOtherUdsOverTheMostRoom) {
+  SlottedRack r = web_on_three_slots(2);
+  ASSERT_TRUE(validate_cluster(r.c).ok()) << validate_cluster(r.c).error().describe();
+  auto plan = place_again(r.c, {*r.c.find_instance("web", 0)});
+  ASSERT_TRUE(plan.ok()) << plan.error().describe();
+  ASSERT_EQ(plan->placed.size(), 1u);
+  EXPECT_EQ(plan->placed[0].host, "c0") << "slot 3 holds no web: the walk keeps its bound";
+  EXPECT_EQ(plan->placed[0].ud, 0);
+  EXPECT_EQ(plan->off_slot, 0);
+  EXPECT_TRUE(plan->walk_cost.empty());
+  apply_healing(r.c, *plan);
+  ASSERT_TRUE(validate_cluster(r.c).ok());
+  auto walk = plan_walk(r.c);
+  ASSERT_TRUE(walk.ok()) << walk.error().describe();
+  EXPECT_EQ(walk->lower_bound, 4);
+  EXPECT_EQ(walk->batches.size(), 4u);
+  EXPECT_EQ(walk->method, "slots") << "the hosts' slots are still a walk";
+}
+
+TEST(Healing, SaysWhatItCostTheWalkWhenNoSlotIsFree) {
+  // c0 is full: only b2 (slot 1, which holds web's UD1) is left.
+  SlottedRack r = web_on_three_slots(1);
+  auto plan = place_again(r.c, {*r.c.find_instance("web", 0)});
+  ASSERT_TRUE(plan.ok()) << plan.error().describe();
+  ASSERT_EQ(plan->placed.size(), 1u);
+  EXPECT_EQ(plan->placed[0].host, "b2");
+  EXPECT_EQ(plan->off_slot, 1);
+  ASSERT_EQ(plan->walk_cost.size(), 1u);
+  EXPECT_NE(plan->walk_cost[0].find("web/0:"), std::string::npos) << plan->walk_cost[0];
+  EXPECT_NE(plan->walk_cost[0].find("the walk may need a batch more"), std::string::npos) << plan->walk_cost[0];
+  apply_healing(r.c, *plan);
+  EXPECT_TRUE(validate_cluster(r.c).ok()) << "the UD rule holds all the same";
+}
+
+TEST(Healing, FaultDomainDiversityStillComesBeforeTheWalk) {
+  // web spans FD0 and FD1 only; a0 (FD0) dies. FD1 has a walk-safe host (b3, slot 3), FD2 only a
+  // host whose slot holds web's UD1: FD2 wins, and the cost is reported.
+  SlottedRack r;
+  r.host("a0", 0, 2, 0);
+  r.host("b1", 1, 2, 1);
+  r.host("b3", 1, 4, 3);
+  r.host("c1", 2, 2, 1);
+  r.c.services = {svc("web", 2, 2), svc("other", 4, 4)};
+  r.put("web", 0, 0, "a0");
+  r.put("web", 1, 1, "b1");
+  r.put("other", 0, 0, "a0");
+  r.put("other", 1, 1, "c1");
+  r.put("other", 3, 3, "b3");
+  r.c.services[1].instance_count = 3;  // other/2 was never placed: indices 0, 1, 3 suffice here
+  r.c.instances.back().index = 2;
+  r.c.find_host("a0")->state = HostState::unhealthy;
+  ASSERT_TRUE(validate_cluster(r.c).ok()) << validate_cluster(r.c).error().describe();
+  auto plan = place_again(r.c, {*r.c.find_instance("web", 0)});
+  ASSERT_TRUE(plan.ok()) << plan.error().describe();
+  EXPECT_EQ(plan->placed[0].fd, 2) << "a fault domain without web";
+  EXPECT_TRUE(plan->relaxed.empty());
+  EXPECT_EQ(plan->off_slot, 1);
+}
+
+TEST(Healing, AnEmptyHostTakesTheDeadHostsSlotWhenTheUdHasNoSurvivor) {
+  SlottedRack r;
+  r.host("a0", 0, 2, 5);
+  r.host("b1", 1, 2, 1);
+  r.host("c9", 2, 2, std::nullopt);  // empty: its slot is open
+  r.c.services = {svc("web", 2, 2)};
+  r.put("web", 0, 0, "a0");
+  r.put("web", 1, 1, "b1");
+  r.c.find_host("a0")->state = HostState::unhealthy;
+  auto plan = place_again(r.c, {*r.c.find_instance("web", 0)});
+  ASSERT_TRUE(plan.ok()) << plan.error().describe();
+  EXPECT_EQ(plan->placed[0].host, "c9");
+  ASSERT_EQ(plan->new_slots.size(), 1u);
+  EXPECT_EQ(plan->new_slots[0], (std::pair<std::string, int>{"c9", 5})) << "UD0's slot was the dead host's";
+}
+
+TEST(Healing, AFaultDomainHealedHostByHostKeepsTheWalkAtItsLowerBound) {
+  // Allocator-made clusters; every host of FD0 fails and is healed one after another (as the
+  // controller does). Before, healing looked only for the UD's own slot and these walks needed
+  // one to five batches over the bound.
+  for (uint64_t seed = 1; seed <= 6; ++seed) {
+    Cluster c = rack(3, 20, 12);
+    std::mt19937_64 rng(seed);
+    std::vector<Service> services = {svc("wide", 12, 12)};
+    for (int s = 0; s < 40; ++s) {
+      services.push_back(svc(fmt::format("s{}", s), 2 + static_cast<int>(rng() % 12), 3 + static_cast<int>(rng() % 9)));
+    }
+    ASSERT_TRUE(place_services(c, services).ok());
+    for (auto& h : c.hosts) {
+      if (h.fault_domain == 0) h.state = HostState::unhealthy;
+    }
+    int off_slot = 0;
+    for (const auto& h : c.hosts) {
+      if (h.fault_domain != 0) continue;
+      std::vector<Instance> lost;
+      for (const auto* i : c.instances_on(h.id)) lost.push_back(*i);
+      auto plan = place_again(c, lost);
+      ASSERT_TRUE(plan.ok()) << plan.error().describe();
+      off_slot += plan->off_slot;
+      apply_healing(c, *plan);
+    }
+    ASSERT_TRUE(validate_cluster(c).ok()) << validate_cluster(c).error().describe();
+    for (const auto& i : c.instances) EXPECT_NE(i.fd, 0) << i.service << "/" << i.index;
+    // Fault-domain balance is kept: no service has more in one surviving FD than an even split.
+    for (const auto& s : c.services) {
+      std::map<int, int> in_fd;
+      for (const auto* i : c.instances_of(s.name)) ++in_fd[i->fd];
+      for (auto [fd, n] : in_fd) EXPECT_LE(n, (s.instance_count + 1) / 2) << s.name << " in FD " << fd;
+    }
+    auto walk = plan_walk(c);
+    ASSERT_TRUE(walk.ok()) << walk.error().describe();
+    EXPECT_EQ(walk->batches.size(), static_cast<size_t>(walk->lower_bound)) << "seed " << seed;
+    EXPECT_EQ(off_slot, 0) << "seed " << seed;
   }
 }
 

@@ -61,6 +61,12 @@ struct AgentOptions {
   std::chrono::milliseconds boot_timeout{120000};
   std::chrono::milliseconds boot_delay{0};  // emulated host boot time during a host reboot
   std::chrono::milliseconds drain{200};     // default drain before a guest approves an event
+  // An operation stops, starts and verifies up to this many of the host's guests at once (1: one
+  // after another), so a guest's down time is its own stop and boot, not its neighbours'. 1..64.
+  int parallel_guests = 8;
+  // Test driver only: a simulated guest takes this long to power off after the button (a real
+  // one takes seconds; the test driver's is instant), so tests see whether stops overlap.
+  std::chrono::milliseconds sim_power_off{0};
   // The guest network (docs/clients.md); all empty: none.
   std::string guest_bridge;    // the guests' virtio NICs go on this bridge; empty: no NIC
   std::string guest_subnet;    // "A.B.C.0/24": guest addresses .10-.250, gateway .1

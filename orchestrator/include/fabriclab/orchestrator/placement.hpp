@@ -63,13 +63,21 @@ struct HealingPlan {
   // diversity relaxed: every fault domain with a usable host already holds an instance of 'web'
   // (placed in FD 1)". Fault-domain diversity is the only rule healing relaxes.
   std::vector<std::string> relaxed;
+  // What healing cost the walk: instances placed on a host where the walk may need a batch more
+  // than its lower bound (no usable host was in a slot that holds no other UD of the service),
+  // with one line each, e.g. "web/3: no host with room in a slot free of other UDs of 'web': the
+  // walk may need a batch more (placed on h7, slot 4)". 0 and empty when the walk keeps its bound.
+  int off_slot = 0;
+  std::vector<std::string> walk_cost;
 };
 
 // Places `lost` again (instances of `cluster`, normally all those of one dead host). Candidates
 // are Ready hosts with free capacity other than the instance's old host, never holding another
-// UD of its service. Preference, in order: a fault domain holding none of the service's surviving
-// instances (else the fewest), a host on the UD's slot, the most free capacity. Refused with the
-// rule named when some instance has no candidate. Does not modify the cluster.
+// UD of its service. Preference, in order: the fault domain holding the fewest of the service's
+// other instances (none: diversity), a host where the walk keeps its lower bound (a used host
+// whose slot holds no other UD of the service, the UD's own slot first, then an empty host, which
+// takes the UD's slot), the most free capacity. Refused with the rule named when some instance
+// has no candidate. Pure: does not modify the cluster.
 Result<HealingPlan> place_again(const Cluster& cluster, const std::vector<Instance>& lost);
 
 // Moves the instances of `plan` to their new hosts and records the new slots.
