@@ -249,18 +249,12 @@ int exit_for(const Error& e) {
 }
 
 void print_summary(const json::object& report, std::ostream& out) {
-  auto str = [](const json::object& o, std::string_view k) {
-    auto* v = o.if_contains(k);
-    return v && v->is_string() ? std::string(v->as_string()) : std::string();
-  };
+  using json_get::str;
   if (auto* svcs = report.if_contains("services"); svcs && svcs->is_array()) {
     out << "services:\n";
     for (const auto& v : svcs->as_array()) {
       const auto& s = v.as_object();
-      auto number = [&s](std::string_view k) {
-        auto* v = s.if_contains(k);
-        return v && v->is_number() ? v->to_number<double>() : 0.0;
-      };
+      auto number = [&s](std::string_view k) { return json_get::number(s, k).value_or(0.0); };
       out << fmt::format("  {:<12} {:<40} availability {:.3f}%  most UDs down at once {}\n", str(s, "name"),
                          str(s, "verdict"), number("availability_percent"), number("max_uds_down"));
     }
@@ -278,10 +272,7 @@ void print_summary(const json::object& report, std::ostream& out) {
         auto* tv = s.if_contains("traffic");
         if (!tv || !tv->is_object()) continue;
         const auto& st = tv->as_object();
-        auto num = [&st](std::string_view k) {
-          auto* v = st.if_contains(k);
-          return v && v->is_number() ? v->to_number<double>() : -1.0;
-        };
+        auto num = [&st](std::string_view k) { return json_get::number(st, k).value_or(-1.0); };
         out << fmt::format("  {:<12} {:>6.0f} requests, {:.0f} failed ({:.2f}% served), longest failure run {:.1f} s, "
                            "p50 {:.0f} ms, p99 {:.0f} ms{}\n",
                            str(s, "name"), num("requests"), num("failed"), num("success_percent"),
