@@ -23,6 +23,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <cmath>
 #include <map>
 #include <optional>
@@ -103,6 +104,20 @@ std::string esc(std::string_view s) {
   return out;
 }
 
+// "<section id=..><h2>title</h2>": every section of the page opens so.
+void open_section(std::string& out, std::string_view id, std::string_view title) {
+  out += fmt::format("<section id=\"{}\"><h2>{}</h2>", id, title);
+}
+
+// A table and its header row; `id` names the table when it is not empty.
+void table_head(std::string& out, std::initializer_list<std::string_view> columns,
+                std::string_view id = {}) {
+  out += id.empty() ? std::string("<table>") : fmt::format("<table id=\"{}\">", id);
+  out += "<tr>";
+  for (std::string_view c : columns) out += fmt::format("<th>{}</th>", c);
+  out += "</tr>";
+}
+
 // "12.5": up to `decimals` decimals, no trailing zeros.
 std::string decimal(double v, int decimals = 3) {
   std::string s = fmt::format("{:.{}f}", v, decimals);
@@ -152,9 +167,8 @@ void banner(std::string& out, const json::object& r) {
 }
 
 void checks(std::string& out, const json::object& r) {
-  out +=
-      "<section id=\"checks\"><h2>Checks</h2><table><tr><th>Check</th><th>Passed</th>"
-      "<th>Detail</th></tr>";
+  open_section(out, "checks", "Checks");
+  table_head(out, {"Check", "Passed", "Detail"});
   for (const json::value& c : arr(r, "checks")) {
     const json::object& o = as_object(c);
     out += fmt::format("<tr><td>{}</td>{}<td>{}</td></tr>", esc(str(o, "name")),
@@ -239,9 +253,8 @@ void placement(std::string& out, const json::object& r) {
 }
 
 void hosts(std::string& out, const json::object& r) {
-  out +=
-      "<section id=\"hosts\"><h2>Hosts</h2><table><tr><th>Host</th><th>FD</th>"
-      "<th>Host image</th><th>State</th></tr>";
+  open_section(out, "hosts", "Hosts");
+  table_head(out, {"Host", "FD", "Host image", "State"});
   for (const json::value& h : arr(r, "hosts")) {
     const json::object& o = as_object(h);
     out += fmt::format("<tr><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
@@ -253,11 +266,11 @@ void hosts(std::string& out, const json::object& r) {
 }
 
 void services(std::string& out, const json::object& r) {
-  out +=
-      "<section id=\"services\"><h2>Services</h2><table><tr><th>Service</th><th>Instances"
-      "</th><th>SLA</th><th>Always available</th><th>Availability %</th><th>Unavailable s</th>"
-      "<th>Max UDs down</th><th>Max instances down</th><th>Error budget s / month</th>"
-      "<th>Budget used s</th><th>Budget used %</th><th>Verdict</th></tr>";
+  open_section(out, "services", "Services");
+  table_head(out,
+             {"Service", "Instances", "SLA", "Always available", "Availability %",
+              "Unavailable s", "Max UDs down", "Max instances down", "Error budget s / month",
+              "Budget used s", "Budget used %", "Verdict"});
   for (const json::value& s : arr(r, "services")) {
     const json::object& o = as_object(s);
     const bool sla = boolean(o, "sla_applies").value_or(false);
@@ -293,7 +306,7 @@ std::string served_by_cell(const json::object& t) {
 
 void traffic(std::string& out, const json::object& r) {
   const json::object& t = obj(r, "traffic");
-  out += "<section id=\"traffic\"><h2>Client traffic</h2>";
+  open_section(out, "traffic", "Client traffic");
   if (!boolean(t, "measured").value_or(false)) {
     out += fmt::format(
         "<p class=\"muted\" id=\"traffic-not-measured\">client traffic not measured: {}</p>",
@@ -301,10 +314,10 @@ void traffic(std::string& out, const json::object& r) {
     out += "</section>\n";
     return;
   }
-  out +=
-      "<table id=\"traffic-table\"><tr><th>Service</th><th>Requests</th><th>Failed</th>"
-      "<th>Success %</th><th>Longest failure run s</th><th>p50 ms</th><th>p99 ms</th>"
-      "<th>Served by</th><th>Failure runs</th><th>Clients</th></tr>";
+  table_head(out,
+             {"Service", "Requests", "Failed", "Success %", "Longest failure run s", "p50 ms",
+              "p99 ms", "Served by", "Failure runs", "Clients"},
+             "traffic-table");
   for (const json::value& s : arr(r, "services")) {
     const json::object& o = as_object(s);
     const json::object* traffic = field(o, "traffic").if_object();
@@ -341,12 +354,11 @@ std::string counter_cell(const json::object& o) {
 }
 
 void instances(std::string& out, const json::object& r) {
-  out +=
-      "<section id=\"instances\"><h2>Instances</h2><table><tr><th>Instance</th><th>Service"
-      "</th><th>UD</th><th>FD</th><th>Host</th><th>Down s</th><th>Agent down s</th>"
-      "<th>Notice s</th><th>Ack s</th><th>Stop</th><th>Image</th><th>Host image</th>"
-      "<th>Counter</th><th>Counter kept</th><th>Healthy at end</th><th>On target</th>"
-      "<th>Agent</th></tr>";
+  open_section(out, "instances", "Instances");
+  table_head(out,
+             {"Instance", "Service", "UD", "FD", "Host", "Down s", "Agent down s", "Notice s",
+              "Ack s", "Stop", "Image", "Host image", "Counter", "Counter kept",
+              "Healthy at end", "On target", "Agent"});
   for (const json::value& i : arr(r, "instances")) {
     const json::object& o = as_object(i);
     const std::string before = str(o, "host_before"), after = str(o, "host");
@@ -399,10 +411,10 @@ std::string data_check_cells(const json::object* dc) {
 // Guest health (docs/report.md): per instance, the signals it had, whether its OS and app came
 // back after the restart, its boot, and its data check.
 void guest_health(std::string& out, const json::object& r) {
-  out +=
-      "<section id=\"guest-health\"><h2>Guest health</h2><table><tr><th>Instance</th><th>Signals"
-      "</th><th>OS up after restart</th><th>App up after restart</th><th>Healthy after restart</th>"
-      "<th>Boot</th><th>Data check</th><th>Before</th><th>After</th><th>Held</th></tr>";
+  open_section(out, "guest-health", "Guest health");
+  table_head(out,
+             {"Instance", "Signals", "OS up after restart", "App up after restart",
+              "Healthy after restart", "Boot", "Data check", "Before", "After", "Held"});
   for (const json::value& i : arr(r, "instances")) {
     const json::object& o = as_object(i);
     const json::object& sig = obj(o, "signals");
