@@ -13,17 +13,6 @@ using http::Response;
 using http::result_or;
 using http::status_or;
 
-namespace {
-
-// The body as a JSON object; anything else is invalid_argument.
-Result<json::object> object_body(const Request& r, const http::Limits& limits) {
-  FL_ASSIGN_OR_RETURN(auto body, http::parse_body(r, limits));
-  if (!body.is_object()) return make_error(Condition::invalid_argument, "body must be a JSON object");
-  return std::move(body.as_object());
-}
-
-}  // namespace
-
 void install_api(http::Server& server, HostAgent& agent, std::shared_ptr<EventFeed> feed,
                  const http::Limits& limits) {
   HostAgent* a = &agent;
@@ -36,9 +25,10 @@ void install_api(http::Server& server, HostAgent& agent, std::shared_ptr<EventFe
   server.route("GET", "/v1/instances/{name}", Access::read,
                [a](const Request& r) { return result_or(a->instance_json(r.params.at("name")), 200); });
   server.route("POST", "/v1/instances", Access::control, [a, limits](const Request& r) {
-    auto body = object_body(r, limits);
+    auto body = http::parse_body(r, limits);
     if (!body.ok()) return http::error_response(body.error());
-    auto spec = instance_spec_from_json(*body);
+    if (!body->is_object()) return http::error_response(400, "invalid_argument", "body must be a JSON object");
+    auto spec = instance_spec_from_json(body->as_object());
     if (!spec.ok()) return http::error_response(spec.error());
     return result_or(a->create_instance(*spec), 201);
   });
@@ -55,9 +45,10 @@ void install_api(http::Server& server, HostAgent& agent, std::shared_ptr<EventFe
     return status_or(a->delete_instance(n), 200, json::object{{"name", n}, {"deleted", true}});
   });
   server.route("POST", "/v1/operations", Access::control, [a, limits](const Request& r) {
-    auto body = object_body(r, limits);
+    auto body = http::parse_body(r, limits);
     if (!body.ok()) return http::error_response(body.error());
-    auto req = operation_request_from_json(*body);
+    if (!body->is_object()) return http::error_response(400, "invalid_argument", "body must be a JSON object");
+    auto req = operation_request_from_json(body->as_object());
     if (!req.ok()) return http::error_response(req.error());
     return result_or(a->start_operation(*req), 202);
   });
@@ -72,9 +63,10 @@ void install_api(http::Server& server, HostAgent& agent, std::shared_ptr<EventFe
   server.route("GET", "/v1/images/host", Access::read,
                [a](const Request&) { return http::json_response(200, a->host_images_json()); });
   server.route("POST", "/v1/images/host", Access::control, [a, limits](const Request& r) {
-    auto body = object_body(r, limits);
+    auto body = http::parse_body(r, limits);
     if (!body.ok()) return http::error_response(body.error());
-    const auto& o = *body;
+    if (!body->is_object()) return http::error_response(400, "invalid_argument", "body must be a JSON object");
+    const auto& o = body->as_object();
     if (auto s = check_fields(o, {"version", "path", "sha256"}); !s.ok()) return http::error_response(s.error());
     auto version = get_string(o, "version", 64);
     auto path = get_string(o, "path", 4096);
