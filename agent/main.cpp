@@ -17,6 +17,7 @@
 #include "fabriclab/agent/imds.hpp"
 #include "fabriclab/common/event_feed.hpp"
 #include "fabriclab/common/logging.hpp"
+#include "fabriclab/common/stop_signals.hpp"
 
 using namespace fabriclab;
 
@@ -129,12 +130,8 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   setup_logging({log_level, json_logs});
-  // Block SIGINT/SIGTERM in every thread (all start after this) and wait for them in main.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // SIGINT/SIGTERM blocked in every thread (all start after this); main waits for them below.
+  const StopSignals stop_signals;
   o.heartbeat_period = std::chrono::milliseconds(hb_ms);
   o.stop_timeout = std::chrono::milliseconds(stop_ms);
   o.boot_timeout = std::chrono::milliseconds(boot_ms);
@@ -232,8 +229,7 @@ int main(int argc, char** argv) {
     std::cout << "imds listening " << imds_addr << ":" << *imds_bound << std::endl;
     logger("agent")->info("[host:{}] IMDS on {}:{}", o.host_id, imds_addr, *imds_bound);
   }
-  int sig = 0;
-  sigwait(&stop_signals, &sig);
+  stop_signals.wait();
   logger("agent")->info("[host:{}] stopping", o.host_id);
   if (imds) imds->stop();
   server.stop();

@@ -43,10 +43,7 @@ void print_summary(const json::object& report, std::ostream& out) {
         auto* tv = s.if_contains("traffic");
         if (!tv || !tv->is_object()) continue;
         const auto& st = tv->as_object();
-        auto num = [&st](std::string_view k) {
-          auto* v = st.if_contains(k);
-          return v && v->is_number() ? v->to_number<double>() : -1.0;
-        };
+        auto num = [&st](std::string_view k) { return json_get::number(st, k).value_or(-1.0); };
         out << fmt::format("  {:<12} {:>6.0f} requests, {:.0f} failed ({:.2f}% served), longest failure run {:.1f} s, "
                            "p50 {:.0f} ms, p99 {:.0f} ms{}\n",
                            str(s, "name"), num("requests"), num("failed"), num("success_percent"),

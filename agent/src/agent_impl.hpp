@@ -163,7 +163,7 @@ struct HostAgent::Impl {
   // Records what the fabric wants for `name` (persisted); not_found for an unknown instance.
   Status set_want_running(const std::string& name, bool want);
 
-  // -- host_agent.cpp --
+  // -- host_agent.cpp, host_agent_guests.cpp (domains, channels, monitor), host_agent_api.cpp --
   std::string state_path() const { return opt.state_dir + "/state.json"; }
   std::string vm_dir() const { return opt.state_dir + "/vm"; }
   std::string socket_path(const std::string& name) const { return opt.state_dir + "/s/" + name + ".sock"; }

@@ -12,12 +12,8 @@ namespace fabriclab::client {
 
 namespace {
 
+using json_get::field;
 using json_get::str;
-
-const json::object* obj(const json::object& o, std::string_view k) {
-  auto* v = o.if_contains(k);
-  return v && v->is_object() ? &v->as_object() : nullptr;
-}
 
 // Merges `item` into the element of `list` whose `key` equals item's, or appends it.
 void replace_by(json::array& list, std::string_view key, const json::object& item) {
@@ -52,21 +48,21 @@ void WatchModel::apply(const json::object& ev) {
   last_type_ = type;
   if (auto* s = ev.if_contains("seq"); s && s->is_int64()) last_seq_ = s->as_int64();
   if (type == "snapshot") {
-    const json::object* st = obj(ev, "state");
+    const json::object* st = field(ev, "state").if_object();
     if (!st) return;
     if (auto* h = st->if_contains("hosts"); h && h->is_array()) hosts_ = h->as_array();
     if (auto* i = st->if_contains("instances"); i && i->is_array()) instances_ = i->as_array();
-    if (auto* d = obj(*st, "drill")) drill_ = *d;
+    if (auto* d = field(*st, "drill").if_object()) drill_ = *d;
   } else if (type == "instance.state") {
-    if (auto* i = obj(ev, "instance")) replace_by(instances_, "name", *i);
+    if (auto* i = field(ev, "instance").if_object()) replace_by(instances_, "name", *i);
   } else if (type == "host.state") {
     json::object h = payload(ev, {"host"});
     if (auto* id = ev.if_contains("host")) h["id"] = *id;
     replace_by(hosts_, "id", h);
   } else if (type == "host.registered") {
-    if (auto* h = obj(ev, "host")) replace_by(hosts_, "id", *h);
+    if (auto* h = field(ev, "host").if_object()) replace_by(hosts_, "id", *h);
   } else if (type == "drill.state") {
-    if (auto* d = obj(ev, "drill")) drill_ = *d;
+    if (auto* d = field(ev, "drill").if_object()) drill_ = *d;
   } else if (type == "drill.host" && !drill_.empty()) {
     auto* host = ev.if_contains("host");
     auto* status = ev.if_contains("status");

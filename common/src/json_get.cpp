@@ -5,14 +5,10 @@
 #include <cmath>
 
 namespace fabriclab::json_get {
-namespace {
-
 const json::object& as_object(const json::value& v) {
   static const json::object kEmpty;
   return v.is_object() ? v.get_object() : kEmpty;
 }
-
-}  // namespace
 
 const json::value& field(const json::object& o, std::string_view key) {
   static const json::value kNull;
@@ -43,11 +39,11 @@ int64_t int_or(const json::value& v, std::string_view key, int64_t fallback) {
   return int_or(as_object(v), key, fallback);
 }
 
-std::optional<double> number(const json::object& o, std::string_view key) {
-  const json::value& v = field(o, key);
+std::optional<double> number(const json::value& v) {
   if (!v.is_number()) return std::nullopt;
   return v.to_number<double>();
 }
+std::optional<double> number(const json::object& o, std::string_view key) { return number(field(o, key)); }
 std::optional<double> number(const json::value& v, std::string_view key) { return number(as_object(v), key); }
 
 bool flag(const json::object& o, std::string_view key) {
@@ -55,6 +51,13 @@ bool flag(const json::object& o, std::string_view key) {
   return v.is_bool() && v.get_bool();
 }
 bool flag(const json::value& v, std::string_view key) { return flag(as_object(v), key); }
+
+std::optional<bool> boolean(const json::object& o, std::string_view key) {
+  const json::value& v = field(o, key);
+  if (!v.is_bool()) return std::nullopt;
+  return v.get_bool();
+}
+std::optional<bool> boolean(const json::value& v, std::string_view key) { return boolean(as_object(v), key); }
 
 const json::array& arr(const json::object& o, std::string_view key) {
   static const json::array kEmpty;

@@ -13,6 +13,7 @@
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/http_server.hpp"
 #include "fabriclab/common/logging.hpp"
+#include "fabriclab/common/stop_signals.hpp"
 #include "fabriclab/orchestrator/controller.hpp"
 #include "fabriclab/orchestrator/controller_api.hpp"
 
@@ -64,11 +65,8 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   setup_logging({log_level, json_logs});
 
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // SIGINT/SIGTERM blocked in every thread (all start after this); main waits for them below.
+  const StopSignals stop_signals;
 
   auto tokens = http::load_tokens(control_token_file, read_token_file);
   if (!tokens.ok()) {
@@ -88,27 +86,22 @@ int main(int argc, char** argv) {
   o.unhealthy_after = std::chrono::milliseconds(unhealthy_ms);
   o.agent_timeout = std::chrono::milliseconds(agent_timeout_ms);
   o.healing = !no_healing;
-  if (!o.agent_netns.empty()) {
-    // Checked once here, so a bad value stops the start instead of every later agent call.
-    auto path = http::netns_path(o.agent_netns);
-    if (!path.ok() || access(path->c_str(), R_OK) != 0) {
-      std::cerr << "fabriclab-orchestrator: --agent-netns: "
-                << (path.ok() ? *path + ": " + std::strerror(errno) : path.error().message) << "\n";
-      return 2;
-    }
-  }
+  // The namespaces are checked once here, so a bad value stops the start instead of every later
+  // agent call or client request.
+  auto netns_usable = [](const char* flag, const std::string& name) {
+    if (name.empty()) return true;
+    auto path = http::netns_path(name);
+    if (path.ok() && access(path->c_str(), R_OK) == 0) return true;
+    std::cerr << "fabriclab-orchestrator: " << flag << ": "
+              << (path.ok() ? *path + ": " + std::strerror(errno) : path.error().message) << "\n";
+    return false;
+  };
+  if (!netns_usable("--agent-netns", o.agent_netns)) return 2;
   if (!o.lb_config.empty() && o.lb_master_socket.empty()) {
     std::cerr << "fabriclab-orchestrator: --lb-master-socket is required with --lb-config\n";
     return 2;
   }
-  if (!o.client_netns.empty()) {
-    auto path = http::netns_path(o.client_netns);
-    if (!path.ok() || access(path->c_str(), R_OK) != 0) {
-      std::cerr << "fabriclab-orchestrator: --client-netns: "
-                << (path.ok() ? *path + ": " + std::strerror(errno) : path.error().message) << "\n";
-      return 2;
-    }
-  }
+  if (!netns_usable("--client-netns", o.client_netns)) return 2;
   auto controller = orchestrator::Controller::create(o);
   if (!controller.ok()) {
     std::cerr << "fabriclab-orchestrator: " << controller.error().describe() << "\n";
@@ -133,8 +126,7 @@ int main(int argc, char** argv) {
   logger("orchestrator")->info("{}", o.lb_config.empty()
                                          ? std::string("no load balancer: client traffic is not measured")
                                          : "load balancer: " + o.lb_config + " via " + o.lb_master_socket);
-  int sig = 0;
-  sigwait(&stop_signals, &sig);
+  stop_signals.wait();
   logger("orchestrator")->info("stopping");
   server.stop();
   c->stop();

@@ -41,6 +41,7 @@
 #include <utility>
 
 #include "fabriclab/common/logging.hpp"
+#include "journal_sqlite.hpp"
 
 namespace fabriclab::orchestrator {
 namespace {
@@ -84,108 +85,13 @@ CREATE TABLE events(
 );
 )sql";
 
-struct DbCloser {
-  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
-};
-using DbPtr = std::unique_ptr<sqlite3, DbCloser>;
+using journal_sqlite::DbPtr;
+using journal_sqlite::sql_error;
+using journal_sqlite::Stmt;
 
 Error bad(std::string message) {
   return make_error(Condition::invalid_argument, std::move(message));
 }
-
-Condition condition_of(sqlite3* db, int rc) {
-  switch (rc & 0xff) {
-    case SQLITE_BUSY:
-    case SQLITE_LOCKED:
-    case SQLITE_FULL:
-    case SQLITE_IOERR:
-    case SQLITE_NOMEM:
-    case SQLITE_PROTOCOL:
-      return Condition::transient;
-    case SQLITE_NOTADB:
-    case SQLITE_CORRUPT:
-      return Condition::invalid_state;
-    case SQLITE_PERM:
-    case SQLITE_READONLY:
-    case SQLITE_AUTH:
-      return Condition::permission_denied;
-    case SQLITE_CANTOPEN: {
-      int e = db != nullptr ? sqlite3_system_errno(db) : 0;
-      if (e == ENOENT || e == ENOTDIR) return Condition::not_found;
-      if (e == EACCES || e == EPERM || e == EROFS) return Condition::permission_denied;
-      return Condition::transient;
-    }
-    case SQLITE_TOOBIG:
-    case SQLITE_RANGE:
-    case SQLITE_MISMATCH:
-    case SQLITE_CONSTRAINT:
-      return Condition::invalid_argument;
-    default:
-      return Condition::internal;
-  }
-}
-
-// "journal: <op>: <sqlite message>". Call right after the failing call, under the lock.
-Error sql_error(sqlite3* db, int rc, std::string_view op) {
-  const char* msg = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-  return make_error(condition_of(db, rc), fmt::format("journal: {}: {}", op, msg));
-}
-
-// A prepared statement; finalized on destruction. Binding errors are kept and reported by the
-// next step, so call sites bind without checking each call.
-class Stmt {
- public:
-  Stmt(sqlite3* db, sqlite3_stmt* stmt, std::string_view op) : db_(db), stmt_(stmt), op_(op) {}
-  Stmt(Stmt&& o) noexcept
-      : db_(o.db_),
-        stmt_(std::exchange(o.stmt_, nullptr)),
-        op_(std::move(o.op_)),
-        bind_rc_(o.bind_rc_) {}
-  Stmt& operator=(Stmt&&) = delete;
-  Stmt(const Stmt&) = delete;
-  ~Stmt() { sqlite3_finalize(stmt_); }
-
-  void bind(int i, std::string_view v) {
-    // An empty view may have a null data pointer, which SQLite would bind as NULL.
-    note(sqlite3_bind_text64(stmt_, i, v.data() != nullptr ? v.data() : "", v.size(),
-                             SQLITE_TRANSIENT, SQLITE_UTF8));
-  }
-  void bind(int i, int64_t v) { note(sqlite3_bind_int64(stmt_, i, v)); }
-
-  // One step: true when a row is available, false when done.
-  Result<bool> step() {
-    if (bind_rc_ != SQLITE_OK) return sql_error(db_, bind_rc_, op_);
-    int rc = sqlite3_step(stmt_);
-    if (rc == SQLITE_ROW) return true;
-    if (rc == SQLITE_DONE) return false;
-    return sql_error(db_, rc, op_);
-  }
-  // Runs a statement that returns no rows of interest.
-  Status run() {
-    FL_ASSIGN_OR_RETURN(bool row, step());
-    while (row) {
-      FL_ASSIGN_OR_RETURN(row, step());
-    }
-    return {};
-  }
-
-  std::string_view text(int col) const {
-    const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, col));
-    int n = sqlite3_column_bytes(stmt_, col);
-    return p != nullptr ? std::string_view(p, static_cast<size_t>(n)) : std::string_view();
-  }
-  int64_t int64(int col) const { return sqlite3_column_int64(stmt_, col); }
-
- private:
-  void note(int rc) {
-    if (rc != SQLITE_OK && bind_rc_ == SQLITE_OK) bind_rc_ = rc;
-  }
-
-  sqlite3* db_;
-  sqlite3_stmt* stmt_;
-  std::string op_;
-  int bind_rc_ = SQLITE_OK;
-};
 
 Status check_name(std::string_view v, std::string_view what, bool allow_empty = false) {
   if (v.empty() && !allow_empty) return bad(fmt::format("journal: {} must not be empty", what));

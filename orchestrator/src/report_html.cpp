@@ -23,6 +23,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <cmath>
 #include <map>
 #include <optional>
@@ -32,10 +33,19 @@
 #include <utility>
 #include <vector>
 
+#include "fabriclab/common/json_get.hpp"
 #include "fabriclab/orchestrator/report.hpp"
 
 namespace fabriclab::orchestrator {
 namespace {
+
+using json_get::arr;
+using json_get::as_object;
+using json_get::boolean;
+using json_get::field;
+using json_get::number;
+using json_get::obj;
+using json_get::str;
 
 constexpr int kMaxUdRows = 1000;
 constexpr double kLabelWidth = 220, kPlotWidth = 740, kRowHeight = 20, kBarHeight = 14,
@@ -94,40 +104,22 @@ std::string esc(std::string_view s) {
   return out;
 }
 
-const json::value* field(const json::object* o, std::string_view key) {
-  return o ? o->if_contains(key) : nullptr;
+// "<section id=..><h2>title</h2>": every section of the page opens so.
+void open_section(std::string& out, std::string_view id, std::string_view title) {
+  out += fmt::format("<section id=\"{}\"><h2>{}</h2>", id, title);
 }
-const json::object* obj(const json::object* o, std::string_view key) {
-  const json::value* v = field(o, key);
-  return v ? v->if_object() : nullptr;
-}
-const json::array& arr(const json::object* o, std::string_view key) {
-  static const json::array kEmpty;
-  const json::value* v = field(o, key);
-  return v && v->is_array() ? v->get_array() : kEmpty;
-}
-std::string_view str(const json::object* o, std::string_view key) {
-  const json::value* v = field(o, key);
-  return v && v->is_string() ? std::string_view(v->get_string()) : std::string_view();
-}
-std::optional<double> num(const json::value* v) {
-  if (!v) return std::nullopt;
-  if (v->is_int64()) return static_cast<double>(v->get_int64());
-  if (v->is_uint64()) return static_cast<double>(v->get_uint64());
-  if (v->is_double()) return v->get_double();
-  return std::nullopt;
-}
-std::optional<double> num(const json::object* o, std::string_view key) {
-  return num(field(o, key));
-}
-std::optional<bool> flag(const json::object* o, std::string_view key) {
-  const json::value* v = field(o, key);
-  if (v && v->is_bool()) return v->get_bool();
-  return std::nullopt;
+
+// A table and its header row; `id` names the table when it is not empty.
+void table_head(std::string& out, std::initializer_list<std::string_view> columns,
+                std::string_view id = {}) {
+  out += id.empty() ? std::string("<table>") : fmt::format("<table id=\"{}\">", id);
+  out += "<tr>";
+  for (std::string_view c : columns) out += fmt::format("<th>{}</th>", c);
+  out += "</tr>";
 }
 
 // "12.5": up to `decimals` decimals, no trailing zeros.
-std::string number(double v, int decimals = 3) {
+std::string decimal(double v, int decimals = 3) {
   std::string s = fmt::format("{:.{}f}", v, decimals);
   if (s.find('.') != std::string::npos) {
     while (s.back() == '0') s.pop_back();
@@ -136,7 +128,7 @@ std::string number(double v, int decimals = 3) {
   return s == "-0" ? "0" : s;
 }
 std::string number_or_dash(std::optional<double> v, int decimals = 3) {
-  return v ? number(*v, decimals) : std::string("—");
+  return v ? decimal(*v, decimals) : std::string("—");
 }
 std::string text_or_dash(std::string_view s) { return s.empty() ? std::string("—") : esc(s); }
 
@@ -159,15 +151,15 @@ std::string change(std::string_view before, std::string_view after) {
 }
 
 void banner(std::string& out, const json::object& r) {
-  const bool passed = str(&r, "result") == "passed";
-  const json::object* drill = obj(&r, "drill");
+  const bool passed = str(r, "result") == "passed";
+  const json::object& drill = obj(r, "drill");
   out += fmt::format("<header class=\"banner {}\"><h1>{}</h1><div>drill {} · {} → {} · {}</div>",
                      passed ? "pass" : "fail", passed ? "PASSED" : "FAILED", esc(str(drill, "id")),
                      esc(str(drill, "kind")), esc(str(drill, "target")), esc(str(drill, "state")));
   std::string failed;
-  for (const json::value& c : arr(&r, "checks")) {
-    const json::object* o = c.if_object();
-    if (flag(o, "passed").value_or(false)) continue;
+  for (const json::value& c : arr(r, "checks")) {
+    const json::object& o = as_object(c);
+    if (boolean(o, "passed").value_or(false)) continue;
     failed += fmt::format("<li><b>{}</b>: {}</li>", esc(str(o, "name")), esc(str(o, "detail")));
   }
   if (!failed.empty()) out += "<ul class=\"failed-checks\">" + failed + "</ul>";
@@ -175,19 +167,18 @@ void banner(std::string& out, const json::object& r) {
 }
 
 void checks(std::string& out, const json::object& r) {
-  out +=
-      "<section id=\"checks\"><h2>Checks</h2><table><tr><th>Check</th><th>Passed</th>"
-      "<th>Detail</th></tr>";
-  for (const json::value& c : arr(&r, "checks")) {
-    const json::object* o = c.if_object();
+  open_section(out, "checks", "Checks");
+  table_head(out, {"Check", "Passed", "Detail"});
+  for (const json::value& c : arr(r, "checks")) {
+    const json::object& o = as_object(c);
     out += fmt::format("<tr><td>{}</td>{}<td>{}</td></tr>", esc(str(o, "name")),
-                       yes_no(flag(o, "passed").value_or(false)), esc(str(o, "detail")));
+                       yes_no(boolean(o, "passed").value_or(false)), esc(str(o, "detail")));
   }
   out += "</table></section>\n";
 }
 
 void drill_summary(std::string& out, const json::object& r) {
-  const json::object* d = obj(&r, "drill");
+  const json::object& d = obj(r, "drill");
   auto row = [&](std::string_view k, const std::string& v) {
     out += fmt::format("<tr><th>{}</th><td>{}</td></tr>", k, v);
   };
@@ -199,51 +190,51 @@ void drill_summary(std::string& out, const json::object& r) {
   row("Reason", text_or_dash(str(d, "reason")));
   row("Started", text_or_dash(str(d, "started_at")));
   row("Finished", text_or_dash(str(d, "finished_at")));
-  row("Duration", number_or_dash(num(d, "duration_s")) + " s");
-  row("SLA", number_or_dash(num(d, "sla_percent"), 4) + " %");
+  row("Duration", number_or_dash(number(d, "duration_s")) + " s");
+  row("SLA", number_or_dash(number(d, "sla_percent"), 4) + " %");
   out += "</table></section>\n";
 }
 
 void walk(std::string& out, const json::object& r) {
-  const json::object* w = obj(&r, "walk");
+  const json::object& w = obj(r, "walk");
   out += fmt::format(
       "<section id=\"walk\"><h2>Walk</h2><p>{} batches (lower bound {})</p><table><tr><th>Batch"
       "</th><th>Hosts</th><th>Started</th><th>Finished</th><th>Duration s</th><th>Status</th></tr>",
-      number_or_dash(num(w, "batches"), 0), number_or_dash(num(w, "lower_bound"), 0));
+      number_or_dash(number(w, "batches"), 0), number_or_dash(number(w, "lower_bound"), 0));
   for (const json::value& b : arr(w, "batch_list")) {
-    const json::object* o = b.if_object();
+    const json::object& o = as_object(b);
     std::string hosts;
     for (const json::value& h : arr(o, "hosts")) {
       if (!hosts.empty()) hosts += ", ";
       if (h.is_string()) hosts += esc(h.get_string());
     }
-    const std::string_view status = str(o, "status");
+    const std::string status = str(o, "status");
     out += fmt::format(
         "<tr><td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td>"
         "<td class=\"{}\">{}</td></tr>",
-        number_or_dash(num(o, "index"), 0), hosts, text_or_dash(str(o, "started_at")),
-        text_or_dash(str(o, "finished_at")), number_or_dash(num(o, "duration_s")),
+        number_or_dash(number(o, "index"), 0), hosts, text_or_dash(str(o, "started_at")),
+        text_or_dash(str(o, "finished_at")), number_or_dash(number(o, "duration_s")),
         status == "failed" ? "bad" : (status == "done" ? "good" : "muted"), text_or_dash(status));
   }
   out += "</table></section>\n";
 }
 
 void placement(std::string& out, const json::object& r) {
-  const json::object* p = obj(&r, "placement");
+  const json::object& p = obj(r, "placement");
   std::vector<int> fds;
   for (const json::value& f : arr(p, "fault_domains")) {
-    if (auto v = num(&f)) fds.push_back(static_cast<int>(*v));
+    if (auto v = number(f)) fds.push_back(static_cast<int>(*v));
   }
-  const int uds = std::clamp(static_cast<int>(num(p, "update_domains").value_or(0)), 0, kMaxUdRows);
+  const int uds = std::clamp(static_cast<int>(number(p, "update_domains").value_or(0)), 0, kMaxUdRows);
   std::map<std::pair<int, int>, std::string> cells;
   for (const json::value& c : arr(p, "cells")) {
-    const json::object* o = c.if_object();
+    const json::object& o = as_object(c);
     std::string names;
     for (const json::value& n : arr(o, "instances")) {
       if (n.is_string()) names += "<div>" + esc(n.get_string()) + "</div>";
     }
-    cells[{static_cast<int>(num(o, "ud").value_or(-1)),
-           static_cast<int>(num(o, "fd").value_or(-1))}] += names;
+    cells[{static_cast<int>(number(o, "ud").value_or(-1)),
+           static_cast<int>(number(o, "fd").value_or(-1))}] += names;
   }
   out +=
       "<section id=\"placement\"><h2>Placement (UD × FD)</h2>"
@@ -262,13 +253,12 @@ void placement(std::string& out, const json::object& r) {
 }
 
 void hosts(std::string& out, const json::object& r) {
-  out +=
-      "<section id=\"hosts\"><h2>Hosts</h2><table><tr><th>Host</th><th>FD</th>"
-      "<th>Host image</th><th>State</th></tr>";
-  for (const json::value& h : arr(&r, "hosts")) {
-    const json::object* o = h.if_object();
+  open_section(out, "hosts", "Hosts");
+  table_head(out, {"Host", "FD", "Host image", "State"});
+  for (const json::value& h : arr(r, "hosts")) {
+    const json::object& o = as_object(h);
     out += fmt::format("<tr><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
-                       esc(str(o, "id")), number_or_dash(num(o, "fd"), 0),
+                       esc(str(o, "id")), number_or_dash(number(o, "fd"), 0),
                        change(str(o, "image_before"), str(o, "image_after")),
                        text_or_dash(str(o, "state")));
   }
@@ -276,124 +266,124 @@ void hosts(std::string& out, const json::object& r) {
 }
 
 void services(std::string& out, const json::object& r) {
-  out +=
-      "<section id=\"services\"><h2>Services</h2><table><tr><th>Service</th><th>Instances"
-      "</th><th>SLA</th><th>Always available</th><th>Availability %</th><th>Unavailable s</th>"
-      "<th>Max UDs down</th><th>Max instances down</th><th>Error budget s / month</th>"
-      "<th>Budget used s</th><th>Budget used %</th><th>Verdict</th></tr>";
-  for (const json::value& s : arr(&r, "services")) {
-    const json::object* o = s.if_object();
-    const bool sla = flag(o, "sla_applies").value_or(false);
-    const bool kept = flag(o, "always_available").value_or(false);
+  open_section(out, "services", "Services");
+  table_head(out,
+             {"Service", "Instances", "SLA", "Always available", "Availability %",
+              "Unavailable s", "Max UDs down", "Max instances down", "Error budget s / month",
+              "Budget used s", "Budget used %", "Verdict"});
+  for (const json::value& s : arr(r, "services")) {
+    const json::object& o = as_object(s);
+    const bool sla = boolean(o, "sla_applies").value_or(false);
+    const bool kept = boolean(o, "always_available").value_or(false);
     out += fmt::format(
         "<tr><td>{}</td><td class=\"num\">{}</td><td>{}</td>{}<td class=\"num\">{}</td>"
         "<td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>"
         "<td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>"
         "<td class=\"{}\">{}</td></tr>",
-        esc(str(o, "name")), number_or_dash(num(o, "instances"), 0), sla ? "yes" : "none",
-        sla ? yes_no(flag(o, "always_available")) : muted_yes_no(flag(o, "always_available")),
-        number_or_dash(num(o, "availability_percent"), 4), number_or_dash(num(o, "unavailable_s")),
-        number_or_dash(num(o, "max_uds_down"), 0), number_or_dash(num(o, "max_instances_down"), 0),
-        number_or_dash(num(o, "error_budget_s_per_month")),
-        number_or_dash(num(o, "error_budget_used_s")),
-        number_or_dash(num(o, "error_budget_used_percent"), 2),
+        esc(str(o, "name")), number_or_dash(number(o, "instances"), 0), sla ? "yes" : "none",
+        sla ? yes_no(boolean(o, "always_available")) : muted_yes_no(boolean(o, "always_available")),
+        number_or_dash(number(o, "availability_percent"), 4), number_or_dash(number(o, "unavailable_s")),
+        number_or_dash(number(o, "max_uds_down"), 0), number_or_dash(number(o, "max_instances_down"), 0),
+        number_or_dash(number(o, "error_budget_s_per_month")),
+        number_or_dash(number(o, "error_budget_used_s")),
+        number_or_dash(number(o, "error_budget_used_percent"), 2),
         !sla ? "muted" : (kept ? "good" : "bad"), esc(str(o, "verdict")));
   }
   out += "</table></section>\n";
 }
 
 // "web-0: 120, web-1: 118"
-std::string served_by_cell(const json::object* t) {
+std::string served_by_cell(const json::object& t) {
   std::string out;
-  const json::object* by = obj(t, "served_by");
+  const json::object* by = field(t, "served_by").if_object();
   if (!by) return "—";
   for (const auto& [instance, n] : *by) {
     if (!out.empty()) out += ", ";
-    out += esc(instance) + ": " + number_or_dash(num(&n), 0);
+    out += esc(instance) + ": " + number_or_dash(number(n), 0);
   }
   return out.empty() ? std::string("—") : out;
 }
 
 void traffic(std::string& out, const json::object& r) {
-  const json::object* t = obj(&r, "traffic");
-  out += "<section id=\"traffic\"><h2>Client traffic</h2>";
-  if (!flag(t, "measured").value_or(false)) {
+  const json::object& t = obj(r, "traffic");
+  open_section(out, "traffic", "Client traffic");
+  if (!boolean(t, "measured").value_or(false)) {
     out += fmt::format(
         "<p class=\"muted\" id=\"traffic-not-measured\">client traffic not measured: {}</p>",
         text_or_dash(str(t, "reason")));
     out += "</section>\n";
     return;
   }
-  out +=
-      "<table id=\"traffic-table\"><tr><th>Service</th><th>Requests</th><th>Failed</th>"
-      "<th>Success %</th><th>Longest failure run s</th><th>p50 ms</th><th>p99 ms</th>"
-      "<th>Served by</th><th>Failure runs</th><th>Clients</th></tr>";
-  for (const json::value& s : arr(&r, "services")) {
-    const json::object* o = s.if_object();
-    const json::object* st = obj(o, "traffic");
-    if (!st) {
+  table_head(out,
+             {"Service", "Requests", "Failed", "Success %", "Longest failure run s", "p50 ms",
+              "p99 ms", "Served by", "Failure runs", "Clients"},
+             "traffic-table");
+  for (const json::value& s : arr(r, "services")) {
+    const json::object& o = as_object(s);
+    const json::object* traffic = field(o, "traffic").if_object();
+    if (!traffic) {
       out += fmt::format(
           "<tr><td>{}</td><td colspan=\"9\" class=\"muted\">no endpoint: no client traffic</td>"
           "</tr>",
           esc(str(o, "name")));
       continue;
     }
-    const double failed = num(st, "failed").value_or(0);
+    const json::object& st = *traffic;
+    const double failed = number(st, "failed").value_or(0);
     // Failures are a verdict only where "clients kept served" judges them.
-    const bool judged = flag(st, "checked").value_or(true);
-    const std::string_view note = str(o, "traffic_note");
+    const bool judged = boolean(st, "checked").value_or(true);
+    const std::string note = str(o, "traffic_note");
     const char* cls = failed == 0 ? "good" : (judged ? "bad" : "muted");
     out += fmt::format(
         "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num {}\">{}</td>"
         "<td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>"
         "<td class=\"num\">{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"{}\">{}</td>"
         "</tr>",
-        esc(str(o, "name")), number_or_dash(num(st, "requests"), 0), cls,
-        number_or_dash(num(st, "failed"), 0), number_or_dash(num(st, "success_percent"), 4),
-        number_or_dash(num(st, "longest_failure_run_s")), number_or_dash(num(st, "p50_ms"), 0),
-        number_or_dash(num(st, "p99_ms"), 0), served_by_cell(st),
-        number_or_dash(num(st, "failure_runs_total"), 0), cls, text_or_dash(note));
+        esc(str(o, "name")), number_or_dash(number(st, "requests"), 0), cls,
+        number_or_dash(number(st, "failed"), 0), number_or_dash(number(st, "success_percent"), 4),
+        number_or_dash(number(st, "longest_failure_run_s")), number_or_dash(number(st, "p50_ms"), 0),
+        number_or_dash(number(st, "p99_ms"), 0), served_by_cell(st),
+        number_or_dash(number(st, "failure_runs_total"), 0), cls, text_or_dash(note));
   }
   out += "</table></section>\n";
 }
 
-std::string counter_cell(const json::object* o) {
-  return number_or_dash(num(o, "counter_before"), 0) + " → " +
-         number_or_dash(num(o, "counter_after"), 0);
+std::string counter_cell(const json::object& o) {
+  return number_or_dash(number(o, "counter_before"), 0) + " → " +
+         number_or_dash(number(o, "counter_after"), 0);
 }
 
 void instances(std::string& out, const json::object& r) {
-  out +=
-      "<section id=\"instances\"><h2>Instances</h2><table><tr><th>Instance</th><th>Service"
-      "</th><th>UD</th><th>FD</th><th>Host</th><th>Down s</th><th>Agent down s</th>"
-      "<th>Notice s</th><th>Ack s</th><th>Stop</th><th>Image</th><th>Host image</th>"
-      "<th>Counter</th><th>Counter kept</th><th>Healthy at end</th><th>On target</th>"
-      "<th>Agent</th></tr>";
-  for (const json::value& i : arr(&r, "instances")) {
-    const json::object* o = i.if_object();
-    const std::string_view before = str(o, "host_before"), after = str(o, "host");
-    const bool ok = flag(o, "ok").value_or(false);
+  open_section(out, "instances", "Instances");
+  table_head(out,
+             {"Instance", "Service", "UD", "FD", "Host", "Down s", "Agent down s", "Notice s",
+              "Ack s", "Stop", "Image", "Host image", "Counter", "Counter kept",
+              "Healthy at end", "On target", "Agent"});
+  for (const json::value& i : arr(r, "instances")) {
+    const json::object& o = as_object(i);
+    const std::string before = str(o, "host_before"), after = str(o, "host");
+    const bool ok = boolean(o, "ok").value_or(false);
     out += fmt::format(
         "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td>"
         "<td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>"
         "<td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td>"
         "{}{}{}<td class=\"{}\">{}</td></tr>",
-        esc(str(o, "name")), esc(str(o, "service")), number_or_dash(num(o, "ud"), 0),
-        number_or_dash(num(o, "fd"), 0), change(before.empty() ? after : before, after),
-        number_or_dash(num(o, "down_s")), number_or_dash(num(o, "agent_down_s")),
-        number_or_dash(num(o, "notice_s")), number_or_dash(num(o, "ack_s")),
+        esc(str(o, "name")), esc(str(o, "service")), number_or_dash(number(o, "ud"), 0),
+        number_or_dash(number(o, "fd"), 0), change(before.empty() ? after : before, after),
+        number_or_dash(number(o, "down_s")), number_or_dash(number(o, "agent_down_s")),
+        number_or_dash(number(o, "notice_s")), number_or_dash(number(o, "ack_s")),
         text_or_dash(str(o, "stop_method")), change(str(o, "image_before"), str(o, "image_after")),
         change(str(o, "host_image_before"), str(o, "host_image_after")), counter_cell(o),
-        yes_no(flag(o, "counter_kept")), yes_no(flag(o, "healthy_at_end")),
-        yes_no(flag(o, "on_target")), ok ? "good" : "bad",
+        yes_no(boolean(o, "counter_kept")), yes_no(boolean(o, "healthy_at_end")),
+        yes_no(boolean(o, "on_target")), ok ? "good" : "bad",
         ok ? std::string("ok") : "error: " + text_or_dash(str(o, "error")));
   }
   out += "</table></section>\n";
 }
 
 // "yes" / "no" / "—" for an after-restart signal (null: not judged by it).
-std::string signal_cell(const json::object* o, std::string_view key, std::string_view up) {
-  std::optional<bool> b = flag(o, key);
+std::string signal_cell(const json::object& o, std::string_view key, std::string_view up) {
+  std::optional<bool> b = boolean(o, key);
   if (!b) return "<td class=\"muted\">—</td>";
   return fmt::format("<td class=\"{}\">{}</td>", *b ? "good" : "bad", *b ? up : "no");
 }
@@ -402,43 +392,43 @@ std::string signal_cell(const json::object* o, std::string_view key, std::string
 std::string data_check_cells(const json::object* dc) {
   if (!dc) return "<td class=\"muted\" colspan=\"4\">none</td>";
   std::string command;
-  for (const json::value& a : arr(dc, "command")) {
+  for (const json::value& a : arr(*dc, "command")) {
     if (a.is_string()) command += (command.empty() ? "" : " ") + esc(a.get_string());
   }
   auto output = [&](std::string_view key) {
-    const json::value* v = field(dc, key);
-    return v && v->is_string() ? "<code>" + text_or_dash(v->get_string()) + "</code>"
+    const json::value& v = field(*dc, key);
+    return v.is_string() ? "<code>" + text_or_dash(v.get_string()) + "</code>"
                                : std::string("<span class=\"bad\">none</span>");
   };
-  std::string held = yes_no(flag(dc, "held"));
-  if (!str(dc, "error").empty()) {
-    held.insert(held.size() - 5, "<br><span class=\"muted\">" + esc(str(dc, "error")) + "</span>");
+  std::string held = yes_no(boolean(*dc, "held"));
+  if (!str(*dc, "error").empty()) {
+    held.insert(held.size() - 5, "<br><span class=\"muted\">" + esc(str(*dc, "error")) + "</span>");
   }
-  return fmt::format("<td>{} <code>{}</code></td><td>{}</td><td>{}</td>{}", text_or_dash(str(dc, "rule")),
+  return fmt::format("<td>{} <code>{}</code></td><td>{}</td><td>{}</td>{}", text_or_dash(str(*dc, "rule")),
                      command, output("before"), output("after"), held);
 }
 
 // Guest health (docs/report.md): per instance, the signals it had, whether its OS and app came
 // back after the restart, its boot, and its data check.
 void guest_health(std::string& out, const json::object& r) {
-  out +=
-      "<section id=\"guest-health\"><h2>Guest health</h2><table><tr><th>Instance</th><th>Signals"
-      "</th><th>OS up after restart</th><th>App up after restart</th><th>Healthy after restart</th>"
-      "<th>Boot</th><th>Data check</th><th>Before</th><th>After</th><th>Held</th></tr>";
-  for (const json::value& i : arr(&r, "instances")) {
-    const json::object* o = i.if_object();
-    const json::object* sig = obj(o, "signals");
+  open_section(out, "guest-health", "Guest health");
+  table_head(out,
+             {"Instance", "Signals", "OS up after restart", "App up after restart",
+              "Healthy after restart", "Boot", "Data check", "Before", "After", "Held"});
+  for (const json::value& i : arr(r, "instances")) {
+    const json::object& o = as_object(i);
+    const json::object& sig = obj(o, "signals");
     std::string healthy = muted_yes_no(std::nullopt);
-    if (auto h = flag(o, "healthy_after_restart")) {
+    if (auto h = boolean(o, "healthy_after_restart")) {
       healthy = fmt::format("<td class=\"{}\">{}</td>", *h ? "good" : "bad", text_or_dash(str(o, "health_after_restart")));
-    } else if (!flag(o, "restarted").value_or(false)) {
+    } else if (!boolean(o, "restarted").value_or(false)) {
       healthy = "<td class=\"muted\">not restarted</td>";
     }
     std::string boot = text_or_dash(str(o, "boot"));
     if (!str(o, "boot_id_source").empty()) boot += " <span class=\"muted\">(" + esc(str(o, "boot_id_source")) + ")</span>";
     out += fmt::format("<tr><td>{}</td><td>{}</td>{}{}{}<td>{}</td>{}</tr>", esc(str(o, "name")),
                        text_or_dash(str(sig, "text")), signal_cell(o, "os_up", "yes"),
-                       signal_cell(o, "app_up", "UP"), healthy, boot, data_check_cells(obj(o, "data_check")));
+                       signal_cell(o, "app_up", "UP"), healthy, boot, data_check_cells(field(o, "data_check").if_object()));
   }
   out += "</table></section>\n";
 }
@@ -471,54 +461,54 @@ void service_timeline(std::string& out, std::string_view service, std::vector<Ro
   const size_t lanes = rows.size() + (client_traffic ? 1 : 0);
   const double height = kAxisHeight + kRowHeight * static_cast<double>(lanes) + 4;
   out += fmt::format("<h3>{}</h3><svg class=\"timeline\" width=\"{}\" height=\"{}\" role=\"img\">",
-                     esc(service), number(kLabelWidth + kPlotWidth + 24, 0), number(height, 0));
+                     esc(service), decimal(kLabelWidth + kPlotWidth + 24, 0), decimal(height, 0));
   for (const json::value& b : batches) {
-    const json::object* o = b.if_object();
-    auto from = num(o, "start_s"), to = num(o, "end_s");
+    const json::object& o = as_object(b);
+    auto from = number(o, "start_s"), to = number(o, "end_s");
     if (!from) continue;
     const double x0 = x(*from), x1 = x(to.value_or(duration));
     out += fmt::format(
         "<rect class=\"batch\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"><title>batch {}</title>"
         "</rect><text x=\"{}\" y=\"{}\">B{}</text>",
-        number(x0, 1), number(kAxisHeight - 4, 0), number(std::max(x1 - x0, 1.0), 1),
-        number(height - kAxisHeight + 4, 0), number_or_dash(num(o, "index"), 0), number(x0 + 2, 1),
-        number(kAxisHeight - 6, 0), number_or_dash(num(o, "index"), 0));
+        decimal(x0, 1), decimal(kAxisHeight - 4, 0), decimal(std::max(x1 - x0, 1.0), 1),
+        decimal(height - kAxisHeight + 4, 0), number_or_dash(number(o, "index"), 0), decimal(x0 + 2, 1),
+        decimal(kAxisHeight - 6, 0), number_or_dash(number(o, "index"), 0));
   }
   const double step = tick_step(duration);
   for (double t = 0; t <= duration + step * 1e-9; t += step) {
     out += fmt::format(
         "<line class=\"tick\" x1=\"{0}\" x2=\"{0}\" y1=\"10\" y2=\"{1}\"/>"
         "<text x=\"{0}\" y=\"9\" text-anchor=\"middle\">{2}s</text>",
-        number(x(t), 1), number(height, 0), number(t));
+        decimal(x(t), 1), decimal(height, 0), decimal(t));
   }
   int last_ud = -1;
   for (size_t k = 0; k < rows.size(); ++k) {
-    const json::object* o = rows[k].instance;
+    const json::object& o = *rows[k].instance;
     const double y = kAxisHeight + kRowHeight * static_cast<double>(k);
     if (rows[k].ud != last_ud) {
       if (k > 0) {
         out += fmt::format("<line class=\"sep\" x1=\"0\" x2=\"{0}\" y1=\"{1}\" y2=\"{1}\"/>",
-                           number(kLabelWidth + kPlotWidth, 0), number(y, 1));
+                           decimal(kLabelWidth + kPlotWidth, 0), decimal(y, 1));
       }
-      out += fmt::format("<text x=\"2\" y=\"{}\">UD{}</text>", number(y + 14, 1), rows[k].ud);
+      out += fmt::format("<text x=\"2\" y=\"{}\">UD{}</text>", decimal(y + 14, 1), rows[k].ud);
       last_ud = rows[k].ud;
     }
     const std::string name = esc(str(o, "name"));
-    out += fmt::format("<text x=\"44\" y=\"{}\">{}</text>", number(y + 14, 1), name);
+    out += fmt::format("<text x=\"44\" y=\"{}\">{}</text>", decimal(y + 14, 1), name);
     // (t_s, healthy) pairs; unknown (pale) before the first one.
     std::vector<std::pair<double, bool>> entries;
     for (const json::value& e : arr(o, "timeline")) {
-      const json::object* eo = e.if_object();
-      if (auto t = num(eo, "t_s")) entries.emplace_back(*t, flag(eo, "healthy").value_or(false));
+      const json::object& eo = as_object(e);
+      if (auto t = number(eo, "t_s")) entries.emplace_back(*t, boolean(eo, "healthy").value_or(false));
     }
     auto bar = [&](double from, double to, std::string_view cls, std::string_view what) {
       if (to <= from) return;
       out += fmt::format(
           "<rect class=\"{}\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"><title>{}: {} from {} s "
           "to {} s</title></rect>",
-          cls, number(x(from), 2), number(y + (kRowHeight - kBarHeight) / 2, 1),
-          number(std::max(x(to) - x(from), 0.5), 2), number(kBarHeight, 0), name, what,
-          number(from), number(to));
+          cls, decimal(x(from), 2), decimal(y + (kRowHeight - kBarHeight) / 2, 1),
+          decimal(std::max(x(to) - x(from), 0.5), 2), decimal(kBarHeight, 0), name, what,
+          decimal(from), decimal(to));
     };
     bar(0, entries.empty() ? duration : entries.front().first, "unk", "unknown (counted as down)");
     for (size_t e = 0; e < entries.size(); ++e) {
@@ -534,26 +524,26 @@ void service_timeline(std::string& out, std::string_view service, std::vector<Ro
         "<line class=\"sep\" x1=\"0\" x2=\"{0}\" y1=\"{1}\" y2=\"{1}\"/><text x=\"2\" "
         "y=\"{2}\">clients</text><rect class=\"lane\" x=\"{3}\" y=\"{4}\" width=\"{5}\" "
         "height=\"{6}\"><title>{7} clients: {8} requests, {9} failed</title></rect>",
-        number(kLabelWidth + kPlotWidth, 0), number(y, 1), number(y + 14, 1), number(x(0), 2),
-        number(bar_y, 1), number(kPlotWidth, 0), number(kBarHeight, 0), esc(service),
-        number_or_dash(num(client_traffic, "requests"), 0),
-        number_or_dash(num(client_traffic, "failed"), 0));
-    for (const json::value& run : arr(client_traffic, "failure_runs")) {
-      const json::object* ro = run.if_object();
-      auto from = num(ro, "from_s"), to = num(ro, "to_s");
+        decimal(kLabelWidth + kPlotWidth, 0), decimal(y, 1), decimal(y + 14, 1), decimal(x(0), 2),
+        decimal(bar_y, 1), decimal(kPlotWidth, 0), decimal(kBarHeight, 0), esc(service),
+        number_or_dash(number(*client_traffic, "requests"), 0),
+        number_or_dash(number(*client_traffic, "failed"), 0));
+    for (const json::value& run : arr(*client_traffic, "failure_runs")) {
+      const json::object& ro = as_object(run);
+      auto from = number(ro, "from_s"), to = number(ro, "to_s");
       if (!from || !to || *to < 0 || *from > duration) continue;  // outside the window
       const double x0 = x(*from), x1 = x(*to);
       std::string causes;
       for (const json::value& c : arr(ro, "causes")) {
-        const json::object* co = c.if_object();
+        const json::object& co = as_object(c);
         causes += fmt::format("{} {} x{}", causes.empty() ? ":" : ",", str(co, "what"),
-                              number_or_dash(num(co, "count"), 0));
+                              number_or_dash(number(co, "count"), 0));
       }
       out += fmt::format(
           "<rect class=\"fail\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"><title>{} clients: {} "
           "failed from {} s to {} s{}</title></rect>",
-          number(x0, 2), number(bar_y, 1), number(std::max(x1 - x0, 2.0), 2), number(kBarHeight, 0),
-          esc(service), number_or_dash(num(ro, "count"), 0), number(*from), number(*to), esc(causes));
+          decimal(x0, 2), decimal(bar_y, 1), decimal(std::max(x1 - x0, 2.0), 2), decimal(kBarHeight, 0),
+          esc(service), number_or_dash(number(ro, "count"), 0), decimal(*from), decimal(*to), esc(causes));
     }
   }
   out += "</svg>\n";
@@ -566,7 +556,7 @@ void timelines(std::string& out, const json::object& r) {
       "<span style=\"background:#eeb0b0\"></span>unknown (counted as down)<span style=\""
       "background:#dde7f5\"></span>batch<span style=\"background:#8e1016\"></span>failed client "
       "requests</p>";
-  const double duration = num(obj(&r, "drill"), "duration_s").value_or(0);
+  const double duration = number(obj(r, "drill"), "duration_s").value_or(0);
   if (!(duration > 0)) {
     out += "<p class=\"muted\">Zero-length window: nothing to draw.</p></section>\n";
     return;
@@ -574,19 +564,19 @@ void timelines(std::string& out, const json::object& r) {
   // Services in report order, then any only the instances name.
   std::vector<std::string> order;
   std::map<std::string, const json::object*, std::less<>> client_traffic;
-  for (const json::value& s : arr(&r, "services")) {
-    order.emplace_back(str(s.if_object(), "name"));
-    if (const json::object* t = obj(s.if_object(), "traffic")) client_traffic[order.back()] = t;
+  for (const json::value& s : arr(r, "services")) {
+    order.emplace_back(str(s, "name"));
+    if (const json::object* t = field(s, "traffic").if_object()) client_traffic[order.back()] = t;
   }
   std::map<std::string, std::vector<Row>, std::less<>> rows;
-  for (const json::value& i : arr(&r, "instances")) {
-    const json::object* o = i.if_object();
+  for (const json::value& i : arr(r, "instances")) {
+    const json::object& o = as_object(i);
     std::string service(str(o, "service"));
     if (std::find(order.begin(), order.end(), service) == order.end()) order.push_back(service);
-    rows[service].push_back(Row{o, static_cast<int>(num(o, "ud").value_or(0)),
-                                static_cast<int>(num(o, "index").value_or(0))});
+    rows[service].push_back(Row{&o, static_cast<int>(number(o, "ud").value_or(0)),
+                                static_cast<int>(number(o, "index").value_or(0))});
   }
-  const json::array& batches = arr(obj(&r, "walk"), "batch_list");
+  const json::array& batches = arr(obj(r, "walk"), "batch_list");
   for (const std::string& service : order) {
     auto it = rows.find(service);
     auto t = client_traffic.find(service);
@@ -600,7 +590,7 @@ void timelines(std::string& out, const json::object& r) {
 
 void events(std::string& out, const json::object& r) {
   out += "<section id=\"events\"><h2>Events</h2>";
-  const json::array& list = arr(&r, "events");
+  const json::array& list = arr(r, "events");
   if (list.empty()) {
     out += "<p class=\"muted\">No events.</p>";
   } else {
@@ -652,8 +642,8 @@ std::string prefix_ids(std::string body, std::string_view prefix) {
 }  // namespace
 
 std::string render_report_html(const json::object& report) {
-  const json::object* drill = obj(&report, "drill");
-  const bool passed = str(&report, "result") == "passed";
+  const json::object& drill = obj(report, "drill");
+  const bool passed = str(report, "result") == "passed";
   std::string out;
   out.reserve(64 * 1024);
   out += page_head(fmt::format("fabriclab drill {}: {}", esc(str(drill, "id")), passed ? "PASSED" : "FAILED"));
@@ -666,8 +656,8 @@ std::string render_reports_html(const std::vector<json::object>& reports) {
   bool passed = !reports.empty();
   std::string list;
   for (size_t k = 0; k < reports.size(); ++k) {
-    const bool ok = str(&reports[k], "result") == "passed";
-    const json::object* drill = obj(&reports[k], "drill");
+    const bool ok = str(reports[k], "result") == "passed";
+    const json::object& drill = obj(reports[k], "drill");
     passed = passed && ok;
     list += fmt::format("<li><a href=\"#d{}-drill\">drill {} · {} → {}</a>: <b>{}</b></li>", k + 1,
                         esc(str(drill, "id")), esc(str(drill, "kind")), esc(str(drill, "target")),

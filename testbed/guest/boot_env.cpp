@@ -54,6 +54,16 @@ std::optional<std::int64_t> parse_int(std::string_view text, std::int64_t lo, st
 }  // namespace
 
 void apply_cmdline(GuestConfig& config, std::string_view cmdline) {
+  // An integer parameter in [lo, hi]; a bad value keeps the one the field had.
+  auto set_int = [](std::string_view key, std::string_view value, std::int64_t lo, std::int64_t hi,
+                    std::int64_t& field) {
+    if (auto v = parse_int(value, lo, hi)) {
+      field = *v;
+      return;
+    }
+    log("cmdline: bad %.*s (%lld..%lld), keeping %lld", static_cast<int>(key.size()), key.data(),
+        static_cast<long long>(lo), static_cast<long long>(hi), static_cast<long long>(field));
+  };
   std::string_view ip;
   std::string_view gw;
   std::size_t pos = 0;
@@ -75,19 +85,9 @@ void apply_cmdline(GuestConfig& config, std::string_view cmdline) {
             static_cast<int>(value.size()), value.data());
       }
     } else if (key == "fabriclab.drain_ms") {
-      if (auto v = parse_int(value, 0, 3'600'000)) {
-        config.drain_ms = *v;
-      } else {
-        log("cmdline: bad fabriclab.drain_ms, keeping %lld",
-            static_cast<long long>(config.drain_ms));
-      }
+      set_int(key, value, 0, 3'600'000, config.drain_ms);
     } else if (key == "fabriclab.hb_ms") {
-      if (auto v = parse_int(value, 50, 600'000)) {
-        config.heartbeat_ms = *v;
-      } else {
-        log("cmdline: bad fabriclab.hb_ms (50..600000), keeping %lld",
-            static_cast<long long>(config.heartbeat_ms));
-      }
+      set_int(key, value, 50, 600'000, config.heartbeat_ms);
     } else if (key == "fabriclab.ip") {
       ip = value;
     } else if (key == "fabriclab.gw") {

@@ -109,25 +109,25 @@ bool DataDisk::begin_boot(const std::string& boot_id) {
   next.boots += 1;
   next.clean_shutdown = false;
   next.last_boot_id = boot_id;
-  if (!write_record(next, false)) return false;
-  record_ = next;
-  return true;
+  return replace_record(next, false);
 }
 
 bool DataDisk::commit_counter(std::uint64_t value) {
   if (fd_ < 0) return false;
   DiskRecord next = record_;
   next.counter = value;
-  if (!write_record(next, false)) return false;
-  record_ = next;
-  return true;
+  return replace_record(next, false);
 }
 
 bool DataDisk::mark_clean() {
   if (fd_ < 0) return false;
   DiskRecord next = record_;
   next.clean_shutdown = true;
-  if (!write_record(next, true)) return false;
+  return replace_record(next, true);
+}
+
+bool DataDisk::replace_record(const DiskRecord& next, bool full_fsync) {
+  if (!write_record(next, full_fsync)) return false;
   record_ = next;
   return true;
 }

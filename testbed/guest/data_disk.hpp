@@ -55,6 +55,8 @@ class DataDisk {
 
  private:
   bool write_record(const DiskRecord& record, bool full_fsync);
+  // Writes `next` and, once it is durable, makes it the record in memory; false leaves both.
+  bool replace_record(const DiskRecord& next, bool full_fsync);
 
   int fd_ = -1;
   std::string path_;

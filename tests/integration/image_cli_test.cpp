@@ -18,6 +18,7 @@
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/process.hpp"
 #include "fabriclab/rack/image_library.hpp"
+#include "temp_dir.hpp"
 
 namespace fabriclab {
 namespace {
@@ -42,9 +43,8 @@ struct Cli {
 class ImageCli : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/fl-image-cli-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    dir_ = fabriclab::testing::make_temp_dir("fl-image-cli");
+    ASSERT_FALSE(dir_.empty()) << "mkdtemp failed";
     lib_ = dir_ + "/lib";
     src_ = dir_ + "/src";
     fs::create_directories(src_);

@@ -32,6 +32,7 @@
 
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/orchestrator/lb.hpp"
+#include "temp_dir.hpp"
 
 extern char** environ;
 
@@ -45,16 +46,32 @@ namespace {
 constexpr int kIntervalMs = 300;
 constexpr int kThreshold = 2;
 
-uint16_t free_port() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
+// A TCP socket bound to 127.0.0.1 at a port the kernel picks, listening with `backlog` when it is
+// above 0; -1 when socket or bind fails. `port` is the port it got.
+int bind_loopback(int backlog, uint16_t& port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      (backlog > 0 && listen(fd, backlog) != 0)) {
+    close(fd);
+    return -1;
+  }
   socklen_t len = sizeof a;
   getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
+  port = ntohs(a.sin_port);
+  return fd;
+}
+
+uint16_t free_port() {
+  uint16_t port = 0;
+  int fd = bind_loopback(0, port);
+  if (fd >= 0) close(fd);
+  return port;
 }
 
 // A guest app stand-in: one thread accepting on 127.0.0.1:0, one thread per connection, one
@@ -62,17 +79,8 @@ uint16_t free_port() {
 class Backend {
  public:
   explicit Backend(std::string name) : name_(std::move(name)) {
-    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-    EXPECT_EQ(listen(fd_, 128), 0);
-    socklen_t len = sizeof a;
-    getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
+    fd_ = bind_loopback(128, port_);
+    EXPECT_GE(fd_, 0) << "cannot listen on 127.0.0.1";
     acceptor_ = std::thread([this] { accept_loop(); });
   }
   ~Backend() {
@@ -177,9 +185,8 @@ bool wait_until(std::chrono::milliseconds limit, const std::function<bool()>& pr
 class LbHaproxy : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/flab-lb-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    dir_ = fabriclab::testing::make_temp_dir("flab-lb");
+    ASSERT_FALSE(dir_.empty()) << "mkdtemp failed";
     config_ = dir_ + "/haproxy.cfg";
     socket_ = dir_ + "/master.sock";
     LbOptions o;
@@ -410,17 +417,12 @@ TEST_F(LbHaproxy, AReloadHaproxyCannotStartIsAnErrorAndTheOldWorkerServes) {
   ASSERT_TRUE(all_up({&a}));
   // A second service on a port someone else holds: `haproxy -c` accepts it (it binds nothing),
   // the new worker cannot bind it.
-  int holder = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(bind(holder, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  ASSERT_EQ(listen(holder, 1), 0);
-  socklen_t len = sizeof addr;
-  getsockname(holder, reinterpret_cast<sockaddr*>(&addr), &len);
+  uint16_t held_port = 0;
+  int holder = bind_loopback(1, held_port);
+  ASSERT_GE(holder, 0) << "cannot listen on 127.0.0.1";
   auto other = service({&a});
   other.name = "api";
-  other.port = ntohs(addr.sin_port);
+  other.port = held_port;
   auto r = lb_->apply({service({&a}), other});
   close(holder);
   ASSERT_FALSE(r.ok());

@@ -15,6 +15,7 @@
 
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/testbed/images.hpp"
+#include "temp_dir.hpp"
 
 #include <chrono>
 #include <cstdio>
@@ -140,9 +141,8 @@ bool can_make_namespaces() { return geteuid() == 0 && access("/usr/sbin/ip", X_O
 class Drill : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/fldt-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    dir_ = fabriclab::testing::make_temp_dir("fldt");
+    ASSERT_FALSE(dir_.empty()) << "mkdtemp failed";
   }
   void TearDown() override {
     // Whatever the test did, nothing of its rack may stay up.

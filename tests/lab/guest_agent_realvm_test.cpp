@@ -29,6 +29,7 @@
 #include "fabriclab/testbed/images.hpp"
 #include "fabriclab/testbed/lab_vm.hpp"
 #include "status_matchers.hpp"
+#include "vm_teardown.hpp"
 
 namespace fabriclab {
 namespace {
@@ -158,14 +159,7 @@ class GuestAgentRealVm : public ::testing::Test {
   void TearDown() override {
     events_.reset();
     if (conn_) {
-      if (auto list = conn_->list(); list.ok()) {
-        for (const auto& info : *list) {
-          if (auto d = conn_->lookup(info.name); d.ok()) {
-            if (info.state != DomainState::shut_off) (void)d->destroy();
-            (void)d->undefine();
-          }
-        }
-      }
+      testing::remove_all_domains(*conn_);
       conn_.reset();
     }
     if (HasFailure()) dump_consoles();
@@ -174,15 +168,7 @@ class GuestAgentRealVm : public ::testing::Test {
     fs::remove_all(root_ + "/img", ec);
   }
 
-  void dump_consoles() {
-    std::error_code ec;
-    for (auto& e : fs::directory_iterator(root_ + "/vm", ec)) {
-      if (!e.path().string().ends_with(".console.log")) continue;
-      std::string s = read_file(e.path());
-      if (s.size() > 6000) s = s.substr(s.size() - 6000);
-      std::cerr << "---- " << e.path() << " (tail)\n" << s << "\n";
-    }
-  }
+  void dump_consoles() { testing::dump_console_tails(root_ + "/vm", 6000); }
 
   // A fresh qcow2 overlay on the image's disk.
   std::string make_overlay(const std::string& name) {

@@ -15,6 +15,7 @@
 #include "fabriclab/hypervisor/connection.hpp"
 #include "fabriclab/testbed/lab_vm.hpp"
 #include "status_matchers.hpp"
+#include "vm_teardown.hpp"
 
 namespace fabriclab {
 namespace {
@@ -47,32 +48,14 @@ class RealVm : public ::testing::Test {
 
   void TearDown() override {
     if (conn_) {
-      if (auto list = conn_->list(); list.ok()) {
-        for (const auto& info : *list) {
-          if (auto d = conn_->lookup(info.name); d.ok()) {
-            if (info.state != DomainState::shut_off) (void)d->destroy();
-            (void)d->undefine();
-          }
-        }
-      }
+      testing::remove_all_domains(*conn_);
       conn_.reset();
     }
     if (HasFailure()) dump_consoles();
     if (!root_.empty()) std::filesystem::remove_all(root_);
   }
 
-  void dump_consoles() {
-    for (auto& e : std::filesystem::directory_iterator(root_ + "/vm")) {
-      if (e.path().string().ends_with(".console.log")) {
-        std::ifstream in(e.path());
-        std::stringstream ss;
-        ss << in.rdbuf();
-        std::string s = ss.str();
-        if (s.size() > 4000) s = s.substr(s.size() - 4000);
-        std::cerr << "---- " << e.path() << " (tail)\n" << s << "\n";
-      }
-    }
-  }
+  void dump_consoles() { testing::dump_console_tails(root_ + "/vm", 4000); }
 
   testbed::GuestImage image(const std::string& version) {
     auto img = testbed::find_image(images_dir_, version);

@@ -25,6 +25,7 @@
 
 #include "../screen_model.hpp"
 #include "fabriclab/common/process.hpp"
+#include "temp_dir.hpp"
 
 namespace {
 
@@ -97,9 +98,8 @@ void stop(PtyChild& c) {
 class WatchPty : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/flwp-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    dir_ = fabriclab::testing::make_temp_dir("flwp");
+    ASSERT_FALSE(dir_.empty()) << "mkdtemp failed";
     std::ofstream(dir_ + "/spec.yaml") << kSpec;
   }
   void TearDown() override {

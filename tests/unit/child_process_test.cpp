@@ -3,6 +3,7 @@
 // cannot be executed, ignores SIGTERM or is started again on the same output file.
 
 #include "fabriclab/common/child_process.hpp"
+#include "temp_dir.hpp"
 
 #include <gtest/gtest.h>
 #include <fcntl.h>
@@ -29,9 +30,8 @@ bool no_children() { return ::waitpid(-1, nullptr, WNOHANG) < 0 && errno == ECHI
 class ChildProcessTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/flcp-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    dir_ = fabriclab::testing::make_temp_dir("flcp");
+    ASSERT_FALSE(dir_.empty()) << "mkdtemp failed";
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
 

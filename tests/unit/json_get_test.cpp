@@ -66,6 +66,21 @@ TEST(JsonGet, FlagIsTrueOnlyForTrue) {
   EXPECT_TRUE(flag(v, "t"));
 }
 
+TEST(JsonGet, NumberOfAValueAndBooleanTellAbsentFromFalse) {
+  auto v = doc();
+  const auto& o = v.as_object();
+  EXPECT_EQ(number(o.at("i")), -7.0);
+  EXPECT_EQ(number(o.at("s")), std::nullopt);
+  EXPECT_EQ(boolean(o, "t"), true);
+  EXPECT_EQ(boolean(o, "f"), false) << "false is a value, not an absence";
+  EXPECT_EQ(boolean(o, "n"), std::nullopt);
+  EXPECT_EQ(boolean(o, "i"), std::nullopt) << "1 is not a boolean";
+  EXPECT_EQ(boolean(o, "missing"), std::nullopt);
+  EXPECT_EQ(boolean(v, "f"), false);
+  EXPECT_EQ(&as_object(o.at("o")), &o.at("o").as_object()) << "a reference into the document";
+  EXPECT_TRUE(as_object(o.at("a")).empty());
+}
+
 TEST(JsonGet, ArrObjAndFieldReferToTheDocumentOrToAnEmptyValue) {
   auto v = doc();
   const auto& o = v.as_object();

@@ -25,6 +25,9 @@ namespace json = boost::json;
 const json::value& field(const json::object& o, std::string_view key);
 const json::value& field(const json::value& v, std::string_view key);
 
+// `v` itself as an object; an empty one when it is not an object.
+const json::object& as_object(const json::value& v);
+
 // A string field; "" otherwise.
 std::string str(const json::object& o, std::string_view key);
 std::string str(const json::value& v, std::string_view key);
@@ -38,9 +41,17 @@ int64_t int_or(const json::value& v, std::string_view key, int64_t fallback);
 std::optional<double> number(const json::object& o, std::string_view key);
 std::optional<double> number(const json::value& v, std::string_view key);
 
+// `v` itself as a double when it is a number; nullopt otherwise.
+std::optional<double> number(const json::value& v);
+
 // True only for a boolean field that is true.
 bool flag(const json::object& o, std::string_view key);
 bool flag(const json::value& v, std::string_view key);
+
+// A boolean field's value; nullopt when it is missing or not a boolean (for a view that shows
+// "unknown" apart from "no").
+std::optional<bool> boolean(const json::object& o, std::string_view key);
+std::optional<bool> boolean(const json::value& v, std::string_view key);
 
 // An array or object field (a reference into the document); an empty one otherwise.
 const json::array& arr(const json::object& o, std::string_view key);
