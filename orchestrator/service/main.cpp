@@ -45,6 +45,16 @@ int main(int argc, char** argv) {
                  "Open every connection to an agent inside this network namespace (a name under "
                  "/run/netns or a path); the API still listens where --listen says");
   app.add_flag("--no-healing", no_healing, "Do not place the instances of an Unhealthy host again");
+  std::string power_command;
+  int power_timeout_ms = 30000, fence_attempts = 3;
+  app.add_option("--power-command", power_command,
+                 "Fence a silent host before healing its instances: 'PROGRAM ARGS... {host}' (words split at "
+                 "spaces, no shell; {host} becomes the host's id); exit 0 = the host is confirmed off. Without it "
+                 "healing goes on unfenced");
+  app.add_option("--power-timeout-ms", power_timeout_ms, "Deadline of one power command (then it is killed)")
+      ->check(CLI::Range(100, 600000))->capture_default_str();
+  app.add_option("--fence-attempts", fence_attempts, "Power commands tried per silence before giving up")
+      ->check(CLI::Range(1, 100))->capture_default_str();
   app.add_option("--lb-config", o.lb_config,
                  "The HAProxy configuration file the rack's load balancer runs (rewritten on every "
                  "change of placement); without it the rack has no load balancer");
@@ -88,6 +98,16 @@ int main(int argc, char** argv) {
   o.unhealthy_after = std::chrono::milliseconds(unhealthy_ms);
   o.agent_timeout = std::chrono::milliseconds(agent_timeout_ms);
   o.healing = !no_healing;
+  if (!power_command.empty()) {
+    auto argv = orchestrator::parse_power_command(power_command);
+    if (!argv.ok()) {
+      std::cerr << "fabriclab-orchestrator: --power-command: " << argv.error().message << "\n";
+      return 2;
+    }
+    o.power_command = std::move(argv).value();
+  }
+  o.power_timeout = std::chrono::milliseconds(power_timeout_ms);
+  o.fence_attempts = fence_attempts;
   if (!o.agent_netns.empty()) {
     // Checked once here, so a bad value stops the start instead of every later agent call.
     auto path = http::netns_path(o.agent_netns);

@@ -68,6 +68,9 @@ struct AgentOptions {
   // Creating an instance (or reimaging one) that could leave less than this free in the state
   // directory's file system is refused before anything is made.
   uint64_t disk_reserve_mib = 256;
+  // A host back from a power loss (its rack's power control cut it): the guests it finds stopped
+  // at start stay stopped until its orchestrator says (it may have placed them elsewhere).
+  bool hold_guests = false;
 };
 
 struct InstanceSpec {
@@ -103,7 +106,9 @@ class HostAgent {
   Result<boost::json::object> create_instance(const InstanceSpec& spec);
   Status start_instance(const std::string& name);
   Status stop_instance(const std::string& name);
-  Status delete_instance(const std::string& name);
+  // keep_data: the data disk is moved to <state_dir>/kept-data/<name>-<unix ms>.data.raw instead
+  // of deleted, and its new path returned ("" when there was none); without it: "".
+  Result<std::string> delete_instance(const std::string& name, bool keep_data = false);
   // The instance's persistent libvirt definition (what its next boot uses), for inspection.
   Result<std::string> domain_xml(const std::string& name);
 
