@@ -13,6 +13,8 @@
 
 #include <set>
 
+#include "fabriclab/common/process.hpp"
+#include "fabriclab/orchestrator/controller.hpp"
 #include "orchestrator_stack.hpp"
 
 namespace fabriclab::testing {
@@ -221,6 +223,47 @@ TEST_F(Fence, EveryDifferenceBetweenAnAgentAndThePlacementIsReported) {
   int drift_events = 0;
   for (const auto& m : feed.messages()) drift_events += jstr(m.body, "type") == "host.drift";
   EXPECT_EQ(drift_events, 2);
+}
+
+}  // namespace
+}  // namespace fabriclab::testing
+
+namespace fabriclab::testing {
+namespace {
+
+TEST(PowerCommand, IsSplitAtSpacesWithoutAShellAndChecked) {
+  auto ok = orchestrator::parse_power_command("  /usr/bin/ipmitool -H bmc-{host} chassis power off ");
+  ASSERT_TRUE(ok.ok()) << ok.error().message;
+  EXPECT_EQ(*ok, (std::vector<std::string>{"/usr/bin/ipmitool", "-H", "bmc-{host}", "chassis", "power", "off"}));
+  for (auto [text, says] : std::vector<std::pair<std::string, std::string>>{
+           {"", "empty"},
+           {"   ", "empty"},
+           {"ipmitool {host}", "absolute path"},
+           {"/bin/echo " + std::string(1025, 'x'), "word 2"},
+           {"/bin/echo a\tb", "control character"}}) {
+    auto bad = orchestrator::parse_power_command(text);
+    ASSERT_FALSE(bad.ok()) << text;
+    EXPECT_NE(bad.error().message.find(says), std::string::npos) << bad.error().message;
+  }
+  std::string many = "/bin/echo";
+  for (int i = 0; i < 32; ++i) many += " w";
+  EXPECT_FALSE(orchestrator::parse_power_command(many).ok());
+}
+
+TEST(PowerCommand, TheOrchestratorRefusesABadOneAtStart) {
+  char tmpl[] = "/tmp/flpc-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  std::ofstream(dir + "/token") << kToken << "\n";
+  auto r = run_command({FABRICLAB_ORCHESTRATOR_BIN, "--journal", dir + "/j.db", "--control-token-file", dir + "/token",
+                        "--power-command", "ipmitool power off {host}"},
+                       10s);
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->exit_code, 2) << r->output;
+  EXPECT_NE(r->output.find("--power-command: the power command's program 'ipmitool' must be an absolute path"),
+            std::string::npos)
+      << r->output;
 }
 
 }  // namespace
