@@ -283,6 +283,13 @@ Result<Lab> Lab::attach(const std::string& dir) {
     return make_error(Condition::invalid_argument, path + ": agent_netns '" + lab.rack_netns_ + "' is not a lab namespace");
   }
   FL_ASSIGN_OR_RETURN(lab.hypervisor_, get_string(o, "hypervisor", 64, false));
+  // Read back so a save() by another process (power_on) keeps them.
+  FL_ASSIGN_OR_RETURN(auto* image_dirs, get_optional_array(o, "image_dirs", 64));
+  if (image_dirs) {
+    for (const auto& d : *image_dirs) {
+      if (d.is_string()) lab.image_dirs_.emplace_back(d.as_string());
+    }
+  }
   if (auto* g = o.if_contains("guest_network"); g && g->is_bool()) lab.guest_network_ = g->as_bool();
   FL_ASSIGN_OR_RETURN(lab.guest_network_reason_, get_string(o, "guest_network_reason", 4096, false));
   FL_ASSIGN_OR_RETURN(auto* net, get_optional_array(o, "network_processes", 1000));
