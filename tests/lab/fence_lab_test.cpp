@@ -122,7 +122,8 @@ class FenceLab : public ::testing::Test {
       EXPECT_EQ(down.exit_code, 0) << down.output;
     }
     if (HasFailure()) std::cerr << "---- orchestrator log (tail) ----\n" << tail(lab_ + "/orchestrator.log", 40);
-    if (!std::getenv("FABRICLAB_KEEP_TMP")) fs::remove_all(dir_);
+    std::error_code ec;
+    if (!std::getenv("FABRICLAB_KEEP_TMP")) fs::remove_all(dir_, ec);
   }
 
   static std::string tail(const std::string& path, size_t lines) {
