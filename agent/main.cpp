@@ -103,6 +103,8 @@ int main(int argc, char** argv) {
   app.add_option("--imds-listen", imds_listen,
                  "Serve the Instance Metadata Service at ADDR:PORT (169.254.169.254:80 in a rack; port 0: "
                  "ephemeral); prints 'imds listening ADDR:PORT'");
+  app.add_flag("--hold-guests", o.hold_guests,
+               "Start no stopped guest at start (a host back from a power loss waits for its orchestrator)");
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
   app.add_flag("--json-logs", json_logs, "Log JSON lines");
   // Expand --config FILE into flags first.

@@ -64,6 +64,9 @@ std::string guest_network_line(const rack::Lab& lab);
 int run_lab_up(const DrillArgs& a);
 int run_lab_down(const std::string& dir);
 int run_lab_status(const std::string& dir);
+// One host's power control (rack::Lab::power_off/power_on): 0 done (off: confirmed gone), 2 no
+// lab or no such host, 3 it could not be done (the message says what is left).
+int run_lab_power(const std::string& dir, const std::string& host, bool on, int timeout_ms);
 
 // status and watch (status.cpp, watch.cpp)
 int run_status(const Target& t, bool json_out);

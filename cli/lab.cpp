@@ -1,4 +1,5 @@
-// fabriclab lab up | down | status: a local rack that stays up between commands.
+// fabriclab lab up | down | status: a local rack that stays up between commands; lab power-off |
+// power-on HOST: one host's emulated BMC/PDU (the rack's orchestrator fences through power-off).
 #include "commands.hpp"
 
 #include <boost/json.hpp>
@@ -54,6 +55,23 @@ int run_lab_status(const std::string& dir) {
   auto lab = rack::Lab::attach(dir);
   if (!lab.ok()) return fail(kBadInput, lab.error().message);
   std::cout << json::serialize(lab->status_json()) << "\n";
+  return 0;
+}
+
+int run_lab_power(const std::string& dir, const std::string& host, bool on, int timeout_ms) {
+  const std::string what = on ? "lab power-on " : "lab power-off ";
+  auto lab = rack::Lab::attach(dir);
+  if (!lab.ok()) return fail(kBadInput, what + lab.error().message);
+  auto began = std::chrono::steady_clock::now();
+  auto timeout = std::chrono::milliseconds(timeout_ms);
+  Status st = on ? lab->power_on(host, timeout) : lab->power_off(host, timeout);
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - began).count();
+  if (!st.ok()) {
+    return fail(st.error().condition == Condition::invalid_argument ? kBadInput : kLabError,
+                what + host + ": " + st.error().message);
+  }
+  std::cout << "host " << host << (on ? " is on (agent started, guests held)" : " is off (agent and VMs gone)")
+            << " after " << ms << " ms\n";
   return 0;
 }
 

@@ -2,7 +2,7 @@
 // functions, one file each in cli/ (commands.hpp):
 //   plan    the dry run of a walk (plan.cpp)
 //   drill   a drill spec on a local rack or against a running orchestrator (drill.cpp)
-//   lab     up | down | status of a local rack (lab.cpp)
+//   lab     up | down | status | power-off | power-on of a local rack (lab.cpp)
 //   image   add | list | remove guest OS disk images in the user's image library (image.cpp)
 //   status  the grid and the latest drill (status.cpp); watch: the same, live (watch.cpp)
 //
@@ -82,6 +82,16 @@ int main(int argc, char** argv) {
   lab_down->add_option("--lab-dir", lab_dir, "The rack's directory")->capture_default_str();
   auto* lab_status = lab->add_subcommand("status", "The rack's processes (JSON)");
   lab_status->add_option("--lab-dir", lab_dir, "The rack's directory")->capture_default_str();
+  // The emulated BMC of one host; the rack's orchestrator fences a silent host through power-off.
+  std::string power_host;
+  int power_timeout_ms = 15000;
+  auto* lab_off = lab->add_subcommand("power-off", "Cut one host's power: kill its agent and VMs; exit 0 once all are gone");
+  auto* lab_on = lab->add_subcommand("power-on", "Start a powered-off host's agent again (its guests held until the orchestrator decides)");
+  for (auto* c : {lab_off, lab_on}) {
+    c->add_option("HOST", power_host, "The host (h0, h1, ...)")->required();
+    c->add_option("--lab-dir", lab_dir, "The rack's directory")->capture_default_str();
+    c->add_option("--timeout-ms", power_timeout_ms, "Give up after this long")->check(CLI::Range(100, 600000))->capture_default_str();
+  }
 
   ImageArgs ia;
   auto* image = app.add_subcommand("image", "Guest OS disk images: the image library the racks' agents are given");
@@ -133,6 +143,7 @@ int main(int argc, char** argv) {
   if (*lab_up) return run_lab_up(la);
   if (*lab_down) return run_lab_down(lab_dir);
   if (*lab_status) return run_lab_status(lab_dir);
+  if (*lab_off || *lab_on) return run_lab_power(lab_dir, power_host, lab_on->parsed(), power_timeout_ms);
   if (*image_add) return run_image_add(ia);
   if (*image_list) return run_image_list(ia);
   if (*image_remove) return run_image_remove(ia);

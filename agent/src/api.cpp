@@ -42,7 +42,10 @@ void install_api(http::Server& server, HostAgent& agent, std::shared_ptr<EventFe
   });
   server.route("DELETE", "/v1/instances/{name}", Access::control, [a](const Request& r) {
     const auto& n = r.params.at("name");
-    return status_or(a->delete_instance(n), 200, json::object{{"name", n}, {"deleted", true}});
+    auto keep = r.query.find("keep_data");
+    auto kept = a->delete_instance(n, keep != r.query.end() && keep->second == "true");
+    if (!kept.ok()) return http::error_response(kept.error());
+    return http::json_response(200, json::object{{"name", n}, {"deleted", true}, {"data_disk_kept", *kept}});
   });
   server.route("POST", "/v1/operations", Access::control, [a, limits](const Request& r) {
     auto body = http::parse_body(r, limits);

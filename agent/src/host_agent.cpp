@@ -314,7 +314,7 @@ Status HostAgent::Impl::recover() {
       if (running) slot.started_at = Clock::time_point{};  // any heartbeat counts after a reattach
       if (simulated && !slot.sim) slot.sim = make_sim(rec);
     }
-    if (!running && rec.want_running && !operation_pending) to_start.push_back(rec.name);
+    if (!running && rec.want_running && !operation_pending && !opt.hold_guests) to_start.push_back(rec.name);
   }
   for (const auto& name : to_start) {
     if (auto s = start_guest(name); !s.ok()) {

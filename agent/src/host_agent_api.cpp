@@ -209,7 +209,7 @@ Result<std::string> HostAgent::domain_xml(const std::string& name) {
   return d.xml(true);
 }
 
-Status HostAgent::delete_instance(const std::string& name) {
+Result<std::string> HostAgent::delete_instance(const std::string& name, bool keep_data) {
   auto& p = *impl_;
   FL_RETURN_IF_ERROR(p.check_not_updating("it deletes no instance"));
   std::lock_guard lv(p.lv_mu);
@@ -231,15 +231,28 @@ Status HostAgent::delete_instance(const std::string& name) {
     FL_RETURN_IF_ERROR(p.persist_locked());
   }
   std::error_code ec;
-  fs::remove(p.vm_dir() + "/" + name + ".data.raw", ec);
+  std::string kept;
+  const std::string data = p.vm_dir() + "/" + name + ".data.raw";
+  if (keep_data && fs::exists(data, ec)) {
+    // Kept aside, not deleted: the orchestrator removed a duplicate whose data may be newer.
+    const std::string dir = p.opt.state_dir + "/kept-data";
+    fs::create_directories(dir, ec);
+    kept = dir + "/" + name + "-" + std::to_string(unix_now_ms()) + ".data.raw";
+    fs::rename(data, kept, ec);
+    if (ec) {
+      logger("agent")->error("[host:{}] cannot keep {}'s data disk: {}", p.opt.host_id, name, ec.message());
+      kept.clear();
+    }
+  }
+  fs::remove(data, ec);
   fs::remove_all(instance_files_dir(p.vm_dir(), name), ec);
   if (!p.opt.dhcp_hosts_dir.empty()) {
     if (auto s = remove_dhcp_host_file(p.opt.dhcp_hosts_dir, name); !s.ok()) {
       logger("agent")->warn("[host:{}] {}", p.opt.host_id, s.error().message);
     }
   }
-  p.publish("instance.deleted", {{"name", name}});
-  return {};
+  p.publish("instance.deleted", {{"name", name}, {"data_disk_kept", kept}});
+  return kept;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -46,6 +46,16 @@ int main(int argc, char** argv) {
                  "Open every connection to an agent inside this network namespace (a name under "
                  "/run/netns or a path); the API still listens where --listen says");
   app.add_flag("--no-healing", no_healing, "Do not place the instances of an Unhealthy host again");
+  std::string power_command;
+  int power_timeout_ms = 30000, fence_attempts = 3;
+  app.add_option("--power-command", power_command,
+                 "Fence a silent host before healing its instances: 'PROGRAM ARGS... {host}' (words split at "
+                 "spaces, no shell; {host} becomes the host's id); exit 0 = the host is confirmed off. Without it "
+                 "healing goes on unfenced");
+  app.add_option("--power-timeout-ms", power_timeout_ms, "Deadline of one power command (then it is killed)")
+      ->check(CLI::Range(100, 600000))->capture_default_str();
+  app.add_option("--fence-attempts", fence_attempts, "Power commands tried per silence before giving up")
+      ->check(CLI::Range(1, 100))->capture_default_str();
   app.add_option("--lb-config", o.lb_config,
                  "The HAProxy configuration file the rack's load balancer runs (rewritten on every "
                  "change of placement); without it the rack has no load balancer");
@@ -97,6 +107,16 @@ int main(int argc, char** argv) {
     return false;
   };
   if (!netns_usable("--agent-netns", o.agent_netns)) return 2;
+  if (!power_command.empty()) {
+    auto argv = orchestrator::parse_power_command(power_command);
+    if (!argv.ok()) {
+      std::cerr << "fabriclab-orchestrator: --power-command: " << argv.error().message << "\n";
+      return 2;
+    }
+    o.power_command = std::move(argv).value();
+  }
+  o.power_timeout = std::chrono::milliseconds(power_timeout_ms);
+  o.fence_attempts = fence_attempts;
   if (!o.lb_config.empty() && o.lb_master_socket.empty()) {
     std::cerr << "fabriclab-orchestrator: --lb-master-socket is required with --lb-config\n";
     return 2;

@@ -105,6 +105,15 @@ Status AgentClient::delete_instance(const std::string& name) const {
   if (!r.ok()) return r.error();
   return {};
 }
+Result<json::object> AgentClient::delete_instance_keep_data(const std::string& name) const {
+  return as_object(call("DELETE", "/v1/instances/" + name + "?keep_data=true", "", 200),
+                   "DELETE /v1/instances/" + name);
+}
+Status AgentClient::start_instance(const std::string& name) const {
+  auto r = call("POST", "/v1/instances/" + name + "/start", "", 200);
+  if (!r.ok()) return r.error();
+  return {};
+}
 Result<json::object> AgentClient::start_operation(const json::object& request) const {
   return as_object(call("POST", "/v1/operations", json::serialize(request), 202), "POST /v1/operations");
 }

@@ -54,6 +54,28 @@ struct HostMirror {
   // When the poll whose answer the mirror holds began (its watcher polls one at a time).
   Clock::time_point last_poll_began{};
   int64_t polls = 0, failed_polls = 0;
+  // Fence before heal (controller_fencing.cpp). `reason`: why the host is in a state the
+  // orchestrator chose (Unhealthy, Fenced, Reconciling); "" otherwise. `may_heal`: the power
+  // control confirmed it off since it went silent (or there is none: healing is unfenced).
+  std::string reason;
+  bool may_heal = false;
+  int fence_attempts = 0;  // since it went silent
+  Clock::time_point last_fence{};
+  // Drift: the last difference published (a key of names), the one seen at the previous poll,
+  // and how many instances differ now (for /metrics).
+  std::string drift_published, drift_pending;
+  int drift_instances = 0;
+};
+
+// What a poll found that differs from the placement: instances the agent holds that the
+// orchestrator placed on another host ("" when on none), and instances placed here that the
+// agent does not hold.
+struct Drift {
+  std::vector<std::pair<std::string, std::string>> unexpected;  // name, where it is placed
+  std::vector<std::string> missing;
+  std::vector<std::string> held;  // placed here, stopped by the agent (a host back from a power loss)
+  bool empty() const { return unexpected.empty() && missing.empty(); }
+  std::string key() const;
 };
 
 // What the orchestrator last learned about an instance, and its health timeline (the prober).
@@ -186,6 +208,21 @@ struct Controller::Impl {
   // watcher calls heal again every kHealRetry while it stays unreachable.
   void heal(const std::string& host_id);
   static constexpr std::chrono::milliseconds kHealRetry{2000};
+
+  // controller_fencing.cpp
+  // Runs the power command for `host_id` (its watcher thread; no lock held). True when the host
+  // is confirmed off, or when there is no power control (healing unfenced). Publishes
+  // host.fencing and host.fenced or host.fence_failed, and sets the host's state and reason.
+  bool fence(const std::string& host_id);
+  // The difference between what `agent` (GET /v1/instances) holds and what is placed on
+  // `host_id`; mu held.
+  Drift drift_locked(const std::string& host_id, const json::array& agent) const;
+  // Publishes host.drift when the difference changed (seen at two polls in a row, or at once
+  // when `now`); mu held, events appended.
+  void note_drift_locked(const std::string& host_id, const Drift& d, bool now, Events& out);
+  // A host back after a silence: removes the instances it runs that are placed elsewhere (data
+  // disks kept aside) and starts the ones placed here that it holds stopped. True when all went.
+  bool reconcile(const std::string& host_id, const Drift& d);
   std::map<std::string, Clock::time_point> heal_retry;  // host -> last attempt; under mu
 
   // lb_control.cpp

@@ -13,12 +13,17 @@ std::string Controller::metrics_text() const {
   auto& m = *impl_;
   std::ostringstream out;
   std::map<std::string, int> host_states, inst_states;
-  for (auto s : {"Ready", "Updating", "Unhealthy", "Offline"}) host_states[s] = 0;
+  for (auto s : {HostState::ready, HostState::updating, HostState::unhealthy, HostState::offline, HostState::fenced,
+                 HostState::reconciling}) {
+    host_states[std::string(to_string(s))] = 0;
+  }
+  std::map<std::string, int> drift;  // by host: instances that differ from the placement
   int healthy = 0, batches = 0, batches_done = 0;
   std::optional<DrillState> drill_state;
   {
     std::lock_guard lock(m.mu);
     for (const auto& h : m.cluster.hosts) ++host_states[std::string(to_string(h.state))];
+    for (const auto& [id, hm] : m.hosts) drift[id] = hm.drift_instances;
     for (const auto& i : m.cluster.instances) {
       auto it = m.instances.find(instance_name(i.service, i.index));
       std::string st = it != m.instances.end() ? it->second.status : "Unknown";
@@ -33,6 +38,9 @@ std::string Controller::metrics_text() const {
   }
   out << "# HELP fabriclab_hosts Hosts by state.\n# TYPE fabriclab_hosts gauge\n";
   for (const auto& [s, n] : host_states) out << "fabriclab_hosts{state=\"" << s << "\"} " << n << "\n";
+  out << "# HELP fabriclab_host_drift_instances Instances a host's agent holds that are placed elsewhere, or "
+         "placed on it and missing, at its last poll.\n# TYPE fabriclab_host_drift_instances gauge\n";
+  for (const auto& [h, n] : drift) out << "fabriclab_host_drift_instances{host=\"" << h << "\"} " << n << "\n";
   out << "# HELP fabriclab_instances Instances by status.\n# TYPE fabriclab_instances gauge\n";
   for (const auto& [s, n] : inst_states) out << "fabriclab_instances{status=\"" << s << "\"} " << n << "\n";
   out << "# HELP fabriclab_instances_healthy Instances whose guest heartbeats.\n"

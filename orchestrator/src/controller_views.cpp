@@ -25,6 +25,7 @@ json::object Controller::Impl::host_json_locked(const Host& h) const {
     o["host_image"] = m.host_image;
     o["reachable"] = m.reachable;
     o["active_job"] = m.active_job;
+    o["reason"] = m.reason;
   }
   json::array names;
   for (const auto* i : cluster.instances_on(h.id)) names.push_back(json::value(instance_name(i->service, i->index)));

@@ -6,11 +6,14 @@
 // and may change its service's availability; every change is an event.
 //
 // A host that does not answer is not declared dead at once (a host reboot under load can make
-// one call slow): only after `unhealthy_after` without an answer does it become Unhealthy, its
-// instances count as down, and - with healing on - they are placed again on Ready hosts, in
-// fault domains other than those of their service's surviving instances where possible.
-// A host that answers again becomes what its agent says; instances healed away from it stay on
-// their new hosts (the agent still holds the old VMs: the operator cleans them up).
+// one call slow): only after `unhealthy_after` without an answer does it become Unhealthy and its
+// instances count as down. With healing on, it is first fenced (its power control must confirm it
+// off: controller_fencing.cpp), and only then are its instances placed again on Ready hosts
+// (healing.cpp chooses where). A host that answers again is reconciled first (Reconciling: the
+// copies it still runs of instances healed away are removed) and then becomes what its agent says.
+// Every poll also compares what the agent holds with what is placed there (host.drift).
+
+#include <fmt/format.h>
 
 #include <thread>
 
@@ -67,6 +70,11 @@ void Controller::Impl::poll_once(const std::string& host_id) {
   }
   Events events;
   int64_t now = unix_ms();
+  Drift drift;
+  bool reconcile_now = false;
+  // Drift is judged only while no placement or healing is in flight (they hold admin_mu while
+  // the agents create the new VMs the model does not list yet). try_lock: never waits.
+  std::unique_lock admin(admin_mu, std::try_to_lock);
   {
     std::lock_guard lock(mu);
     auto& m = hosts[host_id];
@@ -80,16 +88,42 @@ void Controller::Impl::poll_once(const std::string& host_id) {
     std::string state = str(*host, "state"), step = str(*host, "step"), image = str(*host, "host_image");
     std::string job = str(*host, "active_job");
     HostState hs = host_state_of(state);
+    // Back after a silence (or still reconciling): trusted again only once it runs nothing that
+    // is placed elsewhere.
+    const bool returning = !was_reachable || h->state == HostState::reconciling || h->state == HostState::fenced;
+    drift = drift_locked(host_id, *insts);
+    if (returning) {
+      if (!was_reachable) {
+        m.fence_attempts = 0;
+        m.may_heal = false;
+        heal_retry.erase(host_id);
+      }
+      size_t elsewhere = 0;
+      for (const auto& u : drift.unexpected) elsewhere += !u.second.empty();
+      if (elsewhere > 0 || !drift.held.empty()) {
+        hs = HostState::reconciling;
+        m.reason = fmt::format("back after a silence: removing {} instance(s) placed elsewhere meanwhile, starting {} "
+                               "still placed here; it takes new work after that",
+                               elsewhere, drift.held.size());
+        reconcile_now = true;
+      } else {
+        m.reason.clear();
+      }
+    }
+    if (admin.owns_lock() || returning) {
+      note_drift_locked(host_id, drift, returning, events);
+    } else {
+      m.drift_pending.clear();
+    }
     if (hs != h->state || step != m.step || image != m.host_image || !was_reachable) {
       h->state = hs;
       m.agent_state = state;
       m.step = step;
       m.host_image = image;
-      events.emplace_back("host.state", json::object{{"host", host_id},
-                                                     {"state", to_string(hs)},
-                                                     {"step", step},
-                                                     {"host_image", image},
-                                                     {"reachable", true}});
+      json::object ev{{"host", host_id}, {"state", to_string(hs)}, {"step", step}, {"host_image", image},
+                      {"reachable", true}};
+      if (!m.reason.empty()) ev["reason"] = m.reason;
+      events.emplace_back("host.state", std::move(ev));
     }
     m.active_job = job;
     // Instances this host should hold, as the agent reports them.
@@ -139,13 +173,17 @@ void Controller::Impl::poll_once(const std::string& host_id) {
     }
     for (const auto& s : services_touched) availability_locked(s, events);
   }
+  if (admin.owns_lock()) admin.unlock();
   publish(std::move(events));
+  if (reconcile_now) {
+    log()->warn("[host:{}] answers again: reconciling before it takes new work", host_id);
+    reconcile(host_id, drift);  // the next poll ends Reconciling once nothing is left
+  }
 }
 
 void Controller::Impl::mark_unreachable(const std::string& host_id) {
   Events events;
-  bool newly_unhealthy = false;
-  bool retry_heal = false;
+  enum class Next { nothing, fence_then_heal, heal_again } next = Next::nothing;
   {
     std::lock_guard lock(mu);
     auto& m = hosts[host_id];
@@ -153,23 +191,32 @@ void Controller::Impl::mark_unreachable(const std::string& host_id) {
     if (!h) return;
     ++m.failed_polls;
     if (Clock::now() - m.last_answer < opt.unhealthy_after) return;
+    const bool has_instances = !cluster.instances_on(host_id).empty();
     if (!m.reachable) {
-      // Already Unhealthy: only a healing that did not finish is tried again, now and then.
-      auto retry = heal_retry.find(host_id);
-      if (retry == heal_retry.end() || Clock::now() - retry->second < kHealRetry) return;
-      retry->second = Clock::now();
-      retry_heal = opt.healing;
+      if (!opt.healing || !has_instances) return;
+      if (!m.may_heal) {
+        // Fencing failed before: tried again now and then, a bounded number of times.
+        if (m.fence_attempts >= opt.fence_attempts || Clock::now() - m.last_fence < opt.fence_retry) return;
+        next = Next::fence_then_heal;
+      } else {
+        // Fenced: only a healing that did not finish is tried again, now and then.
+        auto retry = heal_retry.find(host_id);
+        if (retry == heal_retry.end() || Clock::now() - retry->second < kHealRetry) return;
+        retry->second = Clock::now();
+        next = Next::heal_again;
+      }
     } else {
       m.reachable = false;
-      newly_unhealthy = true;
+      m.may_heal = false;
+      m.fence_attempts = 0;
+      m.reason = "the agent has not answered for " + std::to_string(opt.unhealthy_after.count()) + " ms";
       h->state = HostState::unhealthy;
       events.emplace_back("host.state", json::object{{"host", host_id},
                                                      {"state", "Unhealthy"},
                                                      {"step", m.step},
                                                      {"host_image", m.host_image},
                                                      {"reachable", false},
-                                                     {"reason", "the agent has not answered for " +
-                                                                    std::to_string(opt.unhealthy_after.count()) + " ms"}});
+                                                     {"reason", m.reason}});
       int64_t now = unix_ms();
       std::set<std::string> services;
       for (const auto* inst : cluster.instances_on(host_id)) {
@@ -181,17 +228,18 @@ void Controller::Impl::mark_unreachable(const std::string& host_id) {
         services.insert(inst->service);
       }
       for (const auto& s : services) availability_locked(s, events);
+      if (opt.healing && has_instances) next = Next::fence_then_heal;
+      log()->warn("[host:{}] Unhealthy: no answer for {} ms", host_id, opt.unhealthy_after.count());
     }
   }
-  if (retry_heal) {
+  publish(std::move(events));
+  if (next == Next::heal_again) {
     log()->info("[host:{}] healing again: instances are still on it", host_id);
     heal(host_id);
-    return;
+  } else if (next == Next::fence_then_heal) {
+    // Fence before heal: a silent host may still run its guests.
+    if (fence(host_id)) heal(host_id);
   }
-  if (!newly_unhealthy) return;
-  log()->warn("[host:{}] Unhealthy: no answer for {} ms", host_id, opt.unhealthy_after.count());
-  publish(std::move(events));
-  if (opt.healing) heal(host_id);
 }
 
 void Controller::Impl::heal(const std::string& host_id) {
@@ -269,6 +317,7 @@ void Controller::Impl::heal(const std::string& host_id) {
                                                          {"from_host", host_id},
                                                          {"to_host", placed.host},
                                                          {"fd", placed.fd},
+                                                         {"fenced", !opt.power_command.empty()},
                                                          {"relaxed", std::move(rl)}});
       const Instance* inst = cluster.find_instance(placed.service, placed.index);
       events.emplace_back("instance.state", json::object{{"instance", instance_json_locked(*inst)}});

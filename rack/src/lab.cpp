@@ -26,6 +26,7 @@
 #include "fabriclab/orchestrator/lb.hpp"
 #include "fabriclab/client/api_client.hpp"
 #include "fabriclab/rack/image_library.hpp"
+#include "lab_internal.hpp"
 #include "netns.hpp"
 
 namespace fabriclab::rack {
@@ -52,8 +53,22 @@ std::string read_file(const std::string& path, size_t max = 1 << 20) {
   return s;
 }
 
-// Every QEMU process whose command line mentions `needle` (the VMs of a state dir).
-std::vector<pid_t> processes_mentioning(const std::string& needle) {
+std::vector<pid_t> processes_mentioning(const std::string& needle) { return detail::qemu_processes_mentioning(needle); }
+
+}  // namespace
+
+std::string detail::cmdline_of(pid_t pid) { return read_file("/proc/" + std::to_string(pid) + "/cmdline", 1 << 16); }
+
+std::vector<pid_t> detail::qemu_processes_in(const std::string& name) {
+  std::vector<pid_t> out;
+  for (int pid : netns::pids(name)) {
+    if (pid == getpid()) continue;
+    if (read_file("/proc/" + std::to_string(pid) + "/comm", 64).rfind("qemu", 0) == 0) out.push_back(pid);
+  }
+  return out;
+}
+
+std::vector<pid_t> detail::qemu_processes_mentioning(const std::string& needle) {
   std::vector<pid_t> out;
   DIR* d = opendir("/proc");
   if (!d) return out;
@@ -68,6 +83,8 @@ std::vector<pid_t> processes_mentioning(const std::string& needle) {
   closedir(d);
   return out;
 }
+
+namespace {
 
 void kill_mentioning(const std::string& needle) {
   for (pid_t p : processes_mentioning(needle)) kill(p, SIGKILL);
@@ -97,6 +114,16 @@ Status await_listening(LabProcess& p, const ChildProcess& child, std::chrono::mi
   return {};
 }
 
+}  // namespace
+
+Status detail::start_and_await(LabProcess& p, const std::string& dir, const std::vector<std::string>& argv,
+                               std::chrono::milliseconds timeout) {
+  FL_ASSIGN_OR_RETURN(auto child, start_process(p, dir, argv));
+  return await_listening(p, child, timeout);
+}
+
+namespace {
+
 std::string system_binary(const std::string& flag, const std::string& name) {
   if (!flag.empty()) return flag;
   for (const char* d : {"/usr/sbin/", "/usr/bin/", "/sbin/", "/bin/"}) {
@@ -124,7 +151,8 @@ bool unix_socket_accepts(const std::string& path) {
 
 json::object process_json(const LabProcess& p) {
   return {{"name", p.name}, {"pid", p.pid},   {"address", p.address},
-          {"port", p.port}, {"fault_domain", p.fault_domain}, {"log", p.log}, {"netns", p.netns}};
+          {"port", p.port}, {"fault_domain", p.fault_domain}, {"log", p.log}, {"netns", p.netns},
+          {"argv", json::array(p.argv.begin(), p.argv.end())}};
 }
 
 Result<LabProcess> process_from_json(const json::value& v) {
@@ -141,6 +169,15 @@ Result<LabProcess> process_from_json(const json::value& v) {
   p.fault_domain = static_cast<int>(fd);
   FL_ASSIGN_OR_RETURN(p.log, get_string(o, "log", 4096, false));
   FL_ASSIGN_OR_RETURN(p.netns, get_string(o, "netns", 64, false));
+  FL_ASSIGN_OR_RETURN(auto* argv, get_optional_array(o, "argv", 256));
+  if (argv) {
+    for (const auto& w : *argv) {
+      if (!w.is_string() || w.as_string().size() > 4096) {
+        return make_error(Condition::invalid_argument, "lab.json: " + p.name + ": argv holds a word that is not a string");
+      }
+      p.argv.emplace_back(w.as_string());
+    }
+  }
   return p;
 }
 
@@ -246,6 +283,13 @@ Result<Lab> Lab::attach(const std::string& dir) {
     return make_error(Condition::invalid_argument, path + ": agent_netns '" + lab.rack_netns_ + "' is not a lab namespace");
   }
   FL_ASSIGN_OR_RETURN(lab.hypervisor_, get_string(o, "hypervisor", 64, false));
+  // Read back so a save() by another process (power_on) keeps them.
+  FL_ASSIGN_OR_RETURN(auto* image_dirs, get_optional_array(o, "image_dirs", 64));
+  if (image_dirs) {
+    for (const auto& d : *image_dirs) {
+      if (d.is_string()) lab.image_dirs_.emplace_back(d.as_string());
+    }
+  }
   if (auto* g = o.if_contains("guest_network"); g && g->is_bool()) lab.guest_network_ = g->as_bool();
   FL_ASSIGN_OR_RETURN(lab.guest_network_reason_, get_string(o, "guest_network_reason", 4096, false));
   FL_ASSIGN_OR_RETURN(auto* net, get_optional_array(o, "network_processes", 1000));
@@ -428,7 +472,8 @@ Status Lab::start_agents(const DrillFileSpec& spec, const LabOptions& options, c
     fs::remove_all(dir_ + "/" + p.name, ec);
     fs::create_directories(dir_ + "/" + p.name, ec);
     agents_.push_back(p);
-    FL_ASSIGN_OR_RETURN(auto child, start_process(agents_.back(), dir_, agent_argv(spec, options, i, agent_bin)));
+    agents_.back().argv = agent_argv(spec, options, i, agent_bin);
+    FL_ASSIGN_OR_RETURN(auto child, start_process(agents_.back(), dir_, agents_.back().argv));
     started.push_back(std::move(child));
   }
   FL_RETURN_IF_ERROR(save());
@@ -452,6 +497,11 @@ Status Lab::start_orchestrator(const LabOptions& options, const std::string& orc
                                    "--poll-ms", std::to_string(options.poll_ms),
                                    "--unhealthy-after-ms", std::to_string(options.unhealthy_after_ms)};
   if (!rack_netns_.empty()) argv.insert(argv.end(), {"--agent-netns", netns::path_of(rack_netns_)});
+  // Fence before heal: the orchestrator powers a silent host off through this lab's power
+  // control before it heals the host's instances.
+  if (std::string power = power_command(options.bin_dir, dir_); !power.empty()) {
+    argv.insert(argv.end(), {"--power-command", power, "--power-timeout-ms", "20000"});
+  }
   if (guest_network_) {
     argv.insert(argv.end(), {"--lb-config", dir_ + "/haproxy.cfg", "--lb-master-socket", dir_ + "/haproxy.sock",
                              "--lb-health-bind", netns::kLbHealthBind, "--client-netns",

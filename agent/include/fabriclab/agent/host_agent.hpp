@@ -78,6 +78,9 @@ struct AgentOptions {
   // read-only, and the variable store template each such instance gets its own copy of.
   std::string ovmf_code = "/usr/share/OVMF/OVMF_CODE_4M.fd";
   std::string ovmf_vars = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+  // A host back from a power loss (its rack's power control cut it): the guests it finds stopped
+  // at start stay stopped until its orchestrator says (it may have placed them elsewhere).
+  bool hold_guests = false;
 };
 
 struct InstanceSpec {
@@ -113,7 +116,9 @@ class HostAgent {
   Result<boost::json::object> create_instance(const InstanceSpec& spec);
   Status start_instance(const std::string& name);
   Status stop_instance(const std::string& name);
-  Status delete_instance(const std::string& name);
+  // keep_data: the data disk is moved to <state_dir>/kept-data/<name>-<unix ms>.data.raw instead
+  // of deleted, and its new path returned ("" when there was none); without it: "".
+  Result<std::string> delete_instance(const std::string& name, bool keep_data = false);
   // The instance's persistent libvirt definition (what its next boot uses), for inspection.
   Result<std::string> domain_xml(const std::string& name);
   // Runs the instance's data check now, through the guest agent, and returns its output

@@ -34,6 +34,10 @@ class AgentClient {
   Result<json::array> instances() const;      // GET /v1/instances
   Result<json::object> create_instance(const json::object& spec) const;  // POST /v1/instances
   Status delete_instance(const std::string& name) const;
+  // DELETE /v1/instances/NAME?keep_data=true: the instance goes, its data disk is moved aside on
+  // the host; the answer's "data_disk_kept" is where ("" when it had none).
+  Result<json::object> delete_instance_keep_data(const std::string& name) const;
+  Status start_instance(const std::string& name) const;  // POST /v1/instances/NAME/start
   Result<json::object> start_operation(const json::object& request) const;  // POST /v1/operations
   Result<json::object> job(const std::string& id) const;                     // GET /v1/operations/ID
   Result<json::array> jobs() const;                                          // GET /v1/operations

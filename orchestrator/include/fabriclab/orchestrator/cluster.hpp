@@ -32,9 +32,12 @@ inline constexpr size_t kMaxInstances = 200000;
 inline constexpr size_t kMaxNameBytes = 64;  // host ids, service names, images
 
 // Host states as the agents report them (docs/state-machines.md); the Updating sub-steps are
-// the agent's business. Only Ready hosts receive new instances.
-enum class HostState { ready, updating, unhealthy, offline };
-std::string_view to_string(HostState s);  // "Ready", "Updating", "Unhealthy", "Offline"
+// the agent's business. Only Ready hosts receive new instances. Two are the orchestrator's own:
+// Fenced (silent, and its power control confirmed it off) and Reconciling (back after a silence:
+// the instances it still runs that were placed elsewhere meanwhile are being removed).
+enum class HostState { ready, updating, unhealthy, offline, fenced, reconciling };
+// "Ready", "Updating", "Unhealthy", "Offline", "Fenced", "Reconciling"
+std::string_view to_string(HostState s);
 Result<HostState> parse_host_state(std::string_view s, std::string_view field = "state");
 
 // A host: one agent, in one fault domain (≈ a rack), holding up to `capacity` instances.

@@ -19,6 +19,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/result.hpp"
@@ -38,6 +39,16 @@ struct ControllerOptions {
   std::chrono::milliseconds agent_timeout{5000};      // deadline of one call to an agent
   std::chrono::milliseconds unhealthy_after{5000};    // unanswered this long: host Unhealthy
   bool healing = true;                        // place the instances of an Unhealthy host again
+  // Fencing (docs/state-machines.md "Fence before heal"): the host's power control, argv with
+  // "{host}" replaced by the host's id in every word, run without a shell. Exit 0 within
+  // power_timeout = the host is confirmed off; only then are its instances healed. Any other end
+  // (a non-zero exit, the timeout: the command is killed) leaves them where they are; it is tried
+  // again every fence_retry, at most fence_attempts times. Empty: no power control, and healing
+  // goes on unfenced (every healing event says so). check_power_command() gives the limits.
+  std::vector<std::string> power_command;
+  std::chrono::milliseconds power_timeout{30000};
+  std::chrono::milliseconds fence_retry{5000};
+  int fence_attempts = 3;
   // The network namespace every agent connection is opened in (a name under /run/netns or a
   // path; http_client.hpp); empty: the orchestrator's own. The local rack's agents listen on
   // addresses that exist only in its rack namespace.
@@ -63,6 +74,12 @@ struct ControllerOptions {
   std::chrono::milliseconds traffic_lead{2000};
   std::chrono::milliseconds traffic_tail{2000};
 };
+
+// A power command as --power-command gives it: words split at spaces (no shell, no quoting),
+// 1..32 words of 1..1024 bytes, the first an absolute path. Errors name the word.
+inline constexpr size_t kMaxPowerArgs = 32;
+inline constexpr size_t kMaxPowerArgBytes = 1024;
+Result<std::vector<std::string>> parse_power_command(std::string_view text);
 
 // POST /v1/hosts: an agent joining the cluster.
 struct HostRegistration {

@@ -21,7 +21,10 @@
 //  - "loopback" (asked for, or namespaces not permitted): host N on 127.0.1.(N+1), which every
 //    Linux host routes to lo without set-up; network_reason() says why namespaces were not used.
 // A fault domain losing power (kill_fault_domain) kills its agents and VMs but leaves their
-// namespaces until down(): a dead host's address refuses connections, as on loopback.
+// namespaces until down(): a dead host's address refuses connections, as on loopback. Each host
+// has a power control (power_off/power_on: `fabriclab lab power-off|power-on`), and the lab gives
+// the orchestrator `fabriclab lab power-off` as its --power-command, so a silent host is fenced
+// before its instances are healed (docs/state-machines.md "Fence before heal").
 //
 // Guest network (docs/clients.md; "guest_network" in lab.json): on a namespaced rack of real VMs
 // every host namespace also gets a guest bridge gbr0 (198.19.N.1/24 and the IMDS address
@@ -73,6 +76,7 @@ struct LabProcess {
   int fault_domain = -1;
   std::string log;
   std::string netns;  // the host's network namespace (a name under /run/netns); empty: none
+  std::vector<std::string> argv;  // how it was started (agents: power_on starts it again so)
 };
 
 class Lab {
@@ -89,6 +93,19 @@ class Lab {
 
   // Kills the agents of one fault domain (SIGKILL) and their VMs: a rack losing power.
   Status kill_fault_domain(int fd);
+
+  // The emulated BMC/PDU of one host (lab_power.cpp). power_off kills the host's agent and every
+  // QEMU process of the host (the ones naming its state directory, and any in its network
+  // namespace) with SIGKILL, and returns only once all are gone: ok = confirmed off; timeout
+  // naming what is left otherwise. With the test driver the guests live inside the agent, so the
+  // agent is all there is. power_on starts the agent again on its address and port, with
+  // --hold-guests (a host back from a power loss starts no guest by itself: its orchestrator
+  // decides). Errors name the host; already_exists when it is on.
+  Status power_off(const std::string& host, std::chrono::milliseconds timeout);
+  Status power_on(const std::string& host, std::chrono::milliseconds timeout);
+  // The orchestrator's --power-command for this lab: `fabriclab lab power-off --lab-dir DIR
+  // {host}` (empty when the fabriclab binary is not found near `bin_dir`).
+  static std::string power_command(const std::string& bin_dir, const std::string& lab_dir);
 
   json::object status_json() const;
 
