@@ -86,6 +86,7 @@ Result<ChildProcess> start_process(LabProcess& p, const std::string& dir, const 
   if (!p.netns.empty()) o.netns_path = netns::path_of(p.netns);
   FL_ASSIGN_OR_RETURN(auto child, spawn_child(argv, o));
   p.pid = child.pid;
+  p.argv = argv;
   return child;
 }
 
@@ -693,5 +694,13 @@ Status Lab::down(bool remove_dir) {
 }
 
 json::object Lab::status_json() const { return to_json(true); }
+
+LabProcess* Lab::process(const std::string& name) {
+  if (orchestrator_.name == name) return &orchestrator_;
+  for (auto& a : agents_) {
+    if (a.name == name) return &a;
+  }
+  return nullptr;
+}
 
 }  // namespace fabriclab::rack

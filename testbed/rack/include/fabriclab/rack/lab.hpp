@@ -73,6 +73,7 @@ struct LabProcess {
   int fault_domain = -1;
   std::string log;
   std::string netns;  // the host's network namespace (a name under /run/netns); empty: none
+  std::vector<std::string> argv;  // how it was started (this process only; not in lab.json)
 };
 
 class Lab {
@@ -104,6 +105,10 @@ class Lab {
   const std::string& control_token() const { return token_; }
   const LabProcess& orchestrator() const { return orchestrator_; }
   const std::vector<LabProcess>& agents() const { return agents_; }
+  // The orchestrator or an agent by name, to record a restart's new pid (faults.hpp); nullptr if
+  // no such process. save() records it in lab.json.
+  LabProcess* process(const std::string& name);
+  Status save_state() const { return save(); }
   // dnsmasq per host ("dnsmasq-hN") and HAProxy ("haproxy"), when there is a guest network.
   const std::vector<LabProcess>& network_processes() const { return net_procs_; }
   bool guest_network() const { return guest_network_; }
