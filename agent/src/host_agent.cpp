@@ -360,6 +360,8 @@ Status HostAgent::Impl::start_guest(const std::string& name) {
       slot.guest_error.clear();
     }
     bool restored = d.has_managed_save().ok() && *d.has_managed_save();
+    // An injected slow boot (faults.cpp): the VM starts late; the instance shows Starting meanwhile.
+    if (auto delay = take_boot_delay(name); delay.count() > 0) std::this_thread::sleep_for(delay);
     FL_RETURN_IF_ERROR(d.start());
     std::string image, mode;
     {
@@ -401,6 +403,13 @@ Result<hypervisor::ShutdownResult> HostAgent::Impl::stop_guest(const std::string
   if (force) {
     if (was_on) FL_RETURN_IF_ERROR(d.destroy());
     r.method = hypervisor::StopMethod::destroyed;
+  } else if (is_hung(name)) {
+    // An injected hang (faults.cpp): the power button goes unanswered; the ladder's last rung.
+    const auto t0 = Clock::now();
+    std::this_thread::sleep_for(opt.stop_timeout);
+    if (was_on) FL_RETURN_IF_ERROR(d.destroy());
+    r.method = hypervisor::StopMethod::destroyed;
+    r.elapsed = std::chrono::duration_cast<milliseconds>(Clock::now() - t0);
   } else {
     FL_ASSIGN_OR_RETURN(r, d.shutdown_ladder({opt.stop_timeout, milliseconds(250)}));
   }

@@ -393,7 +393,8 @@ std::vector<std::string> Lab::agent_argv(const DrillFileSpec& spec, const LabOpt
                                    "--port", "0",
                                    "--control-token-file", dir_ + "/token",
                                    "--capacity", std::to_string(spec.capacity),
-                                   "--lab-host-images", "host-v1,host-v2"};
+                                   "--lab-host-images", "host-v1,host-v2",
+                                   "--fault-injection"};  // a lab rack: a drill's fault schedule uses it
   for (const auto& d : image_dirs_) argv.insert(argv.end(), {"--guest-images", d});
   if (spec.hypervisor == "test") {
     // Simulated guests and emulated durations: a 200 ms heartbeat, a 1 s host reboot.
