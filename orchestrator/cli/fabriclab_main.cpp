@@ -9,6 +9,7 @@
 //   image   add | list | remove guest OS disk images in the user's image library (checked, copied
 //           read-only), which every local rack's agents are given.
 //   status  the grid and the latest drill; watch: the same, live from the websocket feed.
+//   chaos   a campaign of drills with random faults, each checked from outside (chaos_cmd.hpp).
 //
 // Exit codes: 0 ok (a drill passed), 1 the drill failed, 2 bad input, 3 no placement (plan) or a
 // lab/orchestrator error, 130 interrupted.
@@ -45,6 +46,7 @@
 #include "fabriclab/rack/lab.hpp"
 #include "fabriclab/rack/terminal.hpp"
 #include "fabriclab/rack/watch.hpp"
+#include "chaos_cmd.hpp"
 
 using namespace fabriclab;
 using namespace fabriclab::orchestrator;
@@ -775,7 +777,10 @@ int main(int argc, char** argv) {
   watch->add_option("--lab-dir", wt.lab_dir, "The local lab's directory")->capture_default_str();
   watch->add_flag("--once", once, "Print the first view (the snapshot) and exit");
 
+  auto chaos = fabriclab::cli::add_chaos_command(app);
+
   CLI11_PARSE(app, argc, argv);
+  if (int code = chaos(); code >= 0) return code;
   if (*plan) return run_plan(pa);
   if (*drill) return run_drill_cmd(da);
   if (*lab_up) return run_lab_up(la);

@@ -164,7 +164,8 @@ CheckResult check_single_host(const std::vector<PlacementSample>& samples, const
       if (offences++ == 0) {
         std::string hs;
         for (const auto& h : hosts) hs += (hs.empty() ? "" : " and ") + h;
-        first = fmt::format("{} ran on {} at once (t={} ms)", name, hs, s.t_ms);
+        first = fmt::format("{} ran on {} at once ({})", name, hs,
+                            rfc3339(std::chrono::system_clock::time_point(std::chrono::milliseconds(s.t_ms))));
       }
     }
   }
