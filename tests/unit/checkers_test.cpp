@@ -52,6 +52,18 @@ TEST(CheckUdRuleFeed, OneUdPerServiceInFlightPassesAndAHealedInstanceCountsOnIts
           json::object{{"seq", 3}, {"type", "drill.state"}, {"drill", json::object{{"state", "Aborted"}}}},
           drill_host(4, "h1", "running")};
   EXPECT_TRUE(check_ud_rule_feed(feed).passed);
+  // An orchestrator restarted mid-walk: h0's end happened while it was down; the resync snapshot's
+  // drill says who runs now, so h1 starting is not taken for two UDs at once.
+  json::object resync = snapshot({inst("web-0", "web", 0, "h0"), inst("web-1", "web", 1, "h1")});
+  resync["state"].as_object()["drill"] =
+      json::object{{"state", "Running"}, {"hosts", json::array{json::object{{"host", "h0"}, {"status", "done"}}}}};
+  feed = {snapshot({inst("web-0", "web", 0, "h0"), inst("web-1", "web", 1, "h1")}), drill_host(2, "h0", "running"),
+          resync, drill_host(1048600, "h1", "running")};
+  EXPECT_TRUE(check_ud_rule_feed(feed).passed) << check_ud_rule_feed(feed).detail;
+  feed.pop_back();
+  feed.back()["state"].as_object()["drill"].as_object()["hosts"].as_array()[0].as_object()["status"] = "running";
+  feed.push_back(drill_host(1048600, "h1", "running"));
+  EXPECT_FALSE(check_ud_rule_feed(feed).passed);
 }
 
 TEST(CheckUdRuleJobs, OverlappingJobsOnTwoUdsFailAndBackToBackJobsPass) {

@@ -63,6 +63,17 @@ CheckResult check_ud_rule_feed(const std::vector<json::object>& feed) {
   std::set<std::string> in_flight;
   int offences = 0, moments = 0;
   std::string first;
+  // A drill's JSON says which of its hosts are running now: a snapshot (the first one, or a resync
+  // after an orchestrator restart, when the "done" of a host may have happened unseen) and every
+  // drill.state reset the hosts in flight to it.
+  auto from_drill = [&in_flight](const json::object& d) {
+    if (!d.contains("hosts")) return;
+    in_flight.clear();
+    if (is_final_state(str(d, "state"))) return;
+    for (const auto& h : arr(d, "hosts")) {
+      if (h.is_object() && str(h, "status") == "running") in_flight.insert(str(h, "host"));
+    }
+  };
   for (const auto& e : feed) {
     const std::string type = str(e, "type");
     if (type == "snapshot") {
@@ -70,6 +81,7 @@ CheckResult check_ud_rule_feed(const std::vector<json::object>& feed) {
         for (const auto& v : arr(st->as_object(), "instances")) {
           if (v.is_object()) place(at, v.as_object());
         }
+        if (auto* d = st->as_object().if_contains("drill"); d && d->is_object()) from_drill(d->as_object());
       }
       continue;
     }
@@ -83,8 +95,9 @@ CheckResult check_ud_rule_feed(const std::vector<json::object>& feed) {
         in_flight.erase(h);
       }
     } else if (type == "drill.state") {
-      if (auto* d = e.if_contains("drill"); d && d->is_object() && is_final_state(str(d->as_object(), "state"))) {
-        in_flight.clear();
+      if (auto* d = e.if_contains("drill"); d && d->is_object()) {
+        if (is_final_state(str(d->as_object(), "state"))) in_flight.clear();
+        from_drill(d->as_object());
       }
       continue;
     } else {

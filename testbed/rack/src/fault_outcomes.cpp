@@ -4,6 +4,7 @@
 #include <boost/json.hpp>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <map>
 #include <set>
 
@@ -19,7 +20,7 @@ using json_get::str;
 
 int64_t time_of(const json::object& e) { return parse_rfc3339_ms(str(e, "time")).value_or(0); }
 
-std::string secs(int64_t ms) { return fmt::format("{:.1f} s", ms / 1000.0); }
+std::string secs(int64_t ms) { return fmt::format("{:.1f} s", std::max<int64_t>(ms, 0) / 1000.0); }
 
 const json::object* sub(const json::object& o, std::string_view k) {
   auto* v = o.if_contains(k);
