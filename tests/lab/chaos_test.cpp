@@ -11,6 +11,8 @@
 
 #include <boost/json.hpp>
 
+#include "fabriclab/orchestrator/journal.hpp"
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -133,6 +135,24 @@ TEST_F(Chaos, SimDrillWithAFaultScheduleWritesARowPerFaultWithWhatTheSystemDid) 
   EXPECT_NE(slurp(dir_ + "/report.html").find("kill-orchestrator"), std::string::npos);
   EXPECT_NE(r.output.find("fault: kill-orchestrator orchestrator at batch 2"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
+  // Every fault is an event on the orchestrator's feed, journaled with the drill's other events:
+  // its injection (the orchestrator's own killing posted just before it) and the ends of those
+  // with a duration (the orchestrator's restart posted by the restarted orchestrator).
+  auto journal = fabriclab::orchestrator::Journal::open(dir_ + "/lab/journal.db");
+  ASSERT_TRUE(journal.ok()) << journal.error().message;
+  auto events = (*journal)->events_since(0, 100000);
+  ASSERT_TRUE(events.ok());
+  std::multiset<std::string> seen;
+  for (const auto& e : *events) {
+    json::object o = parse_object(e);
+    if (o.contains("type") && o.at("type").as_string() == "drill.fault") {
+      seen.insert(std::string(o.at("kind").as_string()) + " " + std::string(o.at("status").as_string()));
+    }
+  }
+  for (const char* k : {"kill-orchestrator injected", "kill-orchestrator ended", "kill-agent injected", "kill-agent ended",
+                        "guest-crash injected", "slow-boot injected"}) {
+    EXPECT_EQ(seen.count(k), 1u) << k << " in " << seen.size() << " drill.fault events";
+  }
 }
 
 // Every kind the simulated rack expresses except partition-host (a partition longer than the

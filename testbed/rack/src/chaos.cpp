@@ -43,7 +43,9 @@ class Draw {
 
 // One fault of `kind`, drawn in the base spec's rack. Times are drawn in real seconds and written
 // in spec seconds (divided by the time scale), as a user would write them.
-FaultSpec draw_one(const DrillFileSpec& base, const std::string& kind, Draw& d, double max_outage_s) {
+// `early`: in the first batch or the walk's first 3 s, which every walk reaches (a campaign's
+// first fault per drill, so every kind it goes round is injected, not only drawn).
+FaultSpec draw_one(const DrillFileSpec& base, const std::string& kind, Draw& d, double max_outage_s, bool early) {
   FaultSpec f;
   f.kind = kind;
   const double scale = base.time_scale;
@@ -66,7 +68,7 @@ FaultSpec draw_one(const DrillFileSpec& base, const std::string& kind, Draw& d, 
   const bool host_os = base.kind == "host-os";
   if (kind == "corrupt-host-image" || d.chance(0.6)) {
     f.at.kind = FaultAt::Kind::batch;
-    f.at.batch = 1 + static_cast<int>(d.below(2));
+    f.at.batch = early ? 1 : 1 + static_cast<int>(d.below(2));
     std::vector<std::string> steps = {""};
     for (const auto& s : fault_steps()) {
       if (host_os || (s != "SwappingImage" && s != "Rebooting")) steps.push_back(s);
@@ -76,7 +78,7 @@ FaultSpec draw_one(const DrillFileSpec& base, const std::string& kind, Draw& d, 
     f.at.step = steps[d.below(steps.size())];
   } else {
     f.at.kind = FaultAt::Kind::after;
-    f.at.after_s = spec_s(d.between(0, 8));
+    f.at.after_s = spec_s(d.between(0, early ? 3 : 8));
   }
   auto outage = [&](double lo, double hi) {
     if (max_outage_s > 0) hi = std::min(hi, max_outage_s), lo = std::min(lo, hi / 2);
@@ -293,8 +295,8 @@ std::vector<FaultSpec> draw_faults(const DrillFileSpec& base, const std::vector<
   if (kinds.empty()) return {};
   Draw d(seed, drill);
   std::vector<FaultSpec> out;
-  out.push_back(draw_one(base, kinds[static_cast<size_t>(drill - 1) % kinds.size()], d, max_outage_s));
-  if (d.chance(0.5)) out.push_back(draw_one(base, kinds[d.below(kinds.size())], d, max_outage_s));
+  out.push_back(draw_one(base, kinds[static_cast<size_t>(drill - 1) % kinds.size()], d, max_outage_s, true));
+  if (d.chance(0.5)) out.push_back(draw_one(base, kinds[d.below(kinds.size())], d, max_outage_s, false));
   return out;
 }
 

@@ -48,7 +48,8 @@ struct ChaosOptions {
 DrillFileSpec chaos_base_spec(const std::string& hypervisor);
 
 // Drill `drill`'s faults (1 or 2): the first kind is kinds[(drill - 1) % kinds.size()] (so every
-// kind comes up in a campaign of kinds.size() drills), the rest drawn from (seed, drill).
+// kind comes up in a campaign of kinds.size() drills), at a moment every walk reaches (batch 1 or
+// the walk's first 3 s); the rest drawn from (seed, drill), in batch 1 or 2 or the first 8 s.
 // Targets, moments and durations are drawn in the base spec's rack, services and time scale.
 std::vector<FaultSpec> draw_faults(const DrillFileSpec& base, const std::vector<std::string>& kinds, uint64_t seed,
                                    int drill, double max_outage_s = 0);
