@@ -5,7 +5,8 @@
 //                       with its own command line on its own address and port (the orchestrator
 //                       knows it there). Its QEMU guests run on; a simulated host's guests are
 //                       threads of the agent and die with it.
-//   kill-orchestrator   SIGKILL; started again on the same journal, address and port.
+//   kill-orchestrator   SIGKILL (0.3 s after its drill.fault was posted, so its journal has it);
+//                       started again on the same journal, address and port.
 //   partition-host      `ip -n flab-ID-hN link set eth0 down`, then up: the agent and its guests
 //                       run on, nothing reaches them. Needs the rack's network namespaces (root);
 //                       on a loopback rack the fault fails, saying so.
@@ -382,8 +383,9 @@ void FaultExecutor::fire(size_t i, const std::string& at_actual) {
       records_[i].at_actual = at_actual;
       records_[i].detail = detail;
     }
-    post(records_[i], "injected");  // published while it still can be
-    flush_posts();
+    post(records_[i], "injected");  // published while it still can be, and journaled: its journal
+    flush_posts();                   // writer trails the feed by a moment, and a SIGKILL loses that
+    std::this_thread::sleep_for(300ms);
     orchestrator_down_ = true;
     kill_process(p->pid);
     ends = true;
