@@ -516,12 +516,13 @@ void HostAgent::Impl::monitor_loop() {
       const auto now = Clock::now();
       for (auto& [name, slot] : slots) {
         if (slot.expect_running && (!slot.link || slot.link->closed())) to_connect.push_back(name);
-        // The built-in guest: a recent heartbeat since its start. A guest with its own image: its
+        // The built-in guest: a recent heartbeat since its start, from a VM not seen stopped (a
+        // crashed VM's last heartbeat is still recent for a moment). A guest with its own image: its
         // VM runs and, once it has shown a guest agent, the agent is connected (its app's health
         // is the load balancer's probe).
         bool healthy = builtin_locked(name)
                            ? slot.expect_running && slot.last_hb && now - slot.last_hb->at < healthy_window &&
-                                 slot.first_hb_since_start.has_value()
+                                 slot.first_hb_since_start.has_value() && slot.domain_state != DomainState::shut_off
                            : slot.expect_running && slot.domain_state == DomainState::running &&
                                  (!slot.agent_seen || slot.agent_connected);
         if (healthy != slot.healthy) {
