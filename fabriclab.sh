@@ -106,7 +106,7 @@ case "$verb" in
   drill)
     setup
     build
-    exec "$BUILD_DIR/orchestrator/fabriclab" drill "$@"
+    exec "$BUILD_DIR/cli/fabriclab" drill "$@"
     ;;
   test)
     setup

@@ -98,6 +98,21 @@ static Result<std::string> run_data_check(hypervisor::Domain& d, const DataCheck
   return r.out;
 }
 
+Result<std::string> HostAgent::data_check(const std::string& name) {
+  auto& p = *impl_;
+  std::optional<DataCheck> check;
+  {
+    std::lock_guard lock(p.mu);
+    auto* rec = p.record_locked(name);
+    if (!rec) return make_error(Condition::not_found, "no instance '" + name + "'");
+    check = rec->data_check;
+  }
+  if (!check) return make_error(Condition::invalid_argument, name + " declares no data check");
+  std::lock_guard lv(p.lv_mu);
+  FL_ASSIGN_OR_RETURN(auto d, p.domain(name));
+  return run_data_check(d, *check);
+}
+
 void HostAgent::Impl::capture_before(Job& job, const std::vector<std::string>& guests) {
   for (const auto& name : guests) {
     GuestReport* r = nullptr;

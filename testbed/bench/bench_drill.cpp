@@ -94,7 +94,7 @@
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/json_get.hpp"
 #include "fabriclab/orchestrator/traffic.hpp"
-#include "fabriclab/rack/api_client.hpp"
+#include "fabriclab/client/api_client.hpp"
 #include "fabriclab/rack/drill.hpp"
 #include "fabriclab/rack/lab.hpp"
 #include "fabriclab/rack/spec.hpp"
@@ -512,7 +512,7 @@ Result<json::array> healthy_instances(const Agents& agents, const AgentRef& a,
       want.push_back(x);
     }
     if (waiting.empty()) return want;
-    if (!rack::sleep_unless_interrupted(250ms))
+    if (!client::sleep_unless_interrupted(250ms))
       return make_error(Condition::cancelled, "interrupted");
   }
   return make_error(Condition::timeout, a.name + ": not healthy:" + waiting);
@@ -589,7 +589,7 @@ RawHost raw_cycle_host(const Agents& agents, const std::string& host, int batch,
       all = false;
     }
     if (all) break;
-    if (!rack::sleep_unless_interrupted(50ms)) {
+    if (!client::sleep_unless_interrupted(50ms)) {
       if (h.error.empty()) h.error = "interrupted";
       break;
     }
@@ -742,7 +742,7 @@ ClientFigures client_figures(const json::object& report, const rack::DrillFileSp
 }
 
 // The drill's client load for the floor (step 3): every endpoint service's VIP at its rate.
-Result<std::vector<orchestrator::TrafficTarget>> floor_traffic_targets(const rack::OrchestratorClient& api,
+Result<std::vector<orchestrator::TrafficTarget>> floor_traffic_targets(const client::OrchestratorClient& api,
                                                                       const rack::DrillFileSpec& spec) {
   FL_ASSIGN_OR_RETURN(auto services, api.get("/v1/services"));
   std::vector<orchestrator::TrafficTarget> out;
@@ -776,7 +776,7 @@ Result<ClientFigures> no_drain_figures(rack::DrillFileSpec spec, rack::LabOption
     }
   } down{lab};
   FL_RETURN_IF_ERROR(lab.populate(spec, 300s));
-  FL_ASSIGN_OR_RETURN(auto api, rack::OrchestratorClient::from_url(lab.orchestrator_url(), lab.control_token()));
+  FL_ASSIGN_OR_RETURN(auto api, client::OrchestratorClient::from_url(lab.orchestrator_url(), lab.control_token()));
   rack::DrillView view{&std::cerr, false};
   FL_ASSIGN_OR_RETURN(auto outcome, rack::run_drill(api, spec, &lab, view));
   if (outcome.interrupted) return make_error(Condition::cancelled, "interrupted");
@@ -788,12 +788,12 @@ Result<ClientFigures> no_drain_figures(rack::DrillFileSpec spec, rack::LabOption
 
 int fail(const std::string& what) {
   std::cerr << "fabriclab-bench-drill: " << what << "\n";
-  return rack::interrupted() ? 130 : 1;
+  return client::interrupted() ? 130 : 1;
 }
 
 // Sleeps `s` seconds; false when interrupted.
 bool settle(double s) {
-  return rack::sleep_unless_interrupted(std::chrono::milliseconds(static_cast<int64_t>(s * 1000)));
+  return client::sleep_unless_interrupted(std::chrono::milliseconds(static_cast<int64_t>(s * 1000)));
 }
 
 // One batch of the drill's walk as the report has it.
@@ -878,13 +878,13 @@ Status populate_and_settle(BenchRun& r, rack::Lab& lab) {
 }
 
 // 2. The drill: its report, times and batches.
-Status run_the_drill(BenchRun& r, const rack::OrchestratorClient& api, rack::Lab& lab) {
+Status run_the_drill(BenchRun& r, const client::OrchestratorClient& api, rack::Lab& lab) {
   progress(fmt::format("drill: {} -> {}, recovery 0, notice {:.3f} s", r.spec.kind, r.spec.target,
                        r.notice_eff_s));
   rack::DrillView view{&std::cerr, false};
   auto outcome = rack::run_drill(api, r.spec, &lab, view);
   if (!outcome.ok()) return make_error(outcome.error().condition, "drill: " + outcome.error().message);
-  if (outcome->interrupted || rack::interrupted())
+  if (outcome->interrupted || client::interrupted())
     return make_error(Condition::cancelled, "interrupted");
   r.report = std::move(outcome->report);
   const json::object& rdrill = r.rdrill();
@@ -913,7 +913,7 @@ Status run_the_drill(BenchRun& r, const rack::OrchestratorClient& api, rack::Lab
 }
 
 // 3. The floor, after another settle pause: each batch's hosts cycled raw, all at once.
-Status measure_floor(BenchRun& r, const rack::OrchestratorClient& api, const rack::Lab& lab,
+Status measure_floor(BenchRun& r, const client::OrchestratorClient& api, const rack::Lab& lab,
                      const Agents& agents) {
   r.settle2_ms = now_ms();
   progress(fmt::format(
@@ -1482,7 +1482,7 @@ int run(const Options& opt) {
   const rack::DrillFileSpec& spec = r.spec;
 
   // ---- 1. rack up, populate, settle
-  rack::install_interrupt_handlers();
+  client::install_interrupt_handlers();
   r.lo.dir = opt.lab_dir;
   r.lo.bin_dir = rack::self_dir();
   r.lo.images_dir = rack::images_dir(opt.images, FABRICLAB_BENCH_IMAGES_DIR);
@@ -1508,7 +1508,7 @@ int run(const Options& opt) {
   for (const auto& a : lab.agents()) agent_pids.insert(a.pid);
   CpuSampler cpu(lab.dir(), agent_pids, lab.orchestrator().pid);
   if (auto st = populate_and_settle(r, lab); !st.ok()) return fail(st.error().message);
-  auto api = rack::OrchestratorClient::from_url(lab.orchestrator_url(), lab.control_token());
+  auto api = client::OrchestratorClient::from_url(lab.orchestrator_url(), lab.control_token());
   if (!api.ok()) return fail(api.error().message);
   Agents agents(lab);
 

@@ -56,7 +56,7 @@
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/json_get.hpp"
 #include "fabriclab/common/random_hex.hpp"
-#include "fabriclab/rack/api_client.hpp"
+#include "fabriclab/client/api_client.hpp"
 #include "fabriclab/rack/lab.hpp"
 #include "scale_processes.hpp"
 
@@ -64,7 +64,7 @@ using namespace fabriclab;
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-using rack::OrchestratorClient;
+using client::OrchestratorClient;
 using namespace fabriclab::bench_scale;
 
 namespace {

@@ -1,4 +1,4 @@
-// The chaos campaign's draw and the fault rows' outcomes (testbed/rack chaos.hpp, faults.hpp):
+// The chaos campaign's draw and the fault rows' outcomes (rack/ chaos.hpp, faults.hpp):
 // the same seed draws the same faults, every kind comes up, drawn outages respect their cap, and
 // what the system did is read from the feed, not from the fault's kind.
 
@@ -48,7 +48,11 @@ TEST(ChaosDraw, TheSameSeedAndDrillDrawTheSameFaultsAndEveryKindComesUp) {
 TEST(ChaosDraw, KindsAreLimitedAndOutagesCapped) {
   const auto base = chaos_base_spec("test");
   for (int k = 1; k <= 30; ++k) {
-    for (const auto& f : draw_faults(base, {"kill-agent", "partition-host"}, 3, k, 2.5)) {
+    auto faults = draw_faults(base, {"kill-agent", "partition-host"}, 3, k, 2.5);
+    if (faults.size() == 2) {
+      EXPECT_NE(faults[0].target, faults[1].target) << "two outages of one host add up";
+    }
+    for (const auto& f : faults) {
       EXPECT_TRUE(f.kind == "kill-agent" || f.kind == "partition-host") << f.describe();
       if (f.duration_s) {
         EXPECT_LE(*f.duration_s * base.time_scale, 2.5 + 1e-9) << f.describe();

@@ -1,4 +1,4 @@
-// The chaos checkers (testbed/rack checkers.hpp), fed crafted evidence: a feed where the walk
+// The chaos checkers (rack/ checkers.hpp), fed crafted evidence: a feed where the walk
 // takes two UDs of a service down at once must fail the UD rule, and one where it does not must
 // pass; the same for job timelines, two hosts running one instance, counters going backwards, a
 // drill left in no terminal state, and a report that says passed against the evidence.

@@ -1,4 +1,4 @@
-// The drill spec's fault schedule (testbed/rack fault_spec.hpp): every kind with its target, its
+// The drill spec's fault schedule (rack/ fault_spec.hpp): every kind with its target, its
 // moment and its duration as a user writes them, and what is refused with the entry named.
 
 #include <gtest/gtest.h>

@@ -16,16 +16,16 @@
 #include <vector>
 
 #include "../screen_model.hpp"
+#include "fabriclab/client/render.hpp"
+#include "fabriclab/client/terminal.hpp"
+#include "fabriclab/client/watch.hpp"
 #include "fabriclab/common/json.hpp"
-#include "fabriclab/rack/drill.hpp"
-#include "fabriclab/rack/terminal.hpp"
-#include "fabriclab/rack/watch.hpp"
 
 namespace {
 
 using fabriclab::testing::ScreenModel;
 namespace json = boost::json;
-namespace rack = fabriclab::rack;
+namespace client = fabriclab::client;
 
 constexpr int64_t kNow = 1'700'000'000'000;  // Unix ms of the made-up drill
 const std::string kHeader = "      FD0";     // the grid's header row starts so
@@ -136,7 +136,7 @@ std::vector<json::object> walk_events() {
 
 // The frames `fabriclab watch` draws for walk_events().
 std::vector<std::string> watch_frames() {
-  rack::WatchModel model;
+  client::WatchModel model;
   std::vector<std::string> frames;
   for (const auto& e : walk_events()) {
     model.apply(e);
@@ -149,8 +149,8 @@ std::vector<std::string> watch_frames() {
 struct Terminal {
   ScreenModel screen;
   std::ostringstream out;
-  rack::TerminalSize size;
-  rack::LiveRegion region;
+  client::TerminalSize size;
+  client::LiveRegion region;
 
   Terminal(int columns, int rows)
       : screen(columns, rows), size{columns, rows}, region(out, true, [this] {
@@ -173,15 +173,15 @@ std::string single_draw(const std::string& frame, int columns, int rows) {
 }
 
 TEST(ScreenRows, CountWrappedLinesAndTheTrailingNewline) {
-  EXPECT_EQ(rack::screen_rows("", 10), 0);
-  EXPECT_EQ(rack::screen_rows("\n", 10), 1);
-  EXPECT_EQ(rack::screen_rows("abc\n", 10), 1);
-  EXPECT_EQ(rack::screen_rows("abc", 10), 1);
-  EXPECT_EQ(rack::screen_rows(std::string(10, 'x') + "\n", 10), 1);  // the '\n' of a full row
-  EXPECT_EQ(rack::screen_rows(std::string(11, 'x') + "\n", 10), 2);
-  EXPECT_EQ(rack::screen_rows(std::string(25, 'x') + "\n\nab\n", 10), 5);
-  EXPECT_EQ(rack::screen_rows("h\xc3\xa9llo\n", 5), 1);             // UTF-8: 5 columns, not 6 bytes
-  EXPECT_EQ(rack::screen_rows(std::string(25, 'x') + "\n", 0), 1);  // no width known: no wrapping
+  EXPECT_EQ(client::screen_rows("", 10), 0);
+  EXPECT_EQ(client::screen_rows("\n", 10), 1);
+  EXPECT_EQ(client::screen_rows("abc\n", 10), 1);
+  EXPECT_EQ(client::screen_rows("abc", 10), 1);
+  EXPECT_EQ(client::screen_rows(std::string(10, 'x') + "\n", 10), 1);  // the '\n' of a full row
+  EXPECT_EQ(client::screen_rows(std::string(11, 'x') + "\n", 10), 2);
+  EXPECT_EQ(client::screen_rows(std::string(25, 'x') + "\n\nab\n", 10), 5);
+  EXPECT_EQ(client::screen_rows("h\xc3\xa9llo\n", 5), 1);             // UTF-8: 5 columns, not 6 bytes
+  EXPECT_EQ(client::screen_rows(std::string(25, 'x') + "\n", 0), 1);  // no width known: no wrapping
 }
 
 TEST(ScreenModelCheck, SeesTheHeaderLeftBehindWhenTheCursorGoesUpOneRowPerNewline) {
@@ -229,7 +229,7 @@ TEST(LiveRegion, AFrameTallerThanTheScreenIsCutAndStillRedrawsInPlace) {
     for (const auto& f : frames) {
       t.draw(f);
       ASSERT_EQ(t.screen.rows_starting_with(kHeader), 1) << t.screen.text();
-      bool cut = rack::screen_rows(f, columns) > 11;
+      bool cut = client::screen_rows(f, columns) > 11;
       ASSERT_EQ(t.screen.rows_starting_with("... "), cut ? 1 : 0) << "a cut says so:\n"
                                                                   << t.screen.text();
     }
@@ -265,14 +265,14 @@ TEST(LiveRegion, AResizedWindowIsRedrawnFromTheTop) {
 
 TEST(LiveRegion, WithoutATerminalEachFrameFollowsTheLastAndNothingMoves) {
   std::ostringstream out;
-  rack::LiveRegion region(out, false, nullptr);
+  client::LiveRegion region(out, false, nullptr);
   region.draw("a\nb\n");
   region.draw("c");
   EXPECT_EQ(out.str(), "a\nb\nc\n");
 }
 
 TEST(WatchModel, KeepsTheGridAndTheWalkFromTheFeed) {
-  rack::WatchModel model;
+  client::WatchModel model;
   EXPECT_EQ(model.last_seq(), -1);
   auto events = walk_events();
   for (size_t k = 0; k < 4; ++k)
@@ -302,7 +302,7 @@ TEST(WatchModel, KeepsTheGridAndTheWalkFromTheFeed) {
 }
 
 TEST(WatchModel, SaysWhatTheWalkWaitsForAndCountsTheRecoveryWindowDown) {
-  rack::WatchModel model;
+  client::WatchModel model;
   model.apply(snapshot_event());
   model.apply({{"type", "drill.state"}, {"drill", drill_object("Running", "", 0)}});
   EXPECT_FALSE(model.counting_down());
@@ -321,20 +321,20 @@ TEST(WatchModel, SaysWhatTheWalkWaitsForAndCountsTheRecoveryWindowDown) {
 
 TEST(RenderDrill, AWaitWithoutACountdownShowsItsDeadlineAndOneWithoutDeadlineOnlyWhy) {
   auto d = drill_object("Running", "recovery window after batch 2", kNow + 1800);
-  std::string v = rack::render_drill(d);
+  std::string v = client::render_drill(d);
   EXPECT_NE(v.find("  waiting: recovery window after batch 2 (until 2023-11-14T22:13:21.800Z)\n"),
             std::string::npos)
       << v;
   auto gate =
       drill_object("Running", "instance web-0 on host 'h1' is DOWN in the load balancer", 0);
-  v = rack::render_drill(gate, 24, kNow);
+  v = client::render_drill(gate, 24, kNow);
   EXPECT_NE(v.find("  waiting: instance web-0 on host 'h1' is DOWN in the load balancer\n"),
             std::string::npos)
       << v;
 }
 
 TEST(WatchModel, SkipsEventsThatLackWhatTheirTypeNeeds) {
-  rack::WatchModel model;
+  client::WatchModel model;
   for (const char* text :
        {R"({"seq":1})", R"({"type":7})", R"({"type":"snapshot"})",
         R"({"type":"snapshot","state":[]})", R"({"type":"instance.state","instance":"web-0"})",

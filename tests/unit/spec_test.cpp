@@ -1,4 +1,4 @@
-// Drill specs (testbed/rack spec.hpp) and the service's data check on the orchestrator's side
+// Drill specs (rack/ spec.hpp) and the service's data check on the orchestrator's side
 // (cluster.hpp): what a user writes, what is refused and with which key named, and what goes on
 // the wire. The shipped specs must load, debian-web with its two updates and its data check.
 

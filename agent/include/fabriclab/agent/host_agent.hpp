@@ -108,6 +108,10 @@ class HostAgent {
   Status delete_instance(const std::string& name);
   // The instance's persistent libvirt definition (what its next boot uses), for inspection.
   Result<std::string> domain_xml(const std::string& name);
+  // Runs the instance's data check now, through the guest agent, and returns its output
+  // (invalid_argument when it declares none; an error when the command fails or exits non-zero):
+  // a way to see that the app holds its data before a walk starts.
+  Result<std::string> data_check(const std::string& name);
 
   // Maintenance operations: one at a time; returns the job (202 semantics: it runs on).
   Result<boost::json::object> start_operation(const OperationRequest& request);

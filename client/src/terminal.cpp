@@ -5,7 +5,7 @@
 // piece so the terminal never shows half of one. When the width changed since the last frame the
 // terminal may or may not have rewrapped what it shows (tmux does, xterm does not), so N is not
 // known: the screen is cleared and the frame drawn from its top.
-#include "fabriclab/rack/terminal.hpp"
+#include "fabriclab/client/terminal.hpp"
 
 #include <fmt/format.h>
 #include <sys/ioctl.h>
@@ -13,7 +13,7 @@
 
 #include <algorithm>
 
-namespace fabriclab::rack {
+namespace fabriclab::client {
 
 namespace {
 
@@ -128,4 +128,4 @@ void LiveRegion::draw(std::string_view frame) {
   drawn_columns_ = columns;
 }
 
-}  // namespace fabriclab::rack
+}  // namespace fabriclab::client

@@ -9,7 +9,7 @@
 
 #include "fabriclab/common/json.hpp"
 
-namespace fabriclab::rack {
+namespace fabriclab::client {
 
 class WatchModel {
  public:
@@ -33,4 +33,4 @@ class WatchModel {
   std::string last_type_;
 };
 
-}  // namespace fabriclab::rack
+}  // namespace fabriclab::client

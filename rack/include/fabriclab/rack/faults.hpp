@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "fabriclab/common/json.hpp"
-#include "fabriclab/rack/api_client.hpp"
+#include "fabriclab/client/api_client.hpp"
 #include "fabriclab/rack/lab.hpp"
 #include "fabriclab/rack/spec.hpp"
 
@@ -47,7 +47,7 @@ struct FaultRecord {
 class FaultExecutor {
  public:
   // `lab` must outlive the executor; `drill_id` is the drill whose walk it follows.
-  FaultExecutor(Lab& lab, const OrchestratorClient& api, const DrillFileSpec& spec, std::string drill_id,
+  FaultExecutor(Lab& lab, const client::OrchestratorClient& api, const DrillFileSpec& spec, std::string drill_id,
                 std::ostream* out);
   ~FaultExecutor();
   FaultExecutor(const FaultExecutor&) = delete;
@@ -73,7 +73,7 @@ class FaultExecutor {
   void flush_posts();
 
   Lab& lab_;
-  OrchestratorClient api_;
+  client::OrchestratorClient api_;
   DrillFileSpec spec_;
   std::string drill_id_;
   std::ostream* out_;

@@ -152,7 +152,7 @@ json::array faults_json(const std::vector<FaultRecord>& records) {
   return a;
 }
 
-FaultExecutor::FaultExecutor(Lab& lab, const OrchestratorClient& api, const DrillFileSpec& spec, std::string drill_id,
+FaultExecutor::FaultExecutor(Lab& lab, const client::OrchestratorClient& api, const DrillFileSpec& spec, std::string drill_id,
                              std::ostream* out)
     : lab_(lab), api_(api), spec_(spec), drill_id_(std::move(drill_id)), out_(out) {
   api_.set_timeout(2s);
@@ -335,7 +335,7 @@ Status corrupt_image(const std::string& path) {
 }  // namespace
 
 // Where instance `name` runs now: the orchestrator's view, else the first agent that has it.
-static std::string host_of_instance(Lab& lab, const OrchestratorClient& api, bool orch_down, const std::string& name) {
+static std::string host_of_instance(Lab& lab, const client::OrchestratorClient& api, bool orch_down, const std::string& name) {
   if (!orch_down) {
     if (auto inst = api.get("/v1/instances"); inst.ok() && inst->is_array()) {
       for (const auto& v : inst->as_array()) {

@@ -237,7 +237,7 @@ ChaosDrill run_one(const ChaosOptions& opt, int k, std::optional<Error>& fatal) 
   const bool qemu = spec.hypervisor == "qemu";
   auto body = [&]() -> Status {
     FL_RETURN_IF_ERROR(lab->populate(spec, qemu ? 300s : 60s));
-    FL_ASSIGN_OR_RETURN(auto api, OrchestratorClient::from_url(lab->orchestrator_url(), lab->control_token()));
+    FL_ASSIGN_OR_RETURN(auto api, client::OrchestratorClient::from_url(lab->orchestrator_url(), lab->control_token()));
     auto before = counters(*lab);
     Sampler sampler(*lab, qemu);
     DrillView view;
@@ -297,6 +297,12 @@ std::vector<FaultSpec> draw_faults(const DrillFileSpec& base, const std::vector<
   std::vector<FaultSpec> out;
   out.push_back(draw_one(base, kinds[static_cast<size_t>(drill - 1) % kinds.size()], d, max_outage_s, true));
   if (d.chance(0.5)) out.push_back(draw_one(base, kinds[d.below(kinds.size())], d, max_outage_s, false));
+  // A cap on outages holds per host: two outages of one host back to back would add up past it.
+  auto outage = [](const FaultSpec& f) { return f.kind == "kill-agent" || f.kind == "partition-host"; };
+  if (max_outage_s > 0 && out.size() == 2 && outage(out[0]) && outage(out[1]) && out[0].target == out[1].target &&
+      base.hosts > 1) {
+    out[1].target = "h" + std::to_string((std::stoi(out[1].target.substr(1)) + 1) % base.hosts);
+  }
   return out;
 }
 
@@ -366,7 +372,7 @@ ChaosCampaign run_chaos(const ChaosOptions& opt) {
   ChaosCampaign c;
   c.seed = opt.seed;
   for (int k = opt.first; k < opt.first + opt.drills; ++k) {
-    if (interrupted()) {
+    if (client::interrupted()) {
       c.error = make_error(Condition::cancelled, "interrupted");
       break;
     }

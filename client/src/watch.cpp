@@ -1,14 +1,14 @@
 // What `fabriclab watch` shows, from the event feed (watch.hpp).
-#include "fabriclab/rack/watch.hpp"
+#include "fabriclab/client/watch.hpp"
 
 #include <fmt/format.h>
 
 #include <boost/json.hpp>
 
 #include "fabriclab/common/json_get.hpp"
-#include "fabriclab/rack/drill.hpp"
+#include "fabriclab/client/render.hpp"
 
-namespace fabriclab::rack {
+namespace fabriclab::client {
 
 namespace {
 
@@ -94,4 +94,4 @@ bool WatchModel::counting_down() const {
          parse_rfc3339_ms(str(drill_, "waiting_until")).has_value();
 }
 
-}  // namespace fabriclab::rack
+}  // namespace fabriclab::client

@@ -13,7 +13,7 @@ namespace fabriclab::rack {
 
 using namespace std::chrono_literals;
 
-FeedRecorder::FeedRecorder(const OrchestratorClient& api, size_t max_events) : api_(api), max_events_(max_events) {}
+FeedRecorder::FeedRecorder(const client::OrchestratorClient& api, size_t max_events) : api_(api), max_events_(max_events) {}
 
 FeedRecorder::~FeedRecorder() { stop(0ms); }
 

@@ -18,7 +18,7 @@
 #include <string>
 #include <string_view>
 
-namespace fabriclab::rack {
+namespace fabriclab::client {
 
 struct TerminalSize {
   int columns = 0;
@@ -60,4 +60,4 @@ class LiveRegion {
   int drawn_columns_ = 0;  // the width it was drawn at
 };
 
-}  // namespace fabriclab::rack
+}  // namespace fabriclab::client

@@ -38,7 +38,7 @@ struct ChaosOptions {
   std::chrono::milliseconds drill_deadline{std::chrono::minutes(3)};
   // Caps the drawn outages of kill-agent (restarted) and partition-host, in real seconds (0: the
   // draw's own range, 1..6 s and 2..8 s). Below the orchestrator's Unhealthy threshold (3 s on a
-  // lab rack) a host comes back before healing starts.
+  // lab rack) a host comes back before healing starts. Two outages of a drill then hit two hosts.
   double max_outage_s = 0;
   std::ostream* out = nullptr;  // progress and the per-drill blocks
 };

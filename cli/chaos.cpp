@@ -1,5 +1,5 @@
-// `fabriclab chaos` (chaos_cmd.hpp): options, the campaign, the table, the JSON summary.
-#include "chaos_cmd.hpp"
+// `fabriclab chaos` (chaos.hpp): options, the campaign, the table, the JSON summary.
+#include "chaos.hpp"
 
 #include <boost/json.hpp>
 #include <fmt/format.h>
@@ -77,7 +77,7 @@ int run(const ChaosArgs& a) {
   if (qemu) o.lab.start_timeout = std::chrono::seconds(60);
   std::ostream& out = a.json_only ? std::cerr : std::cout;
   o.out = &out;
-  rack::install_interrupt_handlers();
+  client::install_interrupt_handlers();
   out << fmt::format("chaos: {} drills from #{} with seed {} on {} ({} hosts in {} fault domains, {} -> {}); kinds: {}\n",
                      a.drills, a.from, a.seed, qemu ? "real VMs" : "simulated guests", o.base.hosts,
                      o.base.fault_domains, o.base.kind, o.base.target,

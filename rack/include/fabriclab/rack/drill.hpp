@@ -3,7 +3,7 @@
 // local rack: the old before-the-walk form here, the schedule through faults.hpp's executor while
 // the walk runs), follow it to its end with a live progress view (a bar per batch), fetch the report;
 // a spec with several updates runs them as a series of drills on the same rack (run_drills).
-// Ctrl-C (rack::interrupted()) aborts the drill: the hosts in flight finish, nothing new starts.
+// Ctrl-C (client::interrupted()) aborts the drill: the hosts in flight finish, nothing new starts.
 
 #include <iosfwd>
 #include <optional>
@@ -11,11 +11,11 @@
 
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/result.hpp"
-#include "fabriclab/rack/api_client.hpp"
+#include "fabriclab/client/api_client.hpp"
 #include "fabriclab/rack/faults.hpp"
 #include "fabriclab/rack/lab.hpp"
 #include "fabriclab/rack/spec.hpp"
-#include "fabriclab/rack/terminal.hpp"
+#include "fabriclab/client/terminal.hpp"
 
 namespace fabriclab::rack {
 
@@ -37,7 +37,7 @@ json::object drill_body(const DrillFileSpec& spec);
 struct DrillView {
   std::ostream* out = nullptr;  // progress goes here (nullptr: silent)
   bool redraw = false;          // a terminal: redraw the bars in place; else a line per change
-  LiveRegion::SizeFn size;      // with redraw: the terminal's size (terminal.hpp; empty: unknown)
+  client::LiveRegion::SizeFn size;      // with redraw: the terminal's size (terminal.hpp; empty: unknown)
   bool record_feed = false;     // record the orchestrator's feed into DrillOutcome::feed
   // The drill is aborted when it has not ended this long after its creation (0: no limit); the
   // abort then has two minutes to take effect.
@@ -46,7 +46,7 @@ struct DrillView {
 
 // `lab` is needed only for faults (it kills the hosts of a fault domain); the healing wait lasts
 // at most `heal_timeout`.
-Result<DrillOutcome> run_drill(const OrchestratorClient& api, const DrillFileSpec& spec, Lab* lab,
+Result<DrillOutcome> run_drill(const client::OrchestratorClient& api, const DrillFileSpec& spec, Lab* lab,
                                const DrillView& view,
                                std::chrono::milliseconds heal_timeout = std::chrono::minutes(3));
 
@@ -56,14 +56,14 @@ struct DrillSeries {
   std::vector<DrillOutcome> drills;  // the drills that reached an end, in order
   std::optional<Error> error;        // why the series stopped, other than a drill's verdict
   bool passed() const;               // every update ran and passed
-  bool interrupted() const;          // Ctrl-C during one of them
+  bool interrupted() const;         // Ctrl-C during one of them
 };
 
 // Runs every update of `spec` as its own drill through the orchestrator API (run_drill with
 // for_update(spec, k)), on the same orchestrator and VMs, and stops after the first drill that
 // does not pass, is interrupted, or cannot run (`error`). With several updates each starts with a
 // line "update K/N: KIND -> TARGET".
-DrillSeries run_drills(const OrchestratorClient& api, const DrillFileSpec& spec, Lab* lab,
+DrillSeries run_drills(const client::OrchestratorClient& api, const DrillFileSpec& spec, Lab* lab,
                        const DrillView& view,
                        std::chrono::milliseconds heal_timeout = std::chrono::minutes(3));
 
@@ -71,16 +71,5 @@ DrillSeries run_drills(const OrchestratorClient& api, const DrillFileSpec& spec,
 // reports of the drills that ran, in order], "updates": [{kind, target, result: "passed" |
 // "failed" | "not run"}], "result": "passed" (all ran and passed) | "failed"}.
 json::object series_report(const DrillFileSpec& spec, const DrillSeries& series);
-
-// A compact text view of a drill (its batches as bars), as `fabriclab status`, `watch` and the
-// drill command print it. While the walk waits ("waiting_for", e.g. a recovery window between
-// batches) with a deadline ("waiting_until"), the waiting line says "(N s left)" against `now_ms`
-// (Unix ms), or "(until RFC3339)" without it (a log: the view then changes only with the drill).
-std::string render_drill(const json::object& drill, int width = 24,
-                         std::optional<int64_t> now_ms = std::nullopt);
-
-// The UD x FD grid of the instances (as the seeds draw it) from GET /v1/instances, with each
-// instance's status; `fabriclab watch` and `status` print it.
-std::string render_grid(const json::array& instances, const json::array& hosts);
 
 }  // namespace fabriclab::rack

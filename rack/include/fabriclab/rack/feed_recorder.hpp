@@ -15,13 +15,13 @@
 #include <vector>
 
 #include "fabriclab/common/json.hpp"
-#include "fabriclab/rack/api_client.hpp"
+#include "fabriclab/client/api_client.hpp"
 
 namespace fabriclab::rack {
 
 class FeedRecorder {
  public:
-  explicit FeedRecorder(const OrchestratorClient& api, size_t max_events = 200000);
+  explicit FeedRecorder(const client::OrchestratorClient& api, size_t max_events = 200000);
   ~FeedRecorder();
   FeedRecorder(const FeedRecorder&) = delete;
   FeedRecorder& operator=(const FeedRecorder&) = delete;
@@ -38,7 +38,7 @@ class FeedRecorder {
 
  private:
   void run();
-  OrchestratorClient api_;
+  client::OrchestratorClient api_;
   size_t max_events_;
   mutable std::mutex mu_;
   std::vector<json::object> events_;

@@ -1,5 +1,5 @@
 // The orchestrator's REST API from the CLI (api_client.hpp).
-#include "fabriclab/rack/api_client.hpp"
+#include "fabriclab/client/api_client.hpp"
 
 #include <signal.h>
 
@@ -10,7 +10,7 @@
 
 #include "fabriclab/common/http_client.hpp"
 
-namespace fabriclab::rack {
+namespace fabriclab::client {
 
 namespace {
 constexpr size_t kMaxAnswer = 64 << 20;  // a report of a large rack
@@ -115,4 +115,4 @@ Result<json::value> OrchestratorClient::call(std::string_view method, const std:
   return std::move(parsed).value();
 }
 
-}  // namespace fabriclab::rack
+}  // namespace fabriclab::client

@@ -24,7 +24,7 @@
 #include "fabriclab/common/child_process.hpp"
 #include "fabriclab/common/random_hex.hpp"
 #include "fabriclab/orchestrator/lb.hpp"
-#include "fabriclab/rack/api_client.hpp"
+#include "fabriclab/client/api_client.hpp"
 #include "fabriclab/rack/image_library.hpp"
 #include "netns.hpp"
 
@@ -92,7 +92,7 @@ Result<ChildProcess> start_process(LabProcess& p, const std::string& dir, const 
 
 // Waits for "listening ADDR:PORT" from `child` and records the address in `p`.
 Status await_listening(LabProcess& p, const ChildProcess& child, std::chrono::milliseconds timeout) {
-  FL_ASSIGN_OR_RETURN(auto at, wait_listening(child, timeout, [] { return interrupted().load(); }));
+  FL_ASSIGN_OR_RETURN(auto at, wait_listening(child, timeout, [] { return client::interrupted().load(); }));
   p.address = at.host;
   p.port = at.port;
   return {};
@@ -346,7 +346,7 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
   }
   // Recorded at once: a `fabriclab lab down` finds the namespaces even if this process dies now.
   if (auto st = lab.save(); !st.ok()) return fail(st.error());
-  if (interrupted()) return fail(make_error(Condition::cancelled, "interrupted"));
+  if (client::interrupted()) return fail(make_error(Condition::cancelled, "interrupted"));
   if (lab.guest_network_) {
     if (auto st = lab.start_network_services(options); !st.ok()) return fail(st.error());
   }
@@ -526,7 +526,7 @@ Status Lab::start_network_services(const LabOptions& options) {
       return make_error(Condition::timeout, "haproxy's master socket " + sock + " did not answer within 10 s; its log (" +
                                                 h.log + ") ends:\n" + file_tail(h.log));
     }
-    if (interrupted()) return make_error(Condition::cancelled, "interrupted");
+    if (client::interrupted()) return make_error(Condition::cancelled, "interrupted");
     std::this_thread::sleep_for(20ms);
   }
   return {};
@@ -542,7 +542,7 @@ namespace {
 
 // The backends of every load-balanced service that are not UP yet ("web-0 (DOWN), ..."); "" when
 // all are.
-Result<std::string> backends_not_up(const OrchestratorClient& api) {
+Result<std::string> backends_not_up(const client::OrchestratorClient& api) {
   FL_ASSIGN_OR_RETURN(auto services, api.get("/v1/services"));
   std::string out;
   if (!services.is_array()) return out;
@@ -572,7 +572,7 @@ Result<std::string> backends_not_up(const OrchestratorClient& api) {
 }  // namespace
 
 Status Lab::populate(const DrillFileSpec& spec, std::chrono::milliseconds healthy_timeout) {
-  FL_ASSIGN_OR_RETURN(auto api, OrchestratorClient::from_url(orchestrator_url(), token_));
+  FL_ASSIGN_OR_RETURN(auto api, client::OrchestratorClient::from_url(orchestrator_url(), token_));
   for (const auto& a : agents_) {
     json::object h{{"id", a.name},
                    {"fault_domain", a.fault_domain},
@@ -610,7 +610,7 @@ Status Lab::populate(const DrillFileSpec& spec, std::chrono::milliseconds health
     }
     if (healthy == total && waiting.empty()) return {};
     last = std::to_string(healthy) + "/" + std::to_string(total) + " healthy; waiting for " + waiting;
-    if (!sleep_unless_interrupted(250ms)) return make_error(Condition::cancelled, "interrupted");
+    if (!client::sleep_unless_interrupted(250ms)) return make_error(Condition::cancelled, "interrupted");
   }
   return make_error(Condition::timeout, "the instances did not all become healthy within " +
                                             std::to_string(healthy_timeout.count() / 1000) + " s: " + last);

@@ -9,7 +9,7 @@
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/result.hpp"
 
-namespace fabriclab::rack {
+namespace fabriclab::client {
 
 class OrchestratorClient {
  public:
@@ -47,4 +47,4 @@ void install_interrupt_handlers();
 // Sleeps `d` in short slices; false when interrupted.
 bool sleep_unless_interrupted(std::chrono::milliseconds d);
 
-}  // namespace fabriclab::rack
+}  // namespace fabriclab::client
