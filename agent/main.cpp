@@ -107,6 +107,9 @@ int main(int argc, char** argv) {
                "Start no stopped guest at start (a host back from a power loss waits for its orchestrator)");
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
   app.add_flag("--json-logs", json_logs, "Log JSON lines");
+  app.add_flag("--fault-injection", o.fault_injection,
+               "Serve POST /v1/faults (guest-crash, guest-hang, slow-boot) for a test rack's fault schedule; never "
+               "on a real host");
   // Expand --config FILE into flags first.
   std::vector<std::string> args;
   for (int i = 1; i < argc; ++i) {

@@ -85,7 +85,9 @@ void write_drill_reports(const DrillArgs& a, const client::OrchestratorClient& a
   }
   if (a.html_file.empty()) return;
   Result<std::string> html = std::string();
-  if (spec.updates.size() == 1) {
+  if (spec.updates.size() == 1 && series.drills[0].report.contains("faults")) {
+    html = orchestrator::render_report_html(series.drills[0].report);  // with the rack's fault rows
+  } else if (spec.updates.size() == 1) {
     std::string id = series.drills[0].drill.at("id").as_string().c_str();
     html = api.get_text("/v1/drills/" + id + "/report.html");
   } else {

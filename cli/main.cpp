@@ -11,6 +11,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "chaos.hpp"
 #include "commands.hpp"
 
 using namespace fabriclab;
@@ -137,7 +138,10 @@ int main(int argc, char** argv) {
   watch->add_option("--lab-dir", wt.lab_dir, "The local lab's directory")->capture_default_str();
   watch->add_flag("--once", once, "Print the first view (the snapshot) and exit");
 
+  auto chaos = add_chaos_command(app);
+
   CLI11_PARSE(app, argc, argv);
+  if (int code = chaos(); code >= 0) return code;
   if (*plan) return run_plan(pa);
   if (*drill) return run_drill_cmd(da);
   if (*lab_up) return run_lab_up(la);

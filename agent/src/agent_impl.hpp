@@ -283,6 +283,13 @@ struct HostAgent::Impl {
   Status ensure_running(const std::string& name);
   void restart_failed_guests();  // monitor: VMs that died on their own, while no job runs
   bool cancelled(const Job& job);
+
+  // -- faults.cpp: injected faults (AgentOptions::fault_injection only; under mu) --
+  std::map<std::string, bool> hung;                   // guest-hang: until the guest's next start
+  std::map<std::string, milliseconds> slow_boot;      // slow-boot: the next start's delay
+  // At a start: the delay to wait first (taken), and the hang cleared.
+  milliseconds take_boot_delay(const std::string& name);
+  bool is_hung(const std::string& name);
 };
 
 }  // namespace fabriclab::agent

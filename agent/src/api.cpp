@@ -81,6 +81,14 @@ void install_api(http::Server& server, HostAgent& agent, std::shared_ptr<EventFe
   });
   server.route("GET", "/v1/images/guest", Access::read,
                [a](const Request&) { return http::json_response(200, a->guest_images_json()); });
+  if (a->fault_injection()) {
+    server.route("POST", "/v1/faults", Access::control, [a, limits](const Request& r) {
+      auto body = http::parse_body(r, limits);
+      if (!body.ok()) return http::error_response(body.error());
+      if (!body->is_object()) return http::error_response(400, "invalid_argument", "body must be a JSON object");
+      return result_or(a->inject_fault(body->as_object()), 202);
+    });
+  }
   server.events("/v1/events", std::move(feed));
 }
 

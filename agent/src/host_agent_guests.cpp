@@ -108,6 +108,8 @@ Status HostAgent::Impl::start_guest(const std::string& name) {
       slot.guest_error.clear();
     }
     bool restored = d.has_managed_save().ok() && *d.has_managed_save();
+    // An injected slow boot (faults.cpp): the VM starts late; the instance shows Starting meanwhile.
+    if (auto delay = take_boot_delay(name); delay.count() > 0) std::this_thread::sleep_for(delay);
     FL_RETURN_IF_ERROR(d.start());
     std::string image, mode;
     {
@@ -150,6 +152,13 @@ Result<hypervisor::ShutdownResult> HostAgent::Impl::stop_guest(const std::string
   if (force) {
     if (was_on) FL_RETURN_IF_ERROR(d.destroy());
     r.method = hypervisor::StopMethod::destroyed;
+  } else if (is_hung(name)) {
+    // An injected hang (faults.cpp): the power button goes unanswered; the ladder's last rung.
+    const auto t0 = Clock::now();
+    std::this_thread::sleep_for(opt.stop_timeout);
+    if (was_on) FL_RETURN_IF_ERROR(d.destroy());
+    r.method = hypervisor::StopMethod::destroyed;
+    r.elapsed = std::chrono::duration_cast<milliseconds>(Clock::now() - t0);
   } else {
     FL_ASSIGN_OR_RETURN(r, d.shutdown_ladder({opt.stop_timeout, milliseconds(250)}));
   }
@@ -256,12 +265,13 @@ void HostAgent::Impl::monitor_loop() {
       const auto now = Clock::now();
       for (auto& [name, slot] : slots) {
         if (slot.expect_running && (!slot.link || slot.link->closed())) to_connect.push_back(name);
-        // The built-in guest: a recent heartbeat since its start. A guest with its own image: its
+        // The built-in guest: a recent heartbeat since its start, from a VM not seen stopped (a
+        // crashed VM's last heartbeat is still recent for a moment). A guest with its own image: its
         // VM runs and, once it has shown a guest agent, the agent is connected (its app's health
         // is the load balancer's probe).
         bool healthy = builtin_locked(name)
                            ? slot.expect_running && slot.last_hb && now - slot.last_hb->at < healthy_window &&
-                                 slot.first_hb_since_start.has_value()
+                                 slot.first_hb_since_start.has_value() && slot.domain_state != DomainState::shut_off
                            : slot.expect_running && slot.domain_state == DomainState::running &&
                                  (!slot.agent_seen || slot.agent_connected);
         if (healthy != slot.healthy) {

@@ -1,5 +1,8 @@
 #include "fabriclab/orchestrator/controller_api.hpp"
 
+#include <tuple>
+
+#include "fabriclab/common/event_feed.hpp"
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/orchestrator/report.hpp"
 #include "fabriclab_dashboard.hpp"  // generated from web/dashboard.html
@@ -32,6 +35,27 @@ Result<int> query_int(const Request& r, const std::string& key, int lo, int hi, 
   }
   return make_error(Condition::invalid_argument, "query '" + key + "' must be an integer in " +
                                                      std::to_string(lo) + ".." + std::to_string(hi));
+}
+
+// POST /v1/drills/{id}/faults: a fault the rack injected (docs/faults.md), published on the feed
+// as `drill.fault` (and so journaled with the drill's other events). The orchestrator does not act
+// on it: it is the record of what was done to the rack, for the dashboard, watchers and the
+// chaos checkers. Every field is a bounded string; kind and status are short words.
+Result<json::object> fault_event(const json::object& o, const std::string& drill) {
+  FL_RETURN_IF_ERROR(check_fields(o, {"kind", "target", "at", "status", "detail", "injected_at"}));
+  json::object ev{{"drill", drill}};
+  for (auto [field, max, required] : {std::tuple{"kind", size_t{32}, true}, {"status", 32, true},
+                                      {"target", 128, false}, {"at", 256, false}, {"detail", 1024, false},
+                                      {"injected_at", 64, false}}) {
+    FL_ASSIGN_OR_RETURN(auto v, get_string(o, field, max, required));
+    for (char ch : v) {
+      if (static_cast<unsigned char>(ch) < 0x20) {
+        return make_error(Condition::invalid_argument, std::string("field '") + field + "' holds a control character");
+      }
+    }
+    ev[field] = v;
+  }
+  return ev;
 }
 
 }  // namespace
@@ -101,6 +125,16 @@ void install_controller_api(http::Server& server, Controller& controller,
     resp.body = render_report_html(*rep);
     resp.content_type = "text/html; charset=utf-8";
     return resp;
+  });
+  server.route("POST", "/v1/drills/{id}/faults", Access::control, [c, limits, feed](const Request& r) {
+    const auto& id = r.params.at("id");
+    if (auto d = c->drill_json(id); !d.ok()) return http::error_response(d.error());
+    auto body = object_body(r, limits);
+    if (!body.ok()) return http::error_response(body.error());
+    auto ev = fault_event(*body, id);
+    if (!ev.ok()) return http::error_response(ev.error());
+    uint64_t seq = feed->publish("drill.fault", std::move(*ev));
+    return http::json_response(202, json::object{{"id", id}, {"seq", seq}});
   });
   using Verb = Status (Controller::*)(const std::string&);
   for (auto [name, fn] : {std::pair<const char*, Verb>{"pause", &Controller::pause},

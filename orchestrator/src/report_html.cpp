@@ -603,6 +603,22 @@ void events(std::string& out, const json::object& r) {
   out += "</section>\n";
 }
 
+// The rack's fault schedule as it went (docs/faults.md): a row per fault, when the report has any.
+void faults(std::string& out, const json::object& r) {
+  const json::array& list = arr(r, "faults");
+  if (list.empty()) return;
+  out += "<section id=\"faults\"><h2>Faults</h2><table><tr><th>Fault</th><th>Target</th><th>Scheduled</th>"
+         "<th>Status</th><th>Fired</th><th>What the rack did</th><th>What the system did</th></tr>";
+  for (const json::value& v : list) {
+    if (!v.is_object()) continue;
+    const auto& f = v.as_object();
+    auto s = [&f](std::string_view k) { return esc(str(f, k)); };
+    out += "<tr><td>" + s("kind") + "</td><td>" + s("target") + "</td><td>" + s("scheduled") + "</td><td>" +
+           s("status") + "</td><td>" + s("at") + "</td><td>" + s("detail") + "</td><td>" + s("outcome") + "</td></tr>";
+  }
+  out += "</table></section>\n";
+}
+
 std::string page_head(std::string_view title) {
   return fmt::format(
       "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -624,6 +640,7 @@ void report_body(std::string& out, const json::object& report) {
   instances(out, report);
   guest_health(out, report);
   timelines(out, report);
+  faults(out, report);
   events(out, report);
 }
 

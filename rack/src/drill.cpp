@@ -13,6 +13,7 @@
 #include "fabriclab/client/render.hpp"
 #include "fabriclab/common/json_get.hpp"
 #include "fabriclab/orchestrator/drill_spec.hpp"
+#include "fabriclab/rack/feed_recorder.hpp"
 
 namespace fabriclab::rack {
 
@@ -72,9 +73,91 @@ json::object drill_body(const DrillFileSpec& spec) {
   body.notice_s = spec.notice_s;
   body.healthy_timeout_s = spec.healthy_timeout_s;
   body.freeze_s = spec.freeze_s;
-  body.start_paused = !spec.faults.empty();  // paused until the faults are injected
+  // Paused until the faults of the old form (before the walk) are injected.
+  body.start_paused = std::any_of(spec.faults.begin(), spec.faults.end(),
+                                  [](const FaultSpec& f) { return f.at.kind == FaultAt::Kind::before_walk; });
   return orchestrator::to_json(body);
 }
+
+namespace {
+
+// The old form of a fault (kill-fault-domain before the walk): the drill was created paused; the
+// domain is killed, healing awaited, and the walk resumed.
+Status inject_before_walk(const client::OrchestratorClient& api, const DrillFileSpec& spec, Lab* lab, const std::string& id,
+                         std::chrono::milliseconds heal_timeout, std::ostream* out) {
+  std::set<std::string> dead;
+  bool any = false;
+  for (const auto& f : spec.faults) {
+    if (f.at.kind != FaultAt::Kind::before_walk) continue;
+    any = true;
+    if (out) *out << "fault: killing every host of fault domain " << f.fault_domain << " (agents and VMs)\n";
+    FL_RETURN_IF_ERROR(lab->kill_fault_domain(f.fault_domain));
+    for (const auto& a : lab->agents()) {
+      if (a.fault_domain == f.fault_domain) dead.insert(a.name);
+    }
+  }
+  if (!any) return {};
+  if (auto st = wait_healed(api, dead, heal_timeout, out); !st.ok()) {
+    (void)api.post("/v1/drills/" + id + "/abort", json::object{});
+    return make_error(st.error().condition, "fault injection: " + st.error().message);
+  }
+  return api.post("/v1/drills/" + id + "/resume", json::object{}).ok()
+             ? Status{}
+             : make_error(Condition::transient, "the drill could not be resumed after the fault");
+}
+
+// Follows drill `id` to its end with the progress view. The orchestrator may be away a while (a
+// kill-orchestrator fault, a restart): GETs are retried for up to a minute, or as long as the
+// fault executor says it is down.
+Status follow_drill(const client::OrchestratorClient& api, const std::string& id, const DrillView& view,
+                    Clock::time_point created_at, const FaultExecutor* faults, DrillOutcome& outcome) {
+  std::ostream* out = view.out;
+  std::string last_view;
+  client::LiveRegion region(out ? *out : std::cerr, view.redraw, view.size);
+  bool abort_sent = false;
+  auto abort_deadline = Clock::time_point::max();
+  auto unreachable_since = Clock::time_point::max();
+  for (;;) {
+    const bool over_time = view.deadline.count() > 0 && Clock::now() - created_at > view.deadline;
+    if ((client::interrupted() || over_time) && !abort_sent) {
+      abort_sent = true;
+      outcome.interrupted = client::interrupted();
+      outcome.timed_out = !outcome.interrupted;
+      abort_deadline = Clock::now() + 120s;
+      if (out) {
+        *out << (outcome.timed_out ? "\nthe drill ran past its deadline: aborting it"
+                                   : "\ninterrupted: aborting the drill")
+             << " (hosts in flight finish, nothing new starts)\n";
+      }
+      (void)api.post("/v1/drills/" + id + "/abort", json::object{});
+      region.forget();
+    }
+    auto d = api.get("/v1/drills/" + id);
+    if (!d.ok()) {
+      if (Clock::now() > abort_deadline) return d.error();
+      unreachable_since = std::min(unreachable_since, Clock::now());
+      const bool expected_down = faults && faults->orchestrator_down();
+      if (!expected_down && Clock::now() - unreachable_since > 60s) return d.error();
+      std::this_thread::sleep_for(300ms);
+      continue;
+    }
+    unreachable_since = Clock::time_point::max();
+    outcome.drill = d->as_object();
+    std::string state = str(outcome.drill, "state");
+    // In place, a countdown; in a log, a view per change (a fixed deadline, not a countdown).
+    auto now = view.redraw ? std::optional(unix_now_ms()) : std::nullopt;
+    std::string v = client::render_drill(outcome.drill, 24, now);
+    if (out && v != last_view) {
+      region.draw(v);
+      last_view = v;
+    }
+    if (is_final(state)) return {};
+    if (Clock::now() > abort_deadline) return make_error(Condition::timeout, "the drill did not stop after abort");
+    std::this_thread::sleep_for(300ms);
+  }
+}
+
+}  // namespace
 
 Result<DrillOutcome> run_drill(const client::OrchestratorClient& api, const DrillFileSpec& spec, Lab* lab,
                                const DrillView& view, std::chrono::milliseconds heal_timeout) {
@@ -95,68 +178,51 @@ Result<DrillOutcome> run_drill(const client::OrchestratorClient& api, const Dril
     }
     if (created_any) FL_RETURN_IF_ERROR(wait_healed(api, {}, heal_timeout, nullptr));
   }
+  const bool scheduled = std::any_of(spec.faults.begin(), spec.faults.end(),
+                                     [](const FaultSpec& f) { return f.at.kind != FaultAt::Kind::before_walk; });
+  if (!spec.faults.empty() && !lab) {
+    return make_error(Condition::invalid_argument, "faults need a local rack (not --orchestrator)");
+  }
+  std::unique_ptr<FeedRecorder> feed;
+  if (scheduled || view.record_feed) {
+    feed = std::make_unique<FeedRecorder>(api);
+    if (!feed->start()) return make_error(Condition::transient, "the orchestrator's event feed did not answer");
+  }
   FL_ASSIGN_OR_RETURN(auto created, api.post("/v1/drills", drill_body(spec)));
   std::string id = str(created.as_object(), "id");
   if (id.empty()) return make_error(Condition::internal, "POST /v1/drills answered without an id");
   if (out) *out << "drill " << id << " created: " << spec.kind << " -> " << spec.target << "\n";
-
-  if (!spec.faults.empty()) {
-    if (!lab) return make_error(Condition::invalid_argument, "faults need a local rack (not --orchestrator)");
-    std::set<std::string> dead;
-    for (const auto& f : spec.faults) {
-      if (out) *out << "fault: killing every host of fault domain " << f.fault_domain << " (agents and VMs)\n";
-      FL_RETURN_IF_ERROR(lab->kill_fault_domain(f.fault_domain));
-      for (const auto& a : lab->agents()) {
-        if (a.fault_domain == f.fault_domain) dead.insert(a.name);
-      }
-    }
-    if (auto st = wait_healed(api, dead, heal_timeout, out); !st.ok()) {
-      (void)api.post("/v1/drills/" + id + "/abort", json::object{});
-      return make_error(st.error().condition, "fault injection: " + st.error().message);
-    }
-    FL_RETURN_IF_ERROR(api.post("/v1/drills/" + id + "/resume", json::object{}));
+  const auto created_at = Clock::now();
+  FL_RETURN_IF_ERROR(inject_before_walk(api, spec, lab, id, heal_timeout, out));
+  std::unique_ptr<FaultExecutor> faults;
+  if (scheduled) {
+    faults = std::make_unique<FaultExecutor>(*lab, api, spec, id, out);
+    faults->start();
   }
-
   DrillOutcome outcome;
-  std::string last_view;
-  client::LiveRegion region(out ? *out : std::cerr, view.redraw, view.size);
-  bool abort_sent = false;
-  auto abort_deadline = Clock::time_point::max();
-  for (;;) {
-    if (client::interrupted() && !abort_sent) {
-      abort_sent = true;
-      outcome.interrupted = true;
-      abort_deadline = Clock::now() + 120s;
-      if (out) *out << "\ninterrupted: aborting the drill (hosts in flight finish, nothing new starts)\n";
-      (void)api.post("/v1/drills/" + id + "/abort", json::object{});
-      region.forget();
-    }
-    auto d = api.get("/v1/drills/" + id);
-    if (!d.ok()) {
-      if (Clock::now() > abort_deadline) return d.error();
-      // The orchestrator may be restarting; retry a while.
-      if (abort_sent) return d.error();
-      std::this_thread::sleep_for(500ms);
-      auto again = api.get("/v1/drills/" + id);
-      if (!again.ok()) return again.error();
-      d = std::move(again);
-    }
-    outcome.drill = d->as_object();
-    std::string state = str(outcome.drill, "state");
-    // In place, a countdown; in a log, a view per change (a fixed deadline, not a countdown).
-    auto now = view.redraw ? std::optional(unix_now_ms()) : std::nullopt;
-    std::string v = client::render_drill(outcome.drill, 24, now);
-    if (out && v != last_view) {
-      region.draw(v);
-      last_view = v;
-    }
-    if (is_final(state)) break;
-    if (Clock::now() > abort_deadline) return make_error(Condition::timeout, "the drill did not stop after abort");
-    std::this_thread::sleep_for(300ms);
+  FL_RETURN_IF_ERROR(follow_drill(api, id, view, created_at, faults.get(), outcome));
+  if (faults) {
+    faults->finish("the drill ended " + str(outcome.drill, "state") + " first");
+    // A restarted orchestrator may still be reattaching: the drill's final state is read again.
+    if (auto d = api.get("/v1/drills/" + id); d.ok()) outcome.drill = d->as_object();
   }
   FL_ASSIGN_OR_RETURN(auto report, api.get("/v1/drills/" + id + "/report"));
   outcome.report = report.as_object();
   outcome.passed = str(outcome.report, "result") == "passed";
+  if (feed) {
+    feed->stop();
+    outcome.feed = feed->events();
+  }
+  if (faults) {
+    outcome.faults = faults->records();
+    explain_outcomes(outcome.faults, outcome.feed, outcome.drill, outcome.report);
+    outcome.report["faults"] = faults_json(outcome.faults);
+    if (out) {
+      for (const auto& f : outcome.faults) {
+        *out << "fault " << f.spec.describe() << ": " << f.status << (f.outcome.empty() ? "" : " -> " + f.outcome) << "\n";
+      }
+    }
+  }
   return outcome;
 }
 

@@ -103,6 +103,7 @@ Result<ChildProcess> start_process(LabProcess& p, const std::string& dir, const 
   if (!p.netns.empty()) o.netns_path = netns::path_of(p.netns);
   FL_ASSIGN_OR_RETURN(auto child, spawn_child(argv, o));
   p.pid = child.pid;
+  p.argv = argv;
   return child;
 }
 
@@ -436,7 +437,8 @@ std::vector<std::string> Lab::agent_argv(const DrillFileSpec& spec, const LabOpt
                                    "--port", "0",
                                    "--control-token-file", dir_ + "/token",
                                    "--capacity", std::to_string(spec.capacity),
-                                   "--lab-host-images", "host-v1,host-v2"};
+                                   "--lab-host-images", "host-v1,host-v2",
+                                   "--fault-injection"};  // a lab rack: a drill's fault schedule uses it
   for (const auto& d : image_dirs_) argv.insert(argv.end(), {"--guest-images", d});
   if (spec.hypervisor == "test") {
     // Simulated guests and emulated durations: a 200 ms heartbeat, a 1 s host reboot.
@@ -743,5 +745,13 @@ Status Lab::down(bool remove_dir) {
 }
 
 json::object Lab::status_json() const { return to_json(true); }
+
+LabProcess* Lab::process(const std::string& name) {
+  if (orchestrator_.name == name) return &orchestrator_;
+  for (auto& a : agents_) {
+    if (a.name == name) return &a;
+  }
+  return nullptr;
+}
 
 }  // namespace fabriclab::rack

@@ -7,6 +7,8 @@
 #include <set>
 #include <sstream>
 
+#include "fault_parse.hpp"
+
 namespace fabriclab::rack {
 
 namespace {
@@ -276,16 +278,13 @@ Result<DrillFileSpec> parse_spec(const std::string& text, const std::string& wha
     FL_RETURN_IF_ERROR(read(p, "freeze_s", "policies.", s.freeze_s, 0.0, 3600.0));
   }
   if (auto f = root["faults"]) {
-    if (!f.IsSequence()) return bad("faults", "must be a list");
-    for (size_t i = 0; i < f.size(); ++i) {
-      std::string p = "faults[" + std::to_string(i) + "]";
-      FL_RETURN_IF_ERROR(only_keys(f[i], p, {"kind", "fault_domain"}));
-      FaultSpec fs;
-      if (!f[i]["kind"]) return bad(p + ".kind", "is required");
-      FL_RETURN_IF_ERROR(read_str(f[i], "kind", p + ".", fs.kind, {"kill-fault-domain"}));
-      FL_RETURN_IF_ERROR(read(f[i], "fault_domain", p + ".", fs.fault_domain, 0, s.fault_domains - 1));
-      s.faults.push_back(fs);
+    FaultRack rack{s.hosts, s.fault_domains, {}};
+    for (const auto& svc : s.services) {
+      for (int i = 0; i < svc.instances; ++i) rack.instances.push_back(svc.name + "-" + std::to_string(i));
     }
+    bool host_os = false;
+    for (const auto& u : s.updates) host_os = host_os || u.kind == "host-os";
+    FL_RETURN_IF_ERROR(parse_faults(f, rack, host_os, s.faults));
   }
   int slots = s.hosts * s.capacity, need = 0;
   for (const auto& svc : s.services) need += svc.instances;

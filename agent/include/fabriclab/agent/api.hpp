@@ -15,6 +15,8 @@
 //   POST   /v1/operations/{id}/cancel        (a job shows its scheduled event's event_id)
 //   GET    /v1/images/host, POST /v1/images/host {version, path, sha256}   (stage)
 //   GET    /v1/images/guest
+//   POST   /v1/faults                        {kind, instance, delay_ms?}: fault injection, only with
+//                                              --fault-injection (HostAgent::inject_fault)
 //   WS     /v1/events[?since=SEQ]            snapshot, then deltas
 //
 // GETs and the event stream take the read or the control token; everything else the control token.

@@ -81,6 +81,8 @@ struct AgentOptions {
   // A host back from a power loss (its rack's power control cut it): the guests it finds stopped
   // at start stay stopped until its orchestrator says (it may have placed them elsewhere).
   bool hold_guests = false;
+  // POST /v1/faults (docs/faults.md): only for a test rack, which passes --fault-injection.
+  bool fault_injection = false;
 };
 
 struct InstanceSpec {
@@ -140,6 +142,16 @@ class HostAgent {
   Result<boost::json::object> stage_host_image(const std::string& version, const std::string& path,
                                                const std::string& sha256);
   boost::json::array guest_images_json() const;
+
+  // Fault injection (faults.cpp; AgentOptions::fault_injection, else unsupported). Body:
+  // {kind: guest-crash | guest-hang | slow-boot, instance: NAME, delay_ms: 1..600000 (slow-boot
+  // only)}. guest-crash: the guest's VM is destroyed as if it crashed (the agent does not know it
+  // did it: its monitor sees a VM that stopped on its own). guest-hang: the guest ignores the
+  // power button until its next start (a stop waits out the stop timeout and destroys it).
+  // slow-boot: its next start waits delay_ms before the VM starts. Errors name the field;
+  // unknown instance -> not_found.
+  Result<boost::json::object> inject_fault(const boost::json::object& body);
+  bool fault_injection() const;
 
   // -- What the Instance Metadata Service (imds.hpp) serves; thread safe --
   // The instance whose guest address is `address` ("" never matches); nullopt if none.

@@ -1,6 +1,7 @@
 #pragma once
 // Running a drill spec against an orchestrator: create the drill, inject the spec's faults (on a
-// local rack), follow it to its end with a live progress view (a bar per batch), fetch the report;
+// local rack: the old before-the-walk form here, the schedule through faults.hpp's executor while
+// the walk runs), follow it to its end with a live progress view (a bar per batch), fetch the report;
 // a spec with several updates runs them as a series of drills on the same rack (run_drills).
 // Ctrl-C (client::interrupted()) aborts the drill: the hosts in flight finish, nothing new starts.
 
@@ -11,6 +12,7 @@
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/result.hpp"
 #include "fabriclab/client/api_client.hpp"
+#include "fabriclab/rack/faults.hpp"
 #include "fabriclab/rack/lab.hpp"
 #include "fabriclab/rack/spec.hpp"
 #include "fabriclab/client/terminal.hpp"
@@ -22,6 +24,11 @@ struct DrillOutcome {
   json::object report;  // GET /v1/drills/{id}/report
   bool passed = false;  // report.result == "passed"
   bool interrupted = false;
+  bool timed_out = false;  // DrillView::deadline passed: the drill was aborted
+  // The spec's scheduled faults as they went (also the report's "faults" rows), and the
+  // orchestrator's feed during the drill when it was recorded (faults, or DrillView::record_feed).
+  std::vector<FaultRecord> faults;
+  std::vector<json::object> feed;
 };
 
 // The POST /v1/drills body of a spec.
@@ -31,6 +38,10 @@ struct DrillView {
   std::ostream* out = nullptr;  // progress goes here (nullptr: silent)
   bool redraw = false;          // a terminal: redraw the bars in place; else a line per change
   client::LiveRegion::SizeFn size;      // with redraw: the terminal's size (terminal.hpp; empty: unknown)
+  bool record_feed = false;     // record the orchestrator's feed into DrillOutcome::feed
+  // The drill is aborted when it has not ended this long after its creation (0: no limit); the
+  // abort then has two minutes to take effect.
+  std::chrono::milliseconds deadline{0};
 };
 
 // `lab` is needed only for faults (it kills the hosts of a fault domain); the healing wait lasts

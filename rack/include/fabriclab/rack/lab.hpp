@@ -121,6 +121,10 @@ class Lab {
   const std::string& control_token() const { return token_; }
   const LabProcess& orchestrator() const { return orchestrator_; }
   const std::vector<LabProcess>& agents() const { return agents_; }
+  // The orchestrator or an agent by name, to record a restart's new pid (faults.hpp); nullptr if
+  // no such process. save() records it in lab.json.
+  LabProcess* process(const std::string& name);
+  Status save_state() const { return save(); }
   // dnsmasq per host ("dnsmasq-hN") and HAProxy ("haproxy"), when there is a guest network.
   const std::vector<LabProcess>& network_processes() const { return net_procs_; }
   bool guest_network() const { return guest_network_; }

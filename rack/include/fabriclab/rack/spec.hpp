@@ -25,7 +25,8 @@
 //             stopping at the first that does not pass)
 //   policies: {max_parallel_hosts: 0, time_scale: 0.001, recovery_s: 1800, notice_s: 900,
 //              healthy_timeout_s: 600, freeze_s: 5}
-//   faults:   [{kind: kill-fault-domain, fault_domain: 0}]   (before the walk starts)
+//   faults:   [{kind: kill-agent, target: {host: h1}, at: {batch: 2, step: SwappingImage},
+//              duration_s: 5000}, ...]   (fault_spec.hpp, docs/faults.md; local racks only)
 
 #include <optional>
 #include <string>
@@ -33,6 +34,7 @@
 
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/result.hpp"
+#include "fabriclab/rack/fault_spec.hpp"
 
 namespace fabriclab::rack {
 
@@ -72,11 +74,6 @@ int scaled_probe_interval_ms(const EndpointSpec& e, double time_scale);
 // already time-scaled, in ms).
 json::object service_body(const ServiceSpec& s, double time_scale);
 
-struct FaultSpec {
-  std::string kind;  // kill-fault-domain
-  int fault_domain = 0;
-};
-
 inline constexpr size_t kMaxUpdates = 4;
 struct UpdateSpec {
   std::string kind = "host-os";  // host-os | guest-os | freeze
@@ -108,7 +105,7 @@ struct DrillFileSpec {
 DrillFileSpec default_spec();
 
 // The spec as its update `k` (0-based, < updates.size()) runs: kind and target of updates[k];
-// faults only with the first (they are injected before the first walk starts).
+// faults only with the first (they are injected around the first walk).
 DrillFileSpec for_update(const DrillFileSpec& spec, size_t k);
 
 Result<DrillFileSpec> load_spec(const std::string& path);
