@@ -2,14 +2,14 @@
 // file, then flags), wires the agent, its API and its event feed, and (with --imds-listen) the
 // Instance Metadata Service for its guests, and runs until SIGINT/SIGTERM.
 
-#include <CLI/CLI.hpp>
+#include <pthread.h>
 #include <yaml-cpp/yaml.h>
 
+#include <CLI/CLI.hpp>
+#include <algorithm>
 #include <csignal>
 #include <filesystem>
 #include <iostream>
-#include <algorithm>
-#include <pthread.h>
 
 #include "fabriclab/agent/api.hpp"
 #include "fabriclab/agent/host_agent.hpp"
@@ -29,12 +29,15 @@ Result<std::vector<std::string>> yaml_to_flags(const std::string& path) {
   std::vector<std::string> out;
   try {
     YAML::Node root = YAML::LoadFile(path);
-    if (!root.IsMap()) return make_error(Condition::invalid_argument, path + ": must be a mapping of option: value");
+    if (!root.IsMap())
+      return make_error(Condition::invalid_argument, path + ": must be a mapping of option: value");
     for (const auto& kv : root) {
       const auto key = kv.first.as<std::string>();
-      if (key == "config") return make_error(Condition::invalid_argument, path + ": 'config' cannot nest");
+      if (key == "config")
+        return make_error(Condition::invalid_argument, path + ": 'config' cannot nest");
       if (!kv.second.IsScalar()) {
-        return make_error(Condition::invalid_argument, path + ": option '" + key + "' must be a scalar");
+        return make_error(Condition::invalid_argument,
+                          path + ": option '" + key + "' must be a scalar");
       }
       out.push_back("--" + key + "=" + kv.second.as<std::string>());
     }
@@ -47,7 +50,8 @@ Result<std::vector<std::string>> yaml_to_flags(const std::string& path) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"fabriclab-agent: the host agent (an emulated Hyper-V host that really pauses its guests)"};
+  CLI::App app{
+      "fabriclab-agent: the host agent (an emulated Hyper-V host that really pauses its guests)"};
   agent::AgentOptions o;
   std::string config, listen = "127.0.0.1", control_token_file, read_token_file, log_level = "info";
   int port = 7400;
@@ -55,31 +59,45 @@ int main(int argc, char** argv) {
   bool json_logs = false;
   app.add_option("--config", config, "YAML config file (keys: the long option names; flags win)");
   app.add_option("--host-id", o.host_id, "This host's id")->capture_default_str();
-  app.add_option("--fault-domain", o.fault_domain, "This host's fault domain")->check(CLI::Range(0, 1000));
-  app.add_option("--hypervisor", o.hypervisor_uri,
-                 "libvirt URI (default qemu:///embed?root=STATE_DIR/hv; test:///ABS/node.xml simulates)");
-  app.add_option("--state-dir", o.state_dir, "State directory (absolute, short: sockets live in it)")->required();
-  app.add_option("--guest-images", o.guest_images_dirs,
-                 "Guest image directory (manifest.json); repeat it for several (a version defined in two is an error)")
+  app.add_option("--fault-domain", o.fault_domain, "This host's fault domain")
+      ->check(CLI::Range(0, 1000));
+  app.add_option(
+      "--hypervisor", o.hypervisor_uri,
+      "libvirt URI (default qemu:///embed?root=STATE_DIR/hv; test:///ABS/node.xml simulates)");
+  app.add_option("--state-dir", o.state_dir,
+                 "State directory (absolute, short: sockets live in it)")
       ->required();
-  app.add_option("--host-images", o.host_images_dir, "Host image store (default STATE_DIR/host-images)");
-  app.add_option("--listen", listen, "Listen address (loopback unless told otherwise)")->capture_default_str();
-  app.add_option("--port", port, "Listen port (0: ephemeral, printed on stdout)")->capture_default_str();
-  app.add_option("--control-token-file", control_token_file, "File holding the control bearer token")->required();
+  app.add_option("--guest-images", o.guest_images_dirs,
+                 "Guest image directory (manifest.json); repeat it for several (a version defined "
+                 "in two is an error)")
+      ->required();
+  app.add_option("--host-images", o.host_images_dir,
+                 "Host image store (default STATE_DIR/host-images)");
+  app.add_option("--listen", listen, "Listen address (loopback unless told otherwise)")
+      ->capture_default_str();
+  app.add_option("--port", port, "Listen port (0: ephemeral, printed on stdout)")
+      ->capture_default_str();
+  app.add_option("--control-token-file", control_token_file,
+                 "File holding the control bearer token")
+      ->required();
   app.add_option("--read-token-file", read_token_file, "File holding the read-only bearer token");
   app.add_option("--capacity", o.capacity, "Instances this host holds")->capture_default_str();
   app.add_option("--disk-reserve-mib", o.disk_reserve_mib,
                  "Refuse an instance that could leave less free in STATE_DIR's file system")
       ->capture_default_str()
       ->check(CLI::Range(0, 1 << 24));
-  app.add_option("--ovmf-code", o.ovmf_code, "UEFI firmware code for firmware: efi images (read-only, shared)")
+  app.add_option("--ovmf-code", o.ovmf_code,
+                 "UEFI firmware code for firmware: efi images (read-only, shared)")
       ->capture_default_str();
-  app.add_option("--ovmf-vars", o.ovmf_vars, "UEFI variable store template; each firmware: efi instance gets a copy")
+  app.add_option("--ovmf-vars", o.ovmf_vars,
+                 "UEFI variable store template; each firmware: efi instance gets a copy")
       ->capture_default_str();
   app.add_option("--heartbeat-ms", hb_ms, "Guest heartbeat period")->capture_default_str();
-  app.add_option("--healthy-periods", o.healthy_periods, "Healthy = a heartbeat within this many periods")
+  app.add_option("--healthy-periods", o.healthy_periods,
+                 "Healthy = a heartbeat within this many periods")
       ->capture_default_str();
-  app.add_option("--stop-timeout-ms", stop_ms, "Graceful shutdown window before destroy")->capture_default_str();
+  app.add_option("--stop-timeout-ms", stop_ms, "Graceful shutdown window before destroy")
+      ->capture_default_str();
   app.add_option("--boot-timeout-ms", boot_ms, "How long a guest may take to heartbeat after start")
       ->capture_default_str();
   app.add_option("--parallel-guests", o.parallel_guests,
@@ -89,34 +107,43 @@ int main(int argc, char** argv) {
   app.add_option("--boot-delay-ms", boot_delay_ms, "Emulated host boot time during a host reboot")
       ->capture_default_str();
   std::vector<std::string> lab_host_images;
-  app.add_option("--lab-host-images", lab_host_images,
-                 "Lab convenience: write and stage synthetic host images with these versions at start "
-                 "(e.g. host-v1,host-v2)")
+  app.add_option(
+         "--lab-host-images", lab_host_images,
+         "Lab convenience: write and stage synthetic host images with these versions at start "
+         "(e.g. host-v1,host-v2)")
       ->delimiter(',');
   std::string imds_listen;
-  app.add_option("--guest-bridge", o.guest_bridge,
-                 "Attach every guest's virtio NIC to this bridge (needs --guest-subnet; empty: no NIC)");
-  app.add_option("--guest-subnet", o.guest_subnet,
-                 "Guest addresses A.B.C.10-.250 and MACs 52:54:00:c6:C:K from this A.B.C.0/24; gateway .1");
+  app.add_option(
+      "--guest-bridge", o.guest_bridge,
+      "Attach every guest's virtio NIC to this bridge (needs --guest-subnet; empty: no NIC)");
+  app.add_option(
+      "--guest-subnet", o.guest_subnet,
+      "Guest addresses A.B.C.10-.250 and MACs 52:54:00:c6:C:K from this A.B.C.0/24; gateway .1");
   app.add_option("--dhcp-hosts-dir", o.dhcp_hosts_dir,
-                 "Write one dnsmasq host file per instance here (NAME.conf: MAC,IP,NAME; needs --guest-subnet)");
-  app.add_option("--imds-listen", imds_listen,
-                 "Serve the Instance Metadata Service at ADDR:PORT (169.254.169.254:80 in a rack; port 0: "
-                 "ephemeral); prints 'imds listening ADDR:PORT'");
-  app.add_flag("--hold-guests", o.hold_guests,
-               "Start no stopped guest at start (a host back from a power loss waits for its orchestrator)");
+                 "Write one dnsmasq host file per instance here (NAME.conf: MAC,IP,NAME; needs "
+                 "--guest-subnet)");
+  app.add_option(
+      "--imds-listen", imds_listen,
+      "Serve the Instance Metadata Service at ADDR:PORT (169.254.169.254:80 in a rack; port 0: "
+      "ephemeral); prints 'imds listening ADDR:PORT'");
+  app.add_flag(
+      "--hold-guests", o.hold_guests,
+      "Start no stopped guest at start (a host back from a power loss waits for its orchestrator)");
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
   app.add_flag("--json-logs", json_logs, "Log JSON lines");
   app.add_flag("--fault-injection", o.fault_injection,
-               "Serve POST /v1/faults (guest-crash, guest-hang, slow-boot) for a test rack's fault schedule; never "
+               "Serve POST /v1/faults (guest-crash, guest-hang, slow-boot) for a test rack's fault "
+               "schedule; never "
                "on a real host");
   // Expand --config FILE into flags first.
   std::vector<std::string> args;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     std::string file;
-    if (a == "--config" && i + 1 < argc) file = argv[++i];
-    else if (a.rfind("--config=", 0) == 0) file = a.substr(9);
+    if (a == "--config" && i + 1 < argc)
+      file = argv[++i];
+    else if (a.rfind("--config=", 0) == 0)
+      file = a.substr(9);
     else {
       args.push_back(a);
       continue;
@@ -183,7 +210,8 @@ int main(int argc, char** argv) {
         if (!staged.ok()) st = Status(staged.error());
       }
       if (!st.ok()) {
-        std::cerr << "fabriclab-agent: --lab-host-images " << version << ": " << st.error().describe() << "\n";
+        std::cerr << "fabriclab-agent: --lab-host-images " << version << ": "
+                  << st.error().describe() << "\n";
         return 2;
       }
     }
@@ -196,9 +224,8 @@ int main(int argc, char** argv) {
     }
   }
   agent::HostAgent* agent_ptr = nullptr;
-  auto feed = std::make_shared<EventFeed>([&agent_ptr] {
-    return agent_ptr ? agent_ptr->snapshot() : boost::json::object{};
-  });
+  auto feed = std::make_shared<EventFeed>(
+      [&agent_ptr] { return agent_ptr ? agent_ptr->snapshot() : boost::json::object{}; });
   auto agent = agent::HostAgent::create(o, feed);
   if (!agent.ok()) {
     std::cerr << "fabriclab-agent: " << agent.error().describe() << "\n";

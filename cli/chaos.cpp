@@ -1,9 +1,9 @@
 // `fabriclab chaos` (chaos.hpp): options, the campaign, the table, the JSON summary.
 #include "chaos.hpp"
 
-#include <boost/json.hpp>
 #include <fmt/format.h>
 
+#include <boost/json.hpp>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -20,7 +20,8 @@ struct ChaosArgs {
   int drills = 10;
   uint64_t seed = 1;
   int from = 1;
-  std::string hypervisor, spec_file, kinds, lab_dir = "/tmp/flab-chaos", images, summary_file, network = "auto";
+  std::string hypervisor, spec_file, kinds, lab_dir = "/tmp/flab-chaos", images, summary_file,
+                                            network = "auto";
   int deadline_s = 0;
   double max_outage_s = 0;
   bool json_only = false;
@@ -56,8 +57,8 @@ int run(const ChaosArgs& a) {
   for (const auto& k : split_kinds(a.kinds)) {
     const auto& all = rack::fault_kinds();
     if (std::find(all.begin(), all.end(), k) == all.end()) {
-      std::cerr << "fabriclab: --kinds: '" << k << "' is not a fault kind (" << fmt::format("{}", fmt::join(all, ", "))
-                << ")\n";
+      std::cerr << "fabriclab: --kinds: '" << k << "' is not a fault kind ("
+                << fmt::format("{}", fmt::join(all, ", ")) << ")\n";
       return 2;
     }
     o.kinds.push_back(k);
@@ -78,10 +79,12 @@ int run(const ChaosArgs& a) {
   std::ostream& out = a.json_only ? std::cerr : std::cout;
   o.out = &out;
   client::install_interrupt_handlers();
-  out << fmt::format("chaos: {} drills from #{} with seed {} on {} ({} hosts in {} fault domains, {} -> {}); kinds: {}\n",
-                     a.drills, a.from, a.seed, qemu ? "real VMs" : "simulated guests", o.base.hosts,
-                     o.base.fault_domains, o.base.kind, o.base.target,
-                     o.kinds.empty() ? std::string("all") : a.kinds)
+  out << fmt::format(
+             "chaos: {} drills from #{} with seed {} on {} ({} hosts in {} fault domains, {} -> "
+             "{}); kinds: {}\n",
+             a.drills, a.from, a.seed, qemu ? "real VMs" : "simulated guests", o.base.hosts,
+             o.base.fault_domains, o.base.kind, o.base.target,
+             o.kinds.empty() ? std::string("all") : a.kinds)
       << std::flush;
   auto c = rack::run_chaos(o);
   out << "\n" << rack::chaos_table(c);
@@ -94,13 +97,14 @@ int run(const ChaosArgs& a) {
     for (const auto& ch : v->checks) {
       if (!ch.passed && check.empty()) check = ch.name + ": " + ch.detail;
     }
-    std::string again = fmt::format("fabriclab chaos --seed {} --from {} --drills 1", a.seed, v->number);
+    std::string again =
+        fmt::format("fabriclab chaos --seed {} --from {} --drills 1", a.seed, v->number);
     if (!a.hypervisor.empty()) again += " --hypervisor " + a.hypervisor;
     if (!a.spec_file.empty()) again += " --spec " + a.spec_file;
     if (!a.kinds.empty()) again += " --kinds " + a.kinds;
     if (a.max_outage_s > 0) again += fmt::format(" --max-outage {:g}", a.max_outage_s);
-    std::cerr << "fabriclab: chaos: violation in drill " << v->number << " (seed " << a.seed << "): " << check
-              << "\n  reproduce: " << again << "\n";
+    std::cerr << "fabriclab: chaos: violation in drill " << v->number << " (seed " << a.seed
+              << "): " << check << "\n  reproduce: " << again << "\n";
     return 1;
   }
   if (c.error) {
@@ -115,33 +119,45 @@ int run(const ChaosArgs& a) {
 
 std::function<int()> add_chaos_command(CLI::App& app) {
   auto a = std::make_shared<ChaosArgs>();
-  auto* cmd = app.add_subcommand(
-      "chaos",
-      "A campaign: N drills, each on a fresh local rack with faults drawn at random (repeatable with --seed), each "
-      "checked from outside: the UD rule from the feed and the agents' jobs, no instance on two hosts, data counters "
-      "kept, a terminal state and a report that agrees. Prints a table and a JSON summary; exit 1 on a violation.");
-  cmd->add_option("--drills", a->drills, "How many drills")->check(CLI::Range(1, rack::kMaxChaosDrills))->capture_default_str();
-  cmd->add_option("--seed", a->seed, "The campaign's seed (the same seed draws the same faults)")->capture_default_str();
-  cmd->add_option("--from", a->from, "The first drill's number (replay drill K: --from K --drills 1)")
+  auto* cmd = app.add_subcommand("chaos",
+                                 "A campaign: N drills, each on a fresh local rack with faults "
+                                 "drawn at random (repeatable with --seed), each "
+                                 "checked from outside: the UD rule from the feed and the agents' "
+                                 "jobs, no instance on two hosts, data counters "
+                                 "kept, a terminal state and a report that agrees. Prints a table "
+                                 "and a JSON summary; exit 1 on a violation.");
+  cmd->add_option("--drills", a->drills, "How many drills")
       ->check(CLI::Range(1, rack::kMaxChaosDrills))
       ->capture_default_str();
-  cmd->add_option("--hypervisor", a->hypervisor, "test (simulated guests, default) or qemu (real VMs)")
+  cmd->add_option("--seed", a->seed, "The campaign's seed (the same seed draws the same faults)")
+      ->capture_default_str();
+  cmd->add_option("--from", a->from,
+                  "The first drill's number (replay drill K: --from K --drills 1)")
+      ->check(CLI::Range(1, rack::kMaxChaosDrills))
+      ->capture_default_str();
+  cmd->add_option("--hypervisor", a->hypervisor,
+                  "test (simulated guests, default) or qemu (real VMs)")
       ->check(CLI::IsMember({"qemu", "test"}));
-  cmd->add_option("--spec", a->spec_file, "Base drill spec (its rack, services, update, policies; its faults are ignored)");
+  cmd->add_option("--spec", a->spec_file,
+                  "Base drill spec (its rack, services, update, policies; its faults are ignored)");
   cmd->add_option("--kinds", a->kinds, "Fault kinds to draw from, comma-separated (default: all)");
-  cmd->add_option("--lab-dir", a->lab_dir, "Where each drill's rack lives (DIR/dK)")->capture_default_str();
+  cmd->add_option("--lab-dir", a->lab_dir, "Where each drill's rack lives (DIR/dK)")
+      ->capture_default_str();
   cmd->add_option("--images", a->images, "The built-in guest images (as for drill)");
   cmd->add_option("--network", a->network, "auto, netns or loopback (as for drill)")
       ->check(CLI::IsMember({"auto", "netns", "loopback"}))
       ->capture_default_str();
-  cmd->add_option("--deadline", a->deadline_s, "Abort a drill still running after this many seconds (default 180, qemu 900)")
+  cmd->add_option("--deadline", a->deadline_s,
+                  "Abort a drill still running after this many seconds (default 180, qemu 900)")
       ->check(CLI::Range(10, 86400));
   cmd->add_option("--max-outage", a->max_outage_s,
-                  "Cap drawn agent outages (restarted kill-agent) and partitions at this many real seconds (0: up to 6 "
+                  "Cap drawn agent outages (restarted kill-agent) and partitions at this many real "
+                  "seconds (0: up to 6 "
                   "and 8 s); below the orchestrator's 3 s Unhealthy threshold no healing starts")
       ->check(CLI::Range(0.0, 3600.0));
   cmd->add_option("--summary", a->summary_file, "Also write the JSON summary here");
-  cmd->add_flag("--json", a->json_only, "Progress and table on stderr; only the JSON summary on stdout");
+  cmd->add_flag("--json", a->json_only,
+                "Progress and table on stderr; only the JSON summary on stdout");
   return [cmd, a]() -> int { return *cmd ? run(*a) : -1; };
 }
 

@@ -3,7 +3,6 @@
 // (fabriclab/rack/chaos.hpp, docs/faults.md).
 
 #include <CLI/CLI.hpp>
-
 #include <functional>
 
 namespace fabriclab::cli {

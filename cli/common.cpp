@@ -1,9 +1,9 @@
 // What the commands share (commands.hpp).
-#include "commands.hpp"
-
 #include <cctype>
 #include <fstream>
 #include <iostream>
+
+#include "commands.hpp"
 
 namespace fabriclab::cli {
 
@@ -34,7 +34,8 @@ Result<client::OrchestratorClient> connect_target(const Target& t) {
   if (!t.url.empty()) {
     std::string token = t.token_file.empty() ? "" : read_token_file(t.token_file);
     if (!t.token_file.empty() && token.empty()) {
-      return make_error(Condition::invalid_argument, "--token-file " + t.token_file + " is empty or unreadable");
+      return make_error(Condition::invalid_argument,
+                        "--token-file " + t.token_file + " is empty or unreadable");
     }
     return client::OrchestratorClient::from_url(t.url, token);
   }

@@ -1,11 +1,9 @@
 // fabriclab lab up | down | status: a local rack that stays up between commands; lab power-off |
 // power-on HOST: one host's emulated BMC/PDU (the rack's orchestrator fences through power-off).
-#include "commands.hpp"
-
 #include <boost/json.hpp>
-
 #include <iostream>
 
+#include "commands.hpp"
 #include "fabriclab/rack/spec.hpp"
 
 namespace fabriclab::cli {
@@ -23,21 +21,25 @@ rack::LabOptions lab_options(const DrillArgs& a) {
 }
 
 int run_lab_up(const DrillArgs& a) {
-  auto spec = a.spec_file.empty() ? Result<rack::DrillFileSpec>(rack::default_spec()) : rack::load_spec(a.spec_file);
+  auto spec = a.spec_file.empty() ? Result<rack::DrillFileSpec>(rack::default_spec())
+                                  : rack::load_spec(a.spec_file);
   if (!spec.ok()) return fail(kBadInput, spec.error().message);
   if (!a.hypervisor.empty()) spec->hypervisor = a.hypervisor;
   client::install_interrupt_handlers();
   rack::LabOptions lo = lab_options(a);
   auto up = rack::Lab::up(*spec, lo);
-  if (!up.ok()) return fail(exit_for(up.error()) == kBadInput ? kBadInput : kLabError, "lab up: " + up.error().message);
+  if (!up.ok())
+    return fail(exit_for(up.error()) == kBadInput ? kBadInput : kLabError,
+                "lab up: " + up.error().message);
   auto pop = up->populate(*spec, std::chrono::seconds(spec->hypervisor == "qemu" ? 300 : 60));
   if (!pop.ok()) {
     std::string msg = "lab up: " + pop.error().message;
-    if (auto st = up->down(false); !st.ok()) msg += " (and while stopping: " + st.error().message + ")";
+    if (auto st = up->down(false); !st.ok())
+      msg += " (and while stopping: " + st.error().message + ")";
     return fail(kLabError, msg);
   }
-  std::cout << "lab up in " << up->dir() << ": orchestrator " << up->orchestrator_url() << ", dashboard "
-            << up->orchestrator_url() << "/?token=" << up->control_token() << "\n"
+  std::cout << "lab up in " << up->dir() << ": orchestrator " << up->orchestrator_url()
+            << ", dashboard " << up->orchestrator_url() << "/?token=" << up->control_token() << "\n"
             << "rack " << network_line(*up) << "\n"
             << guest_network_line(*up) << "\n";
   return 0;
@@ -65,12 +67,15 @@ int run_lab_power(const std::string& dir, const std::string& host, bool on, int 
   auto began = std::chrono::steady_clock::now();
   auto timeout = std::chrono::milliseconds(timeout_ms);
   Status st = on ? lab->power_on(host, timeout) : lab->power_off(host, timeout);
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - began).count();
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                                  began)
+                .count();
   if (!st.ok()) {
     return fail(st.error().condition == Condition::invalid_argument ? kBadInput : kLabError,
                 what + host + ": " + st.error().message);
   }
-  std::cout << "host " << host << (on ? " is on (agent started, guests held)" : " is off (agent and VMs gone)")
+  std::cout << "host " << host
+            << (on ? " is on (agent started, guests held)" : " is off (agent and VMs gone)")
             << " after " << ms << " ms\n";
   return 0;
 }

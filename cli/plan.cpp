@@ -1,18 +1,17 @@
 // fabriclab plan: the dry run of a walk. Places the services on a rack (or reads a cluster with
 // its placement), computes the walk and prints, as the seeds draw it, the UD x FD placement table,
 // the batches, the lower bound beside the batch count, and per service the predicted worst case.
-#include "commands.hpp"
-
-#include <boost/json.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <boost/json.hpp>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <sstream>
 #include <tuple>
 
+#include "commands.hpp"
 #include "fabriclab/orchestrator/placement.hpp"
 #include "fabriclab/orchestrator/planner.hpp"
 
@@ -35,12 +34,14 @@ Result<Service> parse_service(const std::string& s, int default_uds) {
     svc.instance_count = count.empty() ? 1 : std::stoi(count);
     svc.ud_count = uds.empty() ? default_uds : std::stoi(uds);
   } catch (const std::exception&) {
-    return make_error(Condition::invalid_argument, "--service '" + s + "' must be NAME:INSTANCES[:UD_COUNT]");
+    return make_error(Condition::invalid_argument,
+                      "--service '" + s + "' must be NAME:INSTANCES[:UD_COUNT]");
   }
   if (svc.name.empty() || svc.instance_count < 1 || svc.instance_count > 1000 || svc.ud_count < 1 ||
       svc.ud_count > 20) {
-    return make_error(Condition::invalid_argument,
-                      "--service '" + s + "': need a name, 1..1000 instances and a UD count in 1..20");
+    return make_error(
+        Condition::invalid_argument,
+        "--service '" + s + "': need a name, 1..1000 instances and a UD count in 1..20");
   }
   svc.image = "v1";
   return svc;
@@ -50,7 +51,8 @@ void print_table(const Cluster& c) {
   std::vector<int> fds = c.fault_domains();
   int max_ud = 0;
   for (const auto& i : c.instances) max_ud = std::max(max_ud, i.ud);
-  std::cout << "placement (rows: update domains, columns: fault domains)\n" << std::left << std::setw(6) << "";
+  std::cout << "placement (rows: update domains, columns: fault domains)\n"
+            << std::left << std::setw(6) << "";
   for (int fd : fds) std::cout << std::setw(34) << ("FD" + std::to_string(fd));
   std::cout << "\n";
   for (int ud = 0; ud <= max_ud; ++ud) {
@@ -59,7 +61,8 @@ void print_table(const Cluster& c) {
       std::string cell;
       for (const auto& i : c.instances) {
         if (i.ud == ud && i.fd == fd) {
-          cell += (cell.empty() ? "" : " ") + i.service + "#" + std::to_string(i.index) + "@" + i.host;
+          cell +=
+              (cell.empty() ? "" : " ") + i.service + "#" + std::to_string(i.index) + "@" + i.host;
         }
       }
       std::cout << std::setw(34) << (cell.empty() ? "." : cell);
@@ -71,8 +74,8 @@ void print_table(const Cluster& c) {
 }  // namespace
 
 int run_plan(const PlanArgs& a) {
-  const auto& [rack, cluster_file, capacity, ud_count, max_parallel, services, json_out] =
-      std::tie(a.rack, a.cluster_file, a.capacity, a.ud_count, a.max_parallel, a.services, a.json_out);
+  const auto& [rack, cluster_file, capacity, ud_count, max_parallel, services, json_out] = std::tie(
+      a.rack, a.cluster_file, a.capacity, a.ud_count, a.max_parallel, a.services, a.json_out);
 
   Cluster cluster;
   if (!cluster_file.empty()) {
@@ -119,7 +122,8 @@ int run_plan(const PlanArgs& a) {
   if (json_out) {
     json::array fc;
     for (const auto& f : predicted) fc.push_back(to_json(f));
-    std::cout << json::serialize(json::object{{"cluster", to_json(cluster)}, {"plan", to_json(*walk)},
+    std::cout << json::serialize(json::object{{"cluster", to_json(cluster)},
+                                              {"plan", to_json(*walk)},
                                               {"forecast", std::move(fc)}})
               << "\n";
     return 0;
@@ -141,9 +145,11 @@ int run_plan(const PlanArgs& a) {
   }
   std::cout << "\nper service (predicted worst case):\n";
   for (const auto& f : predicted) {
-    std::cout << "  " << std::setw(12) << f.service << " instances " << f.instances << ", UDs " << f.uds_occupied
-              << ", most down at once " << f.max_instances_down << " instance(s) in " << f.max_uds_down
-              << " UD(s): " << (f.keeps_serving ? "keeps serving" : "goes dark during its batch (no SLA: single instance)")
+    std::cout << "  " << std::setw(12) << f.service << " instances " << f.instances << ", UDs "
+              << f.uds_occupied << ", most down at once " << f.max_instances_down
+              << " instance(s) in " << f.max_uds_down << " UD(s): "
+              << (f.keeps_serving ? "keeps serving"
+                                  : "goes dark during its batch (no SLA: single instance)")
               << "\n";
   }
   return 0;

@@ -1,10 +1,8 @@
 // fabriclab status: the UD x FD grid and the latest drill, once.
-#include "commands.hpp"
-
 #include <boost/json.hpp>
-
 #include <iostream>
 
+#include "commands.hpp"
 #include "fabriclab/client/render.hpp"
 
 namespace fabriclab::cli {
@@ -17,7 +15,9 @@ int run_status(const Target& t, bool json_out) {
   auto drills = inst.ok() ? api->get("/v1/drills") : inst;
   if (!drills.ok()) return fail(kLabError, drills.error().message);
   if (json_out) {
-    std::cout << json::serialize(json::object{{"hosts", *hosts}, {"instances", *inst}, {"drills", *drills}}) << "\n";
+    std::cout << json::serialize(
+                     json::object{{"hosts", *hosts}, {"instances", *inst}, {"drills", *drills}})
+              << "\n";
     return 0;
   }
   std::cout << client::render_grid(inst->as_array(), hosts->as_array());

@@ -1,17 +1,17 @@
 // fabriclab watch: the grid and the drill, live from the websocket event feed.
-#include "commands.hpp"
+#include "fabriclab/client/watch.hpp"
 
-#include <boost/json.hpp>
 #include <unistd.h>
 
+#include <boost/json.hpp>
 #include <condition_variable>
 #include <iostream>
 #include <mutex>
 #include <stop_token>
 #include <thread>
 
+#include "commands.hpp"
 #include "fabriclab/client/terminal.hpp"
-#include "fabriclab/client/watch.hpp"
 #include "fabriclab/common/http_client.hpp"
 
 namespace fabriclab::cli {

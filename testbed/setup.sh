@@ -14,6 +14,8 @@ PACKAGES=(
   # testbed/build-debian-image.sh (the Debian guest images; it checks for each of these) and
   # testbed/libvirtd.sh (a private system-mode libvirtd: unshare, flock; virsh is libvirt-clients)
   mmdebstrap debian-archive-keyring e2fsprogs curl tar util-linux
+  # the house style check (tests/format_check.sh)
+  clang-format
   # its EFI variant (a GPT disk with an ESP and GRUB, built on plain files) and the UEFI firmware
   # the agent boots such images with (OVMF_CODE_4M.fd, OVMF_VARS_4M.fd)
   fdisk dosfstools mtools grub-efi-amd64-bin ovmf

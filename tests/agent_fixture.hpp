@@ -4,11 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <boost/json.hpp>
 #include <filesystem>
 #include <fstream>
 #include <thread>
-
-#include <boost/json.hpp>
 
 #include "fabriclab/agent/host_agent.hpp"
 #include "fabriclab/agent/image_store.hpp"
@@ -30,7 +29,8 @@ class AgentFixture : public ::testing::Test {
       auto dir = testbed::make_short_tmpdir(real ? "fla-" : "fls-");
       ASSERT_TRUE(dir.ok());
       dir_ = *dir;
-      std::ofstream(dir_ + "/node.xml") << "<node><cpu><mhz>2000</mhz></cpu><memory>8388608</memory></node>\n";
+      std::ofstream(dir_ + "/node.xml")
+          << "<node><cpu><mhz>2000</mhz></cpu><memory>8388608</memory></node>\n";
     }
     agent::AgentOptions o = extra;
     o.host_id = "host-a";
@@ -41,7 +41,8 @@ class AgentFixture : public ::testing::Test {
       o.heartbeat_period = 100ms;
       o.drain = 20ms;
     }
-    feed_ = std::make_shared<EventFeed>([this] { return agent_ ? agent_->snapshot() : json::object{}; });
+    feed_ = std::make_shared<EventFeed>(
+        [this] { return agent_ ? agent_->snapshot() : json::object{}; });
     auto a = agent::HostAgent::create(o, feed_);
     ASSERT_TRUE(a.ok()) << a.error().describe();
     agent_ = std::move(a).value();

@@ -16,8 +16,8 @@ namespace fabriclab::testing {
 
 struct AgentProcess {
   pid_t pid = -1;
-  uint16_t port = 0;   // 0: it did not start (error says why)
-  std::string log;     // its stderr; empty: the test's own
+  uint16_t port = 0;  // 0: it did not start (error says why)
+  std::string log;    // its stderr; empty: the test's own
   std::string error;
 
   AgentProcess() = default;
@@ -76,7 +76,8 @@ struct AgentProcess {
     if (log.empty()) return out;
     std::ifstream in(log);
     std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    return out + "\n--- agent log (" + log + ") ---\n" + all.substr(all.size() > 3000 ? all.size() - 3000 : 0);
+    return out + "\n--- agent log (" + log + ") ---\n" +
+           all.substr(all.size() > 3000 ? all.size() - 3000 : 0);
   }
 };
 

@@ -64,13 +64,19 @@ inline constexpr const char* kOrchestratorHost = "127.0.0.1";
 // ---- small JSON readers: a missing or mistyped field gives an empty / -1 value -------------
 // (common's lenient readers, json_get.hpp, under the short names these tests use)
 
-inline std::string jstr(const json::value& v, std::string_view key) { return json_get::str(v, key); }
+inline std::string jstr(const json::value& v, std::string_view key) {
+  return json_get::str(v, key);
+}
 inline int64_t jint(const json::value& v, std::string_view key, int64_t fallback = -1) {
   return json_get::int_or(v, key, fallback);
 }
 inline bool jbool(const json::value& v, std::string_view key) { return json_get::flag(v, key); }
-inline const json::array& jarr(const json::value& v, std::string_view key) { return json_get::arr(v, key); }
-inline const json::value& jval(const json::value& v, std::string_view key) { return json_get::field(v, key); }
+inline const json::array& jarr(const json::value& v, std::string_view key) {
+  return json_get::arr(v, key);
+}
+inline const json::value& jval(const json::value& v, std::string_view key) {
+  return json_get::field(v, key);
+}
 inline json::value parse_or_null(const std::string& text) {
   boost::system::error_code ec;
   json::value v = json::parse(text, ec);

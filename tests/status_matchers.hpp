@@ -3,9 +3,9 @@
 
 #include <gtest/gtest.h>
 
-#define FL_OK_IMPL(expr, fail)                                             \
-  do {                                                                     \
-    const auto& fl_r_ = (expr);                                            \
+#define FL_OK_IMPL(expr, fail)                                              \
+  do {                                                                      \
+    const auto& fl_r_ = (expr);                                             \
     if (!fl_r_.ok()) fail() << #expr << " -> " << fl_r_.error().describe(); \
   } while (0)
 #define ASSERT_OK(expr) FL_OK_IMPL(expr, FAIL)

@@ -11,6 +11,7 @@
 // and the links' reader threads both take mu_.
 
 #include <atomic>
+#include <boost/json.hpp>
 #include <condition_variable>
 #include <functional>
 #include <map>
@@ -19,8 +20,6 @@
 #include <shared_mutex>
 #include <thread>
 #include <vector>
-
-#include <boost/json.hpp>
 
 #include "fabriclab/agent/guest_link.hpp"
 #include "fabriclab/agent/guest_network.hpp"
@@ -38,9 +37,11 @@ using std::chrono::milliseconds;
 
 // An instance as the agent reports it (instances JSON `status`, instance.state events).
 enum class InstanceStatus { creating, starting, healthy, stopping, stopped, reimaging, failed };
-inline constexpr std::string_view kInstanceStatuses[] = {"Creating", "Starting",  "Healthy", "Stopping",
-                                                         "Stopped",  "Reimaging", "Failed"};
-inline std::string_view to_string(InstanceStatus s) { return kInstanceStatuses[static_cast<int>(s)]; }
+inline constexpr std::string_view kInstanceStatuses[] = {
+    "Creating", "Starting", "Healthy", "Stopping", "Stopped", "Reimaging", "Failed"};
+inline std::string_view to_string(InstanceStatus s) {
+  return kInstanceStatuses[static_cast<int>(s)];
+}
 
 // A job (update operation) as the API shows it.
 enum class JobStatus { running, succeeded, failed, cancelled };
@@ -50,7 +51,7 @@ inline std::string_view to_string(JobStatus s) { return kJobStatuses[static_cast
 struct GuestSlot {
   hypervisor::DomainState domain_state = hypervisor::DomainState::unknown;
   bool expect_running = false;  // we started it (or found it running): keep a link to it
-  uint64_t stop_events = 0;     // stopped/crashed lifecycle events seen (libvirt delivers them late)
+  uint64_t stop_events = 0;  // stopped/crashed lifecycle events seen (libvirt delivers them late)
   InstanceStatus status = InstanceStatus::stopped;
   bool healthy = false;
   std::unique_ptr<GuestLink> link;
@@ -85,7 +86,7 @@ struct GuestReport {
   int64_t ack_ms = -1;
   std::string stop_method;
   int64_t stop_ms = 0;
-  int64_t down_ms = -1;  // last heartbeat before -> first heartbeat after
+  int64_t down_ms = -1;   // last heartbeat before -> first heartbeat after
   int64_t pause_ms = -1;  // freeze / memory-preserving: the heartbeat gap the guest saw
   std::string image_before, image_after;
   int64_t counter_before = -1, counter_after = -1;
@@ -166,22 +167,25 @@ struct HostAgent::Impl {
   // -- host_agent.cpp, host_agent_guests.cpp (domains, channels, monitor), host_agent_api.cpp --
   std::string state_path() const { return opt.state_dir + "/state.json"; }
   std::string vm_dir() const { return opt.state_dir + "/vm"; }
-  std::string socket_path(const std::string& name) const { return opt.state_dir + "/s/" + name + ".sock"; }
+  std::string socket_path(const std::string& name) const {
+    return opt.state_dir + "/s/" + name + ".sock";
+  }
   Status persist_locked();  // mu held
   void publish(std::string type, json::object fields);
   void set_host_state(HostState s, UpdateStep step);
   InstanceRecord* record_locked(const std::string& name);
-  Status open_hypervisor();   // lv_mu held
-  void close_hypervisor();    // lv_mu held
-  Status recover();           // reattach after start or host reboot
+  Status open_hypervisor();  // lv_mu held
+  void close_hypervisor();   // lv_mu held
+  Status recover();          // reattach after start or host reboot
   Result<hypervisor::Domain> define_domain(const InstanceRecord& rec);  // lv_mu held
   // Undefines the (stopped) domain and defines it again from `rec` (lv_mu held).
   Result<hypervisor::Domain> redefine_domain(const InstanceRecord& rec);
   // The built-in guest's kernel command line (mode, drain, heartbeat period, address).
   std::string builtin_cmdline(const InstanceRecord& rec) const;
-  Result<hypervisor::Domain> domain(const std::string& name);           // lv_mu held (shared will do)
-  Status start_guest(const std::string& name);                          // lv_mu held (shared will do)
-  Result<hypervisor::ShutdownResult> stop_guest(const std::string& name, bool force);  // lv_mu held (shared will do)
+  Result<hypervisor::Domain> domain(const std::string& name);  // lv_mu held (shared will do)
+  Status start_guest(const std::string& name);                 // lv_mu held (shared will do)
+  Result<hypervisor::ShutdownResult> stop_guest(const std::string& name,
+                                                bool force);  // lv_mu held (shared will do)
   void drop_link(const std::string& name);
   void on_message(const std::string& name, const ReceivedMessage& m);
   void on_lifecycle(const hypervisor::LifecycleEvent& e);
@@ -234,8 +238,8 @@ struct HostAgent::Impl {
   void drop_unused_files(const std::string& name);
   // A guest without heartbeats is up when its guest agent answers guest-ping (it had one before
   // the operation) or, without one, when its VM runs; the app's health is the probe's.
-  Status wait_os_up(const std::string& name, Clock::time_point since, milliseconds timeout, bool expect_agent,
-                    const std::string& expect_boot_id);
+  Status wait_os_up(const std::string& name, Clock::time_point since, milliseconds timeout,
+                    bool expect_agent, const std::string& expect_boot_id);
   // Then, when the instance has a probe and an address: its app answers 2xx/3xx on it.
   Status wait_app_probe(const std::string& name, Clock::time_point deadline);
 
@@ -266,14 +270,16 @@ struct HostAgent::Impl {
   // op.stopped (the rollback's list).
   using StopOne = std::function<Status(const std::string& name, GuestReport& report)>;
   Status notify_and_stop(Job& job, OperationRecord& op, const StopOne& stop);
-  // Verifying, shared by the updates: waits (in parallel) for each started guest to be healthy (expecting
-  // `expect_image` when not empty; a memory-preserving update expects the same boot id), records
-  // what it shows after, and returns the first failure. `unhealthy` (may be empty) is called for
-  // a guest that failed and returns the error to report for it (e.g. after a rollback); `done`
-  // (may be empty) runs for every guest once it is verified or given up. Both run on the guest's
-  // own worker and may touch only that guest's report.
-  using OnUnhealthy = std::function<Status(const std::string& name, GuestReport& report, const Status& why)>;
-  Status verify_started(Job& job, OperationRecord& op, const std::map<std::string, Clock::time_point>& started,
+  // Verifying, shared by the updates: waits (in parallel) for each started guest to be healthy
+  // (expecting `expect_image` when not empty; a memory-preserving update expects the same boot id),
+  // records what it shows after, and returns the first failure. `unhealthy` (may be empty) is
+  // called for a guest that failed and returns the error to report for it (e.g. after a rollback);
+  // `done` (may be empty) runs for every guest once it is verified or given up. Both run on the
+  // guest's own worker and may touch only that guest's report.
+  using OnUnhealthy =
+      std::function<Status(const std::string& name, GuestReport& report, const Status& why)>;
+  Status verify_started(Job& job, OperationRecord& op,
+                        const std::map<std::string, Clock::time_point>& started,
                         const std::string& expect_image, const OnUnhealthy& unhealthy,
                         const std::function<void(const std::string&)>& done);
   // Starts again (in parallel) every guest that was running before the operation.
@@ -285,8 +291,8 @@ struct HostAgent::Impl {
   bool cancelled(const Job& job);
 
   // -- faults.cpp: injected faults (AgentOptions::fault_injection only; under mu) --
-  std::map<std::string, bool> hung;                   // guest-hang: until the guest's next start
-  std::map<std::string, milliseconds> slow_boot;      // slow-boot: the next start's delay
+  std::map<std::string, bool> hung;               // guest-hang: until the guest's next start
+  std::map<std::string, milliseconds> slow_boot;  // slow-boot: the next start's delay
   // At a start: the delay to wait first (taken), and the hang cleared.
   milliseconds take_boot_delay(const std::string& name);
   bool is_hung(const std::string& name);

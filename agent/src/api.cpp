@@ -16,18 +16,21 @@ using http::status_or;
 void install_api(http::Server& server, HostAgent& agent, std::shared_ptr<EventFeed> feed,
                  const http::Limits& limits) {
   HostAgent* a = &agent;
-  server.route("GET", "/healthz", Access::open,
-               [](const Request&) { return http::json_response(200, json::object{{"ok", true}}); });
+  server.route("GET", "/healthz", Access::open, [](const Request&) {
+    return http::json_response(200, json::object{{"ok", true}});
+  });
   server.route("GET", "/v1/host", Access::read,
                [a](const Request&) { return http::json_response(200, a->host_json()); });
   server.route("GET", "/v1/instances", Access::read,
                [a](const Request&) { return http::json_response(200, a->instances_json()); });
-  server.route("GET", "/v1/instances/{name}", Access::read,
-               [a](const Request& r) { return result_or(a->instance_json(r.params.at("name")), 200); });
+  server.route("GET", "/v1/instances/{name}", Access::read, [a](const Request& r) {
+    return result_or(a->instance_json(r.params.at("name")), 200);
+  });
   server.route("POST", "/v1/instances", Access::control, [a, limits](const Request& r) {
     auto body = http::parse_body(r, limits);
     if (!body.ok()) return http::error_response(body.error());
-    if (!body->is_object()) return http::error_response(400, "invalid_argument", "body must be a JSON object");
+    if (!body->is_object())
+      return http::error_response(400, "invalid_argument", "body must be a JSON object");
     auto spec = instance_spec_from_json(body->as_object());
     if (!spec.ok()) return http::error_response(spec.error());
     return result_or(a->create_instance(*spec), 201);
@@ -45,12 +48,14 @@ void install_api(http::Server& server, HostAgent& agent, std::shared_ptr<EventFe
     auto keep = r.query.find("keep_data");
     auto kept = a->delete_instance(n, keep != r.query.end() && keep->second == "true");
     if (!kept.ok()) return http::error_response(kept.error());
-    return http::json_response(200, json::object{{"name", n}, {"deleted", true}, {"data_disk_kept", *kept}});
+    return http::json_response(
+        200, json::object{{"name", n}, {"deleted", true}, {"data_disk_kept", *kept}});
   });
   server.route("POST", "/v1/operations", Access::control, [a, limits](const Request& r) {
     auto body = http::parse_body(r, limits);
     if (!body.ok()) return http::error_response(body.error());
-    if (!body->is_object()) return http::error_response(400, "invalid_argument", "body must be a JSON object");
+    if (!body->is_object())
+      return http::error_response(400, "invalid_argument", "body must be a JSON object");
     auto req = operation_request_from_json(body->as_object());
     if (!req.ok()) return http::error_response(req.error());
     return result_or(a->start_operation(*req), 202);
@@ -68,9 +73,11 @@ void install_api(http::Server& server, HostAgent& agent, std::shared_ptr<EventFe
   server.route("POST", "/v1/images/host", Access::control, [a, limits](const Request& r) {
     auto body = http::parse_body(r, limits);
     if (!body.ok()) return http::error_response(body.error());
-    if (!body->is_object()) return http::error_response(400, "invalid_argument", "body must be a JSON object");
+    if (!body->is_object())
+      return http::error_response(400, "invalid_argument", "body must be a JSON object");
     const auto& o = body->as_object();
-    if (auto s = check_fields(o, {"version", "path", "sha256"}); !s.ok()) return http::error_response(s.error());
+    if (auto s = check_fields(o, {"version", "path", "sha256"}); !s.ok())
+      return http::error_response(s.error());
     auto version = get_string(o, "version", 64);
     auto path = get_string(o, "path", 4096);
     auto sha = get_string(o, "sha256", 64);
@@ -85,7 +92,8 @@ void install_api(http::Server& server, HostAgent& agent, std::shared_ptr<EventFe
     server.route("POST", "/v1/faults", Access::control, [a, limits](const Request& r) {
       auto body = http::parse_body(r, limits);
       if (!body.ok()) return http::error_response(body.error());
-      if (!body->is_object()) return http::error_response(400, "invalid_argument", "body must be a JSON object");
+      if (!body->is_object())
+        return http::error_response(400, "invalid_argument", "body must be a JSON object");
       return result_or(a->inject_fault(body->as_object()), 202);
     });
   }

@@ -32,19 +32,24 @@ bool HostAgent::fault_injection() const { return impl_->opt.fault_injection; }
 
 Result<json::object> HostAgent::inject_fault(const json::object& body) {
   Impl& p = *impl_;
-  if (!p.opt.fault_injection) return make_error(Condition::unsupported, "fault injection is off (--fault-injection)");
+  if (!p.opt.fault_injection)
+    return make_error(Condition::unsupported, "fault injection is off (--fault-injection)");
   FL_RETURN_IF_ERROR(check_fields(body, {"kind", "instance", "delay_ms"}));
   FL_ASSIGN_OR_RETURN(auto kind, get_string(body, "kind", 32));
   FL_ASSIGN_OR_RETURN(auto name, get_string(body, "instance", 128));
   if (kind != "guest-crash" && kind != "guest-hang" && kind != "slow-boot") {
-    return make_error(Condition::invalid_argument, "field 'kind' must be guest-crash, guest-hang or slow-boot");
+    return make_error(Condition::invalid_argument,
+                      "field 'kind' must be guest-crash, guest-hang or slow-boot");
   }
   FL_ASSIGN_OR_RETURN(auto delay, get_optional_int(body, "delay_ms", 1, kMaxInjectedBootDelayMs));
-  if (kind == "slow-boot" && !delay) return make_error(Condition::invalid_argument, "field 'delay_ms' is required for slow-boot");
-  if (kind != "slow-boot" && delay) return make_error(Condition::invalid_argument, "field 'delay_ms' applies to slow-boot only");
+  if (kind == "slow-boot" && !delay)
+    return make_error(Condition::invalid_argument, "field 'delay_ms' is required for slow-boot");
+  if (kind != "slow-boot" && delay)
+    return make_error(Condition::invalid_argument, "field 'delay_ms' applies to slow-boot only");
   {
     std::lock_guard lock(p.mu);
-    if (!p.record_locked(name)) return make_error(Condition::not_found, "instance '" + name + "' is not on this host");
+    if (!p.record_locked(name))
+      return make_error(Condition::not_found, "instance '" + name + "' is not on this host");
     if (kind == "guest-hang") p.hung[name] = true;
     if (kind == "slow-boot") p.slow_boot[name] = milliseconds(*delay);
   }

@@ -11,9 +11,9 @@
 #include <thread>
 
 #include "agent_impl.hpp"
-#include "instance_files.hpp"
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/logging.hpp"
+#include "instance_files.hpp"
 
 namespace fabriclab::agent {
 
@@ -47,17 +47,20 @@ std::optional<int64_t> leading_integer(const std::string& s) {
 Status rule_holds(const DataCheck& c, const std::string& before, const std::string& after) {
   if (c.rule == "equal") {
     if (before == after) return {};
-    return make_error(Condition::invalid_state, "the output changed (rule equal): before '" + trim(before) +
-                                                    "', after '" + trim(after) + "'");
+    return make_error(Condition::invalid_state, "the output changed (rule equal): before '" +
+                                                    trim(before) + "', after '" + trim(after) +
+                                                    "'");
   }
   auto b = leading_integer(before), a = leading_integer(after);
   if (!b || !a) {
-    return make_error(Condition::invalid_state, std::string("rule not_less needs an integer, got ") +
-                                                    (!b ? "before '" + trim(before) + "'" : "after '" + trim(after) + "'"));
+    return make_error(Condition::invalid_state,
+                      std::string("rule not_less needs an integer, got ") +
+                          (!b ? "before '" + trim(before) + "'" : "after '" + trim(after) + "'"));
   }
   if (*a >= *b) return {};
-  return make_error(Condition::invalid_state, "the data went backwards: " + std::to_string(*b) + " before, " +
-                                                  std::to_string(*a) + " after (rule not_less)");
+  return make_error(Condition::invalid_state, "the data went backwards: " + std::to_string(*b) +
+                                                  " before, " + std::to_string(*a) +
+                                                  " after (rule not_less)");
 }
 
 }  // namespace
@@ -92,8 +95,9 @@ void HostAgent::Impl::on_agent_lifecycle(const hypervisor::LifecycleEvent& e) {
 static Result<std::string> run_data_check(hypervisor::Domain& d, const DataCheck& c) {
   FL_ASSIGN_OR_RETURN(auto r, d.guest_exec(c.command, kExecTimeout));
   if (r.exit_code != 0) {
-    return make_error(Condition::invalid_state, "'" + c.command[0] + "' exited with " + std::to_string(r.exit_code) +
-                                                    (r.err.empty() ? "" : ": " + trim(r.err).substr(0, 200)));
+    return make_error(Condition::invalid_state,
+                      "'" + c.command[0] + "' exited with " + std::to_string(r.exit_code) +
+                          (r.err.empty() ? "" : ": " + trim(r.err).substr(0, 200)));
   }
   return r.out;
 }
@@ -143,7 +147,8 @@ void HostAgent::Impl::capture_before(Job& job, const std::vector<std::string>& g
         r->boot_id_before = *id;
         r->boot_id_source = "guest_agent";
       } else {
-        logger("agent")->warn("[host:{}] {}: no boot id before the notice: {}", opt.host_id, name, id.error().message);
+        logger("agent")->warn("[host:{}] {}: no boot id before the notice: {}", opt.host_id, name,
+                              id.error().message);
       }
     }
     if (check) {
@@ -178,7 +183,8 @@ void HostAgent::Impl::capture_after(GuestReport& r, const std::string& name) {
       r.boot_id_after = *id;
       r.boot_id_source = "guest_agent";
     } else {
-      logger("agent")->warn("[host:{}] {}: no boot id after the restart: {}", opt.host_id, name, id.error().message);
+      logger("agent")->warn("[host:{}] {}: no boot id after the restart: {}", opt.host_id, name,
+                            id.error().message);
     }
   }
   if (!r.data_check || !r.data_check->error.empty()) return;
@@ -215,21 +221,26 @@ Status HostAgent::Impl::wait_os_up(const std::string& name, Clock::time_point, m
     {
       std::lock_guard lock(mu);
       auto& s = slots[name];
-      if (s.status == InstanceStatus::failed && s.domain_state == hypervisor::DomainState::shut_off) {
+      if (s.status == InstanceStatus::failed &&
+          s.domain_state == hypervisor::DomainState::shut_off) {
         return make_error(Condition::invalid_state, name + ": the VM stopped");
       }
-      os_up = !expect_agent && s.expect_running && s.domain_state == hypervisor::DomainState::running;
+      os_up =
+          !expect_agent && s.expect_running && s.domain_state == hypervisor::DomainState::running;
     }
     if (expect_agent) {
       std::lock_guard lv(lv_mu);
       auto d = domain(name);
       if (d.ok() && d->guest_ping(kPingTimeout).ok()) {
         const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
-        auto id = expect_boot_id.empty() ? Result<std::string>(expect_boot_id)
-                                         : d->guest_boot_id(std::clamp(left, milliseconds(1000), kBootIdTimeout));
+        auto id = expect_boot_id.empty()
+                      ? Result<std::string>(expect_boot_id)
+                      : d->guest_boot_id(std::clamp(left, milliseconds(1000), kBootIdTimeout));
         if (id.ok() && *id != expect_boot_id) {
-          return make_error(Condition::invalid_state, name + ": the guest rebooted (boot_id changed) when its "
-                                                             "memory should have been preserved");
+          return make_error(Condition::invalid_state,
+                            name +
+                                ": the guest rebooted (boot_id changed) when its "
+                                "memory should have been preserved");
         }
         os_up = id.ok();
       }
@@ -240,13 +251,16 @@ Status HostAgent::Impl::wait_os_up(const std::string& name, Clock::time_point, m
     }
   }
   if (!os_up) {
-    return make_error(Condition::timeout, name + (expect_agent ? ": the guest agent did not answer within "
-                                                               : ": the VM did not run within ") +
-                                              std::to_string(timeout.count()) + " ms after the start");
+    return make_error(Condition::timeout,
+                      name +
+                          (expect_agent ? ": the guest agent did not answer within "
+                                        : ": the VM did not run within ") +
+                          std::to_string(timeout.count()) + " ms after the start");
   }
-  logger("agent")->info("[host:{}] {}: OS up ({}) {} ms into the wait", opt.host_id, name,
-                        expect_agent ? "guest agent answered" : "VM running, no guest agent",
-                        std::chrono::duration_cast<milliseconds>(Clock::now() - (deadline - timeout)).count());
+  logger("agent")->info(
+      "[host:{}] {}: OS up ({}) {} ms into the wait", opt.host_id, name,
+      expect_agent ? "guest agent answered" : "VM running, no guest agent",
+      std::chrono::duration_cast<milliseconds>(Clock::now() - (deadline - timeout)).count());
   return wait_app_probe(name, deadline);
 }
 
@@ -264,7 +278,8 @@ Status HostAgent::Impl::wait_app_probe(const std::string& name, Clock::time_poin
   const std::string url = "http://" + address + ":" + std::to_string(probe.port) + probe.path;
   std::string last = "no answer";
   while (Clock::now() < deadline && !stopping) {
-    auto r = http::request(address, static_cast<uint16_t>(probe.port), "GET", probe.path, {}, {}, kPingTimeout);
+    auto r = http::request(address, static_cast<uint16_t>(probe.port), "GET", probe.path, {}, {},
+                           kPingTimeout);
     if (r.ok() && r->status >= 200 && r->status < 400) return {};
     last = r.ok() ? "HTTP " + std::to_string(r->status) : r.error().message;
     std::unique_lock lock(mu);

@@ -32,7 +32,8 @@ Result<std::unique_ptr<GuestLink>> GuestLink::connect(const std::string& socket_
   std::string last = "not tried";
   for (;;) {
     int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return make_error(Condition::transient, std::string("socket: ") + std::strerror(errno));
+    if (fd < 0)
+      return make_error(Condition::transient, std::string("socket: ") + std::strerror(errno));
     if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
       return std::unique_ptr<GuestLink>(new GuestLink(fd, std::move(handler)));
     }
@@ -41,7 +42,8 @@ Result<std::unique_ptr<GuestLink>> GuestLink::connect(const std::string& socket_
     if (Clock::now() >= deadline) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  return make_error(Condition::timeout, "cannot connect to guest channel " + socket_path + ": " + last);
+  return make_error(Condition::timeout,
+                    "cannot connect to guest channel " + socket_path + ": " + last);
 }
 
 GuestLink::GuestLink(int fd, Handler handler) : fd_(fd), handler_(std::move(handler)) {
@@ -133,7 +135,9 @@ Status GuestLink::send_line(const std::string& line) {
   while (off < out.size()) {
     ssize_t w = ::send(fd_, out.data() + off, out.size() - off, MSG_NOSIGNAL);
     if (w < 0 && errno == EINTR) continue;
-    if (w < 0) return make_error(Condition::transient, std::string("channel write: ") + std::strerror(errno));
+    if (w < 0)
+      return make_error(Condition::transient,
+                        std::string("channel write: ") + std::strerror(errno));
     off += static_cast<size_t>(w);
   }
   return {};

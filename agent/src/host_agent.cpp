@@ -16,9 +16,9 @@
 #include <tuple>
 
 #include "agent_impl.hpp"
-#include "instance_files.hpp"
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/logging.hpp"
+#include "instance_files.hpp"
 
 namespace fabriclab::agent {
 
@@ -26,14 +26,21 @@ namespace fs = std::filesystem;
 using hypervisor::DomainState;
 
 json::object GuestReport::to_json() const {
-  json::object o{{"name", name},           {"notice_ms", notice_ms},
-          {"ack_ms", ack_ms},       {"stop_method", stop_method},
-          {"stop_ms", stop_ms},     {"down_ms", down_ms},
-          {"pause_ms", pause_ms},   {"image_before", image_before},
-          {"image_after", image_after}, {"counter_before", counter_before},
-          {"counter_after", counter_after}, {"boot_id_before", boot_id_before},
-          {"boot_id_after", boot_id_after}, {"ok", ok},
-          {"error", error}};
+  json::object o{{"name", name},
+                 {"notice_ms", notice_ms},
+                 {"ack_ms", ack_ms},
+                 {"stop_method", stop_method},
+                 {"stop_ms", stop_ms},
+                 {"down_ms", down_ms},
+                 {"pause_ms", pause_ms},
+                 {"image_before", image_before},
+                 {"image_after", image_after},
+                 {"counter_before", counter_before},
+                 {"counter_after", counter_after},
+                 {"boot_id_before", boot_id_before},
+                 {"boot_id_after", boot_id_after},
+                 {"ok", ok},
+                 {"error", error}};
   o["boot_id_source"] = boot_id_source;
   o["signals"] = json::object{{"heartbeat", signal_heartbeat}, {"guest_agent", signal_guest_agent}};
   o["os_up"] = os_up;
@@ -65,9 +72,8 @@ json::object Job::to_json() const {
 }
 
 Result<InstanceSpec> instance_spec_from_json(const json::object& o) {
-  FL_RETURN_IF_ERROR(check_fields(
-      o, {"name", "service", "index", "ud", "fd", "image", "memory_mib", "mode", "drain", "drain_ms",
-          "data_check", "probe"}));
+  FL_RETURN_IF_ERROR(check_fields(o, {"name", "service", "index", "ud", "fd", "image", "memory_mib",
+                                      "mode", "drain", "drain_ms", "data_check", "probe"}));
   InstanceSpec s;
   FL_ASSIGN_OR_RETURN(s.meta, metadata_from_json(o));
   FL_ASSIGN_OR_RETURN(int64_t mem, get_int_or(o, "memory_mib", 64, 4096, 128));
@@ -75,7 +81,8 @@ Result<InstanceSpec> instance_spec_from_json(const json::object& o) {
   FL_ASSIGN_OR_RETURN(s.mode, get_string(o, "mode", 16, false));
   if (s.mode.empty()) s.mode = "normal";
   if (s.mode != "normal" && s.mode != "ignore-power" && s.mode != "fail-app") {
-    return make_error(Condition::invalid_argument, "field 'mode' must be normal, ignore-power or fail-app");
+    return make_error(Condition::invalid_argument,
+                      "field 'mode' must be normal, ignore-power or fail-app");
   }
   FL_ASSIGN_OR_RETURN(s.drain, get_bool_or(o, "drain", true));
   FL_ASSIGN_OR_RETURN(s.drain_ms, get_int_or(o, "drain_ms", 0, 600000, 0));
@@ -89,7 +96,8 @@ Result<InstanceSpec> instance_spec_from_json(const json::object& o) {
   if (s.name.empty()) s.name = s.meta.service + "-" + std::to_string(s.meta.index);
   for (char c : s.name) {
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') {
-      return make_error(Condition::invalid_argument, "field 'name' must be [A-Za-z0-9_-]: '" + s.name + "'");
+      return make_error(Condition::invalid_argument,
+                        "field 'name' must be [A-Za-z0-9_-]: '" + s.name + "'");
     }
   }
   return s;
@@ -104,12 +112,14 @@ Result<std::unique_ptr<HostAgent>> HostAgent::create(AgentOptions options,
   if (options.state_dir.empty() || options.state_dir[0] != '/') {
     return make_error(Condition::invalid_argument, "state_dir must be an absolute path");
   }
-  if (options.hypervisor_uri.empty()) options.hypervisor_uri = "qemu:///embed?root=" + options.state_dir + "/hv";
+  if (options.hypervisor_uri.empty())
+    options.hypervisor_uri = "qemu:///embed?root=" + options.state_dir + "/hv";
   if (options.host_images_dir.empty()) options.host_images_dir = options.state_dir + "/host-images";
   if ((options.state_dir + "/s/").size() + 48 + 5 >= 108) {
-    return make_error(Condition::invalid_argument,
-                      "state_dir too long for the guests' channel sockets (keep it under 50 characters): " +
-                          options.state_dir);
+    return make_error(
+        Condition::invalid_argument,
+        "state_dir too long for the guests' channel sockets (keep it under 50 characters): " +
+            options.state_dir);
   }
   std::optional<GuestSubnet> subnet;
   if (!options.guest_subnet.empty()) {
@@ -118,7 +128,8 @@ Result<std::unique_ptr<HostAgent>> HostAgent::create(AgentOptions options,
   if (!options.guest_bridge.empty()) {
     if (!hypervisor::valid_bridge_name(options.guest_bridge)) {
       return make_error(Condition::invalid_argument,
-                        "guest_bridge must be 1..15 characters of [A-Za-z0-9_.-]: '" + options.guest_bridge + "'");
+                        "guest_bridge must be 1..15 characters of [A-Za-z0-9_.-]: '" +
+                            options.guest_bridge + "'");
     }
     if (!subnet) return make_error(Condition::invalid_argument, "guest_bridge needs guest_subnet");
   }
@@ -126,18 +137,24 @@ Result<std::unique_ptr<HostAgent>> HostAgent::create(AgentOptions options,
     if (options.dhcp_hosts_dir[0] != '/') {
       return make_error(Condition::invalid_argument, "dhcp_hosts_dir must be an absolute path");
     }
-    if (!subnet) return make_error(Condition::invalid_argument, "dhcp_hosts_dir needs guest_subnet");
+    if (!subnet)
+      return make_error(Condition::invalid_argument, "dhcp_hosts_dir needs guest_subnet");
   }
   if (options.parallel_guests < 1 || options.parallel_guests > 64) {
-    return make_error(Condition::invalid_argument,
-                      "parallel_guests must be in 1..64, not " + std::to_string(options.parallel_guests));
+    return make_error(Condition::invalid_argument, "parallel_guests must be in 1..64, not " +
+                                                       std::to_string(options.parallel_guests));
   }
   std::error_code ec;
-  for (const char* sub : {"", "/vm", "/s", "/sim"}) fs::create_directories(options.state_dir + sub, ec);
-  if (ec) return make_error(Condition::transient, "cannot create " + options.state_dir + ": " + ec.message());
+  for (const char* sub : {"", "/vm", "/s", "/sim"})
+    fs::create_directories(options.state_dir + sub, ec);
+  if (ec)
+    return make_error(Condition::transient,
+                      "cannot create " + options.state_dir + ": " + ec.message());
   if (!options.dhcp_hosts_dir.empty()) {
     fs::create_directories(options.dhcp_hosts_dir, ec);
-    if (ec) return make_error(Condition::transient, "cannot create " + options.dhcp_hosts_dir + ": " + ec.message());
+    if (ec)
+      return make_error(Condition::transient,
+                        "cannot create " + options.dhcp_hosts_dir + ": " + ec.message());
   }
 
   auto impl = std::make_unique<Impl>();
@@ -153,8 +170,9 @@ Result<std::unique_ptr<HostAgent>> HostAgent::create(AgentOptions options,
   if (loaded.ok()) {
     impl->state = std::move(loaded).value();
     if (impl->state.host_id != options.host_id) {
-      return make_error(Condition::invalid_argument, "state dir belongs to host '" + impl->state.host_id +
-                                                         "', not '" + options.host_id + "'");
+      return make_error(
+          Condition::invalid_argument,
+          "state dir belongs to host '" + impl->state.host_id + "', not '" + options.host_id + "'");
     }
   } else if (loaded.condition() == Condition::not_found) {
     impl->state.host_id = options.host_id;
@@ -181,7 +199,9 @@ Result<std::unique_ptr<HostAgent>> HostAgent::create(AgentOptions options,
     if (changed) FL_RETURN_IF_ERROR(p.persist_locked());
     if (!options.dhcp_hosts_dir.empty()) {
       for (const auto& r : p.state.instances) {
-        if (!r.address.empty()) FL_RETURN_IF_ERROR(write_dhcp_host_file(options.dhcp_hosts_dir, r.name, r.mac, r.address));
+        if (!r.address.empty())
+          FL_RETURN_IF_ERROR(
+              write_dhcp_host_file(options.dhcp_hosts_dir, r.name, r.mac, r.address));
       }
     }
   }
@@ -196,7 +216,8 @@ Result<std::unique_ptr<HostAgent>> HostAgent::create(AgentOptions options,
     if (p->state.operation) resume = p->state.operation->id;
   }
   if (!resume.empty()) {
-    logger("agent")->warn("[host:{}] resuming operation {} after a restart", p->opt.host_id, resume);
+    logger("agent")->warn("[host:{}] resuming operation {} after a restart", p->opt.host_id,
+                          resume);
     std::lock_guard lock(p->mu);
     Job job;
     job.id = resume;
@@ -241,8 +262,9 @@ Status HostAgent::Impl::set_want_running(const std::string& name, bool want) {
 Status HostAgent::Impl::check_not_updating(std::string_view refusal) {
   std::lock_guard lock(mu);
   if (state.state == HostState::updating || !active_job.empty()) {
-    return make_error(Condition::invalid_state, "host " + opt.host_id + " is Updating (job " + active_job +
-                                                    "): " + std::string(refusal) + " until it is Ready");
+    return make_error(Condition::invalid_state, "host " + opt.host_id + " is Updating (job " +
+                                                    active_job + "): " + std::string(refusal) +
+                                                    " until it is Ready");
   }
   return {};
 }
@@ -260,7 +282,8 @@ void HostAgent::Impl::set_host_state(HostState s, UpdateStep st) {
     (void)persist_locked();
   }
   cv.notify_all();
-  logger("agent")->info("[host:{}] {} {}", opt.host_id, to_string(s), st == UpdateStep::none ? "" : to_string(st));
+  logger("agent")->info("[host:{}] {} {}", opt.host_id, to_string(s),
+                        st == UpdateStep::none ? "" : to_string(st));
   publish("host.state", {{"state", to_string(s)}, {"step", to_string(st)}});
 }
 
@@ -281,7 +304,6 @@ Result<std::pair<std::string, std::string>> HostAgent::Impl::allocate_address_lo
   return std::pair{subnet->address(slot), subnet->mac(slot)};
 }
 
-
 Status HostAgent::Impl::recover() {
   std::lock_guard lv(lv_mu);
   close_hypervisor();
@@ -300,11 +322,14 @@ Status HostAgent::Impl::recover() {
   for (const auto& rec : records) {
     if (!present.count(rec.name)) {
       auto d = define_domain(rec);
-      if (!d.ok()) return make_error(d.condition(), "cannot redefine '" + rec.name + "': " + d.error().message);
+      if (!d.ok())
+        return make_error(d.condition(),
+                          "cannot redefine '" + rec.name + "': " + d.error().message);
       present[rec.name] = DomainState::shut_off;
       publish("instance.redefined", {{"name", rec.name}});
     }
-    bool running = present[rec.name] == DomainState::running || present[rec.name] == DomainState::paused;
+    bool running =
+        present[rec.name] == DomainState::running || present[rec.name] == DomainState::paused;
     {
       std::lock_guard lock(mu);
       auto& slot = slots[rec.name];
@@ -314,14 +339,19 @@ Status HostAgent::Impl::recover() {
       if (running) slot.started_at = Clock::time_point{};  // any heartbeat counts after a reattach
       if (simulated && !slot.sim) slot.sim = make_sim(rec);
     }
-    if (!running && rec.want_running && !operation_pending && !opt.hold_guests) to_start.push_back(rec.name);
+    if (!running && rec.want_running && !operation_pending && !opt.hold_guests)
+      to_start.push_back(rec.name);
   }
   for (const auto& name : to_start) {
     if (auto s = start_guest(name); !s.ok()) {
-      logger("agent")->error("[host:{}] cannot restart {}: {}", opt.host_id, name, s.error().message);
-      publish("instance.state", {{"name", name}, {"status", to_string(InstanceStatus::failed)}, {"reason", s.error().message}});
+      logger("agent")->error("[host:{}] cannot restart {}: {}", opt.host_id, name,
+                             s.error().message);
+      publish("instance.state", {{"name", name},
+                                 {"status", to_string(InstanceStatus::failed)},
+                                 {"reason", s.error().message}});
     } else {
-      publish("instance.restarted", {{"name", name}, {"reason", "recovery: the fabric wants it running"}});
+      publish("instance.restarted",
+              {{"name", name}, {"reason", "recovery: the fabric wants it running"}});
     }
   }
   return {};

@@ -7,9 +7,9 @@
 #include <tuple>
 
 #include "agent_impl.hpp"
-#include "instance_files.hpp"
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/logging.hpp"
+#include "instance_files.hpp"
 
 namespace fabriclab::agent {
 
@@ -52,12 +52,17 @@ json::object HostAgent::Impl::instance_json_locked(const std::string& name) cons
     if (s.last_hb) {
       const auto& hb = std::get<Heartbeat>(s.last_hb->message);
       o["last_heartbeat"] = json::object{
-          {"seq", hb.seq}, {"boot_id", hb.boot_id}, {"image", hb.image}, {"counter", hb.counter},
-          {"age_ms", std::chrono::duration_cast<milliseconds>(Clock::now() - s.last_hb->at).count()}};
+          {"seq", hb.seq},
+          {"boot_id", hb.boot_id},
+          {"image", hb.image},
+          {"counter", hb.counter},
+          {"age_ms",
+           std::chrono::duration_cast<milliseconds>(Clock::now() - s.last_hb->at).count()}};
     }
     if (s.link) {
       auto st = s.link->stats();
-      o["channel"] = json::object{{"lines", st.lines}, {"malformed", st.malformed}, {"oversized", st.oversized}};
+      o["channel"] = json::object{
+          {"lines", st.lines}, {"malformed", st.malformed}, {"oversized", st.oversized}};
     }
   }
   return o;
@@ -112,9 +117,9 @@ Result<json::object> HostAgent::create_instance(const InstanceSpec& spec) {
   {
     std::lock_guard lock(p.mu);
     if (p.state.state != HostState::ready) {
-      return make_error(Condition::invalid_state, "host " + p.opt.host_id + " is " +
-                                                      std::string(to_string(p.state.state)) +
-                                                      ": it takes no new instances until it is Ready");
+      return make_error(Condition::invalid_state,
+                        "host " + p.opt.host_id + " is " + std::string(to_string(p.state.state)) +
+                            ": it takes no new instances until it is Ready");
     }
     if (p.record_locked(spec.name)) {
       return make_error(Condition::already_exists, "instance '" + spec.name + "' already exists");
@@ -134,7 +139,8 @@ Result<json::object> HostAgent::create_instance(const InstanceSpec& spec) {
   // Checked before anything is made, so a refusal leaves no half-made VM behind.
   FL_RETURN_IF_ERROR(check_firmware(image, p.opt.ovmf_code, p.opt.ovmf_vars));
   FL_RETURN_IF_ERROR(check_disk_reserve(
-      p.vm_dir(), bytes_needed(image, image.builtin() ? kBuiltinDataDiskBytes : kDefaultDataDiskBytes, false),
+      p.vm_dir(),
+      bytes_needed(image, image.builtin() ? kBuiltinDataDiskBytes : kDefaultDataDiskBytes, false),
       p.opt.disk_reserve_mib << 20));
   const std::string files = instance_files_dir(p.vm_dir(), rec.name);
   auto undo_files = [&] {
@@ -177,9 +183,14 @@ Result<json::object> HostAgent::create_instance(const InstanceSpec& spec) {
     if (p.simulated) slot.sim = p.make_sim(rec);
     FL_RETURN_IF_ERROR(p.persist_locked());
   }
-  p.publish("instance.created", {{"name", rec.name}, {"service", rec.meta.service}, {"index", rec.meta.index},
-                                 {"ud", rec.meta.ud}, {"fd", rec.meta.fd}, {"image", rec.meta.image},
-                                 {"address", rec.address}, {"mac", rec.mac}});
+  p.publish("instance.created", {{"name", rec.name},
+                                 {"service", rec.meta.service},
+                                 {"index", rec.meta.index},
+                                 {"ud", rec.meta.ud},
+                                 {"fd", rec.meta.fd},
+                                 {"image", rec.meta.image},
+                                 {"address", rec.address},
+                                 {"mac", rec.mac}});
   FL_RETURN_IF_ERROR(p.start_guest(rec.name));
   std::lock_guard lock(p.mu);
   return p.instance_json_locked(rec.name);
@@ -215,7 +226,8 @@ Result<std::string> HostAgent::delete_instance(const std::string& name, bool kee
   std::lock_guard lv(p.lv_mu);
   {
     std::lock_guard lock(p.mu);
-    if (!p.record_locked(name)) return make_error(Condition::not_found, "instance '" + name + "' not found");
+    if (!p.record_locked(name))
+      return make_error(Condition::not_found, "instance '" + name + "' not found");
     if (p.state.state == HostState::updating) {
       return make_error(Condition::invalid_state, "host " + p.opt.host_id + " is Updating");
     }
@@ -240,7 +252,8 @@ Result<std::string> HostAgent::delete_instance(const std::string& name, bool kee
     kept = dir + "/" + name + "-" + std::to_string(unix_now_ms()) + ".data.raw";
     fs::rename(data, kept, ec);
     if (ec) {
-      logger("agent")->error("[host:{}] cannot keep {}'s data disk: {}", p.opt.host_id, name, ec.message());
+      logger("agent")->error("[host:{}] cannot keep {}'s data disk: {}", p.opt.host_id, name,
+                             ec.message());
       kept.clear();
     }
   }
@@ -274,7 +287,8 @@ json::array HostAgent::host_images_json() const {
   return a;
 }
 
-Result<json::object> HostAgent::stage_host_image(const std::string& version, const std::string& path,
+Result<json::object> HostAgent::stage_host_image(const std::string& version,
+                                                 const std::string& path,
                                                  const std::string& sha256) {
   Result<HostImage> staged = make_error(Condition::internal, "not staged");
   {

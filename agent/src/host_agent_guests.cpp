@@ -8,9 +8,9 @@
 #include <tuple>
 
 #include "agent_impl.hpp"
-#include "instance_files.hpp"
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/logging.hpp"
+#include "instance_files.hpp"
 
 namespace fabriclab::agent {
 
@@ -18,7 +18,8 @@ namespace fs = std::filesystem;
 using hypervisor::DomainState;
 
 std::unique_ptr<SimGuest> HostAgent::Impl::make_sim(const InstanceRecord& rec) const {
-  return std::make_unique<SimGuest>(socket_path(rec.name), opt.state_dir + "/sim/" + rec.name + ".counter",
+  return std::make_unique<SimGuest>(socket_path(rec.name),
+                                    opt.state_dir + "/sim/" + rec.name + ".counter",
                                     opt.heartbeat_period, drain_of(rec), rec.drain);
 }
 
@@ -36,7 +37,8 @@ void HostAgent::Impl::close_hypervisor() {
 }
 
 Result<hypervisor::Domain> HostAgent::Impl::domain(const std::string& name) {
-  if (!conn) return make_error(Condition::transient, "the hypervisor is not connected (host rebooting)");
+  if (!conn)
+    return make_error(Condition::transient, "the hypervisor is not connected (host rebooting)");
   return conn->lookup(name);
 }
 
@@ -49,7 +51,8 @@ std::string HostAgent::Impl::builtin_cmdline(const InstanceRecord& rec) const {
                   " fabriclab.drain_ms=" + std::to_string(drain_of(rec).count()) +
                   " fabriclab.hb_ms=" + std::to_string(opt.heartbeat_period.count());
   // The built-in guest configures eth0 itself from these (it has no DHCP client).
-  if (subnet && !rec.address.empty()) c += " fabriclab.ip=" + rec.address + "/24 fabriclab.gw=" + subnet->gateway();
+  if (subnet && !rec.address.empty())
+    c += " fabriclab.ip=" + rec.address + "/24 fabriclab.gw=" + subnet->gateway();
   return c;
 }
 
@@ -59,14 +62,15 @@ Result<hypervisor::Domain> HostAgent::Impl::define_domain(const InstanceRecord& 
   s.name = rec.name;
   s.memory_mib = rec.memory_mib;
   FL_ASSIGN_OR_RETURN(s.boot, private_boot_files(instance_files_dir(vm_dir(), rec.name), image));
-  FL_ASSIGN_OR_RETURN(s.firmware,
-                      instance_firmware(instance_files_dir(vm_dir(), rec.name), image, opt.ovmf_code, opt.ovmf_vars));
+  FL_ASSIGN_OR_RETURN(s.firmware, instance_firmware(instance_files_dir(vm_dir(), rec.name), image,
+                                                    opt.ovmf_code, opt.ovmf_vars));
   if (image.builtin()) {
     s.boot.cmdline = builtin_cmdline(rec);
   } else {
     // A guest with its own OS disk boots its own way (its cmdline, DHCP for its address); the
     // overlay was made when the instance was created or reimaged.
-    if (rec.os_disk.empty()) return make_error(Condition::internal, rec.name + ": no OS disk overlay");
+    if (rec.os_disk.empty())
+      return make_error(Condition::internal, rec.name + ": no OS disk overlay");
     // The drain switches go along (an Azure-style handler in the guest may read them, as the
     // Debian image's does); any other guest ignores them. A disk that boots through its own
     // bootloader (boot: disk) has its command line inside: nothing can be added.
@@ -77,14 +81,16 @@ Result<hypervisor::Domain> HostAgent::Impl::define_domain(const InstanceRecord& 
     s.os_disk = rec.os_disk;
     s.os_disk_format = "qcow2";
   }
-  if (!opt.guest_bridge.empty() && !rec.mac.empty()) s.nic = hypervisor::NicSpec{rec.mac, opt.guest_bridge};
+  if (!opt.guest_bridge.empty() && !rec.mac.empty())
+    s.nic = hypervisor::NicSpec{rec.mac, opt.guest_bridge};
   // Every guest gets the qemu-guest-agent channel: a guest that runs the agent answers on it.
   s.guest_agent = true;
   s.console_log = vm_dir() + "/" + rec.name + ".console.log";
   s.data_disk = vm_dir() + "/" + rec.name + ".data.raw";
   s.channel_socket = socket_path(rec.name);
   s.metadata = rec.meta;
-  FL_RETURN_IF_ERROR(ensure_data_disk(s.data_disk, image.builtin() ? kBuiltinDataDiskBytes : kDefaultDataDiskBytes));
+  FL_RETURN_IF_ERROR(ensure_data_disk(
+      s.data_disk, image.builtin() ? kBuiltinDataDiskBytes : kDefaultDataDiskBytes));
   return conn->define(s);
 }
 
@@ -108,7 +114,8 @@ Status HostAgent::Impl::start_guest(const std::string& name) {
       slot.guest_error.clear();
     }
     bool restored = d.has_managed_save().ok() && *d.has_managed_save();
-    // An injected slow boot (faults.cpp): the VM starts late; the instance shows Starting meanwhile.
+    // An injected slow boot (faults.cpp): the VM starts late; the instance shows Starting
+    // meanwhile.
     if (auto delay = take_boot_delay(name); delay.count() > 0) std::this_thread::sleep_for(delay);
     FL_RETURN_IF_ERROR(d.start());
     std::string image, mode;
@@ -128,13 +135,16 @@ Status HostAgent::Impl::start_guest(const std::string& name) {
         slot.sim->boot(image, mode);
       }
     }
-    publish("instance.state", {{"name", name}, {"status", to_string(InstanceStatus::starting)}, {"image", image},
+    publish("instance.state", {{"name", name},
+                               {"status", to_string(InstanceStatus::starting)},
+                               {"image", image},
                                {"restored", restored}});
   }
   return {};
 }
 
-Result<hypervisor::ShutdownResult> HostAgent::Impl::stop_guest(const std::string& name, bool force) {
+Result<hypervisor::ShutdownResult> HostAgent::Impl::stop_guest(const std::string& name,
+                                                               bool force) {
   FL_ASSIGN_OR_RETURN(auto d, domain(name));
   uint64_t events_before = 0;
   {
@@ -148,7 +158,8 @@ Result<hypervisor::ShutdownResult> HostAgent::Impl::stop_guest(const std::string
   const auto before = d.state();
   const bool was_on = before.ok() && *before != DomainState::shut_off;
   hypervisor::ShutdownResult r;
-  if (simulated && !force && was_on && opt.sim_power_off.count() > 0) std::this_thread::sleep_for(opt.sim_power_off);
+  if (simulated && !force && was_on && opt.sim_power_off.count() > 0)
+    std::this_thread::sleep_for(opt.sim_power_off);
   if (force) {
     if (was_on) FL_RETURN_IF_ERROR(d.destroy());
     r.method = hypervisor::StopMethod::destroyed;
@@ -167,7 +178,8 @@ Result<hypervisor::ShutdownResult> HostAgent::Impl::stop_guest(const std::string
     // loaded machine). Consumed here (bounded), it cannot be taken for the guest the caller
     // starts next stopping on its own ("the VM stopped").
     std::unique_lock lock(mu);
-    cv.wait_for(lock, std::chrono::seconds(2), [&] { return slots[name].stop_events > events_before; });
+    cv.wait_for(lock, std::chrono::seconds(2),
+                [&] { return slots[name].stop_events > events_before; });
   }
   {
     std::lock_guard lock(mu);
@@ -178,7 +190,8 @@ Result<hypervisor::ShutdownResult> HostAgent::Impl::stop_guest(const std::string
     if (slot.sim) slot.sim->power_off(r.method == hypervisor::StopMethod::graceful);
   }
   drop_link(name);
-  publish("instance.state", {{"name", name}, {"status", to_string(InstanceStatus::stopped)},
+  publish("instance.state", {{"name", name},
+                             {"status", to_string(InstanceStatus::stopped)},
                              {"stop_method", hypervisor::to_string(r.method)},
                              {"stop_ms", r.elapsed.count()}});
   return r;
@@ -207,8 +220,8 @@ void HostAgent::Impl::on_message(const std::string& name, const ReceivedMessage&
       ++slot.heartbeats;
       if (!slot.first_hb_since_start && m.at >= slot.started_at) slot.first_hb_since_start = m;
       type = "instance.heartbeat";
-      event = {{"name", name}, {"seq", hb->seq}, {"boot_id", hb->boot_id}, {"image", hb->image},
-               {"counter", hb->counter}, {"uptime_ms", hb->uptime_ms}};
+      event = {{"name", name},       {"seq", hb->seq},         {"boot_id", hb->boot_id},
+               {"image", hb->image}, {"counter", hb->counter}, {"uptime_ms", hb->uptime_ms}};
     } else if (auto* ack = std::get_if<Ack>(&m.message)) {
       slot.acks[ack->event_id] = m.at;
       const bool known = approve_locked(name, ack->event_id, m.at);
@@ -229,11 +242,13 @@ void HostAgent::Impl::on_message(const std::string& name, const ReceivedMessage&
 
 void HostAgent::Impl::on_lifecycle(const hypervisor::LifecycleEvent& e) {
   // Runs on libvirt's event thread: record and return (publish happens without mu).
-  if (e.kind == hypervisor::LifecycleKind::agent_connected || e.kind == hypervisor::LifecycleKind::agent_disconnected) {
+  if (e.kind == hypervisor::LifecycleKind::agent_connected ||
+      e.kind == hypervisor::LifecycleKind::agent_disconnected) {
     on_agent_lifecycle(e);
     return;
   }
-  if (e.kind != hypervisor::LifecycleKind::stopped && e.kind != hypervisor::LifecycleKind::crashed) return;
+  if (e.kind != hypervisor::LifecycleKind::stopped && e.kind != hypervisor::LifecycleKind::crashed)
+    return;
   bool unexpected = false;
   {
     std::lock_guard lock(mu);
@@ -250,7 +265,8 @@ void HostAgent::Impl::on_lifecycle(const hypervisor::LifecycleEvent& e) {
   }
   cv.notify_all();
   if (unexpected) {
-    publish("instance.state", {{"name", e.domain}, {"status", to_string(InstanceStatus::failed)},
+    publish("instance.state", {{"name", e.domain},
+                               {"status", to_string(InstanceStatus::failed)},
                                {"reason", "the VM stopped without the agent stopping it"}});
   }
 }
@@ -266,19 +282,23 @@ void HostAgent::Impl::monitor_loop() {
       for (auto& [name, slot] : slots) {
         if (slot.expect_running && (!slot.link || slot.link->closed())) to_connect.push_back(name);
         // The built-in guest: a recent heartbeat since its start, from a VM not seen stopped (a
-        // crashed VM's last heartbeat is still recent for a moment). A guest with its own image: its
-        // VM runs and, once it has shown a guest agent, the agent is connected (its app's health
-        // is the load balancer's probe).
+        // crashed VM's last heartbeat is still recent for a moment). A guest with its own image:
+        // its VM runs and, once it has shown a guest agent, the agent is connected (its app's
+        // health is the load balancer's probe).
         bool healthy = builtin_locked(name)
-                           ? slot.expect_running && slot.last_hb && now - slot.last_hb->at < healthy_window &&
-                                 slot.first_hb_since_start.has_value() && slot.domain_state != DomainState::shut_off
+                           ? slot.expect_running && slot.last_hb &&
+                                 now - slot.last_hb->at < healthy_window &&
+                                 slot.first_hb_since_start.has_value() &&
+                                 slot.domain_state != DomainState::shut_off
                            : slot.expect_running && slot.domain_state == DomainState::running &&
                                  (!slot.agent_seen || slot.agent_connected);
         if (healthy != slot.healthy) {
           slot.healthy = healthy;
           InstanceStatus status =
-              healthy ? InstanceStatus::healthy : (slot.expect_running ? InstanceStatus::failed : slot.status);
-          if (!healthy && slot.status == InstanceStatus::starting) status = InstanceStatus::starting;
+              healthy ? InstanceStatus::healthy
+                      : (slot.expect_running ? InstanceStatus::failed : slot.status);
+          if (!healthy && slot.status == InstanceStatus::starting)
+            status = InstanceStatus::starting;
           slot.status = status;
           json::object ev{{"name", name}, {"status", to_string(status)}, {"healthy", healthy}};
           if (slot.last_hb) ev["image"] = std::get<Heartbeat>(slot.last_hb->message).image;
@@ -296,7 +316,8 @@ void HostAgent::Impl::monitor_loop() {
       if (state.state == HostState::unhealthy && active_job.empty() && all_healthy) {
         state.state = HostState::ready;
         (void)persist_locked();
-        events.emplace_back("host.state", json::object{{"state", "Ready"}, {"step", "None"},
+        events.emplace_back("host.state", json::object{{"state", "Ready"},
+                                                       {"step", "None"},
                                                        {"reason", "every guest is healthy again"}});
       }
     }
@@ -304,8 +325,9 @@ void HostAgent::Impl::monitor_loop() {
     if (!events.empty()) cv.notify_all();
     restart_failed_guests();
     for (const auto& name : to_connect) {
-      auto link = GuestLink::connect(socket_path(name), milliseconds(30),
-                                     [this, name](const ReceivedMessage& m) { on_message(name, m); });
+      auto link =
+          GuestLink::connect(socket_path(name), milliseconds(30),
+                             [this, name](const ReceivedMessage& m) { on_message(name, m); });
       if (!link.ok()) continue;
       std::unique_ptr<GuestLink> discard;
       {

@@ -17,17 +17,20 @@ namespace fabriclab::agent {
 namespace {
 
 template <class E, size_t N>
-Result<E> parse_enum(std::string_view s, const std::string_view (&names)[N], std::string_view field) {
+Result<E> parse_enum(std::string_view s, const std::string_view (&names)[N],
+                     std::string_view field) {
   for (size_t i = 0; i < N; ++i) {
     if (names[i] == s) return static_cast<E>(i);
   }
-  return make_error(Condition::invalid_argument, "field '" + std::string(field) + "' has unknown value '" +
-                                                     std::string(s) + "'");
+  return make_error(
+      Condition::invalid_argument,
+      "field '" + std::string(field) + "' has unknown value '" + std::string(s) + "'");
 }
 
 constexpr std::string_view kHostStates[] = {"Ready", "Updating", "Unhealthy", "Offline"};
-constexpr std::string_view kSteps[] = {"None", "Notifying", "StoppingGuests", "SwappingImage",
-                                       "Rebooting", "StartingGuests", "Verifying"};
+constexpr std::string_view kSteps[] = {"None",          "Notifying", "StoppingGuests",
+                                       "SwappingImage", "Rebooting", "StartingGuests",
+                                       "Verifying"};
 constexpr std::string_view kKinds[] = {"host-os", "guest-os", "freeze"};
 
 json::array strings(const std::vector<std::string>& v) {
@@ -57,7 +60,8 @@ Status write_file_atomically(const std::string& path, const std::string& data) {
   tmp_name += ".tmp";
   const std::string tmp = (p.parent_path() / tmp_name).string();
   int fd = ::open(tmp.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
-  if (fd < 0) return make_error(Condition::transient, "cannot write " + tmp + ": " + std::strerror(errno));
+  if (fd < 0)
+    return make_error(Condition::transient, "cannot write " + tmp + ": " + std::strerror(errno));
   size_t off = 0;
   while (off < data.size()) {
     ssize_t w = ::write(fd, data.data() + off, data.size() - off);
@@ -99,7 +103,8 @@ json::object to_json(const OperationRequest& r) {
 }
 
 Result<OperationRequest> operation_request_from_json(const json::object& o) {
-  FL_RETURN_IF_ERROR(check_fields(o, {"kind", "target", "memory_preserving", "notice_ms", "freeze_ms"}));
+  FL_RETURN_IF_ERROR(
+      check_fields(o, {"kind", "target", "memory_preserving", "notice_ms", "freeze_ms"}));
   OperationRequest r;
   FL_ASSIGN_OR_RETURN(std::string kind, get_string(o, "kind", 16));
   FL_ASSIGN_OR_RETURN(r.kind, parse_operation_kind(kind));
@@ -108,7 +113,8 @@ Result<OperationRequest> operation_request_from_json(const json::object& o) {
   FL_ASSIGN_OR_RETURN(r.notice_ms, get_int_or(o, "notice_ms", 0, 15 * 60 * 1000, 5000));
   FL_ASSIGN_OR_RETURN(r.freeze_ms, get_int_or(o, "freeze_ms", 0, 30 * 1000, 2000));
   if (r.memory_preserving && r.kind != OperationKind::host_os) {
-    return make_error(Condition::invalid_argument, "field 'memory_preserving' applies to host-os only");
+    return make_error(Condition::invalid_argument,
+                      "field 'memory_preserving' applies to host-os only");
   }
   return r;
 }
@@ -132,7 +138,9 @@ json::object to_json(const DataCheck& c) {
 }
 
 Result<DataCheck> data_check_from_json(const json::value& v, const std::string& field) {
-  auto bad = [&](const std::string& what) { return make_error(Condition::invalid_argument, field + what); };
+  auto bad = [&](const std::string& what) {
+    return make_error(Condition::invalid_argument, field + what);
+  };
   if (!v.is_object()) return bad(" must be an object {command: [...], rule: equal|not_less}");
   const auto& o = v.as_object();
   for (const auto& [k, _] : o) {
@@ -166,7 +174,9 @@ Result<DataCheck> data_check_from_json(const json::value& v, const std::string& 
 }
 
 Result<AppProbe> app_probe_from_json(const json::value& v, const std::string& field) {
-  auto bad = [&](const std::string& what) { return make_error(Condition::invalid_argument, field + what); };
+  auto bad = [&](const std::string& what) {
+    return make_error(Condition::invalid_argument, field + what);
+  };
   if (!v.is_object()) return bad(" must be an object {port, path}");
   const auto& o = v.as_object();
   for (const auto& [k, _] : o) {
@@ -184,7 +194,8 @@ Result<AppProbe> app_probe_from_json(const json::value& v, const std::string& fi
       return bad(".path must be a path starting with '/' (<= 256 bytes)");
     }
     for (char c : path->as_string()) {
-      if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f) return bad(".path must not contain spaces or control characters");
+      if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f)
+        return bad(".path must not contain spaces or control characters");
     }
     p.path = std::string(path->as_string());
   }
@@ -218,7 +229,9 @@ Status save_state(const std::string& path, const PersistedState& s) {
                                      {"os_disk", i.os_disk},
                                      {"os_gen", i.os_gen}});
     if (i.data_check) instances.back().as_object()["data_check"] = to_json(*i.data_check);
-    if (i.probe.port > 0) instances.back().as_object()["probe"] = json::object{{"port", i.probe.port}, {"path", i.probe.path}};
+    if (i.probe.port > 0)
+      instances.back().as_object()["probe"] =
+          json::object{{"port", i.probe.port}, {"path", i.probe.path}};
   }
   o["instances"] = std::move(instances);
   if (s.operation) {
@@ -258,7 +271,8 @@ Result<PersistedState> load_state(const std::string& path) {
   s.imds_incarnation = static_cast<uint64_t>(inc);
   FL_ASSIGN_OR_RETURN(const json::array* instances, get_array(o, "instances", 10000));
   for (const auto& v : *instances) {
-    if (!v.is_object()) return make_error(Condition::invalid_argument, path + ": instances[] must be objects");
+    if (!v.is_object())
+      return make_error(Condition::invalid_argument, path + ": instances[] must be objects");
     const auto& io = v.as_object();
     InstanceRecord r;
     FL_ASSIGN_OR_RETURN(r.name, get_string(io, "name", 64));

@@ -494,7 +494,8 @@ Result<std::string> string_field(const json::object& o, const std::string& at, c
     if (!required) return std::string();
     return bad_field(at, key, "is missing");
   }
-  if (!f->is_string() || f->as_string().empty()) return bad_field(at, key, "must be a non-empty string");
+  if (!f->is_string() || f->as_string().empty())
+    return bad_field(at, key, "must be a non-empty string");
   return std::string(f->as_string());
 }
 
@@ -557,16 +558,19 @@ Status disk_object(const json::object& item, const std::string& dir, const std::
   const std::string here = at + ".disk";
   FL_ASSIGN_OR_RETURN(std::string path, string_field(o, here, "path"));
   FL_ASSIGN_OR_RETURN(std::string format, string_field(o, here, "format"));
-  if (format != "qcow2" && format != "raw") return bad_field(here, "format", "must be qcow2 or raw");
+  if (format != "qcow2" && format != "raw")
+    return bad_field(here, "format", "must be qcow2 or raw");
   FL_ASSIGN_OR_RETURN(g.sha256_disk, sha_field(o, here, "sha256"));
   FL_ASSIGN_OR_RETURN(uint64_t recorded_size, size_field(o, here, "virtual_size"));
   FL_ASSIGN_OR_RETURN(g.disk_bytes, size_field(o, here, "bytes"));
   FL_ASSIGN_OR_RETURN(g.disk, resolve_file(dir, here, "path", path));
   auto info = hypervisor::check_os_disk(g.disk);
-  if (!info.ok()) return make_error(info.condition(), "image " + image + ": " + info.error().message);
+  if (!info.ok())
+    return make_error(info.condition(), "image " + image + ": " + info.error().message);
   if (info->format != format) {
-    return make_error(Condition::invalid_argument, "image " + image + ": the manifest says " + format +
-                                                       " but " + g.disk + " is " + info->format);
+    return make_error(Condition::invalid_argument, "image " + image + ": the manifest says " +
+                                                       format + " but " + g.disk + " is " +
+                                                       info->format);
   }
   if (recorded_size != 0 && recorded_size != info->virtual_size) {
     return make_error(Condition::invalid_argument,
@@ -584,13 +588,16 @@ Result<GuestImageInfo> disk_entry(const json::object& item, const std::string& d
   GuestImageInfo g;
   FL_ASSIGN_OR_RETURN(g.version, string_field(item, at, "name"));
   if (!valid_image_version(g.version))
-    return bad_field(at, "name", "'" + g.version + "' must be 1-64 of [A-Za-z0-9._-], not '.' or '..'");
+    return bad_field(at, "name",
+                     "'" + g.version + "' must be 1-64 of [A-Za-z0-9._-], not '.' or '..'");
   const std::string image = "image " + g.version;
   FL_ASSIGN_OR_RETURN(g.boot, string_field(item, at, "boot"));
-  if (g.boot != "kernel" && g.boot != "disk") return bad_field(at, "boot", "must be \"kernel\" or \"disk\"");
+  if (g.boot != "kernel" && g.boot != "disk")
+    return bad_field(at, "boot", "must be \"kernel\" or \"disk\"");
   if (item.contains("firmware")) {
     FL_ASSIGN_OR_RETURN(g.firmware, string_field(item, at, "firmware"));
-    if (g.firmware != "bios" && g.firmware != "efi") return bad_field(at, "firmware", "must be \"bios\" or \"efi\"");
+    if (g.firmware != "bios" && g.firmware != "efi")
+      return bad_field(at, "firmware", "must be \"bios\" or \"efi\"");
   }
   if (auto* c = item.if_contains("cmdline")) {
     if (!c->is_string()) return bad_field(at, "cmdline", "must be a string");
@@ -602,8 +609,10 @@ Result<GuestImageInfo> disk_entry(const json::object& item, const std::string& d
   FL_RETURN_IF_ERROR(file_object(item, dir, at, "initrd", g.initrd, g.sha256_initrd));
   if (g.boot == "kernel") {
     for (auto [what, have] : {std::pair{"a kernel", !g.kernel.empty()},
-                              {"an initrd", !g.initrd.empty()}, {"a cmdline", !g.cmdline.empty()}}) {
-      if (!have) return make_error(Condition::invalid_argument, image + ": boot: kernel needs " + what);
+                              {"an initrd", !g.initrd.empty()},
+                              {"a cmdline", !g.cmdline.empty()}}) {
+      if (!have)
+        return make_error(Condition::invalid_argument, image + ": boot: kernel needs " + what);
     }
   }
   FL_RETURN_IF_ERROR(disk_object(item, dir, at, g.version, g));
@@ -614,7 +623,8 @@ Result<GuestImageInfo> disk_entry(const json::object& item, const std::string& d
 
 std::string cmdline_problem(const std::string& cmdline) {
   if (cmdline.size() > kMaxCmdline)
-    return "is " + std::to_string(cmdline.size()) + " bytes long (at most " + std::to_string(kMaxCmdline) + ")";
+    return "is " + std::to_string(cmdline.size()) + " bytes long (at most " +
+           std::to_string(kMaxCmdline) + ")";
   for (unsigned char c : cmdline) {
     if (c == '\n' || c == '\r') return "must be one line";
     if (c < 0x20 || c > 0x7e) return "must be printable ASCII";
@@ -696,9 +706,10 @@ Result<GuestImageInfo> GuestImageStore::verify(const std::string& version) const
     std::error_code ec;
     auto size = fs::file_size(*file, ec);
     if (!ec && std::string_view(what) == "disk" && g.disk_bytes != 0 && size != g.disk_bytes) {
-      return make_error(Condition::invalid_argument,
-                        "guest image " + version + ": disk " + *file + " is " + std::to_string(size) +
-                            " bytes, the manifest says " + std::to_string(g.disk_bytes));
+      return make_error(Condition::invalid_argument, "guest image " + version + ": disk " + *file +
+                                                         " is " + std::to_string(size) +
+                                                         " bytes, the manifest says " +
+                                                         std::to_string(g.disk_bytes));
     }
     auto h = sha256_file(*file);
     if (!h.ok())

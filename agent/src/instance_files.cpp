@@ -33,7 +33,8 @@ Status copy_if_changed(const std::string& from, const std::string& to) {
   if (!ec) fs::rename(tmp, to, ec);
   if (ec) {
     fs::remove(tmp, ec);
-    return make_error(Condition::transient, "cannot copy " + from + " to " + to + ": " + ec.message());
+    return make_error(Condition::transient,
+                      "cannot copy " + from + " to " + to + ": " + ec.message());
   }
   return {};
 }
@@ -44,12 +45,14 @@ std::string instance_files_dir(const std::string& vm_dir, const std::string& nam
   return vm_dir + "/" + name + ".d";
 }
 
-Result<hypervisor::BootImage> private_boot_files(const std::string& dir, const GuestImageInfo& image) {
+Result<hypervisor::BootImage> private_boot_files(const std::string& dir,
+                                                 const GuestImageInfo& image) {
   if (image.kernel.empty()) return hypervisor::BootImage{};  // boot: disk
   const std::string boot_dir = dir + "/boot-" + image.version;
   std::error_code ec;
   fs::create_directories(boot_dir, ec);
-  if (ec) return make_error(Condition::transient, "cannot create " + boot_dir + ": " + ec.message());
+  if (ec)
+    return make_error(Condition::transient, "cannot create " + boot_dir + ": " + ec.message());
   hypervisor::BootImage boot{boot_dir + "/vmlinuz", boot_dir + "/initrd.img", ""};
   FL_RETURN_IF_ERROR(copy_if_changed(image.kernel, boot.kernel));
   if (!image.initrd.empty()) {
@@ -71,21 +74,25 @@ Result<std::string> create_os_overlay(const std::string& dir, const GuestImageIn
   return path;
 }
 
-Status check_firmware(const GuestImageInfo& image, const std::string& code, const std::string& vars_template) {
+Status check_firmware(const GuestImageInfo& image, const std::string& code,
+                      const std::string& vars_template) {
   if (image.firmware != "efi") return {};
-  for (const auto& [what, path] : {std::pair{"code", &code}, {"variable store template", &vars_template}}) {
+  for (const auto& [what, path] :
+       {std::pair{"code", &code}, {"variable store template", &vars_template}}) {
     std::error_code ec;
     if (path->empty() || !fs::is_regular_file(*path, ec)) {
-      return make_error(Condition::not_found, "image " + image.version + " needs UEFI firmware, but its " + what +
-                                                  " " + (path->empty() ? "(no path given)" : *path) +
-                                                  " is not there (Debian package ovmf; testbed/setup.sh installs it)");
+      return make_error(Condition::not_found,
+                        "image " + image.version + " needs UEFI firmware, but its " + what + " " +
+                            (path->empty() ? "(no path given)" : *path) +
+                            " is not there (Debian package ovmf; testbed/setup.sh installs it)");
     }
   }
   return {};
 }
 
 Result<hypervisor::Firmware> instance_firmware(const std::string& dir, const GuestImageInfo& image,
-                                               const std::string& code, const std::string& vars_template) {
+                                               const std::string& code,
+                                               const std::string& vars_template) {
   if (image.firmware != "efi") return hypervisor::Firmware{};
   FL_RETURN_IF_ERROR(check_firmware(image, code, vars_template));
   const std::string nvram = dir + "/efivars.fd";
@@ -100,8 +107,9 @@ Result<hypervisor::Firmware> instance_firmware(const std::string& dir, const Gue
     if (!ec) fs::rename(tmp, nvram, ec);
     if (ec) {
       fs::remove(tmp, ec);
-      return make_error(Condition::transient,
-                        "cannot copy the UEFI variable store " + vars_template + " to " + nvram + ": " + ec.message());
+      return make_error(Condition::transient, "cannot copy the UEFI variable store " +
+                                                  vars_template + " to " + nvram + ": " +
+                                                  ec.message());
     }
   }
   return hypervisor::Firmware{code, nvram};
@@ -115,11 +123,13 @@ Status ensure_data_disk(const std::string& path, uint64_t bytes) {
   }
   if (file_size_or_zero(path) >= bytes) return {};
   fs::resize_file(path, bytes, ec);  // sparse: no block is written
-  if (ec) return make_error(Condition::transient, "cannot size data disk " + path + ": " + ec.message());
+  if (ec)
+    return make_error(Condition::transient, "cannot size data disk " + path + ": " + ec.message());
   return {};
 }
 
-uint64_t bytes_needed(const GuestImageInfo& image, uint64_t data_disk_bytes, bool data_disk_exists) {
+uint64_t bytes_needed(const GuestImageInfo& image, uint64_t data_disk_bytes,
+                      bool data_disk_exists) {
   uint64_t need = data_disk_exists ? 0 : data_disk_bytes;
   need += file_size_or_zero(image.kernel) + file_size_or_zero(image.initrd);
   need += image.disk_virtual_size;
@@ -133,11 +143,12 @@ Status check_disk_reserve(const std::string& dir, uint64_t need, uint64_t reserv
   }
   const uint64_t free_bytes = static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
   if (free_bytes < need + reserve) {
-    return make_error(Condition::invalid_state,
-                      "not enough disk space in " + dir + ": " + std::to_string(free_bytes / kMiB) +
-                          " MiB free, the instance may take " + std::to_string((need + kMiB - 1) / kMiB) +
-                          " MiB and " + std::to_string(reserve / kMiB) +
-                          " MiB must stay free (--disk-reserve-mib)");
+    return make_error(Condition::invalid_state, "not enough disk space in " + dir + ": " +
+                                                    std::to_string(free_bytes / kMiB) +
+                                                    " MiB free, the instance may take " +
+                                                    std::to_string((need + kMiB - 1) / kMiB) +
+                                                    " MiB and " + std::to_string(reserve / kMiB) +
+                                                    " MiB must stay free (--disk-reserve-mib)");
   }
   return {};
 }
@@ -147,9 +158,11 @@ void remove_unused_files(const std::string& dir, const std::set<std::string>& ke
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     const std::string path = e.path().string();
     const std::string file = e.path().filename().string();
-    const bool ours = file.rfind("boot-", 0) == 0 || (file.rfind("os-", 0) == 0 && e.path().extension() == ".qcow2");
+    const bool ours = file.rfind("boot-", 0) == 0 ||
+                      (file.rfind("os-", 0) == 0 && e.path().extension() == ".qcow2");
     bool kept = keep.count(path) > 0;
-    for (const auto& k : keep) kept = kept || k.rfind(path + "/", 0) == 0;  // a file in a kept boot-*
+    for (const auto& k : keep)
+      kept = kept || k.rfind(path + "/", 0) == 0;  // a file in a kept boot-*
     if (ours && !kept) fs::remove_all(e.path(), ec);
   }
 }

@@ -37,7 +37,8 @@ std::string instance_files_dir(const std::string& vm_dir, const std::string& nam
 
 // Copies `image`'s kernel and initrd into <dir>/boot-<version>/ (again when a copy's size
 // differs from the image's) and returns their paths; cmdline is left empty.
-Result<hypervisor::BootImage> private_boot_files(const std::string& dir, const GuestImageInfo& image);
+Result<hypervisor::BootImage> private_boot_files(const std::string& dir,
+                                                 const GuestImageInfo& image);
 
 // Creates <dir>/os-<version>-<gen>.qcow2 backed by image.disk: already_exists if it is there,
 // unless `replace_stale` (a reimage redone after a crash: no guest ever ran on that overlay).
@@ -49,9 +50,11 @@ Result<std::string> create_os_overlay(const std::string& dir, const GuestImageIn
 // and the image. check_firmware only checks (before anything of an instance is made);
 // instance_firmware also copies the template to <dir>/efivars.fd unless that file is there (the
 // guest's own variables are never overwritten).
-Status check_firmware(const GuestImageInfo& image, const std::string& code, const std::string& vars_template);
+Status check_firmware(const GuestImageInfo& image, const std::string& code,
+                      const std::string& vars_template);
 Result<hypervisor::Firmware> instance_firmware(const std::string& dir, const GuestImageInfo& image,
-                                               const std::string& code, const std::string& vars_template);
+                                               const std::string& code,
+                                               const std::string& vars_template);
 
 // Creates a sparse data disk of `bytes`, or grows a smaller one (never shrinks, never rewrites).
 Status ensure_data_disk(const std::string& path, uint64_t bytes);

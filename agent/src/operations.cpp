@@ -20,9 +20,9 @@
 #include <thread>
 
 #include "agent_impl.hpp"
-#include "instance_files.hpp"
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/logging.hpp"
+#include "instance_files.hpp"
 
 namespace fabriclab::agent {
 
@@ -114,12 +114,14 @@ Status HostAgent::Impl::notify_guests(Job& job, const OperationRecord& op,
     case OperationKind::host_os:
       if (req.memory_preserving) {
         ev.event_type = "Freeze";
-        ev.description = "Host OS update (memory-preserving): the VM is paused and resumed, not rebooted";
+        ev.description =
+            "Host OS update (memory-preserving): the VM is paused and resumed, not rebooted";
         // The pause: the emulated host reboot plus a save and a restore (~2 s each under TCG).
         ev.duration_seconds = static_cast<int>((opt.boot_delay.count() + 999) / 1000) + 4;
       } else {
         ev.event_type = "Reboot";
-        ev.description = "Host OS update: the VM is shut down and started again after the host reboots";
+        ev.description =
+            "Host OS update: the VM is shut down and started again after the host reboots";
       }
       break;
     case OperationKind::guest_os:
@@ -145,8 +147,11 @@ Status HostAgent::Impl::notify_guests(Job& job, const OperationRecord& op,
       if (slots[name].link || (rec && !rec->address.empty())) waiting.push_back(name);
     }
   }
-  publish("job.notified", {{"job", job.id}, {"event_id", op.event_id}, {"event_type", type},
-                           {"notice_ms", req.notice_ms}, {"guests", json::value_from(guests)}});
+  publish("job.notified", {{"job", job.id},
+                           {"event_id", op.event_id},
+                           {"event_type", type},
+                           {"notice_ms", req.notice_ms},
+                           {"guests", json::value_from(guests)}});
   // Wait for every approval or the notice to run out (approvals let maintenance start early).
   std::unique_lock lock(mu);
   wait_until(lock, deadline, [&] {
@@ -157,7 +162,8 @@ Status HostAgent::Impl::notify_guests(Job& job, const OperationRecord& op,
     return true;
   });
   if (event) {
-    for (const auto& [name, at] : event->approved) report_of(job, name)->ack_ms = ms_between(sent, at);
+    for (const auto& [name, at] : event->approved)
+      report_of(job, name)->ack_ms = ms_between(sent, at);
   }
   return {};
 }
@@ -232,7 +238,9 @@ void HostAgent::Impl::rollback_stopped(OperationRecord& op, const std::string& w
   (void)for_each_guest(op.running_before, false, [&](const std::string& name) -> Status {
     auto s = ensure_running(name);
     if (!s.ok()) {
-      publish("instance.state", {{"name", name}, {"status", to_string(InstanceStatus::failed)}, {"reason", s.error().message}});
+      publish("instance.state", {{"name", name},
+                                 {"status", to_string(InstanceStatus::failed)},
+                                 {"reason", s.error().message}});
     }
     return s;
   });
@@ -290,8 +298,10 @@ void HostAgent::Impl::restart_failed_guests() {
     std::unique_lock lv(lv_mu, std::try_to_lock);
     if (!lv.owns_lock()) return;
     auto s = start_guest(name);
-    publish("instance.restarted", {{"name", name}, {"reason", "its VM stopped on its own"},
-                                   {"ok", s.ok()}, {"error", s.ok() ? "" : s.error().message}});
+    publish("instance.restarted", {{"name", name},
+                                   {"reason", "its VM stopped on its own"},
+                                   {"ok", s.ok()},
+                                   {"error", s.ok() ? "" : s.error().message}});
   }
 }
 
@@ -304,24 +314,34 @@ void HostAgent::Impl::run_job(const std::string& id, bool resumed) {
     op = *state.operation;
   }
   job.step = std::string(to_string(op.step));
-  publish("job.started", {{"job", id}, {"request", agent::to_json(op.request)}, {"resumed", resumed}});
+  publish("job.started",
+          {{"job", id}, {"request", agent::to_json(op.request)}, {"resumed", resumed}});
   Status result;
   bool rolled_back = false;
-  if (resumed && op.step >= UpdateStep::stopping_guests && op.step < UpdateStep::verifying) resume_event(op);
+  if (resumed && op.step >= UpdateStep::stopping_guests && op.step < UpdateStep::verifying)
+    resume_event(op);
   if (resumed && op.step <= UpdateStep::stopping_guests) {
     rollback_stopped(op, "the agent restarted during " + std::string(to_string(op.step)));
-    result = make_error(Condition::cancelled, "the agent restarted during " + std::string(to_string(op.step)) +
-                                                  "; rolled back: the guests it had stopped were started again");
+    result = make_error(Condition::cancelled,
+                        "the agent restarted during " + std::string(to_string(op.step)) +
+                            "; rolled back: the guests it had stopped were started again");
     rolled_back = true;
   } else {
     switch (op.request.kind) {
-      case OperationKind::host_os: result = run_host_os(job, op, resumed); break;
-      case OperationKind::guest_os: result = run_guest_os(job, op, resumed); break;
-      case OperationKind::freeze: result = run_freeze(job, op); break;
+      case OperationKind::host_os:
+        result = run_host_os(job, op, resumed);
+        break;
+      case OperationKind::guest_os:
+        result = run_guest_os(job, op, resumed);
+        break;
+      case OperationKind::freeze:
+        result = run_freeze(job, op);
+        break;
     }
   }
   // A failure before anything was swapped leaves stopped guests behind: start them again.
-  if (!result.ok() && !rolled_back && op.step <= UpdateStep::stopping_guests && !op.stopped.empty()) {
+  if (!result.ok() && !rolled_back && op.step <= UpdateStep::stopping_guests &&
+      !op.stopped.empty()) {
     rollback_stopped(op, result.error().message);
   }
   // Wait (bounded) for the guests to be healthy again before reporting the host Ready.
@@ -336,7 +356,9 @@ void HostAgent::Impl::run_job(const std::string& id, bool resumed) {
     all_up = for_each_guest(op.running_before, false, up).ok();
   }
   // Offline: the hypervisor could not be reached again (a host that did not come back).
-  const HostState end_state = !connected ? HostState::offline : all_up ? HostState::ready : HostState::unhealthy;
+  const HostState end_state = !connected ? HostState::offline
+                              : all_up   ? HostState::ready
+                                         : HostState::unhealthy;
   {
     std::lock_guard lock(mu);
     for (const auto& name : op.running_before) {
@@ -344,7 +366,8 @@ void HostAgent::Impl::run_job(const std::string& id, bool resumed) {
       if (r->image_after.empty()) record_after(*r, slots[name]);
     }
     job.status = result.ok() ? JobStatus::succeeded
-                            : (result.condition() == Condition::cancelled ? JobStatus::cancelled : JobStatus::failed);
+                             : (result.condition() == Condition::cancelled ? JobStatus::cancelled
+                                                                           : JobStatus::failed);
     if (!result.ok()) job.error = result.error().message;
     job.finished_at = rfc3339_now();
     job.host_image_after = state.host_image;
@@ -358,7 +381,10 @@ void HostAgent::Impl::run_job(const std::string& id, bool resumed) {
   logger("agent")->info("[host:{}][job:{}] {}{}", opt.host_id, id, to_string(job.status),
                         job.error.empty() ? "" : ": " + job.error);
   end_event();
-  publish("job.done", {{"job", id}, {"status", to_string(job.status)}, {"error", job.error}, {"result", job.to_json()}});
+  publish("job.done", {{"job", id},
+                       {"status", to_string(job.status)},
+                       {"error", job.error},
+                       {"result", job.to_json()}});
   publish("host.state", {{"state", to_string(end_state)}, {"step", "None"}});
   {
     // Idle only now, so that whoever waits for it sees the final events too.
@@ -368,8 +394,8 @@ void HostAgent::Impl::run_job(const std::string& id, bool resumed) {
   cv.notify_all();
 }
 
-Result<std::map<std::string, Clock::time_point>> HostAgent::Impl::start_stopped(Job& job,
-                                                                               OperationRecord& op) {
+Result<std::map<std::string, Clock::time_point>> HostAgent::Impl::start_stopped(
+    Job& job, OperationRecord& op) {
   std::map<std::string, Clock::time_point> started;
   if (op.step != UpdateStep::starting_guests) return started;  // resumed past this step
   std::mutex m;
@@ -389,7 +415,8 @@ Status HostAgent::Impl::notify_and_stop(Job& job, OperationRecord& op, const Sto
   capture_before(job, op.running_before);
   set_step(job, op, UpdateStep::notifying);
   FL_RETURN_IF_ERROR(notify_guests(job, op, op.running_before));
-  if (cancelled(job)) return make_error(Condition::cancelled, "cancelled before any guest was stopped");
+  if (cancelled(job))
+    return make_error(Condition::cancelled, "cancelled before any guest was stopped");
   set_step(job, op, UpdateStep::stopping_guests);
   std::vector<std::string> to_stop;
   for (const auto& name : op.running_before) {
@@ -421,7 +448,8 @@ Status HostAgent::Impl::notify_and_stop(Job& job, OperationRecord& op, const Sto
 
 Status HostAgent::Impl::verify_started(Job& job, OperationRecord& op,
                                        const std::map<std::string, Clock::time_point>& started,
-                                       const std::string& expect_image, const OnUnhealthy& unhealthy,
+                                       const std::string& expect_image,
+                                       const OnUnhealthy& unhealthy,
                                        const std::function<void(const std::string&)>& done) {
   // Every report exists before the workers start: each touches only its own.
   std::map<std::string, GuestReport*> reports;
@@ -456,29 +484,31 @@ Status HostAgent::Impl::run_host_os(Job& job, OperationRecord& op, bool resumed)
       verified = host_store->verify(req.target);
     }
     if (auto& v = verified; !v.ok()) {
-      return make_error(v.condition(), "host image '" + req.target + "' refused: " + v.error().message);
+      return make_error(v.condition(),
+                        "host image '" + req.target + "' refused: " + v.error().message);
     }
-    FL_RETURN_IF_ERROR(notify_and_stop(job, op, [&](const std::string& name, GuestReport& r) -> Status {
-      std::shared_lock lv(lv_mu);
-      if (req.memory_preserving) {
-        auto t0 = Clock::now();
-        FL_ASSIGN_OR_RETURN(auto d, domain(name));
-        FL_RETURN_IF_ERROR(d.managed_save());
-        r.stop_method = "saved";
-        r.stop_ms = ms_between(t0, Clock::now());
-        std::lock_guard lock(mu);
-        slots[name].expect_running = false;
-        slots[name].domain_state = DomainState::shut_off;
-        slots[name].status = InstanceStatus::stopped;
-        if (slots[name].sim) slots[name].sim->pause();
-      } else {
-        FL_ASSIGN_OR_RETURN(auto stopped, stop_guest(name, false));
-        r.stop_method = std::string(hypervisor::to_string(stopped.method));
-        r.stop_ms = stopped.elapsed.count();
-      }
-      drop_link(name);
-      return {};
-    }));
+    FL_RETURN_IF_ERROR(
+        notify_and_stop(job, op, [&](const std::string& name, GuestReport& r) -> Status {
+          std::shared_lock lv(lv_mu);
+          if (req.memory_preserving) {
+            auto t0 = Clock::now();
+            FL_ASSIGN_OR_RETURN(auto d, domain(name));
+            FL_RETURN_IF_ERROR(d.managed_save());
+            r.stop_method = "saved";
+            r.stop_ms = ms_between(t0, Clock::now());
+            std::lock_guard lock(mu);
+            slots[name].expect_running = false;
+            slots[name].domain_state = DomainState::shut_off;
+            slots[name].status = InstanceStatus::stopped;
+            if (slots[name].sim) slots[name].sim->pause();
+          } else {
+            FL_ASSIGN_OR_RETURN(auto stopped, stop_guest(name, false));
+            r.stop_method = std::string(hypervisor::to_string(stopped.method));
+            r.stop_ms = stopped.elapsed.count();
+          }
+          drop_link(name);
+          return {};
+        }));
   }
   if (op.step < UpdateStep::swapping_image) set_step(job, op, UpdateStep::swapping_image);
   if (op.step == UpdateStep::swapping_image) {
@@ -515,18 +545,20 @@ Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed
   const auto& req = op.request;
   FL_ASSIGN_OR_RETURN(auto target, guest_store->verify(req.target));
   if (!resumed) {
-    FL_RETURN_IF_ERROR(notify_and_stop(job, op, [&](const std::string& name, GuestReport& r) -> Status {
-      std::shared_lock lv(lv_mu);
-      FL_ASSIGN_OR_RETURN(auto stopped, stop_guest(name, false));
-      r.stop_method = std::string(hypervisor::to_string(stopped.method));
-      r.stop_ms = stopped.elapsed.count();
-      return {};
-    }));
+    FL_RETURN_IF_ERROR(
+        notify_and_stop(job, op, [&](const std::string& name, GuestReport& r) -> Status {
+          std::shared_lock lv(lv_mu);
+          FL_ASSIGN_OR_RETURN(auto stopped, stop_guest(name, false));
+          r.stop_method = std::string(hypervisor::to_string(stopped.method));
+          r.stop_ms = stopped.elapsed.count();
+          return {};
+        }));
     set_step(job, op, UpdateStep::swapping_image);
   }
   // Edits a copy of the instance's record with `change`, redefines the stopped domain from it and
   // persists the record with the operation.
-  auto redefine_with = [&](const std::string& name, const std::function<Status(InstanceRecord&)>& change) -> Status {
+  auto redefine_with = [&](const std::string& name,
+                           const std::function<Status(InstanceRecord&)>& change) -> Status {
     std::lock_guard lv(lv_mu);
     InstanceRecord rec;
     {
@@ -551,11 +583,14 @@ Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed
         op.previous_guest_image[name] = rec.meta.image;
         op.previous_os_disk[name] = rec.os_disk;
       }
-      if (rec.meta.image == img.version && rec.os_disk != op.previous_os_disk[name]) return {};  // done
+      if (rec.meta.image == img.version && rec.os_disk != op.previous_os_disk[name])
+        return {};  // done
       if (!img.builtin()) {
-        FL_RETURN_IF_ERROR(check_disk_reserve(vm_dir(), bytes_needed(img, 0, true), opt.disk_reserve_mib << 20));
-        FL_ASSIGN_OR_RETURN(rec.os_disk, create_os_overlay(instance_files_dir(vm_dir(), name), img, rec.os_gen + 1,
-                                                          /*replace_stale=*/true));
+        FL_RETURN_IF_ERROR(
+            check_disk_reserve(vm_dir(), bytes_needed(img, 0, true), opt.disk_reserve_mib << 20));
+        FL_ASSIGN_OR_RETURN(
+            rec.os_disk, create_os_overlay(instance_files_dir(vm_dir(), name), img, rec.os_gen + 1,
+                                           /*replace_stale=*/true));
         ++rec.os_gen;
       } else {
         rec.os_disk.clear();
@@ -600,11 +635,14 @@ Status HostAgent::Impl::run_guest_os(Job& job, OperationRecord& op, bool resumed
         back = start_guest(name);
       }
       if (back.ok()) back = wait_healthy(name, again, opt.boot_timeout, prev, "");
-      r.error += back.ok() ? "; rolled back to " + prev : "; rollback to " + prev + " failed: " + back.error().message;
-      publish("instance.rolled_back", {{"name", name}, {"image", prev}, {"ok", back.ok()}, {"reason", s.error().message}});
+      r.error += back.ok() ? "; rolled back to " + prev
+                           : "; rollback to " + prev + " failed: " + back.error().message;
+      publish("instance.rolled_back",
+              {{"name", name}, {"image", prev}, {"ok", back.ok()}, {"reason", s.error().message}});
     }
-    return make_error(s.condition(), name + " not healthy on guest image " + req.target + " (" + s.error().message +
-                                         "); " + r.error.substr(r.error.find(';') + 2));
+    return make_error(s.condition(), name + " not healthy on guest image " + req.target + " (" +
+                                         s.error().message + "); " +
+                                         r.error.substr(r.error.find(';') + 2));
   };
   return verify_started(job, op, started, req.target, roll_back,
                         [&](const std::string& name) { drop_unused_files(name); });
@@ -615,7 +653,8 @@ Status HostAgent::Impl::run_freeze(Job& job, OperationRecord& op) {
   capture_before(job, op.running_before);
   set_step(job, op, UpdateStep::notifying);
   FL_RETURN_IF_ERROR(notify_guests(job, op, op.running_before));
-  if (cancelled(job)) return make_error(Condition::cancelled, "cancelled before any guest was frozen");
+  if (cancelled(job))
+    return make_error(Condition::cancelled, "cancelled before any guest was frozen");
   set_step(job, op, UpdateStep::stopping_guests);
   std::map<std::string, Clock::time_point> last_before;
   {
@@ -682,13 +721,14 @@ Result<json::object> HostAgent::start_operation(const OperationRequest& request)
     std::lock_guard store(p.store_mu);
     FL_RETURN_IF_ERROR(p.host_store->verify(request.target));
   }
-  if (request.kind == OperationKind::guest_os) FL_RETURN_IF_ERROR(p.guest_store->get(request.target));
+  if (request.kind == OperationKind::guest_os)
+    FL_RETURN_IF_ERROR(p.guest_store->get(request.target));
   std::unique_lock lock(p.mu);
   if (p.state.state != HostState::ready || !p.active_job.empty()) {
-    return make_error(Condition::invalid_state, "host " + p.opt.host_id + " is " +
-                                                    std::string(to_string(p.state.state)) +
-                                                    (p.active_job.empty() ? "" : " (job " + p.active_job + ")") +
-                                                    ": one operation at a time, from Ready");
+    return make_error(Condition::invalid_state,
+                      "host " + p.opt.host_id + " is " + std::string(to_string(p.state.state)) +
+                          (p.active_job.empty() ? "" : " (job " + p.active_job + ")") +
+                          ": one operation at a time, from Ready");
   }
   if (p.worker.joinable()) {
     lock.unlock();
@@ -726,7 +766,8 @@ Result<json::object> HostAgent::start_operation(const OperationRequest& request)
 Result<json::object> HostAgent::job_json(const std::string& id) const {
   std::lock_guard lock(impl_->mu);
   auto it = impl_->jobs.find(id);
-  if (it == impl_->jobs.end()) return make_error(Condition::not_found, "job '" + id + "' not found");
+  if (it == impl_->jobs.end())
+    return make_error(Condition::not_found, "job '" + id + "' not found");
   return it->second.to_json();
 }
 
@@ -740,9 +781,11 @@ json::array HostAgent::jobs_json() const {
 Status HostAgent::cancel(const std::string& id) {
   std::lock_guard lock(impl_->mu);
   auto it = impl_->jobs.find(id);
-  if (it == impl_->jobs.end()) return make_error(Condition::not_found, "job '" + id + "' not found");
+  if (it == impl_->jobs.end())
+    return make_error(Condition::not_found, "job '" + id + "' not found");
   if (it->second.status != JobStatus::running) {
-    return make_error(Condition::invalid_state, "job '" + id + "' is " + std::string(to_string(it->second.status)));
+    return make_error(Condition::invalid_state,
+                      "job '" + id + "' is " + std::string(to_string(it->second.status)));
   }
   it->second.cancel_requested = true;
   impl_->cv.notify_all();

@@ -52,8 +52,12 @@ std::string new_boot_id() {
 
 SimGuest::SimGuest(std::string socket_path, std::string counter_file,
                    std::chrono::milliseconds period, std::chrono::milliseconds drain, bool ack)
-    : socket_path_(std::move(socket_path)), counter_file_(std::move(counter_file)),
-      period_(period), drain_(drain), ack_(ack), wake_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+    : socket_path_(std::move(socket_path)),
+      counter_file_(std::move(counter_file)),
+      period_(period),
+      drain_(drain),
+      ack_(ack),
+      wake_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
 
 SimGuest::~SimGuest() {
   power_off(false);
@@ -236,7 +240,8 @@ void SimGuest::run() {
     pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {client_fd_ >= 0 ? client_fd_ : listen_fd_, POLLIN, 0}};
     int timeout = -1;
     if (mode_ != "fail-app") {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(next_beat - Clock::now()).count();
+      auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(next_beat - Clock::now()).count();
       timeout = static_cast<int>(std::clamp<int64_t>(left + 1, 0, 60000));
     }
     for (const auto& [id, due] : pending_acks_) {

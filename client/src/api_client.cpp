@@ -3,9 +3,8 @@
 
 #include <signal.h>
 
-#include <boost/json.hpp>
-
 #include <algorithm>
+#include <boost/json.hpp>
 #include <thread>
 
 #include "fabriclab/common/http_client.hpp"
@@ -40,8 +39,8 @@ bool sleep_unless_interrupted(std::chrono::milliseconds d) {
   while (!interrupted()) {
     auto now = std::chrono::steady_clock::now();
     if (now >= until) return true;
-    std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(until - now,
-                                                                              std::chrono::milliseconds(50)));
+    std::this_thread::sleep_for(
+        std::min<std::chrono::steady_clock::duration>(until - now, std::chrono::milliseconds(50)));
   }
   return false;
 }
@@ -52,7 +51,8 @@ Result<OrchestratorClient> OrchestratorClient::from_url(const std::string& url, 
   while (t.ends_with("/")) t.remove_suffix(1);
   auto colon = t.rfind(':');
   if (colon == std::string_view::npos || colon == 0 || t.find('/') != std::string_view::npos) {
-    return make_error(Condition::invalid_argument, "orchestrator URL '" + url + "' must be http://HOST:PORT");
+    return make_error(Condition::invalid_argument,
+                      "orchestrator URL '" + url + "' must be http://HOST:PORT");
   }
   int port = 0;
   try {
@@ -63,7 +63,8 @@ Result<OrchestratorClient> OrchestratorClient::from_url(const std::string& url, 
     port = 0;
   }
   if (port < 1 || port > 65535) {
-    return make_error(Condition::invalid_argument, "orchestrator URL '" + url + "' has no valid port");
+    return make_error(Condition::invalid_argument,
+                      "orchestrator URL '" + url + "' has no valid port");
   }
   OrchestratorClient c;
   c.host_ = std::string(t.substr(0, colon));
@@ -72,9 +73,12 @@ Result<OrchestratorClient> OrchestratorClient::from_url(const std::string& url, 
   return c;
 }
 
-Result<json::value> OrchestratorClient::get(const std::string& target) const { return call("GET", target, ""); }
+Result<json::value> OrchestratorClient::get(const std::string& target) const {
+  return call("GET", target, "");
+}
 
-Result<json::value> OrchestratorClient::post(const std::string& target, const json::value& body) const {
+Result<json::value> OrchestratorClient::post(const std::string& target,
+                                             const json::value& body) const {
   return call("POST", target, json::serialize(body));
 }
 
@@ -86,7 +90,8 @@ Result<std::string> OrchestratorClient::call_raw(std::string_view method, const 
                                                  const std::string& body) const {
   const std::string what = std::string(method) + " " + url() + target;
   // A POST may create and boot VMs on the agents (services, healing): give it longer.
-  auto timeout = method == "POST" ? std::max(timeout_, std::chrono::milliseconds(120000)) : timeout_;
+  auto timeout =
+      method == "POST" ? std::max(timeout_, std::chrono::milliseconds(120000)) : timeout_;
   auto r = http::request(host_, port_, method, target, body, token_, timeout);
   if (!r.ok()) return make_error(r.error().condition, what + ": " + r.error().message);
   if (r->status >= 200 && r->status <= 299) return std::move(r->body);
@@ -99,7 +104,8 @@ Result<std::string> OrchestratorClient::call_raw(std::string_view method, const 
   auto parsed = parse_json(r->body, kMaxAnswer, kMaxDepth, "answer");
   if (parsed.ok() && parsed->is_object()) {
     if (auto* e = parsed->as_object().if_contains("error"); e && e->is_object()) {
-      if (auto* m = e->as_object().if_contains("message"); m && m->is_string()) msg += ": " + std::string(m->as_string());
+      if (auto* m = e->as_object().if_contains("message"); m && m->is_string())
+        msg += ": " + std::string(m->as_string());
     }
   }
   return make_error(c, what + ": " + msg);
@@ -110,7 +116,8 @@ Result<json::value> OrchestratorClient::call(std::string_view method, const std:
   FL_ASSIGN_OR_RETURN(auto text, call_raw(method, target, body));
   auto parsed = parse_json(text, kMaxAnswer, kMaxDepth, "answer");
   if (!parsed.ok()) {
-    return make_error(Condition::internal, std::string(method) + " " + url() + target + ": " + parsed.error().message);
+    return make_error(Condition::internal,
+                      std::string(method) + " " + url() + target + ": " + parsed.error().message);
   }
   return std::move(parsed).value();
 }

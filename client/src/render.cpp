@@ -1,10 +1,10 @@
 // The terminal renderers (render.hpp).
 #include "fabriclab/client/render.hpp"
 
-#include <boost/json.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <boost/json.hpp>
 #include <map>
 #include <set>
 
@@ -43,8 +43,9 @@ std::string render_drill(const json::object& d, int width, std::optional<int64_t
     if (h.is_object()) host_status[str(h.as_object(), "host")] = str(h.as_object(), "status");
   }
   const auto& batches = arr(d, "batches");
-  std::string out = fmt::format("drill {} {}: {} -> {}, {} batches (lower bound {})", str(d, "id"), str(d, "state"),
-                                str(d, "kind"), str(d, "target"), batches.size(), int_or(d, "lower_bound", 0));
+  std::string out = fmt::format("drill {} {}: {} -> {}, {} batches (lower bound {})", str(d, "id"),
+                                str(d, "state"), str(d, "kind"), str(d, "target"), batches.size(),
+                                int_or(d, "lower_bound", 0));
   if (auto r = str(d, "reason"); !r.empty()) out += "\n  reason: " + r;
   out += "\n";
   for (const auto& bv : batches) {
@@ -60,8 +61,9 @@ std::string render_drill(const json::object& d, int width, std::optional<int64_t
       if (st == "done" || st == "skipped") ++done;
       hosts += " " + id + (st.empty() || st == "pending" ? "" : ":" + st);
     }
-    out += fmt::format("  batch {:>2}/{} {} {}/{} {:<8}{}\n", int_or(b, "index", 0) + 1, batches.size(),
-                       bar(done, total, width), done, total, str(b, "status"), hosts);
+    out +=
+        fmt::format("  batch {:>2}/{} {} {}/{} {:<8}{}\n", int_or(b, "index", 0) + 1,
+                    batches.size(), bar(done, total, width), done, total, str(b, "status"), hosts);
   }
   for (const auto& n : arr(d, "notes")) {
     if (n.is_string()) out += "  note: " + std::string(n.as_string()) + "\n";
@@ -115,7 +117,8 @@ std::string render_grid(const json::array& instances, const json::array& hosts) 
   for (const auto& h : hosts) {
     if (!h.is_object()) continue;
     const auto& o = h.as_object();
-    out += fmt::format(" {}(FD{} {} {})", str(o, "id"), int_or(o, "fd", 0), str(o, "state"), str(o, "host_image"));
+    out += fmt::format(" {}(FD{} {} {})", str(o, "id"), int_or(o, "fd", 0), str(o, "state"),
+                       str(o, "host_image"));
   }
   out += "\n(+ healthy, ! not healthy)\n";
   return out;

@@ -5,8 +5,8 @@
 
 #include <boost/json.hpp>
 
-#include "fabriclab/common/json_get.hpp"
 #include "fabriclab/client/render.hpp"
+#include "fabriclab/common/json_get.hpp"
 
 namespace fabriclab::client {
 

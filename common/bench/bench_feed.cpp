@@ -43,7 +43,6 @@
 // line, the two phases in order and the output.
 
 #include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <boost/json.hpp>
 #include <cstdio>
@@ -70,8 +69,9 @@ constexpr double kTargetP99Ms = 20;
 
 // The command line into `o`; false (and `code` set) when the program ends here (--help, an error).
 bool parse_options(int argc, char** argv, Options& o, int& code) {
-  CLI::App app{"Websocket feed latency: N loopback subscribers while a simulated drill publishes, "
-               "without and then with one subscriber that never reads"};
+  CLI::App app{
+      "Websocket feed latency: N loopback subscribers while a simulated drill publishes, "
+      "without and then with one subscriber that never reads"};
   app.add_option("-s,--subscribers", o.subscribers, "Reading subscribers")
       ->check(CLI::Range(1, 5000));
   app.add_option("-n,--events", o.events, "Events published in each of the two phases")
@@ -91,8 +91,9 @@ bool parse_options(int argc, char** argv, Options& o, int& code) {
       ->check(CLI::IsMember({"raw", "beast"}));
   app.add_option("--client-threads", o.client_threads, "Client io threads")
       ->check(CLI::Range(1, 16));
-  app.add_option("--ws-queue", o.ws_queue, "Server Limits::max_ws_queue (events behind before "
-                                           "a subscriber is cut off)")
+  app.add_option("--ws-queue", o.ws_queue,
+                 "Server Limits::max_ws_queue (events behind before "
+                 "a subscriber is cut off)")
       ->check(CLI::Range(1, 1 << 20));
   app.add_option("--stall-rcvbuf", o.stall_rcvbuf, "SO_RCVBUF of the stalled subscriber")
       ->check(CLI::Range(0, 1 << 24));
@@ -175,8 +176,8 @@ void print_text(const Outcome& r) {
   for (const auto& [why, n] : r.closed_reasons) {
     std::printf("  %d readers ended early: %s\n", n, why.c_str());
   }
-  std::printf("target p99 <= %.0f ms with and without the stalled one, no loss: %s\n",
-              kTargetP99Ms, r.target_met ? "met" : "NOT met");
+  std::printf("target p99 <= %.0f ms with and without the stalled one, no loss: %s\n", kTargetP99Ms,
+              r.target_met ? "met" : "NOT met");
 }
 
 }  // namespace

@@ -52,7 +52,8 @@ int64_t find_uint(std::string_view text, std::string_view key) {
 double cpu_seconds() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+  return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
+         (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
 double client_cpu_seconds() {
@@ -100,25 +101,23 @@ void Subscriber::do_connect(tcp::endpoint ep) {
   if (!ec && rcvbuf_ > 0) sock.set_option(net::socket_base::receive_buffer_size(rcvbuf_), ec);
   if (ec) return fail("socket", ec);
   // Loopback connects at once or is refused; the handshake has its own timeout.
-  sock.async_connect(
-      ep, [self = shared_from_this(), ep](error_code ec) {
-        if (ec) return self->fail("connect", ec);
-        self->ws_.set_option(
-            websocket::stream_base::timeout::suggested(beast::role_type::client));
-        self->ws_.set_option(websocket::stream_base::decorator([](websocket::request_type& r) {
-          r.set(beast::http::field::authorization, std::string("Bearer ") + kToken);
-        }));
-        self->ws_.async_handshake("127.0.0.1:" + std::to_string(ep.port()), kPath,
-                                  [self](error_code ec) {
-                                    if (ec) return self->fail("handshake", ec);
-                                    if (self->stalled_ || !self->raw_) {
-                                      self->state = 1;
-                                      if (!self->stalled_) self->do_read();
-                                      return;
-                                    }
-                                    self->read_snapshot_then_raw();
-                                  });
-      });
+  sock.async_connect(ep, [self = shared_from_this(), ep](error_code ec) {
+    if (ec) return self->fail("connect", ec);
+    self->ws_.set_option(websocket::stream_base::timeout::suggested(beast::role_type::client));
+    self->ws_.set_option(websocket::stream_base::decorator([](websocket::request_type& r) {
+      r.set(beast::http::field::authorization, std::string("Bearer ") + kToken);
+    }));
+    self->ws_.async_handshake("127.0.0.1:" + std::to_string(ep.port()), kPath,
+                              [self](error_code ec) {
+                                if (ec) return self->fail("handshake", ec);
+                                if (self->stalled_ || !self->raw_) {
+                                  self->state = 1;
+                                  if (!self->stalled_) self->do_read();
+                                  return;
+                                }
+                                self->read_snapshot_then_raw();
+                              });
+  });
 }
 
 void Subscriber::do_read() {
@@ -151,7 +150,8 @@ void Subscriber::record(std::string_view text, int64_t t) {
   if (sent < 0) return;
   int64_t seq = find_uint(text, "\"seq\":");
   int64_t us = std::max<int64_t>(0, (t - sent) / 1000);
-  samples.push_back({static_cast<uint32_t>(seq), static_cast<uint32_t>(std::min<int64_t>(us, UINT32_MAX))});
+  samples.push_back(
+      {static_cast<uint32_t>(seq), static_cast<uint32_t>(std::min<int64_t>(us, UINT32_MAX))});
   last_seq.store(seq, std::memory_order_release);
 }
 
@@ -266,10 +266,11 @@ std::vector<std::shared_ptr<Subscriber>> connect_readers(const Options& o, net::
   }
   double connect_s = std::chrono::duration<double>(Clock::now() - t_connect).count();
   if (!o.json) {
-    std::printf("%d subscribers connected in %.2f s; server io threads %d, client io threads %d; "
-                "%d events per phase at %.0f/s in bursts of %d; max_ws_queue %zu\n",
-                o.subscribers, connect_s, o.server_threads, o.client_threads, o.events, o.rate,
-                o.burst, o.ws_queue);
+    std::printf(
+        "%d subscribers connected in %.2f s; server io threads %d, client io threads %d; "
+        "%d events per phase at %.0f/s in bursts of %d; max_ws_queue %zu\n",
+        o.subscribers, connect_s, o.server_threads, o.client_threads, o.events, o.rate, o.burst,
+        o.ws_queue);
     std::fflush(stdout);
   }
   return readers;
@@ -278,7 +279,8 @@ std::vector<std::shared_ptr<Subscriber>> connect_readers(const Options& o, net::
 // The subscriber that completes the upgrade and never reads (phase b), connected.
 std::shared_ptr<Subscriber> connect_stalled(const Options& o, net::io_context& cioc,
                                             const tcp::endpoint& ep) {
-  auto stalled = std::make_shared<Subscriber>(cioc, o.client_threads > 1, true, false, o.stall_rcvbuf);
+  auto stalled =
+      std::make_shared<Subscriber>(cioc, o.client_threads > 1, true, false, o.stall_rcvbuf);
   stalled->start(ep);
   for (auto deadline = Clock::now() + 10s; stalled->state == 0;) {
     if (Clock::now() > deadline) die("the stalled subscriber did not connect");

@@ -33,10 +33,12 @@ class Subscriber : public std::enable_shared_from_this<Subscriber> {
 
   // One client thread needs no strand (its dispatch is client cost counted in the latency).
   Subscriber(net::io_context& ioc, bool strand, bool stalled, bool raw, int rcvbuf)
-      : ws_(strand ? net::any_io_executor(net::make_strand(ioc)) : net::any_io_executor(ioc.get_executor())),
-        timer_(ws_.get_executor()), stalled_(stalled), raw_(raw),
-        rcvbuf_(rcvbuf) {
-  }
+      : ws_(strand ? net::any_io_executor(net::make_strand(ioc))
+                   : net::any_io_executor(ioc.get_executor())),
+        timer_(ws_.get_executor()),
+        stalled_(stalled),
+        raw_(raw),
+        rcvbuf_(rcvbuf) {}
 
   void start(tcp::endpoint ep);
 
@@ -92,7 +94,6 @@ class Subscriber : public std::enable_shared_from_this<Subscriber> {
   bool raw_;
   int rcvbuf_;
 };
-
 
 // The client side: one io_context run by `threads` threads (their ids recorded for the CPU
 // figures), kept alive until stop().

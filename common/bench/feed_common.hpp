@@ -55,11 +55,13 @@ class DrillSim {
   static json::object snapshot() {
     json::array hosts;
     for (int h = 0; h < 8; ++h) {
-      hosts.push_back(json::object{{"name", host(h)}, {"fault_domain", h % kFds},
-                                   {"state", "healthy"}, {"instances", kPerHost}});
+      hosts.push_back(json::object{{"name", host(h)},
+                                   {"fault_domain", h % kFds},
+                                   {"state", "healthy"},
+                                   {"instances", kPerHost}});
     }
-    return json::object{{"drill", "drill-bench"}, {"phase", "running"}, {"hosts", hosts},
-                        {"host_count", kHosts}};
+    return json::object{
+        {"drill", "drill-bench"}, {"phase", "running"}, {"hosts", hosts}, {"host_count", kHosts}};
   }
 
   // The next event of the drill: type and fields (without t_ns).

@@ -45,8 +45,8 @@ PhaseResult run_phase(const Options& o, EventFeed& feed, DrillSim& drill,
   auto deadline = published + 5s;
   for (;;) {
     bool all = std::all_of(readers.begin(), readers.end(), [&](const auto& s) {
-      return s->state != 1 || s->last_seq.load(std::memory_order_acquire) >=
-                                  static_cast<int64_t>(r.last_seq);
+      return s->state != 1 ||
+             s->last_seq.load(std::memory_order_acquire) >= static_cast<int64_t>(r.last_seq);
     });
     if (all || Clock::now() > deadline) break;
     std::this_thread::sleep_for(1ms);
@@ -107,15 +107,17 @@ json::object figures(const PhaseResult& r) {
 }
 
 void print_phase(const char* name, const PhaseResult& r) {
-  std::printf("%s: p50 %.2f ms, p99 %.2f ms, max %.2f ms; received %llu of %llu (lost %llu, "
-              "misordered %llu); readers closed %d\n",
-              name, r.p50_ms, r.p99_ms, r.max_ms, static_cast<unsigned long long>(r.received),
-              static_cast<unsigned long long>(r.expected),
-              static_cast<unsigned long long>(r.expected - r.received),
-              static_cast<unsigned long long>(r.misordered), r.readers_ended);
-  std::printf("  %llu events published in %.2f s, readers caught up %.1f ms later; process CPU "
-              "%.2f cores (client io threads %.2f), %.1f us per delivery\n",
-              static_cast<unsigned long long>(r.events), r.publish_s, r.drain_ms, r.cpu_cores,
-              r.client_cores, r.us_per_delivery);
+  std::printf(
+      "%s: p50 %.2f ms, p99 %.2f ms, max %.2f ms; received %llu of %llu (lost %llu, "
+      "misordered %llu); readers closed %d\n",
+      name, r.p50_ms, r.p99_ms, r.max_ms, static_cast<unsigned long long>(r.received),
+      static_cast<unsigned long long>(r.expected),
+      static_cast<unsigned long long>(r.expected - r.received),
+      static_cast<unsigned long long>(r.misordered), r.readers_ended);
+  std::printf(
+      "  %llu events published in %.2f s, readers caught up %.1f ms later; process CPU "
+      "%.2f cores (client io threads %.2f), %.1f us per delivery\n",
+      static_cast<unsigned long long>(r.events), r.publish_s, r.drain_ms, r.cpu_cores,
+      r.client_cores, r.us_per_delivery);
 }
 }  // namespace fabriclab::bench_feed

@@ -18,15 +18,15 @@ struct PhaseResult {
   uint64_t first_seq = 0, last_seq = 0;
   double p50_ms = 0, p99_ms = 0, max_ms = 0;
   uint64_t expected = 0, received = 0;
-  int readers_ended = 0;      // readers the server closed during the phase (should be 0)
-  uint64_t events = 0;        // published in the phase
-  uint64_t misordered = 0;    // samples whose seq was not above the reader's previous one
-  double publish_s = 0;       // wall time of the publishing loop
-  double cpu_cores = 0;       // process CPU / wall over the phase
-  double client_cores = 0;    // ... of which the client io threads
-  double cpu_s = 0;           // process CPU over the phase
-  double us_per_delivery = 0; // process CPU per event received by a reader (server + client)
-  double drain_ms = 0;        // after the last publish, until every reader had the last event
+  int readers_ended = 0;        // readers the server closed during the phase (should be 0)
+  uint64_t events = 0;          // published in the phase
+  uint64_t misordered = 0;      // samples whose seq was not above the reader's previous one
+  double publish_s = 0;         // wall time of the publishing loop
+  double cpu_cores = 0;         // process CPU / wall over the phase
+  double client_cores = 0;      // ... of which the client io threads
+  double cpu_s = 0;             // process CPU over the phase
+  double us_per_delivery = 0;   // process CPU per event received by a reader (server + client)
+  double drain_ms = 0;          // after the last publish, until every reader had the last event
   double cut_off_after_s = -1;  // stalled phase: when the feed dropped the stalled subscription
   int64_t cut_off_after_events = -1;  // ... and how many events into the phase
 };

@@ -77,7 +77,8 @@ std::string describe_status(int status) {
 // "HOST:PORT" -> the address; nullopt unless the port is 1..65535.
 std::optional<ListenAddress> parse_endpoint(std::string_view ep) {
   auto colon = ep.rfind(':');
-  if (colon == std::string_view::npos || colon == 0 || colon + 1 >= ep.size() || colon + 6 < ep.size())
+  if (colon == std::string_view::npos || colon == 0 || colon + 1 >= ep.size() ||
+      colon + 6 < ep.size())
     return std::nullopt;
   int port = 0;
   for (char c : ep.substr(colon + 1)) {
@@ -106,7 +107,8 @@ std::string what_it_printed(const ChildProcess& c) {
   while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
   std::string s = out.empty() ? "; it printed nothing on stdout (" + c.stdout_path + ")"
                               : "; its stdout (" + c.stdout_path + ") began: '" + out + "'";
-  if (!c.stderr_path.empty()) s += "; its log (" + c.stderr_path + ") ends:\n" + file_tail(c.stderr_path);
+  if (!c.stderr_path.empty())
+    s += "; its log (" + c.stderr_path + ") ends:\n" + file_tail(c.stderr_path);
   return s;
 }
 
@@ -151,8 +153,8 @@ Result<ChildProcess> spawn_child(const std::vector<std::string>& argv, const Spa
   f.out = ::open(o.stdout_path.c_str(),
                  O_WRONLY | O_CREAT | O_CLOEXEC | (o.append_stdout ? O_APPEND : O_TRUNC), 0644);
   if (f.out < 0)
-    return make_error(Condition::transient, "cannot open " + o.stdout_path + " for " + name +
-                                                ": " + std::strerror(errno));
+    return make_error(Condition::transient, "cannot open " + o.stdout_path + " for " + name + ": " +
+                                                std::strerror(errno));
   if (o.append_stdout) c.stdout_offset = file_size(o.stdout_path);
   if (!o.stderr_path.empty()) {
     f.err = ::open(o.stderr_path.c_str(),
@@ -162,7 +164,9 @@ Result<ChildProcess> spawn_child(const std::vector<std::string>& argv, const Spa
                                                   ": " + std::strerror(errno));
   }
   f.null = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (f.null < 0) return make_error(Condition::transient, std::string("cannot open /dev/null: ") + std::strerror(errno));
+  if (f.null < 0)
+    return make_error(Condition::transient,
+                      std::string("cannot open /dev/null: ") + std::strerror(errno));
 
   std::vector<char*> args;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
@@ -172,7 +176,9 @@ Result<ChildProcess> spawn_child(const std::vector<std::string>& argv, const Spa
   const pid_t parent = ::getpid();
 
   pid_t pid = ::fork();
-  if (pid < 0) return make_error(Condition::transient, "cannot start " + name + ": fork: " + std::strerror(errno));
+  if (pid < 0)
+    return make_error(Condition::transient,
+                      "cannot start " + name + ": fork: " + std::strerror(errno));
   if (pid == 0) {
     if (o.die_with_parent) {
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -210,9 +216,9 @@ Result<ListenAddress> wait_listening(const ChildProcess& c, std::chrono::millise
     }
     if (cancelled && cancelled()) return make_error(Condition::cancelled, "interrupted");
     if (Clock::now() >= deadline) {
-      return make_error(Condition::timeout, c.name + " did not print 'listening HOST:PORT' within " +
-                                                std::to_string(timeout.count()) + " ms" +
-                                                what_it_printed(c));
+      return make_error(Condition::timeout,
+                        c.name + " did not print 'listening HOST:PORT' within " +
+                            std::to_string(timeout.count()) + " ms" + what_it_printed(c));
     }
     std::this_thread::sleep_for(20ms);
   }

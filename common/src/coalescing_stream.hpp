@@ -21,13 +21,6 @@
 // resumes from on_flushed. A flush that makes no progress for long is the owner's watchdog's
 // business (stuck_for()). All members are used on the socket's strand only.
 
-#include <chrono>
-#include <functional>
-#include <memory>
-#include <string>
-#include <string_view>
-#include <utility>
-
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/buffer.hpp>
@@ -37,6 +30,12 @@
 #include <boost/beast/core/bind_handler.hpp>
 #include <boost/beast/core/role.hpp>
 #include <boost/beast/websocket/teardown.hpp>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
 
 namespace fabriclab::http {
 
@@ -47,7 +46,8 @@ class CoalescingStream {
   using executor_type = tcp::socket::executor_type;
   using next_layer_type = tcp::socket;
 
-  explicit CoalescingStream(tcp::socket socket) : core_(std::make_shared<Core>(std::move(socket))) {}
+  explicit CoalescingStream(tcp::socket socket)
+      : core_(std::make_shared<Core>(std::move(socket))) {}
 
   executor_type get_executor() noexcept { return core_->socket.get_executor(); }
   tcp::socket& next_layer() noexcept { return core_->socket; }

@@ -9,11 +9,10 @@
 #include "fabriclab/common/event_feed.hpp"
 
 #include <algorithm>
-#include <mutex>
-
 #include <boost/json/object.hpp>
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
+#include <mutex>
 
 #include "fabriclab/common/json.hpp"
 

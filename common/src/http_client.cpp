@@ -11,16 +11,11 @@
 #include "fabriclab/common/http_client.hpp"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
-#include <cerrno>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -29,7 +24,11 @@
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/websocket.hpp>
-#include <fmt/format.h>
+#include <cctype>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 
 namespace fabriclab::http {
 namespace net = boost::asio;
@@ -76,7 +75,7 @@ struct Fd {
 };
 
 Error netns_error(std::string_view what, const std::string& path, int err) {
-  Condition c = err == ENOENT   ? Condition::not_found
+  Condition c = err == ENOENT                   ? Condition::not_found
                 : err == EPERM || err == EACCES ? Condition::permission_denied
                                                 : Condition::transient;
   return make_error(c, fmt::format("network namespace {}: {}: {}", path, what, std::strerror(err)));
@@ -88,30 +87,36 @@ Status open_in_netns(tcp::socket& socket, const tcp& protocol, std::string_view 
   Fd target{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
   if (target.fd < 0) return netns_error("cannot open", path, errno);
   Fd own{::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)};
-  if (own.fd < 0) return netns_error("cannot open /proc/thread-self/ns/net to come back from", path, errno);
+  if (own.fd < 0)
+    return netns_error("cannot open /proc/thread-self/ns/net to come back from", path, errno);
   if (::setns(target.fd, CLONE_NEWNET) != 0) return netns_error("cannot enter", path, errno);
   error_code ec;
   socket.open(protocol, ec);
   if (::setns(own.fd, CLONE_NEWNET) != 0) {
-    std::fprintf(stderr, "fabriclab: cannot return from network namespace %s to the thread's own: %s\n",
+    std::fprintf(stderr,
+                 "fabriclab: cannot return from network namespace %s to the thread's own: %s\n",
                  path.c_str(), std::strerror(errno));
     std::abort();
   }
-  if (ec) return make_error(Condition::transient, fmt::format("network namespace {}: cannot open a socket: {}", path, ec.message()));
+  if (ec)
+    return make_error(
+        Condition::transient,
+        fmt::format("network namespace {}: cannot open a socket: {}", path, ec.message()));
   return {};
 }
 
 // Connects `stream` to `host`:`port`. Without a namespace: every resolved endpoint in turn. With
 // one: the socket is opened inside it and only the first endpoint is tried (a range connect
 // closes and reopens the socket per endpoint, in the thread's own namespace).
-Status connect_stream(net::io_context& ioc, beast::tcp_stream& stream, const std::string& host, uint16_t port,
-               std::string_view netns) {
+Status connect_stream(net::io_context& ioc, beast::tcp_stream& stream, const std::string& host,
+                      uint16_t port, std::string_view netns) {
   FL_ASSIGN_OR_RETURN(auto endpoints, resolve(ioc, host, port));
   error_code ec;
   if (netns.empty()) {
     ec = run(ioc, [&](auto h) { stream.async_connect(endpoints, std::move(h)); });
   } else {
-    if (endpoints.empty()) return make_error(Condition::transient, fmt::format("cannot resolve {}:{}", host, port));
+    if (endpoints.empty())
+      return make_error(Condition::transient, fmt::format("cannot resolve {}:{}", host, port));
     tcp::endpoint ep = endpoints.begin()->endpoint();
     FL_RETURN_IF_ERROR(open_in_netns(stream.socket(), ep.protocol(), netns));
     ec = run(ioc, [&](auto h) { stream.async_connect(ep, std::move(h)); });
@@ -130,11 +135,16 @@ std::string lower(std::string_view s) {
 
 Condition condition_for_status(int status) {
   switch (status) {
-    case 400: return Condition::invalid_argument;
-    case 401: return Condition::unauthenticated;
-    case 403: return Condition::permission_denied;
-    case 404: return Condition::not_found;
-    default: return Condition::transient;
+    case 400:
+      return Condition::invalid_argument;
+    case 401:
+      return Condition::unauthenticated;
+    case 403:
+      return Condition::permission_denied;
+    case 404:
+      return Condition::not_found;
+    default:
+      return Condition::transient;
   }
 }
 
@@ -150,7 +160,8 @@ Result<std::string> netns_path(std::string_view netns) {
     if (netns.size() > 255) return bad("path longer than 255");
     if (netns.find("..") != std::string_view::npos) return bad("path with '..'");
     for (char c : netns) {
-      if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f) return bad("whitespace or control character in the path");
+      if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f)
+        return bad("whitespace or control character in the path");
     }
     return std::string(netns);
   }
@@ -196,7 +207,8 @@ Result<ClientResponse> request(const std::string& host, uint16_t port, std::stri
   parser.body_limit(kMaxResponseBody);
   auto read_ec = run(ioc, [&](auto h) { bhttp::async_read(stream, buffer, parser, std::move(h)); });
   if (read_ec) {
-    if (write_ec) return transport(fmt::format("cannot send {} {} to", method, target), host, port, write_ec);
+    if (write_ec)
+      return transport(fmt::format("cannot send {} {} to", method, target), host, port, write_ec);
     return transport(fmt::format("no answer to {} {} from", method, target), host, port, read_ec);
   }
   auto& res = parser.get();
@@ -226,8 +238,7 @@ WsClient::WsClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 WsClient::~WsClient() { close(); }
 
 Result<std::unique_ptr<WsClient>> WsClient::connect(const std::string& host, uint16_t port,
-                                                    std::string_view target,
-                                                    std::string_view token,
+                                                    std::string_view target, std::string_view token,
                                                     std::chrono::milliseconds timeout,
                                                     std::string_view netns) {
   auto impl = std::make_unique<Impl>(host, port);
@@ -250,9 +261,9 @@ Result<std::unique_ptr<WsClient>> WsClient::connect(const std::string& host, uin
   if (ec) {
     if (ec == websocket::error::upgrade_declined) {
       int status = static_cast<int>(res.result_int());
-      return make_error(condition_for_status(status),
-                        fmt::format("websocket upgrade to {} refused: HTTP {}: {}", target,
-                                    status, res.body()));
+      return make_error(
+          condition_for_status(status),
+          fmt::format("websocket upgrade to {} refused: HTTP {}: {}", target, status, res.body()));
     }
     return transport("websocket handshake with", host, port, ec);
   }

@@ -1,7 +1,15 @@
 #pragma once
 // Private to common/src: the server's shared state and the two session kinds.
 
+#include <spdlog/logger.h>
+
 #include <atomic>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
 #include <condition_variable>
 #include <map>
 #include <memory>
@@ -10,14 +18,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/strand.hpp>
-#include <boost/beast/http/message.hpp>
-#include <boost/beast/http/string_body.hpp>
-#include <spdlog/logger.h>
 
 #include "fabriclab/common/http_server.hpp"
 

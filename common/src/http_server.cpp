@@ -12,18 +12,17 @@
 
 #include "fabriclab/common/http_server.hpp"
 
+#include <fmt/format.h>
 #include <pthread.h>
 
 #include <algorithm>
-#include <fstream>
-#include <sstream>
-
 #include <boost/asio/post.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 #include <boost/url/parse.hpp>
-#include <fmt/format.h>
+#include <fstream>
+#include <sstream>
 
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/logging.hpp"
@@ -121,24 +120,36 @@ Response error_response(int status, std::string_view code, std::string_view mess
 
 int status_for(Condition c) {
   switch (c) {
-    case Condition::invalid_argument: return 400;
-    case Condition::not_found: return 404;
-    case Condition::already_exists: return 409;
-    case Condition::invalid_state: return 409;
-    case Condition::unsupported: return 501;
-    case Condition::timeout: return 504;
-    case Condition::transient: return 503;
-    case Condition::cancelled: return 409;
-    case Condition::unauthenticated: return 401;
-    case Condition::permission_denied: return 403;
-    case Condition::internal: return 500;
+    case Condition::invalid_argument:
+      return 400;
+    case Condition::not_found:
+      return 404;
+    case Condition::already_exists:
+      return 409;
+    case Condition::invalid_state:
+      return 409;
+    case Condition::unsupported:
+      return 501;
+    case Condition::timeout:
+      return 504;
+    case Condition::transient:
+      return 503;
+    case Condition::cancelled:
+      return 409;
+    case Condition::unauthenticated:
+      return 401;
+    case Condition::permission_denied:
+      return 403;
+    case Condition::internal:
+      return 500;
   }
   return 500;
 }
 
 Response error_response(const Error& e) {
   Response r = error_response(status_for(e.condition), to_string(e.condition), e.message);
-  if (e.condition == Condition::unauthenticated) r.headers.emplace_back("WWW-Authenticate", "Bearer");
+  if (e.condition == Condition::unauthenticated)
+    r.headers.emplace_back("WWW-Authenticate", "Bearer");
   return r;
 }
 
@@ -182,7 +193,7 @@ std::string bearer_token(const BeastRequest& req) {
 }
 
 bhttp::response<bhttp::string_body> to_beast(const Response& res, unsigned version,
-                                            bool keep_alive) {
+                                             bool keep_alive) {
   bhttp::response<bhttp::string_body> out{static_cast<bhttp::status>(res.status), version};
   out.set(bhttp::field::server, "fabriclab");
   out.set(bhttp::field::content_type, res.content_type);
@@ -240,7 +251,8 @@ Response Server::Impl::handle(Request& req, const Target& target, std::string_vi
       route = &r;
       break;
     }
-    if (allow.find(r.method) == std::string::npos) allow += allow.empty() ? r.method : ", " + r.method;
+    if (allow.find(r.method) == std::string::npos)
+      allow += allow.empty() ? r.method : ", " + r.method;
   }
   if (!route) {
     if (find_events(req.path)) {
@@ -249,9 +261,9 @@ Response Server::Impl::handle(Request& req, const Target& target, std::string_vi
     if (allow.empty()) {
       return error_response(404, "not_found", fmt::format("no such path: {}", req.path));
     }
-    Response r = error_response(405, "method_not_allowed",
-                                fmt::format("{} is not allowed on {} (allowed: {})", req.method,
-                                            req.path, allow));
+    Response r = error_response(
+        405, "method_not_allowed",
+        fmt::format("{} is not allowed on {} (allowed: {})", req.method, req.path, allow));
     r.headers.emplace_back("Allow", allow);
     return r;
   }
@@ -284,19 +296,19 @@ void Server::Impl::remove(uint64_t id) {
 }
 
 void Server::Impl::do_accept() {
-  acceptor->async_accept(net::make_strand(ioc), [this](boost::system::error_code ec,
-                                                       tcp::socket socket) {
-    if (ec == net::error::operation_aborted || !acceptor->is_open()) return;
-    if (ec) {
-      // EMFILE and friends: keep accepting; the next attempt may succeed.
-      log->warn("accept failed: {}", ec.message());
-    } else if (stopping) {
-      socket.close(ec);
-    } else {
-      start_http_session(*this, std::move(socket));
-    }
-    do_accept();
-  });
+  acceptor->async_accept(net::make_strand(ioc),
+                         [this](boost::system::error_code ec, tcp::socket socket) {
+                           if (ec == net::error::operation_aborted || !acceptor->is_open()) return;
+                           if (ec) {
+                             // EMFILE and friends: keep accepting; the next attempt may succeed.
+                             log->warn("accept failed: {}", ec.message());
+                           } else if (stopping) {
+                             socket.close(ec);
+                           } else {
+                             start_http_session(*this, std::move(socket));
+                           }
+                           do_accept();
+                         });
 }
 
 // Server

@@ -6,6 +6,8 @@
 // closing a socket with unread input makes the kernel send RST, which can destroy the response
 // before the client has read it.
 
+#include <fmt/format.h>
+
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/write.hpp>
@@ -17,8 +19,6 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/write.hpp>
 #include <boost/beast/websocket/rfc6455.hpp>
-#include <fmt/format.h>
-
 #include <cctype>
 
 #include "http_internal.hpp"
@@ -58,8 +58,8 @@ class HttpSession : public Session, public std::enable_shared_from_this<HttpSess
   // The server is full or stopping: a short canned answer. The socket is fresh, so this small
   // write fits in the kernel buffer and does not block the acceptor.
   void refuse() {
-    auto res = to_beast(error_response(503, "unavailable", "too many connections; retry later"),
-                        11, false);
+    auto res = to_beast(error_response(503, "unavailable", "too many connections; retry later"), 11,
+                        false);
     error_code ec;
     bhttp::write(stream_.socket(), res, ec);
     stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
@@ -145,8 +145,8 @@ class HttpSession : public Session, public std::enable_shared_from_this<HttpSess
     std::optional<uint64_t> since;
     if (auto it = target.query.find("since"); it != target.query.end()) {
       const std::string& s = it->second;
-      bool digits = !s.empty() && s.size() <= 19 &&
-                    s.find_first_not_of("0123456789") == std::string::npos;
+      bool digits =
+          !s.empty() && s.size() <= 19 && s.find_first_not_of("0123456789") == std::string::npos;
       if (!digits) return fail(400, "invalid_argument", "since must be a sequence number");
       since = std::stoull(s);
     }
@@ -172,13 +172,13 @@ class HttpSession : public Session, public std::enable_shared_from_this<HttpSess
   }
 
   void write(const Response& res, unsigned version, bool keep_alive) {
-    res_ = std::make_shared<bhttp::response<bhttp::string_body>>(
-        to_beast(res, version, keep_alive));
+    res_ =
+        std::make_shared<bhttp::response<bhttp::string_body>>(to_beast(res, version, keep_alive));
     writing_ = true;
     stream_.expires_after(srv_.limits.write_timeout);
-    bhttp::async_write(stream_, *res_,
-                       beast::bind_front_handler(&HttpSession::on_write, shared_from_this(),
-                                                 res_->keep_alive()));
+    bhttp::async_write(
+        stream_, *res_,
+        beast::bind_front_handler(&HttpSession::on_write, shared_from_this(), res_->keep_alive()));
   }
 
   void on_write(bool keep_alive, error_code ec, std::size_t) {

@@ -1,18 +1,20 @@
 #include "fabriclab/common/json.hpp"
 
+#include <fmt/format.h>
+
+#include <boost/json/error.hpp>
+#include <boost/json/parse.hpp>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
 
-#include <boost/json/error.hpp>
-#include <boost/json/parse.hpp>
-#include <fmt/format.h>
-
 namespace fabriclab {
 namespace {
 
-Error bad(std::string message) { return make_error(Condition::invalid_argument, std::move(message)); }
+Error bad(std::string message) {
+  return make_error(Condition::invalid_argument, std::move(message));
+}
 
 // The field's value, or nullptr when it is missing or null.
 const json::value* find(const json::object& o, std::string_view field) {
@@ -199,8 +201,8 @@ std::string rfc3339(std::chrono::system_clock::time_point t) {
   }
   std::tm tm{};
   gmtime_r(&secs, &tm);
-  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", tm.tm_year + 1900,
-                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, millis);
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", tm.tm_year + 1900, tm.tm_mon + 1,
+                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, millis);
 }
 
 std::string rfc3339_now() { return rfc3339(std::chrono::system_clock::now()); }
@@ -222,7 +224,8 @@ std::optional<int64_t> parse_rfc3339_ms(std::string_view s) {
   int64_t ms = 0;
   if (t.size() > 20 && t[19] == '.') {
     int digits = 0;
-    for (size_t i = 20; i < t.size() && std::isdigit(static_cast<unsigned char>(t[i])) && digits < 3;
+    for (size_t i = 20;
+         i < t.size() && std::isdigit(static_cast<unsigned char>(t[i])) && digits < 3;
          ++i, ++digits) {
       ms = ms * 10 + (t[i] - '0');
     }

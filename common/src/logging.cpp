@@ -1,8 +1,8 @@
 #include "fabriclab/common/logging.hpp"
 
-#include <mutex>
-
 #include <spdlog/sinks/stdout_color_sinks.h>
+
+#include <mutex>
 
 namespace fabriclab {
 namespace {

@@ -6,17 +6,28 @@ namespace fabriclab {
 
 std::string_view to_string(Condition c) {
   switch (c) {
-    case Condition::invalid_argument: return "invalid_argument";
-    case Condition::not_found: return "not_found";
-    case Condition::already_exists: return "already_exists";
-    case Condition::invalid_state: return "invalid_state";
-    case Condition::unsupported: return "unsupported";
-    case Condition::timeout: return "timeout";
-    case Condition::transient: return "transient";
-    case Condition::cancelled: return "cancelled";
-    case Condition::unauthenticated: return "unauthenticated";
-    case Condition::permission_denied: return "permission_denied";
-    case Condition::internal: return "internal";
+    case Condition::invalid_argument:
+      return "invalid_argument";
+    case Condition::not_found:
+      return "not_found";
+    case Condition::already_exists:
+      return "already_exists";
+    case Condition::invalid_state:
+      return "invalid_state";
+    case Condition::unsupported:
+      return "unsupported";
+    case Condition::timeout:
+      return "timeout";
+    case Condition::transient:
+      return "transient";
+    case Condition::cancelled:
+      return "cancelled";
+    case Condition::unauthenticated:
+      return "unauthenticated";
+    case Condition::permission_denied:
+      return "permission_denied";
+    case Condition::internal:
+      return "internal";
   }
   return "internal";
 }

@@ -24,8 +24,6 @@
 // flight has waited. Closing sends a close frame and gives the peer a short grace period (an
 // exact deadline on the same timer) before the socket is cut.
 
-#include <deque>
-
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -35,6 +33,7 @@
 #include <boost/beast/websocket.hpp>
 #include <boost/json/object.hpp>
 #include <boost/json/value.hpp>
+#include <deque>
 
 #include "coalescing_stream.hpp"
 #include "fabriclab/common/json.hpp"
@@ -130,12 +129,12 @@ class WsSession : public Session, public std::enable_shared_from_this<WsSession>
     // thread: it posts to our strand.
     EventFeed::Subscribed subscribed;
     try {
-      subscribed = feed_->subscribe(
-          since_, srv_.limits.max_ws_queue, [w = weak_from_this(), ex = ws_.get_executor()] {
-            net::post(ex, [w] {
-              if (auto self = w.lock()) self->pump();
-            });
-          });
+      subscribed = feed_->subscribe(since_, srv_.limits.max_ws_queue,
+                                    [w = weak_from_this(), ex = ws_.get_executor()] {
+                                      net::post(ex, [w] {
+                                        if (auto self = w.lock()) self->pump();
+                                      });
+                                    });
     } catch (const std::exception& e) {  // the owner's snapshot function failed
       srv_.log->error("{}: websocket snapshot failed: {}", remote_, e.what());
       return do_close(websocket::close_code::internal_error, "snapshot failed");
@@ -147,8 +146,7 @@ class WsSession : public Session, public std::enable_shared_from_this<WsSession>
     out_.assign(subscribed.initial.begin(), subscribed.initial.end());
     watchdog();
     srv_.log->debug("{}: websocket subscribed ({}; {} initial messages)", remote_,
-                    since_ ? (subscribed.resync ? "resync" : "resume") : "snapshot",
-                    out_.size());
+                    since_ ? (subscribed.resync ? "resync" : "resume") : "snapshot", out_.size());
     do_read();
     pump();
   }
@@ -170,8 +168,8 @@ class WsSession : public Session, public std::enable_shared_from_this<WsSession>
     std::string text = beast::buffers_to_string(rbuf_.data());
     rbuf_.consume(rbuf_.size());
     // Client messages are untrusted; anything but a well-formed ping is ignored.
-    auto msg = parse_json_object(text, srv_.limits.max_ws_message, srv_.limits.max_json_depth,
-                                 "message");
+    auto msg =
+        parse_json_object(text, srv_.limits.max_ws_message, srv_.limits.max_json_depth, "message");
     const json::value* type = msg ? msg->if_contains("type") : nullptr;
     if (type && type->is_string() && type->get_string() == "ping") {
       out_.push_back(pong_message());

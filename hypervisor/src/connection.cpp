@@ -12,9 +12,11 @@
 // without systemd has neither machined nor delegated cgroups, and the testbed owns every file the
 // guests touch) and without virtlogd (a daemon nobody started).
 
+#include "fabriclab/hypervisor/connection.hpp"
+
+#include <grp.h>
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
-#include <grp.h>
 #include <pwd.h>
 #include <unistd.h>
 
@@ -27,7 +29,6 @@
 #include <mutex>
 
 #include "fabriclab/common/logging.hpp"
-#include "fabriclab/hypervisor/connection.hpp"
 #include "libvirt_error.hpp"
 
 namespace fabriclab::hypervisor {
@@ -49,16 +50,26 @@ constexpr size_t kRecentEvents = 512;
 
 LifecycleKind kind_of(int event) {
   switch (event) {
-    case VIR_DOMAIN_EVENT_DEFINED: return LifecycleKind::defined;
-    case VIR_DOMAIN_EVENT_UNDEFINED: return LifecycleKind::undefined;
-    case VIR_DOMAIN_EVENT_STARTED: return LifecycleKind::started;
-    case VIR_DOMAIN_EVENT_SUSPENDED: return LifecycleKind::suspended;
-    case VIR_DOMAIN_EVENT_RESUMED: return LifecycleKind::resumed;
-    case VIR_DOMAIN_EVENT_STOPPED: return LifecycleKind::stopped;
-    case VIR_DOMAIN_EVENT_SHUTDOWN: return LifecycleKind::shutdown;
-    case VIR_DOMAIN_EVENT_PMSUSPENDED: return LifecycleKind::pm_suspended;
-    case VIR_DOMAIN_EVENT_CRASHED: return LifecycleKind::crashed;
-    default: return LifecycleKind::other;
+    case VIR_DOMAIN_EVENT_DEFINED:
+      return LifecycleKind::defined;
+    case VIR_DOMAIN_EVENT_UNDEFINED:
+      return LifecycleKind::undefined;
+    case VIR_DOMAIN_EVENT_STARTED:
+      return LifecycleKind::started;
+    case VIR_DOMAIN_EVENT_SUSPENDED:
+      return LifecycleKind::suspended;
+    case VIR_DOMAIN_EVENT_RESUMED:
+      return LifecycleKind::resumed;
+    case VIR_DOMAIN_EVENT_STOPPED:
+      return LifecycleKind::stopped;
+    case VIR_DOMAIN_EVENT_SHUTDOWN:
+      return LifecycleKind::shutdown;
+    case VIR_DOMAIN_EVENT_PMSUSPENDED:
+      return LifecycleKind::pm_suspended;
+    case VIR_DOMAIN_EVENT_CRASHED:
+      return LifecycleKind::crashed;
+    default:
+      return LifecycleKind::other;
   }
 }
 
@@ -91,9 +102,14 @@ int on_lifecycle(virConnectPtr, virDomainPtr dom, int event, int detail, void* o
 void on_agent_lifecycle(virConnectPtr, virDomainPtr dom, int state, int reason, void* opaque) {
   LifecycleKind kind;
   switch (state) {
-    case VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED: kind = LifecycleKind::agent_connected; break;
-    case VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_DISCONNECTED: kind = LifecycleKind::agent_disconnected; break;
-    default: return;  // a state newer than this code: nothing a subscriber could act on
+    case VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED:
+      kind = LifecycleKind::agent_connected;
+      break;
+    case VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_DISCONNECTED:
+      kind = LifecycleKind::agent_disconnected;
+      break;
+    default:
+      return;  // a state newer than this code: nothing a subscriber could act on
   }
   publish(**static_cast<std::shared_ptr<Connection::Hub>*>(opaque), dom, kind, reason);
 }
@@ -127,7 +143,8 @@ Status prepare_embed_root(const std::string& root) {
   }
   std::error_code ec;
   fs::create_directories(root + "/etc", ec);
-  if (ec) return make_error(Condition::transient, "cannot create " + root + "/etc: " + ec.message());
+  if (ec)
+    return make_error(Condition::transient, "cannot create " + root + "/etc: " + ec.message());
   const std::string conf = root + "/etc/qemu.conf";
   if (fs::exists(conf)) return {};
   const passwd* pw = getpwuid(geteuid());
@@ -153,14 +170,15 @@ Status precheck_uri(const std::string& uri) {
   }
   for (char c : uri) {
     if (static_cast<unsigned char>(c) < 0x20 || c == ' ') {
-      return make_error(Condition::invalid_argument, "hypervisor URI contains a space or control character");
+      return make_error(Condition::invalid_argument,
+                        "hypervisor URI contains a space or control character");
     }
   }
   // An unknown scheme would otherwise be handed to a libvirtd that may not exist, and the user
   // would read "cannot connect socket" for a typo.
   const std::string scheme = uri.substr(0, uri.find("://"));
-  static const char* kDrivers[] = {"test", "qemu", "lxc", "xen", "libxl", "vbox", "bhyve", "ch",
-                                   "esx", "vpx", "hyperv", "openvz", "vz", "remote"};
+  static const char* kDrivers[] = {"test", "qemu", "lxc", "xen",    "libxl",  "vbox", "bhyve",
+                                   "ch",   "esx",  "vpx", "hyperv", "openvz", "vz",   "remote"};
   bool known = scheme.find('+') != std::string::npos;  // driver+transport: a remote daemon
   for (const char* d : kDrivers) known = known || scheme == d;
   if (!known) {
@@ -221,9 +239,9 @@ Status Connection::init() {
     domain_type_ = "qemu";
   }
   auto* opaque = new std::shared_ptr<Hub>(hub_);
-  callback_id_ = virConnectDomainEventRegisterAny(
-      conn_, nullptr, VIR_DOMAIN_EVENT_ID_LIFECYCLE, VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle), opaque,
-      delete_hub_ref);
+  callback_id_ = virConnectDomainEventRegisterAny(conn_, nullptr, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                                  VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle), opaque,
+                                                  delete_hub_ref);
   if (callback_id_ < 0) {
     delete opaque;
     return last_error("cannot register lifecycle events on '" + uri_ + "'");
@@ -235,8 +253,8 @@ Status Connection::init() {
       VIR_DOMAIN_EVENT_CALLBACK(on_agent_lifecycle), agent_opaque, delete_hub_ref);
   if (agent_callback_id_ < 0) {
     delete agent_opaque;
-    logger("hypervisor")->debug("no agent lifecycle events on {}: {}", uri_,
-                                last_error("register").message);
+    logger("hypervisor")
+        ->debug("no agent lifecycle events on {}: {}", uri_, last_error("register").message);
   }
   logger("hypervisor")->debug("opened {} (domain type {})", uri_, domain_type_);
   return {};
@@ -262,7 +280,8 @@ Result<Domain> Connection::define(const DomainSpec& spec) {
 }
 
 Result<Domain> Connection::define_xml(const std::string& xml) {
-  if (xml.size() > 1024 * 1024) return make_error(Condition::invalid_argument, "domain XML larger than 1 MiB");
+  if (xml.size() > 1024 * 1024)
+    return make_error(Condition::invalid_argument, "domain XML larger than 1 MiB");
   virDomainPtr d = virDomainDefineXML(conn_, xml.c_str());
   if (!d) return last_error("cannot define domain");
   char uuid[VIR_UUID_STRING_BUFLEN] = {};
@@ -324,7 +343,8 @@ bool Connection::wait_for_event(const std::string& uuid, uint64_t after_seq,
                                 std::chrono::milliseconds max_wait) {
   std::unique_lock lock(hub_->mu);
   return hub_->cv.wait_for(lock, max_wait, [&] {
-    for (auto it = hub_->recent.rbegin(); it != hub_->recent.rend() && it->first > after_seq; ++it) {
+    for (auto it = hub_->recent.rbegin(); it != hub_->recent.rend() && it->first > after_seq;
+         ++it) {
       if (it->second == uuid) return true;
     }
     return false;
@@ -333,42 +353,66 @@ bool Connection::wait_for_event(const std::string& uuid, uint64_t after_seq,
 
 std::string_view to_string(DomainState s) {
   switch (s) {
-    case DomainState::no_state: return "no_state";
-    case DomainState::running: return "running";
-    case DomainState::blocked: return "blocked";
-    case DomainState::paused: return "paused";
-    case DomainState::shutting_down: return "shutting_down";
-    case DomainState::shut_off: return "shut_off";
-    case DomainState::crashed: return "crashed";
-    case DomainState::pm_suspended: return "pm_suspended";
-    case DomainState::unknown: return "unknown";
+    case DomainState::no_state:
+      return "no_state";
+    case DomainState::running:
+      return "running";
+    case DomainState::blocked:
+      return "blocked";
+    case DomainState::paused:
+      return "paused";
+    case DomainState::shutting_down:
+      return "shutting_down";
+    case DomainState::shut_off:
+      return "shut_off";
+    case DomainState::crashed:
+      return "crashed";
+    case DomainState::pm_suspended:
+      return "pm_suspended";
+    case DomainState::unknown:
+      return "unknown";
   }
   return "unknown";
 }
 
 std::string_view to_string(LifecycleKind k) {
   switch (k) {
-    case LifecycleKind::defined: return "defined";
-    case LifecycleKind::undefined: return "undefined";
-    case LifecycleKind::started: return "started";
-    case LifecycleKind::suspended: return "suspended";
-    case LifecycleKind::resumed: return "resumed";
-    case LifecycleKind::stopped: return "stopped";
-    case LifecycleKind::shutdown: return "shutdown";
-    case LifecycleKind::pm_suspended: return "pm_suspended";
-    case LifecycleKind::crashed: return "crashed";
-    case LifecycleKind::other: return "other";
-    case LifecycleKind::agent_connected: return "agent-connected";
-    case LifecycleKind::agent_disconnected: return "agent-disconnected";
+    case LifecycleKind::defined:
+      return "defined";
+    case LifecycleKind::undefined:
+      return "undefined";
+    case LifecycleKind::started:
+      return "started";
+    case LifecycleKind::suspended:
+      return "suspended";
+    case LifecycleKind::resumed:
+      return "resumed";
+    case LifecycleKind::stopped:
+      return "stopped";
+    case LifecycleKind::shutdown:
+      return "shutdown";
+    case LifecycleKind::pm_suspended:
+      return "pm_suspended";
+    case LifecycleKind::crashed:
+      return "crashed";
+    case LifecycleKind::other:
+      return "other";
+    case LifecycleKind::agent_connected:
+      return "agent-connected";
+    case LifecycleKind::agent_disconnected:
+      return "agent-disconnected";
   }
   return "other";
 }
 
 std::string_view to_string(StopMethod m) {
   switch (m) {
-    case StopMethod::graceful: return "graceful";
-    case StopMethod::destroyed: return "destroyed";
-    case StopMethod::already_off: return "already_off";
+    case StopMethod::graceful:
+      return "graceful";
+    case StopMethod::destroyed:
+      return "destroyed";
+    case StopMethod::already_off:
+      return "already_off";
   }
   return "graceful";
 }

@@ -71,7 +71,8 @@ Status set_os_element(std::string& xml, const std::string& tag, const std::strin
   std::string repl = value.empty() ? "" : open + xml_escape(value) + close;
   if (b != std::string::npos && b < os_end) {
     auto e = xml.find(close, b);
-    if (e == std::string::npos) return make_error(Condition::internal, "domain XML: unclosed " + open);
+    if (e == std::string::npos)
+      return make_error(Condition::internal, "domain XML: unclosed " + open);
     xml.replace(b, e + close.size() - b, repl);
   } else if (!value.empty()) {
     xml.insert(os_end, "  " + repl + "\n  ");
@@ -81,9 +82,8 @@ Status set_os_element(std::string& xml, const std::string& tag, const std::strin
 
 bool valid_target_dev(const std::string& t) {
   if (t.size() < 2 || t.size() > 8) return false;
-  return std::all_of(t.begin(), t.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
-  });
+  return std::all_of(t.begin(), t.end(),
+                     [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); });
 }
 
 // Points disk `target_dev` of a domain XML at `path` (and, when `format` is not empty, makes its
@@ -114,8 +114,10 @@ Status replace_disk_source(std::string& x, const std::string& domain, const std:
     auto open_end = el.find('>', bs);
     auto last_close = el.rfind(close);
     size_t end = std::string::npos;
-    if (open_end != std::string::npos && el[open_end - 1] == '/') end = open_end + 1;
-    else if (last_close != std::string::npos && last_close > bs) end = last_close + close.size();
+    if (open_end != std::string::npos && el[open_end - 1] == '/')
+      end = open_end + 1;
+    else if (last_close != std::string::npos && last_close > bs)
+      end = last_close + close.size();
     if (end == std::string::npos) {
       return make_error(Condition::internal, "disk " + target_dev + ": unclosed <backingStore>");
     }
@@ -213,7 +215,9 @@ Status Domain::destroy() {
 Status Domain::undefine() {
   // A UEFI guest's variable store is the caller's file (DomainSpec::firmware.nvram): kept, as a
   // redefinition (a reimage) reuses it. Without KEEP_NVRAM libvirt refuses such a domain.
-  if (virDomainUndefineFlags(dom_, VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | VIR_DOMAIN_UNDEFINE_KEEP_NVRAM) == 0) return {};
+  if (virDomainUndefineFlags(
+          dom_, VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | VIR_DOMAIN_UNDEFINE_KEEP_NVRAM) == 0)
+    return {};
   Error e = last_error("cannot undefine '" + name_ + "'");
   if (e.condition != Condition::unsupported && e.condition != Condition::invalid_argument) return e;
   // Drivers that know no NVRAM (libvirt's test driver) refuse the flag.
@@ -226,31 +230,43 @@ Status Domain::undefine() {
 
 Status Domain::suspend() {
   if (virDomainSuspend(dom_) < 0) {
-    return state_error("cannot suspend '" + name_ + "'", {DomainState::shut_off, DomainState::paused});
+    return state_error("cannot suspend '" + name_ + "'",
+                       {DomainState::shut_off, DomainState::paused});
   }
   return {};
 }
 
 Status Domain::resume() {
   if (virDomainResume(dom_) < 0) {
-    return state_error("cannot resume '" + name_ + "'", {DomainState::shut_off, DomainState::running});
+    return state_error("cannot resume '" + name_ + "'",
+                       {DomainState::shut_off, DomainState::running});
   }
   return {};
 }
 
 Result<DomainState> Domain::state() const {
   int st = 0, reason = 0;
-  if (virDomainGetState(dom_, &st, &reason, 0) < 0) return last_error("cannot read state of '" + name_ + "'");
+  if (virDomainGetState(dom_, &st, &reason, 0) < 0)
+    return last_error("cannot read state of '" + name_ + "'");
   switch (st) {
-    case VIR_DOMAIN_NOSTATE: return DomainState::no_state;
-    case VIR_DOMAIN_RUNNING: return DomainState::running;
-    case VIR_DOMAIN_BLOCKED: return DomainState::blocked;
-    case VIR_DOMAIN_PAUSED: return DomainState::paused;
-    case VIR_DOMAIN_SHUTDOWN: return DomainState::shutting_down;
-    case VIR_DOMAIN_SHUTOFF: return DomainState::shut_off;
-    case VIR_DOMAIN_CRASHED: return DomainState::crashed;
-    case VIR_DOMAIN_PMSUSPENDED: return DomainState::pm_suspended;
-    default: return DomainState::unknown;
+    case VIR_DOMAIN_NOSTATE:
+      return DomainState::no_state;
+    case VIR_DOMAIN_RUNNING:
+      return DomainState::running;
+    case VIR_DOMAIN_BLOCKED:
+      return DomainState::blocked;
+    case VIR_DOMAIN_PAUSED:
+      return DomainState::paused;
+    case VIR_DOMAIN_SHUTDOWN:
+      return DomainState::shutting_down;
+    case VIR_DOMAIN_SHUTOFF:
+      return DomainState::shut_off;
+    case VIR_DOMAIN_CRASHED:
+      return DomainState::crashed;
+    case VIR_DOMAIN_PMSUSPENDED:
+      return DomainState::pm_suspended;
+    default:
+      return DomainState::unknown;
   }
 }
 
@@ -314,7 +330,8 @@ Result<bool> Domain::has_managed_save() const {
 Status Domain::set_metadata(const InstanceMetadata& m) {
   int active = virDomainIsActive(dom_);
   if (active < 0) return last_error("cannot read state of '" + name_ + "'");
-  unsigned flags = active ? (VIR_DOMAIN_AFFECT_LIVE | VIR_DOMAIN_AFFECT_CONFIG) : VIR_DOMAIN_AFFECT_CONFIG;
+  unsigned flags =
+      active ? (VIR_DOMAIN_AFFECT_LIVE | VIR_DOMAIN_AFFECT_CONFIG) : VIR_DOMAIN_AFFECT_CONFIG;
   std::string xml = render_metadata_xml(m, false);
   if (virDomainSetMetadata(dom_, VIR_DOMAIN_METADATA_ELEMENT, xml.c_str(), kMetadataPrefix,
                            kMetadataNamespace, flags) < 0) {
@@ -378,12 +395,15 @@ Status Domain::set_disk_source(const std::string& target_dev, const std::string&
                       "disk target must be 2..8 characters of [a-z0-9]: '" + target_dev + "'");
   }
   if (path.empty() || path[0] != '/' || path.size() > 4096 ||
-      std::any_of(path.begin(), path.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20; })) {
-    return make_error(Condition::invalid_argument,
-                      "disk source must be an absolute path of at most 4096 characters: '" + path + "'");
+      std::any_of(path.begin(), path.end(),
+                  [](char c) { return static_cast<unsigned char>(c) < 0x20; })) {
+    return make_error(
+        Condition::invalid_argument,
+        "disk source must be an absolute path of at most 4096 characters: '" + path + "'");
   }
   if (!format.empty() && format != "qcow2" && format != "raw") {
-    return make_error(Condition::invalid_argument, "disk format must be qcow2 or raw: '" + format + "'");
+    return make_error(Condition::invalid_argument,
+                      "disk format must be qcow2 or raw: '" + format + "'");
   }
   FL_ASSIGN_OR_RETURN(std::string x, xml(true));
   FL_RETURN_IF_ERROR(replace_disk_source(x, name_, target_dev, path, format));

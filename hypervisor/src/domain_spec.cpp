@@ -11,11 +11,11 @@
 // autoselection, so that a missing OVMF file is our error naming the path, and the NVRAM lives
 // with the instance's other files.
 
+#include "fabriclab/hypervisor/domain_spec.hpp"
+
 #include <cctype>
 #include <cstring>
 #include <sstream>
-
-#include "fabriclab/hypervisor/domain_spec.hpp"
 
 namespace fabriclab::hypervisor {
 namespace {
@@ -35,7 +35,8 @@ Status check_path(const std::string& field, const std::string& p, bool required)
     if (required) return make_error(Condition::invalid_argument, field + " is required");
     return {};
   }
-  if (p[0] != '/') return make_error(Condition::invalid_argument, field + " must be absolute: " + p);
+  if (p[0] != '/')
+    return make_error(Condition::invalid_argument, field + " must be absolute: " + p);
   if (p.size() > 4096) return make_error(Condition::invalid_argument, field + " is too long");
   for (char c : p) {
     if (static_cast<unsigned char>(c) < 0x20) {
@@ -75,7 +76,8 @@ Result<std::string> attribute(const std::string& xml, const std::string& attr) {
           break;
         }
       }
-      if (!matched) return make_error(Condition::invalid_argument, "metadata: bad entity in " + attr);
+      if (!matched)
+        return make_error(Condition::invalid_argument, "metadata: bad entity in " + attr);
     }
     return out;
   }
@@ -85,17 +87,20 @@ Result<std::string> attribute(const std::string& xml, const std::string& attr) {
 Result<int> int_attribute(const std::string& xml, const std::string& attr, int lo, int hi) {
   FL_ASSIGN_OR_RETURN(std::string s, attribute(xml, attr));
   if (s.empty() || s.size() > 6) {
-    return make_error(Condition::invalid_argument, "metadata: attribute '" + attr + "' is not a number");
+    return make_error(Condition::invalid_argument,
+                      "metadata: attribute '" + attr + "' is not a number");
   }
   int v = 0;
   for (char c : s) {
     if (!std::isdigit(static_cast<unsigned char>(c))) {
-      return make_error(Condition::invalid_argument, "metadata: attribute '" + attr + "' is not a number");
+      return make_error(Condition::invalid_argument,
+                        "metadata: attribute '" + attr + "' is not a number");
     }
     v = v * 10 + (c - '0');
   }
   if (v < lo || v > hi) {
-    return make_error(Condition::invalid_argument, "metadata: attribute '" + attr + "' out of range");
+    return make_error(Condition::invalid_argument,
+                      "metadata: attribute '" + attr + "' out of range");
   }
   return v;
 }
@@ -103,14 +108,16 @@ Result<int> int_attribute(const std::string& xml, const std::string& attr, int l
 // UEFI needs both files; a variable store without a loader would be silently ignored.
 Status validate_firmware(const Firmware& f) {
   if (f.loader.empty()) {
-    if (!f.nvram.empty()) return make_error(Condition::invalid_argument, "firmware.nvram needs firmware.loader");
+    if (!f.nvram.empty())
+      return make_error(Condition::invalid_argument, "firmware.nvram needs firmware.loader");
     return {};
   }
   FL_RETURN_IF_ERROR(check_path("firmware.loader", f.loader, true));
   FL_RETURN_IF_ERROR(check_path("firmware.nvram", f.nvram, true));
   if (f.loader == f.nvram) {
-    return make_error(Condition::invalid_argument,
-                      "firmware.nvram must be the VM's own copy, not the loader itself: " + f.nvram);
+    return make_error(
+        Condition::invalid_argument,
+        "firmware.nvram must be the VM's own copy, not the loader itself: " + f.nvram);
   }
   return {};
 }
@@ -137,7 +144,8 @@ Status validate_boot(const DomainSpec& s) {
   }
   FL_RETURN_IF_ERROR(check_path("boot.kernel", s.boot.kernel, true));
   FL_RETURN_IF_ERROR(check_path("boot.initrd", s.boot.initrd, false));
-  if (s.boot.cmdline.size() > 2048) return make_error(Condition::invalid_argument, "boot.cmdline is too long");
+  if (s.boot.cmdline.size() > 2048)
+    return make_error(Condition::invalid_argument, "boot.cmdline is too long");
   return {};
 }
 
@@ -187,12 +195,23 @@ std::string xml_escape(const std::string& s) {
   out.reserve(s.size());
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '\'': out += "&apos;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '\'':
+        out += "&apos;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -233,17 +252,20 @@ Status validate(const DomainSpec& s) {
   if (s.memory_mib < 32 || s.memory_mib > 65536) {
     return make_error(Condition::invalid_argument, "memory_mib must be in 32..65536");
   }
-  if (s.vcpus < 1 || s.vcpus > 64) return make_error(Condition::invalid_argument, "vcpus must be in 1..64");
+  if (s.vcpus < 1 || s.vcpus > 64)
+    return make_error(Condition::invalid_argument, "vcpus must be in 1..64");
   FL_RETURN_IF_ERROR(validate_boot(s));
   FL_RETURN_IF_ERROR(check_path("console_log", s.console_log, false));
   FL_RETURN_IF_ERROR(check_path("data_disk", s.data_disk, false));
   if (!s.os_disk.empty() && s.os_disk == s.data_disk) {
-    return make_error(Condition::invalid_argument, "os_disk and data_disk are the same file: " + s.os_disk);
+    return make_error(Condition::invalid_argument,
+                      "os_disk and data_disk are the same file: " + s.os_disk);
   }
   FL_RETURN_IF_ERROR(check_path("channel_socket", s.channel_socket, false));
   if (s.channel_socket.size() >= 108) {
-    return make_error(Condition::invalid_argument,
-                      "channel_socket longer than a unix socket path allows (107): " + s.channel_socket);
+    return make_error(
+        Condition::invalid_argument,
+        "channel_socket longer than a unix socket path allows (107): " + s.channel_socket);
   }
   if (s.metadata) {
     if (s.metadata->service.empty() || s.metadata->service.size() > 64) {
@@ -258,12 +280,14 @@ Status validate(const DomainSpec& s) {
   }
   if (s.nic) {
     if (!valid_mac(s.nic->mac)) {
-      return make_error(Condition::invalid_argument,
-                        "nic.mac must be a unicast xx:xx:xx:xx:xx:xx address: '" + s.nic->mac + "'");
+      return make_error(
+          Condition::invalid_argument,
+          "nic.mac must be a unicast xx:xx:xx:xx:xx:xx address: '" + s.nic->mac + "'");
     }
     if (!valid_bridge_name(s.nic->bridge)) {
-      return make_error(Condition::invalid_argument,
-                        "nic.bridge must be 1..15 characters of [A-Za-z0-9_.-]: '" + s.nic->bridge + "'");
+      return make_error(
+          Condition::invalid_argument,
+          "nic.bridge must be 1..15 characters of [A-Za-z0-9_.-]: '" + s.nic->bridge + "'");
     }
   }
   return {};
@@ -284,7 +308,8 @@ Result<std::string> render_domain_xml(const DomainSpec& s, const std::string& do
   x << "  <os>\n    <type arch='x86_64'" << (real ? " machine='pc'" : "") << ">hvm</type>\n";
   if (s.firmware.uefi()) {
     // Non-secure-boot OVMF runs on machine 'pc' (secure boot would need q35 and SMM).
-    x << "    <loader readonly='yes' type='pflash'>" << xml_escape(s.firmware.loader) << "</loader>\n"
+    x << "    <loader readonly='yes' type='pflash'>" << xml_escape(s.firmware.loader)
+      << "</loader>\n"
       << "    <nvram>" << xml_escape(s.firmware.nvram) << "</nvram>\n";
   }
   if (s.boot.kernel.empty()) {
@@ -292,7 +317,8 @@ Result<std::string> render_domain_xml(const DomainSpec& s, const std::string& do
   } else {
     x << "    <kernel>" << xml_escape(s.boot.kernel) << "</kernel>\n";
     if (!s.boot.initrd.empty()) x << "    <initrd>" << xml_escape(s.boot.initrd) << "</initrd>\n";
-    if (!s.boot.cmdline.empty()) x << "    <cmdline>" << xml_escape(s.boot.cmdline) << "</cmdline>\n";
+    if (!s.boot.cmdline.empty())
+      x << "    <cmdline>" << xml_escape(s.boot.cmdline) << "</cmdline>\n";
   }
   x << "  </os>\n";
   if (s.acpi) x << "  <features><acpi/></features>\n";
@@ -305,8 +331,9 @@ Result<std::string> render_domain_xml(const DomainSpec& s, const std::string& do
       << "' append='on'/>\n      <target port='0'/>\n    </serial>\n";
   }
   if (!s.channel_socket.empty()) {
-    x << "    <channel type='unix'>\n      <source mode='bind' path='" << xml_escape(s.channel_socket)
-      << "'/>\n      <target type='virtio' name='" << kIntegrationChannelName << "'/>\n"
+    x << "    <channel type='unix'>\n      <source mode='bind' path='"
+      << xml_escape(s.channel_socket) << "'/>\n      <target type='virtio' name='"
+      << kIntegrationChannelName << "'/>\n"
       << "    </channel>\n";
   }
   if (s.guest_agent) {

@@ -68,8 +68,9 @@ Error last_error(std::string_view what) {
   virErrorPtr e = virGetLastError();
   Error out;
   out.condition = e ? condition_of(e->code) : Condition::internal;
-  out.message = std::string(what) + ": " +
-                ((e && e->message) ? std::string(e->message) : std::string("unknown libvirt error"));
+  out.message =
+      std::string(what) + ": " +
+      ((e && e->message) ? std::string(e->message) : std::string("unknown libvirt error"));
   virResetLastError();
   return out;
 }
@@ -100,8 +101,9 @@ Status ensure_event_loop() {
     std::thread([] {
       for (;;) {
         if (virEventRunDefaultImpl() < 0) {
-          logger("hypervisor")->error("event loop iteration failed: {}",
-                                      last_error("virEventRunDefaultImpl").message);
+          logger("hypervisor")
+              ->error("event loop iteration failed: {}",
+                      last_error("virEventRunDefaultImpl").message);
         }
       }
     }).detach();

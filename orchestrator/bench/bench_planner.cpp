@@ -114,7 +114,8 @@ Healed heal_fault_domain(Cluster c, int dead_fd, uint64_t seed) {
     out.relaxed += static_cast<int>(plan->relaxed.size());
     apply_healing(c, *plan);
   }
-  out.heal_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  out.heal_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   const int surviving_fds = static_cast<int>(c.fault_domains().size()) - 1;
   for (const auto& s : c.services) {
     std::map<int, int> in_fd;
@@ -156,9 +157,10 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--heal-capacity") && i + 1 < argc)
       heal_capacity = std::atoi(argv[++i]);
     else {
-      std::fprintf(stderr,
-                   "usage: %s [--json] [--issue] [--clusters N] [--heal-clusters N] [--heal-capacity C]\n",
-                   argv[0]);
+      std::fprintf(
+          stderr,
+          "usage: %s [--json] [--issue] [--clusters N] [--heal-clusters N] [--heal-capacity C]\n",
+          argv[0]);
       return 2;
     }
   }
@@ -236,9 +238,9 @@ int main(int argc, char** argv) {
     heal_failed += h.failed;
     uneven += h.uneven_services;
     if (!as_json) {
-      std::printf("%-8s %4d %6d %9s %3d %6s %6s %4d %-10s %9.1f  off_slot %d relaxed %d\n", "healed", k,
-                  heal_shape.hosts, "", h.lower_bound, "", "", h.batches, "", h.heal_ms, h.off_slot,
-                  h.relaxed);
+      std::printf("%-8s %4d %6d %9s %3d %6s %6s %4d %-10s %9.1f  off_slot %d relaxed %d\n",
+                  "healed", k, heal_shape.hosts, "", h.lower_bound, "", "", h.batches, "",
+                  h.heal_ms, h.off_slot, h.relaxed);
       std::fflush(stdout);
     }
   }
@@ -270,7 +272,8 @@ int main(int argc, char** argv) {
       {"healed_instances_mean", num(static_cast<double>(heal_instances) / heal_clusters)},
       {"healed_batches_p50", num(median(healed_batches))},
       {"healed_batches_over_lb_p50", num(median(healed_over))},
-      {"healed_batches_over_lb_max", num(*std::max_element(healed_over.begin(), healed_over.end()))},
+      {"healed_batches_over_lb_max",
+       num(*std::max_element(healed_over.begin(), healed_over.end()))},
       {"healed_share_within_1", num(static_cast<double>(within_1) / heal_clusters)},
       {"healed_off_slot_instances", off_slot},
       {"healed_fd_diversity_relaxed", relaxed},

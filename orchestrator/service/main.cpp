@@ -2,12 +2,11 @@
 // journal + controller, event feed (continuing the journal's numbering), HTTP/websocket API.
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
 #include <iostream>
-
-#include <CLI/CLI.hpp>
 
 #include "fabriclab/common/event_feed.hpp"
 #include "fabriclab/common/http_client.hpp"
@@ -26,46 +25,62 @@ int main(int argc, char** argv) {
               log_level = "info";
   int port = 7000, poll_ms = 250, unhealthy_ms = 5000, agent_timeout_ms = 5000;
   bool no_healing = false, json_logs = false;
-  app.add_option("--journal", o.journal_path, "SQLite journal (created if missing; a restart resumes from it)")
+  app.add_option("--journal", o.journal_path,
+                 "SQLite journal (created if missing; a restart resumes from it)")
       ->required();
-  app.add_option("--listen", listen, "Listen address (loopback unless told otherwise)")->capture_default_str();
+  app.add_option("--listen", listen, "Listen address (loopback unless told otherwise)")
+      ->capture_default_str();
   app.add_option("--port", port, "Listen port (0: ephemeral, printed on stdout)")
-      ->check(CLI::Range(0, 65535))->capture_default_str();
-  app.add_option("--control-token-file", control_token_file, "File holding the control bearer token")
+      ->check(CLI::Range(0, 65535))
+      ->capture_default_str();
+  app.add_option("--control-token-file", control_token_file,
+                 "File holding the control bearer token")
       ->required();
   app.add_option("--read-token-file", read_token_file, "File holding the read-only bearer token");
   app.add_option("--agent-token-file", agent_token_file,
                  "File holding the agents' control token (default: the control token)");
   app.add_option("--poll-ms", poll_ms, "How often each agent is asked for its state")
-      ->check(CLI::Range(10, 60000))->capture_default_str();
+      ->check(CLI::Range(10, 60000))
+      ->capture_default_str();
   app.add_option("--unhealthy-after-ms", unhealthy_ms, "A host silent this long becomes Unhealthy")
-      ->check(CLI::Range(100, 3600000))->capture_default_str();
+      ->check(CLI::Range(100, 3600000))
+      ->capture_default_str();
   app.add_option("--agent-timeout-ms", agent_timeout_ms, "Deadline of one call to an agent")
-      ->check(CLI::Range(100, 600000))->capture_default_str();
+      ->check(CLI::Range(100, 600000))
+      ->capture_default_str();
   app.add_option("--agent-netns", o.agent_netns,
                  "Open every connection to an agent inside this network namespace (a name under "
                  "/run/netns or a path); the API still listens where --listen says");
   app.add_flag("--no-healing", no_healing, "Do not place the instances of an Unhealthy host again");
   std::string power_command;
   int power_timeout_ms = 30000, fence_attempts = 3;
-  app.add_option("--power-command", power_command,
-                 "Fence a silent host before healing its instances: 'PROGRAM ARGS... {host}' (words split at "
-                 "spaces, no shell; {host} becomes the host's id); exit 0 = the host is confirmed off. Without it "
-                 "healing goes on unfenced");
-  app.add_option("--power-timeout-ms", power_timeout_ms, "Deadline of one power command (then it is killed)")
-      ->check(CLI::Range(100, 600000))->capture_default_str();
-  app.add_option("--fence-attempts", fence_attempts, "Power commands tried per silence before giving up")
-      ->check(CLI::Range(1, 100))->capture_default_str();
+  app.add_option(
+      "--power-command", power_command,
+      "Fence a silent host before healing its instances: 'PROGRAM ARGS... {host}' (words split at "
+      "spaces, no shell; {host} becomes the host's id); exit 0 = the host is confirmed off. "
+      "Without it "
+      "healing goes on unfenced");
+  app.add_option("--power-timeout-ms", power_timeout_ms,
+                 "Deadline of one power command (then it is killed)")
+      ->check(CLI::Range(100, 600000))
+      ->capture_default_str();
+  app.add_option("--fence-attempts", fence_attempts,
+                 "Power commands tried per silence before giving up")
+      ->check(CLI::Range(1, 100))
+      ->capture_default_str();
   app.add_option("--lb-config", o.lb_config,
                  "The HAProxy configuration file the rack's load balancer runs (rewritten on every "
                  "change of placement); without it the rack has no load balancer");
   app.add_option("--lb-master-socket", o.lb_master_socket, "HAProxy's master CLI socket (-S)");
-  app.add_option("--lb-haproxy", o.lb_haproxy, "The haproxy binary (for `haproxy -c`)")->capture_default_str();
+  app.add_option("--lb-haproxy", o.lb_haproxy, "The haproxy binary (for `haproxy -c`)")
+      ->capture_default_str();
   app.add_option("--lb-health-bind", o.lb_health_bind, "The load balancer's own health listener")
       ->capture_default_str();
-  app.add_option("--client-netns", o.client_netns,
-                 "Run client traffic from this network namespace (a name under /run/netns or a path)");
-  app.add_option("--vip-range", o.vip_range, "Service VIPs: base + 10 + s for the s-th service with an endpoint")
+  app.add_option(
+      "--client-netns", o.client_netns,
+      "Run client traffic from this network namespace (a name under /run/netns or a path)");
+  app.add_option("--vip-range", o.vip_range,
+                 "Service VIPs: base + 10 + s for the s-th service with an endpoint")
       ->capture_default_str();
   app.add_option("--no-lb-reason", o.no_lb_reason,
                  "Without --lb-config: why the rack has no load balancer, as drills report it")
@@ -128,7 +143,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   auto* c = controller->get();
-  auto feed = std::make_shared<EventFeed>([c] { return c->snapshot(); }, 10000, c->last_journal_seq());
+  auto feed =
+      std::make_shared<EventFeed>([c] { return c->snapshot(); }, 10000, c->last_journal_seq());
   http::Limits limits;
   limits.max_connections = 2048;
   http::Server server("orchestrator-api", *tokens, limits);
@@ -141,11 +157,14 @@ int main(int argc, char** argv) {
   }
   c->start(feed);
   std::cout << "listening " << listen << ":" << *bound << std::endl;
-  logger("orchestrator")->info("listening on {}:{}, journal {}{}", listen, *bound, o.journal_path,
-                               o.agent_netns.empty() ? "" : ", agents reached from network namespace " + o.agent_netns);
-  logger("orchestrator")->info("{}", o.lb_config.empty()
-                                         ? std::string("no load balancer: client traffic is not measured")
-                                         : "load balancer: " + o.lb_config + " via " + o.lb_master_socket);
+  logger("orchestrator")
+      ->info(
+          "listening on {}:{}, journal {}{}", listen, *bound, o.journal_path,
+          o.agent_netns.empty() ? "" : ", agents reached from network namespace " + o.agent_netns);
+  logger("orchestrator")
+      ->info("{}", o.lb_config.empty()
+                       ? std::string("no load balancer: client traffic is not measured")
+                       : "load balancer: " + o.lb_config + " via " + o.lb_master_socket);
   stop_signals.wait();
   logger("orchestrator")->info("stopping");
   server.stop();

@@ -1,8 +1,7 @@
 #include "fabriclab/orchestrator/agent_client.hpp"
 
-#include <charconv>
-
 #include <boost/json/serialize.hpp>
+#include <charconv>
 
 #include "fabriclab/common/http_client.hpp"
 
@@ -16,11 +15,16 @@ constexpr int kMaxDepth = 32;
 
 Condition condition_from_code(std::string_view code, int status) {
   static const std::pair<std::string_view, Condition> kCodes[] = {
-      {"invalid_argument", Condition::invalid_argument}, {"not_found", Condition::not_found},
-      {"already_exists", Condition::already_exists},     {"invalid_state", Condition::invalid_state},
-      {"unsupported", Condition::unsupported},           {"timeout", Condition::timeout},
-      {"transient", Condition::transient},               {"cancelled", Condition::cancelled},
-      {"unauthenticated", Condition::unauthenticated},   {"permission_denied", Condition::permission_denied},
+      {"invalid_argument", Condition::invalid_argument},
+      {"not_found", Condition::not_found},
+      {"already_exists", Condition::already_exists},
+      {"invalid_state", Condition::invalid_state},
+      {"unsupported", Condition::unsupported},
+      {"timeout", Condition::timeout},
+      {"transient", Condition::transient},
+      {"cancelled", Condition::cancelled},
+      {"unauthenticated", Condition::unauthenticated},
+      {"permission_denied", Condition::permission_denied},
   };
   for (const auto& [name, c] : kCodes) {
     if (name == code) return c;
@@ -55,20 +59,26 @@ Result<Endpoint> parse_endpoint(std::string_view text) {
 
 AgentClient::AgentClient(Endpoint endpoint, std::string token, std::chrono::milliseconds timeout,
                          std::string netns)
-    : endpoint_(std::move(endpoint)), token_(std::move(token)), timeout_(timeout), netns_(std::move(netns)) {}
+    : endpoint_(std::move(endpoint)),
+      token_(std::move(token)),
+      timeout_(timeout),
+      netns_(std::move(netns)) {}
 
 Result<json::value> AgentClient::call(std::string_view method, const std::string& target,
                                       const std::string& body, int expect) const {
   const std::string what = "agent " + endpoint_.str() + " " + std::string(method) + " " + target;
-  auto r = http::request(endpoint_.host, endpoint_.port, method, target, body, token_, timeout_, netns_);
+  auto r =
+      http::request(endpoint_.host, endpoint_.port, method, target, body, token_, timeout_, netns_);
   if (!r.ok()) return make_error(r.error().condition, what + ": " + r.error().message);
   auto parsed = parse_json(r->body, kMaxAnswer, kMaxDepth, "answer");
   if (r->status != expect) {
     std::string code, message = r->body.substr(0, 300);
     if (parsed.ok() && parsed->is_object()) {
       if (auto* e = parsed->as_object().if_contains("error"); e && e->is_object()) {
-        if (auto* c = e->as_object().if_contains("code"); c && c->is_string()) code = c->as_string();
-        if (auto* m = e->as_object().if_contains("message"); m && m->is_string()) message = m->as_string();
+        if (auto* c = e->as_object().if_contains("code"); c && c->is_string())
+          code = c->as_string();
+        if (auto* m = e->as_object().if_contains("message"); m && m->is_string())
+          message = m->as_string();
       }
     }
     return make_error(condition_from_code(code, r->status),
@@ -81,12 +91,14 @@ Result<json::value> AgentClient::call(std::string_view method, const std::string
 namespace {
 Result<json::object> as_object(Result<json::value> v, std::string_view what) {
   if (!v.ok()) return v.error();
-  if (!v->is_object()) return make_error(Condition::internal, std::string(what) + ": answer is not a JSON object");
+  if (!v->is_object())
+    return make_error(Condition::internal, std::string(what) + ": answer is not a JSON object");
   return std::move(v->as_object());
 }
 Result<json::array> as_array(Result<json::value> v, std::string_view what) {
   if (!v.ok()) return v.error();
-  if (!v->is_array()) return make_error(Condition::internal, std::string(what) + ": answer is not a JSON array");
+  if (!v->is_array())
+    return make_error(Condition::internal, std::string(what) + ": answer is not a JSON array");
   return std::move(v->as_array());
 }
 }  // namespace
@@ -115,7 +127,8 @@ Status AgentClient::start_instance(const std::string& name) const {
   return {};
 }
 Result<json::object> AgentClient::start_operation(const json::object& request) const {
-  return as_object(call("POST", "/v1/operations", json::serialize(request), 202), "POST /v1/operations");
+  return as_object(call("POST", "/v1/operations", json::serialize(request), 202),
+                   "POST /v1/operations");
 }
 Result<json::object> AgentClient::job(const std::string& id) const {
   return as_object(call("GET", "/v1/operations/" + id, "", 200), "GET /v1/operations/" + id);
@@ -132,7 +145,8 @@ Result<json::object> AgentClient::stage_host_image(const std::string& version,
                                                    const std::string& path,
                                                    const std::string& sha256) const {
   json::object body{{"version", version}, {"path", path}, {"sha256", sha256}};
-  return as_object(call("POST", "/v1/images/host", json::serialize(body), 201), "POST /v1/images/host");
+  return as_object(call("POST", "/v1/images/host", json::serialize(body), 201),
+                   "POST /v1/images/host");
 }
 
 }  // namespace fabriclab::orchestrator

@@ -10,7 +10,7 @@
 namespace fabriclab::orchestrator {
 namespace {
 
-constexpr std::string_view kHostStates[] = {"Ready",  "Updating", "Unhealthy",
+constexpr std::string_view kHostStates[] = {"Ready",   "Updating", "Unhealthy",
                                             "Offline", "Fenced",   "Reconciling"};
 
 }  // namespace
@@ -23,7 +23,9 @@ Result<HostState> parse_host_state(std::string_view s, std::string_view field) {
   }
   return make_error(
       Condition::invalid_argument,
-      fmt::format("field '{}' must be one of Ready, Updating, Unhealthy, Offline, Fenced, Reconciling", field));
+      fmt::format(
+          "field '{}' must be one of Ready, Updating, Unhealthy, Offline, Fenced, Reconciling",
+          field));
 }
 
 const Host* Cluster::find_host(std::string_view id) const {

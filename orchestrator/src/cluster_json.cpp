@@ -3,9 +3,9 @@
 // and ranges through the common getters, and prefixes errors with the element's path so an
 // operator can find the bad line in a 10 000-instance import.
 
-#include <cctype>
-
 #include <fmt/format.h>
+
+#include <cctype>
 
 #include "fabriclab/orchestrator/cluster.hpp"
 
@@ -79,7 +79,8 @@ bool is_probe_path(std::string_view p) {
 bool is_lb_name(std::string_view name) {
   if (name.empty() || name.size() > kMaxNameBytes) return false;
   for (char c : name) {
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) return false;
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'))
+      return false;
   }
   return true;
 }
@@ -177,7 +178,8 @@ Result<ServiceEndpoint> endpoint_from_json(const json::object& o) {
   ServiceEndpoint e;
   FL_ASSIGN_OR_RETURN(int64_t port, qualified(get_int(o, "port", 1, 65535), "endpoint"));
   e.port = static_cast<uint16_t>(port);
-  FL_ASSIGN_OR_RETURN(const json::object* probe, qualified(get_optional_object(o, "probe"), "endpoint"));
+  FL_ASSIGN_OR_RETURN(const json::object* probe,
+                      qualified(get_optional_object(o, "probe"), "endpoint"));
   if (probe == nullptr) return e;
   const json::object& p = *probe;
   FL_RETURN_IF_ERROR(
@@ -194,8 +196,8 @@ Result<ServiceEndpoint> endpoint_from_json(const json::object& o) {
     e.probe.path = *path;
   }
   FL_ASSIGN_OR_RETURN(int64_t interval,
-                      qualified(get_int_or(p, "interval_ms", kMinProbeIntervalMs, kMaxProbeIntervalMs,
-                                           e.probe.interval_ms),
+                      qualified(get_int_or(p, "interval_ms", kMinProbeIntervalMs,
+                                           kMaxProbeIntervalMs, e.probe.interval_ms),
                                 "endpoint.probe"));
   FL_ASSIGN_OR_RETURN(int64_t threshold,
                       qualified(get_int_or(p, "unhealthy_threshold", 1, kMaxUnhealthyThreshold,
@@ -208,7 +210,9 @@ Result<ServiceEndpoint> endpoint_from_json(const json::object& o) {
 
 Result<DataCheck> data_check_from_json(const json::object& o) {
   FL_RETURN_IF_ERROR(qualified(check_fields(o, {"command", "rule"}), "data_check"));
-  auto bad = [](std::string what) { return make_error(Condition::invalid_argument, std::move(what)); };
+  auto bad = [](std::string what) {
+    return make_error(Condition::invalid_argument, std::move(what));
+  };
   FL_ASSIGN_OR_RETURN(const json::array* command,
                       qualified(get_array(o, "command", kMaxDataCheckArgs), "data_check"));
   if (command->empty()) {
@@ -226,7 +230,8 @@ Result<DataCheck> data_check_from_json(const json::object& o) {
     if (a.find('\0') != std::string_view::npos || a.find('\n') != std::string_view::npos) {
       return bad(key + " must not hold NUL or a newline");
     }
-    if (i == 0 && a[0] != '/') return bad(key + " must be an absolute path (the guest agent runs it without a shell)");
+    if (i == 0 && a[0] != '/')
+      return bad(key + " must be an absolute path (the guest agent runs it without a shell)");
     c.command.emplace_back(a);
   }
   FL_ASSIGN_OR_RETURN(auto rule, qualified(get_optional_string(o, "rule", 16), "data_check"));

@@ -43,8 +43,13 @@ std::string instance_name(const std::string& service, int index) {
 }
 
 json::object instance_spec(const Service& s, const Instance& i, const std::string& image) {
-  json::object spec{{"name", instance_name(i.service, i.index)}, {"service", i.service}, {"index", i.index},
-                    {"ud", i.ud}, {"fd", i.fd}, {"image", image}, {"memory_mib", s.memory_mib}};
+  json::object spec{{"name", instance_name(i.service, i.index)},
+                    {"service", i.service},
+                    {"index", i.index},
+                    {"ud", i.ud},
+                    {"fd", i.fd},
+                    {"image", image},
+                    {"memory_mib", s.memory_mib}};
   if (s.endpoint) {
     // The built-in guest leaves rotation for drain_ms before approving its event
     // (docs/clients.md); the agent accepts 0..600000.
@@ -52,7 +57,8 @@ json::object instance_spec(const Service& s, const Instance& i, const std::strin
     spec["drain_ms"] = std::min<int64_t>(s.drain_ms(), 600000);
     // A guest that brings its own image is healthy only when its app answers this too (the
     // agent probes it as the load balancer does, on the backend port, before it verifies it).
-    spec["probe"] = json::object{{"port", static_cast<int64_t>(kBackendPort)}, {"path", s.endpoint->probe.path}};
+    spec["probe"] = json::object{{"port", static_cast<int64_t>(kBackendPort)},
+                                 {"path", s.endpoint->probe.path}};
   }
   // The agent runs it through the guest agent before the notice and after the restart, and
   // reports both outputs in its job's guest records (the report judges the rule).
@@ -206,8 +212,11 @@ void Controller::Impl::availability_locked(const std::string& service, Events& o
   }
   json::array uds;
   for (int u : uds_down) uds.push_back(u);
-  json::object now{{"service", service}, {"healthy", healthy}, {"total", total},
-                   {"available", healthy > 0}, {"uds_down", std::move(uds)}};
+  json::object now{{"service", service},
+                   {"healthy", healthy},
+                   {"total", total},
+                   {"available", healthy > 0},
+                   {"uds_down", std::move(uds)}};
   auto& last = availability[service];
   if (last != now) {
     last = now;
@@ -229,7 +238,8 @@ void Controller::Impl::publish(Events events) {
   if (last <= journaled + kMaxJournalLag) return;
   // The journal writer is far behind: wait for it (see kRestartSeqGap). mu is never held here.
   std::unique_lock lock(mu);
-  while (!stopping && last > journaled + kMaxJournalLag) cv.wait_for(lock, std::chrono::milliseconds(100));
+  while (!stopping && last > journaled + kMaxJournalLag)
+    cv.wait_for(lock, std::chrono::milliseconds(100));
 }
 
 void Controller::Impl::save_cluster() {
@@ -252,7 +262,9 @@ void Controller::Impl::save_drill(const DrillRun& d) {
     doc["plan"] = to_json(d.plan);
     json::object before;
     for (const auto& [n, b] : d.before) {
-      before[n] = json::object{{"host", b.host}, {"image", b.image}, {"host_image", b.host_image},
+      before[n] = json::object{{"host", b.host},
+                               {"image", b.image},
+                               {"host_image", b.host_image},
                                {"counter", b.counter}};
     }
     doc["before"] = std::move(before);
@@ -286,7 +298,8 @@ AgentClient Controller::Impl::slow_client(const std::string& host_id) const {
   std::lock_guard lock(mu);
   auto it = hosts.find(host_id);
   Endpoint e = it != hosts.end() ? it->second.endpoint : Endpoint{};
-  return AgentClient(e, opt.agent_token, std::max(opt.agent_timeout, kSlowCallTimeout), opt.agent_netns);
+  return AgentClient(e, opt.agent_token, std::max(opt.agent_timeout, kSlowCallTimeout),
+                     opt.agent_netns);
 }
 
 // ---- public API ----
@@ -298,7 +311,8 @@ json::object Controller::snapshot() const {
   for (const auto& h : m.cluster.hosts) hosts.push_back(m.host_json_locked(h));
   for (const auto& s : m.cluster.services) services.push_back(m.service_json_locked(s));
   for (const auto& i : m.cluster.instances) instances.push_back(m.instance_json_locked(i));
-  json::object o{{"hosts", std::move(hosts)}, {"services", std::move(services)},
+  json::object o{{"hosts", std::move(hosts)},
+                 {"services", std::move(services)},
                  {"instances", std::move(instances)}};
   o["drill"] = m.active ? json::value(m.drill_json_locked(*m.active)) : json::value(nullptr);
   o["traffic"] = m.traffic_view;
@@ -312,13 +326,14 @@ Result<json::object> Controller::register_host(const HostRegistration& r) {
   AgentClient c(endpoint, m.opt.agent_token, m.opt.agent_timeout, m.opt.agent_netns);
   auto info = c.host();
   if (!info.ok()) {
-    return make_error(info.error().condition,
-                      "host '" + r.id + "' is not answering at " + r.endpoint + ": " + info.error().message);
+    return make_error(info.error().condition, "host '" + r.id + "' is not answering at " +
+                                                  r.endpoint + ": " + info.error().message);
   }
   auto agent_id = get_string(*info, "host_id", kMaxNameBytes);
   auto agent_fd = get_int(*info, "fault_domain", 0, kMaxFaultDomain);
   if (!agent_id.ok() || !agent_fd.ok()) {
-    return make_error(Condition::invalid_state, "the agent at " + r.endpoint + " gave no host_id/fault_domain");
+    return make_error(Condition::invalid_state,
+                      "the agent at " + r.endpoint + " gave no host_id/fault_domain");
   }
   if (*agent_id != r.id || *agent_fd != r.fault_domain) {
     return make_error(Condition::invalid_argument,
@@ -335,26 +350,30 @@ Result<json::object> Controller::register_host(const HostRegistration& r) {
     Host* h = m.cluster.find_host(r.id);
     if (h) {
       if (h->fault_domain != r.fault_domain) {
-        return make_error(Condition::already_exists,
-                          "host '" + r.id + "' is registered in FD " + std::to_string(h->fault_domain));
+        return make_error(Condition::already_exists, "host '" + r.id + "' is registered in FD " +
+                                                         std::to_string(h->fault_domain));
       }
       h->capacity = std::max(r.capacity, static_cast<int>(m.cluster.instances_on(r.id).size()));
     } else {
       if (m.cluster.hosts.size() >= kMaxHosts) {
-        return make_error(Condition::invalid_state, "the cluster already has the most hosts allowed");
+        return make_error(Condition::invalid_state,
+                          "the cluster already has the most hosts allowed");
       }
-      m.cluster.hosts.push_back(Host{r.id, r.fault_domain, r.capacity, HostState::ready, std::nullopt});
+      m.cluster.hosts.push_back(
+          Host{r.id, r.fault_domain, r.capacity, HostState::ready, std::nullopt});
       is_new = true;
     }
     auto& mirror = m.hosts[r.id];
     mirror.endpoint = endpoint;
     mirror.reachable = true;
     mirror.last_answer = Clock::now();
-    if (auto* img = info->if_contains("host_image"); img && img->is_string()) mirror.host_image = img->as_string();
+    if (auto* img = info->if_contains("host_image"); img && img->is_string())
+      mirror.host_image = img->as_string();
     out = m.host_json_locked(*m.cluster.find_host(r.id));
     events.emplace_back("host.registered", json::object{{"host", out}});
   }
-  log()->info("[host:{}] registered: FD {}, {}, capacity {}", r.id, r.fault_domain, r.endpoint, r.capacity);
+  log()->info("[host:{}] registered: FD {}, {}, capacity {}", r.id, r.fault_domain, r.endpoint,
+              r.capacity);
   m.save_cluster();
   m.publish(std::move(events));
   if (is_new && m.feed) m.start_watcher(r.id);
@@ -419,8 +438,9 @@ Result<json::object> Controller::create_service(const Service& s) {
       }
     }
     return make_error(results[k].error().condition, "service '" + s.name + "': creating " +
-                                                         instance_name(bad.service, bad.index) + " on host '" +
-                                                         bad.host + "' failed: " + results[k].error().message);
+                                                        instance_name(bad.service, bad.index) +
+                                                        " on host '" + bad.host +
+                                                        "' failed: " + results[k].error().message);
   }
   Events events;
   json::object out;
@@ -492,7 +512,8 @@ Result<json::object> Controller::plan_json(int max_parallel_hosts) const {
 Result<json::object> Controller::drill_json(const std::string& id) const {
   std::lock_guard lock(impl_->mu);
   auto it = impl_->drills.find(id);
-  if (it == impl_->drills.end()) return make_error(Condition::not_found, "drill '" + id + "' not found");
+  if (it == impl_->drills.end())
+    return make_error(Condition::not_found, "drill '" + id + "' not found");
   return impl_->drill_json_locked(*it->second);
 }
 
@@ -508,7 +529,8 @@ Result<std::shared_ptr<DrillRun>> find_drill(Controller::Impl& m, const std::str
   auto it = m.drills.find(id);
   if (it == m.drills.end()) return make_error(Condition::not_found, "drill '" + id + "' not found");
   if (it->second->finished()) {
-    return make_error(Condition::invalid_state, "drill '" + id + "' is " + std::string(to_string(it->second->state)));
+    return make_error(Condition::invalid_state,
+                      "drill '" + id + "' is " + std::string(to_string(it->second->state)));
   }
   return it->second;
 }
@@ -552,7 +574,8 @@ Status Controller::abort(const std::string& id) {
 Result<json::object> Controller::report_json(const std::string& id) const {
   std::lock_guard lock(impl_->mu);
   auto it = impl_->drills.find(id);
-  if (it == impl_->drills.end()) return make_error(Condition::not_found, "drill '" + id + "' not found");
+  if (it == impl_->drills.end())
+    return make_error(Condition::not_found, "drill '" + id + "' not found");
   return build_report(impl_->report_input(*it->second));
 }
 

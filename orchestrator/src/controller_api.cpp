@@ -20,7 +20,8 @@ namespace {
 // The body as an object, or the error response.
 Result<json::object> object_body(const Request& r, const http::Limits& limits) {
   FL_ASSIGN_OR_RETURN(auto body, http::parse_body(r, limits));
-  if (!body.is_object()) return make_error(Condition::invalid_argument, "body must be a JSON object");
+  if (!body.is_object())
+    return make_error(Condition::invalid_argument, "body must be a JSON object");
   return std::move(body.as_object());
 }
 
@@ -34,7 +35,8 @@ Result<int> query_int(const Request& r, const std::string& key, int lo, int hi, 
   } catch (...) {
   }
   return make_error(Condition::invalid_argument, "query '" + key + "' must be an integer in " +
-                                                     std::to_string(lo) + ".." + std::to_string(hi));
+                                                     std::to_string(lo) + ".." +
+                                                     std::to_string(hi));
 }
 
 // POST /v1/drills/{id}/faults: a fault the rack injected (docs/faults.md), published on the feed
@@ -44,13 +46,17 @@ Result<int> query_int(const Request& r, const std::string& key, int lo, int hi, 
 Result<json::object> fault_event(const json::object& o, const std::string& drill) {
   FL_RETURN_IF_ERROR(check_fields(o, {"kind", "target", "at", "status", "detail", "injected_at"}));
   json::object ev{{"drill", drill}};
-  for (auto [field, max, required] : {std::tuple{"kind", size_t{32}, true}, {"status", 32, true},
-                                      {"target", 128, false}, {"at", 256, false}, {"detail", 1024, false},
+  for (auto [field, max, required] : {std::tuple{"kind", size_t{32}, true},
+                                      {"status", 32, true},
+                                      {"target", 128, false},
+                                      {"at", 256, false},
+                                      {"detail", 1024, false},
                                       {"injected_at", 64, false}}) {
     FL_ASSIGN_OR_RETURN(auto v, get_string(o, field, max, required));
     for (char ch : v) {
       if (static_cast<unsigned char>(ch) < 0x20) {
-        return make_error(Condition::invalid_argument, std::string("field '") + field + "' holds a control character");
+        return make_error(Condition::invalid_argument,
+                          std::string("field '") + field + "' holds a control character");
       }
     }
     ev[field] = v;
@@ -63,8 +69,9 @@ Result<json::object> fault_event(const json::object& o, const std::string& drill
 void install_controller_api(http::Server& server, Controller& controller,
                             std::shared_ptr<EventFeed> feed, const http::Limits& limits) {
   Controller* c = &controller;
-  server.route("GET", "/healthz", Access::open,
-               [](const Request&) { return http::json_response(200, json::object{{"ok", true}}); });
+  server.route("GET", "/healthz", Access::open, [](const Request&) {
+    return http::json_response(200, json::object{{"ok", true}});
+  });
   server.route("GET", "/", Access::open, [](const Request&) {
     Response r;
     r.body.assign(fabriclab_dashboard, fabriclab_dashboard_size);
@@ -126,26 +133,29 @@ void install_controller_api(http::Server& server, Controller& controller,
     resp.content_type = "text/html; charset=utf-8";
     return resp;
   });
-  server.route("POST", "/v1/drills/{id}/faults", Access::control, [c, limits, feed](const Request& r) {
-    const auto& id = r.params.at("id");
-    if (auto d = c->drill_json(id); !d.ok()) return http::error_response(d.error());
-    auto body = object_body(r, limits);
-    if (!body.ok()) return http::error_response(body.error());
-    auto ev = fault_event(*body, id);
-    if (!ev.ok()) return http::error_response(ev.error());
-    uint64_t seq = feed->publish("drill.fault", std::move(*ev));
-    return http::json_response(202, json::object{{"id", id}, {"seq", seq}});
-  });
+  server.route("POST", "/v1/drills/{id}/faults", Access::control,
+               [c, limits, feed](const Request& r) {
+                 const auto& id = r.params.at("id");
+                 if (auto d = c->drill_json(id); !d.ok()) return http::error_response(d.error());
+                 auto body = object_body(r, limits);
+                 if (!body.ok()) return http::error_response(body.error());
+                 auto ev = fault_event(*body, id);
+                 if (!ev.ok()) return http::error_response(ev.error());
+                 uint64_t seq = feed->publish("drill.fault", std::move(*ev));
+                 return http::json_response(202, json::object{{"id", id}, {"seq", seq}});
+               });
   using Verb = Status (Controller::*)(const std::string&);
   for (auto [name, fn] : {std::pair<const char*, Verb>{"pause", &Controller::pause},
                           {"resume", &Controller::resume},
                           {"step", &Controller::step},
                           {"abort", &Controller::abort}}) {
     std::string verb = name;
-    server.route("POST", "/v1/drills/{id}/" + verb, Access::control, [c, fn, verb](const Request& r) {
-      const auto& id = r.params.at("id");
-      return status_or((c->*fn)(id), 202, json::object{{"id", id}, {verb + "_requested", true}});
-    });
+    server.route("POST", "/v1/drills/{id}/" + verb, Access::control,
+                 [c, fn, verb](const Request& r) {
+                   const auto& id = r.params.at("id");
+                   return status_or((c->*fn)(id), 202,
+                                    json::object{{"id", id}, {verb + "_requested", true}});
+                 });
   }
   server.events("/v1/events", std::move(feed));
 }

@@ -30,7 +30,8 @@ constexpr size_t kMaxReportedOutput = 400;
 
 // The end of a command's output, on one line, for a reason or an event.
 std::string output_tail(const std::string& out) {
-  std::string s = out.size() > kMaxReportedOutput ? "..." + out.substr(out.size() - kMaxReportedOutput) : out;
+  std::string s =
+      out.size() > kMaxReportedOutput ? "..." + out.substr(out.size() - kMaxReportedOutput) : out;
   for (char& c : s) {
     if (c == '\n' || c == '\r') c = ' ';
   }
@@ -51,23 +52,27 @@ Result<std::vector<std::string>> parse_power_command(std::string_view text) {
   }
   if (argv.empty()) return make_error(Condition::invalid_argument, "the power command is empty");
   if (argv.size() > kMaxPowerArgs) {
-    return make_error(Condition::invalid_argument,
-                      fmt::format("the power command has {} words (at most {})", argv.size(), kMaxPowerArgs));
+    return make_error(
+        Condition::invalid_argument,
+        fmt::format("the power command has {} words (at most {})", argv.size(), kMaxPowerArgs));
   }
   for (size_t k = 0; k < argv.size(); ++k) {
     if (argv[k].size() > kMaxPowerArgBytes) {
       return make_error(Condition::invalid_argument,
-                        fmt::format("word {} of the power command is longer than {} bytes", k + 1, kMaxPowerArgBytes));
+                        fmt::format("word {} of the power command is longer than {} bytes", k + 1,
+                                    kMaxPowerArgBytes));
     }
     for (char c : argv[k]) {
       if (c == '\0' || c == '\n' || c == '\t') {
-        return make_error(Condition::invalid_argument,
-                          fmt::format("word {} of the power command holds a control character", k + 1));
+        return make_error(
+            Condition::invalid_argument,
+            fmt::format("word {} of the power command holds a control character", k + 1));
       }
     }
   }
   if (argv[0].front() != '/') {
-    return make_error(Condition::invalid_argument, "the power command's program '" + argv[0] + "' must be an absolute path");
+    return make_error(Condition::invalid_argument,
+                      "the power command's program '" + argv[0] + "' must be an absolute path");
   }
   return argv;
 }
@@ -83,12 +88,14 @@ bool Controller::Impl::fence(const std::string& host_id) {
   if (opt.power_command.empty()) {
     std::lock_guard lock(mu);
     hosts[host_id].may_heal = true;
-    hosts[host_id].reason = "silent; no power control configured: its instances are healed unfenced";
+    hosts[host_id].reason =
+        "silent; no power control configured: its instances are healed unfenced";
     return true;
   }
   std::vector<std::string> argv = opt.power_command;
   for (auto& w : argv) {
-    for (size_t at = w.find("{host}"); at != std::string::npos; at = w.find("{host}", at + host_id.size())) {
+    for (size_t at = w.find("{host}"); at != std::string::npos;
+         at = w.find("{host}", at + host_id.size())) {
       w.replace(at, 6, host_id);
     }
   }
@@ -100,18 +107,23 @@ bool Controller::Impl::fence(const std::string& host_id) {
     m.last_fence = Clock::now();
   }
   const std::string command = describe_command(argv);
-  log()->warn("[host:{}] fencing (attempt {} of {}): {}", host_id, attempt, opt.fence_attempts, command);
-  publish({{"host.fencing", json::object{{"host", host_id}, {"attempt", attempt},
-                                         {"attempts", opt.fence_attempts}, {"command", command}}}});
+  log()->warn("[host:{}] fencing (attempt {} of {}): {}", host_id, attempt, opt.fence_attempts,
+              command);
+  publish({{"host.fencing", json::object{{"host", host_id},
+                                         {"attempt", attempt},
+                                         {"attempts", opt.fence_attempts},
+                                         {"command", command}}}});
   auto began = Clock::now();
   auto ran = run_command(argv, opt.power_timeout, kMaxPowerOutput);
-  int64_t took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - began).count();
+  int64_t took =
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - began).count();
   const bool off = ran.ok() && ran->exit_code == 0;
   std::string why;
   if (!ran.ok()) {
     why = ran.error().message;
   } else if (!off) {
-    why = fmt::format("{} exited with code {}: {}", argv[0], ran->exit_code, output_tail(ran->output));
+    why = fmt::format("{} exited with code {}: {}", argv[0], ran->exit_code,
+                      output_tail(ran->output));
   }
   Events events;
   {
@@ -123,21 +135,30 @@ bool Controller::Impl::fence(const std::string& host_id) {
       m.may_heal = true;
       m.reason = fmt::format("powered off by its power control (confirmed in {} ms)", took);
       h->state = HostState::fenced;
-      events.emplace_back("host.fenced", json::object{{"host", host_id}, {"attempt", attempt}, {"duration_ms", took},
+      events.emplace_back("host.fenced", json::object{{"host", host_id},
+                                                      {"attempt", attempt},
+                                                      {"duration_ms", took},
                                                       {"output", output_tail(ran->output)}});
     } else {
       const bool again = attempt < opt.fence_attempts;
-      m.reason = fmt::format("fencing failed (attempt {} of {}): {}; its instances are not re-created{}", attempt,
-                             opt.fence_attempts, why,
-                             again ? fmt::format(" (tried again in {} s)", opt.fence_retry.count() / 1000.0)
-                                   : " until it answers again or an operator powers it off");
-      events.emplace_back("host.fence_failed", json::object{{"host", host_id}, {"attempt", attempt},
-                                                            {"attempts", opt.fence_attempts}, {"retry", again},
-                                                            {"duration_ms", took}, {"reason", why}});
+      m.reason = fmt::format(
+          "fencing failed (attempt {} of {}): {}; its instances are not re-created{}", attempt,
+          opt.fence_attempts, why,
+          again ? fmt::format(" (tried again in {} s)", opt.fence_retry.count() / 1000.0)
+                : " until it answers again or an operator powers it off");
+      events.emplace_back("host.fence_failed", json::object{{"host", host_id},
+                                                            {"attempt", attempt},
+                                                            {"attempts", opt.fence_attempts},
+                                                            {"retry", again},
+                                                            {"duration_ms", took},
+                                                            {"reason", why}});
     }
-    events.emplace_back("host.state", json::object{{"host", host_id}, {"state", to_string(h->state)},
-                                                   {"step", m.step}, {"host_image", m.host_image},
-                                                   {"reachable", false}, {"reason", m.reason}});
+    events.emplace_back("host.state", json::object{{"host", host_id},
+                                                   {"state", to_string(h->state)},
+                                                   {"step", m.step},
+                                                   {"host_image", m.host_image},
+                                                   {"reachable", false},
+                                                   {"reason", m.reason}});
     if (active && !active->finished()) active->notes.push_back("host " + host_id + ": " + m.reason);
   }
   if (off) {
@@ -174,7 +195,8 @@ Drift Controller::Impl::drift_locked(const std::string& host_id, const json::arr
   return d;
 }
 
-void Controller::Impl::note_drift_locked(const std::string& host_id, const Drift& d, bool now, Events& out) {
+void Controller::Impl::note_drift_locked(const std::string& host_id, const Drift& d, bool now,
+                                         Events& out) {
   auto& m = hosts[host_id];
   const std::string key = d.key();
   m.drift_instances = static_cast<int>(d.unexpected.size() + d.missing.size());
@@ -208,20 +230,27 @@ bool Controller::Impl::reconcile(const std::string& host_id, const Drift& d) {
     Events events;
     if (!gone.ok()) {
       all = false;
-      log()->error("[host:{}] reconciling: cannot remove {} (placed on {}): {}", host_id, name, where,
-                   gone.error().message);
-      events.emplace_back("host.reconcile_failed", json::object{{"host", host_id}, {"instance", name},
-                                                                {"placed_on", where}, {"reason", gone.error().message}});
+      log()->error("[host:{}] reconciling: cannot remove {} (placed on {}): {}", host_id, name,
+                   where, gone.error().message);
+      events.emplace_back("host.reconcile_failed", json::object{{"host", host_id},
+                                                                {"instance", name},
+                                                                {"placed_on", where},
+                                                                {"reason", gone.error().message}});
     } else {
       std::string kept = json_get::str(*gone, "data_disk_kept");
-      log()->warn("[host:{}] reconciling: removed {} (placed on {} meanwhile); data disk kept at {}", host_id, name,
-                  where, kept.empty() ? "(none)" : kept);
-      events.emplace_back("host.reconciled", json::object{{"host", host_id}, {"instance", name}, {"action", "removed"},
-                                                          {"placed_on", where}, {"data_disk_kept", kept}});
+      log()->warn(
+          "[host:{}] reconciling: removed {} (placed on {} meanwhile); data disk kept at {}",
+          host_id, name, where, kept.empty() ? "(none)" : kept);
+      events.emplace_back("host.reconciled", json::object{{"host", host_id},
+                                                          {"instance", name},
+                                                          {"action", "removed"},
+                                                          {"placed_on", where},
+                                                          {"data_disk_kept", kept}});
       std::lock_guard lock(mu);
       if (active && !active->finished()) {
-        active->notes.push_back("reconciling " + host_id + ": removed its copy of " + name + " (placed on " + where +
-                                "); data disk kept at " + (kept.empty() ? "(none)" : kept));
+        active->notes.push_back("reconciling " + host_id + ": removed its copy of " + name +
+                                " (placed on " + where + "); data disk kept at " +
+                                (kept.empty() ? "(none)" : kept));
       }
     }
     publish(std::move(events));
@@ -231,13 +260,18 @@ bool Controller::Impl::reconcile(const std::string& host_id, const Drift& d) {
     Events events;
     if (!started.ok()) {
       all = false;
-      events.emplace_back("host.reconcile_failed", json::object{{"host", host_id}, {"instance", name},
-                                                                {"placed_on", host_id},
-                                                                {"reason", started.error().message}});
+      events.emplace_back("host.reconcile_failed",
+                          json::object{{"host", host_id},
+                                       {"instance", name},
+                                       {"placed_on", host_id},
+                                       {"reason", started.error().message}});
     } else {
       log()->info("[host:{}] reconciling: started {} (still placed here)", host_id, name);
-      events.emplace_back("host.reconciled", json::object{{"host", host_id}, {"instance", name}, {"action", "started"},
-                                                          {"placed_on", host_id}, {"data_disk_kept", ""}});
+      events.emplace_back("host.reconciled", json::object{{"host", host_id},
+                                                          {"instance", name},
+                                                          {"action", "started"},
+                                                          {"placed_on", host_id},
+                                                          {"data_disk_kept", ""}});
     }
     publish(std::move(events));
   }

@@ -5,6 +5,7 @@
 // so nothing publishes while holding mu. Events are collected under mu and published after.
 
 #include <atomic>
+#include <boost/json.hpp>
 #include <condition_variable>
 #include <map>
 #include <memory>
@@ -15,8 +16,6 @@
 #include <thread>
 #include <utility>
 #include <vector>
-
-#include <boost/json.hpp>
 
 #include "fabriclab/common/event_feed.hpp"
 #include "fabriclab/orchestrator/agent_client.hpp"
@@ -73,7 +72,8 @@ struct HostMirror {
 struct Drift {
   std::vector<std::pair<std::string, std::string>> unexpected;  // name, where it is placed
   std::vector<std::string> missing;
-  std::vector<std::string> held;  // placed here, stopped by the agent (a host back from a power loss)
+  std::vector<std::string>
+      held;  // placed here, stopped by the agent (a host back from a power loss)
   bool empty() const { return unexpected.empty() && missing.empty(); }
   std::string key() const;
 };
@@ -154,14 +154,14 @@ struct Controller::Impl {
   std::map<std::string, HostMirror> hosts;          // by host id
   std::map<std::string, InstanceMirror> instances;  // by instance name
   std::map<std::string, std::shared_ptr<DrillRun>> drills;
-  std::shared_ptr<DrillRun> active;  // the drill whose executor runs (or last ran)
+  std::shared_ptr<DrillRun> active;                  // the drill whose executor runs (or last ran)
   std::map<std::string, json::object> availability;  // last published, by service
 
   // Load balancer (lb.cpp drives HAProxy; lb_control.cpp keeps it in step with the cluster).
   std::unique_ptr<LoadBalancer> lb;  // null: the rack has none
   std::thread lb_thread;
-  std::condition_variable lb_cv;       // wakes the LB thread (with mu)
-  bool lb_dirty = true;                // under mu: the placement or an address changed
+  std::condition_variable lb_cv;                   // wakes the LB thread (with mu)
+  bool lb_dirty = true;                            // under mu: the placement or an address changed
   std::map<std::string, LbServerState> lb_states;  // by instance; under mu
   bool lb_polled = false;                          // under mu: lb_states hold a poll
   Clock::time_point lb_poll_began{};               // under mu: when the poll lb_states hold began
@@ -174,8 +174,8 @@ struct Controller::Impl {
   std::thread executor;
   std::thread journal_writer;
   std::shared_ptr<Subscription> journal_sub;
-  uint64_t journal_seq = 0;             // the feed numbers on after this (controller.cpp)
-  std::atomic<uint64_t> journaled{0};   // the newest event seq the writer has handled
+  uint64_t journal_seq = 0;            // the feed numbers on after this (controller.cpp)
+  std::atomic<uint64_t> journaled{0};  // the newest event seq the writer has handled
   std::atomic<uint64_t> journal_errors{0};
   std::atomic<uint64_t> agent_calls{0}, agent_call_failures{0};
 
@@ -191,7 +191,7 @@ struct Controller::Impl {
   void set_health_locked(const std::string& name, bool healthy, int64_t at_ms);
 
   void publish(Events events);
-  void save_cluster();  // the cluster doc into the journal (takes mu)
+  void save_cluster();                 // the cluster doc into the journal (takes mu)
   void save_drill(const DrillRun& d);  // takes mu
   AgentClient client(const std::string& host_id) const;  // takes mu
   // For calls that start or create VMs: a guest definition and start can take seconds on a busy
@@ -246,7 +246,8 @@ struct Controller::Impl {
   std::optional<std::pair<DrillState, std::string>> run_walk(DrillRun& d);
   // Client traffic around the walk: start (and wait the lead time), stop (after the tail).
   void start_traffic(DrillRun& d, std::thread& stats_thread, std::atomic<bool>& stats_stop);
-  void stop_traffic(DrillRun& d, bool tail, std::thread& stats_thread, std::atomic<bool>& stats_stop);
+  void stop_traffic(DrillRun& d, bool tail, std::thread& stats_thread,
+                    std::atomic<bool>& stats_stop);
   Status run_batch(DrillRun& d, BatchRun& b);
   // Waits (up to the healthy timeout) until the hosts are Ready and their instances healthy and
   // UP in the load balancer. `abortable`: an abort ends the wait (cancelled) — before a batch;
@@ -259,7 +260,8 @@ struct Controller::Impl {
   // The instances on `host_ids` were restarted by jobs that ended at `ended`: the load balancer's
   // next polls say whether their apps came back (DrillRun::app_up). Waits (bounded) for the first
   // poll begun after `ended`, so a batch's report already knows; no wait without a load balancer.
-  void note_restarted(DrillRun& d, const std::vector<std::string>& host_ids, Clock::time_point ended);
+  void note_restarted(DrillRun& d, const std::vector<std::string>& host_ids,
+                      Clock::time_point ended);
   Result<json::object> run_host(DrillRun& d, BatchRun& b, const std::string& host_id);
   void maybe_replan(DrillRun& d);
   bool wait_gate(DrillRun& d);  // false: abort requested

@@ -28,7 +28,8 @@ json::object Controller::Impl::host_json_locked(const Host& h) const {
     o["reason"] = m.reason;
   }
   json::array names;
-  for (const auto* i : cluster.instances_on(h.id)) names.push_back(json::value(instance_name(i->service, i->index)));
+  for (const auto* i : cluster.instances_on(h.id))
+    names.push_back(json::value(instance_name(i->service, i->index)));
   o["instances"] = std::move(names);
   return o;
 }
@@ -44,7 +45,8 @@ json::object Controller::Impl::instance_json_locked(const Instance& i) const {
     o["counter"] = it->second.counter;
     o["address"] = it->second.address;
     if (it->second.signals_known) {
-      o["signals"] = json::object{{"heartbeat", it->second.heartbeat}, {"guest_agent", it->second.guest_agent}};
+      o["signals"] = json::object{{"heartbeat", it->second.heartbeat},
+                                  {"guest_agent", it->second.guest_agent}};
     }
   }
   return o;
@@ -81,7 +83,8 @@ json::object Controller::Impl::drill_json_locked(const DrillRun& d) const {
   }
   json::array progress;
   for (const auto& [h, p] : d.progress) {
-    progress.push_back(json::object{{"host", h}, {"batch", p.batch}, {"status", p.status}, {"job", p.job}});
+    progress.push_back(
+        json::object{{"host", h}, {"batch", p.batch}, {"status", p.status}, {"job", p.job}});
   }
   json::array notes;
   for (const auto& n : d.notes) notes.push_back(json::value(n));

@@ -8,7 +8,8 @@
 
 namespace fabriclab::orchestrator {
 namespace {
-constexpr std::string_view kDrillStates[] = {"Planned", "Running", "Paused", "Completed", "Failed", "Aborted"};
+constexpr std::string_view kDrillStates[] = {"Planned",   "Running", "Paused",
+                                             "Completed", "Failed",  "Aborted"};
 }  // namespace
 
 std::string_view to_string(DrillState s) { return kDrillStates[static_cast<int>(s)]; }
@@ -17,22 +18,26 @@ Result<DrillState> parse_drill_state(std::string_view s, std::string_view field)
   for (size_t i = 0; i < std::size(kDrillStates); ++i) {
     if (kDrillStates[i] == s) return static_cast<DrillState>(i);
   }
-  return make_error(Condition::invalid_argument,
-                    fmt::format("field '{}' must be one of Planned, Running, Paused, Completed, Failed, Aborted", field));
+  return make_error(
+      Condition::invalid_argument,
+      fmt::format("field '{}' must be one of Planned, Running, Paused, Completed, Failed, Aborted",
+                  field));
 }
 
 Result<DrillSpec> drill_spec_from_json(const json::object& o) {
-  FL_RETURN_IF_ERROR(check_fields(o, {"kind", "target", "max_parallel_hosts", "time_scale",
-                                      "recovery_s", "notice_s", "freeze_s", "healthy_timeout_s",
-                                      "memory_preserving", "start_paused"}));
+  FL_RETURN_IF_ERROR(check_fields(
+      o, {"kind", "target", "max_parallel_hosts", "time_scale", "recovery_s", "notice_s",
+          "freeze_s", "healthy_timeout_s", "memory_preserving", "start_paused"}));
   DrillSpec s;
   FL_ASSIGN_OR_RETURN(s.kind, get_string(o, "kind", 16));
   if (s.kind != "host-os" && s.kind != "guest-os" && s.kind != "freeze") {
-    return make_error(Condition::invalid_argument,
-                      "field 'kind' must be one of host-os, guest-os, freeze (got '" + s.kind + "')");
+    return make_error(
+        Condition::invalid_argument,
+        "field 'kind' must be one of host-os, guest-os, freeze (got '" + s.kind + "')");
   }
   FL_ASSIGN_OR_RETURN(s.target, get_string(o, "target", kMaxNameBytes, s.kind != "freeze"));
-  FL_ASSIGN_OR_RETURN(auto mp, get_int_or(o, "max_parallel_hosts", 0, static_cast<int64_t>(kMaxHosts), 0));
+  FL_ASSIGN_OR_RETURN(auto mp,
+                      get_int_or(o, "max_parallel_hosts", 0, static_cast<int64_t>(kMaxHosts), 0));
   s.max_parallel_hosts = static_cast<int>(mp);
   FL_ASSIGN_OR_RETURN(s.time_scale, get_number_or(o, "time_scale", 1e-6, 1.0, 1.0));
   FL_ASSIGN_OR_RETURN(s.recovery_s, get_number_or(o, "recovery_s", 0, 7 * 86400, 1800));

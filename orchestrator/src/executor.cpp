@@ -16,12 +16,12 @@
 // time, so a SIGKILL between the agent accepting a job and the journal recording it cannot make
 // the same host update twice.
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <thread>
-
-#include <fmt/format.h>
 
 #include "controller_impl.hpp"
 #include "fabriclab/common/json_get.hpp"
@@ -66,9 +66,10 @@ std::vector<std::string> drill_notice(const Cluster& c, const DrillSpec& spec, i
   }
   if (given < need) {
     notice_ms = need;
-    notes.push_back(fmt::format(
-        "notice raised from {} s to {} s so that draining guests leave rotation before their host stops",
-        secs(given), secs(need)));
+    notes.push_back(
+        fmt::format("notice raised from {} s to {} s so that draining guests leave rotation before "
+                    "their host stops",
+                    secs(given), secs(need)));
   }
   return notes;
 }
@@ -81,7 +82,8 @@ Result<json::object> Controller::create_drill(const DrillSpec& spec) {
   {
     std::lock_guard lock(m.mu);
     if (m.active && !m.active->finished()) {
-      return make_error(Condition::invalid_state, "drill '" + m.active->id + "' is " + std::string(to_string(m.active->state)) +
+      return make_error(Condition::invalid_state, "drill '" + m.active->id + "' is " +
+                                                      std::string(to_string(m.active->state)) +
                                                       ": one drill at a time");
     }
     c = m.cluster;
@@ -121,8 +123,8 @@ Result<json::object> Controller::create_drill(const DrillSpec& spec) {
   }
   m.save_drill(*d);
   for (const auto& [h, p] : d->progress) (void)m.journal->set_host_progress(d->id, p);
-  log()->info("[drill:{}] {} to '{}': {} batches (lower bound {}, {})", d->id, spec.kind, spec.target,
-              d->batches.size(), d->plan.lower_bound, d->plan.method);
+  log()->info("[drill:{}] {} to '{}': {} batches (lower bound {}, {})", d->id, spec.kind,
+              spec.target, d->batches.size(), d->plan.lower_bound, d->plan.method);
   m.publish({{"drill.state", json::object{{"drill", out}}}});
   if (m.executor.joinable()) m.executor.join();
   m.executor = std::thread([&m, d] { m.run_drill(d); });
@@ -192,7 +194,8 @@ void Controller::Impl::maybe_replan(DrillRun& d) {
     }
   }
   Plan remaining;
-  for (size_t b = d.current_batch; b < d.batches.size(); ++b) remaining.batches.push_back(d.batches[b].hosts);
+  for (size_t b = d.current_batch; b < d.batches.size(); ++b)
+    remaining.batches.push_back(d.batches[b].hosts);
   if (validate_plan(rest, remaining, d.spec.max_parallel_hosts).ok()) return;
   auto fresh = plan_walk(rest, PlanOptions{d.spec.max_parallel_hosts});
   if (!fresh.ok()) return;  // the batch precondition will halt the drill with a reason
@@ -206,8 +209,8 @@ void Controller::Impl::maybe_replan(DrillRun& d) {
       d.batches.push_back(BatchRun{index, fresh->batches[i]});
       for (const auto& h : fresh->batches[i]) d.progress[h].batch = index;
     }
-    note = "replanned: placement changed (healing); " + std::to_string(left.size()) + " hosts left in " +
-           std::to_string(fresh->batches.size()) + " batches";
+    note = "replanned: placement changed (healing); " + std::to_string(left.size()) +
+           " hosts left in " + std::to_string(fresh->batches.size()) + " batches";
     d.notes.push_back(note);
     j = drill_json_locked(d);
   }
@@ -253,18 +256,21 @@ Status Controller::Impl::wait_ready(DrillRun& d, const std::vector<std::string>&
     if (last.empty()) return {};
     if (abortable && d.abort_requested) {
       d.waiting_for.clear();
-      return make_error(Condition::cancelled, "aborted by request " + std::string(why) + " while " + last);
+      return make_error(Condition::cancelled,
+                        "aborted by request " + std::string(why) + " while " + last);
     }
     if (Clock::now() >= deadline) break;
     cv.wait_for(lock, std::chrono::milliseconds(100));
   }
   d.waiting_for.clear();
   if (stopping) return make_error(Condition::cancelled, "the orchestrator is stopping");
-  return make_error(Condition::timeout, std::string(why) + ": " + last + " after " +
-                                            std::to_string(static_cast<int64_t>(d.spec.healthy_timeout_s)) + " s");
+  return make_error(Condition::timeout,
+                    std::string(why) + ": " + last + " after " +
+                        std::to_string(static_cast<int64_t>(d.spec.healthy_timeout_s)) + " s");
 }
 
-Result<json::object> Controller::Impl::run_host(DrillRun& d, BatchRun& b, const std::string& host_id) {
+Result<json::object> Controller::Impl::run_host(DrillRun& d, BatchRun& b,
+                                                const std::string& host_id) {
   AgentClient c = client(host_id);
   std::string job_id;
   {
@@ -279,25 +285,33 @@ Result<json::object> Controller::Impl::run_host(DrillRun& d, BatchRun& b, const 
         const auto& j = v.as_object();
         const auto* req = j.if_contains("request");
         if (!req || !req->is_object()) continue;
-        if (json_get::str(req->as_object(), "kind") != d.spec.kind || json_get::str(req->as_object(), "target") != d.spec.target) continue;
-        if (json_get::str(j, "started_at") < rfc3339(std::chrono::system_clock::time_point(std::chrono::milliseconds(d.started_ms)))) continue;
+        if (json_get::str(req->as_object(), "kind") != d.spec.kind ||
+            json_get::str(req->as_object(), "target") != d.spec.target)
+          continue;
+        if (json_get::str(j, "started_at") <
+            rfc3339(std::chrono::system_clock::time_point(std::chrono::milliseconds(d.started_ms))))
+          continue;
         job_id = json_get::str(j, "id");
       }
     }
   }
   if (job_id.empty()) {
-    json::object req{{"kind", d.spec.kind},
-                     {"target", d.spec.target},
-                     {"notice_ms", std::min<int64_t>(d.notice_ms > 0 ? d.notice_ms
-                                                                     : scaled(d.spec.notice_s, d.spec.time_scale).count(),
-                                                     15 * 60 * 1000)},
-                     {"freeze_ms", std::min<int64_t>(scaled(d.spec.freeze_s, d.spec.time_scale).count(), 30 * 1000)}};
+    json::object req{
+        {"kind", d.spec.kind},
+        {"target", d.spec.target},
+        {"notice_ms",
+         std::min<int64_t>(
+             d.notice_ms > 0 ? d.notice_ms : scaled(d.spec.notice_s, d.spec.time_scale).count(),
+             15 * 60 * 1000)},
+        {"freeze_ms",
+         std::min<int64_t>(scaled(d.spec.freeze_s, d.spec.time_scale).count(), 30 * 1000)}};
     if (d.spec.memory_preserving) req["memory_preserving"] = true;
     ++agent_calls;
     auto job = c.start_operation(req);
     if (!job.ok()) {
       ++agent_call_failures;
-      return make_error(job.error().condition, "host '" + host_id + "': the update did not start: " + job.error().message);
+      return make_error(job.error().condition,
+                        "host '" + host_id + "': the update did not start: " + job.error().message);
     }
     job_id = json_get::str(*job, "id");
   }
@@ -311,8 +325,11 @@ Result<json::object> Controller::Impl::run_host(DrillRun& d, BatchRun& b, const 
     p = pr;
   }
   (void)journal->set_host_progress(d.id, p);
-  publish({{"drill.host", json::object{{"drill", d.id}, {"host", host_id}, {"batch", b.index},
-                                        {"status", "running"}, {"job", job_id}}}});
+  publish({{"drill.host", json::object{{"drill", d.id},
+                                       {"host", host_id},
+                                       {"batch", b.index},
+                                       {"status", "running"},
+                                       {"job", job_id}}}});
   // Poll the job until it ends; an agent that stops answering for too long fails the host.
   auto last_answer = Clock::now();
   while (!stopping) {
@@ -326,17 +343,19 @@ Result<json::object> Controller::Impl::run_host(DrillRun& d, BatchRun& b, const 
         // The job's per-guest records (notice, stop method, rollback) go into the report too.
         std::lock_guard lock(mu);
         d.progress[host_id].detail = *j;
-        return make_error(Condition::internal, "host '" + host_id + "': job " + job_id + " " + status + ": " +
-                                                   json_get::str(*j, "error"));
+        return make_error(Condition::internal, "host '" + host_id + "': job " + job_id + " " +
+                                                   status + ": " + json_get::str(*j, "error"));
       }
     } else {
       ++agent_call_failures;
       if (j.error().condition == Condition::not_found) {
-        return make_error(Condition::not_found, "host '" + host_id + "': the agent lost job " + job_id);
+        return make_error(Condition::not_found,
+                          "host '" + host_id + "': the agent lost job " + job_id);
       }
       if (Clock::now() - last_answer > opt.unhealthy_after) {
-        return make_error(Condition::transient, "host '" + host_id + "' stopped answering during its update: " +
-                                                    j.error().message);
+        return make_error(
+            Condition::transient,
+            "host '" + host_id + "' stopped answering during its update: " + j.error().message);
       }
     }
     std::unique_lock lock(mu);
@@ -373,15 +392,20 @@ Status Controller::Impl::run_batch(DrillRun& d, BatchRun& b) {
       d.notes.push_back("host " + h + " skipped: Unhealthy when its batch began");
     }
     (void)journal->set_host_progress(d.id, p);
-    publish({{"drill.host", json::object{{"drill", d.id}, {"host", h}, {"batch", b.index}, {"status", "skipped"},
-                                          {"reason", "Unhealthy when its batch began"}}}});
+    publish({{"drill.host", json::object{{"drill", d.id},
+                                         {"host", h},
+                                         {"batch", b.index},
+                                         {"status", "skipped"},
+                                         {"reason", "Unhealthy when its batch began"}}}});
   }
   save_drill(d);
   publish({{"drill.batch", bj}});
-  log()->info("[drill:{}] batch {}/{}: {}", d.id, b.index + 1, d.batches.size(), fmt::join(b.hosts, ", "));
+  log()->info("[drill:{}] batch {}/{}: {}", d.id, b.index + 1, d.batches.size(),
+              fmt::join(b.hosts, ", "));
 
   // One thread per host of the batch; results gathered, then judged.
-  std::vector<Result<json::object>> results(todo.size(), make_error(Condition::internal, "not run"));
+  std::vector<Result<json::object>> results(todo.size(),
+                                            make_error(Condition::internal, "not run"));
   std::vector<std::thread> threads;
   for (size_t i = 0; i < todo.size(); ++i) {
     threads.emplace_back([&, i] { results[i] = run_host(d, b, todo[i]); });
@@ -406,8 +430,11 @@ Status Controller::Impl::run_batch(DrillRun& d, BatchRun& b) {
     }
     if (!ok && results[i].error().condition == Condition::cancelled) return results[i].error();
     (void)journal->set_host_progress(d.id, p);
-    publish({{"drill.host", json::object{{"drill", d.id}, {"host", todo[i]}, {"batch", b.index},
-                                          {"status", p.status}, {"job", p.job}}}});
+    publish({{"drill.host", json::object{{"drill", d.id},
+                                         {"host", todo[i]},
+                                         {"batch", b.index},
+                                         {"status", p.status},
+                                         {"job", p.job}}}});
     if (!ok && failure.empty()) failure = results[i].error().message;
   }
   note_restarted(d, todo, jobs_ended);
@@ -430,11 +457,13 @@ Status Controller::Impl::run_batch(DrillRun& d, BatchRun& b) {
   }
   save_drill(d);
   publish({{"drill.batch", bj}});
-  if (!failure.empty()) return make_error(Condition::internal, "batch " + std::to_string(b.index + 1) + ": " + failure);
+  if (!failure.empty())
+    return make_error(Condition::internal, "batch " + std::to_string(b.index + 1) + ": " + failure);
   return {};
 }
 
-void Controller::Impl::await_fresh_polls(const std::vector<std::string>& host_ids, Clock::time_point since) {
+void Controller::Impl::await_fresh_polls(const std::vector<std::string>& host_ids,
+                                         Clock::time_point since) {
   // A watcher polls every opt.poll; one that is slow to answer is marked unreachable after
   // opt.unhealthy_after. Past both, give up: the mirror is what it is.
   auto deadline = Clock::now() + 2 * opt.poll + opt.unhealthy_after;
@@ -453,12 +482,14 @@ void Controller::Impl::note_restarted(DrillRun& d, const std::vector<std::string
                                       Clock::time_point ended) {
   std::unique_lock lock(mu);
   for (const auto& h : host_ids) {
-    for (const auto* i : cluster.instances_on(h)) d.restarted_at[instance_name(i->service, i->index)] = ended;
+    for (const auto* i : cluster.instances_on(h))
+      d.restarted_at[instance_name(i->service, i->index)] = ended;
   }
   if (!lb) return;
   // A poll takes at most its socket timeout; polls come at least every second.
   auto deadline = Clock::now() + lb->options().socket_timeout + std::chrono::seconds(1);
-  cv.wait_until(lock, deadline, [&] { return stopping.load() || (lb_polled && lb_poll_began >= ended); });
+  cv.wait_until(lock, deadline,
+                [&] { return stopping.load() || (lb_polled && lb_poll_began >= ended); });
 }
 
 namespace {
@@ -496,28 +527,33 @@ std::optional<std::pair<DrillState, std::string>> Controller::Impl::run_walk(Dri
     if (!in_flight) {
       if (!wait_gate(d)) {
         if (stopping) return std::nullopt;
-        return End{DrillState::aborted, "aborted by request before batch " + std::to_string(index + 1)};
+        return End{DrillState::aborted,
+                   "aborted by request before batch " + std::to_string(index + 1)};
       }
       maybe_replan(d);
       std::vector<std::string> pre;
       {
         std::lock_guard lock(mu);
         pre = d.batches[index].hosts;
-        if (index > 0) pre.insert(pre.end(), d.batches[index - 1].hosts.begin(), d.batches[index - 1].hosts.end());
+        if (index > 0)
+          pre.insert(pre.end(), d.batches[index - 1].hosts.begin(),
+                     d.batches[index - 1].hosts.end());
         // And the hosts of every other instance of the services this batch takes down: they are
         // what serves meanwhile, so they must be healthy and in rotation first (a guest that
         // boots slowly may be up for its agent before its app is up for the load balancer).
         for (const auto& h : d.batches[index].hosts) {
           for (const auto* i : cluster.instances_on(h)) {
             for (const auto* sib : cluster.instances_of(i->service)) {
-              if (std::find(pre.begin(), pre.end(), sib->host) == pre.end()) pre.push_back(sib->host);
+              if (std::find(pre.begin(), pre.end(), sib->host) == pre.end())
+                pre.push_back(sib->host);
             }
           }
         }
       }
       auto ready = wait_ready(d, pre, "before batch " + std::to_string(index + 1), true);
       if (!ready.ok()) {
-        if (ready.error().condition == Condition::cancelled && !stopping) return End{DrillState::aborted, ready.error().message};
+        if (ready.error().condition == Condition::cancelled && !stopping)
+          return End{DrillState::aborted, ready.error().message};
         if (ready.error().condition == Condition::cancelled) return std::nullopt;
         return End{DrillState::failed, ready.error().message};
       }
@@ -550,7 +586,8 @@ std::optional<std::pair<DrillState, std::string>> Controller::Impl::run_walk(Dri
     }
     if (window.count() > 0) announce_waiting(*this, d, "", 0);
     if (aborted) {
-      return End{DrillState::aborted, "aborted by request after batch " + std::to_string(index + 1)};
+      return End{DrillState::aborted,
+                 "aborted by request after batch " + std::to_string(index + 1)};
     }
   }
   if (stopping) return std::nullopt;
@@ -568,7 +605,8 @@ void Controller::Impl::run_drill(std::shared_ptr<DrillRun> dp) {
   if (end) finish(d, end->first, std::move(end->second));
 }
 
-void Controller::Impl::start_traffic(DrillRun& d, std::thread& stats_thread, std::atomic<bool>& stats_stop) {
+void Controller::Impl::start_traffic(DrillRun& d, std::thread& stats_thread,
+                                     std::atomic<bool>& stats_stop) {
   std::vector<TrafficTarget> targets;
   std::string reason;
   {
@@ -604,10 +642,14 @@ void Controller::Impl::start_traffic(DrillRun& d, std::thread& stats_thread, std
     d.traffic_measured = gen != nullptr;
     d.traffic_reason = reason;
     d.traffic_records.clear();
-    traffic_view = json::object{{"drill", d.id}, {"measured", d.traffic_measured}, {"reason", reason},
+    traffic_view = json::object{{"drill", d.id},
+                                {"measured", d.traffic_measured},
+                                {"reason", reason},
                                 {"services", json::object{}}};
     if (gen && d.resumed) {
-      note = "client traffic measured again from the resume on: what was sent before the restart is not in the report";
+      note =
+          "client traffic measured again from the resume on: what was sent before the restart is "
+          "not in the report";
       d.notes.push_back(note);
     }
   }
@@ -618,11 +660,13 @@ void Controller::Impl::start_traffic(DrillRun& d, std::thread& stats_thread, std
     while (!stats_stop && !stopping) {
       {
         std::unique_lock lock(mu);
-        cv.wait_for(lock, std::chrono::seconds(1), [&] { return stats_stop.load() || stopping.load(); });
+        cv.wait_for(lock, std::chrono::seconds(1),
+                    [&] { return stats_stop.load() || stopping.load(); });
       }
       if (stats_stop || stopping) break;
       json::object stats = gen->stats_json();
-      json::value services = stats.contains("services") ? stats["services"] : json::value(json::object{});
+      json::value services =
+          stats.contains("services") ? stats["services"] : json::value(json::object{});
       {
         std::lock_guard lock(mu);
         traffic_view["services"] = services;
@@ -657,14 +701,16 @@ void Controller::Impl::stop_traffic(DrillRun& d, bool tail, std::thread& stats_t
   gen->stop();
   auto records = gen->records();
   json::object stats = gen->stats_json();
-  json::value services = stats.contains("services") ? stats["services"] : json::value(json::object{});
+  json::value services =
+      stats.contains("services") ? stats["services"] : json::value(json::object{});
   {
     std::lock_guard lock(mu);
     d.traffic_records = std::move(records);
     traffic_view["services"] = services;
     traffic.reset();
   }
-  publish({{"traffic.stats", json::object{{"drill", d.id}, {"services", services}, {"final", true}}}});
+  publish(
+      {{"traffic.stats", json::object{{"drill", d.id}, {"services", services}, {"final", true}}}});
 }
 
 ReportInput Controller::Impl::report_input(const DrillRun& d) const {
@@ -685,13 +731,15 @@ ReportInput Controller::Impl::report_input(const DrillRun& d) const {
     ReportHost rh;
     rh.id = h.id;
     rh.fd = h.fault_domain;
-    if (auto it = d.host_image_before.find(h.id); it != d.host_image_before.end()) rh.image_before = it->second;
+    if (auto it = d.host_image_before.find(h.id); it != d.host_image_before.end())
+      rh.image_before = it->second;
     if (auto it = hosts.find(h.id); it != hosts.end()) rh.image_after = it->second.host_image;
     rh.state = std::string(to_string(h.state));
     in.hosts.push_back(rh);
   }
   for (const auto& s : cluster.services) {
-    in.services.push_back(ReportService{s.name, s.instance_count, s.ud_count, s.drain, s.data_check.has_value()});
+    in.services.push_back(
+        ReportService{s.name, s.instance_count, s.ud_count, s.drain, s.data_check.has_value()});
   }
   // Client traffic: the records of the finished drill, or, while it runs, the generator's.
   in.traffic_measured = d.traffic_measured;
@@ -705,7 +753,9 @@ ReportInput Controller::Impl::report_input(const DrillRun& d) const {
     }
     if (records->empty() && d.finished()) {
       in.traffic_measured = false;
-      in.traffic_reason = "the orchestrator restarted since the drill: its client traffic records were kept in memory only";
+      in.traffic_reason =
+          "the orchestrator restarted since the drill: its client traffic records were kept in "
+          "memory only";
     }
     for (const auto& s : cluster.services) {
       if (!s.endpoint || !in.traffic_measured) continue;
@@ -716,7 +766,8 @@ ReportInput Controller::Impl::report_input(const DrillRun& d) const {
       if (auto it = records->find(s.name); it != records->end()) {
         t.requests.reserve(it->second.size());
         for (const auto& r : it->second) {
-          t.requests.push_back(ReportRequest{r.sent_ms, r.status, r.error, r.latency_ms, r.served_by});
+          t.requests.push_back(
+              ReportRequest{r.sent_ms, r.status, r.error, r.latency_ms, r.served_by});
         }
       }
       in.traffic.push_back(std::move(t));
@@ -755,14 +806,16 @@ ReportInput Controller::Impl::report_input(const DrillRun& d) const {
       ri.healthy_at_end = it->second.healthy;
       ri.timeline = it->second.timeline;
     }
-    if (auto it = hosts.find(i.host); it != hosts.end()) ri.host_image_after = it->second.host_image;
+    if (auto it = hosts.find(i.host); it != hosts.end())
+      ri.host_image_after = it->second.host_image;
     if (auto it = instances.find(ri.name); it != instances.end() && it->second.signals_known) {
       // What the guest offers now; its job's record, when there is one, says what it offered then.
       ri.signals_reported = true;
       ri.heartbeat = it->second.heartbeat;
       ri.guest_agent = it->second.guest_agent;
     }
-    if (auto it = guest_reports.find(ri.name); it != guest_reports.end()) read_guest_record(*it->second, ri);
+    if (auto it = guest_reports.find(ri.name); it != guest_reports.end())
+      read_guest_record(*it->second, ri);
     const Service* s = cluster.find_service(i.service);
     ri.app_probe = lb && s && s->endpoint && !s->vip.empty();
     ri.app_up = d.app_up.count(ri.name) > 0;

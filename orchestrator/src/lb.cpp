@@ -90,13 +90,16 @@ Status write_atomically(const std::string& path, const std::string& text) {
 }  // namespace
 
 Result<std::unique_ptr<LoadBalancer>> LoadBalancer::create(LbOptions options) {
-  if (options.config_path.empty()) return make_error(Condition::invalid_argument, "--lb-config is empty");
+  if (options.config_path.empty())
+    return make_error(Condition::invalid_argument, "--lb-config is empty");
   if (options.master_socket.empty()) {
-    return make_error(Condition::invalid_argument, "--lb-master-socket is required with --lb-config");
+    return make_error(Condition::invalid_argument,
+                      "--lb-master-socket is required with --lb-config");
   }
   sockaddr_un addr{};
   if (options.master_socket.size() >= sizeof(addr.sun_path)) {
-    return make_error(Condition::invalid_argument, "--lb-master-socket: path too long for a unix socket");
+    return make_error(Condition::invalid_argument,
+                      "--lb-master-socket: path too long for a unix socket");
   }
   FL_RETURN_IF_ERROR(check_lb_settings(options.settings));
   return std::unique_ptr<LoadBalancer>(new LoadBalancer(std::move(options)));
@@ -145,7 +148,8 @@ Result<std::string> LoadBalancer::command(std::string_view cmd) const {
       int n = ::poll(&p, 1, remaining_ms(deadline));
       if (n == 0) {
         close(fd);
-        return make_error(Condition::timeout, what + ": no answer to '" + std::string(cmd) + "' in time");
+        return make_error(Condition::timeout,
+                          what + ": no answer to '" + std::string(cmd) + "' in time");
       }
       if (n < 0) {
         if (errno == EINTR) continue;
@@ -202,7 +206,8 @@ Status LoadBalancer::reload_and_confirm() {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   return make_error(Condition::timeout, "haproxy reload not confirmed within " +
-                                            std::to_string(options_.reload_timeout.count()) + " ms: " + last);
+                                            std::to_string(options_.reload_timeout.count()) +
+                                            " ms: " + last);
 }
 
 Result<bool> LoadBalancer::apply(const std::vector<LbService>& services) {
@@ -218,7 +223,8 @@ Result<bool> LoadBalancer::apply(const std::vector<LbService>& services) {
     f << text;
     if (!f.flush()) return make_error(Condition::internal, candidate + ": write failed");
   }
-  auto checked = run_command({options_.haproxy, "-c", "-f", candidate}, std::chrono::seconds(20), 64 << 10);
+  auto checked =
+      run_command({options_.haproxy, "-c", "-f", candidate}, std::chrono::seconds(20), 64 << 10);
   if (!checked.ok()) {
     std::remove(candidate.c_str());
     return checked.error();
@@ -237,8 +243,8 @@ Result<bool> LoadBalancer::apply(const std::vector<LbService>& services) {
     // "1\n# be_id ..." is the state file format (version 1); anything else is an error message.
     if (!state->starts_with("1\n")) {
       std::remove(candidate.c_str());
-      return make_error(Condition::internal, "saving server states: haproxy answered '" +
-                                                 state->substr(0, 200) + "'");
+      return make_error(Condition::internal,
+                        "saving server states: haproxy answered '" + state->substr(0, 200) + "'");
     }
     if (auto s = write_atomically(options_.settings.server_state_file, *state); !s.ok()) {
       std::remove(candidate.c_str());

@@ -13,10 +13,10 @@
 // min(timeout connect, inter), so a stopped guest is still noticed within the interval, and then
 // waits for its answer at least 1 s (kMinCheckReadMs).
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <charconv>
-
-#include <fmt/format.h>
 
 #include "fabriclab/orchestrator/cluster.hpp"
 #include "fabriclab/orchestrator/lb.hpp"
@@ -64,7 +64,8 @@ std::vector<std::string_view> split(std::string_view s, char sep) {
   size_t start = 0;
   for (;;) {
     auto pos = s.find(sep, start);
-    out.push_back(s.substr(start, pos == std::string_view::npos ? std::string_view::npos : pos - start));
+    out.push_back(
+        s.substr(start, pos == std::string_view::npos ? std::string_view::npos : pos - start));
     if (pos == std::string_view::npos) return out;
     start = pos + 1;
   }
@@ -111,21 +112,24 @@ Status check_lb_service(const LbService& s) {
   if (!is_ipv4(s.vip)) return bad(at + "vip must be a dotted IPv4 address");
   if (s.port == 0) return bad(at + "port must be in 1..65535");
   if (!is_probe_path_text(s.probe_path)) {
-    return bad(at + "probe path must start with '/' and hold only printable ASCII characters "
-                    "other than space, quotes and '\\'");
+    return bad(at +
+               "probe path must start with '/' and hold only printable ASCII characters "
+               "other than space, quotes and '\\'");
   }
   if (s.interval_ms < kMinProbeIntervalMs || s.interval_ms > kMaxProbeIntervalMs) {
     return bad(at + fmt::format("probe interval_ms must be in {}..{}", kMinProbeIntervalMs,
                                 kMaxProbeIntervalMs));
   }
   if (s.unhealthy_threshold < 1 || s.unhealthy_threshold > kMaxUnhealthyThreshold) {
-    return bad(at + fmt::format("probe unhealthy_threshold must be in 1..{}", kMaxUnhealthyThreshold));
+    return bad(at +
+               fmt::format("probe unhealthy_threshold must be in 1..{}", kMaxUnhealthyThreshold));
   }
   for (size_t i = 0; i < s.backends.size(); ++i) {
     const auto& b = s.backends[i];
     if (!is_lb_name(b.instance)) {
       return bad(at + fmt::format("backends[{}]: an instance name must hold only letters, digits, "
-                                  "'-', '_' and '.'", i));
+                                  "'-', '_' and '.'",
+                                  i));
     }
     if (!is_ipv4(b.address)) {
       return bad(at + "backend '" + b.instance + "': address must be a dotted IPv4 address");
@@ -146,8 +150,9 @@ Status check_lb_settings(const LbSettings& s) {
   }
   for (char c : s.server_state_file) {
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f || c == '\'' || c == '"' || c == '\\') {
-      return bad("load balancer: the server state file path may not hold quotes, backslashes or "
-                 "control characters");
+      return bad(
+          "load balancer: the server state file path may not hold quotes, backslashes or "
+          "control characters");
     }
   }
   if (!s.server_state_file.empty() && s.server_state_file[0] != '/') {
@@ -159,7 +164,8 @@ Status check_lb_settings(const LbSettings& s) {
   return {};
 }
 
-std::string render_haproxy_config(const std::vector<LbService>& services, const LbSettings& settings) {
+std::string render_haproxy_config(const std::vector<LbService>& services,
+                                  const LbSettings& settings) {
   std::string out;
   out += "# fabriclab load balancer: rendered by the orchestrator (orchestrator/lb.hpp).\n";
   out += "# Rewritten on every change of placement: do not edit.\n";
@@ -246,7 +252,8 @@ Result<std::vector<LbServerState>> parse_haproxy_stat(std::string_view csv) {
   const int px = col("pxname"), sv = col("svname"), st = col("status"), cs = col("check_status"),
             cc = col("check_code"), cd = col("check_desc"), lc = col("last_chk");
   if (px < 0 || sv < 0 || st < 0) {
-    return make_error(Condition::internal, "haproxy 'show stat' has no pxname/svname/status column");
+    return make_error(Condition::internal,
+                      "haproxy 'show stat' has no pxname/svname/status column");
   }
   std::vector<LbServerState> out;
   if (nl == std::string_view::npos) return out;

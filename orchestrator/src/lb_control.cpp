@@ -35,7 +35,8 @@ std::optional<std::pair<uint32_t, uint64_t>> parse_range(std::string_view range)
   int prefix = 0;
   auto digits = range.substr(slash + 1);
   auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), prefix);
-  if (ec != std::errc() || p != digits.data() + digits.size() || prefix < 8 || prefix > 28) return std::nullopt;
+  if (ec != std::errc() || p != digits.data() + digits.size() || prefix < 8 || prefix > 28)
+    return std::nullopt;
   in_addr a{};
   if (inet_pton(AF_INET, ip.c_str(), &a) != 1) return std::nullopt;
   uint32_t base = ntohl(a.s_addr);
@@ -117,12 +118,14 @@ json::array Controller::Impl::backends_json_locked(const Service& s) const {
       state = it->second.state;
       check = it->second.check;
     }
-    out.push_back(json::object{{"instance", name}, {"address", address}, {"state", state}, {"check", check}});
+    out.push_back(
+        json::object{{"instance", name}, {"address", address}, {"state", state}, {"check", check}});
   }
   return out;
 }
 
-std::string Controller::Impl::lb_not_serving_locked(const Service& s, const std::string& name) const {
+std::string Controller::Impl::lb_not_serving_locked(const Service& s,
+                                                    const std::string& name) const {
   if (!lb || !s.endpoint || s.vip.empty()) return "";
   auto im = instances.find(name);
   if (im == instances.end() || im->second.address.empty()) return "";  // not a backend at all
@@ -131,7 +134,8 @@ std::string Controller::Impl::lb_not_serving_locked(const Service& s, const std:
     return "instance " + name + " is not a backend of the load balancer yet";
   }
   if (it->second.serving()) return "";
-  if (it->second.state == "UP") return "instance " + name + " is UP in the load balancer but not checked yet";
+  if (it->second.state == "UP")
+    return "instance " + name + " is UP in the load balancer but not checked yet";
   return "instance " + name + " is " + it->second.state + " in the load balancer" +
          (it->second.check.empty() ? "" : " (" + it->second.check + ")");
 }
@@ -166,9 +170,9 @@ void Controller::Impl::lb_poll_once(Events& events) {
       continue;
     }
     events.emplace_back("lb.backend", json::object{{"service", s.service},
-                                                    {"instance", s.instance},
-                                                    {"state", s.state},
-                                                    {"check", s.check}});
+                                                   {"instance", s.instance},
+                                                   {"state", s.state},
+                                                   {"check", s.check}});
   }
   note_app_up_locked(now, began);
   lb_states = std::move(now);
@@ -201,16 +205,20 @@ void Controller::Impl::lb_loop() {
         applied_text = text;
         last_error.clear();
         if (*r) {
-          publish({{"lb.config", json::object{{"ok", true}, {"reloads", lb->reloads()},
-                                              {"services", std::move(names)}, {"error", ""}}}});
+          publish({{"lb.config", json::object{{"ok", true},
+                                              {"reloads", lb->reloads()},
+                                              {"services", std::move(names)},
+                                              {"error", ""}}}});
         }
       } else {
         retry_at = Clock::now() + kApplyRetry;
         if (r.error().message != last_error) {
           last_error = r.error().message;
           log()->error("load balancer: {}", last_error);
-          publish({{"lb.config", json::object{{"ok", false}, {"reloads", lb->reloads()},
-                                              {"services", std::move(names)}, {"error", last_error}}}});
+          publish({{"lb.config", json::object{{"ok", false},
+                                              {"reloads", lb->reloads()},
+                                              {"services", std::move(names)},
+                                              {"error", last_error}}}});
         }
       }
     }

@@ -25,8 +25,6 @@
 
 #include <fmt/format.h>
 
-#include "report_internal.hpp"
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -34,6 +32,8 @@
 #include <set>
 #include <tuple>
 #include <utility>
+
+#include "report_internal.hpp"
 
 namespace fabriclab::orchestrator {
 
@@ -66,7 +66,7 @@ using report_detail::name_list;
 
 constexpr int64_t kMonthMs = 30LL * 24 * 3600 * 1000;
 constexpr int64_t kFailureRunGapMs = 1000;  // failures closer than this belong to one run
-constexpr size_t kMaxFailureRuns = 50;  // per service in the JSON: the largest, in time order
+constexpr size_t kMaxFailureRuns = 50;      // per service in the JSON: the largest, in time order
 
 struct Segment {
   int64_t from = 0, to = 0;
@@ -191,8 +191,8 @@ json::object counter_check(const ReportInput& in) {
   std::string detail = lost.empty() ? fmt::format("all {} counters kept", judged)
                                     : fmt::format("counter lost or unknown: {}", name_list(lost));
   if (lost.empty() && !healed.empty()) {
-    detail += fmt::format("; {} healed on a new host (new VM, counter restarted): {}", healed.size(),
-                          name_list(healed));
+    detail += fmt::format("; {} healed on a new host (new VM, counter restarted): {}",
+                          healed.size(), name_list(healed));
   }
   if (!none.empty()) {
     detail += fmt::format("; no built-in counter (no heartbeat; the data check is their proof): {}",
@@ -306,7 +306,8 @@ std::string failure_cause(const ReportRequest& r) {
 
 json::array causes_json(const std::map<std::string, int64_t>& causes) {
   std::vector<std::pair<std::string, int64_t>> sorted(causes.begin(), causes.end());
-  std::stable_sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+  std::stable_sort(sorted.begin(), sorted.end(),
+                   [](const auto& a, const auto& b) { return a.second > b.second; });
   json::array out;
   for (const auto& [what, n] : sorted) out.emplace_back(json::object{{"what", what}, {"count", n}});
   return out;
@@ -452,7 +453,8 @@ TrafficSummary traffic_summary(const ReportTraffic& t) {
     run.to_ms = r->t_ms;
     run.count++;
     std::string cause = failure_cause(*r);
-    if (!run.causes.contains(cause) && run.causes.size() >= TrafficSummary::kMaxFailureCauses) cause = "other";
+    if (!run.causes.contains(cause) && run.causes.size() >= TrafficSummary::kMaxFailureCauses)
+      cause = "other";
     run.causes[cause]++;
   }
   close_run();

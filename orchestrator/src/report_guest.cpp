@@ -33,7 +33,6 @@ namespace {
 
 constexpr size_t kMaxOutputShown = 40;  // characters of a data-check output in a check's detail
 
-
 // A data check as the agent's job records it (agent/src/guest_health.cpp); nullopt when absent.
 std::optional<ReportDataCheck> data_check_of(const json::object& g) {
   auto* v = g.if_contains("data_check");
@@ -57,7 +56,8 @@ std::optional<ReportDataCheck> data_check_of(const json::object& g) {
 struct RestartHealth {
   bool judged = false;   // something was there to judge it by
   bool healthy = false;  // what was judged held
-  std::string text;      // what held and what failed, e.g. "guest agent answered after restart; app probe UP"
+  std::string
+      text;  // what held and what failed, e.g. "guest agent answered after restart; app probe UP"
 };
 
 // The OS side: {held, text}; not judged (held) when the agent did not report the signals.
@@ -65,10 +65,13 @@ std::pair<bool, std::string> os_side(const ReportInstance& i) {
   if (!i.signals_reported) return {true, "OS signals not reported"};
   if (!i.heartbeat && !i.guest_agent) return {true, "no OS signal (no heartbeat, no guest agent)"};
   if (i.os_up) {
-    return {true, i.heartbeat ? "heartbeat seen after restart" : "guest agent answered after restart"};
+    return {true,
+            i.heartbeat ? "heartbeat seen after restart" : "guest agent answered after restart"};
   }
-  if (i.heartbeat && i.guest_agent) return {false, "neither heartbeat nor guest agent after restart"};
-  return {false, i.heartbeat ? "no heartbeat after restart" : "guest agent did not answer after restart"};
+  if (i.heartbeat && i.guest_agent)
+    return {false, "neither heartbeat nor guest agent after restart"};
+  return {false,
+          i.heartbeat ? "no heartbeat after restart" : "guest agent did not answer after restart"};
 }
 
 std::pair<bool, std::string> app_side(const ReportInstance& i) {
@@ -130,9 +133,10 @@ json::value text_or_null(const std::optional<std::string>& s) {
 json::object data_check_json(const ReportDataCheck& c) {
   json::array command;
   for (const auto& a : c.command) command.emplace_back(a);
-  return json::object{{"command", std::move(command)}, {"rule", c.rule},
-                      {"before", text_or_null(c.before)}, {"after", text_or_null(c.after)},
-                      {"ok", c.ok}, {"error", c.error}, {"held", data_check_held(c)}};
+  return json::object{
+      {"command", std::move(command)},  {"rule", c.rule}, {"before", text_or_null(c.before)},
+      {"after", text_or_null(c.after)}, {"ok", c.ok},     {"error", c.error},
+      {"held", data_check_held(c)}};
 }
 
 // Why the data check of `i` did not hold, as the check's detail names it.
@@ -144,18 +148,22 @@ std::string data_check_failure(const ReportInstance& i) {
   const ReportDataCheck& c = *i.data_check;
   const std::string why = c.error.empty() ? std::string() : ": " + c.error;
   if (!c.before) return fmt::format("{}: no output before the notice{}", i.name, why);
-  if (!c.after) return fmt::format("{}: no output after the restart (before {}){}", i.name, shown(c.before), why);
+  if (!c.after)
+    return fmt::format("{}: no output after the restart (before {}){}", i.name, shown(c.before),
+                       why);
   if (!c.error.empty() || !c.ok) {
-    return fmt::format("{}: {} failed: before {}, after {}{}", i.name, c.rule, shown(c.before), shown(c.after),
-                       why.empty() ? ": the agent says not ok" : why);
+    return fmt::format("{}: {} failed: before {}, after {}{}", i.name, c.rule, shown(c.before),
+                       shown(c.after), why.empty() ? ": the agent says not ok" : why);
   }
   if (c.rule == "not_less" && (!number_of(*c.before) || !number_of(*c.after))) {
-    return fmt::format("{}: not_less needs numbers: before {}, after {}", i.name, shown(c.before), shown(c.after));
+    return fmt::format("{}: not_less needs numbers: before {}, after {}", i.name, shown(c.before),
+                       shown(c.after));
   }
   if (c.rule != "equal" && c.rule != "not_less") {
     return fmt::format("{}: unknown rule '{}'", i.name, c.rule);
   }
-  return fmt::format("{}: {} did not hold: before {}, after {}", i.name, c.rule, shown(c.before), shown(c.after));
+  return fmt::format("{}: {} did not hold: before {}, after {}", i.name, c.rule, shown(c.before),
+                     shown(c.after));
 }
 
 bool declares_data_check(const ReportInput& in, const std::string& service) {
@@ -183,7 +191,8 @@ void add_restart_check(const ReportInput& in, json::array& checks) {
   if (restarted == 0) return;
   std::string signals;
   for (const auto& [text, names] : by_signals) {
-    signals += fmt::format("{}{}: {}", signals.empty() ? "" : "; ", report_detail::name_list(names), text);
+    signals +=
+        fmt::format("{}{}: {}", signals.empty() ? "" : "; ", report_detail::name_list(names), text);
   }
   const size_t judged = restarted - unjudged.size();
   std::string detail;
@@ -197,10 +206,12 @@ void add_restart_check(const ReportInput& in, json::array& checks) {
     detail = fmt::format("all {} judged of {} restarted instances healthy", judged, restarted);
   }
   if (!unjudged.empty()) {
-    detail += fmt::format("; not judged (no signal reported): {}", report_detail::name_list(unjudged));
+    detail +=
+        fmt::format("; not judged (no signal reported): {}", report_detail::name_list(unjudged));
   }
   detail += "; signals: " + signals;
-  checks.emplace_back(report_detail::check("guests healthy after restart", failed.empty(), std::move(detail)));
+  checks.emplace_back(
+      report_detail::check("guests healthy after restart", failed.empty(), std::move(detail)));
 }
 
 void add_data_check(const ReportInput& in, json::array& checks) {
@@ -213,20 +224,23 @@ void add_data_check(const ReportInput& in, json::array& checks) {
     if (!i.data_check && i.healed) {
       healed.push_back(i.name);  // a new VM on a new host: its old data is gone with the host
     } else if (i.data_check && data_check_held(*i.data_check)) {
-      held.push_back(fmt::format("{} {} -> {}", i.name, shown(i.data_check->before), shown(i.data_check->after)));
+      held.push_back(fmt::format("{} {} -> {}", i.name, shown(i.data_check->before),
+                                 shown(i.data_check->after)));
     } else {
       failed.push_back(data_check_failure(i));
     }
   }
   if (!applies) return;
-  std::string detail = failed.empty()
-                           ? fmt::format("{} instance(s) kept their data: {}", held.size(),
-                                         report_detail::name_list(held))
-                           : fmt::format("data not kept or not proven: {}", report_detail::name_list(failed));
+  std::string detail = failed.empty() ? fmt::format("{} instance(s) kept their data: {}",
+                                                    held.size(), report_detail::name_list(held))
+                                      : fmt::format("data not kept or not proven: {}",
+                                                    report_detail::name_list(failed));
   if (!healed.empty()) {
-    detail += fmt::format("; healed on a new host (new VM, no result): {}", report_detail::name_list(healed));
+    detail += fmt::format("; healed on a new host (new VM, no result): {}",
+                          report_detail::name_list(healed));
   }
-  checks.emplace_back(report_detail::check("data kept (data check)", failed.empty(), std::move(detail)));
+  checks.emplace_back(
+      report_detail::check("data kept (data check)", failed.empty(), std::move(detail)));
 }
 
 }  // namespace

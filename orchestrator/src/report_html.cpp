@@ -23,8 +23,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <initializer_list>
 #include <cmath>
+#include <initializer_list>
 #include <map>
 #include <optional>
 #include <string>
@@ -225,7 +225,8 @@ void placement(std::string& out, const json::object& r) {
   for (const json::value& f : arr(p, "fault_domains")) {
     if (auto v = number(f)) fds.push_back(static_cast<int>(*v));
   }
-  const int uds = std::clamp(static_cast<int>(number(p, "update_domains").value_or(0)), 0, kMaxUdRows);
+  const int uds =
+      std::clamp(static_cast<int>(number(p, "update_domains").value_or(0)), 0, kMaxUdRows);
   std::map<std::pair<int, int>, std::string> cells;
   for (const json::value& c : arr(p, "cells")) {
     const json::object& o = as_object(c);
@@ -267,10 +268,9 @@ void hosts(std::string& out, const json::object& r) {
 
 void services(std::string& out, const json::object& r) {
   open_section(out, "services", "Services");
-  table_head(out,
-             {"Service", "Instances", "SLA", "Always available", "Availability %",
-              "Unavailable s", "Max UDs down", "Max instances down", "Error budget s / month",
-              "Budget used s", "Budget used %", "Verdict"});
+  table_head(out, {"Service", "Instances", "SLA", "Always available", "Availability %",
+                   "Unavailable s", "Max UDs down", "Max instances down", "Error budget s / month",
+                   "Budget used s", "Budget used %", "Verdict"});
   for (const json::value& s : arr(r, "services")) {
     const json::object& o = as_object(s);
     const bool sla = boolean(o, "sla_applies").value_or(false);
@@ -282,8 +282,9 @@ void services(std::string& out, const json::object& r) {
         "<td class=\"{}\">{}</td></tr>",
         esc(str(o, "name")), number_or_dash(number(o, "instances"), 0), sla ? "yes" : "none",
         sla ? yes_no(boolean(o, "always_available")) : muted_yes_no(boolean(o, "always_available")),
-        number_or_dash(number(o, "availability_percent"), 4), number_or_dash(number(o, "unavailable_s")),
-        number_or_dash(number(o, "max_uds_down"), 0), number_or_dash(number(o, "max_instances_down"), 0),
+        number_or_dash(number(o, "availability_percent"), 4),
+        number_or_dash(number(o, "unavailable_s")), number_or_dash(number(o, "max_uds_down"), 0),
+        number_or_dash(number(o, "max_instances_down"), 0),
         number_or_dash(number(o, "error_budget_s_per_month")),
         number_or_dash(number(o, "error_budget_used_s")),
         number_or_dash(number(o, "error_budget_used_percent"), 2),
@@ -341,9 +342,10 @@ void traffic(std::string& out, const json::object& r) {
         "</tr>",
         esc(str(o, "name")), number_or_dash(number(st, "requests"), 0), cls,
         number_or_dash(number(st, "failed"), 0), number_or_dash(number(st, "success_percent"), 4),
-        number_or_dash(number(st, "longest_failure_run_s")), number_or_dash(number(st, "p50_ms"), 0),
-        number_or_dash(number(st, "p99_ms"), 0), served_by_cell(st),
-        number_or_dash(number(st, "failure_runs_total"), 0), cls, text_or_dash(note));
+        number_or_dash(number(st, "longest_failure_run_s")),
+        number_or_dash(number(st, "p50_ms"), 0), number_or_dash(number(st, "p99_ms"), 0),
+        served_by_cell(st), number_or_dash(number(st, "failure_runs_total"), 0), cls,
+        text_or_dash(note));
   }
   out += "</table></section>\n";
 }
@@ -355,10 +357,9 @@ std::string counter_cell(const json::object& o) {
 
 void instances(std::string& out, const json::object& r) {
   open_section(out, "instances", "Instances");
-  table_head(out,
-             {"Instance", "Service", "UD", "FD", "Host", "Down s", "Agent down s", "Notice s",
-              "Ack s", "Stop", "Image", "Host image", "Counter", "Counter kept",
-              "Healthy at end", "On target", "Agent"});
+  table_head(out, {"Instance", "Service", "UD", "FD", "Host", "Down s", "Agent down s", "Notice s",
+                   "Ack s", "Stop", "Image", "Host image", "Counter", "Counter kept",
+                   "Healthy at end", "On target", "Agent"});
   for (const json::value& i : arr(r, "instances")) {
     const json::object& o = as_object(i);
     const std::string before = str(o, "host_before"), after = str(o, "host");
@@ -398,37 +399,40 @@ std::string data_check_cells(const json::object* dc) {
   auto output = [&](std::string_view key) {
     const json::value& v = field(*dc, key);
     return v.is_string() ? "<code>" + text_or_dash(v.get_string()) + "</code>"
-                               : std::string("<span class=\"bad\">none</span>");
+                         : std::string("<span class=\"bad\">none</span>");
   };
   std::string held = yes_no(boolean(*dc, "held"));
   if (!str(*dc, "error").empty()) {
     held.insert(held.size() - 5, "<br><span class=\"muted\">" + esc(str(*dc, "error")) + "</span>");
   }
-  return fmt::format("<td>{} <code>{}</code></td><td>{}</td><td>{}</td>{}", text_or_dash(str(*dc, "rule")),
-                     command, output("before"), output("after"), held);
+  return fmt::format("<td>{} <code>{}</code></td><td>{}</td><td>{}</td>{}",
+                     text_or_dash(str(*dc, "rule")), command, output("before"), output("after"),
+                     held);
 }
 
 // Guest health (docs/report.md): per instance, the signals it had, whether its OS and app came
 // back after the restart, its boot, and its data check.
 void guest_health(std::string& out, const json::object& r) {
   open_section(out, "guest-health", "Guest health");
-  table_head(out,
-             {"Instance", "Signals", "OS up after restart", "App up after restart",
-              "Healthy after restart", "Boot", "Data check", "Before", "After", "Held"});
+  table_head(out, {"Instance", "Signals", "OS up after restart", "App up after restart",
+                   "Healthy after restart", "Boot", "Data check", "Before", "After", "Held"});
   for (const json::value& i : arr(r, "instances")) {
     const json::object& o = as_object(i);
     const json::object& sig = obj(o, "signals");
     std::string healthy = muted_yes_no(std::nullopt);
     if (auto h = boolean(o, "healthy_after_restart")) {
-      healthy = fmt::format("<td class=\"{}\">{}</td>", *h ? "good" : "bad", text_or_dash(str(o, "health_after_restart")));
+      healthy = fmt::format("<td class=\"{}\">{}</td>", *h ? "good" : "bad",
+                            text_or_dash(str(o, "health_after_restart")));
     } else if (!boolean(o, "restarted").value_or(false)) {
       healthy = "<td class=\"muted\">not restarted</td>";
     }
     std::string boot = text_or_dash(str(o, "boot"));
-    if (!str(o, "boot_id_source").empty()) boot += " <span class=\"muted\">(" + esc(str(o, "boot_id_source")) + ")</span>";
+    if (!str(o, "boot_id_source").empty())
+      boot += " <span class=\"muted\">(" + esc(str(o, "boot_id_source")) + ")</span>";
     out += fmt::format("<tr><td>{}</td><td>{}</td>{}{}{}<td>{}</td>{}</tr>", esc(str(o, "name")),
                        text_or_dash(str(sig, "text")), signal_cell(o, "os_up", "yes"),
-                       signal_cell(o, "app_up", "UP"), healthy, boot, data_check_cells(field(o, "data_check").if_object()));
+                       signal_cell(o, "app_up", "UP"), healthy, boot,
+                       data_check_cells(field(o, "data_check").if_object()));
   }
   out += "</table></section>\n";
 }
@@ -471,8 +475,8 @@ void service_timeline(std::string& out, std::string_view service, std::vector<Ro
         "<rect class=\"batch\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"><title>batch {}</title>"
         "</rect><text x=\"{}\" y=\"{}\">B{}</text>",
         decimal(x0, 1), decimal(kAxisHeight - 4, 0), decimal(std::max(x1 - x0, 1.0), 1),
-        decimal(height - kAxisHeight + 4, 0), number_or_dash(number(o, "index"), 0), decimal(x0 + 2, 1),
-        decimal(kAxisHeight - 6, 0), number_or_dash(number(o, "index"), 0));
+        decimal(height - kAxisHeight + 4, 0), number_or_dash(number(o, "index"), 0),
+        decimal(x0 + 2, 1), decimal(kAxisHeight - 6, 0), number_or_dash(number(o, "index"), 0));
   }
   const double step = tick_step(duration);
   for (double t = 0; t <= duration + step * 1e-9; t += step) {
@@ -499,7 +503,8 @@ void service_timeline(std::string& out, std::string_view service, std::vector<Ro
     std::vector<std::pair<double, bool>> entries;
     for (const json::value& e : arr(o, "timeline")) {
       const json::object& eo = as_object(e);
-      if (auto t = number(eo, "t_s")) entries.emplace_back(*t, boolean(eo, "healthy").value_or(false));
+      if (auto t = number(eo, "t_s"))
+        entries.emplace_back(*t, boolean(eo, "healthy").value_or(false));
     }
     auto bar = [&](double from, double to, std::string_view cls, std::string_view what) {
       if (to <= from) return;
@@ -542,8 +547,9 @@ void service_timeline(std::string& out, std::string_view service, std::vector<Ro
       out += fmt::format(
           "<rect class=\"fail\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"><title>{} clients: {} "
           "failed from {} s to {} s{}</title></rect>",
-          decimal(x0, 2), decimal(bar_y, 1), decimal(std::max(x1 - x0, 2.0), 2), decimal(kBarHeight, 0),
-          esc(service), number_or_dash(number(ro, "count"), 0), decimal(*from), decimal(*to), esc(causes));
+          decimal(x0, 2), decimal(bar_y, 1), decimal(std::max(x1 - x0, 2.0), 2),
+          decimal(kBarHeight, 0), esc(service), number_or_dash(number(ro, "count"), 0),
+          decimal(*from), decimal(*to), esc(causes));
     }
   }
   out += "</svg>\n";
@@ -607,14 +613,17 @@ void events(std::string& out, const json::object& r) {
 void faults(std::string& out, const json::object& r) {
   const json::array& list = arr(r, "faults");
   if (list.empty()) return;
-  out += "<section id=\"faults\"><h2>Faults</h2><table><tr><th>Fault</th><th>Target</th><th>Scheduled</th>"
-         "<th>Status</th><th>Fired</th><th>What the rack did</th><th>What the system did</th></tr>";
+  out +=
+      "<section "
+      "id=\"faults\"><h2>Faults</h2><table><tr><th>Fault</th><th>Target</th><th>Scheduled</th>"
+      "<th>Status</th><th>Fired</th><th>What the rack did</th><th>What the system did</th></tr>";
   for (const json::value& v : list) {
     if (!v.is_object()) continue;
     const auto& f = v.as_object();
     auto s = [&f](std::string_view k) { return esc(str(f, k)); };
-    out += "<tr><td>" + s("kind") + "</td><td>" + s("target") + "</td><td>" + s("scheduled") + "</td><td>" +
-           s("status") + "</td><td>" + s("at") + "</td><td>" + s("detail") + "</td><td>" + s("outcome") + "</td></tr>";
+    out += "<tr><td>" + s("kind") + "</td><td>" + s("target") + "</td><td>" + s("scheduled") +
+           "</td><td>" + s("status") + "</td><td>" + s("at") + "</td><td>" + s("detail") +
+           "</td><td>" + s("outcome") + "</td></tr>";
   }
   out += "</table></section>\n";
 }
@@ -663,7 +672,8 @@ std::string render_report_html(const json::object& report) {
   const bool passed = str(report, "result") == "passed";
   std::string out;
   out.reserve(64 * 1024);
-  out += page_head(fmt::format("fabriclab drill {}: {}", esc(str(drill, "id")), passed ? "PASSED" : "FAILED"));
+  out += page_head(
+      fmt::format("fabriclab drill {}: {}", esc(str(drill, "id")), passed ? "PASSED" : "FAILED"));
   report_body(out, report);
   out += "</body></html>\n";
   return out;
@@ -682,15 +692,18 @@ std::string render_reports_html(const std::vector<json::object>& reports) {
   }
   std::string out;
   out.reserve(64 * 1024 * (reports.size() + 1));
-  out += page_head(fmt::format("fabriclab: {} drills: {}", reports.size(), passed ? "PASSED" : "FAILED"));
-  out += fmt::format("<header class=\"banner {}\" id=\"all-drills\"><h1>{}</h1><div>{} drills, one after the "
-                     "other on one rack</div><ol>{}</ol></header>\n",
-                     passed ? "pass" : "fail", passed ? "ALL PASSED" : "FAILED", reports.size(), list);
+  out += page_head(
+      fmt::format("fabriclab: {} drills: {}", reports.size(), passed ? "PASSED" : "FAILED"));
+  out += fmt::format(
+      "<header class=\"banner {}\" id=\"all-drills\"><h1>{}</h1><div>{} drills, one after the "
+      "other on one rack</div><ol>{}</ol></header>\n",
+      passed ? "pass" : "fail", passed ? "ALL PASSED" : "FAILED", reports.size(), list);
   for (size_t k = 0; k < reports.size(); ++k) {
     std::string body;
     report_body(body, reports[k]);
-    out += fmt::format("<article class=\"drill\" id=\"drill-{}\"><h2>Drill {} of {}</h2>\n{}</article>\n", k + 1,
-                       k + 1, reports.size(), prefix_ids(std::move(body), fmt::format("d{}-", k + 1)));
+    out += fmt::format(
+        "<article class=\"drill\" id=\"drill-{}\"><h2>Drill {} of {}</h2>\n{}</article>\n", k + 1,
+        k + 1, reports.size(), prefix_ids(std::move(body), fmt::format("d{}-", k + 1)));
   }
   out += "</body></html>\n";
   return out;

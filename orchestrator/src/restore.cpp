@@ -67,7 +67,8 @@ Status Controller::Impl::restore() {
     d->started_ms = int_or(o, "started_ms", 0);
     d->finished_ms = int_or(o, "finished_ms", 0);
     d->notice_ms = int_or(o, "notice_ms", 0);
-    if (auto* m = o.if_contains("traffic_measured"); m && m->is_bool()) d->traffic_measured = m->as_bool();
+    if (auto* m = o.if_contains("traffic_measured"); m && m->is_bool())
+      d->traffic_measured = m->as_bool();
     d->traffic_reason = str(o, "traffic_reason");
     d->resumed = is_resumable(d->state);
     if (auto* p = o.if_contains("plan"); p && p->is_object()) {
@@ -94,8 +95,8 @@ Status Controller::Impl::restore() {
       for (const auto& [name, v] : bef->as_object()) {
         if (!v.is_object()) continue;
         const auto& b = v.as_object();
-        d->before[std::string(name)] = InstanceBefore{str(b, "host"), str(b, "image"), str(b, "host_image"),
-                                                      int_or(b, "counter", -1)};
+        d->before[std::string(name)] = InstanceBefore{
+            str(b, "host"), str(b, "image"), str(b, "host_image"), int_or(b, "counter", -1)};
       }
     }
     if (auto* hib = o.if_contains("host_image_before"); hib && hib->is_object()) {
@@ -156,9 +157,10 @@ Status Controller::Impl::restore() {
         it->second.counter = int_or(io, "counter", -1);
       }
     }
-    std::string note = "orchestrator restarted; not observing from " +
-                       rfc3339(std::chrono::system_clock::time_point(std::chrono::milliseconds(last_event_ms))) +
-                       " to " + rfc3339_now() + " (last known health carried over)";
+    std::string note =
+        "orchestrator restarted; not observing from " +
+        rfc3339(std::chrono::system_clock::time_point(std::chrono::milliseconds(last_event_ms))) +
+        " to " + rfc3339_now() + " (last known health carried over)";
     active->notes.push_back(note);
     log()->info("[drill:{}] resuming at batch {} of {} ({})", active->id, active->current_batch + 1,
                 active->batches.size(), to_string(active->state));

@@ -85,12 +85,14 @@ void Controller::Impl::poll_once(const std::string& host_id) {
     m.last_poll_began = began;
     bool was_reachable = m.reachable;
     m.reachable = true;
-    std::string state = str(*host, "state"), step = str(*host, "step"), image = str(*host, "host_image");
+    std::string state = str(*host, "state"), step = str(*host, "step"),
+                image = str(*host, "host_image");
     std::string job = str(*host, "active_job");
     HostState hs = host_state_of(state);
     // Back after a silence (or still reconciling): trusted again only once it runs nothing that
     // is placed elsewhere.
-    const bool returning = !was_reachable || h->state == HostState::reconciling || h->state == HostState::fenced;
+    const bool returning =
+        !was_reachable || h->state == HostState::reconciling || h->state == HostState::fenced;
     drift = drift_locked(host_id, *insts);
     if (returning) {
       if (!was_reachable) {
@@ -102,9 +104,10 @@ void Controller::Impl::poll_once(const std::string& host_id) {
       for (const auto& u : drift.unexpected) elsewhere += !u.second.empty();
       if (elsewhere > 0 || !drift.held.empty()) {
         hs = HostState::reconciling;
-        m.reason = fmt::format("back after a silence: removing {} instance(s) placed elsewhere meanwhile, starting {} "
-                               "still placed here; it takes new work after that",
-                               elsewhere, drift.held.size());
+        m.reason = fmt::format(
+            "back after a silence: removing {} instance(s) placed elsewhere meanwhile, starting {} "
+            "still placed here; it takes new work after that",
+            elsewhere, drift.held.size());
         reconcile_now = true;
       } else {
         m.reason.clear();
@@ -120,7 +123,10 @@ void Controller::Impl::poll_once(const std::string& host_id) {
       m.agent_state = state;
       m.step = step;
       m.host_image = image;
-      json::object ev{{"host", host_id}, {"state", to_string(hs)}, {"step", step}, {"host_image", image},
+      json::object ev{{"host", host_id},
+                      {"state", to_string(hs)},
+                      {"step", step},
+                      {"host_image", image},
                       {"reachable", true}};
       if (!m.reason.empty()) ev["reason"] = m.reason;
       events.emplace_back("host.state", std::move(ev));
@@ -147,7 +153,8 @@ void Controller::Impl::poll_once(const std::string& host_id) {
           im.address = address;
           lb_dirty = true;
           lb_cv.notify_all();
-          events.emplace_back("instance.state", json::object{{"instance", instance_json_locked(*inst)}});
+          events.emplace_back("instance.state",
+                              json::object{{"instance", instance_json_locked(*inst)}});
         }
         if (auto* sig = rep->if_contains("signals"); sig && sig->is_object()) {
           const auto& so = sig->as_object();
@@ -156,18 +163,22 @@ void Controller::Impl::poll_once(const std::string& host_id) {
           im.guest_agent = json_get::flag(so, "guest_agent");
         }
         if (auto* hb = rep->if_contains("last_heartbeat"); hb && hb->is_object()) {
-          if (auto* cn = hb->as_object().if_contains("counter"); cn && cn->is_int64()) counter = cn->as_int64();
+          if (auto* cn = hb->as_object().if_contains("counter"); cn && cn->is_int64())
+            counter = cn->as_int64();
         }
       }
       if (healthy) status = "Healthy";
-      if (status != im.status || healthy != im.healthy || img != im.image || counter != im.counter) {
+      if (status != im.status || healthy != im.healthy || img != im.image ||
+          counter != im.counter) {
         bool health_changed = healthy != im.healthy;
         bool visible = status != im.status || img != im.image || health_changed;
         im.status = status;
         im.image = img;
         im.counter = counter;
         set_health_locked(name, healthy, now);
-        if (visible) events.emplace_back("instance.state", json::object{{"instance", instance_json_locked(*inst)}});
+        if (visible)
+          events.emplace_back("instance.state",
+                              json::object{{"instance", instance_json_locked(*inst)}});
         if (health_changed) services_touched.insert(inst->service);
       }
     }
@@ -196,7 +207,8 @@ void Controller::Impl::mark_unreachable(const std::string& host_id) {
       if (!opt.healing || !has_instances) return;
       if (!m.may_heal) {
         // Fencing failed before: tried again now and then, a bounded number of times.
-        if (m.fence_attempts >= opt.fence_attempts || Clock::now() - m.last_fence < opt.fence_retry) return;
+        if (m.fence_attempts >= opt.fence_attempts || Clock::now() - m.last_fence < opt.fence_retry)
+          return;
         next = Next::fence_then_heal;
       } else {
         // Fenced: only a healing that did not finish is tried again, now and then.
@@ -209,7 +221,8 @@ void Controller::Impl::mark_unreachable(const std::string& host_id) {
       m.reachable = false;
       m.may_heal = false;
       m.fence_attempts = 0;
-      m.reason = "the agent has not answered for " + std::to_string(opt.unhealthy_after.count()) + " ms";
+      m.reason =
+          "the agent has not answered for " + std::to_string(opt.unhealthy_after.count()) + " ms";
       h->state = HostState::unhealthy;
       events.emplace_back("host.state", json::object{{"host", host_id},
                                                      {"state", "Unhealthy"},
@@ -224,7 +237,8 @@ void Controller::Impl::mark_unreachable(const std::string& host_id) {
         auto& im = instances[name];
         im.status = "Failed";
         set_health_locked(name, false, now);
-        events.emplace_back("instance.state", json::object{{"instance", instance_json_locked(*inst)}});
+        events.emplace_back("instance.state",
+                            json::object{{"instance", instance_json_locked(*inst)}});
         services.insert(inst->service);
       }
       for (const auto& s : services) availability_locked(s, events);
@@ -267,7 +281,8 @@ void Controller::Impl::heal(const std::string& host_id) {
   if (!plan.ok()) {
     retry_later();
     log()->error("[host:{}] healing refused: {}", host_id, plan.error().message);
-    publish({{"service.healing_failed", json::object{{"host", host_id}, {"reason", plan.error().message}}}});
+    publish({{"service.healing_failed",
+              json::object{{"host", host_id}, {"reason", plan.error().message}}}});
     return;
   }
   for (const auto& placed : plan->placed) {
@@ -287,17 +302,19 @@ void Controller::Impl::heal(const std::string& host_id) {
     auto made = slow_client(placed.host).create_instance(instance_spec(svc, placed, image));
     if (!made.ok()) {
       retry_later();
-      log()->error("[host:{}] healing {} on {} failed (retried in {} ms): {}", host_id, name, placed.host,
-                   kHealRetry.count(), made.error().message);
-      publish({{"service.healing_failed",
-                json::object{{"host", host_id}, {"instance", name}, {"to_host", placed.host},
-                             {"reason", made.error().message}}}});
+      log()->error("[host:{}] healing {} on {} failed (retried in {} ms): {}", host_id, name,
+                   placed.host, kHealRetry.count(), made.error().message);
+      publish({{"service.healing_failed", json::object{{"host", host_id},
+                                                       {"instance", name},
+                                                       {"to_host", placed.host},
+                                                       {"reason", made.error().message}}}});
       continue;
     }
     Events events;
     std::vector<std::string> relaxed;
     for (const auto& line : plan->relaxed) {
-      if (line.rfind(placed.service + "/" + std::to_string(placed.index) + ":", 0) == 0) relaxed.push_back(line);
+      if (line.rfind(placed.service + "/" + std::to_string(placed.index) + ":", 0) == 0)
+        relaxed.push_back(line);
     }
     {
       std::lock_guard lock(mu);
@@ -320,7 +337,8 @@ void Controller::Impl::heal(const std::string& host_id) {
                                                          {"fenced", !opt.power_command.empty()},
                                                          {"relaxed", std::move(rl)}});
       const Instance* inst = cluster.find_instance(placed.service, placed.index);
-      events.emplace_back("instance.state", json::object{{"instance", instance_json_locked(*inst)}});
+      events.emplace_back("instance.state",
+                          json::object{{"instance", instance_json_locked(*inst)}});
       std::string note = "healing: " + name + " moved from " + host_id + " to " + placed.host +
                          " (FD " + std::to_string(placed.fd) + ")";
       if (active && !active->finished()) active->notes.push_back(note);

@@ -5,12 +5,12 @@
 // it runs.
 #include "fabriclab/rack/chaos.hpp"
 
-#include <boost/json.hpp>
 #include <dirent.h>
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <atomic>
+#include <boost/json.hpp>
 #include <fstream>
 #include <mutex>
 #include <ostream>
@@ -32,9 +32,12 @@ namespace {
 
 class Draw {
  public:
-  Draw(uint64_t seed, int drill) : rng_(seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(drill) * 0xBF58476D1CE4E5B9ull) {}
+  Draw(uint64_t seed, int drill)
+      : rng_(seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(drill) * 0xBF58476D1CE4E5B9ull) {}
   uint64_t below(uint64_t n) { return n ? rng_() % n : 0; }
-  double between(double lo, double hi) { return lo + (hi - lo) * static_cast<double>(rng_() >> 11) / 9007199254740992.0; }
+  double between(double lo, double hi) {
+    return lo + (hi - lo) * static_cast<double>(rng_() >> 11) / 9007199254740992.0;
+  }
   bool chance(double p) { return between(0, 1) < p; }
 
  private:
@@ -45,7 +48,8 @@ class Draw {
 // in spec seconds (divided by the time scale), as a user would write them.
 // `early`: in the first batch or the walk's first 3 s, which every walk reaches (a campaign's
 // first fault per drill, so every kind it goes round is injected, not only drawn).
-FaultSpec draw_one(const DrillFileSpec& base, const std::string& kind, Draw& d, double max_outage_s, bool early) {
+FaultSpec draw_one(const DrillFileSpec& base, const std::string& kind, Draw& d, double max_outage_s,
+                   bool early) {
   FaultSpec f;
   f.kind = kind;
   const double scale = base.time_scale;
@@ -93,11 +97,13 @@ FaultSpec draw_one(const DrillFileSpec& base, const std::string& kind, Draw& d, 
 
 // Every agent's GET path answer, asked through the host's own namespace (a partitioned host's
 // agent still answers there), by host; agents that do not answer are left out.
-std::vector<std::pair<std::string, json::array>> ask_agents(const Lab& lab, const std::string& path) {
+std::vector<std::pair<std::string, json::array>> ask_agents(const Lab& lab,
+                                                            const std::string& path) {
   std::vector<std::pair<std::string, json::array>> out;
   for (const auto& a : lab.agents()) {
     if (a.port <= 0) continue;
-    auto r = http::request(a.address, static_cast<uint16_t>(a.port), "GET", path, {}, lab.control_token(), 1s, a.netns);
+    auto r = http::request(a.address, static_cast<uint16_t>(a.port), "GET", path, {},
+                           lab.control_token(), 1s, a.netns);
     if (!r.ok() || r->status != 200) continue;
     boost::system::error_code ec;
     auto v = json::parse(r->body, ec);
@@ -131,7 +137,8 @@ PlacementSample qemu_sample(const Lab& lab) {
     if (g == std::string::npos) continue;
     std::string name = cmd.substr(g + 6, cmd.find_first_of(", ", g + 6) - (g + 6));
     for (const auto& a : lab.agents()) {
-      if (cmd.find(lab.dir() + "/" + a.name + "/") != std::string::npos) s.hosts_of[name].insert(a.name);
+      if (cmd.find(lab.dir() + "/" + a.name + "/") != std::string::npos)
+        s.hosts_of[name].insert(a.name);
     }
   }
   if (d) closedir(d);
@@ -145,7 +152,8 @@ class Sampler {
     thread_ = std::thread([this] {
       while (!stop_) {
         PlacementSample s{unix_now_ms(), {}};
-        for (const auto& [host, inst] : ask_agents(lab_, "/v1/instances")) add_agent_instances(s, host, inst);
+        for (const auto& [host, inst] : ask_agents(lab_, "/v1/instances"))
+          add_agent_instances(s, host, inst);
         auto q = qemu_ ? qemu_sample(lab_) : PlacementSample{};
         {
           std::lock_guard lock(mu_);
@@ -180,15 +188,17 @@ std::map<std::string, CounterReading> counters(const Lab& lab) {
 }
 
 // The checks of one drill from its evidence.
-std::vector<CheckResult> judge(const Lab& lab, const DrillOutcome& o, const Sampler& sampler, bool qemu,
-                               const std::map<std::string, CounterReading>& before) {
+std::vector<CheckResult> judge(const Lab& lab, const DrillOutcome& o, const Sampler& sampler,
+                               bool qemu, const std::map<std::string, CounterReading>& before) {
   std::vector<CheckResult> checks;
   checks.push_back(check_ud_rule_feed(o.feed));
   std::vector<JobSpan> jobs;
   std::map<std::string, std::pair<std::string, int>> ud_of;
   for (const auto& [host, inst] : ask_agents(lab, "/v1/instances")) {
     for (const auto& v : inst) {
-      if (v.is_object()) ud_of[str(v, "name")] = {str(v, "service"), static_cast<int>(json_get::int_or(v.as_object(), "ud", -1))};
+      if (v.is_object())
+        ud_of[str(v, "name")] = {str(v, "service"),
+                                 static_cast<int>(json_get::int_or(v.as_object(), "ud", -1))};
     }
   }
   for (const auto& [host, ops] : ask_agents(lab, "/v1/operations")) {
@@ -205,17 +215,21 @@ std::vector<CheckResult> judge(const Lab& lab, const DrillOutcome& o, const Samp
 }
 
 void print_block(std::ostream& out, const ChaosDrill& d, int total) {
-  out << fmt::format("drill {}/{}: {} ({}), report {}, {:.1f} s{}\n", d.number, total, d.state.empty() ? "-" : d.state,
-                     d.reason.empty() ? "no reason" : d.reason.substr(0, 160), d.result.empty() ? "-" : d.result, d.seconds,
-                     d.error.empty() ? "" : "; ERROR: " + d.error);
+  out << fmt::format(
+      "drill {}/{}: {} ({}), report {}, {:.1f} s{}\n", d.number, total,
+      d.state.empty() ? "-" : d.state, d.reason.empty() ? "no reason" : d.reason.substr(0, 160),
+      d.result.empty() ? "-" : d.result, d.seconds, d.error.empty() ? "" : "; ERROR: " + d.error);
   for (const auto& f : d.faults) {
     out << "  fault " << f.spec.describe() << ": " << f.status;
     if (!f.at_actual.empty()) out << " (" << f.at_actual << ")";
-    if (!f.outcome.empty()) out << " -> " << f.outcome;
-    else if (f.status != "injected" && !f.detail.empty()) out << ": " << f.detail;
+    if (!f.outcome.empty())
+      out << " -> " << f.outcome;
+    else if (f.status != "injected" && !f.detail.empty())
+      out << ": " << f.detail;
     out << "\n";
   }
-  for (const auto& c : d.checks) out << "  " << (c.passed ? "ok   " : "FAIL ") << c.name << ": " << c.detail << "\n";
+  for (const auto& c : d.checks)
+    out << "  " << (c.passed ? "ok   " : "FAIL ") << c.name << ": " << c.detail << "\n";
   out << std::flush;
 }
 
@@ -231,13 +245,15 @@ ChaosDrill run_one(const ChaosOptions& opt, int k, std::optional<Error>& fatal) 
   lo.dir = opt.lab.dir + "/d" + std::to_string(k);
   auto lab = Lab::up(spec, lo);
   if (!lab.ok()) {
-    fatal = make_error(lab.error().condition, "drill " + std::to_string(k) + ": lab up: " + lab.error().message);
+    fatal = make_error(lab.error().condition,
+                       "drill " + std::to_string(k) + ": lab up: " + lab.error().message);
     return d;
   }
   const bool qemu = spec.hypervisor == "qemu";
   auto body = [&]() -> Status {
     FL_RETURN_IF_ERROR(lab->populate(spec, qemu ? 300s : 60s));
-    FL_ASSIGN_OR_RETURN(auto api, client::OrchestratorClient::from_url(lab->orchestrator_url(), lab->control_token()));
+    FL_ASSIGN_OR_RETURN(auto api, client::OrchestratorClient::from_url(lab->orchestrator_url(),
+                                                                       lab->control_token()));
     auto before = counters(*lab);
     Sampler sampler(*lab, qemu);
     DrillView view;
@@ -247,7 +263,8 @@ ChaosDrill run_one(const ChaosOptions& opt, int k, std::optional<Error>& fatal) 
     sampler.stop();
     if (!outcome.ok()) {
       d.error = outcome.error().message;
-      d.checks.push_back(CheckResult{"terminal state", false, "the drill did not reach its end: " + d.error});
+      d.checks.push_back(
+          CheckResult{"terminal state", false, "the drill did not reach its end: " + d.error});
       return {};
     }
     d.faults = outcome->faults;
@@ -256,8 +273,9 @@ ChaosDrill run_one(const ChaosOptions& opt, int k, std::optional<Error>& fatal) 
     d.result = str(outcome->report, "result");
     d.checks = judge(*lab, *outcome, sampler, qemu, before);
     if (outcome->timed_out) {
-      d.checks.push_back(CheckResult{"within deadline", false, fmt::format("still running after {} s: aborted",
-                                                                           opt.drill_deadline.count() / 1000)});
+      d.checks.push_back(CheckResult{
+          "within deadline", false,
+          fmt::format("still running after {} s: aborted", opt.drill_deadline.count() / 1000)});
     }
     return {};
   };
@@ -286,7 +304,8 @@ DrillFileSpec chaos_base_spec(const std::string& hypervisor) {
   return s;
 }
 
-std::vector<FaultSpec> draw_faults(const DrillFileSpec& base, const std::vector<std::string>& kinds_in, uint64_t seed,
+std::vector<FaultSpec> draw_faults(const DrillFileSpec& base,
+                                   const std::vector<std::string>& kinds_in, uint64_t seed,
                                    int drill, double max_outage_s) {
   std::vector<std::string> kinds = kinds_in.empty() ? fault_kinds() : kinds_in;
   if (base.kind != "host-os") {
@@ -295,12 +314,16 @@ std::vector<FaultSpec> draw_faults(const DrillFileSpec& base, const std::vector<
   if (kinds.empty()) return {};
   Draw d(seed, drill);
   std::vector<FaultSpec> out;
-  out.push_back(draw_one(base, kinds[static_cast<size_t>(drill - 1) % kinds.size()], d, max_outage_s, true));
-  if (d.chance(0.5)) out.push_back(draw_one(base, kinds[d.below(kinds.size())], d, max_outage_s, false));
+  out.push_back(
+      draw_one(base, kinds[static_cast<size_t>(drill - 1) % kinds.size()], d, max_outage_s, true));
+  if (d.chance(0.5))
+    out.push_back(draw_one(base, kinds[d.below(kinds.size())], d, max_outage_s, false));
   // A cap on outages holds per host: two outages of one host back to back would add up past it.
-  auto outage = [](const FaultSpec& f) { return f.kind == "kill-agent" || f.kind == "partition-host"; };
-  if (max_outage_s > 0 && out.size() == 2 && outage(out[0]) && outage(out[1]) && out[0].target == out[1].target &&
-      base.hosts > 1) {
+  auto outage = [](const FaultSpec& f) {
+    return f.kind == "kill-agent" || f.kind == "partition-host";
+  };
+  if (max_outage_s > 0 && out.size() == 2 && outage(out[0]) && outage(out[1]) &&
+      out[0].target == out[1].target && base.hosts > 1) {
     out[1].target = "h" + std::to_string((std::stoi(out[1].target.substr(1)) + 1) % base.hosts);
   }
   return out;
@@ -313,9 +336,15 @@ bool ChaosDrill::violation() const {
 json::object ChaosDrill::to_json() const {
   json::array cs;
   for (const auto& c : checks) cs.push_back(c.to_json());
-  return {{"drill", number},     {"state", state},     {"result", result},         {"reason", reason},
-          {"seconds", std::round(seconds * 10) / 10}, {"error", error}, {"faults", faults_json(faults)},
-          {"checks", std::move(cs)}, {"violation", violation()}};
+  return {{"drill", number},
+          {"state", state},
+          {"result", result},
+          {"reason", reason},
+          {"seconds", std::round(seconds * 10) / 10},
+          {"error", error},
+          {"faults", faults_json(faults)},
+          {"checks", std::move(cs)},
+          {"violation", violation()}};
 }
 
 const ChaosDrill* ChaosCampaign::first_violation() const {
@@ -333,12 +362,15 @@ json::object ChaosCampaign::summary() const {
       auto& k = by_kind[f.spec.kind];
       if (!k.is_object()) k = json::object{{"drawn", 0}, {"injected", 0}};
       k.as_object()["drawn"] = k.as_object()["drawn"].as_int64() + 1;
-      if (f.status == "injected") k.as_object()["injected"] = k.as_object()["injected"].as_int64() + 1;
+      if (f.status == "injected")
+        k.as_object()["injected"] = k.as_object()["injected"].as_int64() + 1;
     }
     auto& n = states[d.state.empty() ? "none" : d.state];
     n = (n.is_int64() ? n.as_int64() : 0) + 1;
     for (const auto& c : d.checks) {
-      if (!c.passed) violations.push_back(json::object{{"drill", d.number}, {"check", c.name}, {"detail", c.detail}});
+      if (!c.passed)
+        violations.push_back(
+            json::object{{"drill", d.number}, {"check", c.name}, {"detail", c.detail}});
     }
     results.push_back(d.to_json());
   }
@@ -353,17 +385,20 @@ json::object ChaosCampaign::summary() const {
 }
 
 std::string chaos_table(const ChaosCampaign& c) {
-  std::string out = fmt::format("{:>5}  {:<10} {:<7} {:<6} {:>6}  {}\n", "drill", "state", "report", "checks", "secs", "faults (status)");
+  std::string out = fmt::format("{:>5}  {:<10} {:<7} {:<6} {:>6}  {}\n", "drill", "state", "report",
+                                "checks", "secs", "faults (status)");
   for (const auto& d : c.drills) {
     int ok = 0;
     for (const auto& ch : d.checks) ok += ch.passed ? 1 : 0;
     std::string faults;
     for (const auto& f : d.faults) {
-      faults += (faults.empty() ? "" : "; ") + f.spec.kind + " " + f.spec.where() + " (" + f.status + ")";
+      faults +=
+          (faults.empty() ? "" : "; ") + f.spec.kind + " " + f.spec.where() + " (" + f.status + ")";
     }
-    out += fmt::format("{:>5}  {:<10} {:<7} {:<6} {:>6.1f}  {}\n", d.number, d.state.empty() ? "-" : d.state,
-                       d.result.empty() ? "-" : d.result,
-                       fmt::format("{}/{}{}", ok, d.checks.size(), d.violation() ? "!" : ""), d.seconds, faults);
+    out += fmt::format("{:>5}  {:<10} {:<7} {:<6} {:>6.1f}  {}\n", d.number,
+                       d.state.empty() ? "-" : d.state, d.result.empty() ? "-" : d.result,
+                       fmt::format("{}/{}{}", ok, d.checks.size(), d.violation() ? "!" : ""),
+                       d.seconds, faults);
   }
   return out;
 }

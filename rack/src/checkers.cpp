@@ -2,10 +2,10 @@
 // keeps the first offence for the detail and a count of all of them.
 #include "fabriclab/rack/checkers.hpp"
 
-#include <boost/json.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <boost/json.hpp>
 
 #include "fabriclab/common/json_get.hpp"
 
@@ -46,15 +46,20 @@ std::string two_uds(const std::map<std::string, Placed>& at, const std::set<std:
   return {};
 }
 
-CheckResult verdict(std::string name, int offences, const std::string& first, const std::string& ok_detail) {
+CheckResult verdict(std::string name, int offences, const std::string& first,
+                    const std::string& ok_detail) {
   CheckResult r;
   r.name = std::move(name);
   r.passed = offences == 0;
-  r.detail = r.passed ? ok_detail : fmt::format("{} (at {} moment{})", first, offences, offences == 1 ? "" : "s");
+  r.detail = r.passed
+                 ? ok_detail
+                 : fmt::format("{} (at {} moment{})", first, offences, offences == 1 ? "" : "s");
   return r;
 }
 
-bool is_final_state(const std::string& s) { return s == "Completed" || s == "Failed" || s == "Aborted"; }
+bool is_final_state(const std::string& s) {
+  return s == "Completed" || s == "Failed" || s == "Aborted";
+}
 
 }  // namespace
 
@@ -81,7 +86,8 @@ CheckResult check_ud_rule_feed(const std::vector<json::object>& feed) {
         for (const auto& v : arr(st->as_object(), "instances")) {
           if (v.is_object()) place(at, v.as_object());
         }
-        if (auto* d = st->as_object().if_contains("drill"); d && d->is_object()) from_drill(d->as_object());
+        if (auto* d = st->as_object().if_contains("drill"); d && d->is_object())
+          from_drill(d->as_object());
       }
       continue;
     }
@@ -106,12 +112,15 @@ CheckResult check_ud_rule_feed(const std::vector<json::object>& feed) {
     if (in_flight.size() < 2) continue;
     ++moments;
     if (auto two = two_uds(at, in_flight); !two.empty()) {
-      if (offences++ == 0) first = fmt::format("two UDs in maintenance at once (seq {}, {}): {}", json_get::int_or(e, "seq", -1),
-                                               str(e, "time"), two);
+      if (offences++ == 0)
+        first = fmt::format("two UDs in maintenance at once (seq {}, {}): {}",
+                            json_get::int_or(e, "seq", -1), str(e, "time"), two);
     }
   }
   return verdict("UD rule (feed)", offences, first,
-                 fmt::format("never two UDs of a service in maintenance at once ({} moments with several hosts in flight)", moments));
+                 fmt::format("never two UDs of a service in maintenance at once ({} moments with "
+                             "several hosts in flight)",
+                             moments));
 }
 
 std::vector<JobSpan> job_spans(const std::string& host, const json::array& operations) {
@@ -145,30 +154,37 @@ CheckResult check_ud_rule_jobs(const std::vector<JobSpan>& jobs,
         for (const auto& gy : y.guests) {
           auto ix = ud_of.find(gx), iy = ud_of.find(gy);
           if (ix == ud_of.end() || iy == ud_of.end()) continue;
-          if (ix->second.first != iy->second.first || ix->second.second == iy->second.second) continue;
+          if (ix->second.first != iy->second.first || ix->second.second == iy->second.second)
+            continue;
           if (offences++ == 0) {
-            first = fmt::format("{}: UD{} ({} on {}) and UD{} ({} on {}) in jobs that overlapped", ix->second.first,
-                                ix->second.second, gx, x.host, iy->second.second, gy, y.host);
+            first = fmt::format("{}: UD{} ({} on {}) and UD{} ({} on {}) in jobs that overlapped",
+                                ix->second.first, ix->second.second, gx, x.host, iy->second.second,
+                                gy, y.host);
           }
         }
       }
     }
   }
-  CheckResult r = verdict("UD rule (agents' jobs)", offences, first,
-                          fmt::format("no two overlapping jobs took two UDs of a service down ({} jobs)", jobs.size()));
-  if (!r.passed) r.detail = fmt::format("{} ({} pair{})", first, offences, offences == 1 ? "" : "s");
+  CheckResult r = verdict(
+      "UD rule (agents' jobs)", offences, first,
+      fmt::format("no two overlapping jobs took two UDs of a service down ({} jobs)", jobs.size()));
+  if (!r.passed)
+    r.detail = fmt::format("{} ({} pair{})", first, offences, offences == 1 ? "" : "s");
   return r;
 }
 
-void add_agent_instances(PlacementSample& sample, const std::string& host, const json::array& instances) {
+void add_agent_instances(PlacementSample& sample, const std::string& host,
+                         const json::array& instances) {
   for (const auto& v : instances) {
     if (!v.is_object()) continue;
     const std::string st = str(v, "status");
-    if (st == "Starting" || st == "Healthy" || st == "Stopping") sample.hosts_of[str(v, "name")].insert(host);
+    if (st == "Starting" || st == "Healthy" || st == "Stopping")
+      sample.hosts_of[str(v, "name")].insert(host);
   }
 }
 
-CheckResult check_single_host(const std::vector<PlacementSample>& samples, const std::string& source) {
+CheckResult check_single_host(const std::vector<PlacementSample>& samples,
+                              const std::string& source) {
   int offences = 0;
   std::string first;
   for (const auto& s : samples) {
@@ -177,8 +193,9 @@ CheckResult check_single_host(const std::vector<PlacementSample>& samples, const
       if (offences++ == 0) {
         std::string hs;
         for (const auto& h : hosts) hs += (hs.empty() ? "" : " and ") + h;
-        first = fmt::format("{} ran on {} at once ({})", name, hs,
-                            rfc3339(std::chrono::system_clock::time_point(std::chrono::milliseconds(s.t_ms))));
+        first = fmt::format(
+            "{} ran on {} at once ({})", name, hs,
+            rfc3339(std::chrono::system_clock::time_point(std::chrono::milliseconds(s.t_ms))));
       }
     }
   }
@@ -186,7 +203,8 @@ CheckResult check_single_host(const std::vector<PlacementSample>& samples, const
                  fmt::format("no instance on two hosts in {} looks", samples.size()));
 }
 
-void add_counters(std::map<std::string, CounterReading>& out, const std::string& host, const json::array& instances) {
+void add_counters(std::map<std::string, CounterReading>& out, const std::string& host,
+                  const json::array& instances) {
   for (const auto& v : instances) {
     if (!v.is_object()) continue;
     const std::string name = str(v, "name");
@@ -227,7 +245,8 @@ CheckResult check_counters(const std::map<std::string, CounterReading>& before,
     return v.size() > 8 ? s + ", ..." : s;
   };
   r.passed = bad.empty();
-  r.detail = r.passed ? fmt::format("{} counters after >= before", judged) : "went backwards: " + list(bad);
+  r.detail = r.passed ? fmt::format("{} counters after >= before", judged)
+                      : "went backwards: " + list(bad);
   if (!moved.empty()) r.detail += "; moved (new VMs, not judged): " + list(moved);
   if (!unknown.empty()) r.detail += "; unknown: " + list(unknown);
   return r;
@@ -236,7 +255,8 @@ CheckResult check_counters(const std::map<std::string, CounterReading>& before,
 CheckResult check_terminal(const json::object& drill, const json::object& report) {
   const std::string state = str(drill, "state");
   std::string reported;
-  if (auto* d = report.if_contains("drill"); d && d->is_object()) reported = str(d->as_object(), "state");
+  if (auto* d = report.if_contains("drill"); d && d->is_object())
+    reported = str(d->as_object(), "state");
   CheckResult r{"terminal state", true, "drill " + state};
   if (!is_final_state(state)) {
     r.passed = false;
@@ -248,7 +268,8 @@ CheckResult check_terminal(const json::object& drill, const json::object& report
   return r;
 }
 
-CheckResult check_report_agrees(const json::object& report, const std::vector<CheckResult>& outside) {
+CheckResult check_report_agrees(const json::object& report,
+                                const std::vector<CheckResult>& outside) {
   bool all = true;
   std::string failed_own;
   for (const auto& c : arr(report, "checks")) {

@@ -1,14 +1,14 @@
 // Running a drill spec against an orchestrator, with live progress (drill.hpp).
 #include "fabriclab/rack/drill.hpp"
 
-#include <boost/json.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <boost/json.hpp>
 #include <iostream>
-#include <thread>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "fabriclab/client/render.hpp"
 #include "fabriclab/common/json_get.hpp"
@@ -32,8 +32,8 @@ bool is_final(const std::string& state) {
 }
 
 // Waits until every instance is healthy on a host outside `dead` (healing done).
-Status wait_healed(const client::OrchestratorClient& api, const std::set<std::string>& dead, std::chrono::milliseconds timeout,
-                   std::ostream* out) {
+Status wait_healed(const client::OrchestratorClient& api, const std::set<std::string>& dead,
+                   std::chrono::milliseconds timeout, std::ostream* out) {
   auto deadline = Clock::now() + timeout;
   std::string last;
   while (Clock::now() < deadline) {
@@ -48,16 +48,19 @@ Status wait_healed(const client::OrchestratorClient& api, const std::set<std::st
       if (healthy && !dead.count(str(o, "host"))) {
         ++ok;
       } else if (last.size() < 160) {
-        last += (last.empty() ? "" : ", ") + str(o, "name") + " on " + str(o, "host") + " " + str(o, "status");
+        last += (last.empty() ? "" : ", ") + str(o, "name") + " on " + str(o, "host") + " " +
+                str(o, "status");
       }
     }
     if (ok == total) {
       if (out) *out << "healing done: all " << total << " instances healthy on surviving hosts\n";
       return {};
     }
-    if (!client::sleep_unless_interrupted(300ms)) return make_error(Condition::cancelled, "interrupted");
+    if (!client::sleep_unless_interrupted(300ms))
+      return make_error(Condition::cancelled, "interrupted");
   }
-  return make_error(Condition::timeout, "healing did not finish within " + std::to_string(timeout.count() / 1000) +
+  return make_error(Condition::timeout, "healing did not finish within " +
+                                            std::to_string(timeout.count() / 1000) +
                                             " s; still waiting for " + last);
 }
 
@@ -74,8 +77,9 @@ json::object drill_body(const DrillFileSpec& spec) {
   body.healthy_timeout_s = spec.healthy_timeout_s;
   body.freeze_s = spec.freeze_s;
   // Paused until the faults of the old form (before the walk) are injected.
-  body.start_paused = std::any_of(spec.faults.begin(), spec.faults.end(),
-                                  [](const FaultSpec& f) { return f.at.kind == FaultAt::Kind::before_walk; });
+  body.start_paused = std::any_of(spec.faults.begin(), spec.faults.end(), [](const FaultSpec& f) {
+    return f.at.kind == FaultAt::Kind::before_walk;
+  });
   return orchestrator::to_json(body);
 }
 
@@ -83,14 +87,17 @@ namespace {
 
 // The old form of a fault (kill-fault-domain before the walk): the drill was created paused; the
 // domain is killed, healing awaited, and the walk resumed.
-Status inject_before_walk(const client::OrchestratorClient& api, const DrillFileSpec& spec, Lab* lab, const std::string& id,
-                         std::chrono::milliseconds heal_timeout, std::ostream* out) {
+Status inject_before_walk(const client::OrchestratorClient& api, const DrillFileSpec& spec,
+                          Lab* lab, const std::string& id, std::chrono::milliseconds heal_timeout,
+                          std::ostream* out) {
   std::set<std::string> dead;
   bool any = false;
   for (const auto& f : spec.faults) {
     if (f.at.kind != FaultAt::Kind::before_walk) continue;
     any = true;
-    if (out) *out << "fault: killing every host of fault domain " << f.fault_domain << " (agents and VMs)\n";
+    if (out)
+      *out << "fault: killing every host of fault domain " << f.fault_domain
+           << " (agents and VMs)\n";
     FL_RETURN_IF_ERROR(lab->kill_fault_domain(f.fault_domain));
     for (const auto& a : lab->agents()) {
       if (a.fault_domain == f.fault_domain) dead.insert(a.name);
@@ -109,8 +116,9 @@ Status inject_before_walk(const client::OrchestratorClient& api, const DrillFile
 // Follows drill `id` to its end with the progress view. The orchestrator may be away a while (a
 // kill-orchestrator fault, a restart): GETs are retried for up to a minute, or as long as the
 // fault executor says it is down.
-Status follow_drill(const client::OrchestratorClient& api, const std::string& id, const DrillView& view,
-                    Clock::time_point created_at, const FaultExecutor* faults, DrillOutcome& outcome) {
+Status follow_drill(const client::OrchestratorClient& api, const std::string& id,
+                    const DrillView& view, Clock::time_point created_at,
+                    const FaultExecutor* faults, DrillOutcome& outcome) {
   std::ostream* out = view.out;
   std::string last_view;
   client::LiveRegion region(out ? *out : std::cerr, view.redraw, view.size);
@@ -152,15 +160,17 @@ Status follow_drill(const client::OrchestratorClient& api, const std::string& id
       last_view = v;
     }
     if (is_final(state)) return {};
-    if (Clock::now() > abort_deadline) return make_error(Condition::timeout, "the drill did not stop after abort");
+    if (Clock::now() > abort_deadline)
+      return make_error(Condition::timeout, "the drill did not stop after abort");
     std::this_thread::sleep_for(300ms);
   }
 }
 
 }  // namespace
 
-Result<DrillOutcome> run_drill(const client::OrchestratorClient& api, const DrillFileSpec& spec, Lab* lab,
-                               const DrillView& view, std::chrono::milliseconds heal_timeout) {
+Result<DrillOutcome> run_drill(const client::OrchestratorClient& api, const DrillFileSpec& spec,
+                               Lab* lab, const DrillView& view,
+                               std::chrono::milliseconds heal_timeout) {
   std::ostream* out = view.out;
   if (!lab) {
     // Against a running orchestrator: create the spec's services it does not have yet.
@@ -178,15 +188,17 @@ Result<DrillOutcome> run_drill(const client::OrchestratorClient& api, const Dril
     }
     if (created_any) FL_RETURN_IF_ERROR(wait_healed(api, {}, heal_timeout, nullptr));
   }
-  const bool scheduled = std::any_of(spec.faults.begin(), spec.faults.end(),
-                                     [](const FaultSpec& f) { return f.at.kind != FaultAt::Kind::before_walk; });
+  const bool scheduled =
+      std::any_of(spec.faults.begin(), spec.faults.end(),
+                  [](const FaultSpec& f) { return f.at.kind != FaultAt::Kind::before_walk; });
   if (!spec.faults.empty() && !lab) {
     return make_error(Condition::invalid_argument, "faults need a local rack (not --orchestrator)");
   }
   std::unique_ptr<FeedRecorder> feed;
   if (scheduled || view.record_feed) {
     feed = std::make_unique<FeedRecorder>(api);
-    if (!feed->start()) return make_error(Condition::transient, "the orchestrator's event feed did not answer");
+    if (!feed->start())
+      return make_error(Condition::transient, "the orchestrator's event feed did not answer");
   }
   FL_ASSIGN_OR_RETURN(auto created, api.post("/v1/drills", drill_body(spec)));
   std::string id = str(created.as_object(), "id");
@@ -219,7 +231,8 @@ Result<DrillOutcome> run_drill(const client::OrchestratorClient& api, const Dril
     outcome.report["faults"] = faults_json(outcome.faults);
     if (out) {
       for (const auto& f : outcome.faults) {
-        *out << "fault " << f.spec.describe() << ": " << f.status << (f.outcome.empty() ? "" : " -> " + f.outcome) << "\n";
+        *out << "fault " << f.spec.describe() << ": " << f.status
+             << (f.outcome.empty() ? "" : " -> " + f.outcome) << "\n";
       }
     }
   }
@@ -232,17 +245,19 @@ bool DrillSeries::passed() const {
 }
 
 bool DrillSeries::interrupted() const {
-  return std::any_of(drills.begin(), drills.end(), [](const DrillOutcome& d) { return d.interrupted; });
+  return std::any_of(drills.begin(), drills.end(),
+                     [](const DrillOutcome& d) { return d.interrupted; });
 }
 
-DrillSeries run_drills(const client::OrchestratorClient& api, const DrillFileSpec& spec, Lab* lab, const DrillView& view,
-                       std::chrono::milliseconds heal_timeout) {
+DrillSeries run_drills(const client::OrchestratorClient& api, const DrillFileSpec& spec, Lab* lab,
+                       const DrillView& view, std::chrono::milliseconds heal_timeout) {
   DrillSeries series;
   series.planned = spec.updates.size();
   for (size_t k = 0; k < spec.updates.size(); ++k) {
     DrillFileSpec one = for_update(spec, k);
     if (view.out && series.planned > 1) {
-      *view.out << fmt::format("update {}/{}: {} -> {}\n", k + 1, series.planned, one.kind, one.target);
+      *view.out << fmt::format("update {}/{}: {} -> {}\n", k + 1, series.planned, one.kind,
+                               one.target);
     }
     auto outcome = run_drill(api, one, lab, view, heal_timeout);
     if (!outcome.ok()) {
@@ -265,9 +280,8 @@ json::object series_report(const DrillFileSpec& spec, const DrillSeries& series)
       drills.push_back(series.drills[k].report);
       result = series.drills[k].passed ? "passed" : "failed";
     }
-    updates.push_back(json::object{{"kind", spec.updates[k].kind},
-                                   {"target", spec.updates[k].target},
-                                   {"result", result}});
+    updates.push_back(json::object{
+        {"kind", spec.updates[k].kind}, {"target", spec.updates[k].target}, {"result", result}});
   }
   return {{"drills", std::move(drills)},
           {"updates", std::move(updates)},

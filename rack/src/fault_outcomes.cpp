@@ -1,10 +1,10 @@
 // What the system did about each fault (faults.hpp explain_outcomes), read from the
 // orchestrator's feed after the fault's injection, the drill's final state and its report. Every
 // line is something the feed or the report shows; nothing is inferred from the fault's kind alone.
-#include <boost/json.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <boost/json.hpp>
 #include <map>
 #include <set>
 
@@ -33,14 +33,15 @@ std::set<std::string> hosts_hit(const FaultRecord& r, const json::object& report
   if (r.spec.target_kind == "host") h.insert(r.spec.target);
   if (r.spec.target_kind == "fault_domain") {
     for (const auto& v : arr(report, "hosts")) {
-      if (v.is_object() && json_get::int_or(v.as_object(), "fd", -1) == r.spec.fault_domain) h.insert(str(v, "id"));
+      if (v.is_object() && json_get::int_or(v.as_object(), "fd", -1) == r.spec.fault_domain)
+        h.insert(str(v, "id"));
     }
   }
   return h;
 }
 
-std::string explain_one(const FaultRecord& r, const std::vector<json::object>& events, const json::object& drill,
-                        const json::object& report) {
+std::string explain_one(const FaultRecord& r, const std::vector<json::object>& events,
+                        const json::object& drill, const json::object& report) {
   const int64_t t0 = r.injected_ms;
   const auto hosts = hosts_hit(r, report);
   const std::string inst = r.spec.target_kind == "instance" ? r.spec.target : "";
@@ -61,11 +62,14 @@ std::string explain_one(const FaultRecord& r, const std::vector<json::object>& e
         lines.push_back(fmt::format("{} Ready again after {}", h, secs(t - t0)));
       }
       last = s;
-    } else if (type == "service.healed" && (hosts.count(str(e, "from_host")) || str(e, "instance") == inst)) {
-      healed.push_back(fmt::format("{} {}->{}", str(e, "instance"), str(e, "from_host"), str(e, "to_host")));
+    } else if (type == "service.healed" &&
+               (hosts.count(str(e, "from_host")) || str(e, "instance") == inst)) {
+      healed.push_back(
+          fmt::format("{} {}->{}", str(e, "instance"), str(e, "from_host"), str(e, "to_host")));
     } else if (type == "service.healing_failed" && hosts.count(str(e, "host"))) {
       lines.push_back("healing failed: " + str(e, "reason"));
-    } else if (type == "drill.host" && hosts.count(str(e, "host")) && str(e, "status") == "failed") {
+    } else if (type == "drill.host" && hosts.count(str(e, "host")) &&
+               str(e, "status") == "failed") {
       const std::string why = str(e, "reason");
       lines.push_back(str(e, "host") + "'s update failed" + (why.empty() ? "" : ": " + why));
     } else if (type == "instance.state" && !inst.empty()) {
@@ -75,16 +79,19 @@ std::string explain_one(const FaultRecord& r, const std::vector<json::object>& e
       const bool healthy = hv && hv->is_bool() && hv->as_bool();
       if (!healthy && !inst_down) {
         inst_down = true;
-        lines.push_back(fmt::format("{} down after {} ({})", inst, secs(t - t0), str(*i, "status")));
+        lines.push_back(
+            fmt::format("{} down after {} ({})", inst, secs(t - t0), str(*i, "status")));
       } else if (healthy && inst_down && !inst_back) {
         inst_back = true;
-        lines.push_back(fmt::format("{} healthy again on {} after {}", inst, str(*i, "host"), secs(t - t0)));
+        lines.push_back(
+            fmt::format("{} healthy again on {} after {}", inst, str(*i, "host"), secs(t - t0)));
       }
     } else if (r.spec.kind == "kill-orchestrator" && r.ended_ms && t >= r.ended_ms && !back_seen &&
                type == "drill.state") {
       back_seen = true;
       const json::object* d = sub(e, "drill");
-      lines.push_back(fmt::format("the restarted orchestrator resumed the drill ({})", d ? str(*d, "state") : "?"));
+      lines.push_back(fmt::format("the restarted orchestrator resumed the drill ({})",
+                                  d ? str(*d, "state") : "?"));
     }
   }
   if (!healed.empty()) {
@@ -96,14 +103,16 @@ std::string explain_one(const FaultRecord& r, const std::vector<json::object>& e
   if (!inst.empty()) {
     for (const auto& v : arr(report, "instances")) {
       if (!v.is_object() || str(v, "name") != inst) continue;
-      if (str(v, "stop_method") == "destroyed") lines.push_back(inst + " stopped by force (destroyed) after its stop timeout");
+      if (str(v, "stop_method") == "destroyed")
+        lines.push_back(inst + " stopped by force (destroyed) after its stop timeout");
     }
   }
   const std::string state = str(drill, "state"), reason = str(drill, "reason");
   bool named = false;
   for (const auto& h : hosts) named = named || reason.find(h) != std::string::npos;
   if (!inst.empty()) named = named || reason.find(inst) != std::string::npos;
-  if (state != "Completed" && (named || r.spec.kind == "kill-orchestrator" || r.spec.kind == "corrupt-host-image")) {
+  if (state != "Completed" &&
+      (named || r.spec.kind == "kill-orchestrator" || r.spec.kind == "corrupt-host-image")) {
     lines.push_back("the drill ended " + state + (reason.empty() ? "" : ": " + reason));
   }
   if (lines.empty()) return "no reaction seen on the feed (the drill ended " + state + ")";

@@ -15,6 +15,7 @@ namespace fabriclab::rack {
 // Reads every entry of `list` (a YAML sequence) into `out`; errors name the entry and key.
 // `host_os`: some update of the spec is a host-os update (corrupt-host-image and the steps
 // SwappingImage and Rebooting need one).
-Status parse_faults(const YAML::Node& list, const FaultRack& rack, bool host_os, std::vector<FaultSpec>& out);
+Status parse_faults(const YAML::Node& list, const FaultRack& rack, bool host_os,
+                    std::vector<FaultSpec>& out);
 
 }  // namespace fabriclab::rack

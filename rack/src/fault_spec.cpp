@@ -22,17 +22,17 @@ namespace fabriclab::rack {
 namespace {
 
 struct KindRule {
-  std::string target;      // "host" | "fault_domain" | "instance" | ""
-  char duration;           // 'r' required, 'o' optional, 'n' not applicable
-  bool at_optional;        // may run before the walk (no `at`)
+  std::string target;  // "host" | "fault_domain" | "instance" | ""
+  char duration;       // 'r' required, 'o' optional, 'n' not applicable
+  bool at_optional;    // may run before the walk (no `at`)
 };
 
 const std::map<std::string, KindRule>& rules() {
   static const std::map<std::string, KindRule> r = {
-      {"kill-agent", {"host", 'o', false}},         {"kill-orchestrator", {"", 'o', false}},
-      {"partition-host", {"host", 'r', false}},     {"kill-fault-domain", {"fault_domain", 'n', true}},
-      {"guest-crash", {"instance", 'n', false}},    {"guest-hang", {"instance", 'n', false}},
-      {"slow-boot", {"instance", 'r', false}},      {"corrupt-host-image", {"host", 'n', false}},
+      {"kill-agent", {"host", 'o', false}},      {"kill-orchestrator", {"", 'o', false}},
+      {"partition-host", {"host", 'r', false}},  {"kill-fault-domain", {"fault_domain", 'n', true}},
+      {"guest-crash", {"instance", 'n', false}}, {"guest-hang", {"instance", 'n', false}},
+      {"slow-boot", {"instance", 'r', false}},   {"corrupt-host-image", {"host", 'n', false}},
   };
   return r;
 }
@@ -85,8 +85,8 @@ Result<std::string> word(const YAML::Node& n, const std::string& path) {
   return v;
 }
 
-Status read_target(const YAML::Node& f, const std::string& p, const KindRule& rule, const FaultRack& rack,
-                   FaultSpec& out) {
+Status read_target(const YAML::Node& f, const std::string& p, const KindRule& rule,
+                   const FaultRack& rack, FaultSpec& out) {
   auto t = f["target"];
   auto legacy = f["fault_domain"];
   if (legacy && out.kind != "kill-fault-domain") return bad(p + ".fault_domain", "unknown key");
@@ -96,7 +96,8 @@ Status read_target(const YAML::Node& f, const std::string& p, const KindRule& ru
   }
   if (legacy && t) return bad(p + ".fault_domain", "give either target or fault_domain, not both");
   if (legacy) {
-    FL_ASSIGN_OR_RETURN(out.fault_domain, integer(legacy, p + ".fault_domain", 0, rack.fault_domains - 1));
+    FL_ASSIGN_OR_RETURN(out.fault_domain,
+                        integer(legacy, p + ".fault_domain", 0, rack.fault_domains - 1));
     out.target_kind = "fault_domain";
     out.target = std::to_string(out.fault_domain);
     return {};
@@ -115,21 +116,25 @@ Status read_target(const YAML::Node& f, const std::string& p, const KindRule& ru
     bool known = false;
     for (int i = 0; i < rack.hosts; ++i) known = known || out.target == "h" + std::to_string(i);
     if (!known) {
-      return bad(tp, fmt::format("'{}' is not a host of the rack (h0..h{})", out.target, rack.hosts - 1));
+      return bad(
+          tp, fmt::format("'{}' is not a host of the rack (h0..h{})", out.target, rack.hosts - 1));
     }
   } else {
     FL_ASSIGN_OR_RETURN(out.target, word(v, tp));
-    if (std::find(rack.instances.begin(), rack.instances.end(), out.target) == rack.instances.end()) {
-      std::vector<std::string> some(rack.instances.begin(),
-                                    rack.instances.begin() + std::min<size_t>(rack.instances.size(), 8));
-      return bad(tp, "'" + out.target + "' is not an instance of the spec's services (" + joined(some) +
-                         (rack.instances.size() > 8 ? ", ..." : "") + ")");
+    if (std::find(rack.instances.begin(), rack.instances.end(), out.target) ==
+        rack.instances.end()) {
+      std::vector<std::string> some(
+          rack.instances.begin(),
+          rack.instances.begin() + std::min<size_t>(rack.instances.size(), 8));
+      return bad(tp, "'" + out.target + "' is not an instance of the spec's services (" +
+                         joined(some) + (rack.instances.size() > 8 ? ", ..." : "") + ")");
     }
   }
   return {};
 }
 
-Status read_at(const YAML::Node& f, const std::string& p, const KindRule& rule, bool host_os, FaultSpec& out) {
+Status read_at(const YAML::Node& f, const std::string& p, const KindRule& rule, bool host_os,
+               FaultSpec& out) {
   auto at = f["at"];
   if (!at) {
     if (rule.at_optional) return {};
@@ -137,9 +142,11 @@ Status read_at(const YAML::Node& f, const std::string& p, const KindRule& rule, 
   }
   FL_RETURN_IF_ERROR(only(at, p + ".at", {"batch", "step", "after_s"}));
   if (at["after_s"]) {
-    if (at["batch"] || at["step"]) return bad(p + ".at", "give either after_s or batch (with step), not both");
+    if (at["batch"] || at["step"])
+      return bad(p + ".at", "give either after_s or batch (with step), not both");
     out.at.kind = FaultAt::Kind::after;
-    FL_ASSIGN_OR_RETURN(out.at.after_s, number(at["after_s"], p + ".at.after_s", 0, kMaxFaultAfterS));
+    FL_ASSIGN_OR_RETURN(out.at.after_s,
+                        number(at["after_s"], p + ".at.after_s", 0, kMaxFaultAfterS));
     return {};
   }
   if (!at["batch"]) return bad(p + ".at", "needs batch (1..) or after_s");
@@ -149,7 +156,8 @@ Status read_at(const YAML::Node& f, const std::string& p, const KindRule& rule, 
     FL_ASSIGN_OR_RETURN(out.at.step, word(s, p + ".at.step"));
     const auto& steps = fault_steps();
     if (std::find(steps.begin(), steps.end(), out.at.step) == steps.end()) {
-      return bad(p + ".at.step", "must be one of " + joined(steps) + " (got '" + out.at.step + "')");
+      return bad(p + ".at.step",
+                 "must be one of " + joined(steps) + " (got '" + out.at.step + "')");
     }
     if (!host_os && (out.at.step == "SwappingImage" || out.at.step == "Rebooting")) {
       return bad(p + ".at.step", out.at.step + " happens only in a host-os update");
@@ -158,25 +166,31 @@ Status read_at(const YAML::Node& f, const std::string& p, const KindRule& rule, 
   return {};
 }
 
-Status read_one(const YAML::Node& f, const std::string& p, const FaultRack& rack, bool host_os, FaultSpec& out) {
+Status read_one(const YAML::Node& f, const std::string& p, const FaultRack& rack, bool host_os,
+                FaultSpec& out) {
   FL_RETURN_IF_ERROR(only(f, p, {"kind", "target", "fault_domain", "at", "duration_s"}));
   if (!f["kind"]) return bad(p + ".kind", "is required");
   FL_ASSIGN_OR_RETURN(out.kind, word(f["kind"], p + ".kind"));
   auto it = rules().find(out.kind);
-  if (it == rules().end()) return bad(p + ".kind", "must be one of " + joined(fault_kinds()) + " (got '" + out.kind + "')");
+  if (it == rules().end())
+    return bad(p + ".kind",
+               "must be one of " + joined(fault_kinds()) + " (got '" + out.kind + "')");
   const KindRule& rule = it->second;
   FL_RETURN_IF_ERROR(read_target(f, p, rule, rack, out));
   FL_RETURN_IF_ERROR(read_at(f, p, rule, host_os, out));
   if (auto d = f["duration_s"]) {
     if (rule.duration == 'n') return bad(p + ".duration_s", "does not apply to " + out.kind);
     FL_ASSIGN_OR_RETURN(double v, number(d, p + ".duration_s", 0, kMaxFaultDurationS));
-    if (rule.duration == 'r' && v <= 0) return bad(p + ".duration_s", "must be more than 0 for " + out.kind);
+    if (rule.duration == 'r' && v <= 0)
+      return bad(p + ".duration_s", "must be more than 0 for " + out.kind);
     out.duration_s = v;
   } else if (rule.duration == 'r') {
     return bad(p + ".duration_s", "is required for " + out.kind);
   }
   if (out.kind == "corrupt-host-image" && !host_os) {
-    return bad(p + ".kind", "corrupt-host-image needs a host-os update (the staged host image is what it breaks)");
+    return bad(
+        p + ".kind",
+        "corrupt-host-image needs a host-os update (the staged host image is what it breaks)");
   }
   return {};
 }
@@ -184,8 +198,9 @@ Status read_one(const YAML::Node& f, const std::string& p, const FaultRack& rack
 }  // namespace
 
 const std::vector<std::string>& fault_kinds() {
-  static const std::vector<std::string> k = {"kill-agent",  "kill-orchestrator", "partition-host", "kill-fault-domain",
-                                             "guest-crash", "guest-hang",        "slow-boot",      "corrupt-host-image"};
+  static const std::vector<std::string> k = {
+      "kill-agent",  "kill-orchestrator", "partition-host", "kill-fault-domain",
+      "guest-crash", "guest-hang",        "slow-boot",      "corrupt-host-image"};
   return k;
 }
 
@@ -218,7 +233,8 @@ std::string FaultSpec::describe() const {
   return s;
 }
 
-Status parse_faults(const YAML::Node& list, const FaultRack& rack, bool host_os, std::vector<FaultSpec>& out) {
+Status parse_faults(const YAML::Node& list, const FaultRack& rack, bool host_os,
+                    std::vector<FaultSpec>& out) {
   if (!list.IsSequence()) return bad("faults", "must be a list");
   if (list.size() > kMaxFaults) return bad("faults", fmt::format("at most {} entries", kMaxFaults));
   out.clear();

@@ -17,13 +17,13 @@
 //   corrupt-host-image  bytes of the host's staged target host image overwritten on disk.
 #include "fabriclab/rack/faults.hpp"
 
-#include <boost/json.hpp>
 #include <dirent.h>
 #include <fmt/format.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <boost/json.hpp>
 #include <cmath>
 #include <fstream>
 #include <ostream>
@@ -41,8 +41,8 @@ using json_get::arr;
 using json_get::str;
 
 struct FaultExecutor::Active {
-  size_t index = 0;        // into records_
-  int64_t end_ms = 0;      // unix ms; 0: never (a killed agent without duration)
+  size_t index = 0;    // into records_
+  int64_t end_ms = 0;  // unix ms; 0: never (a killed agent without duration)
 };
 
 namespace {
@@ -59,7 +59,8 @@ std::string read_small(const std::string& path) {
 }
 
 // QEMU processes of the lab whose command line names guest `name` under host `host`'s state dir.
-std::vector<pid_t> qemu_of(const std::string& lab_dir, const std::string& host, const std::string& name) {
+std::vector<pid_t> qemu_of(const std::string& lab_dir, const std::string& host,
+                           const std::string& name) {
   std::vector<pid_t> out;
   DIR* d = opendir("/proc");
   while (dirent* e = d ? readdir(d) : nullptr) {
@@ -70,7 +71,8 @@ std::vector<pid_t> qemu_of(const std::string& lab_dir, const std::string& host, 
     if (read_small(base + "/comm").rfind("qemu", 0) != 0) continue;
     std::string cmd = read_small(base + "/cmdline");
     std::replace(cmd.begin(), cmd.end(), '\0', ' ');
-    if (cmd.find(lab_dir + "/" + host + "/") != std::string::npos && cmd.find("guest=" + name + ",") != std::string::npos) {
+    if (cmd.find(lab_dir + "/" + host + "/") != std::string::npos &&
+        cmd.find("guest=" + name + ",") != std::string::npos) {
       out.push_back(static_cast<pid_t>(pid));
     }
   }
@@ -90,10 +92,11 @@ const std::string& ip_binary() {
 
 Status set_link(const std::string& ns, bool up) {
   if (ip_binary().empty()) return make_error(Condition::not_found, "ip (iproute2) not found");
-  FL_ASSIGN_OR_RETURN(auto r, run_command({ip_binary(), "-n", ns, "link", "set", "eth0", up ? "up" : "down"}, 5s));
+  FL_ASSIGN_OR_RETURN(
+      auto r, run_command({ip_binary(), "-n", ns, "link", "set", "eth0", up ? "up" : "down"}, 5s));
   if (r.exit_code != 0) {
-    return make_error(Condition::internal, fmt::format("ip -n {} link set eth0 {}: exit {}: {}", ns, up ? "up" : "down",
-                                                       r.exit_code, r.output));
+    return make_error(Condition::internal, fmt::format("ip -n {} link set eth0 {}: exit {}: {}", ns,
+                                                       up ? "up" : "down", r.exit_code, r.output));
   }
   return {};
 }
@@ -101,7 +104,8 @@ Status set_link(const std::string& ns, bool up) {
 // Starts lab process `p` again with its own command line, on the port it had (so the orchestrator
 // and the CLI find it where they knew it), and waits for it to listen.
 Status restart(Lab& lab, LabProcess& p) {
-  if (p.argv.empty()) return make_error(Condition::invalid_state, p.name + " was not started by this process");
+  if (p.argv.empty())
+    return make_error(Condition::invalid_state, p.name + " was not started by this process");
   std::vector<std::string> argv = p.argv;
   for (size_t i = 0; i + 1 < argv.size(); ++i) {
     if (argv[i] == "--port") argv[i + 1] = std::to_string(p.port);
@@ -118,7 +122,8 @@ Status restart(Lab& lab, LabProcess& p) {
   (void)lab.save_state();
   FL_ASSIGN_OR_RETURN(auto at, wait_listening(child, 60s));
   if (at.port != p.port) {
-    return make_error(Condition::internal, fmt::format("{} came back on port {}, not {}", p.name, at.port, p.port));
+    return make_error(Condition::internal,
+                      fmt::format("{} came back on port {}, not {}", p.name, at.port, p.port));
   }
   return {};
 }
@@ -139,9 +144,10 @@ json::object FaultRecord::to_json() const {
           {"at_s", at_s < 0 ? json::value(nullptr) : json::value(std::round(at_s * 1000) / 1000)},
           {"at", at_actual},
           {"injected_at", injected_ms ? json::value(rfc3339(std::chrono::system_clock::time_point(
-                                                        std::chrono::milliseconds(injected_ms))))
+                                            std::chrono::milliseconds(injected_ms))))
                                       : json::value(nullptr)},
-          {"duration_s", ended_ms && injected_ms ? json::value((ended_ms - injected_ms) / 1000.0) : json::value(nullptr)},
+          {"duration_s", ended_ms && injected_ms ? json::value((ended_ms - injected_ms) / 1000.0)
+                                                 : json::value(nullptr)},
           {"detail", detail},
           {"outcome", outcome}};
 }
@@ -152,8 +158,8 @@ json::array faults_json(const std::vector<FaultRecord>& records) {
   return a;
 }
 
-FaultExecutor::FaultExecutor(Lab& lab, const client::OrchestratorClient& api, const DrillFileSpec& spec, std::string drill_id,
-                             std::ostream* out)
+FaultExecutor::FaultExecutor(Lab& lab, const client::OrchestratorClient& api,
+                             const DrillFileSpec& spec, std::string drill_id, std::ostream* out)
     : lab_(lab), api_(api), spec_(spec), drill_id_(std::move(drill_id)), out_(out) {
   api_.set_timeout(2s);
   for (const auto& f : spec.faults) {
@@ -205,18 +211,20 @@ void FaultExecutor::tick() {
   const int64_t now = unix_now_ms();
   if (now - drill_read_ms_ >= 100) {
     drill_read_ms_ = now;
-    if (auto d = api_.get("/v1/drills/" + drill_id_); d.ok() && d->is_object()) drill_ = d->as_object();
+    if (auto d = api_.get("/v1/drills/" + drill_id_); d.ok() && d->is_object())
+      drill_ = d->as_object();
   }
   const double scale = spec_.time_scale;
   const auto& batches = arr(drill_, "batches");
-  std::map<std::string, std::pair<std::string, std::string>> host_step;  // host -> (state, step), this tick
+  std::map<std::string, std::pair<std::string, std::string>>
+      host_step;  // host -> (state, step), this tick
   auto step_of = [&](const std::string& host) -> std::pair<std::string, std::string> {
     if (auto it = host_step.find(host); it != host_step.end()) return it->second;
     const LabProcess* p = lab_.process(host);
     std::pair<std::string, std::string> v;
     if (p && p->port > 0) {
-      auto r = http::request(p->address, static_cast<uint16_t>(p->port), "GET", "/v1/host", {}, lab_.control_token(),
-                             500ms, lab_.agent_netns());
+      auto r = http::request(p->address, static_cast<uint16_t>(p->port), "GET", "/v1/host", {},
+                             lab_.control_token(), 500ms, lab_.agent_netns());
       if (r.ok() && r->status == 200) {
         auto o = parse_json_object(r->body, 1 << 20, 16, "host");
         if (o.ok()) v = {str(*o, "state"), str(*o, "step")};
@@ -239,7 +247,8 @@ void FaultExecutor::tick() {
       }
       continue;
     }
-    if (static_cast<size_t>(f.at.batch) > batches.size() || !batches[f.at.batch - 1].is_object()) continue;
+    if (static_cast<size_t>(f.at.batch) > batches.size() || !batches[f.at.batch - 1].is_object())
+      continue;
     const auto& b = batches[f.at.batch - 1].as_object();
     const std::string status = str(b, "status");
     if (status == "pending" || status.empty()) continue;
@@ -252,14 +261,16 @@ void FaultExecutor::tick() {
     for (const auto& h : arr(b, "hosts")) {
       if (h.is_string()) hosts.emplace_back(h.as_string());
     }
-    if (f.target_kind == "host" && std::find(hosts.begin(), hosts.end(), f.target) != hosts.end()) hosts = {f.target};
+    if (f.target_kind == "host" && std::find(hosts.begin(), hosts.end(), f.target) != hosts.end())
+      hosts = {f.target};
     bool fired = false;
     for (const auto& h : hosts) {
       auto [state, step] = step_of(h);
       if (state != "Updating") continue;
       const int have = step_index(step), want = step_index(f.at.step);
       if (have >= 0 && have >= want) {
-        fire(i, fmt::format("batch {} {} on {}{}", f.at.batch, step, h, have > want ? " (" + f.at.step + " was not seen: too short)" : ""));
+        fire(i, fmt::format("batch {} {} on {}{}", f.at.batch, step, h,
+                            have > want ? " (" + f.at.step + " was not seen: too short)" : ""));
         fired = true;
         break;
       }
@@ -267,17 +278,22 @@ void FaultExecutor::tick() {
     if (!fired && over) {
       std::lock_guard lock(mu_);
       records_[i].status = "not injected";
-      records_[i].detail = fmt::format("batch {} ended ({}) before {} was seen on its hosts", f.at.batch, status, f.at.step);
+      records_[i].detail = fmt::format("batch {} ended ({}) before {} was seen on its hosts",
+                                       f.at.batch, status, f.at.step);
     }
   }
 }
 
 void FaultExecutor::post(const FaultRecord& r, const std::string& status) {
   std::lock_guard lock(mu_);
-  json::object body{{"kind", r.spec.kind}, {"target", r.spec.where()}, {"at", r.at_actual},
-                    {"status", status},   {"detail", r.detail.substr(0, 1000)}};
+  json::object body{{"kind", r.spec.kind},
+                    {"target", r.spec.where()},
+                    {"at", r.at_actual},
+                    {"status", status},
+                    {"detail", r.detail.substr(0, 1000)}};
   if (r.injected_ms) {
-    body["injected_at"] = rfc3339(std::chrono::system_clock::time_point(std::chrono::milliseconds(r.injected_ms)));
+    body["injected_at"] =
+        rfc3339(std::chrono::system_clock::time_point(std::chrono::milliseconds(r.injected_ms)));
   }
   unposted_.push_back(std::move(body));
 }
@@ -295,7 +311,8 @@ void FaultExecutor::flush_posts() {
   }
   if (sent < left.size()) {
     std::lock_guard lock(mu_);
-    unposted_.insert(unposted_.begin(), left.begin() + static_cast<std::ptrdiff_t>(sent), left.end());
+    unposted_.insert(unposted_.begin(), left.begin() + static_cast<std::ptrdiff_t>(sent),
+                     left.end());
   }
 }
 
@@ -305,11 +322,12 @@ namespace {
 Status agent_fault(Lab& lab, const std::string& host, const json::object& body) {
   const LabProcess* p = lab.process(host);
   if (!p || p->port <= 0) return make_error(Condition::not_found, "no agent " + host);
-  FL_ASSIGN_OR_RETURN(auto r, http::request(p->address, static_cast<uint16_t>(p->port), "POST", "/v1/faults",
-                                            json::serialize(body), lab.control_token(), 5s, lab.agent_netns()));
+  FL_ASSIGN_OR_RETURN(
+      auto r, http::request(p->address, static_cast<uint16_t>(p->port), "POST", "/v1/faults",
+                            json::serialize(body), lab.control_token(), 5s, lab.agent_netns()));
   if (r.status / 100 != 2) {
-    return make_error(Condition::internal, fmt::format("agent {} refused the fault (HTTP {}): {}", host, r.status,
-                                                       r.body.substr(0, 300)));
+    return make_error(Condition::internal, fmt::format("agent {} refused the fault (HTTP {}): {}",
+                                                       host, r.status, r.body.substr(0, 300)));
   }
   return {};
 }
@@ -318,7 +336,8 @@ Status agent_fault(Lab& lab, const std::string& host, const json::object& body) 
 // longer matches its manifest, as after a bad disk or a botched copy.
 Status corrupt_image(const std::string& path) {
   std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-  if (!f) return make_error(Condition::not_found, "staged host image " + path + " cannot be opened");
+  if (!f)
+    return make_error(Condition::not_found, "staged host image " + path + " cannot be opened");
   char buf[64] = {};
   f.read(buf, sizeof buf);
   auto n = f.gcount();
@@ -335,7 +354,8 @@ Status corrupt_image(const std::string& path) {
 }  // namespace
 
 // Where instance `name` runs now: the orchestrator's view, else the first agent that has it.
-static std::string host_of_instance(Lab& lab, const client::OrchestratorClient& api, bool orch_down, const std::string& name) {
+static std::string host_of_instance(Lab& lab, const client::OrchestratorClient& api, bool orch_down,
+                                    const std::string& name) {
   if (!orch_down) {
     if (auto inst = api.get("/v1/instances"); inst.ok() && inst->is_array()) {
       for (const auto& v : inst->as_array()) {
@@ -344,8 +364,8 @@ static std::string host_of_instance(Lab& lab, const client::OrchestratorClient& 
     }
   }
   for (const auto& a : lab.agents()) {
-    auto r = http::request(a.address, static_cast<uint16_t>(a.port), "GET", "/v1/instances/" + name, {},
-                           lab.control_token(), 1s, lab.agent_netns());
+    auto r = http::request(a.address, static_cast<uint16_t>(a.port), "GET", "/v1/instances/" + name,
+                           {}, lab.control_token(), 1s, lab.agent_netns());
     if (r.ok() && r->status == 200) return a.name;
   }
   return {};
@@ -358,7 +378,8 @@ void FaultExecutor::fire(size_t i, const std::string& at_actual) {
     f = records_[i].spec;
   }
   const int64_t now = unix_now_ms();
-  const int64_t dur_ms = f.duration_s ? std::llround(*f.duration_s * spec_.time_scale * 1000.0) : -1;
+  const int64_t dur_ms =
+      f.duration_s ? std::llround(*f.duration_s * spec_.time_scale * 1000.0) : -1;
   std::string detail;
   Status st;
   bool ends = false;
@@ -374,8 +395,9 @@ void FaultExecutor::fire(size_t i, const std::string& at_actual) {
     }
   } else if (f.kind == "kill-orchestrator") {
     LabProcess* p = lab_.process("orchestrator");
-    detail = fmt::format("SIGKILL orchestrator (pid {}); restart on the same journal after {:.1f} s", p->pid,
-                         std::max<int64_t>(dur_ms, 0) / 1000.0);
+    detail =
+        fmt::format("SIGKILL orchestrator (pid {}); restart on the same journal after {:.1f} s",
+                    p->pid, std::max<int64_t>(dur_ms, 0) / 1000.0);
     {
       std::lock_guard lock(mu_);
       records_[i].status = "injected";
@@ -384,7 +406,7 @@ void FaultExecutor::fire(size_t i, const std::string& at_actual) {
       records_[i].detail = detail;
     }
     post(records_[i], "injected");  // published while it still can be, and journaled: its journal
-    flush_posts();                   // writer trails the feed by a moment, and a SIGKILL loses that
+    flush_posts();                  // writer trails the feed by a moment, and a SIGKILL loses that
     std::this_thread::sleep_for(300ms);
     orchestrator_down_ = true;
     kill_process(p->pid);
@@ -392,10 +414,11 @@ void FaultExecutor::fire(size_t i, const std::string& at_actual) {
   } else if (f.kind == "partition-host") {
     const LabProcess* p = lab_.process(f.target);
     if (!p || p->netns.empty()) {
-      st = make_error(Condition::unsupported, "the rack has no network namespaces (" +
-                                                  (lab_.network_reason().empty() ? std::string("loopback network")
-                                                                                  : lab_.network_reason()) +
-                                                  "): a host's link cannot be cut");
+      st = make_error(Condition::unsupported,
+                      "the rack has no network namespaces (" +
+                          (lab_.network_reason().empty() ? std::string("loopback network")
+                                                         : lab_.network_reason()) +
+                          "): a host's link cannot be cut");
     } else {
       st = set_link(p->netns, false);
       detail = fmt::format("ip -n {} link set eth0 down for {:.1f} s", p->netns, dur_ms / 1000.0);
@@ -405,7 +428,8 @@ void FaultExecutor::fire(size_t i, const std::string& at_actual) {
     st = lab_.kill_fault_domain(f.fault_domain);
     detail = fmt::format("SIGKILL every agent of fault domain {} and its VMs", f.fault_domain);
   } else if (f.kind == "corrupt-host-image") {
-    const std::string path = lab_.dir() + "/" + f.target + "/host-images/versions/" + spec_.target + "/image";
+    const std::string path =
+        lab_.dir() + "/" + f.target + "/host-images/versions/" + spec_.target + "/image";
     st = corrupt_image(path);
     detail = "inverted the first 64 bytes of " + path;
   } else {  // guest-crash, guest-hang, slow-boot: on the instance's host now
@@ -414,17 +438,21 @@ void FaultExecutor::fire(size_t i, const std::string& at_actual) {
       st = make_error(Condition::not_found, "instance " + f.target + " is on no reachable host");
     } else if (f.kind == "guest-crash" && lab_.hypervisor() == "qemu") {
       auto pids = qemu_of(lab_.dir(), host, f.target);
-      if (pids.empty()) st = make_error(Condition::not_found, "no QEMU process of " + f.target + " on " + host);
+      if (pids.empty())
+        st = make_error(Condition::not_found, "no QEMU process of " + f.target + " on " + host);
       for (pid_t pid : pids) kill(pid, SIGKILL);
-      detail = fmt::format("SIGKILL QEMU process of {} on {} (pid {})", f.target, host, pids.empty() ? 0 : pids[0]);
+      detail = fmt::format("SIGKILL QEMU process of {} on {} (pid {})", f.target, host,
+                           pids.empty() ? 0 : pids[0]);
     } else {
       json::object body{{"kind", f.kind}, {"instance", f.target}};
       if (f.kind == "slow-boot") body["delay_ms"] = std::max<int64_t>(dur_ms, 1);
       st = agent_fault(lab_, host, body);
-      detail = f.kind == "guest-crash"  ? "the agent on " + host + " killed its simulated guest " + f.target
-               : f.kind == "guest-hang" ? f.target + " on " + host + " ignores the power button from now on"
-                                        : fmt::format("{} on {}: its next boot is delayed {:.1f} s", f.target, host,
-                                                      dur_ms / 1000.0);
+      detail = f.kind == "guest-crash"
+                   ? "the agent on " + host + " killed its simulated guest " + f.target
+               : f.kind == "guest-hang"
+                   ? f.target + " on " + host + " ignores the power button from now on"
+                   : fmt::format("{} on {}: its next boot is delayed {:.1f} s", f.target, host,
+                                 dur_ms / 1000.0);
     }
   }
   FaultRecord copy;
@@ -437,9 +465,12 @@ void FaultExecutor::fire(size_t i, const std::string& at_actual) {
     r.at_actual = at_actual;
     r.detail = st.ok() ? detail : st.error().message;
     copy = r;
-    if (st.ok() && ends) active_.push_back(std::make_unique<Active>(Active{i, now + std::max<int64_t>(dur_ms, 0)}));
+    if (st.ok() && ends)
+      active_.push_back(std::make_unique<Active>(Active{i, now + std::max<int64_t>(dur_ms, 0)}));
   }
-  if (out_) *out_ << "fault: " << f.describe() << ": " << (st.ok() ? "" : "FAILED: ") << copy.detail << "\n" << std::flush;
+  if (out_)
+    *out_ << "fault: " << f.describe() << ": " << (st.ok() ? "" : "FAILED: ") << copy.detail << "\n"
+          << std::flush;
   if (f.kind != "kill-orchestrator") post(copy, copy.status);
 }
 
@@ -487,11 +518,15 @@ void FaultExecutor::end_due(bool all) {
       std::lock_guard lock(mu_);
       FaultRecord& r = records_[a->index];
       r.ended_ms = unix_now_ms();
-      r.detail += st.ok() ? fmt::format("; {} after {:.1f} s", what, (r.ended_ms - r.injected_ms) / 1000.0)
-                          : "; ending it FAILED: " + st.error().message;
+      r.detail +=
+          st.ok() ? fmt::format("; {} after {:.1f} s", what, (r.ended_ms - r.injected_ms) / 1000.0)
+                  : "; ending it FAILED: " + st.error().message;
       copy = r;
     }
-    if (out_) *out_ << "fault ended: " << f.describe() << ": " << (st.ok() ? what : st.error().message) << "\n" << std::flush;
+    if (out_)
+      *out_ << "fault ended: " << f.describe() << ": " << (st.ok() ? what : st.error().message)
+            << "\n"
+            << std::flush;
     post(copy, st.ok() ? "ended" : "end failed");
   }
 }

@@ -13,7 +13,8 @@ namespace fabriclab::rack {
 
 using namespace std::chrono_literals;
 
-FeedRecorder::FeedRecorder(const client::OrchestratorClient& api, size_t max_events) : api_(api), max_events_(max_events) {}
+FeedRecorder::FeedRecorder(const client::OrchestratorClient& api, size_t max_events)
+    : api_(api), max_events_(max_events) {}
 
 FeedRecorder::~FeedRecorder() { stop(0ms); }
 
@@ -45,7 +46,8 @@ void FeedRecorder::run() {
       std::lock_guard lock(mu_);
       since = last_seq_;
     }
-    std::string target = "/v1/events" + (since >= 0 ? "?since=" + std::to_string(since) : std::string());
+    std::string target =
+        "/v1/events" + (since >= 0 ? "?since=" + std::to_string(since) : std::string());
     auto ws = http::WsClient::connect(api_.host(), api_.port(), target, api_.token(), 2s);
     if (!ws.ok()) {
       std::this_thread::sleep_for(100ms);  // the orchestrator is down (a fault) or restarting

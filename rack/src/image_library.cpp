@@ -202,7 +202,8 @@ Status check_request(ImageAddRequest& r) {
     return make_error(Condition::invalid_argument, "boot '" + r.boot + "': kernel or disk");
   if (r.firmware.empty()) r.firmware = "bios";
   if (r.firmware != "bios" && r.firmware != "efi")
-    return make_error(Condition::invalid_argument, "image " + r.name + ": firmware '" + r.firmware + "': bios or efi");
+    return make_error(Condition::invalid_argument,
+                      "image " + r.name + ": firmware '" + r.firmware + "': bios or efi");
   if (auto why = agent::cmdline_problem(r.cmdline); !why.empty())
     return make_error(Condition::invalid_argument, "image " + r.name + ": --cmdline " + why);
   const std::pair<const char*, const std::string*> parts[] = {
@@ -311,7 +312,8 @@ Result<agent::GuestImageInfo> add_image(const std::string& library,
   cleanup.path = final_dir;
   FL_RETURN_IF_ERROR(fsync_path(dir, true));
 
-  json::object entry{{"name", r.name}, {"boot", r.boot}, {"firmware", r.firmware}, {"cmdline", r.cmdline}};
+  json::object entry{
+      {"name", r.name}, {"boot", r.boot}, {"firmware", r.firmware}, {"cmdline", r.cmdline}};
   entry["disk"] = json::object{{"path", d.rel},
                                {"format", copy.format},
                                {"virtual_size", copy.virtual_size},

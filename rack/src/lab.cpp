@@ -2,7 +2,6 @@
 // or on its own loopback address (lab.hpp).
 #include "fabriclab/rack/lab.hpp"
 
-#include <boost/json.hpp>
 #include <dirent.h>
 #include <fcntl.h>
 #include <sched.h>
@@ -13,18 +12,19 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <boost/json.hpp>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
-#include <cerrno>
-#include <cstring>
 #include <sstream>
 #include <thread>
 
+#include "fabriclab/client/api_client.hpp"
 #include "fabriclab/common/child_process.hpp"
 #include "fabriclab/common/random_hex.hpp"
 #include "fabriclab/orchestrator/lb.hpp"
-#include "fabriclab/client/api_client.hpp"
 #include "fabriclab/rack/image_library.hpp"
 #include "lab_internal.hpp"
 #include "netns.hpp"
@@ -53,17 +53,22 @@ std::string read_file(const std::string& path, size_t max = 1 << 20) {
   return s;
 }
 
-std::vector<pid_t> processes_mentioning(const std::string& needle) { return detail::qemu_processes_mentioning(needle); }
+std::vector<pid_t> processes_mentioning(const std::string& needle) {
+  return detail::qemu_processes_mentioning(needle);
+}
 
 }  // namespace
 
-std::string detail::cmdline_of(pid_t pid) { return read_file("/proc/" + std::to_string(pid) + "/cmdline", 1 << 16); }
+std::string detail::cmdline_of(pid_t pid) {
+  return read_file("/proc/" + std::to_string(pid) + "/cmdline", 1 << 16);
+}
 
 std::vector<pid_t> detail::qemu_processes_in(const std::string& name) {
   std::vector<pid_t> out;
   for (int pid : netns::pids(name)) {
     if (pid == getpid()) continue;
-    if (read_file("/proc/" + std::to_string(pid) + "/comm", 64).rfind("qemu", 0) == 0) out.push_back(pid);
+    if (read_file("/proc/" + std::to_string(pid) + "/comm", 64).rfind("qemu", 0) == 0)
+      out.push_back(pid);
   }
   return out;
 }
@@ -94,7 +99,8 @@ void kill_mentioning(const std::string& needle) {
 // listens), its stderr in p.log, inside p.netns when set, in its own process group (so a Ctrl-C at
 // the terminal reaches the CLI, which tears the lab down in order). Lab processes outlive the CLI
 // (`fabriclab lab up` returns, `fabriclab lab down` stops them): they do not die with it.
-Result<ChildProcess> start_process(LabProcess& p, const std::string& dir, const std::vector<std::string>& argv) {
+Result<ChildProcess> start_process(LabProcess& p, const std::string& dir,
+                                   const std::vector<std::string>& argv) {
   SpawnOptions o;
   o.name = p.name;
   o.stdout_path = dir + "/" + p.name + ".out";
@@ -108,8 +114,10 @@ Result<ChildProcess> start_process(LabProcess& p, const std::string& dir, const 
 }
 
 // Waits for "listening ADDR:PORT" from `child` and records the address in `p`.
-Status await_listening(LabProcess& p, const ChildProcess& child, std::chrono::milliseconds timeout) {
-  FL_ASSIGN_OR_RETURN(auto at, wait_listening(child, timeout, [] { return client::interrupted().load(); }));
+Status await_listening(LabProcess& p, const ChildProcess& child,
+                       std::chrono::milliseconds timeout) {
+  FL_ASSIGN_OR_RETURN(auto at,
+                      wait_listening(child, timeout, [] { return client::interrupted().load(); }));
   p.address = at.host;
   p.port = at.port;
   return {};
@@ -117,7 +125,8 @@ Status await_listening(LabProcess& p, const ChildProcess& child, std::chrono::mi
 
 }  // namespace
 
-Status detail::start_and_await(LabProcess& p, const std::string& dir, const std::vector<std::string>& argv,
+Status detail::start_and_await(LabProcess& p, const std::string& dir,
+                               const std::vector<std::string>& argv,
                                std::chrono::milliseconds timeout) {
   FL_ASSIGN_OR_RETURN(auto child, start_process(p, dir, argv));
   return await_listening(p, child, timeout);
@@ -151,13 +160,19 @@ bool unix_socket_accepts(const std::string& path) {
 }
 
 json::object process_json(const LabProcess& p) {
-  return {{"name", p.name}, {"pid", p.pid},   {"address", p.address},
-          {"port", p.port}, {"fault_domain", p.fault_domain}, {"log", p.log}, {"netns", p.netns},
+  return {{"name", p.name},
+          {"pid", p.pid},
+          {"address", p.address},
+          {"port", p.port},
+          {"fault_domain", p.fault_domain},
+          {"log", p.log},
+          {"netns", p.netns},
           {"argv", json::array(p.argv.begin(), p.argv.end())}};
 }
 
 Result<LabProcess> process_from_json(const json::value& v) {
-  if (!v.is_object()) return make_error(Condition::invalid_argument, "lab.json: a process is not an object");
+  if (!v.is_object())
+    return make_error(Condition::invalid_argument, "lab.json: a process is not an object");
   const auto& o = v.as_object();
   LabProcess p;
   FL_ASSIGN_OR_RETURN(p.name, get_string(o, "name", 64));
@@ -174,7 +189,8 @@ Result<LabProcess> process_from_json(const json::value& v) {
   if (argv) {
     for (const auto& w : *argv) {
       if (!w.is_string() || w.as_string().size() > 4096) {
-        return make_error(Condition::invalid_argument, "lab.json: " + p.name + ": argv holds a word that is not a string");
+        return make_error(Condition::invalid_argument,
+                          "lab.json: " + p.name + ": argv holds a word that is not a string");
       }
       p.argv.emplace_back(w.as_string());
     }
@@ -195,7 +211,8 @@ std::string find_binary(const std::string& name, const std::string& hint_dir) {
   for (const auto& d : dirs) {
     std::error_code ec;
     fs::path p = fs::path(d) / name;
-    if (fs::exists(p, ec) && access(p.c_str(), X_OK) == 0) return fs::weakly_canonical(p, ec).string();
+    if (fs::exists(p, ec) && access(p.c_str(), X_OK) == 0)
+      return fs::weakly_canonical(p, ec).string();
   }
   return {};
 }
@@ -255,14 +272,17 @@ Status Lab::save() const {
   }
   std::error_code ec;
   fs::rename(tmp, dir_ + "/" + kLabFile, ec);
-  if (ec) return make_error(Condition::transient, "cannot write " + dir_ + "/" + kLabFile + ": " + ec.message());
+  if (ec)
+    return make_error(Condition::transient,
+                      "cannot write " + dir_ + "/" + kLabFile + ": " + ec.message());
   return {};
 }
 
 Result<Lab> Lab::attach(const std::string& dir) {
   std::string path = dir + "/" + kLabFile;
   std::error_code ec;
-  if (!fs::exists(path, ec)) return make_error(Condition::not_found, "no lab in " + dir + " (no " + path + ")");
+  if (!fs::exists(path, ec))
+    return make_error(Condition::not_found, "no lab in " + dir + " (no " + path + ")");
   FL_ASSIGN_OR_RETURN(auto o, parse_json_object(read_file(path), 1 << 20, 16, path));
   Lab lab;
   lab.dir_ = dir;
@@ -274,14 +294,16 @@ Result<Lab> Lab::attach(const std::string& dir) {
     for (const auto& n : *namespaces) {
       // Only names of the form this lab makes: lab.json is a file anyone may have edited.
       if (!n.is_string() || !netns::is_lab_name(std::string(n.as_string()))) {
-        return make_error(Condition::invalid_argument, path + ": namespaces: " + json::serialize(n) +
-                                                           " is not a lab namespace name (flab-ID-rack, flab-ID-hN)");
+        return make_error(Condition::invalid_argument,
+                          path + ": namespaces: " + json::serialize(n) +
+                              " is not a lab namespace name (flab-ID-rack, flab-ID-hN)");
       }
       lab.namespaces_.push_back(std::string(n.as_string()));
     }
   }
   if (!lab.rack_netns_.empty() && !netns::is_lab_name(lab.rack_netns_)) {
-    return make_error(Condition::invalid_argument, path + ": agent_netns '" + lab.rack_netns_ + "' is not a lab namespace");
+    return make_error(Condition::invalid_argument,
+                      path + ": agent_netns '" + lab.rack_netns_ + "' is not a lab namespace");
   }
   FL_ASSIGN_OR_RETURN(lab.hypervisor_, get_string(o, "hypervisor", 64, false));
   // Read back so a save() by another process (power_on) keeps them.
@@ -291,8 +313,10 @@ Result<Lab> Lab::attach(const std::string& dir) {
       if (d.is_string()) lab.image_dirs_.emplace_back(d.as_string());
     }
   }
-  if (auto* g = o.if_contains("guest_network"); g && g->is_bool()) lab.guest_network_ = g->as_bool();
-  FL_ASSIGN_OR_RETURN(lab.guest_network_reason_, get_string(o, "guest_network_reason", 4096, false));
+  if (auto* g = o.if_contains("guest_network"); g && g->is_bool())
+    lab.guest_network_ = g->as_bool();
+  FL_ASSIGN_OR_RETURN(lab.guest_network_reason_,
+                      get_string(o, "guest_network_reason", 4096, false));
   FL_ASSIGN_OR_RETURN(auto* net, get_optional_array(o, "network_processes", 1000));
   if (net) {
     for (const auto& v : *net) {
@@ -308,7 +332,8 @@ Result<Lab> Lab::attach(const std::string& dir) {
     lab.agents_.push_back(std::move(p));
   }
   lab.token_ = read_file(dir + "/token", 4096);
-  while (!lab.token_.empty() && std::isspace(static_cast<unsigned char>(lab.token_.back()))) lab.token_.pop_back();
+  while (!lab.token_.empty() && std::isspace(static_cast<unsigned char>(lab.token_.back())))
+    lab.token_.pop_back();
   return lab;
 }
 
@@ -336,8 +361,9 @@ Status clear_stale_lab(const std::string& dir) {
   bool any = process_alive(old->orchestrator().pid);
   for (const auto& a : old->agents()) any = any || process_alive(a.pid);
   if (any) {
-    return make_error(Condition::already_exists,
-                      "a lab is already up in " + dir + " (fabriclab lab down --lab-dir " + dir + " stops it)");
+    return make_error(
+        Condition::already_exists,
+        "a lab is already up in " + dir + " (fabriclab lab down --lab-dir " + dir + " stops it)");
   }
   (void)old->down(false);
   return {};
@@ -359,17 +385,22 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
   FL_RETURN_IF_ERROR(clear_stale_lab(options.dir));
   std::error_code ec;
   fs::create_directories(options.dir, ec);
-  if (ec) return make_error(Condition::invalid_argument, "cannot create " + options.dir + ": " + ec.message());
+  if (ec)
+    return make_error(Condition::invalid_argument,
+                      "cannot create " + options.dir + ": " + ec.message());
   const std::string agent_bin = find_binary("fabriclab-agent", options.bin_dir);
   const std::string orch_bin = find_binary("fabriclab-orchestrator", options.bin_dir);
   if (agent_bin.empty() || orch_bin.empty()) {
-    return make_error(Condition::not_found, "fabriclab-agent / fabriclab-orchestrator not found near " +
-                                                options.bin_dir + " (set FABRICLAB_BIN_DIR)");
+    return make_error(Condition::not_found,
+                      "fabriclab-agent / fabriclab-orchestrator not found near " + options.bin_dir +
+                          " (set FABRICLAB_BIN_DIR)");
   }
   if (options.network != "auto" && options.network != "netns" && options.network != "loopback") {
-    return make_error(Condition::invalid_argument, "network '" + options.network + "': auto, netns or loopback");
+    return make_error(Condition::invalid_argument,
+                      "network '" + options.network + "': auto, netns or loopback");
   }
-  FL_ASSIGN_OR_RETURN(auto image_dirs, guest_image_dirs(options.images_dir, options.image_dirs, options.image_library));
+  FL_ASSIGN_OR_RETURN(auto image_dirs, guest_image_dirs(options.images_dir, options.image_dirs,
+                                                        options.image_library));
   Lab lab;
   lab.image_dirs_ = std::move(image_dirs);
   lab.dir_ = fs::absolute(options.dir).string();
@@ -377,11 +408,13 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
   lab.token_ = random_hex(32);
   FL_RETURN_IF_ERROR(write_token(lab.dir_ + "/token", lab.token_));
   if (spec.hypervisor == "test") {
-    std::ofstream(lab.dir_ + "/node.xml") << "<node><cpu><mhz>2000</mhz></cpu><memory>8388608</memory></node>\n";
+    std::ofstream(lab.dir_ + "/node.xml")
+        << "<node><cpu><mhz>2000</mhz></cpu><memory>8388608</memory></node>\n";
   }
   // Started hosts are recorded at once, so a failure part-way stops what exists.
   auto fail = [&lab](Error e) -> Result<Lab> {
-    if (auto st = lab.down(false); !st.ok()) e.message += " (and while stopping: " + st.error().message + ")";
+    if (auto st = lab.down(false); !st.ok())
+      e.message += " (and while stopping: " + st.error().message + ")";
     return e;
   };
   lab.choose_network(spec, options);
@@ -405,7 +438,8 @@ void Lab::choose_network(const DrillFileSpec& spec, const LabOptions& options) {
   if (options.network == "loopback") {
     network_reason_.clear();
   } else if (spec.hosts > netns::kMaxHosts) {
-    network_reason_ = "more than " + std::to_string(netns::kMaxHosts) + " hosts do not fit 198.18.0.0/24";
+    network_reason_ =
+        "more than " + std::to_string(netns::kMaxHosts) + " hosts do not fit 198.18.0.0/24";
   } else {
     auto made = netns::create(netns::new_id(), spec.hosts, namespaces_, /*guest_network=*/!sim);
     if (made.ok()) {
@@ -418,51 +452,64 @@ void Lab::choose_network(const DrillFileSpec& spec, const LabOptions& options) {
     }
   }
   guest_network_ = network_ == "netns" && !sim;
-  guest_network_reason_ = guest_network_ ? ""
-                          : sim          ? "simulated guests serve no HTTP (test driver)"
-                                         : "loopback network: the rack has no guest network (" +
-                                     (network_reason_.empty() ? std::string("--network loopback") : network_reason_) +
-                                     ")";
+  guest_network_reason_ =
+      guest_network_ ? ""
+      : sim          ? "simulated guests serve no HTTP (test driver)"
+                     : "loopback network: the rack has no guest network (" +
+                  (network_reason_.empty() ? std::string("--network loopback") : network_reason_) +
+                  ")";
 }
 
-std::vector<std::string> Lab::agent_argv(const DrillFileSpec& spec, const LabOptions& options, int i,
-                                         const std::string& agent_bin) const {
+std::vector<std::string> Lab::agent_argv(const DrillFileSpec& spec, const LabOptions& options,
+                                         int i, const std::string& agent_bin) const {
   const LabProcess& p = agents_.at(static_cast<size_t>(i));
-  std::vector<std::string> argv = {agent_bin,
-                                   "--host-id", p.name,
-                                   "--fault-domain", std::to_string(p.fault_domain),
-                                   "--state-dir", dir_ + "/" + p.name,
-                                   "--listen", network_ == "netns" ? netns::host_address(i)
-                                                                   : options.address_prefix + std::to_string(i + 1),
-                                   "--port", "0",
-                                   "--control-token-file", dir_ + "/token",
-                                   "--capacity", std::to_string(spec.capacity),
-                                   "--lab-host-images", "host-v1,host-v2",
-                                   "--fault-injection"};  // a lab rack: a drill's fault schedule uses it
+  std::vector<std::string> argv = {
+      agent_bin,
+      "--host-id",
+      p.name,
+      "--fault-domain",
+      std::to_string(p.fault_domain),
+      "--state-dir",
+      dir_ + "/" + p.name,
+      "--listen",
+      network_ == "netns" ? netns::host_address(i) : options.address_prefix + std::to_string(i + 1),
+      "--port",
+      "0",
+      "--control-token-file",
+      dir_ + "/token",
+      "--capacity",
+      std::to_string(spec.capacity),
+      "--lab-host-images",
+      "host-v1,host-v2",
+      "--fault-injection"};  // a lab rack: a drill's fault schedule uses it
   for (const auto& d : image_dirs_) argv.insert(argv.end(), {"--guest-images", d});
   if (spec.hypervisor == "test") {
     // Simulated guests and emulated durations: a 200 ms heartbeat, a 1 s host reboot.
     // Healthy = a heartbeat within the last 3 s (12 periods), as on real guests: a loaded machine
     // delays timers, and a tighter window would report outages that never happened.
-    argv.insert(argv.end(), {"--hypervisor", "test://" + dir_ + "/node.xml", "--heartbeat-ms", "250",
-                             "--healthy-periods", "12", "--boot-delay-ms", "1000", "--boot-timeout-ms", "5000"});
+    argv.insert(argv.end(), {"--hypervisor", "test://" + dir_ + "/node.xml", "--heartbeat-ms",
+                             "250", "--healthy-periods", "12", "--boot-delay-ms", "1000",
+                             "--boot-timeout-ms", "5000"});
   } else {
     // A TCG guest boots in ~8 s alone and ~15 s beside its neighbours on 2 cores; a patch that
     // never heartbeats is declared failed (and rolled back) after a minute, not the default two.
     // Healthy = a heartbeat within 5 s: TCG guests on a busy 2-core machine stall for seconds.
     // A guest that brings its own OS (a Debian guest: systemd, its app, its guest agent) takes
     // 20-60 s to answer under TCG, more beside other guests: it gets three minutes.
-    argv.insert(argv.end(), {"--boot-timeout-ms", own_images(spec) ? "180000" : "60000", "--healthy-periods", "5"});
+    argv.insert(argv.end(), {"--boot-timeout-ms", own_images(spec) ? "180000" : "60000",
+                             "--healthy-periods", "5"});
   }
   if (guest_network_) {
-    argv.insert(argv.end(), {"--guest-bridge", netns::kGuestBridge, "--guest-subnet", netns::guest_subnet(i),
-                             "--dhcp-hosts-dir", dir_ + "/" + p.name + "-dhcp", "--imds-listen",
-                             std::string(netns::kImdsAddress) + ":80"});
+    argv.insert(argv.end(),
+                {"--guest-bridge", netns::kGuestBridge, "--guest-subnet", netns::guest_subnet(i),
+                 "--dhcp-hosts-dir", dir_ + "/" + p.name + "-dhcp", "--imds-listen",
+                 std::string(netns::kImdsAddress) + ":80"});
   }
   return argv;
 }
 
-Status Lab::start_agents(const DrillFileSpec& spec, const LabOptions& options, const std::string& agent_bin) {
+Status Lab::start_agents(const DrillFileSpec& spec, const LabOptions& options,
+                         const std::string& agent_bin) {
   std::vector<ChildProcess> started;
   for (int i = 0; i < spec.hosts; ++i) {
     LabProcess p;
@@ -491,13 +538,20 @@ Status Lab::start_orchestrator(const LabOptions& options, const std::string& orc
   o.name = "orchestrator";
   o.log = dir_ + "/orchestrator.log";
   std::vector<std::string> argv = {orch_bin,
-                                   "--journal", dir_ + "/journal.db",
-                                   "--listen", options.orchestrator_address,
-                                   "--port", std::to_string(options.orchestrator_port),
-                                   "--control-token-file", dir_ + "/token",
-                                   "--agent-token-file", dir_ + "/token",
-                                   "--poll-ms", std::to_string(options.poll_ms),
-                                   "--unhealthy-after-ms", std::to_string(options.unhealthy_after_ms)};
+                                   "--journal",
+                                   dir_ + "/journal.db",
+                                   "--listen",
+                                   options.orchestrator_address,
+                                   "--port",
+                                   std::to_string(options.orchestrator_port),
+                                   "--control-token-file",
+                                   dir_ + "/token",
+                                   "--agent-token-file",
+                                   dir_ + "/token",
+                                   "--poll-ms",
+                                   std::to_string(options.poll_ms),
+                                   "--unhealthy-after-ms",
+                                   std::to_string(options.unhealthy_after_ms)};
   if (!rack_netns_.empty()) argv.insert(argv.end(), {"--agent-netns", netns::path_of(rack_netns_)});
   // Fence before heal: the orchestrator powers a silent host off through this lab's power
   // control before it heals the host's instances.
@@ -505,14 +559,16 @@ Status Lab::start_orchestrator(const LabOptions& options, const std::string& orc
     argv.insert(argv.end(), {"--power-command", power, "--power-timeout-ms", "20000"});
   }
   if (guest_network_) {
-    argv.insert(argv.end(), {"--lb-config", dir_ + "/haproxy.cfg", "--lb-master-socket", dir_ + "/haproxy.sock",
-                             "--lb-health-bind", netns::kLbHealthBind, "--client-netns",
-                             netns::path_of(rack_netns_), "--vip-range", netns::kVipRange});
+    argv.insert(argv.end(),
+                {"--lb-config", dir_ + "/haproxy.cfg", "--lb-master-socket", dir_ + "/haproxy.sock",
+                 "--lb-health-bind", netns::kLbHealthBind, "--client-netns",
+                 netns::path_of(rack_netns_), "--vip-range", netns::kVipRange});
   } else {
     argv.insert(argv.end(), {"--no-lb-reason", guest_network_reason_});
   }
   std::error_code ec;
-  for (const char* f : {"/journal.db", "/journal.db-wal", "/journal.db-shm"}) fs::remove(dir_ + f, ec);
+  for (const char* f : {"/journal.db", "/journal.db-wal", "/journal.db-shm"})
+    fs::remove(dir_ + f, ec);
   FL_ASSIGN_OR_RETURN(auto child, start_process(o, dir_, argv));
   return await_listening(o, child, options.start_timeout);
 }
@@ -520,8 +576,13 @@ Status Lab::start_orchestrator(const LabOptions& options, const std::string& orc
 Status Lab::start_network_services(const LabOptions& options) {
   const std::string dnsmasq = system_binary(options.dnsmasq_bin, "dnsmasq");
   const std::string haproxy = system_binary(options.haproxy_bin, "haproxy");
-  if (dnsmasq.empty()) return make_error(Condition::not_found, "dnsmasq not found (Debian package dnsmasq-base; testbed/setup.sh installs it)");
-  if (haproxy.empty()) return make_error(Condition::not_found, "haproxy not found (Debian package haproxy; testbed/setup.sh installs it)");
+  if (dnsmasq.empty())
+    return make_error(
+        Condition::not_found,
+        "dnsmasq not found (Debian package dnsmasq-base; testbed/setup.sh installs it)");
+  if (haproxy.empty())
+    return make_error(Condition::not_found,
+                      "haproxy not found (Debian package haproxy; testbed/setup.sh installs it)");
   std::error_code ec;
   // One dnsmasq per host namespace: DHCP only (port=0: no DNS), static leases from the files the
   // agent writes into DIR/hN-dhcp (re-read on change through inotify).
@@ -534,16 +595,27 @@ Status Lab::start_network_services(const LabOptions& options) {
     const std::string hosts_dir = dir_ + "/h" + std::to_string(n) + "-dhcp";
     fs::remove_all(hosts_dir, ec);
     fs::create_directories(hosts_dir, ec);
-    if (ec) return make_error(Condition::transient, "cannot create " + hosts_dir + ": " + ec.message());
+    if (ec)
+      return make_error(Condition::transient, "cannot create " + hosts_dir + ": " + ec.message());
     const std::string gw = netns::guest_gateway(n);
     const std::string net = gw.substr(0, gw.size() - 2);  // "198.19.N"
-    std::vector<std::string> argv = {dnsmasq, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
-                                     "--no-hosts", "--port=0", "--interface=" + std::string(netns::kGuestBridge),
-                                     "--bind-dynamic", "--dhcp-authoritative",
+    std::vector<std::string> argv = {dnsmasq,
+                                     "--keep-in-foreground",
+                                     "--conf-file=/dev/null",
+                                     "--no-resolv",
+                                     "--no-hosts",
+                                     "--port=0",
+                                     "--interface=" + std::string(netns::kGuestBridge),
+                                     "--bind-dynamic",
+                                     "--dhcp-authoritative",
                                      "--dhcp-range=" + net + ".10," + net + ".250,255.255.255.0,1h",
-                                     "--dhcp-option=option:router," + gw, "--dhcp-hostsdir=" + hosts_dir,
-                                     "--dhcp-leasefile=" + dir_ + "/" + p.name + ".leases", "--log-dhcp",
-                                     "--log-facility=-", "--pid-file=", "--user=root"};
+                                     "--dhcp-option=option:router," + gw,
+                                     "--dhcp-hostsdir=" + hosts_dir,
+                                     "--dhcp-leasefile=" + dir_ + "/" + p.name + ".leases",
+                                     "--log-dhcp",
+                                     "--log-facility=-",
+                                     "--pid-file=",
+                                     "--user=root"};
     FL_RETURN_IF_ERROR(start_process(p, dir_, argv));
     net_procs_.push_back(p);
   }
@@ -568,13 +640,15 @@ Status Lab::start_network_services(const LabOptions& options) {
   for (;;) {
     for (const auto& p : net_procs_) {
       if (!process_alive(p.pid)) {
-        return make_error(Condition::internal, p.name + " exited at start; its log (" + p.log + ") ends:\n" + file_tail(p.log));
+        return make_error(Condition::internal, p.name + " exited at start; its log (" + p.log +
+                                                   ") ends:\n" + file_tail(p.log));
       }
     }
     if (unix_socket_accepts(sock)) break;
     if (Clock::now() > deadline) {
-      return make_error(Condition::timeout, "haproxy's master socket " + sock + " did not answer within 10 s; its log (" +
-                                                h.log + ") ends:\n" + file_tail(h.log));
+      return make_error(Condition::timeout, "haproxy's master socket " + sock +
+                                                " did not answer within 10 s; its log (" + h.log +
+                                                ") ends:\n" + file_tail(h.log));
     }
     if (client::interrupted()) return make_error(Condition::cancelled, "interrupted");
     std::this_thread::sleep_for(20ms);
@@ -605,14 +679,17 @@ Result<std::string> backends_not_up(const client::OrchestratorClient& api) {
       const auto* state = o.if_contains("state");
       const auto* check = o.if_contains("check");
       // HAProxy starts a server UP before its first check: serving means UP with a check passed.
-      if (state && state->is_string() && state->as_string() == "UP" && check && check->is_string() &&
+      if (state && state->is_string() && state->as_string() == "UP" && check &&
+          check->is_string() &&
           orchestrator::LbServerState::passed_check(std::string(check->as_string()))) {
         continue;
       }
       const auto* name = o.if_contains("instance");
       if (out.size() < 200) {
-        out += (out.empty() ? "" : ", ") + std::string(name && name->is_string() ? name->as_string() : "?") +
-               " (" + std::string(state && state->is_string() ? state->as_string() : "?") + " in the load balancer)";
+        out += (out.empty() ? "" : ", ") +
+               std::string(name && name->is_string() ? name->as_string() : "?") + " (" +
+               std::string(state && state->is_string() ? state->as_string() : "?") +
+               " in the load balancer)";
       }
     }
   }
@@ -659,11 +736,14 @@ Status Lab::populate(const DrillFileSpec& spec, std::chrono::milliseconds health
       FL_ASSIGN_OR_RETURN(waiting, backends_not_up(api));
     }
     if (healthy == total && waiting.empty()) return {};
-    last = std::to_string(healthy) + "/" + std::to_string(total) + " healthy; waiting for " + waiting;
-    if (!client::sleep_unless_interrupted(250ms)) return make_error(Condition::cancelled, "interrupted");
+    last =
+        std::to_string(healthy) + "/" + std::to_string(total) + " healthy; waiting for " + waiting;
+    if (!client::sleep_unless_interrupted(250ms))
+      return make_error(Condition::cancelled, "interrupted");
   }
   return make_error(Condition::timeout, "the instances did not all become healthy within " +
-                                            std::to_string(healthy_timeout.count() / 1000) + " s: " + last);
+                                            std::to_string(healthy_timeout.count() / 1000) +
+                                            " s: " + last);
 }
 
 Status Lab::kill_fault_domain(int fd) {
@@ -675,7 +755,9 @@ Status Lab::kill_fault_domain(int fd) {
     // The rack loses power: its VMs die with it.
     kill_mentioning(dir_ + "/" + a.name + "/");
   }
-  if (n == 0) return make_error(Condition::invalid_argument, "the lab has no host in fault domain " + std::to_string(fd));
+  if (n == 0)
+    return make_error(Condition::invalid_argument,
+                      "the lab has no host in fault domain " + std::to_string(fd));
   for (auto& a : agents_) {
     if (a.fault_domain == fd) {
       for (int i = 0; i < 100 && process_alive(a.pid); ++i) std::this_thread::sleep_for(10ms);

@@ -30,7 +30,8 @@ LabProcess* find_agent(std::vector<LabProcess>& agents, const std::string& host)
 Status no_such_host(const std::vector<LabProcess>& agents, const std::string& host) {
   std::string names;
   for (const auto& a : agents) names += (names.empty() ? "" : ", ") + a.name;
-  return make_error(Condition::invalid_argument, "the lab has no host '" + host + "' (its hosts: " + names + ")");
+  return make_error(Condition::invalid_argument,
+                    "the lab has no host '" + host + "' (its hosts: " + names + ")");
 }
 
 // Whether `pid` is still the agent of `state_dir` (a recorded pid may have been reused).
@@ -38,7 +39,8 @@ bool is_agent_of(pid_t pid, const std::string& state_dir) {
   if (pid <= 1 || !process_alive(pid)) return false;
   std::string cmd = detail::cmdline_of(pid);
   std::replace(cmd.begin(), cmd.end(), '\0', ' ');
-  return cmd.find("fabriclab-agent") != std::string::npos && cmd.find(" " + state_dir + " ") != std::string::npos;
+  return cmd.find("fabriclab-agent") != std::string::npos &&
+         cmd.find(" " + state_dir + " ") != std::string::npos;
 }
 
 }  // namespace
@@ -68,7 +70,8 @@ Status Lab::power_off(const std::string& host, std::chrono::milliseconds timeout
       std::string pids;
       for (pid_t p : left) pids += (pids.empty() ? "" : ", ") + std::to_string(p);
       return make_error(Condition::timeout, "host " + host + " is not off after " +
-                                                std::to_string(timeout.count()) + " ms: still running: " + pids);
+                                                std::to_string(timeout.count()) +
+                                                " ms: still running: " + pids);
     }
     for (pid_t p : left) kill(p, SIGKILL);
     std::this_thread::sleep_for(20ms);
@@ -79,8 +82,8 @@ Status Lab::power_on(const std::string& host, std::chrono::milliseconds timeout)
   LabProcess* a = find_agent(agents_, host);
   if (!a) return no_such_host(agents_, host);
   if (is_agent_of(a->pid, dir_ + "/" + a->name)) {
-    return make_error(Condition::already_exists,
-                      "host " + host + " is on (its agent runs as pid " + std::to_string(a->pid) + ")");
+    return make_error(Condition::already_exists, "host " + host + " is on (its agent runs as pid " +
+                                                     std::to_string(a->pid) + ")");
   }
   if (a->argv.empty()) {
     return make_error(Condition::unsupported, "lab.json holds no command line for host " + host +

@@ -6,10 +6,10 @@
 #include "netns.hpp"
 
 #include <dirent.h>
-#include <fmt/format.h>
 #include <fcntl.h>
-#include <sched.h>
+#include <fmt/format.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -59,12 +59,16 @@ std::string describe(const std::vector<std::string>& args) {
 Status run_ip(const std::vector<std::string>& args, const std::string& input = {},
               std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
   const std::string& ip = ip_binary();
-  if (ip.empty()) return make_error(Condition::not_found, "ip (iproute2) not found in /usr/sbin, /sbin, /usr/bin, /bin");
+  if (ip.empty())
+    return make_error(Condition::not_found,
+                      "ip (iproute2) not found in /usr/sbin, /sbin, /usr/bin, /bin");
   for (const auto& a : args) {
-    if (!plain_word(a)) return make_error(Condition::invalid_argument, describe(args) + ": bad argument '" + a + "'");
+    if (!plain_word(a))
+      return make_error(Condition::invalid_argument, describe(args) + ": bad argument '" + a + "'");
   }
   int in[2], out[2];
-  if (pipe2(in, O_CLOEXEC) != 0) return make_error(Condition::transient, "pipe: " + std::string(std::strerror(errno)));
+  if (pipe2(in, O_CLOEXEC) != 0)
+    return make_error(Condition::transient, "pipe: " + std::string(std::strerror(errno)));
   if (pipe2(out, O_CLOEXEC) != 0) {
     close(in[0]);
     close(in[1]);
@@ -91,7 +95,8 @@ Status run_ip(const std::vector<std::string>& args, const std::string& input = {
   close(in[0]);
   close(out[1]);
   // Batches are a few hundred bytes: far below a pipe's buffer, so this write does not block.
-  if (!input.empty() && write(in[1], input.data(), input.size()) != static_cast<ssize_t>(input.size())) {
+  if (!input.empty() &&
+      write(in[1], input.data(), input.size()) != static_cast<ssize_t>(input.size())) {
     // `ip` exited early; its exit code and output say why.
   }
   close(in[1]);
@@ -99,7 +104,8 @@ Status run_ip(const std::vector<std::string>& args, const std::string& input = {
   auto deadline = Clock::now() + timeout;
   bool timed_out = false;
   for (;;) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
     if (left <= 0) {
       timed_out = true;
       break;
@@ -120,21 +126,27 @@ Status run_ip(const std::vector<std::string>& args, const std::string& input = {
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   while (!output.empty() && (output.back() == '\n' || output.back() == ' ')) output.pop_back();
-  if (timed_out) return make_error(Condition::timeout, describe(args) + ": no answer within " + std::to_string(timeout.count()) + " ms");
+  if (timed_out)
+    return make_error(Condition::timeout, describe(args) + ": no answer within " +
+                                              std::to_string(timeout.count()) + " ms");
   if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return {};
   Condition c = output.find("Operation not permitted") != std::string::npos ||
                         output.find("Permission denied") != std::string::npos
                     ? Condition::permission_denied
                     : Condition::internal;
-  std::string code = WIFEXITED(status) ? "exit " + std::to_string(WEXITSTATUS(status)) : "signal " + std::to_string(WTERMSIG(status));
-  return make_error(c, describe(args) + " failed (" + code + ")" + (output.empty() ? "" : ": " + output));
+  std::string code = WIFEXITED(status) ? "exit " + std::to_string(WEXITSTATUS(status))
+                                       : "signal " + std::to_string(WTERMSIG(status));
+  return make_error(
+      c, describe(args) + " failed (" + code + ")" + (output.empty() ? "" : ": " + output));
 }
 
 // Turns IPv4 forwarding on inside namespace `name`: a child enters it and writes the sysctl
 // (/proc/sys/net belongs to the namespace of whoever opens it).
 Status enable_forwarding(const std::string& name) {
   int ns = open(path_of(name).c_str(), O_RDONLY | O_CLOEXEC);
-  if (ns < 0) return make_error(Condition::not_found, "cannot open " + path_of(name) + ": " + std::strerror(errno));
+  if (ns < 0)
+    return make_error(Condition::not_found,
+                      "cannot open " + path_of(name) + ": " + std::strerror(errno));
   pid_t pid = fork();
   if (pid < 0) {
     close(ns);
@@ -151,8 +163,9 @@ Status enable_forwarding(const std::string& name) {
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return {};
-  return make_error(Condition::internal, "cannot turn on IPv4 forwarding in " + name + " (exit " +
-                                             std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) + ")");
+  return make_error(Condition::internal,
+                    "cannot turn on IPv4 forwarding in " + name + " (exit " +
+                        std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) + ")");
 }
 
 }  // namespace
@@ -164,7 +177,9 @@ std::string guest_gateway(int n) { return "198.19." + std::to_string(n) + ".1"; 
 std::string new_id() { return random_hex(8); }
 
 std::string rack_name(const std::string& id) { return "flab-" + id + "-rack"; }
-std::string host_name(const std::string& id, int n) { return "flab-" + id + "-h" + std::to_string(n); }
+std::string host_name(const std::string& id, int n) {
+  return "flab-" + id + "-h" + std::to_string(n);
+}
 std::string path_of(const std::string& name) { return "/run/netns/" + name; }
 
 bool exists(const std::string& name) {
@@ -174,9 +189,12 @@ bool exists(const std::string& name) {
 
 bool is_lab_name(const std::string& name) {
   // flab- + 8 hex + -rack | -h + 1..3 digits
-  if (name.size() < 15 || name.size() > 19 || name.rfind("flab-", 0) != 0 || name[13] != '-') return false;
+  if (name.size() < 15 || name.size() > 19 || name.rfind("flab-", 0) != 0 || name[13] != '-')
+    return false;
   for (size_t i = 5; i < 13; ++i) {
-    if (!std::isxdigit(static_cast<unsigned char>(name[i])) || std::isupper(static_cast<unsigned char>(name[i]))) return false;
+    if (!std::isxdigit(static_cast<unsigned char>(name[i])) ||
+        std::isupper(static_cast<unsigned char>(name[i])))
+      return false;
   }
   std::string rest = name.substr(14);
   if (rest == "rack") return true;
@@ -187,9 +205,12 @@ bool is_lab_name(const std::string& name) {
   return true;
 }
 
-Status create(const std::string& id, int hosts, std::vector<std::string>& created, bool guest_network) {
+Status create(const std::string& id, int hosts, std::vector<std::string>& created,
+              bool guest_network) {
   if (hosts < 1 || hosts > kMaxHosts) {
-    return make_error(Condition::invalid_argument, "a namespaced rack has 1.." + std::to_string(kMaxHosts) + " hosts, not " + std::to_string(hosts));
+    return make_error(Condition::invalid_argument, "a namespaced rack has 1.." +
+                                                       std::to_string(kMaxHosts) + " hosts, not " +
+                                                       std::to_string(hosts));
   }
   const std::string rack = rack_name(id);
   if (!is_lab_name(rack)) return make_error(Condition::invalid_argument, "bad lab id '" + id + "'");
@@ -198,8 +219,10 @@ Status create(const std::string& id, int hosts, std::vector<std::string>& create
   FL_RETURN_IF_ERROR(run_ip({"-n", rack, "-batch", "-"},
                             "link set lo up\n"
                             "link add br0 type bridge\n"
-                            "addr add " + std::string(kBridgeAddress) + "/24 dev br0\n"
-                            "link set br0 up\n"));
+                            "addr add " +
+                                std::string(kBridgeAddress) +
+                                "/24 dev br0\n"
+                                "link set br0 up\n"));
   std::string ports;
   for (int n = 0; n < hosts; ++n) {
     const std::string host = host_name(id, n), peer = fmt::format("h{}", n);
@@ -207,16 +230,26 @@ Status create(const std::string& id, int hosts, std::vector<std::string>& create
     created.push_back(host);
     FL_RETURN_IF_ERROR(run_ip({"-n", host, "-batch", "-"},
                               "link set lo up\n"
-                              "link add eth0 type veth peer name " + peer + " netns " + rack + "\n"
-                              "addr add " + host_address(n) + "/24 dev eth0\n"
-                              "link set eth0 up\n"));
+                              "link add eth0 type veth peer name " +
+                                  peer + " netns " + rack +
+                                  "\n"
+                                  "addr add " +
+                                  host_address(n) +
+                                  "/24 dev eth0\n"
+                                  "link set eth0 up\n"));
     ports += "link set " + peer + " master br0 up\n";
     if (guest_network) {
       FL_RETURN_IF_ERROR(run_ip({"-n", host, "-batch", "-"},
-                                "link add " + std::string(kGuestBridge) + " type bridge\n"
-                                "addr add " + guest_gateway(n) + "/24 dev " + kGuestBridge + "\n"
-                                "addr add " + std::string(kImdsAddress) + "/32 dev " + kGuestBridge + "\n"
-                                "link set " + kGuestBridge + " up\n"));
+                                "link add " + std::string(kGuestBridge) +
+                                    " type bridge\n"
+                                    "addr add " +
+                                    guest_gateway(n) + "/24 dev " + kGuestBridge +
+                                    "\n"
+                                    "addr add " +
+                                    std::string(kImdsAddress) + "/32 dev " + kGuestBridge +
+                                    "\n"
+                                    "link set " +
+                                    kGuestBridge + " up\n"));
       FL_RETURN_IF_ERROR(enable_forwarding(host));
       ports += "route add " + guest_subnet(n) + " via " + host_address(n) + "\n";
     }
@@ -249,7 +282,8 @@ Status remove(const std::vector<std::string>& names) {
   std::string failed;
   for (auto it = names.rbegin(); it != names.rend(); ++it) {
     if (!is_lab_name(*it)) {
-      failed += (failed.empty() ? "" : "; ") + ("'" + *it + "' is not a lab namespace name (left alone)");
+      failed +=
+          (failed.empty() ? "" : "; ") + ("'" + *it + "' is not a lab namespace name (left alone)");
       continue;
     }
     if (!exists(*it)) continue;

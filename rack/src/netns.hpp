@@ -52,7 +52,8 @@ bool is_lab_name(const std::string& name);
 // refuses an existing name). Errors: not_found (no `ip`), permission_denied (EPERM: not root),
 // otherwise the failing command and what `ip` printed.
 // With `guest_network`, also the guest bridges, forwarding and routes above.
-Status create(const std::string& id, int hosts, std::vector<std::string>& created, bool guest_network);
+Status create(const std::string& id, int hosts, std::vector<std::string>& created,
+              bool guest_network);
 
 // Removes the named namespaces, last first (hosts before their rack). Names that are not lab
 // names are refused; names already gone are fine. The error lists what could not be removed.

@@ -29,8 +29,8 @@ Status only_keys(const YAML::Node& n, const std::string& path, std::set<std::str
 }
 
 template <class T>
-Status read(const YAML::Node& parent, const std::string& key, const std::string& path, T& out,
-            T lo, T hi) {
+Status read(const YAML::Node& parent, const std::string& key, const std::string& path, T& out, T lo,
+            T hi) {
   auto n = parent[key];
   if (!n) return {};
   try {
@@ -70,22 +70,27 @@ Status read_str(const YAML::Node& parent, const std::string& key, const std::str
 
 // The probe's path: an absolute HTTP path of printable characters, no spaces (it goes into the
 // load balancer's configuration as one word).
-Status read_path(const YAML::Node& parent, const std::string& key, const std::string& path, std::string& out) {
+Status read_path(const YAML::Node& parent, const std::string& key, const std::string& path,
+                 std::string& out) {
   auto n = parent[key];
   if (!n) return {};
   if (!n.IsScalar()) return bad(path + key, "must be a string");
   auto v = n.as<std::string>();
-  if (v.empty() || v[0] != '/' || v.size() > 256) return bad(path + key, "must be an absolute path ('/...'), at most 256 characters");
+  if (v.empty() || v[0] != '/' || v.size() > 256)
+    return bad(path + key, "must be an absolute path ('/...'), at most 256 characters");
   for (char c : v) {
-    if (static_cast<unsigned char>(c) <= ' ' || static_cast<unsigned char>(c) >= 0x7f || c == '"' || c == '\\' || c == '#') {
-      return bad(path + key, "may hold only printable characters without spaces, quotes, '\\' or '#'");
+    if (static_cast<unsigned char>(c) <= ' ' || static_cast<unsigned char>(c) >= 0x7f || c == '"' ||
+        c == '\\' || c == '#') {
+      return bad(path + key,
+                 "may hold only printable characters without spaces, quotes, '\\' or '#'");
     }
   }
   out = v;
   return {};
 }
 
-Status read_bool(const YAML::Node& parent, const std::string& key, const std::string& path, bool& out) {
+Status read_bool(const YAML::Node& parent, const std::string& key, const std::string& path,
+                 bool& out) {
   auto n = parent[key];
   if (!n) return {};
   try {
@@ -102,15 +107,18 @@ Status read_arg(const YAML::Node& n, const std::string& path, bool first, std::s
   if (!n.IsScalar()) return bad(path, "must be a string");
   auto v = n.as<std::string>();
   if (v.empty() || v.size() > kMaxDataCheckArgBytes) return bad(path, "must be 1..256 characters");
-  if (v.find('\0') != std::string::npos || v.find('\n') != std::string::npos || v.find('\r') != std::string::npos) {
+  if (v.find('\0') != std::string::npos || v.find('\n') != std::string::npos ||
+      v.find('\r') != std::string::npos) {
     return bad(path, "must not hold NUL or a newline");
   }
-  if (first && v[0] != '/') return bad(path, "must be an absolute path (no shell runs the command)");
+  if (first && v[0] != '/')
+    return bad(path, "must be an absolute path (no shell runs the command)");
   out = std::move(v);
   return {};
 }
 
-Status read_data_check(const YAML::Node& n, const std::string& p, std::optional<DataCheckSpec>& out) {
+Status read_data_check(const YAML::Node& n, const std::string& p,
+                       std::optional<DataCheckSpec>& out) {
   FL_RETURN_IF_ERROR(only_keys(n, p, {"command", "rule"}));
   DataCheckSpec dc;
   auto cmd = n["command"];
@@ -159,7 +167,8 @@ Status read_updates(const YAML::Node& root, DrillFileSpec& s) {
 }
 
 Status read_service_extras(const YAML::Node& n, const std::string& p, ServiceSpec& svc) {
-  if (auto dc = n["data_check"]) FL_RETURN_IF_ERROR(read_data_check(dc, p + ".data_check", svc.data_check));
+  if (auto dc = n["data_check"])
+    FL_RETURN_IF_ERROR(read_data_check(dc, p + ".data_check", svc.data_check));
   if (auto e = n["endpoint"]) {
     FL_RETURN_IF_ERROR(only_keys(e, p + ".endpoint", {"port", "probe"}));
     EndpointSpec ep;
@@ -179,7 +188,8 @@ Status read_service_extras(const YAML::Node& n, const std::string& p, ServiceSpe
     FL_RETURN_IF_ERROR(read(t, "rps", p + ".traffic.", svc.traffic_rps, 0.1, 1000.0));
   }
   if ((n["drain"] || n["traffic"]) && !svc.endpoint) {
-    return bad(p + (n["drain"] ? ".drain" : ".traffic"), "needs an endpoint (clients reach a service through its load balancer)");
+    return bad(p + (n["drain"] ? ".drain" : ".traffic"),
+               "needs an endpoint (clients reach a service through its load balancer)");
   }
   return {};
 }
@@ -209,7 +219,8 @@ json::object service_body(const ServiceSpec& s, double time_scale) {
   if (s.data_check) {
     json::array command;
     for (const auto& a : s.data_check->command) command.emplace_back(a);
-    body["data_check"] = json::object{{"command", std::move(command)}, {"rule", s.data_check->rule}};
+    body["data_check"] =
+        json::object{{"command", std::move(command)}, {"rule", s.data_check->rule}};
   }
   return body;
 }
@@ -234,8 +245,9 @@ Result<DrillFileSpec> parse_spec(const std::string& text, const std::string& wha
   }
   DrillFileSpec s = default_spec();
   if (!root || root.IsNull()) return s;
-  FL_RETURN_IF_ERROR(
-      only_keys(root, "", {"name", "rack", "hypervisor", "services", "update", "updates", "policies", "faults"}));
+  FL_RETURN_IF_ERROR(only_keys(
+      root, "",
+      {"name", "rack", "hypervisor", "services", "update", "updates", "policies", "faults"}));
   FL_RETURN_IF_ERROR(read_str(root, "name", "", s.name));
   FL_RETURN_IF_ERROR(read_str(root, "hypervisor", "", s.hypervisor, {"qemu", "test"}));
   if (auto r = root["rack"]) {
@@ -252,12 +264,14 @@ Result<DrillFileSpec> parse_spec(const std::string& text, const std::string& wha
     std::set<std::string> names;
     for (size_t i = 0; i < sv.size(); ++i) {
       std::string p = "services[" + std::to_string(i) + "]";
-      FL_RETURN_IF_ERROR(only_keys(sv[i], p, {"name", "instances", "ud_count", "image", "memory_mib", "endpoint",
-                                              "drain", "traffic", "data_check"}));
+      FL_RETURN_IF_ERROR(only_keys(sv[i], p,
+                                   {"name", "instances", "ud_count", "image", "memory_mib",
+                                    "endpoint", "drain", "traffic", "data_check"}));
       ServiceSpec svc;
       if (!sv[i]["name"]) return bad(p + ".name", "is required");
       FL_RETURN_IF_ERROR(read_str(sv[i], "name", p + ".", svc.name));
-      if (!names.insert(svc.name).second) return bad(p + ".name", "'" + svc.name + "' is used twice");
+      if (!names.insert(svc.name).second)
+        return bad(p + ".name", "'" + svc.name + "' is used twice");
       FL_RETURN_IF_ERROR(read(sv[i], "instances", p + ".", svc.instances, 1, 100));
       FL_RETURN_IF_ERROR(read(sv[i], "ud_count", p + ".", svc.ud_count, 1, 20));
       FL_RETURN_IF_ERROR(read_str(sv[i], "image", p + ".", svc.image));
@@ -268,19 +282,22 @@ Result<DrillFileSpec> parse_spec(const std::string& text, const std::string& wha
   }
   FL_RETURN_IF_ERROR(read_updates(root, s));
   if (auto p = root["policies"]) {
-    FL_RETURN_IF_ERROR(only_keys(p, "policies", {"max_parallel_hosts", "time_scale", "recovery_s", "notice_s",
-                                                 "healthy_timeout_s", "freeze_s"}));
+    FL_RETURN_IF_ERROR(only_keys(p, "policies",
+                                 {"max_parallel_hosts", "time_scale", "recovery_s", "notice_s",
+                                  "healthy_timeout_s", "freeze_s"}));
     FL_RETURN_IF_ERROR(read(p, "max_parallel_hosts", "policies.", s.max_parallel_hosts, 0, 10000));
     FL_RETURN_IF_ERROR(read(p, "time_scale", "policies.", s.time_scale, 1e-6, 1.0));
     FL_RETURN_IF_ERROR(read(p, "recovery_s", "policies.", s.recovery_s, 0.0, 7 * 86400.0));
     FL_RETURN_IF_ERROR(read(p, "notice_s", "policies.", s.notice_s, 0.0, 86400.0));
-    FL_RETURN_IF_ERROR(read(p, "healthy_timeout_s", "policies.", s.healthy_timeout_s, 1.0, 86400.0));
+    FL_RETURN_IF_ERROR(
+        read(p, "healthy_timeout_s", "policies.", s.healthy_timeout_s, 1.0, 86400.0));
     FL_RETURN_IF_ERROR(read(p, "freeze_s", "policies.", s.freeze_s, 0.0, 3600.0));
   }
   if (auto f = root["faults"]) {
     FaultRack rack{s.hosts, s.fault_domains, {}};
     for (const auto& svc : s.services) {
-      for (int i = 0; i < svc.instances; ++i) rack.instances.push_back(svc.name + "-" + std::to_string(i));
+      for (int i = 0; i < svc.instances; ++i)
+        rack.instances.push_back(svc.name + "-" + std::to_string(i));
     }
     bool host_os = false;
     for (const auto& u : s.updates) host_os = host_os || u.kind == "host-os";
@@ -289,8 +306,9 @@ Result<DrillFileSpec> parse_spec(const std::string& text, const std::string& wha
   int slots = s.hosts * s.capacity, need = 0;
   for (const auto& svc : s.services) need += svc.instances;
   if (need > slots) {
-    return bad("services", std::to_string(need) + " instances do not fit " + std::to_string(s.hosts) +
-                               " hosts of capacity " + std::to_string(s.capacity));
+    return bad("services", std::to_string(need) + " instances do not fit " +
+                               std::to_string(s.hosts) + " hosts of capacity " +
+                               std::to_string(s.capacity));
   }
   return s;
 }

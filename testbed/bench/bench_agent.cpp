@@ -12,7 +12,6 @@
 
 #include <CLI/CLI.hpp>
 #include <boost/json.hpp>
-
 #include <filesystem>
 #include <functional>
 #include <iostream>
@@ -49,10 +48,12 @@ json::object wait_healthy(agent::HostAgent& a, const std::string& name, uint64_t
 }
 
 // Runs `fn` on every guest at once and returns when all are done; dies naming the first failure.
-void on_all(const std::vector<std::string>& names, const std::function<Status(const std::string&)>& fn) {
+void on_all(const std::vector<std::string>& names,
+            const std::function<Status(const std::string&)>& fn) {
   std::vector<Status> results(names.size());
   std::vector<std::thread> threads;
-  for (size_t i = 0; i < names.size(); ++i) threads.emplace_back([&, i] { results[i] = fn(names[i]); });
+  for (size_t i = 0; i < names.size(); ++i)
+    threads.emplace_back([&, i] { results[i] = fn(names[i]); });
   for (auto& t : threads) t.join();
   for (auto& r : results) {
     if (!r.ok()) die(r.error().describe());
@@ -62,14 +63,17 @@ void on_all(const std::vector<std::string>& names, const std::function<Status(co
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Per-guest down time of a host-os update on real VMs, divided by the raw "
-               "stop + start + first-heartbeat cycle of the same guest in the same run"};
+  CLI::App app{
+      "Per-guest down time of a host-os update on real VMs, divided by the raw "
+      "stop + start + first-heartbeat cycle of the same guest in the same run"};
   int guests = 1, rounds = 3, parallel = agent::AgentOptions{}.parallel_guests;
   bool json_out = false;
   std::string images = testbed::default_images_dir();
   app.add_option("-g,--guests", guests, "Guests on the host")->check(CLI::Range(1, 4));
-  app.add_option("-n,--rounds", rounds, "Raw cycles and host-os updates each")->check(CLI::Range(1, 20));
-  app.add_option("-p,--parallel-guests", parallel, "Guests the agent stops and starts at once in an update")
+  app.add_option("-n,--rounds", rounds, "Raw cycles and host-os updates each")
+      ->check(CLI::Range(1, 20));
+  app.add_option("-p,--parallel-guests", parallel,
+                 "Guests the agent stops and starts at once in an update")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
   app.add_option("--images", images, "Guest images directory");
@@ -112,8 +116,9 @@ int main(int argc, char** argv) {
     auto j = a.instance_json(n);
     if (!j.ok() || !j->contains("last_heartbeat")) return {};
     const auto& hb = j->at("last_heartbeat").as_object();
-    return {std::chrono::steady_clock::now() - std::chrono::milliseconds(hb.at("age_ms").as_int64()),
-            std::string(hb.at("boot_id").as_string())};
+    return {
+        std::chrono::steady_clock::now() - std::chrono::milliseconds(hb.at("age_ms").as_int64()),
+        std::string(hb.at("boot_id").as_string())};
   };
   for (int r = 0; r < rounds; ++r) {
     for (auto& n : names) wait_healthy(a, n, 0);
@@ -157,13 +162,15 @@ int main(int argc, char** argv) {
     if (!a.wait_idle(600s)) die("host-os update did not finish");
     auto done = a.job_json(std::string(job->at("id").as_string()));
     if (!done.ok() || done->at("status").as_string() != "succeeded") {
-      die("host-os update failed: " + (done.ok() ? json::serialize(*done) : done.error().describe()));
+      die("host-os update failed: " +
+          (done.ok() ? json::serialize(*done) : done.error().describe()));
     }
     std::vector<double> round_raw(raw.end() - guests, raw.end()), round_down;
     for (auto& g : done->at("guests").as_array()) {
       down.push_back(g.as_object().at("down_ms").as_int64() / 1000.0);
       round_down.push_back(down.back());
-      std::cerr << "host-os down " << g.as_object().at("name").as_string() << ": " << down.back() << " s\n";
+      std::cerr << "host-os down " << g.as_object().at("name").as_string() << ": " << down.back()
+                << " s\n";
     }
     round_ratio.push_back(testbed::median(round_down) / testbed::median(round_raw));
   }

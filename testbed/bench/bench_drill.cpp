@@ -120,9 +120,11 @@ int run(const Options& opt) {
   auto up = rack::Lab::up(spec, r.lo);
   if (!up.ok()) return fail("lab up: " + up.error().message);
   rack::Lab lab = std::move(up).value();
-  progress("network " + lab.network() +
-           (lab.network() == "netns" ? " (rack namespace " + lab.agent_netns() + ")"
-                                     : " (" + (lab.network_reason().empty() ? "asked for" : lab.network_reason()) + ")"));
+  progress(
+      "network " + lab.network() +
+      (lab.network() == "netns"
+           ? " (rack namespace " + lab.agent_netns() + ")"
+           : " (" + (lab.network_reason().empty() ? "asked for" : lab.network_reason()) + ")"));
   struct Down {
     rack::Lab& lab;
     ~Down() {
@@ -202,8 +204,9 @@ int main(int argc, char** argv) {
                  "Per host, how long the raw cycle may take")
       ->capture_default_str();
   app.add_flag("--json", opt.json_out, "Print one JSON object");
-  app.add_option("--no-drain-drill", opt.no_drain_drill,
-                 "Also run the drill on a second rack with drain: false (client outage vs probe detection)")
+  app.add_option(
+         "--no-drain-drill", opt.no_drain_drill,
+         "Also run the drill on a second rack with drain: false (client outage vs probe detection)")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (notice >= 0) opt.notice_s = notice;

@@ -30,10 +30,10 @@
 // common's parse_rfc3339_ms. main() runs the phases: prepare, start the orchestrator and the
 // agents, register, create services, wait until healthy, measure the idle rack, walk, collect.
 
-#include <CLI/CLI.hpp>
 #include <signal.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
 #include <boost/json.hpp>
@@ -53,10 +53,10 @@
 #include <thread>
 #include <vector>
 
+#include "fabriclab/client/api_client.hpp"
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/json_get.hpp"
 #include "fabriclab/common/random_hex.hpp"
-#include "fabriclab/client/api_client.hpp"
 #include "fabriclab/rack/lab.hpp"
 #include "scale_processes.hpp"
 
@@ -69,7 +69,9 @@ using namespace fabriclab::bench_scale;
 
 namespace {
 
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 double round3(double x) { return std::round(x * 1000) / 1000; }
 
 // ---- the orchestrator's API -----------------------------------------------------------------
@@ -152,44 +154,68 @@ std::string default_binary(const std::string& name, const std::string& fallback)
 
 // Parses the command line into `o`; an exit code when the bench ends here (--help, a bad flag).
 std::optional<int> parse_options(int argc, char** argv, Options& o) {
-  CLI::App app{"A whole zero-length walk over N simulated hosts (libvirt test driver) with M "
-               "instances, through the real agent and orchestrator binaries"};
+  CLI::App app{
+      "A whole zero-length walk over N simulated hosts (libvirt test driver) with M "
+      "instances, through the real agent and orchestrator binaries"};
   const std::string here = rack::self_dir();
   o.agent_bin = default_binary("fabriclab-agent", here + "/../agent/fabriclab-agent");
-  o.orchestrator_bin = default_binary("fabriclab-orchestrator", here + "/../orchestrator/fabriclab-orchestrator");
+  o.orchestrator_bin =
+      default_binary("fabriclab-orchestrator", here + "/../orchestrator/fabriclab-orchestrator");
 #ifdef FABRICLAB_BENCH_IMAGES_DIR
   o.images = FABRICLAB_BENCH_IMAGES_DIR;
 #endif
-  app.add_option("--hosts", o.hosts, "Simulated hosts (agent processes)")->check(CLI::Range(1, 5000))->capture_default_str();
+  app.add_option("--hosts", o.hosts, "Simulated hosts (agent processes)")
+      ->check(CLI::Range(1, 5000))
+      ->capture_default_str();
   app.add_option("--instances", o.instances, "Instances in all (services of 2..50)")
-      ->check(CLI::Range(2, 1000000))->capture_default_str();
-  app.add_option("--capacity", o.capacity, "Instances per host")->check(CLI::Range(1, 1000))->capture_default_str();
-  app.add_option("--memory-mib", o.memory_mib, "Memory of each instance")->check(CLI::Range(64, 4096))->capture_default_str();
+      ->check(CLI::Range(2, 1000000))
+      ->capture_default_str();
+  app.add_option("--capacity", o.capacity, "Instances per host")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  app.add_option("--memory-mib", o.memory_mib, "Memory of each instance")
+      ->check(CLI::Range(64, 4096))
+      ->capture_default_str();
   app.add_option("--fault-domains", o.fault_domains, "Host N is in fault domain N mod this")
-      ->check(CLI::Range(1, 100))->capture_default_str();
-  app.add_option("--poll-ms", o.poll_ms, "Orchestrator --poll-ms")->check(CLI::Range(10, 60000))->capture_default_str();
+      ->check(CLI::Range(1, 100))
+      ->capture_default_str();
+  app.add_option("--poll-ms", o.poll_ms, "Orchestrator --poll-ms")
+      ->check(CLI::Range(10, 60000))
+      ->capture_default_str();
   app.add_option("--unhealthy-after-ms", o.unhealthy_after_ms, "Orchestrator --unhealthy-after-ms")
-      ->check(CLI::Range(100, 3600000))->capture_default_str();
+      ->check(CLI::Range(100, 3600000))
+      ->capture_default_str();
   app.add_option("--agent-timeout-ms", o.agent_timeout_ms, "Orchestrator --agent-timeout-ms")
-      ->check(CLI::Range(100, 600000))->capture_default_str();
+      ->check(CLI::Range(100, 600000))
+      ->capture_default_str();
   app.add_option("--heartbeat-ms", o.heartbeat_ms, "Agents' --heartbeat-ms (simulated guests)")
-      ->check(CLI::Range(10, 60000))->capture_default_str();
+      ->check(CLI::Range(10, 60000))
+      ->capture_default_str();
   app.add_option("--seed", o.seed, "Seed of the service sizes")->capture_default_str();
-  app.add_option("--start-parallel", o.start_parallel, "Agents starting at once")->check(CLI::Range(1, 1000))->capture_default_str();
+  app.add_option("--start-parallel", o.start_parallel, "Agents starting at once")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
   app.add_option("--agent", o.agent_bin, "fabriclab-agent binary")->capture_default_str();
-  app.add_option("--orchestrator", o.orchestrator_bin, "fabriclab-orchestrator binary")->capture_default_str();
-  app.add_option("--images", o.images, "Guest image directory (manifest.json) for the agents")->capture_default_str();
-  app.add_option("--dir", o.dir, "Working directory (default: a new /tmp/flsc.XXXXXX; removed at the end)");
+  app.add_option("--orchestrator", o.orchestrator_bin, "fabriclab-orchestrator binary")
+      ->capture_default_str();
+  app.add_option("--images", o.images, "Guest image directory (manifest.json) for the agents")
+      ->capture_default_str();
+  app.add_option("--dir", o.dir,
+                 "Working directory (default: a new /tmp/flsc.XXXXXX; removed at the end)");
   app.add_flag("--keep", o.keep, "Keep the working directory (logs, journal)");
   app.add_flag("--agents-on-tmpfs", o.agents_on_tmpfs,
                "Agents' state directories in a new /dev/shm/flsc.XXXXXX: the simulated guests "
                "fdatasync a counter file at every heartbeat, a cost of the simulation");
-  app.add_option("--idle-s", o.idle_s, "Before the walk, measure the idle CPU of the rack this long")
-      ->check(CLI::Range(0.0, 600.0))->capture_default_str();
+  app.add_option("--idle-s", o.idle_s,
+                 "Before the walk, measure the idle CPU of the rack this long")
+      ->check(CLI::Range(0.0, 600.0))
+      ->capture_default_str();
   app.add_option("--agent-log-level", o.agent_log_level)->capture_default_str();
   app.add_option("--orchestrator-log-level", o.orchestrator_log_level)->capture_default_str();
-  app.add_option("--setup-timeout-s", o.setup_timeout_s, "Give up on the setup after this")->capture_default_str();
-  app.add_option("--walk-timeout-s", o.walk_timeout_s, "Give up on the walk after this")->capture_default_str();
+  app.add_option("--setup-timeout-s", o.setup_timeout_s, "Give up on the setup after this")
+      ->capture_default_str();
+  app.add_option("--walk-timeout-s", o.walk_timeout_s, "Give up on the walk after this")
+      ->capture_default_str();
   app.add_flag("--json", o.json, "Print one JSON object");
   try {
     app.parse(argc, argv);
@@ -199,7 +225,8 @@ std::optional<int> parse_options(int argc, char** argv, Options& o) {
   if (o.images.empty()) die("--images is required (a guest image directory with manifest.json)");
   if (!fs::exists(o.images + "/manifest.json")) die("no manifest.json in --images " + o.images);
   for (const auto& bin : {o.agent_bin, o.orchestrator_bin}) {
-    if (::access(bin.c_str(), X_OK) != 0) die(bin + " is not an executable (see --agent, --orchestrator)");
+    if (::access(bin.c_str(), X_OK) != 0)
+      die(bin + " is not an executable (see --agent, --orchestrator)");
   }
   o.agent_bin = fs::canonical(o.agent_bin).string();
   o.orchestrator_bin = fs::canonical(o.orchestrator_bin).string();
@@ -232,7 +259,7 @@ void handle_signals(Cleanup& cleanup) {
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
   for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
-    struct sigaction old{};
+    struct sigaction old {};
     ::sigaction(sig, nullptr, &old);
     if (sig == SIGHUP && old.sa_handler == SIG_IGN) continue;
     ::signal(sig, SIG_DFL);
@@ -297,13 +324,16 @@ class Bench {
     token_ = random_hex(32);
     std::ofstream(token_file_) << token_ << "\n";
     // 80 GiB (the test driver counts in KiB): 12 guests of a few hundred MiB each fit with room.
-    std::ofstream(node_xml_) << "<node><cpu><mhz>2000</mhz></cpu><memory>83886080</memory></node>\n";
+    std::ofstream(node_xml_)
+        << "<node><cpu><mhz>2000</mhz></cpu><memory>83886080</memory></node>\n";
     if (!o_.json) {
-      std::printf("%d hosts, %d instances, capacity %d, poll %d ms, unhealthy after %d ms; dir %s\n", o_.hosts,
-                  o_.instances, o_.capacity, o_.poll_ms, o_.unhealthy_after_ms, o_.dir.c_str());
+      std::printf(
+          "%d hosts, %d instances, capacity %d, poll %d ms, unhealthy after %d ms; dir %s\n",
+          o_.hosts, o_.instances, o_.capacity, o_.poll_ms, o_.unhealthy_after_ms, o_.dir.c_str());
       std::fflush(stdout);
     }
-    if (static_cast<long>(o_.hosts) * o_.capacity < o_.instances) die("--hosts x --capacity is less than --instances");
+    if (static_cast<long>(o_.hosts) * o_.capacity < o_.instances)
+      die("--hosts x --capacity is less than --instances");
   }
 
   // The orchestrator first (its journal on disk like in production: synchronous=FULL commits).
@@ -312,10 +342,10 @@ class Bench {
     std::string error;
     orch_ = cleanup_.children.spawn(
         "orchestrator",
-        {o_.orchestrator_bin, "--journal", o_.dir + "/j.db", "--port", "0", "--control-token-file", token_file_,
-         "--agent-token-file", token_file_, "--poll-ms", std::to_string(o_.poll_ms), "--unhealthy-after-ms",
-         std::to_string(o_.unhealthy_after_ms), "--agent-timeout-ms", std::to_string(o_.agent_timeout_ms),
-         "--log-level", o_.orchestrator_log_level},
+        {o_.orchestrator_bin, "--journal", o_.dir + "/j.db", "--port", "0", "--control-token-file",
+         token_file_, "--agent-token-file", token_file_, "--poll-ms", std::to_string(o_.poll_ms),
+         "--unhealthy-after-ms", std::to_string(o_.unhealthy_after_ms), "--agent-timeout-ms",
+         std::to_string(o_.agent_timeout_ms), "--log-level", o_.orchestrator_log_level},
         o_.dir, error);
     if (!orch_) die("could not start " + o_.orchestrator_bin + (error.empty() ? "" : ": " + error));
     await_listening({orch_}, 30s);
@@ -332,17 +362,38 @@ class Bench {
     for (int i = 0; i < o_.hosts; i += o_.start_parallel) {
       std::vector<Child*> wave;
       for (int k = i; k < std::min(o_.hosts, i + o_.start_parallel); ++k) {
-        std::string id = std::string("h").append(std::to_string(k));  // not "h" + ...: GCC 12 -Wrestrict
-        std::string addr = "127.0." + std::to_string(1 + k / 250) + "." + std::to_string(1 + k % 250);
+        std::string id =
+            std::string("h").append(std::to_string(k));  // not "h" + ...: GCC 12 -Wrestrict
+        std::string addr =
+            "127.0." + std::to_string(1 + k / 250) + "." + std::to_string(1 + k % 250);
         std::string error;
-        Child* c = cleanup_.children.spawn(
-            id,
-            {o_.agent_bin, "--host-id", id, "--fault-domain", std::to_string(k % o_.fault_domains), "--state-dir",
-             agent_root_ + "/" + id, "--guest-images", o_.images, "--listen", addr, "--port", "0",
-             "--control-token-file", token_file_, "--capacity", std::to_string(o_.capacity), "--hypervisor",
-             "test://" + node_xml_, "--lab-host-images", "host-v1,host-v2", "--heartbeat-ms",
-             std::to_string(o_.heartbeat_ms), "--log-level", o_.agent_log_level},
-            o_.dir, error);
+        Child* c = cleanup_.children.spawn(id,
+                                           {o_.agent_bin,
+                                            "--host-id",
+                                            id,
+                                            "--fault-domain",
+                                            std::to_string(k % o_.fault_domains),
+                                            "--state-dir",
+                                            agent_root_ + "/" + id,
+                                            "--guest-images",
+                                            o_.images,
+                                            "--listen",
+                                            addr,
+                                            "--port",
+                                            "0",
+                                            "--control-token-file",
+                                            token_file_,
+                                            "--capacity",
+                                            std::to_string(o_.capacity),
+                                            "--hypervisor",
+                                            "test://" + node_xml_,
+                                            "--lab-host-images",
+                                            "host-v1,host-v2",
+                                            "--heartbeat-ms",
+                                            std::to_string(o_.heartbeat_ms),
+                                            "--log-level",
+                                            o_.agent_log_level},
+                                           o_.dir, error);
         if (!c) die("could not start " + o_.agent_bin + (error.empty() ? "" : ": " + error));
         wave.push_back(c);
       }
@@ -379,7 +430,8 @@ class Bench {
       f_.max_uds = std::max<int>(f_.max_uds, static_cast<int>(services[s]["ud_count"].as_int64()));
       must(api_->post("/v1/services", services[s]), orch_);
       if (!o_.json && (s + 1) % 20 == 0) {
-        std::printf("  services: %zu of %zu placed (%.1f s)\n", s + 1, services.size(), since(t_services));
+        std::printf("  services: %zu of %zu placed (%.1f s)\n", s + 1, services.size(),
+                    since(t_services));
         std::fflush(stdout);
       }
       if (since(t_setup_) > o_.setup_timeout_s) die("setup timeout while creating services", orch_);
@@ -391,11 +443,13 @@ class Bench {
   void wait_healthy() {
     auto t_healthy = Clock::now();
     for (;;) {
-      if (const Child* gone = cleanup_.children.find_exited()) die(gone->name + " exited during setup", gone);
+      if (const Child* gone = cleanup_.children.find_exited())
+        die(gone->name + " exited during setup", gone);
       m_ = metrics(*api_, orch_);
       if (m_["fabriclab_instances_healthy"] >= o_.instances) break;
       if (since(t_setup_) > o_.setup_timeout_s) {
-        die("setup timeout: " + std::to_string(static_cast<int>(m_["fabriclab_instances_healthy"])) + " of " +
+        die("setup timeout: " +
+                std::to_string(static_cast<int>(m_["fabriclab_instances_healthy"])) + " of " +
                 std::to_string(o_.instances) + " instances healthy",
             orch_);
       }
@@ -404,8 +458,10 @@ class Bench {
     f_.healthy_s = since(t_healthy);
     f_.setup_s = since(t_setup_);
     f_.unhealthy_hosts_setup = static_cast<int>(m_["fabriclab_hosts{state=\"Unhealthy\"}"]);
-    progress("services: %zu (%d instances, up to %d UDs) placed in %.1f s, all healthy %.1f s later; setup %.1f s\n",
-             f_.services, o_.instances, f_.max_uds, f_.services_s, f_.healthy_s, f_.setup_s);
+    progress(
+        "services: %zu (%d instances, up to %d UDs) placed in %.1f s, all healthy %.1f s later; "
+        "setup %.1f s\n",
+        f_.services, o_.instances, f_.max_uds, f_.services_s, f_.healthy_s, f_.setup_s);
   }
 
   // What the idle rack costs (the orchestrator's pollers, the agents and their simulated guests).
@@ -425,9 +481,11 @@ class Bench {
   void walk() {
     const pid_t orch = orch_->pid();
     double orch_cpu0 = cpu_s(orch), agents_cpu0 = agents_cpu(), orch_cs0 = ctx_switches(orch);
-    auto calls0 = m_["fabriclab_agent_calls_total"], failures0 = m_["fabriclab_agent_call_failures_total"];
+    auto calls0 = m_["fabriclab_agent_calls_total"],
+         failures0 = m_["fabriclab_agent_call_failures_total"];
     auto events0 = m_["fabriclab_events_published_total"];
-    json::object spec{{"kind", "host-os"}, {"target", "host-v2"}, {"recovery_s", 0}, {"notice_s", 0}};
+    json::object spec{
+        {"kind", "host-os"}, {"target", "host-v2"}, {"recovery_s", 0}, {"notice_s", 0}};
     auto t_walk = Clock::now();
     auto created = must(api_->post("/v1/drills", spec), orch_);
     const std::string id = json_get::str(created, "id");
@@ -448,7 +506,8 @@ class Bench {
     auto finished = parse_rfc3339_ms(json_get::str(drill, "finished_at"));
     if (started && finished) f_.drill_s = static_cast<double>(*finished - *started) / 1000.0;
     f_.batches = static_cast<int>(json_get::int_or(drill, "batch_count", f_.batches));
-    for (const auto& h : json_get::arr(drill, "hosts")) f_.hosts_done += json_get::str(h, "status") == "done";
+    for (const auto& h : json_get::arr(drill, "hosts"))
+      f_.hosts_done += json_get::str(h, "status") == "done";
     f_.reason = json_get::str(drill, "reason");
   }
 
@@ -471,16 +530,20 @@ class Bench {
   json::value poll_drill(const std::string& id, Clock::time_point t_walk) {
     int last_batch = -1;
     for (;;) {
-      if (const Child* gone = cleanup_.children.find_exited()) die(gone->name + " exited during the walk", gone);
+      if (const Child* gone = cleanup_.children.find_exited())
+        die(gone->name + " exited during the walk", gone);
       json::value drill = must(api_->get("/v1/drills/" + id), orch_);
       f_.state = json_get::str(drill, "state");
       if (f_.state == "Completed" || f_.state == "Failed" || f_.state == "Aborted") return drill;
-      if (since(t_walk) > o_.walk_timeout_s) die("walk timeout in batch " + std::to_string(last_batch + 1), orch_);
+      if (since(t_walk) > o_.walk_timeout_s)
+        die("walk timeout in batch " + std::to_string(last_batch + 1), orch_);
       int cb = static_cast<int>(json_get::int_or(drill, "current_batch", 0));
-      if (cb != last_batch && cb < f_.batches) progress("  batch %d of %d at %.1f s\n", cb + 1, f_.batches, since(t_walk));
+      if (cb != last_batch && cb < f_.batches)
+        progress("  batch %d of %d at %.1f s\n", cb + 1, f_.batches, since(t_walk));
       last_batch = cb;
       auto mm = metrics(*api_, orch_);
-      f_.max_unhealthy = std::max(f_.max_unhealthy, static_cast<int>(mm["fabriclab_hosts{state=\"Unhealthy\"}"]));
+      f_.max_unhealthy =
+          std::max(f_.max_unhealthy, static_cast<int>(mm["fabriclab_hosts{state=\"Unhealthy\"}"]));
       std::this_thread::sleep_for(200ms);
     }
   }
@@ -549,24 +612,31 @@ void print_json(const Options& o, const Figures& f) {
 }
 
 void print_text(const Options& o, const Figures& f) {
-  std::printf("walk: %s in %.2f s (orchestrator's clock %.2f s), %d batches (lower bound %d), %d of %d "
-              "hosts done%s%s\n",
-              f.state.c_str(), f.wall_s, f.drill_s, f.batches, f.lower_bound, f.hosts_done, o.hosts,
-              f.reason.empty() ? "" : ": ", f.reason.c_str());
-  std::printf("  orchestrator: peak RSS %.1f MiB, CPU %.1f s during the walk (%.1f s in all); %.0f agent "
-              "calls (%.0f failed), %.0f events during the walk\n",
-              f.orch_rss, f.orch_cpu_walk, f.orch_cpu_total, f.calls_walk, f.failures_walk, f.events_walk);
-  std::printf("  agents: peak RSS %.1f MiB summed (PSS %.1f MiB summed at the end), %.1f MiB the largest, "
-              "CPU %.1f s during the walk; Unhealthy hosts: %d after setup, at most %d during the walk\n",
-              f.agents_rss, f.agents_pss, f.agent_max, f.agents_cpu_walk, f.unhealthy_hosts_setup, f.max_unhealthy);
+  std::printf(
+      "walk: %s in %.2f s (orchestrator's clock %.2f s), %d batches (lower bound %d), %d of %d "
+      "hosts done%s%s\n",
+      f.state.c_str(), f.wall_s, f.drill_s, f.batches, f.lower_bound, f.hosts_done, o.hosts,
+      f.reason.empty() ? "" : ": ", f.reason.c_str());
+  std::printf(
+      "  orchestrator: peak RSS %.1f MiB, CPU %.1f s during the walk (%.1f s in all); %.0f agent "
+      "calls (%.0f failed), %.0f events during the walk\n",
+      f.orch_rss, f.orch_cpu_walk, f.orch_cpu_total, f.calls_walk, f.failures_walk, f.events_walk);
+  std::printf(
+      "  agents: peak RSS %.1f MiB summed (PSS %.1f MiB summed at the end), %.1f MiB the largest, "
+      "CPU %.1f s during the walk; Unhealthy hosts: %d after setup, at most %d during the walk\n",
+      f.agents_rss, f.agents_pss, f.agent_max, f.agents_cpu_walk, f.unhealthy_hosts_setup,
+      f.max_unhealthy);
   if (o.idle_s > 0) {
-    std::printf("  idle rack before the walk: orchestrator %.2f cores (%.0f context switches/s), agents "
-                "%.2f cores\n",
-                f.idle_orch_cores, f.idle_orch_cs, f.idle_agents_cores);
+    std::printf(
+        "  idle rack before the walk: orchestrator %.2f cores (%.0f context switches/s), agents "
+        "%.2f cores\n",
+        f.idle_orch_cores, f.idle_orch_cs, f.idle_agents_cores);
   }
-  std::printf("  orchestrator context switches during the walk: %.0f/s\n", f.orch_cs_walk / f.wall_s);
-  std::printf("  setup %.1f s: agents %.1f s, registration %.1f s, services %.1f s, healthy %.1f s\n", f.setup_s,
-              f.agents_s, f.register_s, f.services_s, f.healthy_s);
+  std::printf("  orchestrator context switches during the walk: %.0f/s\n",
+              f.orch_cs_walk / f.wall_s);
+  std::printf(
+      "  setup %.1f s: agents %.1f s, registration %.1f s, services %.1f s, healthy %.1f s\n",
+      f.setup_s, f.agents_s, f.register_s, f.services_s, f.healthy_s);
 }
 
 }  // namespace

@@ -13,19 +13,18 @@
 // guest through guest-exec: the bench gives the guest no network), and the ACPI stop. The
 // built-in figures then come from the v1 guest.
 
-#include <CLI/CLI.hpp>
-#include <boost/json.hpp>
-
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
+#include <boost/json.hpp>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <sstream>
 #include <iomanip>
 #include <iostream>
+#include <sstream>
 #include <thread>
 
 #include "fabriclab/common/logging.hpp"
@@ -83,7 +82,8 @@ class VirshShell {
     std::string out;
     for (int c; (c = std::fgetc(from_)) != EOF;) {
       out += static_cast<char>(c);
-      if (out.size() >= kEnd.size() && out.compare(out.size() - kEnd.size(), kEnd.size(), kEnd) == 0) {
+      if (out.size() >= kEnd.size() &&
+          out.compare(out.size() - kEnd.size(), kEnd.size(), kEnd) == 0) {
         out.resize(out.size() - kEnd.size());
         return out;
       }
@@ -106,15 +106,16 @@ struct Options {
   int cycles = 5;
   bool json_out = false;
   std::string images = testbed::default_images_dir();
-  std::string image = "v1";          // the built-in guest's version
-  std::string os_image;              // an OS-disk image ("debian-v1"); empty: none
-  std::string debian_images;         // where os_image lives
+  std::string image = "v1";   // the built-in guest's version
+  std::string os_image;       // an OS-disk image ("debian-v1"); empty: none
+  std::string debian_images;  // where os_image lives
 };
 
 // Runs `body` in a child process and returns the JSON object it produced. The embedded driver
 // holds its root (a pid-file lock) until the process that opened it exits, even after the
 // connection closes, so every half that opens libvirt runs in a child of its own.
-boost::json::object in_child(const std::string& what, const std::function<boost::json::object()>& body) {
+boost::json::object in_child(const std::string& what,
+                             const std::function<boost::json::object()>& body) {
   int pipefd[2];
   if (::pipe(pipefd) != 0) die("pipe failed");
   pid_t child = ::fork();
@@ -160,8 +161,9 @@ boost::json::object fabriclab_half(const Options& o, const testbed::GuestImage& 
     if (!up.ok()) die(up.error().describe());
     stops.push_back(stop->elapsed.count() / 1000.0);
     boots.push_back(up->count() / 1000.0);
-    std::cerr << std::fixed << std::setprecision(2) << "fabriclab cycle " << i + 1 << ": stop " << stops.back().as_double() << " s, start->heartbeat "
-              << boots.back().as_double() << " s\n";
+    std::cerr << std::fixed << std::setprecision(2) << "fabriclab cycle " << i + 1 << ": stop "
+              << stops.back().as_double() << " s, start->heartbeat " << boots.back().as_double()
+              << " s\n";
   }
   r["stops"] = stops;
   r["boots"] = boots;
@@ -260,7 +262,8 @@ std::string default_debian_images() {
 uint64_t qcow2_virtual_size(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   unsigned char h[32] = {};
-  if (!in.read(reinterpret_cast<char*>(h), sizeof(h)) || h[0] != 'Q' || h[1] != 'F' || h[2] != 'I' || h[3] != 0xfb) {
+  if (!in.read(reinterpret_cast<char*>(h), sizeof(h)) || h[0] != 'Q' || h[1] != 'F' ||
+      h[2] != 'I' || h[3] != 0xfb) {
     die(path + " is not a qcow2 image");
   }
   uint64_t v = 0;
@@ -304,7 +307,8 @@ hypervisor::DomainSpec os_image_spec(const std::string& image_dir, const std::st
   s.guest_agent = true;
   run_or_die("qemu-img create", {"qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
                                  fs::absolute(image_dir + "/disk.qcow2").string(), s.os_disk});
-  if (auto st = testbed::create_raw_disk(s.data_disk, 64ull << 20); !st.ok()) die(st.error().describe());
+  if (auto st = testbed::create_raw_disk(s.data_disk, 64ull << 20); !st.ok())
+    die(st.error().describe());
   return s;
 }
 
@@ -312,7 +316,8 @@ hypervisor::DomainSpec os_image_spec(const std::string& image_dir, const std::st
 double seconds_until(Clock::time_point t0, std::chrono::seconds limit, const std::string& what,
                      const std::function<bool()>& probe) {
   while (!probe()) {
-    if (Clock::now() - t0 > limit) die(what + " did not happen within " + std::to_string(limit.count()) + " s");
+    if (Clock::now() - t0 > limit)
+      die(what + " did not happen within " + std::to_string(limit.count()) + " s");
     std::this_thread::sleep_for(250ms);
   }
   return seconds(Clock::now() - t0);
@@ -329,9 +334,8 @@ boost::json::object os_image_half(const std::string& image_dir) {
   boost::json::object r;
   const auto t0 = Clock::now();
   if (auto st = d->start(); !st.ok()) die(st.error().describe());
-  r["boot_to_guest_agent_s"] = seconds_until(t0, 300s, "the guest agent answering", [&] {
-    return d->guest_ping(2s).ok();
-  });
+  r["boot_to_guest_agent_s"] =
+      seconds_until(t0, 300s, "the guest agent answering", [&] { return d->guest_ping(2s).ok(); });
   std::cerr << "os image: start->guest agent " << r["boot_to_guest_agent_s"].as_double() << " s\n";
   r["boot_to_app_s"] = seconds_until(t0, 300s, "the app's /health answering", [&] {
     auto e = d->guest_exec({"/usr/bin/curl", "-sf", "-m", "2", "http://127.0.0.1/health"}, 10s);
@@ -354,13 +358,17 @@ boost::json::object os_image_figures(const Options& o) {
   const std::string image_dir = o.debian_images + "/" + o.os_image;
   if (o.debian_images.empty() || !std::filesystem::exists(image_dir + "/disk.qcow2")) {
     die("no " + o.os_image + "/disk.qcow2 in '" + o.debian_images +
-        "': run testbed/build-debian-image.sh DIR or set FABRICLAB_DEBIAN_IMAGES (or --debian-images)");
+        "': run testbed/build-debian-image.sh DIR or set FABRICLAB_DEBIAN_IMAGES (or "
+        "--debian-images)");
   }
-  boost::json::object r = in_child("the " + o.os_image + " half", [&] { return os_image_half(image_dir); });
+  boost::json::object r =
+      in_child("the " + o.os_image + " half", [&] { return os_image_half(image_dir); });
   r["name"] = o.os_image;
   r["disk_qcow2_bytes"] = std::filesystem::file_size(image_dir + "/disk.qcow2");
   r["virtual_size_bytes"] = qcow2_virtual_size(image_dir + "/disk.qcow2");
-  r["app_probe"] = "curl http://127.0.0.1/health inside the guest through guest-exec (the bench guest has no network)";
+  r["app_probe"] =
+      "curl http://127.0.0.1/health inside the guest through guest-exec (the bench guest has no "
+      "network)";
   // The build time the image's manifest recorded, when it has one.
   std::ifstream in(o.debian_images + "/manifest.json");
   std::stringstream text;
@@ -376,9 +384,10 @@ boost::json::object os_image_figures(const Options& o) {
 }
 
 int main(int argc, char** argv) {
-  CLI::App app{"Cycle one real guest (ACPI stop, start, first heartbeat) through fabriclab and "
-               "through virsh, and print the figures; with --image debian-v1 also boot that OS "
-               "image once (guest agent, app, ACPI stop)"};
+  CLI::App app{
+      "Cycle one real guest (ACPI stop, start, first heartbeat) through fabriclab and "
+      "through virsh, and print the figures; with --image debian-v1 also boot that OS "
+      "image once (guest agent, app, ACPI stop)"};
   Options o;
   app.add_option("-n,--cycles", o.cycles, "Cycles per method")->check(CLI::Range(1, 100));
   app.add_flag("--json", o.json_out, "Print one JSON object");

@@ -12,8 +12,8 @@ Result<json::value> Agents::call(const AgentRef& a, std::string_view method,
   auto r = http::request(a.address, a.port, method, target, method == "POST" ? "{}" : "", token_,
                          timeout, netns_);
   if (!r.ok())
-    return make_error(r.error().condition, a.name + " " + std::string(method) + " " + target +
-                                               ": " + r.error().message);
+    return make_error(r.error().condition,
+                      a.name + " " + std::string(method) + " " + target + ": " + r.error().message);
   if (r->status / 100 != 2) {
     return make_error(Condition::internal, a.name + " " + std::string(method) + " " + target +
                                                ": HTTP " + std::to_string(r->status) + " " +
@@ -90,7 +90,6 @@ HostSteps host_steps(const std::string& host, const std::vector<Event>& ev, int6
   }
   return s;
 }
-
 
 GuestDrill guest_drill(const std::string& name, const std::vector<Event>& ev, int64_t from_ms,
                        int64_t to_ms) {

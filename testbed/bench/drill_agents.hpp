@@ -42,7 +42,6 @@ class Agents {
   Result<json::value> call(const AgentRef& a, std::string_view method, const std::string& target,
                            std::chrono::milliseconds timeout = 10s) const;
 
-
  private:
   std::string token_;
   std::string netns_;
@@ -88,7 +87,8 @@ inline const std::vector<std::pair<std::string, std::string>> kStepSpans = {
     {"Notifying", "StoppingGuests"}, {"StoppingGuests", "SwappingImage"},
     {"SwappingImage", "Rebooting"},  {"Rebooting", "StartingGuests"},
     {"StartingGuests", "Verifying"}, {"Verifying", "done"}};
-inline const std::vector<std::string> kStepNames = {"notify", "stop", "swap", "reboot", "start", "verify"};
+inline const std::vector<std::string> kStepNames = {"notify", "stop",  "swap",
+                                                    "reboot", "start", "verify"};
 
 // One host's job in [from_ms, to_ms] (1 s of slack each side): its start, steps and end.
 HostSteps host_steps(const std::string& host, const std::vector<Event>& ev, int64_t from_ms,

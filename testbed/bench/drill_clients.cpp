@@ -26,12 +26,14 @@ ClientFigures client_figures(const json::object& report, const rack::DrillFileSp
     }
     if (!ss || !ss->endpoint) continue;
     const int interval_ms = rack::scaled_probe_interval_ms(*ss->endpoint, spec.time_scale);
-    const int64_t detection_ms = static_cast<int64_t>(interval_ms) * ss->endpoint->unhealthy_threshold;
+    const int64_t detection_ms =
+        static_cast<int64_t>(interval_ms) * ss->endpoint->unhealthy_threshold;
     const double period_ms = 1000.0 / ss->traffic_rps;
     std::vector<double> runs;
     for (const auto& rv : arr(st, "failure_runs")) {
       const auto& r = rv.as_object();
-      runs.push_back((number(r, "to_s").value_or(0) - number(r, "from_s").value_or(0)) * 1000.0 + period_ms);
+      runs.push_back((number(r, "to_s").value_or(0) - number(r, "from_s").value_or(0)) * 1000.0 +
+                     period_ms);
     }
     auto p50 = median(runs);
     if (p50) ratios.push_back(*p50 / static_cast<double>(detection_ms));
@@ -45,8 +47,8 @@ ClientFigures client_figures(const json::object& report, const rack::DrillFileSp
   return f;
 }
 
-Result<std::vector<orchestrator::TrafficTarget>> floor_traffic_targets(const client::OrchestratorClient& api,
-                                                                      const rack::DrillFileSpec& spec) {
+Result<std::vector<orchestrator::TrafficTarget>> floor_traffic_targets(
+    const client::OrchestratorClient& api, const rack::DrillFileSpec& spec) {
   FL_ASSIGN_OR_RETURN(auto services, api.get("/v1/services"));
   std::vector<orchestrator::TrafficTarget> out;
   if (!services.is_array()) return out;
@@ -78,7 +80,8 @@ Result<ClientFigures> no_drain_figures(rack::DrillFileSpec spec, rack::LabOption
     }
   } down{lab};
   FL_RETURN_IF_ERROR(lab.populate(spec, 300s));
-  FL_ASSIGN_OR_RETURN(auto api, client::OrchestratorClient::from_url(lab.orchestrator_url(), lab.control_token()));
+  FL_ASSIGN_OR_RETURN(
+      auto api, client::OrchestratorClient::from_url(lab.orchestrator_url(), lab.control_token()));
   rack::DrillView view{&std::cerr, false};
   FL_ASSIGN_OR_RETURN(auto outcome, rack::run_drill(api, spec, &lab, view));
   if (outcome.interrupted) return make_error(Condition::cancelled, "interrupted");

@@ -9,9 +9,9 @@
 #include <vector>
 
 #include "drill_util.hpp"
+#include "fabriclab/client/api_client.hpp"
 #include "fabriclab/common/result.hpp"
 #include "fabriclab/orchestrator/traffic.hpp"
-#include "fabriclab/client/api_client.hpp"
 #include "fabriclab/rack/lab.hpp"
 #include "fabriclab/rack/spec.hpp"
 

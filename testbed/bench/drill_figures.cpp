@@ -61,7 +61,8 @@ DrillSide drill_side(BenchRun& r, const DrillBatch& B) {
       st[kStepNames[k] + "_s"] = secs_or_null(s.step_ms(kStepSpans[k].first, kStepSpans[k].second));
     }
     d.hosts[host] = std::move(st);
-    if (s.started >= 0) d.first_job = d.first_job < 0 ? s.started : std::min(d.first_job, s.started);
+    if (s.started >= 0)
+      d.first_job = d.first_job < 0 ? s.started : std::min(d.first_job, s.started);
     if (s.done >= 0) d.last_done = std::max(d.last_done, s.done);
     if (s.job_ms() > d.slow_job) {
       d.slow_job = s.job_ms();
@@ -216,35 +217,37 @@ InstanceFigures instance_figures(BenchRun& r) {
   f.dr50p = median(r_prober);
   f.dr50g = median(r_gap);
   if (r_agent.size() != arr(r.report, "instances").size()) {
-    r.notes.push_back(fmt::format("downtime ratio over {} of {} instances (the others lack a figure)",
-                                  r_agent.size(), arr(r.report, "instances").size()));
+    r.notes.push_back(
+        fmt::format("downtime ratio over {} of {} instances (the others lack a figure)",
+                    r_agent.size(), arr(r.report, "instances").size()));
   }
   return f;
 }
 
 json::object where_the_time_goes(double excess, const BatchFigures& bf, double tail_s) {
   const Share& share = bf.share;
-  return json::object{{"excess_s", round3(excess)},
-                      {"notify_s", round3(share.notify)},
-                      {"stop_s", round3(share.stop)},
-                      {"swap_s", round3(share.swap)},
-                      {"reboot_s", round3(share.reboot)},
-                      {"start_s", round3(share.start)},
-                      {"verify_s", round3(share.verify)},
-                      {"dispatch_s", round3(share.dispatch)},
-                      {"collect_s", round3(share.collect)},
-                      {"gaps_before_batches_s", round3(bf.gaps_s)},
-                      {"after_last_batch_s", round3(tail_s)},
-                      {"note",
-                       "per batch, the slowest drill host's agent steps (notify = Notifying, stop = "
-                       "StoppingGuests, swap = "
-                       "SwappingImage, reboot = Rebooting, start = StartingGuests, verify = "
-                       "Verifying to job done), plus the "
-                       "orchestrator's dispatch (batch start -> first job started) and collect "
-                       "(last job done -> batch done), "
-                       "summed over batches; gaps = drill start -> batch 1 and between batches; "
-                       "compare stop + start + verify "
-                       "with floor_s"}};
+  return json::object{
+      {"excess_s", round3(excess)},
+      {"notify_s", round3(share.notify)},
+      {"stop_s", round3(share.stop)},
+      {"swap_s", round3(share.swap)},
+      {"reboot_s", round3(share.reboot)},
+      {"start_s", round3(share.start)},
+      {"verify_s", round3(share.verify)},
+      {"dispatch_s", round3(share.dispatch)},
+      {"collect_s", round3(share.collect)},
+      {"gaps_before_batches_s", round3(bf.gaps_s)},
+      {"after_last_batch_s", round3(tail_s)},
+      {"note",
+       "per batch, the slowest drill host's agent steps (notify = Notifying, stop = "
+       "StoppingGuests, swap = "
+       "SwappingImage, reboot = Rebooting, start = StartingGuests, verify = "
+       "Verifying to job done), plus the "
+       "orchestrator's dispatch (batch start -> first job started) and collect "
+       "(last job done -> batch done), "
+       "summed over batches; gaps = drill start -> batch 1 and between batches; "
+       "compare stop + start + verify "
+       "with floor_s"}};
 }
 
 Clients clients_figures(BenchRun& r, rack::Lab& lab) {
@@ -269,10 +272,11 @@ Clients clients_figures(BenchRun& r, rack::Lab& lab) {
                        {"failed_multi_instance_target", 0},
                        {"services", clients.services}};
   if (c.no_drain) {
-    c.out["no_drain"] = json::object{{"requests", c.no_drain->requests},
-                                     {"failed_multi_instance", c.no_drain->failed_multi_instance},
-                                     {"services", c.no_drain->services},
-                                     {"outage_over_detection_p50", num_or_null(c.no_drain->outage_ratio_p50)}};
+    c.out["no_drain"] =
+        json::object{{"requests", c.no_drain->requests},
+                     {"failed_multi_instance", c.no_drain->failed_multi_instance},
+                     {"services", c.no_drain->services},
+                     {"outage_over_detection_p50", num_or_null(c.no_drain->outage_ratio_p50)}};
   }
   return c;
 }

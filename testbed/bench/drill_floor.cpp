@@ -57,7 +57,8 @@ RawHost raw_cycle_host(const Agents& agents, const std::string& host, int batch,
     g.batch = batch;
     const auto& hb = obj(o, "last_heartbeat");
     g.boot_before = str(hb, "boot_id");
-    if (auto age = number(hb, "age_ms")) g.last_hb_before_ms = polled_at - static_cast<int64_t>(*age);
+    if (auto age = number(hb, "age_ms"))
+      g.last_hb_before_ms = polled_at - static_cast<int64_t>(*age);
     h.guests.push_back(std::move(g));
   }
   if (h.guests.empty()) return h;  // nothing on this host: no time

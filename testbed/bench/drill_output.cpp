@@ -114,7 +114,8 @@ void print_text(const BenchRun& r, const Figures& f, const json::object& out) {
         "{}: machine {:.2f} of {:.0f} cores busy; lab qemu {:.2f}, agents+orchestrator {:.2f}, "
         "foreign qemu {:.2f} (max {} processes), other {:.2f}{}{}, unaccounted {:.2f}\n",
         k, number(w, "machine_busy_cores").value_or(0), CpuSampler::cores(),
-        number(w, "qemu_cores_batch_hosts").value_or(0) + number(w, "qemu_cores_other_hosts").value_or(0),
+        number(w, "qemu_cores_batch_hosts").value_or(0) +
+            number(w, "qemu_cores_other_hosts").value_or(0),
         number(w, "lab_processes_cores").value_or(0), number(w, "foreign_qemu_cores").value_or(0),
         int_or(w, "foreign_qemu_max", 0), number(w, "other_processes_cores").value_or(0),
         top.empty() ? "" : " (top:", top.empty() ? "" : top + ")",
@@ -124,19 +125,22 @@ void print_text(const BenchRun& r, const Figures& f, const json::object& out) {
   for (const auto& l : f.instances.text) std::cout << l << "\n";
   const ClientFigures& clients = f.clients.with_drain;
   if (clients.measured) {
-    std::cout << fmt::format("clients: {} requests, {} failed for multi-instance services (target 0)\n",
-                             clients.requests, clients.failed_multi_instance);
+    std::cout << fmt::format(
+        "clients: {} requests, {} failed for multi-instance services (target 0)\n",
+        clients.requests, clients.failed_multi_instance);
   }
   if (const auto& no_drain = f.clients.no_drain) {
     std::cout << fmt::format("without drain: {} requests, {} failed for multi-instance services\n",
                              no_drain->requests, no_drain->failed_multi_instance);
     for (const auto& [name, v] : no_drain->services) {
       const auto& o = v.as_object();
-      std::cout << fmt::format("  {:<10} outage_ms_p50 {} over {} failure runs; probe_detection_ms {}\n",
-                               std::string(name), fmt_opt(number(o, "outage_ms_p50"), "{:.0f}"),
-                               int_or(o, "failure_runs", 0), int_or(o, "probe_detection_ms", 0));
+      std::cout << fmt::format(
+          "  {:<10} outage_ms_p50 {} over {} failure runs; probe_detection_ms {}\n",
+          std::string(name), fmt_opt(number(o, "outage_ms_p50"), "{:.0f}"),
+          int_or(o, "failure_runs", 0), int_or(o, "probe_detection_ms", 0));
     }
-    std::cout << "outage / probe detection (p50 over services): " << fmt_opt(no_drain->outage_ratio_p50) << "\n";
+    std::cout << "outage / probe detection (p50 over services): "
+              << fmt_opt(no_drain->outage_ratio_p50) << "\n";
   }
   for (const auto& n : r.notes) std::cout << "note: " << n << "\n";
 }

@@ -13,7 +13,8 @@ namespace {
 
 // Sleeps `s` seconds; false when interrupted.
 bool settle(double s) {
-  return client::sleep_unless_interrupted(std::chrono::milliseconds(static_cast<int64_t>(s * 1000)));
+  return client::sleep_unless_interrupted(
+      std::chrono::milliseconds(static_cast<int64_t>(s * 1000)));
 }
 
 }  // namespace
@@ -51,8 +52,8 @@ Status populate_and_settle(BenchRun& r, rack::Lab& lab) {
   if (auto st = lab.populate(r.spec, r.real ? 300s : 60s); !st.ok())
     return make_error(st.error().condition, "populate: " + st.error().message);
   r.populate_ms = now_ms() - t_boot0;
-  progress(
-      fmt::format("rack populated in {:.1f} s; settling {:.0f} s", secs(r.populate_ms), r.settle_s));
+  progress(fmt::format("rack populated in {:.1f} s; settling {:.0f} s", secs(r.populate_ms),
+                       r.settle_s));
   r.settle1_ms = now_ms();
   if (!settle(r.settle_s)) return make_error(Condition::cancelled, "interrupted");
   r.settle1_end_ms = now_ms();
@@ -65,7 +66,8 @@ Status run_the_drill(BenchRun& r, const client::OrchestratorClient& api, rack::L
                        r.notice_eff_s));
   rack::DrillView view{&std::cerr, false};
   auto outcome = rack::run_drill(api, r.spec, &lab, view);
-  if (!outcome.ok()) return make_error(outcome.error().condition, "drill: " + outcome.error().message);
+  if (!outcome.ok())
+    return make_error(outcome.error().condition, "drill: " + outcome.error().message);
   if (outcome->interrupted || client::interrupted())
     return make_error(Condition::cancelled, "interrupted");
   r.report = std::move(outcome->report);
@@ -110,8 +112,9 @@ Status measure_floor(BenchRun& r, const client::OrchestratorClient& api, const r
     auto targets = floor_traffic_targets(api, r.spec);
     orchestrator::TrafficOptions to;
     to.netns = lab.agent_netns();
-    auto gen = targets.ok() ? orchestrator::TrafficGenerator::start(*targets, to)
-                            : Result<std::unique_ptr<orchestrator::TrafficGenerator>>(targets.error());
+    auto gen = targets.ok()
+                   ? orchestrator::TrafficGenerator::start(*targets, to)
+                   : Result<std::unique_ptr<orchestrator::TrafficGenerator>>(targets.error());
     if (gen.ok()) {
       floor_traffic = std::move(gen).value();
       progress(fmt::format("floor under client traffic: {} service(s)", targets->size()));

@@ -10,8 +10,8 @@
 
 #include "drill_agents.hpp"
 #include "drill_floor.hpp"
-#include "fabriclab/common/result.hpp"
 #include "fabriclab/client/api_client.hpp"
+#include "fabriclab/common/result.hpp"
 #include "fabriclab/rack/lab.hpp"
 #include "fabriclab/rack/spec.hpp"
 

@@ -21,8 +21,8 @@ using Clock = std::chrono::steady_clock;
 
 Cleanup* g_cleanup = nullptr;
 
-Child* Children::spawn(const std::string& name, const std::vector<std::string>& argv, const std::string& dir,
-                       std::string& error) {
+Child* Children::spawn(const std::string& name, const std::vector<std::string>& argv,
+                       const std::string& dir, std::string& error) {
   SpawnOptions o;
   o.name = name;
   o.stdout_path = dir + "/" + name + ".out";
@@ -86,7 +86,8 @@ void die(const std::string& what, const Child* c, bool show_log) {
     for (;;) ::pause();
   }
   std::cerr << "fabriclab-bench-scale: " << what << "\n";
-  if (c && show_log) std::cerr << "--- " << c->name << " stderr (" << c->log << "):\n" << tail_of(c->log) << "\n";
+  if (c && show_log)
+    std::cerr << "--- " << c->name << " stderr (" << c->log << "):\n" << tail_of(c->log) << "\n";
   if (g_cleanup) {
     if (c) g_cleanup->keep = true;  // leave the logs for a post-mortem
     g_cleanup->run();
@@ -126,7 +127,8 @@ double ctx_switches(pid_t pid) {
     std::ifstream in(t.path() / "status");
     std::string line;
     while (std::getline(in, line)) {
-      if (line.rfind("voluntary_ctxt_switches:", 0) == 0 || line.rfind("nonvoluntary_ctxt_switches:", 0) == 0) {
+      if (line.rfind("voluntary_ctxt_switches:", 0) == 0 ||
+          line.rfind("nonvoluntary_ctxt_switches:", 0) == 0) {
         sum += std::stod(line.substr(line.find(':') + 1));
       }
     }
@@ -157,7 +159,8 @@ double cpu_s(pid_t pid) {
   while (rest >> f) fields.push_back(f);
   // Fields after ")" start at field 3 (state); utime and stime are fields 14 and 15.
   if (fields.size() < 13) return -1;
-  return (std::stod(fields[11]) + std::stod(fields[12])) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+  return (std::stod(fields[11]) + std::stod(fields[12])) /
+         static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
 }  // namespace fabriclab::bench_scale

@@ -31,8 +31,8 @@ struct Child {
 class Children {
  public:
   // Starts `argv`. nullptr (and `error` set) when it cannot start, or once kill_all() has run.
-  Child* spawn(const std::string& name, const std::vector<std::string>& argv, const std::string& dir,
-               std::string& error);
+  Child* spawn(const std::string& name, const std::vector<std::string>& argv,
+               const std::string& dir, std::string& error);
   // Ends every child: SIGTERM, up to `grace` for all to exit, then SIGKILL; reaps them all.
   // Afterwards spawn() refuses. Safe to call twice and from the signal thread.
   void kill_all(std::chrono::milliseconds grace);

@@ -7,7 +7,6 @@
 // demo checks that from the heartbeats and that no durable counter value was lost.
 
 #include <CLI/CLI.hpp>
-
 #include <atomic>
 #include <csignal>
 #include <ctime>
@@ -42,13 +41,15 @@ struct Row {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Real-VM maintenance demo: boot an availability set, walk it one update domain at "
-               "a time through stop -> image swap -> start, and prove every guest came back"};
+  CLI::App app{
+      "Real-VM maintenance demo: boot an availability set, walk it one update domain at "
+      "a time through stop -> image swap -> start, and prove every guest came back"};
   int guests = 2;
   std::string images = testbed::default_images_dir(), from = "v1", to = "v2";
   int notice_s = 5;
   bool keep = false;
-  app.add_option("-g,--guests", guests, "Instances of the service (one per UD)")->check(CLI::Range(1, 5));
+  app.add_option("-g,--guests", guests, "Instances of the service (one per UD)")
+      ->check(CLI::Range(1, 5));
   app.add_option("--from", from, "Guest image the instances boot first");
   app.add_option("--to", to, "Guest image the walk swaps to");
   app.add_option("--notice", notice_s, "Scheduled event notice in seconds (an ack starts early)")
@@ -73,7 +74,8 @@ int main(int argc, char** argv) {
     std::cerr << conn.error().describe() << "\n";
     return 2;
   }
-  log->info("rack of one host: {} ({} guests, domain type {})", *root, guests, (*conn)->domain_type());
+  log->info("rack of one host: {} ({} guests, domain type {})", *root, guests,
+            (*conn)->domain_type());
 
   std::vector<testbed::LabGuest> set;
   std::vector<Row> rows(guests);
@@ -85,13 +87,18 @@ int main(int argc, char** argv) {
   for (int i = 0; i < guests && rc == 0; ++i) {
     auto g = testbed::LabGuest::create(**conn, "web-" + std::to_string(i), *root + "/vm", *img_from,
                                        {}, hypervisor::InstanceMetadata{"web", i, i, i, from});
-    if (!g.ok()) fail(g.error().describe());
-    else set.push_back(std::move(g).value());
+    if (!g.ok())
+      fail(g.error().describe());
+    else
+      set.push_back(std::move(g).value());
   }
   for (auto& g : set) {
     if (rc || g_interrupted) break;
     auto up = g.start_and_wait(120s);
-    if (!up.ok()) { fail(up.error().describe()); break; }
+    if (!up.ok()) {
+      fail(up.error().describe());
+      break;
+    }
     log->info("{} up on {} after {:.1f} s", g.name(), from, up->count() / 1000.0);
     const int idx = &g - set.data();
     (void)g.link()->send_line(
@@ -112,25 +119,36 @@ int main(int argc, char** argv) {
     ev.description = "Host OS update (fabriclab demo)";
     ev.duration_seconds = 30;
     const auto t_notice = Clock::now();
-    (void)g.link()->send_line(guestproto::to_line(
-        agent::ScheduledEventsDoc{static_cast<std::int64_t>(i + 1), {ev}}));
-    auto ack = g.link()->wait_for([&](const agent::GuestMessage& m) {
-      auto* a = std::get_if<agent::Ack>(&m);
-      return a && a->event_id == ev.event_id;
-    }, std::chrono::seconds(notice_s));
+    (void)g.link()->send_line(
+        guestproto::to_line(agent::ScheduledEventsDoc{static_cast<std::int64_t>(i + 1), {ev}}));
+    auto ack = g.link()->wait_for(
+        [&](const agent::GuestMessage& m) {
+          auto* a = std::get_if<agent::Ack>(&m);
+          return a && a->event_id == ev.event_id;
+        },
+        std::chrono::seconds(notice_s));
     if (ack.ok()) r.ack_s = std::chrono::duration<double>(ack->at - t_notice).count();
     const auto before = g.last_heartbeat();
     const auto last_hb_at = g.link()->last_heartbeat()->at;
     r.image_before = before->image;
     auto stop = g.stop({10s, 250ms});
-    if (!stop.ok()) { fail(stop.error().describe()); break; }
+    if (!stop.ok()) {
+      fail(stop.error().describe());
+      break;
+    }
     r.stop_method = std::string(hypervisor::to_string(stop->method));
     r.stop_s = stop->elapsed.count() / 1000.0;
     r.counter_before = g.last_heartbeat()->counter;
-    if (auto s = g.set_next_image(*img_to); !s.ok()) { fail(s.error().describe()); break; }
+    if (auto s = g.set_next_image(*img_to); !s.ok()) {
+      fail(s.error().describe());
+      break;
+    }
     (void)g.domain().set_metadata({"web", r.ud, r.ud, r.ud, to});
     auto up = g.start_and_wait(120s);
-    if (!up.ok()) { fail(up.error().describe()); break; }
+    if (!up.ok()) {
+      fail(up.error().describe());
+      break;
+    }
     auto after = g.link()->last_heartbeat();
     r.down_s = std::chrono::duration<double>(after->at - last_hb_at).count();
     r.image_after = g.last_heartbeat()->image;
@@ -142,14 +160,17 @@ int main(int argc, char** argv) {
   }
   if (g_interrupted) fail("interrupted");
 
-  std::cout << "\n" << std::left << std::setw(8) << "guest" << std::setw(4) << "UD" << std::setw(8)
+  std::cout << "\n"
+            << std::left << std::setw(8) << "guest" << std::setw(4) << "UD" << std::setw(8)
             << "ack_s" << std::setw(11) << "stop" << std::setw(8) << "stop_s" << std::setw(8)
-            << "down_s" << std::setw(12) << "image" << "counter\n";
+            << "down_s" << std::setw(12) << "image"
+            << "counter\n";
   for (const auto& r : rows) {
-    std::cout << std::setw(8) << r.name << std::setw(4) << r.ud << std::setw(8) << std::setprecision(2)
-              << std::fixed << r.ack_s << std::setw(11) << r.stop_method << std::setw(8) << r.stop_s
-              << std::setw(8) << r.down_s << std::setw(12) << (r.image_before + "->" + r.image_after)
-              << r.counter_before << "->" << r.counter_after << (r.ok ? "  ok" : "  FAILED") << "\n";
+    std::cout << std::setw(8) << r.name << std::setw(4) << r.ud << std::setw(8)
+              << std::setprecision(2) << std::fixed << r.ack_s << std::setw(11) << r.stop_method
+              << std::setw(8) << r.stop_s << std::setw(8) << r.down_s << std::setw(12)
+              << (r.image_before + "->" + r.image_after) << r.counter_before << "->"
+              << r.counter_after << (r.ok ? "  ok" : "  FAILED") << "\n";
   }
   std::cout << (rc == 0 ? "result: passed" : "result: failed") << "\n";
 

@@ -1,5 +1,7 @@
 // GuestApp (guest_app.hpp): the loop, its timers, the data disk, the channel and heartbeats.
 
+#include "guest_app.hpp"
+
 #include <poll.h>
 #include <sys/reboot.h>
 #include <unistd.h>
@@ -8,8 +10,6 @@
 #include <cerrno>
 #include <cstring>
 #include <utility>
-
-#include "guest_app.hpp"
 
 namespace fabriclab::guest {
 

@@ -24,7 +24,6 @@
 
 namespace fabriclab::guest {
 
-
 constexpr const char* kPortName = "org.fabriclab.integration.0";
 constexpr int kDiskWaitMs = 5000;
 constexpr std::int64_t kDiskRetryMs = 50;

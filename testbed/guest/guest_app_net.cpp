@@ -126,8 +126,8 @@ void GuestApp::on_imds_result(ImdsResult result, std::int64_t now) {
       DrainPolicy::Outcome outcome = DrainPolicy::Outcome::retry;
       if (result.ok && result.status == 200) {
         outcome = DrainPolicy::Outcome::accepted;
-      } else if (result.ok && result.status >= 400 && result.status < 500 &&
-                 result.status != 403 && result.status != 429) {
+      } else if (result.ok && result.status >= 400 && result.status < 500 && result.status != 403 &&
+                 result.status != 429) {
         outcome = DrainPolicy::Outcome::refused;
       }
       if (outcome != DrainPolicy::Outcome::accepted) {

@@ -67,28 +67,34 @@ Result<std::vector<GuestImage>> load_images(const std::string& dir) {
   const std::string path = dir + "/manifest.json";
   std::ifstream in(path);
   if (!in) {
-    return make_error(Condition::not_found,
-                      "no guest images at " + path + " (build them: cmake --build build --target guest-images)");
+    return make_error(
+        Condition::not_found,
+        "no guest images at " + path + " (build them: cmake --build build --target guest-images)");
   }
   std::stringstream ss;
   ss << in.rdbuf();
   boost::system::error_code ec;
   json::value v = json::parse(ss.str(), ec);
-  if (ec || !v.is_object()) return make_error(Condition::invalid_argument, path + ": not a JSON object");
+  if (ec || !v.is_object())
+    return make_error(Condition::invalid_argument, path + ": not a JSON object");
   auto* images = v.as_object().if_contains("images");
-  if (!images || !images->is_array()) return make_error(Condition::invalid_argument, path + ": images must be an array");
+  if (!images || !images->is_array())
+    return make_error(Condition::invalid_argument, path + ": images must be an array");
   std::vector<GuestImage> out;
   for (const auto& item : images->as_array()) {
-    if (!item.is_object()) return make_error(Condition::invalid_argument, path + ": images[] must be objects");
+    if (!item.is_object())
+      return make_error(Condition::invalid_argument, path + ": images[] must be objects");
     const auto& o = item.as_object();
     using json_get::str;
     GuestImage g{str(o, "version"), str(o, "kernel"), str(o, "initrd"), str(o, "sha256_kernel"),
                  str(o, "sha256_initrd")};
     if (g.version.empty() || g.kernel.empty() || g.initrd.empty()) {
-      return make_error(Condition::invalid_argument, path + ": an image lacks version, kernel or initrd");
+      return make_error(Condition::invalid_argument,
+                        path + ": an image lacks version, kernel or initrd");
     }
     for (const auto& f : {g.kernel, g.initrd}) {
-      if (!std::filesystem::exists(f)) return make_error(Condition::not_found, path + ": missing file " + f);
+      if (!std::filesystem::exists(f))
+        return make_error(Condition::not_found, path + ": missing file " + f);
     }
     out.push_back(std::move(g));
   }
@@ -100,7 +106,8 @@ Result<GuestImage> find_image(const std::string& dir, const std::string& version
   for (auto& g : images) {
     if (g.version == version) return g;
   }
-  return make_error(Condition::not_found, "guest image '" + version + "' not in " + dir + "/manifest.json");
+  return make_error(Condition::not_found,
+                    "guest image '" + version + "' not in " + dir + "/manifest.json");
 }
 
 }  // namespace fabriclab::testbed

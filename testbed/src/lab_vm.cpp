@@ -16,18 +16,22 @@ Status create_raw_disk(const std::string& path, uint64_t size_bytes) {
   struct stat st {};
   if (::stat(path.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_size) == size_bytes) return {};
   int fd = ::open(path.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
-  if (fd < 0) return make_error(Condition::transient, "cannot create disk " + path + ": " + std::strerror(errno));
+  if (fd < 0)
+    return make_error(Condition::transient,
+                      "cannot create disk " + path + ": " + std::strerror(errno));
   int rc = ::ftruncate(fd, static_cast<off_t>(size_bytes));
   int err = errno;
   ::close(fd);
-  if (rc != 0) return make_error(Condition::transient, "cannot size disk " + path + ": " + std::strerror(err));
+  if (rc != 0)
+    return make_error(Condition::transient, "cannot size disk " + path + ": " + std::strerror(err));
   return {};
 }
 
 std::string guest_cmdline(const GuestOptions& o) {
   // A command-line mode overrides the image's own (v3-broken is fail-app by image): only
   // non-default modes go on the line.
-  return "console=ttyS0 panic=-1 quiet" + (o.mode == "normal" ? std::string() : " fabriclab.mode=" + o.mode) +
+  return "console=ttyS0 panic=-1 quiet" +
+         (o.mode == "normal" ? std::string() : " fabriclab.mode=" + o.mode) +
          " fabriclab.drain_ms=" + std::to_string(o.drain_ms) +
          " fabriclab.hb_ms=" + std::to_string(o.heartbeat_ms);
 }

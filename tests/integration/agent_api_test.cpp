@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <boost/json.hpp>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -15,8 +16,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <boost/json.hpp>
 
 #include "fabriclab/agent/api.hpp"
 #include "fabriclab/agent/host_agent.hpp"
@@ -179,7 +178,8 @@ class AgentApiTest : public ::testing::Test {
   // Stages `version` through the API (201 expected).
   void stage(const std::string& version) {
     auto [path, sha] = write_host_image(version);
-    auto r = post("/v1/images/host", json::object{{"version", version}, {"path", path}, {"sha256", sha}});
+    auto r = post("/v1/images/host",
+                  json::object{{"version", version}, {"path", path}, {"sha256", sha}});
     ASSERT_EQ(r.status, 201) << r.body;
   }
 
@@ -195,8 +195,8 @@ class AgentApiTest : public ::testing::Test {
       if (str_at(job, "status") != "running") return job;
       std::this_thread::sleep_for(100ms);
     } while (Clock::now() < deadline);
-    ADD_FAILURE() << "job " << id << " still running after " << timeout.count() << " ms: "
-                  << json::serialize(job);
+    ADD_FAILURE() << "job " << id << " still running after " << timeout.count()
+                  << " ms: " << json::serialize(job);
     return job;
   }
 
@@ -237,7 +237,9 @@ TEST_F(AgentApiTest, RequestWithUnknownTokenIsRefusedWith401) {
   EXPECT_NE(e.message.find("unknown"), std::string::npos) << e.message;
   // A prefix of the real token is not the token.
   EXPECT_EQ(call("GET", "/v1/instances", {}, "ctl-toke").status, 401);
-  EXPECT_EQ(call("POST", "/v1/instances", json::serialize(instance_body("web", 0)), "read-tokenX").status, 401);
+  EXPECT_EQ(
+      call("POST", "/v1/instances", json::serialize(instance_body("web", 0)), "read-tokenX").status,
+      401);
 }
 
 TEST_F(AgentApiTest, ReadTokenCannotCreateInstances) {
@@ -251,9 +253,12 @@ TEST_F(AgentApiTest, ReadTokenCannotCreateInstances) {
 
 TEST_F(AgentApiTest, ReadTokenIsRefusedOnEveryControlRoute) {
   const std::vector<std::pair<std::string, std::string>> routes = {
-      {"POST", "/v1/instances"},           {"POST", "/v1/instances/web-0/start"},
-      {"POST", "/v1/instances/web-0/stop"}, {"DELETE", "/v1/instances/web-0"},
-      {"POST", "/v1/operations"},          {"POST", "/v1/operations/x/cancel"},
+      {"POST", "/v1/instances"},
+      {"POST", "/v1/instances/web-0/start"},
+      {"POST", "/v1/instances/web-0/stop"},
+      {"DELETE", "/v1/instances/web-0"},
+      {"POST", "/v1/operations"},
+      {"POST", "/v1/operations/x/cancel"},
       {"POST", "/v1/images/host"}};
   for (const auto& [method, target] : routes) {
     auto r = call(method, target, "{}", kRead);
@@ -268,7 +273,8 @@ TEST_F(AgentApiTest, ReadTokenCanReadHostAndEveryGetRoute) {
   EXPECT_EQ(str_at(host, "host_id"), "host-0");
   EXPECT_EQ(str_at(host, "state"), "Ready");
   EXPECT_EQ(host.at("simulated"), json::value(true));
-  for (const char* target : {"/v1/instances", "/v1/operations", "/v1/images/host", "/v1/images/guest"}) {
+  for (const char* target :
+       {"/v1/instances", "/v1/operations", "/v1/images/host", "/v1/images/guest"}) {
     auto g = call("GET", target, {}, kRead);
     EXPECT_EQ(g.status, 200) << target << ": " << g.body;
     EXPECT_TRUE(parse(g.body).is_array()) << target << ": " << g.body;
@@ -276,8 +282,8 @@ TEST_F(AgentApiTest, ReadTokenCanReadHostAndEveryGetRoute) {
 }
 
 TEST_F(AgentApiTest, ControlTokenIsAcceptedEverywhere) {
-  for (const char* target :
-       {"/healthz", "/v1/host", "/v1/instances", "/v1/operations", "/v1/images/host", "/v1/images/guest"}) {
+  for (const char* target : {"/healthz", "/v1/host", "/v1/instances", "/v1/operations",
+                             "/v1/images/host", "/v1/images/guest"}) {
     auto g = call("GET", target, {}, kControl);
     EXPECT_EQ(g.status, 200) << target << ": " << g.body;
   }
@@ -289,8 +295,12 @@ TEST_F(AgentApiTest, ControlTokenIsAcceptedEverywhere) {
   EXPECT_EQ(call("POST", "/v1/instances/web-0/start").status, 200);
   EXPECT_EQ(call("DELETE", "/v1/instances/web-0").status, 200);
   auto [path, sha] = write_host_image("h1");
-  EXPECT_EQ(post("/v1/images/host", json::object{{"version", "h1"}, {"path", path}, {"sha256", sha}}).status, 201);
-  auto op = post("/v1/operations", json::object{{"kind", "host-os"}, {"target", "h1"}, {"notice_ms", 0}});
+  EXPECT_EQ(
+      post("/v1/images/host", json::object{{"version", "h1"}, {"path", path}, {"sha256", sha}})
+          .status,
+      201);
+  auto op =
+      post("/v1/operations", json::object{{"kind", "host-os"}, {"target", "h1"}, {"notice_ms", 0}});
   ASSERT_EQ(op.status, 202) << op.body;
   std::string id = str_at(parse(op.body), "id");
   // Cancel is allowed for the control token: 202 while it runs, 409 once it is done; never 401/403.
@@ -303,7 +313,8 @@ TEST_F(AgentApiTest, HealthzIsOpen) {
   auto r = call("GET", "/healthz", {}, "");
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(parse(r.body), (json::value{{"ok", true}}));
-  EXPECT_EQ(call("GET", "/healthz", {}, "garbage").status, 200) << "an open route ignores a bad token";
+  EXPECT_EQ(call("GET", "/healthz", {}, "garbage").status, 200)
+      << "an open route ignores a bad token";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -320,34 +331,84 @@ struct BadCase {
 
 TEST_F(AgentApiTest, BadRequestsGet4xxWithAJsonErrorNamingTheField) {
   const std::vector<BadCase> cases = {
-      {"instance without service", "/v1/instances",
-       R"({"index":0,"ud":0,"fd":0,"image":"v1"})", 400, "invalid_argument", {"'service'", "required"}},
-      {"ud out of range", "/v1/instances",
-       R"({"service":"web","index":0,"ud":25,"fd":0,"image":"v1"})", 400, "invalid_argument", {"'ud'", "0..19"}},
-      {"memory_mib not a number", "/v1/instances",
-       R"({"service":"web","index":0,"ud":0,"fd":0,"image":"v1","memory_mib":"x"})", 400, "invalid_argument",
+      {"instance without service",
+       "/v1/instances",
+       R"({"index":0,"ud":0,"fd":0,"image":"v1"})",
+       400,
+       "invalid_argument",
+       {"'service'", "required"}},
+      {"ud out of range",
+       "/v1/instances",
+       R"({"service":"web","index":0,"ud":25,"fd":0,"image":"v1"})",
+       400,
+       "invalid_argument",
+       {"'ud'", "0..19"}},
+      {"memory_mib not a number",
+       "/v1/instances",
+       R"({"service":"web","index":0,"ud":0,"fd":0,"image":"v1","memory_mib":"x"})",
+       400,
+       "invalid_argument",
        {"'memory_mib'"}},
-      {"unknown field", "/v1/instances",
-       R"({"service":"web","index":0,"ud":0,"fd":0,"image":"v1","colour":"red"})", 400, "invalid_argument",
+      {"unknown field",
+       "/v1/instances",
+       R"({"service":"web","index":0,"ud":0,"fd":0,"image":"v1","colour":"red"})",
+       400,
+       "invalid_argument",
        {"unknown field", "'colour'"}},
-      {"non-JSON body", "/v1/instances", "service=web&index=0", 400, "invalid_argument", {"not JSON"}},
-      {"JSON array body", "/v1/instances", R"([{"service":"web"}])", 400, "invalid_argument",
+      {"non-JSON body",
+       "/v1/instances",
+       "service=web&index=0",
+       400,
+       "invalid_argument",
+       {"not JSON"}},
+      {"JSON array body",
+       "/v1/instances",
+       R"([{"service":"web"}])",
+       400,
+       "invalid_argument",
        {"JSON object"}},
-      {"operation with unknown kind", "/v1/operations", R"({"kind":"bogus","target":"h1"})", 400,
-       "invalid_argument", {"'kind'", "bogus"}},
-      {"host-os without target", "/v1/operations", R"({"kind":"host-os"})", 400, "invalid_argument",
+      {"operation with unknown kind",
+       "/v1/operations",
+       R"({"kind":"bogus","target":"h1"})",
+       400,
+       "invalid_argument",
+       {"'kind'", "bogus"}},
+      {"host-os without target",
+       "/v1/operations",
+       R"({"kind":"host-os"})",
+       400,
+       "invalid_argument",
        {"'target'", "required"}},
-      {"memory_preserving on guest-os", "/v1/operations",
-       R"({"kind":"guest-os","target":"v2","memory_preserving":true})", 400, "invalid_argument",
+      {"memory_preserving on guest-os",
+       "/v1/operations",
+       R"({"kind":"guest-os","target":"v2","memory_preserving":true})",
+       400,
+       "invalid_argument",
        {"memory_preserving", "host-os"}},
-      {"unknown guest image", "/v1/instances",
-       R"({"service":"web","index":0,"ud":0,"fd":0,"image":"v9"})", 404, "not_found", {"v9"}},
-      {"unknown host image target", "/v1/operations", R"({"kind":"host-os","target":"h-nope"})", 404,
-       "not_found", {"h-nope"}},
-      {"unknown guest image target", "/v1/operations", R"({"kind":"guest-os","target":"v9"})", 404,
-       "not_found", {"v9"}},
-      {"host image with a bad version name", "/v1/images/host",
-       R"({"version":"../x","path":"/etc/hostname","sha256":"00"})", 400, "invalid_argument", {}},
+      {"unknown guest image",
+       "/v1/instances",
+       R"({"service":"web","index":0,"ud":0,"fd":0,"image":"v9"})",
+       404,
+       "not_found",
+       {"v9"}},
+      {"unknown host image target",
+       "/v1/operations",
+       R"({"kind":"host-os","target":"h-nope"})",
+       404,
+       "not_found",
+       {"h-nope"}},
+      {"unknown guest image target",
+       "/v1/operations",
+       R"({"kind":"guest-os","target":"v9"})",
+       404,
+       "not_found",
+       {"v9"}},
+      {"host image with a bad version name",
+       "/v1/images/host",
+       R"({"version":"../x","path":"/etc/hostname","sha256":"00"})",
+       400,
+       "invalid_argument",
+       {}},
       {"empty body", "/v1/operations", "", 400, "invalid_argument", {"body is required"}},
   };
   for (const auto& c : cases) {
@@ -356,7 +417,8 @@ TEST_F(AgentApiTest, BadRequestsGet4xxWithAJsonErrorNamingTheField) {
     EXPECT_EQ(r.status, c.status) << r.body;
     auto e = error_of(r);
     EXPECT_EQ(e.code, c.code) << r.body;
-    for (const auto& s : c.message_has) EXPECT_NE(e.message.find(s), std::string::npos) << "'" << s << "' not in: " << e.message;
+    for (const auto& s : c.message_has)
+      EXPECT_NE(e.message.find(s), std::string::npos) << "'" << s << "' not in: " << e.message;
   }
   // Nothing of the above created anything or started anything.
   EXPECT_EQ(parse(call("GET", "/v1/instances").body), json::array{});
@@ -376,7 +438,8 @@ TEST_F(AgentApiTest, UnknownInstanceIs404OnGetStartStopAndDelete) {
     EXPECT_EQ(r.status, 404) << method << " " << target << ": " << r.body;
     auto e = error_of(r);
     EXPECT_EQ(e.code, "not_found") << method << " " << target;
-    EXPECT_TRUE(e.message.find("ghost") != std::string::npos || e.message.find("job-99") != std::string::npos)
+    EXPECT_TRUE(e.message.find("ghost") != std::string::npos ||
+                e.message.find("job-99") != std::string::npos)
         << e.message;
   }
   EXPECT_EQ(call("GET", "/v1/nothing-here").status, 404);
@@ -521,7 +584,8 @@ TEST_F(AgentApiSmallHostTest, CreatingBeyondCapacityIs409AndDeleteFreesTheSlot) 
 
 TEST_F(AgentApiTest, StagedHostImageIsListed) {
   auto [path, sha] = write_host_image("h1");
-  auto r = post("/v1/images/host", json::object{{"version", "h1"}, {"path", path}, {"sha256", sha}});
+  auto r =
+      post("/v1/images/host", json::object{{"version", "h1"}, {"path", path}, {"sha256", sha}});
   ASSERT_EQ(r.status, 201) << r.body;
   json::value img = parse(r.body);
   EXPECT_EQ(str_at(img, "version"), "h1");
@@ -537,15 +601,18 @@ TEST_F(AgentApiTest, StagedHostImageIsListed) {
   EXPECT_EQ(arr.as_array()[0].at("current"), json::value(false)) << "staged, not activated";
 
   // Restaging the same bytes is idempotent; the same version with other bytes is a conflict.
-  auto again = post("/v1/images/host", json::object{{"version", "h1"}, {"path", path}, {"sha256", sha}});
+  auto again =
+      post("/v1/images/host", json::object{{"version", "h1"}, {"path", path}, {"sha256", sha}});
   EXPECT_EQ(again.status, 201) << again.body;
   auto [other_path, other_sha] = write_host_image("h1-other");
-  auto clash = post("/v1/images/host", json::object{{"version", "h1"}, {"path", other_path}, {"sha256", other_sha}});
+  auto clash = post("/v1/images/host",
+                    json::object{{"version", "h1"}, {"path", other_path}, {"sha256", other_sha}});
   EXPECT_EQ(clash.status, 409) << clash.body;
   EXPECT_EQ(error_of(clash).code, "already_exists");
   // A missing source file is 404 naming it.
-  auto missing = post("/v1/images/host",
-                      json::object{{"version", "h9"}, {"path", dir_ + "/nope.img"}, {"sha256", sha}});
+  auto missing =
+      post("/v1/images/host",
+           json::object{{"version", "h9"}, {"path", dir_ + "/nope.img"}, {"sha256", sha}});
   EXPECT_EQ(missing.status, 404) << missing.body;
   EXPECT_NE(error_of(missing).message.find("nope.img"), std::string::npos) << missing.body;
   auto after = parse(call("GET", "/v1/images/host").body);
@@ -558,12 +625,14 @@ TEST_F(AgentApiTest, HostImageWithWrongSha256IsRefusedAndNotListed) {
   auto [path, sha] = write_host_image("h2");
   std::string wrong = sha;
   wrong[0] = wrong[0] == '0' ? '1' : '0';
-  auto r = post("/v1/images/host", json::object{{"version", "h2"}, {"path", path}, {"sha256", wrong}});
+  auto r =
+      post("/v1/images/host", json::object{{"version", "h2"}, {"path", path}, {"sha256", wrong}});
   EXPECT_EQ(r.status, 400) << r.body;
   auto e = error_of(r);
   EXPECT_EQ(e.code, "invalid_argument");
   EXPECT_NE(e.message.find("mismatch"), std::string::npos) << e.message;
-  EXPECT_NE(e.message.find(wrong), std::string::npos) << "names the expected checksum: " << e.message;
+  EXPECT_NE(e.message.find(wrong), std::string::npos)
+      << "names the expected checksum: " << e.message;
   EXPECT_NE(e.message.find(sha), std::string::npos) << "names the actual checksum: " << e.message;
   EXPECT_EQ(parse(call("GET", "/v1/images/host").body), json::array{});
   // And an operation to it is refused as unknown.
@@ -588,7 +657,8 @@ TEST_F(AgentApiTest, HostOsOperationRunsToSucceededAndSwapsTheHostImage) {
   create_healthy("web", 0);
   create_healthy("web", 1);
   stage("h1");
-  auto r = post("/v1/operations", json::object{{"kind", "host-os"}, {"target", "h1"}, {"notice_ms", 200}});
+  auto r = post("/v1/operations",
+                json::object{{"kind", "host-os"}, {"target", "h1"}, {"notice_ms", 200}});
   ASSERT_EQ(r.status, 202) << r.body;
   json::value accepted = parse(r.body);
   const std::string id = str_at(accepted, "id");
@@ -605,10 +675,14 @@ TEST_F(AgentApiTest, HostOsOperationRunsToSucceededAndSwapsTheHostImage) {
   for (const auto& g : guests) {
     SCOPED_TRACE(str_at(g, "name"));
     EXPECT_EQ(g.at("ok"), json::value(true)) << json::serialize(g);
-    ASSERT_TRUE(g.at("counter_before").is_int64() && g.at("counter_after").is_int64()) << json::serialize(g);
-    EXPECT_GE(g.at("counter_after").as_int64(), g.at("counter_before").as_int64()) << json::serialize(g);
-    EXPECT_GT(g.at("counter_before").as_int64(), 0) << "the guest had heartbeated before: " << json::serialize(g);
-    EXPECT_NE(str_at(g, "boot_id_after"), str_at(g, "boot_id_before")) << "a host-os update reboots the guest";
+    ASSERT_TRUE(g.at("counter_before").is_int64() && g.at("counter_after").is_int64())
+        << json::serialize(g);
+    EXPECT_GE(g.at("counter_after").as_int64(), g.at("counter_before").as_int64())
+        << json::serialize(g);
+    EXPECT_GT(g.at("counter_before").as_int64(), 0)
+        << "the guest had heartbeated before: " << json::serialize(g);
+    EXPECT_NE(str_at(g, "boot_id_after"), str_at(g, "boot_id_before"))
+        << "a host-os update reboots the guest";
   }
 
   auto host = parse(call("GET", "/v1/host", {}, kRead).body);
@@ -630,7 +704,8 @@ TEST_F(AgentApiTest, HostOsOperationRunsToSucceededAndSwapsTheHostImage) {
 TEST_F(AgentApiSlowHostTest, WhileUpdatingNewInstancesAndOperationsAreRefusedWith409) {
   create_healthy("web", 0);
   stage("h1");
-  auto r = post("/v1/operations", json::object{{"kind", "host-os"}, {"target", "h1"}, {"notice_ms", 3000}});
+  auto r = post("/v1/operations",
+                json::object{{"kind", "host-os"}, {"target", "h1"}, {"notice_ms", 3000}});
   ASSERT_EQ(r.status, 202) << r.body;
   const std::string id = str_at(parse(r.body), "id");
 
@@ -645,7 +720,8 @@ TEST_F(AgentApiSlowHostTest, WhileUpdatingNewInstancesAndOperationsAreRefusedWit
   EXPECT_NE(ce.message.find("Updating"), std::string::npos) << ce.message;
   EXPECT_NE(ce.message.find("no new instances"), std::string::npos) << ce.message;
 
-  auto second = post("/v1/operations", json::object{{"kind", "host-os"}, {"target", "h1"}, {"notice_ms", 0}});
+  auto second =
+      post("/v1/operations", json::object{{"kind", "host-os"}, {"target", "h1"}, {"notice_ms", 0}});
   EXPECT_EQ(second.status, 409) << second.body;
   auto se = error_of(second);
   EXPECT_EQ(se.code, "invalid_state");
@@ -655,10 +731,10 @@ TEST_F(AgentApiSlowHostTest, WhileUpdatingNewInstancesAndOperationsAreRefusedWit
   EXPECT_EQ(freeze.status, 409) << freeze.body;
 
   // The instances it is updating are not the fabric's to move meanwhile.
-  for (const auto& [method, target] : std::vector<std::pair<std::string, std::string>>{
-           {"POST", "/v1/instances/web-0/stop"},
-           {"POST", "/v1/instances/web-0/start"},
-           {"DELETE", "/v1/instances/web-0"}}) {
+  for (const auto& [method, target] :
+       std::vector<std::pair<std::string, std::string>>{{"POST", "/v1/instances/web-0/stop"},
+                                                        {"POST", "/v1/instances/web-0/start"},
+                                                        {"DELETE", "/v1/instances/web-0"}}) {
     auto m = call(method, target);
     EXPECT_EQ(m.status, 409) << method << " " << target << ": " << m.body;
     EXPECT_NE(error_of(m).message.find("Updating"), std::string::npos) << m.body;
@@ -670,7 +746,8 @@ TEST_F(AgentApiSlowHostTest, WhileUpdatingNewInstancesAndOperationsAreRefusedWit
 
   json::object job = wait_job(id, 20s);
   EXPECT_EQ(str_at(job, "status"), "succeeded") << json::serialize(job);
-  EXPECT_EQ(call("GET", "/v1/instances/web-7").status, 404) << "the refused create left nothing behind";
+  EXPECT_EQ(call("GET", "/v1/instances/web-7").status, 404)
+      << "the refused create left nothing behind";
   // Ready again: creating works.
   EXPECT_EQ(str_at(parse(call("GET", "/v1/host").body), "state"), "Ready");
   EXPECT_EQ(post("/v1/instances", instance_body("web", 7)).status, 201);
@@ -680,7 +757,8 @@ TEST_F(AgentApiSlowHostTest, WhileUpdatingNewInstancesAndOperationsAreRefusedWit
 // The event stream
 
 // Reads messages until `stop` says so or `timeout` passes; every message must be JSON.
-std::vector<json::object> read_until(http::WsClient& ws, const std::function<bool(const json::object&)>& stop,
+std::vector<json::object> read_until(http::WsClient& ws,
+                                     const std::function<bool(const json::object&)>& stop,
                                      std::chrono::milliseconds timeout) {
   std::vector<json::object> out;
   const auto deadline = Clock::now() + timeout;
@@ -700,7 +778,9 @@ std::vector<json::object> read_until(http::WsClient& ws, const std::function<boo
   return out;
 }
 
-int64_t seq_of(const json::object& e) { return e.contains("seq") && e.at("seq").is_int64() ? e.at("seq").as_int64() : -1; }
+int64_t seq_of(const json::object& e) {
+  return e.contains("seq") && e.at("seq").is_int64() ? e.at("seq").as_int64() : -1;
+}
 std::string type_of(const json::object& e) { return str_at(e, "type"); }
 
 TEST_F(AgentApiTest, EventStreamSnapshotThenHostStateDeltasAndResume) {
@@ -717,15 +797,19 @@ TEST_F(AgentApiTest, EventStreamSnapshotThenHostStateDeltasAndResume) {
   EXPECT_EQ(str_at(snap.at("state").at("host"), "state"), "Ready") << *first;
   EXPECT_EQ(str_at(snap.at("state").at("host"), "host_id"), "host-0") << *first;
 
-  auto r = post("/v1/operations", json::object{{"kind", "host-os"}, {"target", "h1"}, {"notice_ms", 200}});
+  auto r = post("/v1/operations",
+                json::object{{"kind", "host-os"}, {"target", "h1"}, {"notice_ms", 200}});
   ASSERT_EQ(r.status, 202) << r.body;
   const std::string id = str_at(parse(r.body), "id");
 
   bool done_seen = false;
-  auto events = read_until(**ws, [&](const json::object& e) {
-    if (type_of(e) == "job.done") done_seen = true;
-    return done_seen && type_of(e) == "host.state" && str_at(e, "state") == "Ready";
-  }, 20s);
+  auto events = read_until(
+      **ws,
+      [&](const json::object& e) {
+        if (type_of(e) == "job.done") done_seen = true;
+        return done_seen && type_of(e) == "host.state" && str_at(e, "state") == "Ready";
+      },
+      20s);
   ASSERT_FALSE(events.empty());
 
   // Strictly increasing, and since the client got every event after its snapshot: consecutive.
@@ -748,16 +832,19 @@ TEST_F(AgentApiTest, EventStreamSnapshotThenHostStateDeltasAndResume) {
   EXPECT_LT(updating, ready);
   EXPECT_EQ(str_at(events[updating], "job"), id);
   bool activated = false;
-  for (const auto& e : events) activated = activated || (type_of(e) == "image.activated" && str_at(e, "version") == "h1");
+  for (const auto& e : events)
+    activated = activated || (type_of(e) == "image.activated" && str_at(e, "version") == "h1");
   EXPECT_TRUE(activated) << "no image.activated event for h1";
   // No instances: the feed is quiet after the final host.state.
   EXPECT_EQ(static_cast<int64_t>(feed_->last_seq()), seq_of(events.back()));
 
   // A second client resuming after the Updating event gets exactly what followed it.
   const int64_t since = seq_of(events[updating]);
-  auto ws2 = http::WsClient::connect(kHost, port_, "/v1/events?since=" + std::to_string(since), kRead, 5s);
+  auto ws2 =
+      http::WsClient::connect(kHost, port_, "/v1/events?since=" + std::to_string(since), kRead, 5s);
   ASSERT_OK(ws2);
-  std::vector<json::object> expected(events.begin() + static_cast<std::ptrdiff_t>(updating) + 1, events.end());
+  std::vector<json::object> expected(events.begin() + static_cast<std::ptrdiff_t>(updating) + 1,
+                                     events.end());
   ASSERT_FALSE(expected.empty());
   std::vector<json::object> resumed;
   for (size_t i = 0; i < expected.size(); ++i) {
@@ -775,7 +862,8 @@ TEST_F(AgentApiTest, EventStreamSnapshotThenHostStateDeltasAndResume) {
 
   // A live event reaches both: stage another image.
   stage("h2");
-  auto live1 = read_until(**ws, [](const json::object& e) { return type_of(e) == "image.staged"; }, 5s);
+  auto live1 = read_until(
+      **ws, [](const json::object& e) { return type_of(e) == "image.staged"; }, 5s);
   ASSERT_FALSE(live1.empty());
   EXPECT_EQ(seq_of(live1.back()), seq_of(events.back()) + 1);
   EXPECT_EQ(str_at(live1.back(), "version"), "h2");
@@ -785,7 +873,8 @@ TEST_F(AgentApiTest, EventStreamResumeFromTheFutureGetsAResyncSnapshot) {
   stage("h1");  // one event, so the feed is not empty
   const uint64_t last = feed_->last_seq();
   ASSERT_GT(last, 0u);
-  auto ws = http::WsClient::connect(kHost, port_, "/v1/events?since=" + std::to_string(last + 1000), kRead, 5s);
+  auto ws = http::WsClient::connect(kHost, port_, "/v1/events?since=" + std::to_string(last + 1000),
+                                    kRead, 5s);
   ASSERT_OK(ws);
   auto first = (*ws)->read(5s);
   ASSERT_OK(first);
@@ -795,7 +884,8 @@ TEST_F(AgentApiTest, EventStreamResumeFromTheFutureGetsAResyncSnapshot) {
   EXPECT_EQ(v.at("resync"), json::value(true)) << *first;
   EXPECT_EQ(seq_of(v.as_object()), static_cast<int64_t>(last));
   // Resuming at the newest seq gives no backlog, then the live events.
-  auto at_last = http::WsClient::connect(kHost, port_, "/v1/events?since=" + std::to_string(last), kRead, 5s);
+  auto at_last =
+      http::WsClient::connect(kHost, port_, "/v1/events?since=" + std::to_string(last), kRead, 5s);
   ASSERT_OK(at_last);
   stage("h2");
   auto next = (*at_last)->read(5s);

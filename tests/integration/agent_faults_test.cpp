@@ -27,7 +27,8 @@ class AgentFaults : public AgentFixture {
   std::string stop_method_of_last_stop(const std::string& name) {
     std::string m;
     for (auto& e : events_of_type("instance.state")) {
-      if (e["name"].as_string() == name && e.contains("stop_method")) m = std::string(e["stop_method"].as_string());
+      if (e["name"].as_string() == name && e.contains("stop_method"))
+        m = std::string(e["stop_method"].as_string());
     }
     return m;
   }
@@ -47,17 +48,21 @@ TEST_F(AgentFaults, BadBodiesAreRefusedNamingTheField) {
   open(true);
   create_healthy("web", 0);
   for (auto [body, why] : std::vector<std::pair<json::object, std::string>>{
-           {{{"kind", "unplug"}, {"instance", "web-0"}}, "field 'kind' must be guest-crash, guest-hang or slow-boot"},
+           {{{"kind", "unplug"}, {"instance", "web-0"}},
+            "field 'kind' must be guest-crash, guest-hang or slow-boot"},
            {{{"kind", "guest-hang"}}, "field 'instance' is required"},
            {{{"kind", "guest-hang"}, {"instance", "web-0"}, {"when", 1}}, "unknown field 'when'"},
-           {{{"kind", "slow-boot"}, {"instance", "web-0"}}, "field 'delay_ms' is required for slow-boot"},
+           {{{"kind", "slow-boot"}, {"instance", "web-0"}},
+            "field 'delay_ms' is required for slow-boot"},
            {{{"kind", "slow-boot"}, {"instance", "web-0"}, {"delay_ms", 0}}, "delay_ms"},
            {{{"kind", "slow-boot"}, {"instance", "web-0"}, {"delay_ms", 600001}}, "delay_ms"},
-           {{{"kind", "guest-crash"}, {"instance", "web-0"}, {"delay_ms", 5}}, "field 'delay_ms' applies to slow-boot only"},
+           {{{"kind", "guest-crash"}, {"instance", "web-0"}, {"delay_ms", 5}},
+            "field 'delay_ms' applies to slow-boot only"},
        }) {
     auto r = inject(body);
     ASSERT_FALSE(r.ok()) << json::serialize(body);
-    EXPECT_NE(r.error().message.find(why), std::string::npos) << json::serialize(body) << " -> " << r.error().message;
+    EXPECT_NE(r.error().message.find(why), std::string::npos)
+        << json::serialize(body) << " -> " << r.error().message;
   }
   auto r = inject({{"kind", "guest-hang"}, {"instance", "web-9"}});
   ASSERT_FALSE(r.ok());
@@ -88,9 +93,12 @@ TEST_F(AgentFaults, ACrashedGuestIsSeenFailedAndStartedAgainByTheMonitor) {
   wait_status("web-0", "Healthy", 30s);
   uint64_t restarted_seq = 0, healthy_seq = 0, failed_seq = 0;
   for (auto& e : feed_->since(0)) {
-    if (e["type"].as_string() == "instance.restarted") restarted_seq = e["seq"].to_number<uint64_t>();
-    if (e["type"].as_string() == "instance.state" && e["status"].as_string() == "Failed") failed_seq = e["seq"].to_number<uint64_t>();
-    if (e["type"].as_string() == "instance.state" && e["status"].as_string() == "Healthy" && failed_seq) {
+    if (e["type"].as_string() == "instance.restarted")
+      restarted_seq = e["seq"].to_number<uint64_t>();
+    if (e["type"].as_string() == "instance.state" && e["status"].as_string() == "Failed")
+      failed_seq = e["seq"].to_number<uint64_t>();
+    if (e["type"].as_string() == "instance.state" && e["status"].as_string() == "Healthy" &&
+        failed_seq) {
       if (!healthy_seq) healthy_seq = e["seq"].to_number<uint64_t>();
     }
   }

@@ -47,8 +47,8 @@ TEST_F(AgentOnTestDriver, HostOsUpdateSwapsTheHostImageAndBringsEveryGuestBack) 
   // The feed told the story in order: Updating with each step, then Ready.
   std::vector<std::string> steps;
   for (auto& e : events_of_type("host.state")) steps.emplace_back(e["step"].as_string());
-  std::vector<std::string> want = {"Notifying", "StoppingGuests", "SwappingImage", "Rebooting",
-                                   "StartingGuests", "Verifying", "None"};
+  std::vector<std::string> want = {"Notifying",      "StoppingGuests", "SwappingImage", "Rebooting",
+                                   "StartingGuests", "Verifying",      "None"};
   std::vector<std::string> got;
   for (auto& s : steps) {
     if (got.empty() || got.back() != s) got.push_back(s);
@@ -75,9 +75,7 @@ TEST_F(AgentOnTestDriver, ACorruptHostImageIsRefusedBeforeAnyGuestIsTouched) {
   auto before = agent_->instance_json("web-0");
   ASSERT_OK(before);
   // Corrupt the staged copy in the store.
-  {
-    std::ofstream(dir_ + "/st/host-images/versions/host-2/image", std::ios::app) << "tampered";
-  }
+  { std::ofstream(dir_ + "/st/host-images/versions/host-2/image", std::ios::app) << "tampered"; }
   auto job = agent_->start_operation({OperationKind::host_os, "host-2", false, 0});
   ASSERT_FALSE(job.ok());
   EXPECT_NE(job.error().message.find("host-2"), std::string::npos) << job.error().message;
@@ -148,7 +146,8 @@ TEST_F(AgentOnTestDriver, MemoryPreservingUpdateAndFreezeKeepTheGuestsBoot) {
 
 TEST_F(AgentOnTestDriver, ARestartedAgentRestoresItsInstancesAndState) {
   stage_host_image("host-2");
-  ASSERT_EQ(run_job({OperationKind::host_os, "host-2", false, 0}, 20s)["status"].as_string(), "succeeded");
+  ASSERT_EQ(run_job({OperationKind::host_os, "host-2", false, 0}, 20s)["status"].as_string(),
+            "succeeded");
   ASSERT_OK(agent_->stop_instance("web-1"));
   agent_.reset();  // the test driver forgets every domain with its connection
   open_agent(false);
@@ -185,7 +184,8 @@ TEST_F(AgentOnTestDriver, AnAgentKilledWhileStoppingGuestsRollsBackAndRestartsTh
   EXPECT_NE(std::string(job->at("error").as_string()).find("rolled back"), std::string::npos);
   wait_status("web-0", "Healthy", 5s);
   wait_status("web-1", "Healthy", 5s);
-  EXPECT_EQ(agent_->host_json()["state"].as_string(), "Ready") << json::serialize(agent_->instances_json());
+  EXPECT_EQ(agent_->host_json()["state"].as_string(), "Ready")
+      << json::serialize(agent_->instances_json());
 }
 
 TEST(AgentState, SaveAndLoadRoundTripAndBadFilesNameTheField) {
@@ -230,7 +230,9 @@ TEST(AgentState, DataCheckProbeAndOverlayPersistAndBadOnesNameTheField) {
   EXPECT_EQ(b.os_gen, 3);
   std::filesystem::remove_all(*dir);
 
-  auto spec = [](const char* text) { return agent::instance_spec_from_json(json::parse(text).as_object()); };
+  auto spec = [](const char* text) {
+    return agent::instance_spec_from_json(json::parse(text).as_object());
+  };
   auto ok = spec(R"({"service":"web","index":0,"ud":0,"fd":0,"image":"v1",
                     "data_check":{"command":["/bin/cat","/data/counter"]},"probe":{"port":80}})");
   ASSERT_OK(ok);
@@ -238,14 +240,18 @@ TEST(AgentState, DataCheckProbeAndOverlayPersistAndBadOnesNameTheField) {
   EXPECT_EQ(ok->probe.path, "/health");
   const std::pair<const char*, const char*> bad[] = {
       {R"("data_check":{"command":[]})", "data_check.command must be a list of 1..16"},
-      {R"("data_check":{"command":["cat","/data/counter"]})", "data_check.command[0] must be an absolute path"},
-      {R"("data_check":{"command":["/bin/cat"],"rule":"greater"})", "data_check.rule must be equal or not_less"},
+      {R"("data_check":{"command":["cat","/data/counter"]})",
+       "data_check.command[0] must be an absolute path"},
+      {R"("data_check":{"command":["/bin/cat"],"rule":"greater"})",
+       "data_check.rule must be equal or not_less"},
       {R"("data_check":{"command":["/bin/cat"],"when":"now"})", "unknown field 'when'"},
       {R"("probe":{"port":0})", "probe.port must be an integer in 1..65535"},
       {R"("probe":{"port":80,"path":"health"})", "probe.path must be a path starting with '/'"},
   };
   for (const auto& [field, message] : bad) {
-    auto r2 = spec((std::string(R"({"service":"web","index":0,"ud":0,"fd":0,"image":"v1",)") + field + "}").c_str());
+    auto r2 = spec(
+        (std::string(R"({"service":"web","index":0,"ud":0,"fd":0,"image":"v1",)") + field + "}")
+            .c_str());
     ASSERT_FALSE(r2.ok()) << field;
     EXPECT_NE(r2.error().message.find(message), std::string::npos) << r2.error().message;
   }
@@ -260,10 +266,12 @@ TEST_F(AgentDisks, AnInstanceThatWouldEatTheDiskReserveIsRefusedBeforeAnythingIs
   auto r = agent_->create_instance(spec("web", 0));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.condition(), Condition::invalid_state);
-  EXPECT_NE(r.error().message.find("not enough disk space"), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message.find("not enough disk space"), std::string::npos)
+      << r.error().message;
   EXPECT_NE(r.error().message.find("--disk-reserve-mib"), std::string::npos) << r.error().message;
   EXPECT_TRUE(agent_->instances_json().empty());
-  EXPECT_TRUE(std::filesystem::is_empty(dir_ + "/st/vm")) << "no data disk, overlay or kernel copy left behind";
+  EXPECT_TRUE(std::filesystem::is_empty(dir_ + "/st/vm"))
+      << "no data disk, overlay or kernel copy left behind";
 }
 
 TEST_F(AgentDisks, EveryInstanceBootsFromItsOwnKernelAndInitrdCopy) {
@@ -277,7 +285,8 @@ TEST_F(AgentDisks, EveryInstanceBootsFromItsOwnKernelAndInitrdCopy) {
     auto xml = agent_->domain_xml(name);
     ASSERT_OK(xml);
     EXPECT_NE(xml->find("<kernel>" + boot + "/vmlinuz</kernel>"), std::string::npos) << *xml;
-    EXPECT_NE(xml->find("org.qemu.guest_agent.0"), std::string::npos) << "every guest gets the guest agent channel";
+    EXPECT_NE(xml->find("org.qemu.guest_agent.0"), std::string::npos)
+        << "every guest gets the guest agent channel";
   }
   ASSERT_OK(agent_->delete_instance("web-0"));
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/st/vm/web-0.d"));

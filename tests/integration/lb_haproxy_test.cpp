@@ -121,7 +121,8 @@ class Backend {
     std::string req;
     char buf[2048];
     auto deadline = Clock::now() + 5s;
-    while (req.find("\r\n\r\n") == std::string::npos && req.size() < 16384 && Clock::now() < deadline) {
+    while (req.find("\r\n\r\n") == std::string::npos && req.size() < 16384 &&
+           Clock::now() < deadline) {
       pollfd p{c, POLLIN, 0};
       if (::poll(&p, 1, 100) <= 0) continue;
       ssize_t n = recv(c, buf, sizeof buf, 0);
@@ -148,9 +149,10 @@ class Backend {
       ++app_requests_;
       body = "hello from " + name_;
     }
-    std::string resp = "HTTP/1.1 " + std::to_string(status) + (status == 200 ? " OK" : " Service Unavailable") +
-                       "\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) +
-                       "\r\nConnection: close\r\n\r\n" + body;
+    std::string resp =
+        "HTTP/1.1 " + std::to_string(status) + (status == 200 ? " OK" : " Service Unavailable") +
+        "\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) +
+        "\r\nConnection: close\r\n\r\n" + body;
     (void)send(c, resp.data(), resp.size(), MSG_NOSIGNAL);
   }
 
@@ -231,7 +233,8 @@ class LbHaproxy : public ::testing::Test {
     if (haproxy_pid_ > 0) {
       kill(haproxy_pid_, SIGTERM);
       int status = 0;
-      bool gone = wait_until(10s, [&] { return waitpid(haproxy_pid_, &status, WNOHANG) == haproxy_pid_; });
+      bool gone =
+          wait_until(10s, [&] { return waitpid(haproxy_pid_, &status, WNOHANG) == haproxy_pid_; });
       if (!gone) {
         kill(haproxy_pid_, SIGKILL);
         waitpid(haproxy_pid_, &status, 0);
@@ -279,7 +282,8 @@ class LbHaproxy : public ::testing::Test {
       if (!r.ok()) return false;
       for (auto* b : bs) {
         bool ok = false;
-        for (const auto& s : *r) ok |= s.instance == b->name() && s.state == "UP" && s.check == "L7OK 200";
+        for (const auto& s : *r)
+          ok |= s.instance == b->name() && s.state == "UP" && s.check == "L7OK 200";
         if (!ok) return false;
       }
       return true;

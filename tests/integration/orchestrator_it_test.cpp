@@ -181,8 +181,8 @@ class OrchestratorIt : public OrchestratorStack {
     const std::string key = "\nfabriclab_agent_calls_total ";
     auto at = r.body.find(key);
     if (r.status != 200 || at == std::string::npos) {
-      ADD_FAILURE() << "GET /metrics: HTTP " << r.status << ", no fabriclab_agent_calls_total: "
-                    << r.body.substr(0, 300);
+      ADD_FAILURE() << "GET /metrics: HTTP " << r.status
+                    << ", no fabriclab_agent_calls_total: " << r.body.substr(0, 300);
       return -1;
     }
     return std::stoll(r.body.substr(at + key.size()));
@@ -356,8 +356,8 @@ TEST_F(OrchestratorIt, OrchestratorKilledMidDrillResumesAndNoHostIsUpdatedTwice)
   // The agents go on without it: the in-flight host's job moves on to another step.
   auto step_of = [&](const std::string& host) {
     const Child& a = agent(host);
-    auto r = http::request(a.address.substr(0, a.address.rfind(':')), a.port, "GET", "/v1/host",
-                           {}, kToken, 5s);
+    auto r = http::request(a.address.substr(0, a.address.rfind(':')), a.port, "GET", "/v1/host", {},
+                           kToken, 5s);
     return r.ok() && r->status == 200 ? jstr(parse_or_null(r->body), "step") : std::string();
   };
   const std::string step_at_kill = step_of(in_flight);
@@ -370,7 +370,7 @@ TEST_F(OrchestratorIt, OrchestratorKilledMidDrillResumesAndNoHostIsUpdatedTwice)
       },
       30s))
       << in_flight << " stayed at step " << step_at_kill << " with the orchestrator down";
-  int64_t seq_before = -1;             // the highest seq a client saw from the killed process
+  int64_t seq_before = -1;  // the highest seq a client saw from the killed process
   for (const auto& m : feed.messages()) {
     if (m.connection <= connections_before) seq_before = std::max(seq_before, jint(m.body, "seq"));
   }
@@ -772,7 +772,6 @@ TEST_F(OrchestratorIt, ApiAnswersBadRequestsWithTheRightStatusAndNamesTheField) 
   EXPECT_EQ(get("/v1/drills").as_array().size(), 1u);
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // 6. A load balancer: HAProxy started as the rack starts it (the renderer's bootstrap file), the
 //    orchestrator driving it. VIPs come from 127.0.0.0/24 (loopback: local without a namespace).
@@ -807,7 +806,8 @@ struct Haproxy {
     if (pid <= 0) return;
     ::kill(pid, SIGTERM);
     int status = 0;
-    for (int i = 0; i < 200 && ::waitpid(pid, &status, WNOHANG) != pid; ++i) std::this_thread::sleep_for(50ms);
+    for (int i = 0; i < 200 && ::waitpid(pid, &status, WNOHANG) != pid; ++i)
+      std::this_thread::sleep_for(50ms);
     if (::waitpid(pid, &status, WNOHANG) == 0) {
       ::kill(pid, SIGKILL);
       ::waitpid(pid, &status, 0);
@@ -838,20 +838,27 @@ TEST_F(OrchestratorIt, EndpointServiceGetsAVipAHaproxyFrontendAndADrillMeasuresI
     posix_spawn_file_actions_destroy(&fa);
     ASSERT_EQ(rc, 0) << "cannot start haproxy (Debian's haproxy package)";
   }
-  ASSERT_TRUE(wait_until([&] { return ::access(sock.c_str(), F_OK) == 0; }, 10s)) << "no master socket";
+  ASSERT_TRUE(wait_until([&] { return ::access(sock.c_str(), F_OK) == 0; }, 10s))
+      << "no master socket";
   ASSERT_NO_FATAL_FAILURE(start_agents(4, 2));
-  ASSERT_NO_FATAL_FAILURE(start_orchestrator({"--lb-config", config, "--lb-master-socket", sock,
-                                              "--lb-health-bind", health, "--vip-range", "127.0.0.0/24"}));
+  ASSERT_NO_FATAL_FAILURE(
+      start_orchestrator({"--lb-config", config, "--lb-master-socket", sock, "--lb-health-bind",
+                          health, "--vip-range", "127.0.0.0/24"}));
   ASSERT_NO_FATAL_FAILURE(register_agents());
   EventLog& feed = record_events();
 
   const uint16_t port = lbtest::free_port();
-  json::object body{{"name", "web"}, {"instance_count", 2}, {"ud_count", 2}, {"image", "v1"},
-                    {"memory_mib", 128}, {"traffic_rps", 10},
-                    {"endpoint", json::object{{"port", port},
-                                              {"probe", json::object{{"path", "/health"},
-                                                                     {"interval_ms", 200},
-                                                                     {"unhealthy_threshold", 2}}}}}};
+  json::object body{
+      {"name", "web"},
+      {"instance_count", 2},
+      {"ud_count", 2},
+      {"image", "v1"},
+      {"memory_mib", 128},
+      {"traffic_rps", 10},
+      {"endpoint", json::object{{"port", port},
+                                {"probe", json::object{{"path", "/health"},
+                                                       {"interval_ms", 200},
+                                                       {"unhealthy_threshold", 2}}}}}};
   json::object with_vip = body;
   with_vip["name"] = "api";
   with_vip["vip"] = "127.0.0.99";
@@ -892,9 +899,10 @@ TEST_F(OrchestratorIt, EndpointServiceGetsAVipAHaproxyFrontendAndADrillMeasuresI
   ASSERT_EQ(jstr(drill, "state"), "Completed") << json::serialize(drill);
   bool raised = false;
   for (const auto& n : jarr(drill, "notes")) {
-    raised |= n.is_string() &&
-              n.as_string() == "notice raised from 0.9 s to 2.1 s so that draining guests leave "
-                               "rotation before their host stops";
+    raised |=
+        n.is_string() && n.as_string() ==
+                             "notice raised from 0.9 s to 2.1 s so that draining guests leave "
+                             "rotation before their host stops";
   }
   EXPECT_TRUE(raised) << json::serialize(jarr(drill, "notes"));
   for (const auto& host : host_ids()) {
@@ -904,7 +912,8 @@ TEST_F(OrchestratorIt, EndpointServiceGetsAVipAHaproxyFrontendAndADrillMeasuresI
   }
 
   auto report = get("/v1/drills/" + id + "/report");
-  EXPECT_TRUE(jbool(jval(report, "traffic"), "measured")) << json::serialize(jval(report, "traffic"));
+  EXPECT_TRUE(jbool(jval(report, "traffic"), "measured"))
+      << json::serialize(jval(report, "traffic"));
   const auto& rs = jarr(report, "services");
   ASSERT_EQ(rs.size(), 1u);
   const auto& traffic = jval(rs[0], "traffic");
@@ -914,12 +923,17 @@ TEST_F(OrchestratorIt, EndpointServiceGetsAVipAHaproxyFrontendAndADrillMeasuresI
   EXPECT_EQ(jstr(report, "result"), "failed");
 
   auto stats = feed.wait_for(
-      [&](const json::object& e) { return jstr(e, "type") == "traffic.stats" && jstr(e, "drill") == id; }, 5s);
+      [&](const json::object& e) {
+        return jstr(e, "type") == "traffic.stats" && jstr(e, "drill") == id;
+      },
+      5s);
   ASSERT_TRUE(stats.has_value()) << "no traffic.stats event";
-  EXPECT_TRUE(jval(jval(json::value(*stats), "services"), "web").is_object()) << json::serialize(*stats);
+  EXPECT_TRUE(jval(jval(json::value(*stats), "services"), "web").is_object())
+      << json::serialize(*stats);
   // A new connection's snapshot carries the traffic view.
   EventLog& later = record_events();
-  auto snap_event = later.wait_for([](const json::object& e) { return jstr(e, "type") == "snapshot"; }, 10s);
+  auto snap_event =
+      later.wait_for([](const json::object& e) { return jstr(e, "type") == "snapshot"; }, 10s);
   ASSERT_TRUE(snap_event.has_value());
   const json::value snap = jval(json::value(*snap_event), "state");
   EXPECT_TRUE(jbool(jval(snap, "traffic"), "measured")) << json::serialize(jval(snap, "traffic"));

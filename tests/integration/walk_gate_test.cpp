@@ -28,11 +28,12 @@ TEST_F(WalkGate, ABatchWaitsForTheOtherInstancesOfItsServicesAndFailsWithoutTaki
   ASSERT_NO_FATAL_FAILURE(start_orchestrator());
   ASSERT_NO_FATAL_FAILURE(register_agents());
   ASSERT_NO_FATAL_FAILURE(create_service("web", 2, 2));
-  ASSERT_TRUE(wait_until([&] { return all_instances_healthy(); }, 60s)) << json::serialize(get("/v1/instances"));
+  ASSERT_TRUE(wait_until([&] { return all_instances_healthy(); }, 60s))
+      << json::serialize(get("/v1/instances"));
 
   // Paused, so the test knows the batches before anything runs.
-  json::object body{{"kind", "host-os"},       {"target", "host-v2"},         {"time_scale", 0.001},
-                    {"recovery_s", 1},         {"notice_s", 900},             {"healthy_timeout_s", 3},
+  json::object body{{"kind", "host-os"},   {"target", "host-v2"}, {"time_scale", 0.001},
+                    {"recovery_s", 1},     {"notice_s", 900},     {"healthy_timeout_s", 3},
                     {"start_paused", true}};
   auto created = post("/v1/drills", body);
   ASSERT_EQ(created.status, 201) << created.body;
@@ -68,7 +69,8 @@ TEST_F(WalkGate, ABatchWaitsForTheOtherInstancesOfItsServicesAndFailsWithoutTaki
   EXPECT_EQ(jstr(end, "state"), "Failed") << json::serialize(end);
   const std::string reason = jstr(end, "reason");
   EXPECT_NE(reason.find("before batch 1"), std::string::npos) << reason;
-  EXPECT_NE(reason.find("instance " + other + " on host '" + second + "'"), std::string::npos) << reason;
+  EXPECT_NE(reason.find("instance " + other + " on host '" + second + "'"), std::string::npos)
+      << reason;
   // The first batch's host was never updated: web kept its one serving instance.
   const json::value jobs = agent_get(first, "/v1/operations");
   EXPECT_TRUE(jobs.is_array() && jobs.as_array().empty()) << json::serialize(jobs);

@@ -36,7 +36,8 @@ class AgentOnDebian : public AgentFixture {
   }
   void TearDown() override {
     if (agent_) {
-      for (auto& i : agent_->instances_json()) (void)agent_->delete_instance(std::string(i.as_object().at("name").as_string()));
+      for (auto& i : agent_->instances_json())
+        (void)agent_->delete_instance(std::string(i.as_object().at("name").as_string()));
     }
     AgentFixture::TearDown();
     if (!extra_images_.empty()) fs::remove_all(extra_images_);
@@ -51,15 +52,19 @@ class AgentOnDebian : public AgentFixture {
     auto sha = [](const std::string& f) { return agent::sha256_file(f).value(); };
     auto info = hypervisor::qemu_img_info(v1 + "/disk.qcow2");
     ASSERT_TRUE(info.ok()) << info.error().describe();
-    json::object image{{"name", "debian-v1-noagent"},
-                       {"boot", "kernel"},
-                       {"cmdline", cmdline},
-                       {"disk", json::object{{"path", v1 + "/disk.qcow2"}, {"format", "qcow2"},
-                                             {"virtual_size", info->virtual_size},
-                                             {"sha256", sha(v1 + "/disk.qcow2")}}},
-                       {"kernel", json::object{{"path", v1 + "/vmlinuz"}, {"sha256", sha(v1 + "/vmlinuz")}}},
-                       {"initrd", json::object{{"path", v1 + "/initrd.img"}, {"sha256", sha(v1 + "/initrd.img")}}}};
-    std::ofstream(extra_images_ + "/manifest.json") << json::serialize(json::object{{"images", json::array{image}}});
+    json::object image{
+        {"name", "debian-v1-noagent"},
+        {"boot", "kernel"},
+        {"cmdline", cmdline},
+        {"disk", json::object{{"path", v1 + "/disk.qcow2"},
+                              {"format", "qcow2"},
+                              {"virtual_size", info->virtual_size},
+                              {"sha256", sha(v1 + "/disk.qcow2")}}},
+        {"kernel", json::object{{"path", v1 + "/vmlinuz"}, {"sha256", sha(v1 + "/vmlinuz")}}},
+        {"initrd",
+         json::object{{"path", v1 + "/initrd.img"}, {"sha256", sha(v1 + "/initrd.img")}}}};
+    std::ofstream(extra_images_ + "/manifest.json")
+        << json::serialize(json::object{{"images", json::array{image}}});
   }
 
   agent::InstanceSpec debian(int index, const std::string& image = "debian-v1") {
@@ -98,7 +103,8 @@ class AgentOnDebian : public AgentFixture {
 
   std::vector<std::string> instance_files(const std::string& name) {
     std::vector<std::string> out;
-    for (auto& e : fs::directory_iterator(dir_ + "/st/vm/" + name + ".d")) out.push_back(e.path().filename().string());
+    for (auto& e : fs::directory_iterator(dir_ + "/st/vm/" + name + ".d"))
+      out.push_back(e.path().filename().string());
     std::sort(out.begin(), out.end());
     return out;
   }
@@ -111,7 +117,8 @@ int64_t counter_of(const json::value& out) { return std::stoll(std::string(out.a
 TEST_F(AgentOnDebian, HostOsUpdateThenReimageKeepTheDataAndDropTheOldOverlayOnlyAfterVerification) {
   ASSERT_OK(agent_->create_instance(debian(0)));
   wait_guest_agent("web-0");
-  EXPECT_EQ(instance_files("web-0"), (std::vector<std::string>{"boot-debian-v1", "os-debian-v1-1.qcow2"}));
+  EXPECT_EQ(instance_files("web-0"),
+            (std::vector<std::string>{"boot-debian-v1", "os-debian-v1-1.qcow2"}));
 
   stage_host_image("host-2");
   auto job = run_job({OperationKind::host_os, "host-2", false, 1000}, 400s);
@@ -119,16 +126,20 @@ TEST_F(AgentOnDebian, HostOsUpdateThenReimageKeepTheDataAndDropTheOldOverlayOnly
   {
     auto& g = job["guests"].as_array().at(0).as_object();
     EXPECT_TRUE(g.at("ok").as_bool()) << json::serialize(g);
-    EXPECT_EQ(g.at("stop_method").as_string(), "graceful") << "systemd powers off on the ACPI button";
+    EXPECT_EQ(g.at("stop_method").as_string(), "graceful")
+        << "systemd powers off on the ACPI button";
     EXPECT_TRUE(g.at("signals").as_object().at("guest_agent").as_bool());
-    EXPECT_FALSE(g.at("signals").as_object().at("heartbeat").as_bool()) << "no program of ours runs inside";
+    EXPECT_FALSE(g.at("signals").as_object().at("heartbeat").as_bool())
+        << "no program of ours runs inside";
     EXPECT_TRUE(g.at("os_up").as_bool());
     EXPECT_EQ(g.at("boot_id_source").as_string(), "guest_agent");
     EXPECT_EQ(g.at("boot_id_before").as_string().size(), 36u);
-    EXPECT_NE(g.at("boot_id_after"), g.at("boot_id_before")) << "a host-os update reboots the guest";
+    EXPECT_NE(g.at("boot_id_after"), g.at("boot_id_before"))
+        << "a host-os update reboots the guest";
     auto& dc = g.at("data_check").as_object();
     EXPECT_TRUE(dc.at("ok").as_bool()) << json::serialize(dc);
-    EXPECT_GE(counter_of(dc.at("after")), counter_of(dc.at("before"))) << "the counter on /data survived";
+    EXPECT_GE(counter_of(dc.at("after")), counter_of(dc.at("before")))
+        << "the counter on /data survived";
     EXPECT_GT(counter_of(dc.at("before")), 0);
   }
 
@@ -137,14 +148,17 @@ TEST_F(AgentOnDebian, HostOsUpdateThenReimageKeepTheDataAndDropTheOldOverlayOnly
   auto& g = reimage["guests"].as_array().at(0).as_object();
   auto& dc = g.at("data_check").as_object();
   EXPECT_TRUE(dc.at("ok").as_bool()) << json::serialize(dc);
-  EXPECT_GE(counter_of(dc.at("after")), counter_of(dc.at("before"))) << "the reimage kept the data disk";
+  EXPECT_GE(counter_of(dc.at("after")), counter_of(dc.at("before")))
+      << "the reimage kept the data disk";
   EXPECT_EQ(agent_->instance_json("web-0")->at("image").as_string(), "debian-v2");
   // Verified on the new overlay: the old overlay and kernel copy are gone, the new one is backed
   // by debian-v2's disk.
-  EXPECT_EQ(instance_files("web-0"), (std::vector<std::string>{"boot-debian-v2", "os-debian-v2-2.qcow2"}));
+  EXPECT_EQ(instance_files("web-0"),
+            (std::vector<std::string>{"boot-debian-v2", "os-debian-v2-2.qcow2"}));
   auto info = hypervisor::qemu_img_info(dir_ + "/st/vm/web-0.d/os-debian-v2-2.qcow2");
   ASSERT_TRUE(info.ok()) << info.error().describe();
-  EXPECT_NE(info->backing_file.find("debian-v2/disk.qcow2"), std::string::npos) << info->backing_file;
+  EXPECT_NE(info->backing_file.find("debian-v2/disk.qcow2"), std::string::npos)
+      << info->backing_file;
 }
 
 TEST_F(AgentOnDebian, AGuestWithoutAGuestAgentRunsOnItsProbeAndOneWhoseAgentVanishesIsRolledBack) {
@@ -159,7 +173,8 @@ TEST_F(AgentOnDebian, AGuestWithoutAGuestAgentRunsOnItsProbeAndOneWhoseAgentVani
   EXPECT_EQ(g.at("boot_id_source").as_string(), "");
   auto& dc = g.at("data_check").as_object();
   EXPECT_FALSE(dc.at("ok").as_bool());
-  EXPECT_NE(std::string(dc.at("error").as_string()).find("no guest agent"), std::string::npos) << json::serialize(dc);
+  EXPECT_NE(std::string(dc.at("error").as_string()).find("no guest agent"), std::string::npos)
+      << json::serialize(dc);
   ASSERT_OK(agent_->delete_instance("web-1"));
 
   // A guest that had one and comes back without it: the OS signal is missing, the reimage is
@@ -172,7 +187,8 @@ TEST_F(AgentOnDebian, AGuestWithoutAGuestAgentRunsOnItsProbeAndOneWhoseAgentVani
   EXPECT_NE(error.find("guest agent did not answer"), std::string::npos) << error;
   EXPECT_NE(error.find("rolled back to debian-v1"), std::string::npos) << error;
   EXPECT_EQ(agent_->instance_json("web-0")->at("image").as_string(), "debian-v1");
-  EXPECT_EQ(instance_files("web-0"), (std::vector<std::string>{"boot-debian-v1", "os-debian-v1-1.qcow2"}))
+  EXPECT_EQ(instance_files("web-0"),
+            (std::vector<std::string>{"boot-debian-v1", "os-debian-v1-1.qcow2"}))
       << "back on its first overlay; the unverified one is dropped";
 }
 

@@ -32,7 +32,8 @@ class AgentOnRealVms : public AgentFixture {
   void TearDown() override {
     // Destroy the guests: an agent going away leaves them running by design.
     if (agent_) {
-      for (auto& i : agent_->instances_json()) (void)agent_->delete_instance(std::string(i.as_object().at("name").as_string()));
+      for (auto& i : agent_->instances_json())
+        (void)agent_->delete_instance(std::string(i.as_object().at("name").as_string()));
     }
     AgentFixture::TearDown();
   }
@@ -71,7 +72,8 @@ TEST_F(AgentOnRealVms, GuestOsUpdateToV2AndABrokenImageIsRolledBack) {
   auto& r = job["guests"].as_array().at(0).as_object();
   EXPECT_EQ(r.at("image_before").as_string(), "v1");
   EXPECT_EQ(r.at("image_after").as_string(), "v2");
-  EXPECT_GE(r.at("counter_after").as_int64(), r.at("counter_before").as_int64()) << "data disk kept";
+  EXPECT_GE(r.at("counter_after").as_int64(), r.at("counter_before").as_int64())
+      << "data disk kept";
 
   auto broken = run_job({OperationKind::guest_os, "v3-broken", false, 0}, 300s);
   EXPECT_EQ(broken["status"].as_string(), "failed") << json::serialize(broken);
@@ -109,11 +111,11 @@ TEST_F(AgentOnRealVms, MemoryPreservingHostUpdateAndFreezeKeepTheGuestsBoot) {
 // The agent as a separate process, SIGKILLed during StoppingGuests.
 
 AgentProcess spawn_agent(const std::string& dir) {
-  return AgentProcess::spawn({FABRICLAB_AGENT_BIN, "--host-id", "host-k", "--state-dir", dir + "/st",
-                              "--guest-images", testbed::default_images_dir(), "--port", "0",
-                              "--control-token-file", dir + "/ctl", "--stop-timeout-ms", "10000",
-                              "--log-level", "warn"},
-                             dir + "/agent.out");
+  return AgentProcess::spawn(
+      {FABRICLAB_AGENT_BIN, "--host-id", "host-k", "--state-dir", dir + "/st", "--guest-images",
+       testbed::default_images_dir(), "--port", "0", "--control-token-file", dir + "/ctl",
+       "--stop-timeout-ms", "10000", "--log-level", "warn"},
+      dir + "/agent.out");
 }
 
 json::value get(uint16_t port, const std::string& target) {
@@ -131,8 +133,8 @@ TEST(AgentProcessOnRealVms, KilledDuringStoppingGuestsStillEndsWithBothGuestsRun
   ASSERT_GT(a.port, 0) << "the agent did not start" << a.log_tail();
   for (int i = 0; i < 2; ++i) {
     auto r = http::request("127.0.0.1", a.port, "POST", "/v1/instances",
-                           R"({"service":"web","index":)" + std::to_string(i) +
-                               R"(,"ud":)" + std::to_string(i) + R"(,"fd":0,"image":"v1"})",
+                           R"({"service":"web","index":)" + std::to_string(i) + R"(,"ud":)" +
+                               std::to_string(i) + R"(,"fd":0,"image":"v1"})",
                            "ctl", 30s);
     ASSERT_TRUE(r.ok() && r->status == 201) << (r.ok() ? r->body : r.error().describe());
   }
@@ -151,37 +153,47 @@ TEST(AgentProcessOnRealVms, KilledDuringStoppingGuestsStillEndsWithBothGuestsRun
     }
     return false;
   };
-  ASSERT_TRUE(wait_for(a.port, [&](uint16_t p) { return all_healthy(get(p, "/v1/instances")); }, 150s));
+  ASSERT_TRUE(wait_for(
+      a.port, [&](uint16_t p) { return all_healthy(get(p, "/v1/instances")); }, 150s));
   const std::string img = *dir + "/h2.img";
   auto sha = agent::write_synthetic_host_image(img, "host-2");
   ASSERT_TRUE(sha.ok());
-  auto staged = http::request("127.0.0.1", a.port, "POST", "/v1/images/host",
-                              R"({"version":"host-2","path":")" + img + R"(","sha256":")" + *sha + R"("})", "ctl");
+  auto staged = http::request(
+      "127.0.0.1", a.port, "POST", "/v1/images/host",
+      R"({"version":"host-2","path":")" + img + R"(","sha256":")" + *sha + R"("})", "ctl");
   ASSERT_TRUE(staged.ok() && staged->status == 201) << (staged.ok() ? staged->body : "");
   auto op = http::request("127.0.0.1", a.port, "POST", "/v1/operations",
                           R"({"kind":"host-os","target":"host-2","notice_ms":0})", "ctl");
   ASSERT_TRUE(op.ok() && op->status == 202) << (op.ok() ? op->body : "");
   std::string id(json::parse(op->body).as_object().at("id").as_string());
-  ASSERT_TRUE(wait_for(a.port, [](uint16_t p) {
-    auto h = get(p, "/v1/host");
-    return h.is_object() && h.as_object().at("step").as_string() == "StoppingGuests";
-  }, 60s));
+  ASSERT_TRUE(wait_for(
+      a.port,
+      [](uint16_t p) {
+        auto h = get(p, "/v1/host");
+        return h.is_object() && h.as_object().at("step").as_string() == "StoppingGuests";
+      },
+      60s));
   a.kill9();
 
   auto b = spawn_agent(*dir);
   ASSERT_GT(b.port, 0) << "the restarted agent did not start" << b.log_tail();
-  ASSERT_TRUE(wait_for(b.port, [&](uint16_t p) {
-    auto j = get(p, "/v1/operations/" + id);
-    return j.is_object() && j.as_object().at("status").as_string() != "running";
-  }, 300s));
+  ASSERT_TRUE(wait_for(
+      b.port,
+      [&](uint16_t p) {
+        auto j = get(p, "/v1/operations/" + id);
+        return j.is_object() && j.as_object().at("status").as_string() != "running";
+      },
+      300s));
   auto job = get(b.port, "/v1/operations/" + id).as_object();
   EXPECT_EQ(job.at("status").as_string(), "cancelled") << json::serialize(job);
   EXPECT_NE(std::string(job.at("error").as_string()).find("rolled back"), std::string::npos);
-  EXPECT_TRUE(wait_for(b.port, [&](uint16_t p) { return all_healthy(get(p, "/v1/instances")); }, 150s))
+  EXPECT_TRUE(wait_for(
+      b.port, [&](uint16_t p) { return all_healthy(get(p, "/v1/instances")); }, 150s))
       << json::serialize(get(b.port, "/v1/instances"));
   EXPECT_EQ(get(b.port, "/v1/host").as_object().at("state").as_string(), "Ready");
   for (const char* n : {"web-0", "web-1"}) {
-    (void)http::request("127.0.0.1", b.port, "DELETE", std::string("/v1/instances/") + n, {}, "ctl", 30s);
+    (void)http::request("127.0.0.1", b.port, "DELETE", std::string("/v1/instances/") + n, {}, "ctl",
+                        30s);
   }
   std::filesystem::remove_all(*dir);
 }

@@ -5,20 +5,18 @@
 // code, the report and summary JSON, and what is left running.
 
 #include <gtest/gtest.h>
-
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <boost/json.hpp>
-
-#include "fabriclab/orchestrator/journal.hpp"
-
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <string>
 #include <vector>
+
+#include "fabriclab/orchestrator/journal.hpp"
 
 namespace {
 
@@ -86,8 +84,9 @@ class Chaos : public ::testing::Test {
 
   // Runs a campaign; checks what every campaign must show and returns the summary.
   json::object campaign(const std::vector<std::string>& extra, int drills, CliRun& r) {
-    std::vector<std::string> args = {"chaos", "--drills", std::to_string(drills), "--lab-dir", dir_ + "/lab",
-                                     "--summary", dir_ + "/summary.json"};
+    std::vector<std::string> args = {
+        "chaos",       "--drills",  std::to_string(drills), "--lab-dir",
+        dir_ + "/lab", "--summary", dir_ + "/summary.json"};
     args.insert(args.end(), extra.begin(), extra.end());
     r = run_cli(args, dir_ + "/chaos.log");
     json::object s = parse_object(slurp(dir_ + "/summary.json"));
@@ -99,9 +98,10 @@ class Chaos : public ::testing::Test {
 };
 
 TEST_F(Chaos, SimDrillWithAFaultScheduleWritesARowPerFaultWithWhatTheSystemDid) {
-  CliRun r = run_cli({"drill", "--spec", std::string(FABRICLAB_SPECS_DIR) + "/faults-sim.yaml", "--lab-dir",
-                      dir_ + "/lab", "--report", dir_ + "/report.json", "--html", dir_ + "/report.html"},
-                     dir_ + "/drill.log");
+  CliRun r = run_cli(
+      {"drill", "--spec", std::string(FABRICLAB_SPECS_DIR) + "/faults-sim.yaml", "--lab-dir",
+       dir_ + "/lab", "--report", dir_ + "/report.json", "--html", dir_ + "/report.html"},
+      dir_ + "/drill.log");
   json::object report = parse_object(slurp(dir_ + "/report.json"));
   ASSERT_TRUE(report.contains("faults")) << r.output;
   const auto& faults = report.at("faults").as_array();
@@ -116,16 +116,20 @@ TEST_F(Chaos, SimDrillWithAFaultScheduleWritesARowPerFaultWithWhatTheSystemDid) 
     EXPECT_FALSE(f.at("outcome").as_string().empty()) << json::serialize(f);
     EXPECT_TRUE(f.at("injected_at").is_string()) << json::serialize(f);
   }
-  EXPECT_EQ(kinds, (std::set<std::string>{"kill-orchestrator", "kill-agent", "guest-crash", "slow-boot"}));
+  EXPECT_EQ(kinds,
+            (std::set<std::string>{"kill-orchestrator", "kill-agent", "guest-crash", "slow-boot"}));
   for (const auto& fv : faults) {
     const auto& f = fv.as_object();
     if (f.at("kind").as_string() == "kill-orchestrator") {
       // The drill went on after the restart: the walk finished on the same journal.
-      EXPECT_NE(f.at("outcome").as_string().find("resumed the drill"), std::string::npos) << json::serialize(f);
-      EXPECT_NE(f.at("detail").as_string().find("restarted on the same journal"), std::string::npos);
+      EXPECT_NE(f.at("outcome").as_string().find("resumed the drill"), std::string::npos)
+          << json::serialize(f);
+      EXPECT_NE(f.at("detail").as_string().find("restarted on the same journal"),
+                std::string::npos);
     }
     if (f.at("kind").as_string() == "kill-agent") {
-      EXPECT_NE(f.at("detail").as_string().find("agent restarted after"), std::string::npos) << json::serialize(f);
+      EXPECT_NE(f.at("detail").as_string().find("agent restarted after"), std::string::npos)
+          << json::serialize(f);
     }
   }
   // The drill ended in a terminal state and said so; the faults are on the page and the output.
@@ -133,7 +137,8 @@ TEST_F(Chaos, SimDrillWithAFaultScheduleWritesARowPerFaultWithWhatTheSystemDid) 
   EXPECT_TRUE(state == "Completed" || state == "Failed") << state;
   EXPECT_EQ(r.exit_code, state == "Completed" ? 0 : 1) << r.output;
   EXPECT_NE(slurp(dir_ + "/report.html").find("kill-orchestrator"), std::string::npos);
-  EXPECT_NE(r.output.find("fault: kill-orchestrator orchestrator at batch 2"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("fault: kill-orchestrator orchestrator at batch 2"), std::string::npos)
+      << r.output;
   EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
   // Every fault is an event on the orchestrator's feed, journaled with the drill's other events:
   // its injection (the orchestrator's own killing posted just before it) and the ends of those
@@ -146,11 +151,13 @@ TEST_F(Chaos, SimDrillWithAFaultScheduleWritesARowPerFaultWithWhatTheSystemDid) 
   for (const auto& e : *events) {
     json::object o = parse_object(e);
     if (o.contains("type") && o.at("type").as_string() == "drill.fault") {
-      seen.insert(std::string(o.at("kind").as_string()) + " " + std::string(o.at("status").as_string()));
+      seen.insert(std::string(o.at("kind").as_string()) + " " +
+                  std::string(o.at("status").as_string()));
     }
   }
-  for (const char* k : {"kill-orchestrator injected", "kill-orchestrator ended", "kill-agent injected", "kill-agent ended",
-                        "guest-crash injected", "slow-boot injected"}) {
+  for (const char* k :
+       {"kill-orchestrator injected", "kill-orchestrator ended", "kill-agent injected",
+        "kill-agent ended", "guest-crash injected", "slow-boot injected"}) {
     EXPECT_EQ(seen.count(k), 1u) << k << " in " << seen.size() << " drill.fault events";
   }
 }
@@ -160,8 +167,9 @@ TEST_F(Chaos, SimDrillWithAFaultScheduleWritesARowPerFaultWithWhatTheSystemDid) 
 // "one host per instance" checker reports until fence-before-heal lands), with agent outages
 // kept under that threshold for the same reason.
 TEST_F(Chaos, SimCampaignWithEveryFaultKindHoldsEveryRule) {
-  const std::vector<std::string> kinds = {"kill-agent", "kill-orchestrator", "kill-fault-domain", "guest-crash",
-                                          "guest-hang", "slow-boot", "corrupt-host-image"};
+  const std::vector<std::string> kinds = {
+      "kill-agent", "kill-orchestrator", "kill-fault-domain", "guest-crash",
+      "guest-hang", "slow-boot",         "corrupt-host-image"};
   std::string list;
   for (const auto& k : kinds) list += (list.empty() ? "" : ",") + k;
   CliRun r;
@@ -173,7 +181,8 @@ TEST_F(Chaos, SimCampaignWithEveryFaultKindHoldsEveryRule) {
   const auto& by_kind = s.at("faults_by_kind").as_object();
   for (const auto& k : kinds) {
     ASSERT_TRUE(by_kind.contains(k)) << k << " never drawn: " << json::serialize(by_kind);
-    EXPECT_GE(by_kind.at(k).at("injected").to_number<int64_t>(), 1) << k << ": " << json::serialize(by_kind);
+    EXPECT_GE(by_kind.at(k).at("injected").to_number<int64_t>(), 1)
+        << k << ": " << json::serialize(by_kind);
   }
   // Every drill was judged by every check and ended in a terminal state.
   for (const auto& d : s.at("results").as_array()) {
@@ -185,14 +194,18 @@ TEST_F(Chaos, SimCampaignWithEveryFaultKindHoldsEveryRule) {
 }
 
 TEST_F(Chaos, BadArgumentsAreRefusedNamingThem) {
-  CliRun r = run_cli({"chaos", "--kinds", "kill-agent,unplug", "--lab-dir", dir_ + "/lab"}, dir_ + "/bad.log");
+  CliRun r = run_cli({"chaos", "--kinds", "kill-agent,unplug", "--lab-dir", dir_ + "/lab"},
+                     dir_ + "/bad.log");
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_NE(r.output.find("--kinds: 'unplug' is not a fault kind"), std::string::npos) << r.output;
-  std::ofstream(dir_ + "/bad.yaml") << "faults: [{kind: kill-agent, target: {host: h9}, at: {batch: 1}}]\n";
-  r = run_cli({"drill", "--spec", dir_ + "/bad.yaml", "--hypervisor", "test", "--lab-dir", dir_ + "/lab"},
-              dir_ + "/bad2.log");
+  std::ofstream(dir_ + "/bad.yaml")
+      << "faults: [{kind: kill-agent, target: {host: h9}, at: {batch: 1}}]\n";
+  r = run_cli(
+      {"drill", "--spec", dir_ + "/bad.yaml", "--hypervisor", "test", "--lab-dir", dir_ + "/lab"},
+      dir_ + "/bad2.log");
   EXPECT_EQ(r.exit_code, 2) << r.output;
-  EXPECT_NE(r.output.find("faults[0].target.host: 'h9' is not a host of the rack (h0..h5)"), std::string::npos)
+  EXPECT_NE(r.output.find("faults[0].target.host: 'h9' is not a host of the rack (h0..h5)"),
+            std::string::npos)
       << r.output;
 }
 
@@ -201,20 +214,23 @@ TEST_F(Chaos, RealVmCampaignHoldsEveryRule) {
   std::ofstream(dir_ + "/base.yaml")
       << "name: chaos-real\nhypervisor: qemu\nrack: {hosts: 3, fault_domains: 3, capacity: 2}\n"
          "services:\n  - {name: web, instances: 2, ud_count: 2, image: v1}\n"
-         "update: {kind: host-os, target: host-v2}\npolicies: {time_scale: 0.001, recovery_s: 500, notice_s: 500}\n";
+         "update: {kind: host-os, target: host-v2}\npolicies: {time_scale: 0.001, recovery_s: 500, "
+         "notice_s: 500}\n";
   CliRun r;
-  json::object s = campaign({"--seed", "3", "--hypervisor", "qemu", "--spec", dir_ + "/base.yaml", "--kinds",
-                             "guest-crash,kill-agent,kill-orchestrator,guest-hang,slow-boot,corrupt-host-image,"
-                             "kill-fault-domain",
-                             "--max-outage", "2.5"},
-                            3, r);
+  json::object s =
+      campaign({"--seed", "3", "--hypervisor", "qemu", "--spec", dir_ + "/base.yaml", "--kinds",
+                "guest-crash,kill-agent,kill-orchestrator,guest-hang,slow-boot,corrupt-host-image,"
+                "kill-fault-domain",
+                "--max-outage", "2.5"},
+               3, r);
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_TRUE(s.at("violations").as_array().empty()) << json::serialize(s.at("violations"));
   // On real VMs the QEMU processes are a second witness of "one host per instance".
   for (const auto& d : s.at("results").as_array()) {
     bool qemu_check = false;
     for (const auto& c : d.at("checks").as_array()) {
-      qemu_check = qemu_check || c.at("name").as_string() == "one host per instance (QEMU processes)";
+      qemu_check =
+          qemu_check || c.at("name").as_string() == "one host per instance (QEMU processes)";
     }
     EXPECT_TRUE(qemu_check) << json::serialize(d);
   }

@@ -3,20 +3,14 @@
 // driver (DrillSim, fast) and on real QEMU guests (DrillRealVm). Every assertion reads what a
 // user reads: the exit code, the report JSON, the HTML page, and what is left running.
 
-#include <gtest/gtest.h>
-
 #include <dirent.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <boost/json.hpp>
-
-#include "fabriclab/common/http_client.hpp"
-#include "fabriclab/testbed/images.hpp"
-#include "temp_dir.hpp"
-
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -27,6 +21,10 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "fabriclab/common/http_client.hpp"
+#include "fabriclab/testbed/images.hpp"
+#include "temp_dir.hpp"
 
 namespace {
 
@@ -47,7 +45,9 @@ std::string slurp(const std::string& path) {
   }
 }
 
-std::string spec_path(const std::string& name) { return std::string(FABRICLAB_SPECS_DIR) + "/" + name + ".yaml"; }
+std::string spec_path(const std::string& name) {
+  return std::string(FABRICLAB_SPECS_DIR) + "/" + name + ".yaml";
+}
 
 // Starts the CLI with stdout+stderr captured to a file; `wrapper` (a program and its arguments)
 // runs it when given, e.g. {"/usr/bin/unshare", "-U"}. Returns its pid.
@@ -146,7 +146,8 @@ class Drill : public ::testing::Test {
   }
   void TearDown() override {
     // Whatever the test did, nothing of its rack may stay up.
-    if (fs::exists(dir_ + "/lab/lab.json")) run_cli({"lab", "down", "--lab-dir", dir_ + "/lab"}, dir_ + "/down.log");
+    if (fs::exists(dir_ + "/lab/lab.json"))
+      run_cli({"lab", "down", "--lab-dir", dir_ + "/lab"}, dir_ + "/down.log");
     EXPECT_EQ(qemu_processes_under(dir_), 0) << "VMs left running under " << dir_;
     if (!HasFailure()) fs::remove_all(dir_);
   }
@@ -154,8 +155,9 @@ class Drill : public ::testing::Test {
   // Runs `spec` (a shipped spec's name or a path; empty: the default drill) on `hypervisor`;
   // parses the report.
   CliRun drill(const std::string& spec, const std::string& hypervisor, json::object& report) {
-    std::vector<std::string> args = {"drill", "--hypervisor", hypervisor, "--lab-dir", dir_ + "/lab",
-                                     "--report", dir_ + "/report.json", "--html", dir_ + "/report.html"};
+    std::vector<std::string> args = {
+        "drill",    "--hypervisor",        hypervisor, "--lab-dir",          dir_ + "/lab",
+        "--report", dir_ + "/report.json", "--html",   dir_ + "/report.html"};
     if (!spec.empty()) {
       args.push_back("--spec");
       args.push_back(spec.find('/') != std::string::npos ? spec : spec_path(spec));
@@ -171,7 +173,8 @@ class Drill : public ::testing::Test {
   }
 
   // What every passing drill must show; on real VMs (a guest network) also what clients saw.
-  void expect_passed(const CliRun& r, const json::object& report, const std::string& target, bool host_os) {
+  void expect_passed(const CliRun& r, const json::object& report, const std::string& target,
+                     bool host_os) {
     ASSERT_EQ(r.exit_code, 0) << r.output;
     ASSERT_FALSE(report.empty()) << r.output;
     expect_traffic(r, report);
@@ -190,9 +193,11 @@ class Drill : public ::testing::Test {
     for (const auto& iv : report.at("instances").as_array()) {
       const auto& i = iv.as_object();
       EXPECT_TRUE(i.at("healthy_at_end").as_bool()) << json::serialize(i);
-      EXPECT_EQ(i.at(host_os ? "host_image_after" : "image_after").as_string(), target) << json::serialize(i);
+      EXPECT_EQ(i.at(host_os ? "host_image_after" : "image_after").as_string(), target)
+          << json::serialize(i);
       if (!i.at("healed").as_bool()) {
-        EXPECT_GE(i.at("counter_after").to_number<int64_t>(), i.at("counter_before").to_number<int64_t>());
+        EXPECT_GE(i.at("counter_after").to_number<int64_t>(),
+                  i.at("counter_before").to_number<int64_t>());
         EXPECT_GE(i.at("counter_before").to_number<int64_t>(), 0);
         // It was really stopped and started: a notice, and a measured outage.
         EXPECT_GT(i.at("notice_s").to_number<double>(), 0) << json::serialize(i);
@@ -202,7 +207,8 @@ class Drill : public ::testing::Test {
     // Every batch done, and no more batches than hosts; the lower bound beside them.
     const auto& walk = report.at("walk").as_object();
     EXPECT_GE(walk.at("batches").to_number<int64_t>(), walk.at("lower_bound").to_number<int64_t>());
-    for (const auto& b : walk.at("batch_list").as_array()) EXPECT_EQ(b.at("status").as_string(), "done");
+    for (const auto& b : walk.at("batch_list").as_array())
+      EXPECT_EQ(b.at("status").as_string(), "done");
     // The HTML page: self-contained, names every instance.
     std::string html = slurp(dir_ + "/report.html");
     EXPECT_NE(html.find("<html"), std::string::npos);
@@ -222,7 +228,8 @@ class Drill : public ::testing::Test {
     ASSERT_TRUE(report.contains("traffic")) << json::serialize(report);
     const auto& t = report.at("traffic").as_object();
     const bool guest_network = r.output.find("client traffic measured") != std::string::npos;
-    const bool no_endpoint = t.at("reason").as_string() == "no service has an endpoint";  // fd-failure
+    const bool no_endpoint =
+        t.at("reason").as_string() == "no service has an endpoint";  // fd-failure
     if (!guest_network || no_endpoint) {
       EXPECT_FALSE(t.at("measured").as_bool()) << json::serialize(t);
       EXPECT_FALSE(t.at("reason").as_string().empty()) << json::serialize(t);
@@ -247,7 +254,8 @@ class Drill : public ::testing::Test {
     for (const auto& b : report.at("walk").as_object().at("batch_list").as_array()) {
       for (const auto& h : b.at("hosts").as_array()) {
         for (const auto& [svc, host] : host_of) {
-          if (host == h.as_string()) window[svc] = {b.at("start_s").to_number<double>(), b.at("end_s").to_number<double>()};
+          if (host == h.as_string())
+            window[svc] = {b.at("start_s").to_number<double>(), b.at("end_s").to_number<double>()};
         }
       }
     }
@@ -260,14 +268,17 @@ class Drill : public ::testing::Test {
       if (s.at("instances").to_number<int64_t>() >= 2) {
         EXPECT_EQ(st.at("failed").to_number<int64_t>(), 0) << name << " " << json::serialize(st);
         // Every instance of it answered some requests.
-        EXPECT_EQ(st.at("served_by").as_object().size(), static_cast<size_t>(s.at("instances").to_number<int64_t>()))
+        EXPECT_EQ(st.at("served_by").as_object().size(),
+                  static_cast<size_t>(s.at("instances").to_number<int64_t>()))
             << name << " " << json::serialize(st);
       } else {
         // A single instance (no SLA): its failures fall inside its host's maintenance.
         ASSERT_TRUE(window.count(name)) << name;
         for (const auto& run : st.at("failure_runs").as_array()) {
-          EXPECT_GE(run.at("from_s").to_number<double>(), window[name].first - 0.5) << name << " " << json::serialize(run);
-          EXPECT_LE(run.at("to_s").to_number<double>(), window[name].second + 1.0) << name << " " << json::serialize(run);
+          EXPECT_GE(run.at("from_s").to_number<double>(), window[name].first - 0.5)
+              << name << " " << json::serialize(run);
+          EXPECT_LE(run.at("to_s").to_number<double>(), window[name].second + 1.0)
+              << name << " " << json::serialize(run);
         }
       }
     }
@@ -286,18 +297,22 @@ class Drill : public ::testing::Test {
     ASSERT_GE(batches.size(), 2u);
     EXPECT_EQ(batches[0].at("status").as_string(), "failed");
     std::set<std::string> first;
-    for (const auto& h : batches[0].at("hosts").as_array()) first.insert(std::string(h.as_string()));
-    for (size_t b = 1; b < batches.size(); ++b) EXPECT_EQ(batches[b].at("status").as_string(), "pending");
+    for (const auto& h : batches[0].at("hosts").as_array())
+      first.insert(std::string(h.as_string()));
+    for (size_t b = 1; b < batches.size(); ++b)
+      EXPECT_EQ(batches[b].at("status").as_string(), "pending");
     // Every instance is back on v1 and healthy (the first batch's were rolled back), counters kept.
     int rolled_back = 0;
     for (const auto& iv : report.at("instances").as_array()) {
       const auto& i = iv.as_object();
       EXPECT_EQ(i.at("image_after").as_string(), "v1") << json::serialize(i);
       EXPECT_TRUE(i.at("healthy_at_end").as_bool()) << json::serialize(i);
-      EXPECT_GE(i.at("counter_after").to_number<int64_t>(), i.at("counter_before").to_number<int64_t>());
+      EXPECT_GE(i.at("counter_after").to_number<int64_t>(),
+                i.at("counter_before").to_number<int64_t>());
       if (first.count(std::string(i.at("host").as_string()))) {
         EXPECT_FALSE(i.at("ok").as_bool()) << json::serialize(i);
-        EXPECT_NE(i.at("error").as_string().find("rolled back"), json::string::npos) << json::serialize(i);
+        EXPECT_NE(i.at("error").as_string().find("rolled back"), json::string::npos)
+            << json::serialize(i);
         ++rolled_back;
       }
     }
@@ -309,7 +324,8 @@ class Drill : public ::testing::Test {
   void expect_fd_failure_healed(const CliRun& r, const json::object& report) {
     expect_passed(r, report, "host-v2", true);
     if (HasFatalFailure()) return;
-    // Every instance ends outside the dead fault domain 0, and the ones that were there were healed.
+    // Every instance ends outside the dead fault domain 0, and the ones that were there were
+    // healed.
     int healed = 0;
     for (const auto& iv : report.at("instances").as_array()) {
       const auto& i = iv.as_object();
@@ -317,7 +333,8 @@ class Drill : public ::testing::Test {
       if (i.at("healed").as_bool()) ++healed;
     }
     EXPECT_GT(healed, 0);
-    EXPECT_NE(r.output.find("fault: killing every host of fault domain 0"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("fault: killing every host of fault domain 0"), std::string::npos)
+        << r.output;
     EXPECT_NE(r.output.find("healing done"), std::string::npos) << r.output;
   }
 
@@ -330,7 +347,8 @@ TEST_F(Drill, SimDefaultHostOsDrillPassesAndTearsDown) {
   json::object report;
   CliRun r = drill("", "test", report);
   expect_passed(r, report, "host-v2", true);
-  EXPECT_NE(r.output.find("batch  3/3 [########################] 2/2 done"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("batch  3/3 [########################] 2/2 done"), std::string::npos)
+      << r.output;
 }
 
 TEST_F(Drill, SimGuestOsDrillPasses) {
@@ -354,17 +372,20 @@ TEST_F(Drill, SimFaultDomainFailureHealsAndTheWalkCompletes) {
 // A small simulated rack (2 hosts, web with 2 instances) running `updates` one after another.
 std::string series_spec(const std::string& dir, const std::string& updates) {
   std::string path = dir + "/series.yaml";
-  std::ofstream(path) << "name: series\nhypervisor: test\nrack: {hosts: 2, fault_domains: 2, capacity: 2}\n"
-                         "services:\n  - {name: web, instances: 2, ud_count: 2, image: v1, endpoint: {port: 80}}\n"
-                         "updates:\n" << updates
-                      << "policies: {time_scale: 0.001, recovery_s: 1800, notice_s: 900, healthy_timeout_s: 600}\n";
+  std::ofstream(path)
+      << "name: series\nhypervisor: test\nrack: {hosts: 2, fault_domains: 2, capacity: 2}\n"
+         "services:\n  - {name: web, instances: 2, ud_count: 2, image: v1, endpoint: {port: 80}}\n"
+         "updates:\n"
+      << updates
+      << "policies: {time_scale: 0.001, recovery_s: 1800, notice_s: 900, healthy_timeout_s: 600}\n";
   return path;
 }
 
 TEST_F(Drill, SimSeveralUpdatesRunOneAfterAnotherOnTheSameRack) {
   json::object all;
-  CliRun r = drill(series_spec(dir_, "  - {kind: host-os, target: host-v2}\n  - {kind: guest-os, target: v2}\n"),
-                   "test", all);
+  CliRun r = drill(
+      series_spec(dir_, "  - {kind: host-os, target: host-v2}\n  - {kind: guest-os, target: v2}\n"),
+      "test", all);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   ASSERT_TRUE(all.contains("drills")) << json::serialize(all);
   EXPECT_EQ(all.at("result").as_string(), "passed");
@@ -376,18 +397,21 @@ TEST_F(Drill, SimSeveralUpdatesRunOneAfterAnotherOnTheSameRack) {
   EXPECT_EQ(second.at("drill").at("kind").as_string(), "guest-os");
   EXPECT_EQ(second.at("drill").at("target").as_string(), "v2");
   EXPECT_NE(first.at("drill").at("id"), second.at("drill").at("id"));
-  for (const auto& d : drills) EXPECT_EQ(d.at("result").as_string(), "passed") << json::serialize(d.at("checks"));
+  for (const auto& d : drills)
+    EXPECT_EQ(d.at("result").as_string(), "passed") << json::serialize(d.at("checks"));
   // The same VMs: the second drill starts where the first left them (host image, counters).
   std::map<std::string, int64_t> counter_after;
   for (const auto& i : first.at("instances").as_array()) {
-    counter_after[std::string(i.at("name").as_string())] = i.at("counter_after").to_number<int64_t>();
+    counter_after[std::string(i.at("name").as_string())] =
+        i.at("counter_after").to_number<int64_t>();
   }
   for (const auto& iv : second.at("instances").as_array()) {
     const auto& i = iv.as_object();
     EXPECT_EQ(i.at("host_image_before").as_string(), "host-v2") << json::serialize(i);
     EXPECT_EQ(i.at("image_before").as_string(), "v1") << json::serialize(i);
     EXPECT_EQ(i.at("image_after").as_string(), "v2") << json::serialize(i);
-    EXPECT_GE(i.at("counter_before").to_number<int64_t>(), counter_after[std::string(i.at("name").as_string())]);
+    EXPECT_GE(i.at("counter_before").to_number<int64_t>(),
+              counter_after[std::string(i.at("name").as_string())]);
     EXPECT_FALSE(i.at("healed").as_bool());
   }
   const auto& updates = all.at("updates").as_array();
@@ -398,16 +422,19 @@ TEST_F(Drill, SimSeveralUpdatesRunOneAfterAnotherOnTheSameRack) {
   // Every drill on one HTML page, one after the other.
   std::string html = slurp(dir_ + "/report.html");
   EXPECT_NE(html.find("<h1>ALL PASSED</h1>"), std::string::npos);
-  EXPECT_LT(html.find("<article class=\"drill\" id=\"drill-1\">"), html.find("<article class=\"drill\" id=\"drill-2\">"));
+  EXPECT_LT(html.find("<article class=\"drill\" id=\"drill-1\">"),
+            html.find("<article class=\"drill\" id=\"drill-2\">"));
   EXPECT_NE(html.find("guest-os → v2"), std::string::npos);
   EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
 }
 
 TEST_F(Drill, SimASecondUpdateThatFailsStopsTheSeriesAndTheCliFails) {
   json::object all;
-  CliRun r = drill(series_spec(dir_, "  - {kind: host-os, target: host-v2}\n  - {kind: guest-os, target: v3-broken}\n"
-                                     "  - {kind: host-os, target: host-v3}\n"),
-                   "test", all);
+  CliRun r = drill(
+      series_spec(dir_,
+                  "  - {kind: host-os, target: host-v2}\n  - {kind: guest-os, target: v3-broken}\n"
+                  "  - {kind: host-os, target: host-v3}\n"),
+      "test", all);
   EXPECT_EQ(r.exit_code, 1) << r.output;
   ASSERT_TRUE(all.contains("drills")) << r.output;
   EXPECT_EQ(all.at("result").as_string(), "failed");
@@ -430,44 +457,54 @@ TEST_F(Drill, SimASecondUpdateThatFailsStopsTheSeriesAndTheCliFails) {
 
 TEST_F(Drill, BadSpecIsRefusedNamingTheKey) {
   std::string spec = dir_ + "/bad.yaml";
-  std::ofstream(spec) << "rack: {hosts: 6, fault_domains: 3}\nservices:\n  - {name: web, instances: 0}\n";
-  CliRun r = run_cli({"drill", "--hypervisor", "test", "--lab-dir", dir_ + "/lab", "--spec", spec}, dir_ + "/bad.log");
+  std::ofstream(spec)
+      << "rack: {hosts: 6, fault_domains: 3}\nservices:\n  - {name: web, instances: 0}\n";
+  CliRun r = run_cli({"drill", "--hypervisor", "test", "--lab-dir", dir_ + "/lab", "--spec", spec},
+                     dir_ + "/bad.log");
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_NE(r.output.find("services[0].instances"), std::string::npos) << r.output;
   // A service endpoint with a bad port or probe is refused naming the key.
   for (auto [yaml, key] : std::vector<std::pair<std::string, std::string>>{
            {"{name: web, instances: 2, endpoint: {port: 0}}", "services[0].endpoint.port"},
-           {"{name: web, instances: 2, endpoint: {port: 80, probe: {path: health}}}", "services[0].endpoint.probe.path"},
-           {"{name: web, instances: 2, endpoint: {probe: {interval_s: 0}}}", "services[0].endpoint.probe.interval_s"},
+           {"{name: web, instances: 2, endpoint: {port: 80, probe: {path: health}}}",
+            "services[0].endpoint.probe.path"},
+           {"{name: web, instances: 2, endpoint: {probe: {interval_s: 0}}}",
+            "services[0].endpoint.probe.interval_s"},
            {"{name: web, instances: 2, endpoint: {probe: {unhealthy_threshold: 99}}}",
             "services[0].endpoint.probe.unhealthy_threshold"},
            {"{name: web, instances: 2, endpoint: {prot: 80}}", "services[0].endpoint.prot"},
            {"{name: web, instances: 2, drain: false}", "services[0].drain"}}) {
     std::ofstream(spec) << "services:\n  - " << yaml << "\n";
-    r = run_cli({"drill", "--hypervisor", "test", "--lab-dir", dir_ + "/lab", "--spec", spec}, dir_ + "/bad.log");
+    r = run_cli({"drill", "--hypervisor", "test", "--lab-dir", dir_ + "/lab", "--spec", spec},
+                dir_ + "/bad.log");
     EXPECT_EQ(r.exit_code, 2) << r.output;
     EXPECT_NE(r.output.find(key), std::string::npos) << key << ": " << r.output;
   }
   // Several updates, and a data check, are checked the same way.
   for (auto [yaml, key] : std::vector<std::pair<std::string, std::string>>{
-           {"update: {kind: host-os}\nupdates: [{kind: guest-os}]\n", "updates: give either update or updates"},
+           {"update: {kind: host-os}\nupdates: [{kind: guest-os}]\n",
+            "updates: give either update or updates"},
            {"updates: [{kind: host-os}, {kind: reboot}]\n", "updates[1].kind"},
-           {"services:\n  - {name: web, instances: 2, data_check: {command: [cat, /data/counter]}}\n",
+           {"services:\n  - {name: web, instances: 2, data_check: {command: [cat, "
+            "/data/counter]}}\n",
             "services[0].data_check.command[0]: must be an absolute path"}}) {
     std::ofstream(spec) << yaml;
-    r = run_cli({"drill", "--hypervisor", "test", "--lab-dir", dir_ + "/lab", "--spec", spec}, dir_ + "/bad.log");
+    r = run_cli({"drill", "--hypervisor", "test", "--lab-dir", dir_ + "/lab", "--spec", spec},
+                dir_ + "/bad.log");
     EXPECT_EQ(r.exit_code, 2) << r.output;
     EXPECT_NE(r.output.find(key), std::string::npos) << key << ": " << r.output;
   }
   std::ofstream(spec) << "update: {kind: host-os, target: host-v2}\nwhatever: 1\n";
-  r = run_cli({"drill", "--hypervisor", "test", "--lab-dir", dir_ + "/lab", "--spec", spec}, dir_ + "/bad.log");
+  r = run_cli({"drill", "--hypervisor", "test", "--lab-dir", dir_ + "/lab", "--spec", spec},
+              dir_ + "/bad.log");
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_NE(r.output.find("whatever"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
 }
 
 TEST_F(Drill, LabUpStatusDownManagesARack) {
-  CliRun up = run_cli({"lab", "up", "--hypervisor", "test", "--lab-dir", dir_ + "/lab"}, dir_ + "/up.log");
+  CliRun up =
+      run_cli({"lab", "up", "--hypervisor", "test", "--lab-dir", dir_ + "/lab"}, dir_ + "/up.log");
   ASSERT_EQ(up.exit_code, 0) << up.output;
   CliRun st = run_cli({"lab", "status", "--lab-dir", dir_ + "/lab"}, dir_ + "/st.log");
   ASSERT_EQ(st.exit_code, 0) << st.output;
@@ -475,7 +512,8 @@ TEST_F(Drill, LabUpStatusDownManagesARack) {
   EXPECT_EQ(s.at("agents").as_array().size(), 6u);
   for (const auto& a : s.at("agents").as_array()) EXPECT_TRUE(a.at("alive").as_bool());
   // A second rack in the same directory is refused.
-  CliRun again = run_cli({"lab", "up", "--hypervisor", "test", "--lab-dir", dir_ + "/lab"}, dir_ + "/up2.log");
+  CliRun again =
+      run_cli({"lab", "up", "--hypervisor", "test", "--lab-dir", dir_ + "/lab"}, dir_ + "/up2.log");
   EXPECT_EQ(again.exit_code, 2) << again.output;
   EXPECT_NE(again.output.find("already up"), std::string::npos) << again.output;
   // status prints the UD x FD grid with every instance.
@@ -492,9 +530,9 @@ TEST_F(Drill, LabUpStatusDownManagesARack) {
   // A drill against the running orchestrator, then down.
   std::string url = std::string(s.at("orchestrator_url").as_string());
   std::string token_file = std::string(s.at("token_file").as_string());
-  CliRun d = run_cli({"drill", "--orchestrator", url, "--token-file", token_file, "--spec", spec_path("host-os"),
-                   "--report", dir_ + "/report.json"},
-                  dir_ + "/drill.log");
+  CliRun d = run_cli({"drill", "--orchestrator", url, "--token-file", token_file, "--spec",
+                      spec_path("host-os"), "--report", dir_ + "/report.json"},
+                     dir_ + "/drill.log");
   EXPECT_EQ(d.exit_code, 0) << d.output;
   CliRun down = run_cli({"lab", "down", "--lab-dir", dir_ + "/lab"}, dir_ + "/down.log");
   EXPECT_EQ(down.exit_code, 0) << down.output;
@@ -508,7 +546,8 @@ TEST_F(Drill, CtrlCAbortsTheDrillAndStopsTheRack) {
   std::string log = dir_ + "/int.log";
   pid_t pid = start_cli({"drill", "--hypervisor", "test", "--lab-dir", dir_ + "/lab"}, log);
   // Interrupt once the walk runs.
-  for (int i = 0; i < 600 && slurp(log).find("batch  1/3") == std::string::npos; ++i) usleep(50 * 1000);
+  for (int i = 0; i < 600 && slurp(log).find("batch  1/3") == std::string::npos; ++i)
+    usleep(50 * 1000);
   ASSERT_NE(slurp(log).find("batch  1/3"), std::string::npos) << slurp(log);
   auto lab = json::parse(slurp(dir_ + "/lab/lab.json")).as_object();
   kill(pid, SIGINT);
@@ -532,13 +571,18 @@ TEST_F(Drill, CtrlCAbortsTheDrillAndStopsTheRack) {
 // ---- the rack's network ------------------------------------------------------------------------
 
 TEST_F(Drill, LabOnNetnsPutsEveryHostInItsOwnNamespaceAndRemovesThemAtDown) {
-  if (!can_make_namespaces()) GTEST_SKIP() << "needs root and /usr/sbin/ip to make network namespaces";
+  if (!can_make_namespaces())
+    GTEST_SKIP() << "needs root and /usr/sbin/ip to make network namespaces";
   auto t0 = std::chrono::steady_clock::now();
-  CliRun up = run_cli({"lab", "up", "--hypervisor", "test", "--network", "netns", "--lab-dir", dir_ + "/lab"},
-                      dir_ + "/up.log");
-  auto up_ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  CliRun up = run_cli(
+      {"lab", "up", "--hypervisor", "test", "--network", "netns", "--lab-dir", dir_ + "/lab"},
+      dir_ + "/up.log");
+  auto up_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+          .count();
   ASSERT_EQ(up.exit_code, 0) << up.output;
-  std::cout << "lab up (netns, 6 hosts, test driver, services healthy) took " << up_ms << " ms" << std::endl;
+  std::cout << "lab up (netns, 6 hosts, test driver, services healthy) took " << up_ms << " ms"
+            << std::endl;
   EXPECT_NE(up.output.find("network netns"), std::string::npos) << up.output;
   auto lab = json::parse(slurp(dir_ + "/lab/lab.json")).as_object();
   EXPECT_EQ(lab.at("network").as_string(), "netns");
@@ -547,7 +591,9 @@ TEST_F(Drill, LabOnNetnsPutsEveryHostInItsOwnNamespaceAndRemovesThemAtDown) {
   EXPECT_EQ(lab.at("agent_netns").as_string(), namespaces[0].as_string());
   for (const auto& n : namespaces) {
     EXPECT_TRUE(fs::exists("/run/netns/" + std::string(n.as_string()))) << n;
-    EXPECT_NE(command_output("/usr/sbin/ip netns list").find(std::string(n.as_string())), std::string::npos) << n;
+    EXPECT_NE(command_output("/usr/sbin/ip netns list").find(std::string(n.as_string())),
+              std::string::npos)
+        << n;
   }
   // Every agent in its own namespace on 198.18.0.0/24; the orchestrator beside the test.
   const std::string own = netns_of("self");
@@ -599,12 +645,17 @@ TEST_F(Drill, LabOnNetnsPutsEveryHostInItsOwnNamespaceAndRemovesThemAtDown) {
 
 TEST_F(Drill, LabOnLoopbackWhenAskedUsesLoopbackAddressesAndNoNamespace) {
   auto t0 = std::chrono::steady_clock::now();
-  CliRun up = run_cli({"lab", "up", "--hypervisor", "test", "--network", "loopback", "--lab-dir", dir_ + "/lab"},
-                      dir_ + "/up.log");
-  auto up_ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  CliRun up = run_cli(
+      {"lab", "up", "--hypervisor", "test", "--network", "loopback", "--lab-dir", dir_ + "/lab"},
+      dir_ + "/up.log");
+  auto up_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+          .count();
   ASSERT_EQ(up.exit_code, 0) << up.output;
-  std::cout << "lab up (loopback, 6 hosts, test driver, services healthy) took " << up_ms << " ms" << std::endl;
-  EXPECT_NE(up.output.find("network loopback (127.0.1.1..127.0.1.6; network namespaces not used: --network loopback)"),
+  std::cout << "lab up (loopback, 6 hosts, test driver, services healthy) took " << up_ms << " ms"
+            << std::endl;
+  EXPECT_NE(up.output.find("network loopback (127.0.1.1..127.0.1.6; network namespaces not used: "
+                           "--network loopback)"),
             std::string::npos)
       << up.output;
   auto lab = json::parse(slurp(dir_ + "/lab/lab.json")).as_object();
@@ -626,21 +677,26 @@ TEST_F(Drill, LabOnLoopbackWhenAskedUsesLoopbackAddressesAndNoNamespace) {
 // auto falls back to loopback and says why; netns refuses to start.
 TEST_F(Drill, LabFallsBackToLoopbackWhereNamespacesAreNotPermitted) {
   if (access("/usr/bin/unshare", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/unshare";
-  CliRun strict = run_cli({"lab", "up", "--hypervisor", "test", "--network", "netns", "--lab-dir", dir_ + "/lab"},
-                          dir_ + "/strict.log", {"/usr/bin/unshare", "-U"});
-  if (strict.output.find("unshare failed") != std::string::npos) GTEST_SKIP() << "no user namespaces: " << strict.output;
+  CliRun strict = run_cli(
+      {"lab", "up", "--hypervisor", "test", "--network", "netns", "--lab-dir", dir_ + "/lab"},
+      dir_ + "/strict.log", {"/usr/bin/unshare", "-U"});
+  if (strict.output.find("unshare failed") != std::string::npos)
+    GTEST_SKIP() << "no user namespaces: " << strict.output;
   EXPECT_EQ(strict.exit_code, 3) << strict.output;
   EXPECT_NE(strict.output.find("network namespaces: "), std::string::npos) << strict.output;
   EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json")) << strict.output;
-  CliRun up = run_cli({"lab", "up", "--hypervisor", "test", "--lab-dir", dir_ + "/lab"}, dir_ + "/up.log",
-                      {"/usr/bin/unshare", "-U"});
+  CliRun up = run_cli({"lab", "up", "--hypervisor", "test", "--lab-dir", dir_ + "/lab"},
+                      dir_ + "/up.log", {"/usr/bin/unshare", "-U"});
   ASSERT_EQ(up.exit_code, 0) << up.output;
-  EXPECT_NE(up.output.find("network loopback (127.0.1.1..127.0.1.6; network namespaces not used: ip netns add"),
-            std::string::npos)
+  EXPECT_NE(
+      up.output.find(
+          "network loopback (127.0.1.1..127.0.1.6; network namespaces not used: ip netns add"),
+      std::string::npos)
       << up.output;
   auto lab = json::parse(slurp(dir_ + "/lab/lab.json")).as_object();
   EXPECT_EQ(lab.at("network").as_string(), "loopback");
-  EXPECT_NE(lab.at("network_reason").as_string().find("not permitted"), json::string::npos) << json::serialize(lab);
+  EXPECT_NE(lab.at("network_reason").as_string().find("not permitted"), json::string::npos)
+      << json::serialize(lab);
   EXPECT_TRUE(lab.at("namespaces").as_array().empty());
   CliRun down = run_cli({"lab", "down", "--lab-dir", dir_ + "/lab"}, dir_ + "/down.log");
   EXPECT_EQ(down.exit_code, 0) << down.output;
@@ -675,23 +731,25 @@ TEST_F(Drill, RealVmFaultDomainFailureHeals) {
   expect_fd_failure_healed(r, report);
 }
 
-
 // ---- what clients see: guest network, load balancer, traffic ----------------------------------
 
-// A small rack of real VMs with a guest network: 2 hosts, web (2 instances) behind the load balancer.
+// A small rack of real VMs with a guest network: 2 hosts, web (2 instances) behind the load
+// balancer.
 std::string small_web_spec(const std::string& dir) {
   std::string path = dir + "/small-web.yaml";
-  std::ofstream(path) << "name: small-web\nhypervisor: qemu\nrack: {hosts: 2, fault_domains: 2, capacity: 2}\n"
-                         "services:\n  - {name: web, instances: 2, ud_count: 2, image: v1, endpoint: {port: 80}}\n"
-                         "update: {kind: host-os, target: host-v2}\n"
-                         "policies: {time_scale: 0.001, recovery_s: 1800, notice_s: 900, healthy_timeout_s: 600}\n";
+  std::ofstream(path)
+      << "name: small-web\nhypervisor: qemu\nrack: {hosts: 2, fault_domains: 2, capacity: 2}\n"
+         "services:\n  - {name: web, instances: 2, ud_count: 2, image: v1, endpoint: {port: 80}}\n"
+         "update: {kind: host-os, target: host-v2}\n"
+         "policies: {time_scale: 0.001, recovery_s: 1800, notice_s: 900, healthy_timeout_s: 600}\n";
   return path;
 }
 
 // Addresses and routes of the rack's ranges in the namespace the test runs in: there must be none.
 std::string rack_ranges_here() {
   std::string found;
-  for (const char* cmd : {"/usr/sbin/ip -o addr", "/usr/sbin/ip -o route", "/usr/sbin/ip -o link"}) {
+  for (const char* cmd :
+       {"/usr/sbin/ip -o addr", "/usr/sbin/ip -o route", "/usr/sbin/ip -o link"}) {
     std::istringstream lines(command_output(cmd));
     for (std::string line; std::getline(lines, line);) {
       for (const char* bad : {"198.18.", "198.19.", "169.254.169.254", "gbr0"}) {
@@ -717,7 +775,8 @@ void expect_network_gone(const json::object& lab, const std::string& dir) {
 
 TEST_F(Drill, RealVmGuestNetworkLivesOnlyInTheRackNamespacesAndGoesAtDown) {
   ASSERT_TRUE(can_make_namespaces()) << "the guest network needs root and /usr/sbin/ip";
-  CliRun up = run_cli({"lab", "up", "--spec", small_web_spec(dir_), "--lab-dir", dir_ + "/lab"}, dir_ + "/up.log");
+  CliRun up = run_cli({"lab", "up", "--spec", small_web_spec(dir_), "--lab-dir", dir_ + "/lab"},
+                      dir_ + "/up.log");
   ASSERT_EQ(up.exit_code, 0) << up.output;
   EXPECT_NE(up.output.find("client traffic measured"), std::string::npos) << up.output;
   auto lab = json::parse(slurp(dir_ + "/lab/lab.json")).as_object();
@@ -733,7 +792,8 @@ TEST_F(Drill, RealVmGuestNetworkLivesOnlyInTheRackNamespacesAndGoesAtDown) {
     ns_of_proc[std::string(p.at("name").as_string())] = std::string(p.at("netns").as_string());
   }
   EXPECT_EQ(ns_of_proc["haproxy"], rack);
-  EXPECT_TRUE(ns_of_proc.count("dnsmasq-h0") && ns_of_proc.count("dnsmasq-h1")) << json::serialize(lab);
+  EXPECT_TRUE(ns_of_proc.count("dnsmasq-h0") && ns_of_proc.count("dnsmasq-h1"))
+      << json::serialize(lab);
   // Inside each host: the guest bridge with its gateway and the IMDS address, a guest tap on it.
   for (const auto& av : lab.at("agents").as_array()) {
     std::string ns(av.at("netns").as_string()), name(av.at("name").as_string());
@@ -741,7 +801,8 @@ TEST_F(Drill, RealVmGuestNetworkLivesOnlyInTheRackNamespacesAndGoesAtDown) {
     std::string addrs = command_output("/usr/sbin/ip -n " + ns + " -o -4 addr show dev gbr0");
     EXPECT_NE(addrs.find("198.19." + n + ".1/24"), std::string::npos) << addrs;
     EXPECT_NE(addrs.find("169.254.169.254/32"), std::string::npos) << addrs;
-    EXPECT_NE(command_output("/usr/sbin/ip -n " + ns + " -o link show master gbr0").find("vnet"), std::string::npos);
+    EXPECT_NE(command_output("/usr/sbin/ip -n " + ns + " -o link show master gbr0").find("vnet"),
+              std::string::npos);
   }
   // Nothing of it where the rack was started.
   EXPECT_EQ(rack_ranges_here(), "");
@@ -764,7 +825,8 @@ TEST_F(Drill, RealVmGuestNetworkLivesOnlyInTheRackNamespacesAndGoesAtDown) {
       if (sv.at("name").as_string() != "web") continue;
       vip = std::string(sv.at("vip").as_string());
       for (const auto& b : sv.at("backends").as_array()) {
-        if (b.at("state").as_string() == "UP") up_backends.insert(std::string(b.at("instance").as_string()));
+        if (b.at("state").as_string() == "UP")
+          up_backends.insert(std::string(b.at("instance").as_string()));
       }
     }
     if (up_backends.size() < 2) usleep(100 * 1000);
@@ -773,7 +835,8 @@ TEST_F(Drill, RealVmGuestNetworkLivesOnlyInTheRackNamespacesAndGoesAtDown) {
   EXPECT_EQ(up_backends.size(), 2u);
   std::set<std::string> answered;
   for (int i = 0; i < 20 && answered.size() < 2; ++i) {
-    auto r = fabriclab::http::request(vip, 80, "GET", "/", {}, {}, std::chrono::seconds(5), "/run/netns/" + rack);
+    auto r = fabriclab::http::request(vip, 80, "GET", "/", {}, {}, std::chrono::seconds(5),
+                                      "/run/netns/" + rack);
     ASSERT_TRUE(r.ok()) << r.error().message;
     EXPECT_EQ(r->status, 200) << r->body;
     auto body = json::parse(r->body).as_object();
@@ -782,7 +845,8 @@ TEST_F(Drill, RealVmGuestNetworkLivesOnlyInTheRackNamespacesAndGoesAtDown) {
   }
   EXPECT_EQ(answered, (std::set<std::string>{"web-0", "web-1"}));
   // The VIP is unreachable from here: it exists only in the rack namespace.
-  auto outside = fabriclab::http::request(vip, 80, "GET", "/", {}, {}, std::chrono::milliseconds(500));
+  auto outside =
+      fabriclab::http::request(vip, 80, "GET", "/", {}, {}, std::chrono::milliseconds(500));
   EXPECT_FALSE(outside.ok() && outside->status == 200);
   CliRun down = run_cli({"lab", "down", "--lab-dir", dir_ + "/lab"}, dir_ + "/down.log");
   EXPECT_EQ(down.exit_code, 0) << down.output;
@@ -793,7 +857,8 @@ TEST_F(Drill, RealVmCtrlCStopsTheGuestNetworkToo) {
   ASSERT_TRUE(can_make_namespaces()) << "the guest network needs root and /usr/sbin/ip";
   std::string log = dir_ + "/int.log";
   pid_t pid = start_cli({"drill", "--spec", small_web_spec(dir_), "--lab-dir", dir_ + "/lab"}, log);
-  for (int i = 0; i < 3000 && slurp(log).find("batch  1/") == std::string::npos; ++i) usleep(50 * 1000);
+  for (int i = 0; i < 3000 && slurp(log).find("batch  1/") == std::string::npos; ++i)
+    usleep(50 * 1000);
   ASSERT_NE(slurp(log).find("batch  1/"), std::string::npos) << slurp(log);
   auto lab = json::parse(slurp(dir_ + "/lab/lab.json")).as_object();
   ASSERT_FALSE(lab.at("network_processes").as_array().empty()) << json::serialize(lab);
@@ -811,7 +876,8 @@ TEST_F(Drill, RealVmCtrlCStopsTheGuestNetworkToo) {
 TEST_F(Drill, LabUpStopsWithHaproxysOwnErrorWhenItCannotStart) {
   ASSERT_TRUE(can_make_namespaces()) << "the guest network needs root and /usr/sbin/ip";
   fs::create_directories(dir_ + "/lab/haproxy.sock/in-the-way");
-  CliRun up = run_cli({"lab", "up", "--spec", small_web_spec(dir_), "--lab-dir", dir_ + "/lab"}, dir_ + "/up.log");
+  CliRun up = run_cli({"lab", "up", "--spec", small_web_spec(dir_), "--lab-dir", dir_ + "/lab"},
+                      dir_ + "/up.log");
   EXPECT_EQ(up.exit_code, 3) << up.output;
   EXPECT_NE(up.output.find("haproxy exited at start"), std::string::npos) << up.output;
   EXPECT_NE(up.output.find("[ALERT]"), std::string::npos) << up.output;
@@ -832,27 +898,32 @@ TEST_F(Drill, RealVmNoDrainLosesRequestsOnlyUntilTheProbeNotices) {
   ASSERT_FALSE(report.empty()) << r.output;
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(report.at("drill").at("state").as_string(), "Completed") << r.output;
-  ASSERT_TRUE(report.at("traffic").at("measured").as_bool()) << json::serialize(report.at("traffic"));
+  ASSERT_TRUE(report.at("traffic").at("measured").as_bool())
+      << json::serialize(report.at("traffic"));
   bool check_seen = false;
   for (const auto& c : report.at("checks").as_array()) {
     EXPECT_TRUE(c.at("passed").as_bool()) << json::serialize(c);
     if (c.at("name").as_string() == "clients kept served") {
       check_seen = true;
-      EXPECT_NE(c.at("detail").as_string().find("not checked"), json::string::npos) << json::serialize(c);
+      EXPECT_NE(c.at("detail").as_string().find("not checked"), json::string::npos)
+          << json::serialize(c);
     }
   }
   EXPECT_TRUE(check_seen);
-  const double interval_s = 0.2, detection_s = 2 * interval_s;  // 5 s x 0.001 -> the 200 ms floor, x 2
+  const double interval_s = 0.2,
+               detection_s = 2 * interval_s;  // 5 s x 0.001 -> the 200 ms floor, x 2
   for (const auto& sv : report.at("services").as_array()) {
     const auto& s = sv.as_object();
     if (s.at("instances").to_number<int64_t>() < 2) continue;
     const auto& st = s.at("traffic").as_object();
     EXPECT_GT(st.at("failed").to_number<int64_t>(), 0) << json::serialize(s);
-    EXPECT_LE(st.at("longest_failure_run_s").to_number<double>(), detection_s + interval_s + 1.0 + 0.5)
+    EXPECT_LE(st.at("longest_failure_run_s").to_number<double>(),
+              detection_s + interval_s + 1.0 + 0.5)
         << json::serialize(st);
     std::cout << s.at("name").as_string() << ": " << st.at("failed").to_number<int64_t>() << " of "
-              << st.at("requests").to_number<int64_t>() << " failed, longest run " << st.at("longest_failure_run_s")
-              << " s (detection " << detection_s << " s + interval " << interval_s << " s)" << std::endl;
+              << st.at("requests").to_number<int64_t>() << " failed, longest run "
+              << st.at("longest_failure_run_s") << " s (detection " << detection_s
+              << " s + interval " << interval_s << " s)" << std::endl;
   }
   EXPECT_NE(r.output.find("drain off: not checked"), std::string::npos) << r.output;
 }
@@ -896,9 +967,10 @@ double longest_failure_run_s(const json::object& drill) {
 TEST_F(Drill, RealVmDebianWebHostOsThenReimageServeEveryClientAndKeepTheData) {
   const std::string images = debian_images();
   ASSERT_FALSE(images.empty());
-  CliRun r = run_cli({"drill", "--spec", spec_path("debian-web"), "--image-dir", images, "--lab-dir", dir_ + "/lab",
-                      "--report", dir_ + "/report.json", "--html", dir_ + "/report.html"},
-                     dir_ + "/drill.log");
+  CliRun r =
+      run_cli({"drill", "--spec", spec_path("debian-web"), "--image-dir", images, "--lab-dir",
+               dir_ + "/lab", "--report", dir_ + "/report.json", "--html", dir_ + "/report.html"},
+              dir_ + "/drill.log");
   json::object all = read_report(dir_ + "/report.json");
   ASSERT_TRUE(all.contains("drills")) << r.output;
   const auto& drills = all.at("drills").as_array();
@@ -930,10 +1002,12 @@ TEST_F(Drill, RealVmDebianWebHostOsThenReimageServeEveryClientAndKeepTheData) {
       const auto& dc = i.at("data_check").as_object();
       EXPECT_TRUE(dc.at("held").as_bool()) << json::serialize(dc);
       if (dc.at("after").is_string() && dc.at("before").is_string()) {
-        EXPECT_GE(std::stoll(std::string(dc.at("after").as_string())), std::stoll(std::string(dc.at("before").as_string())));
+        EXPECT_GE(std::stoll(std::string(dc.at("after").as_string())),
+                  std::stoll(std::string(dc.at("before").as_string())));
       }
       EXPECT_TRUE(i.at("signals").at("guest_agent").as_bool()) << json::serialize(i);
-      EXPECT_FALSE(i.at("signals").at("heartbeat").as_bool()) << "no program of ours runs in a Debian guest";
+      EXPECT_FALSE(i.at("signals").at("heartbeat").as_bool())
+          << "no program of ours runs in a Debian guest";
       EXPECT_EQ(i.at("os_up"), json::value(true)) << json::serialize(i);
       EXPECT_EQ(i.at("app_up"), json::value(true)) << json::serialize(i);
       EXPECT_NE(i.at("boot_id_before"), i.at("boot_id_after")) << "both updates reboot the guest";
@@ -951,7 +1025,8 @@ TEST_F(Drill, RealVmDebianWebHostOsThenReimageServeEveryClientAndKeepTheData) {
     }
     EXPECT_NE(slurp(dir_ + "/report.html").find("guest-os → debian-v2"), std::string::npos);
   }
-  EXPECT_NE(slurp(dir_ + "/report.html").find("cat &#47;data&#47;counter"), std::string::npos) << "the data check is on the page";
+  EXPECT_NE(slurp(dir_ + "/report.html").find("cat &#47;data&#47;counter"), std::string::npos)
+      << "the data check is on the page";
   EXPECT_EQ(qemu_processes_under(dir_), 0);
   EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
 }
@@ -966,8 +1041,8 @@ TEST_F(Drill, RealVmDebianImageWhoseAppNeverStartsIsRolledBackAndTheDrillFails) 
          "updates:\n  - {kind: guest-os, target: debian-v3-broken}\n"
          "policies: {time_scale: 0.001, recovery_s: 1800, notice_s: 900, healthy_timeout_s: 600}\n";
   std::ofstream(dir_ + "/broken.yaml") << spec;
-  CliRun r = run_cli({"drill", "--spec", dir_ + "/broken.yaml", "--image-dir", images, "--lab-dir", dir_ + "/lab",
-                      "--report", dir_ + "/report.json"},
+  CliRun r = run_cli({"drill", "--spec", dir_ + "/broken.yaml", "--image-dir", images, "--lab-dir",
+                      dir_ + "/lab", "--report", dir_ + "/report.json"},
                      dir_ + "/drill.log");
   EXPECT_EQ(r.exit_code, 1) << r.output;
   json::object report = read_report(dir_ + "/report.json");
@@ -975,13 +1050,16 @@ TEST_F(Drill, RealVmDebianImageWhoseAppNeverStartsIsRolledBackAndTheDrillFails) 
   EXPECT_EQ(report.at("result").as_string(), "failed");
   std::string reason(report.at("drill").at("reason").as_string());
   EXPECT_NE(reason.find("rolled back to debian-v1"), std::string::npos) << reason;
-  EXPECT_NE(reason.find("app probe"), std::string::npos) << "the OS came up; its app did not: " << reason;
+  EXPECT_NE(reason.find("app probe"), std::string::npos)
+      << "the OS came up; its app did not: " << reason;
   int on_v1 = 0;
-  for (const auto& iv : report.at("instances").as_array()) on_v1 += iv.at("image_after").as_string() == "debian-v1";
+  for (const auto& iv : report.at("instances").as_array())
+    on_v1 += iv.at("image_after").as_string() == "debian-v1";
   EXPECT_EQ(on_v1, 2) << "the broken guest is back on its old overlay, the other was never touched";
   auto [requests, failed] = web_traffic(report);
   EXPECT_GT(requests, 20);
-  EXPECT_LE(failed * 50, requests) << "the other instance served the clients while the broken one was out";
+  EXPECT_LE(failed * 50, requests)
+      << "the other instance served the clients while the broken one was out";
   EXPECT_LT(longest_failure_run_s(report), 2.0) << json::serialize(report.at("services"));
   EXPECT_EQ(qemu_processes_under(dir_), 0);
 }

@@ -121,7 +121,8 @@ class FenceLab : public ::testing::Test {
       auto down = run_cli({"lab", "down", "--lab-dir", lab_}, dir_ + "/down.log");
       EXPECT_EQ(down.exit_code, 0) << down.output;
     }
-    if (HasFailure()) std::cerr << "---- orchestrator log (tail) ----\n" << tail(lab_ + "/orchestrator.log", 40);
+    if (HasFailure())
+      std::cerr << "---- orchestrator log (tail) ----\n" << tail(lab_ + "/orchestrator.log", 40);
     std::error_code ec;
     if (!std::getenv("FABRICLAB_KEEP_TMP")) fs::remove_all(dir_, ec);
   }
@@ -129,14 +130,16 @@ class FenceLab : public ::testing::Test {
   static std::string tail(const std::string& path, size_t lines) {
     std::string s = slurp(path);
     size_t at = s.size();
-    for (size_t n = 0; n <= lines && at != std::string::npos && at > 0; ++n) at = s.rfind('\n', at - 1);
+    for (size_t n = 0; n <= lines && at != std::string::npos && at > 0; ++n)
+      at = s.rfind('\n', at - 1);
     return at == std::string::npos ? s : s.substr(at + 1);
   }
 
   void lab_up(const std::string& spec, const std::string& hypervisor) {
     std::ofstream(dir_ + "/spec.yaml") << spec;
-    auto up = run_cli({"lab", "up", "--spec", dir_ + "/spec.yaml", "--hypervisor", hypervisor, "--lab-dir", lab_},
-                      dir_ + "/up.log");
+    auto up = run_cli(
+        {"lab", "up", "--spec", dir_ + "/spec.yaml", "--hypervisor", hypervisor, "--lab-dir", lab_},
+        dir_ + "/up.log");
     up_ = true;
     ASSERT_EQ(up.exit_code, 0) << up.output;
     lab_json_ = json::parse(slurp(lab_ + "/lab.json")).as_object();
@@ -145,10 +148,13 @@ class FenceLab : public ::testing::Test {
     host_ = url.substr(7, colon - 7);
     port_ = static_cast<uint16_t>(std::stoi(url.substr(colon + 1)));
     token_ = slurp(lab_ + "/token");
-    while (!token_.empty() && std::isspace(static_cast<unsigned char>(token_.back()))) token_.pop_back();
+    while (!token_.empty() && std::isspace(static_cast<unsigned char>(token_.back())))
+      token_.pop_back();
     // The lab gave its orchestrator its own power control.
-    std::string cmd = slurp("/proc/" + std::to_string(lab_json_.at("orchestrator").at("pid").as_int64()) + "/cmdline");
-    ASSERT_NE(cmd.find(std::string("--power-command") + '\0'), std::string::npos) << "the orchestrator has no power command";
+    std::string cmd = slurp(
+        "/proc/" + std::to_string(lab_json_.at("orchestrator").at("pid").as_int64()) + "/cmdline");
+    ASSERT_NE(cmd.find(std::string("--power-command") + '\0'), std::string::npos)
+        << "the orchestrator has no power command";
     ASSERT_NE(cmd.find("lab power-off --lab-dir " + lab_ + " {host}"), std::string::npos);
   }
 
@@ -186,7 +192,8 @@ class FenceLab : public ::testing::Test {
   std::vector<std::string> kept_disks(const std::string& id) {
     std::vector<std::string> out;
     std::error_code ec;
-    for (const auto& e : fs::directory_iterator(lab_ + "/" + id + "/kept-data", ec)) out.push_back(e.path().string());
+    for (const auto& e : fs::directory_iterator(lab_ + "/" + id + "/kept-data", ec))
+      out.push_back(e.path().string());
     return out;
   }
 
@@ -197,9 +204,10 @@ class FenceLab : public ::testing::Test {
 };
 
 TEST_F(FenceLab, SimSilentHostIsFencedThroughTheLabPowerControlAndReconciledAfterPowerOn) {
-  ASSERT_NO_FATAL_FAILURE(lab_up("rack: {hosts: 3, fault_domains: 3, capacity: 2}\n"
-                                 "services:\n  - {name: web, instances: 2, ud_count: 2, image: v1, memory_mib: 128}\n",
-                                 "test"));
+  ASSERT_NO_FATAL_FAILURE(
+      lab_up("rack: {hosts: 3, fault_domains: 3, capacity: 2}\n"
+             "services:\n  - {name: web, instances: 2, ud_count: 2, image: v1, memory_mib: 128}\n",
+             "test"));
   const std::string victim = host_of("web-0");
   ASSERT_FALSE(victim.empty());
   const pid_t agent = static_cast<pid_t>(agent_json(victim).at("pid").as_int64());
@@ -210,35 +218,40 @@ TEST_F(FenceLab, SimSilentHostIsFencedThroughTheLabPowerControlAndReconciledAfte
 
   auto t0 = Clock::now();
   ASSERT_EQ(kill(agent, SIGSTOP), 0);
-  ASSERT_TRUE(wait_until([&] { return host_state(victim) == "Fenced"; }, 30s)) << json::serialize(get("/v1/hosts"));
+  ASSERT_TRUE(wait_until([&] { return host_state(victim) == "Fenced"; }, 30s))
+      << json::serialize(get("/v1/hosts"));
   auto fenced_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
   EXPECT_FALSE(running(agent)) << "Fenced, but the agent still runs";
   ASSERT_TRUE(wait_until([&] { return host_of("web-0") != victim && healthy("web-0"); }, 30s));
   auto healed_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
-  std::cout << "sim: silent -> Fenced " << fenced_ms << " ms, -> web-0 healthy elsewhere " << healed_ms << " ms"
-            << std::endl;
+  std::cout << "sim: silent -> Fenced " << fenced_ms << " ms, -> web-0 healthy elsewhere "
+            << healed_ms << " ms" << std::endl;
   // Powered off twice is still off.
   auto again = run_cli({"lab", "power-off", "--lab-dir", lab_, victim}, dir_ + "/off.log");
   EXPECT_EQ(again.exit_code, 0) << again.output;
 
   auto on = run_cli({"lab", "power-on", "--lab-dir", lab_, victim}, dir_ + "/on.log");
   ASSERT_EQ(on.exit_code, 0) << on.output;
-  ASSERT_TRUE(wait_until([&] { return host_state(victim) == "Ready"; }, 30s)) << json::serialize(get("/v1/hosts"));
+  ASSERT_TRUE(wait_until([&] { return host_state(victim) == "Ready"; }, 30s))
+      << json::serialize(get("/v1/hosts"));
   EXPECT_TRUE(fabriclab::json_get::arr(get("/v1/hosts/" + victim), "instances").empty());
   ASSERT_EQ(kept_disks(victim).size(), 1u) << "web-0's data disk was not kept aside";
   EXPECT_NE(kept_disks(victim)[0].find("web-0-"), std::string::npos);
-  EXPECT_NE(slurp(lab_ + "/orchestrator.log").find("reconciling: removed web-0"), std::string::npos);
+  EXPECT_NE(slurp(lab_ + "/orchestrator.log").find("reconciling: removed web-0"),
+            std::string::npos);
   // Powering on a host that is on is refused.
   auto twice = run_cli({"lab", "power-on", "--lab-dir", lab_, victim}, dir_ + "/on2.log");
   EXPECT_EQ(twice.exit_code, 3) << twice.output;
 }
 
 TEST_F(FenceLab, RealVmPartitionedHostNeverRunsWeb0TwiceAndEndsReadyWithNothingLeaked) {
-  ASSERT_NO_FATAL_FAILURE(lab_up("rack: {hosts: 3, fault_domains: 3, capacity: 2}\n"
-                                 "services:\n  - {name: web, instances: 2, ud_count: 2, image: v1, memory_mib: 128,\n"
-                                 "     endpoint: {port: 80, probe: {path: /health, interval_s: 1, unhealthy_threshold: 2}}}\n",
-                                 "qemu"));
-  ASSERT_EQ(str(lab_json_, "network"), "netns") << "the partition needs the rack's network namespaces";
+  ASSERT_NO_FATAL_FAILURE(lab_up(
+      "rack: {hosts: 3, fault_domains: 3, capacity: 2}\n"
+      "services:\n  - {name: web, instances: 2, ud_count: 2, image: v1, memory_mib: 128,\n"
+      "     endpoint: {port: 80, probe: {path: /health, interval_s: 1, unhealthy_threshold: 2}}}\n",
+      "qemu"));
+  ASSERT_EQ(str(lab_json_, "network"), "netns")
+      << "the partition needs the rack's network namespaces";
   const std::string victim = host_of("web-0");
   ASSERT_FALSE(victim.empty());
   const std::string ns = str(agent_json(victim), "netns");
@@ -258,7 +271,9 @@ TEST_F(FenceLab, RealVmPartitionedHostNeverRunsWeb0TwiceAndEndsReadyWithNothingL
     }
   });
   auto t0 = Clock::now();
-  auto since = [&] { return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count(); };
+  auto since = [&] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+  };
   ASSERT_EQ(std::system(("/usr/sbin/ip -n " + ns + " link set eth0 down").c_str()), 0);
   int64_t fenced_ms = -1, healed_ms = -1;
   while (since() < 12000) {
@@ -266,8 +281,10 @@ TEST_F(FenceLab, RealVmPartitionedHostNeverRunsWeb0TwiceAndEndsReadyWithNothingL
     std::this_thread::sleep_for(100ms);
   }
   ASSERT_EQ(std::system(("/usr/sbin/ip -n " + ns + " link set eth0 up").c_str()), 0);
-  if (fenced_ms < 0 && wait_until([&] { return host_state(victim) == "Fenced"; }, 30s)) fenced_ms = since();
-  EXPECT_GE(fenced_ms, 0) << "web-0's host was never fenced: " << json::serialize(get("/v1/hosts/" + victim));
+  if (fenced_ms < 0 && wait_until([&] { return host_state(victim) == "Fenced"; }, 30s))
+    fenced_ms = since();
+  EXPECT_GE(fenced_ms, 0) << "web-0's host was never fenced: "
+                          << json::serialize(get("/v1/hosts/" + victim));
   // The healed web-0 serves: healthy on another host and UP in the load balancer.
   auto serving = [&] {
     if (host_of("web-0") == victim || !healthy("web-0")) return false;
@@ -286,14 +303,15 @@ TEST_F(FenceLab, RealVmPartitionedHostNeverRunsWeb0TwiceAndEndsReadyWithNothingL
   // The host's power comes back: reconciled, Ready, holding nothing, no VM left under it.
   auto on = run_cli({"lab", "power-on", "--lab-dir", lab_, victim}, dir_ + "/on.log");
   EXPECT_EQ(on.exit_code, 0) << on.output;
-  EXPECT_TRUE(wait_until([&] { return host_state(victim) == "Ready"; }, 60s)) << json::serialize(get("/v1/hosts/" + victim));
+  EXPECT_TRUE(wait_until([&] { return host_state(victim) == "Ready"; }, 60s))
+      << json::serialize(get("/v1/hosts/" + victim));
   auto ready_ms = since();
   std::this_thread::sleep_for(2s);
   stop = true;
   sampler.join();
-  std::cout << "realvm: partition -> Fenced " << fenced_ms << " ms, -> healed web-0 serving " << healed_ms
-            << " ms, power-on -> Ready " << ready_ms << " ms; " << samples << " samples, most web-0 QEMU at once "
-            << most << std::endl;
+  std::cout << "realvm: partition -> Fenced " << fenced_ms << " ms, -> healed web-0 serving "
+            << healed_ms << " ms, power-on -> Ready " << ready_ms << " ms; " << samples
+            << " samples, most web-0 QEMU at once " << most << std::endl;
   EXPECT_EQ(most.load(), 1) << "two QEMU processes ran web-0 at once";
   EXPECT_GE(samples.load(), 100);
   EXPECT_TRUE(fabriclab::json_get::arr(get("/v1/hosts/" + victim), "instances").empty());

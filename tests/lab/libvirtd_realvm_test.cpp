@@ -90,11 +90,23 @@ std::string new_labels(const std::map<std::string, std::string>& before,
 // An agent process and its HTTP API.
 
 // `hypervisor` empty: the agent's default, the embedded driver under the state directory.
-AgentProcess spawn_agent(const std::string& dir, const std::string& hypervisor, const std::string& log) {
-  std::vector<std::string> args = {FABRICLAB_AGENT_BIN, "--host-id", "lab-host", "--state-dir", dir + "/st",
-                                   "--guest-images", testbed::default_images_dir(), "--port", "0",
-                                   "--control-token-file", dir + "/ctl", "--stop-timeout-ms", "30000",
-                                   "--log-level", "info"};
+AgentProcess spawn_agent(const std::string& dir, const std::string& hypervisor,
+                         const std::string& log) {
+  std::vector<std::string> args = {FABRICLAB_AGENT_BIN,
+                                   "--host-id",
+                                   "lab-host",
+                                   "--state-dir",
+                                   dir + "/st",
+                                   "--guest-images",
+                                   testbed::default_images_dir(),
+                                   "--port",
+                                   "0",
+                                   "--control-token-file",
+                                   dir + "/ctl",
+                                   "--stop-timeout-ms",
+                                   "30000",
+                                   "--log-level",
+                                   "info"};
   if (!hypervisor.empty()) args.insert(args.end(), {"--hypervisor", hypervisor});
   return AgentProcess::spawn(args, dir + "/agent.out", log);
 }

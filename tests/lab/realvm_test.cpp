@@ -100,19 +100,20 @@ TEST_F(RealVm, GuestBootsStopsGracefullySwapsToV2AndKeepsItsCounter) {
   // The guest answers what the host tells it (instance identity, scheduled events).
   ASSERT_TRUE(
       link->send_line(guestproto::to_line(agent::InstanceIdentity{"web", 0, 0, 0, "host-a"})).ok());
-  auto iack = link->wait_for([](const GuestMessage& m) {
-    return std::holds_alternative<agent::InstanceAck>(m);
-  }, 10s);
+  auto iack = link->wait_for(
+      [](const GuestMessage& m) { return std::holds_alternative<agent::InstanceAck>(m); }, 10s);
   ASSERT_TRUE(iack.ok()) << iack.error().describe();
   EXPECT_EQ(std::get<agent::InstanceAck>(iack->message).service, "web");
   agent::ScheduledEvent ev;
   ev.event_id = "evt-1";
   ev.resources = {"web-0"};
   ASSERT_TRUE(link->send_line(guestproto::to_line(agent::ScheduledEventsDoc{1, {ev}})).ok());
-  auto ack = link->wait_for([](const GuestMessage& m) {
-    auto* a = std::get_if<agent::Ack>(&m);
-    return a && a->event_id == "evt-1";
-  }, 10s);
+  auto ack = link->wait_for(
+      [](const GuestMessage& m) {
+        auto* a = std::get_if<agent::Ack>(&m);
+        return a && a->event_id == "evt-1";
+      },
+      10s);
   ASSERT_TRUE(ack.ok()) << ack.error().describe();
 
   // Let the counter move, remember the last durable value reported before the stop.
@@ -125,9 +126,8 @@ TEST_F(RealVm, GuestBootsStopsGracefullySwapsToV2AndKeepsItsCounter) {
   ASSERT_TRUE(stop.ok()) << stop.error().describe();
   EXPECT_EQ(stop->method, StopMethod::graceful) << stop->note;
   EXPECT_LT(stop->elapsed, 10s);
-  auto fin = link->wait_for([](const GuestMessage& m) {
-    return std::holds_alternative<agent::Final>(m);
-  }, 5s);
+  auto fin = link->wait_for(
+      [](const GuestMessage& m) { return std::holds_alternative<agent::Final>(m); }, 5s);
   EXPECT_TRUE(fin.ok()) << "a clean power-off sends its final record";
   if (fin.ok()) {
     EXPECT_TRUE(std::get<agent::Final>(fin->message).clean);

@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <boost/json.hpp>
-
 #include <set>
 
 #include "fabriclab/rack/chaos.hpp"
@@ -22,7 +21,8 @@ TEST(ChaosDraw, TheSameSeedAndDrillDrawTheSameFaultsAndEveryKindComesUp) {
   std::set<std::string> kinds;
   bool differs = false;
   for (int k = 1; k <= 16; ++k) {
-    auto a = draw_faults(base, {}, 7, k), b = draw_faults(base, {}, 7, k), c = draw_faults(base, {}, 8, k);
+    auto a = draw_faults(base, {}, 7, k), b = draw_faults(base, {}, 7, k),
+         c = draw_faults(base, {}, 8, k);
     ASSERT_EQ(a.size(), b.size());
     ASSERT_GE(a.size(), 1u);
     ASSERT_LE(a.size(), 2u);
@@ -83,14 +83,18 @@ TEST(FaultOutcomes, WhatTheSystemDidIsReadFromTheFeedAfterTheInjection) {
   r.status = "injected";
   r.injected_ms = *parse_rfc3339_ms("2026-11-30T10:00:00.000Z");
   std::vector<json::object> feed = {
-      ev("host.state", "2026-11-30T09:59:59.000Z", {{"host", "h1"}, {"state", "Unhealthy"}}),  // before: ignored
+      ev("host.state", "2026-11-30T09:59:59.000Z",
+         {{"host", "h1"}, {"state", "Unhealthy"}}),  // before: ignored
       ev("host.state", "2026-11-30T10:00:03.000Z", {{"host", "h1"}, {"state", "Unhealthy"}}),
-      ev("service.healed", "2026-11-30T10:00:03.500Z", {{"instance", "web-1"}, {"from_host", "h1"}, {"to_host", "h0"}}),
+      ev("service.healed", "2026-11-30T10:00:03.500Z",
+         {{"instance", "web-1"}, {"from_host", "h1"}, {"to_host", "h0"}}),
       ev("host.state", "2026-11-30T10:00:06.000Z", {{"host", "h1"}, {"state", "Ready"}}),
-      ev("drill.host", "2026-11-30T10:00:06.500Z", {{"host", "h2"}, {"status", "failed"}})};  // another host
+      ev("drill.host", "2026-11-30T10:00:06.500Z",
+         {{"host", "h2"}, {"status", "failed"}})};  // another host
   std::vector<FaultRecord> rs = {r};
   explain_outcomes(rs, feed, {{"state", "Completed"}}, {});
-  EXPECT_EQ(rs[0].outcome, "h1 Unhealthy after 3.0 s; h1 Ready again after 6.0 s; healed web-1 h1->h0");
+  EXPECT_EQ(rs[0].outcome,
+            "h1 Unhealthy after 3.0 s; h1 Ready again after 6.0 s; healed web-1 h1->h0");
   // Nothing on the feed: said so, with how the drill ended; a fault not injected gets no outcome.
   rs = {r};
   rs.push_back(r);
@@ -103,15 +107,22 @@ TEST(FaultOutcomes, WhatTheSystemDidIsReadFromTheFeedAfterTheInjection) {
   g.spec.kind = "guest-hang";
   g.spec.target_kind = "instance";
   g.spec.target = "web-0";
-  feed = {ev("instance.state", "2026-11-30T10:00:01.000Z",
-             {{"instance", json::object{{"name", "web-0"}, {"healthy", false}, {"status", "Stopping"}, {"host", "h1"}}}}),
-          ev("instance.state", "2026-11-30T10:00:12.000Z",
-             {{"instance", json::object{{"name", "web-0"}, {"healthy", true}, {"status", "Healthy"}, {"host", "h1"}}}})};
-  json::object report{{"instances", json::array{json::object{{"name", "web-0"}, {"stop_method", "destroyed"}}}}};
+  feed = {
+      ev("instance.state", "2026-11-30T10:00:01.000Z",
+         {{"instance",
+           json::object{
+               {"name", "web-0"}, {"healthy", false}, {"status", "Stopping"}, {"host", "h1"}}}}),
+      ev("instance.state", "2026-11-30T10:00:12.000Z",
+         {{"instance",
+           json::object{
+               {"name", "web-0"}, {"healthy", true}, {"status", "Healthy"}, {"host", "h1"}}}})};
+  json::object report{
+      {"instances", json::array{json::object{{"name", "web-0"}, {"stop_method", "destroyed"}}}}};
   rs = {g};
   explain_outcomes(rs, feed, {{"state", "Completed"}}, report);
   EXPECT_EQ(rs[0].outcome,
-            "web-0 down after 1.0 s (Stopping); web-0 healthy again on h1 after 12.0 s; web-0 stopped by force "
+            "web-0 down after 1.0 s (Stopping); web-0 healthy again on h1 after 12.0 s; web-0 "
+            "stopped by force "
             "(destroyed) after its stop timeout");
 }
 

@@ -3,11 +3,11 @@
 // pass; the same for job timelines, two hosts running one instance, counters going backwards, a
 // drill left in no terminal state, and a report that says passed against the evidence.
 
+#include "fabriclab/rack/checkers.hpp"
+
 #include <gtest/gtest.h>
 
 #include <boost/json.hpp>
-
-#include "fabriclab/rack/checkers.hpp"
 
 namespace fabriclab {
 namespace {
@@ -15,70 +15,94 @@ namespace {
 namespace json = boost::json;
 using namespace rack;
 
-json::object inst(const std::string& name, const std::string& svc, int ud, const std::string& host) {
+json::object inst(const std::string& name, const std::string& svc, int ud,
+                  const std::string& host) {
   return {{"name", name}, {"service", svc}, {"ud", ud}, {"host", host}};
 }
 json::object snapshot(json::array instances) {
-  return {{"seq", 1}, {"type", "snapshot"}, {"state", json::object{{"instances", std::move(instances)}}}};
+  return {{"seq", 1},
+          {"type", "snapshot"},
+          {"state", json::object{{"instances", std::move(instances)}}}};
 }
 json::object drill_host(int64_t seq, const std::string& host, const std::string& status) {
-  return {{"seq", seq}, {"type", "drill.host"}, {"host", host}, {"status", status}, {"time", "2026-11-30T10:00:00.000Z"}};
+  return {{"seq", seq},
+          {"type", "drill.host"},
+          {"host", host},
+          {"status", status},
+          {"time", "2026-11-30T10:00:00.000Z"}};
 }
 
 TEST(CheckUdRuleFeed, TwoHostsInFlightHoldingTwoUdsOfOneServiceFail) {
   std::vector<json::object> feed = {
-      snapshot({inst("web-0", "web", 0, "h0"), inst("web-1", "web", 1, "h1"), inst("worker-0", "worker", 0, "h2")}),
+      snapshot({inst("web-0", "web", 0, "h0"), inst("web-1", "web", 1, "h1"),
+                inst("worker-0", "worker", 0, "h2")}),
       drill_host(2, "h0", "running"), drill_host(3, "h1", "running"), drill_host(4, "h0", "done"),
       drill_host(5, "h1", "done")};
   auto r = check_ud_rule_feed(feed);
   EXPECT_FALSE(r.passed);
-  EXPECT_NE(r.detail.find("web: UD0 (web-0 on h0) UD1 (web-1 on h1)"), std::string::npos) << r.detail;
+  EXPECT_NE(r.detail.find("web: UD0 (web-0 on h0) UD1 (web-1 on h1)"), std::string::npos)
+      << r.detail;
   EXPECT_NE(r.detail.find("seq 3"), std::string::npos) << r.detail;
 }
 
 TEST(CheckUdRuleFeed, OneUdPerServiceInFlightPassesAndAHealedInstanceCountsOnItsNewHost) {
   std::vector<json::object> feed = {
-      snapshot({inst("web-0", "web", 0, "h0"), inst("web-1", "web", 1, "h1"), inst("worker-0", "worker", 0, "h2")}),
+      snapshot({inst("web-0", "web", 0, "h0"), inst("web-1", "web", 1, "h1"),
+                inst("worker-0", "worker", 0, "h2")}),
       drill_host(2, "h0", "running"), drill_host(3, "h2", "running"),  // web UD0 + worker UD0: fine
       drill_host(4, "h0", "done"), drill_host(5, "h2", "done")};
   EXPECT_TRUE(check_ud_rule_feed(feed).passed) << check_ud_rule_feed(feed).detail;
   // web-1 healed onto h2 while h0 and h2 are in flight: now web has UD0 and UD1 down.
-  feed = {snapshot({inst("web-0", "web", 0, "h0"), inst("web-1", "web", 1, "h1")}), drill_host(2, "h0", "running"),
-          drill_host(3, "h2", "running"),
-          json::object{{"seq", 4}, {"type", "instance.state"}, {"instance", inst("web-1", "web", 1, "h2")}}};
+  feed = {snapshot({inst("web-0", "web", 0, "h0"), inst("web-1", "web", 1, "h1")}),
+          drill_host(2, "h0", "running"), drill_host(3, "h2", "running"),
+          json::object{
+              {"seq", 4}, {"type", "instance.state"}, {"instance", inst("web-1", "web", 1, "h2")}}};
   EXPECT_FALSE(check_ud_rule_feed(feed).passed);
   // A drill that ended clears what was in flight (a host left "running" by an abort).
-  feed = {snapshot({inst("web-0", "web", 0, "h0"), inst("web-1", "web", 1, "h1")}), drill_host(2, "h0", "running"),
-          json::object{{"seq", 3}, {"type", "drill.state"}, {"drill", json::object{{"state", "Aborted"}}}},
+  feed = {snapshot({inst("web-0", "web", 0, "h0"), inst("web-1", "web", 1, "h1")}),
+          drill_host(2, "h0", "running"),
+          json::object{
+              {"seq", 3}, {"type", "drill.state"}, {"drill", json::object{{"state", "Aborted"}}}},
           drill_host(4, "h1", "running")};
   EXPECT_TRUE(check_ud_rule_feed(feed).passed);
   // An orchestrator restarted mid-walk: h0's end happened while it was down; the resync snapshot's
   // drill says who runs now, so h1 starting is not taken for two UDs at once.
   json::object resync = snapshot({inst("web-0", "web", 0, "h0"), inst("web-1", "web", 1, "h1")});
   resync["state"].as_object()["drill"] =
-      json::object{{"state", "Running"}, {"hosts", json::array{json::object{{"host", "h0"}, {"status", "done"}}}}};
-  feed = {snapshot({inst("web-0", "web", 0, "h0"), inst("web-1", "web", 1, "h1")}), drill_host(2, "h0", "running"),
-          resync, drill_host(1048600, "h1", "running")};
+      json::object{{"state", "Running"},
+                   {"hosts", json::array{json::object{{"host", "h0"}, {"status", "done"}}}}};
+  feed = {snapshot({inst("web-0", "web", 0, "h0"), inst("web-1", "web", 1, "h1")}),
+          drill_host(2, "h0", "running"), resync, drill_host(1048600, "h1", "running")};
   EXPECT_TRUE(check_ud_rule_feed(feed).passed) << check_ud_rule_feed(feed).detail;
   feed.pop_back();
-  feed.back()["state"].as_object()["drill"].as_object()["hosts"].as_array()[0].as_object()["status"] = "running";
+  feed.back()["state"]
+      .as_object()["drill"]
+      .as_object()["hosts"]
+      .as_array()[0]
+      .as_object()["status"] = "running";
   feed.push_back(drill_host(1048600, "h1", "running"));
   EXPECT_FALSE(check_ud_rule_feed(feed).passed);
 }
 
 TEST(CheckUdRuleJobs, OverlappingJobsOnTwoUdsFailAndBackToBackJobsPass) {
-  std::map<std::string, std::pair<std::string, int>> ud_of = {{"web-0", {"web", 0}}, {"web-1", {"web", 1}}};
+  std::map<std::string, std::pair<std::string, int>> ud_of = {{"web-0", {"web", 0}},
+                                                              {"web-1", {"web", 1}}};
   std::vector<JobSpan> jobs = {{"h0", 1000, 2000, {"web-0"}}, {"h1", 1500, 2500, {"web-1"}}};
   auto r = check_ud_rule_jobs(jobs, ud_of);
   EXPECT_FALSE(r.passed);
-  EXPECT_NE(r.detail.find("web: UD0 (web-0 on h0) and UD1 (web-1 on h1)"), std::string::npos) << r.detail;
+  EXPECT_NE(r.detail.find("web: UD0 (web-0 on h0) and UD1 (web-1 on h1)"), std::string::npos)
+      << r.detail;
   jobs = {{"h0", 1000, 2000, {"web-0"}}, {"h1", 2000, 2500, {"web-1"}}};  // half open: no overlap
   EXPECT_TRUE(check_ud_rule_jobs(jobs, ud_of).passed);
-  jobs = {{"h0", 1000, 0, {"web-0"}}, {"h1", 5000, 6000, {"web-1"}}};  // still running: overlaps all later
+  jobs = {{"h0", 1000, 0, {"web-0"}},
+          {"h1", 5000, 6000, {"web-1"}}};  // still running: overlaps all later
   EXPECT_FALSE(check_ud_rule_jobs(jobs, ud_of).passed);
   // From an agent's answer.
-  json::array ops = json::parse(R"([{"started_at":"2026-11-30T10:00:00.000Z","finished_at":"2026-11-30T10:00:05.000Z",
-                                      "guests":[{"name":"web-0"}]}])").as_array();
+  json::array ops =
+      json::parse(
+          R"([{"started_at":"2026-11-30T10:00:00.000Z","finished_at":"2026-11-30T10:00:05.000Z",
+                                      "guests":[{"name":"web-0"}]}])")
+          .as_array();
   auto spans = job_spans("h0", ops);
   ASSERT_EQ(spans.size(), 1u);
   EXPECT_EQ(spans[0].end_ms - spans[0].start_ms, 5000);
@@ -86,7 +110,9 @@ TEST(CheckUdRuleJobs, OverlappingJobsOnTwoUdsFailAndBackToBackJobsPass) {
 }
 
 TEST(CheckSingleHost, AnInstanceRunningOnTwoAgentsFailsAndAStoppedCopyDoesNot) {
-  json::array h0 = json::parse(R"([{"name":"web-0","status":"Healthy"},{"name":"web-1","status":"Stopped"}])").as_array();
+  json::array h0 =
+      json::parse(R"([{"name":"web-0","status":"Healthy"},{"name":"web-1","status":"Stopped"}])")
+          .as_array();
   json::array h1 = json::parse(R"([{"name":"web-1","status":"Healthy"}])").as_array();
   PlacementSample s{100, {}};
   add_agent_instances(s, "h0", h0);
@@ -101,35 +127,43 @@ TEST(CheckSingleHost, AnInstanceRunningOnTwoAgentsFailsAndAStoppedCopyDoesNot) {
 }
 
 TEST(CheckCounters, ACounterGoingBackwardsFailsAMovedOneIsNamedNotJudged) {
-  std::map<std::string, CounterReading> before = {{"web-0", {"h0", 10}}, {"web-1", {"h1", 7}}, {"hello-0", {"h2", 3}}};
-  std::map<std::string, CounterReading> after = {{"web-0", {"h0", 12}}, {"web-1", {"h3", 0}}, {"hello-0", {"h2", 3}}};
+  std::map<std::string, CounterReading> before = {
+      {"web-0", {"h0", 10}}, {"web-1", {"h1", 7}}, {"hello-0", {"h2", 3}}};
+  std::map<std::string, CounterReading> after = {
+      {"web-0", {"h0", 12}}, {"web-1", {"h3", 0}}, {"hello-0", {"h2", 3}}};
   auto r = check_counters(before, after);
   EXPECT_TRUE(r.passed) << r.detail;
-  EXPECT_NE(r.detail.find("moved (new VMs, not judged): web-1 h1->h3"), std::string::npos) << r.detail;
+  EXPECT_NE(r.detail.find("moved (new VMs, not judged): web-1 h1->h3"), std::string::npos)
+      << r.detail;
   after["web-0"] = {"h0", 9};
   r = check_counters(before, after);
   EXPECT_FALSE(r.passed);
   EXPECT_NE(r.detail.find("web-0 on h0: 10 -> 9"), std::string::npos) << r.detail;
   // From an agent's answer: a stopped stale copy is not a reading.
   std::map<std::string, CounterReading> read;
-  add_counters(read, "h0", json::parse(R"([{"name":"web-0","status":"Healthy","last_heartbeat":{"counter":5}},
-                                           {"name":"web-1","status":"Stopped","last_heartbeat":{"counter":99}}])").as_array());
+  add_counters(read, "h0",
+               json::parse(R"([{"name":"web-0","status":"Healthy","last_heartbeat":{"counter":5}},
+                                           {"name":"web-1","status":"Stopped","last_heartbeat":{"counter":99}}])")
+                   .as_array());
   EXPECT_EQ(read.at("web-0").counter, 5);
   EXPECT_EQ(read.count("web-1"), 0u);
 }
 
 TEST(CheckTerminalAndReport, NonTerminalStatesAndReportsThatDisagreeFail) {
-  json::object report = {{"drill", json::object{{"state", "Completed"}}},
-                         {"checks", json::array{json::object{{"name", "drill completed"}, {"passed", true}}}},
-                         {"result", "passed"}};
+  json::object report = {
+      {"drill", json::object{{"state", "Completed"}}},
+      {"checks", json::array{json::object{{"name", "drill completed"}, {"passed", true}}}},
+      {"result", "passed"}};
   EXPECT_TRUE(check_terminal({{"state", "Completed"}}, report).passed);
   EXPECT_FALSE(check_terminal({{"state", "Running"}}, report).passed);
   EXPECT_FALSE(check_terminal({{"state", "Failed"}}, report).passed);  // the report says Completed
-  CheckResult ok{"x", true, ""}, bad{"one host per instance (agents' records)", false, "web-0 on h0 and h1"};
+  CheckResult ok{"x", true, ""},
+      bad{"one host per instance (agents' records)", false, "web-0 on h0 and h1"};
   EXPECT_TRUE(check_report_agrees(report, {ok}).passed);
   auto r = check_report_agrees(report, {ok, bad});
   EXPECT_FALSE(r.passed);
-  EXPECT_NE(r.detail.find("the report says passed but 'one host per instance"), std::string::npos) << r.detail;
+  EXPECT_NE(r.detail.find("the report says passed but 'one host per instance"), std::string::npos)
+      << r.detail;
   // A failed drill's report may disagree with nothing: it says failed.
   report["result"] = "failed";
   report["checks"] = json::array{json::object{{"name", "drill completed"}, {"passed", false}}};

@@ -3,10 +3,9 @@
 // cannot be executed, ignores SIGTERM or is started again on the same output file.
 
 #include "fabriclab/common/child_process.hpp"
-#include "temp_dir.hpp"
 
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,13 +15,17 @@
 #include <filesystem>
 #include <fstream>
 
+#include "temp_dir.hpp"
+
 namespace fabriclab {
 namespace {
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
 
 // True when this process has no child left (reaped or never started).
 bool no_children() { return ::waitpid(-1, nullptr, WNOHANG) < 0 && errno == ECHILD; }
@@ -67,9 +70,10 @@ TEST_F(ChildProcessTest, WaitListeningReturnsTheAddressTheProgramPrinted) {
 TEST_F(ChildProcessTest, AnotherProgramsListeningLineIsNotOurs) {
   // The agent prints "imds listening ..." too; only a line that begins with "listening " counts,
   // and a bad endpoint is no answer.
-  auto c = sh("echo 'imds listening 169.254.169.254:80'; echo 'listening nowhere'; "
-              "echo 'listening 10.0.0.1:99999'; echo 'listening [::1]:8080'; exec sleep 30",
-              options("svc"));
+  auto c =
+      sh("echo 'imds listening 169.254.169.254:80'; echo 'listening nowhere'; "
+         "echo 'listening 10.0.0.1:99999'; echo 'listening [::1]:8080'; exec sleep 30",
+         options("svc"));
   ASSERT_TRUE(c.ok());
   auto at = wait_listening(*c, 10s);
   ASSERT_TRUE(at.ok()) << at.error().describe();
@@ -85,7 +89,9 @@ TEST_F(ChildProcessTest, AProgramThatExitsFirstIsNamedWithItsExitCodeAndWhatItPr
   ASSERT_FALSE(at.ok());
   EXPECT_EQ(at.error().condition, Condition::internal);
   const std::string& m = at.error().message;
-  EXPECT_TRUE(contains(m, "orchestrator exited (exit code 3) before it printed 'listening HOST:PORT'")) << m;
+  EXPECT_TRUE(
+      contains(m, "orchestrator exited (exit code 3) before it printed 'listening HOST:PORT'"))
+      << m;
   EXPECT_TRUE(contains(m, "loading config")) << m;
   EXPECT_TRUE(contains(m, "bad flag --x")) << m;
   EXPECT_TRUE(no_children());
@@ -98,7 +104,8 @@ TEST_F(ChildProcessTest, AProgramThatSaysNothingTimesOutAndIsLeftToItsCaller) {
   auto at = wait_listening(*c, 300ms);
   ASSERT_FALSE(at.ok());
   EXPECT_EQ(at.error().condition, Condition::timeout);
-  EXPECT_TRUE(contains(at.error().message, "quiet did not print 'listening HOST:PORT' within 300 ms"))
+  EXPECT_TRUE(
+      contains(at.error().message, "quiet did not print 'listening HOST:PORT' within 300 ms"))
       << at.error().message;
   EXPECT_TRUE(contains(at.error().message, "printed nothing")) << at.error().message;
   EXPECT_GE(Clock::now() - start, 300ms);
@@ -124,7 +131,8 @@ TEST_F(ChildProcessTest, AProgramThatCannotBeExecutedSaysSoOnItsStderr) {
   auto at = wait_listening(*c, 10s);
   ASSERT_FALSE(at.ok());
   EXPECT_TRUE(contains(at.error().message, "exit code 127")) << at.error().message;
-  EXPECT_TRUE(contains(at.error().message, "cannot execute " + dir_ + "/no-such-program")) << at.error().message;
+  EXPECT_TRUE(contains(at.error().message, "cannot execute " + dir_ + "/no-such-program"))
+      << at.error().message;
 }
 
 TEST_F(ChildProcessTest, ARestartAppendingToTheSameFileReadsItsOwnLine) {
@@ -155,8 +163,10 @@ TEST_F(ChildProcessTest, TheChildGetsNoDescriptorOfOursAndNoBlockedSignal) {
   sigemptyset(&term);
   sigaddset(&term, SIGTERM);
   ASSERT_EQ(::pthread_sigmask(SIG_BLOCK, &term, &old), 0);
-  auto c = sh("echo /proc/$$/fd/*; grep SigBlk /proc/$$/status; echo 'listening 127.0.0.1:1'; exec sleep 30",
-              options("probe"));
+  auto c =
+      sh("echo /proc/$$/fd/*; grep SigBlk /proc/$$/status; echo 'listening 127.0.0.1:1'; exec "
+         "sleep 30",
+         options("probe"));
   ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   ::close(leaked);
   ASSERT_TRUE(c.ok());
@@ -180,7 +190,8 @@ TEST_F(ChildProcessTest, StopProcessesEscalatesToSigkillAfterTheGrace) {
   // An ignored signal stays ignored across exec: this sleep ignores SIGTERM.
   std::vector<pid_t> pids;
   for (int i = 0; i < 3; ++i) {
-    auto c = sh(i == 0 ? "trap '' TERM; exec sleep 30" : "exec sleep 30", options("s" + std::to_string(i)));
+    auto c = sh(i == 0 ? "trap '' TERM; exec sleep 30" : "exec sleep 30",
+                options("s" + std::to_string(i)));
     ASSERT_TRUE(c.ok());
     pids.push_back(c->pid);
   }
@@ -205,7 +216,8 @@ TEST_F(ChildProcessTest, MissingInputsAndANamespaceThatDoesNotExistAreErrors) {
   auto c = spawn_child({"/bin/true"}, o);
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.error().condition, Condition::not_found);
-  EXPECT_TRUE(contains(c.error().message, "/run/netns/flab-no-such-namespace")) << c.error().message;
+  EXPECT_TRUE(contains(c.error().message, "/run/netns/flab-no-such-namespace"))
+      << c.error().message;
   EXPECT_TRUE(no_children());
 }
 

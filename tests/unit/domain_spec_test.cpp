@@ -106,7 +106,8 @@ TEST(DomainSpec, RejectsABadMacOrBridgeNamingTheField) {
 // guest agent channel.
 DomainSpec os_disk_sample() {
   auto s = sample();
-  s.boot = {"/img/debian-v1/vmlinuz", "/img/debian-v1/initrd.img", "root=/dev/vda rw console=ttyS0"};
+  s.boot = {"/img/debian-v1/vmlinuz", "/img/debian-v1/initrd.img",
+            "root=/dev/vda rw console=ttyS0"};
   s.os_disk = "/lab/web-0.os.qcow2";
   s.guest_agent = true;
   return s;
@@ -120,7 +121,8 @@ TEST(DomainSpec, WithoutAnOsDiskTheDataDiskIsVdaAsForTheBuiltInGuest) {
             std::string::npos)
       << *xml;
   EXPECT_EQ(xml->find("vdb"), std::string::npos) << *xml;
-  EXPECT_EQ(xml->find("org.qemu.guest_agent.0"), std::string::npos) << "no agent channel unless asked";
+  EXPECT_EQ(xml->find("org.qemu.guest_agent.0"), std::string::npos)
+      << "no agent channel unless asked";
   EXPECT_EQ(xml->find("<boot dev="), std::string::npos) << *xml;
   EXPECT_EQ(os_disk_target(sample()), "");
   EXPECT_EQ(data_disk_target(sample()), "vda");
@@ -130,10 +132,12 @@ TEST(DomainSpec, AnOsDiskIsVdaInItsFormatAndTheDataDiskMovesToVdb) {
   auto s = os_disk_sample();
   auto xml = render_domain_xml(s, "qemu");
   ASSERT_TRUE(xml.ok()) << xml.error().describe();
-  const auto os = xml->find("<driver name='qemu' type='qcow2'/>\n      <source file='/lab/web-0.os.qcow2'/>\n"
-                            "      <target dev='vda' bus='virtio'/>");
-  const auto data = xml->find("<driver name='qemu' type='raw'/>\n      <source file='/lab/web-0.raw'/>\n"
-                              "      <target dev='vdb' bus='virtio'/>");
+  const auto os = xml->find(
+      "<driver name='qemu' type='qcow2'/>\n      <source file='/lab/web-0.os.qcow2'/>\n"
+      "      <target dev='vda' bus='virtio'/>");
+  const auto data = xml->find(
+      "<driver name='qemu' type='raw'/>\n      <source file='/lab/web-0.raw'/>\n"
+      "      <target dev='vdb' bus='virtio'/>");
   ASSERT_NE(os, std::string::npos) << *xml;
   ASSERT_NE(data, std::string::npos) << *xml;
   EXPECT_LT(os, data) << "the OS disk comes first";
@@ -145,8 +149,9 @@ TEST(DomainSpec, AnOsDiskIsVdaInItsFormatAndTheDataDiskMovesToVdb) {
   s.os_disk_format = "raw";
   xml = render_domain_xml(s, "qemu");
   ASSERT_TRUE(xml.ok());
-  EXPECT_NE(xml->find("<driver name='qemu' type='raw'/>\n      <source file='/lab/web-0.os.qcow2'/>"),
-            std::string::npos)
+  EXPECT_NE(
+      xml->find("<driver name='qemu' type='raw'/>\n      <source file='/lab/web-0.os.qcow2'/>"),
+      std::string::npos)
       << *xml;
 
   s.data_disk.clear();
@@ -241,11 +246,13 @@ TEST(DomainSpec, UefiRendersTheReadOnlyLoaderAndTheVmsOwnNvramBeforeTheBootDevic
   for (const char* type : {"qemu", "test"}) {
     auto xml = render_domain_xml(s, type);
     ASSERT_TRUE(xml.ok()) << xml.error().describe();
-    EXPECT_NE(xml->find(">hvm</type>\n"
-                        "    <loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>\n"
-                        "    <nvram>/lab/web-0.d/efivars.fd</nvram>\n"
-                        "    <boot dev='hd'/>\n  </os>"),
-              std::string::npos)
+    EXPECT_NE(
+        xml->find(
+            ">hvm</type>\n"
+            "    <loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>\n"
+            "    <nvram>/lab/web-0.d/efivars.fd</nvram>\n"
+            "    <boot dev='hd'/>\n  </os>"),
+        std::string::npos)
         << *xml;
   }
   // Direct kernel boot under UEFI works too (OVMF loads the kernel QEMU hands it).
@@ -253,7 +260,8 @@ TEST(DomainSpec, UefiRendersTheReadOnlyLoaderAndTheVmsOwnNvramBeforeTheBootDevic
   s.firmware = {"/fw/code.fd", "/lab/vars.fd"};
   auto xml = render_domain_xml(s, "qemu");
   ASSERT_TRUE(xml.ok()) << xml.error().describe();
-  EXPECT_NE(xml->find("<nvram>/lab/vars.fd</nvram>\n    <kernel>/img/debian-v1/vmlinuz</kernel>"), std::string::npos)
+  EXPECT_NE(xml->find("<nvram>/lab/vars.fd</nvram>\n    <kernel>/img/debian-v1/vmlinuz</kernel>"),
+            std::string::npos)
       << *xml;
   // BIOS: no loader at all (QEMU's SeaBIOS).
   xml = render_domain_xml(os_disk_sample(), "qemu");
@@ -294,8 +302,9 @@ TEST(InstanceMetadata, RejectsForeignOrBrokenElements) {
   auto r = parse_metadata_xml("<instance service='a' index='x' ud='0' fd='0' image='v1'/>");
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find("index"), std::string::npos);
-  EXPECT_EQ(parse_metadata_xml("<instance service='a' index='1' ud='25' fd='0' image='v1'/>").condition(),
-            Condition::invalid_argument);
+  EXPECT_EQ(
+      parse_metadata_xml("<instance service='a' index='1' ud='25' fd='0' image='v1'/>").condition(),
+      Condition::invalid_argument);
 }
 
 }  // namespace

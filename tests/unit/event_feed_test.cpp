@@ -3,9 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
-#include <thread>
-
 #include <boost/json.hpp>
+#include <thread>
 
 namespace fabriclab {
 namespace {
@@ -115,7 +114,8 @@ TEST(EventFeed, GroupIsNumberedInOrderAndWakesEachSubscriberOnce) {
   auto s = feed.subscribe(std::nullopt, 100, [&] { ++wakeups; });
   auto small = feed.subscribe(std::nullopt, 3, [&] { ++small_wakeups; });
   std::vector<std::pair<std::string, json::object>> group;
-  for (int i = 1; i <= 5; ++i) group.emplace_back(i == 1 ? "host.state" : "instance.state", fields(i));
+  for (int i = 1; i <= 5; ++i)
+    group.emplace_back(i == 1 ? "host.state" : "instance.state", fields(i));
   EXPECT_EQ(feed.publish(std::move(group)), 6u);
   EXPECT_EQ(wakeups, 1);
   auto live = s.subscription->take();

@@ -75,8 +75,9 @@ TEST(GuestLink, DropsAndCountsBadLinesAndKeepsTheGoodOnes) {
   guest.write("this is not json\n");
   guest.write(std::string(200 * 1024, 'x'));  // oversized, split across many reads
   guest.write("\n");
-  guest.write(R"({"type":"heartbeat","seq":2})" "\n");  // schema violation
-  guest.write(heartbeat(2, 11).substr(0, 20));             // a line split in two writes
+  guest.write(R"({"type":"heartbeat","seq":2})"
+              "\n");                            // schema violation
+  guest.write(heartbeat(2, 11).substr(0, 20));  // a line split in two writes
   guest.write(heartbeat(2, 11).substr(20));
 
   auto second = (*link)->wait_for(

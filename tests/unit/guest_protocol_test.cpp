@@ -1,7 +1,8 @@
 #include "fabriclab/agent/guest_protocol.hpp"
 
-#include <boost/json.hpp>
 #include <gtest/gtest.h>
+
+#include <boost/json.hpp>
 
 namespace fabriclab::agent {
 namespace {
@@ -37,9 +38,12 @@ TEST(GuestProtocol, RejectsBadLinesNamingTheProblem) {
       {"not json", "not JSON"},
       {"[1,2]", "not a JSON object"},
       {R"({"seq":1})", "message.type is missing"},
-      {R"({"type":"heartbeat","seq":-1,"boot_id":"a","image":"v1","counter":1,"uptime_ms":1})", "heartbeat.seq"},
-      {R"({"type":"heartbeat","seq":1,"boot_id":"a","image":"v1","counter":"x","uptime_ms":1})", "heartbeat.counter"},
-      {R"({"type":"heartbeat","seq":1,"boot_id":"","image":"v1","counter":1,"uptime_ms":1})", "heartbeat.boot_id"},
+      {R"({"type":"heartbeat","seq":-1,"boot_id":"a","image":"v1","counter":1,"uptime_ms":1})",
+       "heartbeat.seq"},
+      {R"({"type":"heartbeat","seq":1,"boot_id":"a","image":"v1","counter":"x","uptime_ms":1})",
+       "heartbeat.counter"},
+      {R"({"type":"heartbeat","seq":1,"boot_id":"","image":"v1","counter":1,"uptime_ms":1})",
+       "heartbeat.boot_id"},
       {R"({"type":"ack"})", "ack.EventId is missing"},
       {R"({"type":"instance_ack","service":"w","index":0,"platformUpdateDomain":99,"platformFaultDomain":0})",
        "platformUpdateDomain"},

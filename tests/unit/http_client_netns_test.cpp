@@ -2,16 +2,14 @@
 // namespace of the test's own making is reached with it, and not without it; the calling thread
 // is back in its own namespace after every call. Needs root and iproute2's `ip` (skipped without).
 
-#include <gtest/gtest.h>
-
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sched.h>
 #include <unistd.h>
 
+#include <boost/json.hpp>
 #include <cstdlib>
 #include <string>
-
-#include <boost/json.hpp>
 
 #include "fabriclab/common/event_feed.hpp"
 #include "fabriclab/common/http_client.hpp"
@@ -36,12 +34,16 @@ std::string own_netns() {
 class HttpClientNetnsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (geteuid() != 0 || access("/usr/sbin/ip", X_OK) != 0) GTEST_SKIP() << "needs root and /usr/sbin/ip";
+    if (geteuid() != 0 || access("/usr/sbin/ip", X_OK) != 0)
+      GTEST_SKIP() << "needs root and /usr/sbin/ip";
     name_ = "flabtest-" + std::to_string(getpid());
     std::string ns = "/usr/sbin/ip -n " + name_;
     ASSERT_EQ(std::system(("/usr/sbin/ip netns add " + name_).c_str()), 0);
     made_ = true;
-    ASSERT_EQ(std::system((ns + " link set lo up && " + ns + " addr add " + kAddress + "/32 dev lo").c_str()), 0);
+    ASSERT_EQ(
+        std::system(
+            (ns + " link set lo up && " + ns + " addr add " + kAddress + "/32 dev lo").c_str()),
+        0);
     // The server's listening socket is opened inside the namespace: enter, start, come back.
     int target = open(("/run/netns/" + name_).c_str(), O_RDONLY | O_CLOEXEC);
     int self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
@@ -49,8 +51,9 @@ class HttpClientNetnsTest : public ::testing::Test {
     ASSERT_GE(self, 0);
     ASSERT_EQ(setns(target, CLONE_NEWNET), 0);
     server_ = std::make_unique<Server>("netns-test", Tokens{"c", "r"}, Limits{});
-    server_->route("GET", "/healthz", Access::open,
-                   [](const Request&) { return json_response(200, json::object{{"ok", true}}); });
+    server_->route("GET", "/healthz", Access::open, [](const Request&) {
+      return json_response(200, json::object{{"ok", true}});
+    });
     server_->events("/v1/events", feed_);
     auto port = server_->start(kAddress, 0);
     ASSERT_EQ(setns(self, CLONE_NEWNET), 0);
@@ -66,8 +69,11 @@ class HttpClientNetnsTest : public ::testing::Test {
 
   std::string name_;
   bool made_ = false;
-  std::shared_ptr<EventFeed> feed_ =
-      std::make_shared<EventFeed>([] { return json::object{{"state", 1}}; }, 50);
+  std::shared_ptr<EventFeed> feed_ = std::make_shared<EventFeed>(
+      [] {
+        return json::object{{"state", 1}};
+      },
+      50);
   std::unique_ptr<Server> server_;
   uint16_t port_ = 0;
 };
@@ -92,10 +98,12 @@ TEST_F(HttpClientNetnsTest, ReachesAnAddressThatExistsOnlyInsideTheNamespace) {
 }
 
 TEST_F(HttpClientNetnsTest, AMissingOrMalformedNamespaceIsAnErrorNamingIt) {
-  auto missing = request(kAddress, port_, "GET", "/healthz", {}, {}, 1s, "flabtest-no-such-namespace");
+  auto missing =
+      request(kAddress, port_, "GET", "/healthz", {}, {}, 1s, "flabtest-no-such-namespace");
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.error().condition, Condition::not_found);
-  EXPECT_NE(missing.error().message.find("/run/netns/flabtest-no-such-namespace"), std::string::npos)
+  EXPECT_NE(missing.error().message.find("/run/netns/flabtest-no-such-namespace"),
+            std::string::npos)
       << missing.error().message;
   auto spaced = request(kAddress, port_, "GET", "/healthz", {}, {}, 1s, "two words");
   ASSERT_FALSE(spaced.ok());
@@ -105,7 +113,8 @@ TEST_F(HttpClientNetnsTest, AMissingOrMalformedNamespaceIsAnErrorNamingIt) {
 TEST(NetnsPath, NamesGoUnderRunNetnsAndPathsAreChecked) {
   EXPECT_EQ(netns_path("flab-1a2b3c4d-rack").value(), "/run/netns/flab-1a2b3c4d-rack");
   EXPECT_EQ(netns_path("/proc/1/ns/net").value(), "/proc/1/ns/net");
-  for (const char* bad : {"", ".hidden", "a/b", "two words", "/run/netns/../x", "/run/netns/a b", "x\n"}) {
+  for (const char* bad :
+       {"", ".hidden", "a/b", "two words", "/run/netns/../x", "/run/netns/a b", "x\n"}) {
     auto p = netns_path(bad);
     ASSERT_FALSE(p.ok()) << bad;
     EXPECT_EQ(p.error().condition, Condition::invalid_argument) << bad;

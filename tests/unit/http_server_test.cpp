@@ -1,17 +1,10 @@
 #include "fabriclab/common/http_server.hpp"
 
 #include <gtest/gtest.h>
-
 #include <sys/socket.h>
 #include <sys/time.h>
 
 #include <atomic>
-#include <filesystem>
-#include <fstream>
-#include <future>
-#include <stdexcept>
-#include <thread>
-
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -20,6 +13,11 @@
 #include <boost/beast/core/buffers_to_string.hpp>
 #include <boost/beast/websocket.hpp>
 #include <boost/json.hpp>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <stdexcept>
+#include <thread>
 
 #include "fabriclab/common/http_client.hpp"
 #include "status_matchers.hpp"
@@ -55,7 +53,9 @@ class RawConn {
     setsockopt(socket_.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     socket_.connect(tcp::endpoint(net::ip::make_address(kHost), port));
   }
-  void send(std::string_view bytes) { net::write(socket_, net::buffer(bytes.data(), bytes.size())); }
+  void send(std::string_view bytes) {
+    net::write(socket_, net::buffer(bytes.data(), bytes.size()));
+  }
   // Everything until the server closes (or 5 s of silence).
   std::string read_all() {
     std::string out;
@@ -90,8 +90,9 @@ class HttpServerTest : public ::testing::Test {
 
   void start() {
     server_ = std::make_unique<Server>("http-test", Tokens{kControl, kRead}, limits_);
-    server_->route("GET", "/healthz", Access::open,
-                   [](const Request&) { return json_response(200, json::object{{"ok", true}}); });
+    server_->route("GET", "/healthz", Access::open, [](const Request&) {
+      return json_response(200, json::object{{"ok", true}});
+    });
     server_->route("GET", "/v1/instances/{name}", Access::read, [](const Request& r) {
       return json_response(200, json::object{{"name", r.params.at("name")}, {"role", r.role}});
     });
@@ -127,7 +128,10 @@ class HttpServerTest : public ::testing::Test {
   Limits limits_;
   int64_t state_ = 7;
   std::shared_ptr<EventFeed> feed_ = std::make_shared<EventFeed>(
-      [this] { return json::object{{"state", state_}}; }, 50);
+      [this] {
+        return json::object{{"state", state_}};
+      },
+      50);
   std::unique_ptr<Server> server_;
   uint16_t port_ = 0;
   std::promise<void> entered_, release_;
@@ -181,8 +185,7 @@ TEST_F(HttpServerTest, TokensGateRoutesByAccessLevel) {
   ASSERT_OK(prefix);
   EXPECT_EQ(prefix->status, 401);
 
-  auto read_on_control =
-      request(kHost, port_, "POST", "/v1/instances/a/restart", {}, kRead, 5s);
+  auto read_on_control = request(kHost, port_, "POST", "/v1/instances/a/restart", {}, kRead, 5s);
   ASSERT_OK(read_on_control);
   EXPECT_EQ(read_on_control->status, 403);
   EXPECT_EQ(error_code_of(*read_on_control), "permission_denied");
@@ -298,8 +301,7 @@ TEST_F(HttpServerTest, ErrorResponseMapsConditionsToStatuses) {
 }
 
 TEST(LoadTokens, TrimsAndNamesMissingOrEmptyFiles) {
-  auto dir = std::filesystem::temp_directory_path() /
-             ("fl-tokens-" + std::to_string(::getpid()));
+  auto dir = std::filesystem::temp_directory_path() / ("fl-tokens-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   std::ofstream(dir / "control") << "  abc123\n";
   std::ofstream(dir / "empty") << " \n";
@@ -457,8 +459,8 @@ TEST_F(HttpServerTest, BurstsArriveWholeAndInOrderWhileTheClientPings) {
   net::io_context ioc;
   boost::beast::websocket::stream<tcp::socket> ws(ioc);
   ws.next_layer().connect(tcp::endpoint(net::ip::make_address(kHost), port_));
-  ws.set_option(boost::beast::websocket::stream_base::decorator(
-      [](boost::beast::websocket::request_type& r) {
+  ws.set_option(
+      boost::beast::websocket::stream_base::decorator([](boost::beast::websocket::request_type& r) {
         r.set(boost::beast::http::field::authorization, std::string("Bearer ") + kRead);
       }));
   ws.handshake(kHost, "/v1/events");
@@ -609,7 +611,8 @@ TEST_F(HttpServerTest, NeverReadingClientIsCutOffWhilePublisherAndFastClientCarr
 }
 
 TEST_F(HttpServerTest, SnapshotFailureClosesThatWebsocketAndTheServerCarriesOn) {
-  feed_ = std::make_shared<EventFeed>([]() -> json::object { throw std::runtime_error("no state"); });
+  feed_ =
+      std::make_shared<EventFeed>([]() -> json::object { throw std::runtime_error("no state"); });
   start();
   auto c = ws("/v1/events");
   ASSERT_OK(c);

@@ -1,7 +1,5 @@
 #include "fabriclab/agent/image_store.hpp"
 
-#include "fabriclab/common/process.hpp"
-
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,6 +9,8 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+
+#include "fabriclab/common/process.hpp"
 
 namespace fabriclab::agent {
 namespace {
@@ -549,7 +549,8 @@ class DiskImageManifestTest : public ::testing::Test {
     ASSERT_EQ(r->exit_code, 0) << describe_command(argv) << ": " << r->output;
   }
   // DIR/NAME/{disk.qcow2|disk.raw, vmlinuz, initrd.img} as testbed/build-debian-image.sh lays out.
-  void make_image(const std::string& dir, const std::string& name, const std::string& format = "qcow2") {
+  void make_image(const std::string& dir, const std::string& name,
+                  const std::string& format = "qcow2") {
     const std::string d = dir + "/" + name;
     fs::create_directories(d);
     run({"truncate", "-s", "8M", d + "/root.raw"});
@@ -568,19 +569,22 @@ class DiskImageManifestTest : public ::testing::Test {
     return fs::exists(d + "/disk.qcow2") ? d + "/disk.qcow2" : d + "/disk.raw";
   }
   // One entry of the disk layout, paths relative to `dir`. `omit`: keys to leave out.
-  std::string entry(const std::string& dir, const std::string& name, const std::string& boot = "kernel",
-                    const std::set<std::string>& omit = {}, const std::string& format = "") {
+  std::string entry(const std::string& dir, const std::string& name,
+                    const std::string& boot = "kernel", const std::set<std::string>& omit = {},
+                    const std::string& format = "") {
     const std::string disk = disk_of(dir, name);
     const std::string fmt = format.empty() ? (disk.ends_with(".qcow2") ? "qcow2" : "raw") : format;
     const std::string rel = fs::path(disk).lexically_relative(dir).string();
     std::string e = R"({"name": ")" + name + R"(", "boot": ")" + boot + R"(")";
     if (!omit.contains("cmdline")) e += R"(, "cmdline": "root=/dev/vda rw console=ttyS0 quiet")";
-    e += R"(, "disk": {"path": ")" + rel + R"(", "format": ")" + fmt + R"(", "virtual_size": 8388608, "bytes": )" +
-         std::to_string(fs::file_size(disk)) + R"(, "sha256": ")" + *sha256_file(disk) + R"("})";
+    e += R"(, "disk": {"path": ")" + rel + R"(", "format": ")" + fmt +
+         R"(", "virtual_size": 8388608, "bytes": )" + std::to_string(fs::file_size(disk)) +
+         R"(, "sha256": ")" + *sha256_file(disk) + R"("})";
     for (const std::string f : {"kernel", "initrd"}) {
       if (omit.contains(f)) continue;
       const std::string file = name + (f == "kernel" ? "/vmlinuz" : "/initrd.img");
-      e += R"(, ")" + f + R"(": {"path": ")" + file + R"(", "sha256": ")" + *sha256_file(dir + "/" + file) + R"("})";
+      e += R"(, ")" + f + R"(": {"path": ")" + file + R"(", "sha256": ")" +
+           *sha256_file(dir + "/" + file) + R"("})";
     }
     return e + "}";
   }
@@ -682,7 +686,8 @@ TEST_F(DiskImageManifestTest, ADiskThatIsRefusedOrDiffersFromTheManifestNamesThe
   std::string resized = entry(dir(), "debian-v1");
   resized.replace(resized.find("8388608"), 7, "9999999");
   manifest(dir(), {resized});
-  EXPECT_TRUE(contains(open_error(dir()).message, "virtual size 9999999")) << open_error(dir()).message;
+  EXPECT_TRUE(contains(open_error(dir()).message, "virtual size 9999999"))
+      << open_error(dir()).message;
 
   // A text file where the disk should be.
   fs::create_directories(dir() + "/notes");
@@ -697,7 +702,8 @@ TEST_F(DiskImageManifestTest, ADiskThatIsRefusedOrDiffersFromTheManifestNamesThe
 
   fs::remove(dir() + "/debian-v1/disk.qcow2");
   write_file(dir() + "/manifest.json", R"({"images": [{"name": "debian-v1", "boot": "disk",
-      "disk": {"path": "debian-v1/disk.qcow2", "format": "qcow2", "sha256": ")" + std::string(64, 'a') + R"("}}]})");
+      "disk": {"path": "debian-v1/disk.qcow2", "format": "qcow2", "sha256": ")" +
+                                           std::string(64, 'a') + R"("}}]})");
   e = open_error(dir());
   EXPECT_EQ(e.condition, Condition::not_found);
   EXPECT_TRUE(contains(e.message, "images[0].disk.path: no such file")) << e.message;
@@ -710,14 +716,18 @@ TEST_F(DiskImageManifestTest, MalformedDiskEntriesNameTheField) {
       {R"({"boot": "disk"})", "images[0].name is missing"},
       {R"({"name": "../x", "boot": "disk"})", "images[0].name '../x' must be"},
       {R"({"name": "d", "boot": "disk"})", "images[0].disk is missing"},
-      {R"({"name": "d", "boot": "disk", "disk": "d/disk.qcow2"})", "images[0].disk must be an object"},
-      {R"({"name": "d", "boot": "disk", "disk": {"path": "d/disk.qcow2", "format": "vmdk", "sha256": ")" + sha + R"("}})",
+      {R"({"name": "d", "boot": "disk", "disk": "d/disk.qcow2"})",
+       "images[0].disk must be an object"},
+      {R"({"name": "d", "boot": "disk", "disk": {"path": "d/disk.qcow2", "format": "vmdk", "sha256": ")" +
+           sha + R"("}})",
        "images[0].disk.format must be qcow2 or raw"},
       {R"({"name": "d", "boot": "disk", "disk": {"path": "d/disk.qcow2", "format": "qcow2", "sha256": "12"}})",
        "images[0].disk.sha256 must be 64 hex digits"},
-      {R"({"name": "d", "boot": "disk", "cmdline": "a\nb", "disk": {"path": "d/disk.qcow2", "format": "qcow2", "sha256": ")" + sha + R"("}})",
+      {R"({"name": "d", "boot": "disk", "cmdline": "a\nb", "disk": {"path": "d/disk.qcow2", "format": "qcow2", "sha256": ")" +
+           sha + R"("}})",
        "image d: cmdline must be one line"},
-      {R"({"name": "d", "boot": "disk", "cmdline": ")" + std::string(1025, 'c') + R"(", "disk": {"path": "d/disk.qcow2", "format": "qcow2", "sha256": ")" + sha + R"("}})",
+      {R"({"name": "d", "boot": "disk", "cmdline": ")" + std::string(1025, 'c') +
+           R"(", "disk": {"path": "d/disk.qcow2", "format": "qcow2", "sha256": ")" + sha + R"("}})",
        "at most 1024"},
   };
   for (const auto& [e, expect] : cases) {
@@ -743,13 +753,15 @@ TEST_F(DiskImageManifestTest, VerifyDetectsAChangedDiskByte) {
   auto v = store->verify("debian-v1");
   ASSERT_FALSE(v.ok());
   EXPECT_EQ(v.condition(), Condition::invalid_argument);
-  EXPECT_TRUE(contains(v.error().message, "guest image debian-v1: disk checksum mismatch")) << v.error().message;
+  EXPECT_TRUE(contains(v.error().message, "guest image debian-v1: disk checksum mismatch"))
+      << v.error().message;
   EXPECT_TRUE(store->verify("debian-v2").ok());
   EXPECT_TRUE(GuestImageStore::open(dir()).ok()) << "open does not hash disks";
   fs::resize_file(dir() + "/debian-v2/disk.raw", 9 << 20);
   auto grown = store->verify("debian-v2");
   ASSERT_FALSE(grown.ok());
-  EXPECT_TRUE(contains(grown.error().message, "the manifest says 8388608")) << grown.error().message;
+  EXPECT_TRUE(contains(grown.error().message, "the manifest says 8388608"))
+      << grown.error().message;
 }
 
 TEST_F(DiskImageManifestTest, SeveralDirectoriesAreOneUnionInOrder) {
@@ -758,9 +770,11 @@ TEST_F(DiskImageManifestTest, SeveralDirectoriesAreOneUnionInOrder) {
   fs::create_directories(builtin + "/v1");
   write_file(builtin + "/v1/vmlinuz", "k");
   write_file(builtin + "/v1/initrd.img", "i");
-  write_file(builtin + "/manifest.json", R"({"images":[{"version":"v1","kernel":"v1/vmlinuz","initrd":"v1/initrd.img","sha256_kernel":")" +
-                                             *sha256_file(builtin + "/v1/vmlinuz") + R"(","sha256_initrd":")" +
-                                             *sha256_file(builtin + "/v1/initrd.img") + R"("}]})");
+  write_file(
+      builtin + "/manifest.json",
+      R"({"images":[{"version":"v1","kernel":"v1/vmlinuz","initrd":"v1/initrd.img","sha256_kernel":")" +
+          *sha256_file(builtin + "/v1/vmlinuz") + R"(","sha256_initrd":")" +
+          *sha256_file(builtin + "/v1/initrd.img") + R"("}]})");
   make_image(deb, "debian-v1");
   manifest(deb, {entry(deb, "debian-v1")});
   make_image(lib, "mine", "raw");
@@ -779,13 +793,16 @@ TEST_F(DiskImageManifestTest, SeveralDirectoriesAreOneUnionInOrder) {
 
   // debian-v1 added to the library too: the union refuses, naming both directories.
   make_image(lib, "debian-v1");
-  manifest(lib, {entry(lib, "mine", "disk", {"kernel", "initrd", "cmdline"}), entry(lib, "debian-v1")});
+  manifest(lib,
+           {entry(lib, "mine", "disk", {"kernel", "initrd", "cmdline"}), entry(lib, "debian-v1")});
   auto dup = GuestImageStore::open(std::vector<std::string>{builtin, deb, lib});
   ASSERT_FALSE(dup.ok());
   EXPECT_EQ(dup.condition(), Condition::invalid_argument);
-  EXPECT_TRUE(contains(dup.error().message, "'debian-v1' is defined twice: in " + deb + " and in " + lib))
+  EXPECT_TRUE(
+      contains(dup.error().message, "'debian-v1' is defined twice: in " + deb + " and in " + lib))
       << dup.error().message;
-  EXPECT_EQ(GuestImageStore::open(std::vector<std::string>{}).condition(), Condition::invalid_argument);
+  EXPECT_EQ(GuestImageStore::open(std::vector<std::string>{}).condition(),
+            Condition::invalid_argument);
   auto missing = GuestImageStore::open(std::vector<std::string>{builtin, dir() + "/nope"});
   EXPECT_EQ(missing.condition(), Condition::not_found);
 }

@@ -1,5 +1,4 @@
 #include "fabriclab/orchestrator/journal.hpp"
-#include "fabriclab/orchestrator/controller.hpp"
 
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -17,6 +16,8 @@
 #include <iterator>
 #include <stdexcept>
 #include <thread>
+
+#include "fabriclab/orchestrator/controller.hpp"
 
 namespace fabriclab::orchestrator {
 namespace {
@@ -669,8 +670,8 @@ TEST(Journal, ThroughputOfAppendingEventsIsReported) {
 // this build does not know is refused with the field named.
 TEST(DrillStateNames, RoundTripAndAnUnknownOneIsRefused) {
   using fabriclab::orchestrator::DrillState;
-  for (auto s : {DrillState::planned, DrillState::running, DrillState::paused, DrillState::completed,
-                 DrillState::failed, DrillState::aborted}) {
+  for (auto s : {DrillState::planned, DrillState::running, DrillState::paused,
+                 DrillState::completed, DrillState::failed, DrillState::aborted}) {
     auto back = fabriclab::orchestrator::parse_drill_state(fabriclab::orchestrator::to_string(s));
     ASSERT_TRUE(back.ok());
     EXPECT_EQ(*back, s);
@@ -681,6 +682,7 @@ TEST(DrillStateNames, RoundTripAndAnUnknownOneIsRefused) {
   EXPECT_TRUE(fabriclab::orchestrator::is_resumable(DrillState::paused));
   auto bad = fabriclab::orchestrator::parse_drill_state("running", "drills.state");
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.error().message.find("field 'drills.state' must be one of Planned, Running"), std::string::npos)
+  EXPECT_NE(bad.error().message.find("field 'drills.state' must be one of Planned, Running"),
+            std::string::npos)
       << bad.error().message;
 }

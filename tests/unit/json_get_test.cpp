@@ -13,7 +13,8 @@ namespace {
 using namespace json_get;
 
 json::value doc() {
-  return json::parse(R"({"s": "text", "i": -7, "u": 18446744073709551615, "big": 9223372036854775807,
+  return json::parse(
+      R"({"s": "text", "i": -7, "u": 18446744073709551615, "big": 9223372036854775807,
                          "d": 2.9, "nd": -2.9, "huge": 1e300, "t": true, "f": false, "n": null,
                          "a": [1, 2], "o": {"k": "v"}})");
 }

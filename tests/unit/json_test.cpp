@@ -2,9 +2,8 @@
 
 #include <gtest/gtest.h>
 
-#include <regex>
-
 #include <boost/json/parse.hpp>
+#include <regex>
 
 #include "status_matchers.hpp"
 
@@ -42,7 +41,8 @@ TEST(Json, ParseObjectNamesTheInputWhenNotAnObject) {
 }
 
 TEST(Json, GetIntChecksPresenceTypeAndRangeNamingTheField) {
-  auto o = obj(R"({"memory_mib": 16, "ok": 64, "dbl": 64.0, "str": "64", "big": 18446744073709551615})");
+  auto o =
+      obj(R"({"memory_mib": 16, "ok": 64, "dbl": 64.0, "str": "64", "big": 18446744073709551615})");
   auto low = get_int(o, "memory_mib", 32, 65536);
   ASSERT_FALSE(low.ok());
   EXPECT_EQ(low.condition(), Condition::invalid_argument);
@@ -110,8 +110,8 @@ TEST(Json, Rfc3339IsUtcWithMilliseconds) {
   system_clock::time_point t{milliseconds(1795543200123)};  // 2026-11-24T18:00:00.123Z
   EXPECT_EQ(rfc3339(t), "2026-11-24T18:00:00.123Z");
   EXPECT_EQ(rfc3339(system_clock::time_point{}), "1970-01-01T00:00:00.000Z");
-  EXPECT_TRUE(std::regex_match(rfc3339_now(),
-                               std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)")));
+  EXPECT_TRUE(
+      std::regex_match(rfc3339_now(), std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)")));
 }
 
 }  // namespace

@@ -1,10 +1,11 @@
 // The load balancer's pure half (lb.hpp) and the service endpoint model (cluster.hpp): HAProxy
 // configuration text, validation of everything that reaches it, and the master CLI parsers.
 
+#include "fabriclab/orchestrator/lb.hpp"
+
 #include <gtest/gtest.h>
 
 #include "fabriclab/orchestrator/cluster.hpp"
-#include "fabriclab/orchestrator/lb.hpp"
 
 using namespace fabriclab;
 using namespace fabriclab::orchestrator;
@@ -59,7 +60,8 @@ TEST(ServiceEndpointJson, ReadsEndpointDrainRpsAndWritesThemBack) {
 }
 
 TEST(ServiceEndpointJson, DefaultsAreAzuresProbeDrainOnAndTwentyRps) {
-  auto s = service_from_json(obj(R"({"name": "web", "instance_count": 2, "endpoint": {"port": 80}})"));
+  auto s =
+      service_from_json(obj(R"({"name": "web", "instance_count": 2, "endpoint": {"port": 80}})"));
   ASSERT_TRUE(s.ok()) << s.error().message;
   EXPECT_EQ(s->endpoint->probe.path, "/health");
   EXPECT_EQ(s->endpoint->probe.interval_ms, 5000);
@@ -85,11 +87,14 @@ TEST(ServiceEndpointJson, ErrorsNameTheKeyInFull) {
       {R"({"port": 0})", "endpoint.port must be an integer in 1..65535"},
       {R"({"port": 65536})", "endpoint.port must be an integer in 1..65535"},
       {R"({})", "endpoint.port is required"},
-      {R"({"port": 80, "probe": {"interval_ms": 199}})", "endpoint.probe.interval_ms must be an integer in 200..600000"},
+      {R"({"port": 80, "probe": {"interval_ms": 199}})",
+       "endpoint.probe.interval_ms must be an integer in 200..600000"},
       {R"({"port": 80, "probe": {"interval_ms": 600001}})", "endpoint.probe.interval_ms must be"},
       {R"({"port": 80, "probe": {"interval_ms": 500.5}})", "endpoint.probe.interval_ms must be"},
-      {R"({"port": 80, "probe": {"unhealthy_threshold": 0}})", "endpoint.probe.unhealthy_threshold must be an integer in 1..10"},
-      {R"({"port": 80, "probe": {"unhealthy_threshold": 11}})", "endpoint.probe.unhealthy_threshold must be"},
+      {R"({"port": 80, "probe": {"unhealthy_threshold": 0}})",
+       "endpoint.probe.unhealthy_threshold must be an integer in 1..10"},
+      {R"({"port": 80, "probe": {"unhealthy_threshold": 11}})",
+       "endpoint.probe.unhealthy_threshold must be"},
       {R"({"port": 80, "probe": {"path": "health"}})", "endpoint.probe.path must start with '/'"},
       {R"({"port": 80, "probe": {"path": "/a b"}})", "endpoint.probe.path must start with '/'"},
       {R"({"port": 80, "probe": {"path": "/a'b"}})", "endpoint.probe.path must start with '/'"},
@@ -105,8 +110,10 @@ TEST(ServiceEndpointJson, ErrorsNameTheKeyInFull) {
     EXPECT_TRUE(contains(s.error().message, c.expect)) << c.body << " -> " << s.error().message;
   }
   std::string long_path = "/" + std::string(kMaxProbePathBytes, 'a');
-  json::object o{{"name", "web"}, {"instance_count", 2},
-                 {"endpoint", json::object{{"port", 80}, {"probe", json::object{{"path", long_path}}}}}};
+  json::object o{
+      {"name", "web"},
+      {"instance_count", 2},
+      {"endpoint", json::object{{"port", 80}, {"probe", json::object{{"path", long_path}}}}}};
   EXPECT_FALSE(service_from_json(o).ok());
   long_path.pop_back();
   o["endpoint"].as_object()["probe"].as_object()["path"] = long_path;
@@ -117,14 +124,17 @@ TEST(ServiceEndpointJson, RefusesBadRpsVipAndNamesHaproxyCannotCarry) {
   auto rps = service_from_json(obj(R"({"name": "web", "instance_count": 1, "traffic_rps": 0.05})"));
   ASSERT_FALSE(rps.ok());
   EXPECT_TRUE(contains(rps.error().message, "traffic_rps")) << rps.error().message;
-  EXPECT_FALSE(service_from_json(obj(R"({"name": "web", "instance_count": 1, "traffic_rps": 1001})")).ok());
+  EXPECT_FALSE(
+      service_from_json(obj(R"({"name": "web", "instance_count": 1, "traffic_rps": 1001})")).ok());
   auto drain = service_from_json(obj(R"({"name": "web", "instance_count": 1, "drain": "yes"})"));
   ASSERT_FALSE(drain.ok());
   EXPECT_TRUE(contains(drain.error().message, "drain"));
-  auto vip = service_from_json(obj(R"({"name": "web", "instance_count": 1, "vip": "198.18.1.300"})"));
+  auto vip =
+      service_from_json(obj(R"({"name": "web", "instance_count": 1, "vip": "198.18.1.300"})"));
   ASSERT_FALSE(vip.ok());
   EXPECT_TRUE(contains(vip.error().message, "vip"));
-  auto name = service_from_json(obj(R"({"name": "web app", "instance_count": 1, "endpoint": {"port": 80}})"));
+  auto name = service_from_json(
+      obj(R"({"name": "web app", "instance_count": 1, "endpoint": {"port": 80}})"));
   ASSERT_FALSE(name.ok());
   EXPECT_TRUE(contains(name.error().message, "'name'")) << name.error().message;
   // Without an endpoint the old, looser rule for names still holds.
@@ -149,8 +159,8 @@ TEST(Ipv4, AcceptsDottedQuadsOnly) {
   EXPECT_TRUE(is_ipv4("198.18.1.10"));
   EXPECT_TRUE(is_ipv4("0.0.0.0"));
   EXPECT_TRUE(is_ipv4("255.255.255.255"));
-  for (auto bad : {"", "1.2.3", "1.2.3.4.5", "256.1.1.1", "01.2.3.4", "1.2.3.4 ", "a.b.c.d", "1..2.3",
-                   "1.2.3.4/24", "1234.1.1.1"}) {
+  for (auto bad : {"", "1.2.3", "1.2.3.4.5", "256.1.1.1", "01.2.3.4", "1.2.3.4 ", "a.b.c.d",
+                   "1..2.3", "1.2.3.4/24", "1234.1.1.1"}) {
     EXPECT_FALSE(is_ipv4(bad)) << bad;
   }
 }
@@ -171,7 +181,8 @@ TEST(HaproxyConfig, BootstrapHasOnlyTheHealthListener) {
 TEST(HaproxyConfig, OneFrontendAndBackendPerServiceWithAzuresProbeRules) {
   LbSettings settings = lb_settings_for("/tmp/lb.cfg");
   auto text = render_haproxy_config({web()}, settings);
-  EXPECT_TRUE(contains(text, "frontend fe_web\n  bind 198.18.1.10:80\n  default_backend be_web\n")) << text;
+  EXPECT_TRUE(contains(text, "frontend fe_web\n  bind 198.18.1.10:80\n  default_backend be_web\n"))
+      << text;
   EXPECT_TRUE(contains(text, "backend be_web\n"));
   EXPECT_TRUE(contains(text, "  option httpchk GET '/health'\n"));
   EXPECT_TRUE(contains(text, "  http-check expect status 200\n"));
@@ -181,8 +192,9 @@ TEST(HaproxyConfig, OneFrontendAndBackendPerServiceWithAzuresProbeRules) {
   EXPECT_TRUE(contains(text, "  no option redispatch\n"));
   EXPECT_FALSE(contains(text, "\n  option redispatch"));
   EXPECT_TRUE(contains(text, "  timeout connect 1000ms\n"));  // a loaded guest's SYN-ACK gets 1 s
-  EXPECT_TRUE(contains(text, "  timeout check 1000ms\n"));  // a loaded guest's answer gets 1 s
-  EXPECT_TRUE(contains(text, "  server web-0 198.19.0.10:80 check\n  server web-1 198.19.1.10:80 check\n"));
+  EXPECT_TRUE(contains(text, "  timeout check 1000ms\n"));    // a loaded guest's answer gets 1 s
+  EXPECT_TRUE(
+      contains(text, "  server web-0 198.19.0.10:80 check\n  server web-1 198.19.1.10:80 check\n"));
   // Backends come after their frontend, the health listener first.
   EXPECT_LT(text.find("lb_health"), text.find("fe_web"));
 }
@@ -272,25 +284,35 @@ TEST(HaproxyConfig, CheckNamesTheServiceAndField) {
 namespace {
 // Trimmed from HAProxy 2.6.12's real answer (the columns after check_desc removed).
 constexpr std::string_view kStat =
-    "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,"
-    "status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,"
+    "# "
+    "pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,"
+    "status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,"
+    "tracked,"
     "type,rate,rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,"
     "hrsp_4xx,hrsp_5xx,hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,comp_in,"
     "comp_out,comp_byp,comp_rsp,lastsess,last_chk,last_agt,qtime,ctime,rtime,ttime,agent_status,"
     "agent_code,agent_duration,check_desc,\n"
-    "lb_health,FRONTEND,,,0,0,9979,0,0,0,0,0,0,,,,,OPEN,,,,,,,,,1,1,0,,,,0,0,0,0,,,,0,0,0,0,0,0,,0,0,0,,,"
+    "lb_health,FRONTEND,,,0,0,9979,0,0,0,0,0,0,,,,,OPEN,,,,,,,,,1,1,0,,,,0,0,0,0,,,,0,0,0,0,0,0,,0,"
+    "0,0,,,"
     "0,0,0,0,,,,,,,,,,,\n"
-    "be_web,web-0,0,0,0,0,,0,0,0,,0,,0,0,0,0,DOWN,1,1,0,1,1,609,609,,1,3,1,,0,,2,0,,0,L4CON,,0,0,0,0,0,0,"
+    "be_web,web-0,0,0,0,0,,0,0,0,,0,,0,0,0,0,DOWN,1,1,0,1,1,609,609,,1,3,1,,0,,2,0,,0,L4CON,,0,0,0,"
+    "0,0,0,"
     "0,,,,0,0,0,,,,,-1,Connection refused,,0,0,0,0,,,,Layer4 connection problem,\n"
-    "be_web,web-1,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP,1,1,0,1,1,609,609,,1,3,1,,0,,2,0,,0,L7OK,200,1,0,0,0,0,0,"
+    "be_web,web-1,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP,1,1,0,1,1,609,609,,1,3,1,,0,,2,0,,0,L7OK,200,1,0,0,"
+    "0,0,0,"
     "0,,,,0,0,0,,,,,-1,OK,,0,0,0,0,,,,Layer7 check passed,\n"
-    "be_web,web-2,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP 1/2,1,1,0,1,1,609,609,,1,3,1,,0,,2,0,,0,* L7STS,503,1,0,0,"
-    "0,0,0,0,,,,0,0,0,,,,,-1,HTTP status check returned code <3C>503<3E>,,0,0,0,0,,,,Layer7 wrong status,\n"
-    "be_web,web-3,0,0,0,0,,0,0,0,,0,,0,0,0,0,MAINT,1,1,0,1,1,609,609,,1,3,1,,0,,2,0,,0,,,,0,0,0,0,0,0,"
+    "be_web,web-2,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP 1/2,1,1,0,1,1,609,609,,1,3,1,,0,,2,0,,0,* "
+    "L7STS,503,1,0,0,"
+    "0,0,0,0,,,,0,0,0,,,,,-1,HTTP status check returned code <3C>503<3E>,,0,0,0,0,,,,Layer7 wrong "
+    "status,\n"
+    "be_web,web-3,0,0,0,0,,0,0,0,,0,,0,0,0,0,MAINT,1,1,0,1,1,609,609,,1,3,1,,0,,2,0,,0,,,,0,0,0,0,"
+    "0,0,"
     "0,,,,0,0,0,,,,,-1,,,0,0,0,0,,,,,\n"
-    "be_web,BACKEND,0,0,0,0,998,0,0,0,0,0,,0,0,0,0,UP,0,0,0,,1,609,609,,1,3,0,,0,,1,0,,0,,,,0,0,0,0,0,0,,,,"
+    "be_web,BACKEND,0,0,0,0,998,0,0,0,0,0,,0,0,0,0,UP,0,0,0,,1,609,609,,1,3,0,,0,,1,0,,0,,,,0,0,0,"
+    "0,0,0,,,,"
     "0,0,0,0,0,0,0,-1,,,0,0,0,0,,,,,\n"
-    "fe_web,FRONTEND,,,0,0,9979,0,0,0,0,0,0,,,,,OPEN,,,,,,,,,1,2,0,,,,0,0,0,0,,,,0,0,0,0,0,0,,0,0,0,,,"
+    "fe_web,FRONTEND,,,0,0,9979,0,0,0,0,0,0,,,,,OPEN,,,,,,,,,1,2,0,,,,0,0,0,0,,,,0,0,0,0,0,0,,0,0,"
+    "0,,,"
     "0,0,0,0,,,,,,,,,,,\n\n";
 }  // namespace
 

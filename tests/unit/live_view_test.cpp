@@ -180,7 +180,7 @@ TEST(ScreenRows, CountWrappedLinesAndTheTrailingNewline) {
   EXPECT_EQ(client::screen_rows(std::string(10, 'x') + "\n", 10), 1);  // the '\n' of a full row
   EXPECT_EQ(client::screen_rows(std::string(11, 'x') + "\n", 10), 2);
   EXPECT_EQ(client::screen_rows(std::string(25, 'x') + "\n\nab\n", 10), 5);
-  EXPECT_EQ(client::screen_rows("h\xc3\xa9llo\n", 5), 1);             // UTF-8: 5 columns, not 6 bytes
+  EXPECT_EQ(client::screen_rows("h\xc3\xa9llo\n", 5), 1);  // UTF-8: 5 columns, not 6 bytes
   EXPECT_EQ(client::screen_rows(std::string(25, 'x') + "\n", 0), 1);  // no width known: no wrapping
 }
 

@@ -205,8 +205,7 @@ TEST(Healing, NeverPutsTwoUdsOfAServiceOnOneHost) {
 TEST(Healing, AllInstancesOfADeadHostKeepTheUdRule) {
   Cluster c = rack(4, 6, 6);
   std::vector<Service> services;
-  for (int s = 0; s < 25; ++s)
-    services.push_back(svc(fmt::format("s{}", s), 2 + s % 8, 2 + s % 5));
+  for (int s = 0; s < 25; ++s) services.push_back(svc(fmt::format("s{}", s), 2 + s % 8, 2 + s % 5));
   ASSERT_TRUE(place_services(c, services).ok());
   for (int dead = 0; dead < 6; ++dead) {
     Cluster copy = c;
@@ -288,7 +287,8 @@ TEST(Healing, SaysWhatItCostTheWalkWhenNoSlotIsFree) {
   EXPECT_EQ(plan->off_slot, 1);
   ASSERT_EQ(plan->walk_cost.size(), 1u);
   EXPECT_NE(plan->walk_cost[0].find("web/0:"), std::string::npos) << plan->walk_cost[0];
-  EXPECT_NE(plan->walk_cost[0].find("the walk may need a batch more"), std::string::npos) << plan->walk_cost[0];
+  EXPECT_NE(plan->walk_cost[0].find("the walk may need a batch more"), std::string::npos)
+      << plan->walk_cost[0];
   apply_healing(r.c, *plan);
   EXPECT_TRUE(validate_cluster(r.c).ok()) << "the UD rule holds all the same";
 }
@@ -331,7 +331,8 @@ TEST(Healing, AnEmptyHostTakesTheDeadHostsSlotWhenTheUdHasNoSurvivor) {
   ASSERT_TRUE(plan.ok()) << plan.error().describe();
   EXPECT_EQ(plan->placed[0].host, "c9");
   ASSERT_EQ(plan->new_slots.size(), 1u);
-  EXPECT_EQ(plan->new_slots[0], (std::pair<std::string, int>{"c9", 5})) << "UD0's slot was the dead host's";
+  EXPECT_EQ(plan->new_slots[0], (std::pair<std::string, int>{"c9", 5}))
+      << "UD0's slot was the dead host's";
 }
 
 TEST(Healing, AFaultDomainHealedHostByHostKeepsTheWalkAtItsLowerBound) {
@@ -343,7 +344,8 @@ TEST(Healing, AFaultDomainHealedHostByHostKeepsTheWalkAtItsLowerBound) {
     std::mt19937_64 rng(seed);
     std::vector<Service> services = {svc("wide", 12, 12)};
     for (int s = 0; s < 40; ++s) {
-      services.push_back(svc(fmt::format("s{}", s), 2 + static_cast<int>(rng() % 12), 3 + static_cast<int>(rng() % 9)));
+      services.push_back(svc(fmt::format("s{}", s), 2 + static_cast<int>(rng() % 12),
+                             3 + static_cast<int>(rng() % 9)));
     }
     ASSERT_TRUE(place_services(c, services).ok());
     for (auto& h : c.hosts) {
@@ -365,7 +367,8 @@ TEST(Healing, AFaultDomainHealedHostByHostKeepsTheWalkAtItsLowerBound) {
     for (const auto& s : c.services) {
       std::map<int, int> in_fd;
       for (const auto* i : c.instances_of(s.name)) ++in_fd[i->fd];
-      for (auto [fd, n] : in_fd) EXPECT_LE(n, (s.instance_count + 1) / 2) << s.name << " in FD " << fd;
+      for (auto [fd, n] : in_fd)
+        EXPECT_LE(n, (s.instance_count + 1) / 2) << s.name << " in FD " << fd;
     }
     auto walk = plan_walk(c);
     ASSERT_TRUE(walk.ok()) << walk.error().describe();

@@ -6,7 +6,6 @@
 #include <gtest/gtest.h>
 
 #include <boost/json/parse.hpp>
-
 #include <cmath>
 #include <optional>
 #include <string>
@@ -435,7 +434,7 @@ TEST(ReportTraffic, SummaryCountsRunsAndLatencyInSendOrder) {
     return ReportRequest{kStart + t_ms, status, status ? "" : "timeout", latency, std::move(by)};
   };
   // Listed out of order on purpose: read by send time.
-  t.requests = {req(500, 200, 10, "web-1"), req(0, 200, 30, "web-0"), req(100, 0, 2000),
+  t.requests = {req(500, 200, 10, "web-1"), req(0, 200, 30, "web-0"),   req(100, 0, 2000),
                 req(200, 503, 5, "web-0"),  req(250, 200, 40, "web-1"), req(300, 0, 2000),
                 req(400, 200, 20, "web-1"), req(1600, 0, 2000)};
   TrafficSummary m = traffic_summary(t);
@@ -451,7 +450,8 @@ TEST(ReportTraffic, SummaryCountsRunsAndLatencyInSendOrder) {
   EXPECT_EQ(m.failure_runs[1].from_ms, kStart + 1600);
   EXPECT_EQ(m.failure_runs[1].count, 1);
   // Each run says what its requests got: the status and who answered, or the error.
-  EXPECT_EQ(m.failure_runs[0].causes, (std::map<std::string, int64_t>{{"timeout", 2}, {"HTTP 503 from web-0", 1}}));
+  EXPECT_EQ(m.failure_runs[0].causes,
+            (std::map<std::string, int64_t>{{"timeout", 2}, {"HTTP 503 from web-0", 1}}));
   EXPECT_EQ(m.failure_runs[1].causes, (std::map<std::string, int64_t>{{"timeout", 1}}));
   EXPECT_EQ(m.longest_failure_run_ms, 200);
   // Answered: 30, 5 (the 503 answered), 40, 20, 10 -> sorted 5 10 20 30 40.
@@ -657,10 +657,12 @@ TEST(ReportHtml, ShowsTheTrafficTableAndFailuresOnTheTimelineAxis) {
             std::string::npos);
   EXPECT_NE(html.find("web-0: 3005, web-1: 3007"), std::string::npos);
   // A red mark per failure run inside the window, on the service's own "clients" lane.
-  EXPECT_NE(html.find("<title>web clients: 3 failed from 100 s to 100.2 s: connect: Connection refused x3</title>"),
+  EXPECT_NE(html.find("<title>web clients: 3 failed from 100 s to 100.2 s: connect: Connection "
+                      "refused x3</title>"),
             std::string::npos);
   EXPECT_EQ(html.find("web clients: 5 failed from -1 s"), std::string::npos);  // before the start
-  EXPECT_NE(html.find("<title>hello clients: 110 failed from 300 s to 310.9 s: connect: Connection refused x110</title>"),
+  EXPECT_NE(html.find("<title>hello clients: 110 failed from 300 s to 310.9 s: connect: Connection "
+                      "refused x110</title>"),
             std::string::npos);
   EXPECT_LT(html.find("web clients: 3 failed"), html.find("<h3>hello</h3>"));
   EXPECT_EQ(html.find("not measured"), std::string::npos);
@@ -720,7 +722,8 @@ ReportInstance debian(std::string name, int index) {
   return i;
 }
 
-ReportDataCheck data(std::string rule, std::optional<std::string> before, std::optional<std::string> after) {
+ReportDataCheck data(std::string rule, std::optional<std::string> before,
+                     std::optional<std::string> after) {
   ReportDataCheck c;
   c.command = {"/bin/cat", "/data/counter"};
   c.rule = std::move(rule);
@@ -753,7 +756,8 @@ TEST(ReportDataCheck, NotLessHoldsWhenTheCounterGrewAndTheReportShowsBothOutputs
 }
 
 TEST(ReportDataCheck, NotLessFailsWhenTheCounterWentBackwardsNamingTheInstanceAndBothOutputs) {
-  auto r = build_report(data_drill(data("not_less", "123\n", "130\n"), data("not_less", "123\n", "99\n")));
+  auto r = build_report(
+      data_drill(data("not_less", "123\n", "130\n"), data("not_less", "123\n", "99\n")));
   EXPECT_FALSE(passed(r, "data kept (data check)"));
   EXPECT_EQ(result(r), "failed");
   EXPECT_EQ(detail(r, "data kept (data check)"),
@@ -764,11 +768,13 @@ TEST(ReportDataCheck, NotLessFailsWhenTheCounterWentBackwardsNamingTheInstanceAn
 TEST(ReportDataCheck, NotLessNeedsNumbers) {
   EXPECT_FALSE(data_check_held(data("not_less", "abc", "abd")));
   EXPECT_FALSE(data_check_held(data("not_less", "", "1")));
-  EXPECT_TRUE(data_check_held(data("not_less", " 1.5\n", "2")));  // the leading integer, as the agent reads it
+  EXPECT_TRUE(data_check_held(
+      data("not_less", " 1.5\n", "2")));  // the leading integer, as the agent reads it
   EXPECT_TRUE(data_check_held(data("not_less", "123 bytes\n", "130 bytes\n")));
   EXPECT_FALSE(data_check_held(data("not_less", "-3", "-4")));
   auto r = build_report(data_drill(data("not_less", "1", "2"), data("not_less", "x", "y")));
-  EXPECT_NE(detail(r, "data kept (data check)").find("web-1: not_less needs numbers: before 'x', after 'y'"),
+  EXPECT_NE(detail(r, "data kept (data check)")
+                .find("web-1: not_less needs numbers: before 'x', after 'y'"),
             std::string::npos);
 }
 
@@ -789,9 +795,11 @@ TEST(ReportDataCheck, AMissingAfterFailsEvenWhenTheAgentSaysOkAndAnErrorIsQuoted
   auto r = build_report(data_drill(no_after, silent));
   EXPECT_FALSE(passed(r, "data kept (data check)"));
   const std::string d = detail(r, "data kept (data check)");
-  EXPECT_NE(d.find("web-0: no output after the restart (before '123'): guest-exec: the guest agent did not "
-                   "answer within 10 s"),
-            std::string::npos)
+  EXPECT_NE(
+      d.find(
+          "web-0: no output after the restart (before '123'): guest-exec: the guest agent did not "
+          "answer within 10 s"),
+      std::string::npos)
       << d;
   EXPECT_NE(d.find("web-1: no output after the restart (before '5')"), std::string::npos) << d;
   EXPECT_TRUE(r.at("instances").as_array()[0].at("data_check").at("after").is_null());
@@ -810,17 +818,20 @@ TEST(ReportDataCheck, AnInstanceOfADeclaringServiceWithoutAResultFails) {
   ReportInput in = data_drill(data("not_less", "1", "2"), data("not_less", "1", "2"));
   in.instances[1].data_check.reset();
   auto r = build_report(in);
-  EXPECT_EQ(detail(r, "data kept (data check)"),
-            "data not kept or not proven: web-1: no data check result (the agent did not report one)");
+  EXPECT_EQ(
+      detail(r, "data kept (data check)"),
+      "data not kept or not proven: web-1: no data check result (the agent did not report one)");
   in.instances[1].restarted = false;
   r = build_report(in);
-  EXPECT_NE(detail(r, "data kept (data check)").find("the walk did not reach it"), std::string::npos);
+  EXPECT_NE(detail(r, "data kept (data check)").find("the walk did not reach it"),
+            std::string::npos);
   // A healed instance is a new VM: no result is expected of it.
   in.instances[1].healed = true;
   r = build_report(in);
   EXPECT_TRUE(passed(r, "data kept (data check)")) << detail(r, "data kept (data check)");
-  EXPECT_NE(detail(r, "data kept (data check)").find("healed on a new host (new VM, no result): web-1"),
-            std::string::npos);
+  EXPECT_NE(
+      detail(r, "data kept (data check)").find("healed on a new host (new VM, no result): web-1"),
+      std::string::npos);
 }
 
 TEST(ReportDataCheck, NoCheckWithoutADataCheck) {
@@ -853,7 +864,8 @@ TEST(ReportGuestHealth, AHealthyRestartPassesAndTheDetailGroupsTheSignals) {
   in.instances[2].heartbeat = true;
   in.instances[2].os_up = true;
   auto r = build_report(in);
-  EXPECT_TRUE(passed(r, "guests healthy after restart")) << detail(r, "guests healthy after restart");
+  EXPECT_TRUE(passed(r, "guests healthy after restart"))
+      << detail(r, "guests healthy after restart");
   EXPECT_EQ(detail(r, "guests healthy after restart"),
             "all 3 restarted instances healthy; signals: web-0, web-1: guest agent, app probe; "
             "db-0: heartbeat only");
@@ -862,7 +874,8 @@ TEST(ReportGuestHealth, AHealthyRestartPassesAndTheDetailGroupsTheSignals) {
   EXPECT_TRUE(i0.at("os_up").as_bool());
   EXPECT_TRUE(i0.at("app_up").as_bool());
   EXPECT_TRUE(i0.at("healthy_after_restart").as_bool());
-  EXPECT_EQ(i0.at("health_after_restart").as_string(), "guest agent answered after restart; app probe UP");
+  EXPECT_EQ(i0.at("health_after_restart").as_string(),
+            "guest agent answered after restart; app probe UP");
   EXPECT_TRUE(r.at("instances").as_array()[2].at("app_up").is_null());  // db has no probe
 }
 
@@ -873,18 +886,22 @@ TEST(ReportGuestHealth, TheFailureSaysWhichSignalFailed) {
   EXPECT_FALSE(passed(r, "guests healthy after restart"));
   EXPECT_EQ(result(r), "failed");
   EXPECT_NE(detail(r, "guests healthy after restart")
-                .find("not healthy after restart: web-1: guest agent did not answer after restart; app probe UP"),
+                .find("not healthy after restart: web-1: guest agent did not answer after restart; "
+                      "app probe UP"),
             std::string::npos)
       << detail(r, "guests healthy after restart");
-  EXPECT_EQ(restart_health_problem(in.instances[1]), "guest agent did not answer after restart; app probe UP");
+  EXPECT_EQ(restart_health_problem(in.instances[1]),
+            "guest agent did not answer after restart; app probe UP");
 
   in.instances[1].os_up = true;
   in.instances[1].app_up = false;
-  EXPECT_EQ(restart_health_problem(in.instances[1]), "guest agent answered after restart; app probe not UP after restart");
+  EXPECT_EQ(restart_health_problem(in.instances[1]),
+            "guest agent answered after restart; app probe not UP after restart");
   in.instances[1].guest_agent = false;
   in.instances[1].heartbeat = true;
   in.instances[1].os_up = false;
-  EXPECT_EQ(restart_health_problem(in.instances[1]), "no heartbeat after restart; app probe not UP after restart");
+  EXPECT_EQ(restart_health_problem(in.instances[1]),
+            "no heartbeat after restart; app probe not UP after restart");
 }
 
 TEST(ReportGuestHealth, AGuestWithoutAGuestAgentIsJudgedByItsProbeAlone) {
@@ -892,8 +909,10 @@ TEST(ReportGuestHealth, AGuestWithoutAGuestAgentIsJudgedByItsProbeAlone) {
   in.instances[0].guest_agent = false;
   in.instances[0].os_up = false;
   auto r = build_report(in);
-  EXPECT_TRUE(passed(r, "guests healthy after restart")) << detail(r, "guests healthy after restart");
-  EXPECT_NE(detail(r, "guests healthy after restart").find("web-0: app probe only"), std::string::npos);
+  EXPECT_TRUE(passed(r, "guests healthy after restart"))
+      << detail(r, "guests healthy after restart");
+  EXPECT_NE(detail(r, "guests healthy after restart").find("web-0: app probe only"),
+            std::string::npos);
   EXPECT_TRUE(r.at("instances").as_array()[0].at("os_up").is_null());
   in.instances[0].app_up = false;
   EXPECT_EQ(restart_health_problem(in.instances[0]),
@@ -906,34 +925,40 @@ TEST(ReportGuestHealth, NoSignalAtAllIsNoProof) {
   in.instances[0].app_probe = false;
   auto r = build_report(in);
   EXPECT_FALSE(passed(r, "guests healthy after restart"));
-  EXPECT_NE(detail(r, "guests healthy after restart").find("web-0: no signal tells it is up"), std::string::npos);
+  EXPECT_NE(detail(r, "guests healthy after restart").find("web-0: no signal tells it is up"),
+            std::string::npos);
   // An agent that did not report signals leaves the OS side unjudged: judged by the probe alone,
   // or not at all, and said so.
   in.instances[0].signals_reported = false;
   r = build_report(in);
   EXPECT_TRUE(passed(r, "guests healthy after restart"));
-  EXPECT_NE(detail(r, "guests healthy after restart").find("not judged (no signal reported): web-0"),
-            std::string::npos);
+  EXPECT_NE(
+      detail(r, "guests healthy after restart").find("not judged (no signal reported): web-0"),
+      std::string::npos);
 }
 
 TEST(ReportGuestHealth, NoCheckWhenTheWalkRestartedNothing) {
-  auto r = build_report(drill({instance("web-0", "web", 0, 0, 0), instance("web-1", "web", 1, 1, 1)}));
+  auto r =
+      build_report(drill({instance("web-0", "web", 0, 0, 0), instance("web-1", "web", 1, 1, 1)}));
   EXPECT_FALSE(has_check(r, "guests healthy after restart"));
   EXPECT_EQ(r.at("instances").as_array()[0].at("health_after_restart").as_string(), "");
 }
 
 TEST(ReportGuestHealth, AGuestWithoutTheHeartbeatHasNoBuiltInCounterToJudge) {
   ReportInput in = drill({debian("web-0", 0), debian("web-1", 1)});
-  for (auto& i : in.instances) i.counter_before = i.counter_after = -1;  // what the agent knows of them
+  for (auto& i : in.instances)
+    i.counter_before = i.counter_after = -1;  // what the agent knows of them
   auto r = build_report(in);
   EXPECT_TRUE(passed(r, "counter kept")) << detail(r, "counter kept");
   EXPECT_EQ(detail(r, "counter kept"),
-            "all 0 counters kept; no built-in counter (no heartbeat; the data check is their proof): web-0, web-1");
+            "all 0 counters kept; no built-in counter (no heartbeat; the data check is their "
+            "proof): web-0, web-1");
   // A guest that heartbeats has the counter: unknown is still a failure.
   in.instances[1].heartbeat = true;
   r = build_report(in);
   EXPECT_FALSE(passed(r, "counter kept"));
-  EXPECT_NE(detail(r, "counter kept").find("counter lost or unknown: web-1 (unknown -> unknown)"), std::string::npos);
+  EXPECT_NE(detail(r, "counter kept").find("counter lost or unknown: web-1 (unknown -> unknown)"),
+            std::string::npos);
   // So is an agent that does not say (an older agent: the built-in guest).
   in.instances[1].heartbeat = false;
   in.instances[1].signals_reported = false;
@@ -957,13 +982,14 @@ TEST(ReportGuestHealth, BootIdsTellARebootFromAMemoryPreservingUpdate) {
 
 TEST(ReportGuestRecord, ReadsTheAgentsJobRecordOfAGuest) {
   // As the agent writes it (agent/src/host_agent.cpp GuestReport::to_json).
-  auto record = json::parse(R"({"name": "web-0", "notice_ms": 2100, "ack_ms": 1500, "stop_method": "graceful",
+  auto record =
+      json::parse(R"({"name": "web-0", "notice_ms": 2100, "ack_ms": 1500, "stop_method": "graceful",
       "stop_ms": 900, "down_ms": 31000, "pause_ms": -1, "image_before": "debian-v1", "image_after": "debian-v2",
       "counter_before": -1, "counter_after": -1, "boot_id_before": "aaa", "boot_id_after": "bbb", "ok": true,
       "error": "", "boot_id_source": "guest_agent", "signals": {"heartbeat": false, "guest_agent": true},
       "os_up": true, "data_check": {"command": ["/bin/cat", "/data/counter"], "rule": "not_less",
       "before": "123\n", "after": "", "ok": false, "error": "guest-exec: no answer"}})")
-                    .as_object();
+          .as_object();
   ReportInstance i;
   read_guest_record(record, i);
   EXPECT_TRUE(i.restarted);
@@ -985,7 +1011,8 @@ TEST(ReportGuestRecord, ReadsTheAgentsJobRecordOfAGuest) {
 
   // An older agent's record: no signals, no data check.
   ReportInstance old;
-  read_guest_record(json::parse(R"({"name": "web-0", "ok": true, "notice_ms": "x"})").as_object(), old);
+  read_guest_record(json::parse(R"({"name": "web-0", "ok": true, "notice_ms": "x"})").as_object(),
+                    old);
   EXPECT_TRUE(old.restarted);
   EXPECT_FALSE(old.signals_reported);
   EXPECT_FALSE(old.data_check.has_value());
@@ -993,7 +1020,8 @@ TEST(ReportGuestRecord, ReadsTheAgentsJobRecordOfAGuest) {
 }
 
 TEST(ReportHtml, ShowsEachGuestsSignalsBootAndDataCheckEscaped) {
-  ReportInput in = data_drill(data("not_less", "<b>1</b>\n", "2\n"), data("not_less", "3", std::nullopt));
+  ReportInput in =
+      data_drill(data("not_less", "<b>1</b>\n", "2\n"), data("not_less", "3", std::nullopt));
   in.instances[1].os_up = false;
   const std::string html = render_report_html(build_report(in));
   EXPECT_NE(html.find("<section id=\"guest-health\">"), std::string::npos);
@@ -1002,7 +1030,8 @@ TEST(ReportHtml, ShowsEachGuestsSignalsBootAndDataCheckEscaped) {
             std::string::npos);
   EXPECT_NE(html.find("guest agent did not answer after restart; app probe UP"), std::string::npos);
   EXPECT_NE(html.find("rebooted <span class=\"muted\">(guest_agent)</span>"), std::string::npos);
-  EXPECT_NE(html.find("not_less <code>&#47;bin&#47;cat &#47;data&#47;counter</code>"), std::string::npos);
+  EXPECT_NE(html.find("not_less <code>&#47;bin&#47;cat &#47;data&#47;counter</code>"),
+            std::string::npos);
   EXPECT_NE(html.find("<code>&lt;b&gt;1&lt;&#47;b&gt;\n</code>"), std::string::npos);
   EXPECT_EQ(html.find("<b>1</b>"), std::string::npos);
   EXPECT_NE(html.find("<span class=\"bad\">none</span>"), std::string::npos);  // web-1 has no after
@@ -1015,14 +1044,16 @@ TEST(ReportHtml, SeveralDrillsRenderOnOnePageWithUniqueIds) {
   second.kind = "guest-os";
   second.target = "debian-v2";  // the images stay guest-1: not on target, so it fails
   const std::string html = render_reports_html({build_report(first), build_report(second)});
-  EXPECT_NE(html.find("<h1>FAILED</h1><div>2 drills, one after the other on one rack</div>"), std::string::npos);
+  EXPECT_NE(html.find("<h1>FAILED</h1><div>2 drills, one after the other on one rack</div>"),
+            std::string::npos);
   EXPECT_NE(html.find("drill d-1 · host-os → host-2</a>"), std::string::npos);
   EXPECT_NE(html.find("<article class=\"drill\" id=\"drill-1\">"), std::string::npos);
   EXPECT_NE(html.find("<article class=\"drill\" id=\"drill-2\">"), std::string::npos);
   EXPECT_NE(html.find("id=\"d1-checks\""), std::string::npos);
   EXPECT_NE(html.find("id=\"d2-checks\""), std::string::npos);
   EXPECT_EQ(html.find("id=\"checks\""), std::string::npos);
-  EXPECT_LT(html.find("id=\"d1-guest-health\""), html.find("id=\"d2-checks\""));  // one after the other
+  EXPECT_LT(html.find("id=\"d1-guest-health\""),
+            html.find("id=\"d2-checks\""));  // one after the other
   EXPECT_NE(html.find("<li><b>on target</b>"), std::string::npos);
   const std::string ok = render_reports_html({build_report(first), build_report(first)});
   EXPECT_NE(ok.find("<h1>ALL PASSED</h1>"), std::string::npos);

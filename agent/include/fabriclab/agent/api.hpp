@@ -4,18 +4,22 @@
 //   GET    /healthz                          open
 //   GET    /v1/host                          host info and state
 //   GET    /v1/instances                     instances with state and health
-//   POST   /v1/instances                     {service, index, ud, fd, image, memory_mib?, name?, mode?,
-//                                              drain?, drain_ms?}; instances show address, mac, vm_id
+//   POST   /v1/instances                     {service, index, ud, fd, image, memory_mib?, name?,
+//   mode?,
+//                                              drain?, drain_ms?}; instances show address, mac,
+//                                              vm_id
 //   GET    /v1/instances/{name}
 //   POST   /v1/instances/{name}/start | /stop
 //   DELETE /v1/instances/{name}
-//   POST   /v1/operations                    {kind: host-os|guest-os|freeze, target, memory_preserving?,
+//   POST   /v1/operations                    {kind: host-os|guest-os|freeze, target,
+//   memory_preserving?,
 //                                              notice_ms?, freeze_ms?}  -> 202 with the job
 //   GET    /v1/operations, /v1/operations/{id}
 //   POST   /v1/operations/{id}/cancel        (a job shows its scheduled event's event_id)
 //   GET    /v1/images/host, POST /v1/images/host {version, path, sha256}   (stage)
 //   GET    /v1/images/guest
-//   POST   /v1/faults                        {kind, instance, delay_ms?}: fault injection, only with
+//   POST   /v1/faults                        {kind, instance, delay_ms?}: fault injection, only
+//   with
 //                                              --fault-injection (HostAgent::inject_fault)
 //   WS     /v1/events[?since=SEQ]            snapshot, then deltas
 //

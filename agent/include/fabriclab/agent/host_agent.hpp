@@ -29,14 +29,13 @@
 // DocumentIncarnation starts at 1 for a new host and grows by one at every change of the event
 // set (Scheduled, Started, removed); it is persisted. Each change is an `imds.event` on the feed.
 
+#include <boost/json/array.hpp>
+#include <boost/json/object.hpp>
 #include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <boost/json/object.hpp>
-#include <boost/json/array.hpp>
 
 #include "fabriclab/agent/host_state.hpp"
 #include "fabriclab/common/result.hpp"
@@ -52,7 +51,8 @@ struct AgentOptions {
   int fault_domain = 0;
   std::string hypervisor_uri;  // default: qemu:///embed?root=<state_dir>/hv
   std::string state_dir;       // required
-  std::vector<std::string> guest_images_dirs;  // guest image directories (manifest.json each), in order
+  std::vector<std::string>
+      guest_images_dirs;        // guest image directories (manifest.json each), in order
   std::string host_images_dir;  // default: <state_dir>/host-images
   int capacity = 8;             // instances this host can hold
   std::chrono::milliseconds heartbeat_period{1000};

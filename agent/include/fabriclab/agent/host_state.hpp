@@ -3,13 +3,12 @@
 // host reboot. Written atomically (temp file, fsync, rename, fsync of the directory) after every
 // step, so a restarted agent knows the step it was in and which guests were running before it.
 
+#include <boost/json/fwd.hpp>
 #include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <boost/json/fwd.hpp>
 
 #include "fabriclab/common/result.hpp"
 #include "fabriclab/hypervisor/domain_spec.hpp"
@@ -19,8 +18,15 @@ namespace fabriclab::agent {
 // docs/state-machines.md: Ready -> Updating{steps} -> Ready; Unhealthy (a guest not back);
 // Offline (the hypervisor cannot be reached).
 enum class HostState { ready, updating, unhealthy, offline };
-enum class UpdateStep { none, notifying, stopping_guests, swapping_image, rebooting, starting_guests,
-                        verifying };
+enum class UpdateStep {
+  none,
+  notifying,
+  stopping_guests,
+  swapping_image,
+  rebooting,
+  starting_guests,
+  verifying
+};
 enum class OperationKind { host_os, guest_os, freeze };
 
 std::string_view to_string(HostState s);
@@ -38,7 +44,8 @@ struct DataCheck {
   bool operator==(const DataCheck&) const = default;
 };
 boost::json::object to_json(const DataCheck& c);
-// {"command": [...], "rule"?}; errors name `field` ("data_check.command[0] must be an absolute path").
+// {"command": [...], "rule"?}; errors name `field` ("data_check.command[0] must be an absolute
+// path").
 Result<DataCheck> data_check_from_json(const boost::json::value& v, const std::string& field);
 
 // The service's app probe (its load-balancer probe), which the agent also runs against a guest
@@ -63,8 +70,8 @@ struct InstanceRecord {
   // at creation and kept for the instance's life; "" without a guest subnet.
   std::string address;
   std::string mac;
-  std::string vm_id;   // a GUID, IMDS compute.vmId; made at creation
-  bool drain = true;   // the built-in guest drains (leaves the load balancer) before it approves
+  std::string vm_id;     // a GUID, IMDS compute.vmId; made at creation
+  bool drain = true;     // the built-in guest drains (leaves the load balancer) before it approves
   int64_t drain_ms = 0;  // how long it drains; 0: the agent's default
   std::optional<DataCheck> data_check;
   AppProbe probe;
@@ -88,12 +95,12 @@ struct OperationRecord {
   std::string id;
   OperationRequest request;
   UpdateStep step = UpdateStep::notifying;
-  std::vector<std::string> running_before;   // guests running when it began
-  std::vector<std::string> stopped;          // guests this operation stopped (or saved)
+  std::vector<std::string> running_before;  // guests running when it began
+  std::vector<std::string> stopped;         // guests this operation stopped (or saved)
   std::string previous_host_image;
   std::map<std::string, std::string> previous_guest_image;  // guest-os: for rollback
   std::map<std::string, std::string> previous_os_disk;      // guest-os: the overlay to go back to
-  std::string started_at;                    // RFC 3339
+  std::string started_at;                                   // RFC 3339
   std::string event_id;  // the operation's scheduled event (a GUID), the same after a restart
 };
 

@@ -95,20 +95,20 @@ class HostImageStore {
 Result<std::string> write_synthetic_host_image(const std::string& path, const std::string& version);
 
 struct GuestImageInfo {
-  std::string version;          // "v1", "debian-v1", ...
-  std::string boot = "kernel";  // "kernel" (direct kernel boot) | "disk" (its own bootloader)
+  std::string version;            // "v1", "debian-v1", ...
+  std::string boot = "kernel";    // "kernel" (direct kernel boot) | "disk" (its own bootloader)
   std::string firmware = "bios";  // "bios" (SeaBIOS) | "efi" (UEFI: OVMF, a per-instance NVRAM)
-  std::string kernel;           // absolute paths (relative ones in a manifest are resolved
-  std::string initrd;           // against its directory); "" when boot: disk gives none
-  std::string sha256_kernel;    // lower-case hex
+  std::string kernel;             // absolute paths (relative ones in a manifest are resolved
+  std::string initrd;             // against its directory); "" when boot: disk gives none
+  std::string sha256_kernel;      // lower-case hex
   std::string sha256_initrd;
-  std::string disk;             // OS disk, absolute; "" = the built-in guest (initramfs only)
-  std::string disk_format;      // "qcow2" | "raw" (from qemu-img info, not trusted from the file)
+  std::string disk;         // OS disk, absolute; "" = the built-in guest (initramfs only)
+  std::string disk_format;  // "qcow2" | "raw" (from qemu-img info, not trusted from the file)
   uint64_t disk_virtual_size = 0;
-  uint64_t disk_bytes = 0;      // the file's size as recorded (0: not recorded)
+  uint64_t disk_bytes = 0;  // the file's size as recorded (0: not recorded)
   std::string sha256_disk;
-  std::string cmdline;          // the image's kernel command line ("" for the built-in guest)
-  std::string manifest_dir;     // absolute: the directory whose manifest.json defines the image
+  std::string cmdline;       // the image's kernel command line ("" for the built-in guest)
+  std::string manifest_dir;  // absolute: the directory whose manifest.json defines the image
   bool builtin() const { return disk.empty(); }
 };
 

@@ -29,8 +29,10 @@ class OrchestratorClient {
   void set_timeout(std::chrono::milliseconds t) { timeout_ = t; }
 
  private:
-  Result<json::value> call(std::string_view method, const std::string& target, const std::string& body) const;
-  Result<std::string> call_raw(std::string_view method, const std::string& target, const std::string& body) const;
+  Result<json::value> call(std::string_view method, const std::string& target,
+                           const std::string& body) const;
+  Result<std::string> call_raw(std::string_view method, const std::string& target,
+                               const std::string& body) const;
   std::string host_;
   uint16_t port_ = 0;
   std::string token_;

@@ -36,10 +36,10 @@
 namespace fabriclab {
 
 struct SpawnOptions {
-  std::string name;         // in messages: "orchestrator", "agent h3"
-  std::string stdout_path;  // required
-  bool append_stdout = false;  // true: keep what the file holds (wait_listening reads after it)
-  std::string stderr_path;     // empty: the caller's stderr
+  std::string name;              // in messages: "orchestrator", "agent h3"
+  std::string stdout_path;       // required
+  bool append_stdout = false;    // true: keep what the file holds (wait_listening reads after it)
+  std::string stderr_path;       // empty: the caller's stderr
   bool truncate_stderr = false;  // false: appended to
   std::string netns_path;        // a namespace file (/run/netns/NAME) to enter; empty: ours
   bool own_process_group = false;

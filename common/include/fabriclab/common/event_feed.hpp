@@ -12,6 +12,7 @@
 // No gap, no duplicate: `subscribe` takes the snapshot (or copies the backlog) and registers the
 // subscription under the feed's lock, the same lock `publish` numbers events under.
 
+#include <boost/json/fwd.hpp>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -22,14 +23,12 @@
 #include <utility>
 #include <vector>
 
-#include <boost/json/fwd.hpp>
-
 namespace fabriclab {
 
 struct FeedStats {
-  size_t subscribers = 0;    // live subscriptions
-  uint64_t published = 0;    // events published since the feed was made
-  uint64_t dropped_slow = 0; // subscriptions cut off because their queue overflowed
+  size_t subscribers = 0;     // live subscriptions
+  uint64_t published = 0;     // events published since the feed was made
+  uint64_t dropped_slow = 0;  // subscriptions cut off because their queue overflowed
 };
 
 class EventFeed;

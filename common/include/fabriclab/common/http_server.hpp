@@ -14,6 +14,7 @@
 // - events(): a websocket event stream over an EventFeed (snapshot then deltas, ?since= resume,
 //   slow consumers cut off with close reason "slow consumer").
 
+#include <boost/json/fwd.hpp>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -24,8 +25,6 @@
 #include <string_view>
 #include <utility>
 #include <vector>
-
-#include <boost/json/fwd.hpp>
 
 #include "fabriclab/common/event_feed.hpp"
 #include "fabriclab/common/result.hpp"
@@ -42,8 +41,8 @@ struct Request {
   std::map<std::string, std::string> query;   // decoded; the last of repeated keys wins
   std::map<std::string, std::string> params;  // {param} segments of the route
   std::string body;
-  std::string role;                           // "control" | "read" | "" (no valid token)
-  std::string remote;                         // "127.0.0.1:54321"
+  std::string role;    // "control" | "read" | "" (no valid token)
+  std::string remote;  // "127.0.0.1:54321"
   // Every request header, names in lower case; repeated headers joined with ", ".
   std::map<std::string, std::string> headers;
 };

@@ -7,6 +7,9 @@
 // "field 'memory_mib' must be an integer in 32..65536". All failures are
 // Condition::invalid_argument.
 
+#include <boost/json/array.hpp>
+#include <boost/json/object.hpp>
+#include <boost/json/value.hpp>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -14,10 +17,6 @@
 #include <optional>
 #include <string>
 #include <string_view>
-
-#include <boost/json/array.hpp>
-#include <boost/json/object.hpp>
-#include <boost/json/value.hpp>
 
 #include "fabriclab/common/result.hpp"
 

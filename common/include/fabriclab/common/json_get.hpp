@@ -8,14 +8,13 @@
 // Input from outside (request bodies, spec files, guest lines) is not read with these: use the
 // checked getters of json.hpp, which refuse a wrong type or range and name the field.
 
+#include <boost/json/array.hpp>
+#include <boost/json/object.hpp>
+#include <boost/json/value.hpp>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
-
-#include <boost/json/array.hpp>
-#include <boost/json/object.hpp>
-#include <boost/json/value.hpp>
 
 namespace fabriclab::json_get {
 

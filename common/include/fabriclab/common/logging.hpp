@@ -2,11 +2,11 @@
 // One spdlog logger per component ("hypervisor", "agent", ...), created on first use and shared.
 // `setup_logging` picks the level and the output format (text for people, JSON lines for machines).
 
+#include <spdlog/spdlog.h>
+
 #include <memory>
 #include <string>
 #include <string_view>
-
-#include <spdlog/spdlog.h>
 
 namespace fabriclab {
 

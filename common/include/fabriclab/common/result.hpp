@@ -15,17 +15,17 @@ namespace fabriclab {
 
 // The conditions callers branch on. Keep the set small: a new one is a contract change.
 enum class Condition {
-  invalid_argument,  // the request or input is malformed; retrying the same input will not help
-  not_found,         // the named thing does not exist
-  already_exists,    // creating something that exists
-  invalid_state,     // the thing exists but is in the wrong state for the operation
-  unsupported,       // the driver or configuration cannot do this
-  timeout,           // a deadline passed
-  transient,         // a connection or system failure; retrying may help
-  cancelled,         // the operation was cancelled on purpose
-  unauthenticated,   // no or unknown credentials
-  permission_denied, // credentials are valid but not allowed to do this
-  internal,          // a bug or an unclassified failure
+  invalid_argument,   // the request or input is malformed; retrying the same input will not help
+  not_found,          // the named thing does not exist
+  already_exists,     // creating something that exists
+  invalid_state,      // the thing exists but is in the wrong state for the operation
+  unsupported,        // the driver or configuration cannot do this
+  timeout,            // a deadline passed
+  transient,          // a connection or system failure; retrying may help
+  cancelled,          // the operation was cancelled on purpose
+  unauthenticated,    // no or unknown credentials
+  permission_denied,  // credentials are valid but not allowed to do this
+  internal,           // a bug or an unclassified failure
 };
 
 std::string_view to_string(Condition c);
@@ -88,14 +88,15 @@ using Status = Result<void>;
 #define FL_CONCAT(a, b) FL_CONCAT_INNER(a, b)
 
 // Returns the error of a failed Status/Result from the enclosing function.
-#define FL_RETURN_IF_ERROR(expr)                        \
-  do {                                                  \
-    auto fl_status_ = (expr);                           \
-    if (!fl_status_.ok()) return fl_status_.error();    \
+#define FL_RETURN_IF_ERROR(expr)                     \
+  do {                                               \
+    auto fl_status_ = (expr);                        \
+    if (!fl_status_.ok()) return fl_status_.error(); \
   } while (0)
 
 // `FL_ASSIGN_OR_RETURN(auto x, f());` binds the value or returns the error.
-#define FL_ASSIGN_OR_RETURN(lhs, expr) FL_ASSIGN_OR_RETURN_IMPL(FL_CONCAT(fl_result_, __LINE__), lhs, expr)
+#define FL_ASSIGN_OR_RETURN(lhs, expr) \
+  FL_ASSIGN_OR_RETURN_IMPL(FL_CONCAT(fl_result_, __LINE__), lhs, expr)
 #define FL_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
   auto tmp = (expr);                             \
   if (!tmp.ok()) return tmp.error();             \

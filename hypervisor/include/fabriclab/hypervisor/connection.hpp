@@ -25,15 +25,36 @@ struct _virDomain;
 
 namespace fabriclab::hypervisor {
 
-enum class DomainState { no_state, running, blocked, paused, shutting_down, shut_off, crashed,
-                         pm_suspended, unknown };
+enum class DomainState {
+  no_state,
+  running,
+  blocked,
+  paused,
+  shutting_down,
+  shut_off,
+  crashed,
+  pm_suspended,
+  unknown
+};
 std::string_view to_string(DomainState s);
 
 // agent_connected / agent_disconnected come from libvirt's agent lifecycle event: the guest
 // opened / closed the qemu-guest-agent port (the agent started / stopped, or the guest booted /
 // went down). Drivers without that event (the test driver) never deliver them.
-enum class LifecycleKind { defined, undefined, started, suspended, resumed, stopped, shutdown,
-                           pm_suspended, crashed, other, agent_connected, agent_disconnected };
+enum class LifecycleKind {
+  defined,
+  undefined,
+  started,
+  suspended,
+  resumed,
+  stopped,
+  shutdown,
+  pm_suspended,
+  crashed,
+  other,
+  agent_connected,
+  agent_disconnected
+};
 // "started", ..., "agent-connected", "agent-disconnected".
 std::string_view to_string(LifecycleKind k);
 
@@ -150,7 +171,8 @@ class Domain {
 
   // Raw guest-agent command (virDomainQemuAgentCommand). `command_json` is one QMP-style object
   // ({"execute": "guest-ping"}); returns the reply JSON text.
-  Result<std::string> agent_command(const std::string& command_json, std::chrono::milliseconds timeout);
+  Result<std::string> agent_command(const std::string& command_json,
+                                    std::chrono::milliseconds timeout);
   // guest-ping: ok when the agent answers.
   Status guest_ping(std::chrono::milliseconds timeout);
   // The channel's state from the live XML (<target ... state='connected'/>): true when the

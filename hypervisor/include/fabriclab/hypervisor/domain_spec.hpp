@@ -77,23 +77,23 @@ bool valid_mac(const std::string& mac);
 bool valid_bridge_name(const std::string& name);
 
 struct DomainSpec {
-  std::string name;                  // [A-Za-z0-9_.-], 1..64 chars
-  uint32_t memory_mib = 128;         // 32..65536
-  uint32_t vcpus = 1;                // 1..64
-  BootImage boot;                    // direct kernel boot, or from the OS disk (kernel empty)
-  Firmware firmware;                 // BIOS unless firmware.loader is set
-  bool acpi = true;                  // without it ACPI shutdown silently does nothing
-  std::string console_log;           // serial console appended to this file; empty: none
+  std::string name;           // [A-Za-z0-9_.-], 1..64 chars
+  uint32_t memory_mib = 128;  // 32..65536
+  uint32_t vcpus = 1;         // 1..64
+  BootImage boot;             // direct kernel boot, or from the OS disk (kernel empty)
+  Firmware firmware;          // BIOS unless firmware.loader is set
+  bool acpi = true;           // without it ACPI shutdown silently does nothing
+  std::string console_log;    // serial console appended to this file; empty: none
   // Disks: with an OS disk it is vda and the data disk vdb; without one the data disk is vda
   // (the built-in guest, whose root file system is its initramfs).
   std::string os_disk;                   // OS disk path (a per-instance qcow2 overlay); empty: none
   std::string os_disk_format = "qcow2";  // "qcow2" | "raw"
-  std::string data_disk;             // raw disk image path (vda, or vdb with an OS disk); empty: none
-  std::string channel_socket;        // unix socket path QEMU binds for the integration channel
-  bool guest_agent = false;          // add the qemu-guest-agent virtio-serial channel
-                                     // (kGuestAgentChannelName, libvirt-managed unix source)
+  std::string data_disk;       // raw disk image path (vda, or vdb with an OS disk); empty: none
+  std::string channel_socket;  // unix socket path QEMU binds for the integration channel
+  bool guest_agent = false;    // add the qemu-guest-agent virtio-serial channel
+                               // (kGuestAgentChannelName, libvirt-managed unix source)
   std::optional<InstanceMetadata> metadata;
-  std::optional<NicSpec> nic;        // none: the guest has no network card
+  std::optional<NicSpec> nic;  // none: the guest has no network card
 };
 
 // Checks every field; the error names the field.

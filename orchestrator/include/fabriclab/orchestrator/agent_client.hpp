@@ -30,8 +30,8 @@ class AgentClient {
 
   const Endpoint& endpoint() const { return endpoint_; }
 
-  Result<json::object> host() const;          // GET /v1/host
-  Result<json::array> instances() const;      // GET /v1/instances
+  Result<json::object> host() const;                                     // GET /v1/host
+  Result<json::array> instances() const;                                 // GET /v1/instances
   Result<json::object> create_instance(const json::object& spec) const;  // POST /v1/instances
   Status delete_instance(const std::string& name) const;
   // DELETE /v1/instances/NAME?keep_data=true: the instance goes, its data disk is moved aside on
@@ -39,8 +39,8 @@ class AgentClient {
   Result<json::object> delete_instance_keep_data(const std::string& name) const;
   Status start_instance(const std::string& name) const;  // POST /v1/instances/NAME/start
   Result<json::object> start_operation(const json::object& request) const;  // POST /v1/operations
-  Result<json::object> job(const std::string& id) const;                     // GET /v1/operations/ID
-  Result<json::array> jobs() const;                                          // GET /v1/operations
+  Result<json::object> job(const std::string& id) const;                    // GET /v1/operations/ID
+  Result<json::array> jobs() const;                                         // GET /v1/operations
   Status cancel(const std::string& id) const;
   Result<json::object> stage_host_image(const std::string& version, const std::string& path,
                                         const std::string& sha256) const;

@@ -61,8 +61,8 @@ inline constexpr int kMaxUnhealthyThreshold = 10;
 inline constexpr size_t kMaxProbePathBytes = 256;
 struct Probe {
   std::string path = "/health";
-  int interval_ms = 5000;        // Azure's default: 5 s
-  int unhealthy_threshold = 2;   // Azure's default: 2
+  int interval_ms = 5000;       // Azure's default: 5 s
+  int unhealthy_threshold = 2;  // Azure's default: 2
   // How long the load balancer takes to notice a failing instance: interval x threshold.
   int64_t detection_ms() const { return int64_t{interval_ms} * unhealthy_threshold; }
   bool operator==(const Probe&) const = default;
@@ -172,8 +172,9 @@ Result<ServiceEndpoint> endpoint_from_json(const json::object& o);
 // {"command": [...], "rule": "equal" | "not_less" (default not_less)} with DataCheck's limits.
 // Errors name the key in full: "data_check.command[0] must be an absolute path".
 Result<DataCheck> data_check_from_json(const json::object& o);
-// Also reads the optional "data_check", "endpoint", "drain" (default true), "traffic_rps" (0.1..1000, default
-// 20) and "vip" (dotted IPv4; the orchestrator assigns it and refuses one in a request).
+// Also reads the optional "data_check", "endpoint", "drain" (default true), "traffic_rps"
+// (0.1..1000, default 20) and "vip" (dotted IPv4; the orchestrator assigns it and refuses one in a
+// request).
 Result<Service> service_from_json(const json::object& o);
 Result<Instance> instance_from_json(const json::object& o);
 // Reads {"hosts": [...], "services": [...], "instances": [...]} (each optional) and then runs

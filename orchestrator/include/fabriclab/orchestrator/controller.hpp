@@ -33,12 +33,12 @@ class EventFeed;
 namespace fabriclab::orchestrator {
 
 struct ControllerOptions {
-  std::string journal_path;                   // required (SQLite file; WAL beside it)
-  std::string agent_token;                    // control token the agents accept
-  std::chrono::milliseconds poll{250};        // how often each agent is asked for its state
-  std::chrono::milliseconds agent_timeout{5000};      // deadline of one call to an agent
-  std::chrono::milliseconds unhealthy_after{5000};    // unanswered this long: host Unhealthy
-  bool healing = true;                        // place the instances of an Unhealthy host again
+  std::string journal_path;                         // required (SQLite file; WAL beside it)
+  std::string agent_token;                          // control token the agents accept
+  std::chrono::milliseconds poll{250};              // how often each agent is asked for its state
+  std::chrono::milliseconds agent_timeout{5000};    // deadline of one call to an agent
+  std::chrono::milliseconds unhealthy_after{5000};  // unanswered this long: host Unhealthy
+  bool healing = true;  // place the instances of an Unhealthy host again
   // Fencing (docs/state-machines.md "Fence before heal"): the host's power control, argv with
   // "{host}" replaced by the host's id in every word, run without a shell. Exit 0 within
   // power_timeout = the host is confirmed off; only then are its instances healed. Any other end
@@ -57,8 +57,8 @@ struct ControllerOptions {
   // The load balancer (lb.hpp, docs/clients.md "Load balancer"). Empty lb_config: the rack has
   // none; services with endpoints are still accepted, and drills report client traffic as not
   // measured.
-  std::string lb_config;         // the HAProxy configuration file HAProxy was started with
-  std::string lb_master_socket;  // its master CLI socket
+  std::string lb_config;               // the HAProxy configuration file HAProxy was started with
+  std::string lb_master_socket;        // its master CLI socket
   std::string lb_haproxy = "haproxy";  // the binary for `haproxy -c`
   std::string lb_health_bind = "198.18.1.1:8404";
   // Where the client traffic generator's connections are opened (the rack namespace, where the

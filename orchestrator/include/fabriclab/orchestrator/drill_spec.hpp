@@ -22,17 +22,19 @@ constexpr bool is_finished(DrillState s) {
   return s == DrillState::completed || s == DrillState::failed || s == DrillState::aborted;
 }
 // Running or Paused: a drill that a restarted orchestrator goes on with.
-constexpr bool is_resumable(DrillState s) { return s == DrillState::running || s == DrillState::paused; }
+constexpr bool is_resumable(DrillState s) {
+  return s == DrillState::running || s == DrillState::paused;
+}
 
 // POST /v1/drills: one walk over the cluster.
 struct DrillSpec {
-  std::string kind = "host-os";  // host-os | guest-os | freeze
-  std::string target;            // host image (host-os) or guest image (guest-os); "" for freeze
-  int max_parallel_hosts = 0;    // 0: no cap
-  double time_scale = 1.0;       // every wait and notice below is multiplied by it (0 < s <= 1)
-  double recovery_s = 1800;      // after a batch (Azure gives a rebooted UD 30 minutes)
-  double notice_s = 900;         // scheduled-event notice to the guests (Azure: 15 minutes)
-  double freeze_s = 5;           // freeze: how long guests stay paused
+  std::string kind = "host-os";    // host-os | guest-os | freeze
+  std::string target;              // host image (host-os) or guest image (guest-os); "" for freeze
+  int max_parallel_hosts = 0;      // 0: no cap
+  double time_scale = 1.0;         // every wait and notice below is multiplied by it (0 < s <= 1)
+  double recovery_s = 1800;        // after a batch (Azure gives a rebooted UD 30 minutes)
+  double notice_s = 900;           // scheduled-event notice to the guests (Azure: 15 minutes)
+  double freeze_s = 5;             // freeze: how long guests stay paused
   double healthy_timeout_s = 600;  // a batch's hosts must be Ready + healthy within this
   bool memory_preserving = false;
   bool start_paused = false;

@@ -123,8 +123,8 @@ Result<HaproxyProcs> parse_haproxy_show_proc(std::string_view text);
 // ---- the live load balancer (fabriclab::controller) ----
 
 struct LbOptions {
-  std::string config_path;    // the file HAProxy was started with (-f)
-  std::string master_socket;  // its master CLI socket (-S)
+  std::string config_path;          // the file HAProxy was started with (-f)
+  std::string master_socket;        // its master CLI socket (-S)
   std::string haproxy = "haproxy";  // binary for `haproxy -c`
   LbSettings settings;
   std::chrono::milliseconds socket_timeout{3000};   // one master CLI command

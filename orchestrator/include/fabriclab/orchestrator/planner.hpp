@@ -38,8 +38,9 @@ struct Plan {
   int cap_lower_bound = 0;  // ceil(hosts / max_parallel_hosts), 0 without a cap
   // The largest set of pairwise-conflicting hosts the planner found (exact up to 64 conflicting
   // hosts, and beyond when a bounded branch and bound completes, as on 160-host scattered
-  // placements; otherwise the best clique found). Never above the number of batches a walk needs; when the UD bound is below it (only
-  // on placements the allocator did not make), the UD bound cannot be met. 0 when not computed.
+  // placements; otherwise the best clique found). Never above the number of batches a walk needs;
+  // when the UD bound is below it (only on placements the allocator did not make), the UD bound
+  // cannot be met. 0 when not computed.
   int clique_lower_bound = 0;
   // How the batches were found: "slots" (the hosts' UD slots were a valid colouring at the
   // bound), "components" (hosts sharing a (service, UD) grouped, then coloured), "search"

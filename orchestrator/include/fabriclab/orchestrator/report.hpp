@@ -70,13 +70,13 @@ struct ReportInstance {
   std::vector<HealthChange> timeline;  // by t_ms; the first entry at or before the drill start
 
   // Health for any guest, from its host's job record of it and the load balancer.
-  bool restarted = false;          // its host's job has a record of it (the walk reached it)
-  bool signals_reported = false;   // the agent said which OS signals the guest offered
-  bool heartbeat = false;          // the built-in guest's integration-channel heartbeat
-  bool guest_agent = false;        // qemu-guest-agent answered guest-ping during the operation
-  bool os_up = false;              // after the restart: heartbeat or guest-agent ping answered
-  bool app_probe = false;          // its service sits behind the load balancer (probed)
-  bool app_up = false;             // UP in the load balancer after its restart
+  bool restarted = false;         // its host's job has a record of it (the walk reached it)
+  bool signals_reported = false;  // the agent said which OS signals the guest offered
+  bool heartbeat = false;         // the built-in guest's integration-channel heartbeat
+  bool guest_agent = false;       // qemu-guest-agent answered guest-ping during the operation
+  bool os_up = false;             // after the restart: heartbeat or guest-agent ping answered
+  bool app_probe = false;         // its service sits behind the load balancer (probed)
+  bool app_up = false;            // UP in the load balancer after its restart
   std::string boot_id_before, boot_id_after;  // "" unknown
   std::string boot_id_source;                 // "heartbeat" | "guest_agent" | ""
   std::optional<ReportDataCheck> data_check;  // when its service has one and the agent ran it
@@ -100,10 +100,10 @@ struct ReportHost {
 // One service (availability set).
 struct ReportService {
   std::string name;
-  int instance_count = 0;  // as declared; the figures count the instances listed in the input
-  int ud_count = 5;        // upgradeDomainCount
-  bool drain = true;       // its app drains on a scheduled event (spec `drain`)
-  bool data_check = false; // it declares a data check: every instance must prove its data kept
+  int instance_count = 0;   // as declared; the figures count the instances listed in the input
+  int ud_count = 5;         // upgradeDomainCount
+  bool drain = true;        // its app drains on a scheduled event (spec `drain`)
+  bool data_check = false;  // it declares a data check: every instance must prove its data kept
 };
 
 // One client request to a service's VIP (traffic.hpp RequestRecord), as the report reads it.
@@ -155,7 +155,7 @@ struct ReportInput {
 struct TrafficSummary {
   std::string service;
   int64_t requests = 0, failed = 0;
-  double success_percent = 100.0;      // 100 with no requests
+  double success_percent = 100.0;  // 100 with no requests
   // A run of failures: failed requests less than 1 s apart, whatever was answered in between
   // (a load balancer still sending every other request to a stopped instance interleaves
   // successes with failures; the clients' outage is the whole stretch).

@@ -31,23 +31,23 @@ struct TrafficTarget {
   std::string address;  // the VIP, dotted IPv4
   uint16_t port = 80;
   std::string path = "/";
-  double rps = 20;      // requests per second, evenly spaced; 0.1..1000
+  double rps = 20;  // requests per second, evenly spaced; 0.1..1000
 };
 
 struct TrafficOptions {
   std::string netns;  // namespace name or path (http_client.hpp netns_path); empty: our own
   std::chrono::milliseconds request_timeout{2000};  // connect + send + whole response
-  size_t max_in_flight = 512;        // per generator; a request over it fails ("client overloaded")
-  size_t max_records = 1'000'000;    // per service; later requests are counted, not recorded
+  size_t max_in_flight = 512;      // per generator; a request over it fails ("client overloaded")
+  size_t max_records = 1'000'000;  // per service; later requests are counted, not recorded
 };
 
 // One request as the client saw it.
 struct RequestRecord {
-  int64_t sent_ms = 0;     // unix ms when it was sent (scheduled)
-  int status = 0;          // HTTP status; 0 when there was no response (see error)
-  std::string error;       // "" for a response; else e.g. "connect: Connection refused", "timeout"
-  int64_t latency_ms = -1; // until the whole response (or the error)
-  std::string served_by;   // X-Served-By, "" when absent
+  int64_t sent_ms = 0;      // unix ms when it was sent (scheduled)
+  int status = 0;           // HTTP status; 0 when there was no response (see error)
+  std::string error;        // "" for a response; else e.g. "connect: Connection refused", "timeout"
+  int64_t latency_ms = -1;  // until the whole response (or the error)
+  std::string served_by;    // X-Served-By, "" when absent
   bool failed() const { return status < 200 || status >= 400; }
 };
 

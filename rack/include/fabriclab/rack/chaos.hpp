@@ -29,12 +29,12 @@ namespace fabriclab::rack {
 inline constexpr int kMaxChaosDrills = 10000;
 
 struct ChaosOptions {
-  int drills = 10;         // how many (1..kMaxChaosDrills)
+  int drills = 10;  // how many (1..kMaxChaosDrills)
   uint64_t seed = 1;
-  int first = 1;           // the first drill's number (a replay of drill K: first K, drills 1)
-  DrillFileSpec base;      // the rack, services, update and policies (its faults are replaced)
+  int first = 1;       // the first drill's number (a replay of drill K: first K, drills 1)
+  DrillFileSpec base;  // the rack, services, update and policies (its faults are replaced)
   std::vector<std::string> kinds;  // the kinds to draw from (empty: all of fault_kinds())
-  LabOptions lab;          // each drill's rack: lab.dir + "/dK"
+  LabOptions lab;                  // each drill's rack: lab.dir + "/dK"
   std::chrono::milliseconds drill_deadline{std::chrono::minutes(3)};
   // Caps the drawn outages of kill-agent (restarted) and partition-host, in real seconds (0: the
   // draw's own range, 1..6 s and 2..8 s). Below the orchestrator's Unhealthy threshold (3 s on a
@@ -51,8 +51,8 @@ DrillFileSpec chaos_base_spec(const std::string& hypervisor);
 // kind comes up in a campaign of kinds.size() drills), at a moment every walk reaches (batch 1 or
 // the walk's first 3 s); the rest drawn from (seed, drill), in batch 1 or 2 or the first 8 s.
 // Targets, moments and durations are drawn in the base spec's rack, services and time scale.
-std::vector<FaultSpec> draw_faults(const DrillFileSpec& base, const std::vector<std::string>& kinds, uint64_t seed,
-                                   int drill, double max_outage_s = 0);
+std::vector<FaultSpec> draw_faults(const DrillFileSpec& base, const std::vector<std::string>& kinds,
+                                   uint64_t seed, int drill, double max_outage_s = 0);
 
 struct ChaosDrill {
   int number = 0;
@@ -62,7 +62,7 @@ struct ChaosDrill {
   std::string reason;
   double seconds = 0;
   std::vector<CheckResult> checks;
-  std::string error;   // the drill could not run to its end (counts as a violation)
+  std::string error;  // the drill could not run to its end (counts as a violation)
   bool violation() const;
   json::object to_json() const;
 };

@@ -50,10 +50,12 @@ struct PlacementSample {
   std::map<std::string, std::set<std::string>> hosts_of;
 };
 // Adds to `sample` what one agent's GET /v1/instances answer says runs on `host`.
-void add_agent_instances(PlacementSample& sample, const std::string& host, const json::array& instances);
+void add_agent_instances(PlacementSample& sample, const std::string& host,
+                         const json::array& instances);
 // No instance ran on two hosts at once, in any sample. `source` names the evidence in the check's
 // name ("agents' records", "QEMU processes").
-CheckResult check_single_host(const std::vector<PlacementSample>& samples, const std::string& source);
+CheckResult check_single_host(const std::vector<PlacementSample>& samples,
+                              const std::string& source);
 
 // An instance's data counter as its agent reports it (its last heartbeat), and where.
 struct CounterReading {
@@ -66,12 +68,14 @@ struct CounterReading {
 CheckResult check_counters(const std::map<std::string, CounterReading>& before,
                            const std::map<std::string, CounterReading>& after);
 // Readings from one agent's GET /v1/instances answer, added to `out`.
-void add_counters(std::map<std::string, CounterReading>& out, const std::string& host, const json::array& instances);
+void add_counters(std::map<std::string, CounterReading>& out, const std::string& host,
+                  const json::array& instances);
 
 // The drill reached a terminal state (Completed, Failed, Aborted) that its report states too.
 CheckResult check_terminal(const json::object& drill, const json::object& report);
 // The report agrees with the checkers: its result is "passed" exactly when all its own checks
 // passed; and when it says passed, every outside check (`outside`) passed as well.
-CheckResult check_report_agrees(const json::object& report, const std::vector<CheckResult>& outside);
+CheckResult check_report_agrees(const json::object& report,
+                                const std::vector<CheckResult>& outside);
 
 }  // namespace fabriclab::rack

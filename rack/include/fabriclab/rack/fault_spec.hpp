@@ -5,7 +5,8 @@
 // of the rack (h0..h5)").
 //
 //   faults:
-//     - {kind: kill-agent, target: {host: h1}, at: {batch: 2, step: SwappingImage}, duration_s: 5000}
+//     - {kind: kill-agent, target: {host: h1}, at: {batch: 2, step: SwappingImage}, duration_s:
+//     5000}
 //     - {kind: kill-orchestrator, at: {after_s: 3000}, duration_s: 2000}
 //     - {kind: partition-host, target: {host: h2}, at: {batch: 1}, duration_s: 8000}
 //     - {kind: kill-fault-domain, target: {fault_domain: 0}, at: {batch: 1, step: Rebooting}}

@@ -25,8 +25,8 @@
 #include <thread>
 #include <vector>
 
-#include "fabriclab/common/json.hpp"
 #include "fabriclab/client/api_client.hpp"
+#include "fabriclab/common/json.hpp"
 #include "fabriclab/rack/lab.hpp"
 #include "fabriclab/rack/spec.hpp"
 
@@ -47,8 +47,8 @@ struct FaultRecord {
 class FaultExecutor {
  public:
   // `lab` must outlive the executor; `drill_id` is the drill whose walk it follows.
-  FaultExecutor(Lab& lab, const client::OrchestratorClient& api, const DrillFileSpec& spec, std::string drill_id,
-                std::ostream* out);
+  FaultExecutor(Lab& lab, const client::OrchestratorClient& api, const DrillFileSpec& spec,
+                std::string drill_id, std::ostream* out);
   ~FaultExecutor();
   FaultExecutor(const FaultExecutor&) = delete;
   FaultExecutor& operator=(const FaultExecutor&) = delete;

@@ -14,8 +14,8 @@
 #include <thread>
 #include <vector>
 
-#include "fabriclab/common/json.hpp"
 #include "fabriclab/client/api_client.hpp"
+#include "fabriclab/common/json.hpp"
 
 namespace fabriclab::rack {
 

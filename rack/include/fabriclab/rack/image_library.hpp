@@ -36,19 +36,21 @@ struct ImageAddRequest {
   std::string initrd;   // boot: kernel only
   std::string cmdline;  // boot: kernel only: at most 1024 printable ASCII bytes, one line
   std::string boot;     // "kernel" | "disk"; "": kernel when a kernel, initrd or cmdline is given
-  std::string firmware;  // "bios" | "efi" (UEFI, OVMF: a disk whose bootloader is an EFI program); "": bios
+  std::string
+      firmware;  // "bios" | "efi" (UEFI, OVMF: a disk whose bootloader is an EFI program); "": bios
 };
 
 // Limits on the kernel and initrd files.
 inline constexpr uint64_t kMaxBootFileBytes = 1ull << 30;
 
 // Adds an image to `library` (created if needed) and returns it as the agent will read it.
-// Errors, each before anything is created: a bad or built-in name, a bad boot kind, firmware or cmdline, a
-// kernel/initrd/cmdline missing for boot: kernel or given for boot: disk -> invalid_argument
-// naming it; a file that does not exist -> not_found naming it; a disk check_os_disk refuses ->
-// invalid_argument with its reason; a kernel that is not a bzImage, or an empty or oversized
-// kernel/initrd -> invalid_argument; the name already in the library -> already_exists (remove it
-// first). A malformed library manifest -> invalid_state naming it (it is not overwritten).
+// Errors, each before anything is created: a bad or built-in name, a bad boot kind, firmware or
+// cmdline, a kernel/initrd/cmdline missing for boot: kernel or given for boot: disk ->
+// invalid_argument naming it; a file that does not exist -> not_found naming it; a disk
+// check_os_disk refuses -> invalid_argument with its reason; a kernel that is not a bzImage, or an
+// empty or oversized kernel/initrd -> invalid_argument; the name already in the library ->
+// already_exists (remove it first). A malformed library manifest -> invalid_state naming it (it is
+// not overwritten).
 Result<agent::GuestImageInfo> add_image(const std::string& library, const ImageAddRequest& request);
 
 // The library's images as the agent reads them (every disk checked, nothing hashed). A library

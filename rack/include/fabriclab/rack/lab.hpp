@@ -36,12 +36,12 @@
 // that client traffic was not measured. down() stops HAProxy and the dnsmasqs, and kills any
 // process still inside a lab namespace before removing it.
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <map>
 #include <string>
 #include <vector>
-
-#include <sys/types.h>
 
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/result.hpp"
@@ -50,21 +50,22 @@
 namespace fabriclab::rack {
 
 struct LabOptions {
-  std::string dir = "/tmp/flab";  // short: the agents' unix sockets live under it
-  std::string bin_dir;            // where fabriclab-agent and fabriclab-orchestrator are
-  std::string images_dir;         // the built-in guest images (manifest.json)
+  std::string dir = "/tmp/flab";        // short: the agents' unix sockets live under it
+  std::string bin_dir;                  // where fabriclab-agent and fabriclab-orchestrator are
+  std::string images_dir;               // the built-in guest images (manifest.json)
   std::vector<std::string> image_dirs;  // more guest image directories (e.g. the Debian builder's)
-  std::string image_library;      // the `fabriclab image` library, given to the agents if it has a manifest
+  std::string
+      image_library;  // the `fabriclab image` library, given to the agents if it has a manifest
   // "auto": network namespaces where permitted, else loopback (saying why); "netns": namespaces or
   // fail; "loopback": never namespaces.
   std::string network = "auto";
   std::string address_prefix = "127.0.1.";  // loopback: host N listens on PREFIX(N+1)
-  int orchestrator_port = 0;      // 0: ephemeral
+  int orchestrator_port = 0;                // 0: ephemeral
   std::string orchestrator_address = "127.0.0.1";
   std::chrono::milliseconds start_timeout{30000};
-  int poll_ms = 200;              // orchestrator's agent poll period
-  std::string haproxy_bin;        // empty: haproxy from /usr/sbin, /usr/bin
-  std::string dnsmasq_bin;        // empty: dnsmasq from /usr/sbin, /usr/bin
+  int poll_ms = 200;        // orchestrator's agent poll period
+  std::string haproxy_bin;  // empty: haproxy from /usr/sbin, /usr/bin
+  std::string dnsmasq_bin;  // empty: dnsmasq from /usr/sbin, /usr/bin
   int unhealthy_after_ms = 3000;
 };
 
@@ -144,7 +145,8 @@ class Lab {
   void choose_network(const DrillFileSpec& spec, const LabOptions& options);
   std::vector<std::string> agent_argv(const DrillFileSpec& spec, const LabOptions& options, int i,
                                       const std::string& agent_bin) const;
-  Status start_agents(const DrillFileSpec& spec, const LabOptions& options, const std::string& agent_bin);
+  Status start_agents(const DrillFileSpec& spec, const LabOptions& options,
+                      const std::string& agent_bin);
   Status start_orchestrator(const LabOptions& options, const std::string& orch_bin);
   // dnsmasq in every host namespace and HAProxy in the rack namespace (guest network only).
   Status start_network_services(const LabOptions& options);

@@ -26,7 +26,8 @@ std::string guest_cmdline(const GuestOptions& o);
 // A spec for guest `name` booting `image`, with its disk, console log and channel socket in
 // `dir` (created). The socket path must stay under 108 bytes: keep `dir` short.
 Result<hypervisor::DomainSpec> guest_spec(const std::string& name, const std::string& dir,
-                                          const GuestImage& image, const GuestOptions& options = {});
+                                          const GuestImage& image,
+                                          const GuestOptions& options = {});
 
 // Makes a short unique directory under /tmp (unix socket paths are limited to 108 bytes).
 Result<std::string> make_short_tmpdir(const std::string& prefix);
