@@ -20,6 +20,7 @@
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/json_get.hpp"
 #include "fabriclab/rack/drill.hpp"
+#include "lab_internal.hpp"
 
 namespace fabriclab::rack {
 
@@ -112,26 +113,11 @@ std::vector<std::pair<std::string, json::array>> ask_agents(const Lab& lab,
   return out;
 }
 
-std::string read_small(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::string s;
-  try {
-    s.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  } catch (const std::ios_base::failure&) {
-    return {};
-  }
-  return s;
-}
-
 // Which guest each QEMU process of the lab runs, and under which host's state dir.
 PlacementSample qemu_sample(const Lab& lab) {
   PlacementSample s{unix_now_ms(), {}};
-  DIR* d = opendir("/proc");
-  while (dirent* e = d ? readdir(d) : nullptr) {
-    if (!std::isdigit(static_cast<unsigned char>(e->d_name[0]))) continue;
-    const std::string base = "/proc/" + std::string(e->d_name);
-    if (read_small(base + "/comm").rfind("qemu", 0) != 0) continue;
-    std::string cmd = read_small(base + "/cmdline");
+  for (pid_t pid : detail::qemu_processes_mentioning(lab.dir() + "/")) {
+    std::string cmd = detail::cmdline_of(pid);
     std::replace(cmd.begin(), cmd.end(), '\0', ' ');
     auto g = cmd.find("guest=");
     if (g == std::string::npos) continue;
@@ -141,7 +127,6 @@ PlacementSample qemu_sample(const Lab& lab) {
         s.hosts_of[name].insert(a.name);
     }
   }
-  if (d) closedir(d);
   return s;
 }
 

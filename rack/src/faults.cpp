@@ -32,6 +32,7 @@
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/json_get.hpp"
 #include "fabriclab/common/process.hpp"
+#include "lab_internal.hpp"
 #include "netns.hpp"
 
 namespace fabriclab::rack {
@@ -47,36 +48,14 @@ struct FaultExecutor::Active {
 
 namespace {
 
-std::string read_small(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::string s;
-  try {
-    s.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  } catch (const std::ios_base::failure&) {
-    return {};
-  }
-  return s;
-}
-
 // QEMU processes of the lab whose command line names guest `name` under host `host`'s state dir.
 std::vector<pid_t> qemu_of(const std::string& lab_dir, const std::string& host,
                            const std::string& name) {
   std::vector<pid_t> out;
-  DIR* d = opendir("/proc");
-  while (dirent* e = d ? readdir(d) : nullptr) {
-    char* end = nullptr;
-    long pid = std::strtol(e->d_name, &end, 10);
-    if (!end || *end != '\0' || pid <= 1) continue;
-    std::string base = "/proc/" + std::string(e->d_name);
-    if (read_small(base + "/comm").rfind("qemu", 0) != 0) continue;
-    std::string cmd = read_small(base + "/cmdline");
-    std::replace(cmd.begin(), cmd.end(), '\0', ' ');
-    if (cmd.find(lab_dir + "/" + host + "/") != std::string::npos &&
-        cmd.find("guest=" + name + ",") != std::string::npos) {
-      out.push_back(static_cast<pid_t>(pid));
-    }
+  for (pid_t pid : detail::qemu_processes_mentioning(lab_dir + "/" + host + "/")) {
+    if (detail::cmdline_of(pid).find("guest=" + name + ",") != std::string::npos)
+      out.push_back(pid);
   }
-  if (d) closedir(d);
   return out;
 }
 
