@@ -61,7 +61,8 @@ std::vector<std::string> drill_notice(const Cluster& c, const DrillSpec& spec, i
       notes.push_back(fmt::format(
           "notice {} s is too short for service '{}': its probe needs {} s (interval {} s x {}) to "
           "take an instance out of rotation before its host stops",
-          secs(given), s.name, secs(p.detection_ms()), secs(p.interval_ms), p.unhealthy_threshold));
+          secs(given), s.name, secs(p.detection_ms()), secs(p.interval_ms),
+          p.effective_threshold()));
     }
   }
   if (given < need) {

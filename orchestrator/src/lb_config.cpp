@@ -11,7 +11,9 @@
 // `timeout connect` = the interval clamped to 1 .. 2 s (kMinConnectMs) instead of the kernel's
 // several seconds, so a client sees a 503 rather than a hang. A check connects within
 // min(timeout connect, inter), so a stopped guest is still noticed within the interval, and then
-// waits for its answer at least 1 s (kMinCheckReadMs).
+// waits for its answer at least 1 s (kMinCheckReadMs). `fall` is the threshold raised to span at
+// least kMinProbeDetectionMs (effective_unhealthy_threshold, cluster.hpp), the same count the
+// orchestrator's drain and notice computations assume.
 
 #include <fmt/format.h>
 
@@ -226,7 +228,7 @@ std::string render_haproxy_config(const std::vector<LbService>& services,
     out += fmt::format("  timeout queue {}ms\n", connect_ms);
     out += fmt::format("  timeout check {}ms\n", std::max(s.interval_ms, kMinCheckReadMs));
     out += fmt::format("  default-server inter {}ms fall {} rise 1\n", s.interval_ms,
-                       s.unhealthy_threshold);
+                       effective_unhealthy_threshold(s.interval_ms, s.unhealthy_threshold));
     out += "  http-response set-header X-Served-By %s\n";
     for (const auto& b : s.backends) {
       out += fmt::format("  server {} {}:{} check\n", b.instance, b.address, b.port);

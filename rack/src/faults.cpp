@@ -113,6 +113,18 @@ int step_index(const std::string& step) {
   return it == steps.end() ? -1 : static_cast<int>(it - steps.begin());
 }
 
+// Host `host`'s (state, step) as its agent says (GET /v1/host); empty when it does not answer.
+std::pair<std::string, std::string> host_state(Lab& lab, const std::string& host) {
+  const LabProcess* p = lab.process(host);
+  if (!p || p->port <= 0) return {};
+  auto r = http::request(p->address, static_cast<uint16_t>(p->port), "GET", "/v1/host", {},
+                         lab.control_token(), 500ms, lab.agent_netns());
+  if (!r.ok() || r->status != 200) return {};
+  auto o = parse_json_object(r->body, 1 << 20, 16, "host");
+  if (!o.ok()) return {};
+  return {str(*o, "state"), str(*o, "step")};
+}
+
 }  // namespace
 
 json::object FaultRecord::to_json() const {
@@ -178,7 +190,7 @@ void FaultExecutor::finish(const std::string& reason) {
     for (auto& r : records_) {
       if (r.status == "pending") {
         r.status = "not injected";
-        r.detail = reason;
+        r.detail = r.waiting_since_ms ? r.detail + "; it did not before " + reason : reason;
       }
     }
   }
@@ -199,25 +211,22 @@ void FaultExecutor::tick() {
       host_step;  // host -> (state, step), this tick
   auto step_of = [&](const std::string& host) -> std::pair<std::string, std::string> {
     if (auto it = host_step.find(host); it != host_step.end()) return it->second;
-    const LabProcess* p = lab_.process(host);
-    std::pair<std::string, std::string> v;
-    if (p && p->port > 0) {
-      auto r = http::request(p->address, static_cast<uint16_t>(p->port), "GET", "/v1/host", {},
-                             lab_.control_token(), 500ms, lab_.agent_netns());
-      if (r.ok() && r->status == 200) {
-        auto o = parse_json_object(r->body, 1 << 20, 16, "host");
-        if (o.ok()) v = {str(*o, "state"), str(*o, "step")};
-      }
-    }
-    host_step[host] = v;
-    return v;
+    return host_step[host] = host_state(lab_, host);
   };
   for (size_t i = 0; i < records_.size(); ++i) {
     FaultSpec f;
+    std::string waiting_due_at;  // set: due already, waiting for its guest to run
     {
       std::lock_guard lock(mu_);
-      if (records_[i].status != "pending") continue;
-      f = records_[i].spec;
+      const FaultRecord& r = records_[i];
+      if (r.status != "pending") continue;
+      if (r.waiting_since_ms && now - r.last_try_ms < 100) continue;  // tried every 100 ms
+      f = r.spec;
+      if (r.waiting_since_ms) waiting_due_at = r.due_at;
+    }
+    if (!waiting_due_at.empty()) {
+      fire(i, waiting_due_at);
+      continue;
     }
     if (f.at.kind == FaultAt::Kind::after) {
       const double due_ms = f.at.after_s * scale * 1000.0;
@@ -305,8 +314,13 @@ Status agent_fault(Lab& lab, const std::string& host, const json::object& body) 
       auto r, http::request(p->address, static_cast<uint16_t>(p->port), "POST", "/v1/faults",
                             json::serialize(body), lab.control_token(), 5s, lab.agent_netns()));
   if (r.status / 100 != 2) {
-    return make_error(Condition::internal, fmt::format("agent {} refused the fault (HTTP {}): {}",
-                                                       host, r.status, r.body.substr(0, 300)));
+    // 409: the instance is not in a state the fault applies to (a guest-crash on a stopped guest);
+    // 503: the host is rebooting (its hypervisor is away).
+    return make_error(r.status == 409   ? Condition::invalid_state
+                      : r.status == 503 ? Condition::transient
+                                        : Condition::internal,
+                      fmt::format("agent {} refused the fault (HTTP {}): {}", host, r.status,
+                                  r.body.substr(0, 300)));
   }
   return {};
 }
@@ -413,12 +427,25 @@ void FaultExecutor::fire(size_t i, const std::string& at_actual) {
     detail = "inverted the first 64 bytes of " + path;
   } else {  // guest-crash, guest-hang, slow-boot: on the instance's host now
     const std::string host = host_of_instance(lab_, api_, orchestrator_down_, f.target);
+    bool waiting = false;
+    {
+      std::lock_guard lock(mu_);
+      waiting = records_[i].waiting_since_ms != 0;
+    }
+    // A crash put off while the walk had the guest stopped waits out its host's update too: a
+    // guest that crashes while its host verifies fails that update, which is not what was asked
+    // (a schedule asks for that with `at: {batch: N, step: Verifying}`).
+    const auto [host_st, host_step] =
+        waiting && !host.empty() ? host_state(lab_, host) : std::pair<std::string, std::string>{};
     if (host.empty()) {
       st = make_error(Condition::not_found, "instance " + f.target + " is on no reachable host");
+    } else if (f.kind == "guest-crash" && host_st == "Updating") {
+      st = make_error(Condition::transient, "host " + host + " is Updating (" + host_step + ")");
     } else if (f.kind == "guest-crash" && lab_.hypervisor() == "qemu") {
       auto pids = qemu_of(lab_.dir(), host, f.target);
+      // No QEMU process: the guest is stopped (by the walk, or crashed already).
       if (pids.empty())
-        st = make_error(Condition::not_found, "no QEMU process of " + f.target + " on " + host);
+        st = make_error(Condition::invalid_state, "no QEMU process of " + f.target + " on " + host);
       for (pid_t pid : pids) kill(pid, SIGKILL);
       detail = fmt::format("SIGKILL QEMU process of {} on {} (pid {})", f.target, host,
                            pids.empty() ? 0 : pids[0]);
@@ -434,6 +461,7 @@ void FaultExecutor::fire(size_t i, const std::string& at_actual) {
                                  dur_ms / 1000.0);
     }
   }
+  if (deferred_guest_fault(i, f, st, at_actual, now)) return;
   FaultRecord copy;
   {
     std::lock_guard lock(mu_);
@@ -443,6 +471,11 @@ void FaultExecutor::fire(size_t i, const std::string& at_actual) {
     r.at_s = (now - walk_start_ms_) / 1000.0;
     r.at_actual = at_actual;
     r.detail = st.ok() ? detail : st.error().message;
+    if (r.waiting_since_ms) {
+      r.detail +=
+          fmt::format(" (due at {}; waited {:.1f} s for {} to run again, its host's update over)",
+                      r.due_at, (now - r.waiting_since_ms) / 1000.0, f.target);
+    }
     copy = r;
     if (st.ok() && ends)
       active_.push_back(std::make_unique<Active>(Active{i, now + std::max<int64_t>(dur_ms, 0)}));
@@ -451,6 +484,28 @@ void FaultExecutor::fire(size_t i, const std::string& at_actual) {
     *out_ << "fault: " << f.describe() << ": " << (st.ok() ? "" : "FAILED: ") << copy.detail << "\n"
           << std::flush;
   if (f.kind != "kill-orchestrator") post(copy, copy.status);
+}
+
+bool FaultExecutor::deferred_guest_fault(size_t i, const FaultSpec& f, const Status& st,
+                                         const std::string& at_actual, int64_t now) {
+  if (f.kind != "guest-crash" || st.ok() ||
+      (st.condition() != Condition::invalid_state && st.condition() != Condition::transient))
+    return false;
+  std::string first;  // the message, the first time only
+  {
+    std::lock_guard lock(mu_);
+    FaultRecord& r = records_[i];
+    r.last_try_ms = now;
+    if (!r.waiting_since_ms) {
+      r.waiting_since_ms = now;
+      r.due_at = at_actual;
+      r.detail = fmt::format("{} was not running when due ({}); waiting for it to run again",
+                             f.target, st.error().message);
+      first = r.detail;
+    }
+  }
+  if (!first.empty() && out_) *out_ << "fault: " << f.describe() << ": " << first << "\n";
+  return true;
 }
 
 void FaultExecutor::end_due(bool all) {

@@ -1,5 +1,6 @@
 #include "drill_clients.hpp"
 
+#include "fabriclab/orchestrator/cluster.hpp"
 #include "fabriclab/rack/drill.hpp"
 
 namespace fabriclab::bench_drill {
@@ -27,7 +28,8 @@ ClientFigures client_figures(const json::object& report, const rack::DrillFileSp
     if (!ss || !ss->endpoint) continue;
     const int interval_ms = rack::scaled_probe_interval_ms(*ss->endpoint, spec.time_scale);
     const int64_t detection_ms =
-        static_cast<int64_t>(interval_ms) * ss->endpoint->unhealthy_threshold;
+        static_cast<int64_t>(interval_ms) *
+        orchestrator::effective_unhealthy_threshold(interval_ms, ss->endpoint->unhealthy_threshold);
     const double period_ms = 1000.0 / ss->traffic_rps;
     std::vector<double> runs;
     for (const auto& rv : arr(st, "failure_runs")) {

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "fabriclab/common/http_client.hpp"
+#include "fabriclab/orchestrator/cluster.hpp"
 #include "fabriclab/orchestrator/lb.hpp"
 #include "temp_dir.hpp"
 
@@ -333,11 +334,13 @@ TEST_F(LbHaproxy, ABackendWhoseHealthTurns503IsTakenOutAfterIntervalTimesThresho
   auto t0 = Clock::now();
   ASSERT_TRUE(wait_until(10s, [&] { return states()["web-1"] == "DOWN"; })) << "web-1 never DOWN";
   auto took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
-  // It takes `threshold` failed checks: at least (threshold - 1) intervals after the change (the
-  // first failing check may come at once), and not much more than threshold intervals (plus
-  // scheduling slack on a busy machine).
-  EXPECT_GE(took, (kThreshold - 1) * kIntervalMs - 50);
-  EXPECT_LE(took, kThreshold * kIntervalMs + 2 * kIntervalMs + 1500);
+  // It takes `fall` failed checks (the threshold raised to span kMinProbeDetectionMs: 4 at
+  // 300 ms): at least (fall - 1) intervals after the change (the first failing check may come at
+  // once), and not much more than fall intervals (plus scheduling slack on a busy machine).
+  const int fall = effective_unhealthy_threshold(kIntervalMs, kThreshold);
+  EXPECT_EQ(fall, 4);
+  EXPECT_GE(took, (fall - 1) * kIntervalMs - 50);
+  EXPECT_LE(took, fall * kIntervalMs + 2 * kIntervalMs + 1500);
   int before = b.app_requests();
   for (int i = 0; i < 20; ++i) EXPECT_EQ(get(), "web-0");
   EXPECT_EQ(b.app_requests(), before) << "a request reached the DOWN backend";

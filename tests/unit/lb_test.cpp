@@ -47,7 +47,8 @@ TEST(ServiceEndpointJson, ReadsEndpointDrainRpsAndWritesThemBack) {
   EXPECT_EQ(s->endpoint->probe.unhealthy_threshold, 3);
   EXPECT_FALSE(s->drain);
   EXPECT_DOUBLE_EQ(s->traffic_rps, 2.5);
-  EXPECT_EQ(s->drain_ms(), 250 * 3 + 250);
+  // 3 failures at 250 ms span 0.75 s: raised to 4 (kMinProbeDetectionMs), plus one interval.
+  EXPECT_EQ(s->drain_ms(), 250 * 4 + 250);
 
   Service withVip = *s;
   withVip.vip = "198.18.1.10";
@@ -209,7 +210,12 @@ TEST(HaproxyConfig, TimeoutsFollowTheIntervalWithinBounds) {
   auto fast = web();
   fast.interval_ms = 200;
   EXPECT_TRUE(contains(render_haproxy_config({fast}, {}), "timeout connect 1000ms\n"));
-  EXPECT_TRUE(contains(render_haproxy_config({fast}, {}), "inter 200ms fall 2"));
+  // Two failed checks at 200 ms would take out a guest stalled for 0.4 s: fall spans 1 s.
+  EXPECT_TRUE(contains(render_haproxy_config({fast}, {}), "inter 200ms fall 5"));
+  auto strict = web();
+  strict.interval_ms = 300;
+  strict.unhealthy_threshold = 6;  // already over 1 s: kept
+  EXPECT_TRUE(contains(render_haproxy_config({strict}, {}), "inter 300ms fall 6"));
   EXPECT_TRUE(contains(render_haproxy_config({fast}, {}), "timeout check 1000ms\n"));
 }
 

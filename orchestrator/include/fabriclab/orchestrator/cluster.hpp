@@ -54,17 +54,36 @@ struct Host {
 
 // A service's load-balancer probe (Azure's health probe): `GET path` on each instance every
 // `interval_ms` (already time-scaled by the client; at least kMinProbeIntervalMs), out of rotation
-// after `unhealthy_threshold` failures in a row, back after one success.
+// after `unhealthy_threshold` failures in a row (at least kMinProbeDetectionMs of them), back
+// after one success.
 inline constexpr int kMinProbeIntervalMs = 200;
 inline constexpr int kMaxProbeIntervalMs = 600000;
 inline constexpr int kMaxUnhealthyThreshold = 10;
+// The shortest run of failed checks that takes an instance out of rotation. A healthy guest under
+// TCG on a loaded machine stalls now and then for about half a second; at a time-scaled 200 ms
+// interval two failed checks (0.4 s) took such a guest out while its peer was legitimately out
+// for maintenance, leaving the service no server (docs/clients.md "Load balancer").
+inline constexpr int kMinProbeDetectionMs = 1000;
+
+// The failures in a row that take an instance out: `unhealthy_threshold`, raised so that they
+// span at least kMinProbeDetectionMs. The load balancer's `fall` and every computation that
+// assumes how fast it notices (drain, notice, the report) use this one value.
+constexpr int effective_unhealthy_threshold(int interval_ms, int unhealthy_threshold) {
+  const int interval = interval_ms > 0 ? interval_ms : 1;
+  const int floor = (kMinProbeDetectionMs + interval - 1) / interval;
+  return unhealthy_threshold > floor ? unhealthy_threshold : floor;
+}
 inline constexpr size_t kMaxProbePathBytes = 256;
 struct Probe {
   std::string path = "/health";
   int interval_ms = 5000;       // Azure's default: 5 s
   int unhealthy_threshold = 2;  // Azure's default: 2
-  // How long the load balancer takes to notice a failing instance: interval x threshold.
-  int64_t detection_ms() const { return int64_t{interval_ms} * unhealthy_threshold; }
+  // The failures in a row the load balancer waits for (effective_unhealthy_threshold).
+  int effective_threshold() const {
+    return effective_unhealthy_threshold(interval_ms, unhealthy_threshold);
+  }
+  // How long the load balancer takes to notice a failing instance: interval x that count.
+  int64_t detection_ms() const { return int64_t{interval_ms} * effective_threshold(); }
   bool operator==(const Probe&) const = default;
 };
 

@@ -41,6 +41,12 @@ struct FaultRecord {
   std::string at_actual;           // "batch 2 Rebooting on h1", "3.0 s after the walk started"
   std::string detail;              // what the rack did ("SIGKILL agent h1 (pid 4242); ...")
   std::string outcome;             // what the system did about it (explain_outcomes)
+  // A guest-crash due while the walk had its instance stopped waits for the instance to run
+  // again (crashing a stopped guest tests nothing): since when (unix ms; 0: not waiting), the
+  // moment it was due, and the last try.
+  int64_t waiting_since_ms = 0;
+  std::string due_at;
+  int64_t last_try_ms = 0;
   json::object to_json() const;
 };
 
@@ -68,6 +74,9 @@ class FaultExecutor {
   void run();
   void tick();
   void fire(size_t i, const std::string& at_actual);
+  // fire() for record `i` when its guest is running again; false while it still is not.
+  bool deferred_guest_fault(size_t i, const FaultSpec& f, const Status& st,
+                            const std::string& at_actual, int64_t now);
   void end_due(bool all);
   void post(const FaultRecord& r, const std::string& status);
   void flush_posts();
