@@ -318,9 +318,19 @@ void HostAgent::Impl::run_job(const std::string& id, bool resumed) {
           {{"job", id}, {"request", agent::to_json(op.request)}, {"resumed", resumed}});
   Status result;
   bool rolled_back = false;
-  if (resumed && op.step >= UpdateStep::stopping_guests && op.step < UpdateStep::verifying)
+  // A host powered on again after its power control fenced it (--hold-guests) starts no guest by
+  // itself, an interrupted operation's included: the orchestrator may have placed its instances
+  // elsewhere meanwhile, and it reconciles the host before anything runs there.
+  const bool held = resumed && opt.hold_guests;
+  if (!held && resumed && op.step >= UpdateStep::stopping_guests && op.step < UpdateStep::verifying)
     resume_event(op);
-  if (resumed && op.step <= UpdateStep::stopping_guests) {
+  if (held) {
+    result = make_error(Condition::cancelled,
+                        "the host lost power during " + std::string(to_string(op.step)) +
+                            "; powered on holding its guests (--hold-guests): not resumed, no "
+                            "guest started");
+    rolled_back = true;
+  } else if (resumed && op.step <= UpdateStep::stopping_guests) {
     rollback_stopped(op, "the agent restarted during " + std::string(to_string(op.step)));
     result = make_error(Condition::cancelled,
                         "the agent restarted during " + std::string(to_string(op.step)) +
@@ -351,7 +361,7 @@ void HostAgent::Impl::run_job(const std::string& id, bool resumed) {
     connected = conn != nullptr;
   }
   bool all_up = connected;
-  if (connected) {
+  if (connected && !held) {
     auto up = [&](const std::string& name) { return ensure_running(name); };
     all_up = for_each_guest(op.running_before, false, up).ok();
   }

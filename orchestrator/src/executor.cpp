@@ -404,39 +404,45 @@ Status Controller::Impl::run_batch(DrillRun& d, BatchRun& b) {
   log()->info("[drill:{}] batch {}/{}: {}", d.id, b.index + 1, d.batches.size(),
               fmt::join(b.hosts, ", "));
 
-  // One thread per host of the batch; results gathered, then judged.
+  // One thread per host of the batch. Each host's end is journaled and published as it comes
+  // (a host whose job is over is out of maintenance: the live view and the chaos checkers see it
+  // so while its batch waits for a slower host); the batch is judged once all are over.
   std::vector<Result<json::object>> results(todo.size(),
                                             make_error(Condition::internal, "not run"));
   std::vector<std::thread> threads;
   for (size_t i = 0; i < todo.size(); ++i) {
-    threads.emplace_back([&, i] { results[i] = run_host(d, b, todo[i]); });
+    threads.emplace_back([&, i] {
+      results[i] = run_host(d, b, todo[i]);
+      if (!results[i].ok() && results[i].error().condition == Condition::cancelled) return;
+      Journal::HostProgress p;
+      {
+        std::lock_guard lock(mu);
+        auto& pr = d.progress[todo[i]];
+        if (results[i].ok()) {
+          pr.status = "done";
+          pr.detail = *results[i];
+        } else {
+          pr.status = "failed";
+          pr.detail["error"] = results[i].error().message;  // beside the failed job's record
+        }
+        p = pr;
+      }
+      (void)journal->set_host_progress(d.id, p);
+      publish({{"drill.host", json::object{{"drill", d.id},
+                                           {"host", todo[i]},
+                                           {"batch", b.index},
+                                           {"status", p.status},
+                                           {"job", p.job}}}});
+    });
   }
   for (auto& t : threads) t.join();
   auto jobs_ended = Clock::now();
   std::string failure;
-  for (size_t i = 0; i < todo.size(); ++i) {
-    Journal::HostProgress p;
-    bool ok = results[i].ok();
-    {
-      std::lock_guard lock(mu);
-      auto& pr = d.progress[todo[i]];
-      if (results[i].ok()) {
-        pr.status = "done";
-        pr.detail = *results[i];
-      } else if (results[i].error().condition != Condition::cancelled) {
-        pr.status = "failed";
-        pr.detail["error"] = results[i].error().message;  // beside the failed job's record, if any
-      }
-      p = pr;
-    }
-    if (!ok && results[i].error().condition == Condition::cancelled) return results[i].error();
-    (void)journal->set_host_progress(d.id, p);
-    publish({{"drill.host", json::object{{"drill", d.id},
-                                         {"host", todo[i]},
-                                         {"batch", b.index},
-                                         {"status", p.status},
-                                         {"job", p.job}}}});
-    if (!ok && failure.empty()) failure = results[i].error().message;
+  for (const auto& r : results) {
+    if (!r.ok() && r.error().condition == Condition::cancelled) return r.error();
+  }
+  for (const auto& r : results) {
+    if (!r.ok() && failure.empty()) failure = r.error().message;
   }
   note_restarted(d, todo, jobs_ended);
   if (!failure.empty()) {

@@ -194,6 +194,12 @@ std::vector<CheckResult> judge(const Lab& lab, const DrillOutcome& o, const Samp
   checks.push_back(check_single_host(sampler.agents(), "agents' records"));
   if (qemu) checks.push_back(check_single_host(sampler.processes(), "QEMU processes"));
   checks.push_back(check_counters(before, counters(lab)));
+  std::vector<FaultWindow> windows;
+  for (const auto& f : o.faults) {
+    if (f.injected_ms > 0)
+      windows.push_back({f.spec.describe(), f.injected_ms, std::max(f.ended_ms, f.injected_ms)});
+  }
+  checks.push_back(check_client_traffic(o.report, o.feed, windows));
   checks.push_back(check_terminal(o.drill, o.report));
   checks.push_back(check_report_agrees(o.report, checks));
   return checks;

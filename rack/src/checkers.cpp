@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <boost/json.hpp>
+#include <climits>
+#include <optional>
 
 #include "fabriclab/common/json_get.hpp"
 
@@ -249,6 +251,113 @@ CheckResult check_counters(const std::map<std::string, CounterReading>& before,
                       : "went backwards: " + list(bad);
   if (!moved.empty()) r.detail += "; moved (new VMs, not judged): " + list(moved);
   if (!unknown.empty()) r.detail += "; unknown: " + list(unknown);
+  return r;
+}
+
+namespace {
+
+// The moments (unix ms) at which service `svc` became whole (every backend it has shown UP) and
+// stopped being whole, from the feed's lb.backend events in order: (time, whole after it).
+std::vector<std::pair<int64_t, bool>> whole_changes(const std::vector<json::object>& feed,
+                                                    const std::string& svc) {
+  std::vector<std::pair<int64_t, bool>> out;
+  std::map<std::string, bool> up;
+  bool whole = true;
+  for (const auto& e : feed) {
+    if (str(e, "type") != "lb.backend" || str(e, "service") != svc) continue;
+    auto t = parse_rfc3339_ms(str(e, "time"));
+    if (!t) continue;
+    up[str(e, "instance")] = str(e, "state") == "UP";
+    const bool now = std::all_of(up.begin(), up.end(), [](const auto& kv) { return kv.second; });
+    if (now != whole) out.emplace_back(*t, now);
+    whole = now;
+  }
+  return out;
+}
+
+// The first moment >= t at which the service is whole (changes from whole_changes); nullopt:
+// never again.
+std::optional<int64_t> whole_from(const std::vector<std::pair<int64_t, bool>>& changes, int64_t t) {
+  bool whole = true;
+  for (const auto& [at, w] : changes) {
+    if (at > t) break;
+    whole = w;
+  }
+  if (whole) return t;
+  for (const auto& [at, w] : changes) {
+    if (at > t && w) return at;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+CheckResult check_client_traffic(const json::object& report, const std::vector<json::object>& feed,
+                                 const std::vector<FaultWindow>& faults) {
+  CheckResult r{"clients served outside fault windows", true, ""};
+  const auto& traffic = json_get::obj(report, "traffic");
+  auto* measured = traffic.if_contains("measured");
+  if (!(measured && measured->is_bool() && measured->as_bool())) {
+    r.detail = "client traffic not measured (" + str(traffic, "reason") + ")";
+    return r;
+  }
+  const auto& drill = json_get::obj(report, "drill");
+  const auto started = parse_rfc3339_ms(str(drill, "started_at"));
+  const auto ended = parse_rfc3339_ms(str(drill, "finished_at"));
+  if (!started) {
+    r.passed = false;
+    r.detail = "the report's drill.started_at is missing: failure runs cannot be placed in time";
+    return r;
+  }
+  constexpr int64_t kLeadMs = 500, kSettleMs = 2000;
+  int64_t excused = 0, outside = 0, runs_outside = 0;
+  std::string first;
+  for (const auto& sv : arr(report, "services")) {
+    if (!sv.is_object() || json_get::int_or(sv.as_object(), "instances", 0) < 2) continue;
+    const auto& t = json_get::obj(sv.as_object(), "traffic");
+    if (t.empty()) continue;
+    const std::string name = str(sv, "name");
+    const auto detection_ms =
+        static_cast<int64_t>(json_get::number(t, "probe_detection_s").value_or(0) * 1000);
+    const auto changes = whole_changes(feed, name);
+    std::vector<std::pair<int64_t, int64_t>> windows;
+    for (const auto& f : faults) {
+      const auto whole = whole_from(changes, std::max(f.from_ms, f.to_ms) + detection_ms);
+      const int64_t end = whole ? *whole + kSettleMs : ended.value_or(INT64_MAX);
+      windows.emplace_back(f.from_ms - kLeadMs, end);
+    }
+    for (const auto& rv : arr(t, "failure_runs")) {
+      if (!rv.is_object()) continue;
+      const auto& run = rv.as_object();
+      const double from_s = json_get::number(run, "from_s").value_or(0);
+      const double to_s = json_get::number(run, "to_s").value_or(from_s);
+      const int64_t from = *started + static_cast<int64_t>(from_s * 1000);
+      const int64_t to = *started + static_cast<int64_t>(to_s * 1000);
+      const int64_t count = json_get::int_or(run, "count", 1);
+      const bool in = std::any_of(windows.begin(), windows.end(),
+                                  [&](const auto& w) { return from <= w.second && to >= w.first; });
+      (in ? excused : outside) += count;
+      if (in) continue;
+      ++runs_outside;
+      if (first.empty()) {
+        first = fmt::format(
+            "{}: {} failed request{} {:.1f}-{:.1f} s after the drill started, "
+            "outside every fault's window",
+            name, count, count == 1 ? "" : "s", from_s, to_s);
+      }
+    }
+  }
+  if (outside > 0) {
+    r.passed = false;
+    r.detail = fmt::format("{} ({} failed request{} in {} run{} outside)", first, outside,
+                           outside == 1 ? "" : "s", runs_outside, runs_outside == 1 ? "" : "s");
+  } else {
+    r.detail = excused ? fmt::format(
+                             "{} failed request{} of multi-instance services, all within "
+                             "a fault's window",
+                             excused, excused == 1 ? "" : "s")
+                       : "no failed request of a multi-instance service";
+  }
   return r;
 }
 

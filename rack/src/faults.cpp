@@ -81,14 +81,18 @@ Status set_link(const std::string& ns, bool up) {
 }
 
 // Starts lab process `p` again with its own command line, on the port it had (so the orchestrator
-// and the CLI find it where they knew it), and waits for it to listen.
-Status restart(Lab& lab, LabProcess& p) {
+// and the CLI find it where they knew it), and waits for it to listen. `hold_guests`: an agent
+// whose host was fenced meanwhile comes back as `fabriclab lab power-on` brings it (--hold-guests:
+// a host back from a power loss starts no guest by itself; the orchestrator reconciles it).
+Status restart(Lab& lab, LabProcess& p, bool hold_guests = false) {
   if (p.argv.empty())
     return make_error(Condition::invalid_state, p.name + " was not started by this process");
   std::vector<std::string> argv = p.argv;
   for (size_t i = 0; i + 1 < argv.size(); ++i) {
     if (argv[i] == "--port") argv[i + 1] = std::to_string(p.port);
   }
+  if (hold_guests && std::find(argv.begin(), argv.end(), "--hold-guests") == argv.end())
+    argv.push_back("--hold-guests");
   SpawnOptions o;
   o.name = p.name;
   o.stdout_path = lab.dir() + "/" + p.name + ".out";
@@ -534,9 +538,16 @@ void FaultExecutor::end_due(bool all) {
     Status st;
     std::string what;
     if (f.kind == "kill-agent") {
+      // Fenced while its agent was down: the host was powered off, so it comes back powered on.
+      bool fenced = false;
+      if (!orchestrator_down_) {
+        if (auto h = api_.get("/v1/hosts/" + f.target); h.ok() && h->is_object())
+          fenced = str(*h, "state") == "Fenced";
+      }
       LabProcess* p = lab_.process(f.target);
-      st = p ? restart(lab_, *p) : make_error(Condition::not_found, "no agent " + f.target);
-      what = "agent restarted";
+      st = p ? restart(lab_, *p, fenced) : make_error(Condition::not_found, "no agent " + f.target);
+      what = fenced ? "agent restarted holding its guests (the host was fenced meanwhile)"
+                    : "agent restarted";
     } else if (f.kind == "kill-orchestrator") {
       LabProcess* p = lab_.process("orchestrator");
       st = restart(lab_, *p);

@@ -188,6 +188,41 @@ TEST_F(AgentOnTestDriver, AnAgentKilledWhileStoppingGuestsRollsBackAndRestartsTh
       << json::serialize(agent_->instances_json());
 }
 
+// Powered on after a fence (--hold-guests) in the middle of a host-os update that had already
+// started its guests again: nothing is resumed and no guest starts; the orchestrator may have
+// placed them elsewhere meanwhile, and it reconciles the host first.
+TEST_F(AgentOnTestDriver, AHostPoweredOnHoldingItsGuestsDoesNotResumeItsOperation) {
+  stage_host_image("host-2");
+  agent_.reset();
+  auto st = agent::load_state(dir_ + "/st/state.json");
+  ASSERT_OK(st);
+  st->state = agent::HostState::updating;
+  agent::OperationRecord op;
+  op.id = "host-a-job-9";
+  op.request = {OperationKind::host_os, "host-2", false, 0};
+  op.step = agent::UpdateStep::starting_guests;
+  op.running_before = {"web-0", "web-1"};
+  op.stopped = {"web-0", "web-1"};
+  st->operation = op;
+  ASSERT_OK(agent::save_state(dir_ + "/st/state.json", *st));
+
+  agent::AgentOptions held;
+  held.hold_guests = true;
+  open_agent(false, held);
+  ASSERT_TRUE(agent_->wait_idle(20s));
+  auto job = agent_->job_json("host-a-job-9");
+  ASSERT_OK(job);
+  EXPECT_EQ(job->at("status").as_string(), "cancelled") << json::serialize(*job);
+  EXPECT_NE(std::string(job->at("error").as_string()).find("no guest started"), std::string::npos)
+      << json::serialize(*job);
+  std::this_thread::sleep_for(500ms);  // five heartbeat periods: a started guest would show
+  for (const char* name : {"web-0", "web-1"}) {
+    EXPECT_EQ(agent_->instance_json(name)->at("status").as_string(), "Stopped") << name;
+  }
+  EXPECT_TRUE(events_of_type("instance.restarted").empty());
+  EXPECT_EQ(agent_->host_json()["state"].as_string(), "Ready");
+}
+
 TEST(AgentState, SaveAndLoadRoundTripAndBadFilesNameTheField) {
   auto dir = testbed::make_short_tmpdir("fl-st-");
   ASSERT_TRUE(dir.ok());

@@ -173,5 +173,77 @@ TEST(CheckTerminalAndReport, NonTerminalStatesAndReportsThatDisagreeFail) {
   EXPECT_FALSE(check_report_agrees(report, {ok}).passed);
 }
 
+// Client traffic: a drill that started at T0 = 2026-11-30T10:00:00Z; web has two instances, its
+// probe takes 1 s to notice a failure. A guest-crash of web-0 at T0+10 s; the feed shows web-0
+// DOWN at 11 s and UP again at 14 s.
+json::object traffic_report(json::array web_runs) {
+  return {
+      {"drill", json::object{{"started_at", "2026-11-30T10:00:00.000Z"},
+                             {"finished_at", "2026-11-30T10:01:00.000Z"}}},
+      {"traffic", json::object{{"measured", true}}},
+      {"services",
+       json::array{
+           json::object{
+               {"name", "web"},
+               {"instances", 2},
+               {"traffic", json::object{{"probe_detection_s", 1.0}, {"failure_runs", web_runs}}}},
+           json::object{{"name", "hello"},
+                        {"instances", 1},
+                        {"traffic",
+                         json::object{{"probe_detection_s", 1.0},
+                                      {"failure_runs",
+                                       json::array{json::object{
+                                           {"from_s", 30.0}, {"to_s", 31.0}, {"count", 9}}}}}}}}}};
+}
+
+json::object backend(const std::string& time, const std::string& instance,
+                     const std::string& state) {
+  return {{"type", "lb.backend"},
+          {"time", time},
+          {"service", "web"},
+          {"instance", instance},
+          {"state", state}};
+}
+
+TEST(CheckClientTraffic, FailuresInsideAFaultsWindowAreExcusedAndOthersAreViolations) {
+  const int64_t t0 = *parse_rfc3339_ms("2026-11-30T10:00:00.000Z");
+  std::vector<json::object> feed = {backend("2026-11-30T10:00:01.000Z", "web-0", "UP"),
+                                    backend("2026-11-30T10:00:01.000Z", "web-1", "UP"),
+                                    backend("2026-11-30T10:00:11.000Z", "web-0", "DOWN"),
+                                    backend("2026-11-30T10:00:14.000Z", "web-0", "UP")};
+  std::vector<FaultWindow> crash = {{"guest-crash web-0", t0 + 10'000, t0 + 10'000}};
+  auto run = [](double from, double to, int count) {
+    return json::object{{"from_s", from}, {"to_s", to}, {"count", count}};
+  };
+  // The crash's failures (10.0-11.0 s) and a run while web-0 was still DOWN (13.5 s) are its own;
+  // the single-instance service's outage is not judged.
+  auto r =
+      check_client_traffic(traffic_report({run(10.0, 11.0, 5), run(13.5, 13.6, 2)}), feed, crash);
+  EXPECT_TRUE(r.passed) << r.detail;
+  EXPECT_NE(r.detail.find("7 failed requests of multi-instance services, all within"),
+            std::string::npos)
+      << r.detail;
+  // Whole again at 14 s, + 2 s: a run at 25 s is what the walk cost the clients.
+  r = check_client_traffic(traffic_report({run(10.0, 11.0, 5), run(25.0, 25.4, 3)}), feed, crash);
+  EXPECT_FALSE(r.passed);
+  EXPECT_NE(r.detail.find("web: 3 failed requests 25.0-25.4 s after the drill started, outside "
+                          "every fault's window"),
+            std::string::npos)
+      << r.detail;
+  // No fault at all: any failure is a violation.
+  EXPECT_FALSE(check_client_traffic(traffic_report({run(10.0, 11.0, 5)}), feed, {}).passed);
+  // A service that never became whole again after the fault: its window lasts to the drill's end.
+  feed.pop_back();
+  EXPECT_TRUE(
+      check_client_traffic(traffic_report({run(10.0, 11.0, 5), run(25.0, 25.4, 3)}), feed, crash)
+          .passed);
+  // Unmeasured traffic passes, saying so.
+  json::object unmeasured = traffic_report({run(25.0, 25.4, 3)});
+  unmeasured["traffic"] = json::object{{"measured", false}, {"reason", "simulated guests"}};
+  r = check_client_traffic(unmeasured, feed, {});
+  EXPECT_TRUE(r.passed);
+  EXPECT_NE(r.detail.find("not measured (simulated guests)"), std::string::npos) << r.detail;
+}
+
 }  // namespace
 }  // namespace fabriclab

@@ -71,6 +71,22 @@ CheckResult check_counters(const std::map<std::string, CounterReading>& before,
 void add_counters(std::map<std::string, CounterReading>& out, const std::string& host,
                   const json::array& instances);
 
+// A fault's own window, in unix ms: from its injection to its end (its injection when it has no
+// duration). check_client_traffic widens it by what the fault takes to wear off.
+struct FaultWindow {
+  std::string what;  // "kill-agent h1"
+  int64_t from_ms = 0, to_ms = 0;
+};
+// With client traffic measured (the report's `traffic.measured`), no request of a service with
+// two or more instances failed outside every fault's own window. A window runs from half a
+// second before the injection until the service is whole again: the first moment, at least one
+// probe detection time after the fault's end, at which the feed's lb.backend events show every
+// backend of the service UP, plus 2 s (a client's connect timeout and a probe interval); never
+// whole again: to the drill's end. Failures outside are what the walk itself cost the clients.
+// Unmeasured traffic passes, saying so.
+CheckResult check_client_traffic(const json::object& report, const std::vector<json::object>& feed,
+                                 const std::vector<FaultWindow>& faults);
+
 // The drill reached a terminal state (Completed, Failed, Aborted) that its report states too.
 CheckResult check_terminal(const json::object& drill, const json::object& report);
 // The report agrees with the checkers: its result is "passed" exactly when all its own checks
