@@ -272,7 +272,7 @@ Status Controller::Impl::wait_ready(DrillRun& d, const std::vector<std::string>&
 
 Result<json::object> Controller::Impl::run_host(DrillRun& d, BatchRun& b,
                                                 const std::string& host_id) {
-  AgentClient c = client(host_id);
+  auto c = client(host_id);
   std::string job_id;
   {
     std::lock_guard lock(mu);
@@ -280,7 +280,7 @@ Result<json::object> Controller::Impl::run_host(DrillRun& d, BatchRun& b,
   }
   // Reattach: a job of this drill the agent already has (accepted before a restart).
   if (job_id.empty()) {
-    if (auto jobs = c.jobs(); jobs.ok()) {
+    if (auto jobs = c->jobs(); jobs.ok()) {
       for (const auto& v : *jobs) {
         if (!v.is_object()) continue;
         const auto& j = v.as_object();
@@ -308,7 +308,7 @@ Result<json::object> Controller::Impl::run_host(DrillRun& d, BatchRun& b,
          std::min<int64_t>(scaled(d.spec.freeze_s, d.spec.time_scale).count(), 30 * 1000)}};
     if (d.spec.memory_preserving) req["memory_preserving"] = true;
     ++agent_calls;
-    auto job = c.start_operation(req);
+    auto job = c->start_operation(req);
     if (!job.ok()) {
       ++agent_call_failures;
       return make_error(job.error().condition,
@@ -335,7 +335,7 @@ Result<json::object> Controller::Impl::run_host(DrillRun& d, BatchRun& b,
   auto last_answer = Clock::now();
   while (!stopping) {
     ++agent_calls;
-    auto j = c.job(job_id);
+    auto j = c->job(job_id);
     if (j.ok()) {
       last_answer = Clock::now();
       std::string status = json_get::str(*j, "status");
