@@ -32,6 +32,8 @@ using Clock = std::chrono::steady_clock;
 using Events = std::vector<std::pair<std::string, json::object>>;
 
 int64_t unix_ms();
+// A drill duration: `seconds` of the spec times its time scale (executor.cpp).
+std::chrono::milliseconds scaled(double seconds, double scale);
 std::string instance_name(const std::string& service, int index);
 // --vip-range: "A.B.C.D/N", N in 8..28 (lb_control.cpp).
 Status check_vip_range(std::string_view range);
