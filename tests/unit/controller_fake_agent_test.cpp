@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <boost/json.hpp>
 #include <chrono>
@@ -57,7 +58,7 @@ struct FakeHost {
 // Every fake host, keyed by the endpoint the controller is given; and what the walk did to them.
 class FakeRack {
  public:
-  static constexpr int kPollsPerJob = 3;
+  static constexpr int kPollsPerJob = 5;
 
   std::string add_host(const std::string& id, int fd) {
     std::lock_guard lock(mu_);
@@ -365,7 +366,14 @@ TEST_F(ControllerFakeAgent, HostOsDrillWalksTheBatchesInOrderAndNeverTakesTwoUds
     rack_.with_host("h" + std::to_string(i),
                     [](FakeHost& h) { EXPECT_EQ(h.host_image, "host-v2") << h.id; });
 
-  // Whenever hosts were down together, they held at most one UD of each service.
+  // The hosts of a batch were updated together, and whenever hosts were down together, they held
+  // at most one UD of each service.
+  size_t widest_batch = 0, widest_overlap = 0;
+  for (const auto& b : batches)
+    widest_batch = std::max(widest_batch, b.at("hosts").as_array().size());
+  for (const auto& down : rack_.overlaps()) widest_overlap = std::max(widest_overlap, down.size());
+  EXPECT_GE(widest_batch, 2u);
+  EXPECT_EQ(widest_overlap, widest_batch);
   auto where = placement();
   for (const auto& down : rack_.overlaps()) {
     std::map<std::string, std::set<int64_t>> uds;  // service -> UDs down
