@@ -57,15 +57,15 @@ Result<Endpoint> parse_endpoint(std::string_view text) {
   return Endpoint{std::string(text.substr(0, colon)), static_cast<uint16_t>(port)};
 }
 
-AgentClient::AgentClient(Endpoint endpoint, std::string token, std::chrono::milliseconds timeout,
-                         std::string netns)
+HttpAgentClient::HttpAgentClient(Endpoint endpoint, std::string token,
+                                 std::chrono::milliseconds timeout, std::string netns)
     : endpoint_(std::move(endpoint)),
       token_(std::move(token)),
       timeout_(timeout),
       netns_(std::move(netns)) {}
 
-Result<json::value> AgentClient::call(std::string_view method, const std::string& target,
-                                      const std::string& body, int expect) const {
+Result<json::value> HttpAgentClient::call(std::string_view method, const std::string& target,
+                                          const std::string& body, int expect) const {
   const std::string what = "agent " + endpoint_.str() + " " + std::string(method) + " " + target;
   auto r =
       http::request(endpoint_.host, endpoint_.port, method, target, body, token_, timeout_, netns_);
@@ -103,50 +103,58 @@ Result<json::array> as_array(Result<json::value> v, std::string_view what) {
 }
 }  // namespace
 
-Result<json::object> AgentClient::host() const {
+Result<json::object> HttpAgentClient::host() const {
   return as_object(call("GET", "/v1/host", "", 200), "GET /v1/host");
 }
-Result<json::array> AgentClient::instances() const {
+Result<json::array> HttpAgentClient::instances() const {
   return as_array(call("GET", "/v1/instances", "", 200), "GET /v1/instances");
 }
-Result<json::object> AgentClient::create_instance(const json::object& spec) const {
+Result<json::object> HttpAgentClient::create_instance(const json::object& spec) const {
   return as_object(call("POST", "/v1/instances", json::serialize(spec), 201), "POST /v1/instances");
 }
-Status AgentClient::delete_instance(const std::string& name) const {
+Status HttpAgentClient::delete_instance(const std::string& name) const {
   auto r = call("DELETE", "/v1/instances/" + name, "", 200);
   if (!r.ok()) return r.error();
   return {};
 }
-Result<json::object> AgentClient::delete_instance_keep_data(const std::string& name) const {
+Result<json::object> HttpAgentClient::delete_instance_keep_data(const std::string& name) const {
   return as_object(call("DELETE", "/v1/instances/" + name + "?keep_data=true", "", 200),
                    "DELETE /v1/instances/" + name);
 }
-Status AgentClient::start_instance(const std::string& name) const {
+Status HttpAgentClient::start_instance(const std::string& name) const {
   auto r = call("POST", "/v1/instances/" + name + "/start", "", 200);
   if (!r.ok()) return r.error();
   return {};
 }
-Result<json::object> AgentClient::start_operation(const json::object& request) const {
+Result<json::object> HttpAgentClient::start_operation(const json::object& request) const {
   return as_object(call("POST", "/v1/operations", json::serialize(request), 202),
                    "POST /v1/operations");
 }
-Result<json::object> AgentClient::job(const std::string& id) const {
+Result<json::object> HttpAgentClient::job(const std::string& id) const {
   return as_object(call("GET", "/v1/operations/" + id, "", 200), "GET /v1/operations/" + id);
 }
-Result<json::array> AgentClient::jobs() const {
+Result<json::array> HttpAgentClient::jobs() const {
   return as_array(call("GET", "/v1/operations", "", 200), "GET /v1/operations");
 }
-Status AgentClient::cancel(const std::string& id) const {
+Status HttpAgentClient::cancel(const std::string& id) const {
   auto r = call("POST", "/v1/operations/" + id + "/cancel", "", 202);
   if (!r.ok()) return r.error();
   return {};
 }
-Result<json::object> AgentClient::stage_host_image(const std::string& version,
-                                                   const std::string& path,
-                                                   const std::string& sha256) const {
+Result<json::object> HttpAgentClient::stage_host_image(const std::string& version,
+                                                       const std::string& path,
+                                                       const std::string& sha256) const {
   json::object body{{"version", version}, {"path", path}, {"sha256", sha256}};
   return as_object(call("POST", "/v1/images/host", json::serialize(body), 201),
                    "POST /v1/images/host");
+}
+
+AgentClientFactory http_agent_client_factory(std::string token, std::string netns) {
+  return [token = std::move(token), netns = std::move(netns)](
+             const Endpoint& endpoint,
+             std::chrono::milliseconds timeout) -> std::unique_ptr<AgentClient> {
+    return std::make_unique<HttpAgentClient>(endpoint, token, timeout, netns);
+  };
 }
 
 }  // namespace fabriclab::orchestrator

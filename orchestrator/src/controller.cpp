@@ -95,6 +95,10 @@ Result<std::unique_ptr<Controller>> Controller::create(ControllerOptions options
   }
   auto impl = std::make_unique<Impl>();
   impl->opt = std::move(options);
+  impl->make_agent_client =
+      impl->opt.agent_clients
+          ? impl->opt.agent_clients
+          : http_agent_client_factory(impl->opt.agent_token, impl->opt.agent_netns);
   FL_ASSIGN_OR_RETURN(impl->journal, Journal::open(impl->opt.journal_path));
   FL_ASSIGN_OR_RETURN(uint64_t last, impl->journal->last_event_seq());
   impl->journal_seq = last == 0 ? 0 : last + kRestartSeqGap;
@@ -286,20 +290,19 @@ void Controller::Impl::save_drill(const DrillRun& d) {
   }
 }
 
-AgentClient Controller::Impl::client(const std::string& host_id) const {
+std::unique_ptr<AgentClient> Controller::Impl::client(const std::string& host_id) const {
   std::lock_guard lock(mu);
   auto it = hosts.find(host_id);
   Endpoint e = it != hosts.end() ? it->second.endpoint : Endpoint{};
-  return AgentClient(e, opt.agent_token, opt.agent_timeout, opt.agent_netns);
+  return make_agent_client(e, opt.agent_timeout);
 }
 
-AgentClient Controller::Impl::slow_client(const std::string& host_id) const {
+std::unique_ptr<AgentClient> Controller::Impl::slow_client(const std::string& host_id) const {
   constexpr std::chrono::milliseconds kSlowCallTimeout{60000};
   std::lock_guard lock(mu);
   auto it = hosts.find(host_id);
   Endpoint e = it != hosts.end() ? it->second.endpoint : Endpoint{};
-  return AgentClient(e, opt.agent_token, std::max(opt.agent_timeout, kSlowCallTimeout),
-                     opt.agent_netns);
+  return make_agent_client(e, std::max(opt.agent_timeout, kSlowCallTimeout));
 }
 
 // ---- public API ----
@@ -323,8 +326,7 @@ Result<json::object> Controller::register_host(const HostRegistration& r) {
   auto& m = *impl_;
   FL_ASSIGN_OR_RETURN(auto endpoint, parse_endpoint(r.endpoint));
   // Ask the agent who it is before believing the registration.
-  AgentClient c(endpoint, m.opt.agent_token, m.opt.agent_timeout, m.opt.agent_netns);
-  auto info = c.host();
+  auto info = m.make_agent_client(endpoint, m.opt.agent_timeout)->host();
   if (!info.ok()) {
     return make_error(info.error().condition, "host '" + r.id + "' is not answering at " +
                                                   r.endpoint + ": " + info.error().message);
@@ -422,7 +424,7 @@ Result<json::object> Controller::create_service(const Service& s) {
     for (size_t k = 0; k < n; ++k) {
       creators.emplace_back([&m, &s, &report, &results, k] {
         const auto& i = report.placed[k];
-        auto r = m.slow_client(i.host).create_instance(instance_spec(s, i, s.image));
+        auto r = m.slow_client(i.host)->create_instance(instance_spec(s, i, s.image));
         if (!r.ok()) results[k] = r.error();
       });
     }
@@ -434,7 +436,7 @@ Result<json::object> Controller::create_service(const Service& s) {
     for (size_t j = 0; j < n; ++j) {
       if (results[j].ok()) {
         const auto& i = report.placed[j];
-        (void)m.slow_client(i.host).delete_instance(instance_name(i.service, i.index));
+        (void)m.slow_client(i.host)->delete_instance(instance_name(i.service, i.index));
       }
     }
     return make_error(results[k].error().condition, "service '" + s.name + "': creating " +

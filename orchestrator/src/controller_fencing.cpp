@@ -222,11 +222,11 @@ void Controller::Impl::note_drift_locked(const std::string& host_id, const Drift
 }
 
 bool Controller::Impl::reconcile(const std::string& host_id, const Drift& d) {
-  AgentClient c = slow_client(host_id);
+  auto c = slow_client(host_id);
   bool all = true;
   for (const auto& [name, where] : d.unexpected) {
     if (where.empty()) continue;  // placed nowhere: reported as drift, left to the operator
-    auto gone = c.delete_instance_keep_data(name);
+    auto gone = c->delete_instance_keep_data(name);
     Events events;
     if (!gone.ok()) {
       all = false;
@@ -256,7 +256,7 @@ bool Controller::Impl::reconcile(const std::string& host_id, const Drift& d) {
     publish(std::move(events));
   }
   for (const auto& name : d.held) {
-    auto started = c.start_instance(name);
+    auto started = c->start_instance(name);
     Events events;
     if (!started.ok()) {
       all = false;

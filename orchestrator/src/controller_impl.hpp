@@ -32,6 +32,8 @@ using Clock = std::chrono::steady_clock;
 using Events = std::vector<std::pair<std::string, json::object>>;
 
 int64_t unix_ms();
+// A drill duration: `seconds` of the spec times its time scale (executor.cpp).
+std::chrono::milliseconds scaled(double seconds, double scale);
 std::string instance_name(const std::string& service, int index);
 // --vip-range: "A.B.C.D/N", N in 8..28 (lb_control.cpp).
 Status check_vip_range(std::string_view range);
@@ -144,6 +146,8 @@ struct DrillRun {
 
 struct Controller::Impl {
   ControllerOptions opt;
+  // opt.agent_clients, or HTTP clients with opt.agent_token in opt.agent_netns.
+  AgentClientFactory make_agent_client;
   std::unique_ptr<Journal> journal;
   std::shared_ptr<EventFeed> feed;
 
@@ -193,10 +197,10 @@ struct Controller::Impl {
   void publish(Events events);
   void save_cluster();                 // the cluster doc into the journal (takes mu)
   void save_drill(const DrillRun& d);  // takes mu
-  AgentClient client(const std::string& host_id) const;  // takes mu
+  std::unique_ptr<AgentClient> client(const std::string& host_id) const;  // takes mu
   // For calls that start or create VMs: a guest definition and start can take seconds on a busy
   // host, so these get at least kSlowCallTimeout.
-  AgentClient slow_client(const std::string& host_id) const;  // takes mu
+  std::unique_ptr<AgentClient> slow_client(const std::string& host_id) const;  // takes mu
 
   // watcher.cpp
   void start_watcher(const std::string& host_id);

@@ -55,13 +55,13 @@ void Controller::Impl::watch(const std::string& host_id) {
 
 void Controller::Impl::poll_once(const std::string& host_id) {
   auto began = Clock::now();
-  AgentClient c = client(host_id);
+  auto c = client(host_id);
   ++agent_calls;
-  auto host = c.host();
+  auto host = c->host();
   Result<json::array> insts = make_error(Condition::internal, "not asked");
   if (host.ok()) {
     ++agent_calls;
-    insts = c.instances();
+    insts = c->instances();
   }
   if (!host.ok() || !insts.ok()) {
     ++agent_call_failures;
@@ -299,7 +299,7 @@ void Controller::Impl::heal(const std::string& host_id) {
       if (const Service* found = cluster.find_service(placed.service)) svc = *found;
     }
     svc.memory_mib = image_of[placed.service].second;
-    auto made = slow_client(placed.host).create_instance(instance_spec(svc, placed, image));
+    auto made = slow_client(placed.host)->create_instance(instance_spec(svc, placed, image));
     if (!made.ok()) {
       retry_later();
       log()->error("[host:{}] healing {} on {} failed (retried in {} ms): {}", host_id, name,

@@ -7,6 +7,8 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 
 #include "fabriclab/common/json.hpp"
@@ -22,28 +24,59 @@ struct Endpoint {
 // "127.0.1.3:7100" -> Endpoint; the error names the text.
 Result<Endpoint> parse_endpoint(std::string_view text);
 
+// The calls the orchestrator makes on one host's agent. An interface so that the controller can
+// run against agents that live in the same process (tests/unit/controller_fake_agent_test.cpp);
+// HttpAgentClient below is the real one. Every implementation keeps the contract above: errors
+// are values with the agent's conditions (not_found, invalid_state, timeout, transient, ...), and
+// every call may be made from any thread (the controller's watchers and executors call at once).
 class AgentClient {
  public:
+  virtual ~AgentClient() = default;
+
+  virtual Result<json::object> host() const = 0;      // GET /v1/host
+  virtual Result<json::array> instances() const = 0;  // GET /v1/instances
+  virtual Result<json::object> create_instance(const json::object& spec) const = 0;  // POST
+  virtual Status delete_instance(const std::string& name) const = 0;
+  // DELETE /v1/instances/NAME?keep_data=true: the instance goes, its data disk is moved aside on
+  // the host; the answer's "data_disk_kept" is where ("" when it had none).
+  virtual Result<json::object> delete_instance_keep_data(const std::string& name) const = 0;
+  virtual Status start_instance(
+      const std::string& name) const = 0;  // POST /v1/instances/NAME/start
+  // POST /v1/operations: the answer is the accepted job ({"id", "state", ...}).
+  virtual Result<json::object> start_operation(const json::object& request) const = 0;
+  virtual Result<json::object> job(const std::string& id) const = 0;  // GET /v1/operations/ID
+  virtual Result<json::array> jobs() const = 0;                       // GET /v1/operations
+  virtual Status cancel(const std::string& id) const = 0;
+  virtual Result<json::object> stage_host_image(const std::string& version, const std::string& path,
+                                                const std::string& sha256) const = 0;
+};
+
+// Makes the client for the agent at `endpoint`, whose calls have `timeout` as their deadline.
+using AgentClientFactory = std::function<std::unique_ptr<AgentClient>(
+    const Endpoint& endpoint, std::chrono::milliseconds timeout)>;
+
+// The agent's REST API over HTTP.
+class HttpAgentClient final : public AgentClient {
+ public:
   // netns: where the connections are opened (http_client.hpp); empty: this thread's namespace.
-  AgentClient(Endpoint endpoint, std::string token,
-              std::chrono::milliseconds timeout = std::chrono::seconds(10), std::string netns = {});
+  HttpAgentClient(Endpoint endpoint, std::string token,
+                  std::chrono::milliseconds timeout = std::chrono::seconds(10),
+                  std::string netns = {});
 
   const Endpoint& endpoint() const { return endpoint_; }
 
-  Result<json::object> host() const;                                     // GET /v1/host
-  Result<json::array> instances() const;                                 // GET /v1/instances
-  Result<json::object> create_instance(const json::object& spec) const;  // POST /v1/instances
-  Status delete_instance(const std::string& name) const;
-  // DELETE /v1/instances/NAME?keep_data=true: the instance goes, its data disk is moved aside on
-  // the host; the answer's "data_disk_kept" is where ("" when it had none).
-  Result<json::object> delete_instance_keep_data(const std::string& name) const;
-  Status start_instance(const std::string& name) const;  // POST /v1/instances/NAME/start
-  Result<json::object> start_operation(const json::object& request) const;  // POST /v1/operations
-  Result<json::object> job(const std::string& id) const;                    // GET /v1/operations/ID
-  Result<json::array> jobs() const;                                         // GET /v1/operations
-  Status cancel(const std::string& id) const;
+  Result<json::object> host() const override;
+  Result<json::array> instances() const override;
+  Result<json::object> create_instance(const json::object& spec) const override;
+  Status delete_instance(const std::string& name) const override;
+  Result<json::object> delete_instance_keep_data(const std::string& name) const override;
+  Status start_instance(const std::string& name) const override;
+  Result<json::object> start_operation(const json::object& request) const override;
+  Result<json::object> job(const std::string& id) const override;
+  Result<json::array> jobs() const override;
+  Status cancel(const std::string& id) const override;
   Result<json::object> stage_host_image(const std::string& version, const std::string& path,
-                                        const std::string& sha256) const;
+                                        const std::string& sha256) const override;
 
  private:
   Result<json::value> call(std::string_view method, const std::string& target,
@@ -54,5 +87,8 @@ class AgentClient {
   std::chrono::milliseconds timeout_;
   std::string netns_;
 };
+
+// The factory of HttpAgentClients with this token, opening connections in `netns`.
+AgentClientFactory http_agent_client_factory(std::string token, std::string netns);
 
 }  // namespace fabriclab::orchestrator

@@ -23,6 +23,7 @@
 
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/result.hpp"
+#include "fabriclab/orchestrator/agent_client.hpp"
 #include "fabriclab/orchestrator/cluster.hpp"
 #include "fabriclab/orchestrator/drill_spec.hpp"
 
@@ -53,6 +54,10 @@ struct ControllerOptions {
   // path; http_client.hpp); empty: the orchestrator's own. The local rack's agents listen on
   // addresses that exist only in its rack namespace.
   std::string agent_netns;
+  // How the controller talks to an agent: every agent call goes through a client this makes.
+  // Empty: HTTP (HttpAgentClient with agent_token, in agent_netns). Tests pass agents that live
+  // in the same process (tests/unit/controller_fake_agent_test.cpp).
+  AgentClientFactory agent_clients;
 
   // The load balancer (lb.hpp, docs/clients.md "Load balancer"). Empty lb_config: the rack has
   // none; services with endpoints are still accepted, and drills report client traffic as not
