@@ -23,6 +23,24 @@ class AgentOnTestDriver : public AgentFixture {
     wait_status("web-0", "Healthy", 5s);
     wait_status("web-1", "Healthy", 5s);
   }
+
+  // Stops the agent and leaves its state file as a SIGKILL during host-os update `id` at `step`
+  // leaves it, with `stopped` of web-0 and web-1 stopped by it.
+  void kill_mid_update(const std::string& id, agent::UpdateStep step,
+                       std::vector<std::string> stopped) {
+    agent_.reset();
+    auto st = agent::load_state(dir_ + "/st/state.json");
+    ASSERT_OK(st);
+    st->state = agent::HostState::updating;
+    agent::OperationRecord op;
+    op.id = id;
+    op.request = {OperationKind::host_os, "host-2", false, 0};
+    op.step = step;
+    op.running_before = {"web-0", "web-1"};
+    op.stopped = std::move(stopped);
+    st->operation = op;
+    ASSERT_OK(agent::save_state(dir_ + "/st/state.json", *st));
+  }
 };
 
 TEST_F(AgentOnTestDriver, HostOsUpdateSwapsTheHostImageAndBringsEveryGuestBack) {
@@ -162,20 +180,8 @@ TEST_F(AgentOnTestDriver, ARestartedAgentRestoresItsInstancesAndState) {
 }
 
 TEST_F(AgentOnTestDriver, AnAgentKilledWhileStoppingGuestsRollsBackAndRestartsThem) {
-  agent_.reset();
-  // The state file as a SIGKILL during StoppingGuests leaves it: web-0 already stopped.
-  auto st = agent::load_state(dir_ + "/st/state.json");
-  ASSERT_OK(st);
-  st->state = agent::HostState::updating;
-  agent::OperationRecord op;
-  op.id = "host-a-job-7";
-  op.request = {OperationKind::host_os, "host-2", false, 0};
-  op.step = agent::UpdateStep::stopping_guests;
-  op.running_before = {"web-0", "web-1"};
-  op.stopped = {"web-0"};
-  st->operation = op;
-  ASSERT_OK(agent::save_state(dir_ + "/st/state.json", *st));
-
+  // A SIGKILL during StoppingGuests: web-0 already stopped.
+  kill_mid_update("host-a-job-7", agent::UpdateStep::stopping_guests, {"web-0"});
   open_agent(false);
   ASSERT_TRUE(agent_->wait_idle(20s));
   auto job = agent_->job_json("host-a-job-7");
@@ -193,19 +199,7 @@ TEST_F(AgentOnTestDriver, AnAgentKilledWhileStoppingGuestsRollsBackAndRestartsTh
 // placed them elsewhere meanwhile, and it reconciles the host first.
 TEST_F(AgentOnTestDriver, AHostPoweredOnHoldingItsGuestsDoesNotResumeItsOperation) {
   stage_host_image("host-2");
-  agent_.reset();
-  auto st = agent::load_state(dir_ + "/st/state.json");
-  ASSERT_OK(st);
-  st->state = agent::HostState::updating;
-  agent::OperationRecord op;
-  op.id = "host-a-job-9";
-  op.request = {OperationKind::host_os, "host-2", false, 0};
-  op.step = agent::UpdateStep::starting_guests;
-  op.running_before = {"web-0", "web-1"};
-  op.stopped = {"web-0", "web-1"};
-  st->operation = op;
-  ASSERT_OK(agent::save_state(dir_ + "/st/state.json", *st));
-
+  kill_mid_update("host-a-job-9", agent::UpdateStep::starting_guests, {"web-0", "web-1"});
   agent::AgentOptions held;
   held.hold_guests = true;
   open_agent(false, held);
