@@ -247,7 +247,7 @@ struct HostAgent::Impl {
   // Then, when the instance has a probe and an address: its app answers 2xx/3xx on it.
   Status wait_app_probe(const std::string& name, Clock::time_point deadline);
 
-  // -- operations.cpp --
+  // -- operations.cpp (the job frame), operation_kinds.cpp (host-os, guest-os, freeze) --
   void run_job(const std::string& id, bool resumed);
   Status run_host_os(Job& job, OperationRecord& op, bool resumed);
   Status run_guest_os(Job& job, OperationRecord& op, bool resumed);

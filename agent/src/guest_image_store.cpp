@@ -18,10 +18,6 @@
 namespace fabriclab::agent {
 namespace json = boost::json;
 namespace fs = std::filesystem;
-using image_detail::is_sha256_hex;
-using image_detail::lower;
-using image_detail::parse_object;
-using image_detail::read_small_file;
 
 namespace {
 
@@ -43,8 +39,8 @@ Result<std::string> string_field(const json::object& o, const std::string& at, c
 
 Result<std::string> sha_field(const json::object& o, const std::string& at, const char* key) {
   FL_ASSIGN_OR_RETURN(std::string v, string_field(o, at, key));
-  if (!is_sha256_hex(v)) return bad_field(at, key, "must be 64 hex digits");
-  return lower(v);
+  if (!image_detail::is_sha256_hex(v)) return bad_field(at, key, "must be 64 hex digits");
+  return image_detail::lower(v);
 }
 
 Result<uint64_t> size_field(const json::object& o, const std::string& at, const char* key) {
@@ -177,8 +173,8 @@ std::string cmdline_problem(const std::string& cmdline) {
 Result<GuestImageStore> GuestImageStore::open(const std::string& manifest_dir) {
   const std::string dir = fs::absolute(manifest_dir).lexically_normal().string();
   const std::string path = manifest_dir + "/manifest.json";
-  FL_ASSIGN_OR_RETURN(std::string text, read_small_file(path));
-  FL_ASSIGN_OR_RETURN(json::object root, parse_object(text, path));
+  FL_ASSIGN_OR_RETURN(std::string text, image_detail::read_small_file(path));
+  FL_ASSIGN_OR_RETURN(json::object root, image_detail::parse_object(text, path));
   auto* images = root.if_contains("images");
   if (!images) return make_error(Condition::invalid_argument, path + ": images is missing");
   if (!images->is_array())

@@ -76,18 +76,7 @@ std::string report_html_detail::number_or_dash(std::optional<double> v, int deci
 }
 namespace {
 
-using report_html_detail::decimal;
-using report_html_detail::esc;
-using report_html_detail::number_or_dash;
-using report_html_detail::timelines;
-
-using json_get::arr;
-using json_get::as_object;
-using json_get::boolean;
-using json_get::field;
-using json_get::number;
-using json_get::obj;
-using json_get::str;
+using namespace report_html_detail;
 
 constexpr int kMaxUdRows = 1000;
 

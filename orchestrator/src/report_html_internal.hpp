@@ -7,7 +7,19 @@
 #include <string>
 #include <string_view>
 
+#include "fabriclab/common/json_get.hpp"
+
 namespace fabriclab::orchestrator::report_html_detail {
+
+// The page reads the report with the lenient getters: a missing or mistyped field renders as
+// empty or "—" (report_html.cpp).
+using json_get::arr;
+using json_get::as_object;
+using json_get::boolean;
+using json_get::field;
+using json_get::number;
+using json_get::obj;
+using json_get::str;
 
 // `s` escaped for HTML text and attribute values, '/' included (OWASP's rule for HTML text).
 std::string esc(std::string_view s);

@@ -25,16 +25,7 @@
 
 namespace fabriclab::orchestrator {
 
-using json_get::arr;
-using json_get::as_object;
-using json_get::boolean;
-using json_get::field;
-using json_get::number;
-using json_get::obj;
-using json_get::str;
-using report_html_detail::decimal;
-using report_html_detail::esc;
-using report_html_detail::number_or_dash;
+using namespace report_html_detail;
 
 namespace {
 
