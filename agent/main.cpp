@@ -47,17 +47,20 @@ Result<std::vector<std::string>> yaml_to_flags(const std::string& path) {
   return out;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  CLI::App app{
-      "fabriclab-agent: the host agent (an emulated Hyper-V host that really pauses its guests)"};
+// The daemon's flags: the agent's own options and what main wires around it.
+struct Flags {
   agent::AgentOptions o;
   std::string config, listen = "127.0.0.1", control_token_file, read_token_file, log_level = "info";
   int port = 7400;
   int64_t hb_ms = 1000, stop_ms = 10000, boot_ms = 120000, boot_delay_ms = 0;
   bool json_logs = false;
-  app.add_option("--config", config, "YAML config file (keys: the long option names; flags win)");
+  std::vector<std::string> lab_host_images;
+  std::string imds_listen;
+};
+
+void add_options(CLI::App& app, Flags& f) {
+  agent::AgentOptions& o = f.o;
+  app.add_option("--config", f.config, "YAML config file (keys: the long option names; flags win)");
   app.add_option("--host-id", o.host_id, "This host's id")->capture_default_str();
   app.add_option("--fault-domain", o.fault_domain, "This host's fault domain")
       ->check(CLI::Range(0, 1000));
@@ -73,14 +76,14 @@ int main(int argc, char** argv) {
       ->required();
   app.add_option("--host-images", o.host_images_dir,
                  "Host image store (default STATE_DIR/host-images)");
-  app.add_option("--listen", listen, "Listen address (loopback unless told otherwise)")
+  app.add_option("--listen", f.listen, "Listen address (loopback unless told otherwise)")
       ->capture_default_str();
-  app.add_option("--port", port, "Listen port (0: ephemeral, printed on stdout)")
+  app.add_option("--port", f.port, "Listen port (0: ephemeral, printed on stdout)")
       ->capture_default_str();
-  app.add_option("--control-token-file", control_token_file,
+  app.add_option("--control-token-file", f.control_token_file,
                  "File holding the control bearer token")
       ->required();
-  app.add_option("--read-token-file", read_token_file, "File holding the read-only bearer token");
+  app.add_option("--read-token-file", f.read_token_file, "File holding the read-only bearer token");
   app.add_option("--capacity", o.capacity, "Instances this host holds")->capture_default_str();
   app.add_option("--disk-reserve-mib", o.disk_reserve_mib,
                  "Refuse an instance that could leave less free in STATE_DIR's file system")
@@ -92,27 +95,26 @@ int main(int argc, char** argv) {
   app.add_option("--ovmf-vars", o.ovmf_vars,
                  "UEFI variable store template; each firmware: efi instance gets a copy")
       ->capture_default_str();
-  app.add_option("--heartbeat-ms", hb_ms, "Guest heartbeat period")->capture_default_str();
+  app.add_option("--heartbeat-ms", f.hb_ms, "Guest heartbeat period")->capture_default_str();
   app.add_option("--healthy-periods", o.healthy_periods,
                  "Healthy = a heartbeat within this many periods")
       ->capture_default_str();
-  app.add_option("--stop-timeout-ms", stop_ms, "Graceful shutdown window before destroy")
+  app.add_option("--stop-timeout-ms", f.stop_ms, "Graceful shutdown window before destroy")
       ->capture_default_str();
-  app.add_option("--boot-timeout-ms", boot_ms, "How long a guest may take to heartbeat after start")
+  app.add_option("--boot-timeout-ms", f.boot_ms,
+                 "How long a guest may take to heartbeat after start")
       ->capture_default_str();
   app.add_option("--parallel-guests", o.parallel_guests,
                  "Guests an operation stops and starts at once (1: one after another)")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
-  app.add_option("--boot-delay-ms", boot_delay_ms, "Emulated host boot time during a host reboot")
+  app.add_option("--boot-delay-ms", f.boot_delay_ms, "Emulated host boot time during a host reboot")
       ->capture_default_str();
-  std::vector<std::string> lab_host_images;
   app.add_option(
-         "--lab-host-images", lab_host_images,
+         "--lab-host-images", f.lab_host_images,
          "Lab convenience: write and stage synthetic host images with these versions at start "
          "(e.g. host-v1,host-v2)")
       ->delimiter(',');
-  std::string imds_listen;
   app.add_option(
       "--guest-bridge", o.guest_bridge,
       "Attach every guest's virtio NIC to this bridge (needs --guest-subnet; empty: no NIC)");
@@ -123,19 +125,23 @@ int main(int argc, char** argv) {
                  "Write one dnsmasq host file per instance here (NAME.conf: MAC,IP,NAME; needs "
                  "--guest-subnet)");
   app.add_option(
-      "--imds-listen", imds_listen,
+      "--imds-listen", f.imds_listen,
       "Serve the Instance Metadata Service at ADDR:PORT (169.254.169.254:80 in a rack; port 0: "
       "ephemeral); prints 'imds listening ADDR:PORT'");
   app.add_flag(
       "--hold-guests", o.hold_guests,
       "Start no stopped guest at start (a host back from a power loss waits for its orchestrator)");
-  app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
-  app.add_flag("--json-logs", json_logs, "Log JSON lines");
+  app.add_option("--log-level", f.log_level, "trace|debug|info|warn|error")->capture_default_str();
+  app.add_flag("--json-logs", f.json_logs, "Log JSON lines");
   app.add_flag("--fault-injection", o.fault_injection,
                "Serve POST /v1/faults (guest-crash, guest-hang, slow-boot) for a test rack's fault "
                "schedule; never "
                "on a real host");
-  // Expand --config FILE into flags first.
+}
+
+// The command line with every --config FILE expanded into flags placed before it (so a flag given
+// on the command line wins), in the reverse order CLI11 takes them.
+Result<std::vector<std::string>> expand_config(int argc, char** argv) {
   std::vector<std::string> args;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -148,79 +154,125 @@ int main(int argc, char** argv) {
       args.push_back(a);
       continue;
     }
-    auto flags = yaml_to_flags(file);
-    if (!flags.ok()) {
-      std::cerr << "fabriclab-agent: " << flags.error().describe() << "\n";
-      return 2;
-    }
-    args.insert(args.begin(), flags->begin(), flags->end());
+    FL_ASSIGN_OR_RETURN(auto flags, yaml_to_flags(file));
+    args.insert(args.begin(), flags.begin(), flags.end());
   }
   std::reverse(args.begin(), args.end());  // CLI11 takes the arguments in reverse order
+  return args;
+}
+
+// --imds-listen ADDR:PORT, checked before anything starts.
+Result<std::pair<std::string, int>> parse_imds_listen(const std::string& imds_listen) {
+  std::string imds_addr;
+  int imds_port = -1;
+  auto colon = imds_listen.rfind(':');
+  if (colon != std::string::npos && colon > 0 && colon + 1 < imds_listen.size() &&
+      colon + 6 >= imds_listen.size() &&
+      imds_listen.find_first_not_of("0123456789", colon + 1) == std::string::npos) {
+    imds_port = std::stoi(imds_listen.substr(colon + 1));
+    imds_addr = imds_listen.substr(0, colon);
+  }
+  if (imds_port < 0 || imds_port > 65535) {
+    return make_error(Condition::invalid_argument,
+                      "--imds-listen must be ADDR:PORT: '" + imds_listen + "'");
+  }
+  return std::pair{imds_addr, imds_port};
+}
+
+// Synthetic host images for a lab rack: written once into the state dir and staged; the first
+// becomes the host's current image if it has none (a lab host "installed" with it). The error
+// names the flag (and the version).
+Status stage_lab_host_images(const agent::AgentOptions& o,
+                             const std::vector<std::string>& versions) {
+  std::string root = o.host_images_dir.empty() ? o.state_dir + "/host-images" : o.host_images_dir;
+  std::error_code ec;
+  std::filesystem::create_directories(o.state_dir, ec);
+  auto store = agent::HostImageStore::open(root);
+  if (!store.ok())
+    return make_error(store.condition(), "--lab-host-images: " + store.error().describe());
+  for (const auto& version : versions) {
+    std::string file = o.state_dir + "/lab-host-image-" + version;
+    auto sha = agent::write_synthetic_host_image(file, version);
+    Status st = sha.ok() ? Status{} : Status(sha.error());
+    if (st.ok()) {
+      auto staged = store->stage(version, file, *sha);
+      if (!staged.ok()) st = Status(staged.error());
+    }
+    if (!st.ok()) {
+      return make_error(st.condition(),
+                        "--lab-host-images " + version + ": " + st.error().describe());
+    }
+  }
+  if (!store->current()) {
+    auto act = store->activate(versions.front());
+    if (!act.ok())
+      return make_error(act.condition(), "--lab-host-images: " + act.error().describe());
+  }
+  return {};
+}
+
+// IMDS: a second server, open (guests hold no token), small bodies, known by source address.
+Result<std::unique_ptr<http::Server>> start_imds(agent::HostAgent& agent, const std::string& addr,
+                                                 int port, const std::string& host_id) {
+  http::Limits imds_limits;
+  imds_limits.max_body = 4096;
+  imds_limits.max_header = 8 * 1024;
+  imds_limits.max_json_depth = 4;
+  imds_limits.read_timeout = std::chrono::seconds(10);
+  auto imds = std::make_unique<http::Server>("imds", http::Tokens{}, imds_limits);
+  agent::install_imds(*imds, agent);
+  auto imds_bound = imds->start(addr, static_cast<uint16_t>(port), 1);
+  if (!imds_bound.ok()) {
+    return make_error(imds_bound.condition(), "--imds-listen: " + imds_bound.error().describe());
+  }
+  std::cout << "imds listening " << addr << ":" << *imds_bound << std::endl;
+  logger("agent")->info("[host:{}] IMDS on {}:{}", host_id, addr, *imds_bound);
+  return imds;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "fabriclab-agent: the host agent (an emulated Hyper-V host that really pauses its guests)"};
+  Flags f;
+  agent::AgentOptions& o = f.o;
+  add_options(app, f);
+  auto args = expand_config(argc, argv);
+  if (!args.ok()) {
+    std::cerr << "fabriclab-agent: " << args.error().describe() << "\n";
+    return 2;
+  }
   try {
-    app.parse(std::move(args));
+    app.parse(std::move(args).value());
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  setup_logging({log_level, json_logs});
+  setup_logging({f.log_level, f.json_logs});
   // SIGINT/SIGTERM blocked in every thread (all start after this); main waits for them below.
   const StopSignals stop_signals;
-  o.heartbeat_period = std::chrono::milliseconds(hb_ms);
-  o.stop_timeout = std::chrono::milliseconds(stop_ms);
-  o.boot_timeout = std::chrono::milliseconds(boot_ms);
-  o.boot_delay = std::chrono::milliseconds(boot_delay_ms);
-
-  // --imds-listen ADDR:PORT, checked before anything starts.
-  std::string imds_addr;
-  int imds_port = -1;
-  if (!imds_listen.empty()) {
-    auto colon = imds_listen.rfind(':');
-    if (colon != std::string::npos && colon > 0 && colon + 1 < imds_listen.size() &&
-        colon + 6 >= imds_listen.size() &&
-        imds_listen.find_first_not_of("0123456789", colon + 1) == std::string::npos) {
-      imds_port = std::stoi(imds_listen.substr(colon + 1));
-      imds_addr = imds_listen.substr(0, colon);
-    }
-    if (imds_port < 0 || imds_port > 65535) {
-      std::cerr << "fabriclab-agent: --imds-listen must be ADDR:PORT: '" << imds_listen << "'\n";
+  o.heartbeat_period = std::chrono::milliseconds(f.hb_ms);
+  o.stop_timeout = std::chrono::milliseconds(f.stop_ms);
+  o.boot_timeout = std::chrono::milliseconds(f.boot_ms);
+  o.boot_delay = std::chrono::milliseconds(f.boot_delay_ms);
+  std::pair<std::string, int> imds_at;
+  if (!f.imds_listen.empty()) {
+    auto at = parse_imds_listen(f.imds_listen);
+    if (!at.ok()) {
+      std::cerr << "fabriclab-agent: " << at.error().message << "\n";
       return 2;
     }
+    imds_at = *at;
   }
-  auto tokens = http::load_tokens(control_token_file, read_token_file);
+  auto tokens = http::load_tokens(f.control_token_file, f.read_token_file);
   if (!tokens.ok()) {
     std::cerr << "fabriclab-agent: " << tokens.error().describe() << "\n";
     return 2;
   }
-  // Synthetic host images for a lab rack: written once into the state dir and staged; the first
-  // becomes the host's current image if it has none (a lab host "installed" with it).
-  if (!lab_host_images.empty()) {
-    std::string root = o.host_images_dir.empty() ? o.state_dir + "/host-images" : o.host_images_dir;
-    std::error_code ec;
-    std::filesystem::create_directories(o.state_dir, ec);
-    auto store = agent::HostImageStore::open(root);
-    if (!store.ok()) {
-      std::cerr << "fabriclab-agent: --lab-host-images: " << store.error().describe() << "\n";
+  if (!f.lab_host_images.empty()) {
+    if (auto st = stage_lab_host_images(o, f.lab_host_images); !st.ok()) {
+      std::cerr << "fabriclab-agent: " << st.error().message << "\n";
       return 2;
-    }
-    for (const auto& version : lab_host_images) {
-      std::string file = o.state_dir + "/lab-host-image-" + version;
-      auto sha = agent::write_synthetic_host_image(file, version);
-      Status st = sha.ok() ? Status{} : Status(sha.error());
-      if (st.ok()) {
-        auto staged = store->stage(version, file, *sha);
-        if (!staged.ok()) st = Status(staged.error());
-      }
-      if (!st.ok()) {
-        std::cerr << "fabriclab-agent: --lab-host-images " << version << ": "
-                  << st.error().describe() << "\n";
-        return 2;
-      }
-    }
-    if (!store->current()) {
-      auto act = store->activate(lab_host_images.front());
-      if (!act.ok()) {
-        std::cerr << "fabriclab-agent: --lab-host-images: " << act.error().describe() << "\n";
-        return 2;
-      }
     }
   }
   agent::HostAgent* agent_ptr = nullptr;
@@ -236,30 +288,21 @@ int main(int argc, char** argv) {
   http::Server server("agent-api", *tokens, limits);
   agent::install_api(server, **agent, feed, limits);
   // Two io threads: a create or stop that waits on libvirt must not hold up reads and /healthz.
-  auto bound = server.start(listen, static_cast<uint16_t>(port), 2);
+  auto bound = server.start(f.listen, static_cast<uint16_t>(f.port), 2);
   if (!bound.ok()) {
     std::cerr << "fabriclab-agent: " << bound.error().describe() << "\n";
     return 1;
   }
-  std::cout << "listening " << listen << ":" << *bound << std::endl;
-  logger("agent")->info("[host:{}] listening on {}:{}", o.host_id, listen, *bound);
-  // IMDS: a second server, open (guests hold no token), small bodies, known by source address.
+  std::cout << "listening " << f.listen << ":" << *bound << std::endl;
+  logger("agent")->info("[host:{}] listening on {}:{}", o.host_id, f.listen, *bound);
   std::unique_ptr<http::Server> imds;
-  if (!imds_listen.empty()) {
-    http::Limits imds_limits;
-    imds_limits.max_body = 4096;
-    imds_limits.max_header = 8 * 1024;
-    imds_limits.max_json_depth = 4;
-    imds_limits.read_timeout = std::chrono::seconds(10);
-    imds = std::make_unique<http::Server>("imds", http::Tokens{}, imds_limits);
-    agent::install_imds(*imds, **agent);
-    auto imds_bound = imds->start(imds_addr, static_cast<uint16_t>(imds_port), 1);
-    if (!imds_bound.ok()) {
-      std::cerr << "fabriclab-agent: --imds-listen: " << imds_bound.error().describe() << "\n";
+  if (!f.imds_listen.empty()) {
+    auto started = start_imds(**agent, imds_at.first, imds_at.second, o.host_id);
+    if (!started.ok()) {
+      std::cerr << "fabriclab-agent: " << started.error().message << "\n";
       return 1;
     }
-    std::cout << "imds listening " << imds_addr << ":" << *imds_bound << std::endl;
-    logger("agent")->info("[host:{}] IMDS on {}:{}", o.host_id, imds_addr, *imds_bound);
+    imds = std::move(started).value();
   }
   stop_signals.wait();
   logger("agent")->info("[host:{}] stopping", o.host_id);

@@ -111,6 +111,10 @@ GuestReport* report_of(Job& job, const std::string& name);
 void record_before(GuestReport& r, const GuestSlot& slot);
 // Fills the "after" side from the first heartbeat since the guest was started (mu held).
 void record_after(GuestReport& r, const GuestSlot& slot);
+// Milliseconds from `a` to `b`.
+int64_t ms_between(Clock::time_point a, Clock::time_point b);
+// A data check, when the guest has one, held (a job's guest is not ok otherwise).
+bool data_held(const GuestReport& r);
 
 struct Job {
   std::string id;
@@ -243,7 +247,7 @@ struct HostAgent::Impl {
   // Then, when the instance has a probe and an address: its app answers 2xx/3xx on it.
   Status wait_app_probe(const std::string& name, Clock::time_point deadline);
 
-  // -- operations.cpp --
+  // -- operations.cpp (the job frame), operation_kinds.cpp (host-os, guest-os, freeze) --
   void run_job(const std::string& id, bool resumed);
   Status run_host_os(Job& job, OperationRecord& op, bool resumed);
   Status run_guest_os(Job& job, OperationRecord& op, bool resumed);
@@ -262,6 +266,10 @@ struct HostAgent::Impl {
   // Returns the failure of the earliest name in `names` that failed (fn's errors name the guest).
   Status for_each_guest(const std::vector<std::string>& names, bool stop_at_error,
                         const std::function<Status(const std::string&)>& fn);
+  // Notifying, then StoppingGuests once every notice is acknowledged or timed out: captures the
+  // guests' state and posts the event. Cancelled before any guest is touched when a cancel came
+  // ("cancelled before any guest was <done_to>"). Shared by every kind of operation.
+  Status notify_all(Job& job, OperationRecord& op, std::string_view done_to);
   // Notifying then StoppingGuests, shared by the host-os and guest-os updates: captures the
   // guests' state, posts the event, and stops the running guests not yet stopped with `stop`
   // (which fills in its report's stop method and time), in parallel (for_each_guest), persisting

@@ -18,53 +18,61 @@
 
 using namespace fabriclab;
 
-int main(int argc, char** argv) {
-  CLI::App app{"fabriclab-orchestrator: the fabric controller (placement, walk, live feed)"};
+namespace {
+
+// The service's flags: the controller's own options and what main wires around it.
+struct Flags {
   orchestrator::ControllerOptions o;
   std::string listen = "127.0.0.1", control_token_file, read_token_file, agent_token_file,
               log_level = "info";
   int port = 7000, poll_ms = 250, unhealthy_ms = 5000, agent_timeout_ms = 5000;
   bool no_healing = false, json_logs = false;
+  std::string power_command;
+  int power_timeout_ms = 30000, fence_attempts = 3;
+};
+
+void add_options(CLI::App& app, Flags& f) {
+  orchestrator::ControllerOptions& o = f.o;
   app.add_option("--journal", o.journal_path,
                  "SQLite journal (created if missing; a restart resumes from it)")
       ->required();
-  app.add_option("--listen", listen, "Listen address (loopback unless told otherwise)")
+  app.add_option("--listen", f.listen, "Listen address (loopback unless told otherwise)")
       ->capture_default_str();
-  app.add_option("--port", port, "Listen port (0: ephemeral, printed on stdout)")
+  app.add_option("--port", f.port, "Listen port (0: ephemeral, printed on stdout)")
       ->check(CLI::Range(0, 65535))
       ->capture_default_str();
-  app.add_option("--control-token-file", control_token_file,
+  app.add_option("--control-token-file", f.control_token_file,
                  "File holding the control bearer token")
       ->required();
-  app.add_option("--read-token-file", read_token_file, "File holding the read-only bearer token");
-  app.add_option("--agent-token-file", agent_token_file,
+  app.add_option("--read-token-file", f.read_token_file, "File holding the read-only bearer token");
+  app.add_option("--agent-token-file", f.agent_token_file,
                  "File holding the agents' control token (default: the control token)");
-  app.add_option("--poll-ms", poll_ms, "How often each agent is asked for its state")
+  app.add_option("--poll-ms", f.poll_ms, "How often each agent is asked for its state")
       ->check(CLI::Range(10, 60000))
       ->capture_default_str();
-  app.add_option("--unhealthy-after-ms", unhealthy_ms, "A host silent this long becomes Unhealthy")
+  app.add_option("--unhealthy-after-ms", f.unhealthy_ms,
+                 "A host silent this long becomes Unhealthy")
       ->check(CLI::Range(100, 3600000))
       ->capture_default_str();
-  app.add_option("--agent-timeout-ms", agent_timeout_ms, "Deadline of one call to an agent")
+  app.add_option("--agent-timeout-ms", f.agent_timeout_ms, "Deadline of one call to an agent")
       ->check(CLI::Range(100, 600000))
       ->capture_default_str();
   app.add_option("--agent-netns", o.agent_netns,
                  "Open every connection to an agent inside this network namespace (a name under "
                  "/run/netns or a path); the API still listens where --listen says");
-  app.add_flag("--no-healing", no_healing, "Do not place the instances of an Unhealthy host again");
-  std::string power_command;
-  int power_timeout_ms = 30000, fence_attempts = 3;
+  app.add_flag("--no-healing", f.no_healing,
+               "Do not place the instances of an Unhealthy host again");
   app.add_option(
-      "--power-command", power_command,
+      "--power-command", f.power_command,
       "Fence a silent host before healing its instances: 'PROGRAM ARGS... {host}' (words split at "
       "spaces, no shell; {host} becomes the host's id); exit 0 = the host is confirmed off. "
       "Without it "
       "healing goes on unfenced");
-  app.add_option("--power-timeout-ms", power_timeout_ms,
+  app.add_option("--power-timeout-ms", f.power_timeout_ms,
                  "Deadline of one power command (then it is killed)")
       ->check(CLI::Range(100, 600000))
       ->capture_default_str();
-  app.add_option("--fence-attempts", fence_attempts,
+  app.add_option("--fence-attempts", f.fence_attempts,
                  "Power commands tried per silence before giving up")
       ->check(CLI::Range(1, 100))
       ->capture_default_str();
@@ -85,32 +93,41 @@ int main(int argc, char** argv) {
   app.add_option("--no-lb-reason", o.no_lb_reason,
                  "Without --lb-config: why the rack has no load balancer, as drills report it")
       ->capture_default_str();
-  app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
-  app.add_flag("--json-logs", json_logs, "Log JSON lines");
+  app.add_option("--log-level", f.log_level, "trace|debug|info|warn|error")->capture_default_str();
+  app.add_flag("--json-logs", f.json_logs, "Log JSON lines");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"fabriclab-orchestrator: the fabric controller (placement, walk, live feed)"};
+  Flags f;
+  orchestrator::ControllerOptions& o = f.o;
+  add_options(app, f);
   CLI11_PARSE(app, argc, argv);
-  setup_logging({log_level, json_logs});
+  setup_logging({f.log_level, f.json_logs});
 
   // SIGINT/SIGTERM blocked in every thread (all start after this); main waits for them below.
   const StopSignals stop_signals;
 
-  auto tokens = http::load_tokens(control_token_file, read_token_file);
+  auto tokens = http::load_tokens(f.control_token_file, f.read_token_file);
   if (!tokens.ok()) {
     std::cerr << "fabriclab-orchestrator: " << tokens.error().describe() << "\n";
     return 2;
   }
   o.agent_token = tokens->control;
-  if (!agent_token_file.empty()) {
-    auto at = http::load_tokens(agent_token_file, "");
+  if (!f.agent_token_file.empty()) {
+    auto at = http::load_tokens(f.agent_token_file, "");
     if (!at.ok()) {
       std::cerr << "fabriclab-orchestrator: " << at.error().describe() << "\n";
       return 2;
     }
     o.agent_token = at->control;
   }
-  o.poll = std::chrono::milliseconds(poll_ms);
-  o.unhealthy_after = std::chrono::milliseconds(unhealthy_ms);
-  o.agent_timeout = std::chrono::milliseconds(agent_timeout_ms);
-  o.healing = !no_healing;
+  o.poll = std::chrono::milliseconds(f.poll_ms);
+  o.unhealthy_after = std::chrono::milliseconds(f.unhealthy_ms);
+  o.agent_timeout = std::chrono::milliseconds(f.agent_timeout_ms);
+  o.healing = !f.no_healing;
   // The namespaces are checked once here, so a bad value stops the start instead of every later
   // agent call or client request.
   auto netns_usable = [](const char* flag, const std::string& name) {
@@ -122,16 +139,16 @@ int main(int argc, char** argv) {
     return false;
   };
   if (!netns_usable("--agent-netns", o.agent_netns)) return 2;
-  if (!power_command.empty()) {
-    auto argv = orchestrator::parse_power_command(power_command);
+  if (!f.power_command.empty()) {
+    auto argv = orchestrator::parse_power_command(f.power_command);
     if (!argv.ok()) {
       std::cerr << "fabriclab-orchestrator: --power-command: " << argv.error().message << "\n";
       return 2;
     }
     o.power_command = std::move(argv).value();
   }
-  o.power_timeout = std::chrono::milliseconds(power_timeout_ms);
-  o.fence_attempts = fence_attempts;
+  o.power_timeout = std::chrono::milliseconds(f.power_timeout_ms);
+  o.fence_attempts = f.fence_attempts;
   if (!o.lb_config.empty() && o.lb_master_socket.empty()) {
     std::cerr << "fabriclab-orchestrator: --lb-master-socket is required with --lb-config\n";
     return 2;
@@ -150,16 +167,16 @@ int main(int argc, char** argv) {
   http::Server server("orchestrator-api", *tokens, limits);
   orchestrator::install_controller_api(server, *c, feed, limits);
   // Four io threads: registration and service creation wait on agents.
-  auto bound = server.start(listen, static_cast<uint16_t>(port), 4);
+  auto bound = server.start(f.listen, static_cast<uint16_t>(f.port), 4);
   if (!bound.ok()) {
     std::cerr << "fabriclab-orchestrator: " << bound.error().describe() << "\n";
     return 1;
   }
   c->start(feed);
-  std::cout << "listening " << listen << ":" << *bound << std::endl;
+  std::cout << "listening " << f.listen << ":" << *bound << std::endl;
   logger("orchestrator")
       ->info(
-          "listening on {}:{}, journal {}{}", listen, *bound, o.journal_path,
+          "listening on {}:{}, journal {}{}", f.listen, *bound, o.journal_path,
           o.agent_netns.empty() ? "" : ", agents reached from network namespace " + o.agent_netns);
   logger("orchestrator")
       ->info("{}", o.lb_config.empty()

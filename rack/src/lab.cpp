@@ -35,11 +35,12 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-namespace {
+using detail::await_listening;
+using detail::kLabFile;
+using detail::read_file;
+using detail::start_process;
 
-constexpr const char* kLabFile = "lab.json";
-
-std::string read_file(const std::string& path, size_t max = 1 << 20) {
+std::string detail::read_file(const std::string& path, size_t max) {
   std::ifstream in(path, std::ios::binary);
   std::string s;
   try {
@@ -52,6 +53,8 @@ std::string read_file(const std::string& path, size_t max = 1 << 20) {
   if (s.size() > max) s.erase(0, s.size() - max);
   return s;
 }
+
+namespace {
 
 std::vector<pid_t> processes_mentioning(const std::string& needle) {
   return detail::qemu_processes_mentioning(needle);
@@ -95,12 +98,10 @@ void kill_mentioning(const std::string& needle) {
   for (pid_t p : processes_mentioning(needle)) kill(p, SIGKILL);
 }
 
-// Starts `argv` as the lab process `p`: its stdout in DIR/NAME.out (where it says where it
-// listens), its stderr in p.log, inside p.netns when set, in its own process group (so a Ctrl-C at
-// the terminal reaches the CLI, which tears the lab down in order). Lab processes outlive the CLI
-// (`fabriclab lab up` returns, `fabriclab lab down` stops them): they do not die with it.
-Result<ChildProcess> start_process(LabProcess& p, const std::string& dir,
-                                   const std::vector<std::string>& argv) {
+}  // namespace
+
+Result<ChildProcess> detail::start_process(LabProcess& p, const std::string& dir,
+                                           const std::vector<std::string>& argv) {
   SpawnOptions o;
   o.name = p.name;
   o.stdout_path = dir + "/" + p.name + ".out";
@@ -113,9 +114,8 @@ Result<ChildProcess> start_process(LabProcess& p, const std::string& dir,
   return child;
 }
 
-// Waits for "listening ADDR:PORT" from `child` and records the address in `p`.
-Status await_listening(LabProcess& p, const ChildProcess& child,
-                       std::chrono::milliseconds timeout) {
+Status detail::await_listening(LabProcess& p, const ChildProcess& child,
+                               std::chrono::milliseconds timeout) {
   FL_ASSIGN_OR_RETURN(auto at,
                       wait_listening(child, timeout, [] { return client::interrupted().load(); }));
   p.address = at.host;
@@ -123,82 +123,12 @@ Status await_listening(LabProcess& p, const ChildProcess& child,
   return {};
 }
 
-}  // namespace
-
 Status detail::start_and_await(LabProcess& p, const std::string& dir,
                                const std::vector<std::string>& argv,
                                std::chrono::milliseconds timeout) {
   FL_ASSIGN_OR_RETURN(auto child, start_process(p, dir, argv));
   return await_listening(p, child, timeout);
 }
-
-namespace {
-
-std::string system_binary(const std::string& flag, const std::string& name) {
-  if (!flag.empty()) return flag;
-  for (const char* d : {"/usr/sbin/", "/usr/bin/", "/sbin/", "/bin/"}) {
-    std::string p = d + name;
-    if (access(p.c_str(), X_OK) == 0) return p;
-  }
-  return {};
-}
-
-// Whether a unix stream socket at `path` accepts a connection (HAProxy's master socket is up).
-bool unix_socket_accepts(const std::string& path) {
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  if (path.size() >= sizeof a.sun_path) {
-    close(fd);
-    return false;
-  }
-  std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
-  bool ok = connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-  close(fd);
-  return ok;
-}
-
-json::object process_json(const LabProcess& p) {
-  return {{"name", p.name},
-          {"pid", p.pid},
-          {"address", p.address},
-          {"port", p.port},
-          {"fault_domain", p.fault_domain},
-          {"log", p.log},
-          {"netns", p.netns},
-          {"argv", json::array(p.argv.begin(), p.argv.end())}};
-}
-
-Result<LabProcess> process_from_json(const json::value& v) {
-  if (!v.is_object())
-    return make_error(Condition::invalid_argument, "lab.json: a process is not an object");
-  const auto& o = v.as_object();
-  LabProcess p;
-  FL_ASSIGN_OR_RETURN(p.name, get_string(o, "name", 64));
-  FL_ASSIGN_OR_RETURN(int64_t pid, get_int(o, "pid", 0, 1 << 30));
-  p.pid = static_cast<pid_t>(pid);
-  FL_ASSIGN_OR_RETURN(p.address, get_string(o, "address", 64, false));
-  FL_ASSIGN_OR_RETURN(int64_t port, get_int(o, "port", 0, 65535));
-  p.port = static_cast<int>(port);
-  FL_ASSIGN_OR_RETURN(int64_t fd, get_int(o, "fault_domain", -1, 1000));
-  p.fault_domain = static_cast<int>(fd);
-  FL_ASSIGN_OR_RETURN(p.log, get_string(o, "log", 4096, false));
-  FL_ASSIGN_OR_RETURN(p.netns, get_string(o, "netns", 64, false));
-  FL_ASSIGN_OR_RETURN(auto* argv, get_optional_array(o, "argv", 256));
-  if (argv) {
-    for (const auto& w : *argv) {
-      if (!w.is_string() || w.as_string().size() > 4096) {
-        return make_error(Condition::invalid_argument,
-                          "lab.json: " + p.name + ": argv holds a word that is not a string");
-      }
-      p.argv.emplace_back(w.as_string());
-    }
-  }
-  return p;
-}
-
-}  // namespace
 
 std::string find_binary(const std::string& name, const std::string& hint_dir) {
   std::vector<std::string> dirs;
@@ -232,109 +162,6 @@ std::string images_dir(const std::string& flag, const std::string& build_default
 
 std::string Lab::orchestrator_url() const {
   return "http://" + orchestrator_.address + ":" + std::to_string(orchestrator_.port);
-}
-
-json::object Lab::to_json(bool with_alive) const {
-  auto process = [with_alive](const LabProcess& p) {
-    auto j = process_json(p);
-    if (with_alive) j["alive"] = process_alive(p.pid);
-    return j;
-  };
-  json::array agents;
-  for (const auto& a : agents_) agents.push_back(process(a));
-  json::array namespaces;
-  for (const auto& n : namespaces_) namespaces.push_back(json::value(n));
-  json::array net;
-  for (const auto& p : net_procs_) net.push_back(process(p));
-  return {{"dir", dir_},
-          {"network", network_},
-          {"network_reason", network_reason_},
-          {"guest_network", guest_network_},
-          {"guest_network_reason", guest_network_reason_},
-          {"network_processes", std::move(net)},
-          {"agent_netns", rack_netns_},
-          {"namespaces", std::move(namespaces)},
-          {"hypervisor", hypervisor_},
-          {"orchestrator_url", orchestrator_url()},
-          {"token_file", dir_ + "/token"},
-          {"orchestrator", process(orchestrator_)},
-          {"agents", std::move(agents)}};
-}
-
-Status Lab::save() const {
-  json::object o = to_json(false);
-  o["image_dirs"] = json::array(image_dirs_.begin(), image_dirs_.end());
-  std::string tmp = dir_ + "/" + kLabFile + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << json::serialize(o) << "\n";
-    if (!out) return make_error(Condition::transient, "cannot write " + tmp);
-  }
-  std::error_code ec;
-  fs::rename(tmp, dir_ + "/" + kLabFile, ec);
-  if (ec)
-    return make_error(Condition::transient,
-                      "cannot write " + dir_ + "/" + kLabFile + ": " + ec.message());
-  return {};
-}
-
-Result<Lab> Lab::attach(const std::string& dir) {
-  std::string path = dir + "/" + kLabFile;
-  std::error_code ec;
-  if (!fs::exists(path, ec))
-    return make_error(Condition::not_found, "no lab in " + dir + " (no " + path + ")");
-  FL_ASSIGN_OR_RETURN(auto o, parse_json_object(read_file(path), 1 << 20, 16, path));
-  Lab lab;
-  lab.dir_ = dir;
-  FL_ASSIGN_OR_RETURN(lab.network_, get_string(o, "network", 64, false));
-  FL_ASSIGN_OR_RETURN(lab.network_reason_, get_string(o, "network_reason", 4096, false));
-  FL_ASSIGN_OR_RETURN(lab.rack_netns_, get_string(o, "agent_netns", 64, false));
-  FL_ASSIGN_OR_RETURN(auto* namespaces, get_optional_array(o, "namespaces", 1000));
-  if (namespaces) {
-    for (const auto& n : *namespaces) {
-      // Only names of the form this lab makes: lab.json is a file anyone may have edited.
-      if (!n.is_string() || !netns::is_lab_name(std::string(n.as_string()))) {
-        return make_error(Condition::invalid_argument,
-                          path + ": namespaces: " + json::serialize(n) +
-                              " is not a lab namespace name (flab-ID-rack, flab-ID-hN)");
-      }
-      lab.namespaces_.push_back(std::string(n.as_string()));
-    }
-  }
-  if (!lab.rack_netns_.empty() && !netns::is_lab_name(lab.rack_netns_)) {
-    return make_error(Condition::invalid_argument,
-                      path + ": agent_netns '" + lab.rack_netns_ + "' is not a lab namespace");
-  }
-  FL_ASSIGN_OR_RETURN(lab.hypervisor_, get_string(o, "hypervisor", 64, false));
-  // Read back so a save() by another process (power_on) keeps them.
-  FL_ASSIGN_OR_RETURN(auto* image_dirs, get_optional_array(o, "image_dirs", 64));
-  if (image_dirs) {
-    for (const auto& d : *image_dirs) {
-      if (d.is_string()) lab.image_dirs_.emplace_back(d.as_string());
-    }
-  }
-  if (auto* g = o.if_contains("guest_network"); g && g->is_bool())
-    lab.guest_network_ = g->as_bool();
-  FL_ASSIGN_OR_RETURN(lab.guest_network_reason_,
-                      get_string(o, "guest_network_reason", 4096, false));
-  FL_ASSIGN_OR_RETURN(auto* net, get_optional_array(o, "network_processes", 1000));
-  if (net) {
-    for (const auto& v : *net) {
-      FL_ASSIGN_OR_RETURN(auto p, process_from_json(v));
-      lab.net_procs_.push_back(std::move(p));
-    }
-  }
-  FL_ASSIGN_OR_RETURN(auto* orch, get_object(o, "orchestrator"));
-  FL_ASSIGN_OR_RETURN(lab.orchestrator_, process_from_json(*orch));
-  FL_ASSIGN_OR_RETURN(auto* agents, get_array(o, "agents", 10000));
-  for (const auto& a : *agents) {
-    FL_ASSIGN_OR_RETURN(auto p, process_from_json(a));
-    lab.agents_.push_back(std::move(p));
-  }
-  lab.token_ = read_file(dir + "/token", 4096);
-  while (!lab.token_.empty() && std::isspace(static_cast<unsigned char>(lab.token_.back())))
-    lab.token_.pop_back();
-  return lab;
 }
 
 namespace {
@@ -431,33 +258,6 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
   if (auto st = lab.start_orchestrator(options, orch_bin); !st.ok()) return fail(st.error());
   if (auto st = lab.save(); !st.ok()) return fail(st.error());
   return lab;
-}
-
-void Lab::choose_network(const DrillFileSpec& spec, const LabOptions& options) {
-  const bool sim = spec.hypervisor == "test";
-  if (options.network == "loopback") {
-    network_reason_.clear();
-  } else if (spec.hosts > netns::kMaxHosts) {
-    network_reason_ =
-        "more than " + std::to_string(netns::kMaxHosts) + " hosts do not fit 198.18.0.0/24";
-  } else {
-    auto made = netns::create(netns::new_id(), spec.hosts, namespaces_, /*guest_network=*/!sim);
-    if (made.ok()) {
-      network_ = "netns";
-      rack_netns_ = namespaces_.front();
-    } else {
-      network_reason_ = made.error().message;
-      // What was made part way goes now; anything that will not go stays listed for down().
-      if (netns::remove(namespaces_).ok()) namespaces_.clear();
-    }
-  }
-  guest_network_ = network_ == "netns" && !sim;
-  guest_network_reason_ =
-      guest_network_ ? ""
-      : sim          ? "simulated guests serve no HTTP (test driver)"
-                     : "loopback network: the rack has no guest network (" +
-                  (network_reason_.empty() ? std::string("--network loopback") : network_reason_) +
-                  ")";
 }
 
 std::vector<std::string> Lab::agent_argv(const DrillFileSpec& spec, const LabOptions& options,
@@ -573,179 +373,6 @@ Status Lab::start_orchestrator(const LabOptions& options, const std::string& orc
   return await_listening(o, child, options.start_timeout);
 }
 
-Status Lab::start_network_services(const LabOptions& options) {
-  const std::string dnsmasq = system_binary(options.dnsmasq_bin, "dnsmasq");
-  const std::string haproxy = system_binary(options.haproxy_bin, "haproxy");
-  if (dnsmasq.empty())
-    return make_error(
-        Condition::not_found,
-        "dnsmasq not found (Debian package dnsmasq-base; testbed/setup.sh installs it)");
-  if (haproxy.empty())
-    return make_error(Condition::not_found,
-                      "haproxy not found (Debian package haproxy; testbed/setup.sh installs it)");
-  std::error_code ec;
-  // One dnsmasq per host namespace: DHCP only (port=0: no DNS), static leases from the files the
-  // agent writes into DIR/hN-dhcp (re-read on change through inotify).
-  for (size_t i = 1; i < namespaces_.size(); ++i) {
-    const int n = static_cast<int>(i) - 1;
-    LabProcess p;
-    p.name = "dnsmasq-h" + std::to_string(n);
-    p.netns = namespaces_[i];
-    p.log = dir_ + "/" + p.name + ".log";
-    const std::string hosts_dir = dir_ + "/h" + std::to_string(n) + "-dhcp";
-    fs::remove_all(hosts_dir, ec);
-    fs::create_directories(hosts_dir, ec);
-    if (ec)
-      return make_error(Condition::transient, "cannot create " + hosts_dir + ": " + ec.message());
-    const std::string gw = netns::guest_gateway(n);
-    const std::string net = gw.substr(0, gw.size() - 2);  // "198.19.N"
-    std::vector<std::string> argv = {dnsmasq,
-                                     "--keep-in-foreground",
-                                     "--conf-file=/dev/null",
-                                     "--no-resolv",
-                                     "--no-hosts",
-                                     "--port=0",
-                                     "--interface=" + std::string(netns::kGuestBridge),
-                                     "--bind-dynamic",
-                                     "--dhcp-authoritative",
-                                     "--dhcp-range=" + net + ".10," + net + ".250,255.255.255.0,1h",
-                                     "--dhcp-option=option:router," + gw,
-                                     "--dhcp-hostsdir=" + hosts_dir,
-                                     "--dhcp-leasefile=" + dir_ + "/" + p.name + ".leases",
-                                     "--log-dhcp",
-                                     "--log-facility=-",
-                                     "--pid-file=",
-                                     "--user=root"};
-    FL_RETURN_IF_ERROR(start_process(p, dir_, argv));
-    net_procs_.push_back(p);
-  }
-  // HAProxy in the rack namespace, master-worker, its master socket in the lab directory.
-  LabProcess h;
-  h.name = "haproxy";
-  h.netns = rack_netns_;
-  h.log = dir_ + "/haproxy.log";
-  const std::string cfg = dir_ + "/haproxy.cfg", sock = dir_ + "/haproxy.sock";
-  // The first configuration: no service yet, only HAProxy's own health listener. The
-  // orchestrator renders the same settings (--lb-config), so its first apply needs no reload.
-  {
-    auto settings = orchestrator::lb_settings_for(cfg);
-    settings.health_bind = netns::kLbHealthBind;
-    std::ofstream(cfg, std::ios::trunc) << orchestrator::render_haproxy_config({}, settings);
-  }
-  FL_RETURN_IF_ERROR(start_process(h, dir_, {haproxy, "-W", "-S", sock + ",mode,600", "-f", cfg}));
-  net_procs_.push_back(h);
-  if (auto st = save(); !st.ok()) return st;
-  // Ready when its master socket accepts; a HAProxy that exits says why in its own words.
-  auto deadline = Clock::now() + 10s;
-  for (;;) {
-    for (const auto& p : net_procs_) {
-      if (!process_alive(p.pid)) {
-        return make_error(Condition::internal, p.name + " exited at start; its log (" + p.log +
-                                                   ") ends:\n" + file_tail(p.log));
-      }
-    }
-    if (unix_socket_accepts(sock)) break;
-    if (Clock::now() > deadline) {
-      return make_error(Condition::timeout, "haproxy's master socket " + sock +
-                                                " did not answer within 10 s; its log (" + h.log +
-                                                ") ends:\n" + file_tail(h.log));
-    }
-    if (client::interrupted()) return make_error(Condition::cancelled, "interrupted");
-    std::this_thread::sleep_for(20ms);
-  }
-  return {};
-}
-
-void Lab::stop_network_services() {
-  std::vector<pid_t> pids;
-  for (const auto& p : net_procs_) pids.push_back(p.pid);
-  stop_processes(pids, 3s);  // HAProxy's master stops its workers on SIGTERM
-}
-
-namespace {
-
-// The backends of every load-balanced service that are not UP yet ("web-0 (DOWN), ..."); "" when
-// all are.
-Result<std::string> backends_not_up(const client::OrchestratorClient& api) {
-  FL_ASSIGN_OR_RETURN(auto services, api.get("/v1/services"));
-  std::string out;
-  if (!services.is_array()) return out;
-  for (const auto& sv : services.as_array()) {
-    const auto* backends = sv.is_object() ? sv.as_object().if_contains("backends") : nullptr;
-    if (!backends || !backends->is_array()) continue;
-    for (const auto& b : backends->as_array()) {
-      if (!b.is_object()) continue;
-      const auto& o = b.as_object();
-      const auto* state = o.if_contains("state");
-      const auto* check = o.if_contains("check");
-      // HAProxy starts a server UP before its first check: serving means UP with a check passed.
-      if (state && state->is_string() && state->as_string() == "UP" && check &&
-          check->is_string() &&
-          orchestrator::LbServerState::passed_check(std::string(check->as_string()))) {
-        continue;
-      }
-      const auto* name = o.if_contains("instance");
-      if (out.size() < 200) {
-        out += (out.empty() ? "" : ", ") +
-               std::string(name && name->is_string() ? name->as_string() : "?") + " (" +
-               std::string(state && state->is_string() ? state->as_string() : "?") +
-               " in the load balancer)";
-      }
-    }
-  }
-  return out;
-}
-
-}  // namespace
-
-Status Lab::populate(const DrillFileSpec& spec, std::chrono::milliseconds healthy_timeout) {
-  FL_ASSIGN_OR_RETURN(auto api, client::OrchestratorClient::from_url(orchestrator_url(), token_));
-  for (const auto& a : agents_) {
-    json::object h{{"id", a.name},
-                   {"fault_domain", a.fault_domain},
-                   {"endpoint", "http://" + a.address + ":" + std::to_string(a.port)},
-                   {"capacity", spec.capacity}};
-    FL_RETURN_IF_ERROR(api.post("/v1/hosts", h));
-  }
-  int total = 0;
-  for (const auto& s : spec.services) {
-    FL_RETURN_IF_ERROR(api.post("/v1/services", service_body(s, spec.time_scale)));
-    total += s.instances;
-  }
-  auto deadline = Clock::now() + healthy_timeout;
-  std::string last;
-  while (Clock::now() < deadline) {
-    FL_ASSIGN_OR_RETURN(auto inst, api.get("/v1/instances"));
-    int healthy = 0;
-    std::string waiting;
-    if (inst.is_array()) {
-      for (const auto& v : inst.as_array()) {
-        const auto& o = v.as_object();
-        auto* hb = o.if_contains("healthy");
-        if (hb && hb->is_bool() && hb->as_bool()) {
-          ++healthy;
-        } else if (auto* n = o.if_contains("name"); n && n->is_string() && waiting.size() < 200) {
-          waiting += (waiting.empty() ? "" : ", ") + std::string(n->as_string());
-        }
-      }
-    }
-    // With a load balancer, a guest is serving once its app answers the probe: a guest that
-    // brings its own image runs (healthy) long before its app does, and the drill's clients
-    // start right away.
-    if (healthy == total && guest_network_) {
-      FL_ASSIGN_OR_RETURN(waiting, backends_not_up(api));
-    }
-    if (healthy == total && waiting.empty()) return {};
-    last =
-        std::to_string(healthy) + "/" + std::to_string(total) + " healthy; waiting for " + waiting;
-    if (!client::sleep_unless_interrupted(250ms))
-      return make_error(Condition::cancelled, "interrupted");
-  }
-  return make_error(Condition::timeout, "the instances did not all become healthy within " +
-                                            std::to_string(healthy_timeout.count() / 1000) +
-                                            " s: " + last);
-}
-
 Status Lab::kill_fault_domain(int fd) {
   int n = 0;
   for (auto& a : agents_) {
@@ -825,8 +452,6 @@ Status Lab::down(bool remove_dir) {
   }
   return {};
 }
-
-json::object Lab::status_json() const { return to_json(true); }
 
 LabProcess* Lab::process(const std::string& name) {
   if (orchestrator_.name == name) return &orchestrator_;

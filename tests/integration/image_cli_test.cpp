@@ -18,6 +18,7 @@
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/process.hpp"
 #include "fabriclab/rack/image_library.hpp"
+#include "process_helpers.hpp"
 #include "temp_dir.hpp"
 
 namespace fabriclab {
@@ -26,9 +27,7 @@ namespace fs = std::filesystem;
 namespace json = boost::json;
 using namespace std::chrono_literals;
 
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
+using testing::contains;
 
 std::string slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "process_helpers.hpp"
 #include "temp_dir.hpp"
 
 namespace fabriclab {
@@ -23,12 +24,8 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
-
-// True when this process has no child left (reaped or never started).
-bool no_children() { return ::waitpid(-1, nullptr, WNOHANG) < 0 && errno == ECHILD; }
+using testing::contains;
+using testing::no_children;
 
 class ChildProcessTest : public ::testing::Test {
  protected:

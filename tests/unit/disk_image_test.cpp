@@ -10,15 +10,14 @@
 #include <fstream>
 
 #include "fabriclab/common/process.hpp"
+#include "process_helpers.hpp"
 
 namespace fabriclab::hypervisor {
 namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
+using testing::contains;
 
 void patch(const std::string& path, size_t at, const std::string& bytes) {
   std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);

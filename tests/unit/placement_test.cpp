@@ -12,25 +12,15 @@
 #include <random>
 #include <set>
 
+#include "cluster_builders.hpp"
 #include "fabriclab/orchestrator/cluster.hpp"
 #include "fabriclab/orchestrator/planner.hpp"
 
 namespace fabriclab::orchestrator {
 namespace {
 
-Cluster rack(int fds, int hosts_per_fd, int capacity = 4) {
-  Cluster c;
-  for (int f = 0; f < fds; ++f) {
-    for (int h = 0; h < hosts_per_fd; ++h) {
-      c.hosts.push_back(Host{fmt::format("fd{}-h{}", f, h), f, capacity});
-    }
-  }
-  return c;
-}
-
-Service svc(std::string name, int n, int uds = kDefaultUdCount) {
-  return Service{std::move(name), n, uds, "guest-1", 256};
-}
+using testing::rack;
+using testing::svc;
 
 std::vector<std::pair<int, int>> ud_fd(const Cluster& c, std::string_view service) {
   std::vector<std::pair<int, int>> out;

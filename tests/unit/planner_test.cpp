@@ -10,24 +10,14 @@
 #include <cstdio>
 #include <random>
 
+#include "cluster_builders.hpp"
 #include "fabriclab/orchestrator/placement.hpp"
 
 namespace fabriclab::orchestrator {
 namespace {
 
-Service svc(std::string name, int n, int uds = kDefaultUdCount) {
-  return Service{std::move(name), n, uds, "guest-1", 256};
-}
-
-Cluster rack(int fds, int hosts_per_fd, int capacity = 4) {
-  Cluster c;
-  for (int f = 0; f < fds; ++f) {
-    for (int h = 0; h < hosts_per_fd; ++h) {
-      c.hosts.push_back(Host{fmt::format("fd{}-h{}", f, h), f, capacity});
-    }
-  }
-  return c;
-}
+using testing::rack;
+using testing::svc;
 
 // A random rack and random services; `aligned` places them with the allocator, otherwise
 // uniformly at random among valid hosts. Services that do not fit are skipped. `unaligned`

@@ -9,18 +9,16 @@
 #include <cerrno>
 #include <cstdlib>
 
+#include "process_helpers.hpp"
+
 namespace fabriclab {
 namespace {
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
-
-// True when this process has no child left (reaped or never started).
-bool no_children() { return ::waitpid(-1, nullptr, WNOHANG) < 0 && errno == ECHILD; }
+using testing::contains;
+using testing::no_children;
 
 TEST(RunCommand, CapturesStdoutAndStderrInOrderAndTheExitCode) {
   auto r = run_command({"sh", "-c", "echo out; echo err >&2; echo more; exit 3"}, 10s);
