@@ -311,11 +311,15 @@ void Controller::Impl::heal(const std::string& host_id) {
       continue;
     }
     Events events;
-    std::vector<std::string> relaxed;
-    for (const auto& line : plan->relaxed) {
-      if (line.rfind(placed.service + "/" + std::to_string(placed.index) + ":", 0) == 0)
-        relaxed.push_back(line);
-    }
+    // The plan's lines about this instance ("web/0: ..."): rules relaxed, batches it may cost.
+    auto about_this = [&](const std::vector<std::string>& lines) {
+      json::array out;
+      const std::string prefix = placed.service + "/" + std::to_string(placed.index) + ":";
+      for (const auto& line : lines) {
+        if (line.rfind(prefix, 0) == 0) out.push_back(json::value(line));
+      }
+      return out;
+    };
     {
       std::lock_guard lock(mu);
       HealingPlan one;
@@ -327,15 +331,15 @@ void Controller::Impl::heal(const std::string& host_id) {
       auto& im = instances[name];
       im.status = "Creating";
       im.address.clear();  // the old VM's; the new host reports the new one
-      json::array rl;
-      for (const auto& r : relaxed) rl.push_back(json::value(r));
-      events.emplace_back("service.healed", json::object{{"service", placed.service},
-                                                         {"instance", name},
-                                                         {"from_host", host_id},
-                                                         {"to_host", placed.host},
-                                                         {"fd", placed.fd},
-                                                         {"fenced", !opt.power_command.empty()},
-                                                         {"relaxed", std::move(rl)}});
+      events.emplace_back("service.healed",
+                          json::object{{"service", placed.service},
+                                       {"instance", name},
+                                       {"from_host", host_id},
+                                       {"to_host", placed.host},
+                                       {"fd", placed.fd},
+                                       {"fenced", !opt.power_command.empty()},
+                                       {"relaxed", about_this(plan->relaxed)},
+                                       {"walk_cost", about_this(plan->walk_cost)}});
       const Instance* inst = cluster.find_instance(placed.service, placed.index);
       events.emplace_back("instance.state",
                           json::object{{"instance", instance_json_locked(*inst)}});
