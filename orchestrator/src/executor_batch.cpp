@@ -116,7 +116,8 @@ Result<json::object> Controller::Impl::run_host(DrillRun& d, BatchRun& b,
 }
 
 Status Controller::Impl::run_batch(DrillRun& d, BatchRun& b) {
-  std::vector<std::string> todo, skipped;
+  std::vector<std::string> todo;
+  std::vector<std::pair<std::string, std::string>> skipped;  // host, why
   json::object bj;
   {
     std::lock_guard lock(mu);
@@ -126,7 +127,9 @@ Status Controller::Impl::run_batch(DrillRun& d, BatchRun& b) {
       auto it = hosts.find(h);
       if (p.status != "running" && it != hosts.end() && !it->second.reachable) {
         p.status = "skipped";
-        skipped.push_back(h);
+        const Host* host = cluster.find_host(h);
+        skipped.emplace_back(h, std::string(host ? to_string(host->state) : "Unreachable") +
+                                    " when its batch began");
         continue;
       }
       todo.push_back(h);
@@ -135,19 +138,19 @@ Status Controller::Impl::run_batch(DrillRun& d, BatchRun& b) {
     if (!b.started_ms) b.started_ms = unix_ms();
     bj = batch_json_locked(d, b);
   }
-  for (const auto& h : skipped) {
+  for (const auto& [h, why] : skipped) {
     Journal::HostProgress p;
     {
       std::lock_guard lock(mu);
       p = d.progress[h];
-      d.notes.push_back("host " + h + " skipped: Unhealthy when its batch began");
+      d.notes.push_back("host " + h + " skipped: " + why);
     }
     (void)journal->set_host_progress(d.id, p);
     publish({{"drill.host", json::object{{"drill", d.id},
                                          {"host", h},
                                          {"batch", b.index},
                                          {"status", "skipped"},
-                                         {"reason", "Unhealthy when its batch began"}}}});
+                                         {"reason", why}}}});
   }
   save_drill(d);
   publish({{"drill.batch", bj}});

@@ -456,4 +456,29 @@ TEST_F(ControllerFakeAgent, HealingPlacesTheInstancesOfASilentHostOnTheOthers) {
   EXPECT_EQ(placement().size(), 6u);
 }
 
+TEST_F(ControllerFakeAgent, AWalkSkipsAHostThatIsSilentWhenItsBatchBeginsAndSaysWhy) {
+  start(/*healing=*/true);
+  create_service("web", 6, 3);
+  rack_.with_host("h5", [](FakeHost& h) { h.answering = false; });
+  auto unhealthy = [&] {
+    auto h = controller_->host_json("h5");
+    return h.ok() && s(*h, "state") == "Unhealthy";
+  };
+  for (auto end = std::chrono::steady_clock::now() + 5s;
+       !unhealthy() && std::chrono::steady_clock::now() < end; std::this_thread::sleep_for(20ms)) {
+  }
+  ASSERT_TRUE(unhealthy());
+  auto made = controller_->create_drill(quick_drill());
+  ASSERT_TRUE(made.ok()) << made.error().describe();
+  auto d = wait_drill(s(*made, "id"));
+  ASSERT_EQ(s(d, "state"), "Completed") << json::serialize(d);
+  auto order = rack_.job_order();
+  EXPECT_EQ(std::count(order.begin(), order.end(), "h5"), 0) << "a silent host got a job";
+  EXPECT_EQ(order.size(), 5u);
+  bool noted = false;
+  for (const auto& n : d.at("notes").as_array())
+    noted = noted || n.as_string() == "host h5 skipped: Unhealthy when its batch began";
+  EXPECT_TRUE(noted) << json::serialize(d.at("notes"));
+}
+
 }  // namespace
