@@ -59,27 +59,6 @@ std::vector<pid_t> qemu_of(const std::string& lab_dir, const std::string& host,
   return out;
 }
 
-const std::string& ip_binary() {
-  static const std::string path = [] {
-    for (const char* p : {"/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"}) {
-      if (access(p, X_OK) == 0) return std::string(p);
-    }
-    return std::string();
-  }();
-  return path;
-}
-
-Status set_link(const std::string& ns, bool up) {
-  if (ip_binary().empty()) return make_error(Condition::not_found, "ip (iproute2) not found");
-  FL_ASSIGN_OR_RETURN(
-      auto r, run_command({ip_binary(), "-n", ns, "link", "set", "eth0", up ? "up" : "down"}, 5s));
-  if (r.exit_code != 0) {
-    return make_error(Condition::internal, fmt::format("ip -n {} link set eth0 {}: exit {}: {}", ns,
-                                                       up ? "up" : "down", r.exit_code, r.output));
-  }
-  return {};
-}
-
 // Starts lab process `p` again with its own command line, on the port it had (so the orchestrator
 // and the CLI find it where they knew it), and waits for it to listen. `hold_guests`: an agent
 // whose host was fenced meanwhile comes back as `fabriclab lab power-on` brings it (--hold-guests:
@@ -417,7 +396,7 @@ void FaultExecutor::fire(size_t i, const std::string& at_actual) {
                                                          : lab_.network_reason()) +
                           "): a host's link cannot be cut");
     } else {
-      st = set_link(p->netns, false);
+      st = netns::set_link(p->netns, false);
       detail = fmt::format("ip -n {} link set eth0 down for {:.1f} s", p->netns, dur_ms / 1000.0);
       ends = st.ok();
     }
@@ -555,7 +534,7 @@ void FaultExecutor::end_due(bool all) {
       what = "orchestrator restarted on the same journal";
     } else if (f.kind == "partition-host") {
       const LabProcess* p = lab_.process(f.target);
-      st = set_link(p->netns, true);
+      st = netns::set_link(p->netns, true);
       what = "link up again";
     }
     FaultRecord copy;

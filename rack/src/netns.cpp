@@ -278,6 +278,12 @@ std::vector<int> pids(const std::string& name) {
   return out;
 }
 
+Status set_link(const std::string& name, bool up) {
+  if (!is_lab_name(name))
+    return make_error(Condition::invalid_argument, "not a lab namespace: " + name);
+  return run_ip({"-n", name, "link", "set", "eth0", up ? "up" : "down"});
+}
+
 Status remove(const std::vector<std::string>& names) {
   std::string failed;
   for (auto it = names.rbegin(); it != names.rend(); ++it) {

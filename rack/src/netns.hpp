@@ -55,6 +55,10 @@ bool is_lab_name(const std::string& name);
 Status create(const std::string& id, int hosts, std::vector<std::string>& created,
               bool guest_network);
 
+// Sets eth0 of lab namespace `name` (a host's link to the rack) down or up again: a partition.
+// Errors as create's.
+Status set_link(const std::string& name, bool up);
+
 // Removes the named namespaces, last first (hosts before their rack). Names that are not lab
 // names are refused; names already gone are fine. The error lists what could not be removed.
 Status remove(const std::vector<std::string>& names);

@@ -16,58 +16,19 @@
 #include <string>
 #include <vector>
 
+#include "cli_runner.hpp"
 #include "fabriclab/orchestrator/journal.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
 namespace json = boost::json;
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-struct CliRun {
-  int exit_code = -1;
-  std::string output;
-};
-
-CliRun run_cli(const std::vector<std::string>& args, const std::string& log) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    FILE* f = std::freopen(log.c_str(), "w", stdout);
-    if (!f) _exit(126);
-    dup2(fileno(stdout), 2);
-    std::vector<char*> argv;
-    std::string bin = FABRICLAB_CLI_BIN;
-    argv.push_back(bin.data());
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 1000 + WTERMSIG(status), slurp(log)};
-}
+using namespace fabriclab::testing;
 
 json::object parse_object(const std::string& text) {
   boost::system::error_code ec;
   auto v = json::parse(text, ec);
   return !ec && v.is_object() ? v.as_object() : json::object{};
-}
-
-// QEMU processes whose command line mentions `dir`: a campaign must leave none.
-int qemu_under(const std::string& dir) {
-  int n = 0;
-  for (const auto& e : fs::directory_iterator("/proc")) {
-    const std::string p = e.path().string();
-    if (!std::isdigit(static_cast<unsigned char>(e.path().filename().string()[0]))) continue;
-    std::string comm = slurp(p + "/comm");
-    if (comm.rfind("qemu", 0) == 0 && slurp(p + "/cmdline").find(dir) != std::string::npos) ++n;
-  }
-  return n;
 }
 
 class Chaos : public ::testing::Test {
@@ -78,7 +39,7 @@ class Chaos : public ::testing::Test {
     dir_ = tmpl;
   }
   void TearDown() override {
-    EXPECT_EQ(qemu_under(dir_), 0) << "VMs left running under " << dir_;
+    EXPECT_EQ(processes_under(dir_, "qemu"), 0) << "VMs left running under " << dir_;
     if (!HasFailure()) fs::remove_all(dir_);
   }
 

@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "cli_runner.hpp"
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/json_get.hpp"
 
@@ -37,50 +38,7 @@ namespace json = boost::json;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 using fabriclab::json_get::str;
-
-struct CliRun {
-  int exit_code = -1;
-  std::string output;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  try {
-    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  } catch (const std::ios_base::failure&) {
-    return {};  // a /proc file of a process that just exited
-  }
-}
-
-CliRun run_cli(const std::vector<std::string>& args, const std::string& log) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    FILE* f = std::freopen(log.c_str(), "w", stdout);
-    if (!f) _exit(126);
-    dup2(fileno(stdout), 2);
-    std::vector<char*> argv;
-    std::string bin = FABRICLAB_CLI_BIN;
-    argv.push_back(bin.data());
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  CliRun r;
-  int status = 0;
-  waitpid(pid, &status, 0);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 1000 + WTERMSIG(status);
-  r.output = slurp(log);
-  return r;
-}
-
-// Alive and not a zombie.
-bool running(pid_t pid) {
-  if (kill(pid, 0) != 0) return false;
-  std::string stat = slurp("/proc/" + std::to_string(pid) + "/stat");
-  auto rp = stat.rfind(')');
-  return !(rp != std::string::npos && rp + 2 < stat.size() && stat[rp + 2] == 'Z');
-}
+using namespace fabriclab::testing;
 
 // QEMU processes whose command line holds every one of `needles` (NUL-separated argv).
 int qemu_processes_with(const std::vector<std::string>& needles) {
