@@ -21,6 +21,7 @@
 
 #include "fabriclab/common/http_server.hpp"
 #include "status_matchers.hpp"
+#include "test_netns.hpp"
 
 namespace fabriclab::orchestrator {
 namespace {
@@ -291,33 +292,21 @@ TEST(Traffic, NoTargetsSendsNothingAndStops) {
 // As root: a server on an address that exists only inside a namespace of the test's making is
 // reached from the generator's thread, and the test's own thread stays in its namespace.
 TEST(Traffic, ReachesAnAddressThatExistsOnlyInsideTheNamespace) {
-  if (geteuid() != 0 || access("/usr/sbin/ip", X_OK) != 0)
-    GTEST_SKIP() << "needs root and /usr/sbin/ip";
+  if (!testing::can_make_netns()) GTEST_SKIP() << "needs root and /usr/sbin/ip";
   const std::string name = "flabtraffic-" + std::to_string(getpid());
-  const std::string ns = "/usr/sbin/ip -n " + name;
-  ASSERT_EQ(std::system(("/usr/sbin/ip netns add " + name).c_str()), 0);
-  struct Cleanup {
-    std::string name;
-    ~Cleanup() { (void)std::system(("/usr/sbin/ip netns delete " + name).c_str()); }
-  } cleanup{name};
-  ASSERT_EQ(
-      std::system((ns + " link set lo up && " + ns + " addr add 198.18.1.10/32 dev lo").c_str()),
-      0);
-  int target_ns = open(("/run/netns/" + name).c_str(), O_RDONLY | O_CLOEXEC);
-  int self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-  ASSERT_GE(target_ns, 0);
-  ASSERT_GE(self, 0);
-  ASSERT_EQ(setns(target_ns, CLONE_NEWNET), 0);
-  auto server = std::make_unique<http::Server>("traffic-test", http::Tokens{"c", "r"});
-  server->route("GET", "/", http::Access::open, [](const http::Request&) {
-    http::Response r = http::json_response(200, json::object{});
-    r.headers.emplace_back("X-Served-By", "web-0");
-    return r;
-  });
-  auto port = server->start("198.18.1.10", 0);
-  ASSERT_EQ(setns(self, CLONE_NEWNET), 0);
-  close(target_ns);
-  close(self);
+  testing::TestNetns netns;
+  ASSERT_TRUE(netns.make(name, "198.18.1.10"));
+  std::unique_ptr<http::Server> server;
+  Result<uint16_t> port = make_error(Condition::internal, "the server was not started");
+  ASSERT_TRUE(netns.run_inside([&] {
+    server = std::make_unique<http::Server>("traffic-test", http::Tokens{"c", "r"});
+    server->route("GET", "/", http::Access::open, [](const http::Request&) {
+      http::Response r = http::json_response(200, json::object{});
+      r.headers.emplace_back("X-Served-By", "web-0");
+      return r;
+    });
+    port = server->start("198.18.1.10", 0);
+  }));
   ASSERT_OK(port);
 
   TrafficOptions o;
