@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <iterator>
 #include <stdexcept>
@@ -83,6 +84,17 @@ int run_in_child(F child) {
   int status = 0;
   waitpid(pid, &status, 0);
   return status;
+}
+
+// Opens the journal at `path` in a forked child and runs `writes` on it there: the child exits
+// with 2 when the open fails, else with the code `writes` returns (without closing the journal:
+// _exit runs no destructor), unless it is killed first. Returns the raw wait status.
+int write_in_child(const std::string& path, const std::function<int(Journal&)>& writes) {
+  return run_in_child([&] {
+    auto j = Journal::open(path);
+    if (!j.ok()) _exit(2);
+    _exit(writes(**j));
+  });
 }
 
 Journal::HostProgress progress(const std::string& host, int batch, const std::string& status,
@@ -347,12 +359,11 @@ TEST(Journal, WalModeIsActuallyOn) {
 TEST(Journal, RecordsOfAChildThatExitsWithoutClosingSurvive) {
   TempDir dir;
   const auto path = dir.file("j.db");
-  int status = run_in_child([&] {
-    auto j = Journal::open(path);
-    if (!j.ok()) _exit(2);
-    if (!(*j)->save_drill("d1", "Running", json::object{{"current_batch", 1}}).ok()) _exit(3);
-    if (!(*j)->append_event(1, "drill_state", event_json(1)).ok()) _exit(4);
-    _exit(0);  // no destructor: the connection is never closed, nothing is checkpointed
+  // No destructor: the connection is never closed, nothing is checkpointed.
+  int status = write_in_child(path, [](Journal& j) {
+    if (!j.save_drill("d1", "Running", json::object{{"current_batch", 1}}).ok()) return 3;
+    if (!j.append_event(1, "drill_state", event_json(1)).ok()) return 4;
+    return 0;
   });
   ASSERT_TRUE(WIFEXITED(status));
   ASSERT_EQ(WEXITSTATUS(status), 0);
@@ -366,16 +377,14 @@ TEST(Journal, RecordsOfAChildThatExitsWithoutClosingSurvive) {
 TEST(Journal, RecordsWrittenBeforeSigkillSurvive) {
   TempDir dir;
   const auto path = dir.file("j.db");
-  int status = run_in_child([&] {
-    auto j = Journal::open(path);
-    if (!j.ok()) _exit(2);
-    if (!(*j)->save_drill("d1", "Running", json::object{{"current_batch", 3}}).ok()) _exit(3);
-    if (!(*j)->set_host_progress("d1", progress("h1", 0, "done", "job-1")).ok()) _exit(4);
+  int status = write_in_child(path, [](Journal& j) {
+    if (!j.save_drill("d1", "Running", json::object{{"current_batch", 3}}).ok()) return 3;
+    if (!j.set_host_progress("d1", progress("h1", 0, "done", "job-1")).ok()) return 4;
     for (uint64_t seq = 1; seq <= 20; ++seq) {
-      if (!(*j)->append_event(seq, "host_state", event_json(seq)).ok()) _exit(5);
+      if (!j.append_event(seq, "host_state", event_json(seq)).ok()) return 5;
     }
     raise(SIGKILL);
-    _exit(6);
+    return 6;
   });
   ASSERT_TRUE(WIFSIGNALED(status)) << "child exited with " << WEXITSTATUS(status);
   ASSERT_EQ(WTERMSIG(status), SIGKILL);
@@ -402,11 +411,8 @@ TEST(Journal, RecordsWrittenBeforeSigkillSurvive) {
 TEST(Journal, SigkillInsideATransactionLeavesNoneOfIt) {
   TempDir dir;
   const auto path = dir.file("j.db");
-  int status = run_in_child([&] {
-    auto j = Journal::open(path);
-    if (!j.ok()) _exit(2);
-    Journal& journal = **j;
-    if (!journal.save_drill("d1", "Running", json::object{{"current_batch", 0}}).ok()) _exit(3);
+  int status = write_in_child(path, [](Journal& journal) {
+    if (!journal.save_drill("d1", "Running", json::object{{"current_batch", 0}}).ok()) return 3;
     (void)journal.transaction([&]() -> Status {
       FL_RETURN_IF_ERROR(journal.save_drill("d1", "Running", json::object{{"current_batch", 1}}));
       FL_RETURN_IF_ERROR(journal.set_host_progress("d1", progress("h1", 0, "done")));
@@ -414,7 +420,7 @@ TEST(Journal, SigkillInsideATransactionLeavesNoneOfIt) {
       raise(SIGKILL);
       return {};
     });
-    _exit(4);
+    return 4;
   });
   ASSERT_TRUE(WIFSIGNALED(status)) << "child exited with " << WEXITSTATUS(status);
   ASSERT_EQ(WTERMSIG(status), SIGKILL);
