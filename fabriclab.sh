@@ -100,6 +100,16 @@ build() {
   cmake --build --preset "$PRESET"
 }
 
+# Sets up, builds with the Debian images building beside cmake, and waits for them (test, bench).
+build_with_debian_images() {
+  setup
+  debian_images_start
+  trap debian_images_orphan_note EXIT
+  build
+  debian_images_wait
+  trap - EXIT
+}
+
 verb=${1:-}
 [ $# -gt 0 ] && shift
 case "$verb" in
@@ -109,12 +119,7 @@ case "$verb" in
     exec "$BUILD_DIR/cli/fabriclab" drill "$@"
     ;;
   test)
-    setup
-    debian_images_start
-    trap debian_images_orphan_note EXIT
-    build
-    debian_images_wait
-    trap - EXIT
+    build_with_debian_images
     cd "$BUILD_DIR"
     # Two jobs: the real-VM tests each boot TCG guests; more would only make them slower.
     exec ctest --output-on-failure -j2 "$@"
@@ -124,12 +129,7 @@ case "$verb" in
     build
     ;;
   bench)
-    setup
-    debian_images_start
-    trap debian_images_orphan_note EXIT
-    build
-    debian_images_wait
-    trap - EXIT
+    build_with_debian_images
     exec "$BUILD_DIR/testbed/fabriclab-bench-vm" --json "$@"
     ;;
   *)

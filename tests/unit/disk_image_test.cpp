@@ -56,6 +56,12 @@ class DiskImageTest : public ::testing::Test {
     run({"qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, p});
     return p;
   }
+  // What check_os_disk says of p, which it must accept (an empty answer after a failure).
+  DiskImageInfo accepted(const std::string& p) {
+    auto r = check_os_disk(p);
+    EXPECT_TRUE(r.ok()) << p << ": " << (r.ok() ? "" : r.error().describe());
+    return r.ok() ? *r : DiskImageInfo{};
+  }
   Error refusal(const std::string& p) {
     auto r = check_os_disk(p);
     EXPECT_FALSE(r.ok()) << p << " was accepted as " << (r.ok() ? r->format : "");
@@ -66,21 +72,17 @@ class DiskImageTest : public ::testing::Test {
 };
 
 TEST_F(DiskImageTest, AQcow2HoldingAFileSystemIsAnOsDisk) {
-  auto p = qcow2_ext4("good.qcow2");
-  auto info = check_os_disk(p);
-  ASSERT_TRUE(info.ok()) << info.error().describe();
-  EXPECT_EQ(info->format, "qcow2");
-  EXPECT_EQ(info->virtual_size, 8u << 20);
-  EXPECT_GT(info->actual_size, 0u);
-  EXPECT_EQ(info->backing_file, "");
+  auto info = accepted(qcow2_ext4("good.qcow2"));
+  EXPECT_EQ(info.format, "qcow2");
+  EXPECT_EQ(info.virtual_size, 8u << 20);
+  EXPECT_GT(info.actual_size, 0u);
+  EXPECT_EQ(info.backing_file, "");
 }
 
 TEST_F(DiskImageTest, ARawExt4FileIsAnOsDisk) {
-  auto p = raw_ext4("root.raw");
-  auto info = check_os_disk(p);
-  ASSERT_TRUE(info.ok()) << info.error().describe();
-  EXPECT_EQ(info->format, "raw");
-  EXPECT_EQ(info->virtual_size, 8u << 20);
+  auto info = accepted(raw_ext4("root.raw"));
+  EXPECT_EQ(info.format, "raw");
+  EXPECT_EQ(info.virtual_size, 8u << 20);
 }
 
 TEST_F(DiskImageTest, RawDisksWithAPartitionTableAreOsDisks) {
@@ -89,8 +91,7 @@ TEST_F(DiskImageTest, RawDisksWithAPartitionTableAreOsDisks) {
   run({"truncate", "-s", "4M", mbr});
   patch(mbr, 446, std::string("\x80\0\0\0\x83", 5));
   patch(mbr, 510, "\x55\xaa");
-  auto m = check_os_disk(mbr);
-  ASSERT_TRUE(m.ok()) << m.error().describe();
+  accepted(mbr);
   auto gpt = path("gpt.raw");
   run({"truncate", "-s", "4M", gpt});
   patch(gpt, 512, "EFI PART");

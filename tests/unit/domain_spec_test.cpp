@@ -2,8 +2,13 @@
 
 #include <gtest/gtest.h>
 
+#include "text_checks.hpp"
+
 namespace fabriclab::hypervisor {
 namespace {
+
+using fabriclab::testing::contains_all;
+using fabriclab::testing::contains_none;
 
 DomainSpec sample() {
   DomainSpec s;
@@ -73,11 +78,10 @@ TEST(DomainSpec, RendersAVirtioNicOnTheBridge) {
   for (const char* type : {"qemu", "test"}) {
     auto xml = render_domain_xml(s, type);
     ASSERT_TRUE(xml.ok()) << xml.error().describe();
-    EXPECT_NE(xml->find("<interface type='bridge'>\n      <mac address='52:54:00:c6:03:0a'/>\n"
-                        "      <source bridge='gbr0'/>\n      <model type='virtio'/>\n"
-                        "    </interface>"),
-              std::string::npos)
-        << *xml;
+    EXPECT_TRUE(
+        contains_all(*xml, {"<interface type='bridge'>\n      <mac address='52:54:00:c6:03:0a'/>\n"
+                            "      <source bridge='gbr0'/>\n      <model type='virtio'/>\n"
+                            "    </interface>"}));
   }
 }
 
@@ -116,14 +120,11 @@ DomainSpec os_disk_sample() {
 TEST(DomainSpec, WithoutAnOsDiskTheDataDiskIsVdaAsForTheBuiltInGuest) {
   auto xml = render_domain_xml(sample(), "qemu");
   ASSERT_TRUE(xml.ok()) << xml.error().describe();
-  EXPECT_NE(xml->find("<driver name='qemu' type='raw'/>\n      <source file='/lab/web-0.raw'/>\n"
-                      "      <target dev='vda' bus='virtio'/>"),
-            std::string::npos)
-      << *xml;
-  EXPECT_EQ(xml->find("vdb"), std::string::npos) << *xml;
-  EXPECT_EQ(xml->find("org.qemu.guest_agent.0"), std::string::npos)
-      << "no agent channel unless asked";
-  EXPECT_EQ(xml->find("<boot dev="), std::string::npos) << *xml;
+  EXPECT_TRUE(contains_all(
+      *xml, {"<driver name='qemu' type='raw'/>\n      <source file='/lab/web-0.raw'/>\n"
+             "      <target dev='vda' bus='virtio'/>"}));
+  // No agent channel unless asked.
+  EXPECT_TRUE(contains_none(*xml, {"vdb", "org.qemu.guest_agent.0", "<boot dev="}));
   EXPECT_EQ(os_disk_target(sample()), "");
   EXPECT_EQ(data_disk_target(sample()), "vda");
 }
@@ -141,18 +142,16 @@ TEST(DomainSpec, AnOsDiskIsVdaInItsFormatAndTheDataDiskMovesToVdb) {
   ASSERT_NE(os, std::string::npos) << *xml;
   ASSERT_NE(data, std::string::npos) << *xml;
   EXPECT_LT(os, data) << "the OS disk comes first";
-  EXPECT_NE(xml->find("<kernel>/img/debian-v1/vmlinuz</kernel>"), std::string::npos) << *xml;
-  EXPECT_NE(xml->find("<cmdline>root=/dev/vda rw console=ttyS0</cmdline>"), std::string::npos);
+  EXPECT_TRUE(contains_all(*xml, {"<kernel>/img/debian-v1/vmlinuz</kernel>",
+                                  "<cmdline>root=/dev/vda rw console=ttyS0</cmdline>"}));
   EXPECT_EQ(os_disk_target(s), "vda");
   EXPECT_EQ(data_disk_target(s), "vdb");
 
   s.os_disk_format = "raw";
   xml = render_domain_xml(s, "qemu");
   ASSERT_TRUE(xml.ok());
-  EXPECT_NE(
-      xml->find("<driver name='qemu' type='raw'/>\n      <source file='/lab/web-0.os.qcow2'/>"),
-      std::string::npos)
-      << *xml;
+  EXPECT_TRUE(contains_all(
+      *xml, {"<driver name='qemu' type='raw'/>\n      <source file='/lab/web-0.os.qcow2'/>"}));
 
   s.data_disk.clear();
   xml = render_domain_xml(s, "qemu");
@@ -167,11 +166,9 @@ TEST(DomainSpec, AnEmptyKernelBootsFromTheOsDisk) {
   for (const char* type : {"qemu", "test"}) {
     auto xml = render_domain_xml(s, type);
     ASSERT_TRUE(xml.ok()) << xml.error().describe();
-    EXPECT_NE(xml->find("<os>\n    <type arch='x86_64'"), std::string::npos) << *xml;
-    EXPECT_NE(xml->find(">hvm</type>\n    <boot dev='hd'/>\n  </os>"), std::string::npos) << *xml;
-    EXPECT_EQ(xml->find("<kernel>"), std::string::npos) << *xml;
-    EXPECT_EQ(xml->find("<initrd>"), std::string::npos) << *xml;
-    EXPECT_EQ(xml->find("<cmdline>"), std::string::npos) << *xml;
+    EXPECT_TRUE(contains_all(
+        *xml, {"<os>\n    <type arch='x86_64'", ">hvm</type>\n    <boot dev='hd'/>\n  </os>"}));
+    EXPECT_TRUE(contains_none(*xml, {"<kernel>", "<initrd>", "<cmdline>"}));
   }
 }
 
@@ -179,20 +176,18 @@ TEST(DomainSpec, RendersTheGuestAgentChannelWithALibvirtManagedSocket) {
   auto s = os_disk_sample();
   auto xml = render_domain_xml(s, "qemu");
   ASSERT_TRUE(xml.ok()) << xml.error().describe();
-  EXPECT_NE(xml->find("    <channel type='unix'>\n"
-                      "      <target type='virtio' name='org.qemu.guest_agent.0'/>\n"
-                      "    </channel>\n"),
-            std::string::npos)
-      << *xml;
   // Beside, not instead of, our own integration channel.
-  EXPECT_NE(xml->find("name='org.fabriclab.integration.0'"), std::string::npos);
-  EXPECT_NE(xml->find("<source mode='bind' path='/lab/web-0.sock'/>"), std::string::npos);
+  EXPECT_TRUE(contains_all(*xml, {"    <channel type='unix'>\n"
+                                  "      <target type='virtio' name='org.qemu.guest_agent.0'/>\n"
+                                  "    </channel>\n",
+                                  "name='org.fabriclab.integration.0'",
+                                  "<source mode='bind' path='/lab/web-0.sock'/>"}));
 
   s.channel_socket.clear();
   xml = render_domain_xml(s, "test");
   ASSERT_TRUE(xml.ok());
-  EXPECT_NE(xml->find("name='org.qemu.guest_agent.0'"), std::string::npos) << *xml;
-  EXPECT_EQ(xml->find("org.fabriclab.integration.0"), std::string::npos) << *xml;
+  EXPECT_TRUE(contains_all(*xml, {"name='org.qemu.guest_agent.0'"}));
+  EXPECT_TRUE(contains_none(*xml, {"org.fabriclab.integration.0"}));
 }
 
 TEST(DomainSpec, RejectsBadOsDiskSettingsNamingTheField) {

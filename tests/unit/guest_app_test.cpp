@@ -49,28 +49,24 @@ TEST(GuestHttp, RejectsGarbage) {
 }
 
 TEST(GuestHttp, HealthFollowsTheAppState) {
-  AppView view;
-  view.instance = "web-0";
-  view.image = "v1";
-  view.boot_id = "b1";
-  view.counter = 7;
+  AppView view{.instance = "web-0", .image = "v1", .boot_id = "b1", .counter = 7};
   HttpRequest health{"GET", "/health"};
-  EXPECT_EQ(route(health, view).status, 200);
-  EXPECT_EQ(route(health, view).body, "ok\n");
-  view.health = AppView::Health::draining;
-  EXPECT_EQ(route(health, view).status, 503);
-  EXPECT_EQ(route(health, view).body, "draining\n");
-  view.health = AppView::Health::app_failed;
-  EXPECT_EQ(route(health, view).status, 503);
-  EXPECT_EQ(route(health, view).body, "app failed\n");
+  const struct {
+    AppView::Health health;
+    int status;
+    std::string_view body;
+  } cases[] = {{AppView::Health::serving, 200, "ok\n"},
+               {AppView::Health::draining, 503, "draining\n"},
+               {AppView::Health::app_failed, 503, "app failed\n"}};
+  for (const auto& c : cases) {
+    view.health = c.health;
+    EXPECT_EQ(route(health, view).status, c.status) << c.body;
+    EXPECT_EQ(route(health, view).body, c.body);
+  }
 }
 
 TEST(GuestHttp, RootIsJsonOtherPathsAre404OtherMethods405) {
-  AppView view;
-  view.instance = "web-\"0";
-  view.image = "v2";
-  view.boot_id = "abc";
-  view.counter = 42;
+  AppView view{.instance = "web-\"0", .image = "v2", .boot_id = "abc", .counter = 42};
   HttpResponse root = route({"GET", "/"}, view);
   EXPECT_EQ(root.status, 200);
   EXPECT_EQ(root.content_type, "application/json");

@@ -15,6 +15,7 @@
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/http_server.hpp"
 #include "status_matchers.hpp"
+#include "test_netns.hpp"
 
 namespace fabriclab::http {
 namespace {
@@ -34,41 +35,28 @@ std::string own_netns() {
 class HttpClientNetnsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (geteuid() != 0 || access("/usr/sbin/ip", X_OK) != 0)
-      GTEST_SKIP() << "needs root and /usr/sbin/ip";
+    if (!testing::can_make_netns()) GTEST_SKIP() << "needs root and /usr/sbin/ip";
     name_ = "flabtest-" + std::to_string(getpid());
-    std::string ns = "/usr/sbin/ip -n " + name_;
-    ASSERT_EQ(std::system(("/usr/sbin/ip netns add " + name_).c_str()), 0);
-    made_ = true;
-    ASSERT_EQ(
-        std::system(
-            (ns + " link set lo up && " + ns + " addr add " + kAddress + "/32 dev lo").c_str()),
-        0);
-    // The server's listening socket is opened inside the namespace: enter, start, come back.
-    int target = open(("/run/netns/" + name_).c_str(), O_RDONLY | O_CLOEXEC);
-    int self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-    ASSERT_GE(target, 0);
-    ASSERT_GE(self, 0);
-    ASSERT_EQ(setns(target, CLONE_NEWNET), 0);
-    server_ = std::make_unique<Server>("netns-test", Tokens{"c", "r"}, Limits{});
-    server_->route("GET", "/healthz", Access::open, [](const Request&) {
-      return json_response(200, json::object{{"ok", true}});
-    });
-    server_->events("/v1/events", feed_);
-    auto port = server_->start(kAddress, 0);
-    ASSERT_EQ(setns(self, CLONE_NEWNET), 0);
-    close(target);
-    close(self);
+    ASSERT_TRUE(netns_.make(name_, kAddress));
+    // The server's listening socket is opened inside the namespace.
+    Result<uint16_t> port = make_error(Condition::internal, "the server was not started");
+    ASSERT_TRUE(netns_.run_inside([&] {
+      server_ = std::make_unique<Server>("netns-test", Tokens{"c", "r"}, Limits{});
+      server_->route("GET", "/healthz", Access::open, [](const Request&) {
+        return json_response(200, json::object{{"ok", true}});
+      });
+      server_->events("/v1/events", feed_);
+      port = server_->start(kAddress, 0);
+    }));
     ASSERT_OK(port);
     port_ = *port;
   }
   void TearDown() override {
     if (server_) server_->stop();
-    if (made_) (void)std::system(("/usr/sbin/ip netns delete " + name_).c_str());
   }
 
   std::string name_;
-  bool made_ = false;
+  testing::TestNetns netns_;
   std::shared_ptr<EventFeed> feed_ = std::make_shared<EventFeed>(
       [] {
         return json::object{{"state", 1}};

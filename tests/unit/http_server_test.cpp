@@ -121,8 +121,25 @@ class HttpServerTest : public ::testing::Test {
     return request(kHost, port_, "GET", target, {}, token, 5s);
   }
 
+  // The answer's status; -1, after a failure naming the error, when there was no answer.
+  static int status_of(const Result<ClientResponse>& r) {
+    if (r.ok()) return r->status;
+    ADD_FAILURE() << "no answer: " << r.error().describe();
+    return -1;
+  }
+
   Result<std::unique_ptr<WsClient>> ws(std::string_view target, std::string_view token = kRead) {
     return WsClient::connect(kHost, port_, target, token, 5s);
+  }
+
+  // A client of /v1/events that has read its snapshot; null, after a failure, when it could not.
+  std::unique_ptr<WsClient> subscribed() {
+    auto c = ws("/v1/events");
+    EXPECT_OK(c);
+    if (!c.ok()) return nullptr;
+    auto snapshot = (*c)->read(5s);
+    EXPECT_OK(snapshot);
+    return snapshot.ok() ? std::move(*c) : nullptr;
   }
 
   Limits limits_;
@@ -160,16 +177,12 @@ TEST_F(HttpServerTest, RoutesWithParamsAndReportsUnknownPathsAndMethods) {
   EXPECT_EQ(error_code_of(*wrong_method), "method_not_allowed");
 
   // A param segment does not match an empty segment.
-  auto empty = get("/v1/instances/", kRead);
-  ASSERT_OK(empty);
-  EXPECT_EQ(empty->status, 404);
+  EXPECT_EQ(status_of(get("/v1/instances/", kRead)), 404);
 }
 
 TEST_F(HttpServerTest, TokensGateRoutesByAccessLevel) {
   start();
-  auto open = get("/healthz");
-  ASSERT_OK(open);
-  EXPECT_EQ(open->status, 200);
+  EXPECT_EQ(status_of(get("/healthz")), 200);
 
   auto none = get("/v1/instances/a");
   ASSERT_OK(none);
@@ -177,13 +190,9 @@ TEST_F(HttpServerTest, TokensGateRoutesByAccessLevel) {
   EXPECT_EQ(none->headers["www-authenticate"], "Bearer");
   EXPECT_EQ(error_code_of(*none), "unauthenticated");
 
-  auto wrong = get("/v1/instances/a", "read-secreT");
-  ASSERT_OK(wrong);
-  EXPECT_EQ(wrong->status, 401);
+  EXPECT_EQ(status_of(get("/v1/instances/a", "read-secreT")), 401);
 
-  auto prefix = get("/v1/instances/a", "read");
-  ASSERT_OK(prefix);
-  EXPECT_EQ(prefix->status, 401);
+  EXPECT_EQ(status_of(get("/v1/instances/a", "read")), 401);
 
   auto read_on_control = request(kHost, port_, "POST", "/v1/instances/a/restart", {}, kRead, 5s);
   ASSERT_OK(read_on_control);
@@ -205,9 +214,7 @@ TEST_F(HttpServerTest, DisabledRoleTokenIsRefused) {
   server_->route("GET", "/x", Access::read, [](const Request&) { return Response{}; });
   auto port = server_->start(kHost, 0);
   ASSERT_OK(port);
-  auto r = request(kHost, *port, "GET", "/x", {}, "", 5s);
-  ASSERT_OK(r);
-  EXPECT_EQ(r->status, 401);
+  EXPECT_EQ(status_of(request(kHost, *port, "GET", "/x", {}, "", 5s)), 401);
 }
 
 TEST_F(HttpServerTest, BodyOverLimitIs413AndBadJsonIs400) {
@@ -265,9 +272,7 @@ TEST_F(HttpServerTest, HandlerExceptionIs500AndTheServerKeepsServing) {
   EXPECT_EQ(boom->status, 500);
   EXPECT_EQ(error_code_of(*boom), "internal");
   EXPECT_NE(boom->body.find("kaboom"), std::string::npos);
-  auto ok = get("/healthz");
-  ASSERT_OK(ok);
-  EXPECT_EQ(ok->status, 200);
+  EXPECT_EQ(status_of(get("/healthz")), 200);
 }
 
 TEST_F(HttpServerTest, ConnectionsOverTheCapAreRefusedWith503) {
@@ -279,9 +284,7 @@ TEST_F(HttpServerTest, ConnectionsOverTheCapAreRefusedWith503) {
     std::this_thread::sleep_for(1ms);
   }
   ASSERT_EQ(server_->connections(), 1u) << "the server never counted the idle connection";
-  auto r = get("/healthz");
-  ASSERT_OK(r);
-  EXPECT_EQ(r->status, 503);
+  EXPECT_EQ(status_of(get("/healthz")), 503);
 }
 
 TEST_F(HttpServerTest, ErrorResponseMapsConditionsToStatuses) {
@@ -406,9 +409,8 @@ TEST_F(HttpServerTest, WebsocketSinceOutsideTheRingGetsAResyncSnapshot) {
   ASSERT_OK(next);
   EXPECT_EQ(seq_of(*next), 101);
 
-  auto bad = request(kHost, port_, "GET", "/v1/events?since=abc", {}, kRead, 5s);
-  ASSERT_OK(bad);
-  EXPECT_EQ(bad->status, 426);  // not an upgrade: the since check comes with the upgrade
+  EXPECT_EQ(status_of(request(kHost, port_, "GET", "/v1/events?since=abc", {}, kRead, 5s)),
+            426);  // not an upgrade: the since check comes with the upgrade
 }
 
 TEST_F(HttpServerTest, WebsocketNeedsReadTokenInHeaderOrAccessTokenQuery) {
@@ -438,13 +440,12 @@ TEST_F(HttpServerTest, WebsocketNeedsReadTokenInHeaderOrAccessTokenQuery) {
 
 TEST_F(HttpServerTest, WebsocketAnswersPingWithPongAndIgnoresOtherMessages) {
   start();
-  auto c = ws("/v1/events");
-  ASSERT_OK(c);
-  ASSERT_OK((*c)->read(5s));  // snapshot
-  ASSERT_OK((*c)->write("not json"));
-  ASSERT_OK((*c)->write(R"({"type":"hello"})"));
-  ASSERT_OK((*c)->write(R"({"type":"ping"})"));
-  auto pong = (*c)->read(5s);
+  auto c = subscribed();
+  ASSERT_TRUE(c);
+  ASSERT_OK(c->write("not json"));
+  ASSERT_OK(c->write(R"({"type":"hello"})"));
+  ASSERT_OK(c->write(R"({"type":"ping"})"));
+  auto pong = c->read(5s);
   ASSERT_OK(pong);
   EXPECT_EQ(*pong, R"({"type":"pong"})");
 }
@@ -523,17 +524,14 @@ TEST_F(HttpServerTest, BurstsArriveWholeAndInOrderWhileTheClientPings) {
 TEST_F(HttpServerTest, OversizedClientMessageClosesTheWebsocket) {
   limits_.max_ws_message = 1024;
   start();
-  auto c = ws("/v1/events");
-  ASSERT_OK(c);
-  ASSERT_OK((*c)->read(5s));
-  ASSERT_OK((*c)->write(std::string(4096, 'x')));
-  auto r = (*c)->read(5s);
+  auto c = subscribed();
+  ASSERT_TRUE(c);
+  ASSERT_OK(c->write(std::string(4096, 'x')));
+  auto r = c->read(5s);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.condition(), Condition::timeout) << r.error().message;
   // The server still serves others.
-  auto ok = get("/healthz");
-  ASSERT_OK(ok);
-  EXPECT_EQ(ok->status, 200);
+  EXPECT_EQ(status_of(get("/healthz")), 200);
 }
 
 // The io thread is held in a handler while events pile up, so the overflow is certain and the
@@ -541,18 +539,17 @@ TEST_F(HttpServerTest, OversizedClientMessageClosesTheWebsocket) {
 TEST_F(HttpServerTest, WebsocketQueueOverflowClosesWithReasonSlowConsumer) {
   limits_.max_ws_queue = 4;
   start();
-  auto c = ws("/v1/events");
-  ASSERT_OK(c);
-  ASSERT_OK((*c)->read(5s));
+  auto c = subscribed();
+  ASSERT_TRUE(c);
   std::thread blocked([&] { (void)get("/v1/block", kRead); });
   entered_.get_future().wait();
   for (int i = 0; i < 10; ++i) feed_->publish("tick", json::object{{"n", i}});
   release_.set_value();
   blocked.join();
-  auto r = (*c)->read(5s);
+  auto r = c->read(5s);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.condition(), Condition::cancelled) << r.error().message;
-  EXPECT_EQ((*c)->close_reason(), "slow consumer");
+  EXPECT_EQ(c->close_reason(), "slow consumer");
   EXPECT_EQ(feed_->stats().dropped_slow, 1u);
   EXPECT_EQ(feed_->stats().subscribers, 0u);
 }
@@ -619,23 +616,20 @@ TEST_F(HttpServerTest, SnapshotFailureClosesThatWebsocketAndTheServerCarriesOn) 
   auto r = (*c)->read(5s);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ((*c)->close_reason(), "snapshot failed");
-  auto ok = get("/healthz");
-  ASSERT_OK(ok);
-  EXPECT_EQ(ok->status, 200);
+  EXPECT_EQ(status_of(get("/healthz")), 200);
 }
 
 TEST_F(HttpServerTest, StopClosesWebsocketsPromptly) {
   start();
-  auto c = ws("/v1/events");
-  ASSERT_OK(c);
-  ASSERT_OK((*c)->read(5s));
+  auto c = subscribed();
+  ASSERT_TRUE(c);
   auto t0 = std::chrono::steady_clock::now();
   server_->stop();
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
-  auto r = (*c)->read(5s);
+  auto r = c->read(5s);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.condition(), Condition::cancelled) << r.error().message;
-  EXPECT_EQ((*c)->close_reason(), "server shutting down");
+  EXPECT_EQ(c->close_reason(), "server shutting down");
   feed_->publish("after", json::object{});  // nobody left to post to
   EXPECT_EQ(feed_->stats().subscribers, 0u);
 }

@@ -105,6 +105,36 @@ class HostImageStoreTest : public ::testing::Test {
   std::string version_of(const std::optional<HostImage>& img) {
     return img ? img->version : "none";
   }
+  // "CURRENT PREVIOUS" of the store's links, "none" for one that is not there.
+  std::string current_previous(const HostImageStore& store) {
+    return version_of(store.current()) + " " + version_of(store.previous());
+  }
+
+  // A store with v1 and v2 staged, then the versions in `activate` activated in that order.
+  struct TwoVersions {
+    HostImageStore store;
+    HostImage v1, v2;
+  };
+  TwoVersions two_versions(std::initializer_list<const char*> activate) {
+    auto store = open_store();
+    auto v1 = stage(store, "v1");
+    auto v2 = stage(store, "v2");
+    for (const char* v : activate) {
+      auto a = store.activate(v);
+      EXPECT_TRUE(a.ok()) << v << ": " << a.error().describe();
+    }
+    return {std::move(store), std::move(v1), std::move(v2)};
+  }
+
+  // verify and activate both refuse the damaged `version` (invalid_state, the message naming
+  // `what`); the current link does not move.
+  void expect_refused(HostImageStore& store, const std::string& version, const std::string& what) {
+    auto verified = store.verify(version);
+    ASSERT_FALSE(verified.ok());
+    EXPECT_EQ(verified.condition(), Condition::invalid_state);
+    EXPECT_TRUE(contains(verified.error().message, what)) << verified.error().message;
+    EXPECT_FALSE(store.activate(version).ok());
+  }
 
   TempDir dir_;
 };
@@ -257,17 +287,12 @@ TEST_F(HostImageStoreTest, MissingVersionIsNotFound) {
 }
 
 TEST_F(HostImageStoreTest, ActivationSwitchesCurrentAndKeepsPrevious) {
-  auto store = open_store();
-  stage(store, "v1");
-  stage(store, "v2");
-  ASSERT_TRUE(store.activate("v1").ok());
-  EXPECT_EQ(version_of(store.current()), "v1");
-  EXPECT_EQ(version_of(store.previous()), "none");
+  auto [store, v1_image, v2_image] = two_versions({"v1"});
+  EXPECT_EQ(current_previous(store), "v1 none");
   auto v2 = store.activate("v2");
   ASSERT_TRUE(v2.ok()) << v2.error().describe();
   EXPECT_EQ(v2->version, "v2");
-  EXPECT_EQ(version_of(store.current()), "v2");
-  EXPECT_EQ(version_of(store.previous()), "v1");
+  EXPECT_EQ(current_previous(store), "v2 v1");
   // Relative links, so the root can move; no temp links left behind.
   EXPECT_EQ(fs::read_symlink(root() + "/current"), "versions/v2");
   EXPECT_EQ(fs::read_symlink(root() + "/previous"), "versions/v1");
@@ -276,30 +301,19 @@ TEST_F(HostImageStoreTest, ActivationSwitchesCurrentAndKeepsPrevious) {
 }
 
 TEST_F(HostImageStoreTest, ActivatingTheCurrentVersionIsANoOp) {
-  auto store = open_store();
-  stage(store, "v1");
-  stage(store, "v2");
-  ASSERT_TRUE(store.activate("v1").ok());
+  auto [store, v1, v2] = two_versions({"v1", "v2"});
   ASSERT_TRUE(store.activate("v2").ok());
-  ASSERT_TRUE(store.activate("v2").ok());
-  EXPECT_EQ(version_of(store.current()), "v2");
-  EXPECT_EQ(version_of(store.previous()), "v1") << "re-activating must not lose previous";
+  EXPECT_EQ(current_previous(store), "v2 v1") << "re-activating must not lose previous";
 }
 
 TEST_F(HostImageStoreTest, RollbackSwapsCurrentAndPrevious) {
-  auto store = open_store();
-  stage(store, "v1");
-  stage(store, "v2");
-  ASSERT_TRUE(store.activate("v1").ok());
-  ASSERT_TRUE(store.activate("v2").ok());
+  auto [store, v1, v2] = two_versions({"v1", "v2"});
   auto back = store.rollback();
   ASSERT_TRUE(back.ok()) << back.error().describe();
   EXPECT_EQ(back->version, "v1");
-  EXPECT_EQ(version_of(store.current()), "v1");
-  EXPECT_EQ(version_of(store.previous()), "v2");
+  EXPECT_EQ(current_previous(store), "v1 v2");
   ASSERT_TRUE(store.rollback().ok());
-  EXPECT_EQ(version_of(store.current()), "v2");
-  EXPECT_EQ(version_of(store.previous()), "v1");
+  EXPECT_EQ(current_previous(store), "v2 v1");
 }
 
 TEST_F(HostImageStoreTest, RollbackWithoutPreviousIsNotFound) {
@@ -312,64 +326,37 @@ TEST_F(HostImageStoreTest, RollbackWithoutPreviousIsNotFound) {
 }
 
 TEST_F(HostImageStoreTest, TruncatedImageIsRefusedAndActivateLeavesCurrentUnchanged) {
-  auto store = open_store();
-  stage(store, "v1");
-  auto v2 = stage(store, "v2");
-  ASSERT_TRUE(store.activate("v1").ok());
+  auto [store, v1, v2] = two_versions({"v1"});
   fs::resize_file(v2.path, v2.size / 2);
-  auto verified = store.verify("v2");
-  ASSERT_FALSE(verified.ok());
-  EXPECT_EQ(verified.condition(), Condition::invalid_state);
-  EXPECT_TRUE(contains(verified.error().message, "v2"));
-  EXPECT_FALSE(store.activate("v2").ok());
-  EXPECT_EQ(version_of(store.current()), "v1");
-  EXPECT_EQ(version_of(store.previous()), "none");
+  expect_refused(store, "v2", "v2");
+  EXPECT_EQ(current_previous(store), "v1 none");
 }
 
 TEST_F(HostImageStoreTest, OverwrittenImageOfTheSameSizeIsRefused) {
-  auto store = open_store();
-  stage(store, "v1");
-  auto v2 = stage(store, "v2");
-  ASSERT_TRUE(store.activate("v1").ok());
+  auto [store, v1, v2] = two_versions({"v1"});
   std::string bytes = read_file(v2.path);
   bytes[bytes.size() / 2] ^= 0x01;  // one flipped bit, same size
   write_file(v2.path, bytes);
-  auto verified = store.verify("v2");
-  ASSERT_FALSE(verified.ok());
-  EXPECT_EQ(verified.condition(), Condition::invalid_state);
-  EXPECT_TRUE(contains(verified.error().message, "sha256"));
-  EXPECT_FALSE(store.activate("v2").ok());
+  expect_refused(store, "v2", "sha256");
   EXPECT_EQ(version_of(store.current()), "v1");
 }
 
 TEST_F(HostImageStoreTest, MissingImageFileIsRefusedAndRollbackToItIsRefused) {
-  auto store = open_store();
-  auto v1 = stage(store, "v1");
-  stage(store, "v2");
-  ASSERT_TRUE(store.activate("v1").ok());
-  ASSERT_TRUE(store.activate("v2").ok());
+  auto [store, v1, v2] = two_versions({"v1", "v2"});
   fs::remove(v1.path);
   EXPECT_EQ(store.verify("v1").condition(), Condition::invalid_state);
   EXPECT_FALSE(store.rollback().ok());
-  EXPECT_EQ(version_of(store.current()), "v2");
-  EXPECT_EQ(version_of(store.previous()), "v1");
+  EXPECT_EQ(current_previous(store), "v2 v1");
 }
 
 TEST_F(HostImageStoreTest, ReopeningTheStoreSeesTheSameCurrentAndPrevious) {
-  {
-    auto store = open_store();
-    stage(store, "v1");
-    stage(store, "v2");
-    ASSERT_TRUE(store.activate("v1").ok());
-    ASSERT_TRUE(store.activate("v2").ok());
-  }
+  two_versions({"v1", "v2"});
   // Crash leftovers: a half-copied stage and a temp link that was never renamed.
   fs::create_directories(root() + "/.staging/v3");
   write_file(root() + "/.staging/v3/image", "half");
   fs::create_symlink("versions/v1", root() + "/.current.tmp");
   auto store = open_store();
-  EXPECT_EQ(version_of(store.current()), "v2");
-  EXPECT_EQ(version_of(store.previous()), "v1");
+  EXPECT_EQ(current_previous(store), "v2 v1");
   EXPECT_TRUE(fs::is_empty(root() + "/.staging"));
   EXPECT_FALSE(fs::exists(fs::symlink_status(root() + "/.current.tmp")));
   auto all = store.list();

@@ -12,17 +12,20 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <iterator>
 #include <stdexcept>
 #include <thread>
 
 #include "fabriclab/orchestrator/controller.hpp"
+#include "result_checks.hpp"
 
 namespace fabriclab::orchestrator {
 namespace {
 
 namespace fs = std::filesystem;
+using fabriclab::testing::ok_value;
 
 // A fresh directory under /tmp per test, removed afterwards.
 class TempDir {
@@ -83,6 +86,17 @@ int run_in_child(F child) {
   return status;
 }
 
+// Opens the journal at `path` in a forked child and runs `writes` on it there: the child exits
+// with 2 when the open fails, else with the code `writes` returns (without closing the journal:
+// _exit runs no destructor), unless it is killed first. Returns the raw wait status.
+int write_in_child(const std::string& path, const std::function<int(Journal&)>& writes) {
+  return run_in_child([&] {
+    auto j = Journal::open(path);
+    if (!j.ok()) _exit(2);
+    _exit(writes(**j));
+  });
+}
+
 Journal::HostProgress progress(const std::string& host, int batch, const std::string& status,
                                const std::string& job = "") {
   Journal::HostProgress p;
@@ -110,9 +124,7 @@ TEST(Journal, DocsRoundTripAndUpsert) {
   EXPECT_EQ((**got).at("fds").as_int64(), 3);
   EXPECT_FALSE((**got).contains("hosts"));
 
-  auto missing = j->get_doc("settings");
-  ASSERT_TRUE(missing.ok());
-  EXPECT_FALSE(missing->has_value());
+  EXPECT_FALSE(ok_value(j->get_doc("settings")).has_value());
 
   auto empty_key = j->put_doc("", cluster);
   ASSERT_FALSE(empty_key.ok());
@@ -143,9 +155,7 @@ TEST(Journal, DrillsListOldestFirstAndSavingAgainKeepsTheirPlace) {
   auto doc = j->get_drill("d2");
   ASSERT_TRUE(doc.ok() && doc->has_value());
   EXPECT_EQ((**doc).at("batch").as_int64(), 1);
-  auto none = j->get_drill("d3");
-  ASSERT_TRUE(none.ok());
-  EXPECT_FALSE(none->has_value());
+  EXPECT_FALSE(ok_value(j->get_drill("d3")).has_value());
 }
 
 TEST(Journal, LatestDrillInPicksTheNewestMatchingState) {
@@ -203,9 +213,7 @@ TEST(Journal, HostProgressRoundTripsOrderedByBatchThenHost) {
   EXPECT_EQ((*rows)[1].batch, 1);
   EXPECT_EQ((*rows)[2].host, "h3");
 
-  auto other = j->host_progress("nope");
-  ASSERT_TRUE(other.ok());
-  EXPECT_TRUE(other->empty());
+  EXPECT_TRUE(ok_value(j->host_progress("nope")).empty());
 }
 
 TEST(Journal, HostProgressRefusesUnknownDrillStatusAndBatch) {
@@ -224,9 +232,7 @@ TEST(Journal, HostProgressRefusesUnknownDrillStatusAndBatch) {
   auto bad_batch = j->set_host_progress("d1", progress("h1", -1, "pending"));
   ASSERT_FALSE(bad_batch.ok());
   EXPECT_EQ(bad_batch.condition(), Condition::invalid_argument);
-  auto rows = j->host_progress("d1");
-  ASSERT_TRUE(rows.ok());
-  EXPECT_TRUE(rows->empty());
+  EXPECT_TRUE(ok_value(j->host_progress("d1")).empty());
 }
 
 TEST(Journal, EventsRoundTripFromASeqWithALimit) {
@@ -274,9 +280,7 @@ TEST(Journal, AppendEventRefusesANonIncreasingSeq) {
   auto huge = j->append_event(uint64_t{1} << 63, "a", "{}");
   ASSERT_FALSE(huge.ok());
   EXPECT_EQ(huge.condition(), Condition::invalid_argument);
-  auto all = j->events_since(0, 100);
-  ASSERT_TRUE(all.ok());
-  EXPECT_EQ(all->size(), 1u);
+  EXPECT_EQ(ok_value(j->events_since(0, 100)).size(), 1u);
   EXPECT_TRUE(j->append_event(11, "a", event_json(11)).ok());
 }
 
@@ -300,9 +304,7 @@ TEST(Journal, PruneRemovesOldEventsButNeverLowersTheLastSeq) {
   }
   // Every event is gone, and a restarted orchestrator still may not reuse 1..5.
   auto j = open_ok(path);
-  auto last = j->last_event_seq();
-  ASSERT_TRUE(last.ok());
-  EXPECT_EQ(*last, 5u);
+  EXPECT_EQ(ok_value(j->last_event_seq()), 5u);
   EXPECT_FALSE(j->append_event(5, "t", event_json(5)).ok());
   EXPECT_TRUE(j->append_event(6, "t", event_json(6)).ok());
 }
@@ -331,12 +333,8 @@ TEST(Journal, ReopenAfterCloseKeepsEverything) {
   ASSERT_EQ(hosts->size(), 1u);
   EXPECT_EQ((*hosts)[0].status, "done");
   EXPECT_EQ((*hosts)[0].job, "j1");
-  auto last = j->last_event_seq();
-  ASSERT_TRUE(last.ok());
-  EXPECT_EQ(*last, 2u);
-  auto events = j->events_since(0, 10);
-  ASSERT_TRUE(events.ok());
-  EXPECT_EQ(events->size(), 2u);
+  EXPECT_EQ(ok_value(j->last_event_seq()), 2u);
+  EXPECT_EQ(ok_value(j->events_since(0, 10)).size(), 2u);
 }
 
 TEST(Journal, WalModeIsActuallyOn) {
@@ -361,12 +359,11 @@ TEST(Journal, WalModeIsActuallyOn) {
 TEST(Journal, RecordsOfAChildThatExitsWithoutClosingSurvive) {
   TempDir dir;
   const auto path = dir.file("j.db");
-  int status = run_in_child([&] {
-    auto j = Journal::open(path);
-    if (!j.ok()) _exit(2);
-    if (!(*j)->save_drill("d1", "Running", json::object{{"current_batch", 1}}).ok()) _exit(3);
-    if (!(*j)->append_event(1, "drill_state", event_json(1)).ok()) _exit(4);
-    _exit(0);  // no destructor: the connection is never closed, nothing is checkpointed
+  // No destructor: the connection is never closed, nothing is checkpointed.
+  int status = write_in_child(path, [](Journal& j) {
+    if (!j.save_drill("d1", "Running", json::object{{"current_batch", 1}}).ok()) return 3;
+    if (!j.append_event(1, "drill_state", event_json(1)).ok()) return 4;
+    return 0;
   });
   ASSERT_TRUE(WIFEXITED(status));
   ASSERT_EQ(WEXITSTATUS(status), 0);
@@ -374,24 +371,20 @@ TEST(Journal, RecordsOfAChildThatExitsWithoutClosingSurvive) {
   auto doc = j->get_drill("d1");
   ASSERT_TRUE(doc.ok() && doc->has_value());
   EXPECT_EQ((**doc).at("current_batch").as_int64(), 1);
-  auto last = j->last_event_seq();
-  ASSERT_TRUE(last.ok());
-  EXPECT_EQ(*last, 1u);
+  EXPECT_EQ(ok_value(j->last_event_seq()), 1u);
 }
 
 TEST(Journal, RecordsWrittenBeforeSigkillSurvive) {
   TempDir dir;
   const auto path = dir.file("j.db");
-  int status = run_in_child([&] {
-    auto j = Journal::open(path);
-    if (!j.ok()) _exit(2);
-    if (!(*j)->save_drill("d1", "Running", json::object{{"current_batch", 3}}).ok()) _exit(3);
-    if (!(*j)->set_host_progress("d1", progress("h1", 0, "done", "job-1")).ok()) _exit(4);
+  int status = write_in_child(path, [](Journal& j) {
+    if (!j.save_drill("d1", "Running", json::object{{"current_batch", 3}}).ok()) return 3;
+    if (!j.set_host_progress("d1", progress("h1", 0, "done", "job-1")).ok()) return 4;
     for (uint64_t seq = 1; seq <= 20; ++seq) {
-      if (!(*j)->append_event(seq, "host_state", event_json(seq)).ok()) _exit(5);
+      if (!j.append_event(seq, "host_state", event_json(seq)).ok()) return 5;
     }
     raise(SIGKILL);
-    _exit(6);
+    return 6;
   });
   ASSERT_TRUE(WIFSIGNALED(status)) << "child exited with " << WEXITSTATUS(status);
   ASSERT_EQ(WTERMSIG(status), SIGKILL);
@@ -408,12 +401,8 @@ TEST(Journal, RecordsWrittenBeforeSigkillSurvive) {
   ASSERT_TRUE(hosts.ok());
   ASSERT_EQ(hosts->size(), 1u);
   EXPECT_EQ((*hosts)[0].status, "done");
-  auto last = j->last_event_seq();
-  ASSERT_TRUE(last.ok());
-  EXPECT_EQ(*last, 20u);
-  auto events = j->events_since(0, 100);
-  ASSERT_TRUE(events.ok());
-  EXPECT_EQ(events->size(), 20u);
+  EXPECT_EQ(ok_value(j->last_event_seq()), 20u);
+  EXPECT_EQ(ok_value(j->events_since(0, 100)).size(), 20u);
   // And the restarted orchestrator carries on numbering.
   EXPECT_FALSE(j->append_event(20, "t", event_json(20)).ok());
   EXPECT_TRUE(j->append_event(21, "t", event_json(21)).ok());
@@ -422,11 +411,8 @@ TEST(Journal, RecordsWrittenBeforeSigkillSurvive) {
 TEST(Journal, SigkillInsideATransactionLeavesNoneOfIt) {
   TempDir dir;
   const auto path = dir.file("j.db");
-  int status = run_in_child([&] {
-    auto j = Journal::open(path);
-    if (!j.ok()) _exit(2);
-    Journal& journal = **j;
-    if (!journal.save_drill("d1", "Running", json::object{{"current_batch", 0}}).ok()) _exit(3);
+  int status = write_in_child(path, [](Journal& journal) {
+    if (!journal.save_drill("d1", "Running", json::object{{"current_batch", 0}}).ok()) return 3;
     (void)journal.transaction([&]() -> Status {
       FL_RETURN_IF_ERROR(journal.save_drill("d1", "Running", json::object{{"current_batch", 1}}));
       FL_RETURN_IF_ERROR(journal.set_host_progress("d1", progress("h1", 0, "done")));
@@ -434,7 +420,7 @@ TEST(Journal, SigkillInsideATransactionLeavesNoneOfIt) {
       raise(SIGKILL);
       return {};
     });
-    _exit(4);
+    return 4;
   });
   ASSERT_TRUE(WIFSIGNALED(status)) << "child exited with " << WEXITSTATUS(status);
   ASSERT_EQ(WTERMSIG(status), SIGKILL);
@@ -443,12 +429,8 @@ TEST(Journal, SigkillInsideATransactionLeavesNoneOfIt) {
   auto doc = j->get_drill("d1");
   ASSERT_TRUE(doc.ok() && doc->has_value());
   EXPECT_EQ((**doc).at("current_batch").as_int64(), 0);
-  auto hosts = j->host_progress("d1");
-  ASSERT_TRUE(hosts.ok());
-  EXPECT_TRUE(hosts->empty());
-  auto last = j->last_event_seq();
-  ASSERT_TRUE(last.ok());
-  EXPECT_EQ(*last, 0u);
+  EXPECT_TRUE(ok_value(j->host_progress("d1")).empty());
+  EXPECT_EQ(ok_value(j->last_event_seq()), 0u);
   // The killed writer's lock is gone: the journal takes writes again.
   EXPECT_TRUE(j->append_event(1, "host_state", event_json(1)).ok());
 }
@@ -470,18 +452,12 @@ TEST(Journal, TransactionRollsBackEverythingWhenFnFails) {
   EXPECT_EQ(r.condition(), Condition::cancelled);
   EXPECT_EQ(r.error().message, "agent h1 refused the job");
 
-  auto doc = j->get_doc("cluster");
-  ASSERT_TRUE(doc.ok());
-  EXPECT_FALSE(doc->has_value());
+  EXPECT_FALSE(ok_value(j->get_doc("cluster")).has_value());
   auto drills = j->drills();
   ASSERT_TRUE(drills.ok());
   EXPECT_TRUE(drills->empty());
-  auto last = j->last_event_seq();
-  ASSERT_TRUE(last.ok());
-  EXPECT_EQ(*last, 0u);
-  auto events = j->events_since(0, 10);
-  ASSERT_TRUE(events.ok());
-  EXPECT_TRUE(events->empty());
+  EXPECT_EQ(ok_value(j->last_event_seq()), 0u);
+  EXPECT_TRUE(ok_value(j->events_since(0, 10)).empty());
 }
 
 TEST(Journal, TransactionRollsBackWhenFnThrows) {
@@ -492,9 +468,7 @@ TEST(Journal, TransactionRollsBackWhenFnThrows) {
     throw std::runtime_error("boom");
   }),
                std::runtime_error);
-  auto doc = j->get_doc("k");
-  ASSERT_TRUE(doc.ok());
-  EXPECT_FALSE(doc->has_value());
+  EXPECT_FALSE(ok_value(j->get_doc("k")).has_value());
   // The connection is out of the transaction: a new one works.
   EXPECT_TRUE(j->transaction([&] { return j->put_doc("k", json::object{{"v", 2}}); }).ok());
 }
@@ -546,12 +520,8 @@ TEST(Journal, TransactionsFromManyThreadsAreSerialized) {
   }
   for (auto& th : threads) th.join();
   EXPECT_EQ(failures.load(), 0);
-  auto last = j->last_event_seq();
-  ASSERT_TRUE(last.ok());
-  EXPECT_EQ(*last, uint64_t{kThreads * kPerThread});
-  auto events = j->events_since(0, 1000);
-  ASSERT_TRUE(events.ok());
-  EXPECT_EQ(events->size(), size_t{kThreads * kPerThread});
+  EXPECT_EQ(ok_value(j->last_event_seq()), uint64_t{kThreads * kPerThread});
+  EXPECT_EQ(ok_value(j->events_since(0, 1000)).size(), size_t{kThreads * kPerThread});
 }
 
 TEST(Journal, OpeningAGarbageFileFailsNamingThePath) {

@@ -5,18 +5,23 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include "fabriclab/orchestrator/cluster.hpp"
+#include "text_checks.hpp"
 
 using namespace fabriclab;
 using namespace fabriclab::orchestrator;
+using fabriclab::testing::contains_all;
+using fabriclab::testing::contains_none;
 
 namespace {
 
 json::object obj(std::string_view text) { return parse_json_object(text, 1 << 16, 16).value(); }
 
-LbService web() {
+LbService web(std::string name = "web") {
   LbService s;
-  s.name = "web";
+  s.name = std::move(name);
   s.vip = "198.18.1.10";
   s.port = 80;
   s.probe_path = "/health";
@@ -170,11 +175,10 @@ TEST(Ipv4, AcceptsDottedQuadsOnly) {
 
 TEST(HaproxyConfig, BootstrapHasOnlyTheHealthListener) {
   auto text = render_haproxy_config({}, lb_settings_for("/run/fabriclab/haproxy.cfg"));
-  EXPECT_TRUE(contains(text, "frontend lb_health\n  bind 198.18.1.1:8404\n"));
-  EXPECT_TRUE(contains(text, "server-state-file '/run/fabriclab/haproxy.cfg.state'\n"));
-  EXPECT_TRUE(contains(text, "load-server-state-from-file global\n"));
-  EXPECT_FALSE(contains(text, "backend"));
-  EXPECT_FALSE(contains(text, "fe_"));
+  EXPECT_TRUE(contains_all(text, {"frontend lb_health\n  bind 198.18.1.1:8404\n",
+                                  "server-state-file '/run/fabriclab/haproxy.cfg.state'\n",
+                                  "load-server-state-from-file global\n"}));
+  EXPECT_TRUE(contains_none(text, {"backend", "fe_"}));
   // Same input, same text: the orchestrator compares renders to skip reloads.
   EXPECT_EQ(text, render_haproxy_config({}, lb_settings_for("/run/fabriclab/haproxy.cfg")));
 }
@@ -182,41 +186,34 @@ TEST(HaproxyConfig, BootstrapHasOnlyTheHealthListener) {
 TEST(HaproxyConfig, OneFrontendAndBackendPerServiceWithAzuresProbeRules) {
   LbSettings settings = lb_settings_for("/tmp/lb.cfg");
   auto text = render_haproxy_config({web()}, settings);
-  EXPECT_TRUE(contains(text, "frontend fe_web\n  bind 198.18.1.10:80\n  default_backend be_web\n"))
-      << text;
-  EXPECT_TRUE(contains(text, "backend be_web\n"));
-  EXPECT_TRUE(contains(text, "  option httpchk GET '/health'\n"));
-  EXPECT_TRUE(contains(text, "  http-check expect status 200\n"));
-  EXPECT_TRUE(contains(text, "  default-server inter 500ms fall 2 rise 1\n"));
-  EXPECT_TRUE(contains(text, "  http-response set-header X-Served-By %s\n"));
-  EXPECT_TRUE(contains(text, "  retries 0\n"));
-  EXPECT_TRUE(contains(text, "  no option redispatch\n"));
-  EXPECT_FALSE(contains(text, "\n  option redispatch"));
-  EXPECT_TRUE(contains(text, "  timeout connect 1000ms\n"));  // a loaded guest's SYN-ACK gets 1 s
-  EXPECT_TRUE(contains(text, "  timeout check 1000ms\n"));    // a loaded guest's answer gets 1 s
-  EXPECT_TRUE(
-      contains(text, "  server web-0 198.19.0.10:80 check\n  server web-1 198.19.1.10:80 check\n"));
+  EXPECT_TRUE(contains_all(
+      text,
+      {"frontend fe_web\n  bind 198.18.1.10:80\n  default_backend be_web\n", "backend be_web\n",
+       "  option httpchk GET '/health'\n", "  http-check expect status 200\n",
+       "  default-server inter 500ms fall 2 rise 1\n",
+       "  http-response set-header X-Served-By %s\n", "  retries 0\n", "  no option redispatch\n",
+       "  timeout connect 1000ms\n",  // a loaded guest's SYN-ACK gets 1 s
+       "  timeout check 1000ms\n",    // a loaded guest's answer gets 1 s
+       "  server web-0 198.19.0.10:80 check\n  server web-1 198.19.1.10:80 check\n"}));
+  EXPECT_TRUE(contains_none(text, {"\n  option redispatch"}));
   // Backends come after their frontend, the health listener first.
   EXPECT_LT(text.find("lb_health"), text.find("fe_web"));
 }
 
 TEST(HaproxyConfig, TimeoutsFollowTheIntervalWithinBounds) {
-  auto slow = web();
-  slow.interval_ms = 60000;
-  auto text = render_haproxy_config({slow}, {});
-  EXPECT_TRUE(contains(text, "timeout connect 2000ms\n"));
-  EXPECT_TRUE(contains(text, "timeout check 60000ms\n"));
-  EXPECT_TRUE(contains(text, "inter 60000ms fall 2"));
-  auto fast = web();
-  fast.interval_ms = 200;
-  EXPECT_TRUE(contains(render_haproxy_config({fast}, {}), "timeout connect 1000ms\n"));
+  auto with = [](int interval_ms, int unhealthy_threshold) {
+    auto s = web();
+    s.interval_ms = interval_ms;
+    s.unhealthy_threshold = unhealthy_threshold;
+    return render_haproxy_config({s}, {});
+  };
+  EXPECT_TRUE(contains_all(with(60000, 2), {"timeout connect 2000ms\n", "timeout check 60000ms\n",
+                                            "inter 60000ms fall 2"}));
   // Two failed checks at 200 ms would take out a guest stalled for 0.4 s: fall spans 1 s.
-  EXPECT_TRUE(contains(render_haproxy_config({fast}, {}), "inter 200ms fall 5"));
-  auto strict = web();
-  strict.interval_ms = 300;
-  strict.unhealthy_threshold = 6;  // already over 1 s: kept
-  EXPECT_TRUE(contains(render_haproxy_config({strict}, {}), "inter 300ms fall 6"));
-  EXPECT_TRUE(contains(render_haproxy_config({fast}, {}), "timeout check 1000ms\n"));
+  EXPECT_TRUE(contains_all(
+      with(200, 2), {"timeout connect 1000ms\n", "inter 200ms fall 5", "timeout check 1000ms\n"}));
+  // 6 x 300 ms is already over 1 s: kept.
+  EXPECT_TRUE(contains_all(with(300, 6), {"inter 300ms fall 6"}));
 }
 
 TEST(HaproxyConfig, NoStateFileMeansNoStateLoading) {
@@ -235,43 +232,36 @@ TEST(HaproxyConfig, ProbePathIsSingleQuotedSoHashAndDollarStayLiteral) {
 }
 
 TEST(HaproxyConfig, InvalidServicesAreLeftOutWithoutRepeatingTheirText) {
-  auto evil_name = web();
-  evil_name.name = "web\n  bind 0.0.0.0:22";
-  auto evil_server = web();
-  evil_server.name = "api";
+  auto evil_server = web("api");
   evil_server.backends[1].instance = "x check\nfrontend y";
-  auto evil_path = web();
-  evil_path.name = "img";
+  auto evil_path = web("img");
   evil_path.probe_path = "/h' X";
-  auto evil_addr = web();
-  evil_addr.name = "db";
+  auto evil_addr = web("db");
   evil_addr.backends[0].address = "198.19.0.10:22 check";
-  auto good = web();
-  good.name = "ok";
-  auto text = render_haproxy_config({evil_name, evil_server, evil_path, evil_addr, good}, {});
-  EXPECT_FALSE(contains(text, "0.0.0.0:22"));
-  EXPECT_FALSE(contains(text, "frontend y"));
-  EXPECT_FALSE(contains(text, "X'"));
-  EXPECT_FALSE(contains(text, ":22 check"));
-  EXPECT_FALSE(contains(text, "fe_api"));
-  EXPECT_TRUE(contains(text, "# services[0] left out"));
-  EXPECT_TRUE(contains(text, "# services[3] left out"));
-  EXPECT_TRUE(contains(text, "frontend fe_ok\n"));
+  auto text = render_haproxy_config(
+      {web("web\n  bind 0.0.0.0:22"), evil_server, evil_path, evil_addr, web("ok")}, {});
+  EXPECT_TRUE(contains_none(text, {"0.0.0.0:22", "frontend y", "X'", ":22 check", "fe_api"}));
+  EXPECT_TRUE(
+      contains_all(text, {"# services[0] left out", "# services[3] left out", "frontend fe_ok\n"}));
 }
 
 TEST(HaproxyConfig, CheckNamesTheServiceAndField) {
-  auto s = web();
-  s.vip = "198.18.1";
-  EXPECT_TRUE(contains(check_lb_service(s).error().message, "service 'web': vip"));
-  s = web();
-  s.backends.push_back(s.backends[0]);
-  EXPECT_TRUE(contains(check_lb_service(s).error().message, "'web-0' is listed twice"));
-  s = web();
-  s.interval_ms = 100;
-  EXPECT_TRUE(contains(check_lb_service(s).error().message, "interval_ms"));
-  s = web();
-  s.unhealthy_threshold = 0;
-  EXPECT_TRUE(contains(check_lb_service(s).error().message, "unhealthy_threshold"));
+  const struct {
+    std::function<void(LbService&)> spoil;
+    std::string_view message;
+  } cases[] = {
+      {[](LbService& s) { s.vip = "198.18.1"; }, "service 'web': vip"},
+      {[](LbService& s) { s.backends.push_back(s.backends[0]); }, "'web-0' is listed twice"},
+      {[](LbService& s) { s.interval_ms = 100; }, "interval_ms"},
+      {[](LbService& s) { s.unhealthy_threshold = 0; }, "unhealthy_threshold"},
+  };
+  for (const auto& c : cases) {
+    auto s = web();
+    c.spoil(s);
+    auto checked = check_lb_service(s);
+    ASSERT_FALSE(checked.ok()) << c.message;
+    EXPECT_TRUE(contains(checked.error().message, c.message)) << checked.error().message;
+  }
 
   LbSettings bad;
   bad.health_bind = "198.18.1.1";

@@ -212,15 +212,36 @@ TEST(Healing, AllInstancesOfADeadHostKeepTheUdRule) {
 
 // Healing and the walk: a hand-made allocator-style layout (every used host slotted, each
 // service's UDs on distinct slots).
+struct SlottedHost {
+  std::string id;
+  int fd;
+  int capacity;
+  std::optional<int> slot;
+};
+struct Placed {
+  std::string service;
+  int index;
+  int ud;
+  std::string host;
+};
 struct SlottedRack {
   Cluster c;
-  void host(std::string id, int fd, int capacity, std::optional<int> slot) {
-    Host h{std::move(id), fd, capacity};
-    h.ud_slot = slot;
-    c.hosts.push_back(std::move(h));
+  void hosts(const std::vector<SlottedHost>& hosts) {
+    for (const SlottedHost& s : hosts) {
+      Host h{s.id, s.fd, s.capacity};
+      h.ud_slot = s.slot;
+      c.hosts.push_back(std::move(h));
+    }
   }
-  void put(const std::string& service, int index, int ud, const std::string& host) {
-    c.instances.push_back(Instance{service, index, ud, c.find_host(host)->fault_domain, host});
+  void put(const std::vector<Placed>& placed) {
+    for (const Placed& p : placed) {
+      c.instances.push_back(
+          Instance{p.service, p.index, p.ud, c.find_host(p.host)->fault_domain, p.host});
+    }
+  }
+  // web/0 placed again (its host a0 dies in every rack here).
+  Result<HealingPlan> place_web0_again() const {
+    return place_again(c, {*c.find_instance("web", 0)});
   }
 };
 
@@ -230,20 +251,20 @@ struct SlottedRack {
 // holds no web at all.
 SlottedRack web_on_three_slots(int c0_capacity) {
   SlottedRack r;
-  r.host("a0", 0, 2, 0);
-  r.host("b0", 1, 1, 0);
-  r.host("b1", 1, 2, 1);
-  r.host("b2", 1, 6, 1);
-  r.host("c1", 2, 2, 2);
-  r.host("c0", 2, c0_capacity, 3);
+  r.hosts({{"a0", 0, 2, 0},
+           {"b0", 1, 1, 0},
+           {"b1", 1, 2, 1},
+           {"b2", 1, 6, 1},
+           {"c1", 2, 2, 2},
+           {"c0", 2, c0_capacity, 3}});
   r.c.services = {svc("web", 3, 3), svc("other", 4, 4)};
-  r.put("web", 0, 0, "a0");
-  r.put("web", 1, 1, "b1");
-  r.put("web", 2, 2, "c1");
-  r.put("other", 0, 0, "b0");
-  r.put("other", 1, 1, "b2");
-  r.put("other", 2, 2, "c1");
-  r.put("other", 3, 3, "c0");
+  r.put({{"web", 0, 0, "a0"},
+         {"web", 1, 1, "b1"},
+         {"web", 2, 2, "c1"},
+         {"other", 0, 0, "b0"},
+         {"other", 1, 1, "b2"},
+         {"other", 2, 2, "c1"},
+         {"other", 3, 3, "c0"}});
   r.c.find_host("a0")->state = HostState::unhealthy;
   return r;
 }
@@ -251,7 +272,7 @@ SlottedRack web_on_three_slots(int c0_capacity) {
 TEST(Healing, PrefersASlotFreeOfTheServicesOtherUdsOverTheMostRoom) {
   SlottedRack r = web_on_three_slots(2);
   ASSERT_TRUE(validate_cluster(r.c).ok()) << validate_cluster(r.c).error().describe();
-  auto plan = place_again(r.c, {*r.c.find_instance("web", 0)});
+  auto plan = r.place_web0_again();
   ASSERT_TRUE(plan.ok()) << plan.error().describe();
   ASSERT_EQ(plan->placed.size(), 1u);
   EXPECT_EQ(plan->placed[0].host, "c0") << "slot 3 holds no web: the walk keeps its bound";
@@ -270,7 +291,7 @@ TEST(Healing, PrefersASlotFreeOfTheServicesOtherUdsOverTheMostRoom) {
 TEST(Healing, SaysWhatItCostTheWalkWhenNoSlotIsFree) {
   // c0 is full: only b2 (slot 1, which holds web's UD1) is left.
   SlottedRack r = web_on_three_slots(1);
-  auto plan = place_again(r.c, {*r.c.find_instance("web", 0)});
+  auto plan = r.place_web0_again();
   ASSERT_TRUE(plan.ok()) << plan.error().describe();
   ASSERT_EQ(plan->placed.size(), 1u);
   EXPECT_EQ(plan->placed[0].host, "b2");
@@ -287,21 +308,18 @@ TEST(Healing, FaultDomainDiversityStillComesBeforeTheWalk) {
   // web spans FD0 and FD1 only; a0 (FD0) dies. FD1 has a walk-safe host (b3, slot 3), FD2 only a
   // host whose slot holds web's UD1: FD2 wins, and the cost is reported.
   SlottedRack r;
-  r.host("a0", 0, 2, 0);
-  r.host("b1", 1, 2, 1);
-  r.host("b3", 1, 4, 3);
-  r.host("c1", 2, 2, 1);
+  r.hosts({{"a0", 0, 2, 0}, {"b1", 1, 2, 1}, {"b3", 1, 4, 3}, {"c1", 2, 2, 1}});
   r.c.services = {svc("web", 2, 2), svc("other", 4, 4)};
-  r.put("web", 0, 0, "a0");
-  r.put("web", 1, 1, "b1");
-  r.put("other", 0, 0, "a0");
-  r.put("other", 1, 1, "c1");
-  r.put("other", 3, 3, "b3");
+  r.put({{"web", 0, 0, "a0"},
+         {"web", 1, 1, "b1"},
+         {"other", 0, 0, "a0"},
+         {"other", 1, 1, "c1"},
+         {"other", 3, 3, "b3"}});
   r.c.services[1].instance_count = 3;  // other/2 was never placed: indices 0, 1, 3 suffice here
   r.c.instances.back().index = 2;
   r.c.find_host("a0")->state = HostState::unhealthy;
   ASSERT_TRUE(validate_cluster(r.c).ok()) << validate_cluster(r.c).error().describe();
-  auto plan = place_again(r.c, {*r.c.find_instance("web", 0)});
+  auto plan = r.place_web0_again();
   ASSERT_TRUE(plan.ok()) << plan.error().describe();
   EXPECT_EQ(plan->placed[0].fd, 2) << "a fault domain without web";
   EXPECT_TRUE(plan->relaxed.empty());
@@ -310,14 +328,13 @@ TEST(Healing, FaultDomainDiversityStillComesBeforeTheWalk) {
 
 TEST(Healing, AnEmptyHostTakesTheDeadHostsSlotWhenTheUdHasNoSurvivor) {
   SlottedRack r;
-  r.host("a0", 0, 2, 5);
-  r.host("b1", 1, 2, 1);
-  r.host("c9", 2, 2, std::nullopt);  // empty: its slot is open
+  r.hosts({{"a0", 0, 2, 5},
+           {"b1", 1, 2, 1},
+           {"c9", 2, 2, std::nullopt}});  // c9 empty: its slot is open
   r.c.services = {svc("web", 2, 2)};
-  r.put("web", 0, 0, "a0");
-  r.put("web", 1, 1, "b1");
+  r.put({{"web", 0, 0, "a0"}, {"web", 1, 1, "b1"}});
   r.c.find_host("a0")->state = HostState::unhealthy;
-  auto plan = place_again(r.c, {*r.c.find_instance("web", 0)});
+  auto plan = r.place_web0_again();
   ASSERT_TRUE(plan.ok()) << plan.error().describe();
   EXPECT_EQ(plan->placed[0].host, "c9");
   ASSERT_EQ(plan->new_slots.size(), 1u);

@@ -12,8 +12,13 @@
 #include <utility>
 #include <vector>
 
+#include "text_checks.hpp"
+
 namespace fabriclab::orchestrator {
 namespace {
+
+using fabriclab::testing::contains_all;
+using fabriclab::testing::contains_none;
 
 constexpr int64_t kStart = 1'700'000'000'000;  // 2023-11-14T22:13:20.000Z
 constexpr int64_t kWindow = 600'000;           // ten minutes
@@ -72,13 +77,24 @@ ReportInput drill(std::vector<ReportInstance> instances) {
   return in;
 }
 
-const json::object& check_named(const json::object& report, std::string_view name) {
-  for (const json::value& c : report.at("checks").as_array()) {
-    if (c.as_object().at("name").as_string() == name) return c.as_object();
+// The object of report[list] (checks, services) whose "name" is `name`; null when there is none.
+const json::object* find_named(const json::object& report, std::string_view list,
+                               std::string_view name) {
+  for (const json::value& v : report.at(list).as_array()) {
+    if (v.as_object().at("name").as_string() == name) return &v.as_object();
   }
-  ADD_FAILURE() << "no check named " << name;
+  return nullptr;
+}
+// The same, failing the test (and answering an empty object) when there is none.
+const json::object& named(const json::object& report, std::string_view list,
+                          std::string_view name) {
+  if (const json::object* o = find_named(report, list, name)) return *o;
+  ADD_FAILURE() << "no " << list << " entry named " << name;
   static const json::object kNone;
   return kNone;
+}
+const json::object& check_named(const json::object& report, std::string_view name) {
+  return named(report, "checks", name);
 }
 bool passed(const json::object& report, std::string_view check) {
   return check_named(report, check).at("passed").as_bool();
@@ -86,8 +102,25 @@ bool passed(const json::object& report, std::string_view check) {
 std::string detail(const json::object& report, std::string_view check) {
   return std::string(check_named(report, check).at("detail").as_string());
 }
+// The detail of check `check` holds `piece` (a failure shows the whole detail).
+::testing::AssertionResult detail_has(const json::object& report, std::string_view check,
+                                      std::string_view piece) {
+  return fabriclab::testing::contains_all(detail(report, check), {piece});
+}
 std::string result(const json::object& report) {
   return std::string(report.at("result").as_string());
+}
+// The report's instances[i], and its timeline as (t_s, healthy) entries.
+const json::object& instance_of(const json::object& report, size_t i) {
+  return report.at("instances").as_array()[i].as_object();
+}
+using Timeline = std::vector<std::pair<double, bool>>;
+Timeline timeline_of(const json::object& report, size_t i) {
+  Timeline entries;
+  for (const json::value& e : instance_of(report, i).at("timeline").as_array()) {
+    entries.emplace_back(e.at("t_s").as_double(), e.at("healthy").as_bool());
+  }
+  return entries;
 }
 
 TEST(ReportAvailability, DownsInDifferentUdsThatDoNotOverlapKeepTheServiceServing) {
@@ -127,7 +160,7 @@ TEST(ReportAvailability, OverlappingDownsLoseAvailabilityForExactlyTheOverlap) {
   json::object r = build_report(in);
   EXPECT_EQ(result(r), "failed");
   EXPECT_FALSE(passed(r, "services kept serving"));
-  EXPECT_NE(detail(r, "services kept serving").find("web"), std::string::npos);
+  EXPECT_TRUE(detail_has(r, "services kept serving", "web"));
   EXPECT_EQ(detail(r, "services kept serving").find("db"), std::string::npos);
   EXPECT_TRUE(passed(r, "drill completed"));
   EXPECT_TRUE(passed(r, "on target"));
@@ -189,8 +222,8 @@ TEST(ReportTimeline, EmptyTimelineCountsAsDownForTheWholeWindowEvenIfHealthyAtEn
   EXPECT_TRUE(a.always_available);  // web-0 served throughout
   EXPECT_EQ(a.max_instances_down, 1);
   const json::object r = build_report(in);
-  EXPECT_TRUE(r.at("instances").as_array()[1].as_object().at("timeline").as_array().empty());
-  EXPECT_DOUBLE_EQ(r.at("instances").as_array()[1].as_object().at("down_s").as_double(), 600.0);
+  EXPECT_TRUE(timeline_of(r, 1).empty());
+  EXPECT_DOUBLE_EQ(instance_of(r, 1).at("down_s").as_double(), 600.0);
 }
 
 TEST(ReportTimeline, TimelineStartingInsideTheWindowIsDownUntilItsFirstEntry) {
@@ -198,10 +231,7 @@ TEST(ReportTimeline, TimelineStartingInsideTheWindowIsDownUntilItsFirstEntry) {
   late.timeline = {{kStart + s(30), true}};
   ReportInput in = drill({late});
   EXPECT_EQ(instance_down_ms(in, in.instances[0]), s(30));
-  const json::object r = build_report(in);
-  const json::array& tl = r.at("instances").as_array()[0].as_object().at("timeline").as_array();
-  ASSERT_EQ(tl.size(), 1u);
-  EXPECT_DOUBLE_EQ(tl[0].as_object().at("t_s").as_double(), 30.0);
+  EXPECT_EQ(timeline_of(build_report(in), 0), (Timeline{{30.0, true}}));
 }
 
 TEST(ReportTimeline, EntriesOutsideTheWindowAreClipped) {
@@ -211,14 +241,7 @@ TEST(ReportTimeline, EntriesOutsideTheWindowAreClipped) {
                 {kStart + kWindow, false}, {kStart + kWindow + s(5), true}};
   ReportInput in = drill({i});
   EXPECT_EQ(instance_down_ms(in, in.instances[0]), s(10));
-  const json::object r = build_report(in);
-  const json::array& tl = r.at("instances").as_array()[0].as_object().at("timeline").as_array();
-  ASSERT_EQ(tl.size(), 3u);
-  EXPECT_DOUBLE_EQ(tl[0].as_object().at("t_s").as_double(), 0.0);
-  EXPECT_TRUE(tl[0].as_object().at("healthy").as_bool());
-  EXPECT_DOUBLE_EQ(tl[1].as_object().at("t_s").as_double(), 10.0);
-  EXPECT_FALSE(tl[1].as_object().at("healthy").as_bool());
-  EXPECT_DOUBLE_EQ(tl[2].as_object().at("t_s").as_double(), 20.0);
+  EXPECT_EQ(timeline_of(build_report(in), 0), (Timeline{{0.0, true}, {10.0, false}, {20.0, true}}));
 }
 
 TEST(ReportTimeline, UnsortedTimelineIsReadInTimeOrder) {
@@ -253,10 +276,10 @@ TEST(ReportChecks, CounterThatWentBackwardsFailsCounterKeptNamingTheInstance) {
   json::object r = build_report(in);
   EXPECT_EQ(result(r), "failed");
   EXPECT_FALSE(passed(r, "counter kept"));
-  EXPECT_NE(detail(r, "counter kept").find("web-1 (7 -> 5)"), std::string::npos);
+  EXPECT_TRUE(detail_has(r, "counter kept", "web-1 (7 -> 5)"));
   EXPECT_EQ(detail(r, "counter kept").find("web-0"), std::string::npos);
-  EXPECT_FALSE(r.at("instances").as_array()[1].as_object().at("counter_kept").as_bool());
-  EXPECT_TRUE(r.at("instances").as_array()[0].as_object().at("counter_kept").as_bool());
+  EXPECT_FALSE(instance_of(r, 1).at("counter_kept").as_bool());
+  EXPECT_TRUE(instance_of(r, 0).at("counter_kept").as_bool());
 }
 
 TEST(ReportChecks, UnknownCounterFailsCounterKept) {
@@ -264,8 +287,8 @@ TEST(ReportChecks, UnknownCounterFailsCounterKept) {
   in.instances[0].counter_before = -1;
   json::object r = build_report(in);
   EXPECT_FALSE(passed(r, "counter kept"));
-  EXPECT_NE(detail(r, "counter kept").find("web-0 (unknown -> 12)"), std::string::npos);
-  EXPECT_TRUE(r.at("instances").as_array()[0].as_object().at("counter_before").is_null());
+  EXPECT_TRUE(detail_has(r, "counter kept", "web-0 (unknown -> 12)"));
+  EXPECT_TRUE(instance_of(r, 0).at("counter_before").is_null());
 }
 
 TEST(ReportChecks, InstanceOnTheWrongHostImageFailsOnTarget) {
@@ -274,7 +297,7 @@ TEST(ReportChecks, InstanceOnTheWrongHostImageFailsOnTarget) {
   json::object r = build_report(in);
   EXPECT_EQ(result(r), "failed");
   EXPECT_FALSE(passed(r, "on target"));
-  EXPECT_NE(detail(r, "on target").find("web-0 on host image 'host-1'"), std::string::npos);
+  EXPECT_TRUE(detail_has(r, "on target", "web-0 on host image 'host-1'"));
   EXPECT_EQ(detail(r, "on target").find("web-1"), std::string::npos);
 }
 
@@ -297,7 +320,7 @@ TEST(ReportChecks, OnTargetFollowsTheDrillKind) {
   EXPECT_FALSE(instance_on_target(in, i));
   json::object r = build_report(in);
   EXPECT_FALSE(passed(r, "on target"));
-  EXPECT_NE(detail(r, "on target").find("unknown drill kind"), std::string::npos);
+  EXPECT_TRUE(detail_has(r, "on target", "unknown drill kind"));
 }
 
 TEST(ReportChecks, FailedDrillStateFailsTheReport) {
@@ -307,7 +330,7 @@ TEST(ReportChecks, FailedDrillStateFailsTheReport) {
   json::object r = build_report(in);
   EXPECT_EQ(result(r), "failed");
   EXPECT_FALSE(passed(r, "drill completed"));
-  EXPECT_NE(detail(r, "drill completed").find("did not come back"), std::string::npos);
+  EXPECT_TRUE(detail_has(r, "drill completed", "did not come back"));
   EXPECT_TRUE(passed(r, "healthy at end"));
 }
 
@@ -360,7 +383,7 @@ TEST(ReportJson, HasTheDrillWalkPlacementAndInstanceFigures) {
   EXPECT_EQ(cells[1].as_object().at("fd").as_int64(), 1);
   EXPECT_EQ(cells[1].as_object().at("instances").as_array()[0].as_string(), "web-2");
 
-  const json::object& i1 = r.at("instances").as_array()[1].as_object();
+  const json::object& i1 = instance_of(r, 1);
   EXPECT_EQ(i1.at("host_before").as_string(), "h9");
   EXPECT_DOUBLE_EQ(i1.at("down_s").as_double(), 1.377);  // 200.123 .. 201.5 (ms resolution)
   EXPECT_DOUBLE_EQ(i1.at("agent_down_s").as_double(), 1.3);
@@ -412,19 +435,11 @@ ReportInput drill_with_traffic() {
 }
 
 const json::object& service_named(const json::object& report, std::string_view name) {
-  for (const json::value& v : report.at("services").as_array()) {
-    if (v.as_object().at("name").as_string() == name) return v.as_object();
-  }
-  ADD_FAILURE() << "no service named " << name;
-  static const json::object kNone;
-  return kNone;
+  return named(report, "services", name);
 }
 
 bool has_check(const json::object& report, std::string_view name) {
-  for (const json::value& c : report.at("checks").as_array()) {
-    if (c.as_object().at("name").as_string() == name) return true;
-  }
-  return false;
+  return find_named(report, "checks", name) != nullptr;
 }
 
 TEST(ReportTraffic, SummaryCountsRunsAndLatencyInSendOrder) {
@@ -473,8 +488,7 @@ TEST(ReportTraffic, NoRequestsIsAHundredPercentWithUnknownLatency) {
 TEST(ReportTraffic, ClientsKeptServedPassesWhenNoRequestFailed) {
   json::object r = build_report(drill_with_traffic());
   EXPECT_TRUE(passed(r, "clients kept served"));
-  EXPECT_NE(detail(r, "clients kept served").find("no failed request to 1 service(s)"),
-            std::string::npos);
+  EXPECT_TRUE(detail_has(r, "clients kept served", "no failed request to 1 service(s)"));
   EXPECT_EQ(result(r), "passed");
   EXPECT_TRUE(r.at("traffic").at("measured").as_bool());
   const json::object& web = service_named(r, "web");
@@ -601,37 +615,30 @@ TEST(ReportHtml, EscapesNamesAndReferencesNothingOutside) {
                           instance("web-1", "web", 1, 1, 1)});
   in.events = {"healing moved \"<b>x</b>\" & 'y'"};
   const std::string html = render_report_html(build_report(in));
-  EXPECT_EQ(html.find("<script"), std::string::npos);
-  EXPECT_NE(html.find("&lt;script&gt;alert(1)&lt;&#47;script&gt;"), std::string::npos);
-  EXPECT_EQ(html.find("<b>x"), std::string::npos);
-  EXPECT_NE(html.find("&quot;&lt;b&gt;x&lt;&#47;b&gt;&quot; &amp; &#39;y&#39;"), std::string::npos);
-  EXPECT_EQ(html.find("http://"), std::string::npos);
-  EXPECT_EQ(html.find("https://"), std::string::npos);
-  EXPECT_EQ(html.find("src="), std::string::npos);
-  EXPECT_EQ(html.find("<link"), std::string::npos);
+  EXPECT_TRUE(contains_all(html, {"&lt;script&gt;alert(1)&lt;&#47;script&gt;",
+                                  "&quot;&lt;b&gt;x&lt;&#47;b&gt;&quot; &amp; &#39;y&#39;"}));
+  EXPECT_TRUE(contains_none(html, {"<script", "<b>x", "http://", "https://", "src=", "<link"}));
 }
 
 TEST(ReportHtml, DrawsTheUdByFdTableAsTheSeedsDo) {
   ReportInput in = drill({instance("web-0", "web", 0, 0, 0), instance("web-1", "web", 1, 1, 1)});
   const std::string html = render_report_html(build_report(in));
-  EXPECT_NE(html.find("<tr><th></th><th>FD0</th><th>FD1</th></tr>"), std::string::npos);
-  EXPECT_NE(html.find("<tr><th>UD0</th><td><div>web-0</div></td><td></td></tr>"),
-            std::string::npos);
-  EXPECT_NE(html.find("<tr><th>UD1</th><td></td><td><div>web-1</div></td></tr>"),
-            std::string::npos);
+  EXPECT_TRUE(contains_all(html, {"<tr><th></th><th>FD0</th><th>FD1</th></tr>",
+                                  "<tr><th>UD0</th><td><div>web-0</div></td><td></td></tr>",
+                                  "<tr><th>UD1</th><td></td><td><div>web-1</div></td></tr>"}));
 }
 
 TEST(ReportHtml, ShowsTheVerdictAndTheFailedChecks) {
   ReportInput in = drill({instance("web-0", "web", 0, 0, 0), instance("web-1", "web", 1, 1, 1)});
   std::string html = render_report_html(build_report(in));
-  EXPECT_NE(html.find("<h1>PASSED</h1>"), std::string::npos);
-  EXPECT_EQ(html.find("FAILED"), std::string::npos);
+  EXPECT_TRUE(contains_all(html, {"<h1>PASSED</h1>"}));
+  EXPECT_TRUE(contains_none(html, {"FAILED"}));
 
   in.instances[1].counter_after = 3;
   html = render_report_html(build_report(in));
-  EXPECT_NE(html.find("<h1>FAILED</h1>"), std::string::npos);
-  EXPECT_NE(html.find("<li><b>counter kept</b>: counter lost or unknown: web-1 (10 -&gt; 3)</li>"),
-            std::string::npos);
+  EXPECT_TRUE(contains_all(
+      html, {"<h1>FAILED</h1>",
+             "<li><b>counter kept</b>: counter lost or unknown: web-1 (10 -&gt; 3)</li>"}));
 }
 
 TEST(ReportHtml, DrawsTimelinesWithDownBarsOnASharedAxis) {
@@ -639,10 +646,9 @@ TEST(ReportHtml, DrawsTimelinesWithDownBarsOnASharedAxis) {
                           instance("web-1", "web", 1, 1, 1), instance("db-0", "db", 0, 0, 0)});
   in.instances[2].timeline = {{kStart + s(30), true}};
   const std::string html = render_report_html(build_report(in));
-  EXPECT_NE(html.find("<svg class=\"timeline\""), std::string::npos);
-  EXPECT_NE(html.find("web-0: down from 100 s to 160 s"), std::string::npos);
-  EXPECT_NE(html.find("db-0: unknown (counted as down) from 0 s to 30 s"), std::string::npos);
-  EXPECT_NE(html.find("web-1: healthy from 0 s to 600 s"), std::string::npos);
+  EXPECT_TRUE(contains_all(html, {"<svg class=\"timeline\"", "web-0: down from 100 s to 160 s",
+                                  "db-0: unknown (counted as down) from 0 s to 30 s",
+                                  "web-1: healthy from 0 s to 600 s"}));
   EXPECT_LT(html.find("<h3>web</h3>"), html.find("<h3>db</h3>"));  // report order
 }
 
@@ -650,20 +656,19 @@ TEST(ReportHtml, ShowsTheTrafficTableAndFailuresOnTheTimelineAxis) {
   ReportInput in = drill_with_traffic();
   in.traffic[0] = traffic("web", {"web-0", "web-1"}, {{100, 100.3}, {-1, -0.5}});
   const std::string html = render_report_html(build_report(in));
-  EXPECT_NE(html.find("<table id=\"traffic-table\">"), std::string::npos);
-  EXPECT_NE(html.find("<td>web</td><td class=\"num\">6020</td><td class=\"num bad\">8</td>"),
-            std::string::npos);
-  EXPECT_NE(html.find("<td>hello</td><td class=\"num\">6020</td><td class=\"num muted\">110</td>"),
-            std::string::npos);
-  EXPECT_NE(html.find("web-0: 3005, web-1: 3007"), std::string::npos);
+  EXPECT_TRUE(contains_all(
+      html, {"<table id=\"traffic-table\">",
+             "<td>web</td><td class=\"num\">6020</td><td class=\"num bad\">8</td>",
+             "<td>hello</td><td class=\"num\">6020</td><td class=\"num muted\">110</td>",
+             "web-0: 3005, web-1: 3007"}));
   // A red mark per failure run inside the window, on the service's own "clients" lane.
-  EXPECT_NE(html.find("<title>web clients: 3 failed from 100 s to 100.2 s: connect: Connection "
-                      "refused x3</title>"),
-            std::string::npos);
-  EXPECT_EQ(html.find("web clients: 5 failed from -1 s"), std::string::npos);  // before the start
-  EXPECT_NE(html.find("<title>hello clients: 110 failed from 300 s to 310.9 s: connect: Connection "
-                      "refused x110</title>"),
-            std::string::npos);
+  EXPECT_TRUE(contains_all(
+      html, {"<title>web clients: 3 failed from 100 s to 100.2 s: connect: Connection "
+             "refused x3</title>",
+             "<title>hello clients: 110 failed from 300 s to 310.9 s: connect: Connection "
+             "refused x110</title>"}));
+  // No run before the start.
+  EXPECT_TRUE(contains_none(html, {"web clients: 5 failed from -1 s"}));
   EXPECT_LT(html.find("web clients: 3 failed"), html.find("<h3>hello</h3>"));
   EXPECT_EQ(html.find("not measured"), std::string::npos);
 }
@@ -673,18 +678,18 @@ TEST(ReportHtml, SaysWhyClientTrafficWasNotMeasuredAndEscapesTrafficNames) {
   in.traffic_measured = false;
   in.traffic_reason = "loopback network: <no> guest network";
   std::string html = render_report_html(build_report(in));
-  EXPECT_NE(html.find("client traffic not measured: loopback network: &lt;no&gt; guest network"),
-            std::string::npos);
-  EXPECT_EQ(html.find("clients</text>"), std::string::npos);  // no lane without traffic
+  EXPECT_TRUE(contains_all(
+      html, {"client traffic not measured: loopback network: &lt;no&gt; guest network"}));
+  // No lane without traffic.
+  EXPECT_TRUE(contains_none(html, {"clients</text>"}));
 
   in = drill({instance("<i>-0", "<i>", 0, 0, 0), instance("<i>-1", "<i>", 1, 1, 1)});
   in.traffic_measured = true;
   in.traffic = {traffic("<i>", {"<z>"}, {{10, 11}})};
   html = render_report_html(build_report(in));
-  EXPECT_EQ(html.find("<i>"), std::string::npos);
-  EXPECT_EQ(html.find("<z>"), std::string::npos);
-  EXPECT_NE(html.find("&lt;z&gt;: 6010"), std::string::npos);
-  EXPECT_NE(html.find("&lt;i&gt; clients: 10 failed from 10 s to 10.9 s"), std::string::npos);
+  EXPECT_TRUE(
+      contains_all(html, {"&lt;z&gt;: 6010", "&lt;i&gt; clients: 10 failed from 10 s to 10.9 s"}));
+  EXPECT_TRUE(contains_none(html, {"<i>", "<z>"}));
 }
 
 TEST(ReportHtml, RendersADamagedReportWithoutThrowing) {
@@ -746,8 +751,8 @@ TEST(ReportDataCheck, NotLessHoldsWhenTheCounterGrewAndTheReportShowsBothOutputs
   auto r = build_report(data_drill(data("not_less", "123\n", "130\n"), data("not_less", "7", "7")));
   EXPECT_TRUE(passed(r, "data kept (data check)")) << detail(r, "data kept (data check)");
   EXPECT_EQ(result(r), "passed");
-  EXPECT_NE(detail(r, "data kept (data check)").find("web-0 '123' -> '130'"), std::string::npos);
-  const auto& dc = r.at("instances").as_array()[0].at("data_check").as_object();
+  EXPECT_TRUE(detail_has(r, "data kept (data check)", "web-0 '123' -> '130'"));
+  const auto& dc = instance_of(r, 0).at("data_check").as_object();
   EXPECT_EQ(dc.at("before").as_string(), "123\n");
   EXPECT_EQ(dc.at("after").as_string(), "130\n");
   EXPECT_EQ(dc.at("rule").as_string(), "not_less");
@@ -762,7 +767,7 @@ TEST(ReportDataCheck, NotLessFailsWhenTheCounterWentBackwardsNamingTheInstanceAn
   EXPECT_EQ(result(r), "failed");
   EXPECT_EQ(detail(r, "data kept (data check)"),
             "data not kept or not proven: web-1: not_less did not hold: before '123', after '99'");
-  EXPECT_FALSE(r.at("instances").as_array()[1].at("data_check").at("held").as_bool());
+  EXPECT_FALSE(instance_of(r, 1).at("data_check").at("held").as_bool());
 }
 
 TEST(ReportDataCheck, NotLessNeedsNumbers) {
@@ -773,9 +778,8 @@ TEST(ReportDataCheck, NotLessNeedsNumbers) {
   EXPECT_TRUE(data_check_held(data("not_less", "123 bytes\n", "130 bytes\n")));
   EXPECT_FALSE(data_check_held(data("not_less", "-3", "-4")));
   auto r = build_report(data_drill(data("not_less", "1", "2"), data("not_less", "x", "y")));
-  EXPECT_NE(detail(r, "data kept (data check)")
-                .find("web-1: not_less needs numbers: before 'x', after 'y'"),
-            std::string::npos);
+  EXPECT_TRUE(detail_has(r, "data kept (data check)",
+                         "web-1: not_less needs numbers: before 'x', after 'y'"));
 }
 
 TEST(ReportDataCheck, EqualHoldsOnlyForTheSameText) {
@@ -802,7 +806,7 @@ TEST(ReportDataCheck, AMissingAfterFailsEvenWhenTheAgentSaysOkAndAnErrorIsQuoted
       std::string::npos)
       << d;
   EXPECT_NE(d.find("web-1: no output after the restart (before '5')"), std::string::npos) << d;
-  EXPECT_TRUE(r.at("instances").as_array()[0].at("data_check").at("after").is_null());
+  EXPECT_TRUE(instance_of(r, 0).at("data_check").at("after").is_null());
 }
 
 TEST(ReportDataCheck, AnAgentErrorFailsEvenWhenTheOutputsCompareWell) {
@@ -823,21 +827,19 @@ TEST(ReportDataCheck, AnInstanceOfADeclaringServiceWithoutAResultFails) {
       "data not kept or not proven: web-1: no data check result (the agent did not report one)");
   in.instances[1].restarted = false;
   r = build_report(in);
-  EXPECT_NE(detail(r, "data kept (data check)").find("the walk did not reach it"),
-            std::string::npos);
+  EXPECT_TRUE(detail_has(r, "data kept (data check)", "the walk did not reach it"));
   // A healed instance is a new VM: no result is expected of it.
   in.instances[1].healed = true;
   r = build_report(in);
   EXPECT_TRUE(passed(r, "data kept (data check)")) << detail(r, "data kept (data check)");
-  EXPECT_NE(
-      detail(r, "data kept (data check)").find("healed on a new host (new VM, no result): web-1"),
-      std::string::npos);
+  EXPECT_TRUE(
+      detail_has(r, "data kept (data check)", "healed on a new host (new VM, no result): web-1"));
 }
 
 TEST(ReportDataCheck, NoCheckWithoutADataCheck) {
   auto r = build_report(drill({debian("web-0", 0), debian("web-1", 1)}));
   EXPECT_FALSE(has_check(r, "data kept (data check)"));
-  EXPECT_TRUE(r.at("instances").as_array()[0].at("data_check").is_null());
+  EXPECT_TRUE(instance_of(r, 0).at("data_check").is_null());
 }
 
 TEST(ReportGuestHealth, SignalsTextSaysWhatWasAvailable) {
@@ -869,14 +871,14 @@ TEST(ReportGuestHealth, AHealthyRestartPassesAndTheDetailGroupsTheSignals) {
   EXPECT_EQ(detail(r, "guests healthy after restart"),
             "all 3 restarted instances healthy; signals: web-0, web-1: guest agent, app probe; "
             "db-0: heartbeat only");
-  const auto& i0 = r.at("instances").as_array()[0].as_object();
+  const auto& i0 = instance_of(r, 0);
   EXPECT_EQ(i0.at("signals").at("text").as_string(), "guest agent, app probe");
   EXPECT_TRUE(i0.at("os_up").as_bool());
   EXPECT_TRUE(i0.at("app_up").as_bool());
   EXPECT_TRUE(i0.at("healthy_after_restart").as_bool());
   EXPECT_EQ(i0.at("health_after_restart").as_string(),
             "guest agent answered after restart; app probe UP");
-  EXPECT_TRUE(r.at("instances").as_array()[2].at("app_up").is_null());  // db has no probe
+  EXPECT_TRUE(instance_of(r, 2).at("app_up").is_null());  // db has no probe
 }
 
 TEST(ReportGuestHealth, TheFailureSaysWhichSignalFailed) {
@@ -885,23 +887,29 @@ TEST(ReportGuestHealth, TheFailureSaysWhichSignalFailed) {
   auto r = build_report(in);
   EXPECT_FALSE(passed(r, "guests healthy after restart"));
   EXPECT_EQ(result(r), "failed");
-  EXPECT_NE(detail(r, "guests healthy after restart")
-                .find("not healthy after restart: web-1: guest agent did not answer after restart; "
-                      "app probe UP"),
-            std::string::npos)
-      << detail(r, "guests healthy after restart");
-  EXPECT_EQ(restart_health_problem(in.instances[1]),
-            "guest agent did not answer after restart; app probe UP");
+  EXPECT_TRUE(
+      detail_has(r, "guests healthy after restart",
+                 "not healthy after restart: web-1: guest agent did not answer after restart; "
+                 "app probe UP"));
 
-  in.instances[1].os_up = true;
-  in.instances[1].app_up = false;
-  EXPECT_EQ(restart_health_problem(in.instances[1]),
-            "guest agent answered after restart; app probe not UP after restart");
-  in.instances[1].guest_agent = false;
-  in.instances[1].heartbeat = true;
-  in.instances[1].os_up = false;
-  EXPECT_EQ(restart_health_problem(in.instances[1]),
-            "no heartbeat after restart; app probe not UP after restart");
+  // The problem named for each way the signals can fail.
+  const struct {
+    bool guest_agent, heartbeat, os_up, app_up;
+    std::string_view problem;
+  } cases[] = {
+      {true, false, false, true, "guest agent did not answer after restart; app probe UP"},
+      {true, false, true, false,
+       "guest agent answered after restart; app probe not UP after restart"},
+      {false, true, false, false, "no heartbeat after restart; app probe not UP after restart"},
+  };
+  for (const auto& c : cases) {
+    ReportInstance i = debian("web-1", 1);
+    i.guest_agent = c.guest_agent;
+    i.heartbeat = c.heartbeat;
+    i.os_up = c.os_up;
+    i.app_up = c.app_up;
+    EXPECT_EQ(restart_health_problem(i), c.problem);
+  }
 }
 
 TEST(ReportGuestHealth, AGuestWithoutAGuestAgentIsJudgedByItsProbeAlone) {
@@ -911,9 +919,8 @@ TEST(ReportGuestHealth, AGuestWithoutAGuestAgentIsJudgedByItsProbeAlone) {
   auto r = build_report(in);
   EXPECT_TRUE(passed(r, "guests healthy after restart"))
       << detail(r, "guests healthy after restart");
-  EXPECT_NE(detail(r, "guests healthy after restart").find("web-0: app probe only"),
-            std::string::npos);
-  EXPECT_TRUE(r.at("instances").as_array()[0].at("os_up").is_null());
+  EXPECT_TRUE(detail_has(r, "guests healthy after restart", "web-0: app probe only"));
+  EXPECT_TRUE(instance_of(r, 0).at("os_up").is_null());
   in.instances[0].app_up = false;
   EXPECT_EQ(restart_health_problem(in.instances[0]),
             "no OS signal (no heartbeat, no guest agent); app probe not UP after restart");
@@ -925,23 +932,21 @@ TEST(ReportGuestHealth, NoSignalAtAllIsNoProof) {
   in.instances[0].app_probe = false;
   auto r = build_report(in);
   EXPECT_FALSE(passed(r, "guests healthy after restart"));
-  EXPECT_NE(detail(r, "guests healthy after restart").find("web-0: no signal tells it is up"),
-            std::string::npos);
+  EXPECT_TRUE(detail_has(r, "guests healthy after restart", "web-0: no signal tells it is up"));
   // An agent that did not report signals leaves the OS side unjudged: judged by the probe alone,
   // or not at all, and said so.
   in.instances[0].signals_reported = false;
   r = build_report(in);
   EXPECT_TRUE(passed(r, "guests healthy after restart"));
-  EXPECT_NE(
-      detail(r, "guests healthy after restart").find("not judged (no signal reported): web-0"),
-      std::string::npos);
+  EXPECT_TRUE(
+      detail_has(r, "guests healthy after restart", "not judged (no signal reported): web-0"));
 }
 
 TEST(ReportGuestHealth, NoCheckWhenTheWalkRestartedNothing) {
   auto r =
       build_report(drill({instance("web-0", "web", 0, 0, 0), instance("web-1", "web", 1, 1, 1)}));
   EXPECT_FALSE(has_check(r, "guests healthy after restart"));
-  EXPECT_EQ(r.at("instances").as_array()[0].at("health_after_restart").as_string(), "");
+  EXPECT_EQ(instance_of(r, 0).at("health_after_restart").as_string(), "");
 }
 
 TEST(ReportGuestHealth, AGuestWithoutTheHeartbeatHasNoBuiltInCounterToJudge) {
@@ -957,8 +962,7 @@ TEST(ReportGuestHealth, AGuestWithoutTheHeartbeatHasNoBuiltInCounterToJudge) {
   in.instances[1].heartbeat = true;
   r = build_report(in);
   EXPECT_FALSE(passed(r, "counter kept"));
-  EXPECT_NE(detail(r, "counter kept").find("counter lost or unknown: web-1 (unknown -> unknown)"),
-            std::string::npos);
+  EXPECT_TRUE(detail_has(r, "counter kept", "counter lost or unknown: web-1 (unknown -> unknown)"));
   // So is an agent that does not say (an older agent: the built-in guest).
   in.instances[1].heartbeat = false;
   in.instances[1].signals_reported = false;
@@ -975,9 +979,9 @@ TEST(ReportGuestHealth, BootIdsTellARebootFromAMemoryPreservingUpdate) {
   ReportInput in = drill({debian("web-0", 0), debian("web-1", 1)});
   in.instances[1].boot_id_after = in.instances[1].boot_id_before;
   auto r = build_report(in);
-  EXPECT_EQ(r.at("instances").as_array()[0].at("boot").as_string(), "rebooted");
-  EXPECT_EQ(r.at("instances").as_array()[1].at("boot").as_string(), "memory kept");
-  EXPECT_EQ(r.at("instances").as_array()[1].at("boot_id_source").as_string(), "guest_agent");
+  EXPECT_EQ(instance_of(r, 0).at("boot").as_string(), "rebooted");
+  EXPECT_EQ(instance_of(r, 1).at("boot").as_string(), "memory kept");
+  EXPECT_EQ(instance_of(r, 1).at("boot_id_source").as_string(), "guest_agent");
 }
 
 TEST(ReportGuestRecord, ReadsTheAgentsJobRecordOfAGuest) {
@@ -1024,17 +1028,18 @@ TEST(ReportHtml, ShowsEachGuestsSignalsBootAndDataCheckEscaped) {
       data_drill(data("not_less", "<b>1</b>\n", "2\n"), data("not_less", "3", std::nullopt));
   in.instances[1].os_up = false;
   const std::string html = render_report_html(build_report(in));
-  EXPECT_NE(html.find("<section id=\"guest-health\">"), std::string::npos);
-  EXPECT_NE(html.find("<td>web-0</td><td>guest agent, app probe</td><td class=\"good\">yes</td>"
-                      "<td class=\"good\">UP</td>"),
-            std::string::npos);
-  EXPECT_NE(html.find("guest agent did not answer after restart; app probe UP"), std::string::npos);
-  EXPECT_NE(html.find("rebooted <span class=\"muted\">(guest_agent)</span>"), std::string::npos);
-  EXPECT_NE(html.find("not_less <code>&#47;bin&#47;cat &#47;data&#47;counter</code>"),
-            std::string::npos);
-  EXPECT_NE(html.find("<code>&lt;b&gt;1&lt;&#47;b&gt;\n</code>"), std::string::npos);
-  EXPECT_EQ(html.find("<b>1</b>"), std::string::npos);
-  EXPECT_NE(html.find("<span class=\"bad\">none</span>"), std::string::npos);  // web-1 has no after
+  EXPECT_TRUE(contains_all(
+      html, {
+                "<section id=\"guest-health\">",
+                "<td>web-0</td><td>guest agent, app probe</td><td class=\"good\">yes</td>"
+                "<td class=\"good\">UP</td>",
+                "guest agent did not answer after restart; app probe UP",
+                "rebooted <span class=\"muted\">(guest_agent)</span>",
+                "not_less <code>&#47;bin&#47;cat &#47;data&#47;counter</code>",
+                "<code>&lt;b&gt;1&lt;&#47;b&gt;\n</code>",
+                "<span class=\"bad\">none</span>"  // web-1 has no after
+            }));
+  EXPECT_TRUE(contains_none(html, {"<b>1</b>"}));
 }
 
 TEST(ReportHtml, SeveralDrillsRenderOnOnePageWithUniqueIds) {
@@ -1044,20 +1049,17 @@ TEST(ReportHtml, SeveralDrillsRenderOnOnePageWithUniqueIds) {
   second.kind = "guest-os";
   second.target = "debian-v2";  // the images stay guest-1: not on target, so it fails
   const std::string html = render_reports_html({build_report(first), build_report(second)});
-  EXPECT_NE(html.find("<h1>FAILED</h1><div>2 drills, one after the other on one rack</div>"),
-            std::string::npos);
-  EXPECT_NE(html.find("drill d-1 · host-os → host-2</a>"), std::string::npos);
-  EXPECT_NE(html.find("<article class=\"drill\" id=\"drill-1\">"), std::string::npos);
-  EXPECT_NE(html.find("<article class=\"drill\" id=\"drill-2\">"), std::string::npos);
-  EXPECT_NE(html.find("id=\"d1-checks\""), std::string::npos);
-  EXPECT_NE(html.find("id=\"d2-checks\""), std::string::npos);
-  EXPECT_EQ(html.find("id=\"checks\""), std::string::npos);
+  EXPECT_TRUE(contains_all(
+      html, {"<h1>FAILED</h1><div>2 drills, one after the other on one rack</div>",
+             "drill d-1 · host-os → host-2</a>", "<article class=\"drill\" id=\"drill-1\">",
+             "<article class=\"drill\" id=\"drill-2\">", "id=\"d1-checks\"", "id=\"d2-checks\""}));
+  EXPECT_TRUE(contains_none(html, {"id=\"checks\""}));
   EXPECT_LT(html.find("id=\"d1-guest-health\""),
             html.find("id=\"d2-checks\""));  // one after the other
   EXPECT_NE(html.find("<li><b>on target</b>"), std::string::npos);
   const std::string ok = render_reports_html({build_report(first), build_report(first)});
-  EXPECT_NE(ok.find("<h1>ALL PASSED</h1>"), std::string::npos);
-  EXPECT_EQ(ok.find("FAILED"), std::string::npos);
+  EXPECT_TRUE(contains_all(ok, {"<h1>ALL PASSED</h1>"}));
+  EXPECT_TRUE(contains_none(ok, {"FAILED"}));
 }
 
 }  // namespace

@@ -21,6 +21,7 @@
 
 #include "fabriclab/common/http_server.hpp"
 #include "status_matchers.hpp"
+#include "test_netns.hpp"
 
 namespace fabriclab::orchestrator {
 namespace {
@@ -69,6 +70,31 @@ int64_t count_of(const TrafficGenerator& g, const std::string& s) {
 }
 int64_t failed_of(const TrafficGenerator& g, const std::string& s) {
   return stat_of(g, s, "failed");
+}
+
+// A generator sending GET / for "web" to `address`:`port` at `rps`, returned once its `field`
+// counter (requests, failed) has reached `at_least`; null, after a failure saying why, otherwise.
+std::unique_ptr<TrafficGenerator> web_traffic(uint16_t port, double rps, const char* field,
+                                              int64_t at_least, const TrafficOptions& options = {},
+                                              const std::string& address = "127.0.0.1") {
+  auto g = TrafficGenerator::start({{"web", address, port, "/", rps}}, options);
+  EXPECT_OK(g);
+  if (!g.ok()) return nullptr;
+  if (!wait_until([&] { return stat_of(**g, "web", field) >= at_least; })) {
+    ADD_FAILURE() << "web's " << field << " did not reach " << at_least;
+    return nullptr;
+  }
+  return std::move(*g);
+}
+
+// Every record failed, with HTTP `status` (0: no answer) and the client's `error` ("" for none).
+void expect_all_failed(const std::vector<RequestRecord>& records, int status,
+                       std::string_view error) {
+  for (size_t i = 0; i < records.size(); ++i) {
+    EXPECT_EQ(records[i].status, status) << "record " << i;
+    EXPECT_EQ(records[i].error, error) << "record " << i;
+    EXPECT_TRUE(records[i].failed()) << "record " << i;
+  }
 }
 
 TEST(Traffic, SendsAtTheConfiguredRateOpenLoop) {
@@ -127,20 +153,15 @@ TEST(Traffic, CapturesTheInstanceThatAnsweredAndLiveStats) {
 TEST(Traffic, AnHttpErrorStatusCountsAsFailed) {
   uint16_t port = 0;
   auto server = serve(503, "web-0", port);
-  auto g = TrafficGenerator::start({target("web", port, 50)});
-  ASSERT_OK(g);
-  ASSERT_TRUE(wait_until([&] { return count_of(**g, "web") >= 5; }));
-  EXPECT_EQ(json::value((*g)->stats_json()).at("services").at("web").at("last_error").as_string(),
+  auto g = web_traffic(port, 50, "requests", 5);
+  ASSERT_TRUE(g);
+  EXPECT_EQ(json::value(g->stats_json()).at("services").at("web").at("last_error").as_string(),
             "HTTP 503");
-  (*g)->stop();
-  auto records = (*g)->records().at("web");
+  g->stop();
+  auto records = g->records().at("web");
   ASSERT_GE(records.size(), 5u);
-  for (const auto& r : records) {
-    EXPECT_EQ(r.status, 503);
-    EXPECT_EQ(r.error, "");
-    EXPECT_TRUE(r.failed());
-  }
-  EXPECT_EQ(failed_of(**g, "web"), static_cast<int64_t>(records.size()));
+  expect_all_failed(records, 503, "");
+  EXPECT_EQ(failed_of(*g, "web"), static_cast<int64_t>(records.size()));
 }
 
 TEST(Traffic, AClosedPortRecordsTheConnectError) {
@@ -150,32 +171,26 @@ TEST(Traffic, AClosedPortRecordsTheConnectError) {
     net::ip::tcp::acceptor acceptor(ioc, {net::ip::make_address("127.0.0.1"), 0});
     port = acceptor.local_endpoint().port();
   }  // closed: nothing listens there now
-  auto g = TrafficGenerator::start({target("web", port, 50)});
-  ASSERT_OK(g);
-  ASSERT_TRUE(wait_until([&] { return count_of(**g, "web") >= 3; }));
-  (*g)->stop();
-  auto records = (*g)->records().at("web");
+  auto g = web_traffic(port, 50, "requests", 3);
+  ASSERT_TRUE(g);
+  g->stop();
+  auto records = g->records().at("web");
   ASSERT_GE(records.size(), 3u);
-  for (const auto& r : records) {
-    EXPECT_EQ(r.status, 0);
-    EXPECT_EQ(r.error, "connect: Connection refused");
-    EXPECT_TRUE(r.failed());
-  }
+  expect_all_failed(records, 0, "connect: Connection refused");
 }
 
 TEST(Traffic, AServerThatStopsAnsweringMidRunGivesARunOfFailures) {
   uint16_t port = 0;
   auto server = serve(200, "web-0", port);
-  auto g = TrafficGenerator::start({target("web", port, 50)});
-  ASSERT_OK(g);
-  ASSERT_TRUE(wait_until([&] { return count_of(**g, "web") >= 10; }));
+  auto g = web_traffic(port, 50, "requests", 10);
+  ASSERT_TRUE(g);
   // Destroyed, not only stopped: http::Server::stop() can leave its listening socket open until
   // destruction (its close is posted to an io_context it may stop first), which would turn
   // this into a run of timeouts.
   server.reset();
-  ASSERT_TRUE(wait_until([&] { return failed_of(**g, "web") >= 10; }));
-  (*g)->stop();
-  auto records = (*g)->records().at("web");
+  ASSERT_TRUE(wait_until([&] { return failed_of(*g, "web") >= 10; }));
+  g->stop();
+  auto records = g->records().at("web");
   // Successes, then failures only: the outage is one run at the end.
   size_t first_failure = 0;
   while (first_failure < records.size() && !records[first_failure].failed()) ++first_failure;
@@ -196,25 +211,24 @@ TEST(Traffic, ARequestWithoutAnswerTimesOutAndStopIsBounded) {
   BlackHole hole;
   TrafficOptions options;
   options.request_timeout = 300ms;
-  auto g = TrafficGenerator::start({target("web", hole.port(), 20)}, options);
-  ASSERT_OK(g);
-  ASSERT_TRUE(wait_until([&] { return failed_of(**g, "web") >= 3; }));
-  auto records = (*g)->records().at("web");
+  auto g = web_traffic(hole.port(), 20, "failed", 3, options);
+  ASSERT_TRUE(g);
+  auto records = g->records().at("web");
   ASSERT_GE(records.size(), 3u);
   for (const auto& r : records) {
     EXPECT_EQ(r.error, "timeout");
     EXPECT_GE(r.latency_ms, 250);
   }
   // Requests are in flight now: stop() waits for them, but no longer than their deadline.
-  EXPECT_GT(stat_of(**g, "web", "in_flight"), 0);
+  EXPECT_GT(stat_of(*g, "web", "in_flight"), 0);
   auto before = Clock::now();
-  (*g)->stop();
+  g->stop();
   EXPECT_LT(Clock::now() - before, 300ms + 2s);
-  EXPECT_EQ(stat_of(**g, "web", "in_flight"), 0);
+  EXPECT_EQ(stat_of(*g, "web", "in_flight"), 0);
   // Every request sent was recorded, the in-flight ones included.
-  auto after = (*g)->records().at("web");
-  EXPECT_EQ(static_cast<int64_t>(after.size()), count_of(**g, "web"));
-  (*g)->stop();  // idempotent
+  auto after = g->records().at("web");
+  EXPECT_EQ(static_cast<int64_t>(after.size()), count_of(*g, "web"));
+  g->stop();  // idempotent
 }
 
 TEST(Traffic, RequestsOverTheInFlightBoundFailAtOnce) {
@@ -222,18 +236,17 @@ TEST(Traffic, RequestsOverTheInFlightBoundFailAtOnce) {
   TrafficOptions options;
   options.request_timeout = 5s;
   options.max_in_flight = 3;
-  auto g = TrafficGenerator::start({target("web", hole.port(), 100)}, options);
-  ASSERT_OK(g);
-  ASSERT_TRUE(wait_until([&] { return failed_of(**g, "web") >= 5; }));
-  json::object stats = (*g)->stats_json();
+  auto g = web_traffic(hole.port(), 100, "failed", 5, options);
+  ASSERT_TRUE(g);
+  json::object stats = g->stats_json();
   EXPECT_LE(stats.at("services").at("web").at("in_flight").as_int64(), 3);
   EXPECT_EQ(stats.at("services").at("web").at("last_error").as_string(), "client overloaded");
-  auto records = (*g)->records().at("web");
+  auto records = g->records().at("web");
   ASSERT_GE(records.size(), 5u);
   for (const auto& r : records) EXPECT_EQ(r.error, "client overloaded");
   // Drop the in-flight ones quickly: closing the listener resets the queued connections.
   hole.acceptor.close();
-  (*g)->stop();
+  g->stop();
 }
 
 TEST(Traffic, MaxRecordsBoundsTheRecordsNotTheCount) {
@@ -241,12 +254,11 @@ TEST(Traffic, MaxRecordsBoundsTheRecordsNotTheCount) {
   auto server = serve(200, "web-0", port);
   TrafficOptions options;
   options.max_records = 4;
-  auto g = TrafficGenerator::start({target("web", port, 100)}, options);
-  ASSERT_OK(g);
-  ASSERT_TRUE(wait_until([&] { return count_of(**g, "web") >= 10; }));
-  (*g)->stop();
-  EXPECT_EQ((*g)->records().at("web").size(), 4u);
-  EXPECT_GE(count_of(**g, "web"), 10);
+  auto g = web_traffic(port, 100, "requests", 10, options);
+  ASSERT_TRUE(g);
+  g->stop();
+  EXPECT_EQ(g->records().at("web").size(), 4u);
+  EXPECT_GE(count_of(*g, "web"), 10);
 }
 
 TEST(Traffic, BadTargetsAreRefusedNamingTheField) {
@@ -291,58 +303,39 @@ TEST(Traffic, NoTargetsSendsNothingAndStops) {
 // As root: a server on an address that exists only inside a namespace of the test's making is
 // reached from the generator's thread, and the test's own thread stays in its namespace.
 TEST(Traffic, ReachesAnAddressThatExistsOnlyInsideTheNamespace) {
-  if (geteuid() != 0 || access("/usr/sbin/ip", X_OK) != 0)
-    GTEST_SKIP() << "needs root and /usr/sbin/ip";
+  if (!testing::can_make_netns()) GTEST_SKIP() << "needs root and /usr/sbin/ip";
   const std::string name = "flabtraffic-" + std::to_string(getpid());
-  const std::string ns = "/usr/sbin/ip -n " + name;
-  ASSERT_EQ(std::system(("/usr/sbin/ip netns add " + name).c_str()), 0);
-  struct Cleanup {
-    std::string name;
-    ~Cleanup() { (void)std::system(("/usr/sbin/ip netns delete " + name).c_str()); }
-  } cleanup{name};
-  ASSERT_EQ(
-      std::system((ns + " link set lo up && " + ns + " addr add 198.18.1.10/32 dev lo").c_str()),
-      0);
-  int target_ns = open(("/run/netns/" + name).c_str(), O_RDONLY | O_CLOEXEC);
-  int self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-  ASSERT_GE(target_ns, 0);
-  ASSERT_GE(self, 0);
-  ASSERT_EQ(setns(target_ns, CLONE_NEWNET), 0);
-  auto server = std::make_unique<http::Server>("traffic-test", http::Tokens{"c", "r"});
-  server->route("GET", "/", http::Access::open, [](const http::Request&) {
-    http::Response r = http::json_response(200, json::object{});
-    r.headers.emplace_back("X-Served-By", "web-0");
-    return r;
-  });
-  auto port = server->start("198.18.1.10", 0);
-  ASSERT_EQ(setns(self, CLONE_NEWNET), 0);
-  close(target_ns);
-  close(self);
+  testing::TestNetns netns;
+  ASSERT_TRUE(netns.make(name, "198.18.1.10"));
+  std::unique_ptr<http::Server> server;
+  Result<uint16_t> port = make_error(Condition::internal, "the server was not started");
+  ASSERT_TRUE(netns.run_inside([&] {
+    server = std::make_unique<http::Server>("traffic-test", http::Tokens{"c", "r"});
+    server->route("GET", "/", http::Access::open, [](const http::Request&) {
+      http::Response r = http::json_response(200, json::object{});
+      r.headers.emplace_back("X-Served-By", "web-0");
+      return r;
+    });
+    port = server->start("198.18.1.10", 0);
+  }));
   ASSERT_OK(port);
 
-  TrafficOptions o;
-  o.netns = name;
-  o.request_timeout = 1s;
-  auto g = TrafficGenerator::start({{"web", "198.18.1.10", *port, "/", 50}}, o);
-  ASSERT_OK(g);
-  ASSERT_TRUE(wait_until([&] { return count_of(**g, "web") >= 5; }));
-  (*g)->stop();
-  const auto inside = (*g)->records().at("web");
+  // What `at_least` requests at `rps` recorded, sent through `options`.
+  auto records = [&](double rps, int64_t at_least, const TrafficOptions& options) {
+    auto g = web_traffic(*port, rps, "requests", at_least, options, "198.18.1.10");
+    if (g) g->stop();
+    return g ? g->records().at("web") : std::vector<RequestRecord>{};
+  };
+  const auto inside = records(50, 5, {.netns = name, .request_timeout = 1s});
   ASSERT_GE(inside.size(), 5u);
   for (const auto& r : inside) {
     EXPECT_EQ(r.status, 200) << r.error;
     EXPECT_EQ(r.served_by, "web-0");
   }
   // Without the namespace the address does not exist here.
-  TrafficOptions outside;
-  outside.request_timeout = 300ms;
-  auto h = TrafficGenerator::start({{"web", "198.18.1.10", *port, "/", 20}}, outside);
-  ASSERT_OK(h);
-  ASSERT_TRUE(wait_until([&] { return count_of(**h, "web") >= 1; }));
-  (*h)->stop();
-  const auto outside_records = (*h)->records().at("web");
-  ASSERT_GE(outside_records.size(), 1u);
-  for (const auto& r : outside_records) EXPECT_TRUE(r.failed()) << r.status;
+  const auto outside = records(20, 1, {.request_timeout = 300ms});
+  ASSERT_GE(outside.size(), 1u);
+  for (const auto& r : outside) EXPECT_TRUE(r.failed()) << r.status;
   server->stop();
 }
 
