@@ -18,14 +18,8 @@ constexpr std::string_view kHostStates[] = {"Ready",   "Updating", "Unhealthy",
 std::string_view to_string(HostState s) { return kHostStates[static_cast<int>(s)]; }
 
 Result<HostState> parse_host_state(std::string_view s, std::string_view field) {
-  for (size_t i = 0; i < std::size(kHostStates); ++i) {
-    if (kHostStates[i] == s) return static_cast<HostState>(i);
-  }
-  return make_error(
-      Condition::invalid_argument,
-      fmt::format(
-          "field '{}' must be one of Ready, Updating, Unhealthy, Offline, Fenced, Reconciling",
-          field));
+  FL_ASSIGN_OR_RETURN(size_t i, index_of_name(kHostStates, s, field));
+  return static_cast<HostState>(i);
 }
 
 const Host* Cluster::find_host(std::string_view id) const {

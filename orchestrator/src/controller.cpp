@@ -536,34 +536,25 @@ Result<std::shared_ptr<DrillRun>> find_drill(Controller::Impl& m, const std::str
   }
   return it->second;
 }
+
+// Sets the flags the executor reads between batches, and wakes it to read them.
+Status set_pause_flags(Controller::Impl& m, const std::string& id, bool pause, bool step_once) {
+  std::lock_guard lock(m.mu);
+  FL_ASSIGN_OR_RETURN(auto d, find_drill(m, id));
+  d->pause_requested = pause;
+  d->step_once = step_once;
+  m.cv.notify_all();
+  return {};
+}
 }  // namespace
 
-Status Controller::pause(const std::string& id) {
-  std::lock_guard lock(impl_->mu);
-  FL_ASSIGN_OR_RETURN(auto d, find_drill(*impl_, id));
-  d->pause_requested = true;
-  d->step_once = false;
-  impl_->cv.notify_all();
-  return {};
-}
+Status Controller::pause(const std::string& id) { return set_pause_flags(*impl_, id, true, false); }
 
 Status Controller::resume(const std::string& id) {
-  std::lock_guard lock(impl_->mu);
-  FL_ASSIGN_OR_RETURN(auto d, find_drill(*impl_, id));
-  d->pause_requested = false;
-  d->step_once = false;
-  impl_->cv.notify_all();
-  return {};
+  return set_pause_flags(*impl_, id, false, false);
 }
 
-Status Controller::step(const std::string& id) {
-  std::lock_guard lock(impl_->mu);
-  FL_ASSIGN_OR_RETURN(auto d, find_drill(*impl_, id));
-  d->pause_requested = false;
-  d->step_once = true;
-  impl_->cv.notify_all();
-  return {};
-}
+Status Controller::step(const std::string& id) { return set_pause_flags(*impl_, id, false, true); }
 
 Status Controller::abort(const std::string& id) {
   std::lock_guard lock(impl_->mu);

@@ -173,6 +173,20 @@ struct Journal::Impl {
     return st.int64(0);
   }
 
+  // The stored JSON object in the one column of `sql` (keyed by ?1 = key), if there is a row;
+  // `what` ("doc", "drill") names it in errors, as "doc 'KEY'", and `op` prefixes the statement's.
+  Result<std::optional<json::object>> stored_object(const char* sql, std::string_view key,
+                                                    std::string_view what,
+                                                    std::string_view op) const {
+    std::lock_guard lock(mu);
+    FL_ASSIGN_OR_RETURN(auto st, prepare(sql, fmt::format("{} '{}'", op, key)));
+    st.bind(1, key);
+    FL_ASSIGN_OR_RETURN(bool row, st.step());
+    if (!row) return std::optional<json::object>();
+    FL_ASSIGN_OR_RETURN(auto doc, parse_stored(st.text(0), fmt::format("{} '{}'", what, key)));
+    return std::optional<json::object>(std::move(doc));
+  }
+
   bool in_transaction() const { return sqlite3_get_autocommit(db.get()) == 0; }
 
   // Undoes what `atomically` began. SQLite itself rolls the whole transaction back after some
@@ -332,14 +346,7 @@ Status Journal::put_doc(std::string_view key, const json::object& value) {
 }
 
 Result<std::optional<json::object>> Journal::get_doc(std::string_view key) const {
-  std::lock_guard lock(impl_->mu);
-  FL_ASSIGN_OR_RETURN(auto st, impl_->prepare("SELECT value FROM docs WHERE key = ?1",
-                                              fmt::format("get_doc '{}'", key)));
-  st.bind(1, key);
-  FL_ASSIGN_OR_RETURN(bool row, st.step());
-  if (!row) return std::optional<json::object>();
-  FL_ASSIGN_OR_RETURN(auto doc, parse_stored(st.text(0), fmt::format("doc '{}'", key)));
-  return std::optional<json::object>(std::move(doc));
+  return impl_->stored_object("SELECT value FROM docs WHERE key = ?1", key, "doc", "get_doc");
 }
 
 Status Journal::save_drill(std::string_view id, std::string_view state, const json::object& doc) {
@@ -361,14 +368,7 @@ Status Journal::save_drill(std::string_view id, std::string_view state, const js
 }
 
 Result<std::optional<json::object>> Journal::get_drill(std::string_view id) const {
-  std::lock_guard lock(impl_->mu);
-  FL_ASSIGN_OR_RETURN(auto st, impl_->prepare("SELECT doc FROM drills WHERE id = ?1",
-                                              fmt::format("get_drill '{}'", id)));
-  st.bind(1, id);
-  FL_ASSIGN_OR_RETURN(bool row, st.step());
-  if (!row) return std::optional<json::object>();
-  FL_ASSIGN_OR_RETURN(auto doc, parse_stored(st.text(0), fmt::format("drill '{}'", id)));
-  return std::optional<json::object>(std::move(doc));
+  return impl_->stored_object("SELECT doc FROM drills WHERE id = ?1", id, "drill", "get_drill");
 }
 
 Result<std::vector<Journal::DrillRow>> Journal::drills() const {
