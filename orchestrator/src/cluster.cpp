@@ -18,8 +18,7 @@ constexpr std::string_view kHostStates[] = {"Ready",   "Updating", "Unhealthy",
 std::string_view to_string(HostState s) { return kHostStates[static_cast<int>(s)]; }
 
 Result<HostState> parse_host_state(std::string_view s, std::string_view field) {
-  FL_ASSIGN_OR_RETURN(size_t i, index_of_name(kHostStates, s, field));
-  return static_cast<HostState>(i);
+  return enum_from_name<HostState>(kHostStates, s, field);
 }
 
 const Host* Cluster::find_host(std::string_view id) const {

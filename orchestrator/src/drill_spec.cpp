@@ -11,8 +11,7 @@ constexpr std::string_view kDrillStates[] = {"Planned",   "Running", "Paused",
 std::string_view to_string(DrillState s) { return kDrillStates[static_cast<int>(s)]; }
 
 Result<DrillState> parse_drill_state(std::string_view s, std::string_view field) {
-  FL_ASSIGN_OR_RETURN(size_t i, index_of_name(kDrillStates, s, field));
-  return static_cast<DrillState>(i);
+  return enum_from_name<DrillState>(kDrillStates, s, field);
 }
 
 Result<DrillSpec> drill_spec_from_json(const json::object& o) {

@@ -339,9 +339,7 @@ Status Journal::put_doc(std::string_view key, const json::object& value) {
                                      "ON CONFLICT(key) DO UPDATE SET value = excluded.value, "
                                      "updated_at = excluded.updated_at",
                                      fmt::format("put_doc '{}'", key)));
-  st.bind(1, key);
-  st.bind(2, text);
-  st.bind(3, rfc3339_now());
+  st.bind_all(key, text, rfc3339_now());
   return st.run();
 }
 
@@ -360,10 +358,7 @@ Status Journal::save_drill(std::string_view id, std::string_view state, const js
                                      "ON CONFLICT(id) DO UPDATE SET state = excluded.state, "
                                      "doc = excluded.doc, updated_at = excluded.updated_at",
                                      fmt::format("save_drill '{}'", id)));
-  st.bind(1, id);
-  st.bind(2, state);
-  st.bind(3, text);
-  st.bind(4, rfc3339_now());
+  st.bind_all(id, state, text, rfc3339_now());
   return st.run();
 }
 
@@ -430,13 +425,7 @@ Status Journal::set_host_progress(std::string_view drill, const HostProgress& p)
                      "status = excluded.status, job = excluded.job, detail = excluded.detail, "
                      "updated_at = excluded.updated_at",
                      op));
-  st.bind(1, drill);
-  st.bind(2, p.host);
-  st.bind(3, int64_t{p.batch});
-  st.bind(4, p.status);
-  st.bind(5, p.job);
-  st.bind(6, detail);
-  st.bind(7, rfc3339_now());
+  st.bind_all(drill, p.host, int64_t{p.batch}, p.status, p.job, detail, rfc3339_now());
   auto r = st.run();
   if (!r.ok() && sqlite3_extended_errcode(impl_->db.get()) == SQLITE_CONSTRAINT_FOREIGNKEY) {
     return make_error(Condition::not_found,
@@ -490,9 +479,7 @@ Status Journal::append_event(uint64_t seq, std::string_view type, std::string_vi
     {
       FL_ASSIGN_OR_RETURN(
           auto st, impl_->prepare("INSERT INTO events(seq, type, event) VALUES (?1, ?2, ?3)", op));
-      st.bind(1, static_cast<int64_t>(seq));
-      st.bind(2, type);
-      st.bind(3, event_json);
+      st.bind_all(static_cast<int64_t>(seq), type, event_json);
       FL_RETURN_IF_ERROR(st.run());
     }
     FL_ASSIGN_OR_RETURN(
