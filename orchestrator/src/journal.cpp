@@ -173,6 +173,15 @@ struct Journal::Impl {
     return st.int64(0);
   }
 
+  // Runs one statement with ?1, ?2, ... bound to `args`; `op` names it in errors.
+  template <class... Args>
+  Status run_bound(const char* sql, const std::string& op, const Args&... args) const {
+    std::lock_guard lock(mu);
+    FL_ASSIGN_OR_RETURN(auto st, prepare(sql, op));
+    st.bind_all(args...);
+    return st.run();
+  }
+
   // The stored JSON object in the one column of `sql` (keyed by ?1 = key), if there is a row;
   // `what` ("doc", "drill") names it in errors, as "doc 'KEY'", and `op` prefixes the statement's.
   Result<std::optional<json::object>> stored_object(const char* sql, std::string_view key,
@@ -333,14 +342,11 @@ Result<std::string> Journal::journal_mode() const {
 Status Journal::put_doc(std::string_view key, const json::object& value) {
   FL_RETURN_IF_ERROR(check_name(key, "doc key"));
   FL_ASSIGN_OR_RETURN(std::string text, serialize_doc(value, fmt::format("doc '{}'", key)));
-  std::lock_guard lock(impl_->mu);
-  FL_ASSIGN_OR_RETURN(auto st,
-                      impl_->prepare("INSERT INTO docs(key, value, updated_at) VALUES (?1, ?2, ?3) "
-                                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value, "
-                                     "updated_at = excluded.updated_at",
-                                     fmt::format("put_doc '{}'", key)));
-  st.bind_all(key, text, rfc3339_now());
-  return st.run();
+  return impl_->run_bound(
+      "INSERT INTO docs(key, value, updated_at) VALUES (?1, ?2, ?3) "
+      "ON CONFLICT(key) DO UPDATE SET value = excluded.value, "
+      "updated_at = excluded.updated_at",
+      fmt::format("put_doc '{}'", key), key, text, rfc3339_now());
 }
 
 Result<std::optional<json::object>> Journal::get_doc(std::string_view key) const {
@@ -351,15 +357,12 @@ Status Journal::save_drill(std::string_view id, std::string_view state, const js
   FL_RETURN_IF_ERROR(check_name(id, "drill id"));
   FL_RETURN_IF_ERROR(check_name(state, "drill state"));
   FL_ASSIGN_OR_RETURN(std::string text, serialize_doc(doc, fmt::format("drill '{}'", id)));
-  std::lock_guard lock(impl_->mu);
-  FL_ASSIGN_OR_RETURN(auto st,
-                      impl_->prepare("INSERT INTO drills(id, state, doc, created_at, updated_at) "
-                                     "VALUES (?1, ?2, ?3, ?4, ?4) "
-                                     "ON CONFLICT(id) DO UPDATE SET state = excluded.state, "
-                                     "doc = excluded.doc, updated_at = excluded.updated_at",
-                                     fmt::format("save_drill '{}'", id)));
-  st.bind_all(id, state, text, rfc3339_now());
-  return st.run();
+  return impl_->run_bound(
+      "INSERT INTO drills(id, state, doc, created_at, updated_at) "
+      "VALUES (?1, ?2, ?3, ?4, ?4) "
+      "ON CONFLICT(id) DO UPDATE SET state = excluded.state, "
+      "doc = excluded.doc, updated_at = excluded.updated_at",
+      fmt::format("save_drill '{}'", id), id, state, text, rfc3339_now());
 }
 
 Result<std::optional<json::object>> Journal::get_drill(std::string_view id) const {
