@@ -9,6 +9,7 @@
 #include <memory>
 #include <sstream>
 
+#include "fabriclab/common/cli_range.hpp"
 #include "fabriclab/rack/chaos.hpp"
 #include "fabriclab/rack/image_library.hpp"
 
@@ -126,15 +127,12 @@ std::function<int()> add_chaos_command(CLI::App& app) {
                                  "jobs, no instance on two hosts, data counters "
                                  "kept, a terminal state and a report that agrees. Prints a table "
                                  "and a JSON summary; exit 1 on a violation.");
-  cmd->add_option("--drills", a->drills, "How many drills")
-      ->check(CLI::Range(1, rack::kMaxChaosDrills))
-      ->capture_default_str();
+  add_ranged_option(*cmd, "--drills", a->drills, "How many drills", 1, rack::kMaxChaosDrills);
   cmd->add_option("--seed", a->seed, "The campaign's seed (the same seed draws the same faults)")
       ->capture_default_str();
-  cmd->add_option("--from", a->from,
-                  "The first drill's number (replay drill K: --from K --drills 1)")
-      ->check(CLI::Range(1, rack::kMaxChaosDrills))
-      ->capture_default_str();
+  add_ranged_option(*cmd, "--from", a->from,
+                    "The first drill's number (replay drill K: --from K --drills 1)", 1,
+                    rack::kMaxChaosDrills);
   cmd->add_option("--hypervisor", a->hypervisor,
                   "test (simulated guests, default) or qemu (real VMs)")
       ->check(CLI::IsMember({"qemu", "test"}));

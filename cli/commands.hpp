@@ -54,6 +54,8 @@ struct DrillArgs {
   bool keep = false, json_out = false;
 };
 int run_drill_cmd(const DrillArgs& a);
+// The drill spec the flags name: --spec's file (or the default drill), with --hypervisor applied.
+Result<rack::DrillFileSpec> drill_file_spec(const DrillArgs& a);
 // The local rack's options from the drill/lab flags.
 rack::LabOptions lab_options(const DrillArgs& a);
 // The rack's network, and what clients of its guests reach, one line each (docs/clients.md).

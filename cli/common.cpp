@@ -43,6 +43,15 @@ Result<client::OrchestratorClient> connect_target(const Target& t) {
   return client::OrchestratorClient::from_url(lab.orchestrator_url(), lab.control_token());
 }
 
+Result<rack::DrillFileSpec> drill_file_spec(const DrillArgs& a) {
+  rack::DrillFileSpec spec = rack::default_spec();
+  if (!a.spec_file.empty()) {
+    FL_ASSIGN_OR_RETURN(spec, rack::load_spec(a.spec_file));
+  }
+  if (!a.hypervisor.empty()) spec.hypervisor = a.hypervisor;
+  return spec;
+}
+
 int exit_for(const Error& e) {
   switch (e.condition) {
     case Condition::invalid_argument:

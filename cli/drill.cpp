@@ -158,10 +158,8 @@ std::string guest_network_line(const rack::Lab& lab) {
 }
 
 int run_drill_cmd(const DrillArgs& a) {
-  auto spec = a.spec_file.empty() ? Result<rack::DrillFileSpec>(rack::default_spec())
-                                  : rack::load_spec(a.spec_file);
+  auto spec = drill_file_spec(a);
   if (!spec.ok()) return fail(kBadInput, spec.error().message);
-  if (!a.hypervisor.empty()) spec->hypervisor = a.hypervisor;
   client::install_interrupt_handlers();
   std::ostream& out = a.json_out ? std::cerr : std::cout;
   const bool tty = !a.json_out && isatty(STDOUT_FILENO);

@@ -21,10 +21,8 @@ rack::LabOptions lab_options(const DrillArgs& a) {
 }
 
 int run_lab_up(const DrillArgs& a) {
-  auto spec = a.spec_file.empty() ? Result<rack::DrillFileSpec>(rack::default_spec())
-                                  : rack::load_spec(a.spec_file);
+  auto spec = drill_file_spec(a);
   if (!spec.ok()) return fail(kBadInput, spec.error().message);
-  if (!a.hypervisor.empty()) spec->hypervisor = a.hypervisor;
   client::install_interrupt_handlers();
   rack::LabOptions lo = lab_options(a);
   auto up = rack::Lab::up(*spec, lo);

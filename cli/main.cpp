@@ -19,6 +19,7 @@
 
 #include "chaos.hpp"
 #include "commands.hpp"
+#include "fabriclab/common/cli_range.hpp"
 
 using namespace fabriclab;
 using namespace fabriclab::cli;
@@ -41,15 +42,12 @@ Command add_plan_command(CLI::App& app) {
   auto* plan = app.add_subcommand(
       "plan", "Dry run: place the services, compute the walk, predict each service's worst case");
   plan->add_option("--rack", pa->rack, "FAULT_DOMAINSxHOSTS_PER_FD")->capture_default_str();
-  plan->add_option("--capacity", pa->capacity, "Instances per host")
-      ->check(CLI::Range(1, 1000))
-      ->capture_default_str();
+  add_ranged_option(*plan, "--capacity", pa->capacity, "Instances per host", 1, 1000);
   plan->add_option(
       "--service", pa->services,
       "NAME:INSTANCES[:UD_COUNT], repeatable (default: the seeds' hello:1 web:2 worker:3)");
-  plan->add_option("--ud-count", pa->ud_count, "Default UD count per service (1..20)")
-      ->check(CLI::Range(1, 20))
-      ->capture_default_str();
+  add_ranged_option(*plan, "--ud-count", pa->ud_count, "Default UD count per service (1..20)", 1,
+                    20);
   plan->add_option("--max-parallel", pa->max_parallel,
                    "At most this many hosts per batch (0: no cap)")
       ->check(CLI::Range(0, 100000));
@@ -144,9 +142,7 @@ Command add_lab_command(CLI::App& app) {
   for (auto* c : {lab_off, lab_on}) {
     c->add_option("HOST", p->host, "The host (h0, h1, ...)")->required();
     c->add_option("--lab-dir", p->lab_dir, "The rack's directory")->capture_default_str();
-    c->add_option("--timeout-ms", p->timeout_ms, "Give up after this long")
-        ->check(CLI::Range(100, 600000))
-        ->capture_default_str();
+    add_ranged_option(*c, "--timeout-ms", p->timeout_ms, "Give up after this long", 100, 600000);
   }
   return [=] {
     if (*lab_up) return run_lab_up(*la);

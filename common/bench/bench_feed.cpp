@@ -156,9 +156,7 @@ void print_json(const Options& o, const Outcome& r) {
   out["client"] = o.client;
   out["server_threads"] = o.server_threads;
   out["client_threads"] = o.client_threads;
-  json::object reasons;
-  for (const auto& [why, n] : r.closed_reasons) reasons[why] = n;
-  out["closed_reasons"] = std::move(reasons);
+  out["closed_reasons"] = json::value_from(r.closed_reasons);
   out["target_met"] = r.target_met;
   std::cout << json::serialize(out) << "\n";
 }

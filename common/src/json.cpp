@@ -1,6 +1,7 @@
 #include "fabriclab/common/json.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <boost/json/error.hpp>
 #include <boost/json/parse.hpp>
@@ -113,9 +114,8 @@ Result<int64_t> get_int(const json::object& o, std::string_view field, int64_t l
 
 Result<int64_t> get_int_or(const json::object& o, std::string_view field, int64_t lo, int64_t hi,
                            int64_t fallback) {
-  const json::value* v = find(o, field);
-  if (!v) return fallback;
-  return as_int(*v, field, lo, hi);
+  if (!find(o, field)) return fallback;
+  return get_int(o, field, lo, hi);
 }
 
 Result<std::optional<int64_t>> get_optional_int(const json::object& o, std::string_view field,
@@ -134,9 +134,8 @@ Result<double> get_number(const json::object& o, std::string_view field, double 
 
 Result<double> get_number_or(const json::object& o, std::string_view field, double lo, double hi,
                              double fallback) {
-  const json::value* v = find(o, field);
-  if (!v) return fallback;
-  return as_number(*v, field, lo, hi);
+  if (!find(o, field)) return fallback;
+  return get_number(o, field, lo, hi);
 }
 
 Result<bool> get_bool(const json::object& o, std::string_view field) {
@@ -175,6 +174,14 @@ Result<const json::array*> get_optional_array(const json::object& o, std::string
   const json::value* v = find(o, field);
   if (!v) return static_cast<const json::array*>(nullptr);
   return as_array(*v, field, max_items);
+}
+
+Result<size_t> index_of_name(std::span<const std::string_view> names, std::string_view s,
+                             std::string_view field) {
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (names[i] == s) return i;
+  }
+  return bad(fmt::format("field '{}' must be one of {}", field, fmt::join(names, ", ")));
 }
 
 Status check_fields(const json::object& o, std::initializer_list<std::string_view> allowed) {

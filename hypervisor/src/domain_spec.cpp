@@ -17,6 +17,8 @@
 #include <cstring>
 #include <sstream>
 
+#include "fabriclab/common/escape.hpp"
+
 namespace fabriclab::hypervisor {
 namespace {
 
@@ -191,30 +193,9 @@ bool valid_bridge_name(const std::string& name) {
 }
 
 std::string xml_escape(const std::string& s) {
-  std::string out;
-  out.reserve(s.size());
-  for (char c : s) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '\'':
-        out += "&apos;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      default:
-        out += c;
-    }
-  }
-  return out;
+  static constexpr CharEntity kXml[] = {
+      {'&', "&amp;"}, {'<', "&lt;"}, {'>', "&gt;"}, {'\'', "&apos;"}, {'"', "&quot;"}};
+  return escape_chars(s, kXml);
 }
 
 std::string render_metadata_xml(const InstanceMetadata& m, bool qualified) {

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <iostream>
 
+#include "fabriclab/common/cli_range.hpp"
 #include "fabriclab/common/event_feed.hpp"
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/http_server.hpp"
@@ -38,25 +39,20 @@ void add_options(CLI::App& app, Flags& f) {
       ->required();
   app.add_option("--listen", f.listen, "Listen address (loopback unless told otherwise)")
       ->capture_default_str();
-  app.add_option("--port", f.port, "Listen port (0: ephemeral, printed on stdout)")
-      ->check(CLI::Range(0, 65535))
-      ->capture_default_str();
+  add_ranged_option(app, "--port", f.port, "Listen port (0: ephemeral, printed on stdout)", 0,
+                    65535);
   app.add_option("--control-token-file", f.control_token_file,
                  "File holding the control bearer token")
       ->required();
   app.add_option("--read-token-file", f.read_token_file, "File holding the read-only bearer token");
   app.add_option("--agent-token-file", f.agent_token_file,
                  "File holding the agents' control token (default: the control token)");
-  app.add_option("--poll-ms", f.poll_ms, "How often each agent is asked for its state")
-      ->check(CLI::Range(10, 60000))
-      ->capture_default_str();
-  app.add_option("--unhealthy-after-ms", f.unhealthy_ms,
-                 "A host silent this long becomes Unhealthy")
-      ->check(CLI::Range(100, 3600000))
-      ->capture_default_str();
-  app.add_option("--agent-timeout-ms", f.agent_timeout_ms, "Deadline of one call to an agent")
-      ->check(CLI::Range(100, 600000))
-      ->capture_default_str();
+  add_ranged_option(app, "--poll-ms", f.poll_ms, "How often each agent is asked for its state", 10,
+                    60000);
+  add_ranged_option(app, "--unhealthy-after-ms", f.unhealthy_ms,
+                    "A host silent this long becomes Unhealthy", 100, 3600000);
+  add_ranged_option(app, "--agent-timeout-ms", f.agent_timeout_ms,
+                    "Deadline of one call to an agent", 100, 600000);
   app.add_option("--agent-netns", o.agent_netns,
                  "Open every connection to an agent inside this network namespace (a name under "
                  "/run/netns or a path); the API still listens where --listen says");
@@ -68,14 +64,10 @@ void add_options(CLI::App& app, Flags& f) {
       "spaces, no shell; {host} becomes the host's id); exit 0 = the host is confirmed off. "
       "Without it "
       "healing goes on unfenced");
-  app.add_option("--power-timeout-ms", f.power_timeout_ms,
-                 "Deadline of one power command (then it is killed)")
-      ->check(CLI::Range(100, 600000))
-      ->capture_default_str();
-  app.add_option("--fence-attempts", f.fence_attempts,
-                 "Power commands tried per silence before giving up")
-      ->check(CLI::Range(1, 100))
-      ->capture_default_str();
+  add_ranged_option(app, "--power-timeout-ms", f.power_timeout_ms,
+                    "Deadline of one power command (then it is killed)", 100, 600000);
+  add_ranged_option(app, "--fence-attempts", f.fence_attempts,
+                    "Power commands tried per silence before giving up", 1, 100);
   app.add_option("--lb-config", o.lb_config,
                  "The HAProxy configuration file the rack's load balancer runs (rewritten on every "
                  "change of placement); without it the rack has no load balancer");

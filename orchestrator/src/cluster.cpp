@@ -18,14 +18,7 @@ constexpr std::string_view kHostStates[] = {"Ready",   "Updating", "Unhealthy",
 std::string_view to_string(HostState s) { return kHostStates[static_cast<int>(s)]; }
 
 Result<HostState> parse_host_state(std::string_view s, std::string_view field) {
-  for (size_t i = 0; i < std::size(kHostStates); ++i) {
-    if (kHostStates[i] == s) return static_cast<HostState>(i);
-  }
-  return make_error(
-      Condition::invalid_argument,
-      fmt::format(
-          "field '{}' must be one of Ready, Updating, Unhealthy, Offline, Fenced, Reconciling",
-          field));
+  return enum_from_name<HostState>(kHostStates, s, field);
 }
 
 const Host* Cluster::find_host(std::string_view id) const {

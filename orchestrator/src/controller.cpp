@@ -34,6 +34,15 @@ constexpr size_t kMaxEndpointBytes = 255;
 // wider than that (a few events of overshoot per publishing thread are possible; seq is 64-bit).
 constexpr uint64_t kMaxJournalLag = 4096;
 constexpr uint64_t kRestartSeqGap = 1u << 20;
+
+// The views of every element of `items` (a part of `m`, read under its lock).
+template <class Items, class View>
+json::array list_json(Controller::Impl& m, const Items& items, View view) {
+  std::lock_guard lock(m.mu);
+  json::array a;
+  for (const auto& x : items) a.push_back(view(x));
+  return a;
+}
 }  // namespace
 
 int64_t unix_ms() { return unix_now_ms(); }
@@ -272,17 +281,13 @@ void Controller::Impl::save_drill(const DrillRun& d) {
                                {"counter", b.counter}};
     }
     doc["before"] = std::move(before);
-    json::object hib;
-    for (const auto& [h, img] : d.host_image_before) hib[h] = img;
-    doc["host_image_before"] = std::move(hib);
+    doc["host_image_before"] = json::value_from(d.host_image_before);
     doc["started_ms"] = d.started_ms;
     doc["finished_ms"] = d.finished_ms;
     doc["notice_ms"] = d.notice_ms;
     doc["traffic_measured"] = d.traffic_measured;
     doc["traffic_reason"] = d.traffic_reason;
-    json::array app_up;
-    for (const auto& n : d.app_up) app_up.emplace_back(n);
-    doc["app_up"] = std::move(app_up);
+    doc["app_up"] = json::value_from(d.app_up);
   }
   if (auto s = journal->save_drill(d.id, std::string(to_string(d.state)), doc); !s.ok()) {
     ++journal_errors;
@@ -383,10 +388,8 @@ Result<json::object> Controller::register_host(const HostRegistration& r) {
 }
 
 json::array Controller::hosts_json() const {
-  std::lock_guard lock(impl_->mu);
-  json::array a;
-  for (const auto& h : impl_->cluster.hosts) a.push_back(impl_->host_json_locked(h));
-  return a;
+  return list_json(*impl_, impl_->cluster.hosts,
+                   [&](const Host& h) { return impl_->host_json_locked(h); });
 }
 
 Result<json::object> Controller::host_json(const std::string& id) const {
@@ -483,17 +486,13 @@ Result<json::object> Controller::create_service(const Service& s) {
 }
 
 json::array Controller::services_json() const {
-  std::lock_guard lock(impl_->mu);
-  json::array a;
-  for (const auto& s : impl_->cluster.services) a.push_back(impl_->service_json_locked(s));
-  return a;
+  return list_json(*impl_, impl_->cluster.services,
+                   [&](const auto& s) { return impl_->service_json_locked(s); });
 }
 
 json::array Controller::instances_json() const {
-  std::lock_guard lock(impl_->mu);
-  json::array a;
-  for (const auto& i : impl_->cluster.instances) a.push_back(impl_->instance_json_locked(i));
-  return a;
+  return list_json(*impl_, impl_->cluster.instances,
+                   [&](const Instance& i) { return impl_->instance_json_locked(i); });
 }
 
 Result<json::object> Controller::plan_json(int max_parallel_hosts) const {
@@ -520,10 +519,8 @@ Result<json::object> Controller::drill_json(const std::string& id) const {
 }
 
 json::array Controller::drills_json() const {
-  std::lock_guard lock(impl_->mu);
-  json::array a;
-  for (const auto& [id, d] : impl_->drills) a.push_back(impl_->drill_json_locked(*d));
-  return a;
+  return list_json(*impl_, impl_->drills,
+                   [&](const auto& kv) { return impl_->drill_json_locked(*kv.second); });
 }
 
 namespace {
@@ -536,34 +533,25 @@ Result<std::shared_ptr<DrillRun>> find_drill(Controller::Impl& m, const std::str
   }
   return it->second;
 }
+
+// Sets the flags the executor reads between batches, and wakes it to read them.
+Status set_pause_flags(Controller::Impl& m, const std::string& id, bool pause, bool step_once) {
+  std::lock_guard lock(m.mu);
+  FL_ASSIGN_OR_RETURN(auto d, find_drill(m, id));
+  d->pause_requested = pause;
+  d->step_once = step_once;
+  m.cv.notify_all();
+  return {};
+}
 }  // namespace
 
-Status Controller::pause(const std::string& id) {
-  std::lock_guard lock(impl_->mu);
-  FL_ASSIGN_OR_RETURN(auto d, find_drill(*impl_, id));
-  d->pause_requested = true;
-  d->step_once = false;
-  impl_->cv.notify_all();
-  return {};
-}
+Status Controller::pause(const std::string& id) { return set_pause_flags(*impl_, id, true, false); }
 
 Status Controller::resume(const std::string& id) {
-  std::lock_guard lock(impl_->mu);
-  FL_ASSIGN_OR_RETURN(auto d, find_drill(*impl_, id));
-  d->pause_requested = false;
-  d->step_once = false;
-  impl_->cv.notify_all();
-  return {};
+  return set_pause_flags(*impl_, id, false, false);
 }
 
-Status Controller::step(const std::string& id) {
-  std::lock_guard lock(impl_->mu);
-  FL_ASSIGN_OR_RETURN(auto d, find_drill(*impl_, id));
-  d->pause_requested = false;
-  d->step_once = true;
-  impl_->cv.notify_all();
-  return {};
-}
+Status Controller::step(const std::string& id) { return set_pause_flags(*impl_, id, false, true); }
 
 Status Controller::abort(const std::string& id) {
   std::lock_guard lock(impl_->mu);

@@ -64,6 +64,20 @@ Result<json::object> fault_event(const json::object& o, const std::string& drill
   return ev;
 }
 
+// POST `path` creates something: the body (an object) parsed by `parse` into what `create` takes;
+// 201 and what `create` returns, or the first error.
+template <class Parse, class Create>
+void route_create(http::Server& server, const std::string& path, const http::Limits& limits,
+                  Parse parse, Create create) {
+  server.route("POST", path, Access::control, [limits, parse, create](const Request& r) {
+    auto body = object_body(r, limits);
+    if (!body.ok()) return http::error_response(body.error());
+    auto parsed = parse(*body);
+    if (!parsed.ok()) return http::error_response(parsed.error());
+    return result_or(create(*parsed), 201);
+  });
+}
+
 }  // namespace
 
 void install_controller_api(http::Server& server, Controller& controller,
@@ -89,22 +103,12 @@ void install_controller_api(http::Server& server, Controller& controller,
                [c](const Request&) { return http::json_response(200, c->hosts_json()); });
   server.route("GET", "/v1/hosts/{id}", Access::read,
                [c](const Request& r) { return result_or(c->host_json(r.params.at("id")), 200); });
-  server.route("POST", "/v1/hosts", Access::control, [c, limits](const Request& r) {
-    auto body = object_body(r, limits);
-    if (!body.ok()) return http::error_response(body.error());
-    auto reg = host_registration_from_json(*body);
-    if (!reg.ok()) return http::error_response(reg.error());
-    return result_or(c->register_host(*reg), 201);
-  });
+  route_create(server, "/v1/hosts", limits, host_registration_from_json,
+               [c](const auto& reg) { return c->register_host(reg); });
   server.route("GET", "/v1/services", Access::read,
                [c](const Request&) { return http::json_response(200, c->services_json()); });
-  server.route("POST", "/v1/services", Access::control, [c, limits](const Request& r) {
-    auto body = object_body(r, limits);
-    if (!body.ok()) return http::error_response(body.error());
-    auto svc = service_from_json(*body);
-    if (!svc.ok()) return http::error_response(svc.error());
-    return result_or(c->create_service(*svc), 201);
-  });
+  route_create(server, "/v1/services", limits, service_from_json,
+               [c](const auto& svc) { return c->create_service(svc); });
   server.route("GET", "/v1/instances", Access::read,
                [c](const Request&) { return http::json_response(200, c->instances_json()); });
   server.route("GET", "/v1/plan", Access::read, [c](const Request& r) {
@@ -114,13 +118,8 @@ void install_controller_api(http::Server& server, Controller& controller,
   });
   server.route("GET", "/v1/drills", Access::read,
                [c](const Request&) { return http::json_response(200, c->drills_json()); });
-  server.route("POST", "/v1/drills", Access::control, [c, limits](const Request& r) {
-    auto body = object_body(r, limits);
-    if (!body.ok()) return http::error_response(body.error());
-    auto spec = drill_spec_from_json(*body);
-    if (!spec.ok()) return http::error_response(spec.error());
-    return result_or(c->create_drill(*spec), 201);
-  });
+  route_create(server, "/v1/drills", limits, drill_spec_from_json,
+               [c](const auto& spec) { return c->create_drill(spec); });
   server.route("GET", "/v1/drills/{id}", Access::read,
                [c](const Request& r) { return result_or(c->drill_json(r.params.at("id")), 200); });
   server.route("GET", "/v1/drills/{id}/report", Access::read,

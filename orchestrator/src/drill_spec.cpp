@@ -1,9 +1,5 @@
 #include "fabriclab/orchestrator/drill_spec.hpp"
 
-#include <fmt/format.h>
-
-#include <iterator>
-
 #include "fabriclab/orchestrator/cluster.hpp"
 
 namespace fabriclab::orchestrator {
@@ -15,13 +11,7 @@ constexpr std::string_view kDrillStates[] = {"Planned",   "Running", "Paused",
 std::string_view to_string(DrillState s) { return kDrillStates[static_cast<int>(s)]; }
 
 Result<DrillState> parse_drill_state(std::string_view s, std::string_view field) {
-  for (size_t i = 0; i < std::size(kDrillStates); ++i) {
-    if (kDrillStates[i] == s) return static_cast<DrillState>(i);
-  }
-  return make_error(
-      Condition::invalid_argument,
-      fmt::format("field '{}' must be one of Planned, Running, Paused, Completed, Failed, Aborted",
-                  field));
+  return enum_from_name<DrillState>(kDrillStates, s, field);
 }
 
 Result<DrillSpec> drill_spec_from_json(const json::object& o) {

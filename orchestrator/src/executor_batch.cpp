@@ -18,6 +18,13 @@ namespace fabriclab::orchestrator {
 
 namespace {
 auto log() { return logger("orchestrator"); }
+
+// A `drill.host` event: the host's status in its batch, and `key`: `value` (its job, or why it
+// was skipped).
+json::object host_event(const std::string& drill, const std::string& host, int batch,
+                        const std::string& status, const char* key, const std::string& value) {
+  return {{"drill", drill}, {"host", host}, {"batch", batch}, {"status", status}, {key, value}};
+}
 }  // namespace
 
 Result<json::object> Controller::Impl::run_host(DrillRun& d, BatchRun& b,
@@ -76,11 +83,7 @@ Result<json::object> Controller::Impl::run_host(DrillRun& d, BatchRun& b,
     p = pr;
   }
   (void)journal->set_host_progress(d.id, p);
-  publish({{"drill.host", json::object{{"drill", d.id},
-                                       {"host", host_id},
-                                       {"batch", b.index},
-                                       {"status", "running"},
-                                       {"job", job_id}}}});
+  publish({{"drill.host", host_event(d.id, host_id, b.index, "running", "job", job_id)}});
   // Poll the job until it ends; an agent that stops answering for too long fails the host.
   auto last_answer = Clock::now();
   while (!stopping) {
@@ -146,11 +149,7 @@ Status Controller::Impl::run_batch(DrillRun& d, BatchRun& b) {
       d.notes.push_back("host " + h + " skipped: " + why);
     }
     (void)journal->set_host_progress(d.id, p);
-    publish({{"drill.host", json::object{{"drill", d.id},
-                                         {"host", h},
-                                         {"batch", b.index},
-                                         {"status", "skipped"},
-                                         {"reason", why}}}});
+    publish({{"drill.host", host_event(d.id, h, b.index, "skipped", "reason", why)}});
   }
   save_drill(d);
   publish({{"drill.batch", bj}});
@@ -181,11 +180,7 @@ Status Controller::Impl::run_batch(DrillRun& d, BatchRun& b) {
         p = pr;
       }
       (void)journal->set_host_progress(d.id, p);
-      publish({{"drill.host", json::object{{"drill", d.id},
-                                           {"host", todo[i]},
-                                           {"batch", b.index},
-                                           {"status", p.status},
-                                           {"job", p.job}}}});
+      publish({{"drill.host", host_event(d.id, todo[i], b.index, p.status, "job", p.job)}});
     });
   }
   for (auto& t : threads) t.join();

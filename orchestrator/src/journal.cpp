@@ -173,6 +173,29 @@ struct Journal::Impl {
     return st.int64(0);
   }
 
+  // Runs one statement with ?1, ?2, ... bound to `args`; `op` names it in errors.
+  template <class... Args>
+  Status run_bound(const char* sql, const std::string& op, const Args&... args) const {
+    std::lock_guard lock(mu);
+    FL_ASSIGN_OR_RETURN(auto st, prepare(sql, op));
+    st.bind_all(args...);
+    return st.run();
+  }
+
+  // The stored JSON object in the one column of `sql` (keyed by ?1 = key), if there is a row;
+  // `what` ("doc", "drill") names it in errors, as "doc 'KEY'", and `op` prefixes the statement's.
+  Result<std::optional<json::object>> stored_object(const char* sql, std::string_view key,
+                                                    std::string_view what,
+                                                    std::string_view op) const {
+    std::lock_guard lock(mu);
+    FL_ASSIGN_OR_RETURN(auto st, prepare(sql, fmt::format("{} '{}'", op, key)));
+    st.bind(1, key);
+    FL_ASSIGN_OR_RETURN(bool row, st.step());
+    if (!row) return std::optional<json::object>();
+    FL_ASSIGN_OR_RETURN(auto doc, parse_stored(st.text(0), fmt::format("{} '{}'", what, key)));
+    return std::optional<json::object>(std::move(doc));
+  }
+
   bool in_transaction() const { return sqlite3_get_autocommit(db.get()) == 0; }
 
   // Undoes what `atomically` began. SQLite itself rolls the whole transaction back after some
@@ -319,56 +342,31 @@ Result<std::string> Journal::journal_mode() const {
 Status Journal::put_doc(std::string_view key, const json::object& value) {
   FL_RETURN_IF_ERROR(check_name(key, "doc key"));
   FL_ASSIGN_OR_RETURN(std::string text, serialize_doc(value, fmt::format("doc '{}'", key)));
-  std::lock_guard lock(impl_->mu);
-  FL_ASSIGN_OR_RETURN(auto st,
-                      impl_->prepare("INSERT INTO docs(key, value, updated_at) VALUES (?1, ?2, ?3) "
-                                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value, "
-                                     "updated_at = excluded.updated_at",
-                                     fmt::format("put_doc '{}'", key)));
-  st.bind(1, key);
-  st.bind(2, text);
-  st.bind(3, rfc3339_now());
-  return st.run();
+  return impl_->run_bound(
+      "INSERT INTO docs(key, value, updated_at) VALUES (?1, ?2, ?3) "
+      "ON CONFLICT(key) DO UPDATE SET value = excluded.value, "
+      "updated_at = excluded.updated_at",
+      fmt::format("put_doc '{}'", key), key, text, rfc3339_now());
 }
 
 Result<std::optional<json::object>> Journal::get_doc(std::string_view key) const {
-  std::lock_guard lock(impl_->mu);
-  FL_ASSIGN_OR_RETURN(auto st, impl_->prepare("SELECT value FROM docs WHERE key = ?1",
-                                              fmt::format("get_doc '{}'", key)));
-  st.bind(1, key);
-  FL_ASSIGN_OR_RETURN(bool row, st.step());
-  if (!row) return std::optional<json::object>();
-  FL_ASSIGN_OR_RETURN(auto doc, parse_stored(st.text(0), fmt::format("doc '{}'", key)));
-  return std::optional<json::object>(std::move(doc));
+  return impl_->stored_object("SELECT value FROM docs WHERE key = ?1", key, "doc", "get_doc");
 }
 
 Status Journal::save_drill(std::string_view id, std::string_view state, const json::object& doc) {
   FL_RETURN_IF_ERROR(check_name(id, "drill id"));
   FL_RETURN_IF_ERROR(check_name(state, "drill state"));
   FL_ASSIGN_OR_RETURN(std::string text, serialize_doc(doc, fmt::format("drill '{}'", id)));
-  std::lock_guard lock(impl_->mu);
-  FL_ASSIGN_OR_RETURN(auto st,
-                      impl_->prepare("INSERT INTO drills(id, state, doc, created_at, updated_at) "
-                                     "VALUES (?1, ?2, ?3, ?4, ?4) "
-                                     "ON CONFLICT(id) DO UPDATE SET state = excluded.state, "
-                                     "doc = excluded.doc, updated_at = excluded.updated_at",
-                                     fmt::format("save_drill '{}'", id)));
-  st.bind(1, id);
-  st.bind(2, state);
-  st.bind(3, text);
-  st.bind(4, rfc3339_now());
-  return st.run();
+  return impl_->run_bound(
+      "INSERT INTO drills(id, state, doc, created_at, updated_at) "
+      "VALUES (?1, ?2, ?3, ?4, ?4) "
+      "ON CONFLICT(id) DO UPDATE SET state = excluded.state, "
+      "doc = excluded.doc, updated_at = excluded.updated_at",
+      fmt::format("save_drill '{}'", id), id, state, text, rfc3339_now());
 }
 
 Result<std::optional<json::object>> Journal::get_drill(std::string_view id) const {
-  std::lock_guard lock(impl_->mu);
-  FL_ASSIGN_OR_RETURN(auto st, impl_->prepare("SELECT doc FROM drills WHERE id = ?1",
-                                              fmt::format("get_drill '{}'", id)));
-  st.bind(1, id);
-  FL_ASSIGN_OR_RETURN(bool row, st.step());
-  if (!row) return std::optional<json::object>();
-  FL_ASSIGN_OR_RETURN(auto doc, parse_stored(st.text(0), fmt::format("drill '{}'", id)));
-  return std::optional<json::object>(std::move(doc));
+  return impl_->stored_object("SELECT doc FROM drills WHERE id = ?1", id, "drill", "get_drill");
 }
 
 Result<std::vector<Journal::DrillRow>> Journal::drills() const {
@@ -430,13 +428,7 @@ Status Journal::set_host_progress(std::string_view drill, const HostProgress& p)
                      "status = excluded.status, job = excluded.job, detail = excluded.detail, "
                      "updated_at = excluded.updated_at",
                      op));
-  st.bind(1, drill);
-  st.bind(2, p.host);
-  st.bind(3, int64_t{p.batch});
-  st.bind(4, p.status);
-  st.bind(5, p.job);
-  st.bind(6, detail);
-  st.bind(7, rfc3339_now());
+  st.bind_all(drill, p.host, int64_t{p.batch}, p.status, p.job, detail, rfc3339_now());
   auto r = st.run();
   if (!r.ok() && sqlite3_extended_errcode(impl_->db.get()) == SQLITE_CONSTRAINT_FOREIGNKEY) {
     return make_error(Condition::not_found,
@@ -490,9 +482,7 @@ Status Journal::append_event(uint64_t seq, std::string_view type, std::string_vi
     {
       FL_ASSIGN_OR_RETURN(
           auto st, impl_->prepare("INSERT INTO events(seq, type, event) VALUES (?1, ?2, ?3)", op));
-      st.bind(1, static_cast<int64_t>(seq));
-      st.bind(2, type);
-      st.bind(3, event_json);
+      st.bind_all(static_cast<int64_t>(seq), type, event_json);
       FL_RETURN_IF_ERROR(st.run());
     }
     FL_ASSIGN_OR_RETURN(

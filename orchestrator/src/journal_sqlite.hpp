@@ -47,6 +47,12 @@ class Stmt {
   // Text binds copy (SQLITE_TRANSIENT); an empty view binds "" (not NULL).
   void bind(int i, std::string_view v);
   void bind(int i, int64_t v) { note(sqlite3_bind_int64(stmt_, i, v)); }
+  // Binds ?1, ?2, ... to `args`, in order.
+  template <class... Args>
+  void bind_all(const Args&... args) {
+    int i = 0;
+    (bind(++i, args), ...);
+  }
 
   // One step: true when a row is available, false when done.
   Result<bool> step();

@@ -98,6 +98,23 @@ std::string quote_start(std::string_view text) {
   return "'" + s + "'";
 }
 
+// The defaults section, fixed text. The last two lines keep one request per server connection:
+// the built-in guest serves one request per connection.
+constexpr std::string_view kDefaults = R"(
+defaults
+  mode http
+  log global
+  option httplog
+  option dontlog-normal
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  timeout http-request 5s
+  timeout http-keep-alive 1s
+  option http-server-close
+  http-reuse never
+)";
+
 }  // namespace
 
 LbSettings lb_settings_for(std::string_view config_path) {
@@ -183,19 +200,7 @@ std::string render_haproxy_config(const std::vector<LbService>& services,
   // and termination state ("SC--": the server refused or did not answer the connect), so that a
   // client's failure can be matched to what the backend did; served requests are not logged.
   out += "  log stderr format iso local0 info\n";
-  out += "\ndefaults\n";
-  out += "  mode http\n";
-  out += "  log global\n";
-  out += "  option httplog\n";
-  out += "  option dontlog-normal\n";
-  out += "  timeout connect 2s\n";
-  out += "  timeout client 30s\n";
-  out += "  timeout server 30s\n";
-  out += "  timeout http-request 5s\n";
-  out += "  timeout http-keep-alive 1s\n";
-  // One request per server connection: the built-in guest serves one request per connection.
-  out += "  option http-server-close\n";
-  out += "  http-reuse never\n";
+  out += kDefaults;
   if (state_file) out += "  load-server-state-from-file global\n";
   out += "\n# The load balancer's own listener: up as soon as HAProxy is.\n";
   out += "frontend lb_health\n";

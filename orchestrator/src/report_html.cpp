@@ -27,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "fabriclab/common/escape.hpp"
 #include "fabriclab/common/json_get.hpp"
 #include "fabriclab/orchestrator/report.hpp"
 #include "report_html_internal.hpp"
@@ -34,33 +35,9 @@
 namespace fabriclab::orchestrator {
 
 std::string report_html_detail::esc(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (char c : s) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      case '\'':
-        out += "&#39;";
-        break;
-      case '/':
-        out += "&#47;";
-        break;
-      default:
-        out += c;
-    }
-  }
-  return out;
+  static constexpr CharEntity kHtml[] = {{'&', "&amp;"},  {'<', "&lt;"},   {'>', "&gt;"},
+                                         {'"', "&quot;"}, {'\'', "&#39;"}, {'/', "&#47;"}};
+  return escape_chars(s, kHtml);
 }
 
 std::string report_html_detail::decimal(double v, int decimals) {

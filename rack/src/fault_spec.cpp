@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <map>
 #include <set>
+#include <type_traits>
 
 #include "fault_parse.hpp"
 
@@ -56,26 +57,29 @@ Status only(const YAML::Node& n, const std::string& path, const std::set<std::st
   return {};
 }
 
-Result<double> number(const YAML::Node& n, const std::string& path, double lo, double hi) {
-  double v = 0;
+// A YAML scalar of type T (int or double) in lo..hi (NaN is outside), or "PATH: must be an
+// integer [in LO..HI]" / "PATH: must be a number" / "PATH: must be in LO..HI".
+template <class T>
+Result<T> scalar_in(const YAML::Node& n, const std::string& path, T lo, T hi) {
+  constexpr bool kInt = std::is_integral_v<T>;
+  T v{};
   try {
-    v = n.as<double>();
+    v = n.as<T>();
   } catch (const YAML::Exception&) {
-    return bad(path, "must be a number");
+    return bad(path, kInt ? "must be an integer" : "must be a number");
   }
-  if (!(v >= lo && v <= hi)) return bad(path, fmt::format("must be in {}..{}", lo, hi));
+  if (!(v >= lo && v <= hi)) {
+    return bad(path, fmt::format("must be {}in {}..{}", kInt ? "an integer " : "", lo, hi));
+  }
   return v;
 }
 
+Result<double> number(const YAML::Node& n, const std::string& path, double lo, double hi) {
+  return scalar_in(n, path, lo, hi);
+}
+
 Result<int> integer(const YAML::Node& n, const std::string& path, int lo, int hi) {
-  int v = 0;
-  try {
-    v = n.as<int>();
-  } catch (const YAML::Exception&) {
-    return bad(path, "must be an integer");
-  }
-  if (v < lo || v > hi) return bad(path, fmt::format("must be an integer in {}..{}", lo, hi));
-  return v;
+  return scalar_in(n, path, lo, hi);
 }
 
 Result<std::string> word(const YAML::Node& n, const std::string& path) {

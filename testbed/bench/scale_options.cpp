@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <iostream>
 
+#include "fabriclab/common/cli_range.hpp"
 #include "fabriclab/rack/lab.hpp"
 #include "scale_processes.hpp"
 
@@ -40,37 +41,22 @@ std::optional<int> parse_options(int argc, char** argv, Options& o) {
 #ifdef FABRICLAB_BENCH_IMAGES_DIR
   o.images = FABRICLAB_BENCH_IMAGES_DIR;
 #endif
-  app.add_option("--hosts", o.hosts, "Simulated hosts (agent processes)")
-      ->check(CLI::Range(1, 5000))
-      ->capture_default_str();
-  app.add_option("--instances", o.instances, "Instances in all (services of 2..50)")
-      ->check(CLI::Range(2, 1000000))
-      ->capture_default_str();
-  app.add_option("--capacity", o.capacity, "Instances per host")
-      ->check(CLI::Range(1, 1000))
-      ->capture_default_str();
-  app.add_option("--memory-mib", o.memory_mib, "Memory of each instance")
-      ->check(CLI::Range(64, 4096))
-      ->capture_default_str();
-  app.add_option("--fault-domains", o.fault_domains, "Host N is in fault domain N mod this")
-      ->check(CLI::Range(1, 100))
-      ->capture_default_str();
-  app.add_option("--poll-ms", o.poll_ms, "Orchestrator --poll-ms")
-      ->check(CLI::Range(10, 60000))
-      ->capture_default_str();
-  app.add_option("--unhealthy-after-ms", o.unhealthy_after_ms, "Orchestrator --unhealthy-after-ms")
-      ->check(CLI::Range(100, 3600000))
-      ->capture_default_str();
-  app.add_option("--agent-timeout-ms", o.agent_timeout_ms, "Orchestrator --agent-timeout-ms")
-      ->check(CLI::Range(100, 600000))
-      ->capture_default_str();
-  app.add_option("--heartbeat-ms", o.heartbeat_ms, "Agents' --heartbeat-ms (simulated guests)")
-      ->check(CLI::Range(10, 60000))
-      ->capture_default_str();
+  add_ranged_option(app, "--hosts", o.hosts, "Simulated hosts (agent processes)", 1, 5000);
+  add_ranged_option(app, "--instances", o.instances, "Instances in all (services of 2..50)", 2,
+                    1000000);
+  add_ranged_option(app, "--capacity", o.capacity, "Instances per host", 1, 1000);
+  add_ranged_option(app, "--memory-mib", o.memory_mib, "Memory of each instance", 64, 4096);
+  add_ranged_option(app, "--fault-domains", o.fault_domains, "Host N is in fault domain N mod this",
+                    1, 100);
+  add_ranged_option(app, "--poll-ms", o.poll_ms, "Orchestrator --poll-ms", 10, 60000);
+  add_ranged_option(app, "--unhealthy-after-ms", o.unhealthy_after_ms,
+                    "Orchestrator --unhealthy-after-ms", 100, 3600000);
+  add_ranged_option(app, "--agent-timeout-ms", o.agent_timeout_ms,
+                    "Orchestrator --agent-timeout-ms", 100, 600000);
+  add_ranged_option(app, "--heartbeat-ms", o.heartbeat_ms,
+                    "Agents' --heartbeat-ms (simulated guests)", 10, 60000);
   app.add_option("--seed", o.seed, "Seed of the service sizes")->capture_default_str();
-  app.add_option("--start-parallel", o.start_parallel, "Agents starting at once")
-      ->check(CLI::Range(1, 1000))
-      ->capture_default_str();
+  add_ranged_option(app, "--start-parallel", o.start_parallel, "Agents starting at once", 1, 1000);
   app.add_option("--agent", o.agent_bin, "fabriclab-agent binary")->capture_default_str();
   app.add_option("--orchestrator", o.orchestrator_bin, "fabriclab-orchestrator binary")
       ->capture_default_str();
@@ -82,10 +68,8 @@ std::optional<int> parse_options(int argc, char** argv, Options& o) {
   app.add_flag("--agents-on-tmpfs", o.agents_on_tmpfs,
                "Agents' state directories in a new /dev/shm/flsc.XXXXXX: the simulated guests "
                "fdatasync a counter file at every heartbeat, a cost of the simulation");
-  app.add_option("--idle-s", o.idle_s,
-                 "Before the walk, measure the idle CPU of the rack this long")
-      ->check(CLI::Range(0.0, 600.0))
-      ->capture_default_str();
+  add_ranged_option(app, "--idle-s", o.idle_s,
+                    "Before the walk, measure the idle CPU of the rack this long", 0.0, 600.0);
   app.add_option("--agent-log-level", o.agent_log_level)->capture_default_str();
   app.add_option("--orchestrator-log-level", o.orchestrator_log_level)->capture_default_str();
   app.add_option("--setup-timeout-s", o.setup_timeout_s, "Give up on the setup after this")

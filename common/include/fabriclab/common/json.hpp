@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -65,6 +66,18 @@ Result<const json::array*> get_array(const json::object& o, std::string_view fie
                                      size_t max_items = SIZE_MAX);
 Result<const json::array*> get_optional_array(const json::object& o, std::string_view field,
                                               size_t max_items = SIZE_MAX);
+
+// The position of `s` among `names` (an enum's spellings, in the enum's order); otherwise
+// "field 'FIELD' must be one of A, B, C" (the names in that order).
+Result<size_t> index_of_name(std::span<const std::string_view> names, std::string_view s,
+                             std::string_view field);
+// The enum value whose spelling `s` is, for an enum numbered 0.. in the order of `names`.
+template <class E>
+Result<E> enum_from_name(std::span<const std::string_view> names, std::string_view s,
+                         std::string_view field) {
+  FL_ASSIGN_OR_RETURN(size_t i, index_of_name(names, s, field));
+  return static_cast<E>(i);
+}
 
 // Schema check: "unknown field 'x'" for the first key not in `allowed`.
 Status check_fields(const json::object& o, std::initializer_list<std::string_view> allowed);
