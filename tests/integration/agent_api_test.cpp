@@ -25,6 +25,7 @@
 #include "fabriclab/common/http_server.hpp"
 #include "fabriclab/testbed/images.hpp"
 #include "fabriclab/testbed/lab_vm.hpp"
+#include "http_call.hpp"
 #include "status_matchers.hpp"
 
 namespace fabriclab::agent {
@@ -124,16 +125,18 @@ class AgentApiTest : public ::testing::Test {
   // One request; a transport failure is a test failure and gives status 0.
   http::ClientResponse call(std::string_view method, std::string_view target,
                             std::string_view body = {}, std::string_view token = kControl) {
-    auto r = http::request(kHost, port_, method, target, body, token, 10s);
-    if (!r.ok()) {
-      ADD_FAILURE() << method << " " << target << ": " << r.error().describe();
-      return {};
-    }
-    return std::move(r).value();
+    return fabriclab::testing::call_or_fail(kHost, port_, method, target, body, token, 10s);
   }
   http::ClientResponse post(std::string_view target, const json::value& body,
                             std::string_view token = kControl) {
     return call("POST", target, json::serialize(body), token);
+  }
+  // A 401 with an "unauthenticated" JSON error whose message says `why` ("missing", "unknown").
+  void expect_unauthenticated(const http::ClientResponse& r, std::string_view why) {
+    EXPECT_EQ(r.status, 401);
+    auto e = error_of(r);
+    EXPECT_EQ(e.code, "unauthenticated");
+    EXPECT_NE(e.message.find(why), std::string::npos) << e.message;
   }
 
   static json::object instance_body(const std::string& service, int index) {
@@ -221,20 +224,13 @@ class AgentApiSlowHostTest : public AgentApiTest {
 
 TEST_F(AgentApiTest, RequestWithoutTokenIsRefusedWith401AndAJsonError) {
   auto r = call("GET", "/v1/host", {}, "");
-  EXPECT_EQ(r.status, 401);
-  auto e = error_of(r);
-  EXPECT_EQ(e.code, "unauthenticated");
-  EXPECT_NE(e.message.find("missing"), std::string::npos) << e.message;
+  expect_unauthenticated(r, "missing");
   EXPECT_EQ(r.headers["www-authenticate"], "Bearer");
   EXPECT_EQ(r.headers["content-type"], "application/json");
 }
 
 TEST_F(AgentApiTest, RequestWithUnknownTokenIsRefusedWith401) {
-  auto r = call("GET", "/v1/instances", {}, "not-a-token");
-  EXPECT_EQ(r.status, 401);
-  auto e = error_of(r);
-  EXPECT_EQ(e.code, "unauthenticated");
-  EXPECT_NE(e.message.find("unknown"), std::string::npos) << e.message;
+  expect_unauthenticated(call("GET", "/v1/instances", {}, "not-a-token"), "unknown");
   // A prefix of the real token is not the token.
   EXPECT_EQ(call("GET", "/v1/instances", {}, "ctl-toke").status, 401);
   EXPECT_EQ(

@@ -30,6 +30,7 @@
 #include "cli_runner.hpp"
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/json_get.hpp"
+#include "json_find.hpp"
 
 namespace {
 
@@ -124,20 +125,14 @@ class FenceLab : public ::testing::Test {
     return ec ? json::value(nullptr) : v;
   }
   std::string host_of(const std::string& instance) {
-    auto all = get("/v1/instances");
-    if (!all.is_array()) return {};
-    for (const auto& i : all.as_array()) {
-      if (str(i, "name") == instance) return str(i, "host");
-    }
-    return {};
+    const auto all = get("/v1/instances");  // the list find_named points into
+    const auto* i = find_named(all, instance);
+    return i ? str(*i, "host") : std::string();
   }
   bool healthy(const std::string& instance) {
-    auto all = get("/v1/instances");
-    if (!all.is_array()) return false;
-    for (const auto& i : all.as_array()) {
-      if (str(i, "name") == instance) return fabriclab::json_get::flag(i, "healthy");
-    }
-    return false;
+    const auto all = get("/v1/instances");  // the list find_named points into
+    const auto* i = find_named(all, instance);
+    return i && fabriclab::json_get::flag(*i, "healthy");
   }
   std::string host_state(const std::string& id) { return str(get("/v1/hosts/" + id), "state"); }
   const json::object& agent_json(const std::string& id) {
