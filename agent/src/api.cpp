@@ -15,21 +15,11 @@ using http::status_or;
 
 namespace {
 
-// The request's body as a JSON object: the body's own error (missing, too large, not JSON), or
-// invalid_argument when it is JSON but not an object.
-Result<json::object> object_body(const Request& r, const http::Limits& limits) {
-  FL_ASSIGN_OR_RETURN(auto body, http::parse_body(r, limits));
-  if (!body.is_object()) {
-    return make_error(Condition::invalid_argument, "body must be a JSON object");
-  }
-  return std::move(body.as_object());
-}
-
 // The body read by `parse` (one of the wire types' from_json), or the first error on the way.
 template <typename T>
 Result<T> body_as(const Request& r, const http::Limits& limits,
                   Result<T> (*parse)(const json::object&)) {
-  FL_ASSIGN_OR_RETURN(auto body, object_body(r, limits));
+  FL_ASSIGN_OR_RETURN(auto body, http::parse_object_body(r, limits));
   return parse(body);
 }
 
@@ -85,7 +75,7 @@ void install_api(http::Server& server, HostAgent& agent, std::shared_ptr<EventFe
   server.route("GET", "/v1/images/host", Access::read,
                [a](const Request&) { return http::json_response(200, a->host_images_json()); });
   server.route("POST", "/v1/images/host", Access::control, [a, limits](const Request& r) {
-    auto body = object_body(r, limits);
+    auto body = http::parse_object_body(r, limits);
     if (!body.ok()) return http::error_response(body.error());
     const json::object& o = *body;
     if (auto s = check_fields(o, {"version", "path", "sha256"}); !s.ok())
@@ -102,7 +92,7 @@ void install_api(http::Server& server, HostAgent& agent, std::shared_ptr<EventFe
                [a](const Request&) { return http::json_response(200, a->guest_images_json()); });
   if (a->fault_injection()) {
     server.route("POST", "/v1/faults", Access::control, [a, limits](const Request& r) {
-      auto body = object_body(r, limits);
+      auto body = http::parse_object_body(r, limits);
       if (!body.ok()) return http::error_response(body.error());
       return result_or(a->inject_fault(*body), 202);
     });

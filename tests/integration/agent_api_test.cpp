@@ -131,6 +131,15 @@ class AgentApiTest : public ::testing::Test {
                             std::string_view token = kControl) {
     return call("POST", target, json::serialize(body), token);
   }
+  // GET `target` with the read token: a JSON list of exactly one element, `only`.
+  void get_only(std::string_view target, json::value& only) {
+    auto list = call("GET", target, {}, kRead);
+    ASSERT_EQ(list.status, 200);
+    json::value arr = parse(list.body);
+    ASSERT_TRUE(arr.is_array()) << list.body;
+    ASSERT_EQ(arr.as_array().size(), 1u) << list.body;
+    only = arr.as_array()[0];
+  }
   // A 401 with an "unauthenticated" JSON error whose message says `why` ("missing", "unknown").
   void expect_unauthenticated(const http::ClientResponse& r, std::string_view why) {
     EXPECT_EQ(r.status, 401);
@@ -493,12 +502,9 @@ TEST_F(AgentApiTest, InstanceLifecycleCreateDuplicateStopStartDelete) {
   EXPECT_EQ(str_at(created, "service"), "web");
   EXPECT_EQ(str_at(created, "image"), "v1");
 
-  auto list = call("GET", "/v1/instances", {}, kRead);
-  ASSERT_EQ(list.status, 200);
-  json::value arr = parse(list.body);
-  ASSERT_TRUE(arr.is_array()) << list.body;
-  ASSERT_EQ(arr.as_array().size(), 1u) << list.body;
-  EXPECT_EQ(str_at(arr.as_array()[0], "name"), "web-1");
+  json::value listed;
+  ASSERT_NO_FATAL_FAILURE(get_only("/v1/instances", listed));
+  EXPECT_EQ(str_at(listed, "name"), "web-1");
 
   EXPECT_EQ(wait_status("web-1", "Healthy", 5s), "Healthy");
   auto one = parse(call("GET", "/v1/instances/web-1", {}, kRead).body);
@@ -587,14 +593,11 @@ TEST_F(AgentApiTest, StagedHostImageIsListed) {
   EXPECT_EQ(str_at(img, "version"), "h1");
   EXPECT_EQ(str_at(img, "sha256"), sha);
 
-  auto list = call("GET", "/v1/images/host", {}, kRead);
-  ASSERT_EQ(list.status, 200);
-  json::value arr = parse(list.body);
-  ASSERT_TRUE(arr.is_array()) << list.body;
-  ASSERT_EQ(arr.as_array().size(), 1u) << list.body;
-  EXPECT_EQ(str_at(arr.as_array()[0], "version"), "h1");
-  EXPECT_EQ(str_at(arr.as_array()[0], "sha256"), sha);
-  EXPECT_EQ(arr.as_array()[0].at("current"), json::value(false)) << "staged, not activated";
+  json::value listed;
+  ASSERT_NO_FATAL_FAILURE(get_only("/v1/images/host", listed));
+  EXPECT_EQ(str_at(listed, "version"), "h1");
+  EXPECT_EQ(str_at(listed, "sha256"), sha);
+  EXPECT_EQ(listed.at("current"), json::value(false)) << "staged, not activated";
 
   // Restaging the same bytes is idempotent; the same version with other bytes is a conflict.
   auto again =

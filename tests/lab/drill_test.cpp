@@ -266,6 +266,23 @@ class Drill : public ::testing::Test {
     EXPECT_NE(r.output.find("healing done"), std::string::npos) << r.output;
   }
 
+  // `fabriclab lab up` on the test driver with `--network network`; says how long it took when it
+  // succeeded.
+  CliRun timed_lab_up(const std::string& network) {
+    auto t0 = std::chrono::steady_clock::now();
+    CliRun up = run_cli(
+        {"lab", "up", "--hypervisor", "test", "--network", network, "--lab-dir", dir_ + "/lab"},
+        dir_ + "/up.log");
+    auto up_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+            .count();
+    if (up.exit_code == 0) {
+      std::cout << "lab up (" << network << ", 6 hosts, test driver, services healthy) took "
+                << up_ms << " ms" << std::endl;
+    }
+    return up;
+  }
+
   // One of the four shipped drills (the default host-os walk, guest-os, broken-patch,
   // fd-failure) on `hypervisor`, held to what that drill must show whichever the hypervisor.
   CliRun shipped_drill(const std::string& spec, const std::string& hypervisor) {
@@ -508,16 +525,8 @@ TEST_F(Drill, CtrlCAbortsTheDrillAndStopsTheRack) {
 TEST_F(Drill, LabOnNetnsPutsEveryHostInItsOwnNamespaceAndRemovesThemAtDown) {
   if (!can_make_namespaces())
     GTEST_SKIP() << "needs root and /usr/sbin/ip to make network namespaces";
-  auto t0 = std::chrono::steady_clock::now();
-  CliRun up = run_cli(
-      {"lab", "up", "--hypervisor", "test", "--network", "netns", "--lab-dir", dir_ + "/lab"},
-      dir_ + "/up.log");
-  auto up_ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
-          .count();
+  CliRun up = timed_lab_up("netns");
   ASSERT_EQ(up.exit_code, 0) << up.output;
-  std::cout << "lab up (netns, 6 hosts, test driver, services healthy) took " << up_ms << " ms"
-            << std::endl;
   EXPECT_NE(up.output.find("network netns"), std::string::npos) << up.output;
   auto lab = json::parse(slurp(dir_ + "/lab/lab.json")).as_object();
   EXPECT_EQ(lab.at("network").as_string(), "netns");
@@ -579,16 +588,8 @@ TEST_F(Drill, LabOnNetnsPutsEveryHostInItsOwnNamespaceAndRemovesThemAtDown) {
 }
 
 TEST_F(Drill, LabOnLoopbackWhenAskedUsesLoopbackAddressesAndNoNamespace) {
-  auto t0 = std::chrono::steady_clock::now();
-  CliRun up = run_cli(
-      {"lab", "up", "--hypervisor", "test", "--network", "loopback", "--lab-dir", dir_ + "/lab"},
-      dir_ + "/up.log");
-  auto up_ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
-          .count();
+  CliRun up = timed_lab_up("loopback");
   ASSERT_EQ(up.exit_code, 0) << up.output;
-  std::cout << "lab up (loopback, 6 hosts, test driver, services healthy) took " << up_ms << " ms"
-            << std::endl;
   EXPECT_NE(up.output.find("network loopback (127.0.1.1..127.0.1.6; network namespaces not used: "
                            "--network loopback)"),
             std::string::npos)

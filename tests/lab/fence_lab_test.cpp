@@ -31,6 +31,7 @@
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/json_get.hpp"
 #include "json_find.hpp"
+#include "temp_dir.hpp"
 
 namespace {
 
@@ -70,9 +71,8 @@ bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds tim
 class FenceLab : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/flfence-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    dir_ = make_temp_dir("flfence");
+    ASSERT_FALSE(dir_.empty()) << "mkdtemp failed";
     lab_ = dir_ + "/lab";
   }
   void TearDown() override {
