@@ -782,19 +782,26 @@ int64_t seq_of(const json::object& e) {
 }
 std::string type_of(const json::object& e) { return str_at(e, "type"); }
 
+// The next message of an event stream, which must be a JSON object, into `e`.
+void read_object(http::WsClient& ws, json::object& e) {
+  auto text = ws.read(5s);
+  ASSERT_OK(text);
+  json::value v = parse(*text);
+  ASSERT_TRUE(v.is_object()) << *text;
+  e = std::move(v.as_object());
+}
+
 TEST_F(AgentApiTest, EventStreamSnapshotThenHostStateDeltasAndResume) {
   stage("h1");
   auto ws = http::WsClient::connect(kHost, port_, "/v1/events", kRead, 5s);
   ASSERT_OK(ws);
-  auto first = (*ws)->read(5s);
-  ASSERT_OK(first);
-  json::value snap = parse(*first);
-  ASSERT_TRUE(snap.is_object());
-  EXPECT_EQ(type_of(snap.as_object()), "snapshot") << *first;
-  EXPECT_EQ(seq_of(snap.as_object()), static_cast<int64_t>(feed_->last_seq()));
-  ASSERT_TRUE(snap.as_object().contains("state")) << *first;
-  EXPECT_EQ(str_at(snap.at("state").at("host"), "state"), "Ready") << *first;
-  EXPECT_EQ(str_at(snap.at("state").at("host"), "host_id"), "host-0") << *first;
+  json::object snap;
+  ASSERT_NO_FATAL_FAILURE(read_object(**ws, snap));
+  EXPECT_EQ(type_of(snap), "snapshot") << json::serialize(snap);
+  EXPECT_EQ(seq_of(snap), static_cast<int64_t>(feed_->last_seq()));
+  ASSERT_TRUE(snap.contains("state")) << json::serialize(snap);
+  EXPECT_EQ(str_at(snap.at("state").at("host"), "state"), "Ready") << json::serialize(snap);
+  EXPECT_EQ(str_at(snap.at("state").at("host"), "host_id"), "host-0") << json::serialize(snap);
 
   auto r = post("/v1/operations",
                 json::object{{"kind", "host-os"}, {"target", "h1"}, {"notice_ms", 200}});
@@ -812,7 +819,7 @@ TEST_F(AgentApiTest, EventStreamSnapshotThenHostStateDeltasAndResume) {
   ASSERT_FALSE(events.empty());
 
   // Strictly increasing, and since the client got every event after its snapshot: consecutive.
-  int64_t prev = seq_of(snap.as_object());
+  int64_t prev = seq_of(snap);
   for (const auto& e : events) {
     EXPECT_GT(seq_of(e), prev) << json::serialize(e);
     EXPECT_EQ(seq_of(e), prev + 1) << "gap before " << json::serialize(e);
@@ -847,11 +854,7 @@ TEST_F(AgentApiTest, EventStreamSnapshotThenHostStateDeltasAndResume) {
   ASSERT_FALSE(expected.empty());
   std::vector<json::object> resumed;
   for (size_t i = 0; i < expected.size(); ++i) {
-    auto m = (*ws2)->read(5s);
-    ASSERT_OK(m);
-    json::value v = parse(*m);
-    ASSERT_TRUE(v.is_object());
-    resumed.push_back(v.as_object());
+    ASSERT_NO_FATAL_FAILURE(read_object(**ws2, resumed.emplace_back()));
   }
   EXPECT_NE(type_of(resumed.front()), "snapshot") << "a servable since resumes, it does not resync";
   EXPECT_EQ(resumed, expected);
@@ -875,24 +878,20 @@ TEST_F(AgentApiTest, EventStreamResumeFromTheFutureGetsAResyncSnapshot) {
   auto ws = http::WsClient::connect(kHost, port_, "/v1/events?since=" + std::to_string(last + 1000),
                                     kRead, 5s);
   ASSERT_OK(ws);
-  auto first = (*ws)->read(5s);
-  ASSERT_OK(first);
-  json::value v = parse(*first);
-  ASSERT_TRUE(v.is_object());
-  EXPECT_EQ(type_of(v.as_object()), "snapshot") << *first;
-  EXPECT_EQ(v.at("resync"), json::value(true)) << *first;
-  EXPECT_EQ(seq_of(v.as_object()), static_cast<int64_t>(last));
+  json::object v;
+  ASSERT_NO_FATAL_FAILURE(read_object(**ws, v));
+  EXPECT_EQ(type_of(v), "snapshot") << json::serialize(v);
+  EXPECT_EQ(v.at("resync"), json::value(true)) << json::serialize(v);
+  EXPECT_EQ(seq_of(v), static_cast<int64_t>(last));
   // Resuming at the newest seq gives no backlog, then the live events.
   auto at_last =
       http::WsClient::connect(kHost, port_, "/v1/events?since=" + std::to_string(last), kRead, 5s);
   ASSERT_OK(at_last);
   stage("h2");
-  auto next = (*at_last)->read(5s);
-  ASSERT_OK(next);
-  json::value n = parse(*next);
-  ASSERT_TRUE(n.is_object());
-  EXPECT_EQ(type_of(n.as_object()), "image.staged") << *next;
-  EXPECT_EQ(seq_of(n.as_object()), static_cast<int64_t>(last) + 1);
+  json::object n;
+  ASSERT_NO_FATAL_FAILURE(read_object(**at_last, n));
+  EXPECT_EQ(type_of(n), "image.staged") << json::serialize(n);
+  EXPECT_EQ(seq_of(n), static_cast<int64_t>(last) + 1);
 }
 
 TEST_F(AgentApiTest, EventStreamAcceptsAccessTokenInTheQuery) {
