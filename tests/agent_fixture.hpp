@@ -7,6 +7,7 @@
 #include <boost/json.hpp>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <thread>
 
 #include "fabriclab/agent/host_agent.hpp"
@@ -53,6 +54,14 @@ class AgentFixture : public ::testing::Test {
     if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
 
+  // Deletes every instance: real guests outlive an agent that goes away (by design), so a real-VM
+  // fixture calls this before AgentFixture::TearDown.
+  void delete_instances() {
+    if (!agent_) return;
+    for (auto& i : agent_->instances_json())
+      (void)agent_->delete_instance(std::string(i.as_object().at("name").as_string()));
+  }
+
   agent::InstanceSpec spec(const std::string& service, int index, const std::string& image = "v1") {
     agent::InstanceSpec s;
     s.name = service + "-" + std::to_string(index);
@@ -60,21 +69,38 @@ class AgentFixture : public ::testing::Test {
     return s;
   }
 
-  // Waits until `name` reports `status` (e.g. "Healthy").
-  json::object wait_status(const std::string& name, const std::string& status,
-                           std::chrono::milliseconds timeout) {
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    json::object last;
+  // Reads `name`'s JSON every `every` until `done` holds for it or `deadline` passes; `last` is the
+  // last JSON read. Returns whether `done` held.
+  bool poll_instance(const std::string& name, std::chrono::steady_clock::time_point deadline,
+                     const std::function<bool(json::object&)>& done, json::object& last,
+                     std::chrono::milliseconds every = 50ms) {
     while (std::chrono::steady_clock::now() < deadline) {
       auto i = agent_->instance_json(name);
       if (i.ok()) {
         last = *i;
-        if (last["status"].as_string() == status) return last;
+        if (done(last)) return true;
       }
-      std::this_thread::sleep_for(50ms);
+      std::this_thread::sleep_for(every);
+    }
+    return false;
+  }
+
+  // Waits until `name` reports `status` (e.g. "Healthy").
+  json::object wait_status(const std::string& name, const std::string& status,
+                           std::chrono::milliseconds timeout) {
+    json::object last;
+    if (poll_instance(
+            name, std::chrono::steady_clock::now() + timeout,
+            [&](json::object& i) { return i["status"].as_string() == status; }, last)) {
+      return last;
     }
     ADD_FAILURE() << name << " never became " << status << ": " << json::serialize(last);
     return last;
+  }
+
+  // Whether an instance's JSON says its guest agent has answered.
+  static bool guest_agent_up(json::object& i) {
+    return i["signals"].as_object()["guest_agent"].as_bool();
   }
 
   json::object run_job(const agent::OperationRequest& req, std::chrono::milliseconds timeout) {

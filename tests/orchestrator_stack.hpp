@@ -44,6 +44,7 @@
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/json_get.hpp"
 #include "fabriclab/testbed/images.hpp"
+#include "http_call.hpp"
 
 #ifndef FABRICLAB_AGENT_BIN
 #error "FABRICLAB_AGENT_BIN must name the fabriclab-agent binary"
@@ -389,12 +390,7 @@ class OrchestratorStack : public ::testing::Test {
 
   http::ClientResponse call(std::string_view method, std::string_view target,
                             std::string_view body = {}, std::string_view token = kToken) {
-    auto r = http::request(kOrchestratorHost, port_.load(), method, target, body, token, 15s);
-    if (!r.ok()) {
-      ADD_FAILURE() << method << " " << target << ": " << r.error().describe();
-      return {};
-    }
-    return std::move(r).value();
+    return call_or_fail(kOrchestratorHost, port_.load(), method, target, body, token, 15s);
   }
   http::ClientResponse post(std::string_view target, const json::value& body,
                             std::string_view token = kToken) {

@@ -13,6 +13,18 @@ using http::Response;
 using http::result_or;
 using http::status_or;
 
+namespace {
+
+// The body read by `parse` (one of the wire types' from_json), or the first error on the way.
+template <typename T>
+Result<T> body_as(const Request& r, const http::Limits& limits,
+                  Result<T> (*parse)(const json::object&)) {
+  FL_ASSIGN_OR_RETURN(auto body, http::parse_object_body(r, limits));
+  return parse(body);
+}
+
+}  // namespace
+
 void install_api(http::Server& server, HostAgent& agent, std::shared_ptr<EventFeed> feed,
                  const http::Limits& limits) {
   HostAgent* a = &agent;
@@ -27,11 +39,7 @@ void install_api(http::Server& server, HostAgent& agent, std::shared_ptr<EventFe
     return result_or(a->instance_json(r.params.at("name")), 200);
   });
   server.route("POST", "/v1/instances", Access::control, [a, limits](const Request& r) {
-    auto body = http::parse_body(r, limits);
-    if (!body.ok()) return http::error_response(body.error());
-    if (!body->is_object())
-      return http::error_response(400, "invalid_argument", "body must be a JSON object");
-    auto spec = instance_spec_from_json(body->as_object());
+    auto spec = body_as(r, limits, instance_spec_from_json);
     if (!spec.ok()) return http::error_response(spec.error());
     return result_or(a->create_instance(*spec), 201);
   });
@@ -52,11 +60,7 @@ void install_api(http::Server& server, HostAgent& agent, std::shared_ptr<EventFe
         200, json::object{{"name", n}, {"deleted", true}, {"data_disk_kept", *kept}});
   });
   server.route("POST", "/v1/operations", Access::control, [a, limits](const Request& r) {
-    auto body = http::parse_body(r, limits);
-    if (!body.ok()) return http::error_response(body.error());
-    if (!body->is_object())
-      return http::error_response(400, "invalid_argument", "body must be a JSON object");
-    auto req = operation_request_from_json(body->as_object());
+    auto req = body_as(r, limits, operation_request_from_json);
     if (!req.ok()) return http::error_response(req.error());
     return result_or(a->start_operation(*req), 202);
   });
@@ -71,11 +75,9 @@ void install_api(http::Server& server, HostAgent& agent, std::shared_ptr<EventFe
   server.route("GET", "/v1/images/host", Access::read,
                [a](const Request&) { return http::json_response(200, a->host_images_json()); });
   server.route("POST", "/v1/images/host", Access::control, [a, limits](const Request& r) {
-    auto body = http::parse_body(r, limits);
+    auto body = http::parse_object_body(r, limits);
     if (!body.ok()) return http::error_response(body.error());
-    if (!body->is_object())
-      return http::error_response(400, "invalid_argument", "body must be a JSON object");
-    const auto& o = body->as_object();
+    const json::object& o = *body;
     if (auto s = check_fields(o, {"version", "path", "sha256"}); !s.ok())
       return http::error_response(s.error());
     auto version = get_string(o, "version", 64);
@@ -90,11 +92,9 @@ void install_api(http::Server& server, HostAgent& agent, std::shared_ptr<EventFe
                [a](const Request&) { return http::json_response(200, a->guest_images_json()); });
   if (a->fault_injection()) {
     server.route("POST", "/v1/faults", Access::control, [a, limits](const Request& r) {
-      auto body = http::parse_body(r, limits);
+      auto body = http::parse_object_body(r, limits);
       if (!body.ok()) return http::error_response(body.error());
-      if (!body->is_object())
-        return http::error_response(400, "invalid_argument", "body must be a JSON object");
-      return result_or(a->inject_fault(body->as_object()), 202);
+      return result_or(a->inject_fault(*body), 202);
     });
   }
   server.events("/v1/events", std::move(feed));

@@ -183,14 +183,9 @@ Result<json::object> HostAgent::create_instance(const InstanceSpec& spec) {
     if (p.simulated) slot.sim = p.make_sim(rec);
     FL_RETURN_IF_ERROR(p.persist_locked());
   }
-  p.publish("instance.created", {{"name", rec.name},
-                                 {"service", rec.meta.service},
-                                 {"index", rec.meta.index},
-                                 {"ud", rec.meta.ud},
-                                 {"fd", rec.meta.fd},
-                                 {"image", rec.meta.image},
-                                 {"address", rec.address},
-                                 {"mac", rec.mac}});
+  json::object created = identity_json(rec.name, rec.meta);
+  created.insert({{"address", rec.address}, {"mac", rec.mac}});
+  p.publish("instance.created", std::move(created));
   FL_RETURN_IF_ERROR(p.start_guest(rec.name));
   std::lock_guard lock(p.mu);
   return p.instance_json_locked(rec.name);

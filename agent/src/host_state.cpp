@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/json.hpp>
 #include <cerrno>
 #include <cstring>
@@ -119,6 +120,11 @@ Result<OperationRequest> operation_request_from_json(const json::object& o) {
   return r;
 }
 
+json::object identity_json(const std::string& name, const hypervisor::InstanceMetadata& m) {
+  return {{"name", name}, {"service", m.service}, {"index", m.index},
+          {"ud", m.ud},   {"fd", m.fd},           {"image", m.image}};
+}
+
 Result<hypervisor::InstanceMetadata> metadata_from_json(const json::object& o) {
   hypervisor::InstanceMetadata m;
   FL_ASSIGN_OR_RETURN(m.service, get_string(o, "service", 48));
@@ -137,15 +143,35 @@ json::object to_json(const DataCheck& c) {
   return {{"command", strings(c.command)}, {"rule", c.rule}};
 }
 
+namespace {
+
+// `v` as an object holding no field but `allowed`; errors start with `field` and say `shape`.
+Result<const json::object*> object_of(const json::value& v, const std::string& field,
+                                      std::string_view shape,
+                                      std::initializer_list<std::string_view> allowed) {
+  if (!v.is_object()) {
+    return make_error(Condition::invalid_argument,
+                      field + " must be an object " + std::string(shape));
+  }
+  for (const auto& [k, _] : v.as_object()) {
+    if (std::find(allowed.begin(), allowed.end(), std::string_view(k)) == allowed.end()) {
+      return make_error(Condition::invalid_argument,
+                        field + " has an unknown field '" + std::string(k) + "'");
+    }
+  }
+  return &v.as_object();
+}
+
+}  // namespace
+
 Result<DataCheck> data_check_from_json(const json::value& v, const std::string& field) {
   auto bad = [&](const std::string& what) {
     return make_error(Condition::invalid_argument, field + what);
   };
-  if (!v.is_object()) return bad(" must be an object {command: [...], rule: equal|not_less}");
-  const auto& o = v.as_object();
-  for (const auto& [k, _] : o) {
-    if (k != "command" && k != "rule") return bad(" has an unknown field '" + std::string(k) + "'");
-  }
+  FL_ASSIGN_OR_RETURN(
+      const json::object* obj,
+      object_of(v, field, "{command: [...], rule: equal|not_less}", {"command", "rule"}));
+  const json::object& o = *obj;
   DataCheck c;
   const auto* cmd = o.if_contains("command");
   if (!cmd || !cmd->is_array() || cmd->as_array().empty() || cmd->as_array().size() > 16) {
@@ -177,11 +203,9 @@ Result<AppProbe> app_probe_from_json(const json::value& v, const std::string& fi
   auto bad = [&](const std::string& what) {
     return make_error(Condition::invalid_argument, field + what);
   };
-  if (!v.is_object()) return bad(" must be an object {port, path}");
-  const auto& o = v.as_object();
-  for (const auto& [k, _] : o) {
-    if (k != "port" && k != "path") return bad(" has an unknown field '" + std::string(k) + "'");
-  }
+  FL_ASSIGN_OR_RETURN(const json::object* obj,
+                      object_of(v, field, "{port, path}", {"port", "path"}));
+  const json::object& o = *obj;
   AppProbe p;
   const auto* port = o.if_contains("port");
   if (!port || !port->is_int64() || port->as_int64() < 1 || port->as_int64() > 65535) {
@@ -212,26 +236,21 @@ Status save_state(const std::string& path, const PersistedState& s) {
   o["imds_incarnation"] = s.imds_incarnation;
   json::array instances;
   for (const auto& i : s.instances) {
-    instances.push_back(json::object{{"name", i.name},
-                                     {"service", i.meta.service},
-                                     {"index", i.meta.index},
-                                     {"ud", i.meta.ud},
-                                     {"fd", i.meta.fd},
-                                     {"image", i.meta.image},
-                                     {"memory_mib", i.memory_mib},
-                                     {"want_running", i.want_running},
-                                     {"mode", i.mode},
-                                     {"address", i.address},
-                                     {"mac", i.mac},
-                                     {"vm_id", i.vm_id},
-                                     {"drain", i.drain},
-                                     {"drain_ms", i.drain_ms},
-                                     {"os_disk", i.os_disk},
-                                     {"os_gen", i.os_gen}});
-    if (i.data_check) instances.back().as_object()["data_check"] = to_json(*i.data_check);
+    json::object io = identity_json(i.name, i.meta);
+    io.insert({{"memory_mib", i.memory_mib},
+               {"want_running", i.want_running},
+               {"mode", i.mode},
+               {"address", i.address},
+               {"mac", i.mac},
+               {"vm_id", i.vm_id},
+               {"drain", i.drain},
+               {"drain_ms", i.drain_ms},
+               {"os_disk", i.os_disk},
+               {"os_gen", i.os_gen}});
+    if (i.data_check) io["data_check"] = to_json(*i.data_check);
     if (i.probe.port > 0)
-      instances.back().as_object()["probe"] =
-          json::object{{"port", i.probe.port}, {"path", i.probe.path}};
+      io["probe"] = json::object{{"port", i.probe.port}, {"path", i.probe.path}};
+    instances.push_back(std::move(io));
   }
   o["instances"] = std::move(instances);
   if (s.operation) {

@@ -230,19 +230,23 @@ struct Imds {
 
 void install_imds(http::Server& server, HostAgent& agent) {
   auto imds = std::make_shared<Imds>(agent);
-  using http::Access;
-  server.route("GET", "/metadata/scheduledevents", Access::open,
-               [imds](const Request& r) { return imds->get_events(r); });
-  server.route("POST", "/metadata/scheduledevents", Access::open,
-               [imds](const Request& r) { return imds->post_events(r); });
-  server.route("GET", "/metadata/instance", Access::open,
-               [imds](const Request& r) { return imds->get_instance(r); });
-  server.route("GET", "/metadata/instance/compute", Access::open,
-               [imds](const Request& r) { return imds->get_compute(r); });
-  server.route("GET", "/metadata/instance/compute/{leaf}", Access::open,
-               [imds](const Request& r) { return imds->get_compute_leaf(r); });
-  server.route("GET", "/metadata/versions", Access::open,
-               [imds](const Request& r) { return imds->get_versions(r); });
+  struct Route {
+    const char* method;
+    const char* path;
+    Response (Imds::*handler)(const Request&);
+  };
+  static constexpr Route kRoutes[] = {
+      {"GET", "/metadata/scheduledevents", &Imds::get_events},
+      {"POST", "/metadata/scheduledevents", &Imds::post_events},
+      {"GET", "/metadata/instance", &Imds::get_instance},
+      {"GET", "/metadata/instance/compute", &Imds::get_compute},
+      {"GET", "/metadata/instance/compute/{leaf}", &Imds::get_compute_leaf},
+      {"GET", "/metadata/versions", &Imds::get_versions},
+  };
+  for (const auto& route : kRoutes) {
+    server.route(route.method, route.path, http::Access::open,
+                 [imds, handler = route.handler](const Request& r) { return (*imds.*handler)(r); });
+  }
 }
 
 }  // namespace fabriclab::agent

@@ -158,6 +158,14 @@ Result<boost::json::value> parse_body(const Request& req, const Limits& limits) 
   return parse_json(req.body, limits.max_body, limits.max_json_depth, "body");
 }
 
+Result<boost::json::object> parse_object_body(const Request& req, const Limits& limits) {
+  FL_ASSIGN_OR_RETURN(auto body, parse_body(req, limits));
+  if (!body.is_object()) {
+    return make_error(Condition::invalid_argument, "body must be a JSON object");
+  }
+  return std::move(body.as_object());
+}
+
 Result<Tokens> load_tokens(const std::string& control_file, const std::string& read_file) {
   Tokens t;
   FL_ASSIGN_OR_RETURN(t.control, read_token(control_file));

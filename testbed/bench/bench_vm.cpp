@@ -28,6 +28,7 @@
 #include <thread>
 
 #include "fabriclab/common/logging.hpp"
+#include "fabriclab/hypervisor/disk_image.hpp"
 #include "fabriclab/testbed/lab_guest.hpp"
 
 using namespace fabriclab;
@@ -271,21 +272,6 @@ uint64_t qcow2_virtual_size(const std::string& path) {
   return v;
 }
 
-void run_or_die(const std::string& what, const std::vector<std::string>& argv) {
-  pid_t pid = ::fork();
-  if (pid < 0) die("fork failed");
-  if (pid == 0) {
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    ::execvp(args[0], args.data());
-    std::_Exit(127);
-  }
-  int st = 0;
-  ::waitpid(pid, &st, 0);
-  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) die(what + " failed");
-}
-
 // The OS-disk guest's domain, made the way the agent makes one: a qcow2 overlay on the image, the
 // kernel and initrd copied (a shared file would carry this domain's security label), a 64 MiB
 // sparse data disk, the guest agent channel, no network card.
@@ -305,8 +291,10 @@ hypervisor::DomainSpec os_image_spec(const std::string& image_dir, const std::st
   s.data_disk = dir + "/data.raw";
   s.console_log = dir + "/console.log";
   s.guest_agent = true;
-  run_or_die("qemu-img create", {"qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                                 fs::absolute(image_dir + "/disk.qcow2").string(), s.os_disk});
+  if (auto st = hypervisor::create_overlay(fs::absolute(image_dir + "/disk.qcow2").string(),
+                                           "qcow2", s.os_disk);
+      !st.ok())
+    die(st.error().describe());
   if (auto st = testbed::create_raw_disk(s.data_disk, 64ull << 20); !st.ok())
     die(st.error().describe());
   return s;

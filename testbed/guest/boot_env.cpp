@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <utility>
 #include <vector>
 
 namespace fabriclab::guest {
@@ -213,22 +214,25 @@ std::string trim(std::string_view text) {
   return std::string(text.substr(first, last - first + 1));
 }
 
+namespace {
+
+// Each mode and the word that names it (in /etc/fabriclab/mode, fabriclab.mode= and heartbeats).
+constexpr std::pair<Mode, std::string_view> kModeNames[] = {
+    {Mode::normal, "normal"}, {Mode::ignore_power, "ignore-power"}, {Mode::fail_app, "fail-app"}};
+
+}  // namespace
+
 std::string_view to_string(Mode mode) {
-  switch (mode) {
-    case Mode::normal:
-      return "normal";
-    case Mode::ignore_power:
-      return "ignore-power";
-    case Mode::fail_app:
-      return "fail-app";
+  for (const auto& [m, name] : kModeNames) {
+    if (m == mode) return name;
   }
   return "normal";
 }
 
 std::optional<Mode> parse_mode(std::string_view text) {
-  if (text == "normal") return Mode::normal;
-  if (text == "ignore-power") return Mode::ignore_power;
-  if (text == "fail-app") return Mode::fail_app;
+  for (const auto& [m, name] : kModeNames) {
+    if (name == text) return m;
+  }
   return std::nullopt;
 }
 

@@ -25,6 +25,7 @@
 #include "fabriclab/common/http_server.hpp"
 #include "fabriclab/testbed/images.hpp"
 #include "fabriclab/testbed/lab_vm.hpp"
+#include "http_call.hpp"
 #include "status_matchers.hpp"
 
 namespace fabriclab::agent {
@@ -124,16 +125,27 @@ class AgentApiTest : public ::testing::Test {
   // One request; a transport failure is a test failure and gives status 0.
   http::ClientResponse call(std::string_view method, std::string_view target,
                             std::string_view body = {}, std::string_view token = kControl) {
-    auto r = http::request(kHost, port_, method, target, body, token, 10s);
-    if (!r.ok()) {
-      ADD_FAILURE() << method << " " << target << ": " << r.error().describe();
-      return {};
-    }
-    return std::move(r).value();
+    return fabriclab::testing::call_or_fail(kHost, port_, method, target, body, token, 10s);
   }
   http::ClientResponse post(std::string_view target, const json::value& body,
                             std::string_view token = kControl) {
     return call("POST", target, json::serialize(body), token);
+  }
+  // GET `target` with the read token: a JSON list of exactly one element, `only`.
+  void get_only(std::string_view target, json::value& only) {
+    auto list = call("GET", target, {}, kRead);
+    ASSERT_EQ(list.status, 200);
+    json::value arr = parse(list.body);
+    ASSERT_TRUE(arr.is_array()) << list.body;
+    ASSERT_EQ(arr.as_array().size(), 1u) << list.body;
+    only = arr.as_array()[0];
+  }
+  // A 401 with an "unauthenticated" JSON error whose message says `why` ("missing", "unknown").
+  void expect_unauthenticated(const http::ClientResponse& r, std::string_view why) {
+    EXPECT_EQ(r.status, 401);
+    auto e = error_of(r);
+    EXPECT_EQ(e.code, "unauthenticated");
+    EXPECT_NE(e.message.find(why), std::string::npos) << e.message;
   }
 
   static json::object instance_body(const std::string& service, int index) {
@@ -221,20 +233,13 @@ class AgentApiSlowHostTest : public AgentApiTest {
 
 TEST_F(AgentApiTest, RequestWithoutTokenIsRefusedWith401AndAJsonError) {
   auto r = call("GET", "/v1/host", {}, "");
-  EXPECT_EQ(r.status, 401);
-  auto e = error_of(r);
-  EXPECT_EQ(e.code, "unauthenticated");
-  EXPECT_NE(e.message.find("missing"), std::string::npos) << e.message;
+  expect_unauthenticated(r, "missing");
   EXPECT_EQ(r.headers["www-authenticate"], "Bearer");
   EXPECT_EQ(r.headers["content-type"], "application/json");
 }
 
 TEST_F(AgentApiTest, RequestWithUnknownTokenIsRefusedWith401) {
-  auto r = call("GET", "/v1/instances", {}, "not-a-token");
-  EXPECT_EQ(r.status, 401);
-  auto e = error_of(r);
-  EXPECT_EQ(e.code, "unauthenticated");
-  EXPECT_NE(e.message.find("unknown"), std::string::npos) << e.message;
+  expect_unauthenticated(call("GET", "/v1/instances", {}, "not-a-token"), "unknown");
   // A prefix of the real token is not the token.
   EXPECT_EQ(call("GET", "/v1/instances", {}, "ctl-toke").status, 401);
   EXPECT_EQ(
@@ -497,12 +502,9 @@ TEST_F(AgentApiTest, InstanceLifecycleCreateDuplicateStopStartDelete) {
   EXPECT_EQ(str_at(created, "service"), "web");
   EXPECT_EQ(str_at(created, "image"), "v1");
 
-  auto list = call("GET", "/v1/instances", {}, kRead);
-  ASSERT_EQ(list.status, 200);
-  json::value arr = parse(list.body);
-  ASSERT_TRUE(arr.is_array()) << list.body;
-  ASSERT_EQ(arr.as_array().size(), 1u) << list.body;
-  EXPECT_EQ(str_at(arr.as_array()[0], "name"), "web-1");
+  json::value listed;
+  ASSERT_NO_FATAL_FAILURE(get_only("/v1/instances", listed));
+  EXPECT_EQ(str_at(listed, "name"), "web-1");
 
   EXPECT_EQ(wait_status("web-1", "Healthy", 5s), "Healthy");
   auto one = parse(call("GET", "/v1/instances/web-1", {}, kRead).body);
@@ -591,14 +593,11 @@ TEST_F(AgentApiTest, StagedHostImageIsListed) {
   EXPECT_EQ(str_at(img, "version"), "h1");
   EXPECT_EQ(str_at(img, "sha256"), sha);
 
-  auto list = call("GET", "/v1/images/host", {}, kRead);
-  ASSERT_EQ(list.status, 200);
-  json::value arr = parse(list.body);
-  ASSERT_TRUE(arr.is_array()) << list.body;
-  ASSERT_EQ(arr.as_array().size(), 1u) << list.body;
-  EXPECT_EQ(str_at(arr.as_array()[0], "version"), "h1");
-  EXPECT_EQ(str_at(arr.as_array()[0], "sha256"), sha);
-  EXPECT_EQ(arr.as_array()[0].at("current"), json::value(false)) << "staged, not activated";
+  json::value listed;
+  ASSERT_NO_FATAL_FAILURE(get_only("/v1/images/host", listed));
+  EXPECT_EQ(str_at(listed, "version"), "h1");
+  EXPECT_EQ(str_at(listed, "sha256"), sha);
+  EXPECT_EQ(listed.at("current"), json::value(false)) << "staged, not activated";
 
   // Restaging the same bytes is idempotent; the same version with other bytes is a conflict.
   auto again =
@@ -783,19 +782,26 @@ int64_t seq_of(const json::object& e) {
 }
 std::string type_of(const json::object& e) { return str_at(e, "type"); }
 
+// The next message of an event stream, which must be a JSON object, into `e`.
+void read_object(http::WsClient& ws, json::object& e) {
+  auto text = ws.read(5s);
+  ASSERT_OK(text);
+  json::value v = parse(*text);
+  ASSERT_TRUE(v.is_object()) << *text;
+  e = std::move(v.as_object());
+}
+
 TEST_F(AgentApiTest, EventStreamSnapshotThenHostStateDeltasAndResume) {
   stage("h1");
   auto ws = http::WsClient::connect(kHost, port_, "/v1/events", kRead, 5s);
   ASSERT_OK(ws);
-  auto first = (*ws)->read(5s);
-  ASSERT_OK(first);
-  json::value snap = parse(*first);
-  ASSERT_TRUE(snap.is_object());
-  EXPECT_EQ(type_of(snap.as_object()), "snapshot") << *first;
-  EXPECT_EQ(seq_of(snap.as_object()), static_cast<int64_t>(feed_->last_seq()));
-  ASSERT_TRUE(snap.as_object().contains("state")) << *first;
-  EXPECT_EQ(str_at(snap.at("state").at("host"), "state"), "Ready") << *first;
-  EXPECT_EQ(str_at(snap.at("state").at("host"), "host_id"), "host-0") << *first;
+  json::object snap;
+  ASSERT_NO_FATAL_FAILURE(read_object(**ws, snap));
+  EXPECT_EQ(type_of(snap), "snapshot") << json::serialize(snap);
+  EXPECT_EQ(seq_of(snap), static_cast<int64_t>(feed_->last_seq()));
+  ASSERT_TRUE(snap.contains("state")) << json::serialize(snap);
+  EXPECT_EQ(str_at(snap.at("state").at("host"), "state"), "Ready") << json::serialize(snap);
+  EXPECT_EQ(str_at(snap.at("state").at("host"), "host_id"), "host-0") << json::serialize(snap);
 
   auto r = post("/v1/operations",
                 json::object{{"kind", "host-os"}, {"target", "h1"}, {"notice_ms", 200}});
@@ -813,7 +819,7 @@ TEST_F(AgentApiTest, EventStreamSnapshotThenHostStateDeltasAndResume) {
   ASSERT_FALSE(events.empty());
 
   // Strictly increasing, and since the client got every event after its snapshot: consecutive.
-  int64_t prev = seq_of(snap.as_object());
+  int64_t prev = seq_of(snap);
   for (const auto& e : events) {
     EXPECT_GT(seq_of(e), prev) << json::serialize(e);
     EXPECT_EQ(seq_of(e), prev + 1) << "gap before " << json::serialize(e);
@@ -848,11 +854,7 @@ TEST_F(AgentApiTest, EventStreamSnapshotThenHostStateDeltasAndResume) {
   ASSERT_FALSE(expected.empty());
   std::vector<json::object> resumed;
   for (size_t i = 0; i < expected.size(); ++i) {
-    auto m = (*ws2)->read(5s);
-    ASSERT_OK(m);
-    json::value v = parse(*m);
-    ASSERT_TRUE(v.is_object());
-    resumed.push_back(v.as_object());
+    ASSERT_NO_FATAL_FAILURE(read_object(**ws2, resumed.emplace_back()));
   }
   EXPECT_NE(type_of(resumed.front()), "snapshot") << "a servable since resumes, it does not resync";
   EXPECT_EQ(resumed, expected);
@@ -876,24 +878,20 @@ TEST_F(AgentApiTest, EventStreamResumeFromTheFutureGetsAResyncSnapshot) {
   auto ws = http::WsClient::connect(kHost, port_, "/v1/events?since=" + std::to_string(last + 1000),
                                     kRead, 5s);
   ASSERT_OK(ws);
-  auto first = (*ws)->read(5s);
-  ASSERT_OK(first);
-  json::value v = parse(*first);
-  ASSERT_TRUE(v.is_object());
-  EXPECT_EQ(type_of(v.as_object()), "snapshot") << *first;
-  EXPECT_EQ(v.at("resync"), json::value(true)) << *first;
-  EXPECT_EQ(seq_of(v.as_object()), static_cast<int64_t>(last));
+  json::object v;
+  ASSERT_NO_FATAL_FAILURE(read_object(**ws, v));
+  EXPECT_EQ(type_of(v), "snapshot") << json::serialize(v);
+  EXPECT_EQ(v.at("resync"), json::value(true)) << json::serialize(v);
+  EXPECT_EQ(seq_of(v), static_cast<int64_t>(last));
   // Resuming at the newest seq gives no backlog, then the live events.
   auto at_last =
       http::WsClient::connect(kHost, port_, "/v1/events?since=" + std::to_string(last), kRead, 5s);
   ASSERT_OK(at_last);
   stage("h2");
-  auto next = (*at_last)->read(5s);
-  ASSERT_OK(next);
-  json::value n = parse(*next);
-  ASSERT_TRUE(n.is_object());
-  EXPECT_EQ(type_of(n.as_object()), "image.staged") << *next;
-  EXPECT_EQ(seq_of(n.as_object()), static_cast<int64_t>(last) + 1);
+  json::object n;
+  ASSERT_NO_FATAL_FAILURE(read_object(**at_last, n));
+  EXPECT_EQ(type_of(n), "image.staged") << json::serialize(n);
+  EXPECT_EQ(seq_of(n), static_cast<int64_t>(last) + 1);
 }
 
 TEST_F(AgentApiTest, EventStreamAcceptsAccessTokenInTheQuery) {

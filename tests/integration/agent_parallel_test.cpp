@@ -31,6 +31,17 @@ class AgentWithFourGuests : public AgentFixture {
     stage_host_image("host-2");
   }
 
+  // Opens the agent with `parallel` and updates the host OS of its four guests: the job, which
+  // must succeed, and in `took` how long it ran.
+  json::object update_host(int parallel, Clock::duration& took) {
+    open(parallel);
+    const auto t0 = Clock::now();
+    auto job = run_job({OperationKind::host_os, "host-2", false, 300}, 30s);
+    took = Clock::now() - t0;
+    EXPECT_EQ(job["status"].as_string(), "succeeded") << json::serialize(job);
+    return job;
+  }
+
   // The Stopping / Stopped instance.state events in feed order: (name, true for Stopping).
   std::vector<std::pair<std::string, bool>> stop_events() {
     std::vector<std::pair<std::string, bool>> out;
@@ -63,11 +74,8 @@ class AgentWithFourGuests : public AgentFixture {
 };
 
 TEST_F(AgentWithFourGuests, AHostOsUpdateStopsFourGuestsInAboutOneGuestsStopTime) {
-  open(8);
-  const auto t0 = Clock::now();
-  auto job = run_job({OperationKind::host_os, "host-2", false, 300}, 30s);
-  const auto took = Clock::now() - t0;
-  EXPECT_EQ(job["status"].as_string(), "succeeded") << json::serialize(job);
+  Clock::duration took{};
+  auto job = update_host(8, took);
   ASSERT_EQ(job["guests"].as_array().size(), 4u);
   for (auto& g : job["guests"].as_array()) {
     auto& r = g.as_object();
@@ -90,11 +98,8 @@ TEST_F(AgentWithFourGuests, AHostOsUpdateStopsFourGuestsInAboutOneGuestsStopTime
 
 TEST_F(AgentWithFourGuests, OneGuestAtATimeIsStillThereAndTakesFourStopTimes) {
   // The control for the test above: with parallel_guests 1 the stops do not overlap.
-  open(1);
-  const auto t0 = Clock::now();
-  auto job = run_job({OperationKind::host_os, "host-2", false, 300}, 30s);
-  const auto took = Clock::now() - t0;
-  EXPECT_EQ(job["status"].as_string(), "succeeded") << json::serialize(job);
+  Clock::duration took{};
+  update_host(1, took);
   EXPECT_EQ(most_stopping_at_once(), 1);
   EXPECT_GE(took, 4 * kPowerOff);
 }

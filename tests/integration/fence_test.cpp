@@ -15,6 +15,7 @@
 
 #include "fabriclab/common/process.hpp"
 #include "fabriclab/orchestrator/controller.hpp"
+#include "json_find.hpp"
 #include "orchestrator_stack.hpp"
 
 namespace fabriclab::testing {
@@ -61,12 +62,9 @@ class Fence : public OrchestratorStack {
   }
 
   std::string host_of(const std::string& instance) {
-    auto all = get("/v1/instances");
-    if (!all.is_array()) return {};
-    for (const auto& i : all.as_array()) {
-      if (jstr(i, "name") == instance) return jstr(i, "host");
-    }
-    return {};
+    const auto all = get("/v1/instances");  // the list find_named points into
+    const auto* i = find_named(all, instance);
+    return i ? jstr(*i, "host") : std::string();
   }
 
   // The agent's instance names, as it reports them itself.

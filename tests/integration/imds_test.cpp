@@ -804,20 +804,25 @@ TEST(ImdsOptions, BadNetworkOptionsAreRefusedNamingThem) {
     auto a = HostAgent::create(o, nullptr);
     return a.ok() ? "" : a.error().message;
   };
-  EXPECT_NE(try_with([](auto& o) { o.guest_subnet = "10.0.0.0/8"; }).find("guest_subnet"),
-            std::string::npos);
-  EXPECT_NE(try_with([](auto& o) {
-              o.guest_subnet = kSubnet;
-              o.guest_bridge = "bad bridge";
-            }).find("guest_bridge"),
-            std::string::npos);
-  EXPECT_NE(try_with([](auto& o) { o.guest_bridge = "gbr0"; }).find("guest_subnet"),
-            std::string::npos);
-  EXPECT_NE(try_with([](auto& o) {
-              o.guest_subnet = kSubnet;
-              o.dhcp_hosts_dir = "rel";
-            }).find("dhcp_hosts_dir"),
-            std::string::npos);
+  // Each bad setting, and the option its refusal must name.
+  const std::pair<std::function<void(AgentOptions&)>, std::string> refused[] = {
+      {[](AgentOptions& o) { o.guest_subnet = "10.0.0.0/8"; }, "guest_subnet"},
+      {[](AgentOptions& o) {
+         o.guest_subnet = kSubnet;
+         o.guest_bridge = "bad bridge";
+       },
+       "guest_bridge"},
+      {[](AgentOptions& o) { o.guest_bridge = "gbr0"; }, "guest_subnet"},
+      {[](AgentOptions& o) {
+         o.guest_subnet = kSubnet;
+         o.dhcp_hosts_dir = "rel";
+       },
+       "dhcp_hosts_dir"},
+  };
+  for (const auto& [set, named] : refused) {
+    const std::string message = try_with(set);
+    EXPECT_NE(message.find(named), std::string::npos) << named << ": '" << message << "'";
+  }
   EXPECT_EQ(try_with([](auto& o) { o.guest_subnet = kSubnet; }), "");
   std::filesystem::remove_all(*dir);
 }

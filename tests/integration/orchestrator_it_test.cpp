@@ -587,42 +587,37 @@ TEST_F(OrchestratorIt, DrillPausesStepsResumesAndAbortsBetweenBatches) {
   for (const auto& b : jarr(d, "batches")) EXPECT_EQ(jstr(b, "status"), "pending");
   for (const auto& host : host_ids()) EXPECT_TRUE(host_os_jobs(host).empty()) << host;
 
+  // Waits until batch `b` is done and the drill Paused, lets the gate poll a few rounds, and
+  // checks in `d` that the pause held: still Paused, every host of batch b updated, none of
+  // batch b + 1 (`ran` and `unfinished` say which broke).
+  auto held_after = [&](size_t b, const char* ran, const char* unfinished) {
+    ASSERT_TRUE(wait_until(
+        [&] {
+          auto x = drill_now();
+          return jstr(batch(x, b), "status") == "done" && jstr(x, "state") == "Paused";
+        },
+        30s))
+        << json::serialize(drill_now());
+    ASSERT_NO_FATAL_FAILURE(wait_poll_rounds(kGateRounds));
+    d = drill_now();
+    EXPECT_EQ(jstr(d, "state"), "Paused");
+    EXPECT_EQ(jstr(batch(d, b + 1), "status"), "pending");
+    EXPECT_EQ(jobs_on_batch(d, b + 1), 0u) << ran;
+    EXPECT_EQ(jobs_on_batch(d, b), jarr(batch(d, b), "hosts").size()) << unfinished;
+  };
+
   // Step: exactly one batch, then paused again before the next.
   ASSERT_EQ(post("/v1/drills/" + id + "/step", json::object{}).status, 202);
-  ASSERT_TRUE(wait_until(
-      [&] {
-        auto x = drill_now();
-        return jstr(batch(x, 0), "status") == "done" && jstr(x, "state") == "Paused";
-      },
-      30s))
-      << json::serialize(drill_now());
-  ASSERT_NO_FATAL_FAILURE(wait_poll_rounds(kGateRounds));
-  d = drill_now();
-  EXPECT_EQ(jstr(d, "state"), "Paused");
+  ASSERT_NO_FATAL_FAILURE(held_after(0, "a step ran into the next batch", ""));
   EXPECT_EQ(jint(d, "current_batch"), 1);
-  EXPECT_EQ(jstr(batch(d, 1), "status"), "pending");
-  EXPECT_EQ(jobs_on_batch(d, 1), 0u) << "a step ran into the next batch";
-  EXPECT_EQ(jobs_on_batch(d, 0), jarr(batch(d, 0), "hosts").size());
 
   // Resume, then pause while batch 2 is in flight: it finishes, batch 3 does not start.
   ASSERT_EQ(post("/v1/drills/" + id + "/resume", json::object{}).status, 202);
   ASSERT_TRUE(wait_until([&] { return jstr(batch(drill_now(), 1), "status") == "running"; }, 30s))
       << json::serialize(drill_now());
   ASSERT_EQ(post("/v1/drills/" + id + "/pause", json::object{}).status, 202);
-  ASSERT_TRUE(wait_until(
-      [&] {
-        auto x = drill_now();
-        return jstr(batch(x, 1), "status") == "done" && jstr(x, "state") == "Paused";
-      },
-      30s))
-      << json::serialize(drill_now());
-  ASSERT_NO_FATAL_FAILURE(wait_poll_rounds(kGateRounds));
-  d = drill_now();
-  EXPECT_EQ(jstr(d, "state"), "Paused");
-  EXPECT_EQ(jstr(batch(d, 2), "status"), "pending");
-  EXPECT_EQ(jobs_on_batch(d, 2), 0u) << "the pause did not hold before batch 3";
-  EXPECT_EQ(jobs_on_batch(d, 1), jarr(batch(d, 1), "hosts").size())
-      << "the in-flight batch did not finish";
+  ASSERT_NO_FATAL_FAILURE(
+      held_after(1, "the pause did not hold before batch 3", "the in-flight batch did not finish"));
 
   // Abort while paused: Aborted, batch 3 never ran; the drill no longer takes verbs.
   ASSERT_EQ(post("/v1/drills/" + id + "/abort", json::object{}).status, 202);

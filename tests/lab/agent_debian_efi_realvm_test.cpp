@@ -49,10 +49,7 @@ class AgentOnDebianEfi : public AgentFixture {
     }
   }
   void TearDown() override {
-    if (agent_) {
-      for (auto& i : agent_->instances_json())
-        (void)agent_->delete_instance(std::string(i.as_object().at("name").as_string()));
-    }
+    delete_instances();
     AgentFixture::TearDown();
   }
 
@@ -87,18 +84,10 @@ class AgentOnDebianEfi : public AgentFixture {
   // Waits until the guest agent answers; returns how long that took from `since`.
   std::chrono::milliseconds wait_guest_agent(const std::string& name,
                                              std::chrono::steady_clock::time_point since) {
-    auto deadline = std::chrono::steady_clock::now() + kUp;
     json::object last;
-    while (std::chrono::steady_clock::now() < deadline) {
-      auto i = agent_->instance_json(name);
-      if (i.ok()) {
-        last = *i;
-        if (last["signals"].as_object()["guest_agent"].as_bool()) {
-          return std::chrono::duration_cast<std::chrono::milliseconds>(
-              std::chrono::steady_clock::now() - since);
-        }
-      }
-      std::this_thread::sleep_for(200ms);
+    if (poll_instance(name, std::chrono::steady_clock::now() + kUp, guest_agent_up, last, 200ms)) {
+      return std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::chrono::steady_clock::now() - since);
     }
     ADD_FAILURE() << name << ": the guest agent never connected: " << json::serialize(last)
                   << "\nconsole:\n"

@@ -35,10 +35,7 @@ class AgentOnDebian : public AgentFixture {
     open_agent(true, o);
   }
   void TearDown() override {
-    if (agent_) {
-      for (auto& i : agent_->instances_json())
-        (void)agent_->delete_instance(std::string(i.as_object().at("name").as_string()));
-    }
+    delete_instances();
     AgentFixture::TearDown();
     if (!extra_images_.empty()) fs::remove_all(extra_images_);
   }
@@ -81,15 +78,7 @@ class AgentOnDebian : public AgentFixture {
   void wait_guest_agent(const std::string& name) {
     auto deadline = std::chrono::steady_clock::now() + kUp;
     json::object last;
-    while (std::chrono::steady_clock::now() < deadline) {
-      auto i = agent_->instance_json(name);
-      if (i.ok()) {
-        last = *i;
-        if (last["signals"].as_object()["guest_agent"].as_bool()) break;
-      }
-      std::this_thread::sleep_for(200ms);
-    }
-    ASSERT_TRUE(last["signals"].as_object()["guest_agent"].as_bool())
+    ASSERT_TRUE(poll_instance(name, deadline, guest_agent_up, last, 200ms))
         << name << ": the guest agent never connected: " << json::serialize(last);
     std::string why;
     while (std::chrono::steady_clock::now() < deadline) {

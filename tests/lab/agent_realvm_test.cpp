@@ -30,11 +30,7 @@ class AgentOnRealVms : public AgentFixture {
     open_agent(true, o);
   }
   void TearDown() override {
-    // Destroy the guests: an agent going away leaves them running by design.
-    if (agent_) {
-      for (auto& i : agent_->instances_json())
-        (void)agent_->delete_instance(std::string(i.as_object().at("name").as_string()));
-    }
+    delete_instances();
     AgentFixture::TearDown();
   }
 };

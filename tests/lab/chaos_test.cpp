@@ -18,6 +18,7 @@
 
 #include "cli_runner.hpp"
 #include "fabriclab/orchestrator/journal.hpp"
+#include "temp_dir.hpp"
 
 namespace {
 
@@ -34,9 +35,8 @@ json::object parse_object(const std::string& text) {
 class Chaos : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/flct-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    dir_ = make_temp_dir("flct");
+    ASSERT_FALSE(dir_.empty()) << "mkdtemp failed";
   }
   void TearDown() override {
     EXPECT_EQ(processes_under(dir_, "qemu"), 0) << "VMs left running under " << dir_;

@@ -30,6 +30,8 @@
 #include "cli_runner.hpp"
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/json_get.hpp"
+#include "json_find.hpp"
+#include "temp_dir.hpp"
 
 namespace {
 
@@ -69,9 +71,8 @@ bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds tim
 class FenceLab : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/flfence-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    dir_ = make_temp_dir("flfence");
+    ASSERT_FALSE(dir_.empty()) << "mkdtemp failed";
     lab_ = dir_ + "/lab";
   }
   void TearDown() override {
@@ -124,20 +125,14 @@ class FenceLab : public ::testing::Test {
     return ec ? json::value(nullptr) : v;
   }
   std::string host_of(const std::string& instance) {
-    auto all = get("/v1/instances");
-    if (!all.is_array()) return {};
-    for (const auto& i : all.as_array()) {
-      if (str(i, "name") == instance) return str(i, "host");
-    }
-    return {};
+    const auto all = get("/v1/instances");  // the list find_named points into
+    const auto* i = find_named(all, instance);
+    return i ? str(*i, "host") : std::string();
   }
   bool healthy(const std::string& instance) {
-    auto all = get("/v1/instances");
-    if (!all.is_array()) return false;
-    for (const auto& i : all.as_array()) {
-      if (str(i, "name") == instance) return fabriclab::json_get::flag(i, "healthy");
-    }
-    return false;
+    const auto all = get("/v1/instances");  // the list find_named points into
+    const auto* i = find_named(all, instance);
+    return i && fabriclab::json_get::flag(*i, "healthy");
   }
   std::string host_state(const std::string& id) { return str(get("/v1/hosts/" + id), "state"); }
   const json::object& agent_json(const std::string& id) {

@@ -26,6 +26,7 @@
 
 #include "fabriclab/agent/guest_link.hpp"
 #include "fabriclab/hypervisor/connection.hpp"
+#include "fabriclab/hypervisor/disk_image.hpp"
 #include "fabriclab/testbed/images.hpp"
 #include "fabriclab/testbed/lab_vm.hpp"
 #include "status_matchers.hpp"
@@ -51,25 +52,6 @@ std::string read_file(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-// Runs a program to completion; its output goes to `log` (shown when it fails).
-Status run(const std::vector<std::string>& argv, const std::string& log) {
-  pid_t pid = ::fork();
-  if (pid < 0) return make_error(Condition::transient, "fork failed");
-  if (pid == 0) {
-    FILE* f = std::freopen(log.c_str(), "w", stdout);
-    if (f) ::dup2(::fileno(stdout), 2);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    ::execvp(args[0], args.data());
-    std::_Exit(127);
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return {};
-  return make_error(Condition::internal, argv[0] + " failed: " + read_file(log));
 }
 
 // The Debian guest images: $FABRICLAB_DEBIAN_IMAGES, else the cache that
@@ -173,9 +155,8 @@ class GuestAgentRealVm : public ::testing::Test {
   // A fresh qcow2 overlay on the image's disk.
   std::string make_overlay(const std::string& name) {
     const std::string path = root_ + "/vm/" + name;
-    auto st = run({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                   fs::absolute(debian_ + "/debian-v1/disk.qcow2").string(), path},
-                  root_ + "/qemu-img.log");
+    auto st = hypervisor::create_overlay(fs::absolute(debian_ + "/debian-v1/disk.qcow2").string(),
+                                         "qcow2", path);
     EXPECT_TRUE(st.ok()) << st.error().describe();
     return path;
   }

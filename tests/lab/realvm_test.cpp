@@ -30,6 +30,8 @@ using hypervisor::StopMethod;
 
 constexpr auto kBootTimeout = 90s;  // TCG on a loaded 2-core machine
 
+Heartbeat heartbeat_of(const agent::ReceivedMessage& m) { return std::get<Heartbeat>(m.message); }
+
 class RealVm : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -79,23 +81,30 @@ class RealVm : public ::testing::Test {
     return link.ok() ? std::move(link).value() : nullptr;
   }
 
+  // Starts `d` (the domain `name`), connects `link` to its guest channel and waits for the boot's
+  // first heartbeat (`first`).
+  void start_and_link(hypervisor::Domain& d, const std::string& name,
+                      std::unique_ptr<GuestLink>& link, Heartbeat& first) {
+    ASSERT_OK(d.start());
+    link = link_to(name);
+    ASSERT_TRUE(link);
+    auto hb = link->wait_for_heartbeat(kBootTimeout);
+    ASSERT_TRUE(hb.ok()) << hb.error().describe();
+    first = heartbeat_of(*hb);
+  }
+
   std::string images_dir_;
   std::string root_;
   std::unique_ptr<Connection> conn_;
 };
 
-Heartbeat heartbeat_of(const agent::ReceivedMessage& m) { return std::get<Heartbeat>(m.message); }
-
 TEST_F(RealVm, GuestBootsStopsGracefullySwapsToV2AndKeepsItsCounter) {
   auto d = define("web-0", "v1");
-  ASSERT_OK(d.start());
-  auto link = link_to("web-0");
-  ASSERT_TRUE(link);
-
-  auto first = link->wait_for_heartbeat(kBootTimeout);
-  ASSERT_TRUE(first.ok()) << first.error().describe();
-  EXPECT_EQ(heartbeat_of(*first).image, "v1");
-  EXPECT_GE(heartbeat_of(*first).counter, 0) << "the guest has its data disk";
+  std::unique_ptr<GuestLink> link;
+  Heartbeat first;
+  ASSERT_NO_FATAL_FAILURE(start_and_link(d, "web-0", link, first));
+  EXPECT_EQ(first.image, "v1");
+  EXPECT_GE(first.counter, 0) << "the guest has its data disk";
 
   // The guest answers what the host tells it (instance identity, scheduled events).
   ASSERT_TRUE(
@@ -120,7 +129,7 @@ TEST_F(RealVm, GuestBootsStopsGracefullySwapsToV2AndKeepsItsCounter) {
   auto later = link->wait_for_heartbeat(10s, ack->index);
   ASSERT_TRUE(later.ok());
   const Heartbeat before = heartbeat_of(*link->last_heartbeat());
-  EXPECT_GT(before.counter, heartbeat_of(*first).counter);
+  EXPECT_GT(before.counter, first.counter);
 
   auto stop = d.shutdown_ladder({10s, 250ms});
   ASSERT_TRUE(stop.ok()) << stop.error().describe();
@@ -140,12 +149,8 @@ TEST_F(RealVm, GuestBootsStopsGracefullySwapsToV2AndKeepsItsCounter) {
   auto boot = d.boot_image();
   ASSERT_TRUE(boot.ok());
   ASSERT_OK(d.set_boot_image({v2.kernel, v2.initrd, boot->cmdline}));
-  ASSERT_OK(d.start());
-  link = link_to("web-0");
-  ASSERT_TRUE(link);
-  auto after = link->wait_for_heartbeat(kBootTimeout);
-  ASSERT_TRUE(after.ok()) << after.error().describe();
-  const Heartbeat hb = heartbeat_of(*after);
+  Heartbeat hb;
+  ASSERT_NO_FATAL_FAILURE(start_and_link(d, "web-0", link, hb));
   EXPECT_EQ(hb.image, "v2");
   EXPECT_NE(hb.boot_id, before.boot_id) << "a new boot";
   EXPECT_GE(hb.counter, last_reported) << "no durable counter value was lost";
@@ -155,12 +160,10 @@ TEST_F(RealVm, GuestIgnoringThePowerButtonIsDestroyedAfterTheTimeout) {
   testbed::GuestOptions opts;
   opts.mode = "ignore-power";
   auto d = define("stubborn-0", "v1", opts);
-  ASSERT_OK(d.start());
-  auto link = link_to("stubborn-0");
-  ASSERT_TRUE(link);
-  auto hb = link->wait_for_heartbeat(kBootTimeout);
-  ASSERT_TRUE(hb.ok()) << hb.error().describe();
-  EXPECT_EQ(heartbeat_of(*hb).mode, "ignore-power");
+  std::unique_ptr<GuestLink> link;
+  Heartbeat hb;
+  ASSERT_NO_FATAL_FAILURE(start_and_link(d, "stubborn-0", link, hb));
+  EXPECT_EQ(hb.mode, "ignore-power");
 
   auto stop = d.shutdown_ladder({3s, 250ms});
   ASSERT_TRUE(stop.ok()) << stop.error().describe();

@@ -121,6 +121,9 @@ Result<OperationRequest> operation_request_from_json(const boost::json::object& 
 
 // {service, index, ud, fd, image} as the API and the state file write them; errors name the field.
 Result<hypervisor::InstanceMetadata> metadata_from_json(const boost::json::object& o);
+// {name, service, index, ud, fd, image}: an instance's name and metadata as the state file and the
+// instance.created event begin it (metadata_from_json reads them back).
+boost::json::object identity_json(const std::string& name, const hypervisor::InstanceMetadata& m);
 
 // Replaces `path` with `data` atomically: temp file, fsync, rename, fsync of the directory.
 Status write_file_atomically(const std::string& path, const std::string& data);

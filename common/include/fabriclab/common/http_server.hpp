@@ -95,6 +95,9 @@ struct Limits {
 
 // The request body as JSON within the limits; an empty body is an error ("body is required").
 Result<boost::json::value> parse_body(const Request& req, const Limits& limits);
+// parse_body, for routes that take a JSON object: JSON of another kind is invalid_argument
+// ("body must be a JSON object").
+Result<boost::json::object> parse_object_body(const Request& req, const Limits& limits);
 
 struct Tokens {
   std::string control;  // empty: the role is disabled
