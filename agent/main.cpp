@@ -15,6 +15,7 @@
 #include "fabriclab/agent/host_agent.hpp"
 #include "fabriclab/agent/image_store.hpp"
 #include "fabriclab/agent/imds.hpp"
+#include "fabriclab/common/cli_range.hpp"
 #include "fabriclab/common/event_feed.hpp"
 #include "fabriclab/common/logging.hpp"
 #include "fabriclab/common/stop_signals.hpp"
@@ -85,29 +86,24 @@ void add_options(CLI::App& app, Flags& f) {
       ->required();
   app.add_option("--read-token-file", f.read_token_file, "File holding the read-only bearer token");
   app.add_option("--capacity", o.capacity, "Instances this host holds")->capture_default_str();
-  app.add_option("--disk-reserve-mib", o.disk_reserve_mib,
-                 "Refuse an instance that could leave less free in STATE_DIR's file system")
-      ->capture_default_str()
-      ->check(CLI::Range(0, 1 << 24));
+  add_ranged_option(app, "--disk-reserve-mib", o.disk_reserve_mib,
+                    "Refuse an instance that could leave less free in STATE_DIR's file system", 0,
+                    1 << 24);
   app.add_option("--ovmf-code", o.ovmf_code,
                  "UEFI firmware code for firmware: efi images (read-only, shared)")
       ->capture_default_str();
   app.add_option("--ovmf-vars", o.ovmf_vars,
                  "UEFI variable store template; each firmware: efi instance gets a copy")
       ->capture_default_str();
-  app.add_option("--heartbeat-ms", f.hb_ms, "Guest heartbeat period")->capture_default_str();
-  app.add_option("--healthy-periods", o.healthy_periods,
-                 "Healthy = a heartbeat within this many periods")
-      ->capture_default_str();
-  app.add_option("--stop-timeout-ms", f.stop_ms, "Graceful shutdown window before destroy")
-      ->capture_default_str();
-  app.add_option("--boot-timeout-ms", f.boot_ms,
-                 "How long a guest may take to heartbeat after start")
-      ->capture_default_str();
-  app.add_option("--parallel-guests", o.parallel_guests,
-                 "Guests an operation stops and starts at once (1: one after another)")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 64));
+  add_ranged_option(app, "--heartbeat-ms", f.hb_ms, "Guest heartbeat period", 10, 600000);
+  add_ranged_option(app, "--healthy-periods", o.healthy_periods,
+                    "Healthy = a heartbeat within this many periods", 1, 1000);
+  add_ranged_option(app, "--stop-timeout-ms", f.stop_ms, "Graceful shutdown window before destroy",
+                    0, 3600000);
+  add_ranged_option(app, "--boot-timeout-ms", f.boot_ms,
+                    "How long a guest may take to heartbeat after start", 100, 86400000);
+  add_ranged_option(app, "--parallel-guests", o.parallel_guests,
+                    "Guests an operation stops and starts at once (1: one after another)", 1, 64);
   app.add_option("--boot-delay-ms", f.boot_delay_ms, "Emulated host boot time during a host reboot")
       ->capture_default_str();
   app.add_option(

@@ -1,5 +1,8 @@
 #include "fabriclab/orchestrator/drill_spec.hpp"
 
+#include <boost/describe.hpp>
+#include <boost/json.hpp>
+
 #include "fabriclab/orchestrator/cluster.hpp"
 
 namespace fabriclab::orchestrator {
@@ -39,17 +42,12 @@ Result<DrillSpec> drill_spec_from_json(const json::object& o) {
   return s;
 }
 
-json::object to_json(const DrillSpec& s) {
-  return {{"kind", s.kind},
-          {"target", s.target},
-          {"max_parallel_hosts", s.max_parallel_hosts},
-          {"time_scale", s.time_scale},
-          {"recovery_s", s.recovery_s},
-          {"notice_s", s.notice_s},
-          {"freeze_s", s.freeze_s},
-          {"healthy_timeout_s", s.healthy_timeout_s},
-          {"memory_preserving", s.memory_preserving},
-          {"start_paused", s.start_paused}};
-}
+// The wire form is every field under its own name, in declaration order (Boost.JSON's
+// value_from of a described struct).
+BOOST_DESCRIBE_STRUCT(DrillSpec, (),
+                      (kind, target, max_parallel_hosts, time_scale, recovery_s, notice_s, freeze_s,
+                       healthy_timeout_s, memory_preserving, start_paused))
+
+json::object to_json(const DrillSpec& s) { return json::value_from(s).as_object(); }
 
 }  // namespace fabriclab::orchestrator

@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 
+#include <boost/describe.hpp>
+#include <boost/json.hpp>
 #include <map>
 #include <set>
 #include <unordered_map>
@@ -103,31 +105,19 @@ std::vector<ServiceForecast> forecast(const Cluster& c, const Plan& plan) {
   return list;
 }
 
-json::object to_json(const Plan& p) {
-  json::array batches;
-  for (const auto& b : p.batches) {
-    json::array hosts;
-    for (const auto& h : b) hosts.emplace_back(h);
-    batches.emplace_back(std::move(hosts));
-  }
-  return {{"batches", std::move(batches)},
-          {"lower_bound", p.lower_bound},
-          {"ud_lower_bound", p.ud_lower_bound},
-          {"cap_lower_bound", p.cap_lower_bound},
-          {"clique_lower_bound", p.clique_lower_bound},
-          {"method", p.method},
-          {"iterations", p.iterations}};
-}
+// Every field under its own name, in declaration order (batches: arrays of host ids).
+BOOST_DESCRIBE_STRUCT(Plan, (),
+                      (batches, lower_bound, ud_lower_bound, cap_lower_bound, clique_lower_bound,
+                       method, iterations))
 
-json::object to_json(const ServiceForecast& f) {
-  return {{"service", f.service},
-          {"instances", f.instances},
-          {"uds_occupied", f.uds_occupied},
-          {"max_instances_down", f.max_instances_down},
-          {"max_uds_down", f.max_uds_down},
-          {"batches_touched", f.batches_touched},
-          {"keeps_serving", f.keeps_serving}};
-}
+json::object to_json(const Plan& p) { return json::value_from(p).as_object(); }
+
+// Every field under its own name, in declaration order.
+BOOST_DESCRIBE_STRUCT(ServiceForecast, (),
+                      (service, instances, uds_occupied, max_instances_down, max_uds_down,
+                       batches_touched, keeps_serving))
+
+json::object to_json(const ServiceForecast& f) { return json::value_from(f).as_object(); }
 
 Result<Plan> plan_from_json(const json::object& o) {
   FL_RETURN_IF_ERROR(check_fields(o, {"batches", "lower_bound", "ud_lower_bound", "cap_lower_bound",

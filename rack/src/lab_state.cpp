@@ -1,6 +1,7 @@
 // A lab's record of itself (lab.hpp): DIR/lab.json, written at each step of `Lab::up` so that a
 // `fabriclab lab down` in another process finds every process and namespace, and read back by
 // `Lab::attach`.
+#include <boost/describe.hpp>
 #include <boost/json.hpp>
 #include <cctype>
 #include <filesystem>
@@ -16,18 +17,12 @@ namespace fs = std::filesystem;
 using detail::kLabFile;
 using detail::read_file;
 
+// lab.json's process records: every field under its own name, in declaration order.
+BOOST_DESCRIBE_STRUCT(LabProcess, (), (name, pid, address, port, fault_domain, log, netns, argv))
+
 namespace {
 
-json::object process_json(const LabProcess& p) {
-  return {{"name", p.name},
-          {"pid", p.pid},
-          {"address", p.address},
-          {"port", p.port},
-          {"fault_domain", p.fault_domain},
-          {"log", p.log},
-          {"netns", p.netns},
-          {"argv", json::array(p.argv.begin(), p.argv.end())}};
-}
+json::object process_json(const LabProcess& p) { return json::value_from(p).as_object(); }
 
 Result<LabProcess> process_from_json(const json::value& v) {
   if (!v.is_object())
