@@ -11,7 +11,6 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -33,9 +32,8 @@
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/orchestrator/cluster.hpp"
 #include "fabriclab/orchestrator/lb.hpp"
+#include "haproxy_process.hpp"
 #include "temp_dir.hpp"
-
-extern char** environ;
 
 using namespace fabriclab;
 using namespace fabriclab::orchestrator;
@@ -66,13 +64,6 @@ int bind_loopback(int backlog, uint16_t& port) {
   getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
   port = ntohs(a.sin_port);
   return fd;
-}
-
-uint16_t free_port() {
-  uint16_t port = 0;
-  int fd = bind_loopback(0, port);
-  if (fd >= 0) close(fd);
-  return port;
 }
 
 // A guest app stand-in: one thread accepting on 127.0.0.1:0, one thread per connection, one
@@ -168,14 +159,6 @@ class Backend {
   int live_ = 0;
 };
 
-std::string haproxy_bin() {
-  if (const char* e = std::getenv("FABRICLAB_HAPROXY"); e && *e) return e;
-  for (const char* p : {"/usr/sbin/haproxy", "/usr/local/sbin/haproxy", "/usr/bin/haproxy"}) {
-    if (access(p, X_OK) == 0) return p;
-  }
-  return "haproxy";
-}
-
 bool wait_until(std::chrono::milliseconds limit, const std::function<bool()>& pred) {
   auto deadline = Clock::now() + limit;
   while (Clock::now() < deadline) {
@@ -195,26 +178,17 @@ class LbHaproxy : public ::testing::Test {
     LbOptions o;
     o.config_path = config_;
     o.master_socket = socket_;
-    o.haproxy = haproxy_bin();
+    o.haproxy = fabriclab::testing::haproxy_bin();
     o.settings = lb_settings_for(config_);
-    o.settings.health_bind = "127.0.0.1:" + std::to_string(free_port());
+    ASSERT_NE(health_port_.port(), 0) << "cannot bind 127.0.0.1";
+    ASSERT_NE(vip_port_.port(), 0) << "cannot bind 127.0.0.1";
+    o.settings.health_bind = health_port_.loopback();
     o.settings.hard_stop_after_ms = 10000;
-    vip_port_ = free_port();
     {
       std::ofstream f(config_);
       f << render_haproxy_config({}, o.settings);  // what the rack writes
     }
-    std::string log = dir_ + "/haproxy.log";
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    std::vector<std::string> argv{o.haproxy, "-W", "-S", socket_, "-f", config_};
-    std::vector<char*> args;
-    for (auto& a : argv) args.push_back(a.data());
-    args.push_back(nullptr);
-    int rc = posix_spawn(&haproxy_pid_, args[0], &fa, nullptr, args.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
+    int rc = haproxy_.start(config_, socket_, dir_ + "/haproxy.log");
     ASSERT_EQ(rc, 0) << "cannot start " << o.haproxy << ": " << std::strerror(rc)
                      << " (install Debian's haproxy package)";
     auto lb = LoadBalancer::create(o);
@@ -231,16 +205,7 @@ class LbHaproxy : public ::testing::Test {
   }
 
   void TearDown() override {
-    if (haproxy_pid_ > 0) {
-      kill(haproxy_pid_, SIGTERM);
-      int status = 0;
-      bool gone =
-          wait_until(10s, [&] { return waitpid(haproxy_pid_, &status, WNOHANG) == haproxy_pid_; });
-      if (!gone) {
-        kill(haproxy_pid_, SIGKILL);
-        waitpid(haproxy_pid_, &status, 0);
-      }
-    }
+    haproxy_.stop();
     if (HasFailure()) std::cerr << "haproxy log:\n" << log_tail();
     std::error_code ec;
     std::filesystem::remove_all(dir_, ec);
@@ -259,7 +224,7 @@ class LbHaproxy : public ::testing::Test {
     LbService s;
     s.name = "web";
     s.vip = "127.0.0.1";
-    s.port = vip_port_;
+    s.port = vip_port_.port();
     s.probe_path = "/health";
     s.interval_ms = interval_ms;
     s.unhealthy_threshold = threshold;
@@ -293,7 +258,7 @@ class LbHaproxy : public ::testing::Test {
 
   // GET path on the VIP; the X-Served-By header, or "status N" / the error.
   std::string get(const std::string& path = "/") const {
-    auto r = http::request("127.0.0.1", vip_port_, "GET", path, {}, {}, 5s);
+    auto r = http::request("127.0.0.1", vip_port_.port(), "GET", path, {}, {}, 5s);
     if (!r.ok()) return "error: " + r.error().message;
     if (r->status != 200) return "status " + std::to_string(r->status);
     auto it = r->headers.find("x-served-by");
@@ -301,8 +266,9 @@ class LbHaproxy : public ::testing::Test {
   }
 
   std::string dir_, config_, socket_;
-  uint16_t vip_port_ = 0;
-  pid_t haproxy_pid_ = -1;
+  // Held from before HAProxy starts until it has stopped (haproxy_process.hpp says why).
+  fabriclab::testing::ReservedPort health_port_, vip_port_;
+  fabriclab::testing::HaproxyProcess haproxy_;
   std::unique_ptr<LoadBalancer> lb_;
 };
 

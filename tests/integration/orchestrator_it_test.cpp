@@ -10,19 +10,15 @@
 // Time: drills run with time_scale 0.001 (a 900 s notice is 0.9 s, a 1800 s recovery 1.8 s);
 // --boot-delay-ms on the agents stretches the host reboot where a test needs to act mid-batch.
 
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <spawn.h>
-#include <sys/socket.h>
 
 #include <algorithm>
+#include <cstring>
 #include <set>
 
 #include "fabriclab/orchestrator/lb.hpp"
+#include "haproxy_process.hpp"
 #include "orchestrator_stack.hpp"
-
-extern char** environ;
 
 namespace fabriclab::testing {
 namespace {
@@ -773,66 +769,20 @@ TEST_F(OrchestratorIt, ApiAnswersBadRequestsWithTheRightStatusAndNamesTheField) 
 //    The simulated guests have no network, so the frontend has no backend: every client request
 //    fails (503), which is what the report must then say.
 
-namespace lbtest {
-
-uint16_t free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-std::string haproxy_bin() {
-  for (const char* p : {"/usr/sbin/haproxy", "/usr/local/sbin/haproxy", "/usr/bin/haproxy"}) {
-    if (::access(p, X_OK) == 0) return p;
-  }
-  return "haproxy";
-}
-
-// HAProxy in master-worker mode; SIGTERM (then SIGKILL) when the test ends.
-struct Haproxy {
-  pid_t pid = -1;
-  ~Haproxy() {
-    if (pid <= 0) return;
-    ::kill(pid, SIGTERM);
-    int status = 0;
-    for (int i = 0; i < 200 && ::waitpid(pid, &status, WNOHANG) != pid; ++i)
-      std::this_thread::sleep_for(50ms);
-    if (::waitpid(pid, &status, WNOHANG) == 0) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-    }
-  }
-};
-
-}  // namespace lbtest
-
 TEST_F(OrchestratorIt, EndpointServiceGetsAVipAHaproxyFrontendAndADrillMeasuresItsClients) {
   const std::string config = dir() + "/haproxy.cfg", sock = dir() + "/lb.sock";
-  const std::string health = "127.0.0.1:" + std::to_string(lbtest::free_port());
+  // Both ports held until HAProxy has stopped (haproxy_process.hpp says why); declared before
+  // HAProxy, so they outlive it.
+  fabriclab::testing::ReservedPort health_port, service_port;
+  ASSERT_NE(health_port.port(), 0);
+  ASSERT_NE(service_port.port(), 0);
+  const std::string health = health_port.loopback();
   auto settings = orchestrator::lb_settings_for(config);
   settings.health_bind = health;
   std::ofstream(config) << orchestrator::render_haproxy_config({}, settings);
-  lbtest::Haproxy haproxy;
-  {
-    std::string bin = lbtest::haproxy_bin(), log = dir() + "/haproxy.log";
-    std::vector<std::string> argv{bin, "-W", "-S", sock, "-f", config};
-    std::vector<char*> args;
-    for (auto& a : argv) args.push_back(a.data());
-    args.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    int rc = posix_spawn(&haproxy.pid, args[0], &fa, nullptr, args.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    ASSERT_EQ(rc, 0) << "cannot start haproxy (Debian's haproxy package)";
-  }
+  fabriclab::testing::HaproxyProcess haproxy;
+  int rc = haproxy.start(config, sock, dir() + "/haproxy.log");
+  ASSERT_EQ(rc, 0) << "cannot start haproxy (Debian's haproxy package): " << std::strerror(rc);
   ASSERT_TRUE(wait_until([&] { return ::access(sock.c_str(), F_OK) == 0; }, 10s))
       << "no master socket";
   ASSERT_NO_FATAL_FAILURE(start_agents(4, 2));
@@ -842,7 +792,7 @@ TEST_F(OrchestratorIt, EndpointServiceGetsAVipAHaproxyFrontendAndADrillMeasuresI
   ASSERT_NO_FATAL_FAILURE(register_agents());
   EventLog& feed = record_events();
 
-  const uint16_t port = lbtest::free_port();
+  const uint16_t port = service_port.port();
   json::object body{
       {"name", "web"},
       {"instance_count", 2},
