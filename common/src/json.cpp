@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <ctime>
+#include <utility>
 
 namespace fabriclab {
 namespace {
@@ -65,6 +66,35 @@ Result<const json::array*> as_array(const json::value& v, std::string_view field
   return &v.get_array();
 }
 
+Result<bool> as_bool(const json::value& v, std::string_view field) {
+  if (!v.is_bool()) return bad(fmt::format("field '{}' must be true or false", field));
+  return v.get_bool();
+}
+
+Result<const json::object*> as_object(const json::value& v, std::string_view field) {
+  if (!v.is_object()) return bad(fmt::format("field '{}' must be an object", field));
+  return &v.get_object();
+}
+
+// `as` (one of the above) applied to the field's value; an error naming the field when the field
+// is missing or null.
+template <class As>
+auto get_required(const json::object& o, std::string_view field, As as)
+    -> decltype(as(std::declval<const json::value&>())) {
+  const json::value* v = find(o, field);
+  if (!v) return missing(field);
+  return as(*v);
+}
+
+// `as` applied to the field's value, or `absent` when the field is missing or null.
+template <class T, class As>
+Result<T> get_or(const json::object& o, std::string_view field, T absent, As as) {
+  const json::value* v = find(o, field);
+  if (!v) return absent;
+  FL_ASSIGN_OR_RETURN(auto x, as(*v));
+  return T(std::move(x));
+}
+
 }  // namespace
 
 Result<json::value> parse_json(std::string_view text, size_t max_bytes, int max_depth,
@@ -90,90 +120,68 @@ Result<json::object> parse_json_object(std::string_view text, size_t max_bytes, 
 
 Result<std::string> get_string(const json::object& o, std::string_view field, size_t max_len,
                                bool required) {
-  const json::value* v = find(o, field);
-  if (!v) {
-    if (required) return missing(field);
-    return std::string();
-  }
-  return as_string(*v, field, max_len);
+  auto as = [&](const json::value& v) { return as_string(v, field, max_len); };
+  return required ? get_required(o, field, as) : get_or(o, field, std::string(), as);
 }
 
 Result<std::optional<std::string>> get_optional_string(const json::object& o,
                                                        std::string_view field, size_t max_len) {
-  const json::value* v = find(o, field);
-  if (!v) return std::optional<std::string>();
-  FL_ASSIGN_OR_RETURN(std::string s, as_string(*v, field, max_len));
-  return std::optional<std::string>(std::move(s));
+  return get_or(o, field, std::optional<std::string>(),
+                [&](const json::value& v) { return as_string(v, field, max_len); });
 }
 
 Result<int64_t> get_int(const json::object& o, std::string_view field, int64_t lo, int64_t hi) {
-  const json::value* v = find(o, field);
-  if (!v) return missing(field);
-  return as_int(*v, field, lo, hi);
+  return get_required(o, field, [&](const json::value& v) { return as_int(v, field, lo, hi); });
 }
 
 Result<int64_t> get_int_or(const json::object& o, std::string_view field, int64_t lo, int64_t hi,
                            int64_t fallback) {
-  if (!find(o, field)) return fallback;
-  return get_int(o, field, lo, hi);
+  return get_or(o, field, fallback, [&](const json::value& v) { return as_int(v, field, lo, hi); });
 }
 
 Result<std::optional<int64_t>> get_optional_int(const json::object& o, std::string_view field,
                                                 int64_t lo, int64_t hi) {
-  const json::value* v = find(o, field);
-  if (!v) return std::optional<int64_t>();
-  FL_ASSIGN_OR_RETURN(int64_t x, as_int(*v, field, lo, hi));
-  return std::optional<int64_t>(x);
+  return get_or(o, field, std::optional<int64_t>(),
+                [&](const json::value& v) { return as_int(v, field, lo, hi); });
 }
 
 Result<double> get_number(const json::object& o, std::string_view field, double lo, double hi) {
-  const json::value* v = find(o, field);
-  if (!v) return missing(field);
-  return as_number(*v, field, lo, hi);
+  return get_required(o, field, [&](const json::value& v) { return as_number(v, field, lo, hi); });
 }
 
 Result<double> get_number_or(const json::object& o, std::string_view field, double lo, double hi,
                              double fallback) {
-  if (!find(o, field)) return fallback;
-  return get_number(o, field, lo, hi);
+  return get_or(o, field, fallback,
+                [&](const json::value& v) { return as_number(v, field, lo, hi); });
 }
 
 Result<bool> get_bool(const json::object& o, std::string_view field) {
-  const json::value* v = find(o, field);
-  if (!v) return missing(field);
-  if (!v->is_bool()) return bad(fmt::format("field '{}' must be true or false", field));
-  return v->get_bool();
+  return get_required(o, field, [&](const json::value& v) { return as_bool(v, field); });
 }
 
 Result<bool> get_bool_or(const json::object& o, std::string_view field, bool fallback) {
-  if (!find(o, field)) return fallback;
-  return get_bool(o, field);
+  return get_or(o, field, fallback, [&](const json::value& v) { return as_bool(v, field); });
 }
 
 Result<const json::object*> get_object(const json::object& o, std::string_view field) {
-  const json::value* v = find(o, field);
-  if (!v) return missing(field);
-  if (!v->is_object()) return bad(fmt::format("field '{}' must be an object", field));
-  return &v->get_object();
+  return get_required(o, field, [&](const json::value& v) { return as_object(v, field); });
 }
 
 Result<const json::object*> get_optional_object(const json::object& o, std::string_view field) {
-  if (!find(o, field)) return static_cast<const json::object*>(nullptr);
-  return get_object(o, field);
+  return get_or(o, field, static_cast<const json::object*>(nullptr),
+                [&](const json::value& v) { return as_object(v, field); });
 }
 
 Result<const json::array*> get_array(const json::object& o, std::string_view field,
                                      size_t max_items) {
-  const json::value* v = find(o, field);
-  if (!v) return missing(field);
-  return as_array(*v, field, max_items);
+  return get_required(o, field,
+                      [&](const json::value& v) { return as_array(v, field, max_items); });
 }
 
 Result<const json::array*> get_optional_array(const json::object& o, std::string_view field,
                                               size_t max_items) {
-  const json::value* v = find(o, field);
-  if (!v) return static_cast<const json::array*>(nullptr);
-  return as_array(*v, field, max_items);
+  return get_or(o, field, static_cast<const json::array*>(nullptr),
+                [&](const json::value& v) { return as_array(v, field, max_items); });
 }
 
 Result<size_t> index_of_name(std::span<const std::string_view> names, std::string_view s,

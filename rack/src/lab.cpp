@@ -33,7 +33,6 @@ namespace fabriclab::rack {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-using Clock = std::chrono::steady_clock;
 
 using detail::await_listening;
 using detail::kLabFile;

@@ -906,22 +906,13 @@ TEST_F(Drill, RealVmDebianWebHostOsThenReimageServeEveryClientAndKeepTheData) {
   ASSERT_TRUE(all.contains("drills")) << r.output;
   const auto& drills = all.at("drills").as_array();
   ASSERT_GE(drills.size(), 1u) << r.output;
-  // The target is 0 failed requests, and then the CLI exits 0 with both drills run. Measured under
-  // TCG: 0-43 of ~1700-3000 (single requests or runs up to 1.2 s). A drill may therefore fail on
-  // "clients kept served" alone (which stops the series); every other check must hold, and the
-  // clients' failures stay bounded: an outage (both instances out, or one left in rotation while
-  // stopped) costs many seconds.
-  bool clients_failed = false;
+  // Every check of both drills holds, "clients kept served" included: 0 failed client requests.
+  // Measured under TCG with the 0.5 s x 5 probe: 0 of ~1600-2300 per drill in every run, with the
+  // machine idle and with one core kept busy beside it (README, "Figures").
   for (const auto& dv : drills) {
     const auto& d = dv.as_object();
-    for (const auto& c : d.at("checks").as_array()) {
-      if (c.at("passed").as_bool()) continue;
-      if (c.at("name").as_string() == "clients kept served") {
-        clients_failed = true;
-      } else {
-        ADD_FAILURE() << json::serialize(c);
-      }
-    }
+    for (const auto& c : d.at("checks").as_array())
+      EXPECT_TRUE(c.at("passed").as_bool()) << json::serialize(c);
     auto [requests, failed] = web_traffic(d);
     record_figure(
         fmt::format("debian-web {}: {} of {} client requests failed, longest failure "
@@ -929,8 +920,7 @@ TEST_F(Drill, RealVmDebianWebHostOsThenReimageServeEveryClientAndKeepTheData) {
                     std::string(d.at("drill").at("kind").as_string()), failed, requests,
                     longest_failure_run_s(d)));
     EXPECT_GT(requests, 20) << "clients sent requests through the whole drill";
-    EXPECT_LE(failed * 50, requests) << json::serialize(d.at("services"));
-    EXPECT_LT(longest_failure_run_s(d), 2.0) << json::serialize(d.at("services"));
+    EXPECT_EQ(failed, 0) << json::serialize(d.at("services"));
     for (const auto& iv : d.at("instances").as_array()) {
       const auto& i = iv.as_object();
       if (i.at("os_up").is_null()) continue;  // not restarted in this drill
@@ -949,18 +939,14 @@ TEST_F(Drill, RealVmDebianWebHostOsThenReimageServeEveryClientAndKeepTheData) {
       EXPECT_NE(i.at("boot_id_before"), i.at("boot_id_after")) << "both updates reboot the guest";
     }
   }
-  if (clients_failed) {
-    EXPECT_EQ(r.exit_code, 1) << r.output;
-    EXPECT_EQ(all.at("result").as_string(), "failed");
-  } else {
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-    ASSERT_EQ(drills.size(), 2u);
-    for (const auto& iv : drills[1].at("instances").as_array()) {
-      EXPECT_EQ(iv.at("image_before").as_string(), "debian-v1");
-      EXPECT_EQ(iv.at("image_after").as_string(), "debian-v2") << "reimaged onto debian-v2";
-    }
-    EXPECT_NE(slurp(dir_ + "/report.html").find("guest-os → debian-v2"), std::string::npos);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(all.at("result").as_string(), "passed");
+  ASSERT_EQ(drills.size(), 2u);
+  for (const auto& iv : drills[1].at("instances").as_array()) {
+    EXPECT_EQ(iv.at("image_before").as_string(), "debian-v1");
+    EXPECT_EQ(iv.at("image_after").as_string(), "debian-v2") << "reimaged onto debian-v2";
   }
+  EXPECT_NE(slurp(dir_ + "/report.html").find("guest-os → debian-v2"), std::string::npos);
   EXPECT_NE(slurp(dir_ + "/report.html").find("cat &#47;data&#47;counter"), std::string::npos)
       << "the data check is on the page";
   EXPECT_EQ(qemu_processes_under(dir_), 0);
