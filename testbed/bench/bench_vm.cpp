@@ -321,8 +321,7 @@ double seconds_until(Clock::time_point t0, std::chrono::seconds limit, const std
 boost::json::object guest_timeline(hypervisor::Domain& d, Clock::time_point t0) {
   static constexpr const char* kUnits[] = {"qemu-guest-agent.service", "nginx.service",
                                            "fabriclab-app.service"};
-  static constexpr const char* kKeys[] = {"guest_agent_active_s", "nginx_active_s",
-                                          "app_active_s"};
+  static constexpr const char* kKeys[] = {"guest_agent_active_s", "nginx_active_s", "app_active_s"};
   std::string script = "cat /proc/uptime; systemctl show -p ActiveEnterTimestampMonotonic --value";
   for (const char* u : kUnits) script += std::string(" ") + u;
   const double before = seconds(Clock::now() - t0);
