@@ -96,16 +96,34 @@ void table_head(std::string& out, std::initializer_list<std::string_view> column
 
 std::string text_or_dash(std::string_view s) { return s.empty() ? std::string("—") : esc(s); }
 
+// A table cell holding `html` (already escaped), with a class when `cls` is not empty.
+std::string td(std::string_view html, std::string_view cls = {}) {
+  if (cls.empty()) return fmt::format("<td>{}</td>", html);
+  return fmt::format("<td class=\"{}\">{}</td>", cls, html);
+}
+
+// A number's cell (right-aligned), with `cls` beside "num" when it is not empty.
+std::string num(std::string_view html, std::string_view cls = {}) {
+  return td(html, cls.empty() ? std::string("num") : fmt::format("num {}", cls));
+}
+
+// A table row of cells (td, num and the verdict cells below).
+std::string row(std::initializer_list<std::string> cells) {
+  std::string out = "<tr>";
+  for (const std::string& c : cells) out += c;
+  return out + "</tr>";
+}
+
 // A yes/no verdict cell: yes is good, no is bad.
 std::string yes_no(std::optional<bool> b) {
-  if (!b) return "<td>—</td>";
-  return fmt::format("<td class=\"{}\">{}</td>", *b ? "good" : "bad", *b ? "yes" : "no");
+  if (!b) return td("—");
+  return td(*b ? "yes" : "no", *b ? "good" : "bad");
 }
 
 // A yes/no that is information, not a verdict (a service without SLA may be down).
 std::string muted_yes_no(std::optional<bool> b) {
-  if (!b) return "<td>—</td>";
-  return fmt::format("<td class=\"muted\">{}</td>", *b ? "yes" : "no");
+  if (!b) return td("—");
+  return td(*b ? "yes" : "no", "muted");
 }
 
 // "a → b", or just "a" when nothing changed.
@@ -135,27 +153,27 @@ void checks(std::string& out, const json::object& r) {
   table_head(out, {"Check", "Passed", "Detail"});
   for (const json::value& c : arr(r, "checks")) {
     const json::object& o = as_object(c);
-    out += fmt::format("<tr><td>{}</td>{}<td>{}</td></tr>", esc(str(o, "name")),
-                       yes_no(boolean(o, "passed").value_or(false)), esc(str(o, "detail")));
+    out += row({td(esc(str(o, "name"))), yes_no(boolean(o, "passed").value_or(false)),
+                td(esc(str(o, "detail")))});
   }
   out += "</table></section>\n";
 }
 
 void drill_summary(std::string& out, const json::object& r) {
   const json::object& d = obj(r, "drill");
-  auto row = [&](std::string_view k, const std::string& v) {
-    out += fmt::format("<tr><th>{}</th><td>{}</td></tr>", k, v);
+  auto kv = [&](std::string_view k, const std::string& v) {
+    out += fmt::format("<tr><th>{}</th>{}</tr>", k, td(v));
   };
   out += "<section id=\"drill\"><h2>Drill</h2><table class=\"kv\">";
-  row("ID", text_or_dash(str(d, "id")));
-  row("Kind", text_or_dash(str(d, "kind")));
-  row("Target", text_or_dash(str(d, "target")));
-  row("State", text_or_dash(str(d, "state")));
-  row("Reason", text_or_dash(str(d, "reason")));
-  row("Started", text_or_dash(str(d, "started_at")));
-  row("Finished", text_or_dash(str(d, "finished_at")));
-  row("Duration", number_or_dash(number(d, "duration_s")) + " s");
-  row("SLA", number_or_dash(number(d, "sla_percent"), 4) + " %");
+  kv("ID", text_or_dash(str(d, "id")));
+  kv("Kind", text_or_dash(str(d, "kind")));
+  kv("Target", text_or_dash(str(d, "target")));
+  kv("State", text_or_dash(str(d, "state")));
+  kv("Reason", text_or_dash(str(d, "reason")));
+  kv("Started", text_or_dash(str(d, "started_at")));
+  kv("Finished", text_or_dash(str(d, "finished_at")));
+  kv("Duration", number_or_dash(number(d, "duration_s")) + " s");
+  kv("SLA", number_or_dash(number(d, "sla_percent"), 4) + " %");
   out += "</table></section>\n";
 }
 
@@ -173,12 +191,11 @@ void walk(std::string& out, const json::object& r) {
       if (h.is_string()) hosts += esc(h.get_string());
     }
     const std::string status = str(o, "status");
-    out += fmt::format(
-        "<tr><td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td>"
-        "<td class=\"{}\">{}</td></tr>",
-        number_or_dash(number(o, "index"), 0), hosts, text_or_dash(str(o, "started_at")),
-        text_or_dash(str(o, "finished_at")), number_or_dash(number(o, "duration_s")),
-        status == "failed" ? "bad" : (status == "done" ? "good" : "muted"), text_or_dash(status));
+    out += row({num(number_or_dash(number(o, "index"), 0)), td(hosts),
+                td(text_or_dash(str(o, "started_at"))), td(text_or_dash(str(o, "finished_at"))),
+                num(number_or_dash(number(o, "duration_s"))),
+                td(text_or_dash(status),
+                   status == "failed" ? "bad" : (status == "done" ? "good" : "muted"))});
   }
   out += "</table></section>\n";
 }
@@ -222,10 +239,9 @@ void hosts(std::string& out, const json::object& r) {
   table_head(out, {"Host", "FD", "Host image", "State"});
   for (const json::value& h : arr(r, "hosts")) {
     const json::object& o = as_object(h);
-    out += fmt::format("<tr><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
-                       esc(str(o, "id")), number_or_dash(number(o, "fd"), 0),
-                       change(str(o, "image_before"), str(o, "image_after")),
-                       text_or_dash(str(o, "state")));
+    out += row({td(esc(str(o, "id"))), num(number_or_dash(number(o, "fd"), 0)),
+                td(change(str(o, "image_before"), str(o, "image_after"))),
+                td(text_or_dash(str(o, "state")))});
   }
   out += "</table></section>\n";
 }
@@ -239,20 +255,18 @@ void services(std::string& out, const json::object& r) {
     const json::object& o = as_object(s);
     const bool sla = boolean(o, "sla_applies").value_or(false);
     const bool kept = boolean(o, "always_available").value_or(false);
-    out += fmt::format(
-        "<tr><td>{}</td><td class=\"num\">{}</td><td>{}</td>{}<td class=\"num\">{}</td>"
-        "<td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>"
-        "<td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>"
-        "<td class=\"{}\">{}</td></tr>",
-        esc(str(o, "name")), number_or_dash(number(o, "instances"), 0), sla ? "yes" : "none",
-        sla ? yes_no(boolean(o, "always_available")) : muted_yes_no(boolean(o, "always_available")),
-        number_or_dash(number(o, "availability_percent"), 4),
-        number_or_dash(number(o, "unavailable_s")), number_or_dash(number(o, "max_uds_down"), 0),
-        number_or_dash(number(o, "max_instances_down"), 0),
-        number_or_dash(number(o, "error_budget_s_per_month")),
-        number_or_dash(number(o, "error_budget_used_s")),
-        number_or_dash(number(o, "error_budget_used_percent"), 2),
-        !sla ? "muted" : (kept ? "good" : "bad"), esc(str(o, "verdict")));
+    out += row({td(esc(str(o, "name"))), num(number_or_dash(number(o, "instances"), 0)),
+                td(sla ? "yes" : "none"),
+                sla ? yes_no(boolean(o, "always_available"))
+                    : muted_yes_no(boolean(o, "always_available")),
+                num(number_or_dash(number(o, "availability_percent"), 4)),
+                num(number_or_dash(number(o, "unavailable_s"))),
+                num(number_or_dash(number(o, "max_uds_down"), 0)),
+                num(number_or_dash(number(o, "max_instances_down"), 0)),
+                num(number_or_dash(number(o, "error_budget_s_per_month"))),
+                num(number_or_dash(number(o, "error_budget_used_s"))),
+                num(number_or_dash(number(o, "error_budget_used_percent"), 2)),
+                td(esc(str(o, "verdict")), !sla ? "muted" : (kept ? "good" : "bad"))});
   }
   out += "</table></section>\n";
 }
@@ -299,17 +313,14 @@ void traffic(std::string& out, const json::object& r) {
     const bool judged = boolean(st, "checked").value_or(true);
     const std::string note = str(o, "traffic_note");
     const char* cls = failed == 0 ? "good" : (judged ? "bad" : "muted");
-    out += fmt::format(
-        "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num {}\">{}</td>"
-        "<td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>"
-        "<td class=\"num\">{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"{}\">{}</td>"
-        "</tr>",
-        esc(str(o, "name")), number_or_dash(number(st, "requests"), 0), cls,
-        number_or_dash(number(st, "failed"), 0), number_or_dash(number(st, "success_percent"), 4),
-        number_or_dash(number(st, "longest_failure_run_s")),
-        number_or_dash(number(st, "p50_ms"), 0), number_or_dash(number(st, "p99_ms"), 0),
-        served_by_cell(st), number_or_dash(number(st, "failure_runs_total"), 0), cls,
-        text_or_dash(note));
+    out += row({td(esc(str(o, "name"))), num(number_or_dash(number(st, "requests"), 0)),
+                num(number_or_dash(number(st, "failed"), 0), cls),
+                num(number_or_dash(number(st, "success_percent"), 4)),
+                num(number_or_dash(number(st, "longest_failure_run_s"))),
+                num(number_or_dash(number(st, "p50_ms"), 0)),
+                num(number_or_dash(number(st, "p99_ms"), 0)), td(served_by_cell(st)),
+                num(number_or_dash(number(st, "failure_runs_total"), 0)),
+                td(text_or_dash(note), cls)});
   }
   out += "</table></section>\n";
 }
@@ -328,20 +339,19 @@ void instances(std::string& out, const json::object& r) {
     const json::object& o = as_object(i);
     const std::string before = str(o, "host_before"), after = str(o, "host");
     const bool ok = boolean(o, "ok").value_or(false);
-    out += fmt::format(
-        "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td>"
-        "<td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>"
-        "<td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td>"
-        "{}{}{}<td class=\"{}\">{}</td></tr>",
-        esc(str(o, "name")), esc(str(o, "service")), number_or_dash(number(o, "ud"), 0),
-        number_or_dash(number(o, "fd"), 0), change(before.empty() ? after : before, after),
-        number_or_dash(number(o, "down_s")), number_or_dash(number(o, "agent_down_s")),
-        number_or_dash(number(o, "notice_s")), number_or_dash(number(o, "ack_s")),
-        text_or_dash(str(o, "stop_method")), change(str(o, "image_before"), str(o, "image_after")),
-        change(str(o, "host_image_before"), str(o, "host_image_after")), counter_cell(o),
-        yes_no(boolean(o, "counter_kept")), yes_no(boolean(o, "healthy_at_end")),
-        yes_no(boolean(o, "on_target")), ok ? "good" : "bad",
-        ok ? std::string("ok") : "error: " + text_or_dash(str(o, "error")));
+    out += row({td(esc(str(o, "name"))), td(esc(str(o, "service"))),
+                num(number_or_dash(number(o, "ud"), 0)), num(number_or_dash(number(o, "fd"), 0)),
+                td(change(before.empty() ? after : before, after)),
+                num(number_or_dash(number(o, "down_s"))),
+                num(number_or_dash(number(o, "agent_down_s"))),
+                num(number_or_dash(number(o, "notice_s"))), num(number_or_dash(number(o, "ack_s"))),
+                td(text_or_dash(str(o, "stop_method"))),
+                td(change(str(o, "image_before"), str(o, "image_after"))),
+                td(change(str(o, "host_image_before"), str(o, "host_image_after"))),
+                num(counter_cell(o)), yes_no(boolean(o, "counter_kept")),
+                yes_no(boolean(o, "healthy_at_end")), yes_no(boolean(o, "on_target")),
+                td(ok ? std::string("ok") : "error: " + text_or_dash(str(o, "error")),
+                   ok ? "good" : "bad")});
   }
   out += "</table></section>\n";
 }
@@ -349,8 +359,8 @@ void instances(std::string& out, const json::object& r) {
 // "yes" / "no" / "—" for an after-restart signal (null: not judged by it).
 std::string signal_cell(const json::object& o, std::string_view key, std::string_view up) {
   std::optional<bool> b = boolean(o, key);
-  if (!b) return "<td class=\"muted\">—</td>";
-  return fmt::format("<td class=\"{}\">{}</td>", *b ? "good" : "bad", *b ? up : "no");
+  if (!b) return td("—", "muted");
+  return td(*b ? up : "no", *b ? "good" : "bad");
 }
 
 // The data check's cells: rule and command, before, after, held.
@@ -385,18 +395,16 @@ void guest_health(std::string& out, const json::object& r) {
     const json::object& sig = obj(o, "signals");
     std::string healthy = muted_yes_no(std::nullopt);
     if (auto h = boolean(o, "healthy_after_restart")) {
-      healthy = fmt::format("<td class=\"{}\">{}</td>", *h ? "good" : "bad",
-                            text_or_dash(str(o, "health_after_restart")));
+      healthy = td(text_or_dash(str(o, "health_after_restart")), *h ? "good" : "bad");
     } else if (!boolean(o, "restarted").value_or(false)) {
       healthy = "<td class=\"muted\">not restarted</td>";
     }
     std::string boot = text_or_dash(str(o, "boot"));
     if (!str(o, "boot_id_source").empty())
       boot += " <span class=\"muted\">(" + esc(str(o, "boot_id_source")) + ")</span>";
-    out += fmt::format("<tr><td>{}</td><td>{}</td>{}{}{}<td>{}</td>{}</tr>", esc(str(o, "name")),
-                       text_or_dash(str(sig, "text")), signal_cell(o, "os_up", "yes"),
-                       signal_cell(o, "app_up", "UP"), healthy, boot,
-                       data_check_cells(field(o, "data_check").if_object()));
+    out += row({td(esc(str(o, "name"))), td(text_or_dash(str(sig, "text"))),
+                signal_cell(o, "os_up", "yes"), signal_cell(o, "app_up", "UP"), healthy, td(boot),
+                data_check_cells(field(o, "data_check").if_object())});
   }
   out += "</table></section>\n";
 }
@@ -420,17 +428,15 @@ void events(std::string& out, const json::object& r) {
 void faults(std::string& out, const json::object& r) {
   const json::array& list = arr(r, "faults");
   if (list.empty()) return;
-  out +=
-      "<section "
-      "id=\"faults\"><h2>Faults</h2><table><tr><th>Fault</th><th>Target</th><th>Scheduled</th>"
-      "<th>Status</th><th>Fired</th><th>What the rack did</th><th>What the system did</th></tr>";
+  open_section(out, "faults", "Faults");
+  table_head(out, {"Fault", "Target", "Scheduled", "Status", "Fired", "What the rack did",
+                   "What the system did"});
   for (const json::value& v : list) {
     if (!v.is_object()) continue;
     const auto& f = v.as_object();
-    auto s = [&f](std::string_view k) { return esc(str(f, k)); };
-    out += "<tr><td>" + s("kind") + "</td><td>" + s("target") + "</td><td>" + s("scheduled") +
-           "</td><td>" + s("status") + "</td><td>" + s("at") + "</td><td>" + s("detail") +
-           "</td><td>" + s("outcome") + "</td></tr>";
+    auto s = [&f](std::string_view k) { return td(esc(str(f, k))); };
+    out += row(
+        {s("kind"), s("target"), s("scheduled"), s("status"), s("at"), s("detail"), s("outcome")});
   }
   out += "</table></section>\n";
 }
