@@ -13,18 +13,6 @@ using http::Response;
 using http::result_or;
 using http::status_or;
 
-namespace {
-
-// The body read by `parse` (one of the wire types' from_json), or the first error on the way.
-template <typename T>
-Result<T> body_as(const Request& r, const http::Limits& limits,
-                  Result<T> (*parse)(const json::object&)) {
-  FL_ASSIGN_OR_RETURN(auto body, http::parse_object_body(r, limits));
-  return parse(body);
-}
-
-}  // namespace
-
 void install_api(http::Server& server, HostAgent& agent, std::shared_ptr<EventFeed> feed,
                  const http::Limits& limits) {
   HostAgent* a = &agent;
@@ -39,7 +27,7 @@ void install_api(http::Server& server, HostAgent& agent, std::shared_ptr<EventFe
     return result_or(a->instance_json(r.params.at("name")), 200);
   });
   server.route("POST", "/v1/instances", Access::control, [a, limits](const Request& r) {
-    auto spec = body_as(r, limits, instance_spec_from_json);
+    auto spec = http::parse_body_as(r, limits, instance_spec_from_json);
     if (!spec.ok()) return http::error_response(spec.error());
     return result_or(a->create_instance(*spec), 201);
   });
@@ -60,7 +48,7 @@ void install_api(http::Server& server, HostAgent& agent, std::shared_ptr<EventFe
         200, json::object{{"name", n}, {"deleted", true}, {"data_disk_kept", *kept}});
   });
   server.route("POST", "/v1/operations", Access::control, [a, limits](const Request& r) {
-    auto req = body_as(r, limits, operation_request_from_json);
+    auto req = http::parse_body_as(r, limits, operation_request_from_json);
     if (!req.ok()) return http::error_response(req.error());
     return result_or(a->start_operation(*req), 202);
   });

@@ -66,6 +66,8 @@ inline Status qualified(Status s, std::string_view prefix) {
   return s;
 }
 
+}  // namespace
+
 bool is_probe_path(std::string_view p) {
   if (p.empty() || p.size() > kMaxProbePathBytes || p[0] != '/') return false;
   for (char c : p) {
@@ -73,8 +75,6 @@ bool is_probe_path(std::string_view p) {
   }
   return true;
 }
-
-}  // namespace
 
 bool is_lb_name(std::string_view name) {
   if (name.empty() || name.size() > kMaxNameBytes) return false;

@@ -17,14 +17,6 @@ using http::status_or;
 
 namespace {
 
-// The body as an object, or the error response.
-Result<json::object> object_body(const Request& r, const http::Limits& limits) {
-  FL_ASSIGN_OR_RETURN(auto body, http::parse_body(r, limits));
-  if (!body.is_object())
-    return make_error(Condition::invalid_argument, "body must be a JSON object");
-  return std::move(body.as_object());
-}
-
 Result<int> query_int(const Request& r, const std::string& key, int lo, int hi, int fallback) {
   auto it = r.query.find(key);
   if (it == r.query.end()) return fallback;
@@ -70,9 +62,7 @@ template <class Parse, class Create>
 void route_create(http::Server& server, const std::string& path, const http::Limits& limits,
                   Parse parse, Create create) {
   server.route("POST", path, Access::control, [limits, parse, create](const Request& r) {
-    auto body = object_body(r, limits);
-    if (!body.ok()) return http::error_response(body.error());
-    auto parsed = parse(*body);
+    auto parsed = http::parse_body_as(r, limits, parse);
     if (!parsed.ok()) return http::error_response(parsed.error());
     return result_or(create(*parsed), 201);
   });
@@ -136,7 +126,7 @@ void install_controller_api(http::Server& server, Controller& controller,
                [c, limits, feed](const Request& r) {
                  const auto& id = r.params.at("id");
                  if (auto d = c->drill_json(id); !d.ok()) return http::error_response(d.error());
-                 auto body = object_body(r, limits);
+                 auto body = http::parse_object_body(r, limits);
                  if (!body.ok()) return http::error_response(body.error());
                  auto ev = fault_event(*body, id);
                  if (!ev.ok()) return http::error_response(ev.error());

@@ -40,14 +40,6 @@ constexpr int kMinCheckReadMs = 1000;
 // haproxy.log) while the guest was healthy and in rotation.
 constexpr int kMinConnectMs = 1000;
 
-bool is_probe_path_text(std::string_view p) {
-  if (p.empty() || p.size() > kMaxProbePathBytes || p[0] != '/') return false;
-  for (char c : p) {
-    if (c <= 0x20 || c >= 0x7f || c == '\'' || c == '"' || c == '\\') return false;
-  }
-  return true;
-}
-
 bool is_ipv4_port(std::string_view text) {
   auto colon = text.rfind(':');
   if (colon == std::string_view::npos) return false;
@@ -130,7 +122,7 @@ Status check_lb_service(const LbService& s) {
   const std::string at = "load balancer: service '" + s.name + "': ";
   if (!is_ipv4(s.vip)) return bad(at + "vip must be a dotted IPv4 address");
   if (s.port == 0) return bad(at + "port must be in 1..65535");
-  if (!is_probe_path_text(s.probe_path)) {
+  if (!is_probe_path(s.probe_path)) {
     return bad(at +
                "probe path must start with '/' and hold only printable ASCII characters "
                "other than space, quotes and '\\'");

@@ -98,6 +98,16 @@ Result<boost::json::value> parse_body(const Request& req, const Limits& limits);
 // parse_body, for routes that take a JSON object: JSON of another kind is invalid_argument
 // ("body must be a JSON object").
 Result<boost::json::object> parse_object_body(const Request& req, const Limits& limits);
+// parse_object_body, then `parse` (a wire type's from_json) on the object: what `parse` returns,
+// or the first error on the way. (`Object` stays a template parameter so that this header needs
+// only boost/json/fwd.hpp.)
+template <class Parse, class Object = boost::json::object>
+auto parse_body_as(const Request& req, const Limits& limits, const Parse& parse)
+    -> decltype(parse(std::declval<const Object&>())) {
+  Result<Object> body = parse_object_body(req, limits);
+  if (!body.ok()) return body.error();
+  return parse(*body);
+}
 
 struct Tokens {
   std::string control;  // empty: the role is disabled

@@ -137,6 +137,9 @@ struct Service {
 // Names the load balancer uses as HAProxy identifiers (services with an endpoint, and so their
 // instances): letters, digits, '-', '_' and '.'.
 bool is_lb_name(std::string_view name);
+// A probe path HAProxy's configuration can carry as it is: '/' then at most kMaxProbePathBytes
+// printable ASCII characters, no space, quote or backslash.
+bool is_probe_path(std::string_view p);
 // A dotted IPv4 address ("198.18.1.10"): four decimal octets, no leading zeros.
 bool is_ipv4(std::string_view text);
 
