@@ -1,18 +1,20 @@
 #pragma once
-// Running the `fabriclab` CLI from a test as a user would (the lab tests: drill, fence, chaos), and
-// what such a run may leave behind. The including target defines FABRICLAB_CLI_BIN.
+// Running the `fabriclab` CLI from a test as a user would (the lab tests: drill, fence, chaos; the
+// image CLI test), and what such a run may leave behind. The including target defines
+// FABRICLAB_CLI_BIN.
 
-#include <dirent.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cctype>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <string>
 #include <vector>
+
+#include "fabriclab/common/child_process.hpp"
 
 namespace fabriclab::testing {
 
@@ -32,12 +34,18 @@ inline std::string slurp(const std::string& path) {
   }
 }
 
+// What a CLI run's environment changes: NAME -> value, or NAME -> "" to remove NAME.
+using CliEnv = std::map<std::string, std::string>;
+
 // Starts the CLI with stdout+stderr captured to `log`; `wrapper` (a program and its arguments)
-// runs it when given, e.g. {"/usr/bin/unshare", "-U"}. Returns its pid.
+// runs it when given, e.g. {"/usr/bin/unshare", "-U"}; `env` changes its environment. Returns its
+// pid.
 inline pid_t start_cli(const std::vector<std::string>& args, const std::string& log,
-                       const std::vector<std::string>& wrapper = {}) {
+                       const std::vector<std::string>& wrapper = {}, const CliEnv& env = {}) {
   pid_t pid = fork();
   if (pid == 0) {
+    for (const auto& [k, v] : env)
+      v.empty() ? unsetenv(k.c_str()) : setenv(k.c_str(), v.c_str(), 1);
     FILE* f = std::freopen(log.c_str(), "w", stdout);
     if (!f) _exit(126);
     dup2(fileno(stdout), 2);
@@ -66,23 +74,14 @@ inline CliRun wait_cli(pid_t pid, const std::string& log) {
 
 // Runs the CLI to its end (see start_cli).
 inline CliRun run_cli(const std::vector<std::string>& args, const std::string& log,
-                      const std::vector<std::string>& wrapper = {}) {
-  return wait_cli(start_cli(args, log, wrapper), log);
+                      const std::vector<std::string>& wrapper = {}, const CliEnv& env = {}) {
+  return wait_cli(start_cli(args, log, wrapper, env), log);
 }
 
 // Processes whose name starts with `comm` and whose command line mentions `dir`: a teardown
 // that leaks VMs (qemu), load balancers (haproxy) or DHCP servers (dnsmasq) shows here.
 inline int processes_under(const std::string& dir, const std::string& comm = "qemu") {
-  int n = 0;
-  DIR* d = opendir("/proc");
-  while (dirent* e = d ? readdir(d) : nullptr) {
-    if (!std::isdigit(static_cast<unsigned char>(e->d_name[0]))) continue;
-    std::string base = std::string("/proc/") + e->d_name;
-    if (slurp(base + "/comm").rfind(comm, 0) != 0) continue;
-    if (slurp(base + "/cmdline").find(dir) != std::string::npos) ++n;
-  }
-  if (d) closedir(d);
-  return n;
+  return static_cast<int>(processes_matching(comm, {dir}).size());
 }
 
 // Alive and not a zombie (an orphaned agent is reaped by whoever init is here, maybe never).

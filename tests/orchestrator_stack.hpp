@@ -45,6 +45,7 @@
 #include "fabriclab/common/json_get.hpp"
 #include "fabriclab/testbed/images.hpp"
 #include "http_call.hpp"
+#include "wait_until.hpp"
 
 #ifndef FABRICLAB_AGENT_BIN
 #error "FABRICLAB_AGENT_BIN must name the fabriclab-agent binary"
@@ -165,12 +166,7 @@ class EventLog {
   bool start(std::optional<uint64_t> since = std::nullopt) {
     if (since) last_seq_ = *since, have_seq_ = true;
     thread_ = std::thread([this] { run(); });
-    auto deadline = Clock::now() + 10s;
-    while (Clock::now() < deadline) {
-      if (connections_.load() > 0) return true;
-      std::this_thread::sleep_for(10ms);
-    }
-    return false;
+    return wait_until([this] { return connections_.load() > 0; }, 10s, 10ms);
   }
 
   void stop() {
@@ -425,12 +421,7 @@ class OrchestratorStack : public ::testing::Test {
 
   static bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout,
                          std::chrono::milliseconds period = 50ms) {
-    auto deadline = Clock::now() + timeout;
-    while (true) {
-      if (pred()) return true;
-      if (Clock::now() >= deadline) return false;
-      std::this_thread::sleep_for(period);
-    }
+    return testing::wait_until(pred, timeout, period);
   }
 
   // Every instance the orchestrator knows is healthy.

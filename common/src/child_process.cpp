@@ -7,6 +7,7 @@
 
 #include "fabriclab/common/child_process.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
@@ -17,6 +18,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
@@ -247,6 +249,36 @@ void kill_process(pid_t pid) {
   if (!process_alive(pid)) return;
   ::kill(pid, SIGKILL);
   wait_gone(pid, 1s);
+}
+
+std::vector<pid_t> process_ids() {
+  std::vector<pid_t> out;
+  DIR* d = ::opendir("/proc");
+  if (!d) return out;
+  const pid_t self = ::getpid();
+  while (dirent* e = ::readdir(d)) {
+    char* end = nullptr;
+    long pid = std::strtol(e->d_name, &end, 10);
+    if (end == e->d_name || *end != '\0' || pid <= 1 || pid == self) continue;
+    out.push_back(static_cast<pid_t>(pid));
+  }
+  ::closedir(d);
+  return out;
+}
+
+std::vector<pid_t> processes_matching(std::string_view name_prefix,
+                                      const std::vector<std::string>& needles) {
+  std::vector<pid_t> out;
+  for (pid_t pid : process_ids()) {
+    const std::string proc = "/proc/" + std::to_string(pid);
+    if (!read_from(proc + "/comm", 0, 64).starts_with(name_prefix)) continue;
+    const std::string cmdline = read_from(proc + "/cmdline", 0, 1 << 16);
+    if (cmdline.empty()) continue;  // gone, or a kernel thread
+    bool all = true;
+    for (const auto& n : needles) all = all && cmdline.find(n) != std::string::npos;
+    if (all) out.push_back(pid);
+  }
+  return out;
 }
 
 std::string file_tail(const std::string& path, size_t lines) {

@@ -5,7 +5,6 @@
 // it runs.
 #include "fabriclab/rack/chaos.hpp"
 
-#include <dirent.h>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -116,7 +115,7 @@ std::vector<std::pair<std::string, json::array>> ask_agents(const Lab& lab,
 // Which guest each QEMU process of the lab runs, and under which host's state dir.
 PlacementSample qemu_sample(const Lab& lab) {
   PlacementSample s{unix_now_ms(), {}};
-  for (pid_t pid : detail::qemu_processes_mentioning(lab.dir() + "/")) {
+  for (pid_t pid : processes_matching("qemu", {lab.dir() + "/"})) {
     std::string cmd = detail::cmdline_of(pid);
     std::replace(cmd.begin(), cmd.end(), '\0', ' ');
     auto g = cmd.find("guest=");

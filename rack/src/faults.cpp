@@ -17,7 +17,6 @@
 //   corrupt-host-image  bytes of the host's staged target host image overwritten on disk.
 #include "fabriclab/rack/faults.hpp"
 
-#include <dirent.h>
 #include <fmt/format.h>
 #include <signal.h>
 #include <unistd.h>
@@ -51,12 +50,7 @@ namespace {
 // QEMU processes of the lab whose command line names guest `name` under host `host`'s state dir.
 std::vector<pid_t> qemu_of(const std::string& lab_dir, const std::string& host,
                            const std::string& name) {
-  std::vector<pid_t> out;
-  for (pid_t pid : detail::qemu_processes_mentioning(lab_dir + "/" + host + "/")) {
-    if (detail::cmdline_of(pid).find("guest=" + name + ",") != std::string::npos)
-      out.push_back(pid);
-  }
-  return out;
+  return processes_matching("qemu", {lab_dir + "/" + host + "/", "guest=" + name + ","});
 }
 
 // Starts lab process `p` again with its own command line, on the port it had (so the orchestrator
@@ -72,15 +66,7 @@ Status restart(Lab& lab, LabProcess& p, bool hold_guests = false) {
   }
   if (hold_guests && std::find(argv.begin(), argv.end(), "--hold-guests") == argv.end())
     argv.push_back("--hold-guests");
-  SpawnOptions o;
-  o.name = p.name;
-  o.stdout_path = lab.dir() + "/" + p.name + ".out";
-  o.append_stdout = true;
-  o.stderr_path = p.log;
-  o.own_process_group = true;
-  if (!p.netns.empty()) o.netns_path = netns::path_of(p.netns);
-  FL_ASSIGN_OR_RETURN(auto child, spawn_child(argv, o));
-  p.pid = child.pid;
+  FL_ASSIGN_OR_RETURN(auto child, detail::start_process(p, lab.dir(), argv, /*restart=*/true));
   (void)lab.save_state();
   FL_ASSIGN_OR_RETURN(auto at, wait_listening(child, 60s));
   if (at.port != p.port) {

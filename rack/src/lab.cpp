@@ -2,7 +2,6 @@
 // or on its own loopback address (lab.hpp).
 #include "fabriclab/rack/lab.hpp"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
@@ -53,14 +52,6 @@ std::string detail::read_file(const std::string& path, size_t max) {
   return s;
 }
 
-namespace {
-
-std::vector<pid_t> processes_mentioning(const std::string& needle) {
-  return detail::qemu_processes_mentioning(needle);
-}
-
-}  // namespace
-
 std::string detail::cmdline_of(pid_t pid) {
   return read_file("/proc/" + std::to_string(pid) + "/cmdline", 1 << 16);
 }
@@ -68,48 +59,32 @@ std::string detail::cmdline_of(pid_t pid) {
 std::vector<pid_t> detail::qemu_processes_in(const std::string& name) {
   std::vector<pid_t> out;
   for (int pid : netns::pids(name)) {
-    if (pid == getpid()) continue;
     if (read_file("/proc/" + std::to_string(pid) + "/comm", 64).rfind("qemu", 0) == 0)
       out.push_back(pid);
   }
   return out;
 }
 
-std::vector<pid_t> detail::qemu_processes_mentioning(const std::string& needle) {
-  std::vector<pid_t> out;
-  DIR* d = opendir("/proc");
-  if (!d) return out;
-  while (dirent* e = readdir(d)) {
-    char* end = nullptr;
-    long pid = std::strtol(e->d_name, &end, 10);
-    if (!end || *end != '\0' || pid <= 1 || pid == getpid()) continue;
-    if (read_file("/proc/" + std::string(e->d_name) + "/comm", 64).rfind("qemu", 0) != 0) continue;
-    std::string cmd = read_file("/proc/" + std::string(e->d_name) + "/cmdline", 1 << 16);
-    if (cmd.find(needle) != std::string::npos) out.push_back(static_cast<pid_t>(pid));
-  }
-  closedir(d);
-  return out;
-}
-
 namespace {
 
 void kill_mentioning(const std::string& needle) {
-  for (pid_t p : processes_mentioning(needle)) kill(p, SIGKILL);
+  for (pid_t p : processes_matching("qemu", {needle})) kill(p, SIGKILL);
 }
 
 }  // namespace
 
 Result<ChildProcess> detail::start_process(LabProcess& p, const std::string& dir,
-                                           const std::vector<std::string>& argv) {
+                                           const std::vector<std::string>& argv, bool restart) {
   SpawnOptions o;
   o.name = p.name;
   o.stdout_path = dir + "/" + p.name + ".out";
+  o.append_stdout = restart;
   o.stderr_path = p.log;
   o.own_process_group = true;
   if (!p.netns.empty()) o.netns_path = netns::path_of(p.netns);
   FL_ASSIGN_OR_RETURN(auto child, spawn_child(argv, o));
   p.pid = child.pid;
-  p.argv = argv;
+  if (!restart) p.argv = argv;
   return child;
 }
 
@@ -402,7 +377,7 @@ Status Lab::down(bool remove_dir) {
   stop_processes(agent_pids, 5s);
   // Every VM of the lab: QEMU processes whose command line names a state dir under it.
   for (int round = 0; round < 3; ++round) {
-    auto left = processes_mentioning(dir_ + "/");
+    auto left = processes_matching("qemu", {dir_ + "/"});
     if (left.empty()) break;
     for (pid_t p : left) kill(p, SIGKILL);
     std::this_thread::sleep_for(100ms);
@@ -415,10 +390,8 @@ Status Lab::down(bool remove_dir) {
     for (const auto& n : namespaces_) {
       if (!netns::is_lab_name(n)) continue;
       for (int pid : netns::pids(n)) {
-        if (pid != getpid()) {
-          kill(pid, SIGKILL);
-          any = true;
-        }
+        kill(pid, SIGKILL);
+        any = true;
       }
     }
     if (!any) break;

@@ -13,8 +13,6 @@
 
 namespace fabriclab::rack::detail {
 
-// Every QEMU process (comm "qemu*") whose command line mentions `needle` (the VMs of a state dir).
-std::vector<pid_t> qemu_processes_mentioning(const std::string& needle);
 // Every QEMU process inside network namespace `netns` (a name under /run/netns).
 std::vector<pid_t> qemu_processes_in(const std::string& netns);
 // The command line of `pid`, NUL-separated as /proc has it ("" when it is gone).
@@ -31,8 +29,10 @@ std::string read_file(const std::string& path, size_t max = 1 << 20);
 // listens), its stderr in p.log, inside p.netns when set, in its own process group (so a Ctrl-C at
 // the terminal reaches the CLI, which tears the lab down in order). Lab processes outlive the CLI
 // (`fabriclab lab up` returns, `fabriclab lab down` stops them): they do not die with it.
+// `restart`: the process comes back (a fault's end) with its command line adjusted: its stdout is
+// appended to NAME.out, and p.argv keeps the command line it was first started with.
 Result<ChildProcess> start_process(LabProcess& p, const std::string& dir,
-                                   const std::vector<std::string>& argv);
+                                   const std::vector<std::string>& argv, bool restart = false);
 // Waits for "listening ADDR:PORT" from `child` and records the address in `p`.
 Status await_listening(LabProcess& p, const ChildProcess& child, std::chrono::milliseconds timeout);
 

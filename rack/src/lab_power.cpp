@@ -59,7 +59,7 @@ Status Lab::power_off(const std::string& host, std::chrono::milliseconds timeout
   for (;;) {
     std::set<pid_t> left;
     if (is_agent_of(a->pid, state_dir)) left.insert(a->pid);
-    for (pid_t p : detail::qemu_processes_mentioning(state_dir + "/")) left.insert(p);
+    for (pid_t p : processes_matching("qemu", {state_dir + "/"})) left.insert(p);
     if (!a->netns.empty()) {
       for (pid_t p : detail::qemu_processes_in(a->netns)) left.insert(p);
     }

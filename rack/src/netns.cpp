@@ -5,7 +5,6 @@
 // hang, but a child that did would hold the whole lab up.
 #include "netns.hpp"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <poll.h>
@@ -22,6 +21,7 @@
 #include <cstring>
 #include <random>
 
+#include "fabriclab/common/child_process.hpp"
 #include "fabriclab/common/random_hex.hpp"
 
 namespace fabriclab::rack::netns {
@@ -262,19 +262,13 @@ std::vector<int> pids(const std::string& name) {
   std::vector<int> out;
   struct stat ns {};
   if (stat(path_of(name).c_str(), &ns) != 0) return out;
-  DIR* d = opendir("/proc");
-  if (!d) return out;
-  while (dirent* e = readdir(d)) {
-    char* end = nullptr;
-    long pid = std::strtol(e->d_name, &end, 10);
-    if (!end || *end != '\0' || pid <= 1) continue;
+  for (pid_t pid : process_ids()) {
     struct stat st {};
-    std::string p = "/proc/" + std::string(e->d_name) + "/ns/net";
+    std::string p = "/proc/" + std::to_string(pid) + "/ns/net";
     if (stat(p.c_str(), &st) == 0 && st.st_ino == ns.st_ino && st.st_dev == ns.st_dev) {
       out.push_back(static_cast<int>(pid));
     }
   }
-  closedir(d);
   return out;
 }
 

@@ -63,7 +63,8 @@ Status set_link(const std::string& name, bool up);
 // names are refused; names already gone are fine. The error lists what could not be removed.
 Status remove(const std::vector<std::string>& names);
 
-// The processes whose network namespace is `name` (same namespace inode as /run/netns/NAME).
+// The processes whose network namespace is `name` (same namespace inode as /run/netns/NAME), this
+// process left out.
 std::vector<int> pids(const std::string& name);
 
 // "/run/netns/NAME".

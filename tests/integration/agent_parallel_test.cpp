@@ -10,6 +10,7 @@
 #include <set>
 
 #include "agent_fixture.hpp"
+#include "wait_until.hpp"
 
 namespace fabriclab::testing {
 namespace {
@@ -114,9 +115,7 @@ TEST_F(AgentWithFourGuests, ACancelWhileTwoStopStopsNoMoreAndRestartsOnlyThoseTw
   ASSERT_OK(job);
   const std::string id(job->at("id").as_string());
   // Cancel once the first two are stopping (they take 1.5 s each to power off).
-  for (auto deadline = Clock::now() + 5s; Clock::now() < deadline && stop_events().size() < 2;) {
-    std::this_thread::sleep_for(10ms);
-  }
+  wait_until([&] { return stop_events().size() >= 2; }, 5s, 10ms);
   ASSERT_EQ(stop_events().size(), 2u)
       << "two guests stopping at once (the bound), none stopped yet";
   ASSERT_OK(agent_->cancel(id));

@@ -12,6 +12,7 @@
 #include "fabriclab/hypervisor/connection.hpp"
 #include "fabriclab/testbed/lab_vm.hpp"
 #include "status_matchers.hpp"
+#include "wait_until.hpp"
 
 namespace fabriclab::hypervisor {
 namespace {
@@ -171,13 +172,12 @@ TEST_F(TestDriver, LifecycleEventsArriveAsPlainValuesInOrder) {
   std::vector<LifecycleKind> want = {LifecycleKind::defined, LifecycleKind::started,
                                      LifecycleKind::suspended, LifecycleKind::resumed,
                                      LifecycleKind::stopped};
-  for (int i = 0; i < 100; ++i) {
-    {
-      std::lock_guard lock(mu);
-      if (seen.size() >= want.size()) break;
-    }
-    std::this_thread::sleep_for(20ms);
-  }
+  testing::wait_until(
+      [&] {
+        std::lock_guard lock(mu);
+        return seen.size() >= want.size();
+      },
+      2s, 20ms);
   std::lock_guard lock(mu);
   ASSERT_EQ(seen.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) {

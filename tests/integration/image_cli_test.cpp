@@ -5,8 +5,6 @@
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <boost/json.hpp>
 #include <filesystem>
@@ -14,6 +12,7 @@
 #include <map>
 #include <sstream>
 
+#include "cli_runner.hpp"
 #include "fabriclab/agent/image_store.hpp"
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/process.hpp"
@@ -27,17 +26,11 @@ namespace fs = std::filesystem;
 namespace json = boost::json;
 using namespace std::chrono_literals;
 
+using testing::CliEnv;
 using testing::contains;
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-struct Cli {
-  int code = -1;
-  std::string out;
-};
+using testing::run_cli;
+using testing::slurp;
+using Cli = testing::CliRun;
 
 class ImageCli : public ::testing::Test {
  protected:
@@ -54,27 +47,9 @@ class ImageCli : public ::testing::Test {
     fs::remove_all(dir_, ec);
   }
 
-  // Runs the CLI with `env` added to (or, when the value is empty, removed from) its environment.
-  Cli cli(const std::vector<std::string>& args,
-          const std::map<std::string, std::string>& env = {}) {
-    const std::string log = dir_ + "/cli.log";
-    pid_t pid = ::fork();
-    if (pid == 0) {
-      for (const auto& [k, v] : env)
-        v.empty() ? ::unsetenv(k.c_str()) : ::setenv(k.c_str(), v.c_str(), 1);
-      if (!std::freopen(log.c_str(), "w", stdout)) _exit(126);
-      ::dup2(fileno(stdout), 2);
-      std::vector<char*> argv;
-      std::string bin = FABRICLAB_CLI_BIN;
-      argv.push_back(bin.data());
-      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      _exit(127);
-    }
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : 1000 + WTERMSIG(status), slurp(log)};
+  // Runs the CLI with its output in DIR/cli.log and `env` changing its environment.
+  Cli cli(const std::vector<std::string>& args, const CliEnv& env = {}) {
+    return run_cli(args, dir_ + "/cli.log", {}, env);
   }
   Cli add(const std::string& name, const std::vector<std::string>& more) {
     std::vector<std::string> args = {"image", "add", name, "--library", lib_};
@@ -132,10 +107,10 @@ TEST_F(ImageCli, AddListsReadOnlyRefusesTheSameNameAndRemoves) {
   std::vector<std::string> args = {"--disk", disk};
   args.insert(args.end(), kargs.begin(), kargs.end());
   Cli a = add("mine-v1", args);
-  ASSERT_EQ(a.code, 0) << a.out;
-  EXPECT_TRUE(contains(a.out, "image mine-v1 added to " + lib_)) << a.out;
-  EXPECT_TRUE(contains(a.out, "format qcow2, virtual size 8.0 MiB (8388608 bytes)")) << a.out;
-  EXPECT_TRUE(contains(a.out, "sha256 " + sha)) << a.out;
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  EXPECT_TRUE(contains(a.output, "image mine-v1 added to " + lib_)) << a.output;
+  EXPECT_TRUE(contains(a.output, "format qcow2, virtual size 8.0 MiB (8388608 bytes)")) << a.output;
+  EXPECT_TRUE(contains(a.output, "sha256 " + sha)) << a.output;
 
   for (const char* f : {"disk.qcow2", "vmlinuz", "initrd.img"}) {
     const std::string p = lib_ + "/mine-v1/" + f;
@@ -148,14 +123,14 @@ TEST_F(ImageCli, AddListsReadOnlyRefusesTheSameNameAndRemoves) {
   EXPECT_EQ(*agent::sha256_file(lib_ + "/mine-v1/disk.qcow2"), sha);
 
   Cli l = cli({"image", "list", "--library", lib_});
-  ASSERT_EQ(l.code, 0) << l.out;
-  EXPECT_TRUE(contains(l.out, "mine-v1")) << l.out;
-  EXPECT_TRUE(contains(l.out, "qcow2")) << l.out;
-  EXPECT_TRUE(contains(l.out, "8.0 MiB")) << l.out;
-  EXPECT_TRUE(contains(l.out, sha)) << l.out;
+  ASSERT_EQ(l.exit_code, 0) << l.output;
+  EXPECT_TRUE(contains(l.output, "mine-v1")) << l.output;
+  EXPECT_TRUE(contains(l.output, "qcow2")) << l.output;
+  EXPECT_TRUE(contains(l.output, "8.0 MiB")) << l.output;
+  EXPECT_TRUE(contains(l.output, sha)) << l.output;
   Cli lj = cli({"image", "list", "--library", lib_, "--json"});
-  ASSERT_EQ(lj.code, 0) << lj.out;
-  auto j = json::parse(lj.out).as_object();
+  ASSERT_EQ(lj.exit_code, 0) << lj.output;
+  auto j = json::parse(lj.output).as_object();
   ASSERT_EQ(j.at("images").as_array().size(), 1u);
   const auto& img = j.at("images").as_array()[0].as_object();
   EXPECT_EQ(img.at("version").as_string(), "mine-v1");
@@ -172,24 +147,24 @@ TEST_F(ImageCli, AddListsReadOnlyRefusesTheSameNameAndRemoves) {
 
   const std::string before = snapshot();
   Cli again = add("mine-v1", args);
-  EXPECT_EQ(again.code, 2) << again.out;
-  EXPECT_TRUE(contains(again.out, "'mine-v1' is already in the library")) << again.out;
-  EXPECT_TRUE(contains(again.out, "fabriclab image remove mine-v1")) << again.out;
+  EXPECT_EQ(again.exit_code, 2) << again.output;
+  EXPECT_TRUE(contains(again.output, "'mine-v1' is already in the library")) << again.output;
+  EXPECT_TRUE(contains(again.output, "fabriclab image remove mine-v1")) << again.output;
   EXPECT_EQ(snapshot(), before);
 
   Cli rm = cli({"image", "remove", "mine-v1", "--library", lib_});
-  ASSERT_EQ(rm.code, 0) << rm.out;
+  ASSERT_EQ(rm.exit_code, 0) << rm.output;
   EXPECT_FALSE(fs::exists(lib_ + "/mine-v1"));
   Cli empty = cli({"image", "list", "--library", lib_});
-  EXPECT_TRUE(contains(empty.out, "no images")) << empty.out;
+  EXPECT_TRUE(contains(empty.output, "no images")) << empty.output;
   Cli gone = cli({"image", "remove", "mine-v1", "--library", lib_});
-  EXPECT_EQ(gone.code, 2);
-  EXPECT_TRUE(contains(gone.out, "no image 'mine-v1'")) << gone.out;
+  EXPECT_EQ(gone.exit_code, 2);
+  EXPECT_TRUE(contains(gone.output, "no image 'mine-v1'")) << gone.output;
 }
 
 TEST_F(ImageCli, EveryRefusalNamesTheProblemAndCreatesNothing) {
   // A library that already holds an image, and one that does not exist yet.
-  ASSERT_EQ(add("kept", {"--disk", raw_ext4("kept.raw")}).code, 0);
+  ASSERT_EQ(add("kept", {"--disk", raw_ext4("kept.raw")}).exit_code, 0);
   const std::string before = snapshot();
 
   const std::string cut = qcow2_ext4("cut.qcow2");
@@ -233,17 +208,18 @@ TEST_F(ImageCli, EveryRefusalNamesTheProblemAndCreatesNothing) {
       std::vector<std::string> args = {"image", "add", "x", "--library", lib};
       args.insert(args.end(), c.args.begin(), c.args.end());
       Cli r = cli(args);
-      EXPECT_EQ(r.code, 2) << c.what << ": " << r.out;
+      EXPECT_EQ(r.exit_code, 2) << c.what << ": " << r.output;
       for (const auto& e : c.expect)
-        EXPECT_TRUE(contains(r.out, e)) << c.what << ": " << r.out << " (wanted: " << e << ")";
+        EXPECT_TRUE(contains(r.output, e))
+            << c.what << ": " << r.output << " (wanted: " << e << ")";
     }
     EXPECT_EQ(snapshot(), before) << c.what << " changed the library";
     EXPECT_FALSE(fs::exists(dir_ + "/fresh-lib")) << c.what << " created the library";
   }
   for (const std::string name : {"v1", "v3-broken", "../x", "a b"}) {
     Cli r = add(name, {"--disk", good});
-    EXPECT_EQ(r.code, 2) << name << ": " << r.out;
-    EXPECT_TRUE(contains(r.out, "image name '" + name + "'")) << r.out;
+    EXPECT_EQ(r.exit_code, 2) << name << ": " << r.output;
+    EXPECT_TRUE(contains(r.output, "image name '" + name + "'")) << r.output;
   }
   EXPECT_EQ(snapshot(), before);
 }
@@ -252,8 +228,8 @@ TEST_F(ImageCli, ARawDiskThatBootsItselfStaysSparse) {
   const std::string disk = raw_ext4("big.raw");
   run({"truncate", "-s", "512M", disk});  // a mostly empty disk, as raw images usually are
   Cli a = add("own-loader", {"--disk", disk});
-  ASSERT_EQ(a.code, 0) << a.out;
-  EXPECT_TRUE(contains(a.out, "boot    disk")) << a.out;
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  EXPECT_TRUE(contains(a.output, "boot    disk")) << a.output;
   const std::string copy = lib_ + "/own-loader/disk.raw";
   struct stat st {};
   ASSERT_EQ(::stat(copy.c_str(), &st), 0);
@@ -262,8 +238,8 @@ TEST_F(ImageCli, ARawDiskThatBootsItselfStaysSparse) {
       << "the copy of a sparse disk should stay sparse";
   EXPECT_FALSE(fs::exists(lib_ + "/own-loader/vmlinuz"));
   Cli l = cli({"image", "list", "--library", lib_});
-  EXPECT_TRUE(contains(l.out, "own-loader")) << l.out;
-  EXPECT_TRUE(contains(l.out, "raw")) << l.out;
+  EXPECT_TRUE(contains(l.output, "own-loader")) << l.output;
+  EXPECT_TRUE(contains(l.output, "raw")) << l.output;
 }
 
 // firmware: bios unless --firmware efi (a disk whose bootloader is an EFI program); the agent reads
@@ -271,62 +247,54 @@ TEST_F(ImageCli, ARawDiskThatBootsItselfStaysSparse) {
 TEST_F(ImageCli, FirmwareEfiIsRecordedForTheAgentAndAnythingElseIsRefused) {
   const std::string disk = qcow2_ext4("efi.qcow2");
   Cli bad = add("efi-app", {"--disk", disk, "--firmware", "uefi"});
-  EXPECT_NE(bad.code, 0) << bad.out;
-  EXPECT_TRUE(contains(bad.out, "firmware")) << bad.out;
+  EXPECT_NE(bad.exit_code, 0) << bad.output;
+  EXPECT_TRUE(contains(bad.output, "firmware")) << bad.output;
   EXPECT_FALSE(fs::exists(lib_ + "/efi-app"));
 
   Cli a = add("efi-app", {"--disk", disk, "--firmware", "efi"});
-  ASSERT_EQ(a.code, 0) << a.out;
-  EXPECT_TRUE(contains(a.out, "boot    disk, firmware efi")) << a.out;
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  EXPECT_TRUE(contains(a.output, "boot    disk, firmware efi")) << a.output;
   Cli b = add("bios-app", {"--disk", disk});
-  ASSERT_EQ(b.code, 0) << b.out;
-  EXPECT_TRUE(contains(b.out, "firmware bios")) << b.out;
+  ASSERT_EQ(b.exit_code, 0) << b.output;
+  EXPECT_TRUE(contains(b.output, "firmware bios")) << b.output;
   Cli l = cli({"image", "list", "--json", "--library", lib_});
-  ASSERT_EQ(l.code, 0) << l.out;
-  EXPECT_TRUE(contains(l.out, R"("version":"efi-app","boot":"disk","firmware":"efi")")) << l.out;
-  EXPECT_TRUE(contains(l.out, R"("version":"bios-app","boot":"disk","firmware":"bios")")) << l.out;
+  ASSERT_EQ(l.exit_code, 0) << l.output;
+  EXPECT_TRUE(contains(l.output, R"("version":"efi-app","boot":"disk","firmware":"efi")"))
+      << l.output;
+  EXPECT_TRUE(contains(l.output, R"("version":"bios-app","boot":"disk","firmware":"bios")"))
+      << l.output;
 }
 
 TEST_F(ImageCli, TheDefaultLibraryComesFromTheEnvironment) {
   const std::string disk = raw_ext4("d.raw");
-  auto add_default = [&](const std::string& name, const std::map<std::string, std::string>& env) {
+  auto add_default = [&](const std::string& name, const CliEnv& env) {
     return cli({"image", "add", name, "--disk", disk}, env);
   };
   Cli a = add_default("a", {{"FABRICLAB_IMAGE_LIBRARY", dir_ + "/envlib"}});
-  ASSERT_EQ(a.code, 0) << a.out;
+  ASSERT_EQ(a.exit_code, 0) << a.output;
   EXPECT_TRUE(fs::exists(dir_ + "/envlib/a/disk.raw"));
   Cli b = add_default("b", {{"FABRICLAB_IMAGE_LIBRARY", ""}, {"XDG_DATA_HOME", dir_ + "/xdg"}});
-  ASSERT_EQ(b.code, 0) << b.out;
+  ASSERT_EQ(b.exit_code, 0) << b.output;
   EXPECT_TRUE(fs::exists(dir_ + "/xdg/fabriclab/images/b/disk.raw"));
   Cli c = add_default(
       "c", {{"FABRICLAB_IMAGE_LIBRARY", ""}, {"XDG_DATA_HOME", ""}, {"HOME", dir_ + "/home"}});
-  ASSERT_EQ(c.code, 0) << c.out;
+  ASSERT_EQ(c.exit_code, 0) << c.output;
   EXPECT_TRUE(fs::exists(dir_ + "/home/.local/share/fabriclab/images/c/disk.raw"));
   Cli l = cli({"image", "list"}, {{"FABRICLAB_IMAGE_LIBRARY", dir_ + "/envlib"}});
-  EXPECT_TRUE(contains(l.out, "image library " + dir_ + "/envlib")) << l.out;
+  EXPECT_TRUE(contains(l.output, "image library " + dir_ + "/envlib")) << l.output;
 }
 
 TEST_F(ImageCli, ConcurrentAddsBothLand) {
   const std::string disk = qcow2_ext4("d.qcow2");
-  std::vector<pid_t> pids;
-  for (const char* name : {"p1", "p2", "p3"}) {
-    pid_t pid = ::fork();
-    if (pid == 0) {
-      std::string bin = FABRICLAB_CLI_BIN;
-      std::string log = dir_ + "/" + name + ".log";
-      if (!std::freopen(log.c_str(), "w", stdout)) _exit(126);
-      ::dup2(fileno(stdout), 2);
-      ::execl(bin.c_str(), bin.c_str(), "image", "add", name, "--disk", disk.c_str(), "--library",
-              lib_.c_str(), static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    pids.push_back(pid);
+  std::vector<std::pair<pid_t, std::string>> runs;
+  for (const std::string name : {"p1", "p2", "p3"}) {
+    const std::string log = dir_ + "/" + name + ".log";
+    runs.emplace_back(
+        testing::start_cli({"image", "add", name, "--disk", disk, "--library", lib_}, log), log);
   }
-  for (pid_t p : pids) {
-    int status = 0;
-    ::waitpid(p, &status, 0);
-    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
-        << slurp(dir_ + "/p1.log") << slurp(dir_ + "/p2.log");
+  for (const auto& [pid, log] : runs) {
+    auto r = testing::wait_cli(pid, log);
+    EXPECT_EQ(r.exit_code, 0) << log << ": " << r.output;
   }
   auto store = agent::GuestImageStore::open(lib_);
   ASSERT_TRUE(store.ok()) << store.error().describe();
@@ -337,11 +305,12 @@ TEST_F(ImageCli, TheRacksAgentsGetTheBuiltInImagesExtraDirectoriesAndTheLibrary)
   const char* builtin = std::getenv("FABRICLAB_IMAGES_DIR");
   ASSERT_TRUE(builtin && *builtin)
       << "FABRICLAB_IMAGES_DIR must name the built-in images (ctest sets it)";
-  ASSERT_EQ(add("mine", {"--disk", raw_ext4("m.raw")}).code, 0);
+  ASSERT_EQ(add("mine", {"--disk", raw_ext4("m.raw")}).exit_code, 0);
   // Another image directory in the Debian builder's layout: a copy of a library.
   const std::string extra = dir_ + "/extra";
-  ASSERT_EQ(cli({"image", "add", "theirs", "--disk", raw_ext4("t.raw"), "--library", extra}).code,
-            0);
+  ASSERT_EQ(
+      cli({"image", "add", "theirs", "--disk", raw_ext4("t.raw"), "--library", extra}).exit_code,
+      0);
 
   auto dirs = rack::guest_image_dirs(builtin, {extra, lib_ + "/"}, lib_);
   ASSERT_TRUE(dirs.ok()) << dirs.error().describe();
@@ -358,19 +327,20 @@ TEST_F(ImageCli, TheRacksAgentsGetTheBuiltInImagesExtraDirectoriesAndTheLibrary)
          "services:\n  - {name: web, instances: 1, ud_count: 1, image: v1}\n"
          "update: {kind: host-os, target: host-v2}\n";
   // The same name in two directories: refused before any agent starts, naming both.
-  ASSERT_EQ(cli({"image", "add", "mine", "--disk", raw_ext4("dup.raw"), "--library", extra}).code,
-            0);
+  ASSERT_EQ(
+      cli({"image", "add", "mine", "--disk", raw_ext4("dup.raw"), "--library", extra}).exit_code,
+      0);
   Cli dup = cli({"lab", "up", "--spec", dir_ + "/spec.yaml", "--network", "loopback", "--lab-dir",
                  dir_ + "/lab", "--image-dir", extra, "--image-library", lib_});
-  EXPECT_EQ(dup.code, 2) << dup.out;
-  EXPECT_TRUE(contains(dup.out, "'mine' is defined twice: in " + extra + " and in " + lib_))
-      << dup.out;
+  EXPECT_EQ(dup.exit_code, 2) << dup.output;
+  EXPECT_TRUE(contains(dup.output, "'mine' is defined twice: in " + extra + " and in " + lib_))
+      << dup.output;
   EXPECT_FALSE(fs::exists(dir_ + "/lab/lab.json"));
-  ASSERT_EQ(cli({"image", "remove", "mine", "--library", extra}).code, 0);
+  ASSERT_EQ(cli({"image", "remove", "mine", "--library", extra}).exit_code, 0);
 
   Cli up = cli({"lab", "up", "--spec", dir_ + "/spec.yaml", "--network", "loopback", "--lab-dir",
                 dir_ + "/lab", "--image-dir", extra, "--image-library", lib_});
-  ASSERT_EQ(up.code, 0) << up.out;
+  ASSERT_EQ(up.exit_code, 0) << up.output;
   auto lab = json::parse(slurp(dir_ + "/lab/lab.json")).as_object();
   const auto& recorded = lab.at("image_dirs").as_array();
   ASSERT_EQ(recorded.size(), 3u);
@@ -391,7 +361,7 @@ TEST_F(ImageCli, TheRacksAgentsGetTheBuiltInImagesExtraDirectoriesAndTheLibrary)
     EXPECT_EQ(names, "v1 v2 v3-broken theirs mine ") << "agent " << ag.at("name").as_string();
   }
   Cli down = cli({"lab", "down", "--lab-dir", dir_ + "/lab"});
-  EXPECT_EQ(down.code, 0) << down.out;
+  EXPECT_EQ(down.exit_code, 0) << down.output;
 }
 
 }  // namespace

@@ -30,11 +30,13 @@
 #include "fabriclab/orchestrator/lb.hpp"
 #include "haproxy_process.hpp"
 #include "temp_dir.hpp"
+#include "wait_until.hpp"
 
 using namespace fabriclab;
 using namespace fabriclab::orchestrator;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
+using fabriclab::testing::wait_until;
 
 namespace {
 
@@ -155,15 +157,6 @@ class Backend {
   int live_ = 0;
 };
 
-bool wait_until(std::chrono::milliseconds limit, const std::function<bool()>& pred) {
-  auto deadline = Clock::now() + limit;
-  while (Clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return pred();
-}
-
 class LbHaproxy : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -193,10 +186,12 @@ class LbHaproxy : public ::testing::Test {
     // Up when its own listener answers and the master knows its worker.
     auto host = o.settings.health_bind.substr(0, o.settings.health_bind.find(':'));
     auto port = static_cast<uint16_t>(std::stoi(o.settings.health_bind.substr(host.size() + 1)));
-    bool up = wait_until(10s, [&] {
-      auto r = http::request(host, port, "GET", "/", {}, {}, 500ms);
-      return r.ok() && r->status == 200;
-    });
+    bool up = wait_until(
+        [&] {
+          auto r = http::request(host, port, "GET", "/", {}, {}, 500ms);
+          return r.ok() && r->status == 200;
+        },
+        10s);
     ASSERT_TRUE(up) << "haproxy did not come up:\n" << log_tail();
   }
 
@@ -239,17 +234,19 @@ class LbHaproxy : public ::testing::Test {
   // UP with a passed check: a server HAProxy has just added counts as UP before its first
   // check, and then a single failure takes it out (it has not reached full health yet).
   bool all_up(const std::vector<Backend*>& bs, std::chrono::milliseconds limit = 10s) const {
-    return wait_until(limit, [&] {
-      auto r = lb_->servers();
-      if (!r.ok()) return false;
-      for (auto* b : bs) {
-        bool ok = false;
-        for (const auto& s : *r)
-          ok |= s.instance == b->name() && s.state == "UP" && s.check == "L7OK 200";
-        if (!ok) return false;
-      }
-      return true;
-    });
+    return wait_until(
+        [&] {
+          auto r = lb_->servers();
+          if (!r.ok()) return false;
+          for (auto* b : bs) {
+            bool ok = false;
+            for (const auto& s : *r)
+              ok |= s.instance == b->name() && s.state == "UP" && s.check == "L7OK 200";
+            if (!ok) return false;
+          }
+          return true;
+        },
+        limit);
   }
 
   // GET path on the VIP; the X-Served-By header, or "status N" / the error.
@@ -294,7 +291,7 @@ TEST_F(LbHaproxy, ABackendWhoseHealthTurns503IsTakenOutAfterIntervalTimesThresho
   ASSERT_TRUE(all_up({&a, &b}));
   b.set_healthy(false);
   auto t0 = Clock::now();
-  ASSERT_TRUE(wait_until(10s, [&] { return states()["web-1"] == "DOWN"; })) << "web-1 never DOWN";
+  ASSERT_TRUE(wait_until([&] { return states()["web-1"] == "DOWN"; }, 10s)) << "web-1 never DOWN";
   auto took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
   // It takes `fall` failed checks (the threshold raised to span kMinProbeDetectionMs: 4 at
   // 300 ms): at least (fall - 1) intervals after the change (the first failing check may come at
@@ -326,11 +323,11 @@ TEST_F(LbHaproxy, AReloadKeepsTheInFlightRequestAndTheDrainedServersDownState) {
   ASSERT_TRUE(lb_->apply({service({&a, &b}, kSlowInterval, 1)}).ok());
   ASSERT_TRUE(all_up({&a, &b}));
   b.set_healthy(false);
-  ASSERT_TRUE(wait_until(10s, [&] { return states()["web-1"] == "DOWN"; }));
+  ASSERT_TRUE(wait_until([&] { return states()["web-1"] == "DOWN"; }, 10s));
   // A slow request on the old worker (only web-0 is in rotation).
   std::string slow_result;
   std::thread slow([&] { slow_result = get("/slow"); });
-  ASSERT_TRUE(wait_until(5s, [&] { return a.slow_started() == 1; }));
+  ASSERT_TRUE(wait_until([&] { return a.slow_started() == 1; }, 5s));
   int b_before = b.app_requests();
   auto applied = lb_->apply({service({&a, &b, &c}, kSlowInterval, 1)});
   ASSERT_TRUE(applied.ok()) << applied.error().message;

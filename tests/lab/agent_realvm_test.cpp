@@ -10,6 +10,7 @@
 #include "agent_fixture.hpp"
 #include "agent_process.hpp"
 #include "fabriclab/common/http_client.hpp"
+#include "wait_until.hpp"
 
 namespace fabriclab::testing {
 namespace {
@@ -141,16 +142,7 @@ TEST(AgentProcessOnRealVms, KilledDuringStoppingGuestsStillEndsWithBothGuestsRun
     }
     return true;
   };
-  auto wait_for = [&](uint16_t port, auto pred, std::chrono::seconds timeout) {
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (pred(port)) return true;
-      std::this_thread::sleep_for(50ms);
-    }
-    return false;
-  };
-  ASSERT_TRUE(wait_for(
-      a.port, [&](uint16_t p) { return all_healthy(get(p, "/v1/instances")); }, 150s));
+  ASSERT_TRUE(wait_until([&] { return all_healthy(get(a.port, "/v1/instances")); }, 150s));
   const std::string img = *dir + "/h2.img";
   auto sha = agent::write_synthetic_host_image(img, "host-2");
   ASSERT_TRUE(sha.ok());
@@ -162,10 +154,9 @@ TEST(AgentProcessOnRealVms, KilledDuringStoppingGuestsStillEndsWithBothGuestsRun
                           R"({"kind":"host-os","target":"host-2","notice_ms":0})", "ctl");
   ASSERT_TRUE(op.ok() && op->status == 202) << (op.ok() ? op->body : "");
   std::string id(json::parse(op->body).as_object().at("id").as_string());
-  ASSERT_TRUE(wait_for(
-      a.port,
-      [](uint16_t p) {
-        auto h = get(p, "/v1/host");
+  ASSERT_TRUE(wait_until(
+      [&] {
+        auto h = get(a.port, "/v1/host");
         return h.is_object() && h.as_object().at("step").as_string() == "StoppingGuests";
       },
       60s));
@@ -173,18 +164,16 @@ TEST(AgentProcessOnRealVms, KilledDuringStoppingGuestsStillEndsWithBothGuestsRun
 
   auto b = spawn_agent(*dir);
   ASSERT_GT(b.port, 0) << "the restarted agent did not start" << b.log_tail();
-  ASSERT_TRUE(wait_for(
-      b.port,
-      [&](uint16_t p) {
-        auto j = get(p, "/v1/operations/" + id);
+  ASSERT_TRUE(wait_until(
+      [&] {
+        auto j = get(b.port, "/v1/operations/" + id);
         return j.is_object() && j.as_object().at("status").as_string() != "running";
       },
       300s));
   auto job = get(b.port, "/v1/operations/" + id).as_object();
   EXPECT_EQ(job.at("status").as_string(), "cancelled") << json::serialize(job);
   EXPECT_NE(std::string(job.at("error").as_string()).find("rolled back"), std::string::npos);
-  EXPECT_TRUE(wait_for(
-      b.port, [&](uint16_t p) { return all_healthy(get(p, "/v1/instances")); }, 150s))
+  EXPECT_TRUE(wait_until([&] { return all_healthy(get(b.port, "/v1/instances")); }, 150s))
       << json::serialize(get(b.port, "/v1/instances"));
   EXPECT_EQ(get(b.port, "/v1/host").as_object().at("state").as_string(), "Ready");
   for (const char* n : {"web-0", "web-1"}) {

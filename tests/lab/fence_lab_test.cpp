@@ -9,7 +9,6 @@
 // web-0; the healed web-0 serves (healthy, UP in the load balancer); after the link is back and
 // the host is powered on it ends Ready, holding nothing, with no QEMU process left under it.
 
-#include <dirent.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -32,6 +31,7 @@
 #include "fabriclab/common/json_get.hpp"
 #include "json_find.hpp"
 #include "temp_dir.hpp"
+#include "wait_until.hpp"
 
 namespace {
 
@@ -42,30 +42,9 @@ using Clock = std::chrono::steady_clock;
 using fabriclab::json_get::str;
 using namespace fabriclab::testing;
 
-// QEMU processes whose command line holds every one of `needles` (NUL-separated argv).
+// QEMU processes whose command line holds every one of `needles`.
 int qemu_processes_with(const std::vector<std::string>& needles) {
-  int n = 0;
-  DIR* d = opendir("/proc");
-  while (dirent* e = d ? readdir(d) : nullptr) {
-    if (!std::isdigit(static_cast<unsigned char>(e->d_name[0]))) continue;
-    std::string base = std::string("/proc/") + e->d_name;
-    if (slurp(base + "/comm").rfind("qemu", 0) != 0) continue;
-    std::string cmd = slurp(base + "/cmdline");
-    bool all = true;
-    for (const auto& w : needles) all = all && cmd.find(w) != std::string::npos;
-    n += all;
-  }
-  if (d) closedir(d);
-  return n;
-}
-
-bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
-  auto deadline = Clock::now() + timeout;
-  while (!pred()) {
-    if (Clock::now() > deadline) return false;
-    std::this_thread::sleep_for(100ms);
-  }
-  return true;
+  return static_cast<int>(fabriclab::processes_matching("qemu", needles).size());
 }
 
 class FenceLab : public ::testing::Test {

@@ -32,10 +32,12 @@
 
 #include "agent_process.hpp"
 #include "fabriclab/agent/image_store.hpp"
+#include "fabriclab/common/child_process.hpp"
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/process.hpp"
 #include "fabriclab/testbed/images.hpp"
 #include "fabriclab/testbed/lab_vm.hpp"
+#include "wait_until.hpp"
 
 namespace fabriclab::testing {
 namespace {
@@ -117,16 +119,6 @@ json::value api_get(uint16_t port, const std::string& target) {
   return json::parse(r->body);
 }
 
-template <class Pred>
-bool wait_until(Pred pred, std::chrono::seconds timeout) {
-  auto deadline = Clock::now() + timeout;
-  while (Clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(200ms);
-  }
-  return false;
-}
-
 // The instance's JSON once its status is `status`; null if it never was within `timeout`.
 json::value wait_instance(uint16_t port, const std::string& name, const std::string& status,
                           std::chrono::seconds timeout) {
@@ -166,23 +158,6 @@ CommandResult run(const std::vector<std::string>& argv, std::chrono::seconds tim
   return *r;
 }
 
-// Every QEMU process whose command line mentions `needle`.
-std::vector<pid_t> qemu_processes_mentioning(const std::string& needle) {
-  std::vector<pid_t> out;
-  for (const auto& e : fs::directory_iterator("/proc")) {
-    const std::string name = e.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream comm(e.path() / "comm");
-    std::string c;
-    std::getline(comm, c);
-    if (c.rfind("qemu", 0) != 0) continue;
-    std::ifstream cmd(e.path() / "cmdline");
-    std::string args((std::istreambuf_iterator<char>(cmd)), std::istreambuf_iterator<char>());
-    if (args.find(needle) != std::string::npos) out.push_back(std::stoi(name));
-  }
-  return out;
-}
-
 class LabHostOnSystemLibvirtd : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -211,7 +186,7 @@ class LabHostOnSystemLibvirtd : public ::testing::Test {
     }
     for (const auto& d : {embedded_dir_, system_dir_}) {
       if (d.empty()) continue;
-      for (pid_t p : qemu_processes_mentioning(d + "/")) ::kill(p, SIGKILL);
+      for (pid_t p : processes_matching("qemu", {d + "/"})) ::kill(p, SIGKILL);
       if (::testing::Test::HasFailure()) {
         std::cout << "[note] kept for inspection: " << d << " (agent.log; lv/libvirtd.log)\n";
       } else {
@@ -261,11 +236,11 @@ TEST_F(LabHostOnSystemLibvirtd,
         << "an embedded guest labelled the shared images while running: each instance must boot "
            "from its own copy of the kernel and initrd";
     embedded_.kill9();
-    auto qemus = qemu_processes_mentioning(embedded_dir_ + "/");
+    auto qemus = processes_matching("qemu", {embedded_dir_ + "/"});
     EXPECT_EQ(qemus.size(), 1u) << "the embedded guest's QEMU outlives its agent";
     for (pid_t p : qemus) ::kill(p, SIGKILL);
     ASSERT_TRUE(
-        wait_until([&] { return qemu_processes_mentioning(embedded_dir_ + "/").empty(); }, 10s));
+        wait_until([&] { return processes_matching("qemu", {embedded_dir_ + "/"}).empty(); }, 10s));
     EXPECT_EQ(new_labels(labels_at_start, libvirt_labels(images_)), "")
         << "an embedded guest killed without its labels restored left them on the shared images: "
            "a system libvirtd now refuses these files to every domain";
@@ -397,7 +372,7 @@ TEST_F(LabHostOnSystemLibvirtd,
       << "the agent's delete left its QEMU running: " << stop.output;
   EXPECT_FALSE(fs::exists("/proc/" + daemon_pid))
       << "libvirtd " << daemon_pid << " is still running";
-  EXPECT_TRUE(qemu_processes_mentioning(system_dir_ + "/").empty());
+  EXPECT_TRUE(processes_matching("qemu", {system_dir_ + "/"}).empty());
   daemon_dir_.clear();
 }
 

@@ -16,6 +16,7 @@
 #include "fabriclab/testbed/lab_vm.hpp"
 #include "status_matchers.hpp"
 #include "vm_teardown.hpp"
+#include "wait_until.hpp"
 
 namespace fabriclab {
 namespace {
@@ -197,13 +198,12 @@ TEST_F(RealVm, MetadataAndLifecycleEventsOnARealGuest) {
   ASSERT_TRUE(persisted.ok()) << persisted.error().describe();
   EXPECT_EQ(*persisted, m) << "LIVE|CONFIG survives the stop";
 
-  for (int i = 0; i < 100; ++i) {
-    {
-      std::lock_guard lock(mu);
-      if (!kinds.empty() && kinds.back() == hypervisor::LifecycleKind::stopped) break;
-    }
-    std::this_thread::sleep_for(50ms);
-  }
+  testing::wait_until(
+      [&] {
+        std::lock_guard lock(mu);
+        return !kinds.empty() && kinds.back() == hypervisor::LifecycleKind::stopped;
+      },
+      5s);
   std::lock_guard lock(mu);
   auto has = [&](hypervisor::LifecycleKind k) {
     return std::find(kinds.begin(), kinds.end(), k) != kinds.end();

@@ -26,11 +26,13 @@
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/orchestrator/agent_client.hpp"
 #include "fabriclab/orchestrator/controller.hpp"
+#include "wait_until.hpp"
 
 namespace fl = fabriclab;
 namespace orch = fabriclab::orchestrator;
 namespace json = boost::json;
 using namespace std::chrono_literals;
+using fabriclab::testing::wait_until;
 
 namespace {
 
@@ -293,14 +295,14 @@ class ControllerFakeAgent : public ::testing::Test {
   // Polls the drill until it ends (or 20 s pass: then the last view, still running).
   json::object wait_drill(const std::string& id) {
     json::object d;
-    for (auto until = std::chrono::steady_clock::now() + 20s;
-         std::chrono::steady_clock::now() < until; std::this_thread::sleep_for(20ms)) {
-      auto r = controller_->drill_json(id);
-      if (!r.ok()) continue;
-      d = *r;
-      std::string st = s(d, "state");
-      if (st == "Completed" || st == "Failed" || st == "Aborted") break;
-    }
+    wait_until(
+        [&] {
+          auto r = controller_->drill_json(id);
+          if (r.ok()) d = *r;
+          std::string st = s(d, "state");
+          return st == "Completed" || st == "Failed" || st == "Aborted";
+        },
+        20s, 20ms);
     return d;
   }
   // instance -> {host, ud}
@@ -420,10 +422,7 @@ TEST_F(ControllerFakeAgent, AnAgentThatStopsAnsweringTurnsItsHostUnhealthyAndBac
     return h.ok() ? s(*h, "state") : std::string();
   };
   auto until = [&](const std::string& want) {
-    for (auto end = std::chrono::steady_clock::now() + 5s; std::chrono::steady_clock::now() < end;
-         std::this_thread::sleep_for(20ms))
-      if (state_of("h4") == want) return true;
-    return false;
+    return wait_until([&] { return state_of("h4") == want; }, 5s, 20ms);
   };
   ASSERT_TRUE(until("Unhealthy")) << "h4 is " << state_of("h4");
   EXPECT_FALSE(controller_->host_json("h4")->at("reachable").as_bool());
@@ -441,12 +440,13 @@ TEST_F(ControllerFakeAgent, HealingPlacesTheInstancesOfASilentHostOnTheOthers) {
     if (hu.first == "h2") on_h2.insert(n);
   ASSERT_FALSE(on_h2.empty());
   rack_.with_host("h2", [](FakeHost& h) { h.answering = false; });
-  bool moved = false;
-  for (auto end = std::chrono::steady_clock::now() + 10s;
-       !moved && std::chrono::steady_clock::now() < end; std::this_thread::sleep_for(20ms)) {
-    moved = true;
-    for (const auto& [n, hu] : placement()) moved = moved && hu.first != "h2";
-  }
+  const bool moved = wait_until(
+      [&] {
+        for (const auto& [n, hu] : placement())
+          if (hu.first == "h2") return false;
+        return true;
+      },
+      10s, 20ms);
   ASSERT_TRUE(moved) << "the instances of h2 are still placed on it";
   // The agents of the hosts they moved to run them.
   for (const auto& n : on_h2) {
@@ -464,10 +464,7 @@ TEST_F(ControllerFakeAgent, AWalkSkipsAHostThatIsSilentWhenItsBatchBeginsAndSays
     auto h = controller_->host_json("h5");
     return h.ok() && s(*h, "state") == "Unhealthy";
   };
-  for (auto end = std::chrono::steady_clock::now() + 5s;
-       !unhealthy() && std::chrono::steady_clock::now() < end; std::this_thread::sleep_for(20ms)) {
-  }
-  ASSERT_TRUE(unhealthy());
+  ASSERT_TRUE(wait_until(unhealthy, 5s, 20ms));
   auto made = controller_->create_drill(quick_drill());
   ASSERT_TRUE(made.ok()) << made.error().describe();
   auto d = wait_drill(s(*made, "id"));

@@ -21,6 +21,7 @@
 
 #include "fabriclab/common/http_client.hpp"
 #include "status_matchers.hpp"
+#include "wait_until.hpp"
 
 namespace fabriclab::http {
 namespace {
@@ -279,10 +280,7 @@ TEST_F(HttpServerTest, ConnectionsOverTheCapAreRefusedWith503) {
   limits_.max_connections = 1;
   start();
   RawConn idle(port_);  // holds the only slot (keep-alive, no request yet)
-  for (auto deadline = std::chrono::steady_clock::now() + 5s;
-       server_->connections() < 1 && std::chrono::steady_clock::now() < deadline;) {
-    std::this_thread::sleep_for(1ms);
-  }
+  testing::wait_until([&] { return server_->connections() >= 1; }, 5s, 1ms);
   ASSERT_EQ(server_->connections(), 1u) << "the server never counted the idle connection";
   EXPECT_EQ(status_of(get("/healthz")), 503);
 }

@@ -22,6 +22,7 @@
 #include "fabriclab/common/http_server.hpp"
 #include "status_matchers.hpp"
 #include "test_netns.hpp"
+#include "wait_until.hpp"
 
 namespace fabriclab::orchestrator {
 namespace {
@@ -30,16 +31,7 @@ namespace json = boost::json;
 namespace net = boost::asio;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
-
-// Polls `pred` every 10 ms until it holds or `timeout` passes; returns whether it held.
-bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout = 10s) {
-  const auto end = Clock::now() + timeout;
-  while (Clock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(10ms);
-  }
-  return pred();
-}
+using testing::wait_until;
 
 // An HTTP server on 127.0.0.1:0 answering GET / with `status` and X-Served-By: `name`.
 std::unique_ptr<http::Server> serve(int status, std::string name, uint16_t& port) {
@@ -80,7 +72,7 @@ std::unique_ptr<TrafficGenerator> web_traffic(uint16_t port, double rps, const c
   auto g = TrafficGenerator::start({{"web", address, port, "/", rps}}, options);
   EXPECT_OK(g);
   if (!g.ok()) return nullptr;
-  if (!wait_until([&] { return stat_of(**g, "web", field) >= at_least; })) {
+  if (!wait_until([&] { return stat_of(**g, "web", field) >= at_least; }, 10s)) {
     ADD_FAILURE() << "web's " << field << " did not reach " << at_least;
     return nullptr;
   }
@@ -134,7 +126,8 @@ TEST(Traffic, CapturesTheInstanceThatAnsweredAndLiveStats) {
   auto sb = serve(200, "api-1", b);
   auto g = TrafficGenerator::start({target("web", a, 50), target("api", b, 50)});
   ASSERT_OK(g);
-  ASSERT_TRUE(wait_until([&] { return count_of(**g, "web") >= 5 && count_of(**g, "api") >= 5; }));
+  ASSERT_TRUE(
+      wait_until([&] { return count_of(**g, "web") >= 5 && count_of(**g, "api") >= 5; }, 10s));
   json::object stats = (*g)->stats_json();
   const auto& web = stats.at("services").at("web").as_object();
   EXPECT_GE(web.at("requests").as_int64(), 5);
@@ -188,7 +181,7 @@ TEST(Traffic, AServerThatStopsAnsweringMidRunGivesARunOfFailures) {
   // destruction (its close is posted to an io_context it may stop first), which would turn
   // this into a run of timeouts.
   server.reset();
-  ASSERT_TRUE(wait_until([&] { return failed_of(*g, "web") >= 10; }));
+  ASSERT_TRUE(wait_until([&] { return failed_of(*g, "web") >= 10; }, 10s));
   g->stop();
   auto records = g->records().at("web");
   // Successes, then failures only: the outage is one run at the end.

@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "fabriclab/common/result.hpp"
@@ -80,6 +81,14 @@ void stop_process(pid_t pid, std::chrono::milliseconds grace);
 void stop_processes(const std::vector<pid_t>& pids, std::chrono::milliseconds grace);
 // SIGKILL at once (a crash, not a stop), then reaped or up to a second to be gone.
 void kill_process(pid_t pid);
+
+// The processes running now (the numeric entries of /proc), this process and init left out.
+std::vector<pid_t> process_ids();
+// The processes whose name (/proc/PID/comm) starts with `name_prefix` and whose command line
+// (/proc/PID/cmdline: argv, NUL-separated) holds every one of `needles`, e.g. the QEMU processes
+// of one state directory: {"qemu", {"/lab/h1/"}}. A process that exits meanwhile is left out.
+std::vector<pid_t> processes_matching(std::string_view name_prefix,
+                                      const std::vector<std::string>& needles);
 
 // The last `lines` lines of a file (at most its last MiB); "" when it cannot be read.
 std::string file_tail(const std::string& path, size_t lines = 8);
