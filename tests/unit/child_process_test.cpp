@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
@@ -17,6 +18,7 @@
 
 #include "process_helpers.hpp"
 #include "temp_dir.hpp"
+#include "wait_until.hpp"
 
 namespace fabriclab {
 namespace {
@@ -223,6 +225,34 @@ TEST_F(ChildProcessTest, FileTailGivesTheLastLines) {
   EXPECT_EQ(file_tail(dir_ + "/f", 2), "three\nfour\n");
   EXPECT_EQ(file_tail(dir_ + "/f", 10), "one\ntwo\nthree\nfour\n");
   EXPECT_EQ(file_tail(dir_ + "/missing", 2), "");
+}
+
+TEST_F(ChildProcessTest, ProcessesMatchingFindsByNameAndEveryWordOfTheCommandLine) {
+  // Two processes that differ by one argument (their state dir, as QEMU's command line names it).
+  // tail -f keeps following /dev/null after it failed to open the directory.
+  auto a = spawn_child({"/usr/bin/tail", "-f", "/dev/null", dir_ + "/h1/"}, options("a"));
+  auto b = spawn_child({"/usr/bin/tail", "-f", "/dev/null", dir_ + "/h2/"}, options("b"));
+  // The exec may not have happened yet: until then the child is a copy of this test.
+  auto found = [&](const std::vector<std::string>& needles) {
+    std::vector<pid_t> out;
+    testing::wait_until([&] { return !(out = processes_matching("tail", needles)).empty(); }, 5s);
+    return out;
+  };
+  EXPECT_EQ(found({dir_ + "/h1/"}), std::vector<pid_t>{a->pid});
+  EXPECT_EQ(found({"-f", dir_ + "/h2/"}), std::vector<pid_t>{b->pid});
+  auto both = found({dir_ + "/"});
+  std::sort(both.begin(), both.end());
+  auto want = std::vector<pid_t>{a->pid, b->pid};
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(both, want);
+  EXPECT_TRUE(processes_matching("tail", {dir_ + "/h1/", dir_ + "/h2/"}).empty())
+      << "every needle must be in one command line";
+  EXPECT_TRUE(processes_matching("qemu", {dir_ + "/"}).empty()) << "the name counts too";
+  const auto all = process_ids();
+  EXPECT_NE(std::find(all.begin(), all.end(), a->pid), all.end());
+  EXPECT_EQ(std::find(all.begin(), all.end(), ::getpid()), all.end()) << "this process is left out";
+  stop_processes({a->pid, b->pid}, 5s);
+  EXPECT_TRUE(processes_matching("tail", {dir_ + "/"}).empty()) << "stopped ones are gone";
 }
 
 }  // namespace
