@@ -6,6 +6,7 @@
 // and a guest-os reimage (v1 -> v2) that keep its data disk.
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -13,6 +14,7 @@
 
 #include "agent_fixture.hpp"
 #include "fabriclab/hypervisor/disk_image.hpp"
+#include "wait_until.hpp"
 
 namespace fabriclab::testing {
 namespace {
@@ -69,16 +71,27 @@ class AgentOnDebianEfi : public AgentFixture {
 
   // Waits until the guest's `boot`-th boot has reached its serial login prompt (the guest agent
   // answers earlier: on a loaded machine systemd may still be starting logind, which handles the
-  // ACPI power button, and mounting /data), then lets the app write its counter a few times.
+  // ACPI power button, and mounting /data), then until its data check reads a counter the app
+  // has written (through the guest agent, as the operations read it before they stop the guest).
   void wait_booted(const std::string& name, size_t boot) {
-    auto deadline = std::chrono::steady_clock::now() + kUp;
-    while (count(console(name), "login: ") < boot && std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(500ms);
-    }
+    const auto deadline = std::chrono::steady_clock::now() + kUp;
+    auto left = [&] {
+      return std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+    };
+    wait_until([&] { return count(console(name), "login: ") >= boot; }, left(), 500ms);
     ASSERT_GE(count(console(name), "login: "), boot)
         << name << ": boot " << boot << " never reached its login prompt\n"
         << console_tail(name);
-    std::this_thread::sleep_for(15s);
+    std::string last;
+    const bool written = wait_until(
+        [&] {
+          auto out = agent_->data_check(name);
+          last = out.ok() ? "'" + *out + "'" : out.error().describe();
+          return out.ok() && std::atoll(out->c_str()) > 0;
+        },
+        left(), 1s);
+    ASSERT_TRUE(written) << name << ": the data check never read a counter: " << last;
   }
 
   // Waits until the guest agent answers; returns how long that took from `since`.
