@@ -13,6 +13,7 @@
 #include "fabriclab/agent/host_agent.hpp"
 #include "fabriclab/agent/image_store.hpp"
 #include "fabriclab/common/event_feed.hpp"
+#include "fabriclab/hypervisor/connection.hpp"
 #include "fabriclab/testbed/images.hpp"
 #include "fabriclab/testbed/lab_vm.hpp"
 #include "status_matchers.hpp"
@@ -30,15 +31,16 @@ class AgentFixture : public ::testing::Test {
       auto dir = testbed::make_short_tmpdir(real ? "fla-" : "fls-");
       ASSERT_TRUE(dir.ok());
       dir_ = *dir;
-      std::ofstream(dir_ + "/node.xml")
-          << "<node><cpu><mhz>2000</mhz></cpu><memory>8388608</memory></node>\n";
+      auto node = hypervisor::write_test_node(dir_);
+      ASSERT_TRUE(node.ok()) << node.error().describe();
+      node_uri_ = *node;
     }
     agent::AgentOptions o = extra;
     o.host_id = "host-a";
     o.state_dir = dir_ + "/st";
     if (o.guest_images_dirs.empty()) o.guest_images_dirs = {testbed::default_images_dir()};
     if (!real) {
-      o.hypervisor_uri = "test://" + dir_ + "/node.xml";
+      o.hypervisor_uri = node_uri_;
       o.heartbeat_period = 100ms;
       o.drain = 20ms;
     }
@@ -131,6 +133,7 @@ class AgentFixture : public ::testing::Test {
   }
 
   std::string dir_;
+  std::string node_uri_;  // the simulated host (write_test_node in dir_)
   std::shared_ptr<EventFeed> feed_;
   std::unique_ptr<agent::HostAgent> agent_;
 };

@@ -43,6 +43,7 @@
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/json_get.hpp"
+#include "fabriclab/hypervisor/connection.hpp"
 #include "fabriclab/testbed/images.hpp"
 #include "http_call.hpp"
 #include "wait_until.hpp"
@@ -262,8 +263,9 @@ class OrchestratorStack : public ::testing::Test {
     ASSERT_NE(::mkdtemp(tmpl), nullptr) << "mkdtemp failed";
     dir_ = tmpl;
     std::ofstream(dir_ + "/token") << kToken << "\n";
-    std::ofstream(dir_ + "/node.xml")
-        << "<node><cpu><mhz>2000</mhz></cpu><memory>8388608</memory></node>\n";
+    auto node = hypervisor::write_test_node(dir_);
+    ASSERT_TRUE(node.ok()) << node.error().describe();
+    node_uri_ = *node;
   }
 
   void TearDown() override {
@@ -315,7 +317,7 @@ class OrchestratorStack : public ::testing::Test {
                                      "--capacity",
                                      "4",
                                      "--hypervisor",
-                                     "test://" + dir_ + "/node.xml",
+                                     node_uri_,
                                      "--lab-host-images",
                                      "host-v1,host-v2",
                                      "--heartbeat-ms",
@@ -462,6 +464,7 @@ class OrchestratorStack : public ::testing::Test {
 
  private:
   std::string dir_;
+  std::string node_uri_;  // the agents' simulated host (write_test_node in dir_)
   Child orchestrator_;
   std::atomic<uint16_t> port_{0};
   std::map<std::string, Child> agents_;

@@ -405,6 +405,15 @@ std::string_view to_string(LifecycleKind k) {
   return "other";
 }
 
+Result<std::string> write_test_node(const std::string& dir, uint64_t memory_kib) {
+  const std::string path = dir + "/node.xml";
+  std::ofstream out(path, std::ios::trunc);
+  out << "<node><cpu><mhz>2000</mhz></cpu><memory>" << memory_kib << "</memory></node>\n";
+  out.close();
+  if (!out) return make_error(Condition::transient, "cannot write " + path);
+  return "test://" + path;
+}
+
 std::string_view to_string(StopMethod m) {
   switch (m) {
     case StopMethod::graceful:

@@ -23,6 +23,7 @@
 #include "fabriclab/client/api_client.hpp"
 #include "fabriclab/common/child_process.hpp"
 #include "fabriclab/common/random_hex.hpp"
+#include "fabriclab/hypervisor/connection.hpp"
 #include "fabriclab/orchestrator/lb.hpp"
 #include "fabriclab/rack/image_library.hpp"
 #include "lab_internal.hpp"
@@ -208,10 +209,7 @@ Result<Lab> Lab::up(const DrillFileSpec& spec, const LabOptions& options) {
   lab.hypervisor_ = spec.hypervisor;
   lab.token_ = random_hex(32);
   FL_RETURN_IF_ERROR(write_token(lab.dir_ + "/token", lab.token_));
-  if (spec.hypervisor == "test") {
-    std::ofstream(lab.dir_ + "/node.xml")
-        << "<node><cpu><mhz>2000</mhz></cpu><memory>8388608</memory></node>\n";
-  }
+  if (spec.hypervisor == "test") FL_RETURN_IF_ERROR(hypervisor::write_test_node(lab.dir_));
   // Started hosts are recorded at once, so a failure part-way stops what exists.
   auto fail = [&lab](Error e) -> Result<Lab> {
     if (auto st = lab.down(false); !st.ok())

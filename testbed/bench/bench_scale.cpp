@@ -58,6 +58,7 @@
 #include "fabriclab/common/json.hpp"
 #include "fabriclab/common/json_get.hpp"
 #include "fabriclab/common/random_hex.hpp"
+#include "fabriclab/hypervisor/connection.hpp"
 #include "fabriclab/rack/lab.hpp"
 #include "scale_options.hpp"
 #include "scale_processes.hpp"
@@ -196,12 +197,12 @@ class Bench {
       agent_root_ = cleanup_.agent_dir = tmpl;
     }
     token_file_ = o_.dir + "/token";
-    node_xml_ = o_.dir + "/node.xml";
     token_ = random_hex(32);
     std::ofstream(token_file_) << token_ << "\n";
     // 80 GiB (the test driver counts in KiB): 12 guests of a few hundred MiB each fit with room.
-    std::ofstream(node_xml_)
-        << "<node><cpu><mhz>2000</mhz></cpu><memory>83886080</memory></node>\n";
+    auto node = hypervisor::write_test_node(o_.dir, 80ull << 20);
+    if (!node.ok()) die(node.error().describe());
+    node_uri_ = *node;
     if (!o_.json) {
       std::printf(
           "%d hosts, %d instances, capacity %d, poll %d ms, unhealthy after %d ms; dir %s\n",
@@ -262,7 +263,7 @@ class Bench {
                                             "--capacity",
                                             std::to_string(o_.capacity),
                                             "--hypervisor",
-                                            "test://" + node_xml_,
+                                            node_uri_,
                                             "--lab-host-images",
                                             "host-v1,host-v2",
                                             "--heartbeat-ms",
@@ -440,7 +441,7 @@ class Bench {
 
   Options& o_;
   Cleanup& cleanup_;
-  std::string agent_root_, token_file_, node_xml_, token_;
+  std::string agent_root_, token_file_, node_uri_, token_;
   Clock::time_point t_setup_;
   Child* orch_ = nullptr;
   std::vector<Child*> agents_;

@@ -23,6 +23,7 @@
 #include "fabriclab/common/event_feed.hpp"
 #include "fabriclab/common/http_client.hpp"
 #include "fabriclab/common/http_server.hpp"
+#include "fabriclab/hypervisor/connection.hpp"
 #include "fabriclab/testbed/images.hpp"
 #include "fabriclab/testbed/lab_vm.hpp"
 #include "http_call.hpp"
@@ -84,12 +85,10 @@ class AgentApiTest : public ::testing::Test {
     auto dir = testbed::make_short_tmpdir("fl-api-");
     ASSERT_OK(dir);
     dir_ = *dir;
-    std::ofstream(dir_ + "/node.xml") << "<node><cpu><mhz>2000</mhz><active>2</active>"
-                                         "<total>2</total><nodes>1</nodes><sockets>1</sockets>"
-                                         "<cores>2</cores><threads>1</threads></cpu>"
-                                         "<memory>8388608</memory></node>\n";
+    auto node = hypervisor::write_test_node(dir_);
+    ASSERT_OK(node);
     AgentOptions o;
-    o.hypervisor_uri = "test://" + dir_ + "/node.xml";
+    o.hypervisor_uri = *node;
     o.state_dir = dir_ + "/st";
     o.guest_images_dirs = {testbed::default_images_dir()};
     o.heartbeat_period = 100ms;

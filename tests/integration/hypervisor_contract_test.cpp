@@ -25,11 +25,9 @@ class TestDriver : public ::testing::Test {
     auto dir = testbed::make_short_tmpdir("fl-drv-");
     ASSERT_TRUE(dir.ok());
     dir_ = *dir;
-    std::ofstream(dir_ + "/node.xml") << "<node><cpu><mhz>2000</mhz><active>2</active>"
-                                         "<total>2</total><nodes>1</nodes><sockets>1</sockets>"
-                                         "<cores>2</cores><threads>1</threads></cpu>"
-                                         "<memory>8388608</memory></node>\n";
-    auto c = Connection::open("test://" + dir_ + "/node.xml");
+    auto node = write_test_node(dir_);
+    ASSERT_TRUE(node.ok()) << node.error().describe();
+    auto c = Connection::open(*node);
     ASSERT_TRUE(c.ok()) << c.error().describe();
     conn_ = std::move(c).value();
   }

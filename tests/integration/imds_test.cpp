@@ -35,6 +35,7 @@
 #include "fabriclab/agent/image_store.hpp"
 #include "fabriclab/common/event_feed.hpp"
 #include "fabriclab/common/http_server.hpp"
+#include "fabriclab/hypervisor/connection.hpp"
 #include "fabriclab/testbed/images.hpp"
 #include "fabriclab/testbed/lab_vm.hpp"
 #include "status_matchers.hpp"
@@ -151,10 +152,10 @@ class ImdsTest : public ::testing::Test {
     auto dir = testbed::make_short_tmpdir("fl-imds-");
     ASSERT_OK(dir);
     dir_ = *dir;
-    std::ofstream(dir_ + "/node.xml")
-        << "<node><cpu><mhz>2000</mhz></cpu><memory>8388608</memory></node>\n";
+    auto node = hypervisor::write_test_node(dir_);
+    ASSERT_OK(node);
     opt_.host_id = "host-0";
-    opt_.hypervisor_uri = "test://" + dir_ + "/node.xml";
+    opt_.hypervisor_uri = *node;
     opt_.state_dir = dir_ + "/st";
     opt_.guest_images_dirs = {testbed::default_images_dir()};
     opt_.heartbeat_period = 100ms;
@@ -793,11 +794,11 @@ TEST_F(ImdsBridgeTest, AGuestWithANicOnTheBridgeRuns) {
 TEST(ImdsOptions, BadNetworkOptionsAreRefusedNamingThem) {
   auto dir = testbed::make_short_tmpdir("fl-imo-");
   ASSERT_OK(dir);
-  std::ofstream(*dir + "/node.xml")
-      << "<node><cpu><mhz>2000</mhz></cpu><memory>8388608</memory></node>\n";
+  auto node = hypervisor::write_test_node(*dir);
+  ASSERT_OK(node);
   auto try_with = [&](std::function<void(AgentOptions&)> f) -> std::string {
     AgentOptions o;
-    o.hypervisor_uri = "test://" + *dir + "/node.xml";
+    o.hypervisor_uri = *node;
     o.state_dir = *dir + "/st";
     o.guest_images_dirs = {testbed::default_images_dir()};
     f(o);

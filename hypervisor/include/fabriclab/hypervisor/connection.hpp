@@ -248,4 +248,9 @@ class Connection {
   int agent_callback_id_ = -1;  // -1 where the driver has no agent lifecycle event
 };
 
+// A simulated host of its own on libvirt's test driver: writes DIR/node.xml (a 2 GHz host with
+// `memory_kib` KiB of memory; guests are counted against it) and returns the URI that opens it,
+// "test://DIR/node.xml". test:///default, by contrast, is one host every connection shares.
+Result<std::string> write_test_node(const std::string& dir, uint64_t memory_kib = 8 << 20);
+
 }  // namespace fabriclab::hypervisor
